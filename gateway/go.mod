@@ -1,0 +1,8 @@
+module github.com/kilnbuild/kiln/gateway
+
+go 1.26.0
+
+replace (
+	github.com/kilnbuild/kiln/proto => ../proto
+	github.com/kilnbuild/kiln/services => ../services
+)

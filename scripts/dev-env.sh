@@ -1,0 +1,110 @@
+#!/usr/bin/env bash
+# dev-env.sh makes sure this machine has what kiln's `make run`, `make test` and
+# `make bench` need: a Docker engine that answers and a registry on
+# 127.0.0.1:5000. On Debian/Ubuntu, as root, it installs what is missing
+# (docker.io, docker-registry, busybox-static) and starts dockerd and the
+# registry when none answers. It never touches an engine or registry that is
+# already running. What it starts is recorded by pid under $KILN_DEV_STATE and
+# stopped by `scripts/dev-env.sh down`, never by name.
+set -euo pipefail
+
+STATE=${KILN_DEV_STATE:-}
+if [ -z "$STATE" ]; then
+  if [ "$(id -u)" = 0 ]; then STATE=/var/lib/kiln-dev; else STATE=${XDG_STATE_HOME:-$HOME/.local/state}/kiln-dev; fi
+fi
+REGISTRY_ADDR=${KILN_DEV_REGISTRY:-127.0.0.1:5000}
+mkdir -p "$STATE"
+
+log() { printf 'dev-env: %s\n' "$*" >&2; }
+die() { log "$*"; exit 1; }
+
+need_pkgs=()
+command -v dockerd >/dev/null 2>&1 || need_pkgs+=(docker.io)
+command -v docker-registry >/dev/null 2>&1 || need_pkgs+=(docker-registry)
+dpkg -s busybox-static >/dev/null 2>&1 || need_pkgs+=(busybox-static)
+command -v curl >/dev/null 2>&1 || need_pkgs+=(curl)
+command -v ip >/dev/null 2>&1 || need_pkgs+=(iproute2)
+
+install_missing() {
+  [ ${#need_pkgs[@]} -eq 0 ] && return 0
+  if [ "$(id -u)" != 0 ] || ! command -v apt-get >/dev/null 2>&1; then
+    die "missing packages: ${need_pkgs[*]}; install them (apt-get install ${need_pkgs[*]}) or run this as root on Debian/Ubuntu"
+  fi
+  log "installing ${need_pkgs[*]}"
+  export DEBIAN_FRONTEND=noninteractive
+  # Package scripts must not start services: we start what we need ourselves.
+  printf '#!/bin/sh\nexit 101\n' > /usr/sbin/policy-rc.d; chmod +x /usr/sbin/policy-rc.d
+  trap 'rm -f /usr/sbin/policy-rc.d' EXIT
+  apt-get update -qq >&2
+  apt-get install -y -qq --no-install-recommends "${need_pkgs[@]}" >&2
+  rm -f /usr/sbin/policy-rc.d; trap - EXIT
+}
+
+engine_answers() { docker version --format '{{.Server.Version}}' >/dev/null 2>&1; }
+
+wait_for() { # wait_for SECONDS DESCRIPTION COMMAND...
+  local secs=$1 what=$2; shift 2
+  local deadline=$((SECONDS + secs))
+  until "$@"; do
+    [ $SECONDS -lt $deadline ] || return 1
+    sleep 0.5
+  done
+}
+
+ensure_engine() {
+  if engine_answers; then log "docker engine answers ($(docker version --format '{{.Server.Version}}'))"; return 0; fi
+  if [ -n "${DOCKER_HOST:-}" ]; then die "DOCKER_HOST=$DOCKER_HOST does not answer; start that engine or unset DOCKER_HOST"; fi
+  [ "$(id -u)" = 0 ] || die "no docker engine answers on the default socket and this is not root: start dockerd or set DOCKER_HOST"
+  log "starting dockerd (log: $STATE/dockerd.log)"
+  setsid dockerd --pidfile "$STATE/dockerd.pid" >"$STATE/dockerd.log" 2>&1 < /dev/null &
+  wait_for 60 "docker engine" engine_answers || { tail -20 "$STATE/dockerd.log" >&2; die "dockerd did not answer within 60s"; }
+  log "docker engine started (pid $(cat "$STATE/dockerd.pid"))"
+}
+
+registry_answers() { curl -fs -o /dev/null --max-time 2 "http://$REGISTRY_ADDR/v2/"; }
+
+ensure_registry() {
+  if registry_answers; then log "registry answers on $REGISTRY_ADDR"; return 0; fi
+  mkdir -p "$STATE/registry"
+  cat > "$STATE/registry.yml" <<YML
+version: 0.1
+log:
+  level: warn
+storage:
+  filesystem:
+    rootdirectory: $STATE/registry
+  delete:
+    enabled: true
+http:
+  addr: $REGISTRY_ADDR
+YML
+  log "starting docker-registry on $REGISTRY_ADDR (log: $STATE/registry.log)"
+  setsid docker-registry serve "$STATE/registry.yml" >"$STATE/registry.log" 2>&1 < /dev/null &
+  echo $! > "$STATE/registry.pid"
+  wait_for 30 "registry" registry_answers || { tail -20 "$STATE/registry.log" >&2; die "registry did not answer within 30s"; }
+}
+
+stop_pidfile() {
+  local f=$1
+  [ -f "$f" ] || return 0
+  local pid; pid=$(cat "$f")
+  if kill -0 "$pid" 2>/dev/null; then
+    log "stopping pid $pid ($f)"
+    kill "$pid"
+    wait_for 30 "exit" bash -c "! kill -0 $pid 2>/dev/null" || kill -9 "$pid" 2>/dev/null || true
+  fi
+  rm -f "$f"
+}
+
+case "${1:-up}" in
+  up)
+    install_missing
+    ensure_engine
+    ensure_registry
+    ;;
+  down)
+    stop_pidfile "$STATE/registry.pid"
+    stop_pidfile "$STATE/dockerd.pid"
+    ;;
+  *) die "usage: $0 [up|down]" ;;
+esac

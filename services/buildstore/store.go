@@ -1,0 +1,187 @@
+// Package buildstore keeps build records in KV KILN_BUILDS, the farm's
+// source of truth. Every change is a revision compare-and-swap, so two
+// services racing on one build cannot both win, and only the transitions of
+// the build life cycle are allowed:
+//
+//	QUEUED → ASSIGNED(agent, attempt) → RUNNING → SUCCEEDED | FAILED | CANCELLED
+//
+// with ASSIGNED/RUNNING → QUEUED when a lease lapses and QUEUED → CANCELLED
+// or FAILED at any time.
+package buildstore
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"sort"
+
+	"github.com/nats-io/nats.go/jetstream"
+	"google.golang.org/protobuf/proto"
+
+	kilnv1 "github.com/kilnbuild/kiln/proto/gen/go/kiln/v1"
+	"github.com/kilnbuild/kiln/services/bus"
+)
+
+// Errors a caller can test for with errors.Is.
+var (
+	// ErrNotFound: no build has that id.
+	ErrNotFound = errors.New("build not found")
+	// ErrFenced: the change came from an attempt the build has moved past.
+	ErrFenced = errors.New("build attempt is stale")
+	// ErrBadTransition: the life cycle does not allow the change.
+	ErrBadTransition = errors.New("build state transition not allowed")
+)
+
+// Store reads and changes build records.
+type Store struct {
+	kv jetstream.KeyValue
+}
+
+// Open binds to the KILN_BUILDS bucket (created by bus.Setup).
+func Open(ctx context.Context, js jetstream.JetStream) (*Store, error) {
+	kv, err := js.KeyValue(ctx, bus.BucketBuilds)
+	if err != nil {
+		return nil, fmt.Errorf("open bucket %s: %w", bus.BucketBuilds, err)
+	}
+	return &Store{kv: kv}, nil
+}
+
+// Create stores a new record; it fails if the id exists.
+func (s *Store) Create(ctx context.Context, b *kilnv1.Build) error {
+	data, err := proto.Marshal(b)
+	if err != nil {
+		return fmt.Errorf("encode build %s: %w", b.Id, err)
+	}
+	if _, err := s.kv.Create(ctx, b.Id, data); err != nil {
+		return fmt.Errorf("create build %s: %w", b.Id, err)
+	}
+	return nil
+}
+
+// Get returns a record and its revision.
+func (s *Store) Get(ctx context.Context, id string) (*kilnv1.Build, uint64, error) {
+	if !ValidID(id) {
+		return nil, 0, fmt.Errorf("%w: %q", ErrNotFound, id)
+	}
+	e, err := s.kv.Get(ctx, id)
+	if err != nil {
+		if bus.IsNotFound(err) {
+			return nil, 0, fmt.Errorf("%w: %s", ErrNotFound, id)
+		}
+		return nil, 0, fmt.Errorf("read build %s: %w", id, err)
+	}
+	b := &kilnv1.Build{}
+	if err := bus.Decode(e.Value(), b); err != nil {
+		return nil, 0, fmt.Errorf("build %s: %w", id, err)
+	}
+	return b, e.Revision(), nil
+}
+
+// Update applies change to the current record and writes it back with a
+// revision check, retrying on a concurrent write. change may return an error
+// to abandon the update; that error is returned as is. The written record is
+// returned. The new state must be a legal transition from the old one.
+func (s *Store) Update(ctx context.Context, id string, change func(b *kilnv1.Build) error) (*kilnv1.Build, error) {
+	for {
+		b, rev, err := s.Get(ctx, id)
+		if err != nil {
+			return nil, err
+		}
+		from := b.State
+		if err := change(b); err != nil {
+			return nil, err
+		}
+		if !Allowed(from, b.State) {
+			return nil, fmt.Errorf("%w: build %s from %s to %s", ErrBadTransition, id, from, b.State)
+		}
+		data, err := proto.Marshal(b)
+		if err != nil {
+			return nil, fmt.Errorf("encode build %s: %w", id, err)
+		}
+		if _, err := s.kv.Update(ctx, id, data, rev); err != nil {
+			if isWrongRevision(err) {
+				continue
+			}
+			return nil, fmt.Errorf("update build %s: %w", id, err)
+		}
+		return b, nil
+	}
+}
+
+// UpdateAttempt is Update fenced on attempt: the change is refused with
+// ErrFenced when the build has since been given to another attempt.
+func (s *Store) UpdateAttempt(ctx context.Context, id string, attempt uint32, change func(b *kilnv1.Build) error) (*kilnv1.Build, error) {
+	return s.Update(ctx, id, func(b *kilnv1.Build) error {
+		if b.Attempt != attempt || Terminal(b.State) {
+			return fmt.Errorf("%w: build %s is at attempt %d (%s), change from attempt %d", ErrFenced, id, b.Attempt, b.State, attempt)
+		}
+		return change(b)
+	})
+}
+
+// List returns every record, newest first (ids sort by creation time).
+func (s *Store) List(ctx context.Context) ([]*kilnv1.Build, error) {
+	lister, err := s.kv.ListKeys(ctx)
+	if err != nil {
+		return nil, fmt.Errorf("list builds: %w", err)
+	}
+	var ids []string
+	for k := range lister.Keys() {
+		ids = append(ids, k)
+	}
+	sort.Sort(sort.Reverse(sort.StringSlice(ids)))
+	out := make([]*kilnv1.Build, 0, len(ids))
+	for _, id := range ids {
+		b, _, err := s.Get(ctx, id)
+		if errors.Is(err, ErrNotFound) {
+			continue
+		}
+		if err != nil {
+			return nil, err
+		}
+		out = append(out, b)
+	}
+	return out, nil
+}
+
+func isWrongRevision(err error) bool {
+	var apiErr *jetstream.APIError
+	if errors.As(err, &apiErr) && apiErr.ErrorCode == jetstream.JSErrCodeStreamWrongLastSequence {
+		return true
+	}
+	return errors.Is(err, jetstream.ErrKeyExists)
+}
+
+// Terminal reports whether a build in state s is over.
+func Terminal(s kilnv1.BuildState) bool {
+	switch s {
+	case kilnv1.BuildState_BUILD_STATE_SUCCEEDED, kilnv1.BuildState_BUILD_STATE_FAILED, kilnv1.BuildState_BUILD_STATE_CANCELLED:
+		return true
+	}
+	return false
+}
+
+// Allowed reports whether a record may move from one state to another.
+// Staying in a state is allowed (lease renewals, cancel requests).
+func Allowed(from, to kilnv1.BuildState) bool {
+	if from == to {
+		return !Terminal(from)
+	}
+	const (
+		queued    = kilnv1.BuildState_BUILD_STATE_QUEUED
+		assigned  = kilnv1.BuildState_BUILD_STATE_ASSIGNED
+		running   = kilnv1.BuildState_BUILD_STATE_RUNNING
+		succeeded = kilnv1.BuildState_BUILD_STATE_SUCCEEDED
+		failed    = kilnv1.BuildState_BUILD_STATE_FAILED
+		cancelled = kilnv1.BuildState_BUILD_STATE_CANCELLED
+	)
+	switch from {
+	case queued:
+		return to == assigned || to == failed || to == cancelled
+	case assigned:
+		return to == running || to == queued || to == failed || to == cancelled
+	case running:
+		return to == succeeded || to == failed || to == cancelled || to == queued
+	}
+	return false
+}

@@ -1,0 +1,116 @@
+package bus
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+)
+
+// Conn is a NATS connection with its JetStream context.
+type Conn struct {
+	NC *nats.Conn
+	JS jetstream.JetStream
+}
+
+// Connect dials NATS at url, naming the connection after the service, and
+// retries until ctx ends so services may start before the NATS cluster.
+func Connect(ctx context.Context, url, name string) (*Conn, error) {
+	opts := []nats.Option{
+		nats.Name(name),
+		nats.MaxReconnects(-1),
+		nats.ReconnectWait(250 * time.Millisecond),
+		nats.RetryOnFailedConnect(true),
+	}
+	nc, err := nats.Connect(url, opts...)
+	if err != nil {
+		return nil, fmt.Errorf("connect to nats %s: %w", url, err)
+	}
+	for !nc.IsConnected() {
+		select {
+		case <-ctx.Done():
+			nc.Close()
+			return nil, fmt.Errorf("connect to nats %s: %w", url, ctx.Err())
+		case <-time.After(50 * time.Millisecond):
+		}
+	}
+	js, err := jetstream.New(nc)
+	if err != nil {
+		nc.Close()
+		return nil, fmt.Errorf("jetstream: %w", err)
+	}
+	return &Conn{NC: nc, JS: js}, nil
+}
+
+// Close drains and closes the connection.
+func (c *Conn) Close() {
+	if c == nil || c.NC == nil {
+		return
+	}
+	_ = c.NC.Drain()
+	c.NC.Close()
+}
+
+// Limits bound what the farm keeps.
+type Limits struct {
+	// EventsMaxAge is how long build events stay replayable.
+	EventsMaxAge time.Duration
+	// AgentTTL is how long an agent heartbeat stays without renewal.
+	AgentTTL time.Duration
+	// Replicas is the stream replication factor (1 for a single server).
+	Replicas int
+}
+
+// DefaultLimits are used when a service is given none.
+var DefaultLimits = Limits{EventsMaxAge: 7 * 24 * time.Hour, AgentTTL: 15 * time.Second, Replicas: 1}
+
+// Setup creates or updates every stream, bucket and object store kiln uses.
+// Every service calls it at start, so any may come up first.
+func Setup(ctx context.Context, js jetstream.JetStream, l Limits) error {
+	if l.Replicas == 0 {
+		l.Replicas = 1
+	}
+	if _, err := js.CreateOrUpdateStream(ctx, jetstream.StreamConfig{
+		Name:       StreamRequests,
+		Subjects:   []string{SubjectRequests},
+		Retention:  jetstream.WorkQueuePolicy,
+		Storage:    jetstream.FileStorage,
+		Replicas:   l.Replicas,
+		Duplicates: 2 * time.Minute,
+	}); err != nil {
+		return fmt.Errorf("stream %s: %w", StreamRequests, err)
+	}
+	if _, err := js.CreateOrUpdateStream(ctx, jetstream.StreamConfig{
+		Name:      StreamEvents,
+		Subjects:  []string{subjectEventsPrefix + ">"},
+		Retention: jetstream.LimitsPolicy,
+		Storage:   jetstream.FileStorage,
+		Replicas:  l.Replicas,
+		MaxAge:    l.EventsMaxAge,
+	}); err != nil {
+		return fmt.Errorf("stream %s: %w", StreamEvents, err)
+	}
+	for _, kv := range []jetstream.KeyValueConfig{
+		{Bucket: BucketBuilds, History: 1, Storage: jetstream.FileStorage, Replicas: l.Replicas},
+		{Bucket: BucketIdempotency, History: 1, Storage: jetstream.FileStorage, Replicas: l.Replicas},
+		{Bucket: BucketAgents, History: 1, Storage: jetstream.FileStorage, Replicas: l.Replicas, TTL: l.AgentTTL},
+	} {
+		if _, err := js.CreateOrUpdateKeyValue(ctx, kv); err != nil {
+			return fmt.Errorf("key-value bucket %s: %w", kv.Bucket, err)
+		}
+	}
+	if _, err := js.CreateOrUpdateObjectStore(ctx, jetstream.ObjectStoreConfig{
+		Bucket: BucketCAS, Storage: jetstream.FileStorage, Replicas: l.Replicas,
+	}); err != nil {
+		return fmt.Errorf("object store %s: %w", BucketCAS, err)
+	}
+	return nil
+}
+
+// IsNotFound reports whether err means a KV key or object does not exist.
+func IsNotFound(err error) bool {
+	return errors.Is(err, jetstream.ErrKeyNotFound) || errors.Is(err, jetstream.ErrObjectNotFound)
+}
