@@ -114,3 +114,11 @@ func Setup(ctx context.Context, js jetstream.JetStream, l Limits) error {
 func IsNotFound(err error) bool {
 	return errors.Is(err, jetstream.ErrKeyNotFound) || errors.Is(err, jetstream.ErrObjectNotFound)
 }
+
+// Ready reports whether the connection is up, for /readyz.
+func (c *Conn) Ready(context.Context) error {
+	if !c.NC.IsConnected() {
+		return fmt.Errorf("nats not connected (%s)", c.NC.Status())
+	}
+	return nil
+}

@@ -1,0 +1,298 @@
+// Package agent runs builds on one Docker engine. Each slot pulls work from
+// the scheduler (kiln.sched.pull long-poll), marks the build RUNNING, keeps
+// its lease alive, builds through the engine while streaming every line and
+// step as events, pushes the tags and records the result — all writes fenced
+// by the build's attempt, so an agent that lost its build cannot overwrite
+// the record of the attempt that replaced it.
+//
+// Stopping the agent drains it: no new pulls, in-flight builds get
+// DrainTimeout to finish and are otherwise handed back to the queue.
+package agent
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"runtime"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/nats-io/nats.go/jetstream"
+	"golang.org/x/sync/errgroup"
+	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/types/known/durationpb"
+	"google.golang.org/protobuf/types/known/timestamppb"
+
+	"github.com/kilnbuild/kiln/agent/engine"
+	kilnv1 "github.com/kilnbuild/kiln/proto/gen/go/kiln/v1"
+	"github.com/kilnbuild/kiln/services/buildstore"
+	"github.com/kilnbuild/kiln/services/bus"
+	"github.com/kilnbuild/kiln/services/cas"
+)
+
+// Engine is what the agent needs from a Docker engine.
+type Engine interface {
+	Info(ctx context.Context) (engine.Info, error)
+	Build(ctx context.Context, contextTar io.Reader, o engine.BuildOptions, r engine.Reporter) (engine.Result, error)
+	Push(ctx context.Context, tag string, log func(line string)) (digest string, size int64, err error)
+}
+
+var _ Engine = (*engine.Docker)(nil)
+
+// Config wires an Agent.
+type Config struct {
+	Name   string
+	Slots  int
+	Labels map[string]string
+	Engine Engine
+	Conn   *bus.Conn
+	Logger *slog.Logger
+	// Lease must match the scheduler's; the agent renews at a third of it.
+	Lease time.Duration
+	// DrainTimeout is how long in-flight builds may run after Run's ctx ends
+	// before they are handed back to the queue.
+	DrainTimeout time.Duration
+	// PollWait is how long one pull may wait for work.
+	PollWait time.Duration
+	// HeartbeatEvery is how often the agent refreshes its KV heartbeat and
+	// pings its engine.
+	HeartbeatEvery time.Duration
+}
+
+// Defaults for zero Config fields.
+const (
+	DefaultSlots          = 2
+	DefaultLease          = 30 * time.Second
+	DefaultDrainTimeout   = 5 * time.Minute
+	DefaultPollWait       = 10 * time.Second
+	DefaultHeartbeatEvery = 5 * time.Second
+)
+
+// Agent runs builds from the farm's queue on one engine.
+type Agent struct {
+	cfg     Config
+	log     *slog.Logger
+	builds  *buildstore.Store
+	blobs   *cas.Store
+	agents  jetstream.KeyValue
+	started time.Time
+
+	busy     atomic.Int32
+	healthy  atomic.Bool
+	draining atomic.Bool
+
+	mu   sync.Mutex
+	info engine.Info
+}
+
+// New binds an Agent to the farm (bus.Setup must have run).
+func New(ctx context.Context, cfg Config) (*Agent, error) {
+	if cfg.Name == "" {
+		return nil, errors.New("agent name is empty")
+	}
+	builds, err := buildstore.Open(ctx, cfg.Conn.JS)
+	if err != nil {
+		return nil, err
+	}
+	blobs, err := cas.Open(ctx, cfg.Conn.JS)
+	if err != nil {
+		return nil, err
+	}
+	agents, err := cfg.Conn.JS.KeyValue(ctx, bus.BucketAgents)
+	if err != nil {
+		return nil, fmt.Errorf("open bucket %s: %w", bus.BucketAgents, err)
+	}
+	if cfg.Slots <= 0 {
+		cfg.Slots = DefaultSlots
+	}
+	if cfg.Lease == 0 {
+		cfg.Lease = DefaultLease
+	}
+	if cfg.DrainTimeout == 0 {
+		cfg.DrainTimeout = DefaultDrainTimeout
+	}
+	if cfg.PollWait == 0 {
+		cfg.PollWait = DefaultPollWait
+	}
+	if cfg.HeartbeatEvery == 0 {
+		cfg.HeartbeatEvery = DefaultHeartbeatEvery
+	}
+	if cfg.Logger == nil {
+		cfg.Logger = slog.Default()
+	}
+	return &Agent{
+		cfg: cfg, log: cfg.Logger.With("agent", cfg.Name), builds: builds, blobs: blobs,
+		agents: agents, started: time.Now(),
+	}, nil
+}
+
+// Ready reports whether the agent's engine answers, for /readyz.
+func (a *Agent) Ready(context.Context) error {
+	if !a.healthy.Load() {
+		return fmt.Errorf("docker engine of agent %q does not answer", a.cfg.Name)
+	}
+	return nil
+}
+
+// Run pulls and runs builds until ctx ends, then drains.
+func (a *Agent) Run(ctx context.Context) error {
+	a.checkEngine(ctx)
+	// work outlives ctx by DrainTimeout so in-flight builds may finish.
+	work, stopWork := context.WithCancelCause(context.WithoutCancel(ctx))
+	defer stopWork(nil)
+	go func() {
+		<-ctx.Done()
+		a.draining.Store(true)
+		a.heartbeat(work)
+		t := time.NewTimer(a.cfg.DrainTimeout)
+		defer t.Stop()
+		select {
+		case <-t.C:
+			stopWork(errDrained)
+		case <-work.Done():
+		}
+	}()
+
+	var eg errgroup.Group
+	hbCtx, stopHB := context.WithCancel(work)
+	eg.Go(func() error { a.heartbeatLoop(hbCtx); return nil })
+	var slots sync.WaitGroup
+	for i := 0; i < a.cfg.Slots; i++ {
+		slots.Add(1)
+		go func() {
+			defer slots.Done()
+			a.slotLoop(ctx, work)
+		}()
+	}
+	slots.Wait()
+	stopHB()
+	_ = eg.Wait()
+	// Leave the registry at once rather than waiting for the TTL.
+	_ = a.agents.Delete(context.Background(), a.cfg.Name)
+	a.log.Info("agent stopped")
+	return nil
+}
+
+// slotLoop is one build slot: pull, run, repeat until ctx ends.
+func (a *Agent) slotLoop(ctx, work context.Context) {
+	backoff := time.Duration(0)
+	for ctx.Err() == nil {
+		if backoff > 0 || !a.healthy.Load() {
+			select {
+			case <-ctx.Done():
+				return
+			case <-time.After(max(backoff, time.Second)):
+			}
+		}
+		builds, err := a.pull(ctx)
+		if err != nil {
+			if ctx.Err() == nil {
+				a.log.Debug("pull for work", "err", err)
+			}
+			backoff = min(max(2*backoff, 250*time.Millisecond), 5*time.Second)
+			continue
+		}
+		backoff = 0
+		for _, b := range builds {
+			a.busy.Add(1)
+			a.runBuild(work, b)
+			a.busy.Add(-1)
+		}
+	}
+}
+
+// pull offers one free slot to the scheduler and waits for an answer.
+func (a *Agent) pull(ctx context.Context) ([]*kilnv1.Build, error) {
+	msg, err := bus.NewMsg(bus.SubjectPull, &kilnv1.WorkOffer{
+		Agent: a.cfg.Name, FreeSlots: 1, Wait: durationpb.New(a.cfg.PollWait),
+	})
+	if err != nil {
+		return nil, err
+	}
+	rctx, cancel := context.WithTimeout(ctx, a.cfg.PollWait+5*time.Second)
+	defer cancel()
+	reply, err := a.cfg.Conn.NC.RequestMsgWithContext(rctx, msg)
+	if err != nil {
+		return nil, fmt.Errorf("work offer: %w", err)
+	}
+	resp := &kilnv1.WorkAssignment{}
+	if err := bus.Decode(reply.Data, resp); err != nil {
+		return nil, err
+	}
+	return resp.Builds, nil
+}
+
+// checkEngine pings the engine and records whether it answers.
+func (a *Agent) checkEngine(ctx context.Context) {
+	pctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+	defer cancel()
+	info, err := a.cfg.Engine.Info(pctx)
+	was := a.healthy.Swap(err == nil)
+	if err != nil {
+		if was || a.info == (engine.Info{}) {
+			a.log.Error("docker engine does not answer; out of rotation", "err", err)
+		}
+		return
+	}
+	a.mu.Lock()
+	a.info = info
+	a.mu.Unlock()
+	if !was {
+		a.log.Info("docker engine answers", "version", info.ServerVersion, "api", info.APIVersion, "storage_driver", info.StorageDriver)
+	}
+}
+
+func (a *Agent) heartbeatLoop(ctx context.Context) {
+	t := time.NewTicker(a.cfg.HeartbeatEvery)
+	defer t.Stop()
+	for {
+		a.heartbeat(ctx)
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+			a.checkEngine(ctx)
+		}
+	}
+}
+
+// heartbeat writes the agent's record to KV KILN_AGENTS.
+func (a *Agent) heartbeat(ctx context.Context) {
+	a.mu.Lock()
+	info := a.info
+	a.mu.Unlock()
+	state := kilnv1.AgentState_AGENT_STATE_READY
+	switch {
+	case a.draining.Load():
+		state = kilnv1.AgentState_AGENT_STATE_DRAINING
+	case !a.healthy.Load():
+		state = kilnv1.AgentState_AGENT_STATE_UNHEALTHY
+	}
+	rec := &kilnv1.Agent{
+		Name: a.cfg.Name, State: state, Slots: uint32(a.cfg.Slots), BusySlots: uint32(a.busy.Load()),
+		EngineVersion: info.ServerVersion, EngineApiVersion: info.APIVersion, StorageDriver: info.StorageDriver,
+		Os: nonEmpty(info.OS, runtime.GOOS), Arch: nonEmpty(info.Arch, runtime.GOARCH), Labels: a.cfg.Labels,
+		StartedAt: timestamppb.New(a.started), LastSeen: timestamppb.Now(),
+	}
+	data, err := proto.Marshal(rec)
+	if err == nil {
+		_, err = a.agents.Put(ctx, a.cfg.Name, data)
+	}
+	if err != nil && ctx.Err() == nil {
+		a.log.Warn("heartbeat", "err", err)
+	}
+}
+
+func nonEmpty(s, fallback string) string {
+	if s != "" {
+		return s
+	}
+	return fallback
+}
+
+// DefaultKilndDrainTimeout is kilnd's shorter drain: someone pressing
+// Ctrl-C on a workstation should not wait minutes.
+const DefaultKilndDrainTimeout = 10 * time.Second

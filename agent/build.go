@@ -1,0 +1,255 @@
+package agent
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"google.golang.org/protobuf/types/known/durationpb"
+	"google.golang.org/protobuf/types/known/timestamppb"
+
+	"github.com/kilnbuild/kiln/agent/engine"
+	kilnv1 "github.com/kilnbuild/kiln/proto/gen/go/kiln/v1"
+	"github.com/kilnbuild/kiln/services/buildstore"
+	"github.com/kilnbuild/kiln/services/bus"
+)
+
+// Why a build's context ended early.
+var (
+	errDrained   = errors.New("agent drained before the build finished")
+	errCancelled = errors.New("build cancelled")
+	errLost      = errors.New("build was given to another attempt")
+)
+
+// finishTimeout bounds the writes that record a build's end.
+const finishTimeout = 30 * time.Second
+
+// runBuild runs one assigned build to its end. work is the agent's work
+// context: it outlives a stop request by the drain timeout.
+func (a *Agent) runBuild(work context.Context, assigned *kilnv1.Build) {
+	log := a.log.With("build_id", assigned.Id, "attempt", assigned.Attempt)
+	ctx, cancel := context.WithCancelCause(work)
+	defer cancel(nil)
+
+	now := time.Now()
+	b, err := a.builds.UpdateAttempt(ctx, assigned.Id, assigned.Attempt, func(b *kilnv1.Build) error {
+		if b.Agent != a.cfg.Name || b.State != kilnv1.BuildState_BUILD_STATE_ASSIGNED {
+			return fmt.Errorf("%w: build is %s on agent %q", buildstore.ErrFenced, b.State, b.Agent)
+		}
+		b.State = kilnv1.BuildState_BUILD_STATE_RUNNING
+		b.StartedAt = timestamppb.New(now)
+		b.LeaseExpiresAt = timestamppb.New(now.Add(a.cfg.Lease))
+		return nil
+	})
+	if err != nil {
+		log.Warn("could not start assigned build", "err", err)
+		return
+	}
+	ev := &events{js: a.cfg.Conn, id: b.Id, attempt: b.Attempt, ctx: context.WithoutCancel(work), logger: log}
+	ev.state(b.State, fmt.Sprintf("running on agent %q (attempt %d)", a.cfg.Name, b.Attempt))
+	log.Info("build running")
+
+	sub, err := a.cfg.Conn.NC.Subscribe(bus.CancelSubject(b.Id), func(*nats.Msg) { cancel(errCancelled) })
+	if err != nil {
+		log.Warn("subscribe to cancellations", "err", err)
+	} else {
+		defer sub.Unsubscribe()
+	}
+	// A cancel sent before the subscription is in the record.
+	if cur, _, err := a.builds.Get(ctx, b.Id); err == nil && cur.CancelRequested {
+		cancel(errCancelled)
+	}
+
+	renewCtx, stopRenew := context.WithCancel(ctx)
+	renewed := make(chan struct{})
+	go func() {
+		defer close(renewed)
+		a.renewLease(renewCtx, b, cancel, log)
+	}()
+	result, buildErr := a.execute(ctx, b, ev)
+	stopRenew()
+	<-renewed
+	a.finish(work, b, result, buildErr, context.Cause(ctx), ev, log)
+}
+
+// renewLease extends the build's lease every third of the lease until ctx
+// ends; it cancels the build when the record was given to another attempt
+// or a cancel was requested.
+func (a *Agent) renewLease(ctx context.Context, b *kilnv1.Build, cancel context.CancelCauseFunc, log *slog.Logger) {
+	t := time.NewTicker(a.cfg.Lease / 3)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+		cur, err := a.builds.UpdateAttempt(ctx, b.Id, b.Attempt, func(r *kilnv1.Build) error {
+			r.LeaseExpiresAt = timestamppb.New(time.Now().Add(a.cfg.Lease))
+			return nil
+		})
+		switch {
+		case errors.Is(err, buildstore.ErrFenced):
+			log.Warn("lost the build's lease; stopping it", "err", err)
+			cancel(errLost)
+			return
+		case err != nil:
+			if ctx.Err() == nil {
+				log.Warn("renew lease", "err", err)
+			}
+		case cur.CancelRequested:
+			cancel(errCancelled)
+		}
+	}
+}
+
+// execute builds and pushes. The result holds what was learnt even when
+// the build failed part-way.
+func (a *Agent) execute(ctx context.Context, b *kilnv1.Build, ev *events) (*kilnv1.BuildResult, error) {
+	result := &kilnv1.BuildResult{}
+	r, err := a.blobs.Get(ctx, b.Context.Digest.Hash)
+	if err != nil {
+		return result, fmt.Errorf("fetch build context: %w", err)
+	}
+	defer r.Close()
+	spec := b.Spec
+	res, err := a.cfg.Engine.Build(ctx, r, engine.BuildOptions{
+		Dockerfile: spec.Dockerfile,
+		Tags:       spec.Tags,
+		BuildArgs:  spec.BuildArgs,
+		Target:     spec.Target,
+		Labels:     spec.Labels,
+		NoCache:    spec.NoCache,
+		Pull:       spec.Pull,
+	}, &reporter{ev: ev})
+	result.ImageId = res.ImageID
+	result.Steps = uint32(res.Steps)
+	result.CachedSteps = uint32(res.CachedSteps)
+	if err != nil {
+		return result, err
+	}
+	if !spec.Push {
+		return result, nil
+	}
+	for _, tag := range spec.Tags {
+		digest, size, err := a.cfg.Engine.Push(ctx, tag, func(line string) { ev.log(0, line) })
+		if err != nil {
+			return result, fmt.Errorf("push %s: %w", tag, err)
+		}
+		p := &kilnv1.PushedImage{Tag: tag, Digest: digest, Size: size}
+		result.Pushed = append(result.Pushed, p)
+		ev.publish(&kilnv1.BuildEvent{Event: &kilnv1.BuildEvent_Pushed{Pushed: p}})
+	}
+	return result, nil
+}
+
+// finish records how the build ended, fenced on its attempt, and then
+// publishes the finished event. A drained build is handed back instead.
+func (a *Agent) finish(work context.Context, b *kilnv1.Build, result *kilnv1.BuildResult, buildErr, cause error, ev *events, log *slog.Logger) {
+	ctx, cancel := context.WithTimeout(context.WithoutCancel(work), finishTimeout)
+	defer cancel()
+	if errors.Is(cause, errLost) {
+		log.Warn("build abandoned: another attempt owns it")
+		return
+	}
+	if errors.Is(cause, errDrained) {
+		a.handBack(ctx, b, ev, log)
+		return
+	}
+	state, msg := kilnv1.BuildState_BUILD_STATE_SUCCEEDED, ""
+	switch {
+	case buildErr == nil:
+	case errors.Is(cause, errCancelled):
+		state, msg = kilnv1.BuildState_BUILD_STATE_CANCELLED, "cancelled while running"
+	default:
+		state, msg = kilnv1.BuildState_BUILD_STATE_FAILED, buildErr.Error()
+	}
+	rec, err := a.builds.UpdateAttempt(ctx, b.Id, b.Attempt, func(r *kilnv1.Build) error {
+		r.State = state
+		r.Result = result
+		r.Error = msg
+		r.FinishedAt = timestamppb.Now()
+		r.LeaseExpiresAt = nil
+		return nil
+	})
+	if err != nil {
+		log.Warn("result refused", "state", state.String(), "err", err)
+		return
+	}
+	ev.publish(&kilnv1.BuildEvent{Event: &kilnv1.BuildEvent_Finished{Finished: &kilnv1.BuildFinished{
+		State: rec.State, Result: rec.Result, Error: rec.Error, Agent: a.cfg.Name,
+	}}})
+	log.Info("build finished", "state", state.String(), "steps", result.Steps, "cached", result.CachedSteps)
+}
+
+// handBack returns a build the agent could not finish to the queue.
+func (a *Agent) handBack(ctx context.Context, b *kilnv1.Build, ev *events, log *slog.Logger) {
+	_, err := a.builds.UpdateAttempt(ctx, b.Id, b.Attempt, func(r *kilnv1.Build) error {
+		r.State = kilnv1.BuildState_BUILD_STATE_QUEUED
+		r.Agent = ""
+		r.LeaseExpiresAt = nil
+		return nil
+	})
+	if err != nil {
+		log.Warn("hand back build", "err", err)
+		return
+	}
+	ev.state(kilnv1.BuildState_BUILD_STATE_QUEUED, fmt.Sprintf("agent %q stopped before the build finished; re-queued", a.cfg.Name))
+	msg, err := bus.NewMsg(bus.SubjectRequests, &kilnv1.BuildRequested{BuildId: b.Id})
+	if err == nil {
+		msg.Header.Set(nats.MsgIdHdr, fmt.Sprintf("%s-handback-%d", b.Id, b.Attempt))
+		_, err = a.cfg.Conn.JS.PublishMsg(ctx, msg)
+	}
+	if err != nil {
+		log.Warn("hand back build: intake publish failed; the scheduler recovers it from KV on restart", "err", err)
+	}
+	log.Info("build handed back")
+}
+
+// events publishes one attempt's events of a build.
+type events struct {
+	js      *bus.Conn
+	id      string
+	attempt uint32
+	ctx     context.Context
+	logger  *slog.Logger
+}
+
+func (e *events) publish(ev *kilnv1.BuildEvent) {
+	ev.BuildId, ev.Attempt = e.id, e.attempt
+	ctx, cancel := context.WithTimeout(e.ctx, 10*time.Second)
+	defer cancel()
+	if err := bus.PublishEvent(ctx, e.js.JS, ev); err != nil {
+		e.logger.Warn("publish event", "err", err)
+	}
+}
+
+func (e *events) state(s kilnv1.BuildState, msg string) {
+	e.publish(&kilnv1.BuildEvent{Event: &kilnv1.BuildEvent_State{State: &kilnv1.StateChanged{State: s, Attempt: e.attempt, Message: msg}}})
+}
+
+func (e *events) log(step int, line string) {
+	e.publish(&kilnv1.BuildEvent{Event: &kilnv1.BuildEvent_Log{Log: &kilnv1.LogLine{Step: uint32(step), Text: line}}})
+}
+
+// reporter turns the engine's progress into build events.
+type reporter struct{ ev *events }
+
+var _ engine.Reporter = (*reporter)(nil)
+
+func (r *reporter) Log(step int, line string) { r.ev.log(step, line) }
+
+func (r *reporter) StepStarted(step, total int, instruction string) {
+	r.ev.publish(&kilnv1.BuildEvent{Event: &kilnv1.BuildEvent_StepStarted{StepStarted: &kilnv1.StepStarted{
+		Step: uint32(step), Total: uint32(total), Instruction: instruction,
+	}}})
+}
+
+func (r *reporter) StepFinished(step int, instruction string, cached bool, took time.Duration) {
+	r.ev.publish(&kilnv1.BuildEvent{Event: &kilnv1.BuildEvent_StepFinished{StepFinished: &kilnv1.StepFinished{
+		Step: uint32(step), Instruction: instruction, Cached: cached, Duration: durationpb.New(took),
+	}}})
+}

@@ -1,0 +1,116 @@
+package agent
+
+import (
+	"context"
+	"flag"
+	"fmt"
+	"os"
+	"time"
+
+	"golang.org/x/sync/errgroup"
+
+	"github.com/kilnbuild/kiln/agent/engine"
+	"github.com/kilnbuild/kiln/services/bus"
+	"github.com/kilnbuild/kiln/services/config"
+	"github.com/kilnbuild/kiln/services/httpserver"
+	"github.com/kilnbuild/kiln/services/logging"
+	"github.com/kilnbuild/kiln/services/readyfile"
+)
+
+// RunOptions are kiln-agent's flags.
+type RunOptions struct {
+	NATSURL    string
+	HTTPListen string
+	ReadyFile  string
+	LogLevel   string
+	EngineOptions
+}
+
+// EngineOptions are the agent flags kilnd shares.
+type EngineOptions struct {
+	Name         string
+	Slots        int
+	DockerHost   string
+	Labels       config.Labels
+	Lease        time.Duration
+	DrainTimeout time.Duration
+}
+
+// Flags registers the options on fs (each also read from KILN_<FLAG>).
+func (o *RunOptions) Flags(fs *flag.FlagSet) {
+	fs.StringVar(&o.NATSURL, "nats-url", "nats://127.0.0.1:4222", "NATS server URL(s), comma-separated")
+	fs.StringVar(&o.HTTPListen, "http-listen", "127.0.0.1:7703", "HTTP listen address for /healthz, /readyz, /metrics")
+	fs.StringVar(&o.ReadyFile, "ready-file", "", "write {\"http\":…} to this file once serving")
+	fs.StringVar(&o.LogLevel, "log-level", "info", "debug, info, warn or error")
+	o.EngineOptions.Flags(fs, DefaultDrainTimeout)
+}
+
+// Flags registers the engine options on fs.
+func (o *EngineOptions) Flags(fs *flag.FlagSet, drain time.Duration) {
+	host, _ := os.Hostname()
+	o.Labels = config.Labels{}
+	fs.StringVar(&o.Name, "name", host, "agent name, unique in the farm")
+	fs.IntVar(&o.Slots, "slots", DefaultSlots, "builds run at once")
+	fs.StringVar(&o.DockerHost, "docker-host", "", "Docker engine address (default $DOCKER_HOST, else the local socket)")
+	fs.Var(o.Labels, "labels", "agent labels k=v,k=v a build may require")
+	fs.DurationVar(&o.Lease, "lease", DefaultLease, "build lease (must match the scheduler's)")
+	fs.DurationVar(&o.DrainTimeout, "drain-timeout", drain, "on stop, how long in-flight builds may finish before they are handed back")
+}
+
+// Start connects to the engine and returns an agent bound to conn.
+func (o *EngineOptions) Start(ctx context.Context, conn *bus.Conn, cfg Config) (*Agent, func(), error) {
+	docker, err := engine.NewDocker(o.DockerHost)
+	if err != nil {
+		return nil, nil, err
+	}
+	cfg.Name, cfg.Slots, cfg.Labels, cfg.Engine, cfg.Conn = o.Name, o.Slots, o.Labels, docker, conn
+	cfg.Lease, cfg.DrainTimeout = o.Lease, o.DrainTimeout
+	a, err := New(ctx, cfg)
+	if err != nil {
+		docker.Close()
+		return nil, nil, err
+	}
+	return a, func() { docker.Close() }, nil
+}
+
+// Run connects to NATS and the engine and runs builds until ctx ends.
+func Run(ctx context.Context, o RunOptions) error {
+	log, err := logging.New(os.Stderr, o.LogLevel)
+	if err != nil {
+		return err
+	}
+	log = log.With("service", "agent")
+	conn, err := bus.Connect(ctx, o.NATSURL, "kiln-agent "+o.Name)
+	if err != nil {
+		return err
+	}
+	defer conn.Close()
+	if err := bus.Setup(ctx, conn.JS, bus.DefaultLimits); err != nil {
+		return err
+	}
+	a, closeEngine, err := o.Start(ctx, conn, Config{Logger: log})
+	if err != nil {
+		return fmt.Errorf("start agent: %w", err)
+	}
+	defer closeEngine()
+	hs, err := httpserver.Listen(o.HTTPListen,
+		httpserver.Check{Name: "nats", Check: conn.Ready},
+		httpserver.Check{Name: "engine", Check: a.Ready})
+	if err != nil {
+		return err
+	}
+	var eg errgroup.Group
+	hctx, stopHTTP := context.WithCancel(context.WithoutCancel(ctx))
+	eg.Go(func() error { return hs.Serve(hctx) })
+	if err := readyfile.Write(o.ReadyFile, map[string]string{"http": hs.Addr()}); err != nil {
+		stopHTTP()
+		return err
+	}
+	log.Info("agent running", "name", o.Name, "slots", o.Slots, "http", hs.Addr())
+	err = a.Run(ctx)
+	stopHTTP()
+	if herr := eg.Wait(); err == nil {
+		err = herr
+	}
+	return err
+}

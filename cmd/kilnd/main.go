@@ -1,0 +1,156 @@
+// Command kilnd is kiln all in one process: an embedded NATS server with
+// JetStream on --data-dir, the gateway, the scheduler and one agent on the
+// local Docker engine. It is the default way to run kiln on one machine.
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"log/slog"
+	"net"
+	"os"
+	"os/signal"
+	"path/filepath"
+	"syscall"
+
+	"github.com/kilnbuild/kiln/agent"
+	"github.com/kilnbuild/kiln/gateway"
+	"github.com/kilnbuild/kiln/scheduler"
+	"github.com/kilnbuild/kiln/services/bus"
+	"github.com/kilnbuild/kiln/services/config"
+	"github.com/kilnbuild/kiln/services/httpserver"
+	"github.com/kilnbuild/kiln/services/logging"
+	"github.com/kilnbuild/kiln/services/readyfile"
+)
+
+type options struct {
+	listen, httpListen, natsListen string
+	dataDir, readyFile, logLevel   string
+	sched                          scheduler.RunOptions
+	agent                          agent.EngineOptions
+}
+
+func main() {
+	var o options
+	fs := flag.NewFlagSet("kilnd", flag.ContinueOnError)
+	home, _ := os.UserHomeDir()
+	fs.StringVar(&o.listen, "listen", "127.0.0.1:7700", "gRPC listen address (port 0 picks a free port)")
+	fs.StringVar(&o.httpListen, "http-listen", "127.0.0.1:7701", "HTTP listen address for /healthz, /readyz, /metrics")
+	fs.StringVar(&o.natsListen, "nats-listen", "127.0.0.1:7722", "embedded NATS listen address")
+	fs.StringVar(&o.dataDir, "data-dir", filepath.Join(home, ".local", "share", "kiln"), "where kilnd keeps its state")
+	fs.StringVar(&o.readyFile, "ready-file", "", "write {\"grpc\":…,\"http\":…,\"nats\":…} to this file once every part is serving")
+	fs.StringVar(&o.logLevel, "log-level", "info", "debug, info, warn or error")
+	o.sched.SchedulingFlags(fs)
+	o.agent.Flags(fs, agent.DefaultKilndDrainTimeout)
+	if err := config.Parse(fs, os.Args[1:]); err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			os.Exit(0)
+		}
+		fmt.Fprintln(os.Stderr, "kilnd:", err)
+		os.Exit(2)
+	}
+	if o.agent.Name == "" {
+		o.agent.Name = "kilnd"
+	}
+	log, err := logging.New(os.Stderr, o.logLevel)
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "kilnd:", err)
+		os.Exit(2)
+	}
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	if err := run(ctx, o, log); err != nil {
+		log.Error("kilnd failed", "err", err)
+		os.Exit(1)
+	}
+}
+
+// run starts every part, and on ctx's end stops them in dependency order:
+// the agent drains first (the gateway keeps relaying its events), then the
+// gateway and scheduler, then the NATS connection and server.
+func run(ctx context.Context, o options, log *slog.Logger) error {
+	if err := os.MkdirAll(o.dataDir, 0o700); err != nil {
+		return fmt.Errorf("data dir: %w", err)
+	}
+	ns, err := bus.RunEmbedded(bus.EmbeddedOptions{Listen: o.natsListen, StoreDir: filepath.Join(o.dataDir, "nats")})
+	if err != nil {
+		return err
+	}
+	defer func() { ns.Shutdown(); ns.WaitForShutdown() }()
+	conn, err := bus.Connect(ctx, ns.ClientURL(), "kilnd")
+	if err != nil {
+		return err
+	}
+	defer conn.Close()
+	if err := bus.Setup(ctx, conn.JS, bus.DefaultLimits); err != nil {
+		return err
+	}
+
+	gw, err := gateway.New(ctx, gateway.Config{Conn: conn, Logger: log.With("service", "gateway")})
+	if err != nil {
+		return err
+	}
+	sched, err := scheduler.New(ctx, scheduler.Config{
+		Conn: conn, Logger: log.With("service", "scheduler"),
+		Lease: o.agent.Lease, MaxAttempts: uint32(o.sched.MaxAttempts),
+	})
+	if err != nil {
+		return err
+	}
+	ag, closeEngine, err := o.agent.Start(ctx, conn, agent.Config{Logger: log.With("service", "agent")})
+	if err != nil {
+		return fmt.Errorf("start agent: %w", err)
+	}
+	defer closeEngine()
+
+	lis, err := net.Listen("tcp", o.listen)
+	if err != nil {
+		return fmt.Errorf("grpc listen %s: %w", o.listen, err)
+	}
+	hs, err := httpserver.Listen(o.httpListen,
+		httpserver.Check{Name: "nats", Check: conn.Ready},
+		httpserver.Check{Name: "engine", Check: ag.Ready})
+	if err != nil {
+		lis.Close()
+		return err
+	}
+
+	background := context.WithoutCancel(ctx)
+	svcCtx, stopServices := context.WithCancel(background)
+	defer stopServices()
+	gwDone := make(chan error, 1)
+	go func() { gwDone <- gw.Serve(svcCtx, lis, hs) }()
+	schedDone := make(chan error, 1)
+	go func() { schedDone <- sched.Run(svcCtx) }()
+	agentCtx, stopAgent := context.WithCancel(ctx)
+	defer stopAgent()
+	agentDone := make(chan error, 1)
+	go func() { agentDone <- ag.Run(agentCtx) }()
+
+	if err := readyfile.Write(o.readyFile, map[string]string{
+		"grpc": lis.Addr().String(), "http": hs.Addr(), "nats": ns.ClientURL(),
+	}); err != nil {
+		return err
+	}
+	log.Info("kilnd serving", "grpc", lis.Addr().String(), "http", hs.Addr(), "nats", ns.ClientURL(), "data_dir", o.dataDir, "agent", o.agent.Name)
+
+	var errs []error
+	select {
+	case <-ctx.Done():
+	case err := <-gwDone:
+		errs = append(errs, fmt.Errorf("gateway: %w", err))
+		gwDone <- nil
+	case err := <-schedDone:
+		errs = append(errs, fmt.Errorf("scheduler: %w", err))
+		schedDone <- nil
+	}
+	log.Info("kilnd stopping: draining the agent", "drain_timeout", o.agent.DrainTimeout)
+	stopAgent()
+	errs = append(errs, <-agentDone)
+	stopServices()
+	errs = append(errs, <-gwDone, <-schedDone)
+	log.Info("kilnd stopped")
+	return errors.Join(errs...)
+}

@@ -1,0 +1,265 @@
+package gateway
+
+import (
+	"archive/tar"
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"io"
+	"path"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/types/known/timestamppb"
+
+	kilnv1 "github.com/kilnbuild/kiln/proto/gen/go/kiln/v1"
+	"github.com/kilnbuild/kiln/services/buildstore"
+	"github.com/kilnbuild/kiln/services/bus"
+)
+
+// defaultTenant owns every build until per-tenant tokens arrive.
+const defaultTenant = "default"
+
+func tenantOf(context.Context) string { return defaultTenant }
+
+// StartBuild validates the request, records the build as QUEUED and hands
+// it to the scheduler. Nothing is stored or queued when validation fails.
+func (g *Gateway) StartBuild(ctx context.Context, req *kilnv1.StartBuildRequest) (*kilnv1.StartBuildResponse, error) {
+	var spec *kilnv1.BuildSpec
+	if req.GetSpec() != nil {
+		spec = proto.Clone(req.Spec).(*kilnv1.BuildSpec)
+	}
+	if err := validateSpec(spec); err != nil {
+		return nil, err
+	}
+	if err := validateContextRef(req.GetContext(), g.limits); err != nil {
+		return nil, err
+	}
+	if err := g.checkContext(ctx, req.Context, spec.Dockerfile); err != nil {
+		return nil, err
+	}
+	tenant := tenantOf(ctx)
+	b := &kilnv1.Build{
+		Id:             buildstore.NewID(time.Now()),
+		Tenant:         tenant,
+		Spec:           spec,
+		Context:        req.Context,
+		State:          kilnv1.BuildState_BUILD_STATE_QUEUED,
+		CreatedAt:      timestamppb.Now(),
+		IdempotencyKey: req.IdempotencyKey,
+	}
+	if req.IdempotencyKey != "" {
+		existing, err := g.claimIdempotencyKey(ctx, tenant, req, b.Id)
+		if err != nil {
+			return nil, err
+		}
+		if existing != nil {
+			return &kilnv1.StartBuildResponse{Build: existing}, nil
+		}
+	}
+	if err := g.builds.Create(ctx, b); err != nil {
+		if req.IdempotencyKey != "" {
+			_ = g.idem.Delete(context.WithoutCancel(ctx), idemKey(tenant, req.IdempotencyKey))
+		}
+		return nil, err
+	}
+	if err := bus.PublishEvent(ctx, g.conn.JS, &kilnv1.BuildEvent{
+		BuildId: b.Id,
+		Event:   &kilnv1.BuildEvent_State{State: &kilnv1.StateChanged{State: b.State, Message: "queued"}},
+	}); err != nil {
+		return nil, err
+	}
+	msg, err := bus.NewMsg(bus.SubjectRequests, &kilnv1.BuildRequested{BuildId: b.Id})
+	if err != nil {
+		return nil, err
+	}
+	msg.Header.Set(nats.MsgIdHdr, b.Id)
+	if _, err := g.conn.JS.PublishMsg(ctx, msg); err != nil {
+		// The record is QUEUED in KV; a scheduler finds it when it next
+		// rebuilds its queue, so the build is not lost.
+		g.log.Warn("intake publish failed; scheduler will recover the build from KV", "build_id", b.Id, "err", err)
+	}
+	g.log.Info("build queued", "build_id", b.Id, "tenant", tenant, "tags", spec.Tags)
+	return &kilnv1.StartBuildResponse{Build: b}, nil
+}
+
+// checkContext makes sure the context blob was uploaded and holds the
+// Dockerfile, so a build that cannot start is refused instead of queued.
+func (g *Gateway) checkContext(ctx context.Context, ref *kilnv1.ContextRef, dockerfile string) error {
+	ok, err := g.blobs.Has(ctx, ref.Digest.Hash, ref.Digest.SizeBytes)
+	if err != nil {
+		return err
+	}
+	if !ok {
+		return status.Errorf(codes.FailedPrecondition, "context blob %s (%d bytes) has not been uploaded: upload it with ContextService.UploadBlobs first", ref.Digest.Hash, ref.Digest.SizeBytes)
+	}
+	r, err := g.blobs.Get(ctx, ref.Digest.Hash)
+	if err != nil {
+		return err
+	}
+	defer r.Close()
+	tr := tar.NewReader(r)
+	for {
+		h, err := tr.Next()
+		if errors.Is(err, io.EOF) {
+			return invalid("Dockerfile %q not found in the build context", dockerfile)
+		}
+		if err != nil {
+			return invalid("context blob %s is not a readable tar: %v", ref.Digest.Hash, err)
+		}
+		if path.Clean(h.Name) == dockerfile && (h.Typeflag == tar.TypeReg || h.Typeflag == tar.TypeSymlink) {
+			return nil
+		}
+	}
+}
+
+func idemKey(tenant, key string) string {
+	sum := sha256.Sum256([]byte(tenant + "\x00" + key))
+	return hex.EncodeToString(sum[:])
+}
+
+func requestHash(req *kilnv1.StartBuildRequest) string {
+	data, _ := proto.MarshalOptions{Deterministic: true}.Marshal(&kilnv1.StartBuildRequest{Spec: req.Spec, Context: req.Context})
+	sum := sha256.Sum256(data)
+	return hex.EncodeToString(sum[:])
+}
+
+// claimIdempotencyKey maps the key to id for good. If the key is already
+// mapped it returns that build, or FailedPrecondition when the earlier
+// request differs.
+func (g *Gateway) claimIdempotencyKey(ctx context.Context, tenant string, req *kilnv1.StartBuildRequest, id string) (*kilnv1.Build, error) {
+	key := idemKey(tenant, req.IdempotencyKey)
+	value := id + " " + requestHash(req)
+	for {
+		if _, err := g.idem.Create(ctx, key, []byte(value)); err == nil {
+			return nil, nil
+		} else if !errors.Is(err, jetstream.ErrKeyExists) {
+			return nil, fmt.Errorf("record idempotency key: %w", err)
+		}
+		e, err := g.idem.Get(ctx, key)
+		if bus.IsNotFound(err) {
+			continue // deleted by a failed start in between; claim again
+		}
+		if err != nil {
+			return nil, fmt.Errorf("read idempotency key: %w", err)
+		}
+		var prevID, prevHash string
+		if _, err := fmt.Sscan(string(e.Value()), &prevID, &prevHash); err != nil {
+			return nil, fmt.Errorf("idempotency record for key is corrupt: %w", err)
+		}
+		if prevHash != requestHash(req) {
+			return nil, status.Errorf(codes.FailedPrecondition, "idempotency key %q was already used for build %s with a different request", req.IdempotencyKey, prevID)
+		}
+		b, _, err := g.builds.Get(ctx, prevID)
+		if err != nil {
+			return nil, err
+		}
+		return b, nil
+	}
+}
+
+func (g *Gateway) getOwned(ctx context.Context, id string) (*kilnv1.Build, error) {
+	if !buildstore.ValidID(id) {
+		return nil, status.Errorf(codes.NotFound, "build %q not found", id)
+	}
+	b, _, err := g.builds.Get(ctx, id)
+	if errors.Is(err, buildstore.ErrNotFound) || (err == nil && b.Tenant != tenantOf(ctx)) {
+		return nil, status.Errorf(codes.NotFound, "build %q not found", id)
+	}
+	return b, err
+}
+
+// GetBuild returns a build's record.
+func (g *Gateway) GetBuild(ctx context.Context, req *kilnv1.GetBuildRequest) (*kilnv1.GetBuildResponse, error) {
+	b, err := g.getOwned(ctx, req.BuildId)
+	if err != nil {
+		return nil, err
+	}
+	return &kilnv1.GetBuildResponse{Build: b}, nil
+}
+
+// ListBuilds pages through the tenant's builds, newest first.
+func (g *Gateway) ListBuilds(ctx context.Context, req *kilnv1.ListBuildsRequest) (*kilnv1.ListBuildsResponse, error) {
+	size := int(req.PageSize)
+	switch {
+	case size < 0:
+		return nil, invalid("page_size %d is negative", size)
+	case size == 0:
+		size = 50
+	case size > 1000:
+		size = 1000
+	}
+	all, err := g.builds.List(ctx)
+	if err != nil {
+		return nil, err
+	}
+	resp := &kilnv1.ListBuildsResponse{}
+	tenant := tenantOf(ctx)
+	for _, b := range all {
+		if b.Tenant != tenant || (req.PageToken != "" && b.Id >= req.PageToken) {
+			continue
+		}
+		if len(resp.Builds) == size {
+			resp.NextPageToken = resp.Builds[size-1].Id
+			break
+		}
+		resp.Builds = append(resp.Builds, b)
+	}
+	return resp, nil
+}
+
+// CancelBuild cancels a queued build at once; a running one is asked to
+// stop through its agent. Cancelling a finished build returns it unchanged.
+func (g *Gateway) CancelBuild(ctx context.Context, req *kilnv1.CancelBuildRequest) (*kilnv1.CancelBuildResponse, error) {
+	if _, err := g.getOwned(ctx, req.BuildId); err != nil {
+		return nil, err
+	}
+	var wasQueued bool
+	b, err := g.builds.Update(ctx, req.BuildId, func(b *kilnv1.Build) error {
+		wasQueued = false
+		switch {
+		case buildstore.Terminal(b.State):
+			return errUnchanged
+		case b.State == kilnv1.BuildState_BUILD_STATE_QUEUED:
+			wasQueued = true
+			b.State = kilnv1.BuildState_BUILD_STATE_CANCELLED
+			b.FinishedAt = timestamppb.Now()
+			b.Error = "cancelled before it started"
+		default:
+			b.CancelRequested = true
+		}
+		return nil
+	})
+	if errors.Is(err, errUnchanged) {
+		b, _, err = g.builds.Get(ctx, req.BuildId)
+		if err != nil {
+			return nil, err
+		}
+		return &kilnv1.CancelBuildResponse{Build: b}, nil
+	}
+	if err != nil {
+		return nil, err
+	}
+	if wasQueued {
+		if err := bus.PublishEvent(ctx, g.conn.JS, &kilnv1.BuildEvent{
+			BuildId: b.Id,
+			Event: &kilnv1.BuildEvent_Finished{Finished: &kilnv1.BuildFinished{
+				State: b.State, Error: b.Error,
+			}},
+		}); err != nil {
+			return nil, err
+		}
+	} else if err := g.conn.NC.Publish(bus.CancelSubject(b.Id), nil); err != nil {
+		return nil, fmt.Errorf("send cancel to agent: %w", err)
+	}
+	g.log.Info("build cancel requested", "build_id", b.Id, "state", b.State.String())
+	return &kilnv1.CancelBuildResponse{Build: b}, nil
+}
+
+var errUnchanged = errors.New("unchanged")

@@ -1,0 +1,116 @@
+// Package gateway is kiln's public face: the gRPC BuildService,
+// ContextService and AgentService. It validates requests, stores contexts in
+// the CAS, writes build records and hands builds to the scheduler over NATS,
+// and relays each build's event log to watchers.
+package gateway
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+
+	"github.com/nats-io/nats.go/jetstream"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/health"
+	healthpb "google.golang.org/grpc/health/grpc_health_v1"
+	"google.golang.org/grpc/reflection"
+
+	kilnv1 "github.com/kilnbuild/kiln/proto/gen/go/kiln/v1"
+	"github.com/kilnbuild/kiln/services/buildstore"
+	"github.com/kilnbuild/kiln/services/bus"
+	"github.com/kilnbuild/kiln/services/cas"
+)
+
+// Config wires a Gateway.
+type Config struct {
+	Conn   *bus.Conn
+	Logger *slog.Logger
+	// Limits bound what one request may ask for.
+	Limits Limits
+}
+
+// Limits bound requests.
+type Limits struct {
+	// MaxContextBytes is the largest context blob accepted.
+	MaxContextBytes int64
+}
+
+// DefaultLimits apply when Config.Limits is zero.
+var DefaultLimits = Limits{MaxContextBytes: 2 << 30}
+
+// Gateway implements the public gRPC services.
+type Gateway struct {
+	kilnv1.UnimplementedBuildServiceServer
+	kilnv1.UnimplementedContextServiceServer
+	kilnv1.UnimplementedAgentServiceServer
+
+	conn   *bus.Conn
+	log    *slog.Logger
+	builds *buildstore.Store
+	blobs  *cas.Store
+	idem   jetstream.KeyValue
+	agents jetstream.KeyValue
+	limits Limits
+	health *health.Server
+}
+
+var (
+	_ kilnv1.BuildServiceServer   = (*Gateway)(nil)
+	_ kilnv1.ContextServiceServer = (*Gateway)(nil)
+	_ kilnv1.AgentServiceServer   = (*Gateway)(nil)
+)
+
+// New binds a Gateway to the farm's NATS resources (bus.Setup must have run).
+func New(ctx context.Context, cfg Config) (*Gateway, error) {
+	builds, err := buildstore.Open(ctx, cfg.Conn.JS)
+	if err != nil {
+		return nil, err
+	}
+	blobs, err := cas.Open(ctx, cfg.Conn.JS)
+	if err != nil {
+		return nil, err
+	}
+	idem, err := cfg.Conn.JS.KeyValue(ctx, bus.BucketIdempotency)
+	if err != nil {
+		return nil, fmt.Errorf("open bucket %s: %w", bus.BucketIdempotency, err)
+	}
+	agents, err := cfg.Conn.JS.KeyValue(ctx, bus.BucketAgents)
+	if err != nil {
+		return nil, fmt.Errorf("open bucket %s: %w", bus.BucketAgents, err)
+	}
+	if cfg.Limits == (Limits{}) {
+		cfg.Limits = DefaultLimits
+	}
+	if cfg.Logger == nil {
+		cfg.Logger = slog.Default()
+	}
+	return &Gateway{
+		conn: cfg.Conn, log: cfg.Logger, builds: builds, blobs: blobs,
+		idem: idem, agents: agents, limits: cfg.Limits, health: health.NewServer(),
+	}, nil
+}
+
+// NewGRPCServer returns a gRPC server with kiln's services, grpc.health.v1
+// and server reflection registered, and errors turned into status codes.
+func (g *Gateway) NewGRPCServer(opts ...grpc.ServerOption) *grpc.Server {
+	opts = append(opts,
+		grpc.ChainUnaryInterceptor(unaryStatus),
+		grpc.ChainStreamInterceptor(streamStatus),
+	)
+	s := grpc.NewServer(opts...)
+	kilnv1.RegisterBuildServiceServer(s, g)
+	kilnv1.RegisterContextServiceServer(s, g)
+	kilnv1.RegisterAgentServiceServer(s, g)
+	healthpb.RegisterHealthServer(s, g.health)
+	reflection.Register(s)
+	for _, svc := range []string{"", kilnv1.BuildService_ServiceDesc.ServiceName, kilnv1.ContextService_ServiceDesc.ServiceName, kilnv1.AgentService_ServiceDesc.ServiceName} {
+		g.health.SetServingStatus(svc, healthpb.HealthCheckResponse_SERVING)
+	}
+	return s
+}
+
+// Shutdown marks the services NOT_SERVING so load balancers move away.
+func (g *Gateway) Shutdown() { g.health.Shutdown() }
+
+// Ready reports whether the gateway can serve: NATS is connected.
+func (g *Gateway) Ready(ctx context.Context) error { return g.conn.Ready(ctx) }
