@@ -96,15 +96,39 @@ stop_pidfile() {
   rm -f "$f"
 }
 
+BASE_IMAGE=${KILN_DEV_BASE_IMAGE:-$REGISTRY_ADDR/kiln/busybox:1}
+
+# ensure_base makes the example base image (static busybox, no public
+# registry needed) and pushes it to the local registry, unless it is there.
+ensure_base() {
+  local repo=${BASE_IMAGE#*/}; local name=${repo%:*}; local tag=${repo##*:}
+  if curl -fs -o /dev/null --max-time 5 -H 'Accept: application/vnd.docker.distribution.manifest.v2+json' \
+      "http://$REGISTRY_ADDR/v2/$name/manifests/$tag"; then
+    log "base image $BASE_IMAGE is in the registry"; return 0
+  fi
+  local root; root=$(mktemp -d)
+  mkdir -p "$root/bin" "$root/tmp" "$root/etc"
+  cp /bin/busybox "$root/bin/busybox"
+  for app in $("$root/bin/busybox" --list); do [ "$app" = busybox ] || ln -s busybox "$root/bin/$app"; done
+  echo 'root:x:0:0:root:/root:/bin/sh' > "$root/etc/passwd"
+  tar -C "$root" -c . | docker import -c 'ENV PATH=/bin' -c 'CMD ["/bin/sh"]' - "$BASE_IMAGE" >/dev/null
+  rm -rf "$root"
+  docker push "$BASE_IMAGE" >/dev/null
+  log "base image $BASE_IMAGE made from /bin/busybox and pushed"
+}
+
 case "${1:-up}" in
   up)
     install_missing
     ensure_engine
     ensure_registry
     ;;
+  base)
+    ensure_base
+    ;;
   down)
     stop_pidfile "$STATE/registry.pid"
     stop_pidfile "$STATE/dockerd.pid"
     ;;
-  *) die "usage: $0 [up|down]" ;;
+  *) die "usage: $0 [up|down|base]" ;;
 esac

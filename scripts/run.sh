@@ -1,0 +1,38 @@
+#!/usr/bin/env bash
+# run.sh is `make run`: start kilnd on the local Docker engine, build and push
+# examples/hello through it, then keep kilnd in the foreground until Ctrl-C.
+# `make run` has already run scripts/dev-env.sh (engine + registry) and
+# `make build` (bin/).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+REGISTRY=${KILN_DEV_REGISTRY:-127.0.0.1:5000}
+scripts/dev-env.sh base
+
+state=$(mktemp -d)
+ready="$state/ready.json"
+bin/kilnd --ready-file "$ready" "$@" &
+pid=$!
+stop() { kill -TERM "$pid" 2>/dev/null || true; wait "$pid" 2>/dev/null || true; rm -rf "$state"; }
+trap stop EXIT
+trap 'exit 130' INT TERM
+
+for _ in $(seq 1 300); do
+  [ -s "$ready" ] && break
+  kill -0 "$pid" 2>/dev/null || { echo "run: kilnd exited; see its log above (is port 7700 already in use by another kilnd?)" >&2; exit 1; }
+  sleep 0.2
+done
+[ -s "$ready" ] || { echo "run: kilnd did not become ready" >&2; exit 1; }
+grpc=$(sed -E 's/.*"grpc":"([^"]+)".*/\1/' "$ready")
+
+echo
+echo "==> kiln build -t $REGISTRY/kiln/hello:latest --push examples/hello"
+bin/kiln build --gateway "$grpc" --progress plain -t "$REGISTRY/kiln/hello:latest" --push \
+  --metadata-file "$state/metadata.json" examples/hello
+echo
+echo "==> pushed $REGISTRY/kiln/hello:latest"
+cat "$state/metadata.json"; echo
+echo
+echo "kilnd is serving on $grpc (gRPC). Try: bin/kiln build -t $REGISTRY/you/app:dev --push examples/hello"
+echo "Press Ctrl-C to stop."
+wait "$pid"

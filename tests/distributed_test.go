@@ -1,0 +1,85 @@
+package tests
+
+import (
+	"bytes"
+	"encoding/json"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/kilnbuild/kiln/agent/enginetest"
+	"github.com/kilnbuild/kiln/services/bus"
+)
+
+// proc is one separately started kiln binary.
+type proc struct {
+	name   string
+	cmd    *exec.Cmd
+	logs   bytes.Buffer
+	exited chan struct{}
+	addrs  map[string]string
+}
+
+// startProc runs bin with args plus --ready-file and waits until it is ready.
+func startProc(t *testing.T, bin string, args ...string) *proc {
+	t.Helper()
+	ready := filepath.Join(t.TempDir(), "ready.json")
+	p := &proc{name: filepath.Base(bin), exited: make(chan struct{})}
+	p.cmd = exec.Command(bin, append(args, "--ready-file", ready)...)
+	p.cmd.Stdout, p.cmd.Stderr = &p.logs, &p.logs
+	if err := p.cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	go func() { _ = p.cmd.Wait(); close(p.exited) }()
+	t.Cleanup(func() {
+		_ = p.cmd.Process.Signal(syscall.SIGTERM)
+		select {
+		case <-p.exited:
+		case <-time.After(time.Minute):
+			_ = p.cmd.Process.Kill()
+			<-p.exited
+		}
+		if t.Failed() {
+			t.Logf("%s log:\n%s", p.name, p.logs.String())
+		}
+	})
+	waitFor(t, time.Minute, p.name+" to be ready", func() bool {
+		select {
+		case <-p.exited:
+			t.Fatalf("%s exited before it was ready:\n%s", p.name, p.logs.String())
+		default:
+		}
+		data, err := os.ReadFile(ready)
+		return err == nil && json.Unmarshal(data, &p.addrs) == nil
+	})
+	return p
+}
+
+// TestDistributedBinaries runs the gateway, scheduler and agent as separate
+// processes against one real NATS server, as a distributed farm does.
+func TestDistributedBinaries(t *testing.T) {
+	base := enginetest.BusyboxBase(t)
+	ns, err := bus.RunEmbedded(bus.EmbeddedOptions{Listen: "127.0.0.1:0", StoreDir: t.TempDir()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer func() { ns.Shutdown(); ns.WaitForShutdown() }()
+	t.Setenv("KILN_NATS_URL", ns.ClientURL()) // every binary reads its flags from KILN_ variables too
+
+	gw := startProc(t, gatewayBin, "--listen", "127.0.0.1:0", "--http-listen", "127.0.0.1:0")
+	startProc(t, schedulerBin, "--http-listen", "127.0.0.1:0")
+	startProc(t, agentBin, "--name", "distributed-1", "--slots", "1", "--http-listen", "127.0.0.1:0")
+
+	dir := writeContext(t, map[string]string{"Dockerfile": "FROM " + base + "\nRUN echo distributed-" + uniq() + "\n"})
+	meta := filepath.Join(t.TempDir(), "meta.json")
+	r := kiln(t, gw.addrs["grpc"], "build", "--progress", "plain", "--metadata-file", meta, dir)
+	if r.code != 0 {
+		t.Fatalf("build through separate binaries: %s", r)
+	}
+	if got := str(metadata(t, meta), "kiln.agent"); got != "distributed-1" {
+		t.Fatalf("kiln.agent = %q, want distributed-1", got)
+	}
+}
