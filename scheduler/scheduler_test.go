@@ -1,0 +1,195 @@
+package scheduler
+
+import (
+	"context"
+	"sync"
+	"testing"
+	"time"
+
+	"google.golang.org/protobuf/types/known/durationpb"
+
+	kilnv1 "github.com/kilnbuild/kiln/proto/gen/go/kiln/v1"
+	"github.com/kilnbuild/kiln/services/buildstore"
+	"github.com/kilnbuild/kiln/services/bus"
+	"github.com/kilnbuild/kiln/services/bus/bustest"
+)
+
+// clock is a hand-driven clock for lease tests.
+type clock struct {
+	mu  sync.Mutex
+	now time.Time
+}
+
+func (c *clock) Now() time.Time { c.mu.Lock(); defer c.mu.Unlock(); return c.now }
+func (c *clock) Advance(d time.Duration) {
+	c.mu.Lock()
+	c.now = c.now.Add(d)
+	c.mu.Unlock()
+}
+
+type fixture struct {
+	conn   *bus.Conn
+	store  *buildstore.Store
+	clock  *clock
+	cancel context.CancelFunc
+	done   chan error
+}
+
+func newFixture(t *testing.T, seed func(f *fixture)) *fixture {
+	t.Helper()
+	conn := bustest.Conn(t)
+	store, err := buildstore.Open(context.Background(), conn.JS)
+	if err != nil {
+		t.Fatal(err)
+	}
+	f := &fixture{conn: conn, store: store, clock: &clock{now: time.Unix(1_700_000_000, 0)}, done: make(chan error, 1)}
+	if seed != nil {
+		seed(f)
+	}
+	s, err := New(context.Background(), Config{Conn: conn, Lease: time.Minute, MaxAttempts: 2, SweepEvery: 10 * time.Millisecond, Now: f.clock.Now})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	f.cancel = cancel
+	go func() { f.done <- s.Run(ctx) }()
+	t.Cleanup(func() {
+		cancel()
+		if err := <-f.done; err != nil {
+			t.Errorf("scheduler Run: %v", err)
+		}
+	})
+	return f
+}
+
+func (f *fixture) queue(t *testing.T, id string) {
+	t.Helper()
+	if err := f.store.Create(context.Background(), &kilnv1.Build{Id: id, State: kilnv1.BuildState_BUILD_STATE_QUEUED, Spec: &kilnv1.BuildSpec{}}); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// pull sends one WorkOffer over NATS, as an agent does.
+func (f *fixture) pull(t *testing.T, agent string, wait time.Duration) []*kilnv1.Build {
+	t.Helper()
+	msg, err := bus.NewMsg(bus.SubjectPull, &kilnv1.WorkOffer{Agent: agent, FreeSlots: 1, Wait: durationpb.New(wait)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), wait+10*time.Second)
+	defer cancel()
+	var reply *kilnv1.WorkAssignment
+	for reply == nil { // the scheduler may not have subscribed yet
+		r, err := f.conn.NC.RequestMsgWithContext(ctx, msg)
+		if err != nil {
+			if ctx.Err() != nil {
+				t.Fatalf("work offer: %v", err)
+			}
+			continue
+		}
+		reply = &kilnv1.WorkAssignment{}
+		if err := bus.Decode(r.Data, reply); err != nil {
+			t.Fatal(err)
+		}
+	}
+	return reply.Builds
+}
+
+func (f *fixture) get(t *testing.T, id string) *kilnv1.Build {
+	t.Helper()
+	b, _, err := f.store.Get(context.Background(), id)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return b
+}
+
+func waitUntil(t *testing.T, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.After(30 * time.Second)
+	tick := time.NewTicker(5 * time.Millisecond)
+	defer tick.Stop()
+	for !cond() {
+		select {
+		case <-deadline:
+			t.Fatalf("timed out waiting for %s", what)
+		case <-tick.C:
+		}
+	}
+}
+
+func TestRecoversQueueFromKVInOrder(t *testing.T) {
+	now := time.Now()
+	ids := []string{buildstore.NewID(now), buildstore.NewID(now.Add(time.Millisecond)), buildstore.NewID(now.Add(2 * time.Millisecond))}
+	f := newFixture(t, func(f *fixture) {
+		for _, id := range ids { // queued while no scheduler ran
+			f.queue(t, id)
+		}
+	})
+	for i, want := range ids {
+		got := f.pull(t, "agent-a", 5*time.Second)
+		if len(got) != 1 || got[0].Id != want {
+			t.Fatalf("pull %d got %v, want %s", i, got, want)
+		}
+		b := f.get(t, want)
+		if b.State != kilnv1.BuildState_BUILD_STATE_ASSIGNED || b.Agent != "agent-a" || b.Attempt != 1 {
+			t.Fatalf("record after assignment: %v", b)
+		}
+	}
+	if got := f.pull(t, "agent-a", 100*time.Millisecond); len(got) != 0 {
+		t.Fatalf("empty queue answered %v", got)
+	}
+}
+
+func TestIntakeAndCancelledBuildsAreSkipped(t *testing.T) {
+	f := newFixture(t, nil)
+	cancelled, live := buildstore.NewID(time.Now()), buildstore.NewID(time.Now().Add(time.Millisecond))
+	for _, id := range []string{cancelled, live} {
+		f.queue(t, id)
+		msg, _ := bus.NewMsg(bus.SubjectRequests, &kilnv1.BuildRequested{BuildId: id})
+		if _, err := f.conn.JS.PublishMsg(context.Background(), msg); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if _, err := f.store.Update(context.Background(), cancelled, func(b *kilnv1.Build) error {
+		b.State = kilnv1.BuildState_BUILD_STATE_CANCELLED
+		return nil
+	}); err != nil {
+		t.Fatal(err)
+	}
+	got := f.pull(t, "agent-a", 5*time.Second)
+	if len(got) != 1 || got[0].Id != live {
+		t.Fatalf("pull got %v, want only %s", got, live)
+	}
+	if b := f.get(t, cancelled); b.State != kilnv1.BuildState_BUILD_STATE_CANCELLED {
+		t.Fatalf("cancelled build became %s", b.State)
+	}
+}
+
+func TestLapsedLeaseRequeuesThenFails(t *testing.T) {
+	f := newFixture(t, nil)
+	id := buildstore.NewID(time.Now())
+	f.queue(t, id)
+	msg, _ := bus.NewMsg(bus.SubjectRequests, &kilnv1.BuildRequested{BuildId: id})
+	if _, err := f.conn.JS.PublishMsg(context.Background(), msg); err != nil {
+		t.Fatal(err)
+	}
+	if got := f.pull(t, "agent-a", 5*time.Second); len(got) != 1 || got[0].Attempt != 1 {
+		t.Fatalf("first pull: %v", got)
+	}
+	f.clock.Advance(2 * time.Minute) // agent-a never renews
+	waitUntil(t, "the build to be re-queued", func() bool {
+		return f.get(t, id).State == kilnv1.BuildState_BUILD_STATE_QUEUED
+	})
+	got := f.pull(t, "agent-b", 5*time.Second)
+	if len(got) != 1 || got[0].Attempt != 2 || got[0].Agent != "agent-b" {
+		t.Fatalf("second pull: %v", got)
+	}
+	f.clock.Advance(2 * time.Minute) // agent-b is lost too: MaxAttempts is 2
+	waitUntil(t, "the build to fail", func() bool {
+		return f.get(t, id).State == kilnv1.BuildState_BUILD_STATE_FAILED
+	})
+	if b := f.get(t, id); b.Error == "" || b.FinishedAt == nil {
+		t.Fatalf("failed build lacks its reason: %v", b)
+	}
+}
