@@ -146,6 +146,7 @@ func (a *Agent) Run(ctx context.Context) error {
 	go func() {
 		<-ctx.Done()
 		a.draining.Store(true)
+		a.withdraw()
 		a.heartbeat(work)
 		t := time.NewTimer(a.cfg.DrainTimeout)
 		defer t.Stop()
@@ -223,6 +224,21 @@ func (a *Agent) pull(ctx context.Context) ([]*kilnv1.Build, error) {
 		return nil, err
 	}
 	return resp.Builds, nil
+}
+
+// withdraw takes back the agent's waiting pulls so the scheduler assigns
+// nothing more to it.
+func (a *Agent) withdraw() {
+	msg, err := bus.NewMsg(bus.SubjectWithdraw, &kilnv1.WorkOffer{Agent: a.cfg.Name})
+	if err == nil {
+		err = a.cfg.Conn.NC.PublishMsg(msg)
+	}
+	if err == nil {
+		err = a.cfg.Conn.NC.Flush()
+	}
+	if err != nil {
+		a.log.Warn("withdraw pulls", "err", err)
+	}
 }
 
 // checkEngine pings the engine and records whether it answers.

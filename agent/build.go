@@ -48,7 +48,7 @@ func (a *Agent) runBuild(work context.Context, assigned *kilnv1.Build) {
 		log.Warn("could not start assigned build", "err", err)
 		return
 	}
-	ev := &events{js: a.cfg.Conn, id: b.Id, attempt: b.Attempt, ctx: context.WithoutCancel(work), logger: log}
+	ev := &events{js: a.cfg.Conn, agent: a.cfg.Name, id: b.Id, attempt: b.Attempt, ctx: context.WithoutCancel(work), logger: log}
 	ev.state(b.State, fmt.Sprintf("running on agent %q (attempt %d)", a.cfg.Name, b.Attempt))
 	log.Info("build running")
 
@@ -197,6 +197,7 @@ func (a *Agent) handBack(ctx context.Context, b *kilnv1.Build, ev *events, log *
 		log.Warn("hand back build", "err", err)
 		return
 	}
+	ev.agent = ""
 	ev.state(kilnv1.BuildState_BUILD_STATE_QUEUED, fmt.Sprintf("agent %q stopped before the build finished; re-queued", a.cfg.Name))
 	msg, err := bus.NewMsg(bus.SubjectRequests, &kilnv1.BuildRequested{BuildId: b.Id})
 	if err == nil {
@@ -212,6 +213,7 @@ func (a *Agent) handBack(ctx context.Context, b *kilnv1.Build, ev *events, log *
 // events publishes one attempt's events of a build.
 type events struct {
 	js      *bus.Conn
+	agent   string
 	id      string
 	attempt uint32
 	ctx     context.Context
@@ -228,7 +230,7 @@ func (e *events) publish(ev *kilnv1.BuildEvent) {
 }
 
 func (e *events) state(s kilnv1.BuildState, msg string) {
-	e.publish(&kilnv1.BuildEvent{Event: &kilnv1.BuildEvent_State{State: &kilnv1.StateChanged{State: s, Attempt: e.attempt, Message: msg}}})
+	e.publish(&kilnv1.BuildEvent{Event: &kilnv1.BuildEvent_State{State: &kilnv1.StateChanged{State: s, Agent: e.agent, Attempt: e.attempt, Message: msg}}})
 }
 
 func (e *events) log(step int, line string) {

@@ -71,7 +71,7 @@ func (g *Gateway) StartBuild(ctx context.Context, req *kilnv1.StartBuildRequest)
 	}
 	if err := bus.PublishEvent(ctx, g.conn.JS, &kilnv1.BuildEvent{
 		BuildId: b.Id,
-		Event:   &kilnv1.BuildEvent_State{State: &kilnv1.StateChanged{State: b.State, Message: "queued"}},
+		Event:   &kilnv1.BuildEvent_State{State: &kilnv1.StateChanged{State: b.State}},
 	}); err != nil {
 		return nil, err
 	}

@@ -35,6 +35,10 @@ type Config struct {
 	Logger *slog.Logger
 	// Lease is how long an agent holds a build without renewing.
 	Lease time.Duration
+	// AssignTimeout is how long an ASSIGNED build waits for its agent to
+	// confirm it (RUNNING) before it goes back to the queue: an answer to a
+	// pull can be lost when the agent gave up waiting.
+	AssignTimeout time.Duration
 	// MaxAttempts is how many agents may lose a build before it fails.
 	MaxAttempts uint32
 	// SweepEvery is how often lapsed leases are looked for.
@@ -45,10 +49,11 @@ type Config struct {
 
 // Defaults for zero Config fields.
 const (
-	DefaultLease       = 30 * time.Second
-	DefaultMaxAttempts = 3
-	DefaultSweepEvery  = time.Second
-	maxPollWait        = 60 * time.Second
+	DefaultLease         = 30 * time.Second
+	DefaultAssignTimeout = 15 * time.Second
+	DefaultMaxAttempts   = 3
+	DefaultSweepEvery    = time.Second
+	maxPollWait          = 60 * time.Second
 	// replyMargin keeps the answer inside the agent's request timeout.
 	replyMargin = 500 * time.Millisecond
 )
@@ -60,8 +65,9 @@ type Scheduler struct {
 	builds *buildstore.Store
 	queue  *queue.FIFO
 
-	mu     sync.Mutex
-	leased map[string]struct{} // builds ASSIGNED or RUNNING
+	mu      sync.Mutex
+	leased  map[string]struct{}                         // builds ASSIGNED or RUNNING
+	waiting map[string]map[*nats.Msg]context.CancelFunc // agent → its pulls waiting for work
 }
 
 // New binds a Scheduler to the farm's NATS resources (bus.Setup must have run).
@@ -72,6 +78,9 @@ func New(ctx context.Context, cfg Config) (*Scheduler, error) {
 	}
 	if cfg.Lease == 0 {
 		cfg.Lease = DefaultLease
+	}
+	if cfg.AssignTimeout == 0 {
+		cfg.AssignTimeout = min(DefaultAssignTimeout, cfg.Lease)
 	}
 	if cfg.MaxAttempts == 0 {
 		cfg.MaxAttempts = DefaultMaxAttempts
@@ -85,7 +94,8 @@ func New(ctx context.Context, cfg Config) (*Scheduler, error) {
 	if cfg.Logger == nil {
 		cfg.Logger = slog.Default()
 	}
-	return &Scheduler{cfg: cfg, log: cfg.Logger, builds: builds, queue: queue.NewFIFO(), leased: map[string]struct{}{}}, nil
+	return &Scheduler{cfg: cfg, log: cfg.Logger, builds: builds, queue: queue.NewFIFO(),
+		leased: map[string]struct{}{}, waiting: map[string]map[*nats.Msg]context.CancelFunc{}}, nil
 }
 
 // QueueLen is the number of builds waiting for an agent.
@@ -185,9 +195,48 @@ func (s *Scheduler) servePulls(ctx context.Context) error {
 	if err != nil {
 		return fmt.Errorf("subscribe %s: %w", bus.SubjectPull, err)
 	}
+	defer sub.Unsubscribe()
+	// Every scheduler hears withdrawals: the agent's pulls may wait on any.
+	wsub, err := s.cfg.Conn.NC.Subscribe(bus.SubjectWithdraw, func(msg *nats.Msg) {
+		offer := &kilnv1.WorkOffer{}
+		if err := bus.Decode(msg.Data, offer); err == nil {
+			s.withdraw(offer.Agent)
+		}
+	})
+	if err != nil {
+		return fmt.Errorf("subscribe %s: %w", bus.SubjectWithdraw, err)
+	}
+	defer wsub.Unsubscribe()
 	<-ctx.Done()
-	_ = sub.Unsubscribe()
 	return ctx.Err()
+}
+
+// withdraw ends every pull the agent has waiting, unanswered.
+func (s *Scheduler) withdraw(agent string) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for _, cancel := range s.waiting[agent] {
+		cancel()
+	}
+	delete(s.waiting, agent)
+}
+
+// wait registers a pull as waiting; the returned func unregisters it.
+func (s *Scheduler) wait(agent string, msg *nats.Msg, cancel context.CancelFunc) func() {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.waiting[agent] == nil {
+		s.waiting[agent] = map[*nats.Msg]context.CancelFunc{}
+	}
+	s.waiting[agent][msg] = cancel
+	return func() {
+		s.mu.Lock()
+		defer s.mu.Unlock()
+		delete(s.waiting[agent], msg)
+		if len(s.waiting[agent]) == 0 {
+			delete(s.waiting, agent)
+		}
+	}
 }
 
 func (s *Scheduler) answerPull(ctx context.Context, msg *nats.Msg) {
@@ -199,6 +248,11 @@ func (s *Scheduler) answerPull(ctx context.Context, msg *nats.Msg) {
 	wait := min(max(offer.GetWait().AsDuration()-replyMargin, 0), maxPollWait)
 	wctx, cancel := context.WithTimeout(ctx, wait)
 	defer cancel()
+	withdrawn, stopWithdraw := context.WithCancel(context.Background())
+	defer stopWithdraw()
+	defer s.wait(offer.Agent, msg, stopWithdraw)()
+	stop := context.AfterFunc(withdrawn, cancel)
+	defer stop()
 	resp := &kilnv1.WorkAssignment{}
 	for offer.FreeSlots > 0 && len(resp.Builds) < int(offer.FreeSlots) {
 		pctx := wctx
@@ -208,6 +262,10 @@ func (s *Scheduler) answerPull(ctx context.Context, msg *nats.Msg) {
 		id, err := s.queue.Pop(pctx)
 		if err != nil {
 			break
+		}
+		if withdrawn.Err() != nil {
+			s.queue.Push(id) // the agent left while the id was being popped
+			return
 		}
 		b, err := s.assign(ctx, id, offer.Agent)
 		if err != nil {
@@ -221,7 +279,7 @@ func (s *Scheduler) answerPull(ctx context.Context, msg *nats.Msg) {
 			break
 		}
 	}
-	if ctx.Err() != nil && len(resp.Builds) == 0 {
+	if (ctx.Err() != nil || withdrawn.Err() != nil) && len(resp.Builds) == 0 {
 		return
 	}
 	reply, err := bus.NewMsg(msg.Reply, resp)
@@ -247,7 +305,7 @@ func (s *Scheduler) assign(ctx context.Context, id, agent string) (*kilnv1.Build
 		b.State = kilnv1.BuildState_BUILD_STATE_ASSIGNED
 		b.Agent = agent
 		b.Attempt++
-		b.LeaseExpiresAt = timestamppb.New(now.Add(s.cfg.Lease))
+		b.LeaseExpiresAt = timestamppb.New(now.Add(s.cfg.AssignTimeout))
 		return nil
 	})
 	if errors.Is(err, errNotQueued) || errors.Is(err, buildstore.ErrNotFound) {

@@ -238,7 +238,7 @@ func TestLateWatcherReplaysWholeLog(t *testing.T) {
 	}
 	var logs int
 	for _, ev := range replay {
-		if strings.Contains(ev.GetLog().GetText(), "line-") {
+		if strings.HasPrefix(ev.GetLog().GetText(), "line-") {
 			logs++
 		}
 	}

@@ -28,6 +28,9 @@ const (
 
 	// SubjectPull is the agents' long-poll request subject for work.
 	SubjectPull = "kiln.sched.pull"
+	// SubjectWithdraw carries a WorkOffer with no free slots: the agent
+	// takes back every pull it has waiting (it is draining).
+	SubjectWithdraw = "kiln.sched.withdraw"
 	// subjectCancelPrefix prefixes kiln.cancel.<build id>.
 	subjectCancelPrefix = "kiln.cancel."
 )

@@ -1,0 +1,103 @@
+package engine
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"os"
+
+	"github.com/distribution/reference"
+	"github.com/docker/cli/cli/config"
+	"github.com/docker/docker/api/types"
+	"github.com/docker/docker/api/types/image"
+	"github.com/docker/docker/api/types/registry"
+	"github.com/docker/docker/pkg/jsonmessage"
+)
+
+// dockerHubAuthKey is the key Docker's config files file Docker Hub's
+// credentials under.
+const dockerHubAuthKey = "https://index.docker.io/v1/"
+
+// Push pushes one tag, e.g. "127.0.0.1:5000/team/app:1", to its registry and
+// returns the manifest digest and size the registry stored. Credentials for
+// the registry come from the standard Docker config on this host
+// (DOCKER_CONFIG, else ~/.docker/config.json, credential helpers included);
+// none is fine for an open registry. Progress lines go to log, which may be
+// nil. Credentials appear in neither log lines nor errors.
+func (d *Docker) Push(ctx context.Context, tag string, log func(line string)) (digest string, size int64, err error) {
+	ref, err := reference.ParseNormalizedNamed(tag)
+	if err != nil {
+		return "", 0, fmt.Errorf("push %q: %w", tag, err)
+	}
+	if _, ok := ref.(reference.Digested); ok {
+		return "", 0, fmt.Errorf("push %q: a digest cannot be pushed, only a tag", tag)
+	}
+	ref = reference.TagNameOnly(ref)
+	wantTag := ref.(reference.Tagged).Tag()
+	auth, err := registryAuth(reference.Domain(ref))
+	if err != nil {
+		return "", 0, fmt.Errorf("push %s: %w", tag, err)
+	}
+	body, err := d.c.ImagePush(ctx, ref.String(), image.PushOptions{RegistryAuth: auth})
+	if err != nil {
+		return "", 0, fmt.Errorf("push %s: %w", tag, err)
+	}
+	defer body.Close()
+	var pushed *types.PushResult
+	err = decodeMessages(body, func(m *jsonmessage.JSONMessage) error {
+		if msg := errorMessage(m); msg != "" {
+			return fmt.Errorf("push %s: %s", tag, msg)
+		}
+		if line, ok := statusLine(m); ok && log != nil {
+			log(line)
+		}
+		if m.Aux != nil {
+			var r types.PushResult
+			if json.Unmarshal(*m.Aux, &r) == nil && r.Digest != "" && r.Tag == wantTag {
+				pushed = &r
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		if ctx.Err() != nil {
+			return "", 0, fmt.Errorf("push %s: %w", tag, ctx.Err())
+		}
+		return "", 0, err
+	}
+	if pushed == nil {
+		return "", 0, fmt.Errorf("push %s: the engine's progress ended without the pushed manifest's digest", tag)
+	}
+	return pushed.Digest, int64(pushed.Size), nil
+}
+
+// registryAuth returns the X-Registry-Auth header value for a registry host
+// ("127.0.0.1:5000", "docker.io") from the standard Docker config on this
+// host. No config file, or no entry for host, gives empty credentials.
+func registryAuth(host string) (string, error) {
+	// config.Dir reads DOCKER_CONFIG once per process; read it on every push.
+	dir := os.Getenv(config.EnvOverrideConfigDir)
+	if dir == "" {
+		dir = config.Dir()
+	}
+	cf, err := config.Load(dir)
+	if err != nil {
+		return "", fmt.Errorf("reading the docker config in %s: %w", dir, err)
+	}
+	key := host
+	if host == "docker.io" {
+		key = dockerHubAuthKey
+	}
+	ac, err := cf.GetAuthConfig(key)
+	if err != nil {
+		return "", fmt.Errorf("credentials for %s from the docker config in %s: %w", host, dir, err)
+	}
+	return registry.EncodeAuthConfig(registry.AuthConfig{
+		Username:      ac.Username,
+		Password:      ac.Password,
+		Auth:          ac.Auth,
+		ServerAddress: ac.ServerAddress,
+		IdentityToken: ac.IdentityToken,
+		RegistryToken: ac.RegistryToken,
+	})
+}

@@ -1,0 +1,249 @@
+package cli
+
+import (
+	"errors"
+	"fmt"
+	"io/fs"
+	"os"
+	"path/filepath"
+	"strings"
+
+	kilnv1 "github.com/kilnbuild/kiln/proto/gen/go/kiln/v1"
+	"github.com/kilnbuild/kiln/sdk/internal/progress"
+	"github.com/kilnbuild/kiln/sdk/internal/reference"
+	"github.com/spf13/pflag"
+)
+
+// DefaultGateway is the gateway address used when neither --gateway nor
+// KILN_GATEWAY is set: kilnd's default listen address.
+const DefaultGateway = "127.0.0.1:7700"
+
+// buildOptions is a validated `kiln build` command line.
+type buildOptions struct {
+	contextDir string
+	// dockerfile is handed to kiln.PackContext: "" (the default), a path
+	// relative to contextDir, or an absolute path.
+	dockerfile     string
+	spec           *kilnv1.BuildSpec
+	progress       progress.Mode
+	metadataFile   string
+	iidFile        string
+	gateway        string
+	token          string
+	idempotencyKey string
+}
+
+// buildFlags holds the raw values of `kiln build` flags.
+type buildFlags struct {
+	tags, buildArgs, labels        []string
+	file, target, progress         string
+	push, noCache, pull, quiet     bool
+	metadataFile, iidFile          string
+	gateway, token, idempotencyKey string
+}
+
+// newBuildFlagSet returns the flag set of `kiln build`, docker-buildx
+// compatible where the two overlap.
+func newBuildFlagSet(f *buildFlags) *pflag.FlagSet {
+	fs := pflag.NewFlagSet("build", pflag.ContinueOnError)
+	fs.SortFlags = false
+	fs.StringArrayVarP(&f.tags, "tag", "t", nil, `Name and optionally a tag (format: "name:tag"); repeatable`)
+	fs.StringVarP(&f.file, "file", "f", "", `Name of the Dockerfile (default: "PATH/Dockerfile"); must be inside PATH`)
+	fs.StringArrayVar(&f.buildArgs, "build-arg", nil, "Set a build-time variable (KEY=VALUE, or KEY to take it from the environment); repeatable")
+	fs.StringVar(&f.target, "target", "", "Set the target build stage to build")
+	fs.StringArrayVar(&f.labels, "label", nil, "Set a metadata label on the image (KEY=VALUE); repeatable")
+	fs.BoolVar(&f.push, "push", false, "Push the image to the registry of each tag")
+	fs.BoolVar(&f.noCache, "no-cache", false, "Do not use cache when building the image")
+	fs.BoolVar(&f.pull, "pull", false, "Always attempt to pull all referenced images")
+	fs.StringVar(&f.progress, "progress", "", `Set type of progress output ("auto", "plain", "tty", "json", "quiet"); env KILN_PROGRESS (default "auto")`)
+	fs.BoolVarP(&f.quiet, "quiet", "q", false, `Suppress the build output and print the image ID on success (same as --progress quiet)`)
+	fs.StringVar(&f.metadataFile, "metadata-file", "", "Write build result metadata to a file (JSON)")
+	fs.StringVar(&f.iidFile, "iidfile", "", "Write the image ID to a file")
+	fs.StringVar(&f.gateway, "gateway", "", fmt.Sprintf("Address of the kiln gateway; env KILN_GATEWAY (default %q)", DefaultGateway))
+	fs.StringVar(&f.token, "token", "", "Bearer token for the kiln gateway; env KILN_TOKEN")
+	fs.StringVar(&f.idempotencyKey, "idempotency-key", "", "Key that makes a retried command attach to the build it already started")
+	return fs
+}
+
+// parseBuildArgs parses and validates `kiln build` arguments (after the
+// subcommand). Environment lookups go through lookupEnv. It returns
+// pflag.ErrHelp for --help and a *usageError or a kiln error otherwise.
+func parseBuildArgs(args []string, lookupEnv func(string) (string, bool)) (*buildOptions, error) {
+	var f buildFlags
+	fset := newBuildFlagSet(&f)
+	fset.SetOutput(discard{})
+	if err := fset.Parse(args); err != nil {
+		if errors.Is(err, pflag.ErrHelp) {
+			return nil, err
+		}
+		return nil, &usageError{msg: err.Error()}
+	}
+	if fset.NArg() != 1 {
+		return nil, &usageError{msg: fmt.Sprintf(`"kiln build" requires exactly 1 argument (the build context PATH), got %d`, fset.NArg())}
+	}
+
+	o := &buildOptions{
+		metadataFile:   f.metadataFile,
+		iidFile:        f.iidFile,
+		idempotencyKey: f.idempotencyKey,
+		spec: &kilnv1.BuildSpec{
+			Target:  f.target,
+			Push:    f.push,
+			NoCache: f.noCache,
+			Pull:    f.pull,
+		},
+	}
+
+	o.gateway = flagOrEnv(fset, "gateway", f.gateway, "KILN_GATEWAY", lookupEnv)
+	if o.gateway == "" {
+		o.gateway = DefaultGateway
+	}
+	o.token = flagOrEnv(fset, "token", f.token, "KILN_TOKEN", lookupEnv)
+
+	mode := flagOrEnv(fset, "progress", f.progress, "KILN_PROGRESS", lookupEnv)
+	if f.quiet && !fset.Changed("progress") {
+		mode = string(progress.Quiet)
+	}
+	if mode == "" {
+		mode = string(progress.Auto)
+	}
+	m, err := progress.ParseMode(mode)
+	if err != nil {
+		return nil, &usageError{msg: err.Error()}
+	}
+	o.progress = m
+
+	for _, t := range f.tags {
+		if _, err := reference.Parse(t); err != nil {
+			return nil, &usageError{msg: err.Error()}
+		}
+	}
+	o.spec.Tags = f.tags
+	if f.push && len(f.tags) == 0 {
+		return nil, &usageError{msg: "--push needs at least one --tag naming where to push"}
+	}
+
+	if o.spec.BuildArgs, err = parseBuildArgValues(f.buildArgs, lookupEnv); err != nil {
+		return nil, err
+	}
+	if o.spec.Labels, err = parseLabels(f.labels); err != nil {
+		return nil, err
+	}
+
+	o.contextDir = fset.Arg(0)
+	if o.contextDir == "-" || strings.Contains(o.contextDir, "://") {
+		return nil, &usageError{msg: fmt.Sprintf("build context %q is not supported: PATH must be a local directory", o.contextDir)}
+	}
+	fi, err := os.Stat(o.contextDir)
+	if err != nil {
+		return nil, &usageError{msg: fmt.Sprintf("build context %q: %v", o.contextDir, unwrapPathError(err))}
+	}
+	if !fi.IsDir() {
+		return nil, &usageError{msg: fmt.Sprintf("build context %q is not a directory", o.contextDir)}
+	}
+	if o.dockerfile, err = resolveDockerfile(o.contextDir, f.file); err != nil {
+		return nil, err
+	}
+	return o, nil
+}
+
+// flagOrEnv returns the flag's value if it was given, else the environment
+// variable's.
+func flagOrEnv(fset *pflag.FlagSet, flag, value, env string, lookupEnv func(string) (string, bool)) string {
+	if fset.Changed(flag) {
+		return value
+	}
+	if v, ok := lookupEnv(env); ok {
+		return v
+	}
+	return value
+}
+
+// parseBuildArgValues turns --build-arg values into a map like docker:
+// "K=V" sets K to V, "K" takes K from the environment and is dropped when
+// the environment has no K.
+func parseBuildArgValues(values []string, lookupEnv func(string) (string, bool)) (map[string]string, error) {
+	if len(values) == 0 {
+		return nil, nil
+	}
+	out := make(map[string]string, len(values))
+	for _, kv := range values {
+		k, v, hasValue := strings.Cut(kv, "=")
+		if k == "" || strings.TrimSpace(k) != k {
+			return nil, &usageError{msg: fmt.Sprintf("invalid --build-arg %q: want KEY=VALUE or KEY", kv)}
+		}
+		if !hasValue {
+			env, ok := lookupEnv(k)
+			if !ok {
+				continue
+			}
+			v = env
+		}
+		out[k] = v
+	}
+	return out, nil
+}
+
+// parseLabels turns --label values into a map; each must be KEY=VALUE.
+func parseLabels(values []string) (map[string]string, error) {
+	if len(values) == 0 {
+		return nil, nil
+	}
+	out := make(map[string]string, len(values))
+	for _, kv := range values {
+		k, v, ok := strings.Cut(kv, "=")
+		if !ok || k == "" || strings.TrimSpace(k) != k {
+			return nil, &usageError{msg: fmt.Sprintf("invalid --label %q: want KEY=VALUE", kv)}
+		}
+		out[k] = v
+	}
+	return out, nil
+}
+
+// resolveDockerfile interprets -f. As with docker, a relative path is taken
+// from the current directory; when no file is there, it is taken from the
+// context directory instead. kiln sends only the context, so the file must
+// lie inside it; kiln.PackContext reports a missing or outside Dockerfile.
+func resolveDockerfile(contextDir, file string) (string, error) {
+	switch {
+	case file == "":
+		return "", nil
+	case file == "-":
+		return "", &usageError{msg: "reading the Dockerfile from stdin (-f -) is not supported yet"}
+	case filepath.IsAbs(file):
+		return file, nil
+	}
+	fromCwd, err := filepath.Abs(file)
+	if err != nil {
+		return "", fmt.Errorf("resolving -f %s: %w", file, err)
+	}
+	if _, err := os.Stat(fromCwd); err != nil {
+		return file, nil
+	}
+	ctxAbs, err := filepath.Abs(contextDir)
+	if err != nil {
+		return "", fmt.Errorf("resolving build context %s: %w", contextDir, err)
+	}
+	inside := filepath.Join(ctxAbs, file)
+	if rel, err := filepath.Rel(ctxAbs, fromCwd); err == nil && (rel == ".." || strings.HasPrefix(rel, ".."+string(filepath.Separator))) {
+		if _, err := os.Stat(inside); err == nil {
+			return "", &usageError{msg: fmt.Sprintf(
+				"-f %s names %s (relative to the current directory, as docker reads it), which is outside the build context %s; for the Dockerfile inside the context use -f %s",
+				file, fromCwd, ctxAbs, inside)}
+		}
+	}
+	return fromCwd, nil
+}
+
+func unwrapPathError(err error) error {
+	var pe *fs.PathError
+	if errors.As(err, &pe) {
+		return pe.Err
+	}
+	return err
+}
+
+// discard swallows pflag's own error output; errors are printed once, by Run.
+type discard struct{}
+
+func (discard) Write(p []byte) (int, error) { return len(p), nil }

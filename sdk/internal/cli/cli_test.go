@@ -1,0 +1,87 @@
+package cli
+
+import (
+	"bytes"
+	"net"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+)
+
+func run(t *testing.T, env map[string]string, args ...string) (code int, stdout, stderr string) {
+	t.Helper()
+	var out, errb bytes.Buffer
+	a := &App{Stdout: &out, Stderr: &errb, LookupEnv: envOf(env)}
+	code = a.Run(t.Context(), args)
+	return code, out.String(), errb.String()
+}
+
+// closedAddr returns a loopback address nothing listens on.
+func closedAddr(t *testing.T) string {
+	t.Helper()
+	lis, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	addr := lis.Addr().String()
+	lis.Close()
+	return addr
+}
+
+func TestRun(t *testing.T) {
+	dir := contextDir(t)
+	noDockerfile := t.TempDir()
+	if err := os.MkdirAll(filepath.Join(noDockerfile, "x"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	addr := closedAddr(t)
+	tests := []struct {
+		name       string
+		args       []string
+		env        map[string]string
+		code       int
+		stdout     string // substring
+		stderr     string // substring
+		quietError bool   // stderr must hold nothing but the error
+	}{
+		{name: "no arguments", code: ExitUsage, stderr: "Usage:  kiln COMMAND"},
+		{name: "help", args: []string{"--help"}, code: ExitOK, stdout: "Usage:  kiln COMMAND"},
+		{name: "help build", args: []string{"help", "build"}, code: ExitOK, stdout: "Usage:  kiln build [OPTIONS] PATH"},
+		{name: "build help", args: []string{"build", "--help"}, code: ExitOK, stdout: "--metadata-file"},
+		{name: "version", args: []string{"version"}, code: ExitOK, stdout: "kiln version "},
+		{name: "unknown command", args: []string{"bake"}, code: ExitUsage, stderr: `unknown command "bake"`},
+		{name: "bad flag", args: []string{"build", "--squash", dir}, code: ExitUsage, stderr: "See 'kiln build --help'."},
+		{name: "bad tag", args: []string{"build", "-t", "UPPER/Case:bad tag", dir}, code: ExitUsage, stderr: `invalid tag "UPPER/Case:bad tag"`},
+		{
+			name: "missing Dockerfile is found before dialling", args: []string{"build", "--gateway", addr, "-f", "x/Dockerfile", noDockerfile},
+			code: ExitUsage, stderr: `Dockerfile "x/Dockerfile" not found in build context`,
+		},
+		{
+			name: "unreachable gateway", args: []string{"build", "--progress", "plain", "--gateway", addr, dir},
+			code: ExitUnreachable, stderr: "ERROR: cannot reach the kiln gateway at " + addr + ": ",
+		},
+		{
+			name: "unreachable gateway from the environment, quiet", args: []string{"build", "-q", dir},
+			env:  map[string]string{"KILN_GATEWAY": addr},
+			code: ExitUnreachable, stderr: "ERROR: cannot reach the kiln gateway at " + addr + ": ", quietError: true,
+		},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			code, stdout, stderr := run(t, tt.env, tt.args...)
+			if code != tt.code {
+				t.Errorf("exit code %d, want %d\nstderr: %s", code, tt.code, stderr)
+			}
+			if !strings.Contains(stdout, tt.stdout) {
+				t.Errorf("stdout %q, want it to contain %q", stdout, tt.stdout)
+			}
+			if !strings.Contains(stderr, tt.stderr) {
+				t.Errorf("stderr %q, want it to contain %q", stderr, tt.stderr)
+			}
+			if tt.quietError && strings.Count(stderr, "\n") != 1 {
+				t.Errorf("quiet mode wrote more than the error: %q", stderr)
+			}
+		})
+	}
+}

@@ -1,0 +1,64 @@
+package cli
+
+import (
+	"encoding/json"
+	"fmt"
+	"os"
+	"strings"
+
+	kilnv1 "github.com/kilnbuild/kiln/proto/gen/go/kiln/v1"
+)
+
+// metadata returns what --metadata-file records about a successful build,
+// with buildx's key names where they exist. tags are the requested tags,
+// used if the record does not carry its spec.
+func metadata(b *kilnv1.Build, tags []string) map[string]any {
+	r := b.GetResult()
+	md := map[string]any{
+		"kiln.build.id":                b.GetId(),
+		"kiln.agent":                   b.GetAgent(),
+		"kiln.cache.steps":             r.GetSteps(),
+		"kiln.cache.cached":            r.GetCachedSteps(),
+		"containerimage.config.digest": r.GetImageId(),
+		// Without a push the image has no manifest digest; like buildx's
+		// docker driver, report the image id then.
+		"containerimage.digest": r.GetImageId(),
+	}
+	if pushed := r.GetPushed(); len(pushed) > 0 {
+		// Every tag of a build is pushed from the same manifest.
+		md["containerimage.digest"] = pushed[0].GetDigest()
+		list := make([]map[string]any, len(pushed))
+		for i, p := range pushed {
+			list[i] = map[string]any{"tag": p.GetTag(), "digest": p.GetDigest(), "size": p.GetSize()}
+		}
+		md["kiln.pushed"] = list
+	}
+	if t := b.GetSpec().GetTags(); len(t) > 0 {
+		tags = t
+	}
+	if len(tags) > 0 {
+		md["image.name"] = strings.Join(tags, ",")
+	}
+	return md
+}
+
+// writeMetadataFile writes metadata(b, tags) as indented JSON to path.
+func writeMetadataFile(path string, b *kilnv1.Build, tags []string) error {
+	data, err := json.MarshalIndent(metadata(b, tags), "", "  ")
+	if err != nil {
+		return fmt.Errorf("encoding build metadata: %w", err)
+	}
+	if err := os.WriteFile(path, append(data, '\n'), 0o644); err != nil {
+		return fmt.Errorf("writing metadata file: %w", err)
+	}
+	return nil
+}
+
+// writeIIDFile writes the image id (config digest) to path, without a
+// newline, as docker does.
+func writeIIDFile(path string, b *kilnv1.Build) error {
+	if err := os.WriteFile(path, []byte(b.GetResult().GetImageId()), 0o644); err != nil {
+		return fmt.Errorf("writing image id file: %w", err)
+	}
+	return nil
+}

@@ -1,0 +1,91 @@
+package cli
+
+import (
+	"encoding/json"
+	"os"
+	"path/filepath"
+	"testing"
+
+	kilnv1 "github.com/kilnbuild/kiln/proto/gen/go/kiln/v1"
+)
+
+func TestMetadataFile(t *testing.T) {
+	pushed := &kilnv1.Build{
+		Id:    "b01",
+		Agent: "kilnd",
+		Spec:  &kilnv1.BuildSpec{Tags: []string{"127.0.0.1:5000/x:1", "127.0.0.1:5000/x:latest"}, Push: true},
+		State: kilnv1.BuildState_BUILD_STATE_SUCCEEDED,
+		Result: &kilnv1.BuildResult{ImageId: "sha256:cfg", Steps: 5, CachedSteps: 3, Pushed: []*kilnv1.PushedImage{
+			{Tag: "127.0.0.1:5000/x:1", Digest: "sha256:man", Size: 528},
+			{Tag: "127.0.0.1:5000/x:latest", Digest: "sha256:man", Size: 528},
+		}},
+	}
+	local := &kilnv1.Build{Id: "b02", Agent: "a2", Result: &kilnv1.BuildResult{ImageId: "sha256:cfg2", Steps: 1}}
+	tests := []struct {
+		name  string
+		build *kilnv1.Build
+		tags  []string
+		want  map[string]any
+	}{
+		{
+			name:  "pushed",
+			build: pushed,
+			want: map[string]any{
+				"kiln.build.id":                "b01",
+				"kiln.agent":                   "kilnd",
+				"image.name":                   "127.0.0.1:5000/x:1,127.0.0.1:5000/x:latest",
+				"containerimage.digest":        "sha256:man",
+				"containerimage.config.digest": "sha256:cfg",
+				"kiln.cache.steps":             5.0,
+				"kiln.cache.cached":            3.0,
+				"kiln.pushed": []any{
+					map[string]any{"tag": "127.0.0.1:5000/x:1", "digest": "sha256:man", "size": 528.0},
+					map[string]any{"tag": "127.0.0.1:5000/x:latest", "digest": "sha256:man", "size": 528.0},
+				},
+			},
+		},
+		{
+			name:  "not pushed, tags from the command line",
+			build: local,
+			tags:  []string{"app:dev"},
+			want: map[string]any{
+				"kiln.build.id":                "b02",
+				"kiln.agent":                   "a2",
+				"image.name":                   "app:dev",
+				"containerimage.digest":        "sha256:cfg2",
+				"containerimage.config.digest": "sha256:cfg2",
+				"kiln.cache.steps":             1.0,
+				"kiln.cache.cached":            0.0,
+			},
+		},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			path := filepath.Join(t.TempDir(), "md.json")
+			if err := writeMetadataFile(path, tt.build, tt.tags); err != nil {
+				t.Fatal(err)
+			}
+			data, err := os.ReadFile(path)
+			if err != nil {
+				t.Fatal(err)
+			}
+			var got map[string]any
+			if err := json.Unmarshal(data, &got); err != nil {
+				t.Fatalf("metadata is not JSON: %v\n%s", err, data)
+			}
+			gotJSON, _ := json.Marshal(got)
+			wantJSON, _ := json.Marshal(tt.want)
+			if string(gotJSON) != string(wantJSON) {
+				t.Fatalf("metadata\n got %s\nwant %s", gotJSON, wantJSON)
+			}
+
+			iid := filepath.Join(t.TempDir(), "iid")
+			if err := writeIIDFile(iid, tt.build); err != nil {
+				t.Fatal(err)
+			}
+			if b, _ := os.ReadFile(iid); string(b) != tt.build.GetResult().GetImageId() {
+				t.Fatalf("iidfile holds %q", b)
+			}
+		})
+	}
+}

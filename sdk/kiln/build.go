@@ -1,0 +1,126 @@
+package kiln
+
+import (
+	"context"
+	"fmt"
+
+	kilnv1 "github.com/kilnbuild/kiln/proto/gen/go/kiln/v1"
+	"google.golang.org/protobuf/proto"
+)
+
+// BuildRequest is one build to run on the farm.
+type BuildRequest struct {
+	// Spec holds the docker-build options. Its Dockerfile defaults to the
+	// Context's.
+	Spec *kilnv1.BuildSpec
+	// Context is the packed build context.
+	Context *Context
+	// IdempotencyKey, when set, makes StartBuild return the existing build
+	// for a repeated request instead of starting another.
+	IdempotencyKey string
+}
+
+// Build runs a build to its end: it uploads the context if the farm lacks
+// it, starts the build and watches it, calling onEvent (which may be nil)
+// for every event in sequence order. It returns the final build record.
+// A build that ends FAILED or CANCELLED returns the record and a *BuildError.
+//
+// Cancelling ctx stops the upload or the watch; it does not cancel a build
+// that has started: use CancelBuild for that.
+func (c *Client) Build(ctx context.Context, req BuildRequest, onEvent func(*kilnv1.BuildEvent)) (*kilnv1.Build, error) {
+	if _, err := c.UploadContext(ctx, req.Context); err != nil {
+		return nil, err
+	}
+	b, err := c.StartBuild(ctx, req)
+	if err != nil {
+		return nil, err
+	}
+	return c.WatchBuild(ctx, b.GetId(), 0, onEvent)
+}
+
+// StartBuild queues a build of an uploaded context (see UploadContext) and
+// returns its record.
+func (c *Client) StartBuild(ctx context.Context, req BuildRequest) (*kilnv1.Build, error) {
+	if req.Context == nil {
+		return nil, invalidArgumentf("starting build: no build context")
+	}
+	spec := &kilnv1.BuildSpec{}
+	if req.Spec != nil {
+		spec = proto.CloneOf(req.Spec)
+	}
+	if spec.Dockerfile == "" {
+		spec.Dockerfile = req.Context.Dockerfile()
+	}
+	resp, err := c.builds.StartBuild(ctx, &kilnv1.StartBuildRequest{
+		Spec:           spec,
+		Context:        req.Context.Ref(),
+		IdempotencyKey: req.IdempotencyKey,
+	})
+	if err != nil {
+		return nil, fmt.Errorf("starting build: %w", err)
+	}
+	return resp.GetBuild(), nil
+}
+
+// WatchBuild follows a build's events from fromSequence (0 or 1: from the
+// start) until its finished event, calling onEvent (which may be nil) for
+// each, and returns the final record from GetBuild. When the stream breaks
+// with codes.Unavailable, it reconnects and resumes after the last event
+// seen, so onEvent sees every event once, in order (see WithReconnect for
+// the bounds). A build that ends FAILED or CANCELLED returns the record and
+// a *BuildError.
+func (c *Client) WatchBuild(ctx context.Context, buildID string, fromSequence uint64, onEvent func(*kilnv1.BuildEvent)) (*kilnv1.Build, error) {
+	open := func(ctx context.Context, from uint64) (eventStream, error) {
+		s, err := c.builds.WatchBuild(ctx, &kilnv1.WatchBuildRequest{BuildId: buildID, FromSequence: from})
+		if err != nil {
+			return nil, err
+		}
+		return watchStream{s}, nil
+	}
+	w := watcher{open: open, reconnects: c.opts.reconnects, backoff: c.opts.backoff}
+	finished, err := w.run(ctx, fromSequence, onEvent)
+	if err != nil {
+		return nil, fmt.Errorf("watching build %s: %w", buildID, err)
+	}
+
+	var record *kilnv1.Build
+	err = w.retry(ctx, func() error {
+		var err error
+		record, err = c.GetBuild(ctx, buildID)
+		return err
+	})
+	if err != nil {
+		return nil, err
+	}
+	settle(record, finished)
+	if record.GetState() != kilnv1.BuildState_BUILD_STATE_SUCCEEDED {
+		return record, &BuildError{Build: record}
+	}
+	return record, nil
+}
+
+// settle makes a record that GetBuild returned before the build's final
+// update reached it agree with the finished event already seen.
+func settle(record *kilnv1.Build, finished *kilnv1.BuildFinished) {
+	if finished == nil || terminal(record.GetState()) {
+		return
+	}
+	record.State = finished.GetState()
+	if record.Result == nil {
+		record.Result = finished.GetResult()
+	}
+	if record.Error == "" {
+		record.Error = finished.GetError()
+	}
+	if record.Agent == "" {
+		record.Agent = finished.GetAgent()
+	}
+}
+
+func terminal(s kilnv1.BuildState) bool {
+	switch s {
+	case kilnv1.BuildState_BUILD_STATE_SUCCEEDED, kilnv1.BuildState_BUILD_STATE_FAILED, kilnv1.BuildState_BUILD_STATE_CANCELLED:
+		return true
+	}
+	return false
+}
