@@ -23,16 +23,16 @@ import (
 )
 
 type report struct {
-	Benchmark     string    `json:"benchmark"`
-	Runs          int       `json:"runs"`
-	KilnMedianMS  float64   `json:"kiln_median_ms"`
-	DockerMedian  float64   `json:"docker_median_ms"`
-	Ratio         float64   `json:"ratio"`
-	OverheadMS    float64   `json:"kiln_overhead_ms"`
-	Target        float64   `json:"target_ratio"`
-	KilnMS        []float64 `json:"kiln_ms"`
-	DockerMS      []float64 `json:"docker_ms"`
-	Engine        string    `json:"engine"`
+	Benchmark    string    `json:"benchmark"`
+	Runs         int       `json:"runs"`
+	KilnMedianMS float64   `json:"kiln_median_ms"`
+	DockerMedian float64   `json:"docker_median_ms"`
+	Ratio        float64   `json:"ratio"`
+	OverheadMS   float64   `json:"kiln_overhead_ms"`
+	Target       float64   `json:"target_ratio"`
+	KilnMS       []float64 `json:"kiln_ms"`
+	DockerMS     []float64 `json:"docker_ms"`
+	Engine       string    `json:"engine"`
 }
 
 func main() {
