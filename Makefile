@@ -35,7 +35,7 @@ run: dev-env build ## start kilnd on the local engine, build and push examples/h
 
 .PHONY: test
 test: dev-env ## run every module's tests against a real engine, registry and NATS
-	@set -e; for d in $(MODULES); do echo "== $$d"; (cd $$d && $(GO) test -count=1 -timeout 15m ./...); done
+	@scripts/test.sh
 
 .PHONY: bench
 bench: dev-env build ## run the benchmarks in bench/ (tables and JSON in bench/results/)
