@@ -70,10 +70,11 @@ func TestBuildPushMultiStage(t *testing.T) {
 	repo := "kiln-e2e/multi"
 	tag := "t" + uniq()
 	ref := reg + "/" + repo + ":" + tag
+	ref2 := reg + "/" + repo + ":" + tag + "-also"
 	meta := filepath.Join(t.TempDir(), "meta.json")
 	iid := filepath.Join(t.TempDir(), "iid")
 
-	r := kiln(t, k.addrs.GRPC, "build", "--progress", "plain", "-t", ref, "--push",
+	r := kiln(t, k.addrs.GRPC, "build", "--progress", "plain", "-t", ref, "-t", ref2, "--push", "--pull",
 		"--build-arg", "BASE="+base, "--build-arg", "GREETING=howdy", "--target", "final",
 		"--label", "org.example.team=builds", "--metadata-file", meta, "--iidfile", iid, dir)
 	if r.code != 0 {
@@ -83,8 +84,15 @@ func TestBuildPushMultiStage(t *testing.T) {
 	if got, want := str(m, "containerimage.digest"), enginetest.ManifestDigest(t, reg, repo, tag); got != want {
 		t.Fatalf("metadata containerimage.digest = %q, registry has %q", got, want)
 	}
-	if str(m, "image.name") != ref {
-		t.Fatalf("metadata image.name = %q, want %q", str(m, "image.name"), ref)
+	if got := enginetest.ManifestDigest(t, reg, repo, tag+"-also"); got != str(m, "containerimage.digest") {
+		t.Fatalf("second tag has digest %s in the registry, want %s", got, str(m, "containerimage.digest"))
+	}
+	if str(m, "image.name") != ref+","+ref2 {
+		t.Fatalf("metadata image.name = %q, want %q", str(m, "image.name"), ref+","+ref2)
+	}
+	// --pull makes the engine ask the registry for the base image.
+	if !strings.Contains(r.stderr, "Pulling from") && !strings.Contains(r.stderr, "Image is up to date") {
+		t.Fatalf("--pull did not pull the base image:\n%s", r.stderr)
 	}
 	if str(m, "kiln.build.id") == "" || str(m, "kiln.agent") != "e2e-agent" {
 		t.Fatalf("metadata lacks build id or agent: %v", m)
