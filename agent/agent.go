@@ -137,9 +137,16 @@ func (a *Agent) Ready(context.Context) error {
 	return nil
 }
 
+// Announce checks the engine and writes the agent's first heartbeat, so a
+// caller can report the agent as serving only once the farm can see it.
+func (a *Agent) Announce(ctx context.Context) {
+	a.checkEngine(ctx)
+	a.heartbeat(ctx)
+}
+
 // Run pulls and runs builds until ctx ends, then drains.
 func (a *Agent) Run(ctx context.Context) error {
-	a.checkEngine(ctx)
+	a.Announce(ctx)
 	// work outlives ctx by DrainTimeout so in-flight builds may finish.
 	work, stopWork := context.WithCancelCause(context.WithoutCancel(ctx))
 	defer stopWork(nil)

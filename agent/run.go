@@ -102,6 +102,7 @@ func Run(ctx context.Context, o RunOptions) error {
 	var eg errgroup.Group
 	hctx, stopHTTP := context.WithCancel(context.WithoutCancel(ctx))
 	eg.Go(func() error { return hs.Serve(hctx) })
+	a.Announce(ctx)
 	if err := readyfile.Write(o.ReadyFile, map[string]string{"http": hs.Addr()}); err != nil {
 		stopHTTP()
 		return err

@@ -124,6 +124,7 @@ func run(ctx context.Context, o options, log *slog.Logger) error {
 	go func() { gwDone <- gw.Serve(svcCtx, lis, hs) }()
 	schedDone := make(chan error, 1)
 	go func() { schedDone <- sched.Run(svcCtx) }()
+	ag.Announce(ctx)
 	agentCtx, stopAgent := context.WithCancel(ctx)
 	defer stopAgent()
 	agentDone := make(chan error, 1)
