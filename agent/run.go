@@ -13,16 +13,13 @@ import (
 	"github.com/kilnbuild/kiln/services/bus"
 	"github.com/kilnbuild/kiln/services/config"
 	"github.com/kilnbuild/kiln/services/httpserver"
-	"github.com/kilnbuild/kiln/services/logging"
 	"github.com/kilnbuild/kiln/services/readyfile"
+	"github.com/kilnbuild/kiln/services/service"
 )
 
 // RunOptions are kiln-agent's flags.
 type RunOptions struct {
-	NATSURL    string
-	HTTPListen string
-	ReadyFile  string
-	LogLevel   string
+	service.Common
 	EngineOptions
 }
 
@@ -38,10 +35,7 @@ type EngineOptions struct {
 
 // Flags registers the options on fs (each also read from KILN_<FLAG>).
 func (o *RunOptions) Flags(fs *flag.FlagSet) {
-	fs.StringVar(&o.NATSURL, "nats-url", "nats://127.0.0.1:4222", "NATS server URL(s), comma-separated")
-	fs.StringVar(&o.HTTPListen, "http-listen", "127.0.0.1:7703", "HTTP listen address for /healthz, /readyz, /metrics")
-	fs.StringVar(&o.ReadyFile, "ready-file", "", "write {\"http\":…} to this file once serving")
-	fs.StringVar(&o.LogLevel, "log-level", "info", "debug, info, warn or error")
+	o.Common.Flags(fs, "127.0.0.1:7703", `{"http":…}`)
 	o.EngineOptions.Flags(fs, DefaultDrainTimeout)
 }
 
@@ -57,8 +51,9 @@ func (o *EngineOptions) Flags(fs *flag.FlagSet, drain time.Duration) {
 	fs.DurationVar(&o.DrainTimeout, "drain-timeout", drain, "on stop, how long in-flight builds may finish before they are handed back")
 }
 
-// Start connects to the engine and returns an agent bound to conn.
-func (o *EngineOptions) Start(ctx context.Context, conn *bus.Conn, cfg Config) (*Agent, func(), error) {
+// NewAgent connects to the engine and returns an agent bound to conn, and a
+// func that closes the engine connection.
+func (o *EngineOptions) NewAgent(ctx context.Context, conn *bus.Conn, cfg Config) (*Agent, func(), error) {
 	docker, err := engine.NewDocker(o.DockerHost)
 	if err != nil {
 		return nil, nil, err
@@ -75,20 +70,12 @@ func (o *EngineOptions) Start(ctx context.Context, conn *bus.Conn, cfg Config) (
 
 // Run connects to NATS and the engine and runs builds until ctx ends.
 func Run(ctx context.Context, o RunOptions) error {
-	log, err := logging.New(os.Stderr, o.LogLevel)
-	if err != nil {
-		return err
-	}
-	log = log.With("service", "agent")
-	conn, err := bus.Connect(ctx, o.NATSURL, "kiln-agent "+o.Name)
+	log, conn, err := o.Common.Start(ctx, "agent")
 	if err != nil {
 		return err
 	}
 	defer conn.Close()
-	if err := bus.Setup(ctx, conn.JS, bus.DefaultLimits); err != nil {
-		return err
-	}
-	a, closeEngine, err := o.Start(ctx, conn, Config{Logger: log})
+	a, closeEngine, err := o.NewAgent(ctx, conn, Config{Logger: log})
 	if err != nil {
 		return fmt.Errorf("start agent: %w", err)
 	}

@@ -5,50 +5,34 @@ import (
 	"flag"
 	"fmt"
 	"net"
-	"os"
 	"time"
 
 	"golang.org/x/sync/errgroup"
 
-	"github.com/kilnbuild/kiln/services/bus"
 	"github.com/kilnbuild/kiln/services/httpserver"
-	"github.com/kilnbuild/kiln/services/logging"
 	"github.com/kilnbuild/kiln/services/readyfile"
+	"github.com/kilnbuild/kiln/services/service"
 )
 
 // RunOptions are kiln-gateway's flags.
 type RunOptions struct {
-	NATSURL    string
-	Listen     string
-	HTTPListen string
-	ReadyFile  string
-	LogLevel   string
+	service.Common
+	Listen string
 }
 
 // Flags registers the options on fs (each also read from KILN_<FLAG>).
 func (o *RunOptions) Flags(fs *flag.FlagSet) {
-	fs.StringVar(&o.NATSURL, "nats-url", "nats://127.0.0.1:4222", "NATS server URL(s), comma-separated")
+	o.Common.Flags(fs, "127.0.0.1:7701", `{"grpc":…,"http":…}`)
 	fs.StringVar(&o.Listen, "listen", "127.0.0.1:7700", "gRPC listen address (port 0 picks a free port)")
-	fs.StringVar(&o.HTTPListen, "http-listen", "127.0.0.1:7701", "HTTP listen address for /healthz, /readyz, /metrics")
-	fs.StringVar(&o.ReadyFile, "ready-file", "", "write {\"grpc\":…,\"http\":…} to this file once serving")
-	fs.StringVar(&o.LogLevel, "log-level", "info", "debug, info, warn or error")
 }
 
 // Run connects to NATS and serves the gateway until ctx ends.
 func Run(ctx context.Context, o RunOptions) error {
-	log, err := logging.New(os.Stderr, o.LogLevel)
-	if err != nil {
-		return err
-	}
-	log = log.With("service", "gateway")
-	conn, err := bus.Connect(ctx, o.NATSURL, "kiln-gateway")
+	log, conn, err := o.Start(ctx, "gateway")
 	if err != nil {
 		return err
 	}
 	defer conn.Close()
-	if err := bus.Setup(ctx, conn.JS, bus.DefaultLimits); err != nil {
-		return err
-	}
 	g, err := New(ctx, Config{Conn: conn, Logger: log})
 	if err != nil {
 		return err

@@ -3,33 +3,25 @@ package scheduler
 import (
 	"context"
 	"flag"
-	"os"
 	"time"
 
 	"golang.org/x/sync/errgroup"
 
-	"github.com/kilnbuild/kiln/services/bus"
 	"github.com/kilnbuild/kiln/services/httpserver"
-	"github.com/kilnbuild/kiln/services/logging"
 	"github.com/kilnbuild/kiln/services/readyfile"
+	"github.com/kilnbuild/kiln/services/service"
 )
 
 // RunOptions are kiln-scheduler's flags.
 type RunOptions struct {
-	NATSURL     string
-	HTTPListen  string
-	ReadyFile   string
-	LogLevel    string
+	service.Common
 	Lease       time.Duration
 	MaxAttempts uint
 }
 
 // Flags registers the options on fs (each also read from KILN_<FLAG>).
 func (o *RunOptions) Flags(fs *flag.FlagSet) {
-	fs.StringVar(&o.NATSURL, "nats-url", "nats://127.0.0.1:4222", "NATS server URL(s), comma-separated")
-	fs.StringVar(&o.HTTPListen, "http-listen", "127.0.0.1:7702", "HTTP listen address for /healthz, /readyz, /metrics")
-	fs.StringVar(&o.ReadyFile, "ready-file", "", "write {\"http\":…} to this file once serving")
-	fs.StringVar(&o.LogLevel, "log-level", "info", "debug, info, warn or error")
+	o.Common.Flags(fs, "127.0.0.1:7702", `{"http":…}`)
 	fs.DurationVar(&o.Lease, "lease", DefaultLease, "how long an agent holds a build without renewing")
 	o.SchedulingFlags(fs)
 }
@@ -42,19 +34,11 @@ func (o *RunOptions) SchedulingFlags(fs *flag.FlagSet) {
 
 // Run connects to NATS and schedules until ctx ends.
 func Run(ctx context.Context, o RunOptions) error {
-	log, err := logging.New(os.Stderr, o.LogLevel)
-	if err != nil {
-		return err
-	}
-	log = log.With("service", "scheduler")
-	conn, err := bus.Connect(ctx, o.NATSURL, "kiln-scheduler")
+	log, conn, err := o.Start(ctx, "scheduler")
 	if err != nil {
 		return err
 	}
 	defer conn.Close()
-	if err := bus.Setup(ctx, conn.JS, bus.DefaultLimits); err != nil {
-		return err
-	}
 	s, err := New(ctx, Config{Conn: conn, Logger: log, Lease: o.Lease, MaxAttempts: uint32(o.MaxAttempts)})
 	if err != nil {
 		return err

@@ -99,7 +99,7 @@ func run(ctx context.Context, o options, log *slog.Logger) error {
 	if err != nil {
 		return err
 	}
-	ag, closeEngine, err := o.agent.Start(ctx, conn, agent.Config{Logger: log.With("service", "agent")})
+	ag, closeEngine, err := o.agent.NewAgent(ctx, conn, agent.Config{Logger: log.With("service", "agent")})
 	if err != nil {
 		return fmt.Errorf("start agent: %w", err)
 	}

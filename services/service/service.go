@@ -1,0 +1,77 @@
+// Package service is what every standalone kiln binary (kiln-gateway,
+// kiln-scheduler, kiln-agent) shares: the common flags, start-up (logger,
+// NATS connection, streams and buckets) and a main that parses flags from
+// the command line and KILN_ variables and stops on SIGINT/SIGTERM.
+package service
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"log/slog"
+	"os"
+	"os/signal"
+	"syscall"
+
+	"github.com/kilnbuild/kiln/services/bus"
+	"github.com/kilnbuild/kiln/services/config"
+	"github.com/kilnbuild/kiln/services/logging"
+)
+
+// Common are the flags every standalone service has.
+type Common struct {
+	NATSURL    string
+	HTTPListen string
+	ReadyFile  string
+	LogLevel   string
+}
+
+// Flags registers the common flags; httpListen is the service's default
+// HTTP address and ready names the keys its ready file holds.
+func (c *Common) Flags(fs *flag.FlagSet, httpListen, ready string) {
+	fs.StringVar(&c.NATSURL, "nats-url", "nats://127.0.0.1:4222", "NATS server URL(s), comma-separated")
+	fs.StringVar(&c.HTTPListen, "http-listen", httpListen, "HTTP listen address for /healthz, /readyz, /metrics (port 0 picks a free port)")
+	fs.StringVar(&c.ReadyFile, "ready-file", "", "write "+ready+" to this file once serving")
+	fs.StringVar(&c.LogLevel, "log-level", "info", "debug, info, warn or error")
+}
+
+// Start makes the service's logger and connects to NATS with kiln's
+// streams and buckets set up. The caller closes the connection.
+func (c *Common) Start(ctx context.Context, name string) (*slog.Logger, *bus.Conn, error) {
+	log, err := logging.New(os.Stderr, c.LogLevel)
+	if err != nil {
+		return nil, nil, err
+	}
+	log = log.With("service", name)
+	conn, err := bus.Connect(ctx, c.NATSURL, "kiln-"+name)
+	if err != nil {
+		return nil, nil, err
+	}
+	if err := bus.Setup(ctx, conn.JS, bus.DefaultLimits); err != nil {
+		conn.Close()
+		return nil, nil, err
+	}
+	return log, conn, nil
+}
+
+// Main is the body of a service's main: it registers and parses the flags
+// (exit 2 on a usage error), runs until SIGINT or SIGTERM, and exits 1 if
+// run fails.
+func Main(name string, register func(fs *flag.FlagSet), run func(ctx context.Context) error) {
+	fs := flag.NewFlagSet(name, flag.ContinueOnError)
+	register(fs)
+	if err := config.Parse(fs, os.Args[1:]); err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			os.Exit(0)
+		}
+		fmt.Fprintf(os.Stderr, "%s: %v\n", name, err)
+		os.Exit(2)
+	}
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	if err := run(ctx); err != nil {
+		fmt.Fprintf(os.Stderr, "%s: %v\n", name, err)
+		os.Exit(1)
+	}
+}
