@@ -82,6 +82,9 @@ const (
 	EntryType_ENTRY_TYPE_FILE        EntryType = 1
 	EntryType_ENTRY_TYPE_DIRECTORY   EntryType = 2
 	EntryType_ENTRY_TYPE_SYMLINK     EntryType = 3
+	// ENTRY_TYPE_HARDLINK: the same file as the entry at link_target, which
+	// must be an earlier regular file of the manifest.
+	EntryType_ENTRY_TYPE_HARDLINK EntryType = 4
 )
 
 // Enum value maps for EntryType.
@@ -91,12 +94,14 @@ var (
 		1: "ENTRY_TYPE_FILE",
 		2: "ENTRY_TYPE_DIRECTORY",
 		3: "ENTRY_TYPE_SYMLINK",
+		4: "ENTRY_TYPE_HARDLINK",
 	}
 	EntryType_value = map[string]int32{
 		"ENTRY_TYPE_UNSPECIFIED": 0,
 		"ENTRY_TYPE_FILE":        1,
 		"ENTRY_TYPE_DIRECTORY":   2,
 		"ENTRY_TYPE_SYMLINK":     3,
+		"ENTRY_TYPE_HARDLINK":    4,
 	}
 )
 
@@ -180,6 +185,113 @@ func (x *Digest) GetSizeBytes() int64 {
 	return 0
 }
 
+type PutManifestRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Manifest      *ContextManifest       `protobuf:"bytes,1,opt,name=manifest,proto3" json:"manifest,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *PutManifestRequest) Reset() {
+	*x = PutManifestRequest{}
+	mi := &file_kiln_v1_context_proto_msgTypes[1]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *PutManifestRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*PutManifestRequest) ProtoMessage() {}
+
+func (x *PutManifestRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_kiln_v1_context_proto_msgTypes[1]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use PutManifestRequest.ProtoReflect.Descriptor instead.
+func (*PutManifestRequest) Descriptor() ([]byte, []int) {
+	return file_kiln_v1_context_proto_rawDescGZIP(), []int{1}
+}
+
+func (x *PutManifestRequest) GetManifest() *ContextManifest {
+	if x != nil {
+		return x.Manifest
+	}
+	return nil
+}
+
+type PutManifestResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// digest names the stored manifest; start the build with it.
+	Digest *Digest `protobuf:"bytes,1,opt,name=digest,proto3" json:"digest,omitempty"`
+	// missing lists the file blobs to upload before starting the build.
+	Missing []*Digest `protobuf:"bytes,2,rep,name=missing,proto3" json:"missing,omitempty"`
+	// total_bytes is the sum of the sizes of the manifest's files.
+	TotalBytes    int64 `protobuf:"varint,3,opt,name=total_bytes,json=totalBytes,proto3" json:"total_bytes,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *PutManifestResponse) Reset() {
+	*x = PutManifestResponse{}
+	mi := &file_kiln_v1_context_proto_msgTypes[2]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *PutManifestResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*PutManifestResponse) ProtoMessage() {}
+
+func (x *PutManifestResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_kiln_v1_context_proto_msgTypes[2]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use PutManifestResponse.ProtoReflect.Descriptor instead.
+func (*PutManifestResponse) Descriptor() ([]byte, []int) {
+	return file_kiln_v1_context_proto_rawDescGZIP(), []int{2}
+}
+
+func (x *PutManifestResponse) GetDigest() *Digest {
+	if x != nil {
+		return x.Digest
+	}
+	return nil
+}
+
+func (x *PutManifestResponse) GetMissing() []*Digest {
+	if x != nil {
+		return x.Missing
+	}
+	return nil
+}
+
+func (x *PutManifestResponse) GetTotalBytes() int64 {
+	if x != nil {
+		return x.TotalBytes
+	}
+	return 0
+}
+
 type FindMissingBlobsRequest struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	Digests       []*Digest              `protobuf:"bytes,1,rep,name=digests,proto3" json:"digests,omitempty"`
@@ -189,7 +301,7 @@ type FindMissingBlobsRequest struct {
 
 func (x *FindMissingBlobsRequest) Reset() {
 	*x = FindMissingBlobsRequest{}
-	mi := &file_kiln_v1_context_proto_msgTypes[1]
+	mi := &file_kiln_v1_context_proto_msgTypes[3]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -201,7 +313,7 @@ func (x *FindMissingBlobsRequest) String() string {
 func (*FindMissingBlobsRequest) ProtoMessage() {}
 
 func (x *FindMissingBlobsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_kiln_v1_context_proto_msgTypes[1]
+	mi := &file_kiln_v1_context_proto_msgTypes[3]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -214,7 +326,7 @@ func (x *FindMissingBlobsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use FindMissingBlobsRequest.ProtoReflect.Descriptor instead.
 func (*FindMissingBlobsRequest) Descriptor() ([]byte, []int) {
-	return file_kiln_v1_context_proto_rawDescGZIP(), []int{1}
+	return file_kiln_v1_context_proto_rawDescGZIP(), []int{3}
 }
 
 func (x *FindMissingBlobsRequest) GetDigests() []*Digest {
@@ -233,7 +345,7 @@ type FindMissingBlobsResponse struct {
 
 func (x *FindMissingBlobsResponse) Reset() {
 	*x = FindMissingBlobsResponse{}
-	mi := &file_kiln_v1_context_proto_msgTypes[2]
+	mi := &file_kiln_v1_context_proto_msgTypes[4]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -245,7 +357,7 @@ func (x *FindMissingBlobsResponse) String() string {
 func (*FindMissingBlobsResponse) ProtoMessage() {}
 
 func (x *FindMissingBlobsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_kiln_v1_context_proto_msgTypes[2]
+	mi := &file_kiln_v1_context_proto_msgTypes[4]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -258,7 +370,7 @@ func (x *FindMissingBlobsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use FindMissingBlobsResponse.ProtoReflect.Descriptor instead.
 func (*FindMissingBlobsResponse) Descriptor() ([]byte, []int) {
-	return file_kiln_v1_context_proto_rawDescGZIP(), []int{2}
+	return file_kiln_v1_context_proto_rawDescGZIP(), []int{4}
 }
 
 func (x *FindMissingBlobsResponse) GetMissing() []*Digest {
@@ -284,7 +396,7 @@ type UploadBlobsRequest struct {
 
 func (x *UploadBlobsRequest) Reset() {
 	*x = UploadBlobsRequest{}
-	mi := &file_kiln_v1_context_proto_msgTypes[3]
+	mi := &file_kiln_v1_context_proto_msgTypes[5]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -296,7 +408,7 @@ func (x *UploadBlobsRequest) String() string {
 func (*UploadBlobsRequest) ProtoMessage() {}
 
 func (x *UploadBlobsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_kiln_v1_context_proto_msgTypes[3]
+	mi := &file_kiln_v1_context_proto_msgTypes[5]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -309,7 +421,7 @@ func (x *UploadBlobsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use UploadBlobsRequest.ProtoReflect.Descriptor instead.
 func (*UploadBlobsRequest) Descriptor() ([]byte, []int) {
-	return file_kiln_v1_context_proto_rawDescGZIP(), []int{3}
+	return file_kiln_v1_context_proto_rawDescGZIP(), []int{5}
 }
 
 func (x *UploadBlobsRequest) GetDigest() *Digest {
@@ -351,7 +463,7 @@ type UploadBlobsResponse struct {
 
 func (x *UploadBlobsResponse) Reset() {
 	*x = UploadBlobsResponse{}
-	mi := &file_kiln_v1_context_proto_msgTypes[4]
+	mi := &file_kiln_v1_context_proto_msgTypes[6]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -363,7 +475,7 @@ func (x *UploadBlobsResponse) String() string {
 func (*UploadBlobsResponse) ProtoMessage() {}
 
 func (x *UploadBlobsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_kiln_v1_context_proto_msgTypes[4]
+	mi := &file_kiln_v1_context_proto_msgTypes[6]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -376,7 +488,7 @@ func (x *UploadBlobsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use UploadBlobsResponse.ProtoReflect.Descriptor instead.
 func (*UploadBlobsResponse) Descriptor() ([]byte, []int) {
-	return file_kiln_v1_context_proto_rawDescGZIP(), []int{4}
+	return file_kiln_v1_context_proto_rawDescGZIP(), []int{6}
 }
 
 func (x *UploadBlobsResponse) GetStored() []*Digest {
@@ -404,7 +516,7 @@ type ContextRef struct {
 
 func (x *ContextRef) Reset() {
 	*x = ContextRef{}
-	mi := &file_kiln_v1_context_proto_msgTypes[5]
+	mi := &file_kiln_v1_context_proto_msgTypes[7]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -416,7 +528,7 @@ func (x *ContextRef) String() string {
 func (*ContextRef) ProtoMessage() {}
 
 func (x *ContextRef) ProtoReflect() protoreflect.Message {
-	mi := &file_kiln_v1_context_proto_msgTypes[5]
+	mi := &file_kiln_v1_context_proto_msgTypes[7]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -429,7 +541,7 @@ func (x *ContextRef) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ContextRef.ProtoReflect.Descriptor instead.
 func (*ContextRef) Descriptor() ([]byte, []int) {
-	return file_kiln_v1_context_proto_rawDescGZIP(), []int{5}
+	return file_kiln_v1_context_proto_rawDescGZIP(), []int{7}
 }
 
 func (x *ContextRef) GetDigest() *Digest {
@@ -447,7 +559,8 @@ func (x *ContextRef) GetFormat() ContextFormat {
 }
 
 // ContextManifest is a Merkle listing of a build context; it is itself stored
-// as a blob and referenced by its digest.
+// as a blob and referenced by its digest. Entries are sorted by path; a
+// directory's entry comes before the entries inside it.
 type ContextManifest struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	Entries       []*ContextEntry        `protobuf:"bytes,1,rep,name=entries,proto3" json:"entries,omitempty"`
@@ -457,7 +570,7 @@ type ContextManifest struct {
 
 func (x *ContextManifest) Reset() {
 	*x = ContextManifest{}
-	mi := &file_kiln_v1_context_proto_msgTypes[6]
+	mi := &file_kiln_v1_context_proto_msgTypes[8]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -469,7 +582,7 @@ func (x *ContextManifest) String() string {
 func (*ContextManifest) ProtoMessage() {}
 
 func (x *ContextManifest) ProtoReflect() protoreflect.Message {
-	mi := &file_kiln_v1_context_proto_msgTypes[6]
+	mi := &file_kiln_v1_context_proto_msgTypes[8]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -482,7 +595,7 @@ func (x *ContextManifest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ContextManifest.ProtoReflect.Descriptor instead.
 func (*ContextManifest) Descriptor() ([]byte, []int) {
-	return file_kiln_v1_context_proto_rawDescGZIP(), []int{6}
+	return file_kiln_v1_context_proto_rawDescGZIP(), []int{8}
 }
 
 func (x *ContextManifest) GetEntries() []*ContextEntry {
@@ -497,19 +610,24 @@ type ContextEntry struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	Path  string                 `protobuf:"bytes,1,opt,name=path,proto3" json:"path,omitempty"`
 	Type  EntryType              `protobuf:"varint,2,opt,name=type,proto3,enum=kiln.v1.EntryType" json:"type,omitempty"`
-	// mode holds the permission bits (0o7777).
+	// mode holds the permission bits (0o7777) and nothing else: device files,
+	// pipes and sockets cannot be part of a context.
 	Mode uint32 `protobuf:"varint,3,opt,name=mode,proto3" json:"mode,omitempty"`
 	Size int64  `protobuf:"varint,4,opt,name=size,proto3" json:"size,omitempty"`
-	// digest of the file content; empty for directories and symlinks.
-	Digest        *Digest `protobuf:"bytes,5,opt,name=digest,proto3" json:"digest,omitempty"`
-	SymlinkTarget string  `protobuf:"bytes,6,opt,name=symlink_target,json=symlinkTarget,proto3" json:"symlink_target,omitempty"`
+	// digest of the file content; set for regular files only.
+	Digest *Digest `protobuf:"bytes,5,opt,name=digest,proto3" json:"digest,omitempty"`
+	// link_target is a symlink's target (kept as is, never followed on the
+	// farm) or a hard link's earlier entry path.
+	LinkTarget string `protobuf:"bytes,6,opt,name=link_target,json=linkTarget,proto3" json:"link_target,omitempty"`
+	// mtime_unix is the modification time in seconds since the epoch.
+	MtimeUnix     int64 `protobuf:"varint,7,opt,name=mtime_unix,json=mtimeUnix,proto3" json:"mtime_unix,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
 
 func (x *ContextEntry) Reset() {
 	*x = ContextEntry{}
-	mi := &file_kiln_v1_context_proto_msgTypes[7]
+	mi := &file_kiln_v1_context_proto_msgTypes[9]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -521,7 +639,7 @@ func (x *ContextEntry) String() string {
 func (*ContextEntry) ProtoMessage() {}
 
 func (x *ContextEntry) ProtoReflect() protoreflect.Message {
-	mi := &file_kiln_v1_context_proto_msgTypes[7]
+	mi := &file_kiln_v1_context_proto_msgTypes[9]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -534,7 +652,7 @@ func (x *ContextEntry) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ContextEntry.ProtoReflect.Descriptor instead.
 func (*ContextEntry) Descriptor() ([]byte, []int) {
-	return file_kiln_v1_context_proto_rawDescGZIP(), []int{7}
+	return file_kiln_v1_context_proto_rawDescGZIP(), []int{9}
 }
 
 func (x *ContextEntry) GetPath() string {
@@ -572,11 +690,18 @@ func (x *ContextEntry) GetDigest() *Digest {
 	return nil
 }
 
-func (x *ContextEntry) GetSymlinkTarget() string {
+func (x *ContextEntry) GetLinkTarget() string {
 	if x != nil {
-		return x.SymlinkTarget
+		return x.LinkTarget
 	}
 	return ""
+}
+
+func (x *ContextEntry) GetMtimeUnix() int64 {
+	if x != nil {
+		return x.MtimeUnix
+	}
+	return 0
 }
 
 var File_kiln_v1_context_proto protoreflect.FileDescriptor
@@ -587,7 +712,14 @@ const file_kiln_v1_context_proto_rawDesc = "" +
 	"\x06Digest\x12\x12\n" +
 	"\x04hash\x18\x01 \x01(\tR\x04hash\x12\x1d\n" +
 	"\n" +
-	"size_bytes\x18\x02 \x01(\x03R\tsizeBytes\"D\n" +
+	"size_bytes\x18\x02 \x01(\x03R\tsizeBytes\"J\n" +
+	"\x12PutManifestRequest\x124\n" +
+	"\bmanifest\x18\x01 \x01(\v2\x18.kiln.v1.ContextManifestR\bmanifest\"\x8a\x01\n" +
+	"\x13PutManifestResponse\x12'\n" +
+	"\x06digest\x18\x01 \x01(\v2\x0f.kiln.v1.DigestR\x06digest\x12)\n" +
+	"\amissing\x18\x02 \x03(\v2\x0f.kiln.v1.DigestR\amissing\x12\x1f\n" +
+	"\vtotal_bytes\x18\x03 \x01(\x03R\n" +
+	"totalBytes\"D\n" +
 	"\x17FindMissingBlobsRequest\x12)\n" +
 	"\adigests\x18\x01 \x03(\v2\x0f.kiln.v1.DigestR\adigests\"E\n" +
 	"\x18FindMissingBlobsResponse\x12)\n" +
@@ -605,24 +737,29 @@ const file_kiln_v1_context_proto_rawDesc = "" +
 	"\x06digest\x18\x01 \x01(\v2\x0f.kiln.v1.DigestR\x06digest\x12.\n" +
 	"\x06format\x18\x02 \x01(\x0e2\x16.kiln.v1.ContextFormatR\x06format\"B\n" +
 	"\x0fContextManifest\x12/\n" +
-	"\aentries\x18\x01 \x03(\v2\x15.kiln.v1.ContextEntryR\aentries\"\xc2\x01\n" +
+	"\aentries\x18\x01 \x03(\v2\x15.kiln.v1.ContextEntryR\aentries\"\xdb\x01\n" +
 	"\fContextEntry\x12\x12\n" +
 	"\x04path\x18\x01 \x01(\tR\x04path\x12&\n" +
 	"\x04type\x18\x02 \x01(\x0e2\x12.kiln.v1.EntryTypeR\x04type\x12\x12\n" +
 	"\x04mode\x18\x03 \x01(\rR\x04mode\x12\x12\n" +
 	"\x04size\x18\x04 \x01(\x03R\x04size\x12'\n" +
-	"\x06digest\x18\x05 \x01(\v2\x0f.kiln.v1.DigestR\x06digest\x12%\n" +
-	"\x0esymlink_target\x18\x06 \x01(\tR\rsymlinkTarget*d\n" +
+	"\x06digest\x18\x05 \x01(\v2\x0f.kiln.v1.DigestR\x06digest\x12\x1f\n" +
+	"\vlink_target\x18\x06 \x01(\tR\n" +
+	"linkTarget\x12\x1d\n" +
+	"\n" +
+	"mtime_unix\x18\a \x01(\x03R\tmtimeUnix*d\n" +
 	"\rContextFormat\x12\x1e\n" +
 	"\x1aCONTEXT_FORMAT_UNSPECIFIED\x10\x00\x12\x16\n" +
 	"\x12CONTEXT_FORMAT_TAR\x10\x01\x12\x1b\n" +
-	"\x17CONTEXT_FORMAT_MANIFEST\x10\x02*n\n" +
+	"\x17CONTEXT_FORMAT_MANIFEST\x10\x02*\x87\x01\n" +
 	"\tEntryType\x12\x1a\n" +
 	"\x16ENTRY_TYPE_UNSPECIFIED\x10\x00\x12\x13\n" +
 	"\x0fENTRY_TYPE_FILE\x10\x01\x12\x18\n" +
 	"\x14ENTRY_TYPE_DIRECTORY\x10\x02\x12\x16\n" +
-	"\x12ENTRY_TYPE_SYMLINK\x10\x032\xb5\x01\n" +
-	"\x0eContextService\x12W\n" +
+	"\x12ENTRY_TYPE_SYMLINK\x10\x03\x12\x17\n" +
+	"\x13ENTRY_TYPE_HARDLINK\x10\x042\xff\x01\n" +
+	"\x0eContextService\x12H\n" +
+	"\vPutManifest\x12\x1b.kiln.v1.PutManifestRequest\x1a\x1c.kiln.v1.PutManifestResponse\x12W\n" +
 	"\x10FindMissingBlobs\x12 .kiln.v1.FindMissingBlobsRequest\x1a!.kiln.v1.FindMissingBlobsResponse\x12J\n" +
 	"\vUploadBlobs\x12\x1b.kiln.v1.UploadBlobsRequest\x1a\x1c.kiln.v1.UploadBlobsResponse(\x01B7Z5github.com/kilnbuild/kiln/proto/gen/go/kiln/v1;kilnv1b\x06proto3"
 
@@ -639,38 +776,45 @@ func file_kiln_v1_context_proto_rawDescGZIP() []byte {
 }
 
 var file_kiln_v1_context_proto_enumTypes = make([]protoimpl.EnumInfo, 2)
-var file_kiln_v1_context_proto_msgTypes = make([]protoimpl.MessageInfo, 8)
+var file_kiln_v1_context_proto_msgTypes = make([]protoimpl.MessageInfo, 10)
 var file_kiln_v1_context_proto_goTypes = []any{
 	(ContextFormat)(0),               // 0: kiln.v1.ContextFormat
 	(EntryType)(0),                   // 1: kiln.v1.EntryType
 	(*Digest)(nil),                   // 2: kiln.v1.Digest
-	(*FindMissingBlobsRequest)(nil),  // 3: kiln.v1.FindMissingBlobsRequest
-	(*FindMissingBlobsResponse)(nil), // 4: kiln.v1.FindMissingBlobsResponse
-	(*UploadBlobsRequest)(nil),       // 5: kiln.v1.UploadBlobsRequest
-	(*UploadBlobsResponse)(nil),      // 6: kiln.v1.UploadBlobsResponse
-	(*ContextRef)(nil),               // 7: kiln.v1.ContextRef
-	(*ContextManifest)(nil),          // 8: kiln.v1.ContextManifest
-	(*ContextEntry)(nil),             // 9: kiln.v1.ContextEntry
+	(*PutManifestRequest)(nil),       // 3: kiln.v1.PutManifestRequest
+	(*PutManifestResponse)(nil),      // 4: kiln.v1.PutManifestResponse
+	(*FindMissingBlobsRequest)(nil),  // 5: kiln.v1.FindMissingBlobsRequest
+	(*FindMissingBlobsResponse)(nil), // 6: kiln.v1.FindMissingBlobsResponse
+	(*UploadBlobsRequest)(nil),       // 7: kiln.v1.UploadBlobsRequest
+	(*UploadBlobsResponse)(nil),      // 8: kiln.v1.UploadBlobsResponse
+	(*ContextRef)(nil),               // 9: kiln.v1.ContextRef
+	(*ContextManifest)(nil),          // 10: kiln.v1.ContextManifest
+	(*ContextEntry)(nil),             // 11: kiln.v1.ContextEntry
 }
 var file_kiln_v1_context_proto_depIdxs = []int32{
-	2,  // 0: kiln.v1.FindMissingBlobsRequest.digests:type_name -> kiln.v1.Digest
-	2,  // 1: kiln.v1.FindMissingBlobsResponse.missing:type_name -> kiln.v1.Digest
-	2,  // 2: kiln.v1.UploadBlobsRequest.digest:type_name -> kiln.v1.Digest
-	2,  // 3: kiln.v1.UploadBlobsResponse.stored:type_name -> kiln.v1.Digest
-	2,  // 4: kiln.v1.ContextRef.digest:type_name -> kiln.v1.Digest
-	0,  // 5: kiln.v1.ContextRef.format:type_name -> kiln.v1.ContextFormat
-	9,  // 6: kiln.v1.ContextManifest.entries:type_name -> kiln.v1.ContextEntry
-	1,  // 7: kiln.v1.ContextEntry.type:type_name -> kiln.v1.EntryType
-	2,  // 8: kiln.v1.ContextEntry.digest:type_name -> kiln.v1.Digest
-	3,  // 9: kiln.v1.ContextService.FindMissingBlobs:input_type -> kiln.v1.FindMissingBlobsRequest
-	5,  // 10: kiln.v1.ContextService.UploadBlobs:input_type -> kiln.v1.UploadBlobsRequest
-	4,  // 11: kiln.v1.ContextService.FindMissingBlobs:output_type -> kiln.v1.FindMissingBlobsResponse
-	6,  // 12: kiln.v1.ContextService.UploadBlobs:output_type -> kiln.v1.UploadBlobsResponse
-	11, // [11:13] is the sub-list for method output_type
-	9,  // [9:11] is the sub-list for method input_type
-	9,  // [9:9] is the sub-list for extension type_name
-	9,  // [9:9] is the sub-list for extension extendee
-	0,  // [0:9] is the sub-list for field type_name
+	10, // 0: kiln.v1.PutManifestRequest.manifest:type_name -> kiln.v1.ContextManifest
+	2,  // 1: kiln.v1.PutManifestResponse.digest:type_name -> kiln.v1.Digest
+	2,  // 2: kiln.v1.PutManifestResponse.missing:type_name -> kiln.v1.Digest
+	2,  // 3: kiln.v1.FindMissingBlobsRequest.digests:type_name -> kiln.v1.Digest
+	2,  // 4: kiln.v1.FindMissingBlobsResponse.missing:type_name -> kiln.v1.Digest
+	2,  // 5: kiln.v1.UploadBlobsRequest.digest:type_name -> kiln.v1.Digest
+	2,  // 6: kiln.v1.UploadBlobsResponse.stored:type_name -> kiln.v1.Digest
+	2,  // 7: kiln.v1.ContextRef.digest:type_name -> kiln.v1.Digest
+	0,  // 8: kiln.v1.ContextRef.format:type_name -> kiln.v1.ContextFormat
+	11, // 9: kiln.v1.ContextManifest.entries:type_name -> kiln.v1.ContextEntry
+	1,  // 10: kiln.v1.ContextEntry.type:type_name -> kiln.v1.EntryType
+	2,  // 11: kiln.v1.ContextEntry.digest:type_name -> kiln.v1.Digest
+	3,  // 12: kiln.v1.ContextService.PutManifest:input_type -> kiln.v1.PutManifestRequest
+	5,  // 13: kiln.v1.ContextService.FindMissingBlobs:input_type -> kiln.v1.FindMissingBlobsRequest
+	7,  // 14: kiln.v1.ContextService.UploadBlobs:input_type -> kiln.v1.UploadBlobsRequest
+	4,  // 15: kiln.v1.ContextService.PutManifest:output_type -> kiln.v1.PutManifestResponse
+	6,  // 16: kiln.v1.ContextService.FindMissingBlobs:output_type -> kiln.v1.FindMissingBlobsResponse
+	8,  // 17: kiln.v1.ContextService.UploadBlobs:output_type -> kiln.v1.UploadBlobsResponse
+	15, // [15:18] is the sub-list for method output_type
+	12, // [12:15] is the sub-list for method input_type
+	12, // [12:12] is the sub-list for extension type_name
+	12, // [12:12] is the sub-list for extension extendee
+	0,  // [0:12] is the sub-list for field type_name
 }
 
 func init() { file_kiln_v1_context_proto_init() }
@@ -684,7 +828,7 @@ func file_kiln_v1_context_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_kiln_v1_context_proto_rawDesc), len(file_kiln_v1_context_proto_rawDesc)),
 			NumEnums:      2,
-			NumMessages:   8,
+			NumMessages:   10,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

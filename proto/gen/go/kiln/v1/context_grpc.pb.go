@@ -19,6 +19,7 @@ import (
 const _ = grpc.SupportPackageIsVersion9
 
 const (
+	ContextService_PutManifest_FullMethodName      = "/kiln.v1.ContextService/PutManifest"
 	ContextService_FindMissingBlobs_FullMethodName = "/kiln.v1.ContextService/FindMissingBlobs"
 	ContextService_UploadBlobs_FullMethodName      = "/kiln.v1.ContextService/UploadBlobs"
 )
@@ -31,6 +32,12 @@ const (
 // A client asks which blobs the farm lacks, uploads only those, then starts a
 // build that names its context by digest (REAPI-style).
 type ContextServiceClient interface {
+	// PutManifest checks a context manifest (paths, entry types, limits),
+	// stores it as a blob and returns its digest and the file blobs the farm
+	// still lacks. Nothing is stored when the manifest is refused: an unsafe
+	// entry is InvalidArgument naming it, a limit is ResourceExhausted naming
+	// the limit and the value.
+	PutManifest(ctx context.Context, in *PutManifestRequest, opts ...grpc.CallOption) (*PutManifestResponse, error)
 	// FindMissingBlobs returns the subset of digests the farm does not hold.
 	FindMissingBlobs(ctx context.Context, in *FindMissingBlobsRequest, opts ...grpc.CallOption) (*FindMissingBlobsResponse, error)
 	// UploadBlobs streams blobs in chunks. Each blob starts with a message that
@@ -45,6 +52,16 @@ type contextServiceClient struct {
 
 func NewContextServiceClient(cc grpc.ClientConnInterface) ContextServiceClient {
 	return &contextServiceClient{cc}
+}
+
+func (c *contextServiceClient) PutManifest(ctx context.Context, in *PutManifestRequest, opts ...grpc.CallOption) (*PutManifestResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(PutManifestResponse)
+	err := c.cc.Invoke(ctx, ContextService_PutManifest_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
 }
 
 func (c *contextServiceClient) FindMissingBlobs(ctx context.Context, in *FindMissingBlobsRequest, opts ...grpc.CallOption) (*FindMissingBlobsResponse, error) {
@@ -78,6 +95,12 @@ type ContextService_UploadBlobsClient = grpc.ClientStreamingClient[UploadBlobsRe
 // A client asks which blobs the farm lacks, uploads only those, then starts a
 // build that names its context by digest (REAPI-style).
 type ContextServiceServer interface {
+	// PutManifest checks a context manifest (paths, entry types, limits),
+	// stores it as a blob and returns its digest and the file blobs the farm
+	// still lacks. Nothing is stored when the manifest is refused: an unsafe
+	// entry is InvalidArgument naming it, a limit is ResourceExhausted naming
+	// the limit and the value.
+	PutManifest(context.Context, *PutManifestRequest) (*PutManifestResponse, error)
 	// FindMissingBlobs returns the subset of digests the farm does not hold.
 	FindMissingBlobs(context.Context, *FindMissingBlobsRequest) (*FindMissingBlobsResponse, error)
 	// UploadBlobs streams blobs in chunks. Each blob starts with a message that
@@ -94,6 +117,9 @@ type ContextServiceServer interface {
 // pointer dereference when methods are called.
 type UnimplementedContextServiceServer struct{}
 
+func (UnimplementedContextServiceServer) PutManifest(context.Context, *PutManifestRequest) (*PutManifestResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method PutManifest not implemented")
+}
 func (UnimplementedContextServiceServer) FindMissingBlobs(context.Context, *FindMissingBlobsRequest) (*FindMissingBlobsResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method FindMissingBlobs not implemented")
 }
@@ -119,6 +145,24 @@ func RegisterContextServiceServer(s grpc.ServiceRegistrar, srv ContextServiceSer
 		t.testEmbeddedByValue()
 	}
 	s.RegisterService(&ContextService_ServiceDesc, srv)
+}
+
+func _ContextService_PutManifest_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(PutManifestRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(ContextServiceServer).PutManifest(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: ContextService_PutManifest_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(ContextServiceServer).PutManifest(ctx, req.(*PutManifestRequest))
+	}
+	return interceptor(ctx, in, info, handler)
 }
 
 func _ContextService_FindMissingBlobs_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
@@ -153,6 +197,10 @@ var ContextService_ServiceDesc = grpc.ServiceDesc{
 	ServiceName: "kiln.v1.ContextService",
 	HandlerType: (*ContextServiceServer)(nil),
 	Methods: []grpc.MethodDesc{
+		{
+			MethodName: "PutManifest",
+			Handler:    _ContextService_PutManifest_Handler,
+		},
 		{
 			MethodName: "FindMissingBlobs",
 			Handler:    _ContextService_FindMissingBlobs_Handler,
