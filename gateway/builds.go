@@ -21,6 +21,7 @@ import (
 	kilnv1 "github.com/kilnbuild/kiln/proto/gen/go/kiln/v1"
 	"github.com/kilnbuild/kiln/services/buildstore"
 	"github.com/kilnbuild/kiln/services/bus"
+	"github.com/kilnbuild/kiln/services/ctxmanifest"
 )
 
 // defaultTenant owns every build until per-tenant tokens arrive.
@@ -89,7 +90,7 @@ func (g *Gateway) StartBuild(ctx context.Context, req *kilnv1.StartBuildRequest)
 	return &kilnv1.StartBuildResponse{Build: b}, nil
 }
 
-// checkContext makes sure the context blob was uploaded and holds the
+// checkContext makes sure the context was uploaded in full and holds the
 // Dockerfile, so a build that cannot start is refused instead of queued.
 func (g *Gateway) checkContext(ctx context.Context, ref *kilnv1.ContextRef, dockerfile string) error {
 	ok, err := g.blobs.Has(ctx, ref.Digest.Hash, ref.Digest.SizeBytes)
@@ -97,7 +98,10 @@ func (g *Gateway) checkContext(ctx context.Context, ref *kilnv1.ContextRef, dock
 		return err
 	}
 	if !ok {
-		return status.Errorf(codes.FailedPrecondition, "context blob %s (%d bytes) has not been uploaded: upload it with ContextService.UploadBlobs first", ref.Digest.Hash, ref.Digest.SizeBytes)
+		return status.Errorf(codes.FailedPrecondition, "context blob %s (%d bytes) has not been uploaded: upload it with ContextService first", ref.Digest.Hash, ref.Digest.SizeBytes)
+	}
+	if ref.Format == kilnv1.ContextFormat_CONTEXT_FORMAT_MANIFEST {
+		return g.checkManifest(ctx, ref, dockerfile)
 	}
 	r, err := g.blobs.Get(ctx, ref.Digest.Hash)
 	if err != nil {
@@ -117,6 +121,42 @@ func (g *Gateway) checkContext(ctx context.Context, ref *kilnv1.ContextRef, dock
 			return nil
 		}
 	}
+}
+
+// maxManifestBytes bounds a manifest blob read back for checking.
+const maxManifestBytes = 256 << 20
+
+func (g *Gateway) checkManifest(ctx context.Context, ref *kilnv1.ContextRef, dockerfile string) error {
+	if ref.Digest.SizeBytes > maxManifestBytes {
+		return status.Errorf(codes.ResourceExhausted, "context manifest is %d bytes, over the limit of %d bytes", ref.Digest.SizeBytes, maxManifestBytes)
+	}
+	r, err := g.blobs.Get(ctx, ref.Digest.Hash)
+	if err != nil {
+		return err
+	}
+	defer r.Close()
+	data, err := io.ReadAll(io.LimitReader(r, maxManifestBytes+1))
+	if err != nil {
+		return fmt.Errorf("read context manifest: %w", err)
+	}
+	m, err := ctxmanifest.Unmarshal(data)
+	if err != nil {
+		return err
+	}
+	if _, err := ctxmanifest.Validate(m, g.limits.Context); err != nil {
+		return err
+	}
+	if e := ctxmanifest.Find(m, dockerfile); e == nil || (e.Type != kilnv1.EntryType_ENTRY_TYPE_FILE && e.Type != kilnv1.EntryType_ENTRY_TYPE_SYMLINK) {
+		return invalid("Dockerfile %q not found in the build context", dockerfile)
+	}
+	missing, err := g.missingFiles(ctx, m)
+	if err != nil {
+		return err
+	}
+	if len(missing) > 0 {
+		return status.Errorf(codes.FailedPrecondition, "%d blobs of the context have not been uploaded (first: %s): upload them with ContextService.UploadBlobs", len(missing), missing[0].Hash)
+	}
+	return nil
 }
 
 func idemKey(tenant, key string) string {

@@ -1,16 +1,22 @@
 package gateway
 
 import (
+	"bytes"
 	"context"
+	"crypto/sha256"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"io"
+
+	"golang.org/x/sync/errgroup"
 
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 
 	kilnv1 "github.com/kilnbuild/kiln/proto/gen/go/kiln/v1"
 	"github.com/kilnbuild/kiln/services/cas"
+	"github.com/kilnbuild/kiln/services/ctxmanifest"
 )
 
 // FindMissingBlobs returns the digests the farm does not hold.
@@ -29,6 +35,74 @@ func (g *Gateway) FindMissingBlobs(ctx context.Context, req *kilnv1.FindMissingB
 		}
 	}
 	return resp, nil
+}
+
+// PutManifest validates a context manifest before any of its blobs is
+// accepted, stores it, and says which file blobs are still missing.
+func (g *Gateway) PutManifest(ctx context.Context, req *kilnv1.PutManifestRequest) (*kilnv1.PutManifestResponse, error) {
+	total, err := ctxmanifest.Validate(req.Manifest, g.limits.Context)
+	if err != nil {
+		return nil, err
+	}
+	data, err := ctxmanifest.Marshal(req.Manifest)
+	if err != nil {
+		return nil, fmt.Errorf("encode manifest: %w", err)
+	}
+	sum := sha256.Sum256(data)
+	digest := &kilnv1.Digest{Hash: "sha256:" + hex.EncodeToString(sum[:]), SizeBytes: int64(len(data))}
+	missing, err := g.missingFiles(ctx, req.Manifest)
+	if err != nil {
+		return nil, err
+	}
+	have, err := g.blobs.Has(ctx, digest.Hash, digest.SizeBytes)
+	if err != nil {
+		return nil, err
+	}
+	if !have {
+		if err := g.blobs.Put(ctx, digest.Hash, digest.SizeBytes, bytes.NewReader(data)); err != nil {
+			return nil, err
+		}
+	}
+	var missingBytes int64
+	for _, d := range missing {
+		missingBytes += d.SizeBytes
+	}
+	contextBytesDeclared.Add(float64(total))
+	contextBytesDeduplicated.Add(float64(total - missingBytes))
+	return &kilnv1.PutManifestResponse{Digest: digest, Missing: missing, TotalBytes: total}, nil
+}
+
+// missingFiles returns the distinct file blobs of m that the CAS lacks,
+// asking with bounded concurrency.
+func (g *Gateway) missingFiles(ctx context.Context, m *kilnv1.ContextManifest) ([]*kilnv1.Digest, error) {
+	seen := map[string]bool{}
+	var files []*kilnv1.Digest
+	for _, e := range m.Entries {
+		if e.Type == kilnv1.EntryType_ENTRY_TYPE_FILE && !seen[e.Digest.Hash] {
+			seen[e.Digest.Hash] = true
+			files = append(files, e.Digest)
+		}
+	}
+	lacking := make([]bool, len(files))
+	eg, ectx := errgroup.WithContext(ctx)
+	eg.SetLimit(32)
+	for i, d := range files {
+		eg.Go(func() error {
+			ok, err := g.blobs.Has(ectx, d.Hash, d.SizeBytes)
+			lacking[i] = !ok
+			return err
+		})
+	}
+	if err := eg.Wait(); err != nil {
+		return nil, err
+	}
+	var missing []*kilnv1.Digest
+	for i, d := range files {
+		if lacking[i] {
+			missing = append(missing, d)
+		}
+	}
+	return missing, nil
 }
 
 // UploadBlobs receives blobs chunk by chunk and stores each one only after
@@ -67,18 +141,26 @@ func (g *Gateway) UploadBlobs(stream kilnv1.ContextService_UploadBlobsServer) er
 			return invalid("blob %s: chunk at offset %d, expected offset %d", cur.digest.Hash, req.WriteOffset, cur.written)
 		}
 		if cur.written+int64(len(req.Data)) > cur.digest.SizeBytes {
+			uploadBlobsRefused.Inc()
 			return invalid("blob %s: more bytes sent than its declared size %d", cur.digest.Hash, cur.digest.SizeBytes)
+		}
+		if resp.BytesReceived+int64(len(req.Data)) > g.limits.Context.MaxTotalBytes {
+			uploadBlobsRefused.Inc()
+			return status.Errorf(codes.ResourceExhausted, "upload is over %d bytes (the context size limit)", g.limits.Context.MaxTotalBytes)
 		}
 		if err := cur.write(req.Data); err != nil {
 			cur = nil
 			return err
 		}
 		resp.BytesReceived += int64(len(req.Data))
+		uploadBytesReceived.Add(float64(len(req.Data)))
 		if req.FinishWrite {
 			if err := cur.finish(); err != nil {
 				cur = nil
+				uploadBlobsRefused.Inc()
 				return err
 			}
+			uploadBlobsStored.Inc()
 			resp.Stored = append(resp.Stored, cur.digest)
 			cur = nil
 		}
@@ -101,8 +183,8 @@ func (g *Gateway) startBlob(ctx context.Context, d *kilnv1.Digest) (*blobWriter,
 	if d.SizeBytes < 0 {
 		return nil, invalid("blob %s: negative size %d", d.Hash, d.SizeBytes)
 	}
-	if d.SizeBytes > g.limits.MaxContextBytes {
-		return nil, status.Errorf(codes.ResourceExhausted, "blob %s is %d bytes, over the limit of %d bytes", d.Hash, d.SizeBytes, g.limits.MaxContextBytes)
+	if d.SizeBytes > g.limits.Context.MaxTotalBytes {
+		return nil, status.Errorf(codes.ResourceExhausted, "blob %s is %d bytes, over the limit of %d bytes", d.Hash, d.SizeBytes, g.limits.Context.MaxTotalBytes)
 	}
 	pr, pw := io.Pipe()
 	w := &blobWriter{digest: d, pw: pw, done: make(chan struct{})}

@@ -19,6 +19,7 @@ import (
 	"github.com/kilnbuild/kiln/services/buildstore"
 	"github.com/kilnbuild/kiln/services/bus"
 	"github.com/kilnbuild/kiln/services/cas"
+	"github.com/kilnbuild/kiln/services/ctxmanifest"
 )
 
 // Config wires a Gateway.
@@ -31,12 +32,13 @@ type Config struct {
 
 // Limits bound requests.
 type Limits struct {
-	// MaxContextBytes is the largest context blob accepted.
-	MaxContextBytes int64
+	// Context bounds one build context (total bytes, entries, path length);
+	// Context.MaxTotalBytes also bounds one blob and one upload stream.
+	Context ctxmanifest.Limits
 }
 
 // DefaultLimits apply when Config.Limits is zero.
-var DefaultLimits = Limits{MaxContextBytes: 2 << 30}
+var DefaultLimits = Limits{Context: ctxmanifest.DefaultLimits}
 
 // Gateway implements the public gRPC services.
 type Gateway struct {

@@ -100,13 +100,11 @@ func validateContextRef(ref *kilnv1.ContextRef, limits Limits) error {
 	if ref.Digest.SizeBytes < 0 {
 		return invalid("context size %d is negative", ref.Digest.SizeBytes)
 	}
-	if ref.Digest.SizeBytes > limits.MaxContextBytes {
-		return status.Errorf(codes.ResourceExhausted, "context is %d bytes, over the limit of %d bytes", ref.Digest.SizeBytes, limits.MaxContextBytes)
+	if ref.Digest.SizeBytes > limits.Context.MaxTotalBytes {
+		return status.Errorf(codes.ResourceExhausted, "context is %d bytes, over the limit of %d bytes", ref.Digest.SizeBytes, limits.Context.MaxTotalBytes)
 	}
 	switch ref.Format {
-	case kilnv1.ContextFormat_CONTEXT_FORMAT_TAR:
-	case kilnv1.ContextFormat_CONTEXT_FORMAT_MANIFEST:
-		return status.Error(codes.Unimplemented, "context manifests are not supported yet: send the context as one tar blob")
+	case kilnv1.ContextFormat_CONTEXT_FORMAT_TAR, kilnv1.ContextFormat_CONTEXT_FORMAT_MANIFEST:
 	default:
 		return invalid("context format %s is not known", ref.Format)
 	}
