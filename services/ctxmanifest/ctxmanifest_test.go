@@ -57,7 +57,7 @@ func TestValidate(t *testing.T) {
 		{name: "backslash", m: manifest(file(`a\b`, 1)), code: codes.InvalidArgument, message: "not a clean relative path"},
 		{name: "duplicate", m: manifest(file("a", 1), file("a", 1)), code: codes.InvalidArgument, message: `"a" appears twice`},
 		{name: "unsorted", m: manifest(file("b", 1), file("a", 1)), code: codes.InvalidArgument, message: "out of order"},
-		{name: "device file", m: manifest(&kilnv1.ContextEntry{Path: "dev/sda", Type: fileT, Mode: 0o60644, Digest: &kilnv1.Digest{Hash: someDigest}}), code: codes.InvalidArgument, message: `"dev/sda" has mode 0o60644: device files`},
+		{name: "device file", m: manifest(&kilnv1.ContextEntry{Path: "dev/sda", Type: fileT, Mode: 0o60644, Digest: &kilnv1.Digest{Hash: someDigest}}), code: codes.InvalidArgument, message: `"dev/sda" has mode 060644: device files`},
 		{name: "hard link outside", m: manifest(hardlink("x", "../etc/shadow")), code: codes.InvalidArgument, message: `"x" is a hard link to "../etc/shadow", outside the build context`},
 		{name: "hard link absolute", m: manifest(hardlink("x", "/etc/shadow")), code: codes.InvalidArgument, message: "outside the build context"},
 		{name: "hard link to later entry", m: manifest(hardlink("a", "b"), file("b", 1)), code: codes.InvalidArgument, message: "not an earlier file"},
