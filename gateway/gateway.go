@@ -6,6 +6,7 @@ package gateway
 
 import (
 	"context"
+	"flag"
 	"fmt"
 	"log/slog"
 
@@ -39,6 +40,14 @@ type Limits struct {
 
 // DefaultLimits apply when Config.Limits is zero.
 var DefaultLimits = Limits{Context: ctxmanifest.DefaultLimits}
+
+// Flags registers the limits as flags (each also read from KILN_<FLAG>).
+func (l *Limits) Flags(fs *flag.FlagSet) {
+	*l = DefaultLimits
+	fs.Int64Var(&l.Context.MaxTotalBytes, "context-max-bytes", l.Context.MaxTotalBytes, "largest build context, in bytes")
+	fs.IntVar(&l.Context.MaxEntries, "context-max-entries", l.Context.MaxEntries, "most entries (files, directories, links) in a build context")
+	fs.IntVar(&l.Context.MaxPathLen, "context-max-path", l.Context.MaxPathLen, "longest path in a build context, in bytes")
+}
 
 // Gateway implements the public gRPC services.
 type Gateway struct {
@@ -96,6 +105,9 @@ func New(ctx context.Context, cfg Config) (*Gateway, error) {
 // and server reflection registered, and errors turned into status codes.
 func (g *Gateway) NewGRPCServer(opts ...grpc.ServerOption) *grpc.Server {
 	opts = append(opts,
+		// A manifest of 100 000 entries is several MB: let our own limits,
+		// with their clear messages, speak before gRPC's 4 MB default.
+		grpc.MaxRecvMsgSize(maxManifestBytes),
 		grpc.ChainUnaryInterceptor(unaryStatus),
 		grpc.ChainStreamInterceptor(streamStatus),
 	)

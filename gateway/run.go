@@ -18,12 +18,14 @@ import (
 type RunOptions struct {
 	service.Common
 	Listen string
+	Limits Limits
 }
 
 // Flags registers the options on fs (each also read from KILN_<FLAG>).
 func (o *RunOptions) Flags(fs *flag.FlagSet) {
 	o.Common.Flags(fs, "127.0.0.1:7701", `{"grpc":…,"http":…}`)
 	fs.StringVar(&o.Listen, "listen", "127.0.0.1:7700", "gRPC listen address (port 0 picks a free port)")
+	o.Limits.Flags(fs)
 }
 
 // Run connects to NATS and serves the gateway until ctx ends.
@@ -33,7 +35,7 @@ func Run(ctx context.Context, o RunOptions) error {
 		return err
 	}
 	defer conn.Close()
-	g, err := New(ctx, Config{Conn: conn, Logger: log})
+	g, err := New(ctx, Config{Conn: conn, Logger: log, Limits: o.Limits})
 	if err != nil {
 		return err
 	}

@@ -29,6 +29,7 @@ type options struct {
 	listen, httpListen, natsListen string
 	dataDir, readyFile, logLevel   string
 	sched                          scheduler.RunOptions
+	limits                         gateway.Limits
 	agent                          agent.EngineOptions
 }
 
@@ -43,6 +44,7 @@ func main() {
 	fs.StringVar(&o.readyFile, "ready-file", "", "write {\"grpc\":…,\"http\":…,\"nats\":…} to this file once every part is serving")
 	fs.StringVar(&o.logLevel, "log-level", "info", "debug, info, warn or error")
 	o.sched.SchedulingFlags(fs)
+	o.limits.Flags(fs)
 	o.agent.Flags(fs, agent.DefaultKilndDrainTimeout)
 	if err := config.Parse(fs, os.Args[1:]); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
@@ -88,7 +90,7 @@ func run(ctx context.Context, o options, log *slog.Logger) error {
 		return err
 	}
 
-	gw, err := gateway.New(ctx, gateway.Config{Conn: conn, Logger: log.With("service", "gateway")})
+	gw, err := gateway.New(ctx, gateway.Config{Conn: conn, Logger: log.With("service", "gateway"), Limits: o.limits})
 	if err != nil {
 		return err
 	}
