@@ -13,6 +13,7 @@ import (
 
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/proto"
 
 	kilnv1 "github.com/kilnbuild/kiln/proto/gen/go/kiln/v1"
 	"github.com/kilnbuild/kiln/services/cas"
@@ -40,6 +41,7 @@ func (g *Gateway) FindMissingBlobs(ctx context.Context, req *kilnv1.FindMissingB
 // PutManifest validates a context manifest before any of its blobs is
 // accepted, stores it, and says which file blobs are still missing.
 func (g *Gateway) PutManifest(ctx context.Context, req *kilnv1.PutManifestRequest) (*kilnv1.PutManifestResponse, error) {
+	manifestBytesReceived.Add(float64(proto.Size(req)))
 	total, err := ctxmanifest.Validate(req.Manifest, g.limits.Context)
 	if err != nil {
 		return nil, err

@@ -17,6 +17,10 @@ var (
 		Name: "kiln_context_bytes_deduplicated_total",
 		Help: "Bytes of manifest files the farm already held, so nobody uploaded them.",
 	})
+	manifestBytesReceived = promauto.NewCounter(prometheus.CounterOpts{
+		Name: "kiln_context_manifest_bytes_received_total",
+		Help: "Bytes of context manifests received by PutManifest.",
+	})
 	uploadBytesReceived = promauto.NewCounter(prometheus.CounterOpts{
 		Name: "kiln_context_upload_bytes_received_total",
 		Help: "Blob bytes received by UploadBlobs.",

@@ -9,30 +9,26 @@
 package main
 
 import (
-	"bytes"
-	"encoding/json"
 	"flag"
 	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
-	"slices"
-	"strings"
-	"syscall"
-	"time"
+
+	"github.com/kilnbuild/kiln/bench/internal/benchkit"
 )
 
 type report struct {
 	Benchmark    string    `json:"benchmark"`
+	Engine       string    `json:"engine"`
 	Runs         int       `json:"runs"`
-	KilnMedianMS float64   `json:"kiln_median_ms"`
+	KilnMedian   float64   `json:"kiln_median_ms"`
 	DockerMedian float64   `json:"docker_median_ms"`
 	Ratio        float64   `json:"ratio"`
 	OverheadMS   float64   `json:"kiln_overhead_ms"`
 	Target       float64   `json:"target_ratio"`
 	KilnMS       []float64 `json:"kiln_ms"`
 	DockerMS     []float64 `json:"docker_ms"`
-	Engine       string    `json:"engine"`
 }
 
 func main() {
@@ -48,9 +44,6 @@ func main() {
 }
 
 func run(runs int, binDir, base, out string) error {
-	if err := exec.Command("scripts/dev-env.sh", "base").Run(); err != nil {
-		return fmt.Errorf("make base image: %w", err)
-	}
 	tmp, err := os.MkdirTemp("", "kiln-bench-")
 	if err != nil {
 		return err
@@ -69,94 +62,51 @@ func run(runs int, binDir, base, out string) error {
 			return err
 		}
 	}
-
-	ready := filepath.Join(tmp, "ready.json")
-	kilnd := exec.Command(filepath.Join(binDir, "kilnd"), "--listen", "127.0.0.1:0", "--http-listen", "127.0.0.1:0",
-		"--nats-listen", "127.0.0.1:0", "--data-dir", filepath.Join(tmp, "data"), "--ready-file", ready, "--log-level", "warn")
-	kilnd.Stderr = os.Stderr
-	if err := kilnd.Start(); err != nil {
+	k, err := benchkit.StartKilnd(binDir, tmp)
+	if err != nil {
 		return err
 	}
-	defer func() { _ = kilnd.Process.Signal(syscall.SIGTERM); _ = kilnd.Wait() }()
-	var addrs struct{ GRPC string }
-	deadline := time.Now().Add(time.Minute)
-	for {
-		data, err := os.ReadFile(ready)
-		if err == nil && json.Unmarshal(data, &addrs) == nil && addrs.GRPC != "" {
-			break
-		}
-		if time.Now().After(deadline) {
-			return fmt.Errorf("kilnd not ready after a minute")
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
+	defer k.Stop()
 
-	docker := "docker"
-	if _, err := os.Stat("/usr/bin/docker"); err == nil {
-		docker = "/usr/bin/docker" // the client that matches Debian's engine
-	}
 	kilnCmd := func() *exec.Cmd {
-		return exec.Command(filepath.Join(binDir, "kiln"), "build", "--gateway", addrs.GRPC, "--progress", "quiet", "-t", "kiln-bench/warm:kiln", ctxDir)
+		c := exec.Command(filepath.Join(binDir, "kiln"), "build", "--gateway", k.GRPC, "--progress", "quiet", "-t", "kiln-bench/warm:kiln", ctxDir)
+		c.Env = append(os.Environ(), "KILN_CACHE_DIR="+filepath.Join(tmp, "cli-cache"))
+		return c
 	}
 	dockerCmd := func() *exec.Cmd {
-		c := exec.Command(docker, "build", "-q", "-t", "kiln-bench/warm:docker", ctxDir)
+		c := exec.Command(benchkit.Docker(), "build", "-q", "-t", "kiln-bench/warm:docker", ctxDir)
 		c.Env = append(os.Environ(), "DOCKER_BUILDKIT=0")
 		return c
 	}
-	timeIt := func(c *exec.Cmd) (float64, error) {
-		var buf bytes.Buffer
-		c.Stdout, c.Stderr = &buf, &buf
-		start := time.Now()
-		if err := c.Run(); err != nil {
-			return 0, fmt.Errorf("%s: %w\n%s", strings.Join(c.Args, " "), err, buf.String())
-		}
-		return float64(time.Since(start).Microseconds()) / 1000, nil
-	}
 	// Warm both paths (engine cache, kilnd's connections).
 	for _, c := range []*exec.Cmd{kilnCmd(), dockerCmd()} {
-		if _, err := timeIt(c); err != nil {
+		if _, _, err := benchkit.Time(c); err != nil {
 			return err
 		}
 	}
-	r := report{Benchmark: "warm rebuild of an unchanged small context", Runs: runs, Target: 1.5}
+	r := report{Benchmark: "warm rebuild of an unchanged small context", Engine: benchkit.EngineVersion(), Runs: runs, Target: 1.5}
 	for i := 0; i < runs; i++ {
-		k, err := timeIt(kilnCmd())
+		kt, _, err := benchkit.Time(kilnCmd())
 		if err != nil {
 			return err
 		}
-		d, err := timeIt(dockerCmd())
+		dt, _, err := benchkit.Time(dockerCmd())
 		if err != nil {
 			return err
 		}
-		r.KilnMS = append(r.KilnMS, k)
-		r.DockerMS = append(r.DockerMS, d)
+		r.KilnMS = append(r.KilnMS, kt)
+		r.DockerMS = append(r.DockerMS, dt)
 	}
-	r.KilnMedianMS, r.DockerMedian = median(r.KilnMS), median(r.DockerMS)
-	r.Ratio = r.KilnMedianMS / r.DockerMedian
-	r.OverheadMS = r.KilnMedianMS - r.DockerMedian
-	if v, err := exec.Command(docker, "version", "--format", "{{.Server.Version}}").Output(); err == nil {
-		r.Engine = strings.TrimSpace(string(v))
-	}
-
-	fmt.Printf("\n%s (engine %s, %d alternating runs each)\n\n", r.Benchmark, r.Engine, runs)
-	fmt.Printf("| %-34s | %10s |\n", "path", "median ms")
-	fmt.Printf("|%s|%s|\n", strings.Repeat("-", 36), strings.Repeat("-", 12))
-	fmt.Printf("| %-34s | %10.1f |\n", "kiln build via kilnd (CLI → farm)", r.KilnMedianMS)
-	fmt.Printf("| %-34s | %10.1f |\n", "docker build (classic, same engine)", r.DockerMedian)
-	fmt.Printf("\nratio kiln/docker = %.2f (target ≤ %.1f); kiln overhead = %.1f ms\n\n", r.Ratio, r.Target, r.OverheadMS)
-	data, _ := json.MarshalIndent(r, "", "  ")
-	fmt.Println(string(data))
-	if err := os.MkdirAll(filepath.Dir(out), 0o755); err != nil {
-		return err
-	}
-	return os.WriteFile(out, append(data, '\n'), 0o644)
-}
-
-func median(xs []float64) float64 {
-	s := slices.Clone(xs)
-	slices.Sort(s)
-	if len(s)%2 == 1 {
-		return s[len(s)/2]
-	}
-	return (s[len(s)/2-1] + s[len(s)/2]) / 2
+	r.KilnMedian, r.DockerMedian = benchkit.Median(r.KilnMS), benchkit.Median(r.DockerMS)
+	r.Ratio = r.KilnMedian / r.DockerMedian
+	r.OverheadMS = r.KilnMedian - r.DockerMedian
+	return benchkit.Report(
+		fmt.Sprintf("%s (engine %s, %d alternating runs each)", r.Benchmark, r.Engine, runs),
+		[]string{"path", "median ms"},
+		[]benchkit.Row{
+			{Name: "kiln build via kilnd (CLI → farm)", Values: []string{fmt.Sprintf("%.1f", r.KilnMedian)}},
+			{Name: "docker build (classic, same engine)", Values: []string{fmt.Sprintf("%.1f", r.DockerMedian)}},
+		},
+		fmt.Sprintf("ratio kiln/docker = %.2f (target ≤ %.1f); kiln overhead = %.1f ms", r.Ratio, r.Target, r.OverheadMS),
+		r, out)
 }
