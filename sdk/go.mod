@@ -6,6 +6,7 @@ require (
 	github.com/kilnbuild/kiln/proto v0.0.0-00010101000000-000000000000
 	github.com/moby/patternmatcher v0.6.1
 	github.com/spf13/pflag v1.0.10
+	golang.org/x/sync v0.25.0
 	golang.org/x/term v0.47.0
 	google.golang.org/grpc v1.85.0
 	google.golang.org/protobuf v1.36.12

@@ -13,15 +13,16 @@ type BuildRequest struct {
 	// Spec holds the docker-build options. Its Dockerfile defaults to the
 	// Context's.
 	Spec *kilnv1.BuildSpec
-	// Context is the packed build context.
+	// Context is the packed build context; StartBuild needs it uploaded
+	// (see UploadContext).
 	Context *Context
 	// IdempotencyKey, when set, makes StartBuild return the existing build
 	// for a repeated request instead of starting another.
 	IdempotencyKey string
 }
 
-// Build runs a build to its end: it uploads the context if the farm lacks
-// it, starts the build and watches it, calling onEvent (which may be nil)
+// Build runs a build to its end: it uploads the context (only the blobs
+// the farm lacks), starts the build and watches it, calling onEvent (which may be nil)
 // for every event in sequence order. It returns the final build record.
 // A build that ends FAILED or CANCELLED returns the record and a *BuildError.
 //
@@ -44,6 +45,10 @@ func (c *Client) StartBuild(ctx context.Context, req BuildRequest) (*kilnv1.Buil
 	if req.Context == nil {
 		return nil, invalidArgumentf("starting build: no build context")
 	}
+	ref := req.Context.Ref()
+	if ref == nil {
+		return nil, invalidArgumentf("starting build: the build context was not uploaded (call UploadContext first)")
+	}
 	spec := &kilnv1.BuildSpec{}
 	if req.Spec != nil {
 		spec = proto.CloneOf(req.Spec)
@@ -53,7 +58,7 @@ func (c *Client) StartBuild(ctx context.Context, req BuildRequest) (*kilnv1.Buil
 	}
 	resp, err := c.builds.StartBuild(ctx, &kilnv1.StartBuildRequest{
 		Spec:           spec,
-		Context:        req.Context.Ref(),
+		Context:        ref,
 		IdempotencyKey: req.IdempotencyKey,
 	})
 	if err != nil {

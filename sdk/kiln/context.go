@@ -1,19 +1,17 @@
 package kiln
 
 import (
-	"archive/tar"
-	"bufio"
-	"crypto/sha256"
-	"encoding/hex"
+	"context"
 	"errors"
 	"fmt"
-	"hash"
-	"io"
 	"io/fs"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
+	"sync"
 	"syscall"
+	"time"
 
 	kilnv1 "github.com/kilnbuild/kiln/proto/gen/go/kiln/v1"
 )
@@ -21,25 +19,56 @@ import (
 // DefaultDockerfile is the Dockerfile's name when none is given.
 const DefaultDockerfile = "Dockerfile"
 
-// Context is a packed build context: an uncompressed tar of the context
-// directory, spooled to a temporary file. Close removes the file.
+// Context is a packed build context: the manifest of what is sent (paths,
+// types, modes, symlink targets, file digests) and where each file blob
+// lives on disk, read again only if the farm lacks it. It holds no open
+// files or temporary files.
 type Context struct {
-	file       string
-	digest     string
-	size       int64
-	files      int
-	dockerfile string
 	dir        string
+	dockerfile string
+	manifest   *kilnv1.ContextManifest
+	// blobs maps a file digest's hash to the first file entry with that
+	// content: the file UploadContext reads when the farm lacks the blob.
+	blobs map[string]*kilnv1.ContextEntry
+	stats ContextStats
+	// cacheFile is the stat cache PackContext used ("" for none);
+	// UploadContext removes it when a file no longer matches its digest.
+	cacheFile string
+
+	mu  sync.Mutex // guards ref
+	ref *kilnv1.ContextRef
 }
 
-// Digest returns the tar's digest, "sha256:<hex>".
-func (c *Context) Digest() string { return c.digest }
+// ContextStats counts what PackContext found and how much of it it read.
+type ContextStats struct {
+	// Files counts the regular files sent.
+	Files int
+	// Symlinks counts the symlinks sent (as symlinks, never followed).
+	Symlinks int
+	// Dirs counts the directory entries sent.
+	Dirs int
+	// Bytes is the sum of the regular files' sizes.
+	Bytes int64
+	// Hashed counts the files read and hashed because the stat cache had
+	// no digest for them or they changed since; Files - Hashed were not read.
+	Hashed int
+	// HashedBytes is the sum of the hashed files' sizes.
+	HashedBytes int64
+}
 
-// Size returns the tar's size in bytes.
-func (c *Context) Size() int64 { return c.size }
+// ContextProgress is how far hashing or uploading a context has got: the
+// files (blobs, when uploading) and bytes done out of the totals.
+type ContextProgress struct {
+	Files, TotalFiles int
+	Bytes, TotalBytes int64
+}
 
-// Files returns how many regular files and symlinks the tar holds.
-func (c *Context) Files() int { return c.files }
+// Manifest returns the context's manifest, sorted by path. The caller must
+// not modify it.
+func (c *Context) Manifest() *kilnv1.ContextManifest { return c.manifest }
+
+// Stats returns what PackContext found and hashed.
+func (c *Context) Stats() ContextStats { return c.stats }
 
 // Dockerfile returns the Dockerfile's slash-separated path inside the context.
 func (c *Context) Dockerfile() string { return c.dockerfile }
@@ -47,56 +76,67 @@ func (c *Context) Dockerfile() string { return c.dockerfile }
 // Dir returns the absolute path of the context directory that was packed.
 func (c *Context) Dir() string { return c.dir }
 
-// Ref returns the reference StartBuild takes for this context.
+// Ref returns the reference StartBuild takes for this context: the digest
+// the farm gave its manifest. It is nil until UploadContext succeeded.
 func (c *Context) Ref() *kilnv1.ContextRef {
-	return &kilnv1.ContextRef{
-		Digest: c.protoDigest(),
-		Format: kilnv1.ContextFormat_CONTEXT_FORMAT_TAR,
-	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.ref
 }
 
-func (c *Context) protoDigest() *kilnv1.Digest {
-	return &kilnv1.Digest{Hash: c.digest, SizeBytes: c.size}
+func (c *Context) setRef(ref *kilnv1.ContextRef) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.ref = ref
 }
 
-// Open returns a reader of the packed tar.
-func (c *Context) Open() (io.ReadCloser, error) {
-	f, err := os.Open(c.file)
-	if err != nil {
-		return nil, fmt.Errorf("opening packed context: %w", err)
-	}
-	return f, nil
+// PackOption configures PackContext.
+type PackOption func(*packOptions)
+
+type packOptions struct {
+	progress func(ContextProgress)
+	// cacheDir holds the stat cache files; "" disables the cache.
+	cacheDir string
+	now      func() time.Time
 }
 
-// Close removes the spooled tar. The Context is unusable afterwards.
-func (c *Context) Close() error {
-	if c.file == "" {
-		return nil
-	}
-	err := os.Remove(c.file)
-	c.file = ""
-	if err != nil && !errors.Is(err, fs.ErrNotExist) {
-		return fmt.Errorf("removing packed context: %w", err)
-	}
-	return nil
+// WithHashProgress makes PackContext call fn as it hashes files that the
+// stat cache could not vouch for. Calls never overlap.
+func WithHashProgress(fn func(ContextProgress)) PackOption {
+	return func(o *packOptions) { o.progress = fn }
 }
 
-// PackContext tars the build context dir into a temporary file, the way
-// `docker build` sends it: .dockerignore is honoured with Docker's semantics
-// (a "<dockerfile>.dockerignore" beside the Dockerfile takes precedence, as in
-// BuildKit), and the Dockerfile and .dockerignore are always sent even when
-// ignored. dockerfile is the Dockerfile's path relative to dir ("" means
-// "Dockerfile"), or an absolute path inside dir.
+// PackContext lists the build context dir the way `docker build` would send
+// it and hashes its files: .dockerignore is honoured with Docker's semantics
+// (a "<dockerfile>.dockerignore" beside the Dockerfile takes precedence, as
+// in BuildKit), and the Dockerfile and .dockerignore are always sent even
+// when ignored. dockerfile is the Dockerfile's path relative to dir (""
+// means "Dockerfile"), or an absolute path inside dir.
 //
-// The tar is deterministic: entries in lexical walk order, uid/gid 0 and no
-// owner names; file modes and mtimes (in whole seconds) are kept. Symlinks are
-// stored as symlinks and never followed; sockets, devices and pipes are
-// skipped. The tar is hashed while it is written, so memory stays flat
-// whatever the context's size.
+// The result is a manifest, not an archive: one entry per directory, file
+// and symlink sent, sorted by path, with permission bits (0o7777) and mtimes
+// in whole seconds. Symlinks are kept as symlinks and never followed; hard
+// links are sent as regular files; sockets, devices and pipes are skipped.
+// Each regular file is hashed with sha256 while it is read, so memory stays
+// flat whatever the context's size. A stat cache (see below) skips files
+// that did not change since an earlier PackContext.
+//
+// The stat cache lives under $KILN_CACHE_DIR/statcache, or
+// os.UserCacheDir()/kiln/statcache when KILN_CACHE_DIR is unset: one file
+// per context directory mapping each file's path, size, mtime, ctime, inode
+// and device to its digest. A missing, unreadable or corrupt cache file is
+// ignored, and so is a failure to write it: the cache only saves work.
 //
 // Mistakes a user can fix (no such directory, Dockerfile missing or outside
-// the context, bad .dockerignore pattern) are codes.InvalidArgument errors.
-func PackContext(dir, dockerfile string) (*Context, error) {
+// the context, bad .dockerignore pattern, a file name the farm cannot take)
+// are codes.InvalidArgument errors. A file that changes while it is hashed
+// is a *FileChangedError. Cancelling ctx stops the walk and the hashing.
+func PackContext(ctx context.Context, dir, dockerfile string, opts ...PackOption) (*Context, error) {
+	o := packOptions{cacheDir: defaultStatCacheDir(), now: time.Now}
+	for _, opt := range opts {
+		opt(&o)
+	}
+	start := o.now()
 	root, err := contextRoot(dir)
 	if err != nil {
 		return nil, err
@@ -110,39 +150,52 @@ func PackContext(dir, dockerfile string) (*Context, error) {
 		return nil, err
 	}
 
-	spool, err := os.CreateTemp("", "kiln-context-*.tar")
-	if err != nil {
-		return nil, fmt.Errorf("packing build context %s: %w", root, err)
-	}
-	c := &Context{file: spool.Name(), dockerfile: rel, dir: root}
-	ok := false
-	defer func() {
-		if !ok {
-			_ = spool.Close()
-			_ = c.Close()
-		}
-	}()
-
-	h := sha256.New()
-	counter := &countingWriter{w: io.MultiWriter(spool, h)}
-	buf := bufio.NewWriterSize(counter, 256<<10)
-	p := &packer{root: root, ignore: ignore, tw: tar.NewWriter(buf)}
+	p := &packer{ctx: ctx, root: root, ignore: ignore}
 	if err := p.walk(); err != nil {
 		return nil, err
 	}
-	if err := p.tw.Close(); err != nil {
-		return nil, fmt.Errorf("packing build context %s: %w", root, err)
+	slices.SortFunc(p.entries, func(a, b *kilnv1.ContextEntry) int { return strings.Compare(a.Path, b.Path) })
+
+	cache := openStatCache(o.cacheDir, root)
+	var toHash []*packedFile
+	for _, f := range p.files {
+		if sum, ok := cache.lookup(f.entry.Path, f.key); ok {
+			f.setDigest(sum)
+			continue
+		}
+		toHash = append(toHash, f)
 	}
-	if err := buf.Flush(); err != nil {
-		return nil, fmt.Errorf("packing build context %s: %w", root, err)
+	if err := hashFiles(ctx, root, toHash, o.progress); err != nil {
+		return nil, fmt.Errorf("hashing build context %s: %w", root, err)
 	}
-	if err := spool.Close(); err != nil {
-		return nil, fmt.Errorf("packing build context %s: %w", root, err)
+	// A file changed again within the filesystem's timestamp granularity
+	// after it was hashed would keep its key: only files whose times are
+	// clearly older than this run are remembered.
+	settled := start.Add(-timestampGranularity).UnixNano()
+	for _, f := range toHash {
+		if f.key.mtime < settled && f.key.ctime < settled {
+			cache.add(f.entry.Path, f.key, f.sum)
+		}
 	}
-	c.digest = digestString(h)
-	c.size = counter.n
-	c.files = p.files
-	ok = true
+	_ = cache.save() // the cache only saves work; failing to write it is no error
+
+	c := &Context{
+		dir:        root,
+		dockerfile: rel,
+		manifest:   &kilnv1.ContextManifest{Entries: p.entries},
+		blobs:      make(map[string]*kilnv1.ContextEntry, len(p.files)),
+		cacheFile:  cache.file,
+		stats:      ContextStats{Files: len(p.files), Symlinks: p.symlinks, Dirs: p.dirCount, Hashed: len(toHash)},
+	}
+	for _, f := range p.files {
+		c.stats.Bytes += f.entry.Size
+		if _, ok := c.blobs[f.entry.Digest.Hash]; !ok {
+			c.blobs[f.entry.Digest.Hash] = f.entry
+		}
+	}
+	for _, f := range toHash {
+		c.stats.HashedBytes += f.entry.Size
+	}
 	return c, nil
 }
 
@@ -204,8 +257,4 @@ func dockerfileInContext(root, dockerfile string) (string, error) {
 		return "", invalidArgumentf("Dockerfile %q in build context %s is a directory", filepath.ToSlash(rel), root)
 	}
 	return filepath.ToSlash(rel), nil
-}
-
-func digestString(h hash.Hash) string {
-	return "sha256:" + hex.EncodeToString(h.Sum(nil))
 }

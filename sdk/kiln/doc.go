@@ -2,19 +2,25 @@
 //
 // A build goes through these steps: [PackContext], then methods of [Client]:
 //
-//	PackContext(dir, dockerfile)      tar the context dir honouring .dockerignore,
-//	         │                        spooled to a temp file and hashed (sha256)
+//	PackContext(ctx, dir, dockerfile)   walk the context dir honouring .dockerignore
+//	         │                          into a sorted ContextManifest; sha256 each
+//	         │                          file unless the stat cache vouches for it
 //	         ▼
-//	UploadContext ── FindMissingBlobs ──▶ UploadBlobs (1 MiB chunks, only if missing)
-//	         │
+//	UploadContext ── PutManifest ──▶ manifest digest + the file blobs missing
+//	         │    └─ UploadBlobs ──▶ each missing blob once, 1 MiB chunks,
+//	         │                       re-hashed from disk as it is sent
 //	         ▼
-//	StartBuild ──▶ Build record (queued)
+//	StartBuild(ContextRef{manifest digest, CONTEXT_FORMAT_MANIFEST}) ──▶ Build record
 //	         │
 //	         ▼
 //	WatchBuild ── BuildEvent stream, resumed from the last sequence + 1 when the
 //	         │    connection drops, until the finished event
 //	         ▼
 //	GetBuild ──▶ the final Build record
+//
+// A second build of an unchanged context reads no file (the stat cache
+// knows their digests) and uploads none (the farm has their blobs): only
+// the manifest travels.
 //
 // [Client.Build] runs upload, start, watch and the final GetBuild in one
 // call. Errors returned by the client keep the gRPC status of the failing

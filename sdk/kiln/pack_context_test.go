@@ -1,19 +1,20 @@
 package kiln
 
 import (
-	"archive/tar"
+	"context"
 	"crypto/sha256"
 	"encoding/hex"
 	"errors"
-	"io"
-	"io/fs"
 	"os"
+	"path"
 	"path/filepath"
 	"slices"
 	"strings"
 	"testing"
 	"time"
 
+	kilnv1 "github.com/kilnbuild/kiln/proto/gen/go/kiln/v1"
+	"github.com/kilnbuild/kiln/sdk/internal/farmtest"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 )
@@ -44,66 +45,84 @@ func writeTree(t *testing.T, dir string, files map[string]string) {
 	}
 }
 
-// tarEntry is what a test checks of one tar entry.
-type tarEntry struct {
-	hdr     *tar.Header
-	content string
+// withStatCacheDir keeps the stat cache in dir ("" disables it).
+func withStatCacheDir(dir string) PackOption {
+	return func(o *packOptions) { o.cacheDir = dir }
 }
 
-// readTar returns the packed context's entries in order, checking that the
-// digest and size the Context reports are those of the bytes it holds.
-func readTar(t *testing.T, c *Context) []tarEntry {
+// withClock makes PackContext read the time from now.
+func withClock(now func() time.Time) PackOption {
+	return func(o *packOptions) { o.now = now }
+}
+
+// inAnHour is a clock an hour ahead, so files a test just wrote are old
+// enough for the stat cache to trust.
+func inAnHour() time.Time { return time.Now().Add(time.Hour) }
+
+// pack packs dir with a stat cache of its own and checks the manifest.
+func pack(t *testing.T, dir, dockerfile string, opts ...PackOption) *Context {
 	t.Helper()
-	r, err := c.Open()
+	opts = append([]PackOption{withStatCacheDir(t.TempDir())}, opts...)
+	c, err := PackContext(t.Context(), dir, dockerfile, opts...)
 	if err != nil {
-		t.Fatal(err)
+		t.Fatalf("PackContext: %v", err)
 	}
-	defer r.Close()
-	data, err := io.ReadAll(r)
-	if err != nil {
-		t.Fatal(err)
+	checkManifest(t, c)
+	return c
+}
+
+// checkManifest checks that c's manifest passes the farm's rules, lists
+// the directory of every entry, and that each file's digest and size are
+// those of the file on disk.
+func checkManifest(t *testing.T, c *Context) {
+	t.Helper()
+	m := c.Manifest()
+	if err := farmtest.CheckManifest(m); err != nil {
+		t.Fatalf("the farm would refuse the manifest: %v", err)
 	}
-	sum := sha256.Sum256(data)
-	if got := "sha256:" + hex.EncodeToString(sum[:]); got != c.Digest() {
-		t.Fatalf("Digest() = %s, content hashes to %s", c.Digest(), got)
-	}
-	if int64(len(data)) != c.Size() {
-		t.Fatalf("Size() = %d, content is %d bytes", c.Size(), len(data))
-	}
-	var out []tarEntry
-	tr := tar.NewReader(strings.NewReader(string(data)))
-	for {
-		hdr, err := tr.Next()
-		if err == io.EOF {
-			return out
+	dirs := map[string]bool{}
+	for _, e := range m.GetEntries() {
+		if dir := path.Dir(e.Path); dir != "." && !dirs[dir] {
+			t.Errorf("entry %q comes without a directory entry for %q", e.Path, dir)
 		}
-		if err != nil {
-			t.Fatal(err)
+		switch e.Type {
+		case kilnv1.EntryType_ENTRY_TYPE_DIRECTORY:
+			dirs[e.Path] = true
+		case kilnv1.EntryType_ENTRY_TYPE_FILE:
+			data, err := os.ReadFile(filepath.Join(c.Dir(), filepath.FromSlash(e.Path)))
+			if err != nil {
+				t.Fatal(err)
+			}
+			sum := sha256.Sum256(data)
+			if want := "sha256:" + hex.EncodeToString(sum[:]); e.Digest.Hash != want || e.Size != int64(len(data)) {
+				t.Errorf("%s: digest %s size %d, the file hashes to %s size %d", e.Path, e.Digest.Hash, e.Size, want, len(data))
+			}
 		}
-		b, err := io.ReadAll(tr)
-		if err != nil {
-			t.Fatal(err)
-		}
-		out = append(out, tarEntry{hdr: hdr, content: string(b)})
 	}
 }
 
-func names(entries []tarEntry) []string {
+// names renders the manifest's paths in order, directories with a "/".
+func names(c *Context) []string {
 	var out []string
-	for _, e := range entries {
-		out = append(out, e.hdr.Name)
+	for _, e := range c.Manifest().GetEntries() {
+		n := e.Path
+		if e.Type == kilnv1.EntryType_ENTRY_TYPE_DIRECTORY {
+			n += "/"
+		}
+		out = append(out, n)
 	}
 	return out
 }
 
-func pack(t *testing.T, dir, dockerfile string) *Context {
+func entry(t *testing.T, c *Context, p string) *kilnv1.ContextEntry {
 	t.Helper()
-	c, err := PackContext(dir, dockerfile)
-	if err != nil {
-		t.Fatalf("PackContext: %v", err)
+	for _, e := range c.Manifest().GetEntries() {
+		if e.Path == p {
+			return e
+		}
 	}
-	t.Cleanup(func() { c.Close() })
-	return c
+	t.Fatalf("no entry %q in %q", p, names(c))
+	return nil
 }
 
 func TestPackContextDockerignore(t *testing.T) {
@@ -111,12 +130,14 @@ func TestPackContextDockerignore(t *testing.T) {
 		name       string
 		files      map[string]string
 		dockerfile string
-		want       []string
+		// want lists the entries in manifest order (byte-wise by path),
+		// directories with a trailing "/".
+		want []string
 	}{
 		{
-			name:  "no dockerignore sends everything in walk order",
-			files: map[string]string{"Dockerfile": "FROM scratch", "b.txt": "b", "a/x.txt": "x", "a.txt": "a", "empty/": ""},
-			want:  []string{"Dockerfile", "a/", "a/x.txt", "a.txt", "b.txt", "empty/"},
+			name:  "no dockerignore sends everything sorted by path",
+			files: map[string]string{"Dockerfile": "FROM scratch", "b.txt": "b", "a/x.txt": "x", "a.txt": "a", "a-b": "", "empty/": ""},
+			want:  []string{"Dockerfile", "a/", "a-b", "a.txt", "a/x.txt", "b.txt", "empty/"},
 		},
 		{
 			name: "**/*.go excludes go files at any depth",
@@ -189,99 +210,127 @@ func TestPackContextDockerignore(t *testing.T) {
 			},
 			want: []string{".dockerignore", "Dockerfile", "index.js"},
 		},
+		{
+			name: "ignored names the farm could not take are no error",
+			files: map[string]string{
+				"Dockerfile": "FROM scratch", ".dockerignore": "bad*\n", "bad\xff": "", `bad\name`: "", "good": "",
+			},
+			want: []string{".dockerignore", "Dockerfile", "good"},
+		},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			dir := t.TempDir()
 			writeTree(t, dir, tt.files)
 			c := pack(t, dir, tt.dockerfile)
-			got := names(readTar(t, c))
-			if !slices.Equal(got, tt.want) {
-				t.Fatalf("tar entries\n got %q\nwant %q", got, tt.want)
+			if got := names(c); !slices.Equal(got, tt.want) {
+				t.Fatalf("manifest entries\n got %q\nwant %q", got, tt.want)
 			}
-			files := 0
+			var files, dirs int
 			for _, n := range tt.want {
-				if !strings.HasSuffix(n, "/") {
+				if strings.HasSuffix(n, "/") {
+					dirs++
+				} else {
 					files++
 				}
 			}
-			if c.Files() != files {
-				t.Errorf("Files() = %d, want %d", c.Files(), files)
+			if s := c.Stats(); s.Files != files || s.Dirs != dirs || s.Symlinks != 0 {
+				t.Errorf("Stats() = %+v, want %d files and %d dirs", s, files, dirs)
 			}
 		})
 	}
 }
 
-func TestPackContextSymlinksAreKept(t *testing.T) {
+func TestPackContextEntries(t *testing.T) {
 	outside := t.TempDir()
 	writeTree(t, outside, map[string]string{"secret": "do not send"})
 	dir := t.TempDir()
 	writeTree(t, dir, map[string]string{
-		"Dockerfile": "FROM scratch",
-		"data/a.txt": "a",
-		"link-file":  "->data/a.txt",
-		"link-dir":   "->data",
-		"escape":     "->" + outside,
-		"dangling":   "->nowhere",
+		"Dockerfile":     "FROM scratch\n",
+		"bin/run.sh":     "#!/bin/sh\n",
+		"bin/suid":       "x",
+		"private/key":    "k",
+		"tmp/":           "",
+		"data/a.txt":     "a",
+		"data/empty":     "",
+		"link-file":      "->data/a.txt",
+		"link-dir":       "->data",
+		"escape":         "->" + outside,
+		"dangling":       "->nowhere",
+		"data/relparent": "->../Dockerfile",
 	})
-	entries := readTar(t, pack(t, dir, ""))
-	want := map[string]string{"link-file": "data/a.txt", "link-dir": "data", "escape": outside, "dangling": "nowhere"}
-	for _, e := range entries {
-		if strings.Contains(e.content, "do not send") || strings.HasPrefix(e.hdr.Name, "escape/") || strings.HasPrefix(e.hdr.Name, "link-dir/") {
-			t.Fatalf("symlink was followed: entry %q", e.hdr.Name)
-		}
-		target, ok := want[e.hdr.Name]
-		if !ok {
-			continue
-		}
-		if e.hdr.Typeflag != tar.TypeSymlink || e.hdr.Linkname != target {
-			t.Errorf("%s: type %c link %q, want symlink to %q", e.hdr.Name, e.hdr.Typeflag, e.hdr.Linkname, target)
-		}
-		delete(want, e.hdr.Name)
+	chmod := map[string]os.FileMode{
+		"Dockerfile": 0o644, "bin": 0o755, "bin/run.sh": 0o755, "bin/suid": 0o755 | os.ModeSetuid,
+		"data/a.txt": 0o644, "data/empty": 0o644, "private": 0o700, "private/key": 0o600, "tmp": 0o777 | os.ModeSticky,
 	}
-	if len(want) != 0 {
-		t.Errorf("symlinks missing from the tar: %v", want)
-	}
-}
-
-func TestPackContextIsDeterministicAndKeepsModes(t *testing.T) {
-	dir := t.TempDir()
-	writeTree(t, dir, map[string]string{"Dockerfile": "FROM scratch", "bin/run.sh": "#!/bin/sh\n", "z": "z"})
-	if err := os.Chmod(filepath.Join(dir, "bin/run.sh"), 0o755); err != nil {
-		t.Fatal(err)
+	for p, m := range chmod {
+		if err := os.Chmod(filepath.Join(dir, p), m); err != nil {
+			t.Fatal(err)
+		}
 	}
 	mtime := time.Date(2021, 3, 4, 5, 6, 7, 890, time.UTC)
 	if err := os.Chtimes(filepath.Join(dir, "bin/run.sh"), mtime, mtime); err != nil {
 		t.Fatal(err)
 	}
-
-	first := pack(t, dir, "")
-	second := pack(t, dir, "")
-	if first.Digest() != second.Digest() {
-		t.Fatalf("two packs of the same tree differ: %s vs %s", first.Digest(), second.Digest())
-	}
-	for _, e := range readTar(t, first) {
-		h := e.hdr
-		if h.Uid != 0 || h.Gid != 0 || h.Uname != "" || h.Gname != "" {
-			t.Errorf("%s: owner %d:%d %q:%q, want 0:0 without names", h.Name, h.Uid, h.Gid, h.Uname, h.Gname)
-		}
-		if h.Name == "bin/run.sh" {
-			if h.Mode != 0o755 {
-				t.Errorf("run.sh mode %o, want 755", h.Mode)
-			}
-			if !h.ModTime.Equal(mtime.Truncate(time.Second)) {
-				t.Errorf("run.sh mtime %v, want %v", h.ModTime, mtime.Truncate(time.Second))
-			}
-			if e.content != "#!/bin/sh\n" {
-				t.Errorf("run.sh content %q", e.content)
-			}
-		}
-	}
-	if err := os.WriteFile(filepath.Join(dir, "z"), []byte("changed"), 0o644); err != nil {
+	// A hard link is sent as a second regular file with the same digest.
+	if err := os.Link(filepath.Join(dir, "data/a.txt"), filepath.Join(dir, "data/hardlink")); err != nil {
 		t.Fatal(err)
 	}
-	if third := pack(t, dir, ""); third.Digest() == first.Digest() {
-		t.Fatal("changing a file did not change the digest")
+
+	c := pack(t, dir, "")
+	want := []string{
+		"Dockerfile", "bin/", "bin/run.sh", "bin/suid", "dangling", "data/", "data/a.txt", "data/empty", "data/hardlink",
+		"data/relparent", "escape", "link-dir", "link-file", "private/", "private/key", "tmp/",
+	}
+	if got := names(c); !slices.Equal(got, want) {
+		t.Fatalf("manifest entries\n got %q\nwant %q", got, want)
+	}
+
+	tests := []struct {
+		path   string
+		typ    kilnv1.EntryType
+		mode   uint32
+		target string
+		size   int64
+	}{
+		{path: "Dockerfile", typ: kilnv1.EntryType_ENTRY_TYPE_FILE, mode: 0o644, size: 13},
+		{path: "bin", typ: kilnv1.EntryType_ENTRY_TYPE_DIRECTORY, mode: 0o755},
+		{path: "bin/run.sh", typ: kilnv1.EntryType_ENTRY_TYPE_FILE, mode: 0o755, size: 10},
+		{path: "bin/suid", typ: kilnv1.EntryType_ENTRY_TYPE_FILE, mode: 0o4755, size: 1},
+		{path: "private", typ: kilnv1.EntryType_ENTRY_TYPE_DIRECTORY, mode: 0o700},
+		{path: "private/key", typ: kilnv1.EntryType_ENTRY_TYPE_FILE, mode: 0o600, size: 1},
+		{path: "tmp", typ: kilnv1.EntryType_ENTRY_TYPE_DIRECTORY, mode: 0o1777},
+		{path: "data/empty", typ: kilnv1.EntryType_ENTRY_TYPE_FILE, mode: 0o644},
+		{path: "data/hardlink", typ: kilnv1.EntryType_ENTRY_TYPE_FILE, mode: 0o644, size: 1},
+		{path: "link-file", typ: kilnv1.EntryType_ENTRY_TYPE_SYMLINK, mode: 0o777, target: "data/a.txt"},
+		{path: "link-dir", typ: kilnv1.EntryType_ENTRY_TYPE_SYMLINK, mode: 0o777, target: "data"},
+		{path: "escape", typ: kilnv1.EntryType_ENTRY_TYPE_SYMLINK, mode: 0o777, target: filepath.ToSlash(outside)},
+		{path: "dangling", typ: kilnv1.EntryType_ENTRY_TYPE_SYMLINK, mode: 0o777, target: "nowhere"},
+		{path: "data/relparent", typ: kilnv1.EntryType_ENTRY_TYPE_SYMLINK, mode: 0o777, target: "../Dockerfile"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.path, func(t *testing.T) {
+			e := entry(t, c, tt.path)
+			if e.Type != tt.typ || e.Mode != tt.mode || e.LinkTarget != tt.target || e.Size != tt.size {
+				t.Errorf("entry %v\nwant type %v mode %#o target %q size %d", e, tt.typ, tt.mode, tt.target, tt.size)
+			}
+			if (e.Digest != nil) != (tt.typ == kilnv1.EntryType_ENTRY_TYPE_FILE) {
+				t.Errorf("digest %v on a %v", e.Digest, e.Type)
+			}
+		})
+	}
+	if got := entry(t, c, "bin/run.sh").MtimeUnix; got != mtime.Unix() {
+		t.Errorf("run.sh mtime %d, want %d", got, mtime.Unix())
+	}
+	if a, h := entry(t, c, "data/a.txt").Digest, entry(t, c, "data/hardlink").Digest; a.Hash != h.Hash {
+		t.Errorf("hard link digest %s, want %s", h.Hash, a.Hash)
+	}
+	want0 := ContextStats{Files: 7, Symlinks: 5, Dirs: 4, Bytes: 13 + 10 + 1 + 1 + 1 + 1, Hashed: 7, HashedBytes: 13 + 10 + 1 + 1 + 1 + 1}
+	if s := c.Stats(); s != want0 {
+		t.Errorf("Stats() = %+v, want %+v", s, want0)
+	}
+	if len(c.blobs) != 6 {
+		t.Errorf("%d distinct blobs, want 6 (a.txt and its hard link share one)", len(c.blobs))
 	}
 }
 
@@ -290,6 +339,10 @@ func TestPackContextErrors(t *testing.T) {
 	writeTree(t, dir, map[string]string{"Dockerfile": "FROM scratch", "sub/": "", "file": "x"})
 	other := t.TempDir()
 	writeTree(t, other, map[string]string{"Dockerfile": "FROM scratch"})
+	badUTF8 := t.TempDir()
+	writeTree(t, badUTF8, map[string]string{"Dockerfile": "FROM scratch", "sub/caf\xe9.txt": ""})
+	backslash := t.TempDir()
+	writeTree(t, backslash, map[string]string{"Dockerfile": "FROM scratch", `dir\name/`: ""})
 	tests := []struct {
 		name       string
 		dir        string
@@ -304,12 +357,13 @@ func TestPackContextErrors(t *testing.T) {
 		{name: "absolute Dockerfile outside", dir: dir, dockerfile: filepath.Join(other, "Dockerfile"), want: "is outside the build context"},
 		{name: "context does not exist", dir: filepath.Join(dir, "nope"), want: "does not exist"},
 		{name: "context is a file", dir: filepath.Join(dir, "file"), want: "is not a directory"},
+		{name: "file name not UTF-8", dir: badUTF8, want: `context entry "sub/caf\xe9.txt" is not valid UTF-8: rename it or list it in .dockerignore`},
+		{name: "directory name with a backslash", dir: backslash, want: `context entry "dir\\name" has a backslash in its name`},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			c, err := PackContext(tt.dir, tt.dockerfile)
+			_, err := PackContext(t.Context(), tt.dir, tt.dockerfile, withStatCacheDir(""))
 			if err == nil {
-				c.Close()
 				t.Fatal("PackContext succeeded")
 			}
 			if !strings.Contains(err.Error(), tt.want) {
@@ -322,6 +376,17 @@ func TestPackContextErrors(t *testing.T) {
 	}
 }
 
+func TestPackContextCancelled(t *testing.T) {
+	dir := t.TempDir()
+	writeTree(t, dir, map[string]string{"Dockerfile": "FROM scratch", "a": "a"})
+	ctx, cancel := context.WithCancel(t.Context())
+	cancel()
+	_, err := PackContext(ctx, dir, "", withStatCacheDir(""))
+	if !errors.Is(err, context.Canceled) {
+		t.Fatalf("error %v, want context.Canceled", err)
+	}
+}
+
 func TestPackContextAbsoluteDockerfileInside(t *testing.T) {
 	dir := t.TempDir()
 	writeTree(t, dir, map[string]string{"docker/app.Dockerfile": "FROM scratch"})
@@ -329,23 +394,44 @@ func TestPackContextAbsoluteDockerfileInside(t *testing.T) {
 	if c.Dockerfile() != "docker/app.Dockerfile" {
 		t.Fatalf("Dockerfile() = %q", c.Dockerfile())
 	}
-	if ref := c.Ref(); ref.GetDigest().GetHash() != c.Digest() || ref.GetDigest().GetSizeBytes() != c.Size() {
-		t.Fatalf("Ref() = %v", ref)
+	if c.Ref() != nil {
+		t.Fatalf("Ref() = %v before UploadContext, want nil", c.Ref())
 	}
 }
 
-func TestContextCloseRemovesSpool(t *testing.T) {
+func TestPackContextIsDeterministic(t *testing.T) {
 	dir := t.TempDir()
-	writeTree(t, dir, map[string]string{"Dockerfile": "FROM scratch"})
-	c, err := PackContext(dir, "")
-	if err != nil {
-		t.Fatal(err)
+	writeTree(t, dir, map[string]string{"Dockerfile": "FROM scratch", "a/b/c": "c", "a.b": "x", "z": "z"})
+	first := pack(t, dir, "")
+	second := pack(t, dir, "", withStatCacheDir(""))
+	if got, want := second.Manifest().String(), first.Manifest().String(); got != want {
+		t.Fatalf("two packs of the same tree differ:\n%s\n%s", got, want)
 	}
-	spool := c.file
-	if err := c.Close(); err != nil {
-		t.Fatal(err)
+}
+
+// hashProgress records the calls of WithHashProgress.
+type hashProgress struct{ calls []ContextProgress }
+
+func (h *hashProgress) option() PackOption {
+	return WithHashProgress(func(p ContextProgress) { h.calls = append(h.calls, p) })
+}
+
+func TestPackContextHashProgress(t *testing.T) {
+	dir := t.TempDir()
+	writeTree(t, dir, map[string]string{"Dockerfile": "FROM scratch", "a": strings.Repeat("a", 3*hashBufferSize+1), "b": "b", "empty": ""})
+	var h hashProgress
+	c := pack(t, dir, "", h.option())
+	if len(h.calls) < 4 {
+		t.Fatalf("%d progress calls, want one per file at least: %+v", len(h.calls), h.calls)
 	}
-	if _, err := os.Stat(spool); !errors.Is(err, fs.ErrNotExist) {
-		t.Fatalf("spool file still there after Close: %v", err)
+	last := h.calls[len(h.calls)-1]
+	want := ContextProgress{Files: 4, TotalFiles: 4, Bytes: c.Stats().Bytes, TotalBytes: c.Stats().Bytes}
+	if last != want {
+		t.Errorf("last progress %+v, want %+v", last, want)
+	}
+	for i := 1; i < len(h.calls); i++ {
+		if h.calls[i].Bytes < h.calls[i-1].Bytes || h.calls[i].Files < h.calls[i-1].Files {
+			t.Fatalf("progress went backwards: %+v", h.calls)
+		}
 	}
 }

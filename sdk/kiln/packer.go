@@ -1,52 +1,72 @@
 package kiln
 
 import (
-	"archive/tar"
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
 	"fmt"
-	"io"
 	"io/fs"
 	"os"
 	"path"
 	"path/filepath"
 	"strings"
+	"unicode/utf8"
+
+	kilnv1 "github.com/kilnbuild/kiln/proto/gen/go/kiln/v1"
 )
 
-// countingWriter counts the bytes written through it.
-type countingWriter struct {
-	w io.Writer
-	n int64
-}
-
-func (c *countingWriter) Write(p []byte) (int, error) {
-	n, err := c.w.Write(p)
-	c.n += int64(n)
-	return n, err
-}
-
-// packer writes the entries of a context directory to a tar.
+// packer walks a context directory and lists the entries to send.
 type packer struct {
+	ctx    context.Context
 	root   string
 	ignore *ignoreMatcher
-	tw     *tar.Writer
-	files  int
+
+	// entries lists what is sent, in walk order (not yet sorted by path).
+	entries []*kilnv1.ContextEntry
+	// files are the regular files among entries, to be hashed.
+	files    []*packedFile
+	symlinks int
+	dirCount int
 	// dirs is the stack of directories above the current walk position.
 	dirs []*packDir
 }
 
+// packedFile is a regular file of the manifest with the stat identity the
+// stat cache keys it by.
+type packedFile struct {
+	entry *kilnv1.ContextEntry
+	key   fileKey
+	// sum is the content's sha256, once known.
+	sum [sha256.Size]byte
+}
+
+func (f *packedFile) setDigest(sum [sha256.Size]byte) {
+	f.sum = sum
+	f.entry.Digest = &kilnv1.Digest{Hash: digestString(sum[:]), SizeBytes: f.entry.Size}
+}
+
+// digestString formats a sha256 sum the way the farm names blobs.
+func digestString(sum []byte) string {
+	return "sha256:" + hex.EncodeToString(sum)
+}
+
 // packDir is a directory on the walk stack. An ignored directory that the
 // walk enters because an exception may re-include something below it is
-// written only once something inside it is.
+// listed only once something inside it is.
 type packDir struct {
-	rel     string
-	info    fs.FileInfo
-	written bool
-	match   matchState
+	rel    string
+	info   fs.FileInfo
+	listed bool
+	match  matchState
 }
 
 func (p *packer) walk() error {
 	err := filepath.WalkDir(p.root, func(abs string, d fs.DirEntry, err error) error {
 		if err != nil {
 			return fmt.Errorf("reading build context: %w", err)
+		}
+		if err := p.ctx.Err(); err != nil {
+			return err
 		}
 		if abs == p.root {
 			return nil
@@ -75,10 +95,9 @@ func (p *packer) walk() error {
 			if ignored && !p.ignore.mayIncludeBelow(rel) {
 				return filepath.SkipDir
 			}
-			dir := &packDir{rel: rel, info: info, match: state}
-			p.dirs = append(p.dirs, dir)
+			p.dirs = append(p.dirs, &packDir{rel: rel, info: info, match: state})
 			if !ignored {
-				return p.writeParents()
+				return p.listParents()
 			}
 			return nil
 		}
@@ -87,15 +106,15 @@ func (p *packer) walk() error {
 		}
 		switch {
 		case info.Mode().IsRegular():
-			if err := p.writeParents(); err != nil {
+			if err := p.listParents(); err != nil {
 				return err
 			}
-			return p.writeFile(abs, rel, info)
+			return p.listFile(rel, info)
 		case info.Mode()&fs.ModeSymlink != 0:
-			if err := p.writeParents(); err != nil {
+			if err := p.listParents(); err != nil {
 				return err
 			}
-			return p.writeSymlink(abs, rel, info)
+			return p.listSymlink(abs, rel, info)
 		default:
 			// Sockets, devices and pipes cannot be part of an image build.
 			return nil
@@ -118,75 +137,81 @@ func (p *packer) popTo(dir string) {
 	}
 }
 
-// writeParents writes the directories on the stack not yet written.
-func (p *packer) writeParents() error {
+// listParents lists the directories on the stack not yet listed.
+func (p *packer) listParents() error {
 	for _, d := range p.dirs {
-		if d.written {
+		if d.listed {
 			continue
 		}
-		hdr := baseHeader(d.rel+"/", d.info)
-		hdr.Typeflag = tar.TypeDir
-		if err := p.tw.WriteHeader(hdr); err != nil {
-			return fmt.Errorf("writing %q: %w", d.rel, err)
+		e, err := baseEntry(d.rel, d.info)
+		if err != nil {
+			return err
 		}
-		d.written = true
+		e.Type = kilnv1.EntryType_ENTRY_TYPE_DIRECTORY
+		p.entries = append(p.entries, e)
+		p.dirCount++
+		d.listed = true
 	}
 	return nil
 }
 
-func (p *packer) writeFile(abs, rel string, info fs.FileInfo) error {
-	f, err := os.Open(abs)
+func (p *packer) listFile(rel string, info fs.FileInfo) error {
+	e, err := baseEntry(rel, info)
 	if err != nil {
-		return fmt.Errorf("reading %q: %w", rel, err)
+		return err
 	}
-	defer f.Close()
-	hdr := baseHeader(rel, info)
-	hdr.Typeflag = tar.TypeReg
-	hdr.Size = info.Size()
-	if err := p.tw.WriteHeader(hdr); err != nil {
-		return fmt.Errorf("writing %q: %w", rel, err)
-	}
-	n, err := io.CopyN(p.tw, f, info.Size())
-	if err == io.EOF || (err == nil && n != info.Size()) {
-		return fmt.Errorf("file %q shrank while it was packed; retry when nothing writes to the context", rel)
-	}
-	if err != nil {
-		return fmt.Errorf("writing %q: %w", rel, err)
-	}
-	p.files++
+	e.Type = kilnv1.EntryType_ENTRY_TYPE_FILE
+	e.Size = info.Size()
+	p.entries = append(p.entries, e)
+	p.files = append(p.files, &packedFile{entry: e, key: keyOf(info)})
 	return nil
 }
 
-func (p *packer) writeSymlink(abs, rel string, info fs.FileInfo) error {
+func (p *packer) listSymlink(abs, rel string, info fs.FileInfo) error {
 	target, err := os.Readlink(abs)
 	if err != nil {
 		return fmt.Errorf("reading symlink %q: %w", rel, err)
 	}
-	hdr := baseHeader(rel, info)
-	hdr.Typeflag = tar.TypeSymlink
-	hdr.Linkname = filepath.ToSlash(target)
-	if err := p.tw.WriteHeader(hdr); err != nil {
-		return fmt.Errorf("writing %q: %w", rel, err)
+	e, err := baseEntry(rel, info)
+	if err != nil {
+		return err
 	}
-	p.files++
+	e.Type = kilnv1.EntryType_ENTRY_TYPE_SYMLINK
+	e.LinkTarget = filepath.ToSlash(target)
+	p.entries = append(p.entries, e)
+	p.symlinks++
 	return nil
 }
 
-// baseHeader is the owner-free part of a tar header shared by all entries.
-func baseHeader(name string, info fs.FileInfo) *tar.Header {
-	mode := int64(info.Mode().Perm())
-	if info.Mode()&fs.ModeSetuid != 0 {
-		mode |= 0o4000
+// baseEntry is the part of an entry shared by all types: path, permission
+// bits and mtime. It refuses names the farm cannot take, before anything is
+// hashed or sent.
+func baseEntry(rel string, info fs.FileInfo) (*kilnv1.ContextEntry, error) {
+	if !utf8.ValidString(rel) {
+		return nil, invalidArgumentf("context entry %q is not valid UTF-8: rename it or list it in .dockerignore", rel)
 	}
-	if info.Mode()&fs.ModeSetgid != 0 {
-		mode |= 0o2000
+	if strings.Contains(rel, `\`) {
+		return nil, invalidArgumentf("context entry %q has a backslash in its name: rename it or list it in .dockerignore", rel)
 	}
-	if info.Mode()&fs.ModeSticky != 0 {
-		mode |= 0o1000
+	return &kilnv1.ContextEntry{
+		Path:      rel,
+		Mode:      permBits(info.Mode()),
+		MtimeUnix: info.ModTime().Unix(),
+	}, nil
+}
+
+// permBits returns the Unix permission bits of m, setuid, setgid and sticky
+// included: the only mode bits a manifest entry carries.
+func permBits(m fs.FileMode) uint32 {
+	bits := uint32(m.Perm())
+	if m&fs.ModeSetuid != 0 {
+		bits |= 0o4000
 	}
-	return &tar.Header{
-		Name:    name,
-		Mode:    mode,
-		ModTime: info.ModTime().Truncate(1e9),
+	if m&fs.ModeSetgid != 0 {
+		bits |= 0o2000
 	}
+	if m&fs.ModeSticky != 0 {
+		bits |= 0o1000
+	}
+	return bits
 }

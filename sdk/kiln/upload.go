@@ -2,9 +2,13 @@ package kiln
 
 import (
 	"context"
+	"crypto/sha256"
 	"errors"
 	"fmt"
 	"io"
+	"io/fs"
+	"os"
+	"path/filepath"
 
 	kilnv1 "github.com/kilnbuild/kiln/proto/gen/go/kiln/v1"
 	"google.golang.org/grpc/codes"
@@ -14,91 +18,200 @@ import (
 // UploadChunkSize is the payload size of one UploadBlobs message.
 const UploadChunkSize = 1 << 20
 
-// UploadContext makes sure the farm holds the packed context: it asks
-// FindMissingBlobs and, only if the blob is missing, streams it with
-// UploadBlobs in UploadChunkSize chunks. It returns the bytes uploaded, 0 when
-// the farm already had the context.
-func (c *Client) UploadContext(ctx context.Context, bc *Context) (int64, error) {
-	if bc == nil || bc.file == "" {
-		return 0, invalidArgumentf("uploading context: no packed context (closed or nil)")
-	}
-	want := bc.protoDigest()
-	resp, err := c.contexts.FindMissingBlobs(ctx, &kilnv1.FindMissingBlobsRequest{Digests: []*kilnv1.Digest{want}})
-	if err != nil {
-		return 0, fmt.Errorf("uploading context: finding missing blobs: %w", err)
-	}
-	if !containsDigest(resp.GetMissing(), want) {
-		return 0, nil
-	}
-	n, err := c.uploadBlob(ctx, bc)
-	if err != nil {
-		return n, fmt.Errorf("uploading context %s: %w", bc.digest, err)
-	}
-	return n, nil
+// UploadStats says how much of a context UploadContext had to send.
+type UploadStats struct {
+	// Files counts the context's regular files and Bytes adds up their sizes.
+	Files int
+	Bytes int64
+	// Blobs counts the distinct file blobs uploaded and UploadedBytes adds
+	// up their sizes.
+	Blobs         int
+	UploadedBytes int64
+	// PresentBytes is Bytes - UploadedBytes: file bytes the farm already
+	// held, or that an identical file uploaded once carried.
+	PresentBytes int64
 }
 
-// uploadBlob streams the context tar: the first message carries the digest,
-// every message its write_offset, the last one finish_write.
-func (c *Client) uploadBlob(ctx context.Context, bc *Context) (int64, error) {
-	r, err := bc.Open()
-	if err != nil {
-		return 0, err
-	}
-	defer r.Close()
+// UploadOption configures UploadContext.
+type UploadOption func(*uploadOptions)
 
-	// A cancelled stream context releases the stream if we stop early.
+type uploadOptions struct {
+	progress func(ContextProgress)
+}
+
+// WithUploadProgress makes UploadContext call fn as it uploads blobs; the
+// files of ContextProgress count blobs. Calls never overlap.
+func WithUploadProgress(fn func(ContextProgress)) UploadOption {
+	return func(o *uploadOptions) { o.progress = fn }
+}
+
+// UploadContext makes sure the farm holds the packed context: PutManifest
+// stores the manifest and says which file blobs the farm lacks, and only
+// those are streamed, each once however many files share it, in
+// UploadChunkSize chunks on one UploadBlobs stream. Each file is read again
+// and re-hashed as it is sent; one that no longer matches its manifest
+// digest stops the upload with a *FileChangedError (and drops the stat
+// cache, so the next PackContext reads every file). On success the
+// Context's Ref names the manifest for StartBuild.
+func (c *Client) UploadContext(ctx context.Context, bc *Context, opts ...UploadOption) (UploadStats, error) {
+	if bc == nil || bc.manifest == nil {
+		return UploadStats{}, invalidArgumentf("uploading context: no packed context")
+	}
+	var o uploadOptions
+	for _, opt := range opts {
+		opt(&o)
+	}
+	stats := UploadStats{Files: bc.stats.Files, Bytes: bc.stats.Bytes}
+	resp, err := c.contexts.PutManifest(ctx, &kilnv1.PutManifestRequest{Manifest: bc.manifest})
+	if err != nil {
+		return stats, fmt.Errorf("uploading context: sending its manifest: %w", err)
+	}
+	if resp.GetDigest().GetHash() == "" {
+		return stats, status.Error(codes.Internal, "uploading context: the gateway returned no manifest digest")
+	}
+	blobs, err := bc.missingBlobs(resp.GetMissing())
+	if err != nil {
+		return stats, err
+	}
+	if len(blobs) > 0 {
+		stats.Blobs = len(blobs)
+		rep := &progressReporter{fn: o.progress, p: ContextProgress{TotalFiles: len(blobs)}}
+		for _, e := range blobs {
+			rep.p.TotalBytes += e.Size
+		}
+		stats.UploadedBytes, err = c.uploadBlobs(ctx, bc.dir, blobs, rep)
+		if err != nil {
+			var changed *FileChangedError
+			if errors.As(err, &changed) {
+				removeStatCache(bc.cacheFile)
+			}
+			return stats, fmt.Errorf("uploading context: %w", err)
+		}
+	}
+	stats.PresentBytes = stats.Bytes - stats.UploadedBytes
+	bc.setRef(&kilnv1.ContextRef{Digest: resp.GetDigest(), Format: kilnv1.ContextFormat_CONTEXT_FORMAT_MANIFEST})
+	return stats, nil
+}
+
+// missingBlobs returns one file entry per distinct missing digest, in the
+// order the farm listed them.
+func (c *Context) missingBlobs(missing []*kilnv1.Digest) ([]*kilnv1.ContextEntry, error) {
+	var out []*kilnv1.ContextEntry
+	seen := make(map[string]bool, len(missing))
+	for _, d := range missing {
+		if seen[d.GetHash()] {
+			continue
+		}
+		seen[d.GetHash()] = true
+		e, ok := c.blobs[d.GetHash()]
+		if !ok {
+			return nil, status.Errorf(codes.Internal, "uploading context: the gateway asked for blob %s, which no file of the context has", d.GetHash())
+		}
+		out = append(out, e)
+	}
+	return out, nil
+}
+
+// uploadBlobs streams blobs one after another on one UploadBlobs stream and
+// returns the bytes sent.
+func (c *Client) uploadBlobs(ctx context.Context, root string, blobs []*kilnv1.ContextEntry, rep *progressReporter) (int64, error) {
+	// Cancelling the stream's context makes the gateway drop a blob left
+	// unfinished when we stop early.
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	stream, err := c.contexts.UploadBlobs(ctx)
 	if err != nil {
 		return 0, err
 	}
-	want := bc.protoDigest()
+	var sent int64
+	for _, e := range blobs {
+		n, err := sendBlob(stream, root, e, rep)
+		sent += n
+		if err != nil {
+			return sent, err
+		}
+	}
+	resp, err := stream.CloseAndRecv()
+	if err != nil {
+		return sent, err
+	}
+	stored := make(map[string]bool, len(resp.GetStored()))
+	for _, d := range resp.GetStored() {
+		stored[d.GetHash()] = true
+	}
+	for _, e := range blobs {
+		if !stored[e.Digest.Hash] {
+			return sent, status.Errorf(codes.Internal, "the gateway did not confirm storing blob %s (%s)", e.Digest.Hash, e.Path)
+		}
+	}
+	return sent, nil
+}
+
+// blobStream is the sending side of one UploadBlobs call.
+type blobStream interface {
+	Send(*kilnv1.UploadBlobsRequest) error
+	CloseAndRecv() (*kilnv1.UploadBlobsResponse, error)
+}
+
+// sendBlob streams the file of entry e: the first message carries the
+// digest, every message its write_offset, the last one finish_write. The
+// last chunk goes only once the whole file re-hashed to the digest, so a
+// file that changed since PackContext is never stored under it.
+func sendBlob(stream blobStream, root string, e *kilnv1.ContextEntry, rep *progressReporter) (int64, error) {
+	abs := filepath.Join(root, filepath.FromSlash(e.Path))
+	changed := &FileChangedError{Path: abs, While: "uploading"}
+	f, err := os.Open(abs)
+	if errors.Is(err, fs.ErrNotExist) {
+		return 0, changed
+	}
+	if err != nil {
+		return 0, fmt.Errorf("reading %q: %w", e.Path, err)
+	}
+	defer f.Close()
+
+	size := e.Digest.GetSizeBytes()
+	h := sha256.New()
 	var offset int64
 	for {
 		// A fresh buffer per message: gRPC may still hold the last one
 		// (stats handlers read messages lazily).
-		buf := make([]byte, min(int64(UploadChunkSize), max(bc.size-offset, 1)))
-		n, rerr := io.ReadFull(r, buf)
-		if rerr != nil && !errors.Is(rerr, io.EOF) && !errors.Is(rerr, io.ErrUnexpectedEOF) {
-			return offset, fmt.Errorf("reading packed context: %w", rerr)
+		buf := make([]byte, min(UploadChunkSize, size-offset))
+		if _, err := io.ReadFull(f, buf); errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF) {
+			return offset, changed // shrank
+		} else if err != nil {
+			return offset, fmt.Errorf("reading %q: %w", e.Path, err)
 		}
-		last := offset+int64(n) >= bc.size || n < len(buf)
-		msg := &kilnv1.UploadBlobsRequest{WriteOffset: offset, Data: buf[:n], FinishWrite: last}
+		h.Write(buf)
+		last := offset+int64(len(buf)) == size
+		if last {
+			var extra [1]byte
+			if _, err := io.ReadFull(f, extra[:]); err == nil {
+				return offset, changed // grew
+			} else if !errors.Is(err, io.EOF) {
+				return offset, fmt.Errorf("reading %q: %w", e.Path, err)
+			}
+			if digestString(h.Sum(nil)) != e.Digest.GetHash() {
+				return offset, changed
+			}
+		}
+		msg := &kilnv1.UploadBlobsRequest{WriteOffset: offset, Data: buf, FinishWrite: last}
 		if offset == 0 {
-			msg.Digest = want
+			msg.Digest = e.Digest
 		}
 		if err := stream.Send(msg); err != nil {
 			if errors.Is(err, io.EOF) {
-				// The server ended the stream; its status says why.
-				_, err = stream.CloseAndRecv()
+				// The gateway ended the stream; its status says why.
+				if _, err = stream.CloseAndRecv(); err == nil {
+					err = status.Errorf(codes.Internal, "the gateway ended the upload before blob %s", e.Digest.GetHash())
+				}
 			}
 			return offset, err
 		}
-		offset += int64(n)
+		offset += int64(len(buf))
+		rep.add(0, int64(len(buf)))
 		if last {
-			break
+			rep.add(1, 0)
+			return offset, nil
 		}
 	}
-	if offset != bc.size {
-		return offset, fmt.Errorf("packed context is %d bytes, expected %d: it changed after packing", offset, bc.size)
-	}
-	resp, err := stream.CloseAndRecv()
-	if err != nil {
-		return offset, err
-	}
-	if !containsDigest(resp.GetStored(), want) {
-		return offset, status.Errorf(codes.Internal, "the gateway did not confirm storing blob %s", want.GetHash())
-	}
-	return offset, nil
-}
-
-// containsDigest reports whether list names d's hash (the size follows from it).
-func containsDigest(list []*kilnv1.Digest, d *kilnv1.Digest) bool {
-	for _, x := range list {
-		if x.GetHash() == d.GetHash() {
-			return true
-		}
-	}
-	return false
 }

@@ -2,137 +2,22 @@ package kiln
 
 import (
 	"bytes"
-	"context"
 	"crypto/rand"
-	"crypto/sha256"
-	"encoding/hex"
 	"errors"
-	"io"
+	"io/fs"
 	"net"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
-	"sync"
 	"testing"
 
 	kilnv1 "github.com/kilnbuild/kiln/proto/gen/go/kiln/v1"
-	"google.golang.org/grpc"
+	"github.com/kilnbuild/kiln/sdk/internal/farmtest"
 	"google.golang.org/grpc/codes"
-	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/proto"
 )
-
-// blobStore is a minimal ContextService: it keeps verified blobs in memory
-// and records how each upload was chunked. It checks the bearer token when
-// one is set.
-type blobStore struct {
-	kilnv1.UnimplementedContextServiceServer
-	token string
-
-	mu      sync.Mutex
-	blobs   map[string][]byte
-	uploads [][]int // chunk sizes per UploadBlobs call
-}
-
-func (s *blobStore) authorize(ctx context.Context) error {
-	if s.token == "" {
-		return nil
-	}
-	md, _ := metadata.FromIncomingContext(ctx)
-	if got := md.Get("authorization"); len(got) != 1 || got[0] != "Bearer "+s.token {
-		return status.Errorf(codes.Unauthenticated, "bad or missing bearer token %q", got)
-	}
-	return nil
-}
-
-func (s *blobStore) FindMissingBlobs(ctx context.Context, req *kilnv1.FindMissingBlobsRequest) (*kilnv1.FindMissingBlobsResponse, error) {
-	if err := s.authorize(ctx); err != nil {
-		return nil, err
-	}
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	resp := &kilnv1.FindMissingBlobsResponse{}
-	for _, d := range req.GetDigests() {
-		if _, ok := s.blobs[d.GetHash()]; !ok {
-			resp.Missing = append(resp.Missing, d)
-		}
-	}
-	return resp, nil
-}
-
-func (s *blobStore) UploadBlobs(stream kilnv1.ContextService_UploadBlobsServer) error {
-	if err := s.authorize(stream.Context()); err != nil {
-		return err
-	}
-	var (
-		cur    *kilnv1.Digest
-		buf    bytes.Buffer
-		chunks []int
-		resp   kilnv1.UploadBlobsResponse
-	)
-	for {
-		msg, err := stream.Recv()
-		if errors.Is(err, io.EOF) {
-			break
-		}
-		if err != nil {
-			return err
-		}
-		if cur == nil {
-			if msg.GetDigest() == nil {
-				return status.Error(codes.InvalidArgument, "first message of a blob has no digest")
-			}
-			cur = msg.GetDigest()
-			buf.Reset()
-			chunks = nil
-		}
-		if msg.GetWriteOffset() != int64(buf.Len()) {
-			return status.Errorf(codes.InvalidArgument, "write_offset %d, want %d", msg.GetWriteOffset(), buf.Len())
-		}
-		buf.Write(msg.GetData())
-		chunks = append(chunks, len(msg.GetData()))
-		resp.BytesReceived += int64(len(msg.GetData()))
-		if !msg.GetFinishWrite() {
-			continue
-		}
-		sum := sha256.Sum256(buf.Bytes())
-		if got := "sha256:" + hex.EncodeToString(sum[:]); got != cur.GetHash() || int64(buf.Len()) != cur.GetSizeBytes() {
-			return status.Errorf(codes.InvalidArgument, "blob %s: got %s of %d bytes", cur.GetHash(), got, buf.Len())
-		}
-		s.mu.Lock()
-		s.blobs[cur.GetHash()] = bytes.Clone(buf.Bytes())
-		s.uploads = append(s.uploads, chunks)
-		s.mu.Unlock()
-		resp.Stored = append(resp.Stored, cur)
-		cur = nil
-	}
-	if cur != nil {
-		return status.Error(codes.InvalidArgument, "stream ended without finish_write")
-	}
-	return stream.SendAndClose(&resp)
-}
-
-// serveBlobStore runs s on a loopback listener and returns its address.
-func serveBlobStore(t *testing.T, s *blobStore) string {
-	t.Helper()
-	s.blobs = map[string][]byte{}
-	lis, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	srv := grpc.NewServer()
-	kilnv1.RegisterContextServiceServer(srv, s)
-	done := make(chan struct{})
-	go func() {
-		defer close(done)
-		_ = srv.Serve(lis)
-	}()
-	t.Cleanup(func() {
-		srv.Stop()
-		<-done
-	})
-	return lis.Addr().String()
-}
 
 func dial(t *testing.T, addr string, opts ...Option) *Client {
 	t.Helper()
@@ -144,77 +29,186 @@ func dial(t *testing.T, addr string, opts ...Option) *Client {
 	return c
 }
 
-func TestUploadContextChunksAndSkipsPresentBlobs(t *testing.T) {
-	store := &blobStore{token: "s3cret"}
-	addr := serveBlobStore(t, store)
-	client := dial(t, addr, WithToken("s3cret"))
-
-	dir := t.TempDir()
-	big := make([]byte, 2*UploadChunkSize+12345)
-	if _, err := rand.Read(big); err != nil {
+func randomBytes(t *testing.T, n int) []byte {
+	t.Helper()
+	b := make([]byte, n)
+	if _, err := rand.Read(b); err != nil {
 		t.Fatal(err)
 	}
-	writeTree(t, dir, map[string]string{"Dockerfile": "FROM scratch\nCOPY big /\n"})
+	return b
+}
+
+func TestUploadContextSendsMissingBlobsOnce(t *testing.T) {
+	farm := farmtest.Start(t, farmtest.WithToken("s3cret"))
+	client := dial(t, farm.Addr, WithToken("s3cret"))
+
+	big := randomBytes(t, 2*UploadChunkSize+12345)
+	dir := t.TempDir()
+	writeTree(t, dir, map[string]string{
+		"Dockerfile":    "FROM scratch\nCOPY . /\n",
+		"same-1":        "same content",
+		"sub/same-2":    "same content",
+		"on-the-farm":   "uploaded by an earlier build",
+		"empty":         "",
+		"link-to-big":   "->big",
+		"sub/deeper/x/": "",
+	})
 	if err := os.WriteFile(filepath.Join(dir, "big"), big, 0o644); err != nil {
 		t.Fatal(err)
 	}
+	present := farm.Put([]byte("uploaded by an earlier build"))
 	bc := pack(t, dir, "")
 
-	n, err := client.UploadContext(t.Context(), bc)
+	var progress []ContextProgress
+	stats, err := client.UploadContext(t.Context(), bc, WithUploadProgress(func(p ContextProgress) { progress = append(progress, p) }))
 	if err != nil {
 		t.Fatalf("UploadContext: %v", err)
 	}
-	if n != bc.Size() {
-		t.Fatalf("uploaded %d bytes, context is %d", n, bc.Size())
+
+	same := farmtest.Digest([]byte("same content"))
+	dockerfile := farmtest.Digest([]byte("FROM scratch\nCOPY . /\n"))
+	bigDigest := farmtest.Digest(big)
+	empty := farmtest.Digest(nil)
+	uploaded := []*kilnv1.Digest{same, dockerfile, bigDigest, empty}
+	tests := []struct {
+		name   string
+		digest *kilnv1.Digest
+		want   int
+	}{
+		{name: "identical files are uploaded once", digest: same, want: 1},
+		{name: "Dockerfile", digest: dockerfile, want: 1},
+		{name: "big file", digest: bigDigest, want: 1},
+		{name: "empty file", digest: empty, want: 1},
+		{name: "blob already on the farm is not uploaded", digest: present, want: 0},
 	}
-	store.mu.Lock()
-	stored := store.blobs[bc.Digest()]
-	uploads := store.uploads
-	store.mu.Unlock()
-	if len(uploads) != 1 {
-		t.Fatalf("%d uploads, want 1", len(uploads))
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			if got := farm.Uploads(tt.digest.Hash); got != tt.want {
+				t.Errorf("uploaded %d times, want %d", got, tt.want)
+			}
+			if _, ok := farm.Blob(tt.digest.Hash); !ok {
+				t.Error("not stored on the farm")
+			}
+		})
 	}
-	chunks := uploads[0]
-	for i, size := range chunks[:len(chunks)-1] {
-		if size != UploadChunkSize {
-			t.Errorf("chunk %d is %d bytes, want %d", i, size, UploadChunkSize)
-		}
+	if n := farm.TotalUploads(); n != len(uploaded) {
+		t.Errorf("%d blobs uploaded, want %d", n, len(uploaded))
 	}
-	if want := int((bc.Size() + UploadChunkSize - 1) / UploadChunkSize); len(chunks) != want {
-		t.Errorf("%d chunks, want %d", len(chunks), want)
+	if n := farm.Streams(); n != 1 {
+		t.Errorf("%d UploadBlobs streams, want 1", n)
 	}
-	r, err := bc.Open()
-	if err != nil {
-		t.Fatal(err)
+	if got, want := farm.Chunks(bigDigest.Hash), []int{UploadChunkSize, UploadChunkSize, 12345}; !slices.Equal(got, want) {
+		t.Errorf("big file chunks %v, want %v", got, want)
 	}
-	local, err := io.ReadAll(r)
-	r.Close()
-	if err != nil {
-		t.Fatal(err)
-	}
-	if !bytes.Equal(stored, local) {
-		t.Fatal("the stored blob differs from the packed context")
-	}
-	if !bytes.Contains(stored, big[:4096]) {
-		t.Fatal("the stored tar does not hold the big file")
+	if stored, _ := farm.Blob(bigDigest.Hash); !bytes.Equal(stored, big) {
+		t.Error("the stored big blob differs from the file")
 	}
 
-	again, err := client.UploadContext(t.Context(), bc)
+	var uploadedBytes int64
+	for _, d := range uploaded {
+		uploadedBytes += d.SizeBytes
+	}
+	total := bc.Stats().Bytes
+	wantStats := UploadStats{Files: 6, Bytes: total, Blobs: 4, UploadedBytes: uploadedBytes, PresentBytes: total - uploadedBytes}
+	if stats != wantStats {
+		t.Errorf("UploadStats %+v, want %+v", stats, wantStats)
+	}
+	if last := progress[len(progress)-1]; last != (ContextProgress{Files: 4, TotalFiles: 4, Bytes: uploadedBytes, TotalBytes: uploadedBytes}) {
+		t.Errorf("last upload progress %+v", last)
+	}
+
+	ref := bc.Ref()
+	if ref.GetFormat() != kilnv1.ContextFormat_CONTEXT_FORMAT_MANIFEST {
+		t.Fatalf("Ref() = %v, want a manifest reference", ref)
+	}
+	m, err := farm.Manifest(ref)
 	if err != nil {
-		t.Fatalf("second UploadContext: %v", err)
+		t.Fatal(err)
 	}
-	if again != 0 {
-		t.Errorf("second upload sent %d bytes, want 0", again)
+	if !proto.Equal(m, bc.Manifest()) {
+		t.Fatalf("the farm stored another manifest under %s", ref.GetDigest().GetHash())
 	}
-	store.mu.Lock()
-	defer store.mu.Unlock()
-	if len(store.uploads) != 1 {
-		t.Errorf("second upload streamed the blob again (%d uploads)", len(store.uploads))
+
+	t.Run("second upload sends only the manifest", func(t *testing.T) {
+		again, err := client.UploadContext(t.Context(), bc)
+		if err != nil {
+			t.Fatalf("second UploadContext: %v", err)
+		}
+		if again.Blobs != 0 || again.UploadedBytes != 0 || again.PresentBytes != total {
+			t.Errorf("second upload stats %+v", again)
+		}
+		if n := farm.Streams(); n != 1 {
+			t.Errorf("second upload opened a stream (%d in all)", n)
+		}
+		if !proto.Equal(bc.Ref(), ref) {
+			t.Errorf("Ref() changed to %v", bc.Ref())
+		}
+	})
+}
+
+func TestUploadContextFileChanged(t *testing.T) {
+	farm := farmtest.Start(t)
+	client := dial(t, farm.Addr)
+	tests := []struct {
+		name    string
+		content string
+		change  func(t *testing.T, path string)
+	}{
+		{name: "rewritten with the same size", content: "original", change: func(t *testing.T, p string) { writeFile(t, p, "modified") }},
+		{name: "grew", content: "original", change: func(t *testing.T, p string) { writeFile(t, p, "original plus more") }},
+		{name: "shrank", content: "original", change: func(t *testing.T, p string) { writeFile(t, p, "orig") }},
+		{name: "emptied", content: "original", change: func(t *testing.T, p string) { writeFile(t, p, "") }},
+		{name: "empty file filled", content: "", change: func(t *testing.T, p string) { writeFile(t, p, "x") }},
+		{name: "removed", content: "original", change: func(t *testing.T, p string) {
+			if err := os.Remove(p); err != nil {
+				t.Fatal(err)
+			}
+		}},
+		{name: "big file changed in its last chunk", content: strings.Repeat("z", UploadChunkSize+10), change: func(t *testing.T, p string) {
+			writeFile(t, p, strings.Repeat("z", UploadChunkSize+9)+"!")
+		}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			dir := t.TempDir()
+			writeTree(t, dir, map[string]string{"Dockerfile": "FROM scratch\n" + tt.name, "data/file": tt.content})
+			bc := pack(t, dir, "", withClock(inAnHour))
+			if _, err := os.Stat(bc.cacheFile); err != nil {
+				t.Fatalf("no stat cache after PackContext: %v", err)
+			}
+			path := filepath.Join(bc.Dir(), "data", "file")
+			tt.change(t, path)
+
+			stats, err := client.UploadContext(t.Context(), bc)
+			var changed *FileChangedError
+			if !errors.As(err, &changed) {
+				t.Fatalf("UploadContext: %v, want a *FileChangedError", err)
+			}
+			want := `uploading context: file "` + path + `" changed while kiln was uploading it; run the build again`
+			if err.Error() != want {
+				t.Errorf("error %q\nwant %q", err, want)
+			}
+			if status.Code(err) != codes.Aborted {
+				t.Errorf("code %v, want Aborted", status.Code(err))
+			}
+			if d := entry(t, bc, "data/file").Digest; farm.Uploads(d.Hash) != 0 {
+				t.Error("the farm stored the file's blob")
+			}
+			if bc.Ref() != nil {
+				t.Errorf("Ref() = %v after a failed upload", bc.Ref())
+			}
+			if stats.Blobs == 0 {
+				t.Errorf("stats %+v: the file was not missing", stats)
+			}
+			if _, err := os.Stat(bc.cacheFile); !errors.Is(err, fs.ErrNotExist) {
+				t.Errorf("the stat cache survived the mismatch (%v)", err)
+			}
+		})
 	}
 }
 
 func TestUploadContextKeepsStatusCode(t *testing.T) {
-	addr := serveBlobStore(t, &blobStore{token: "s3cret"})
+	farm := farmtest.Start(t, farmtest.WithToken("s3cret"))
 	dir := t.TempDir()
 	writeTree(t, dir, map[string]string{"Dockerfile": "FROM scratch"})
 	bc := pack(t, dir, "")
@@ -230,7 +224,7 @@ func TestUploadContextKeepsStatusCode(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			_, err := dial(t, addr, tt.opts...).UploadContext(t.Context(), bc)
+			_, err := dial(t, farm.Addr, tt.opts...).UploadContext(t.Context(), bc)
 			if got := status.Code(err); got != tt.code {
 				t.Fatalf("code %v (%v), want %v", got, err, tt.code)
 			}
@@ -260,5 +254,28 @@ func TestUploadContextUnreachable(t *testing.T) {
 	_, err = dial(t, addr).UploadContext(t.Context(), pack(t, dir, ""))
 	if status.Code(err) != codes.Unavailable {
 		t.Fatalf("code %v (%v), want Unavailable", status.Code(err), err)
+	}
+}
+
+func TestBuildStartsFromTheUploadedManifest(t *testing.T) {
+	farm := farmtest.Start(t)
+	client := dial(t, farm.Addr)
+	dir := t.TempDir()
+	writeTree(t, dir, map[string]string{"Dockerfile": "FROM scratch\nCOPY app /\n", "app": "#!/bin/sh\n"})
+	bc := pack(t, dir, "")
+
+	if _, err := client.StartBuild(t.Context(), BuildRequest{Context: bc}); status.Code(err) != codes.InvalidArgument {
+		t.Fatalf("StartBuild before UploadContext: %v, want InvalidArgument", err)
+	}
+	b, err := client.Build(t.Context(), BuildRequest{Context: bc}, nil)
+	if err != nil {
+		t.Fatalf("Build: %v", err)
+	}
+	if b.GetState() != kilnv1.BuildState_BUILD_STATE_SUCCEEDED {
+		t.Fatalf("build %v", b)
+	}
+	builds := farm.Builds()
+	if len(builds) != 1 || !proto.Equal(builds[0].GetContext(), bc.Ref()) || builds[0].GetSpec().GetDockerfile() != "Dockerfile" {
+		t.Fatalf("farm builds %v, want one of context %v", builds, bc.Ref())
 	}
 }

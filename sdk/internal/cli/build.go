@@ -3,7 +3,6 @@ package cli
 import (
 	"context"
 	"errors"
-	"fmt"
 	"os"
 	"sync"
 	"time"
@@ -20,42 +19,48 @@ const cancelTimeout = 15 * time.Second
 func (a *App) runBuild(ctx context.Context, o *buildOptions) int {
 	pr := progress.New(o.progress.Resolve(a.StderrIsTerminal), a.Stdout, a.Stderr)
 	pr.SetWidth(a.TerminalWidth)
+	pr.SetTerminal(a.StderrIsTerminal)
 	defer pr.Close()
 
-	bc, err := kiln.PackContext(o.contextDir, o.dockerfile)
+	// The client is closed last, after the interrupt watch stopped: a
+	// CancelBuild it sent may still be running until then.
+	var client *kiln.Client
+	defer func() {
+		if client != nil {
+			client.Close()
+		}
+	}()
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	watch := &interruptWatch{printer: pr, cancel: cancel}
+	stop := watch.start(ctx, a.Interrupts)
+	defer stop()
+
+	bc, err := kiln.PackContext(ctx, o.contextDir, o.dockerfile, kiln.WithHashProgress(func(p kiln.ContextProgress) {
+		pr.ContextProgress("Hashing", p.Files, p.TotalFiles, p.Bytes, p.TotalBytes)
+	}))
 	if err != nil {
-		pr.Errorf("%v", err)
-		return ExitCode(err)
+		return a.fail(pr, o, watch, err, "cannot reach the kiln gateway at %s")
 	}
-	defer bc.Close()
-	pr.Infof("context %s: %d files, %s, %s", bc.Dir(), bc.Files(), humanBytes(bc.Size()), bc.Digest())
 
 	var opts []kiln.Option
 	if o.token != "" {
 		opts = append(opts, kiln.WithToken(o.token))
 	}
-	client, err := kiln.Dial(o.gateway, opts...)
+	client, err = kiln.Dial(o.gateway, opts...)
 	if err != nil {
 		pr.Errorf("%v", err)
 		return ExitUsage
 	}
-	defer client.Close()
+	watch.attach(client)
 
-	ctx, cancel := context.WithCancel(ctx)
-	defer cancel()
-	watch := &interruptWatch{client: client, printer: pr, cancel: cancel}
-	stop := watch.start(ctx, a.Interrupts)
-	defer stop()
-
-	uploaded, err := client.UploadContext(ctx, bc)
+	uploaded, err := client.UploadContext(ctx, bc, kiln.WithUploadProgress(func(p kiln.ContextProgress) {
+		pr.ContextProgress("Uploading", p.Files, p.TotalFiles, p.Bytes, p.TotalBytes)
+	}))
 	if err != nil {
 		return a.fail(pr, o, watch, err, "cannot reach the kiln gateway at %s")
 	}
-	if uploaded > 0 {
-		pr.Infof("uploaded context: %s", humanBytes(uploaded))
-	} else {
-		pr.Infof("context already on the farm")
-	}
+	pr.ContextSummary(uploaded.Files, uploaded.Bytes, uploaded.UploadedBytes)
 
 	spec := o.spec
 	b, err := client.StartBuild(ctx, kiln.BuildRequest{Spec: spec, Context: bc, IdempotencyKey: o.idempotencyKey})
@@ -110,15 +115,16 @@ func (a *App) fail(pr *progress.Printer, o *buildOptions, w *interruptWatch, err
 }
 
 // interruptWatch turns interrupts into build cancellation: the first one
-// cancels the build on the farm (or the upload, before the build started)
-// and keeps following it to its end; the second stops at once.
+// cancels the build on the farm (or, before the build started, the hashing
+// or the upload) and keeps following it to its end; the second stops at
+// once.
 type interruptWatch struct {
-	client  *kiln.Client
 	printer *progress.Printer
 	// cancel stops the command's context.
 	cancel context.CancelFunc
 
 	mu      sync.Mutex // guards the fields below
+	client  *kiln.Client
 	buildID string
 	stopped bool
 }
@@ -139,7 +145,7 @@ func (w *interruptWatch) start(ctx context.Context, interrupts <-chan os.Signal)
 			case <-interrupts:
 			}
 			count++
-			id := w.id()
+			id, client := w.current()
 			if count > 1 || id == "" {
 				w.stop()
 				return
@@ -150,7 +156,7 @@ func (w *interruptWatch) start(ctx context.Context, interrupts <-chan os.Signal)
 				defer wg.Done()
 				cctx, cancel := context.WithTimeout(ctx, cancelTimeout)
 				defer cancel()
-				if _, err := w.client.CancelBuild(cctx, id); err != nil && ctx.Err() == nil {
+				if _, err := client.CancelBuild(cctx, id); err != nil && ctx.Err() == nil {
 					w.printer.Errorf("%v (interrupt again to stop waiting)", err)
 				}
 			}()
@@ -162,10 +168,25 @@ func (w *interruptWatch) start(ctx context.Context, interrupts <-chan os.Signal)
 	}
 }
 
+// attach gives the watch the client that cancels the build.
+func (w *interruptWatch) attach(client *kiln.Client) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	w.client = client
+}
+
 func (w *interruptWatch) started(buildID string) {
 	w.mu.Lock()
 	defer w.mu.Unlock()
 	w.buildID = buildID
+}
+
+// current returns the started build's id ("" before StartBuild) and the
+// client to cancel it with.
+func (w *interruptWatch) current() (string, *kiln.Client) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	return w.buildID, w.client
 }
 
 func (w *interruptWatch) id() string {
@@ -185,18 +206,4 @@ func (w *interruptWatch) interrupted() bool {
 	w.mu.Lock()
 	defer w.mu.Unlock()
 	return w.stopped
-}
-
-// humanBytes formats n like "3.4 MiB".
-func humanBytes(n int64) string {
-	const unit = 1024
-	if n < unit {
-		return fmt.Sprintf("%d B", n)
-	}
-	div, exp := int64(unit), 0
-	for m := n / unit; m >= unit; m /= unit {
-		div *= unit
-		exp++
-	}
-	return fmt.Sprintf("%.1f %ciB", float64(n)/float64(div), "KMGTPE"[exp])
 }

@@ -102,6 +102,8 @@ Environment:
   KILN_GATEWAY   address of the kiln gateway (default `+DefaultGateway+`)
   KILN_TOKEN     bearer token for the gateway
   KILN_PROGRESS  default --progress mode
+  KILN_CACHE_DIR where kiln keeps file digests between runs
+                 (default: the user cache directory's kiln/)
 
 Run 'kiln COMMAND --help' for more information on a command.
 `)

@@ -30,6 +30,7 @@ func closedAddr(t *testing.T) string {
 }
 
 func TestRun(t *testing.T) {
+	t.Setenv("KILN_CACHE_DIR", t.TempDir())
 	dir := contextDir(t)
 	noDockerfile := t.TempDir()
 	if err := os.MkdirAll(filepath.Join(noDockerfile, "x"), 0o755); err != nil {

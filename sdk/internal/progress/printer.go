@@ -28,6 +28,13 @@ type Printer struct {
 	stderr io.Writer
 	// width bounds the tty status line (0: 80 columns).
 	width int
+	// terminal is set when stderr is a terminal; the context progress line
+	// is drawn only then.
+	terminal bool
+	// now reads the clock that throttles the context progress line.
+	now func() time.Time
+	// sending is the phase of sending the build context being shown.
+	sending contextProgress
 
 	attempt uint32
 	first   *timestamppb.Timestamp
@@ -49,7 +56,7 @@ type step struct {
 // New returns a Printer for mode (Auto must have been resolved) writing
 // to stdout and stderr.
 func New(mode Mode, stdout, stderr io.Writer) *Printer {
-	return &Printer{mode: mode, stdout: stdout, stderr: stderr, steps: map[uint32]*step{}}
+	return &Printer{mode: mode, stdout: stdout, stderr: stderr, steps: map[uint32]*step{}, now: time.Now}
 }
 
 // SetWidth sets the terminal width the tty status line must fit.

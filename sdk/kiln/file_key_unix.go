@@ -1,0 +1,16 @@
+//go:build unix && !linux
+
+package kiln
+
+import (
+	"io/fs"
+	"syscall"
+)
+
+// addSysKey adds the inode and device to k.
+func addSysKey(k *fileKey, info fs.FileInfo) {
+	if st, ok := info.Sys().(*syscall.Stat_t); ok {
+		k.ino = uint64(st.Ino)
+		k.dev = uint64(st.Dev)
+	}
+}
