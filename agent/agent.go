@@ -5,6 +5,13 @@
 // by the build's attempt, so an agent that lost its build cannot overwrite
 // the record of the attempt that replaced it.
 //
+// A context sent as a tar blob goes to the engine as it is. A context sent
+// as a manifest is checked again, its file blobs are made local (package
+// localcas: only the blobs this agent lacks are fetched from KILN_CAS), and
+// the engine reads a tar generated from both (package contexttar):
+//
+//	manifest blob ──► Validate ──► localcas.Ensure(file blobs) ──► contexttar.Write ──► io.Pipe ──► Engine.Build
+//
 // Stopping the agent drains it: no new pulls, in-flight builds get
 // DrainTimeout to finish and are otherwise handed back to the queue.
 package agent
@@ -27,10 +34,12 @@ import (
 	"google.golang.org/protobuf/types/known/timestamppb"
 
 	"github.com/kilnbuild/kiln/agent/engine"
+	"github.com/kilnbuild/kiln/agent/localcas"
 	kilnv1 "github.com/kilnbuild/kiln/proto/gen/go/kiln/v1"
 	"github.com/kilnbuild/kiln/services/buildstore"
 	"github.com/kilnbuild/kiln/services/bus"
 	"github.com/kilnbuild/kiln/services/cas"
+	"github.com/kilnbuild/kiln/services/ctxmanifest"
 )
 
 // Engine is what the agent needs from a Docker engine.
@@ -60,6 +69,15 @@ type Config struct {
 	// HeartbeatEvery is how often the agent refreshes its KV heartbeat and
 	// pings its engine.
 	HeartbeatEvery time.Duration
+	// CacheDir holds the agent's local copy of context blobs (package
+	// localcas); "" means <user cache dir>/kiln-cas/<Name>. Only one process
+	// may use a directory at a time.
+	CacheDir string
+	// CacheBytes bounds the local blob cache; 0 means localcas.DefaultMaxBytes.
+	CacheBytes int64
+	// ContextLimits bound a manifest context, checked again before it is
+	// built; zero means ctxmanifest.DefaultLimits. Set them as the gateway's.
+	ContextLimits ctxmanifest.Limits
 }
 
 // Defaults for zero Config fields.
@@ -76,7 +94,8 @@ type Agent struct {
 	cfg     Config
 	log     *slog.Logger
 	builds  *buildstore.Store
-	blobs   *cas.Store
+	blobs   *cas.Store      // the farm's CAS
+	cache   *localcas.Store // this agent's copy of the blobs it built from
 	agents  jetstream.KeyValue
 	started time.Time
 
@@ -88,7 +107,8 @@ type Agent struct {
 	info engine.Info
 }
 
-// New binds an Agent to the farm (bus.Setup must have run).
+// New binds an Agent to the farm (bus.Setup must have run) and opens its
+// local blob cache; Close closes the cache.
 func New(ctx context.Context, cfg Config) (*Agent, error) {
 	if cfg.Name == "" {
 		return nil, errors.New("agent name is empty")
@@ -123,11 +143,30 @@ func New(ctx context.Context, cfg Config) (*Agent, error) {
 	if cfg.Logger == nil {
 		cfg.Logger = slog.Default()
 	}
+	if cfg.ContextLimits == (ctxmanifest.Limits{}) {
+		cfg.ContextLimits = ctxmanifest.DefaultLimits
+	}
+	if cfg.CacheDir == "" {
+		if cfg.CacheDir, err = defaultCacheDir(cfg.Name); err != nil {
+			return nil, err
+		}
+	}
+	log := cfg.Logger.With("agent", cfg.Name)
+	cache, err := localcas.Open(localcas.Config{Dir: cfg.CacheDir, MaxBytes: cfg.CacheBytes, Logger: log})
+	if err != nil {
+		return nil, err
+	}
+	n, size := cache.Usage()
+	log.Info("local blob cache open", "dir", cfg.CacheDir, "blobs", n, "bytes", size)
 	return &Agent{
-		cfg: cfg, log: cfg.Logger.With("agent", cfg.Name), builds: builds, blobs: blobs,
+		cfg: cfg, log: log, builds: builds, blobs: blobs, cache: cache,
 		agents: agents, started: time.Now(),
 	}, nil
 }
+
+// Close closes the agent's local blob cache, for another process to open;
+// call it after Run has returned.
+func (a *Agent) Close() error { return a.cache.Close() }
 
 // Ready reports whether the agent's engine answers, for /readyz.
 func (a *Agent) Ready(context.Context) error {

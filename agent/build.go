@@ -110,13 +110,12 @@ func (a *Agent) renewLease(ctx context.Context, b *kilnv1.Build, cancel context.
 // the build failed part-way.
 func (a *Agent) execute(ctx context.Context, b *kilnv1.Build, ev *events) (*kilnv1.BuildResult, error) {
 	result := &kilnv1.BuildResult{}
-	r, err := a.blobs.Get(ctx, b.Context.Digest.Hash)
+	contextTar, closeContext, err := a.openContext(ctx, b.Context, ev)
 	if err != nil {
-		return result, fmt.Errorf("fetch build context: %w", err)
+		return result, err
 	}
-	defer r.Close()
 	spec := b.Spec
-	res, err := a.cfg.Engine.Build(ctx, r, engine.BuildOptions{
+	res, err := a.cfg.Engine.Build(ctx, contextTar, engine.BuildOptions{
 		Dockerfile: spec.Dockerfile,
 		Tags:       spec.Tags,
 		BuildArgs:  spec.BuildArgs,
@@ -125,6 +124,11 @@ func (a *Agent) execute(ctx context.Context, b *kilnv1.Build, ev *events) (*kiln
 		NoCache:    spec.NoCache,
 		Pull:       spec.Pull,
 	}, &reporter{ev: ev})
+	// A context that could not be written in full says more than the
+	// engine's broken request.
+	if cerr := closeContext(); cerr != nil && err != nil {
+		err = fmt.Errorf("write build context: %w", cerr)
+	}
 	result.ImageId = res.ImageID
 	result.Steps = uint32(res.Steps)
 	result.CachedSteps = uint32(res.CachedSteps)

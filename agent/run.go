@@ -10,8 +10,10 @@ import (
 	"golang.org/x/sync/errgroup"
 
 	"github.com/kilnbuild/kiln/agent/engine"
+	"github.com/kilnbuild/kiln/agent/localcas"
 	"github.com/kilnbuild/kiln/services/bus"
 	"github.com/kilnbuild/kiln/services/config"
+	"github.com/kilnbuild/kiln/services/ctxmanifest"
 	"github.com/kilnbuild/kiln/services/httpserver"
 	"github.com/kilnbuild/kiln/services/readyfile"
 	"github.com/kilnbuild/kiln/services/service"
@@ -21,6 +23,9 @@ import (
 type RunOptions struct {
 	service.Common
 	EngineOptions
+	// ContextLimits must match the gateways' (kilnd passes its gateway's
+	// limits in Config instead).
+	ContextLimits ctxmanifest.Limits
 }
 
 // EngineOptions are the agent flags kilnd shares.
@@ -31,12 +36,16 @@ type EngineOptions struct {
 	Labels       config.Labels
 	Lease        time.Duration
 	DrainTimeout time.Duration
+	CacheDir     string
+	CacheSize    int64
 }
 
 // Flags registers the options on fs (each also read from KILN_<FLAG>).
 func (o *RunOptions) Flags(fs *flag.FlagSet) {
 	o.Common.Flags(fs, "127.0.0.1:7703", `{"http":…}`)
 	o.EngineOptions.Flags(fs, DefaultDrainTimeout)
+	o.ContextLimits.Flags(fs) // the same limits as the gateways'
+
 }
 
 // Flags registers the engine options on fs.
@@ -49,10 +58,13 @@ func (o *EngineOptions) Flags(fs *flag.FlagSet, drain time.Duration) {
 	fs.Var(o.Labels, "labels", "agent labels k=v,k=v a build may require")
 	fs.DurationVar(&o.Lease, "lease", DefaultLease, "build lease (must match the scheduler's)")
 	fs.DurationVar(&o.DrainTimeout, "drain-timeout", drain, "on stop, how long in-flight builds may finish before they are handed back")
+	// Not --cache-dir: its KILN_CACHE_DIR is the CLI's stat cache root.
+	fs.StringVar(&o.CacheDir, "blob-cache-dir", "", "directory of the agent's local copy of context blobs, used by one process at a time (default <user cache dir>/kiln-cas/<name>)")
+	fs.Int64Var(&o.CacheSize, "blob-cache-size", localcas.DefaultMaxBytes, "bytes the local blob cache may hold; least recently used blobs are evicted beyond")
 }
 
 // NewAgent connects to the engine and returns an agent bound to conn, and a
-// func that closes the engine connection.
+// func that closes the engine connection and the agent's blob cache.
 func (o *EngineOptions) NewAgent(ctx context.Context, conn *bus.Conn, cfg Config) (*Agent, func(), error) {
 	docker, err := engine.NewDocker(o.DockerHost)
 	if err != nil {
@@ -60,12 +72,13 @@ func (o *EngineOptions) NewAgent(ctx context.Context, conn *bus.Conn, cfg Config
 	}
 	cfg.Name, cfg.Slots, cfg.Labels, cfg.Engine, cfg.Conn = o.Name, o.Slots, o.Labels, docker, conn
 	cfg.Lease, cfg.DrainTimeout = o.Lease, o.DrainTimeout
+	cfg.CacheDir, cfg.CacheBytes = o.CacheDir, o.CacheSize
 	a, err := New(ctx, cfg)
 	if err != nil {
 		docker.Close()
 		return nil, nil, err
 	}
-	return a, func() { docker.Close() }, nil
+	return a, func() { a.Close(); docker.Close() }, nil
 }
 
 // Run connects to NATS and the engine and runs builds until ctx ends.
@@ -75,7 +88,7 @@ func Run(ctx context.Context, o RunOptions) error {
 		return err
 	}
 	defer conn.Close()
-	a, closeEngine, err := o.NewAgent(ctx, conn, Config{Logger: log})
+	a, closeEngine, err := o.NewAgent(ctx, conn, Config{Logger: log, ContextLimits: o.ContextLimits})
 	if err != nil {
 		return fmt.Errorf("start agent: %w", err)
 	}

@@ -123,19 +123,16 @@ func (g *Gateway) checkContext(ctx context.Context, ref *kilnv1.ContextRef, dock
 	}
 }
 
-// maxManifestBytes bounds a manifest blob read back for checking.
-const maxManifestBytes = 256 << 20
-
 func (g *Gateway) checkManifest(ctx context.Context, ref *kilnv1.ContextRef, dockerfile string) error {
-	if ref.Digest.SizeBytes > maxManifestBytes {
-		return status.Errorf(codes.ResourceExhausted, "context manifest is %d bytes, over the limit of %d bytes", ref.Digest.SizeBytes, maxManifestBytes)
+	if ref.Digest.SizeBytes > ctxmanifest.MaxManifestBytes {
+		return status.Errorf(codes.ResourceExhausted, "context manifest is %d bytes, over the limit of %d bytes", ref.Digest.SizeBytes, ctxmanifest.MaxManifestBytes)
 	}
 	r, err := g.blobs.Get(ctx, ref.Digest.Hash)
 	if err != nil {
 		return err
 	}
 	defer r.Close()
-	data, err := io.ReadAll(io.LimitReader(r, maxManifestBytes+1))
+	data, err := io.ReadAll(io.LimitReader(r, ctxmanifest.MaxManifestBytes+1))
 	if err != nil {
 		return fmt.Errorf("read context manifest: %w", err)
 	}

@@ -42,12 +42,7 @@ type Limits struct {
 var DefaultLimits = Limits{Context: ctxmanifest.DefaultLimits}
 
 // Flags registers the limits as flags (each also read from KILN_<FLAG>).
-func (l *Limits) Flags(fs *flag.FlagSet) {
-	*l = DefaultLimits
-	fs.Int64Var(&l.Context.MaxTotalBytes, "context-max-bytes", l.Context.MaxTotalBytes, "largest build context, in bytes")
-	fs.IntVar(&l.Context.MaxEntries, "context-max-entries", l.Context.MaxEntries, "most entries (files, directories, links) in a build context")
-	fs.IntVar(&l.Context.MaxPathLen, "context-max-path", l.Context.MaxPathLen, "longest path in a build context, in bytes")
-}
+func (l *Limits) Flags(fs *flag.FlagSet) { l.Context.Flags(fs) }
 
 // Gateway implements the public gRPC services.
 type Gateway struct {
@@ -107,7 +102,7 @@ func (g *Gateway) NewGRPCServer(opts ...grpc.ServerOption) *grpc.Server {
 	opts = append(opts,
 		// A manifest of 100 000 entries is several MB: let our own limits,
 		// with their clear messages, speak before gRPC's 4 MB default.
-		grpc.MaxRecvMsgSize(maxManifestBytes),
+		grpc.MaxRecvMsgSize(ctxmanifest.MaxManifestBytes),
 		grpc.ChainUnaryInterceptor(unaryStatus),
 		grpc.ChainStreamInterceptor(streamStatus),
 	)

@@ -71,7 +71,7 @@ func TestDistributedBinaries(t *testing.T) {
 
 	gw := startProc(t, gatewayBin, "--listen", "127.0.0.1:0", "--http-listen", "127.0.0.1:0")
 	startProc(t, schedulerBin, "--http-listen", "127.0.0.1:0")
-	startProc(t, agentBin, "--name", "distributed-1", "--slots", "1", "--http-listen", "127.0.0.1:0")
+	startProc(t, agentBin, "--name", "distributed-1", "--slots", "1", "--http-listen", "127.0.0.1:0", "--blob-cache-dir", t.TempDir())
 
 	dir := writeContext(t, map[string]string{"Dockerfile": "FROM " + base + "\nRUN echo distributed-" + uniq() + "\n"})
 	meta := filepath.Join(t.TempDir(), "meta.json")

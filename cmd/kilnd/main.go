@@ -101,7 +101,10 @@ func run(ctx context.Context, o options, log *slog.Logger) error {
 	if err != nil {
 		return err
 	}
-	ag, closeEngine, err := o.agent.NewAgent(ctx, conn, agent.Config{Logger: log.With("service", "agent")})
+	if o.agent.CacheDir == "" {
+		o.agent.CacheDir = filepath.Join(o.dataDir, "blob-cache")
+	}
+	ag, closeEngine, err := o.agent.NewAgent(ctx, conn, agent.Config{Logger: log.With("service", "agent"), ContextLimits: o.limits.Context})
 	if err != nil {
 		return fmt.Errorf("start agent: %w", err)
 	}

@@ -38,7 +38,7 @@ pids+=($!); wait_ready "$state/gw.json" $!
 bin/kiln-scheduler --http-listen 127.0.0.1:7702 --ready-file "$state/sched.json" &
 pids+=($!); wait_ready "$state/sched.json" $!
 for i in $(seq 1 "$agents"); do
-  bin/kiln-agent --name "local-$i" --slots 1 --http-listen "127.0.0.1:$((7710 + i))" --ready-file "$state/agent-$i.json" &
+  bin/kiln-agent --name "local-$i" --slots 1 --blob-cache-dir "$state/blobs-$i" --http-listen "127.0.0.1:$((7710 + i))" --ready-file "$state/agent-$i.json" &
   pids+=($!); wait_ready "$state/agent-$i.json" $!
 done
 echo "cluster: gateway on 127.0.0.1:7700 with $agents agents; try bin/kiln build examples/hello. Ctrl-C stops it."

@@ -5,6 +5,7 @@
 package ctxmanifest
 
 import (
+	"flag"
 	"fmt"
 	"path"
 	"strings"
@@ -30,6 +31,20 @@ type Limits struct {
 
 // DefaultLimits apply until limits are configured per tenant.
 var DefaultLimits = Limits{MaxTotalBytes: 2 << 30, MaxEntries: 100_000, MaxPathLen: 4096}
+
+// MaxManifestBytes bounds an encoded manifest (100 000 entries take about
+// 15 MB; this leaves room for long paths).
+const MaxManifestBytes = 256 << 20
+
+// Flags registers the limits as flags, defaulting to DefaultLimits. The
+// gateway and the agent take the same flags so they agree on what a
+// context may be.
+func (l *Limits) Flags(fs *flag.FlagSet) {
+	*l = DefaultLimits
+	fs.Int64Var(&l.MaxTotalBytes, "context-max-bytes", l.MaxTotalBytes, "largest build context, in bytes")
+	fs.IntVar(&l.MaxEntries, "context-max-entries", l.MaxEntries, "most entries (files, directories, links) in a build context")
+	fs.IntVar(&l.MaxPathLen, "context-max-path", l.MaxPathLen, "longest path in a build context, in bytes")
+}
 
 // permBits are the only mode bits an entry may carry.
 const permBits = 0o7777

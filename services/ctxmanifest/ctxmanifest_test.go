@@ -24,7 +24,9 @@ func file(p string, size int64) *kilnv1.ContextEntry {
 	return &kilnv1.ContextEntry{Path: p, Type: fileT, Mode: 0o644, Size: size, Digest: &kilnv1.Digest{Hash: someDigest, SizeBytes: size}}
 }
 
-func dir(p string) *kilnv1.ContextEntry { return &kilnv1.ContextEntry{Path: p, Type: dirT, Mode: 0o755} }
+func dir(p string) *kilnv1.ContextEntry {
+	return &kilnv1.ContextEntry{Path: p, Type: dirT, Mode: 0o755}
+}
 
 func symlink(p, target string) *kilnv1.ContextEntry {
 	return &kilnv1.ContextEntry{Path: p, Type: linkT, Mode: 0o777, LinkTarget: target}

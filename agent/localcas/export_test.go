@@ -1,0 +1,5 @@
+package localcas
+
+// SetOnWait makes s call f whenever an Ensure starts waiting for a download
+// that another Ensure has in flight.
+func SetOnWait(s *Store, f func(digest string)) { s.onWait = f }
