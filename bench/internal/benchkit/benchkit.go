@@ -122,7 +122,7 @@ type Row struct {
 // Report prints a markdown table and the JSON of result, and writes the
 // JSON to out.
 func Report(title string, columns []string, rows []Row, summary string, result any, out string) error {
-	fmt.Printf("\n%s\n\n| %s |\n|%s|\n", title, strings.Join(columns, " | "), strings.Repeat("---|", len(columns)))
+	fmt.Printf("\n%s\n\n| %s |\n|%s\n", title, strings.Join(columns, " | "), strings.Repeat("---|", len(columns)))
 	for _, r := range rows {
 		fmt.Printf("| %s | %s |\n", r.Name, strings.Join(r.Values, " | "))
 	}
