@@ -92,8 +92,10 @@ type Agent struct {
 	Labels           map[string]string      `protobuf:"bytes,10,rep,name=labels,proto3" json:"labels,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"`
 	StartedAt        *timestamppb.Timestamp `protobuf:"bytes,11,opt,name=started_at,json=startedAt,proto3" json:"started_at,omitempty"`
 	LastSeen         *timestamppb.Timestamp `protobuf:"bytes,12,opt,name=last_seen,json=lastSeen,proto3" json:"last_seen,omitempty"`
-	unknownFields    protoimpl.UnknownFields
-	sizeCache        protoimpl.SizeCache
+	// cache summarizes what the agent's engine holds, most recent first.
+	Cache         *CacheSummary `protobuf:"bytes,13,opt,name=cache,proto3" json:"cache,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
 }
 
 func (x *Agent) Reset() {
@@ -210,6 +212,75 @@ func (x *Agent) GetLastSeen() *timestamppb.Timestamp {
 	return nil
 }
 
+func (x *Agent) GetCache() *CacheSummary {
+	if x != nil {
+		return x.Cache
+	}
+	return nil
+}
+
+// CacheSummary is an agent's bounded account of the builds its engine holds
+// layers for.
+type CacheSummary struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Lineages      []string               `protobuf:"bytes,1,rep,name=lineages,proto3" json:"lineages,omitempty"`
+	BaseImages    []string               `protobuf:"bytes,2,rep,name=base_images,json=baseImages,proto3" json:"base_images,omitempty"`
+	Chains        []string               `protobuf:"bytes,3,rep,name=chains,proto3" json:"chains,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *CacheSummary) Reset() {
+	*x = CacheSummary{}
+	mi := &file_kiln_v1_agent_proto_msgTypes[1]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *CacheSummary) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*CacheSummary) ProtoMessage() {}
+
+func (x *CacheSummary) ProtoReflect() protoreflect.Message {
+	mi := &file_kiln_v1_agent_proto_msgTypes[1]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use CacheSummary.ProtoReflect.Descriptor instead.
+func (*CacheSummary) Descriptor() ([]byte, []int) {
+	return file_kiln_v1_agent_proto_rawDescGZIP(), []int{1}
+}
+
+func (x *CacheSummary) GetLineages() []string {
+	if x != nil {
+		return x.Lineages
+	}
+	return nil
+}
+
+func (x *CacheSummary) GetBaseImages() []string {
+	if x != nil {
+		return x.BaseImages
+	}
+	return nil
+}
+
+func (x *CacheSummary) GetChains() []string {
+	if x != nil {
+		return x.Chains
+	}
+	return nil
+}
+
 type ListAgentsRequest struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	unknownFields protoimpl.UnknownFields
@@ -218,7 +289,7 @@ type ListAgentsRequest struct {
 
 func (x *ListAgentsRequest) Reset() {
 	*x = ListAgentsRequest{}
-	mi := &file_kiln_v1_agent_proto_msgTypes[1]
+	mi := &file_kiln_v1_agent_proto_msgTypes[2]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -230,7 +301,7 @@ func (x *ListAgentsRequest) String() string {
 func (*ListAgentsRequest) ProtoMessage() {}
 
 func (x *ListAgentsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_kiln_v1_agent_proto_msgTypes[1]
+	mi := &file_kiln_v1_agent_proto_msgTypes[2]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -243,7 +314,7 @@ func (x *ListAgentsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListAgentsRequest.ProtoReflect.Descriptor instead.
 func (*ListAgentsRequest) Descriptor() ([]byte, []int) {
-	return file_kiln_v1_agent_proto_rawDescGZIP(), []int{1}
+	return file_kiln_v1_agent_proto_rawDescGZIP(), []int{2}
 }
 
 type ListAgentsResponse struct {
@@ -255,7 +326,7 @@ type ListAgentsResponse struct {
 
 func (x *ListAgentsResponse) Reset() {
 	*x = ListAgentsResponse{}
-	mi := &file_kiln_v1_agent_proto_msgTypes[2]
+	mi := &file_kiln_v1_agent_proto_msgTypes[3]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -267,7 +338,7 @@ func (x *ListAgentsResponse) String() string {
 func (*ListAgentsResponse) ProtoMessage() {}
 
 func (x *ListAgentsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_kiln_v1_agent_proto_msgTypes[2]
+	mi := &file_kiln_v1_agent_proto_msgTypes[3]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -280,7 +351,7 @@ func (x *ListAgentsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListAgentsResponse.ProtoReflect.Descriptor instead.
 func (*ListAgentsResponse) Descriptor() ([]byte, []int) {
-	return file_kiln_v1_agent_proto_rawDescGZIP(), []int{2}
+	return file_kiln_v1_agent_proto_rawDescGZIP(), []int{3}
 }
 
 func (x *ListAgentsResponse) GetAgents() []*Agent {
@@ -294,7 +365,7 @@ var File_kiln_v1_agent_proto protoreflect.FileDescriptor
 
 const file_kiln_v1_agent_proto_rawDesc = "" +
 	"\n" +
-	"\x13kiln/v1/agent.proto\x12\akiln.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\xfe\x03\n" +
+	"\x13kiln/v1/agent.proto\x12\akiln.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\xab\x04\n" +
 	"\x05Agent\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12)\n" +
 	"\x05state\x18\x02 \x01(\x0e2\x13.kiln.v1.AgentStateR\x05state\x12\x14\n" +
@@ -310,10 +381,16 @@ const file_kiln_v1_agent_proto_rawDesc = "" +
 	" \x03(\v2\x1a.kiln.v1.Agent.LabelsEntryR\x06labels\x129\n" +
 	"\n" +
 	"started_at\x18\v \x01(\v2\x1a.google.protobuf.TimestampR\tstartedAt\x127\n" +
-	"\tlast_seen\x18\f \x01(\v2\x1a.google.protobuf.TimestampR\blastSeen\x1a9\n" +
+	"\tlast_seen\x18\f \x01(\v2\x1a.google.protobuf.TimestampR\blastSeen\x12+\n" +
+	"\x05cache\x18\r \x01(\v2\x15.kiln.v1.CacheSummaryR\x05cache\x1a9\n" +
 	"\vLabelsEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
-	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"\x13\n" +
+	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"c\n" +
+	"\fCacheSummary\x12\x1a\n" +
+	"\blineages\x18\x01 \x03(\tR\blineages\x12\x1f\n" +
+	"\vbase_images\x18\x02 \x03(\tR\n" +
+	"baseImages\x12\x16\n" +
+	"\x06chains\x18\x03 \x03(\tR\x06chains\"\x13\n" +
 	"\x11ListAgentsRequest\"<\n" +
 	"\x12ListAgentsResponse\x12&\n" +
 	"\x06agents\x18\x01 \x03(\v2\x0e.kiln.v1.AgentR\x06agents*u\n" +
@@ -340,28 +417,30 @@ func file_kiln_v1_agent_proto_rawDescGZIP() []byte {
 }
 
 var file_kiln_v1_agent_proto_enumTypes = make([]protoimpl.EnumInfo, 1)
-var file_kiln_v1_agent_proto_msgTypes = make([]protoimpl.MessageInfo, 4)
+var file_kiln_v1_agent_proto_msgTypes = make([]protoimpl.MessageInfo, 5)
 var file_kiln_v1_agent_proto_goTypes = []any{
 	(AgentState)(0),               // 0: kiln.v1.AgentState
 	(*Agent)(nil),                 // 1: kiln.v1.Agent
-	(*ListAgentsRequest)(nil),     // 2: kiln.v1.ListAgentsRequest
-	(*ListAgentsResponse)(nil),    // 3: kiln.v1.ListAgentsResponse
-	nil,                           // 4: kiln.v1.Agent.LabelsEntry
-	(*timestamppb.Timestamp)(nil), // 5: google.protobuf.Timestamp
+	(*CacheSummary)(nil),          // 2: kiln.v1.CacheSummary
+	(*ListAgentsRequest)(nil),     // 3: kiln.v1.ListAgentsRequest
+	(*ListAgentsResponse)(nil),    // 4: kiln.v1.ListAgentsResponse
+	nil,                           // 5: kiln.v1.Agent.LabelsEntry
+	(*timestamppb.Timestamp)(nil), // 6: google.protobuf.Timestamp
 }
 var file_kiln_v1_agent_proto_depIdxs = []int32{
 	0, // 0: kiln.v1.Agent.state:type_name -> kiln.v1.AgentState
-	4, // 1: kiln.v1.Agent.labels:type_name -> kiln.v1.Agent.LabelsEntry
-	5, // 2: kiln.v1.Agent.started_at:type_name -> google.protobuf.Timestamp
-	5, // 3: kiln.v1.Agent.last_seen:type_name -> google.protobuf.Timestamp
-	1, // 4: kiln.v1.ListAgentsResponse.agents:type_name -> kiln.v1.Agent
-	2, // 5: kiln.v1.AgentService.ListAgents:input_type -> kiln.v1.ListAgentsRequest
-	3, // 6: kiln.v1.AgentService.ListAgents:output_type -> kiln.v1.ListAgentsResponse
-	6, // [6:7] is the sub-list for method output_type
-	5, // [5:6] is the sub-list for method input_type
-	5, // [5:5] is the sub-list for extension type_name
-	5, // [5:5] is the sub-list for extension extendee
-	0, // [0:5] is the sub-list for field type_name
+	5, // 1: kiln.v1.Agent.labels:type_name -> kiln.v1.Agent.LabelsEntry
+	6, // 2: kiln.v1.Agent.started_at:type_name -> google.protobuf.Timestamp
+	6, // 3: kiln.v1.Agent.last_seen:type_name -> google.protobuf.Timestamp
+	2, // 4: kiln.v1.Agent.cache:type_name -> kiln.v1.CacheSummary
+	1, // 5: kiln.v1.ListAgentsResponse.agents:type_name -> kiln.v1.Agent
+	3, // 6: kiln.v1.AgentService.ListAgents:input_type -> kiln.v1.ListAgentsRequest
+	4, // 7: kiln.v1.AgentService.ListAgents:output_type -> kiln.v1.ListAgentsResponse
+	7, // [7:8] is the sub-list for method output_type
+	6, // [6:7] is the sub-list for method input_type
+	6, // [6:6] is the sub-list for extension type_name
+	6, // [6:6] is the sub-list for extension extendee
+	0, // [0:6] is the sub-list for field type_name
 }
 
 func init() { file_kiln_v1_agent_proto_init() }
@@ -375,7 +454,7 @@ func file_kiln_v1_agent_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_kiln_v1_agent_proto_rawDesc), len(file_kiln_v1_agent_proto_rawDesc)),
 			NumEnums:      1,
-			NumMessages:   4,
+			NumMessages:   5,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

@@ -89,14 +89,23 @@ func (BuildState) EnumDescriptor() ([]byte, []int) {
 type BuildSpec struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// dockerfile is the Dockerfile's path inside the context ("Dockerfile" when empty).
-	Dockerfile    string            `protobuf:"bytes,1,opt,name=dockerfile,proto3" json:"dockerfile,omitempty"`
-	Tags          []string          `protobuf:"bytes,2,rep,name=tags,proto3" json:"tags,omitempty"`
-	BuildArgs     map[string]string `protobuf:"bytes,3,rep,name=build_args,json=buildArgs,proto3" json:"build_args,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"`
-	Target        string            `protobuf:"bytes,4,opt,name=target,proto3" json:"target,omitempty"`
-	Labels        map[string]string `protobuf:"bytes,5,rep,name=labels,proto3" json:"labels,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"`
-	Push          bool              `protobuf:"varint,6,opt,name=push,proto3" json:"push,omitempty"`
-	NoCache       bool              `protobuf:"varint,7,opt,name=no_cache,json=noCache,proto3" json:"no_cache,omitempty"`
-	Pull          bool              `protobuf:"varint,8,opt,name=pull,proto3" json:"pull,omitempty"`
+	Dockerfile string            `protobuf:"bytes,1,opt,name=dockerfile,proto3" json:"dockerfile,omitempty"`
+	Tags       []string          `protobuf:"bytes,2,rep,name=tags,proto3" json:"tags,omitempty"`
+	BuildArgs  map[string]string `protobuf:"bytes,3,rep,name=build_args,json=buildArgs,proto3" json:"build_args,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"`
+	Target     string            `protobuf:"bytes,4,opt,name=target,proto3" json:"target,omitempty"`
+	Labels     map[string]string `protobuf:"bytes,5,rep,name=labels,proto3" json:"labels,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"`
+	Push       bool              `protobuf:"varint,6,opt,name=push,proto3" json:"push,omitempty"`
+	NoCache    bool              `protobuf:"varint,7,opt,name=no_cache,json=noCache,proto3" json:"no_cache,omitempty"`
+	Pull       bool              `protobuf:"varint,8,opt,name=pull,proto3" json:"pull,omitempty"`
+	// repository names the source the build comes from (a git remote, the CI
+	// project path, or the context path); with the tenant, the Dockerfile path
+	// and the target it is the build's lineage, which routes it to the engine
+	// holding its cache.
+	Repository string `protobuf:"bytes,9,opt,name=repository,proto3" json:"repository,omitempty"`
+	// priority orders a tenant's queued builds: higher first.
+	Priority int32 `protobuf:"varint,10,opt,name=priority,proto3" json:"priority,omitempty"`
+	// agent_labels must all be present on the agent that runs the build.
+	AgentLabels   map[string]string `protobuf:"bytes,11,rep,name=agent_labels,json=agentLabels,proto3" json:"agent_labels,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -187,6 +196,93 @@ func (x *BuildSpec) GetPull() bool {
 	return false
 }
 
+func (x *BuildSpec) GetRepository() string {
+	if x != nil {
+		return x.Repository
+	}
+	return ""
+}
+
+func (x *BuildSpec) GetPriority() int32 {
+	if x != nil {
+		return x.Priority
+	}
+	return 0
+}
+
+func (x *BuildSpec) GetAgentLabels() map[string]string {
+	if x != nil {
+		return x.AgentLabels
+	}
+	return nil
+}
+
+// Affinity is what routes a build to an engine that holds its cache,
+// derived from its spec and its Dockerfile's leading instructions.
+type Affinity struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// lineage is a hash of tenant, repository, Dockerfile path and target.
+	Lineage string `protobuf:"bytes,1,opt,name=lineage,proto3" json:"lineage,omitempty"`
+	// base_images are the FROM references, build args applied.
+	BaseImages []string `protobuf:"bytes,2,rep,name=base_images,json=baseImages,proto3" json:"base_images,omitempty"`
+	// chain holds hashes of the leading instructions: chain[i] covers
+	// instructions 0..i, so a shared prefix means reusable layers.
+	Chain         []string `protobuf:"bytes,3,rep,name=chain,proto3" json:"chain,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *Affinity) Reset() {
+	*x = Affinity{}
+	mi := &file_kiln_v1_build_proto_msgTypes[1]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *Affinity) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*Affinity) ProtoMessage() {}
+
+func (x *Affinity) ProtoReflect() protoreflect.Message {
+	mi := &file_kiln_v1_build_proto_msgTypes[1]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use Affinity.ProtoReflect.Descriptor instead.
+func (*Affinity) Descriptor() ([]byte, []int) {
+	return file_kiln_v1_build_proto_rawDescGZIP(), []int{1}
+}
+
+func (x *Affinity) GetLineage() string {
+	if x != nil {
+		return x.Lineage
+	}
+	return ""
+}
+
+func (x *Affinity) GetBaseImages() []string {
+	if x != nil {
+		return x.BaseImages
+	}
+	return nil
+}
+
+func (x *Affinity) GetChain() []string {
+	if x != nil {
+		return x.Chain
+	}
+	return nil
+}
+
 // PushedImage is one tag pushed to its registry.
 type PushedImage struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
@@ -200,7 +296,7 @@ type PushedImage struct {
 
 func (x *PushedImage) Reset() {
 	*x = PushedImage{}
-	mi := &file_kiln_v1_build_proto_msgTypes[1]
+	mi := &file_kiln_v1_build_proto_msgTypes[2]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -212,7 +308,7 @@ func (x *PushedImage) String() string {
 func (*PushedImage) ProtoMessage() {}
 
 func (x *PushedImage) ProtoReflect() protoreflect.Message {
-	mi := &file_kiln_v1_build_proto_msgTypes[1]
+	mi := &file_kiln_v1_build_proto_msgTypes[2]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -225,7 +321,7 @@ func (x *PushedImage) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PushedImage.ProtoReflect.Descriptor instead.
 func (*PushedImage) Descriptor() ([]byte, []int) {
-	return file_kiln_v1_build_proto_rawDescGZIP(), []int{1}
+	return file_kiln_v1_build_proto_rawDescGZIP(), []int{2}
 }
 
 func (x *PushedImage) GetTag() string {
@@ -265,7 +361,7 @@ type BuildResult struct {
 
 func (x *BuildResult) Reset() {
 	*x = BuildResult{}
-	mi := &file_kiln_v1_build_proto_msgTypes[2]
+	mi := &file_kiln_v1_build_proto_msgTypes[3]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -277,7 +373,7 @@ func (x *BuildResult) String() string {
 func (*BuildResult) ProtoMessage() {}
 
 func (x *BuildResult) ProtoReflect() protoreflect.Message {
-	mi := &file_kiln_v1_build_proto_msgTypes[2]
+	mi := &file_kiln_v1_build_proto_msgTypes[3]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -290,7 +386,7 @@ func (x *BuildResult) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use BuildResult.ProtoReflect.Descriptor instead.
 func (*BuildResult) Descriptor() ([]byte, []int) {
-	return file_kiln_v1_build_proto_rawDescGZIP(), []int{2}
+	return file_kiln_v1_build_proto_rawDescGZIP(), []int{3}
 }
 
 func (x *BuildResult) GetImageId() string {
@@ -345,13 +441,16 @@ type Build struct {
 	// trace_context carries the W3C trace context of the request that started it.
 	TraceContext   map[string]string `protobuf:"bytes,15,rep,name=trace_context,json=traceContext,proto3" json:"trace_context,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"`
 	IdempotencyKey string            `protobuf:"bytes,16,opt,name=idempotency_key,json=idempotencyKey,proto3" json:"idempotency_key,omitempty"`
-	unknownFields  protoimpl.UnknownFields
-	sizeCache      protoimpl.SizeCache
+	Affinity       *Affinity         `protobuf:"bytes,17,opt,name=affinity,proto3" json:"affinity,omitempty"`
+	// queued_at is when the build last entered the queue.
+	QueuedAt      *timestamppb.Timestamp `protobuf:"bytes,18,opt,name=queued_at,json=queuedAt,proto3" json:"queued_at,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
 }
 
 func (x *Build) Reset() {
 	*x = Build{}
-	mi := &file_kiln_v1_build_proto_msgTypes[3]
+	mi := &file_kiln_v1_build_proto_msgTypes[4]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -363,7 +462,7 @@ func (x *Build) String() string {
 func (*Build) ProtoMessage() {}
 
 func (x *Build) ProtoReflect() protoreflect.Message {
-	mi := &file_kiln_v1_build_proto_msgTypes[3]
+	mi := &file_kiln_v1_build_proto_msgTypes[4]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -376,7 +475,7 @@ func (x *Build) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Build.ProtoReflect.Descriptor instead.
 func (*Build) Descriptor() ([]byte, []int) {
-	return file_kiln_v1_build_proto_rawDescGZIP(), []int{3}
+	return file_kiln_v1_build_proto_rawDescGZIP(), []int{4}
 }
 
 func (x *Build) GetId() string {
@@ -491,6 +590,20 @@ func (x *Build) GetIdempotencyKey() string {
 	return ""
 }
 
+func (x *Build) GetAffinity() *Affinity {
+	if x != nil {
+		return x.Affinity
+	}
+	return nil
+}
+
+func (x *Build) GetQueuedAt() *timestamppb.Timestamp {
+	if x != nil {
+		return x.QueuedAt
+	}
+	return nil
+}
+
 // LogLine is one line of build output.
 type LogLine struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
@@ -503,7 +616,7 @@ type LogLine struct {
 
 func (x *LogLine) Reset() {
 	*x = LogLine{}
-	mi := &file_kiln_v1_build_proto_msgTypes[4]
+	mi := &file_kiln_v1_build_proto_msgTypes[5]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -515,7 +628,7 @@ func (x *LogLine) String() string {
 func (*LogLine) ProtoMessage() {}
 
 func (x *LogLine) ProtoReflect() protoreflect.Message {
-	mi := &file_kiln_v1_build_proto_msgTypes[4]
+	mi := &file_kiln_v1_build_proto_msgTypes[5]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -528,7 +641,7 @@ func (x *LogLine) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use LogLine.ProtoReflect.Descriptor instead.
 func (*LogLine) Descriptor() ([]byte, []int) {
-	return file_kiln_v1_build_proto_rawDescGZIP(), []int{4}
+	return file_kiln_v1_build_proto_rawDescGZIP(), []int{5}
 }
 
 func (x *LogLine) GetStep() uint32 {
@@ -557,7 +670,7 @@ type StepStarted struct {
 
 func (x *StepStarted) Reset() {
 	*x = StepStarted{}
-	mi := &file_kiln_v1_build_proto_msgTypes[5]
+	mi := &file_kiln_v1_build_proto_msgTypes[6]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -569,7 +682,7 @@ func (x *StepStarted) String() string {
 func (*StepStarted) ProtoMessage() {}
 
 func (x *StepStarted) ProtoReflect() protoreflect.Message {
-	mi := &file_kiln_v1_build_proto_msgTypes[5]
+	mi := &file_kiln_v1_build_proto_msgTypes[6]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -582,7 +695,7 @@ func (x *StepStarted) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StepStarted.ProtoReflect.Descriptor instead.
 func (*StepStarted) Descriptor() ([]byte, []int) {
-	return file_kiln_v1_build_proto_rawDescGZIP(), []int{5}
+	return file_kiln_v1_build_proto_rawDescGZIP(), []int{6}
 }
 
 func (x *StepStarted) GetStep() uint32 {
@@ -619,7 +732,7 @@ type StepFinished struct {
 
 func (x *StepFinished) Reset() {
 	*x = StepFinished{}
-	mi := &file_kiln_v1_build_proto_msgTypes[6]
+	mi := &file_kiln_v1_build_proto_msgTypes[7]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -631,7 +744,7 @@ func (x *StepFinished) String() string {
 func (*StepFinished) ProtoMessage() {}
 
 func (x *StepFinished) ProtoReflect() protoreflect.Message {
-	mi := &file_kiln_v1_build_proto_msgTypes[6]
+	mi := &file_kiln_v1_build_proto_msgTypes[7]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -644,7 +757,7 @@ func (x *StepFinished) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StepFinished.ProtoReflect.Descriptor instead.
 func (*StepFinished) Descriptor() ([]byte, []int) {
-	return file_kiln_v1_build_proto_rawDescGZIP(), []int{6}
+	return file_kiln_v1_build_proto_rawDescGZIP(), []int{7}
 }
 
 func (x *StepFinished) GetStep() uint32 {
@@ -688,7 +801,7 @@ type StateChanged struct {
 
 func (x *StateChanged) Reset() {
 	*x = StateChanged{}
-	mi := &file_kiln_v1_build_proto_msgTypes[7]
+	mi := &file_kiln_v1_build_proto_msgTypes[8]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -700,7 +813,7 @@ func (x *StateChanged) String() string {
 func (*StateChanged) ProtoMessage() {}
 
 func (x *StateChanged) ProtoReflect() protoreflect.Message {
-	mi := &file_kiln_v1_build_proto_msgTypes[7]
+	mi := &file_kiln_v1_build_proto_msgTypes[8]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -713,7 +826,7 @@ func (x *StateChanged) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StateChanged.ProtoReflect.Descriptor instead.
 func (*StateChanged) Descriptor() ([]byte, []int) {
-	return file_kiln_v1_build_proto_rawDescGZIP(), []int{7}
+	return file_kiln_v1_build_proto_rawDescGZIP(), []int{8}
 }
 
 func (x *StateChanged) GetState() BuildState {
@@ -757,7 +870,7 @@ type BuildFinished struct {
 
 func (x *BuildFinished) Reset() {
 	*x = BuildFinished{}
-	mi := &file_kiln_v1_build_proto_msgTypes[8]
+	mi := &file_kiln_v1_build_proto_msgTypes[9]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -769,7 +882,7 @@ func (x *BuildFinished) String() string {
 func (*BuildFinished) ProtoMessage() {}
 
 func (x *BuildFinished) ProtoReflect() protoreflect.Message {
-	mi := &file_kiln_v1_build_proto_msgTypes[8]
+	mi := &file_kiln_v1_build_proto_msgTypes[9]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -782,7 +895,7 @@ func (x *BuildFinished) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use BuildFinished.ProtoReflect.Descriptor instead.
 func (*BuildFinished) Descriptor() ([]byte, []int) {
-	return file_kiln_v1_build_proto_rawDescGZIP(), []int{8}
+	return file_kiln_v1_build_proto_rawDescGZIP(), []int{9}
 }
 
 func (x *BuildFinished) GetState() BuildState {
@@ -837,7 +950,7 @@ type BuildEvent struct {
 
 func (x *BuildEvent) Reset() {
 	*x = BuildEvent{}
-	mi := &file_kiln_v1_build_proto_msgTypes[9]
+	mi := &file_kiln_v1_build_proto_msgTypes[10]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -849,7 +962,7 @@ func (x *BuildEvent) String() string {
 func (*BuildEvent) ProtoMessage() {}
 
 func (x *BuildEvent) ProtoReflect() protoreflect.Message {
-	mi := &file_kiln_v1_build_proto_msgTypes[9]
+	mi := &file_kiln_v1_build_proto_msgTypes[10]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -862,7 +975,7 @@ func (x *BuildEvent) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use BuildEvent.ProtoReflect.Descriptor instead.
 func (*BuildEvent) Descriptor() ([]byte, []int) {
-	return file_kiln_v1_build_proto_rawDescGZIP(), []int{9}
+	return file_kiln_v1_build_proto_rawDescGZIP(), []int{10}
 }
 
 func (x *BuildEvent) GetSequence() uint64 {
@@ -1005,7 +1118,7 @@ type StartBuildRequest struct {
 
 func (x *StartBuildRequest) Reset() {
 	*x = StartBuildRequest{}
-	mi := &file_kiln_v1_build_proto_msgTypes[10]
+	mi := &file_kiln_v1_build_proto_msgTypes[11]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1017,7 +1130,7 @@ func (x *StartBuildRequest) String() string {
 func (*StartBuildRequest) ProtoMessage() {}
 
 func (x *StartBuildRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_kiln_v1_build_proto_msgTypes[10]
+	mi := &file_kiln_v1_build_proto_msgTypes[11]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1030,7 +1143,7 @@ func (x *StartBuildRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StartBuildRequest.ProtoReflect.Descriptor instead.
 func (*StartBuildRequest) Descriptor() ([]byte, []int) {
-	return file_kiln_v1_build_proto_rawDescGZIP(), []int{10}
+	return file_kiln_v1_build_proto_rawDescGZIP(), []int{11}
 }
 
 func (x *StartBuildRequest) GetSpec() *BuildSpec {
@@ -1063,7 +1176,7 @@ type StartBuildResponse struct {
 
 func (x *StartBuildResponse) Reset() {
 	*x = StartBuildResponse{}
-	mi := &file_kiln_v1_build_proto_msgTypes[11]
+	mi := &file_kiln_v1_build_proto_msgTypes[12]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1075,7 +1188,7 @@ func (x *StartBuildResponse) String() string {
 func (*StartBuildResponse) ProtoMessage() {}
 
 func (x *StartBuildResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_kiln_v1_build_proto_msgTypes[11]
+	mi := &file_kiln_v1_build_proto_msgTypes[12]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1088,7 +1201,7 @@ func (x *StartBuildResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StartBuildResponse.ProtoReflect.Descriptor instead.
 func (*StartBuildResponse) Descriptor() ([]byte, []int) {
-	return file_kiln_v1_build_proto_rawDescGZIP(), []int{11}
+	return file_kiln_v1_build_proto_rawDescGZIP(), []int{12}
 }
 
 func (x *StartBuildResponse) GetBuild() *Build {
@@ -1109,7 +1222,7 @@ type WatchBuildRequest struct {
 
 func (x *WatchBuildRequest) Reset() {
 	*x = WatchBuildRequest{}
-	mi := &file_kiln_v1_build_proto_msgTypes[12]
+	mi := &file_kiln_v1_build_proto_msgTypes[13]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1121,7 +1234,7 @@ func (x *WatchBuildRequest) String() string {
 func (*WatchBuildRequest) ProtoMessage() {}
 
 func (x *WatchBuildRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_kiln_v1_build_proto_msgTypes[12]
+	mi := &file_kiln_v1_build_proto_msgTypes[13]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1134,7 +1247,7 @@ func (x *WatchBuildRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WatchBuildRequest.ProtoReflect.Descriptor instead.
 func (*WatchBuildRequest) Descriptor() ([]byte, []int) {
-	return file_kiln_v1_build_proto_rawDescGZIP(), []int{12}
+	return file_kiln_v1_build_proto_rawDescGZIP(), []int{13}
 }
 
 func (x *WatchBuildRequest) GetBuildId() string {
@@ -1160,7 +1273,7 @@ type WatchBuildResponse struct {
 
 func (x *WatchBuildResponse) Reset() {
 	*x = WatchBuildResponse{}
-	mi := &file_kiln_v1_build_proto_msgTypes[13]
+	mi := &file_kiln_v1_build_proto_msgTypes[14]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1172,7 +1285,7 @@ func (x *WatchBuildResponse) String() string {
 func (*WatchBuildResponse) ProtoMessage() {}
 
 func (x *WatchBuildResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_kiln_v1_build_proto_msgTypes[13]
+	mi := &file_kiln_v1_build_proto_msgTypes[14]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1185,7 +1298,7 @@ func (x *WatchBuildResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WatchBuildResponse.ProtoReflect.Descriptor instead.
 func (*WatchBuildResponse) Descriptor() ([]byte, []int) {
-	return file_kiln_v1_build_proto_rawDescGZIP(), []int{13}
+	return file_kiln_v1_build_proto_rawDescGZIP(), []int{14}
 }
 
 func (x *WatchBuildResponse) GetEvent() *BuildEvent {
@@ -1204,7 +1317,7 @@ type CancelBuildRequest struct {
 
 func (x *CancelBuildRequest) Reset() {
 	*x = CancelBuildRequest{}
-	mi := &file_kiln_v1_build_proto_msgTypes[14]
+	mi := &file_kiln_v1_build_proto_msgTypes[15]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1216,7 +1329,7 @@ func (x *CancelBuildRequest) String() string {
 func (*CancelBuildRequest) ProtoMessage() {}
 
 func (x *CancelBuildRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_kiln_v1_build_proto_msgTypes[14]
+	mi := &file_kiln_v1_build_proto_msgTypes[15]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1229,7 +1342,7 @@ func (x *CancelBuildRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CancelBuildRequest.ProtoReflect.Descriptor instead.
 func (*CancelBuildRequest) Descriptor() ([]byte, []int) {
-	return file_kiln_v1_build_proto_rawDescGZIP(), []int{14}
+	return file_kiln_v1_build_proto_rawDescGZIP(), []int{15}
 }
 
 func (x *CancelBuildRequest) GetBuildId() string {
@@ -1248,7 +1361,7 @@ type CancelBuildResponse struct {
 
 func (x *CancelBuildResponse) Reset() {
 	*x = CancelBuildResponse{}
-	mi := &file_kiln_v1_build_proto_msgTypes[15]
+	mi := &file_kiln_v1_build_proto_msgTypes[16]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1260,7 +1373,7 @@ func (x *CancelBuildResponse) String() string {
 func (*CancelBuildResponse) ProtoMessage() {}
 
 func (x *CancelBuildResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_kiln_v1_build_proto_msgTypes[15]
+	mi := &file_kiln_v1_build_proto_msgTypes[16]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1273,7 +1386,7 @@ func (x *CancelBuildResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CancelBuildResponse.ProtoReflect.Descriptor instead.
 func (*CancelBuildResponse) Descriptor() ([]byte, []int) {
-	return file_kiln_v1_build_proto_rawDescGZIP(), []int{15}
+	return file_kiln_v1_build_proto_rawDescGZIP(), []int{16}
 }
 
 func (x *CancelBuildResponse) GetBuild() *Build {
@@ -1292,7 +1405,7 @@ type GetBuildRequest struct {
 
 func (x *GetBuildRequest) Reset() {
 	*x = GetBuildRequest{}
-	mi := &file_kiln_v1_build_proto_msgTypes[16]
+	mi := &file_kiln_v1_build_proto_msgTypes[17]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1304,7 +1417,7 @@ func (x *GetBuildRequest) String() string {
 func (*GetBuildRequest) ProtoMessage() {}
 
 func (x *GetBuildRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_kiln_v1_build_proto_msgTypes[16]
+	mi := &file_kiln_v1_build_proto_msgTypes[17]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1317,7 +1430,7 @@ func (x *GetBuildRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetBuildRequest.ProtoReflect.Descriptor instead.
 func (*GetBuildRequest) Descriptor() ([]byte, []int) {
-	return file_kiln_v1_build_proto_rawDescGZIP(), []int{16}
+	return file_kiln_v1_build_proto_rawDescGZIP(), []int{17}
 }
 
 func (x *GetBuildRequest) GetBuildId() string {
@@ -1336,7 +1449,7 @@ type GetBuildResponse struct {
 
 func (x *GetBuildResponse) Reset() {
 	*x = GetBuildResponse{}
-	mi := &file_kiln_v1_build_proto_msgTypes[17]
+	mi := &file_kiln_v1_build_proto_msgTypes[18]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1348,7 +1461,7 @@ func (x *GetBuildResponse) String() string {
 func (*GetBuildResponse) ProtoMessage() {}
 
 func (x *GetBuildResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_kiln_v1_build_proto_msgTypes[17]
+	mi := &file_kiln_v1_build_proto_msgTypes[18]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1361,7 +1474,7 @@ func (x *GetBuildResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetBuildResponse.ProtoReflect.Descriptor instead.
 func (*GetBuildResponse) Descriptor() ([]byte, []int) {
-	return file_kiln_v1_build_proto_rawDescGZIP(), []int{17}
+	return file_kiln_v1_build_proto_rawDescGZIP(), []int{18}
 }
 
 func (x *GetBuildResponse) GetBuild() *Build {
@@ -1383,7 +1496,7 @@ type ListBuildsRequest struct {
 
 func (x *ListBuildsRequest) Reset() {
 	*x = ListBuildsRequest{}
-	mi := &file_kiln_v1_build_proto_msgTypes[18]
+	mi := &file_kiln_v1_build_proto_msgTypes[19]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1395,7 +1508,7 @@ func (x *ListBuildsRequest) String() string {
 func (*ListBuildsRequest) ProtoMessage() {}
 
 func (x *ListBuildsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_kiln_v1_build_proto_msgTypes[18]
+	mi := &file_kiln_v1_build_proto_msgTypes[19]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1408,7 +1521,7 @@ func (x *ListBuildsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListBuildsRequest.ProtoReflect.Descriptor instead.
 func (*ListBuildsRequest) Descriptor() ([]byte, []int) {
-	return file_kiln_v1_build_proto_rawDescGZIP(), []int{18}
+	return file_kiln_v1_build_proto_rawDescGZIP(), []int{19}
 }
 
 func (x *ListBuildsRequest) GetPageSize() int32 {
@@ -1435,7 +1548,7 @@ type ListBuildsResponse struct {
 
 func (x *ListBuildsResponse) Reset() {
 	*x = ListBuildsResponse{}
-	mi := &file_kiln_v1_build_proto_msgTypes[19]
+	mi := &file_kiln_v1_build_proto_msgTypes[20]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1447,7 +1560,7 @@ func (x *ListBuildsResponse) String() string {
 func (*ListBuildsResponse) ProtoMessage() {}
 
 func (x *ListBuildsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_kiln_v1_build_proto_msgTypes[19]
+	mi := &file_kiln_v1_build_proto_msgTypes[20]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1460,7 +1573,7 @@ func (x *ListBuildsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListBuildsResponse.ProtoReflect.Descriptor instead.
 func (*ListBuildsResponse) Descriptor() ([]byte, []int) {
-	return file_kiln_v1_build_proto_rawDescGZIP(), []int{19}
+	return file_kiln_v1_build_proto_rawDescGZIP(), []int{20}
 }
 
 func (x *ListBuildsResponse) GetBuilds() []*Build {
@@ -1481,7 +1594,7 @@ var File_kiln_v1_build_proto protoreflect.FileDescriptor
 
 const file_kiln_v1_build_proto_rawDesc = "" +
 	"\n" +
-	"\x13kiln/v1/build.proto\x12\akiln.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x15kiln/v1/context.proto\"\x8d\x03\n" +
+	"\x13kiln/v1/build.proto\x12\akiln.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x15kiln/v1/context.proto\"\xd1\x04\n" +
 	"\tBuildSpec\x12\x1e\n" +
 	"\n" +
 	"dockerfile\x18\x01 \x01(\tR\n" +
@@ -1493,13 +1606,27 @@ const file_kiln_v1_build_proto_rawDesc = "" +
 	"\x06labels\x18\x05 \x03(\v2\x1e.kiln.v1.BuildSpec.LabelsEntryR\x06labels\x12\x12\n" +
 	"\x04push\x18\x06 \x01(\bR\x04push\x12\x19\n" +
 	"\bno_cache\x18\a \x01(\bR\anoCache\x12\x12\n" +
-	"\x04pull\x18\b \x01(\bR\x04pull\x1a<\n" +
+	"\x04pull\x18\b \x01(\bR\x04pull\x12\x1e\n" +
+	"\n" +
+	"repository\x18\t \x01(\tR\n" +
+	"repository\x12\x1a\n" +
+	"\bpriority\x18\n" +
+	" \x01(\x05R\bpriority\x12F\n" +
+	"\fagent_labels\x18\v \x03(\v2#.kiln.v1.BuildSpec.AgentLabelsEntryR\vagentLabels\x1a<\n" +
 	"\x0eBuildArgsEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
 	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\x1a9\n" +
 	"\vLabelsEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
-	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"K\n" +
+	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\x1a>\n" +
+	"\x10AgentLabelsEntry\x12\x10\n" +
+	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
+	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"[\n" +
+	"\bAffinity\x12\x18\n" +
+	"\alineage\x18\x01 \x01(\tR\alineage\x12\x1f\n" +
+	"\vbase_images\x18\x02 \x03(\tR\n" +
+	"baseImages\x12\x14\n" +
+	"\x05chain\x18\x03 \x03(\tR\x05chain\"K\n" +
 	"\vPushedImage\x12\x10\n" +
 	"\x03tag\x18\x01 \x01(\tR\x03tag\x12\x16\n" +
 	"\x06digest\x18\x02 \x01(\tR\x06digest\x12\x12\n" +
@@ -1508,7 +1635,7 @@ const file_kiln_v1_build_proto_rawDesc = "" +
 	"\bimage_id\x18\x01 \x01(\tR\aimageId\x12,\n" +
 	"\x06pushed\x18\x02 \x03(\v2\x14.kiln.v1.PushedImageR\x06pushed\x12\x14\n" +
 	"\x05steps\x18\x03 \x01(\rR\x05steps\x12!\n" +
-	"\fcached_steps\x18\x04 \x01(\rR\vcachedSteps\"\xfa\x05\n" +
+	"\fcached_steps\x18\x04 \x01(\rR\vcachedSteps\"\xe2\x06\n" +
 	"\x05Build\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x12\x16\n" +
 	"\x06tenant\x18\x02 \x01(\tR\x06tenant\x12&\n" +
@@ -1529,7 +1656,9 @@ const file_kiln_v1_build_proto_rawDesc = "" +
 	"\x10cancel_requested\x18\r \x01(\bR\x0fcancelRequested\x12D\n" +
 	"\x10lease_expires_at\x18\x0e \x01(\v2\x1a.google.protobuf.TimestampR\x0eleaseExpiresAt\x12E\n" +
 	"\rtrace_context\x18\x0f \x03(\v2 .kiln.v1.Build.TraceContextEntryR\ftraceContext\x12'\n" +
-	"\x0fidempotency_key\x18\x10 \x01(\tR\x0eidempotencyKey\x1a?\n" +
+	"\x0fidempotency_key\x18\x10 \x01(\tR\x0eidempotencyKey\x12-\n" +
+	"\baffinity\x18\x11 \x01(\v2\x11.kiln.v1.AffinityR\baffinity\x127\n" +
+	"\tqueued_at\x18\x12 \x01(\v2\x1a.google.protobuf.TimestampR\bqueuedAt\x1a?\n" +
 	"\x11TraceContextEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
 	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"1\n" +
@@ -1627,82 +1756,87 @@ func file_kiln_v1_build_proto_rawDescGZIP() []byte {
 }
 
 var file_kiln_v1_build_proto_enumTypes = make([]protoimpl.EnumInfo, 1)
-var file_kiln_v1_build_proto_msgTypes = make([]protoimpl.MessageInfo, 23)
+var file_kiln_v1_build_proto_msgTypes = make([]protoimpl.MessageInfo, 25)
 var file_kiln_v1_build_proto_goTypes = []any{
 	(BuildState)(0),               // 0: kiln.v1.BuildState
 	(*BuildSpec)(nil),             // 1: kiln.v1.BuildSpec
-	(*PushedImage)(nil),           // 2: kiln.v1.PushedImage
-	(*BuildResult)(nil),           // 3: kiln.v1.BuildResult
-	(*Build)(nil),                 // 4: kiln.v1.Build
-	(*LogLine)(nil),               // 5: kiln.v1.LogLine
-	(*StepStarted)(nil),           // 6: kiln.v1.StepStarted
-	(*StepFinished)(nil),          // 7: kiln.v1.StepFinished
-	(*StateChanged)(nil),          // 8: kiln.v1.StateChanged
-	(*BuildFinished)(nil),         // 9: kiln.v1.BuildFinished
-	(*BuildEvent)(nil),            // 10: kiln.v1.BuildEvent
-	(*StartBuildRequest)(nil),     // 11: kiln.v1.StartBuildRequest
-	(*StartBuildResponse)(nil),    // 12: kiln.v1.StartBuildResponse
-	(*WatchBuildRequest)(nil),     // 13: kiln.v1.WatchBuildRequest
-	(*WatchBuildResponse)(nil),    // 14: kiln.v1.WatchBuildResponse
-	(*CancelBuildRequest)(nil),    // 15: kiln.v1.CancelBuildRequest
-	(*CancelBuildResponse)(nil),   // 16: kiln.v1.CancelBuildResponse
-	(*GetBuildRequest)(nil),       // 17: kiln.v1.GetBuildRequest
-	(*GetBuildResponse)(nil),      // 18: kiln.v1.GetBuildResponse
-	(*ListBuildsRequest)(nil),     // 19: kiln.v1.ListBuildsRequest
-	(*ListBuildsResponse)(nil),    // 20: kiln.v1.ListBuildsResponse
-	nil,                           // 21: kiln.v1.BuildSpec.BuildArgsEntry
-	nil,                           // 22: kiln.v1.BuildSpec.LabelsEntry
-	nil,                           // 23: kiln.v1.Build.TraceContextEntry
-	(*ContextRef)(nil),            // 24: kiln.v1.ContextRef
-	(*timestamppb.Timestamp)(nil), // 25: google.protobuf.Timestamp
-	(*durationpb.Duration)(nil),   // 26: google.protobuf.Duration
+	(*Affinity)(nil),              // 2: kiln.v1.Affinity
+	(*PushedImage)(nil),           // 3: kiln.v1.PushedImage
+	(*BuildResult)(nil),           // 4: kiln.v1.BuildResult
+	(*Build)(nil),                 // 5: kiln.v1.Build
+	(*LogLine)(nil),               // 6: kiln.v1.LogLine
+	(*StepStarted)(nil),           // 7: kiln.v1.StepStarted
+	(*StepFinished)(nil),          // 8: kiln.v1.StepFinished
+	(*StateChanged)(nil),          // 9: kiln.v1.StateChanged
+	(*BuildFinished)(nil),         // 10: kiln.v1.BuildFinished
+	(*BuildEvent)(nil),            // 11: kiln.v1.BuildEvent
+	(*StartBuildRequest)(nil),     // 12: kiln.v1.StartBuildRequest
+	(*StartBuildResponse)(nil),    // 13: kiln.v1.StartBuildResponse
+	(*WatchBuildRequest)(nil),     // 14: kiln.v1.WatchBuildRequest
+	(*WatchBuildResponse)(nil),    // 15: kiln.v1.WatchBuildResponse
+	(*CancelBuildRequest)(nil),    // 16: kiln.v1.CancelBuildRequest
+	(*CancelBuildResponse)(nil),   // 17: kiln.v1.CancelBuildResponse
+	(*GetBuildRequest)(nil),       // 18: kiln.v1.GetBuildRequest
+	(*GetBuildResponse)(nil),      // 19: kiln.v1.GetBuildResponse
+	(*ListBuildsRequest)(nil),     // 20: kiln.v1.ListBuildsRequest
+	(*ListBuildsResponse)(nil),    // 21: kiln.v1.ListBuildsResponse
+	nil,                           // 22: kiln.v1.BuildSpec.BuildArgsEntry
+	nil,                           // 23: kiln.v1.BuildSpec.LabelsEntry
+	nil,                           // 24: kiln.v1.BuildSpec.AgentLabelsEntry
+	nil,                           // 25: kiln.v1.Build.TraceContextEntry
+	(*ContextRef)(nil),            // 26: kiln.v1.ContextRef
+	(*timestamppb.Timestamp)(nil), // 27: google.protobuf.Timestamp
+	(*durationpb.Duration)(nil),   // 28: google.protobuf.Duration
 }
 var file_kiln_v1_build_proto_depIdxs = []int32{
-	21, // 0: kiln.v1.BuildSpec.build_args:type_name -> kiln.v1.BuildSpec.BuildArgsEntry
-	22, // 1: kiln.v1.BuildSpec.labels:type_name -> kiln.v1.BuildSpec.LabelsEntry
-	2,  // 2: kiln.v1.BuildResult.pushed:type_name -> kiln.v1.PushedImage
-	1,  // 3: kiln.v1.Build.spec:type_name -> kiln.v1.BuildSpec
-	24, // 4: kiln.v1.Build.context:type_name -> kiln.v1.ContextRef
-	0,  // 5: kiln.v1.Build.state:type_name -> kiln.v1.BuildState
-	25, // 6: kiln.v1.Build.created_at:type_name -> google.protobuf.Timestamp
-	25, // 7: kiln.v1.Build.started_at:type_name -> google.protobuf.Timestamp
-	25, // 8: kiln.v1.Build.finished_at:type_name -> google.protobuf.Timestamp
-	3,  // 9: kiln.v1.Build.result:type_name -> kiln.v1.BuildResult
-	25, // 10: kiln.v1.Build.lease_expires_at:type_name -> google.protobuf.Timestamp
-	23, // 11: kiln.v1.Build.trace_context:type_name -> kiln.v1.Build.TraceContextEntry
-	26, // 12: kiln.v1.StepFinished.duration:type_name -> google.protobuf.Duration
-	0,  // 13: kiln.v1.StateChanged.state:type_name -> kiln.v1.BuildState
-	0,  // 14: kiln.v1.BuildFinished.state:type_name -> kiln.v1.BuildState
-	3,  // 15: kiln.v1.BuildFinished.result:type_name -> kiln.v1.BuildResult
-	25, // 16: kiln.v1.BuildEvent.time:type_name -> google.protobuf.Timestamp
-	8,  // 17: kiln.v1.BuildEvent.state:type_name -> kiln.v1.StateChanged
-	5,  // 18: kiln.v1.BuildEvent.log:type_name -> kiln.v1.LogLine
-	6,  // 19: kiln.v1.BuildEvent.step_started:type_name -> kiln.v1.StepStarted
-	7,  // 20: kiln.v1.BuildEvent.step_finished:type_name -> kiln.v1.StepFinished
-	2,  // 21: kiln.v1.BuildEvent.pushed:type_name -> kiln.v1.PushedImage
-	9,  // 22: kiln.v1.BuildEvent.finished:type_name -> kiln.v1.BuildFinished
-	1,  // 23: kiln.v1.StartBuildRequest.spec:type_name -> kiln.v1.BuildSpec
-	24, // 24: kiln.v1.StartBuildRequest.context:type_name -> kiln.v1.ContextRef
-	4,  // 25: kiln.v1.StartBuildResponse.build:type_name -> kiln.v1.Build
-	10, // 26: kiln.v1.WatchBuildResponse.event:type_name -> kiln.v1.BuildEvent
-	4,  // 27: kiln.v1.CancelBuildResponse.build:type_name -> kiln.v1.Build
-	4,  // 28: kiln.v1.GetBuildResponse.build:type_name -> kiln.v1.Build
-	4,  // 29: kiln.v1.ListBuildsResponse.builds:type_name -> kiln.v1.Build
-	11, // 30: kiln.v1.BuildService.StartBuild:input_type -> kiln.v1.StartBuildRequest
-	13, // 31: kiln.v1.BuildService.WatchBuild:input_type -> kiln.v1.WatchBuildRequest
-	15, // 32: kiln.v1.BuildService.CancelBuild:input_type -> kiln.v1.CancelBuildRequest
-	17, // 33: kiln.v1.BuildService.GetBuild:input_type -> kiln.v1.GetBuildRequest
-	19, // 34: kiln.v1.BuildService.ListBuilds:input_type -> kiln.v1.ListBuildsRequest
-	12, // 35: kiln.v1.BuildService.StartBuild:output_type -> kiln.v1.StartBuildResponse
-	14, // 36: kiln.v1.BuildService.WatchBuild:output_type -> kiln.v1.WatchBuildResponse
-	16, // 37: kiln.v1.BuildService.CancelBuild:output_type -> kiln.v1.CancelBuildResponse
-	18, // 38: kiln.v1.BuildService.GetBuild:output_type -> kiln.v1.GetBuildResponse
-	20, // 39: kiln.v1.BuildService.ListBuilds:output_type -> kiln.v1.ListBuildsResponse
-	35, // [35:40] is the sub-list for method output_type
-	30, // [30:35] is the sub-list for method input_type
-	30, // [30:30] is the sub-list for extension type_name
-	30, // [30:30] is the sub-list for extension extendee
-	0,  // [0:30] is the sub-list for field type_name
+	22, // 0: kiln.v1.BuildSpec.build_args:type_name -> kiln.v1.BuildSpec.BuildArgsEntry
+	23, // 1: kiln.v1.BuildSpec.labels:type_name -> kiln.v1.BuildSpec.LabelsEntry
+	24, // 2: kiln.v1.BuildSpec.agent_labels:type_name -> kiln.v1.BuildSpec.AgentLabelsEntry
+	3,  // 3: kiln.v1.BuildResult.pushed:type_name -> kiln.v1.PushedImage
+	1,  // 4: kiln.v1.Build.spec:type_name -> kiln.v1.BuildSpec
+	26, // 5: kiln.v1.Build.context:type_name -> kiln.v1.ContextRef
+	0,  // 6: kiln.v1.Build.state:type_name -> kiln.v1.BuildState
+	27, // 7: kiln.v1.Build.created_at:type_name -> google.protobuf.Timestamp
+	27, // 8: kiln.v1.Build.started_at:type_name -> google.protobuf.Timestamp
+	27, // 9: kiln.v1.Build.finished_at:type_name -> google.protobuf.Timestamp
+	4,  // 10: kiln.v1.Build.result:type_name -> kiln.v1.BuildResult
+	27, // 11: kiln.v1.Build.lease_expires_at:type_name -> google.protobuf.Timestamp
+	25, // 12: kiln.v1.Build.trace_context:type_name -> kiln.v1.Build.TraceContextEntry
+	2,  // 13: kiln.v1.Build.affinity:type_name -> kiln.v1.Affinity
+	27, // 14: kiln.v1.Build.queued_at:type_name -> google.protobuf.Timestamp
+	28, // 15: kiln.v1.StepFinished.duration:type_name -> google.protobuf.Duration
+	0,  // 16: kiln.v1.StateChanged.state:type_name -> kiln.v1.BuildState
+	0,  // 17: kiln.v1.BuildFinished.state:type_name -> kiln.v1.BuildState
+	4,  // 18: kiln.v1.BuildFinished.result:type_name -> kiln.v1.BuildResult
+	27, // 19: kiln.v1.BuildEvent.time:type_name -> google.protobuf.Timestamp
+	9,  // 20: kiln.v1.BuildEvent.state:type_name -> kiln.v1.StateChanged
+	6,  // 21: kiln.v1.BuildEvent.log:type_name -> kiln.v1.LogLine
+	7,  // 22: kiln.v1.BuildEvent.step_started:type_name -> kiln.v1.StepStarted
+	8,  // 23: kiln.v1.BuildEvent.step_finished:type_name -> kiln.v1.StepFinished
+	3,  // 24: kiln.v1.BuildEvent.pushed:type_name -> kiln.v1.PushedImage
+	10, // 25: kiln.v1.BuildEvent.finished:type_name -> kiln.v1.BuildFinished
+	1,  // 26: kiln.v1.StartBuildRequest.spec:type_name -> kiln.v1.BuildSpec
+	26, // 27: kiln.v1.StartBuildRequest.context:type_name -> kiln.v1.ContextRef
+	5,  // 28: kiln.v1.StartBuildResponse.build:type_name -> kiln.v1.Build
+	11, // 29: kiln.v1.WatchBuildResponse.event:type_name -> kiln.v1.BuildEvent
+	5,  // 30: kiln.v1.CancelBuildResponse.build:type_name -> kiln.v1.Build
+	5,  // 31: kiln.v1.GetBuildResponse.build:type_name -> kiln.v1.Build
+	5,  // 32: kiln.v1.ListBuildsResponse.builds:type_name -> kiln.v1.Build
+	12, // 33: kiln.v1.BuildService.StartBuild:input_type -> kiln.v1.StartBuildRequest
+	14, // 34: kiln.v1.BuildService.WatchBuild:input_type -> kiln.v1.WatchBuildRequest
+	16, // 35: kiln.v1.BuildService.CancelBuild:input_type -> kiln.v1.CancelBuildRequest
+	18, // 36: kiln.v1.BuildService.GetBuild:input_type -> kiln.v1.GetBuildRequest
+	20, // 37: kiln.v1.BuildService.ListBuilds:input_type -> kiln.v1.ListBuildsRequest
+	13, // 38: kiln.v1.BuildService.StartBuild:output_type -> kiln.v1.StartBuildResponse
+	15, // 39: kiln.v1.BuildService.WatchBuild:output_type -> kiln.v1.WatchBuildResponse
+	17, // 40: kiln.v1.BuildService.CancelBuild:output_type -> kiln.v1.CancelBuildResponse
+	19, // 41: kiln.v1.BuildService.GetBuild:output_type -> kiln.v1.GetBuildResponse
+	21, // 42: kiln.v1.BuildService.ListBuilds:output_type -> kiln.v1.ListBuildsResponse
+	38, // [38:43] is the sub-list for method output_type
+	33, // [33:38] is the sub-list for method input_type
+	33, // [33:33] is the sub-list for extension type_name
+	33, // [33:33] is the sub-list for extension extendee
+	0,  // [0:33] is the sub-list for field type_name
 }
 
 func init() { file_kiln_v1_build_proto_init() }
@@ -1711,7 +1845,7 @@ func file_kiln_v1_build_proto_init() {
 		return
 	}
 	file_kiln_v1_context_proto_init()
-	file_kiln_v1_build_proto_msgTypes[9].OneofWrappers = []any{
+	file_kiln_v1_build_proto_msgTypes[10].OneofWrappers = []any{
 		(*BuildEvent_State)(nil),
 		(*BuildEvent_Log)(nil),
 		(*BuildEvent_StepStarted)(nil),
@@ -1725,7 +1859,7 @@ func file_kiln_v1_build_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_kiln_v1_build_proto_rawDesc), len(file_kiln_v1_build_proto_rawDesc)),
 			NumEnums:      1,
-			NumMessages:   23,
+			NumMessages:   25,
 			NumExtensions: 0,
 			NumServices:   1,
 		},
