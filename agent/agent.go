@@ -99,6 +99,7 @@ type Agent struct {
 	agents  jetstream.KeyValue
 	started time.Time
 
+	summary  cacheSummary
 	busy     atomic.Int32
 	healthy  atomic.Bool
 	draining atomic.Bool
@@ -337,7 +338,7 @@ func (a *Agent) heartbeat(ctx context.Context) {
 		Name: a.cfg.Name, State: state, Slots: uint32(a.cfg.Slots), BusySlots: uint32(a.busy.Load()),
 		EngineVersion: info.ServerVersion, EngineApiVersion: info.APIVersion, StorageDriver: info.StorageDriver,
 		Os: nonEmpty(info.OS, runtime.GOOS), Arch: nonEmpty(info.Arch, runtime.GOARCH), Labels: a.cfg.Labels,
-		StartedAt: timestamppb.New(a.started), LastSeen: timestamppb.Now(),
+		StartedAt: timestamppb.New(a.started), LastSeen: timestamppb.Now(), Cache: a.summary.proto(),
 	}
 	data, err := proto.Marshal(rec)
 	if err == nil {

@@ -19,6 +19,7 @@ import (
 	"google.golang.org/protobuf/types/known/timestamppb"
 
 	kilnv1 "github.com/kilnbuild/kiln/proto/gen/go/kiln/v1"
+	"github.com/kilnbuild/kiln/services/affinity"
 	"github.com/kilnbuild/kiln/services/buildstore"
 	"github.com/kilnbuild/kiln/services/bus"
 	"github.com/kilnbuild/kiln/services/ctxmanifest"
@@ -42,18 +43,22 @@ func (g *Gateway) StartBuild(ctx context.Context, req *kilnv1.StartBuildRequest)
 	if err := validateContextRef(req.GetContext(), g.limits); err != nil {
 		return nil, err
 	}
-	if err := g.checkContext(ctx, req.Context, spec.Dockerfile); err != nil {
+	dockerfile, err := g.checkContext(ctx, req.Context, spec.Dockerfile)
+	if err != nil {
 		return nil, err
 	}
 	tenant := tenantOf(ctx)
+	now := time.Now()
 	b := &kilnv1.Build{
-		Id:             buildstore.NewID(time.Now()),
+		Id:             buildstore.NewID(now),
 		Tenant:         tenant,
 		Spec:           spec,
 		Context:        req.Context,
 		State:          kilnv1.BuildState_BUILD_STATE_QUEUED,
-		CreatedAt:      timestamppb.Now(),
+		CreatedAt:      timestamppb.New(now),
+		QueuedAt:       timestamppb.New(now),
 		IdempotencyKey: req.IdempotencyKey,
+		Affinity:       affinity.Compute(tenant, spec, dockerfile),
 	}
 	if req.IdempotencyKey != "" {
 		existing, err := g.claimIdempotencyKey(ctx, tenant, req, b.Id)
@@ -90,70 +95,88 @@ func (g *Gateway) StartBuild(ctx context.Context, req *kilnv1.StartBuildRequest)
 	return &kilnv1.StartBuildResponse{Build: b}, nil
 }
 
+// maxDockerfileBytes bounds the Dockerfile read for routing.
+const maxDockerfileBytes = 1 << 20
+
 // checkContext makes sure the context was uploaded in full and holds the
-// Dockerfile, so a build that cannot start is refused instead of queued.
-func (g *Gateway) checkContext(ctx context.Context, ref *kilnv1.ContextRef, dockerfile string) error {
+// Dockerfile, so a build that cannot start is refused instead of queued. It
+// returns the Dockerfile's content (nil for a symlinked one) for routing.
+func (g *Gateway) checkContext(ctx context.Context, ref *kilnv1.ContextRef, dockerfile string) ([]byte, error) {
 	ok, err := g.blobs.Has(ctx, ref.Digest.Hash, ref.Digest.SizeBytes)
 	if err != nil {
-		return err
+		return nil, err
 	}
 	if !ok {
-		return status.Errorf(codes.FailedPrecondition, "context blob %s (%d bytes) has not been uploaded: upload it with ContextService first", ref.Digest.Hash, ref.Digest.SizeBytes)
+		return nil, status.Errorf(codes.FailedPrecondition, "context blob %s (%d bytes) has not been uploaded: upload it with ContextService first", ref.Digest.Hash, ref.Digest.SizeBytes)
 	}
 	if ref.Format == kilnv1.ContextFormat_CONTEXT_FORMAT_MANIFEST {
 		return g.checkManifest(ctx, ref, dockerfile)
 	}
 	r, err := g.blobs.Get(ctx, ref.Digest.Hash)
 	if err != nil {
-		return err
+		return nil, err
 	}
 	defer r.Close()
 	tr := tar.NewReader(r)
 	for {
 		h, err := tr.Next()
 		if errors.Is(err, io.EOF) {
-			return invalid("Dockerfile %q not found in the build context", dockerfile)
+			return nil, invalid("Dockerfile %q not found in the build context", dockerfile)
 		}
 		if err != nil {
-			return invalid("context blob %s is not a readable tar: %v", ref.Digest.Hash, err)
+			return nil, invalid("context blob %s is not a readable tar: %v", ref.Digest.Hash, err)
 		}
 		if path.Clean(h.Name) == dockerfile && (h.Typeflag == tar.TypeReg || h.Typeflag == tar.TypeSymlink) {
-			return nil
+			data, _ := io.ReadAll(io.LimitReader(tr, maxDockerfileBytes))
+			return data, nil
 		}
 	}
 }
 
-func (g *Gateway) checkManifest(ctx context.Context, ref *kilnv1.ContextRef, dockerfile string) error {
+func (g *Gateway) checkManifest(ctx context.Context, ref *kilnv1.ContextRef, dockerfile string) ([]byte, error) {
 	if ref.Digest.SizeBytes > ctxmanifest.MaxManifestBytes {
-		return status.Errorf(codes.ResourceExhausted, "context manifest is %d bytes, over the limit of %d bytes", ref.Digest.SizeBytes, ctxmanifest.MaxManifestBytes)
+		return nil, status.Errorf(codes.ResourceExhausted, "context manifest is %d bytes, over the limit of %d bytes", ref.Digest.SizeBytes, ctxmanifest.MaxManifestBytes)
 	}
 	r, err := g.blobs.Get(ctx, ref.Digest.Hash)
 	if err != nil {
-		return err
+		return nil, err
 	}
 	defer r.Close()
 	data, err := io.ReadAll(io.LimitReader(r, ctxmanifest.MaxManifestBytes+1))
 	if err != nil {
-		return fmt.Errorf("read context manifest: %w", err)
+		return nil, fmt.Errorf("read context manifest: %w", err)
 	}
 	m, err := ctxmanifest.Unmarshal(data)
 	if err != nil {
-		return err
+		return nil, err
 	}
 	if _, err := ctxmanifest.Validate(m, g.limits.Context); err != nil {
-		return err
+		return nil, err
 	}
-	if e := ctxmanifest.Find(m, dockerfile); e == nil || (e.Type != kilnv1.EntryType_ENTRY_TYPE_FILE && e.Type != kilnv1.EntryType_ENTRY_TYPE_SYMLINK) {
-		return invalid("Dockerfile %q not found in the build context", dockerfile)
+	df := ctxmanifest.Find(m, dockerfile)
+	if df == nil || (df.Type != kilnv1.EntryType_ENTRY_TYPE_FILE && df.Type != kilnv1.EntryType_ENTRY_TYPE_SYMLINK) {
+		return nil, invalid("Dockerfile %q not found in the build context", dockerfile)
 	}
 	missing, err := g.missingFiles(ctx, m)
 	if err != nil {
-		return err
+		return nil, err
 	}
 	if len(missing) > 0 {
-		return status.Errorf(codes.FailedPrecondition, "%d blobs of the context have not been uploaded (first: %s): upload them with ContextService.UploadBlobs", len(missing), missing[0].Hash)
+		return nil, status.Errorf(codes.FailedPrecondition, "%d blobs of the context have not been uploaded (first: %s): upload them with ContextService.UploadBlobs", len(missing), missing[0].Hash)
 	}
-	return nil
+	if df.Type != kilnv1.EntryType_ENTRY_TYPE_FILE || df.Size > maxDockerfileBytes {
+		return nil, nil // route by lineage alone
+	}
+	dr, err := g.blobs.Get(ctx, df.Digest.Hash)
+	if err != nil {
+		return nil, err
+	}
+	defer dr.Close()
+	content, err := io.ReadAll(dr)
+	if err != nil {
+		return nil, fmt.Errorf("read Dockerfile: %w", err)
+	}
+	return content, nil
 }
 
 func idemKey(tenant, key string) string {

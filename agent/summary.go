@@ -1,0 +1,62 @@
+package agent
+
+import (
+	"slices"
+	"sync"
+
+	kilnv1 "github.com/kilnbuild/kiln/proto/gen/go/kiln/v1"
+)
+
+// Bounds of the cache summary an agent advertises.
+const (
+	maxSummaryLineages = 128
+	maxSummaryBases    = 64
+	maxSummaryChains   = 2048
+)
+
+// cacheSummary remembers, most recent first and bounded, what the agent's
+// engine holds layers for: the lineages, base images and instruction
+// chains of the builds it ran. Safe for concurrent use.
+type cacheSummary struct {
+	mu       sync.Mutex
+	lineages []string
+	bases    []string
+	chains   []string
+}
+
+// add records a finished build's affinity.
+func (s *cacheSummary) add(a *kilnv1.Affinity) {
+	if a == nil {
+		return
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if a.Lineage != "" {
+		s.lineages = pushFront(s.lineages, maxSummaryLineages, a.Lineage)
+	}
+	for _, b := range a.BaseImages {
+		s.bases = pushFront(s.bases, maxSummaryBases, b)
+	}
+	for i := len(a.Chain) - 1; i >= 0; i-- {
+		s.chains = pushFront(s.chains, maxSummaryChains, a.Chain[i])
+	}
+}
+
+// proto returns the summary for the heartbeat.
+func (s *cacheSummary) proto() *kilnv1.CacheSummary {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return &kilnv1.CacheSummary{Lineages: slices.Clone(s.lineages), BaseImages: slices.Clone(s.bases), Chains: slices.Clone(s.chains)}
+}
+
+// pushFront moves v to the front of xs, keeping at most max entries.
+func pushFront(xs []string, max int, v string) []string {
+	if i := slices.Index(xs, v); i >= 0 {
+		xs = slices.Delete(xs, i, i+1)
+	}
+	xs = slices.Insert(xs, 0, v)
+	if len(xs) > max {
+		xs = xs[:max]
+	}
+	return xs
+}
