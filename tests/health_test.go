@@ -64,6 +64,11 @@ func TestHealthReflectionAndHTTP(t *testing.T) {
 		t.Fatalf("agent record %v", a)
 	}
 
+	r := kiln(t, k.addrs.GRPC, "agents")
+	if r.code != 0 || !strings.Contains(r.stdout, "e2e-agent") || !strings.Contains(r.stdout, "ready") {
+		t.Fatalf("kiln agents: %s", r)
+	}
+
 	for path, want := range map[string]string{"/healthz": "ok", "/readyz": "ready", "/metrics": "go_goroutines"} {
 		res, err := http.Get("http://" + k.addrs.HTTP + path)
 		if err != nil {

@@ -54,6 +54,15 @@ func (c *Client) BuildService() kilnv1.BuildServiceClient { return c.builds }
 // ContextService returns the raw ContextService client on the Client's connection.
 func (c *Client) ContextService() kilnv1.ContextServiceClient { return c.contexts }
 
+// ListAgents returns the farm's agents whose heartbeat is current.
+func (c *Client) ListAgents(ctx context.Context) ([]*kilnv1.Agent, error) {
+	resp, err := kilnv1.NewAgentServiceClient(c.conn).ListAgents(ctx, &kilnv1.ListAgentsRequest{})
+	if err != nil {
+		return nil, fmt.Errorf("listing agents: %w", err)
+	}
+	return resp.Agents, nil
+}
+
 // GetBuild returns the current record of a build.
 func (c *Client) GetBuild(ctx context.Context, buildID string) (*kilnv1.Build, error) {
 	resp, err := c.builds.GetBuild(ctx, &kilnv1.GetBuildRequest{BuildId: buildID})

@@ -40,6 +40,9 @@ type buildFlags struct {
 	push, noCache, pull, quiet     bool
 	metadataFile, iidFile          string
 	gateway, token, idempotencyKey string
+	repository                     string
+	priority                       int32
+	agentLabels                    []string
 }
 
 // newBuildFlagSet returns the flag set of `kiln build`, docker-buildx
@@ -62,6 +65,9 @@ func newBuildFlagSet(f *buildFlags) *pflag.FlagSet {
 	fs.StringVar(&f.gateway, "gateway", "", fmt.Sprintf("Address of the kiln gateway; env KILN_GATEWAY (default %q)", DefaultGateway))
 	fs.StringVar(&f.token, "token", "", "Bearer token for the kiln gateway; env KILN_TOKEN")
 	fs.StringVar(&f.idempotencyKey, "idempotency-key", "", "Key that makes a retried command attach to the build it already started")
+	fs.StringVar(&f.repository, "repository", "", "Source repository, for cache-affinity routing (default: CI project, git remote origin, else the context path)")
+	fs.Int32Var(&f.priority, "priority", 0, "Priority among your queued builds (higher first)")
+	fs.StringArrayVar(&f.agentLabels, "agent-label", nil, "Run only on agents with this label (KEY=VALUE); repeatable")
 	return fs
 }
 
@@ -143,6 +149,14 @@ func parseBuildArgs(args []string, lookupEnv func(string) (string, bool)) (*buil
 	}
 	if o.dockerfile, err = resolveDockerfile(o.contextDir, f.file); err != nil {
 		return nil, err
+	}
+	o.spec.Priority = f.priority
+	if o.spec.AgentLabels, err = parseLabels(f.agentLabels); err != nil {
+		return nil, err
+	}
+	o.spec.Repository = f.repository
+	if o.spec.Repository == "" {
+		o.spec.Repository = detectRepository(o.contextDir, lookupEnv)
 	}
 	return o, nil
 }

@@ -69,6 +69,8 @@ func (a *App) Run(ctx context.Context, args []string) int {
 	switch cmd, rest := args[0], args[1:]; cmd {
 	case "build":
 		return a.build(ctx, rest)
+	case "agents":
+		return a.agents(ctx, rest)
 	case "version", "--version":
 		if len(rest) > 0 {
 			return a.usageErrorf("version", `"kiln version" accepts no arguments`)
@@ -96,6 +98,7 @@ Build container images on a kiln build farm.
 
 Commands:
   build     Build an image from a Dockerfile on the farm
+  agents    List the farm's build agents
   version   Show the kiln version
 
 Environment:

@@ -1,0 +1,92 @@
+package cli
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"os"
+	"sort"
+	"strings"
+	"text/tabwriter"
+	"time"
+
+	"github.com/spf13/pflag"
+	"google.golang.org/protobuf/encoding/protojson"
+
+	kilnv1 "github.com/kilnbuild/kiln/proto/gen/go/kiln/v1"
+	"github.com/kilnbuild/kiln/sdk/kiln"
+)
+
+// agents is `kiln agents`: the farm's agents, one per line.
+func (a *App) agents(ctx context.Context, args []string) int {
+	fs := pflag.NewFlagSet("agents", pflag.ContinueOnError)
+	fs.SetOutput(io.Discard)
+	gateway := fs.String("gateway", "", fmt.Sprintf("Address of the kiln gateway; env KILN_GATEWAY (default %q)", DefaultGateway))
+	token := fs.String("token", "", "Bearer token for the kiln gateway; env KILN_TOKEN")
+	format := fs.String("format", "table", `Output format: "table" or "json"`)
+	if err := fs.Parse(args); err != nil {
+		if err == pflag.ErrHelp {
+			fmt.Fprintf(a.Stdout, "Usage:  kiln agents [OPTIONS]\n\nList the farm's build agents.\n\nOptions:\n%s", fs.FlagUsages())
+			return ExitOK
+		}
+		return a.usageErrorf("agents", "%v", err)
+	}
+	if fs.NArg() != 0 || (*format != "table" && *format != "json") {
+		return a.usageErrorf("agents", `"kiln agents" takes no arguments and --format table|json`)
+	}
+	addr := flagOrEnv(fs, "gateway", *gateway, "KILN_GATEWAY", os.LookupEnv)
+	if addr == "" {
+		addr = DefaultGateway
+	}
+	var opts []kiln.Option
+	if t := flagOrEnv(fs, "token", *token, "KILN_TOKEN", os.LookupEnv); t != "" {
+		opts = append(opts, kiln.WithToken(t))
+	}
+	client, err := kiln.Dial(addr, opts...)
+	if err != nil {
+		fmt.Fprintf(a.Stderr, "ERROR: %v\n", err)
+		return ExitUsage
+	}
+	defer client.Close()
+	cctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+	defer cancel()
+	agents, err := client.ListAgents(cctx)
+	if err != nil {
+		code := ExitCode(err)
+		if code == ExitUnreachable {
+			fmt.Fprintf(a.Stderr, "ERROR: cannot reach the kiln gateway at %s: %v\n", addr, err)
+		} else {
+			fmt.Fprintf(a.Stderr, "ERROR: %v\n", err)
+		}
+		return code
+	}
+	if *format == "json" {
+		for _, ag := range agents {
+			line, _ := protojson.Marshal(ag)
+			fmt.Fprintln(a.Stdout, string(line))
+		}
+		return ExitOK
+	}
+	writeAgents(a.Stdout, agents, time.Now())
+	return ExitOK
+}
+
+func writeAgents(w io.Writer, agents []*kilnv1.Agent, now time.Time) {
+	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
+	fmt.Fprintln(tw, "NAME\tSTATE\tSLOTS\tENGINE\tSTORAGE\tLABELS\tCACHED LINEAGES\tLAST SEEN")
+	for _, ag := range agents {
+		labels := make([]string, 0, len(ag.Labels))
+		for k, v := range ag.Labels {
+			labels = append(labels, k+"="+v)
+		}
+		sort.Strings(labels)
+		seen := "-"
+		if ag.LastSeen != nil {
+			seen = now.Sub(ag.LastSeen.AsTime()).Round(time.Second).String() + " ago"
+		}
+		state := strings.ToLower(strings.TrimPrefix(ag.State.String(), "AGENT_STATE_"))
+		fmt.Fprintf(tw, "%s\t%s\t%d/%d busy\t%s (API %s)\t%s\t%s\t%d\t%s\n", ag.Name, state, ag.BusySlots, ag.Slots,
+			ag.EngineVersion, ag.EngineApiVersion, ag.StorageDriver, strings.Join(labels, ","), len(ag.GetCache().GetLineages()), seen)
+	}
+	tw.Flush()
+}
