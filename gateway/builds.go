@@ -69,7 +69,21 @@ func (g *Gateway) StartBuild(ctx context.Context, req *kilnv1.StartBuildRequest)
 			return &kilnv1.StartBuildResponse{Build: existing}, nil
 		}
 	}
-	if err := g.builds.Create(ctx, b); err != nil {
+	twin, release, err := g.joinInflight(ctx, inflightKey(tenant, spec, req.Context), b.Id)
+	if err == nil && twin != nil {
+		if req.IdempotencyKey != "" { // the key now means the build it joined
+			_, _ = g.idem.Put(ctx, idemKey(tenant, req.IdempotencyKey), []byte(twin.Id+" "+requestHash(req)))
+		}
+		g.log.Info("identical build in flight: merged", "build_id", twin.Id, "tenant", tenant)
+		return &kilnv1.StartBuildResponse{Build: twin}, nil
+	}
+	if err == nil {
+		err = g.builds.Create(ctx, b)
+		if err != nil {
+			release()
+		}
+	}
+	if err != nil {
 		if req.IdempotencyKey != "" {
 			_ = g.idem.Delete(context.WithoutCancel(ctx), idemKey(tenant, req.IdempotencyKey))
 		}

@@ -50,14 +50,15 @@ type Gateway struct {
 	kilnv1.UnimplementedContextServiceServer
 	kilnv1.UnimplementedAgentServiceServer
 
-	conn   *bus.Conn
-	log    *slog.Logger
-	builds *buildstore.Store
-	blobs  *cas.Store
-	idem   jetstream.KeyValue
-	agents jetstream.KeyValue
-	limits Limits
-	health *health.Server
+	conn     *bus.Conn
+	log      *slog.Logger
+	builds   *buildstore.Store
+	blobs    *cas.Store
+	idem     jetstream.KeyValue
+	inflight jetstream.KeyValue
+	agents   jetstream.KeyValue
+	limits   Limits
+	health   *health.Server
 }
 
 var (
@@ -80,6 +81,10 @@ func New(ctx context.Context, cfg Config) (*Gateway, error) {
 	if err != nil {
 		return nil, fmt.Errorf("open bucket %s: %w", bus.BucketIdempotency, err)
 	}
+	inflight, err := cfg.Conn.JS.KeyValue(ctx, bus.BucketInflight)
+	if err != nil {
+		return nil, fmt.Errorf("open bucket %s: %w", bus.BucketInflight, err)
+	}
 	agents, err := cfg.Conn.JS.KeyValue(ctx, bus.BucketAgents)
 	if err != nil {
 		return nil, fmt.Errorf("open bucket %s: %w", bus.BucketAgents, err)
@@ -92,7 +97,7 @@ func New(ctx context.Context, cfg Config) (*Gateway, error) {
 	}
 	return &Gateway{
 		conn: cfg.Conn, log: cfg.Logger, builds: builds, blobs: blobs,
-		idem: idem, agents: agents, limits: cfg.Limits, health: health.NewServer(),
+		idem: idem, inflight: inflight, agents: agents, limits: cfg.Limits, health: health.NewServer(),
 	}, nil
 }
 

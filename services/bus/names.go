@@ -21,6 +21,9 @@ const (
 	BucketBuilds = "KILN_BUILDS"
 	// BucketIdempotency maps idempotency keys to build ids for good.
 	BucketIdempotency = "KILN_IDEMPOTENCY"
+	// BucketInflight maps a build's identity (tenant, context, spec) to the
+	// build in flight with it, so identical requests merge.
+	BucketInflight = "KILN_INFLIGHT"
 	// BucketAgents holds agent heartbeats; entries expire with a TTL.
 	BucketAgents = "KILN_AGENTS"
 	// BucketCAS is the object store of build-context blobs.

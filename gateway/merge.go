@@ -1,0 +1,56 @@
+package gateway
+
+import (
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"errors"
+	"fmt"
+
+	"github.com/nats-io/nats.go/jetstream"
+	"google.golang.org/protobuf/proto"
+
+	kilnv1 "github.com/kilnbuild/kiln/proto/gen/go/kiln/v1"
+	"github.com/kilnbuild/kiln/services/buildstore"
+	"github.com/kilnbuild/kiln/services/bus"
+)
+
+// inflightKey identifies builds that would produce the same result: same
+// tenant, same context and the same spec (tags included).
+func inflightKey(tenant string, spec *kilnv1.BuildSpec, ref *kilnv1.ContextRef) string {
+	data, _ := proto.MarshalOptions{Deterministic: true}.Marshal(&kilnv1.StartBuildRequest{Spec: spec, Context: ref})
+	sum := sha256.Sum256(append([]byte(tenant+"\x00"), data...))
+	return hex.EncodeToString(sum[:])
+}
+
+// joinInflight claims key for the new build id, or returns the identical
+// build already in flight so the caller watches it instead of queuing a
+// twin. release undoes the claim if the new build is not created.
+func (g *Gateway) joinInflight(ctx context.Context, key, id string) (existing *kilnv1.Build, release func(), err error) {
+	for {
+		e, err := g.inflight.Get(ctx, key)
+		switch {
+		case bus.IsNotFound(err):
+			if _, err := g.inflight.Create(ctx, key, []byte(id)); errors.Is(err, jetstream.ErrKeyExists) {
+				continue // raced with an identical request: look again
+			} else if err != nil {
+				return nil, nil, fmt.Errorf("claim in-flight key: %w", err)
+			}
+		case err != nil:
+			return nil, nil, fmt.Errorf("read in-flight key: %w", err)
+		default:
+			b, _, gerr := g.builds.Get(ctx, string(e.Value()))
+			if gerr == nil && !buildstore.Terminal(b.State) {
+				return b, nil, nil
+			}
+			if gerr != nil && !errors.Is(gerr, buildstore.ErrNotFound) {
+				return nil, nil, gerr
+			}
+			// The build it named is over: this request starts a new one.
+			if _, err := g.inflight.Update(ctx, key, []byte(id), e.Revision()); err != nil {
+				continue
+			}
+		}
+		return nil, func() { _ = g.inflight.Delete(context.WithoutCancel(ctx), key) }, nil
+	}
+}
