@@ -201,6 +201,7 @@ func (a *Agent) handBack(ctx context.Context, b *kilnv1.Build, ev *events, log *
 		r.State = kilnv1.BuildState_BUILD_STATE_QUEUED
 		r.Agent = ""
 		r.LeaseExpiresAt = nil
+		r.QueuedAt = timestamppb.Now()
 		return nil
 	})
 	if err != nil {

@@ -3,10 +3,16 @@ package scheduler
 import (
 	"context"
 	"flag"
+	"fmt"
+	"log/slog"
+	"strconv"
 	"time"
 
 	"golang.org/x/sync/errgroup"
 
+	"github.com/kilnbuild/kiln/scheduler/routing"
+	"github.com/kilnbuild/kiln/services/bus"
+	"github.com/kilnbuild/kiln/services/config"
 	"github.com/kilnbuild/kiln/services/httpserver"
 	"github.com/kilnbuild/kiln/services/readyfile"
 	"github.com/kilnbuild/kiln/services/service"
@@ -17,6 +23,29 @@ type RunOptions struct {
 	service.Common
 	Lease       time.Duration
 	MaxAttempts uint
+	RouteDelay  time.Duration
+	Weights     config.Labels
+	Caps        config.Labels
+	DefaultCap  int
+}
+
+// routingConfig turns the flags into the router's configuration.
+func (o *RunOptions) routingConfig() (routing.Config, error) {
+	c := routing.Config{Delay: o.RouteDelay, DefaultCap: o.DefaultCap, TenantWeights: map[string]int{}, TenantCaps: map[string]int{}}
+	for flagName, in := range map[string]config.Labels{"tenant-weights": o.Weights, "tenant-caps": o.Caps} {
+		out := c.TenantWeights
+		if flagName == "tenant-caps" {
+			out = c.TenantCaps
+		}
+		for tenant, v := range in {
+			n, err := strconv.Atoi(v)
+			if err != nil || n < 0 {
+				return c, fmt.Errorf("--%s: %s=%q is not a non-negative number", flagName, tenant, v)
+			}
+			out[tenant] = n
+		}
+	}
+	return c, nil
 }
 
 // Flags registers the options on fs (each also read from KILN_<FLAG>).
@@ -30,6 +59,20 @@ func (o *RunOptions) Flags(fs *flag.FlagSet) {
 // (kilnd's --lease serves its scheduler and its agent alike).
 func (o *RunOptions) SchedulingFlags(fs *flag.FlagSet) {
 	fs.UintVar(&o.MaxAttempts, "max-attempts", DefaultMaxAttempts, "agents a build may lose before it fails")
+	fs.DurationVar(&o.RouteDelay, "route-delay", DefaultRouteDelay, "how long a build waits for a busy agent holding its cache before it runs elsewhere")
+	o.Weights, o.Caps = config.Labels{}, config.Labels{}
+	fs.Var(o.Weights, "tenant-weights", "tenant=weight,… for weighted round-robin across tenants (default weight 1)")
+	fs.Var(o.Caps, "tenant-caps", "tenant=max,… builds a tenant may run at once")
+	fs.IntVar(&o.DefaultCap, "default-tenant-cap", 0, "builds any other tenant may run at once (0: no cap)")
+}
+
+// Config returns the scheduler configuration the flags describe.
+func (o *RunOptions) Config(conn *bus.Conn, log *slog.Logger, lease time.Duration) (Config, error) {
+	rc, err := o.routingConfig()
+	if err != nil {
+		return Config{}, err
+	}
+	return Config{Conn: conn, Logger: log, Lease: lease, MaxAttempts: uint32(o.MaxAttempts), Routing: rc}, nil
 }
 
 // Run connects to NATS and schedules until ctx ends.
@@ -39,7 +82,11 @@ func Run(ctx context.Context, o RunOptions) error {
 		return err
 	}
 	defer conn.Close()
-	s, err := New(ctx, Config{Conn: conn, Logger: log, Lease: o.Lease, MaxAttempts: uint32(o.MaxAttempts)})
+	cfg, err := o.Config(conn, log, o.Lease)
+	if err != nil {
+		return err
+	}
+	s, err := New(ctx, cfg)
 	if err != nil {
 		return err
 	}

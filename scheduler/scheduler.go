@@ -3,11 +3,13 @@
 // (the queue, the set of builds under lease) and rebuilds it from KV when it
 // starts, so a restart loses nothing.
 //
-//	gateway ──kiln.requests──▶ intake ──▶ queue ──▶ pull responder ◀──kiln.sched.pull── agents
-//	                                        ▲             │ QUEUED → ASSIGNED (CAS)
-//	                                        └── sweeper ◀─┘ lease lapsed → QUEUED, attempt+1 on next assignment
+//	gateway ──kiln.requests──▶ intake ──▶ dispatcher ◀──kiln.sched.pull── agents
+//	                                        ▲   │ routing.Route: cache affinity, delay
+//	                                        │   │ scheduling, fairness; QUEUED → ASSIGNED (CAS)
+//	                                        └── sweeper: lease lapsed → QUEUED, attempt+1 on next assignment
 //
-// Routing is first-in, first-out in this version.
+// The dispatcher (dispatcher.go) owns the queue and the agents' waiting
+// pulls; routing decisions are the pure function in package routing.
 package scheduler
 
 import (
@@ -15,6 +17,8 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"strconv"
+	"strings"
 	"sync"
 	"time"
 
@@ -24,7 +28,7 @@ import (
 	"google.golang.org/protobuf/types/known/timestamppb"
 
 	kilnv1 "github.com/kilnbuild/kiln/proto/gen/go/kiln/v1"
-	"github.com/kilnbuild/kiln/scheduler/queue"
+	"github.com/kilnbuild/kiln/scheduler/routing"
 	"github.com/kilnbuild/kiln/services/buildstore"
 	"github.com/kilnbuild/kiln/services/bus"
 )
@@ -43,6 +47,8 @@ type Config struct {
 	MaxAttempts uint32
 	// SweepEvery is how often lapsed leases are looked for.
 	SweepEvery time.Duration
+	// Routing tunes the router (delay, tenant weights and caps).
+	Routing routing.Config
 	// Now is the clock (time.Now when nil).
 	Now func() time.Time
 }
@@ -53,6 +59,7 @@ const (
 	DefaultAssignTimeout = 15 * time.Second
 	DefaultMaxAttempts   = 3
 	DefaultSweepEvery    = time.Second
+	DefaultRouteDelay    = 2 * time.Second
 	maxPollWait          = 60 * time.Second
 	// replyMargin keeps the answer inside the agent's request timeout.
 	replyMargin = 500 * time.Millisecond
@@ -63,11 +70,10 @@ type Scheduler struct {
 	cfg    Config
 	log    *slog.Logger
 	builds *buildstore.Store
-	queue  *queue.FIFO
+	d      *dispatcher
 
-	mu      sync.Mutex
-	leased  map[string]struct{}                         // builds ASSIGNED or RUNNING
-	waiting map[string]map[*nats.Msg]context.CancelFunc // agent → its pulls waiting for work
+	mu     sync.Mutex
+	leased map[string]struct{} // builds ASSIGNED or RUNNING, for the sweeper
 }
 
 // New binds a Scheduler to the farm's NATS resources (bus.Setup must have run).
@@ -94,20 +100,23 @@ func New(ctx context.Context, cfg Config) (*Scheduler, error) {
 	if cfg.Logger == nil {
 		cfg.Logger = slog.Default()
 	}
-	return &Scheduler{cfg: cfg, log: cfg.Logger, builds: builds, queue: queue.NewFIFO(),
-		leased: map[string]struct{}{}, waiting: map[string]map[*nats.Msg]context.CancelFunc{}}, nil
+	if cfg.Routing.Delay == 0 {
+		cfg.Routing.Delay = DefaultRouteDelay
+	}
+	s := &Scheduler{cfg: cfg, log: cfg.Logger, builds: builds, leased: map[string]struct{}{}}
+	s.d = newDispatcher(s)
+	return s, nil
 }
-
-// QueueLen is the number of builds waiting for an agent.
-func (s *Scheduler) QueueLen() int { return s.queue.Len() }
 
 // Run recovers state from KV, then consumes intake, answers pulls and
 // sweeps leases until ctx ends.
 func (s *Scheduler) Run(ctx context.Context) error {
+	eg, ctx := errgroup.WithContext(ctx)
+	eg.Go(func() error { return s.d.run(ctx) })
 	if err := s.recoverState(ctx); err != nil {
 		return err
 	}
-	eg, ctx := errgroup.WithContext(ctx)
+	eg.Go(func() error { return s.d.watchAgents(ctx) })
 	eg.Go(func() error { return s.consumeIntake(ctx) })
 	eg.Go(func() error { return s.servePulls(ctx) })
 	eg.Go(func() error { return s.sweep(ctx) })
@@ -129,10 +138,11 @@ func (s *Scheduler) recoverState(ctx context.Context) error {
 		b := all[i]
 		switch b.State {
 		case kilnv1.BuildState_BUILD_STATE_QUEUED:
-			s.queue.Push(b.Id)
+			s.d.send(ctx, event{enqueue: b})
 			queued++
 		case kilnv1.BuildState_BUILD_STATE_ASSIGNED, kilnv1.BuildState_BUILD_STATE_RUNNING:
 			s.track(b.Id)
+			s.d.send(ctx, event{leased: b})
 			leased++
 		}
 	}
@@ -146,10 +156,11 @@ func (s *Scheduler) track(id string) {
 	s.mu.Unlock()
 }
 
-func (s *Scheduler) untrack(id string) {
+func (s *Scheduler) untrack(ctx context.Context, id string) {
 	s.mu.Lock()
 	delete(s.leased, id)
 	s.mu.Unlock()
+	s.d.send(ctx, event{released: id})
 }
 
 // consumeIntake moves new builds from KILN_REQUESTS into the queue.
@@ -169,7 +180,18 @@ func (s *Scheduler) consumeIntake(ctx context.Context) error {
 			_ = msg.Term()
 			return
 		}
-		s.queue.Push(req.BuildId)
+		b, _, err := s.builds.Get(ctx, req.BuildId)
+		if err != nil {
+			if errors.Is(err, buildstore.ErrNotFound) {
+				_ = msg.Term()
+			} else {
+				_ = msg.Nak() // try again later
+			}
+			return
+		}
+		if b.State == kilnv1.BuildState_BUILD_STATE_QUEUED {
+			s.d.send(ctx, event{enqueue: b})
+		}
 		_ = msg.Ack()
 	})
 	if err != nil {
@@ -180,18 +202,9 @@ func (s *Scheduler) consumeIntake(ctx context.Context) error {
 	return ctx.Err()
 }
 
-// servePulls answers agents' long-poll WorkOffers, each in its own
-// goroutine so one waiting agent does not hold up another.
+// servePulls hands agents' WorkOffers and withdrawals to the dispatcher.
 func (s *Scheduler) servePulls(ctx context.Context) error {
-	var wg sync.WaitGroup
-	defer wg.Wait()
-	sub, err := s.cfg.Conn.NC.QueueSubscribe(bus.SubjectPull, "kiln-scheduler", func(msg *nats.Msg) {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			s.answerPull(ctx, msg)
-		}()
-	})
+	sub, err := s.cfg.Conn.NC.QueueSubscribe(bus.SubjectPull, "kiln-scheduler", func(msg *nats.Msg) { s.d.onPull(ctx, msg) })
 	if err != nil {
 		return fmt.Errorf("subscribe %s: %w", bus.SubjectPull, err)
 	}
@@ -199,8 +212,8 @@ func (s *Scheduler) servePulls(ctx context.Context) error {
 	// Every scheduler hears withdrawals: the agent's pulls may wait on any.
 	wsub, err := s.cfg.Conn.NC.Subscribe(bus.SubjectWithdraw, func(msg *nats.Msg) {
 		offer := &kilnv1.WorkOffer{}
-		if err := bus.Decode(msg.Data, offer); err == nil {
-			s.withdraw(offer.Agent)
+		if err := bus.Decode(msg.Data, offer); err == nil && offer.Agent != "" {
+			s.d.send(ctx, event{withdraw: offer.Agent})
 		}
 	})
 	if err != nil {
@@ -211,117 +224,7 @@ func (s *Scheduler) servePulls(ctx context.Context) error {
 	return ctx.Err()
 }
 
-// withdraw ends every pull the agent has waiting, unanswered.
-func (s *Scheduler) withdraw(agent string) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	for _, cancel := range s.waiting[agent] {
-		cancel()
-	}
-	delete(s.waiting, agent)
-}
-
-// wait registers a pull as waiting; the returned func unregisters it.
-func (s *Scheduler) wait(agent string, msg *nats.Msg, cancel context.CancelFunc) func() {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	if s.waiting[agent] == nil {
-		s.waiting[agent] = map[*nats.Msg]context.CancelFunc{}
-	}
-	s.waiting[agent][msg] = cancel
-	return func() {
-		s.mu.Lock()
-		defer s.mu.Unlock()
-		delete(s.waiting[agent], msg)
-		if len(s.waiting[agent]) == 0 {
-			delete(s.waiting, agent)
-		}
-	}
-}
-
-func (s *Scheduler) answerPull(ctx context.Context, msg *nats.Msg) {
-	offer := &kilnv1.WorkOffer{}
-	if err := bus.Decode(msg.Data, offer); err != nil || offer.Agent == "" {
-		s.log.Warn("ignoring malformed work offer", "err", err)
-		return
-	}
-	wait := min(max(offer.GetWait().AsDuration()-replyMargin, 0), maxPollWait)
-	wctx, cancel := context.WithTimeout(ctx, wait)
-	defer cancel()
-	withdrawn, stopWithdraw := context.WithCancel(context.Background())
-	defer stopWithdraw()
-	defer s.wait(offer.Agent, msg, stopWithdraw)()
-	stop := context.AfterFunc(withdrawn, cancel)
-	defer stop()
-	resp := &kilnv1.WorkAssignment{}
-	for offer.FreeSlots > 0 && len(resp.Builds) < int(offer.FreeSlots) {
-		pctx := wctx
-		if len(resp.Builds) > 0 {
-			pctx = ctx // got one already: take more only if queued now
-		}
-		id, err := s.queue.Pop(pctx)
-		if err != nil {
-			break
-		}
-		if withdrawn.Err() != nil {
-			s.queue.Push(id) // the agent left while the id was being popped
-			return
-		}
-		b, err := s.assign(ctx, id, offer.Agent)
-		if err != nil {
-			s.log.Error("assign build", "build_id", id, "err", err)
-			continue
-		}
-		if b != nil {
-			resp.Builds = append(resp.Builds, b)
-		}
-		if len(resp.Builds) > 0 && s.queue.Len() == 0 {
-			break
-		}
-	}
-	if (ctx.Err() != nil || withdrawn.Err() != nil) && len(resp.Builds) == 0 {
-		return
-	}
-	reply, err := bus.NewMsg(msg.Reply, resp)
-	if err == nil {
-		err = s.cfg.Conn.NC.PublishMsg(reply)
-	}
-	if err != nil {
-		// The lease brings the builds back if the agent never hears of them.
-		s.log.Error("reply to work offer", "agent", offer.Agent, "err", err)
-	}
-}
-
 var errNotQueued = errors.New("build is no longer queued")
-
-// assign gives a queued build to agent. It returns nil, nil if the build
-// left the queue meanwhile (cancelled).
-func (s *Scheduler) assign(ctx context.Context, id, agent string) (*kilnv1.Build, error) {
-	now := s.cfg.Now()
-	b, err := s.builds.Update(ctx, id, func(b *kilnv1.Build) error {
-		if b.State != kilnv1.BuildState_BUILD_STATE_QUEUED {
-			return errNotQueued
-		}
-		b.State = kilnv1.BuildState_BUILD_STATE_ASSIGNED
-		b.Agent = agent
-		b.Attempt++
-		b.LeaseExpiresAt = timestamppb.New(now.Add(s.cfg.AssignTimeout))
-		return nil
-	})
-	if errors.Is(err, errNotQueued) || errors.Is(err, buildstore.ErrNotFound) {
-		return nil, nil
-	}
-	if err != nil {
-		return nil, err
-	}
-	s.track(id)
-	s.event(ctx, b, &kilnv1.StateChanged{
-		State: b.State, Agent: agent, Attempt: b.Attempt,
-		Message: fmt.Sprintf("assigned to agent %q (attempt %d, first in first out)", agent, b.Attempt),
-	})
-	s.log.Info("build assigned", "build_id", id, "agent", agent, "attempt", b.Attempt)
-	return b, nil
-}
 
 func (s *Scheduler) event(ctx context.Context, b *kilnv1.Build, sc *kilnv1.StateChanged) {
 	if err := bus.PublishEvent(ctx, s.cfg.Conn.JS, &kilnv1.BuildEvent{
@@ -360,7 +263,7 @@ func (s *Scheduler) checkLease(ctx context.Context, id string) error {
 	now := s.cfg.Now()
 	cur, _, err := s.builds.Get(ctx, id)
 	if errors.Is(err, buildstore.ErrNotFound) || (err == nil && !leased(cur.State)) {
-		s.untrack(id) // finished, cancelled or handed back
+		s.untrack(ctx, id) // finished, cancelled or handed back
 		return nil
 	}
 	if err != nil || !lapsed(cur, now) {
@@ -372,14 +275,16 @@ func (s *Scheduler) checkLease(ctx context.Context, id string) error {
 			return errNotLeased
 		}
 		lostAgent = b.Agent
+		b.LostAgents = append(b.LostAgents, lostAgent)
 		b.Agent = ""
 		b.LeaseExpiresAt = nil
 		if b.Attempt >= s.cfg.MaxAttempts {
 			b.State = kilnv1.BuildState_BUILD_STATE_FAILED
 			b.FinishedAt = timestamppb.New(now)
-			b.Error = fmt.Sprintf("build lost its agent %d times (last: %q stopped renewing its lease); giving up", b.Attempt, lostAgent)
+			b.Error = fmt.Sprintf("build lost its agent %d times (%s stopped renewing its lease); giving up", b.Attempt, quoteAll(b.LostAgents))
 		} else {
 			b.State = kilnv1.BuildState_BUILD_STATE_QUEUED
+			b.QueuedAt = timestamppb.New(now)
 		}
 		return nil
 	})
@@ -389,7 +294,7 @@ func (s *Scheduler) checkLease(ctx context.Context, id string) error {
 	if err != nil {
 		return err
 	}
-	s.untrack(id)
+	s.untrack(ctx, id)
 	if b.State == kilnv1.BuildState_BUILD_STATE_FAILED {
 		s.log.Warn("build failed: agents lost", "build_id", id, "attempts", b.Attempt)
 		if err := bus.PublishEvent(ctx, s.cfg.Conn.JS, &kilnv1.BuildEvent{
@@ -404,7 +309,7 @@ func (s *Scheduler) checkLease(ctx context.Context, id string) error {
 		State: b.State, Attempt: b.Attempt,
 		Message: fmt.Sprintf("agent %q stopped renewing its lease; re-queued", lostAgent),
 	})
-	s.queue.Push(id)
+	s.d.send(ctx, event{enqueue: b})
 	s.log.Warn("lease lapsed; build re-queued", "build_id", id, "agent", lostAgent, "attempt", b.Attempt)
 	return nil
 }
@@ -417,4 +322,16 @@ func leased(st kilnv1.BuildState) bool {
 
 func lapsed(b *kilnv1.Build, now time.Time) bool {
 	return b.LeaseExpiresAt == nil || !now.Before(b.LeaseExpiresAt.AsTime())
+}
+
+// quoteAll renders names as "a", "b" and "c".
+func quoteAll(names []string) string {
+	q := make([]string, len(names))
+	for i, n := range names {
+		q[i] = strconv.Quote(n)
+	}
+	if len(q) < 2 {
+		return strings.Join(q, "")
+	}
+	return strings.Join(q[:len(q)-1], ", ") + " and " + q[len(q)-1]
 }

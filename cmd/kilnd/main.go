@@ -94,10 +94,11 @@ func run(ctx context.Context, o options, log *slog.Logger) error {
 	if err != nil {
 		return err
 	}
-	sched, err := scheduler.New(ctx, scheduler.Config{
-		Conn: conn, Logger: log.With("service", "scheduler"),
-		Lease: o.agent.Lease, MaxAttempts: uint32(o.sched.MaxAttempts),
-	})
+	schedCfg, err := o.sched.Config(conn, log.With("service", "scheduler"), o.agent.Lease)
+	if err != nil {
+		return err
+	}
+	sched, err := scheduler.New(ctx, schedCfg)
 	if err != nil {
 		return err
 	}

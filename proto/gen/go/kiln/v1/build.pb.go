@@ -443,7 +443,10 @@ type Build struct {
 	IdempotencyKey string            `protobuf:"bytes,16,opt,name=idempotency_key,json=idempotencyKey,proto3" json:"idempotency_key,omitempty"`
 	Affinity       *Affinity         `protobuf:"bytes,17,opt,name=affinity,proto3" json:"affinity,omitempty"`
 	// queued_at is when the build last entered the queue.
-	QueuedAt      *timestamppb.Timestamp `protobuf:"bytes,18,opt,name=queued_at,json=queuedAt,proto3" json:"queued_at,omitempty"`
+	QueuedAt *timestamppb.Timestamp `protobuf:"bytes,18,opt,name=queued_at,json=queuedAt,proto3" json:"queued_at,omitempty"`
+	// lost_agents lists the agents that stopped renewing this build's lease,
+	// oldest first.
+	LostAgents    []string `protobuf:"bytes,19,rep,name=lost_agents,json=lostAgents,proto3" json:"lost_agents,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -600,6 +603,13 @@ func (x *Build) GetAffinity() *Affinity {
 func (x *Build) GetQueuedAt() *timestamppb.Timestamp {
 	if x != nil {
 		return x.QueuedAt
+	}
+	return nil
+}
+
+func (x *Build) GetLostAgents() []string {
+	if x != nil {
+		return x.LostAgents
 	}
 	return nil
 }
@@ -1635,7 +1645,7 @@ const file_kiln_v1_build_proto_rawDesc = "" +
 	"\bimage_id\x18\x01 \x01(\tR\aimageId\x12,\n" +
 	"\x06pushed\x18\x02 \x03(\v2\x14.kiln.v1.PushedImageR\x06pushed\x12\x14\n" +
 	"\x05steps\x18\x03 \x01(\rR\x05steps\x12!\n" +
-	"\fcached_steps\x18\x04 \x01(\rR\vcachedSteps\"\xe2\x06\n" +
+	"\fcached_steps\x18\x04 \x01(\rR\vcachedSteps\"\x83\a\n" +
 	"\x05Build\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x12\x16\n" +
 	"\x06tenant\x18\x02 \x01(\tR\x06tenant\x12&\n" +
@@ -1658,7 +1668,9 @@ const file_kiln_v1_build_proto_rawDesc = "" +
 	"\rtrace_context\x18\x0f \x03(\v2 .kiln.v1.Build.TraceContextEntryR\ftraceContext\x12'\n" +
 	"\x0fidempotency_key\x18\x10 \x01(\tR\x0eidempotencyKey\x12-\n" +
 	"\baffinity\x18\x11 \x01(\v2\x11.kiln.v1.AffinityR\baffinity\x127\n" +
-	"\tqueued_at\x18\x12 \x01(\v2\x1a.google.protobuf.TimestampR\bqueuedAt\x1a?\n" +
+	"\tqueued_at\x18\x12 \x01(\v2\x1a.google.protobuf.TimestampR\bqueuedAt\x12\x1f\n" +
+	"\vlost_agents\x18\x13 \x03(\tR\n" +
+	"lostAgents\x1a?\n" +
 	"\x11TraceContextEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
 	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"1\n" +

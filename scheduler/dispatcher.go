@@ -1,0 +1,303 @@
+package scheduler
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"sort"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+	"google.golang.org/protobuf/types/known/timestamppb"
+
+	kilnv1 "github.com/kilnbuild/kiln/proto/gen/go/kiln/v1"
+	"github.com/kilnbuild/kiln/scheduler/routing"
+	"github.com/kilnbuild/kiln/services/bus"
+)
+
+// The dispatcher is one goroutine that owns the queue, the agents' waiting
+// pulls and the view of the agents. Everything else sends it events; after
+// each event it asks the pure router which queued builds go where now and
+// answers the pulls of the chosen agents.
+//
+//	intake, lease sweeps ─┐
+//	pulls, withdrawals ───┼─▶ events ─▶ dispatcher ─▶ routing.Route ─▶ CAS ASSIGNED ─▶ reply to pull
+//	agent heartbeats ─────┘                 ▲
+//	                                        └─ timer: next pull deadline or delay expiry
+
+// event is something the dispatcher must react to.
+type event struct {
+	enqueue  *kilnv1.Build // a build entered the queue
+	pull     *pull         // an agent offers a slot
+	withdraw string        // an agent takes its pulls back
+	agent    *kilnv1.Agent // a heartbeat
+	released string        // a leased build ended (its tenant's count drops)
+	leased   *kilnv1.Build // a build found under lease (recovery)
+	done     chan struct{} // closed once the event is handled (tests, recovery)
+}
+
+// pull is one agent's waiting request for one build.
+type pull struct {
+	agent    string
+	reply    string
+	deadline time.Time
+}
+
+type dispatcher struct {
+	s        *Scheduler
+	queue    map[string]*kilnv1.Build
+	pulls    map[string][]*pull
+	agents   map[string]*kilnv1.Agent
+	leased   map[string]string // build id → tenant, for caps and fairness
+	events   chan event
+	agentTTL time.Duration
+}
+
+func newDispatcher(s *Scheduler) *dispatcher {
+	return &dispatcher{
+		s: s, queue: map[string]*kilnv1.Build{}, pulls: map[string][]*pull{},
+		agents: map[string]*kilnv1.Agent{}, leased: map[string]string{},
+		events: make(chan event, 1024), agentTTL: bus.DefaultLimits.AgentTTL,
+	}
+}
+
+// send hands ev to the dispatcher unless ctx ends first.
+func (d *dispatcher) send(ctx context.Context, ev event) {
+	select {
+	case d.events <- ev:
+	case <-ctx.Done():
+	}
+}
+
+// run handles events until ctx ends; pulls still waiting are left to time
+// out at their agents.
+func (d *dispatcher) run(ctx context.Context) error {
+	timer := time.NewTimer(time.Hour)
+	defer timer.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case ev := <-d.events:
+			d.apply(ev)
+			// Take every event already waiting before routing once.
+			for more := true; more; {
+				select {
+				case ev := <-d.events:
+					d.apply(ev)
+				default:
+					more = false
+				}
+			}
+		case <-timer.C:
+		}
+		timer.Reset(max(d.dispatch(ctx), time.Millisecond))
+	}
+}
+
+func (d *dispatcher) apply(ev event) {
+	if ev.done != nil {
+		defer close(ev.done)
+	}
+	switch {
+	case ev.enqueue != nil:
+		d.queue[ev.enqueue.Id] = ev.enqueue
+		delete(d.leased, ev.enqueue.Id)
+	case ev.pull != nil:
+		d.pulls[ev.pull.agent] = append(d.pulls[ev.pull.agent], ev.pull)
+	case ev.withdraw != "":
+		delete(d.pulls, ev.withdraw)
+	case ev.agent != nil:
+		d.agents[ev.agent.Name] = ev.agent
+	case ev.released != "":
+		delete(d.leased, ev.released)
+	case ev.leased != nil:
+		d.leased[ev.leased.Id] = ev.leased.Tenant
+	}
+}
+
+// dispatch answers expired pulls, routes, assigns, and returns how soon
+// it next needs to run.
+func (d *dispatcher) dispatch(ctx context.Context) time.Duration {
+	wall := time.Now()
+	next := time.Hour
+	for name, ps := range d.pulls {
+		kept := ps[:0]
+		for _, p := range ps {
+			if !wall.Before(p.deadline) {
+				d.reply(p, nil)
+				continue
+			}
+			kept = append(kept, p)
+			next = min(next, p.deadline.Sub(wall))
+		}
+		if len(kept) == 0 {
+			delete(d.pulls, name)
+		} else {
+			d.pulls[name] = kept
+		}
+	}
+	if len(d.queue) == 0 {
+		return next
+	}
+	now := d.s.cfg.Now()
+	queue, agents, running := d.inputs(now)
+	for _, a := range routing.Route(d.s.cfg.Routing, queue, agents, running, now) {
+		d.assign(ctx, a)
+	}
+	if len(d.queue) > 0 {
+		queue, agents, running = d.inputs(now)
+		if w := routing.NextWake(d.s.cfg.Routing, queue, agents, running, now); !w.IsZero() {
+			next = min(next, w.Sub(now))
+		}
+	}
+	return next
+}
+
+// inputs turns the dispatcher's state into the router's.
+func (d *dispatcher) inputs(now time.Time) ([]routing.Build, []routing.Agent, map[string]int) {
+	queue := make([]routing.Build, 0, len(d.queue))
+	for _, b := range d.queue {
+		queue = append(queue, routingBuild(b))
+	}
+	sort.Slice(queue, func(i, j int) bool { return queue[i].ID < queue[j].ID })
+	var agents []routing.Agent
+	seen := map[string]bool{}
+	for name, a := range d.agents {
+		fresh := a.LastSeen != nil && now.Sub(a.LastSeen.AsTime()) < d.agentTTL
+		if !fresh || a.State != kilnv1.AgentState_AGENT_STATE_READY {
+			continue // out of rotation: draining, engine down or gone
+		}
+		seen[name] = true
+		agents = append(agents, routing.Agent{
+			Name: name, FreeSlots: len(d.pulls[name]), Slots: int(a.Slots), Running: int(a.BusySlots),
+			Labels: a.Labels, Lineages: a.GetCache().GetLineages(), BaseImages: a.GetCache().GetBaseImages(), Chains: a.GetCache().GetChains(),
+		})
+	}
+	for name, ps := range d.pulls { // pulling before its first heartbeat was seen
+		if !seen[name] && d.agents[name] == nil {
+			agents = append(agents, routing.Agent{Name: name, FreeSlots: len(ps), Slots: len(ps)})
+		}
+	}
+	sort.Slice(agents, func(i, j int) bool { return agents[i].Name < agents[j].Name })
+	running := map[string]int{}
+	for _, tenant := range d.leased {
+		running[tenant]++
+	}
+	return queue, agents, running
+}
+
+func routingBuild(b *kilnv1.Build) routing.Build {
+	queuedAt := b.GetQueuedAt()
+	if queuedAt == nil {
+		queuedAt = b.GetCreatedAt()
+	}
+	return routing.Build{
+		ID: b.Id, Tenant: b.Tenant, Priority: b.GetSpec().GetPriority(),
+		Lineage: b.GetAffinity().GetLineage(), BaseImages: b.GetAffinity().GetBaseImages(), Chain: b.GetAffinity().GetChain(),
+		Labels: b.GetSpec().GetAgentLabels(), QueuedAt: queuedAt.AsTime(),
+	}
+}
+
+// assign moves one routed build to ASSIGNED and answers one of its agent's
+// pulls. A build that left the queue meanwhile (cancelled) is dropped.
+func (d *dispatcher) assign(ctx context.Context, a routing.Assignment) {
+	ps := d.pulls[a.Agent]
+	if len(ps) == 0 {
+		return
+	}
+	delete(d.queue, a.Build)
+	now := d.s.cfg.Now()
+	b, err := d.s.builds.Update(ctx, a.Build, func(b *kilnv1.Build) error {
+		if b.State != kilnv1.BuildState_BUILD_STATE_QUEUED {
+			return errNotQueued
+		}
+		b.State = kilnv1.BuildState_BUILD_STATE_ASSIGNED
+		b.Agent = a.Agent
+		b.Attempt++
+		b.LeaseExpiresAt = timestamppb.New(now.Add(d.s.cfg.AssignTimeout))
+		return nil
+	})
+	if err != nil {
+		if !errors.Is(err, errNotQueued) {
+			d.s.log.Error("assign build", "build_id", a.Build, "err", err)
+		}
+		return
+	}
+	p := ps[0]
+	if len(ps) == 1 {
+		delete(d.pulls, a.Agent)
+	} else {
+		d.pulls[a.Agent] = ps[1:]
+	}
+	d.leased[b.Id] = b.Tenant
+	d.s.track(b.Id)
+	d.reply(p, b)
+	d.s.event(ctx, b, &kilnv1.StateChanged{
+		State: b.State, Agent: a.Agent, Attempt: b.Attempt,
+		Message: fmt.Sprintf("assigned to agent %q (attempt %d): %s", a.Agent, b.Attempt, a.Explanation),
+	})
+	d.s.log.Info("build assigned", "build_id", b.Id, "agent", a.Agent, "attempt", b.Attempt,
+		"reason", a.Reason.String(), "score", a.Score, "best_score", a.BestScore)
+}
+
+// reply answers a pull with a build, or with nothing.
+func (d *dispatcher) reply(p *pull, b *kilnv1.Build) {
+	resp := &kilnv1.WorkAssignment{}
+	if b != nil {
+		resp.Builds = []*kilnv1.Build{b}
+	}
+	msg, err := bus.NewMsg(p.reply, resp)
+	if err == nil {
+		err = d.s.cfg.Conn.NC.PublishMsg(msg)
+	}
+	if err != nil {
+		// The lease brings the build back if the agent never hears of it.
+		d.s.log.Error("reply to work offer", "agent", p.agent, "err", err)
+	}
+}
+
+// watchAgents feeds agent heartbeats to the dispatcher.
+func (d *dispatcher) watchAgents(ctx context.Context) error {
+	kv, err := d.s.cfg.Conn.JS.KeyValue(ctx, bus.BucketAgents)
+	if err != nil {
+		return fmt.Errorf("open bucket %s: %w", bus.BucketAgents, err)
+	}
+	w, err := kv.WatchAll(ctx)
+	if err != nil {
+		return fmt.Errorf("watch agents: %w", err)
+	}
+	defer w.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case e, ok := <-w.Updates():
+			if !ok {
+				return errors.New("agent watch ended")
+			}
+			if e == nil || e.Operation() != jetstream.KeyValuePut {
+				continue // nil marks the end of the initial values; deletes age out by last_seen
+			}
+			a := &kilnv1.Agent{}
+			if err := bus.Decode(e.Value(), a); err != nil {
+				continue
+			}
+			d.send(ctx, event{agent: a})
+		}
+	}
+}
+
+// onPull turns a WorkOffer message into a pull event.
+func (d *dispatcher) onPull(ctx context.Context, msg *nats.Msg) {
+	offer := &kilnv1.WorkOffer{}
+	if err := bus.Decode(msg.Data, offer); err != nil || offer.Agent == "" || msg.Reply == "" {
+		d.s.log.Warn("ignoring malformed work offer", "err", err)
+		return
+	}
+	// One request is answered once, so it stands for one slot. Its
+	// deadline is the agent's own wall-clock timeout, not scheduler time.
+	wait := min(max(offer.GetWait().AsDuration()-replyMargin, 0), maxPollWait)
+	d.send(ctx, event{pull: &pull{agent: offer.Agent, reply: msg.Reply, deadline: time.Now().Add(wait)}})
+}

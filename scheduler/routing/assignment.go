@@ -1,0 +1,29 @@
+package routing
+
+import "time"
+
+// Assignment sends one queued build to one agent.
+type Assignment struct {
+	Build, Agent string
+	// Score is the build's cache score on Agent: the layers it can expect to
+	// reuse there, plus the warm-engine bonuses (see [Index]).
+	Score int
+	// BestScore is the best score any eligible agent had, busy or not.
+	BestScore int
+	Reason    Reason
+	// Explanation says it for a person, e.g.
+	// `cache score 6 (lineage, base image, 4 of 6 instructions)`,
+	// `spilled after 2s: preferred agent "a" busy (cache score 6 there, 1 here)`,
+	// `no cache history: lineage hashes to "b"`.
+	Explanation string
+}
+
+// Decision is the outcome of one routing pass.
+type Decision struct {
+	// Assignments in the order they were made (fairness order).
+	Assignments []Assignment
+	// Wake is the earliest time at which a build held back by delay
+	// scheduling may spill (zero if none is held): when to route again if
+	// nothing else happens first.
+	Wake time.Time
+}

@@ -1,0 +1,20 @@
+package routing
+
+import "time"
+
+// Build is a queued build as routing sees it.
+type Build struct {
+	ID       string
+	Tenant   string
+	Priority int32 // higher first within a tenant
+	// Lineage is the hash of tenant, repository, Dockerfile path and target.
+	// An empty lineage matches no agent's history and hashes by ID instead.
+	Lineage    string
+	BaseImages []string
+	// Chain[i] is the hash of the leading instructions 0..i.
+	Chain  []string
+	Labels map[string]string // required agent labels (all must match)
+	// QueuedAt is when the build entered the queue; delay scheduling counts
+	// from here.
+	QueuedAt time.Time
+}

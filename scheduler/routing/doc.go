@@ -1,0 +1,29 @@
+// Package routing decides which queued builds go to which agents, now: kiln's
+// cache-affinity routing as a pure function. It does no I/O, reads no clock,
+// starts no goroutines and keeps no global state, so the scheduler calls it on
+// every event (a build queued, a pull arrived, a timer fired) and tests,
+// fuzzing and bench/routingsim drive it directly.
+//
+// A decision runs in four steps (README.md draws them):
+//
+//   - Fairness picks whose build is looked at next: weighted round-robin
+//     across tenants (lowest (running+assigned)/weight first), per-tenant
+//     concurrency caps, and within a tenant higher Priority, then older
+//     QueuedAt, then ID.
+//   - Feasibility keeps the agents that carry all of the build's Labels.
+//   - Scoring counts the layers each agent can reuse (see [Index] for the
+//     formula) through inverted indexes, so only agents holding something
+//     the build needs are ever touched.
+//   - Placement sends the build to the best-scoring agent with a free slot
+//     (Affinity). When every best-scoring agent is busy the build waits up to
+//     Config.Delay from QueuedAt before it spills to the best agent that is
+//     free (delay scheduling, Zaharia et al. 2010). A build no agent holds
+//     anything for is placed by consistent hashing with bounded loads on its
+//     lineage (Mirrokni et al. 2018), with the same delay before it spills.
+//
+// [Route] and [NextWake] are the simple entry points. A scheduler that routes
+// often keeps an [Index] (the agents' cache summaries, label classes and hash
+// ring, updated one agent at a time with [Index.Set]) and calls
+// [Index.Decide], which returns the assignments and the next wake-up from a
+// single pass.
+package routing

@@ -1,0 +1,219 @@
+package routing
+
+import (
+	"math/bits"
+	"slices"
+	"time"
+)
+
+// tenantQueue is one tenant's share of the queue during a decision.
+type tenantQueue struct {
+	name   string
+	weight int64
+	limit  int64   // cap, 0 = unlimited
+	count  int64   // running + assigned in this decision
+	builds []int32 // queue indexes, a heap in fairness order once heaped
+	heaped bool
+	epoch  uint64 // decision this entry was last reset for
+}
+
+// before orders tenants for weighted round-robin: lowest
+// (running+assigned)/weight first, then by name.
+func (a *tenantQueue) before(b *tenantQueue) bool {
+	// a.count/a.weight < b.count/b.weight, multiplied out in 128 bits.
+	ah, al := bits.Mul64(uint64(a.count), uint64(b.weight))
+	bh, bl := bits.Mul64(uint64(b.count), uint64(a.weight))
+	if ah != bh {
+		return ah < bh
+	}
+	if al != bl {
+		return al < bl
+	}
+	return a.name < b.name
+}
+
+func (a *tenantQueue) full() bool { return a.limit > 0 && a.count >= a.limit }
+
+// buildKey is a build's place in its tenant's order, packed for the heap.
+type buildKey struct {
+	sec  int64 // QueuedAt, wall clock
+	nsec int32
+	prio int32
+}
+
+func keyOf(b *Build) buildKey {
+	return buildKey{sec: b.QueuedAt.Unix(), nsec: int32(b.QueuedAt.Nanosecond()), prio: b.Priority}
+}
+
+// group sorts the queue into tenants and returns the heap of tenants that
+// may take a build. Builds of tenants at their cap are not even ordered.
+func (d *decision) group() {
+	sc := &d.x.sc
+	sc.keys = slices.Grow(sc.keys[:0], len(d.queue))[:len(d.queue)]
+	sc.active = sc.active[:0]
+	var last *tenantQueue
+	for i := range d.queue {
+		b := &d.queue[i]
+		t := last
+		if t == nil || t.name != b.Tenant {
+			t = sc.tenants[b.Tenant]
+			if t == nil {
+				t = &tenantQueue{name: b.Tenant}
+				sc.tenants[b.Tenant] = t
+			}
+			if t.epoch != sc.epoch {
+				t.epoch, t.builds, t.heaped = sc.epoch, t.builds[:0], false
+				t.weight, t.limit = d.cfg.weight(t.name), d.cfg.limit(t.name)
+				t.count = int64(max(d.running[t.name], 0))
+				if !t.full() {
+					sc.active = append(sc.active, t)
+				}
+			}
+			last = t
+		}
+		if t.full() {
+			continue
+		}
+		t.builds = append(t.builds, int32(i))
+		sc.keys[i] = keyOf(b)
+	}
+	for name, t := range sc.tenants { // forget tenants that left the queue
+		if t.epoch != sc.epoch {
+			delete(sc.tenants, name)
+		}
+	}
+	for i := len(sc.active)/2 - 1; i >= 0; i-- {
+		d.tenantDown(i)
+	}
+}
+
+func (d *decision) tenantDown(i int) {
+	h := d.x.sc.active
+	for {
+		l := 2*i + 1
+		if l >= len(h) {
+			return
+		}
+		m := l
+		if r := l + 1; r < len(h) && h[r].before(h[l]) {
+			m = r
+		}
+		if !h[m].before(h[i]) {
+			return
+		}
+		h[i], h[m] = h[m], h[i]
+		i = m
+	}
+}
+
+// dropTenant removes the tenant at the top of the heap.
+func (d *decision) dropTenant() {
+	h := d.x.sc.active
+	n := len(h) - 1
+	h[0] = h[n]
+	h[n] = nil
+	d.x.sc.active = h[:n]
+	d.tenantDown(0)
+}
+
+// buildBefore is the order within a tenant: higher Priority, older
+// QueuedAt, then ID (then queue position, for duplicate IDs).
+func (d *decision) buildBefore(i, j int32) bool {
+	a, b := &d.x.sc.keys[i], &d.x.sc.keys[j]
+	if a.prio != b.prio {
+		return a.prio > b.prio
+	}
+	if a.sec != b.sec {
+		return a.sec < b.sec
+	}
+	if a.nsec != b.nsec {
+		return a.nsec < b.nsec
+	}
+	if ia, ib := d.queue[i].ID, d.queue[j].ID; ia != ib {
+		return ia < ib
+	}
+	return i < j
+}
+
+func (d *decision) buildDown(h []int32, i int) {
+	for {
+		l := 2*i + 1
+		if l >= len(h) {
+			return
+		}
+		m := l
+		if r := l + 1; r < len(h) && d.buildBefore(h[r], h[l]) {
+			m = r
+		}
+		if !d.buildBefore(h[m], h[i]) {
+			return
+		}
+		h[i], h[m] = h[m], h[i]
+		i = m
+	}
+}
+
+// next pops t's next build in fairness order.
+func (d *decision) next(t *tenantQueue) int32 {
+	h := t.builds
+	if !t.heaped {
+		for i := len(h)/2 - 1; i >= 0; i-- {
+			d.buildDown(h, i)
+		}
+		t.heaped = true
+	}
+	top := h[0]
+	n := len(h) - 1
+	h[0] = h[n]
+	t.builds = h[:n]
+	d.buildDown(t.builds, 0)
+	return top
+}
+
+// decision is one routing pass.
+type decision struct {
+	x       *Index
+	cfg     Config
+	delay   time.Duration
+	c       float64
+	queue   []Build
+	running map[string]int
+	now     time.Time
+	out     Decision
+}
+
+// run is the fairness loop: it offers the free slots to tenants in weighted
+// round-robin order, each tenant its next routable build, until the slots or
+// the routable builds run out. A build that cannot go now (held for its
+// preferred agent, or no eligible agent free) is passed over for this
+// decision only; it stays queued, and the tenant's next build is tried.
+func (d *decision) run() {
+	sc := &d.x.sc
+	d.group()
+	for len(sc.active) > 0 && sc.totalFree > 0 {
+		t := sc.active[0]
+		placed := false
+		for len(t.builds) > 0 && sc.totalFree > 0 {
+			b := &d.queue[d.next(t)]
+			if _, dup := sc.assigned[b.ID]; dup {
+				continue
+			}
+			if a, ok := d.place(b); ok {
+				sc.assigned[b.ID] = struct{}{}
+				d.out.Assignments = append(d.out.Assignments, a)
+				placed = true
+				break
+			}
+		}
+		if !placed {
+			d.dropTenant()
+			continue
+		}
+		t.count++
+		if t.full() {
+			d.dropTenant()
+		} else {
+			d.tenantDown(0)
+		}
+	}
+}
