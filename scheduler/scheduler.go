@@ -47,6 +47,8 @@ type Config struct {
 	MaxAttempts uint32
 	// SweepEvery is how often lapsed leases are looked for.
 	SweepEvery time.Duration
+	// LeaderLease is how long a leader holds office without renewing.
+	LeaderLease time.Duration
 	// Routing tunes the router (delay, tenant weights and caps).
 	Routing routing.Config
 	// Now is the clock (time.Now when nil).
@@ -100,6 +102,9 @@ func New(ctx context.Context, cfg Config) (*Scheduler, error) {
 	if cfg.Logger == nil {
 		cfg.Logger = slog.Default()
 	}
+	if cfg.LeaderLease == 0 {
+		cfg.LeaderLease = DefaultLeaderLease
+	}
 	if cfg.Routing.Delay == 0 {
 		cfg.Routing.Delay = DefaultRouteDelay
 	}
@@ -108,9 +113,79 @@ func New(ctx context.Context, cfg Config) (*Scheduler, error) {
 	return s, nil
 }
 
-// Run recovers state from KV, then consumes intake, answers pulls and
-// sweeps leases until ctx ends.
+// Run campaigns for the leadership and, while it holds it, schedules:
+// state recovered from KV, intake consumed, pulls answered, leases swept.
+// Losing the leadership stops the scheduling until it is won back; ending
+// ctx resigns it so a standby takes over at once.
 func (s *Scheduler) Run(ctx context.Context) error {
+	el, err := newElector(ctx, s.cfg.Conn.JS, s.cfg.LeaderLease, s.cfg.Now)
+	if err != nil {
+		return err
+	}
+	defer el.resign(context.WithoutCancel(ctx))
+	tick := time.NewTicker(s.cfg.LeaderLease / 3)
+	defer tick.Stop()
+	var term *term // the current term of office, nil while standing by
+	defer func() { term.end() }()
+	for {
+		leader, err := el.try(ctx)
+		if err != nil && ctx.Err() == nil {
+			s.log.Warn("leader election", "err", err)
+		}
+		switch {
+		case leader && term == nil:
+			s.log.Info("leading the schedulers", "id", el.id)
+			term = s.startTerm(ctx)
+		case !leader && term != nil:
+			s.log.Warn("lost the scheduler leadership; standing by", "id", el.id)
+			term.end()
+			term = nil
+		}
+		var ended chan error
+		if term != nil {
+			ended = term.done
+		}
+		select {
+		case <-ctx.Done():
+			return nil
+		case err := <-ended:
+			term = nil
+			if ctx.Err() == nil && err != nil && !errors.Is(err, context.Canceled) {
+				return err
+			}
+		case <-tick.C:
+		}
+	}
+}
+
+// term is one term of office: the scheduling goroutine and how to end it.
+type term struct {
+	cancel context.CancelFunc
+	done   chan error
+}
+
+func (s *Scheduler) startTerm(ctx context.Context) *term {
+	lctx, cancel := context.WithCancel(ctx)
+	t := &term{cancel: cancel, done: make(chan error, 1)}
+	go func() { t.done <- s.lead(lctx) }()
+	return t
+}
+
+// end stops the term and waits for its goroutine; nil is a no-op.
+func (t *term) end() {
+	if t == nil {
+		return
+	}
+	t.cancel()
+	<-t.done
+}
+
+// lead schedules until ctx ends, from state rebuilt from KV.
+func (s *Scheduler) lead(ctx context.Context) error {
+	s.mu.Lock()
+	s.leased = map[string]struct{}{}
+	s.mu.Unlock()
+	s.d = newDispatcher(s)
 	eg, ctx := errgroup.WithContext(ctx)
 	eg.Go(func() error { return s.d.run(ctx) })
 	if err := s.recoverState(ctx); err != nil {

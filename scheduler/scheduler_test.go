@@ -69,6 +69,16 @@ func (f *fixture) queue(t *testing.T, id string) {
 	}
 }
 
+// submit queues a build as the gateway does: record, then intake message.
+func (f *fixture) submit(t *testing.T, id string) {
+	t.Helper()
+	f.queue(t, id)
+	msg, _ := bus.NewMsg(bus.SubjectRequests, &kilnv1.BuildRequested{BuildId: id})
+	if _, err := f.conn.JS.PublishMsg(context.Background(), msg); err != nil {
+		t.Fatal(err)
+	}
+}
+
 // pull sends one WorkOffer over NATS, as an agent does.
 func (f *fixture) pull(t *testing.T, agent string, wait time.Duration) []*kilnv1.Build {
 	t.Helper()

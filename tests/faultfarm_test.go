@@ -7,10 +7,13 @@ import (
 	"encoding/json"
 	"errors"
 	"io"
+	"maps"
 	"net"
+	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -119,6 +122,22 @@ func (p *faultProc) signal(t testing.TB, sig syscall.Signal) {
 	if err := p.cmd.Process.Signal(sig); err != nil {
 		t.Fatalf("signal %v to %s: %v", sig, p.name, err)
 	}
+}
+
+// ready reports whether the process answers 200 on /readyz.
+func (p *faultProc) ready() bool {
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, "http://"+p.addrs["http"]+"/readyz", nil)
+	if err != nil {
+		return false
+	}
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		return false
+	}
+	resp.Body.Close()
+	return resp.StatusCode == http.StatusOK
 }
 
 // waitLog waits until a line of the process's log satisfies match.
@@ -231,12 +250,22 @@ func (f *faultFarm) startAgent(name string, e *enginetest.Engine) *faultProc {
 	return p
 }
 
-// restartNATS shuts the NATS server down and starts it again on the same
-// port and store directory; between the two, run (if not nil) runs.
+// restartNATS shuts the NATS server down, waits until every running kiln
+// process reports it unready (/readyz), runs between (if not nil), and
+// starts NATS again on the same port and store directory.
 func (f *faultFarm) restartNATS(between func()) {
 	f.t.Helper()
 	f.ns.Shutdown()
 	f.ns.WaitForShutdown()
+	down := time.Now()
+	waitFor(f.t, 30*time.Second, "every process to notice NATS is down", func() bool {
+		for _, p := range f.running() {
+			if p.ready() {
+				return false
+			}
+		}
+		return true
+	})
 	if between != nil {
 		between()
 	}
@@ -245,6 +274,30 @@ func (f *faultFarm) restartNATS(between func()) {
 		f.t.Fatalf("restart NATS on %s: %v", f.natsAddr, err)
 	}
 	f.ns = ns
+	f.t.Logf("NATS was down for %v", time.Since(down).Round(time.Millisecond))
+	up := time.Now()
+	waitFor(f.t, time.Minute, "every process to be ready again", func() bool {
+		for _, p := range f.running() {
+			if !p.ready() {
+				return false
+			}
+		}
+		return true
+	})
+	f.t.Logf("every process was ready %v after NATS came back", time.Since(up).Round(time.Millisecond))
+}
+
+// running lists the farm's processes that have not exited.
+func (f *faultFarm) running() []*faultProc {
+	var out []*faultProc
+	for _, p := range append([]*faultProc{f.gw, f.sched}, slices.Collect(maps.Values(f.agents))...) {
+		select {
+		case <-p.exited:
+		default:
+			out = append(out, p)
+		}
+	}
+	return out
 }
 
 // submit uploads a context holding dockerfile and starts a build of it
@@ -259,7 +312,12 @@ func (f *faultFarm) submit(t testing.TB, dockerfile string, spec *kilnv1.BuildSp
 }
 
 func (f *faultFarm) trySubmit(ctx context.Context, t testing.TB, dockerfile string, spec *kilnv1.BuildSpec) (string, error) {
-	blob := tarContext(t, map[string]string{"Dockerfile": dockerfile})
+	return f.trySubmitFiles(ctx, t, map[string]string{"Dockerfile": dockerfile}, spec)
+}
+
+// trySubmitFiles uploads a tar context of files and starts a build of it.
+func (f *faultFarm) trySubmitFiles(ctx context.Context, t testing.TB, files map[string]string, spec *kilnv1.BuildSpec) (string, error) {
+	blob := tarContext(t, files)
 	d := digestOf(blob)
 	if err := uploadCtx(ctx, f.cs, blob, d); err != nil {
 		return "", err
@@ -276,14 +334,29 @@ func (f *faultFarm) trySubmit(ctx context.Context, t testing.TB, dockerfile stri
 	return resp.Build.Id, nil
 }
 
-// uploadCtx is upload with a context and no testing.TB, for goroutines.
+// uploadCtx uploads blob in 1 MiB chunks, with a context and no
+// testing.TB so goroutines may call it.
 func uploadCtx(ctx context.Context, cs kilnv1.ContextServiceClient, blob []byte, d *kilnv1.Digest) error {
 	stream, err := cs.UploadBlobs(ctx)
 	if err != nil {
 		return err
 	}
-	if err := stream.Send(&kilnv1.UploadBlobsRequest{Digest: d, Data: blob, FinishWrite: true}); err != nil && !errors.Is(err, io.EOF) {
-		return err
+	const chunk = 1 << 20
+	for off := 0; ; off += chunk {
+		end := min(off+chunk, len(blob))
+		req := &kilnv1.UploadBlobsRequest{WriteOffset: int64(off), Data: blob[off:end], FinishWrite: end == len(blob)}
+		if off == 0 {
+			req.Digest = d
+		}
+		if err := stream.Send(req); err != nil {
+			if errors.Is(err, io.EOF) {
+				break // the gateway ended the upload; CloseAndRecv says why
+			}
+			return err
+		}
+		if end == len(blob) {
+			break
+		}
 	}
 	_, err = stream.CloseAndRecv()
 	return err

@@ -2,6 +2,7 @@ package tests
 
 import (
 	"context"
+	"crypto/rand"
 	"fmt"
 	"strings"
 	"sync"
@@ -352,4 +353,47 @@ func TestFaultNATSRestart(t *testing.T) {
 	restartMidRun(t, "nats", func(f *faultFarm, submitDuring func()) {
 		f.restartNATS(submitDuring)
 	})
+}
+
+// TestFaultNATSRestartDuringContextFetch restarts NATS while the agent
+// streams a large context from the farm's CAS to its engine (the build is
+// RUNNING and no step has started): the interruption is the farm's, not
+// the build's, so the build must still succeed.
+func TestFaultNATSRestartDuringContextFetch(t *testing.T) {
+	engines := enginetest.StartEngines(t, "fetch1")
+	f := startFaultFarm(t, faultFarmOptions{}, engines, "fetch-a")
+	n := uniq()
+	big := make([]byte, 96<<20)
+	if _, err := rand.Read(big); err != nil {
+		t.Fatal(err)
+	}
+	id, err := f.trySubmitFiles(context.Background(), t, map[string]string{
+		"Dockerfile": fmt.Sprintf("FROM %s\nRUN echo fetched-%s\n", f.base, n),
+		"big.bin":    string(big),
+	}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, time.Minute, "the build to run", func() bool { return f.get(t, id).State == running })
+	down := time.Now()
+	f.restartNATS(nil)
+
+	fin := f.watch(t, id).finished(t, 90*time.Second)
+	log := f.eventLog(t, id)
+	for _, ev := range log {
+		if ev.GetStepStarted() != nil {
+			if at := ev.Time.AsTime(); at.Before(down) {
+				t.Logf("the first step started %v before NATS went down: the fetch was over", down.Sub(at))
+			}
+			break
+		}
+	}
+	b := f.get(t, id)
+	t.Logf("build ended %s at attempt %d: %s", b.State, b.Attempt, b.Error)
+	if fin.State != succeeded || b.State != succeeded {
+		t.Errorf("build ended %s (record %s), want SUCCEEDED: a NATS restart during the context fetch failed it: %s", fin.State, b.State, b.Error)
+	}
+	if fins := finishedEvents(log); len(fins) != 1 {
+		t.Errorf("build has %d finished events, want 1:\n%s", len(fins), eventsString(log))
+	}
 }

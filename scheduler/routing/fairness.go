@@ -6,15 +6,43 @@ import (
 	"time"
 )
 
-// tenantQueue is one tenant's share of the queue during a decision.
+// tenantQueue is one tenant's share of the queue during a decision, split
+// by label class: when no agent of a class has a free slot, all of the
+// tenant's builds needing it are passed over at once.
 type tenantQueue struct {
 	name   string
 	weight int64
-	limit  int64   // cap, 0 = unlimited
-	count  int64   // running + assigned in this decision
+	limit  int64 // cap, 0 = unlimited
+	count  int64 // running + assigned in this decision
+	parts  []*part
+	pool   []*part // parts of earlier decisions, for reuse
+	epoch  uint64  // decision this entry was last reset for
+}
+
+// part is a tenant's builds needing one label class.
+type part struct {
+	c      *class
 	builds []int32 // queue indexes, a heap in fairness order once heaped
 	heaped bool
-	epoch  uint64 // decision this entry was last reset for
+}
+
+// partFor returns t's part for class c, adding it if new.
+func (t *tenantQueue) partFor(c *class) *part {
+	for _, p := range t.parts {
+		if p.c == c {
+			return p
+		}
+	}
+	if len(t.pool) > len(t.parts) {
+		p := t.pool[len(t.parts)]
+		p.c, p.builds, p.heaped = c, p.builds[:0], false
+		t.parts = append(t.parts, p)
+		return p
+	}
+	p := &part{c: c}
+	t.parts = append(t.parts, p)
+	t.pool = append(t.pool, p)
+	return p
 }
 
 // before orders tenants for weighted round-robin: lowest
@@ -51,7 +79,8 @@ func (d *decision) group() {
 	sc := &d.x.sc
 	sc.keys = slices.Grow(sc.keys[:0], len(d.queue))[:len(d.queue)]
 	sc.active = sc.active[:0]
-	var last *tenantQueue
+	var last, lastTenant *tenantQueue
+	var lastPart *part
 	for i := range d.queue {
 		b := &d.queue[i]
 		t := last
@@ -62,7 +91,7 @@ func (d *decision) group() {
 				sc.tenants[b.Tenant] = t
 			}
 			if t.epoch != sc.epoch {
-				t.epoch, t.builds, t.heaped = sc.epoch, t.builds[:0], false
+				t.epoch, t.parts = sc.epoch, t.parts[:0]
 				t.weight, t.limit = d.cfg.weight(t.name), d.cfg.limit(t.name)
 				t.count = int64(max(d.running[t.name], 0))
 				if !t.full() {
@@ -74,7 +103,11 @@ func (d *decision) group() {
 		if t.full() {
 			continue
 		}
-		t.builds = append(t.builds, int32(i))
+		c := d.x.classFor(b.Labels)
+		if lastPart == nil || lastPart.c != c || lastTenant != t {
+			lastPart, lastTenant = t.partFor(c), t
+		}
+		lastPart.builds = append(lastPart.builds, int32(i))
 		sc.keys[i] = keyOf(b)
 	}
 	for name, t := range sc.tenants { // forget tenants that left the queue
@@ -153,21 +186,36 @@ func (d *decision) buildDown(h []int32, i int) {
 	}
 }
 
-// next pops t's next build in fairness order.
-func (d *decision) next(t *tenantQueue) int32 {
-	h := t.builds
-	if !t.heaped {
-		for i := len(h)/2 - 1; i >= 0; i-- {
-			d.buildDown(h, i)
+// next pops t's next build in fairness order among those whose class has
+// a free slot, with its class; -1 if there is none.
+func (d *decision) next(t *tenantQueue) (int32, *class) {
+	var best *part
+	for _, p := range t.parts {
+		if len(p.builds) == 0 {
+			continue
 		}
-		t.heaped = true
+		if d.enter(p.c); p.c.free <= 0 {
+			continue
+		}
+		if !p.heaped {
+			for i := len(p.builds)/2 - 1; i >= 0; i-- {
+				d.buildDown(p.builds, i)
+			}
+			p.heaped = true
+		}
+		if best == nil || d.buildBefore(p.builds[0], best.builds[0]) {
+			best = p
+		}
 	}
-	top := h[0]
-	n := len(h) - 1
+	if best == nil {
+		return -1, nil
+	}
+	h := best.builds
+	top, n := h[0], len(h)-1
 	h[0] = h[n]
-	t.builds = h[:n]
-	d.buildDown(t.builds, 0)
-	return top
+	best.builds = h[:n]
+	d.buildDown(best.builds, 0)
+	return top, best.c
 }
 
 // decision is one routing pass.
@@ -187,18 +235,23 @@ type decision struct {
 // the routable builds run out. A build that cannot go now (held for its
 // preferred agent, or no eligible agent free) is passed over for this
 // decision only; it stays queued, and the tenant's next build is tried.
+// Builds whose label class has no free slot left are not even looked at.
 func (d *decision) run() {
 	sc := &d.x.sc
 	d.group()
 	for len(sc.active) > 0 && sc.totalFree > 0 {
 		t := sc.active[0]
 		placed := false
-		for len(t.builds) > 0 && sc.totalFree > 0 {
-			b := &d.queue[d.next(t)]
+		for sc.totalFree > 0 {
+			i, c := d.next(t)
+			if i < 0 {
+				break
+			}
+			b := &d.queue[i]
 			if _, dup := sc.assigned[b.ID]; dup {
 				continue
 			}
-			if a, ok := d.place(b); ok {
+			if a, ok := d.place(b, c); ok {
 				sc.assigned[b.ID] = struct{}{}
 				d.out.Assignments = append(d.out.Assignments, a)
 				placed = true

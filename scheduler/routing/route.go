@@ -87,12 +87,8 @@ func (d *decision) spillable(b *Build) bool {
 }
 
 // place decides for one build: an assignment, or nothing (held or blocked).
-func (d *decision) place(b *Build) (Assignment, bool) {
-	c := d.x.classFor(b.Labels)
-	d.enter(c)
-	if c.free <= 0 {
-		return Assignment{}, false // no eligible agent has a free slot
-	}
+// c is the class of b's labels and has a free slot.
+func (d *decision) place(b *Build, c *class) (Assignment, bool) {
 	sc := &d.x.sc
 	cands := d.x.candidates(b)
 

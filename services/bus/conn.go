@@ -97,6 +97,7 @@ func Setup(ctx context.Context, js jetstream.JetStream, l Limits) error {
 		{Bucket: BucketBuilds, History: 1, Storage: jetstream.FileStorage, Replicas: l.Replicas},
 		{Bucket: BucketIdempotency, History: 1, Storage: jetstream.FileStorage, Replicas: l.Replicas},
 		{Bucket: BucketInflight, History: 1, Storage: jetstream.FileStorage, Replicas: l.Replicas},
+		{Bucket: BucketLeader, History: 1, Storage: jetstream.FileStorage, Replicas: l.Replicas},
 		{Bucket: BucketAgents, History: 1, Storage: jetstream.FileStorage, Replicas: l.Replicas, TTL: l.AgentTTL},
 	} {
 		if _, err := js.CreateOrUpdateKeyValue(ctx, kv); err != nil {

@@ -24,6 +24,8 @@ const (
 	// BucketInflight maps a build's identity (tenant, context, spec) to the
 	// build in flight with it, so identical requests merge.
 	BucketInflight = "KILN_INFLIGHT"
+	// BucketLeader holds the scheduler leader's lease.
+	BucketLeader = "KILN_LEADER"
 	// BucketAgents holds agent heartbeats; entries expire with a TTL.
 	BucketAgents = "KILN_AGENTS"
 	// BucketCAS is the object store of build-context blobs.

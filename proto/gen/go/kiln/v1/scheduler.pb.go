@@ -10,6 +10,7 @@ import (
 	protoreflect "google.golang.org/protobuf/reflect/protoreflect"
 	protoimpl "google.golang.org/protobuf/runtime/protoimpl"
 	durationpb "google.golang.org/protobuf/types/known/durationpb"
+	timestamppb "google.golang.org/protobuf/types/known/timestamppb"
 	reflect "reflect"
 	sync "sync"
 	unsafe "unsafe"
@@ -176,11 +177,65 @@ func (x *WorkAssignment) GetBuilds() []*Build {
 	return nil
 }
 
+// LeaderLease is the scheduler leadership record in KV KILN_LEADER: the
+// holder schedules until expires_at and renews it with compare-and-swap.
+type LeaderLease struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Holder        string                 `protobuf:"bytes,1,opt,name=holder,proto3" json:"holder,omitempty"`
+	ExpiresAt     *timestamppb.Timestamp `protobuf:"bytes,2,opt,name=expires_at,json=expiresAt,proto3" json:"expires_at,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *LeaderLease) Reset() {
+	*x = LeaderLease{}
+	mi := &file_kiln_v1_scheduler_proto_msgTypes[3]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *LeaderLease) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*LeaderLease) ProtoMessage() {}
+
+func (x *LeaderLease) ProtoReflect() protoreflect.Message {
+	mi := &file_kiln_v1_scheduler_proto_msgTypes[3]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use LeaderLease.ProtoReflect.Descriptor instead.
+func (*LeaderLease) Descriptor() ([]byte, []int) {
+	return file_kiln_v1_scheduler_proto_rawDescGZIP(), []int{3}
+}
+
+func (x *LeaderLease) GetHolder() string {
+	if x != nil {
+		return x.Holder
+	}
+	return ""
+}
+
+func (x *LeaderLease) GetExpiresAt() *timestamppb.Timestamp {
+	if x != nil {
+		return x.ExpiresAt
+	}
+	return nil
+}
+
 var File_kiln_v1_scheduler_proto protoreflect.FileDescriptor
 
 const file_kiln_v1_scheduler_proto_rawDesc = "" +
 	"\n" +
-	"\x17kiln/v1/scheduler.proto\x12\akiln.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x13kiln/v1/build.proto\"+\n" +
+	"\x17kiln/v1/scheduler.proto\x12\akiln.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x13kiln/v1/build.proto\"+\n" +
 	"\x0eBuildRequested\x12\x19\n" +
 	"\bbuild_id\x18\x01 \x01(\tR\abuildId\"o\n" +
 	"\tWorkOffer\x12\x14\n" +
@@ -189,7 +244,11 @@ const file_kiln_v1_scheduler_proto_rawDesc = "" +
 	"free_slots\x18\x02 \x01(\rR\tfreeSlots\x12-\n" +
 	"\x04wait\x18\x03 \x01(\v2\x19.google.protobuf.DurationR\x04wait\"8\n" +
 	"\x0eWorkAssignment\x12&\n" +
-	"\x06builds\x18\x01 \x03(\v2\x0e.kiln.v1.BuildR\x06buildsB7Z5github.com/kilnbuild/kiln/proto/gen/go/kiln/v1;kilnv1b\x06proto3"
+	"\x06builds\x18\x01 \x03(\v2\x0e.kiln.v1.BuildR\x06builds\"`\n" +
+	"\vLeaderLease\x12\x16\n" +
+	"\x06holder\x18\x01 \x01(\tR\x06holder\x129\n" +
+	"\n" +
+	"expires_at\x18\x02 \x01(\v2\x1a.google.protobuf.TimestampR\texpiresAtB7Z5github.com/kilnbuild/kiln/proto/gen/go/kiln/v1;kilnv1b\x06proto3"
 
 var (
 	file_kiln_v1_scheduler_proto_rawDescOnce sync.Once
@@ -203,22 +262,25 @@ func file_kiln_v1_scheduler_proto_rawDescGZIP() []byte {
 	return file_kiln_v1_scheduler_proto_rawDescData
 }
 
-var file_kiln_v1_scheduler_proto_msgTypes = make([]protoimpl.MessageInfo, 3)
+var file_kiln_v1_scheduler_proto_msgTypes = make([]protoimpl.MessageInfo, 4)
 var file_kiln_v1_scheduler_proto_goTypes = []any{
-	(*BuildRequested)(nil),      // 0: kiln.v1.BuildRequested
-	(*WorkOffer)(nil),           // 1: kiln.v1.WorkOffer
-	(*WorkAssignment)(nil),      // 2: kiln.v1.WorkAssignment
-	(*durationpb.Duration)(nil), // 3: google.protobuf.Duration
-	(*Build)(nil),               // 4: kiln.v1.Build
+	(*BuildRequested)(nil),        // 0: kiln.v1.BuildRequested
+	(*WorkOffer)(nil),             // 1: kiln.v1.WorkOffer
+	(*WorkAssignment)(nil),        // 2: kiln.v1.WorkAssignment
+	(*LeaderLease)(nil),           // 3: kiln.v1.LeaderLease
+	(*durationpb.Duration)(nil),   // 4: google.protobuf.Duration
+	(*Build)(nil),                 // 5: kiln.v1.Build
+	(*timestamppb.Timestamp)(nil), // 6: google.protobuf.Timestamp
 }
 var file_kiln_v1_scheduler_proto_depIdxs = []int32{
-	3, // 0: kiln.v1.WorkOffer.wait:type_name -> google.protobuf.Duration
-	4, // 1: kiln.v1.WorkAssignment.builds:type_name -> kiln.v1.Build
-	2, // [2:2] is the sub-list for method output_type
-	2, // [2:2] is the sub-list for method input_type
-	2, // [2:2] is the sub-list for extension type_name
-	2, // [2:2] is the sub-list for extension extendee
-	0, // [0:2] is the sub-list for field type_name
+	4, // 0: kiln.v1.WorkOffer.wait:type_name -> google.protobuf.Duration
+	5, // 1: kiln.v1.WorkAssignment.builds:type_name -> kiln.v1.Build
+	6, // 2: kiln.v1.LeaderLease.expires_at:type_name -> google.protobuf.Timestamp
+	3, // [3:3] is the sub-list for method output_type
+	3, // [3:3] is the sub-list for method input_type
+	3, // [3:3] is the sub-list for extension type_name
+	3, // [3:3] is the sub-list for extension extendee
+	0, // [0:3] is the sub-list for field type_name
 }
 
 func init() { file_kiln_v1_scheduler_proto_init() }
@@ -233,7 +295,7 @@ func file_kiln_v1_scheduler_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_kiln_v1_scheduler_proto_rawDesc), len(file_kiln_v1_scheduler_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   3,
+			NumMessages:   4,
 			NumExtensions: 0,
 			NumServices:   0,
 		},
