@@ -2,8 +2,12 @@ package tests
 
 import (
 	"context"
+	"strings"
 	"sync"
 	"testing"
+
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
 
 	"google.golang.org/protobuf/proto"
 
@@ -62,4 +66,48 @@ func TestIdenticalInFlightBuildsMerge(t *testing.T) {
 		t.Fatal("a request after the build ended joined the finished build")
 	}
 	watchAll(t, bs, again.Build.Id, 0)
+}
+
+// TestIdempotencyKeyMeansOneBuildForGood: a key maps to its build after the
+// build ended and after a restart; the key with another request is refused.
+func TestIdempotencyKeyMeansOneBuildForGood(t *testing.T) {
+	base := enginetest.BusyboxBase(t)
+	dataDir := t.TempDir()
+	k, err := startKilnd(dataDir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	bs, cs := k.client(t)
+	blob := tarContext(t, map[string]string{"Dockerfile": "FROM " + base + "\nRUN echo idem-" + uniq() + "\n"})
+	ref, err := upload(t, cs, blob, digestOf(blob))
+	if err != nil {
+		t.Fatal(err)
+	}
+	key := "ci-job-" + uniq()
+	req := &kilnv1.StartBuildRequest{Spec: &kilnv1.BuildSpec{}, Context: ref, IdempotencyKey: key}
+	first, err := bs.StartBuild(context.Background(), req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	watchAll(t, bs, first.Build.Id, 0) // it finishes
+	k.stop()
+
+	k2, err := startKilnd(dataDir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer k2.stop()
+	bs2, _ := k2.client(t)
+	again, err := bs2.StartBuild(context.Background(), req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if again.Build.Id != first.Build.Id || again.Build.State != kilnv1.BuildState_BUILD_STATE_SUCCEEDED {
+		t.Fatalf("retry with the key got build %s (%s), want the finished %s", again.Build.Id, again.Build.State, first.Build.Id)
+	}
+	other := &kilnv1.StartBuildRequest{Spec: &kilnv1.BuildSpec{NoCache: true}, Context: ref, IdempotencyKey: key}
+	_, err = bs2.StartBuild(context.Background(), other)
+	if st, _ := status.FromError(err); st.Code() != codes.FailedPrecondition || !strings.Contains(st.Message(), key) {
+		t.Fatalf("the key with another request = %v, want FailedPrecondition naming the key", err)
+	}
 }
