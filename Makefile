@@ -41,6 +41,7 @@ test: dev-env ## run every module's tests against a real engine, registry and NA
 bench: dev-env build ## run the benchmarks in bench/ (tables and JSON in bench/results/)
 	$(GO) run ./bench/warmrebuild
 	$(GO) run ./bench/contextupload
+	$(GO) run ./bench/routingsim
 
 .PHONY: lint
 lint: $(TOOLS)/buf ## gofmt, go vet and buf lint

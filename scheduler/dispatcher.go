@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"sort"
 	"time"
 
 	"github.com/nats-io/nats.go"
@@ -52,6 +51,15 @@ type dispatcher struct {
 	leased   map[string]string // build id → tenant, for caps and fairness
 	events   chan event
 	agentTTL time.Duration
+
+	// The router's view, kept incrementally: the agent index is updated
+	// only for agents whose heartbeat or pulls changed (dirty), and the
+	// queue slice is rebuilt only when the queue changed.
+	idx        *routing.Index
+	indexed    map[string]bool
+	dirty      map[string]bool
+	queueSlice []routing.Build
+	queueStale bool
 }
 
 func newDispatcher(s *Scheduler) *dispatcher {
@@ -59,6 +67,7 @@ func newDispatcher(s *Scheduler) *dispatcher {
 		s: s, queue: map[string]*kilnv1.Build{}, pulls: map[string][]*pull{},
 		agents: map[string]*kilnv1.Agent{}, leased: map[string]string{},
 		events: make(chan event, 1024), agentTTL: bus.DefaultLimits.AgentTTL,
+		idx: routing.NewIndex(nil), indexed: map[string]bool{}, dirty: map[string]bool{},
 	}
 }
 
@@ -103,13 +112,17 @@ func (d *dispatcher) apply(ev event) {
 	switch {
 	case ev.enqueue != nil:
 		d.queue[ev.enqueue.Id] = ev.enqueue
+		d.queueStale = true
 		delete(d.leased, ev.enqueue.Id)
 	case ev.pull != nil:
 		d.pulls[ev.pull.agent] = append(d.pulls[ev.pull.agent], ev.pull)
+		d.dirty[ev.pull.agent] = true
 	case ev.withdraw != "":
 		delete(d.pulls, ev.withdraw)
+		d.dirty[ev.withdraw] = true
 	case ev.agent != nil:
 		d.agents[ev.agent.Name] = ev.agent
+		d.dirty[ev.agent.Name] = true
 	case ev.released != "":
 		delete(d.leased, ev.released)
 	case ev.leased != nil:
@@ -127,6 +140,7 @@ func (d *dispatcher) dispatch(ctx context.Context) time.Duration {
 		for _, p := range ps {
 			if !wall.Before(p.deadline) {
 				d.reply(p, nil)
+				d.dirty[name] = true
 				continue
 			}
 			kept = append(kept, p)
@@ -142,50 +156,81 @@ func (d *dispatcher) dispatch(ctx context.Context) time.Duration {
 		return next
 	}
 	now := d.s.cfg.Now()
-	queue, agents, running := d.inputs(now)
-	for _, a := range routing.Route(d.s.cfg.Routing, queue, agents, running, now) {
+	d.refreshIndex(now)
+	dec := d.idx.Decide(d.s.cfg.Routing, d.queueInput(), d.running(), now)
+	for _, a := range dec.Assignments {
 		d.assign(ctx, a)
 	}
-	if len(d.queue) > 0 {
-		queue, agents, running = d.inputs(now)
-		if w := routing.NextWake(d.s.cfg.Routing, queue, agents, running, now); !w.IsZero() {
-			next = min(next, w.Sub(now))
+	if len(dec.Assignments) > 0 {
+		// Slots were taken: decide again for the rest before sleeping.
+		d.refreshIndex(now)
+		dec = d.idx.Decide(d.s.cfg.Routing, d.queueInput(), d.running(), now)
+		for _, a := range dec.Assignments {
+			d.assign(ctx, a)
 		}
+	}
+	if !dec.Wake.IsZero() {
+		next = min(next, dec.Wake.Sub(now))
 	}
 	return next
 }
 
-// inputs turns the dispatcher's state into the router's.
-func (d *dispatcher) inputs(now time.Time) ([]routing.Build, []routing.Agent, map[string]int) {
-	queue := make([]routing.Build, 0, len(d.queue))
-	for _, b := range d.queue {
-		queue = append(queue, routingBuild(b))
-	}
-	sort.Slice(queue, func(i, j int) bool { return queue[i].ID < queue[j].ID })
-	var agents []routing.Agent
-	seen := map[string]bool{}
-	for name, a := range d.agents {
-		fresh := a.LastSeen != nil && now.Sub(a.LastSeen.AsTime()) < d.agentTTL
-		if !fresh || a.State != kilnv1.AgentState_AGENT_STATE_READY {
-			continue // out of rotation: draining, engine down or gone
-		}
-		seen[name] = true
-		agents = append(agents, routing.Agent{
-			Name: name, FreeSlots: len(d.pulls[name]), Slots: int(a.Slots), Running: int(a.BusySlots),
-			Labels: a.Labels, Lineages: a.GetCache().GetLineages(), BaseImages: a.GetCache().GetBaseImages(), Chains: a.GetCache().GetChains(),
-		})
-	}
-	for name, ps := range d.pulls { // pulling before its first heartbeat was seen
-		if !seen[name] && d.agents[name] == nil {
-			agents = append(agents, routing.Agent{Name: name, FreeSlots: len(ps), Slots: len(ps)})
+// refreshIndex brings the router's agent index up to date: agents whose
+// heartbeat or pulls changed are re-indexed, and agents that went stale
+// or left READY are removed.
+func (d *dispatcher) refreshIndex(now time.Time) {
+	for name := range d.indexed {
+		if a := d.agents[name]; a != nil && !d.routable(a, now) {
+			d.dirty[name] = true
 		}
 	}
-	sort.Slice(agents, func(i, j int) bool { return agents[i].Name < agents[j].Name })
+	for name := range d.dirty {
+		a, known := d.agents[name]
+		switch {
+		case known && d.routable(a, now):
+			d.idx.Set(routing.Agent{
+				Name: name, FreeSlots: len(d.pulls[name]), Slots: int(a.Slots), Running: int(a.BusySlots),
+				Labels: a.Labels, Lineages: a.GetCache().GetLineages(), BaseImages: a.GetCache().GetBaseImages(), Chains: a.GetCache().GetChains(),
+			})
+			d.indexed[name] = true
+		case !known && len(d.pulls[name]) > 0: // pulling before its first heartbeat was seen
+			d.idx.Set(routing.Agent{Name: name, FreeSlots: len(d.pulls[name]), Slots: len(d.pulls[name])})
+			d.indexed[name] = true
+		default:
+			if d.indexed[name] {
+				d.idx.Remove(name)
+				delete(d.indexed, name)
+			}
+		}
+		delete(d.dirty, name)
+	}
+}
+
+// routable reports whether an agent may be given builds: READY with a
+// fresh heartbeat (draining, engine down or gone agents are not).
+func (d *dispatcher) routable(a *kilnv1.Agent, now time.Time) bool {
+	return a.State == kilnv1.AgentState_AGENT_STATE_READY && a.LastSeen != nil && now.Sub(a.LastSeen.AsTime()) < d.agentTTL
+}
+
+// queueInput is the queue as the router sees it, rebuilt only on change.
+func (d *dispatcher) queueInput() []routing.Build {
+	if d.queueStale {
+		d.queueSlice = d.queueSlice[:0]
+		for _, b := range d.queue {
+			d.queueSlice = append(d.queueSlice, routingBuild(b))
+		}
+		d.queueStale = false
+	}
+	return d.queueSlice
+}
+
+// running counts each tenant's builds under lease.
+func (d *dispatcher) running() map[string]int {
 	running := map[string]int{}
 	for _, tenant := range d.leased {
 		running[tenant]++
 	}
-	return queue, agents, running
+	return running
 }
 
 func routingBuild(b *kilnv1.Build) routing.Build {
@@ -208,6 +253,8 @@ func (d *dispatcher) assign(ctx context.Context, a routing.Assignment) {
 		return
 	}
 	delete(d.queue, a.Build)
+	d.queueStale = true
+	d.dirty[a.Agent] = true
 	now := d.s.cfg.Now()
 	b, err := d.s.builds.Update(ctx, a.Build, func(b *kilnv1.Build) error {
 		if b.State != kilnv1.BuildState_BUILD_STATE_QUEUED {

@@ -33,7 +33,7 @@ func benchFarm(nAgents, nBuilds int) ([]Agent, []Build) {
 		queue[i] = Build{
 			ID: fmt.Sprintf("build-%07d", i), Tenant: fmt.Sprint("tenant-", l%20), Priority: int32(i % 7 / 6),
 			Lineage: fmt.Sprint("L", l), BaseImages: []string{fmt.Sprint("base-", l%30)}, Chain: chainOf(l),
-			QueuedAt: t0.Add(-time.Duration(i%4) * time.Second),
+			QueuedAt: t0.Add(-time.Duration(i%4)*time.Second - time.Duration(r.IntN(1e9))),
 		}
 		if l%10 == 0 {
 			queue[i].Labels = map[string]string{"arch": "arm64"}

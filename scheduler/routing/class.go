@@ -1,9 +1,6 @@
 package routing
 
-import (
-	"slices"
-	"strconv"
-)
+import "encoding/binary"
 
 // class is the set of agents eligible for one set of required labels, with
 // the free slots and load among them during the current decision.
@@ -60,24 +57,25 @@ func hasLabels(have, want map[string]string) bool {
 	return true
 }
 
-// labelKey encodes labels canonically (sorted, length-prefixed) in a
-// reused buffer.
+// labelKey encodes labels canonically (sorted by name, each name and value
+// length-prefixed) in a reused buffer. Label sets are small: insertion sort.
 func (x *Index) labelKey(labels map[string]string) []byte {
 	keys := x.sc.labelNames[:0]
-	for k := range labels {
-		keys = append(keys, k)
+	for k, v := range labels {
+		keys = append(keys, [2]string{k, v})
+		for j := len(keys) - 1; j > 0 && keys[j][0] < keys[j-1][0]; j-- {
+			keys[j], keys[j-1] = keys[j-1], keys[j]
+		}
 	}
-	slices.Sort(keys)
 	buf := x.sc.labelBuf[:0]
-	for _, k := range keys {
-		buf = strconv.AppendInt(buf, int64(len(k)), 10)
-		buf = append(buf, ':')
+	for _, kv := range keys {
+		k, v := kv[0], kv[1]
+		buf = binary.AppendUvarint(buf, uint64(len(k)))
 		buf = append(buf, k...)
-		v := labels[k]
-		buf = strconv.AppendInt(buf, int64(len(v)), 10)
-		buf = append(buf, ':')
+		buf = binary.AppendUvarint(buf, uint64(len(v)))
 		buf = append(buf, v...)
 	}
+	clear(keys)
 	x.sc.labelNames, x.sc.labelBuf = keys[:0], buf
 	return buf
 }

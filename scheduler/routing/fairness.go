@@ -15,9 +15,14 @@ type tenantQueue struct {
 	limit  int64 // cap, 0 = unlimited
 	count  int64 // running + assigned in this decision
 	parts  []*part
-	pool   []*part // parts of earlier decisions, for reuse
-	epoch  uint64  // decision this entry was last reset for
+	pool   []*part          // parts of earlier decisions, for reuse
+	byCls  map[*class]*part // parts by class, once there are many
+	epoch  uint64           // decision this entry was last reset for
 }
+
+// manyParts is when a tenant's parts are found through a map: label sets
+// come from users, and a queue may hold thousands of different ones.
+const manyParts = 8
 
 // part is a tenant's builds needing one label class.
 type part struct {
@@ -28,20 +33,35 @@ type part struct {
 
 // partFor returns t's part for class c, adding it if new.
 func (t *tenantQueue) partFor(c *class) *part {
-	for _, p := range t.parts {
-		if p.c == c {
+	if len(t.parts) > manyParts {
+		if p, ok := t.byCls[c]; ok {
 			return p
 		}
+	} else {
+		for _, p := range t.parts {
+			if p.c == c {
+				return p
+			}
+		}
 	}
+	var p *part
 	if len(t.pool) > len(t.parts) {
-		p := t.pool[len(t.parts)]
+		p = t.pool[len(t.parts)]
 		p.c, p.builds, p.heaped = c, p.builds[:0], false
-		t.parts = append(t.parts, p)
-		return p
+	} else {
+		p = &part{c: c}
+		t.pool = append(t.pool, p)
 	}
-	p := &part{c: c}
 	t.parts = append(t.parts, p)
-	t.pool = append(t.pool, p)
+	switch {
+	case len(t.parts) == manyParts+1:
+		t.byCls = make(map[*class]*part, 2*manyParts)
+		for _, q := range t.parts {
+			t.byCls[q.c] = q
+		}
+	case len(t.parts) > manyParts+1:
+		t.byCls[c] = p
+	}
 	return p
 }
 
@@ -73,13 +93,14 @@ func keyOf(b *Build) buildKey {
 	return buildKey{sec: b.QueuedAt.Unix(), nsec: int32(b.QueuedAt.Nanosecond()), prio: b.Priority}
 }
 
-// group sorts the queue into tenants and returns the heap of tenants that
-// may take a build. Builds of tenants at their cap are not even ordered.
+// group splits the queue by tenant and label class and makes sc.active the
+// heap of tenants that may take a build. Builds of tenants at their cap are
+// left out. It is the one pass over the whole queue a decision makes.
 func (d *decision) group() {
 	sc := &d.x.sc
 	sc.keys = slices.Grow(sc.keys[:0], len(d.queue))[:len(d.queue)]
 	sc.active = sc.active[:0]
-	var last, lastTenant *tenantQueue
+	var last *tenantQueue // queues often come in runs of one tenant and class
 	var lastPart *part
 	for i := range d.queue {
 		b := &d.queue[i]
@@ -91,21 +112,20 @@ func (d *decision) group() {
 				sc.tenants[b.Tenant] = t
 			}
 			if t.epoch != sc.epoch {
-				t.epoch, t.parts = sc.epoch, t.parts[:0]
+				t.epoch, t.parts, t.byCls = sc.epoch, t.parts[:0], nil
 				t.weight, t.limit = d.cfg.weight(t.name), d.cfg.limit(t.name)
 				t.count = int64(max(d.running[t.name], 0))
 				if !t.full() {
 					sc.active = append(sc.active, t)
 				}
 			}
-			last = t
+			last, lastPart = t, nil
 		}
 		if t.full() {
 			continue
 		}
-		c := d.x.classFor(b.Labels)
-		if lastPart == nil || lastPart.c != c || lastTenant != t {
-			lastPart, lastTenant = t.partFor(c), t
+		if c := d.x.classFor(b.Labels); lastPart == nil || lastPart.c != c {
+			lastPart = t.partFor(c)
 		}
 		lastPart.builds = append(lastPart.builds, int32(i))
 		sc.keys[i] = keyOf(b)

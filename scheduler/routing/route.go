@@ -189,13 +189,10 @@ func (d *decision) hashed(b *Build, c *class) (Assignment, bool) {
 				over++
 				continue
 			}
+			sc.mark[s] = stamp
 			if needFree && sc.free[s] == 0 {
-				if !bounded {
-					sc.mark[s] = stamp
-				}
 				continue
 			}
-			sc.mark[s] = stamp
 			return s, k
 		}
 		return -1, len(ring)

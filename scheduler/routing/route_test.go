@@ -362,3 +362,22 @@ func TestIndexIncremental(t *testing.T) {
 		t.Errorf("Len = %d, want 2", x.Len())
 	}
 }
+
+// TestManyLabelSets: thousands of distinct label sets (they come from
+// users) stay correct and linear.
+func TestManyLabelSets(t *testing.T) {
+	var queue []Build
+	for i := range 5000 {
+		queue = append(queue, Build{ID: fmt.Sprintf("b%04d", i), Tenant: "t", QueuedAt: t0.Add(time.Duration(i)),
+			Labels: map[string]string{"pool": fmt.Sprint(i % 2500)}})
+	}
+	agents := []Agent{
+		{Name: "a", FreeSlots: 2, Labels: map[string]string{"pool": "7"}},
+		{Name: "b", FreeSlots: 1, Labels: map[string]string{"pool": "2499"}},
+	}
+	got := Route(Config{}, queue, agents, nil, t0.Add(time.Hour))
+	want := []string{"b0007→a hashed", "b2499→b hashed", "b2507→a hashed"}
+	if s := summary(got); !slices.Equal(s, want) {
+		t.Errorf("Route = %q, want %q", s, want)
+	}
+}

@@ -32,7 +32,7 @@ type scratch struct {
 	keys     []buildKey     // by queue index
 	assigned map[string]struct{}
 
-	labelNames []string
+	labelNames [][2]string
 	labelBuf   []byte
 }
 
@@ -45,10 +45,16 @@ func (sc *scratch) nextStamp() uint32 {
 	return sc.stamp
 }
 
+// maxClasses bounds the label classes kept between decisions.
+const maxClasses = 4096
+
 // begin readies the scratch for a decision over x's agents.
 func (x *Index) begin() {
 	sc := &x.sc
 	sc.epoch++
+	if len(x.classes) > maxClasses {
+		x.dropClasses()
+	}
 	n := len(x.agents)
 	grow := func(s []int32) []int32 { return slices.Grow(s[:0], n)[:n] }
 	sc.free, sc.load, sc.chainLen, sc.baseHits = grow(sc.free), grow(sc.load), grow(sc.chainLen), grow(sc.baseHits)
