@@ -139,6 +139,15 @@ func (a *Agent) execute(ctx context.Context, b *kilnv1.Build, ev *events) (*kiln
 		return result, nil
 	}
 	for _, tag := range spec.Tags {
+		// Fence the push: renew the lease first, so an attempt that lost
+		// its build (agent frozen past its lease) cannot overwrite the tag
+		// the attempt that replaced it pushed.
+		if _, err := a.builds.UpdateAttempt(ctx, b.Id, b.Attempt, func(r *kilnv1.Build) error {
+			r.LeaseExpiresAt = timestamppb.New(time.Now().Add(a.cfg.Lease))
+			return nil
+		}); err != nil {
+			return result, fmt.Errorf("push %s: %w", tag, err)
+		}
 		digest, size, err := a.cfg.Engine.Push(ctx, tag, func(line string) { ev.log(0, line) })
 		if err != nil {
 			return result, fmt.Errorf("push %s: %w", tag, err)
@@ -155,12 +164,17 @@ func (a *Agent) execute(ctx context.Context, b *kilnv1.Build, ev *events) (*kiln
 func (a *Agent) finish(work context.Context, b *kilnv1.Build, result *kilnv1.BuildResult, buildErr, cause error, ev *events, log *slog.Logger) {
 	ctx, cancel := context.WithTimeout(context.WithoutCancel(work), finishTimeout)
 	defer cancel()
-	if errors.Is(cause, errLost) {
+	if errors.Is(cause, errLost) || errors.Is(buildErr, buildstore.ErrFenced) {
 		log.Warn("build abandoned: another attempt owns it")
 		return
 	}
 	if errors.Is(cause, errDrained) {
-		a.handBack(ctx, b, ev, log)
+		a.handBack(ctx, b, ev, log, fmt.Sprintf("agent %q stopped before the build finished; re-queued", a.cfg.Name))
+		return
+	}
+	if cause == nil && isFarm(buildErr) {
+		log.Warn("the farm did not answer while preparing the build; handing it back", "err", buildErr)
+		a.handBack(ctx, b, ev, log, fmt.Sprintf("agent %q could not reach the farm (%v); re-queued", a.cfg.Name, buildErr))
 		return
 	}
 	state, msg := kilnv1.BuildState_BUILD_STATE_SUCCEEDED, ""
@@ -196,7 +210,7 @@ func (a *Agent) finish(work context.Context, b *kilnv1.Build, result *kilnv1.Bui
 }
 
 // handBack returns a build the agent could not finish to the queue.
-func (a *Agent) handBack(ctx context.Context, b *kilnv1.Build, ev *events, log *slog.Logger) {
+func (a *Agent) handBack(ctx context.Context, b *kilnv1.Build, ev *events, log *slog.Logger, why string) {
 	_, err := a.builds.UpdateAttempt(ctx, b.Id, b.Attempt, func(r *kilnv1.Build) error {
 		r.State = kilnv1.BuildState_BUILD_STATE_QUEUED
 		r.Agent = ""
@@ -209,7 +223,7 @@ func (a *Agent) handBack(ctx context.Context, b *kilnv1.Build, ev *events, log *
 		return
 	}
 	ev.agent = ""
-	ev.state(kilnv1.BuildState_BUILD_STATE_QUEUED, fmt.Sprintf("agent %q stopped before the build finished; re-queued", a.cfg.Name))
+	ev.state(kilnv1.BuildState_BUILD_STATE_QUEUED, why)
 	msg, err := bus.NewMsg(bus.SubjectRequests, &kilnv1.BuildRequested{BuildId: b.Id})
 	if err == nil {
 		msg.Header.Set(nats.MsgIdHdr, fmt.Sprintf("%s-handback-%d", b.Id, b.Attempt))

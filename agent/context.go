@@ -40,9 +40,10 @@ func (a *Agent) openContext(ctx context.Context, ref *kilnv1.ContextRef, ev *eve
 	}
 	r, err := a.blobs.Get(ctx, d.Hash)
 	if err != nil {
-		return nil, nil, fmt.Errorf("fetch build context: %w", err)
+		return nil, nil, fmt.Errorf("fetch build context: %w", farm(err))
 	}
-	return r, func() error { r.Close(); return nil }, nil
+	rec := &errRecorder{r: r}
+	return rec, rec.Close, nil
 }
 
 // manifestContext makes the manifest's files local and streams them as a
@@ -64,7 +65,7 @@ func (a *Agent) manifestContext(ctx context.Context, d *kilnv1.Digest, ev *event
 	}
 	pin, st, err := a.cache.Ensure(ctx, files, a.blobs.Get)
 	if err != nil {
-		return nil, nil, fmt.Errorf("fetch build context files: %w", err)
+		return nil, nil, fmt.Errorf("fetch build context files: %w", farm(err))
 	}
 	ev.log(0, fmt.Sprintf("kiln: context: %d files, %s; fetched %d blobs (%s) from the farm, %d already on this agent",
 		len(files), megabytes(total), st.Fetched, megabytes(st.FetchedBytes), st.Local))
@@ -96,7 +97,7 @@ func (a *Agent) readManifest(ctx context.Context, d *kilnv1.Digest) (*kilnv1.Con
 	}
 	pin, _, err := a.cache.Ensure(ctx, []localcas.Blob{{Digest: d.Hash, Size: d.SizeBytes}}, a.blobs.Get)
 	if err != nil {
-		return nil, fmt.Errorf("fetch context manifest: %w", err)
+		return nil, fmt.Errorf("fetch context manifest: %w", farm(err))
 	}
 	defer pin.Release()
 	r, err := a.cache.Open(d.Hash)

@@ -28,6 +28,7 @@ import (
 // event is something the dispatcher must react to.
 type event struct {
 	enqueue  *kilnv1.Build // a build entered the queue
+	lost     string        // an agent stopped renewing a lease: drop its pulls
 	pull     *pull         // an agent offers a slot
 	withdraw string        // an agent takes its pulls back
 	agent    *kilnv1.Agent // a heartbeat
@@ -55,6 +56,7 @@ type dispatcher struct {
 	// The router's view, kept incrementally: the agent index is updated
 	// only for agents whose heartbeat or pulls changed (dirty), and the
 	// queue slice is rebuilt only when the queue changed.
+	lostAt     map[string]time.Time // agents that lost a build, until they heartbeat again
 	idx        *routing.Index
 	indexed    map[string]bool
 	dirty      map[string]bool
@@ -67,7 +69,7 @@ func newDispatcher(s *Scheduler) *dispatcher {
 		s: s, queue: map[string]*kilnv1.Build{}, pulls: map[string][]*pull{},
 		agents: map[string]*kilnv1.Agent{}, leased: map[string]string{},
 		events: make(chan event, 1024), agentTTL: bus.DefaultLimits.AgentTTL,
-		idx: routing.NewIndex(nil), indexed: map[string]bool{}, dirty: map[string]bool{},
+		idx: routing.NewIndex(nil), indexed: map[string]bool{}, dirty: map[string]bool{}, lostAt: map[string]time.Time{},
 	}
 }
 
@@ -87,6 +89,13 @@ func (d *dispatcher) run(ctx context.Context) error {
 	for {
 		select {
 		case <-ctx.Done():
+			// Answer the waiting pulls so their agents ask the next leader
+			// at once instead of waiting out their request timeout.
+			for _, ps := range d.pulls {
+				for _, p := range ps {
+					d.reply(p, nil)
+				}
+			}
 			return ctx.Err()
 		case ev := <-d.events:
 			d.apply(ev)
@@ -108,6 +117,13 @@ func (d *dispatcher) run(ctx context.Context) error {
 func (d *dispatcher) apply(ev event) {
 	if ev.done != nil {
 		defer close(ev.done)
+	}
+	if ev.lost != "" {
+		// Its pulls are those of a dead or frozen process: answering one
+		// would hand it back the very build it lost.
+		delete(d.pulls, ev.lost)
+		d.lostAt[ev.lost] = d.s.cfg.Now()
+		d.dirty[ev.lost] = true
 	}
 	switch {
 	case ev.enqueue != nil:
@@ -193,7 +209,7 @@ func (d *dispatcher) refreshIndex(now time.Time) {
 				Labels: a.Labels, Lineages: a.GetCache().GetLineages(), BaseImages: a.GetCache().GetBaseImages(), Chains: a.GetCache().GetChains(),
 			})
 			d.indexed[name] = true
-		case !known && len(d.pulls[name]) > 0: // pulling before its first heartbeat was seen
+		case !known && len(d.pulls[name]) > 0 && d.lostAt[name].IsZero(): // pulling before its first heartbeat was seen
 			d.idx.Set(routing.Agent{Name: name, FreeSlots: len(d.pulls[name]), Slots: len(d.pulls[name])})
 			d.indexed[name] = true
 		default:
@@ -209,7 +225,16 @@ func (d *dispatcher) refreshIndex(now time.Time) {
 // routable reports whether an agent may be given builds: READY with a
 // fresh heartbeat (draining, engine down or gone agents are not).
 func (d *dispatcher) routable(a *kilnv1.Agent, now time.Time) bool {
-	return a.State == kilnv1.AgentState_AGENT_STATE_READY && a.LastSeen != nil && now.Sub(a.LastSeen.AsTime()) < d.agentTTL
+	if a.State != kilnv1.AgentState_AGENT_STATE_READY || a.LastSeen == nil || now.Sub(a.LastSeen.AsTime()) >= d.agentTTL {
+		return false
+	}
+	if lost, ok := d.lostAt[a.Name]; ok {
+		if !a.LastSeen.AsTime().After(lost) {
+			return false // no sign of life since it lost a build
+		}
+		delete(d.lostAt, a.Name)
+	}
+	return true
 }
 
 // queueInput is the queue as the router sees it, rebuilt only on change.

@@ -24,6 +24,7 @@ type RunOptions struct {
 	Lease       time.Duration
 	MaxAttempts uint
 	RouteDelay  time.Duration
+	LeaderLease time.Duration
 	Weights     config.Labels
 	Caps        config.Labels
 	DefaultCap  int
@@ -59,6 +60,7 @@ func (o *RunOptions) Flags(fs *flag.FlagSet) {
 // (kilnd's --lease serves its scheduler and its agent alike).
 func (o *RunOptions) SchedulingFlags(fs *flag.FlagSet) {
 	fs.UintVar(&o.MaxAttempts, "max-attempts", DefaultMaxAttempts, "agents a build may lose before it fails")
+	fs.DurationVar(&o.LeaderLease, "leader-lease", DefaultLeaderLease, "how long a scheduler leads without renewing; a standby takes over after it lapses")
 	fs.DurationVar(&o.RouteDelay, "route-delay", DefaultRouteDelay, "how long a build waits for a busy agent holding its cache before it runs elsewhere")
 	o.Weights, o.Caps = config.Labels{}, config.Labels{}
 	fs.Var(o.Weights, "tenant-weights", "tenant=weight,… for weighted round-robin across tenants (default weight 1)")
@@ -72,7 +74,7 @@ func (o *RunOptions) Config(conn *bus.Conn, log *slog.Logger, lease time.Duratio
 	if err != nil {
 		return Config{}, err
 	}
-	return Config{Conn: conn, Logger: log, Lease: lease, MaxAttempts: uint32(o.MaxAttempts), Routing: rc}, nil
+	return Config{Conn: conn, Logger: log, Lease: lease, MaxAttempts: uint32(o.MaxAttempts), LeaderLease: o.LeaderLease, Routing: rc}, nil
 }
 
 // Run connects to NATS and schedules until ctx ends.

@@ -370,6 +370,7 @@ func (s *Scheduler) checkLease(ctx context.Context, id string) error {
 		return err
 	}
 	s.untrack(ctx, id)
+	s.d.send(ctx, event{lost: lostAgent})
 	if b.State == kilnv1.BuildState_BUILD_STATE_FAILED {
 		s.log.Warn("build failed: agents lost", "build_id", id, "attempts", b.Attempt)
 		if err := bus.PublishEvent(ctx, s.cfg.Conn.JS, &kilnv1.BuildEvent{

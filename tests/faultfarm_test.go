@@ -116,6 +116,19 @@ func (p *faultProc) kill(t testing.TB) {
 	}
 }
 
+// terminate sends SIGTERM and waits until the process has exited.
+func (p *faultProc) terminate(t testing.TB) {
+	t.Helper()
+	if err := p.cmd.Process.Signal(syscall.SIGTERM); err != nil {
+		t.Fatalf("terminate %s: %v", p.name, err)
+	}
+	select {
+	case <-p.exited:
+	case <-time.After(time.Minute):
+		t.Fatalf("%s (pid %d) still runs a minute after SIGTERM", p.name, p.cmd.Process.Pid)
+	}
+}
+
 // signal sends sig (SIGSTOP, SIGCONT) to the process.
 func (p *faultProc) signal(t testing.TB, sig syscall.Signal) {
 	t.Helper()
@@ -165,8 +178,8 @@ type faultFarmOptions struct {
 	slots       int           // each agent's --slots (default 1)
 }
 
-// faultFarm is a kiln farm of separate processes: an in-process NATS server, one
-// gateway, one scheduler and one agent per engine.
+// faultFarm is a kiln farm of separate processes: an in-process NATS
+// server, one gateway, one scheduler and one agent per engine.
 type faultFarm struct {
 	t        *testing.T
 	opts     faultFarmOptions
@@ -182,9 +195,9 @@ type faultFarm struct {
 	cs       kilnv1.ContextServiceClient
 }
 
-// startFaultFarm starts NATS, the gateway, the scheduler and, for each engine,
-// an agent named agentNames[i] on it. Processes stop before NATS, and NATS
-// before the engines, when the test ends.
+// startFaultFarm starts NATS, the gateway, the scheduler and, for each
+// engine, an agent named agentNames[i] on it. Processes stop before NATS,
+// and NATS before the engines, when the test ends.
 func startFaultFarm(t *testing.T, opts faultFarmOptions, engines []*enginetest.Engine, agentNames ...string) *faultFarm {
 	t.Helper()
 	if opts.lease == 0 {
@@ -304,20 +317,22 @@ func (f *faultFarm) running() []*faultProc {
 // with spec (nil: defaults), returning the build id.
 func (f *faultFarm) submit(t testing.TB, dockerfile string, spec *kilnv1.BuildSpec) string {
 	t.Helper()
-	id, err := f.trySubmit(context.Background(), t, dockerfile, spec)
+	return f.submitFiles(t, map[string]string{"Dockerfile": dockerfile}, spec)
+}
+
+// submitFiles uploads a tar context of files and starts a build of it.
+func (f *faultFarm) submitFiles(t testing.TB, files map[string]string, spec *kilnv1.BuildSpec) string {
+	t.Helper()
+	id, err := f.trySubmit(context.Background(), tarContext(t, files), spec)
 	if err != nil {
 		t.Fatalf("start build: %v", err)
 	}
 	return id
 }
 
-func (f *faultFarm) trySubmit(ctx context.Context, t testing.TB, dockerfile string, spec *kilnv1.BuildSpec) (string, error) {
-	return f.trySubmitFiles(ctx, t, map[string]string{"Dockerfile": dockerfile}, spec)
-}
-
-// trySubmitFiles uploads a tar context of files and starts a build of it.
-func (f *faultFarm) trySubmitFiles(ctx context.Context, t testing.TB, files map[string]string, spec *kilnv1.BuildSpec) (string, error) {
-	blob := tarContext(t, files)
+// trySubmit uploads the tar context blob and starts a build of it; it
+// touches no testing.TB, so goroutines may call it.
+func (f *faultFarm) trySubmit(ctx context.Context, blob []byte, spec *kilnv1.BuildSpec) (string, error) {
 	d := digestOf(blob)
 	if err := uploadCtx(ctx, f.cs, blob, d); err != nil {
 		return "", err
@@ -531,9 +546,13 @@ func isLog(text string) func(*kilnv1.BuildEvent) bool {
 
 func eventsString(evs []*kilnv1.BuildEvent) string {
 	var b strings.Builder
-	for _, ev := range evs {
+	for i, ev := range evs {
+		seq := ev.Sequence
+		if seq == 0 { // read from the stream, not through WatchBuild
+			seq = uint64(i + 1)
+		}
 		b.WriteString("  ")
-		b.WriteString(strconv.FormatUint(ev.Sequence, 10))
+		b.WriteString(strconv.FormatUint(seq, 10))
 		b.WriteString(" attempt ")
 		b.WriteString(strconv.FormatUint(uint64(ev.Attempt), 10))
 		b.WriteString(": ")

@@ -15,7 +15,7 @@ import (
 	"github.com/kilnbuild/kiln/services/buildstore"
 )
 
-// The fault tests run a farm of separate processes (see farm_test.go), each
+// The fault tests run a farm of separate processes (see faultfarm_test.go), each
 // agent on a Docker engine of its own, and break one part of it mid-build:
 // an agent killed or frozen, a build whose agents keep dying, cancellation,
 // the scheduler or NATS restarted. Leases are 3s so lapses come quickly.
@@ -53,12 +53,14 @@ func exactlyOneFinished(t *testing.T, f *faultFarm, id string) *kilnv1.BuildEven
 // TestFaultAgentKilledMidBuild kills the agent running a build in the
 // middle of a RUN: the lease lapses, the build goes to the other agent and
 // succeeds there at attempt 2, and the killed agent's engine is left with no
-// container of it.
+// container of it. The agents have two slots (kiln-agent's default), so the
+// killed agent dies with a pull still waiting at the scheduler: the build
+// must not be handed to that dead pull and burn an attempt.
 func TestFaultAgentKilledMidBuild(t *testing.T) {
 	engines := enginetest.StartEngines(t, "kill1", "kill2")
 	names := []string{"kill-a", "kill-b"}
 	byAgent := map[string]*enginetest.Engine{names[0]: engines[0], names[1]: engines[1]}
-	f := startFaultFarm(t, faultFarmOptions{}, engines, names...)
+	f := startFaultFarm(t, faultFarmOptions{slots: 2}, engines, names...)
 
 	n := uniq()
 	id := f.submit(t, fmt.Sprintf("FROM %s\nRUN echo started-%s && sleep 4 && echo done-%s\n", f.base, n, n), nil)
@@ -77,7 +79,13 @@ func TestFaultAgentKilledMidBuild(t *testing.T) {
 	}
 	b := f.get(t, id)
 	if b.State != succeeded || b.Attempt != 2 || b.Agent != want {
-		t.Fatalf("record is %s attempt %d on %q, want SUCCEEDED attempt 2 on %q", b.State, b.Attempt, b.Agent, want)
+		var states []*kilnv1.BuildEvent
+		for _, ev := range f.eventLog(t, id) {
+			if ev.GetState() != nil {
+				states = append(states, ev)
+			}
+		}
+		t.Fatalf("record is %s attempt %d on %q, want SUCCEEDED attempt 2 on %q; state changes:\n%s", b.State, b.Attempt, b.Agent, want, eventsString(states))
 	}
 	if ev := exactlyOneFinished(t, f, id); ev.Attempt != 2 || ev.GetFinished().State != succeeded {
 		t.Fatalf("the finished event is %v, want SUCCEEDED at attempt 2", ev)
@@ -93,7 +101,9 @@ func TestFaultAgentKilledMidBuild(t *testing.T) {
 // built and pushed the build as attempt 2; then it resumes the frozen agent.
 // Its late attempt must change neither the record nor the tag in the
 // registry. The RUN writes the build container's hostname, so the two
-// attempts make different images and a late push would show.
+// attempts make different images and a late push would show. One slot per
+// agent: the frozen agent has no pull waiting (TestFaultAgentKilledMidBuild
+// covers that case).
 func TestFaultStoppedAgentResultRefused(t *testing.T) {
 	engines := enginetest.StartEngines(t, "stop1", "stop2")
 	names := []string{"stop-a", "stop-b"}
@@ -140,13 +150,13 @@ func TestFaultStoppedAgentResultRefused(t *testing.T) {
 		t.Fatalf("the finished event is %v, want attempt 2 on %q", ev, want)
 	}
 	// Events the stale attempt published after the build ended.
-	var late int
+	var late []*kilnv1.BuildEvent
 	for _, ev := range f.eventLog(t, id) {
 		if ev.Attempt == 1 && ev.Time.AsTime().After(b.FinishedAt.AsTime()) {
-			late++
+			late = append(late, ev)
 		}
 	}
-	t.Logf("the stopped agent published %d events of attempt 1 after the build had finished", late)
+	t.Logf("the stopped agent published %d events of attempt 1 after the build had finished:\n%s", len(late), eventsString(late))
 }
 
 // TestFaultPoisonBuildFails kills whichever agent runs a build, every time,
@@ -266,7 +276,7 @@ func TestFaultCancel(t *testing.T) {
 // restartMidRun starts builds on a farm of two agents, waits until some run
 // while others wait, calls restart, starts more builds, and then checks that
 // every accepted build finished exactly once and nothing is left behind.
-func restartMidRun(t *testing.T, prefix string, restart func(f *faultFarm, submitDuring func())) {
+func restartMidRun(t *testing.T, prefix string, restart func(f *faultFarm, submitDuring func())) *faultFarm {
 	engines := enginetest.StartEngines(t, prefix+"1", prefix+"2")
 	f := startFaultFarm(t, faultFarmOptions{}, engines, prefix+"-a", prefix+"-b")
 	n := uniq()
@@ -299,12 +309,13 @@ func restartMidRun(t *testing.T, prefix string, restart func(f *faultFarm, submi
 		// Builds asked for while the part is down: each is either refused
 		// or accepted, and an accepted one must finish.
 		for i := 5; i < 7; i++ {
+			blob := tarContext(t, map[string]string{"Dockerfile": dockerfile(i)})
 			wg.Add(1)
 			go func() {
 				defer wg.Done()
 				ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 				defer cancel()
-				id, err := f.trySubmit(ctx, t, dockerfile(i), nil)
+				id, err := f.trySubmit(ctx, blob, nil)
 				mu.Lock()
 				defer mu.Unlock()
 				if err != nil {
@@ -334,23 +345,36 @@ func restartMidRun(t *testing.T, prefix string, restart func(f *faultFarm, submi
 			t.Errorf("build %s ended %s (finished event %s), want SUCCEEDED: %s", id, b.State, ev.GetFinished().State, b.Error)
 		}
 	}
+	return f
 }
 
 // TestFaultSchedulerRestart kills the scheduler mid-run and starts a new
-// one; builds are also asked for while none runs.
+// one; builds are also asked for while none runs. Then, with every agent
+// idle and waiting on the new scheduler, it stops that one cleanly, starts
+// another and reports how long a new build waits to run.
 func TestFaultSchedulerRestart(t *testing.T) {
-	restartMidRun(t, "sched", func(f *faultFarm, submitDuring func()) {
+	f := restartMidRun(t, "sched", func(f *faultFarm, submitDuring func()) {
 		f.sched.kill(t)
 		submitDuring()
 		f.startScheduler()
 	})
+	f.sched.terminate(t)
+	f.startScheduler()
+	submitted := time.Now()
+	id := f.submit(t, fmt.Sprintf("FROM %s\nRUN echo idle-%s\n", f.base, uniq()), nil)
+	w := f.watch(t, id)
+	w.waitEvent(t, time.Minute, "the build to run", isState(running, 0))
+	t.Logf("after a clean scheduler restart with idle agents, a new build waited %v to run", time.Since(submitted).Round(time.Millisecond))
+	if fin := w.finished(t, time.Minute); fin.State != succeeded {
+		t.Fatalf("build after the clean restart finished %s: %v", fin.State, fin)
+	}
 }
 
 // TestFaultNATSRestart shuts the NATS server down mid-run and starts it
 // again on the same port with the same store; builds are also asked for
 // while it is down.
 func TestFaultNATSRestart(t *testing.T) {
-	restartMidRun(t, "nats", func(f *faultFarm, submitDuring func()) {
+	_ = restartMidRun(t, "nats", func(f *faultFarm, submitDuring func()) {
 		f.restartNATS(submitDuring)
 	})
 }
@@ -367,13 +391,10 @@ func TestFaultNATSRestartDuringContextFetch(t *testing.T) {
 	if _, err := rand.Read(big); err != nil {
 		t.Fatal(err)
 	}
-	id, err := f.trySubmitFiles(context.Background(), t, map[string]string{
+	id := f.submitFiles(t, map[string]string{
 		"Dockerfile": fmt.Sprintf("FROM %s\nRUN echo fetched-%s\n", f.base, n),
 		"big.bin":    string(big),
 	}, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
 	waitFor(t, time.Minute, "the build to run", func() bool { return f.get(t, id).State == running })
 	down := time.Now()
 	f.restartNATS(nil)

@@ -13,16 +13,20 @@ import (
 	"github.com/docker/docker/pkg/stdcopy"
 )
 
-// TestStartEngines starts two engines, runs a container on each and checks
+// TestEngines starts two engines, runs a container on each and checks
 // that stopping them leaves nothing behind: no process, bridge, mount or
 // directory.
-func TestStartEngines(t *testing.T) {
+func TestEngines(t *testing.T) {
 	ref := BusyboxBase(t)
-	var started []*Engine
+	var (
+		started  []*Engine
+		stopping time.Time
+	)
 	t.Run("run", func(t *testing.T) {
 		begin := time.Now()
 		started = StartEngines(t, "one", "two")
 		t.Logf("two engines answered after %v", time.Since(begin).Round(time.Millisecond))
+		t.Cleanup(func() { stopping = time.Now() }) // runs just before the engines stop
 		for _, e := range started {
 			info, err := e.Client().Info(t.Context())
 			if err != nil {
@@ -41,6 +45,7 @@ func TestStartEngines(t *testing.T) {
 	if len(started) != 2 {
 		t.Fatalf("StartEngines gave %d engines", len(started))
 	}
+	t.Logf("the engines stopped in %v", time.Since(stopping).Round(time.Millisecond))
 	mounts, err := os.ReadFile("/proc/self/mountinfo")
 	if err != nil {
 		t.Fatal(err)

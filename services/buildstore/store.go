@@ -14,6 +14,7 @@ import (
 	"errors"
 	"fmt"
 	"sort"
+	"strings"
 
 	"github.com/nats-io/nats.go/jetstream"
 	"google.golang.org/protobuf/proto"
@@ -35,6 +36,7 @@ var (
 // Store reads and changes build records.
 type Store struct {
 	kv jetstream.KeyValue
+	js jetstream.JetStream
 }
 
 // Open binds to the KILN_BUILDS bucket (created by bus.Setup).
@@ -43,7 +45,7 @@ func Open(ctx context.Context, js jetstream.JetStream) (*Store, error) {
 	if err != nil {
 		return nil, fmt.Errorf("open bucket %s: %w", bus.BucketBuilds, err)
 	}
-	return &Store{kv: kv}, nil
+	return &Store{kv: kv, js: js}, nil
 }
 
 // Create stores a new record; it fails if the id exists.
@@ -121,13 +123,9 @@ func (s *Store) UpdateAttempt(ctx context.Context, id string, attempt uint32, ch
 
 // List returns every record, newest first (ids sort by creation time).
 func (s *Store) List(ctx context.Context) ([]*kilnv1.Build, error) {
-	lister, err := s.kv.ListKeys(ctx)
+	ids, err := s.ids(ctx)
 	if err != nil {
-		return nil, fmt.Errorf("list builds: %w", err)
-	}
-	var ids []string
-	for k := range lister.Keys() {
-		ids = append(ids, k)
+		return nil, err
 	}
 	sort.Sort(sort.Reverse(sort.StringSlice(ids)))
 	out := make([]*kilnv1.Build, 0, len(ids))
@@ -142,6 +140,31 @@ func (s *Store) List(ctx context.Context) ([]*kilnv1.Build, error) {
 		out = append(out, b)
 	}
 	return out, nil
+}
+
+// kvSubjectPrefix prefixes the bucket's keys in its backing stream.
+const kvSubjectPrefix = "$KV." + bus.BucketBuilds + "."
+
+// ids lists the build ids from a snapshot of the bucket's stream subjects.
+// KeyValue.ListKeys can miss a key that is updated while it lists (with
+// history 1 its old revision vanishes and the new one arrives after the
+// listing's end marker), and builds are updated all the time.
+func (s *Store) ids(ctx context.Context) ([]string, error) {
+	stream, err := s.js.Stream(ctx, "KV_"+bus.BucketBuilds)
+	if err != nil {
+		return nil, fmt.Errorf("list builds: %w", err)
+	}
+	info, err := stream.Info(ctx, jetstream.WithSubjectFilter(kvSubjectPrefix+">"))
+	if err != nil {
+		return nil, fmt.Errorf("list builds: %w", err)
+	}
+	ids := make([]string, 0, len(info.State.Subjects))
+	for subject := range info.State.Subjects {
+		if id, ok := strings.CutPrefix(subject, kvSubjectPrefix); ok {
+			ids = append(ids, id)
+		}
+	}
+	return ids, nil
 }
 
 func isWrongRevision(err error) bool {

@@ -3,6 +3,7 @@ package buildstore_test
 import (
 	"context"
 	"errors"
+	"fmt"
 	"sync"
 	"testing"
 	"time"
@@ -75,5 +76,47 @@ func TestUpdateIsCompareAndSwap(t *testing.T) {
 	}
 	if _, _, err := s.Get(ctx, buildstore.NewID(time.Now())); !errors.Is(err, buildstore.ErrNotFound) {
 		t.Fatalf("Get of an unknown id = %v, want ErrNotFound", err)
+	}
+}
+
+// TestListSeesRecordsUpdatedWhileListing: records changing all the time
+// must never drop out of a listing.
+func TestListSeesRecordsUpdatedWhileListing(t *testing.T) {
+	ctx := context.Background()
+	s, err := buildstore.Open(ctx, bustest.Conn(t).JS)
+	if err != nil {
+		t.Fatal(err)
+	}
+	const n = 50
+	ids := make([]string, n)
+	for i := range ids {
+		ids[i] = buildstore.NewID(time.Now().Add(time.Duration(i) * time.Millisecond))
+		if err := s.Create(ctx, &kilnv1.Build{Id: ids[i], State: kilnv1.BuildState_BUILD_STATE_QUEUED}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	stop := make(chan struct{})
+	var wg sync.WaitGroup
+	wg.Add(1)
+	go func() { // keep renewing every record
+		defer wg.Done()
+		for i := 0; ; i++ {
+			select {
+			case <-stop:
+				return
+			default:
+			}
+			_, _ = s.Update(ctx, ids[i%n], func(b *kilnv1.Build) error { b.Error = fmt.Sprint(i); return nil })
+		}
+	}()
+	defer func() { close(stop); wg.Wait() }()
+	for range 20 {
+		all, err := s.List(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if len(all) != n {
+			t.Fatalf("List returned %d of %d records while they were being updated", len(all), n)
+		}
 	}
 }
