@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"path/filepath"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -132,4 +133,30 @@ func farmClient(t *testing.T, f *farm) (kilnv1.BuildServiceClient, kilnv1.Contex
 	k := &kilnd{}
 	k.addrs.GRPC = f.gateway
 	return k.client(t)
+}
+
+// TestEngineOutageTakesAgentOutOfRotation: when an agent's engine stops
+// answering, the agent reports itself unhealthy and builds go elsewhere.
+func TestEngineOutageTakesAgentOutOfRotation(t *testing.T) {
+	base := enginetest.BusyboxBase(t)
+	doomed, err := enginetest.Start("outage-a")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var stopOnce sync.Once
+	stop := func() { stopOnce.Do(func() { _ = doomed.Stop() }) }
+	t.Cleanup(stop)
+	healthy := enginetest.StartEngine(t, "outage-b")
+	f := startFarm(t, []*enginetest.Engine{doomed, healthy}, "--route-delay", "1s")
+	stop() // the engine of agent outage-a goes away
+	waitFor(t, time.Minute, "outage-a to report its engine unhealthy", func() bool {
+		r := kiln(t, f.gateway, "agents", "--format", "json")
+		return r.code == 0 && strings.Contains(r.stdout, `"name":"outage-a"`) && strings.Contains(r.stdout, "AGENT_STATE_UNHEALTHY")
+	})
+	for i := range 3 { // whatever the lineage, nothing goes to the broken agent
+		m, r := lineageBuild(t, f, base, fmt.Sprintf("outage-%d-%s", i, uniq()), 0)
+		if got := str(m, "kiln.agent"); got != "outage-b" {
+			t.Fatalf("build ran on %s, whose engine is down:\n%s", got, r.stderr)
+		}
+	}
 }
