@@ -6,6 +6,7 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"time"
 
 	"github.com/nats-io/nats.go/jetstream"
 	"google.golang.org/protobuf/proto"
@@ -39,7 +40,7 @@ func (g *Gateway) joinInflight(ctx context.Context, key, id string) (existing *k
 		case err != nil:
 			return nil, nil, fmt.Errorf("read in-flight key: %w", err)
 		default:
-			b, _, gerr := g.builds.Get(ctx, string(e.Value()))
+			b, gerr := g.awaitRecord(ctx, string(e.Value()))
 			if gerr == nil && !buildstore.Terminal(b.State) {
 				return b, nil, nil
 			}
@@ -52,5 +53,26 @@ func (g *Gateway) joinInflight(ctx context.Context, key, id string) (existing *k
 			}
 		}
 		return nil, func() { _ = g.inflight.Delete(context.WithoutCancel(ctx), key) }, nil
+	}
+}
+
+// claimToCreate bounds how long a claimed key may name a record that does
+// not exist yet: its claimant creates the record right after claiming.
+const claimToCreate = 2 * time.Second
+
+// awaitRecord reads the build a claim names, waiting up to claimToCreate
+// for a twin request that claimed the key but has not created it yet.
+func (g *Gateway) awaitRecord(ctx context.Context, id string) (*kilnv1.Build, error) {
+	deadline := time.Now().Add(claimToCreate)
+	for {
+		b, _, err := g.builds.Get(ctx, id)
+		if !errors.Is(err, buildstore.ErrNotFound) || time.Now().After(deadline) {
+			return b, err
+		}
+		select {
+		case <-ctx.Done():
+			return nil, ctx.Err()
+		case <-time.After(20 * time.Millisecond):
+		}
 	}
 }
