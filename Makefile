@@ -42,6 +42,7 @@ bench: dev-env build ## run the benchmarks in bench/ (tables and JSON in bench/r
 	$(GO) run ./bench/warmrebuild
 	$(GO) run ./bench/contextupload
 	$(GO) run ./bench/routingsim
+	$(GO) run ./bench/affinity
 
 .PHONY: lint
 lint: $(TOOLS)/buf ## gofmt, go vet and buf lint
