@@ -43,6 +43,7 @@ bench: dev-env build ## run the benchmarks in bench/ (tables and JSON in bench/r
 	$(GO) run ./bench/contextupload
 	$(GO) run ./bench/routingsim
 	$(GO) run ./bench/affinity
+	$(GO) run ./bench/dispatch
 
 .PHONY: lint
 lint: $(TOOLS)/buf ## gofmt, go vet and buf lint

@@ -1,0 +1,198 @@
+// Command dispatch measures kiln's dispatch latency: the time from a
+// client calling StartBuild to an agent holding the build, with builds
+// offered at a steady rate (200/s by default, a ticker, open loop) to a
+// farm whose parts are real — the nats-server library with JetStream on
+// files, the gateway over gRPC on loopback, the scheduler — and whose agents
+// are simulated: each speaks to the farm exactly as agent.Agent does (a
+// WorkOffer request per free slot, heartbeats with cache summaries, RUNNING
+// and SUCCEEDED through buildstore.UpdateAttempt, state events) and builds
+// by waiting -build-time instead of running Docker.
+//
+// Latency is measured in this process on one clock, per build: from just
+// before StartBuild is called to the moment the simulated agent's pull is
+// answered with the build. The same timeline splits it into the gateway's
+// work before the record (gRPC, validation, context check), writing the
+// record and handing it over (the intake message seen on kiln.requests),
+// the scheduler's intake and dispatcher up to its decision (lease start
+// minus AssignTimeout), and the CAS to ASSIGNED plus the reply. It prints
+// p50/p90/p99/max as a table and as JSON (bench/results/dispatch.json).
+//
+//	go run ./bench/dispatch
+package main
+
+import (
+	"context"
+	"flag"
+	"fmt"
+	"log/slog"
+	"os"
+	"runtime"
+	"runtime/pprof"
+	"sync"
+	"syscall"
+	"time"
+
+	kilnv1 "github.com/kilnbuild/kiln/proto/gen/go/kiln/v1"
+	"github.com/kilnbuild/kiln/scheduler"
+	"github.com/kilnbuild/kiln/scheduler/routing"
+	"github.com/kilnbuild/kiln/services/logging"
+)
+
+// GitLab runners ask for jobs every check_interval, 3 s by default.
+const gitlabPollMS = 3000.0
+
+type options struct {
+	rate       int
+	duration   time.Duration
+	warmup     time.Duration
+	agents     int
+	slots      int
+	buildTime  time.Duration
+	repos      int
+	format     string
+	routeDelay time.Duration
+	targetMS   float64
+	out        string
+	cpuProfile string
+	logLevel   string
+}
+
+func main() {
+	var o options
+	flag.IntVar(&o.rate, "rate", 200, "builds offered per second")
+	flag.DurationVar(&o.duration, "duration", 10*time.Second, "how long builds are offered and measured (after the warm-up)")
+	flag.DurationVar(&o.warmup, "warmup", 2*time.Second, "builds offered first at the same rate and left out of the figures")
+	flag.IntVar(&o.agents, "agents", 20, "simulated agents")
+	flag.IntVar(&o.slots, "slots", 4, "slots per agent (concurrent pull loops)")
+	flag.DurationVar(&o.buildTime, "build-time", 100*time.Millisecond, "how long a simulated build holds its slot")
+	flag.IntVar(&o.repos, "repos", 200, "repositories the builds are drawn from (each its own Dockerfile and context)")
+	flag.StringVar(&o.format, "context", "manifest", "context format: manifest (what the kiln CLI sends) or tar")
+	flag.DurationVar(&o.routeDelay, "route-delay", scheduler.DefaultRouteDelay, "scheduler --route-delay")
+	flag.Float64Var(&o.targetMS, "target-p99-ms", 10, "target p99 submit-to-assigned latency")
+	flag.StringVar(&o.out, "out", "bench/results/dispatch.json", "where to write the JSON report")
+	flag.StringVar(&o.cpuProfile, "cpuprofile", "", "write a CPU profile of the offered period to this file")
+	flag.StringVar(&o.logLevel, "log-level", "warn", "log level of the farm's services")
+	flag.Parse()
+	if err := run(o); err != nil {
+		fmt.Fprintln(os.Stderr, "dispatch:", err)
+		os.Exit(1)
+	}
+}
+
+func run(o options) error {
+	if o.rate <= 0 || o.duration <= 0 || o.agents <= 0 || o.slots <= 0 || o.repos <= 0 {
+		return fmt.Errorf("-rate, -duration, -agents, -slots and -repos must be positive")
+	}
+	log, err := logging.New(os.Stderr, o.logLevel)
+	if err != nil {
+		return err
+	}
+	ctx := context.Background()
+	tmp, err := os.MkdirTemp("", "kiln-bench-dispatch-")
+	if err != nil {
+		return err
+	}
+	defer os.RemoveAll(tmp)
+
+	assignLog := newAssignLog(log.Handler())
+	schedCfg := scheduler.Config{
+		Lease: simLease, AssignTimeout: scheduler.DefaultAssignTimeout,
+		Routing: routing.Config{Delay: o.routeDelay}, Logger: slog.New(assignLog),
+	}
+	f, err := startFarm(ctx, tmp, log, schedCfg)
+	if err != nil {
+		return err
+	}
+	defer f.stop()
+	bs, cs := kilnv1.NewBuildServiceClient(f.client), kilnv1.NewContextServiceClient(f.client)
+
+	warmupN := int(o.warmup.Seconds() * float64(o.rate))
+	n := warmupN + int(o.duration.Seconds()*float64(o.rate))
+	rec := newRecorder(n, schedCfg.AssignTimeout)
+	tapConn, err := f.connect(ctx, "bench-tap")
+	if err != nil {
+		return err
+	}
+	if err := rec.tap(tapConn); err != nil {
+		return err
+	}
+	fmt.Fprintf(os.Stderr, "dispatch: uploading %d repositories' contexts (%s)\n", o.repos, o.format)
+	repos, err := uploadRepositories(ctx, cs, o.repos, o.format)
+	if err != nil {
+		return err
+	}
+
+	agentsCtx, stopAgents := context.WithCancel(ctx)
+	var agentsDone sync.WaitGroup
+	defer func() { stopAgents(); agentsDone.Wait() }()
+	for i := range o.agents {
+		conn, err := f.connect(ctx, fmt.Sprintf("bench-agent-%02d", i))
+		if err != nil {
+			return err
+		}
+		a, err := newSimAgent(ctx, conn, fmt.Sprintf("sim-%02d", i), o.slots, o.buildTime, log, rec.assigned)
+		if err != nil {
+			return err
+		}
+		agentsDone.Go(func() { a.run(agentsCtx) })
+	}
+	pctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+	err = rec.probeFarm(pctx, bs, repos[0])
+	cancel()
+	if err != nil {
+		return err
+	}
+
+	fmt.Fprintf(os.Stderr, "dispatch: offering %d builds/s for %s (+%s warm-up) to %d agents × %d slots\n", o.rate, o.duration, o.warmup, o.agents, o.slots)
+	if o.cpuProfile != "" {
+		pf, err := os.Create(o.cpuProfile)
+		if err != nil {
+			return err
+		}
+		defer pf.Close()
+		if err := pprof.StartCPUProfile(pf); err != nil {
+			return err
+		}
+	}
+	probeConn, err := f.connect(ctx, "bench-rtt-probe")
+	if err != nil {
+		return err
+	}
+	probe, err := newRTTProbe(ctx, probeConn)
+	if err != nil {
+		return err
+	}
+	probeCtx, stopProbe := context.WithCancel(ctx)
+	var probing sync.WaitGroup
+	probing.Go(func() { probe.run(probeCtx) })
+	cpu0, wall0 := cpuTime(), time.Now()
+	rec.offer(ctx, bs, repos, o.rate)
+	wall, cpu := time.Since(wall0), cpuTime()-cpu0
+	stopProbe()
+	probing.Wait()
+	if o.cpuProfile != "" {
+		pprof.StopCPUProfile()
+	}
+	left := rec.waitAssigned(ctx, o.routeDelay+15*time.Second)
+	stopAgents()
+	agentsDone.Wait()
+
+	r := analyze(o, rec.finish(assignLog.seen)[warmupN:], wall, cpu)
+	r.Unassigned = left
+	r.MaxInFlight = rec.maxFlight
+	r.KVRead, r.KVWrite = probe.result()
+	return report(o, r)
+}
+
+// cpuTime is the CPU time (user + system) this process has used: the NATS
+// server, gateway, scheduler, agents and load generator together.
+func cpuTime() time.Duration {
+	var ru syscall.Rusage
+	if err := syscall.Getrusage(syscall.RUSAGE_SELF, &ru); err != nil {
+		return 0
+	}
+	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
+}
+
+// cpus is what the Go runtime may use, for the report.
+func cpus() int { return runtime.GOMAXPROCS(0) }

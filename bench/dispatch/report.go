@@ -1,0 +1,304 @@
+package main
+
+import (
+	"fmt"
+	"math"
+	"runtime"
+	"slices"
+	"strings"
+	"time"
+
+	"github.com/kilnbuild/kiln/bench/internal/benchkit"
+)
+
+// dist summarizes latencies in milliseconds.
+type dist struct {
+	N    int     `json:"n"`
+	P50  float64 `json:"p50_ms"`
+	P90  float64 `json:"p90_ms"`
+	P99  float64 `json:"p99_ms"`
+	Max  float64 `json:"max_ms"`
+	Mean float64 `json:"mean_ms"`
+}
+
+func distOf(ms []float64) dist {
+	if len(ms) == 0 {
+		return dist{}
+	}
+	s := slices.Clone(ms)
+	slices.Sort(s)
+	rank := func(p float64) float64 { // nearest rank
+		return s[max(int(math.Ceil(p*float64(len(s))))-1, 0)]
+	}
+	var sum float64
+	for _, v := range s {
+		sum += v
+	}
+	return dist{N: len(s), P50: rank(0.50), P90: rank(0.90), P99: rank(0.99), Max: s[len(s)-1], Mean: sum / float64(len(s))}
+}
+
+func ms(d time.Duration) float64 { return float64(d.Nanoseconds()) / 1e6 }
+
+// segment is one stretch of a build's way from the client to an agent.
+type segment struct {
+	Name string `json:"name"`
+	What string `json:"what"`
+	Dist dist   `json:"latency"`
+	// TailMeanMS is the segment's mean over the builds whose total is at
+	// or above the total's p99: where the slowest 1% spent their time.
+	TailMeanMS float64 `json:"slowest_1pct_mean_ms"`
+	of         func(*sample) (time.Duration, bool)
+}
+
+var segments = []segment{
+	{Name: "gateway before the record", What: "submit → created_at: gRPC, spec validation, context check (manifest, blobs, Dockerfile from KILN_CAS)",
+		of: func(s *sample) (time.Duration, bool) { return s.created.Sub(s.submitted), !s.created.IsZero() }},
+	{Name: "record and hand-over", What: "created_at → BuildRequested on kiln.requests: in-flight claim, KV create, QUEUED event",
+		of: func(s *sample) (time.Duration, bool) {
+			return s.intake.Sub(s.created), !s.intake.IsZero() && !s.created.IsZero()
+		}},
+	{Name: "intake to decision", What: "kiln.requests → dispatcher's assignment: JetStream delivery, record Get, dispatcher events, routing (delay holds included)",
+		of: func(s *sample) (time.Duration, bool) {
+			return s.decided.Sub(s.intake), !s.decided.IsZero() && !s.intake.IsZero()
+		}},
+	{Name: "assignment to agent", What: "decision → agent's pull answered: CAS to ASSIGNED, reply over NATS",
+		of: func(s *sample) (time.Duration, bool) {
+			return s.received.Sub(s.decided), !s.received.IsZero() && !s.decided.IsZero()
+		}},
+}
+
+type result struct {
+	Benchmark     string  `json:"benchmark"`
+	Measured      string  `json:"measured"`
+	GoVersion     string  `json:"go_version"`
+	CPUs          int     `json:"cpus"`
+	RatePerS      int     `json:"offered_rate_per_s"`
+	DurationS     float64 `json:"duration_s"`
+	WarmupS       float64 `json:"warmup_s"`
+	Agents        int     `json:"agents"`
+	Slots         int     `json:"slots_per_agent"`
+	BuildTimeMS   float64 `json:"build_time_ms"`
+	Repositories  int     `json:"repositories"`
+	ContextFormat string  `json:"context_format"`
+	RouteDelayMS  float64 `json:"route_delay_ms"`
+
+	Offered      int     `json:"offered"`
+	StartErrors  int     `json:"start_errors"`
+	FirstError   string  `json:"first_error,omitempty"`
+	Assigned     int     `json:"assigned"`
+	Unassigned   int     `json:"unassigned_at_end"`
+	OfferedPerS  float64 `json:"offered_per_s"`
+	StartedPerS  float64 `json:"started_per_s"`
+	AssignedPerS float64 `json:"assigned_per_s"`
+	MaxInFlight  int     `json:"max_startbuild_in_flight"`
+	GenLagP99MS  float64 `json:"generator_lag_p99_ms"`
+	CPUBusy      float64 `json:"cpu_busy_fraction"`
+
+	Latency      dist            `json:"submit_to_assigned"`
+	StartBuild   dist            `json:"startbuild_round_trip"`
+	BeforeReturn float64         `json:"assigned_before_startbuild_returned_fraction"`
+	Segments     []segment       `json:"segments"`
+	ByReason     map[string]dist `json:"submit_to_assigned_by_routing_reason"`
+	// Assign is the dispatcher goroutine's time per build in
+	// dispatcher.assign (decision → "build assigned" logged: CAS to
+	// ASSIGNED, reply, ASSIGNED event acknowledged by JetStream), and
+	// AssignBusy the fraction of the measured period it spent there.
+	Assign     dist    `json:"dispatcher_assign_per_build"`
+	AssignBusy float64 `json:"dispatcher_assign_busy_fraction"`
+	// AgentBuildsPerS is how many builds/s the busiest and the least busy
+	// agent received: affinity routing concentrates lineages.
+	AgentBuildsPerS struct {
+		Min  float64 `json:"min"`
+		Mean float64 `json:"mean"`
+		Max  float64 `json:"max"`
+	} `json:"agent_builds_per_s"`
+	IdleAgents int `json:"agents_without_builds"`
+	// KVRead and KVWrite are one JetStream KV Get and Put round trip,
+	// probed every 10 ms during the load on a connection of their own.
+	KVRead  dist `json:"kv_get_round_trip"`
+	KVWrite dist `json:"kv_put_round_trip"`
+
+	TargetP99MS  float64 `json:"target_p99_ms"`
+	MetTarget    bool    `json:"met_target"`
+	GitLabPollMS float64 `json:"gitlab_runner_poll_interval_ms"`
+}
+
+func analyze(o options, samples []sample, wall, cpu time.Duration) result {
+	r := result{
+		Benchmark: fmt.Sprintf("dispatch latency at %d builds/s: %d simulated agents × %d slots, %s builds, %d repositories",
+			o.rate, o.agents, o.slots, o.buildTime, o.repos),
+		Measured: "per build, one clock in one process: from just before the client calls StartBuild (gRPC, loopback) " +
+			"to the simulated agent's WorkOffer request being answered with the build",
+		GoVersion: runtime.Version(), CPUs: cpus(), RatePerS: o.rate, DurationS: o.duration.Seconds(), WarmupS: o.warmup.Seconds(),
+		Agents: o.agents, Slots: o.slots, BuildTimeMS: ms(o.buildTime), Repositories: o.repos, ContextFormat: o.format,
+		RouteDelayMS: ms(o.routeDelay), Offered: len(samples), TargetP99MS: o.targetMS, GitLabPollMS: gitlabPollMS,
+		CPUBusy: cpu.Seconds() / wall.Seconds() / float64(cpus()),
+	}
+	var total, rt, lag, assign []float64
+	byReason := map[string][]float64{}
+	var first, lastIntended, lastReturned, lastReceived time.Time
+	before := 0
+	perAgent := map[string]int{}
+	for i := range samples {
+		s := &samples[i]
+		if first.IsZero() {
+			first = s.intended
+		}
+		lastIntended = s.intended
+		lag = append(lag, ms(s.submitted.Sub(s.intended)))
+		if s.err != nil {
+			r.StartErrors++
+			if r.FirstError == "" {
+				r.FirstError = s.err.Error()
+			}
+			continue
+		}
+		rt = append(rt, ms(s.returned.Sub(s.submitted)))
+		lastReturned = later(lastReturned, s.returned)
+		if s.received.IsZero() {
+			continue
+		}
+		r.Assigned++
+		perAgent[s.agent]++
+		lastReceived = later(lastReceived, s.received)
+		d := ms(s.received.Sub(s.submitted))
+		total = append(total, d)
+		byReason[s.reason] = append(byReason[s.reason], d)
+		if s.received.Before(s.returned) {
+			before++
+		}
+		if !s.logged.IsZero() && !s.decided.IsZero() {
+			assign = append(assign, ms(s.logged.Sub(s.decided)))
+		}
+	}
+	r.Assign = distOf(assign)
+	r.Latency, r.StartBuild = distOf(total), distOf(rt)
+	r.GenLagP99MS = distOf(lag).P99
+	if r.Assigned > 0 {
+		r.BeforeReturn = float64(before) / float64(r.Assigned)
+	}
+	interval := time.Second / time.Duration(o.rate)
+	if !first.IsZero() {
+		r.OfferedPerS = float64(len(samples)) / lastIntended.Sub(first.Add(-interval)).Seconds()
+		r.StartedPerS = float64(len(rt)) / lastReturned.Sub(first.Add(-interval)).Seconds()
+		window := lastReceived.Sub(first.Add(-interval))
+		r.AssignedPerS = float64(r.Assigned) / window.Seconds()
+		r.AssignBusy = r.Assign.Mean * float64(r.Assign.N) / ms(window)
+		counts := make([]float64, 0, o.agents)
+		for _, c := range perAgent {
+			counts = append(counts, float64(c)/window.Seconds())
+		}
+		r.IdleAgents = o.agents - len(counts)
+		for len(counts) < o.agents {
+			counts = append(counts, 0)
+		}
+		d := distOf(counts)
+		r.AgentBuildsPerS.Min, r.AgentBuildsPerS.Mean, r.AgentBuildsPerS.Max = slices.Min(counts), d.Mean, d.Max
+	}
+	r.ByReason = map[string]dist{}
+	for reason, xs := range byReason {
+		r.ByReason[reason] = distOf(xs)
+	}
+	for _, seg := range segments {
+		var xs, tail []float64
+		for i := range samples {
+			s := &samples[i]
+			d, ok := seg.of(s)
+			if !ok || s.err != nil {
+				continue
+			}
+			xs = append(xs, ms(d))
+			if !s.received.IsZero() && ms(s.received.Sub(s.submitted)) >= r.Latency.P99 {
+				tail = append(tail, ms(d))
+			}
+		}
+		seg.Dist = distOf(xs)
+		seg.TailMeanMS = distOf(tail).Mean
+		r.Segments = append(r.Segments, seg)
+	}
+	r.MetTarget = r.Assigned > 0 && r.Latency.P99 < o.targetMS && r.StartErrors == 0
+	return r
+}
+
+// times says how v compares with ref: "1/40 of", "1.5× of".
+func times(v, ref float64) string {
+	if v <= 0 {
+		return "n/a"
+	}
+	if v < ref {
+		return fmt.Sprintf("%.2f ms, 1/%.0f of", v, ref/v)
+	}
+	return fmt.Sprintf("%.2f ms, %.1f× of", v, v/ref)
+}
+
+func later(a, b time.Time) time.Time {
+	if b.After(a) {
+		return b
+	}
+	return a
+}
+
+func row(name string, d dist, extra string) benchkit.Row {
+	f := func(v float64) string { return fmt.Sprintf("%.2f", v) }
+	return benchkit.Row{Name: name, Values: []string{fmt.Sprint(d.N), f(d.P50), f(d.P90), f(d.P99), f(d.Max), extra}}
+}
+
+func report(o options, r result) error {
+	rows := []benchkit.Row{
+		row("**submit → agent has the build**", r.Latency, ""),
+		row("StartBuild round trip (client)", r.StartBuild, ""),
+	}
+	for _, seg := range r.Segments {
+		rows = append(rows, row("· "+seg.Name, seg.Dist, fmt.Sprintf("%.2f", seg.TailMeanMS)))
+	}
+	rows = append(rows,
+		row("dispatcher.assign per build (CAS, reply, event)", r.Assign, ""),
+		row("one KV Get round trip (probe, every 10 ms)", r.KVRead, ""),
+		row("one KV Put round trip (probe, every 10 ms)", r.KVWrite, ""))
+	for _, reason := range []string{"affinity", "hashed", "spilled", "other", "unknown"} {
+		if d, ok := r.ByReason[reason]; ok {
+			rows = append(rows, row("submit → agent, routed "+reason, d, ""))
+		}
+	}
+	verdict := "MET"
+	if !r.MetTarget {
+		verdict = "MISSED"
+	}
+	var b strings.Builder
+	fmt.Fprintf(&b, "p99 %.2f ms, target < %.0f ms: %s. Offered %.1f builds/s, started %.1f/s, assigned %.1f/s "+
+		"(%d offered, %d start errors, %d unassigned at the end; at most %d StartBuild calls in flight; generator lag p99 %.2f ms; "+
+		"CPU %.0f%% of %d cores for NATS, gateway, scheduler, agents and load together).\n",
+		r.Latency.P99, r.TargetP99MS, verdict, r.OfferedPerS, r.StartedPerS, r.AssignedPerS,
+		r.Offered, r.StartErrors, r.Unassigned, r.MaxInFlight, r.GenLagP99MS, 100*r.CPUBusy, r.CPUs)
+	fmt.Fprintf(&b, "The one dispatcher goroutine spent %.2f ms per build in dispatcher.assign (mean; p99 %.2f ms): %.0f%% of the period, "+
+		"a ceiling of ~%.0f assignments/s with nothing else to do.\n", r.Assign.Mean, r.Assign.P99, 100*r.AssignBusy, 1000/r.Assign.Mean)
+	fmt.Fprintf(&b, "Builds per agent: %.1f/s on average, %.1f–%.1f/s from the least to the busiest (%d slots, %s builds each); %d of %d agents got none.\n",
+		r.AgentBuildsPerS.Mean, r.AgentBuildsPerS.Min, r.AgentBuildsPerS.Max, r.Slots, o.buildTime, r.IdleAgents, r.Agents)
+	fmt.Fprintf(&b, "GitLab runners poll for jobs every %.0f s, so a job waits 0–%.0f ms (%.0f ms on average) before a runner even sees it; "+
+		"kiln's p50 is %s and its p99 %s that average.\n",
+		r.GitLabPollMS/1000, r.GitLabPollMS, r.GitLabPollMS/2, times(r.Latency.P50, r.GitLabPollMS/2), times(r.Latency.P99, r.GitLabPollMS/2))
+	fmt.Fprintf(&b, "%.0f%% of builds reached their agent before StartBuild returned to the client.", 100*r.BeforeReturn)
+	if r.FirstError != "" {
+		fmt.Fprintf(&b, "\nFirst StartBuild error: %s", r.FirstError)
+	}
+	if !r.MetTarget && len(r.Segments) > 0 {
+		worst := r.Segments[0]
+		for _, seg := range r.Segments[1:] {
+			if seg.TailMeanMS > worst.TailMeanMS {
+				worst = seg
+			}
+		}
+		fmt.Fprintf(&b, "\nWhere the slowest 1%% spent their time (last column): mostly %q (%.2f ms on average; %s).",
+			worst.Name, worst.TailMeanMS, worst.What)
+		if worst.Name == "intake to decision" {
+			fmt.Fprintf(&b, " A build waits there while the router holds it for its busy preferred agent (up to -route-delay, %s; "+
+				"run with -route-delay 1ms to see the latency without holds) or while the dispatcher is behind (dispatcher.assign busy %.0f%%).",
+				o.routeDelay, 100*r.AssignBusy)
+		}
+	}
+	return benchkit.Report(
+		fmt.Sprintf("Dispatch latency (%s): %d builds/s for %s, %d agents × %d slots, %s builds, %d repositories, %s contexts",
+			"submit → agent, in-process, one clock", r.RatePerS, o.duration, r.Agents, r.Slots, o.buildTime, r.Repositories, r.ContextFormat),
+		[]string{"segment", "builds", "p50 ms", "p90 ms", "p99 ms", "max ms", "slowest 1%: mean ms"},
+		rows, b.String(), r, o.out)
+}
