@@ -1,61 +1,19 @@
 package tests
 
 import (
-	"bytes"
-	"encoding/json"
-	"os"
-	"os/exec"
 	"path/filepath"
-	"syscall"
 	"testing"
-	"time"
 
 	"github.com/kilnbuild/kiln/agent/enginetest"
 	"github.com/kilnbuild/kiln/services/bus"
 )
 
 // proc is one separately started kiln binary.
-type proc struct {
-	name   string
-	cmd    *exec.Cmd
-	logs   bytes.Buffer
-	exited chan struct{}
-	addrs  map[string]string
-}
+type proc = faultProc
 
 // startProc runs bin with args plus --ready-file and waits until it is ready.
 func startProc(t *testing.T, bin string, args ...string) *proc {
-	t.Helper()
-	ready := filepath.Join(t.TempDir(), "ready.json")
-	p := &proc{name: filepath.Base(bin), exited: make(chan struct{})}
-	p.cmd = exec.Command(bin, append(args, "--ready-file", ready)...)
-	p.cmd.Stdout, p.cmd.Stderr = &p.logs, &p.logs
-	if err := p.cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	go func() { _ = p.cmd.Wait(); close(p.exited) }()
-	t.Cleanup(func() {
-		_ = p.cmd.Process.Signal(syscall.SIGTERM)
-		select {
-		case <-p.exited:
-		case <-time.After(time.Minute):
-			_ = p.cmd.Process.Kill()
-			<-p.exited
-		}
-		if t.Failed() {
-			t.Logf("%s log:\n%s", p.name, p.logs.String())
-		}
-	})
-	waitFor(t, time.Minute, p.name+" to be ready", func() bool {
-		select {
-		case <-p.exited:
-			t.Fatalf("%s exited before it was ready:\n%s", p.name, p.logs.String())
-		default:
-		}
-		data, err := os.ReadFile(ready)
-		return err == nil && json.Unmarshal(data, &p.addrs) == nil
-	})
-	return p
+	return startFaultProc(t, filepath.Base(bin), bin, args...)
 }
 
 // TestDistributedBinaries runs the gateway, scheduler and agent as separate
