@@ -17,6 +17,21 @@ import (
 // standby takes over and hands out the queued work.
 func TestStandbyTakesOver(t *testing.T) {
 	f := newFixture(t, nil) // the leader
+	holder := func() string {
+		kv, err := f.conn.JS.KeyValue(context.Background(), bus.BucketLeader)
+		if err != nil {
+			t.Fatal(err)
+		}
+		e, err := kv.Get(context.Background(), leaderKey)
+		if err != nil {
+			return ""
+		}
+		l := &kilnv1.LeaderLease{}
+		_ = proto.Unmarshal(e.Value(), l)
+		return l.Holder
+	}
+	waitUntil(t, "the first scheduler to lead", func() bool { return holder() != "" })
+	before := holder()
 	standby, err := New(context.Background(), Config{Conn: f.conn, Lease: time.Minute, SweepEvery: 10 * time.Millisecond, LeaderLease: 300 * time.Millisecond, Now: f.clock.Now})
 	if err != nil {
 		t.Fatal(err)
@@ -31,20 +46,6 @@ func TestStandbyTakesOver(t *testing.T) {
 	if got := f.pull(t, "agent-a", 5*time.Second); len(got) != 1 || got[0].Id != first {
 		t.Fatalf("pull under the first leader: %v", got)
 	}
-	holder := func() string {
-		kv, err := f.conn.JS.KeyValue(context.Background(), bus.BucketLeader)
-		if err != nil {
-			t.Fatal(err)
-		}
-		e, err := kv.Get(context.Background(), leaderKey)
-		if err != nil {
-			return ""
-		}
-		l := &kilnv1.LeaderLease{}
-		_ = proto.Unmarshal(e.Value(), l)
-		return l.Holder
-	}
-	before := holder()
 
 	f.cancel() // the leader stops and resigns
 	if err := <-f.done; err != nil {

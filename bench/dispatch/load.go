@@ -47,6 +47,7 @@ type recorder struct {
 	inflight  int // StartBuild calls outstanding
 	maxFlight int
 	probe     chan struct{} // closed when the probe build is assigned
+	probed    sync.Once
 }
 
 func newRecorder(n int, assignTimeout time.Duration) *recorder {
@@ -88,7 +89,7 @@ func (r *recorder) tap(conn *bus.Conn) error {
 func (r *recorder) assigned(b *kilnv1.Build, at time.Time) {
 	seq := b.GetSpec().GetLabels()[seqLabel]
 	if seq == "probe" {
-		close(r.probe)
+		r.probed.Do(func() { close(r.probe) })
 		return
 	}
 	i, err := strconv.Atoi(seq)
@@ -117,7 +118,7 @@ func request(i int, repo repository, seq string) *kilnv1.StartBuildRequest {
 	}
 }
 
-// probe starts one build and waits until an agent receives it: the
+// probeFarm starts one build and waits until an agent receives it: the
 // scheduler leads, sees the agents and answers their pulls.
 func (r *recorder) probeFarm(ctx context.Context, bs kilnv1.BuildServiceClient, repo repository) error {
 	if _, err := bs.StartBuild(ctx, request(-1, repo, "probe")); err != nil {

@@ -67,7 +67,7 @@ func main() {
 	flag.DurationVar(&o.buildTime, "build-time", 100*time.Millisecond, "how long a simulated build holds its slot")
 	flag.IntVar(&o.repos, "repos", 200, "repositories the builds are drawn from (each its own Dockerfile and context)")
 	flag.StringVar(&o.format, "context", "manifest", "context format: manifest (what the kiln CLI sends) or tar")
-	flag.DurationVar(&o.routeDelay, "route-delay", scheduler.DefaultRouteDelay, "scheduler --route-delay")
+	flag.DurationVar(&o.routeDelay, "route-delay", scheduler.DefaultRouteDelay, "scheduler --route-delay: how long a build waits for its busy preferred agent (0 means the default; 1ms for practically no holds)")
 	flag.Float64Var(&o.targetMS, "target-p99-ms", 10, "target p99 submit-to-assigned latency")
 	flag.StringVar(&o.out, "out", "bench/results/dispatch.json", "where to write the JSON report")
 	flag.StringVar(&o.cpuProfile, "cpuprofile", "", "write a CPU profile of the offered period to this file")
@@ -143,6 +143,14 @@ func run(o options) error {
 		return err
 	}
 
+	probeConn, err := f.connect(ctx, "bench-rtt-probe")
+	if err != nil {
+		return err
+	}
+	probe, err := newRTTProbe(ctx, probeConn)
+	if err != nil {
+		return err
+	}
 	fmt.Fprintf(os.Stderr, "dispatch: offering %d builds/s for %s (+%s warm-up) to %d agents × %d slots\n", o.rate, o.duration, o.warmup, o.agents, o.slots)
 	if o.cpuProfile != "" {
 		pf, err := os.Create(o.cpuProfile)
@@ -153,14 +161,6 @@ func run(o options) error {
 		if err := pprof.StartCPUProfile(pf); err != nil {
 			return err
 		}
-	}
-	probeConn, err := f.connect(ctx, "bench-rtt-probe")
-	if err != nil {
-		return err
-	}
-	probe, err := newRTTProbe(ctx, probeConn)
-	if err != nil {
-		return err
 	}
 	probeCtx, stopProbe := context.WithCancel(ctx)
 	var probing sync.WaitGroup
