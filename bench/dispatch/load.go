@@ -28,6 +28,7 @@ type sample struct {
 	intake    time.Time // BuildRequested seen on kiln.requests (gateway published it)
 	decided   time.Time // the dispatcher's clock at assignment: lease_expires_at − AssignTimeout
 	received  time.Time // the simulated agent's pull was answered with it
+	pullSent  time.Time // that pull was sent: the agent's slot was free from then on
 	logged    time.Time // the dispatcher logged "build assigned" (its work on it done)
 	id        string
 	agent     string
@@ -44,6 +45,7 @@ type recorder struct {
 	samples   []sample
 	intake    map[string]time.Time
 	reasons   map[string]string
+	pulls     []pullSpan
 	inflight  int // StartBuild calls outstanding
 	maxFlight int
 	probe     chan struct{} // closed when the probe build is assigned
@@ -85,24 +87,47 @@ func (r *recorder) tap(conn *bus.Conn) error {
 	return conn.NC.Flush()
 }
 
-// assigned is the simulated agents' callback.
-func (r *recorder) assigned(b *kilnv1.Build, at time.Time) {
-	seq := b.GetSpec().GetLabels()[seqLabel]
-	if seq == "probe" {
-		r.probed.Do(func() { close(r.probe) })
-		return
-	}
-	i, err := strconv.Atoi(seq)
-	if err != nil || i < 0 || i >= len(r.samples) {
-		return
-	}
+// pullSpan is one pull of one agent: a free slot waiting for work.
+type pullSpan struct {
+	agent          string
+	sent, answered time.Time
+}
+
+var _ pullObserver = (*recorder)(nil)
+
+// pulled records every pull of the simulated agents and the builds they got.
+func (r *recorder) pulled(agent string, sent, answered time.Time, builds []*kilnv1.Build) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	s := &r.samples[i]
-	s.received, s.agent = at, b.Agent
-	if b.LeaseExpiresAt != nil {
-		s.decided = b.LeaseExpiresAt.AsTime().Add(-r.assignTimeout)
+	r.pulls = append(r.pulls, pullSpan{agent, sent, answered})
+	for _, b := range builds {
+		seq := b.GetSpec().GetLabels()[seqLabel]
+		if seq == "probe" {
+			r.probed.Do(func() { close(r.probe) })
+			continue
+		}
+		i, err := strconv.Atoi(seq)
+		if err != nil || i < 0 || i >= len(r.samples) {
+			continue
+		}
+		s := &r.samples[i]
+		s.received, s.pullSent, s.agent = answered, sent, b.Agent
+		if b.LeaseExpiresAt != nil {
+			s.decided = b.LeaseExpiresAt.AsTime().Add(-r.assignTimeout)
+		}
 	}
+}
+
+// idleElsewhere counts the pulls of agents other than agent waiting at t:
+// free slots the build could have had.
+func idleElsewhere(pulls []pullSpan, agent string, t time.Time) int {
+	n := 0
+	for _, p := range pulls {
+		if p.agent != agent && !p.sent.After(t) && p.answered.After(t) {
+			n++
+		}
+	}
+	return n
 }
 
 // request is build i's StartBuild request: repository repo's context, a
@@ -213,8 +238,9 @@ func (r *recorder) waitAssigned(ctx context.Context, timeout time.Duration) int 
 	}
 }
 
-// finish joins the taps' observations and the scheduler's log into the samples.
-func (r *recorder) finish(assigned *assignTimes) []sample {
+// finish joins the taps' observations and the scheduler's log into the
+// samples; it returns them and every pull.
+func (r *recorder) finish(assigned *assignTimes) ([]sample, []pullSpan) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	for i := range r.samples {
@@ -223,7 +249,7 @@ func (r *recorder) finish(assigned *assignTimes) []sample {
 		s.reason = reasonOf(r.reasons[s.id])
 		s.logged = assigned.get(s.id)
 	}
-	return r.samples
+	return r.samples, r.pulls
 }
 
 // reasonOf names the routing reason in an ASSIGNED event's message.

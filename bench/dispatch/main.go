@@ -13,9 +13,12 @@
 // answered with the build. The same timeline splits it into the gateway's
 // work before the record (gRPC, validation, context check), writing the
 // record and handing it over (the intake message seen on kiln.requests),
-// the scheduler's intake and dispatcher up to its decision (lease start
+// waiting for a free slot on the agent it went to (until that agent sent
+// the pull that got it), the scheduler up to its decision (lease start
 // minus AssignTimeout), and the CAS to ASSIGNED plus the reply. It prints
-// p50/p90/p99/max as a table and as JSON (bench/results/dispatch.json).
+// p50/p90/p99/max as a table and as JSON (bench/results/dispatch.json),
+// with the dispatcher goroutine's time per assignment, a JetStream round
+// trip probed during the load, and how builds spread over the agents.
 //
 //	go run ./bench/dispatch
 package main
@@ -28,6 +31,8 @@ import (
 	"os"
 	"runtime"
 	"runtime/pprof"
+	"strconv"
+	"strings"
 	"sync"
 	"syscall"
 	"time"
@@ -130,7 +135,7 @@ func run(o options) error {
 		if err != nil {
 			return err
 		}
-		a, err := newSimAgent(ctx, conn, fmt.Sprintf("sim-%02d", i), o.slots, o.buildTime, log, rec.assigned)
+		a, err := newSimAgent(ctx, conn, fmt.Sprintf("sim-%02d", i), o.slots, o.buildTime, log, rec)
 		if err != nil {
 			return err
 		}
@@ -165,9 +170,9 @@ func run(o options) error {
 	probeCtx, stopProbe := context.WithCancel(ctx)
 	var probing sync.WaitGroup
 	probing.Go(func() { probe.run(probeCtx) })
-	cpu0, wall0 := cpuTime(), time.Now()
+	cpu0, psi0, wall0 := cpuTime(), cpuPressure(), time.Now()
 	rec.offer(ctx, bs, repos, o.rate)
-	wall, cpu := time.Since(wall0), cpuTime()-cpu0
+	wall, cpu, psi1 := time.Since(wall0), cpuTime()-cpu0, cpuPressure()
 	stopProbe()
 	probing.Wait()
 	if o.cpuProfile != "" {
@@ -177,10 +182,15 @@ func run(o options) error {
 	stopAgents()
 	agentsDone.Wait()
 
-	r := analyze(o, rec.finish(assignLog.seen)[warmupN:], wall, cpu)
+	samples, pulls := rec.finish(assignLog.seen)
+	r := analyze(o, samples[warmupN:], pulls, wall, cpu)
 	r.Unassigned = left
 	r.MaxInFlight = rec.maxFlight
 	r.KVRead, r.KVWrite = probe.result()
+	r.CPUPressure = -1
+	if psi0 >= 0 && psi1 >= 0 {
+		r.CPUPressure = float64(psi1-psi0) / float64(wall.Microseconds())
+	}
 	return report(o, r)
 }
 
@@ -196,3 +206,23 @@ func cpuTime() time.Duration {
 
 // cpus is what the Go runtime may use, for the report.
 func cpus() int { return runtime.GOMAXPROCS(0) }
+
+// cpuPressure is the kernel's count of microseconds in which some runnable
+// task waited for a CPU (/proc/pressure/cpu, "some"), ours included; -1
+// where it cannot be read. Over a run it shows how contended the machine was.
+func cpuPressure() int64 {
+	data, err := os.ReadFile("/proc/pressure/cpu")
+	if err != nil {
+		return -1
+	}
+	line, _, _ := strings.Cut(string(data), "\n")
+	_, total, ok := strings.Cut(line, "total=")
+	if !ok || !strings.HasPrefix(line, "some ") {
+		return -1
+	}
+	n, err := strconv.ParseInt(strings.TrimSpace(total), 10, 64)
+	if err != nil {
+		return -1
+	}
+	return n
+}

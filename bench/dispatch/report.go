@@ -57,9 +57,13 @@ var segments = []segment{
 		of: func(s *sample) (time.Duration, bool) {
 			return s.intake.Sub(s.created), !s.intake.IsZero() && !s.created.IsZero()
 		}},
-	{Name: "intake to decision", What: "kiln.requests → dispatcher's assignment: JetStream delivery, record Get, dispatcher events, routing (delay holds included)",
+	{Name: "waiting for its agent", What: "kiln.requests → the pull that got it was sent: queued while every slot of the agent it went to was busy (delay scheduling holds it for its preferred agent)",
 		of: func(s *sample) (time.Duration, bool) {
-			return s.decided.Sub(s.intake), !s.decided.IsZero() && !s.intake.IsZero()
+			return max(s.pullSent.Sub(s.intake), 0), !s.pullSent.IsZero() && !s.intake.IsZero()
+		}},
+	{Name: "scheduler", What: "the later of kiln.requests and that pull → dispatcher's decision: JetStream delivery, intake Get, dispatcher events, routing",
+		of: func(s *sample) (time.Duration, bool) {
+			return s.decided.Sub(later(s.intake, s.pullSent)), !s.decided.IsZero() && !s.intake.IsZero() && !s.pullSent.IsZero()
 		}},
 	{Name: "assignment to agent", What: "decision → agent's pull answered: CAS to ASSIGNED, reply over NATS",
 		of: func(s *sample) (time.Duration, bool) {
@@ -93,8 +97,14 @@ type result struct {
 	MaxInFlight  int     `json:"max_startbuild_in_flight"`
 	GenLagP99MS  float64 `json:"generator_lag_p99_ms"`
 	CPUBusy      float64 `json:"cpu_busy_fraction"`
+	// CPUPressure is the share of the offered period in which some task
+	// on the machine (this process's included) waited for a CPU.
+	CPUPressure float64 `json:"cpu_pressure_some_fraction"`
 
-	Latency      dist            `json:"submit_to_assigned"`
+	Latency dist `json:"submit_to_assigned"`
+	// NoWait is the same minus the time each build waited for a slot on
+	// the agent it went to: the farm's own path, routing holds taken out.
+	NoWait       dist            `json:"submit_to_assigned_minus_wait_for_agent"`
 	StartBuild   dist            `json:"startbuild_round_trip"`
 	BeforeReturn float64         `json:"assigned_before_startbuild_returned_fraction"`
 	Segments     []segment       `json:"segments"`
@@ -113,6 +123,15 @@ type result struct {
 		Max  float64 `json:"max"`
 	} `json:"agent_builds_per_s"`
 	IdleAgents int `json:"agents_without_builds"`
+	// Waited counts the builds queued while every slot of the agent they
+	// went to was busy; IdleElsewhere is how many slots of other agents
+	// were free (pulls waiting) when each of them arrived.
+	Waited        int  `json:"builds_that_waited_for_their_agent"`
+	WaitedFor     dist `json:"wait_for_their_agent"`
+	IdleElsewhere struct {
+		Median float64 `json:"median"`
+		Min    float64 `json:"min"`
+	} `json:"free_slots_elsewhere_while_waiting"`
 	// KVRead and KVWrite are one JetStream KV Get and Put round trip,
 	// probed every 10 ms during the load on a connection of their own.
 	KVRead  dist `json:"kv_get_round_trip"`
@@ -123,7 +142,7 @@ type result struct {
 	GitLabPollMS float64 `json:"gitlab_runner_poll_interval_ms"`
 }
 
-func analyze(o options, samples []sample, wall, cpu time.Duration) result {
+func analyze(o options, samples []sample, pulls []pullSpan, wall, cpu time.Duration) result {
 	r := result{
 		Benchmark: fmt.Sprintf("dispatch latency at %d builds/s: %d simulated agents × %d slots, %s builds, %d repositories",
 			o.rate, o.agents, o.slots, o.buildTime, o.repos),
@@ -134,7 +153,7 @@ func analyze(o options, samples []sample, wall, cpu time.Duration) result {
 		RouteDelayMS: ms(o.routeDelay), Offered: len(samples), TargetP99MS: o.targetMS, GitLabPollMS: gitlabPollMS,
 		CPUBusy: cpu.Seconds() / wall.Seconds() / float64(cpus()),
 	}
-	var total, rt, lag, assign []float64
+	var total, noWait, rt, lag, assign []float64
 	byReason := map[string][]float64{}
 	var first, lastIntended, lastReturned, lastReceived time.Time
 	before := 0
@@ -163,6 +182,11 @@ func analyze(o options, samples []sample, wall, cpu time.Duration) result {
 		lastReceived = later(lastReceived, s.received)
 		d := ms(s.received.Sub(s.submitted))
 		total = append(total, d)
+		if !s.intake.IsZero() && s.pullSent.After(s.intake) {
+			noWait = append(noWait, d-ms(s.pullSent.Sub(s.intake)))
+		} else {
+			noWait = append(noWait, d)
+		}
 		byReason[s.reason] = append(byReason[s.reason], d)
 		if s.received.Before(s.returned) {
 			before++
@@ -172,7 +196,20 @@ func analyze(o options, samples []sample, wall, cpu time.Duration) result {
 		}
 	}
 	r.Assign = distOf(assign)
-	r.Latency, r.StartBuild = distOf(total), distOf(rt)
+	var waited, idle []float64
+	for i := range samples {
+		s := &samples[i]
+		if s.received.IsZero() || s.intake.IsZero() || !s.pullSent.After(s.intake) {
+			continue
+		}
+		waited = append(waited, ms(s.pullSent.Sub(s.intake)))
+		idle = append(idle, float64(idleElsewhere(pulls, s.agent, s.intake)))
+	}
+	r.Waited, r.WaitedFor = len(waited), distOf(waited)
+	if len(idle) > 0 {
+		r.IdleElsewhere.Median, r.IdleElsewhere.Min = distOf(idle).P50, slices.Min(idle)
+	}
+	r.Latency, r.NoWait, r.StartBuild = distOf(total), distOf(noWait), distOf(rt)
 	r.GenLagP99MS = distOf(lag).P99
 	if r.Assigned > 0 {
 		r.BeforeReturn = float64(before) / float64(r.Assigned)
@@ -246,6 +283,7 @@ func row(name string, d dist, extra string) benchkit.Row {
 func report(o options, r result) error {
 	rows := []benchkit.Row{
 		row("**submit → agent has the build**", r.Latency, ""),
+		row("submit → agent, minus waiting for its agent", r.NoWait, ""),
 		row("StartBuild round trip (client)", r.StartBuild, ""),
 	}
 	for _, seg := range r.Segments {
@@ -267,13 +305,18 @@ func report(o options, r result) error {
 	var b strings.Builder
 	fmt.Fprintf(&b, "p99 %.2f ms, target < %.0f ms: %s. Offered %.1f builds/s, started %.1f/s, assigned %.1f/s "+
 		"(%d offered, %d start errors, %d unassigned at the end; at most %d StartBuild calls in flight; generator lag p99 %.2f ms; "+
-		"CPU %.0f%% of %d cores for NATS, gateway, scheduler, agents and load together).\n",
+		"CPU %.0f%% of %d cores for NATS, gateway, scheduler, agents and load together; "+
+		"some task waited for a CPU %.0f%% of the time).\n",
 		r.Latency.P99, r.TargetP99MS, verdict, r.OfferedPerS, r.StartedPerS, r.AssignedPerS,
-		r.Offered, r.StartErrors, r.Unassigned, r.MaxInFlight, r.GenLagP99MS, 100*r.CPUBusy, r.CPUs)
+		r.Offered, r.StartErrors, r.Unassigned, r.MaxInFlight, r.GenLagP99MS, 100*r.CPUBusy, r.CPUs, 100*r.CPUPressure)
 	fmt.Fprintf(&b, "The one dispatcher goroutine spent %.2f ms per build in dispatcher.assign (mean; p99 %.2f ms): %.0f%% of the period, "+
 		"a ceiling of ~%.0f assignments/s with nothing else to do.\n", r.Assign.Mean, r.Assign.P99, 100*r.AssignBusy, 1000/r.Assign.Mean)
 	fmt.Fprintf(&b, "Builds per agent: %.1f/s on average, %.1f–%.1f/s from the least to the busiest (%d slots, %s builds each); %d of %d agents got none.\n",
 		r.AgentBuildsPerS.Mean, r.AgentBuildsPerS.Min, r.AgentBuildsPerS.Max, r.Slots, o.buildTime, r.IdleAgents, r.Agents)
+	if r.Waited > 0 {
+		fmt.Fprintf(&b, "%d builds (%.1f%%) waited for a slot on the agent they went to (p50 %.1f ms, max %.1f ms) while other agents had %.0f free slots (median; min %.0f).\n",
+			r.Waited, 100*float64(r.Waited)/float64(max(r.Assigned, 1)), r.WaitedFor.P50, r.WaitedFor.Max, r.IdleElsewhere.Median, r.IdleElsewhere.Min)
+	}
 	fmt.Fprintf(&b, "GitLab runners poll for jobs every %.0f s, so a job waits 0–%.0f ms (%.0f ms on average) before a runner even sees it; "+
 		"kiln's p50 is %s and its p99 %s that average.\n",
 		r.GitLabPollMS/1000, r.GitLabPollMS, r.GitLabPollMS/2, times(r.Latency.P50, r.GitLabPollMS/2), times(r.Latency.P99, r.GitLabPollMS/2))
@@ -290,10 +333,12 @@ func report(o options, r result) error {
 		}
 		fmt.Fprintf(&b, "\nWhere the slowest 1%% spent their time (last column): mostly %q (%.2f ms on average; %s).",
 			worst.Name, worst.TailMeanMS, worst.What)
-		if worst.Name == "intake to decision" {
-			fmt.Fprintf(&b, " A build waits there while the router holds it for its busy preferred agent (up to -route-delay, %s; "+
-				"run with -route-delay 1ms to see the latency without holds) or while the dispatcher is behind (dispatcher.assign busy %.0f%%).",
-				o.routeDelay, 100*r.AssignBusy)
+		switch worst.Name {
+		case "waiting for its agent":
+			fmt.Fprintf(&b, " The router held them for their busy preferred agent (delay scheduling, up to -route-delay %s) "+
+				"while other agents had %.0f free slots (median); -route-delay 1ms shows the latency without holds.", o.routeDelay, r.IdleElsewhere.Median)
+		case "scheduler":
+			fmt.Fprintf(&b, " The dispatcher is one goroutine; it spent %.0f%% of the period in dispatcher.assign.", 100*r.AssignBusy)
 		}
 	}
 	return benchkit.Report(

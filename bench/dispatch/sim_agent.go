@@ -43,14 +43,21 @@ type simAgent struct {
 	agents    jetstream.KeyValue
 	log       *slog.Logger
 	started   time.Time
-	// onAssigned is called as soon as a pull is answered with a build.
-	onAssigned func(b *kilnv1.Build, at time.Time)
+	// observe hears of every pull as soon as it is answered (or fails).
+	observe pullObserver
 
 	busy    atomic.Int32
 	summary cacheSummary
 }
 
-func newSimAgent(ctx context.Context, conn *bus.Conn, name string, slots int, buildTime time.Duration, log *slog.Logger, onAssigned func(*kilnv1.Build, time.Time)) (*simAgent, error) {
+// pullObserver hears of each pull of a simulated agent: when it was sent,
+// when it was answered and with which builds (none when it timed out empty
+// or failed).
+type pullObserver interface {
+	pulled(agent string, sent, answered time.Time, builds []*kilnv1.Build)
+}
+
+func newSimAgent(ctx context.Context, conn *bus.Conn, name string, slots int, buildTime time.Duration, log *slog.Logger, observe pullObserver) (*simAgent, error) {
 	builds, err := buildstore.Open(ctx, conn.JS)
 	if err != nil {
 		return nil, err
@@ -61,7 +68,7 @@ func newSimAgent(ctx context.Context, conn *bus.Conn, name string, slots int, bu
 	}
 	return &simAgent{
 		name: name, slots: slots, buildTime: buildTime, conn: conn, builds: builds, agents: agents,
-		log: log.With("agent", name), started: time.Now(), onAssigned: onAssigned,
+		log: log.With("agent", name), started: time.Now(), observe: observe,
 	}, nil
 }
 
@@ -102,8 +109,9 @@ func (a *simAgent) slotLoop(ctx context.Context) {
 			case <-time.After(backoff):
 			}
 		}
+		sent := time.Now()
 		builds, err := a.pull(ctx)
-		at := time.Now()
+		a.observe.pulled(a.name, sent, time.Now(), builds)
 		if err != nil {
 			if ctx.Err() == nil {
 				a.log.Warn("pull for work", "err", err)
@@ -112,9 +120,6 @@ func (a *simAgent) slotLoop(ctx context.Context) {
 			continue
 		}
 		backoff = 0
-		for _, b := range builds {
-			a.onAssigned(b, at)
-		}
 		for _, b := range builds {
 			a.busy.Add(1)
 			a.runBuild(ctx, b)
