@@ -99,7 +99,7 @@ type Agent struct {
 	agents  jetstream.KeyValue
 	started time.Time
 
-	summary  cacheSummary
+	summary  CacheSummary
 	busy     atomic.Int32
 	healthy  atomic.Bool
 	draining atomic.Bool
@@ -338,7 +338,7 @@ func (a *Agent) heartbeat(ctx context.Context) {
 		Name: a.cfg.Name, State: state, Slots: uint32(a.cfg.Slots), BusySlots: uint32(a.busy.Load()),
 		EngineVersion: info.ServerVersion, EngineApiVersion: info.APIVersion, StorageDriver: info.StorageDriver,
 		Os: nonEmpty(info.OS, runtime.GOOS), Arch: nonEmpty(info.Arch, runtime.GOARCH), Labels: a.cfg.Labels,
-		StartedAt: timestamppb.New(a.started), LastSeen: timestamppb.Now(), Cache: a.summary.proto(),
+		StartedAt: timestamppb.New(a.started), LastSeen: timestamppb.Now(), Cache: a.summary.Proto(),
 	}
 	data, err := proto.Marshal(rec)
 	if err == nil {

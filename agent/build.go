@@ -200,7 +200,7 @@ func (a *Agent) finish(work context.Context, b *kilnv1.Build, result *kilnv1.Bui
 	if state != kilnv1.BuildState_BUILD_STATE_CANCELLED {
 		// The engine now holds this build's layers (up to a failed step):
 		// advertise them before the client hears of the end, so the lineage's next build comes here.
-		a.summary.add(rec.Affinity)
+		a.summary.Add(rec.Affinity)
 		a.heartbeat(ctx)
 	}
 	ev.publish(&kilnv1.BuildEvent{Event: &kilnv1.BuildEvent_Finished{Finished: &kilnv1.BuildFinished{

@@ -14,18 +14,19 @@ const (
 	maxSummaryChains   = 2048
 )
 
-// cacheSummary remembers, most recent first and bounded, what the agent's
+// CacheSummary remembers, most recent first and bounded, what an agent's
 // engine holds layers for: the lineages, base images and instruction
-// chains of the builds it ran. Safe for concurrent use.
-type cacheSummary struct {
+// chains of the builds it ran. The zero value is empty and ready; safe for
+// concurrent use.
+type CacheSummary struct {
 	mu       sync.Mutex
 	lineages []string
 	bases    []string
 	chains   []string
 }
 
-// add records a finished build's affinity.
-func (s *cacheSummary) add(a *kilnv1.Affinity) {
+// Add records a finished build's affinity.
+func (s *CacheSummary) Add(a *kilnv1.Affinity) {
 	if a == nil {
 		return
 	}
@@ -42,8 +43,8 @@ func (s *cacheSummary) add(a *kilnv1.Affinity) {
 	}
 }
 
-// proto returns the summary for the heartbeat.
-func (s *cacheSummary) proto() *kilnv1.CacheSummary {
+// Proto returns the summary for the heartbeat.
+func (s *CacheSummary) Proto() *kilnv1.CacheSummary {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	return &kilnv1.CacheSummary{Lineages: slices.Clone(s.lineages), BaseImages: slices.Clone(s.bases), Chains: slices.Clone(s.chains)}

@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"log/slog"
 	"runtime"
-	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -17,6 +16,7 @@ import (
 	"google.golang.org/protobuf/types/known/durationpb"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
+	"github.com/kilnbuild/kiln/agent"
 	kilnv1 "github.com/kilnbuild/kiln/proto/gen/go/kiln/v1"
 	"github.com/kilnbuild/kiln/services/buildstore"
 	"github.com/kilnbuild/kiln/services/bus"
@@ -47,7 +47,7 @@ type simAgent struct {
 	observe pullObserver
 
 	busy    atomic.Int32
-	summary cacheSummary
+	summary agent.CacheSummary
 }
 
 // pullObserver hears of each pull of a simulated agent: when it was sent,
@@ -194,7 +194,7 @@ func (a *simAgent) runBuild(ctx context.Context, assigned *kilnv1.Build) {
 		return
 	}
 	// As agent.finish: advertise the new cache before the client hears of the end.
-	a.summary.add(rec.Affinity)
+	a.summary.Add(rec.Affinity)
 	a.heartbeat(ctx)
 	a.event(ctx, rec, &kilnv1.BuildEvent{Event: &kilnv1.BuildEvent_Finished{Finished: &kilnv1.BuildFinished{
 		State: rec.State, Result: rec.Result, Agent: a.name}}})
@@ -212,7 +212,7 @@ func (a *simAgent) heartbeat(ctx context.Context) {
 	rec := &kilnv1.Agent{
 		Name: a.name, State: kilnv1.AgentState_AGENT_STATE_READY, Slots: uint32(a.slots), BusySlots: uint32(a.busy.Load()),
 		EngineVersion: "simulated", Os: runtime.GOOS, Arch: runtime.GOARCH,
-		StartedAt: timestamppb.New(a.started), LastSeen: timestamppb.Now(), Cache: a.summary.proto(),
+		StartedAt: timestamppb.New(a.started), LastSeen: timestamppb.Now(), Cache: a.summary.Proto(),
 	}
 	data, err := proto.Marshal(rec)
 	if err == nil {
@@ -235,54 +235,4 @@ func (a *simAgent) withdraw() {
 	if err != nil {
 		a.log.Warn("withdraw pulls", "err", err)
 	}
-}
-
-// Bounds of the cache summary, as the agent's (agent/summary.go).
-const (
-	maxSummaryLineages = 128
-	maxSummaryBases    = 64
-	maxSummaryChains   = 2048
-)
-
-// cacheSummary is agent/summary.go's bounded, most-recent-first account of
-// the lineages, base images and instruction chains an agent has built.
-type cacheSummary struct {
-	mu       sync.Mutex
-	lineages []string
-	bases    []string
-	chains   []string
-}
-
-func (s *cacheSummary) add(a *kilnv1.Affinity) {
-	if a == nil {
-		return
-	}
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	if a.Lineage != "" {
-		s.lineages = pushFront(s.lineages, maxSummaryLineages, a.Lineage)
-	}
-	for _, b := range a.BaseImages {
-		s.bases = pushFront(s.bases, maxSummaryBases, b)
-	}
-	for i := len(a.Chain) - 1; i >= 0; i-- {
-		s.chains = pushFront(s.chains, maxSummaryChains, a.Chain[i])
-	}
-}
-
-func (s *cacheSummary) proto() *kilnv1.CacheSummary {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return &kilnv1.CacheSummary{Lineages: slices.Clone(s.lineages), BaseImages: slices.Clone(s.bases), Chains: slices.Clone(s.chains)}
-}
-
-func pushFront(xs []string, limit int, v string) []string {
-	if i := slices.Index(xs, v); i >= 0 {
-		xs = slices.Delete(xs, i, i+1)
-	}
-	xs = slices.Insert(xs, 0, v)
-	if len(xs) > limit {
-		xs = xs[:limit]
-	}
-	return xs
 }
