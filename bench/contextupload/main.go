@@ -108,15 +108,9 @@ func run(runs, nfiles int, binDir, base, out string) error {
 	}
 	defer k.Stop()
 	kilnCmd := func() *exec.Cmd {
-		c := exec.Command(filepath.Join(binDir, "kiln"), "build", "--gateway", k.GRPC, "--progress", "quiet", "-t", "kiln-bench/ctx:kiln", ctxDir)
-		c.Env = append(os.Environ(), "KILN_CACHE_DIR="+filepath.Join(tmp, "cli-cache"))
-		return c
+		return k.KilnBuild(binDir, filepath.Join(tmp, "cli-cache"), "kiln-bench/ctx:kiln", ctxDir)
 	}
-	dockerCmd := func() *exec.Cmd {
-		c := exec.Command(benchkit.Docker(), "build", "-q", "-t", "kiln-bench/ctx:docker", ctxDir)
-		c.Env = append(os.Environ(), "DOCKER_BUILDKIT=0")
-		return c
-	}
+	dockerCmd := func() *exec.Cmd { return benchkit.DockerBuild("kiln-bench/ctx:docker", ctxDir) }
 	sent := func() (float64, error) {
 		a, err := k.Counter("kiln_context_upload_bytes_received_total")
 		if err != nil {

@@ -69,15 +69,9 @@ func run(runs int, binDir, base, out string) error {
 	defer k.Stop()
 
 	kilnCmd := func() *exec.Cmd {
-		c := exec.Command(filepath.Join(binDir, "kiln"), "build", "--gateway", k.GRPC, "--progress", "quiet", "-t", "kiln-bench/warm:kiln", ctxDir)
-		c.Env = append(os.Environ(), "KILN_CACHE_DIR="+filepath.Join(tmp, "cli-cache"))
-		return c
+		return k.KilnBuild(binDir, filepath.Join(tmp, "cli-cache"), "kiln-bench/warm:kiln", ctxDir)
 	}
-	dockerCmd := func() *exec.Cmd {
-		c := exec.Command(benchkit.Docker(), "build", "-q", "-t", "kiln-bench/warm:docker", ctxDir)
-		c.Env = append(os.Environ(), "DOCKER_BUILDKIT=0")
-		return c
-	}
+	dockerCmd := func() *exec.Cmd { return benchkit.DockerBuild("kiln-bench/warm:docker", ctxDir) }
 	// Warm both paths (engine cache, kilnd's connections).
 	for _, c := range []*exec.Cmd{kilnCmd(), dockerCmd()} {
 		if _, _, err := benchkit.Time(c); err != nil {

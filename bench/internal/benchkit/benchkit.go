@@ -137,3 +137,19 @@ func Report(title string, columns []string, rows []Row, summary string, result a
 	}
 	return os.WriteFile(out, append(data, '\n'), 0o644)
 }
+
+// KilnBuild is `kiln build` of ctxDir through k, quiet, tagged tag, with
+// the CLI's stat cache in cacheDir.
+func (k *Kilnd) KilnBuild(binDir, cacheDir, tag, ctxDir string) *exec.Cmd {
+	c := exec.Command(filepath.Join(binDir, "kiln"), "build", "--gateway", k.GRPC, "--progress", "quiet", "-t", tag, ctxDir)
+	c.Env = append(os.Environ(), "KILN_CACHE_DIR="+cacheDir)
+	return c
+}
+
+// DockerBuild is the baseline: `docker build` of ctxDir straight on the
+// engine with the classic builder, the one kiln's agents drive.
+func DockerBuild(tag, ctxDir string) *exec.Cmd {
+	c := exec.Command(Docker(), "build", "-q", "-t", tag, ctxDir)
+	c.Env = append(os.Environ(), "DOCKER_BUILDKIT=0")
+	return c
+}
