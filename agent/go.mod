@@ -1,6 +1,6 @@
 module github.com/kilnbuild/kiln/agent
 
-go 1.26.0
+go 1.26.8
 
 replace (
 	github.com/kilnbuild/kiln/proto => ../proto
@@ -10,7 +10,7 @@ replace (
 require (
 	github.com/containerd/errdefs v1.0.0
 	github.com/distribution/reference v0.6.0
-	github.com/docker/cli v28.5.2+incompatible
+	github.com/docker/cli v29.8.2+incompatible
 	github.com/docker/docker v28.5.2+incompatible
 	github.com/kilnbuild/kiln/proto v0.0.0-00010101000000-000000000000
 	github.com/kilnbuild/kiln/services v0.0.0-00010101000000-000000000000
@@ -38,6 +38,7 @@ require (
 	github.com/google/go-tpm v0.9.8 // indirect
 	github.com/klauspost/compress v1.20.3 // indirect
 	github.com/minio/highwayhash v1.0.4 // indirect
+	github.com/moby/buildkit v0.34.2 // indirect
 	github.com/moby/docker-image-spec v1.3.1 // indirect
 	github.com/moby/sys/atomicwriter v0.1.0 // indirect
 	github.com/moby/term v0.5.2 // indirect

@@ -93,7 +93,9 @@ type Agent struct {
 	StartedAt        *timestamppb.Timestamp `protobuf:"bytes,11,opt,name=started_at,json=startedAt,proto3" json:"started_at,omitempty"`
 	LastSeen         *timestamppb.Timestamp `protobuf:"bytes,12,opt,name=last_seen,json=lastSeen,proto3" json:"last_seen,omitempty"`
 	// cache summarizes what the agent's engine holds, most recent first.
-	Cache         *CacheSummary `protobuf:"bytes,13,opt,name=cache,proto3" json:"cache,omitempty"`
+	Cache *CacheSummary `protobuf:"bytes,13,opt,name=cache,proto3" json:"cache,omitempty"`
+	// builders lists the builders the agent's engine offers, preferred first.
+	Builders      []Builder `protobuf:"varint,14,rep,packed,name=builders,proto3,enum=kiln.v1.Builder" json:"builders,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -215,6 +217,13 @@ func (x *Agent) GetLastSeen() *timestamppb.Timestamp {
 func (x *Agent) GetCache() *CacheSummary {
 	if x != nil {
 		return x.Cache
+	}
+	return nil
+}
+
+func (x *Agent) GetBuilders() []Builder {
+	if x != nil {
+		return x.Builders
 	}
 	return nil
 }
@@ -365,7 +374,7 @@ var File_kiln_v1_agent_proto protoreflect.FileDescriptor
 
 const file_kiln_v1_agent_proto_rawDesc = "" +
 	"\n" +
-	"\x13kiln/v1/agent.proto\x12\akiln.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\xab\x04\n" +
+	"\x13kiln/v1/agent.proto\x12\akiln.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x13kiln/v1/build.proto\"\xd9\x04\n" +
 	"\x05Agent\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12)\n" +
 	"\x05state\x18\x02 \x01(\x0e2\x13.kiln.v1.AgentStateR\x05state\x12\x14\n" +
@@ -382,7 +391,8 @@ const file_kiln_v1_agent_proto_rawDesc = "" +
 	"\n" +
 	"started_at\x18\v \x01(\v2\x1a.google.protobuf.TimestampR\tstartedAt\x127\n" +
 	"\tlast_seen\x18\f \x01(\v2\x1a.google.protobuf.TimestampR\blastSeen\x12+\n" +
-	"\x05cache\x18\r \x01(\v2\x15.kiln.v1.CacheSummaryR\x05cache\x1a9\n" +
+	"\x05cache\x18\r \x01(\v2\x15.kiln.v1.CacheSummaryR\x05cache\x12,\n" +
+	"\bbuilders\x18\x0e \x03(\x0e2\x10.kiln.v1.BuilderR\bbuilders\x1a9\n" +
 	"\vLabelsEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
 	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"c\n" +
@@ -426,6 +436,7 @@ var file_kiln_v1_agent_proto_goTypes = []any{
 	(*ListAgentsResponse)(nil),    // 4: kiln.v1.ListAgentsResponse
 	nil,                           // 5: kiln.v1.Agent.LabelsEntry
 	(*timestamppb.Timestamp)(nil), // 6: google.protobuf.Timestamp
+	(Builder)(0),                  // 7: kiln.v1.Builder
 }
 var file_kiln_v1_agent_proto_depIdxs = []int32{
 	0, // 0: kiln.v1.Agent.state:type_name -> kiln.v1.AgentState
@@ -433,14 +444,15 @@ var file_kiln_v1_agent_proto_depIdxs = []int32{
 	6, // 2: kiln.v1.Agent.started_at:type_name -> google.protobuf.Timestamp
 	6, // 3: kiln.v1.Agent.last_seen:type_name -> google.protobuf.Timestamp
 	2, // 4: kiln.v1.Agent.cache:type_name -> kiln.v1.CacheSummary
-	1, // 5: kiln.v1.ListAgentsResponse.agents:type_name -> kiln.v1.Agent
-	3, // 6: kiln.v1.AgentService.ListAgents:input_type -> kiln.v1.ListAgentsRequest
-	4, // 7: kiln.v1.AgentService.ListAgents:output_type -> kiln.v1.ListAgentsResponse
-	7, // [7:8] is the sub-list for method output_type
-	6, // [6:7] is the sub-list for method input_type
-	6, // [6:6] is the sub-list for extension type_name
-	6, // [6:6] is the sub-list for extension extendee
-	0, // [0:6] is the sub-list for field type_name
+	7, // 5: kiln.v1.Agent.builders:type_name -> kiln.v1.Builder
+	1, // 6: kiln.v1.ListAgentsResponse.agents:type_name -> kiln.v1.Agent
+	3, // 7: kiln.v1.AgentService.ListAgents:input_type -> kiln.v1.ListAgentsRequest
+	4, // 8: kiln.v1.AgentService.ListAgents:output_type -> kiln.v1.ListAgentsResponse
+	8, // [8:9] is the sub-list for method output_type
+	7, // [7:8] is the sub-list for method input_type
+	7, // [7:7] is the sub-list for extension type_name
+	7, // [7:7] is the sub-list for extension extendee
+	0, // [0:7] is the sub-list for field type_name
 }
 
 func init() { file_kiln_v1_agent_proto_init() }
@@ -448,6 +460,7 @@ func file_kiln_v1_agent_proto_init() {
 	if File_kiln_v1_agent_proto != nil {
 		return
 	}
+	file_kiln_v1_build_proto_init()
 	type x struct{}
 	out := protoimpl.TypeBuilder{
 		File: protoimpl.DescBuilder{

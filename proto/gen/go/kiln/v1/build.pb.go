@@ -23,6 +23,56 @@ const (
 	_ = protoimpl.EnforceVersion(protoimpl.MaxVersion - 20)
 )
 
+// Builder is how an engine builds: the classic builder or BuildKit.
+type Builder int32
+
+const (
+	Builder_BUILDER_UNSPECIFIED Builder = 0
+	Builder_BUILDER_CLASSIC     Builder = 1
+	Builder_BUILDER_BUILDKIT    Builder = 2
+)
+
+// Enum value maps for Builder.
+var (
+	Builder_name = map[int32]string{
+		0: "BUILDER_UNSPECIFIED",
+		1: "BUILDER_CLASSIC",
+		2: "BUILDER_BUILDKIT",
+	}
+	Builder_value = map[string]int32{
+		"BUILDER_UNSPECIFIED": 0,
+		"BUILDER_CLASSIC":     1,
+		"BUILDER_BUILDKIT":    2,
+	}
+)
+
+func (x Builder) Enum() *Builder {
+	p := new(Builder)
+	*p = x
+	return p
+}
+
+func (x Builder) String() string {
+	return protoimpl.X.EnumStringOf(x.Descriptor(), protoreflect.EnumNumber(x))
+}
+
+func (Builder) Descriptor() protoreflect.EnumDescriptor {
+	return file_kiln_v1_build_proto_enumTypes[0].Descriptor()
+}
+
+func (Builder) Type() protoreflect.EnumType {
+	return &file_kiln_v1_build_proto_enumTypes[0]
+}
+
+func (x Builder) Number() protoreflect.EnumNumber {
+	return protoreflect.EnumNumber(x)
+}
+
+// Deprecated: Use Builder.Descriptor instead.
+func (Builder) EnumDescriptor() ([]byte, []int) {
+	return file_kiln_v1_build_proto_rawDescGZIP(), []int{0}
+}
+
 // BuildState is where a build is in its life.
 type BuildState int32
 
@@ -69,11 +119,11 @@ func (x BuildState) String() string {
 }
 
 func (BuildState) Descriptor() protoreflect.EnumDescriptor {
-	return file_kiln_v1_build_proto_enumTypes[0].Descriptor()
+	return file_kiln_v1_build_proto_enumTypes[1].Descriptor()
 }
 
 func (BuildState) Type() protoreflect.EnumType {
-	return &file_kiln_v1_build_proto_enumTypes[0]
+	return &file_kiln_v1_build_proto_enumTypes[1]
 }
 
 func (x BuildState) Number() protoreflect.EnumNumber {
@@ -82,7 +132,7 @@ func (x BuildState) Number() protoreflect.EnumNumber {
 
 // Deprecated: Use BuildState.Descriptor instead.
 func (BuildState) EnumDescriptor() ([]byte, []int) {
-	return file_kiln_v1_build_proto_rawDescGZIP(), []int{0}
+	return file_kiln_v1_build_proto_rawDescGZIP(), []int{1}
 }
 
 // BuildSpec is what to build: the docker-build options a client may set.
@@ -105,7 +155,14 @@ type BuildSpec struct {
 	// priority orders a tenant's queued builds: higher first.
 	Priority int32 `protobuf:"varint,10,opt,name=priority,proto3" json:"priority,omitempty"`
 	// agent_labels must all be present on the agent that runs the build.
-	AgentLabels   map[string]string `protobuf:"bytes,11,rep,name=agent_labels,json=agentLabels,proto3" json:"agent_labels,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"`
+	AgentLabels map[string]string `protobuf:"bytes,11,rep,name=agent_labels,json=agentLabels,proto3" json:"agent_labels,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"`
+	// secrets are build secrets (buildx --secret), each sealed to the farm's
+	// secrets key; a RUN --mount=type=secret step reads them. They need the
+	// BuildKit builder.
+	Secrets []*SealedSecret `protobuf:"bytes,12,rep,name=secrets,proto3" json:"secrets,omitempty"`
+	// builder asks for a builder; BUILDER_UNSPECIFIED lets the agent pick
+	// (BuildKit where the engine has it).
+	Builder       Builder `protobuf:"varint,13,opt,name=builder,proto3,enum=kiln.v1.Builder" json:"builder,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -217,6 +274,85 @@ func (x *BuildSpec) GetAgentLabels() map[string]string {
 	return nil
 }
 
+func (x *BuildSpec) GetSecrets() []*SealedSecret {
+	if x != nil {
+		return x.Secrets
+	}
+	return nil
+}
+
+func (x *BuildSpec) GetBuilder() Builder {
+	if x != nil {
+		return x.Builder
+	}
+	return Builder_BUILDER_UNSPECIFIED
+}
+
+// SealedSecret is a build secret sealed to the farm's secrets key.
+type SealedSecret struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// id names the secret, as in RUN --mount=type=secret,id=<id>.
+	Id string `protobuf:"bytes,1,opt,name=id,proto3" json:"id,omitempty"`
+	// sealed is the secret's value sealed with an anonymous NaCl box
+	// (X25519, XSalsa20-Poly1305) to the key GetSecretsKey returns.
+	Sealed []byte `protobuf:"bytes,2,opt,name=sealed,proto3" json:"sealed,omitempty"`
+	// key_id names the key it was sealed to (GetSecretsKeyResponse.key_id).
+	KeyId         string `protobuf:"bytes,3,opt,name=key_id,json=keyId,proto3" json:"key_id,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *SealedSecret) Reset() {
+	*x = SealedSecret{}
+	mi := &file_kiln_v1_build_proto_msgTypes[1]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *SealedSecret) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*SealedSecret) ProtoMessage() {}
+
+func (x *SealedSecret) ProtoReflect() protoreflect.Message {
+	mi := &file_kiln_v1_build_proto_msgTypes[1]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use SealedSecret.ProtoReflect.Descriptor instead.
+func (*SealedSecret) Descriptor() ([]byte, []int) {
+	return file_kiln_v1_build_proto_rawDescGZIP(), []int{1}
+}
+
+func (x *SealedSecret) GetId() string {
+	if x != nil {
+		return x.Id
+	}
+	return ""
+}
+
+func (x *SealedSecret) GetSealed() []byte {
+	if x != nil {
+		return x.Sealed
+	}
+	return nil
+}
+
+func (x *SealedSecret) GetKeyId() string {
+	if x != nil {
+		return x.KeyId
+	}
+	return ""
+}
+
 // Affinity is what routes a build to an engine that holds its cache,
 // derived from its spec and its Dockerfile's leading instructions.
 type Affinity struct {
@@ -234,7 +370,7 @@ type Affinity struct {
 
 func (x *Affinity) Reset() {
 	*x = Affinity{}
-	mi := &file_kiln_v1_build_proto_msgTypes[1]
+	mi := &file_kiln_v1_build_proto_msgTypes[2]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -246,7 +382,7 @@ func (x *Affinity) String() string {
 func (*Affinity) ProtoMessage() {}
 
 func (x *Affinity) ProtoReflect() protoreflect.Message {
-	mi := &file_kiln_v1_build_proto_msgTypes[1]
+	mi := &file_kiln_v1_build_proto_msgTypes[2]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -259,7 +395,7 @@ func (x *Affinity) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Affinity.ProtoReflect.Descriptor instead.
 func (*Affinity) Descriptor() ([]byte, []int) {
-	return file_kiln_v1_build_proto_rawDescGZIP(), []int{1}
+	return file_kiln_v1_build_proto_rawDescGZIP(), []int{2}
 }
 
 func (x *Affinity) GetLineage() string {
@@ -296,7 +432,7 @@ type PushedImage struct {
 
 func (x *PushedImage) Reset() {
 	*x = PushedImage{}
-	mi := &file_kiln_v1_build_proto_msgTypes[2]
+	mi := &file_kiln_v1_build_proto_msgTypes[3]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -308,7 +444,7 @@ func (x *PushedImage) String() string {
 func (*PushedImage) ProtoMessage() {}
 
 func (x *PushedImage) ProtoReflect() protoreflect.Message {
-	mi := &file_kiln_v1_build_proto_msgTypes[2]
+	mi := &file_kiln_v1_build_proto_msgTypes[3]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -321,7 +457,7 @@ func (x *PushedImage) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PushedImage.ProtoReflect.Descriptor instead.
 func (*PushedImage) Descriptor() ([]byte, []int) {
-	return file_kiln_v1_build_proto_rawDescGZIP(), []int{2}
+	return file_kiln_v1_build_proto_rawDescGZIP(), []int{3}
 }
 
 func (x *PushedImage) GetTag() string {
@@ -354,14 +490,20 @@ type BuildResult struct {
 	// steps counts the Dockerfile instructions other than FROM that were built.
 	Steps uint32 `protobuf:"varint,3,opt,name=steps,proto3" json:"steps,omitempty"`
 	// cached_steps counts those of steps that reused the engine's cache.
-	CachedSteps   uint32 `protobuf:"varint,4,opt,name=cached_steps,json=cachedSteps,proto3" json:"cached_steps,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	CachedSteps uint32 `protobuf:"varint,4,opt,name=cached_steps,json=cachedSteps,proto3" json:"cached_steps,omitempty"`
+	// builder is the builder that ran the build.
+	Builder Builder `protobuf:"varint,5,opt,name=builder,proto3,enum=kiln.v1.Builder" json:"builder,omitempty"`
+	// context_transfer_bytes counts the context bytes the agent sent the engine:
+	// the whole context tar with the classic builder, only the files the
+	// engine's copy lacked with BuildKit's file sync.
+	ContextTransferBytes int64 `protobuf:"varint,6,opt,name=context_transfer_bytes,json=contextTransferBytes,proto3" json:"context_transfer_bytes,omitempty"`
+	unknownFields        protoimpl.UnknownFields
+	sizeCache            protoimpl.SizeCache
 }
 
 func (x *BuildResult) Reset() {
 	*x = BuildResult{}
-	mi := &file_kiln_v1_build_proto_msgTypes[3]
+	mi := &file_kiln_v1_build_proto_msgTypes[4]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -373,7 +515,7 @@ func (x *BuildResult) String() string {
 func (*BuildResult) ProtoMessage() {}
 
 func (x *BuildResult) ProtoReflect() protoreflect.Message {
-	mi := &file_kiln_v1_build_proto_msgTypes[3]
+	mi := &file_kiln_v1_build_proto_msgTypes[4]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -386,7 +528,7 @@ func (x *BuildResult) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use BuildResult.ProtoReflect.Descriptor instead.
 func (*BuildResult) Descriptor() ([]byte, []int) {
-	return file_kiln_v1_build_proto_rawDescGZIP(), []int{3}
+	return file_kiln_v1_build_proto_rawDescGZIP(), []int{4}
 }
 
 func (x *BuildResult) GetImageId() string {
@@ -413,6 +555,20 @@ func (x *BuildResult) GetSteps() uint32 {
 func (x *BuildResult) GetCachedSteps() uint32 {
 	if x != nil {
 		return x.CachedSteps
+	}
+	return 0
+}
+
+func (x *BuildResult) GetBuilder() Builder {
+	if x != nil {
+		return x.Builder
+	}
+	return Builder_BUILDER_UNSPECIFIED
+}
+
+func (x *BuildResult) GetContextTransferBytes() int64 {
+	if x != nil {
+		return x.ContextTransferBytes
 	}
 	return 0
 }
@@ -453,7 +609,7 @@ type Build struct {
 
 func (x *Build) Reset() {
 	*x = Build{}
-	mi := &file_kiln_v1_build_proto_msgTypes[4]
+	mi := &file_kiln_v1_build_proto_msgTypes[5]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -465,7 +621,7 @@ func (x *Build) String() string {
 func (*Build) ProtoMessage() {}
 
 func (x *Build) ProtoReflect() protoreflect.Message {
-	mi := &file_kiln_v1_build_proto_msgTypes[4]
+	mi := &file_kiln_v1_build_proto_msgTypes[5]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -478,7 +634,7 @@ func (x *Build) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Build.ProtoReflect.Descriptor instead.
 func (*Build) Descriptor() ([]byte, []int) {
-	return file_kiln_v1_build_proto_rawDescGZIP(), []int{4}
+	return file_kiln_v1_build_proto_rawDescGZIP(), []int{5}
 }
 
 func (x *Build) GetId() string {
@@ -626,7 +782,7 @@ type LogLine struct {
 
 func (x *LogLine) Reset() {
 	*x = LogLine{}
-	mi := &file_kiln_v1_build_proto_msgTypes[5]
+	mi := &file_kiln_v1_build_proto_msgTypes[6]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -638,7 +794,7 @@ func (x *LogLine) String() string {
 func (*LogLine) ProtoMessage() {}
 
 func (x *LogLine) ProtoReflect() protoreflect.Message {
-	mi := &file_kiln_v1_build_proto_msgTypes[5]
+	mi := &file_kiln_v1_build_proto_msgTypes[6]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -651,7 +807,7 @@ func (x *LogLine) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use LogLine.ProtoReflect.Descriptor instead.
 func (*LogLine) Descriptor() ([]byte, []int) {
-	return file_kiln_v1_build_proto_rawDescGZIP(), []int{5}
+	return file_kiln_v1_build_proto_rawDescGZIP(), []int{6}
 }
 
 func (x *LogLine) GetStep() uint32 {
@@ -680,7 +836,7 @@ type StepStarted struct {
 
 func (x *StepStarted) Reset() {
 	*x = StepStarted{}
-	mi := &file_kiln_v1_build_proto_msgTypes[6]
+	mi := &file_kiln_v1_build_proto_msgTypes[7]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -692,7 +848,7 @@ func (x *StepStarted) String() string {
 func (*StepStarted) ProtoMessage() {}
 
 func (x *StepStarted) ProtoReflect() protoreflect.Message {
-	mi := &file_kiln_v1_build_proto_msgTypes[6]
+	mi := &file_kiln_v1_build_proto_msgTypes[7]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -705,7 +861,7 @@ func (x *StepStarted) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StepStarted.ProtoReflect.Descriptor instead.
 func (*StepStarted) Descriptor() ([]byte, []int) {
-	return file_kiln_v1_build_proto_rawDescGZIP(), []int{6}
+	return file_kiln_v1_build_proto_rawDescGZIP(), []int{7}
 }
 
 func (x *StepStarted) GetStep() uint32 {
@@ -742,7 +898,7 @@ type StepFinished struct {
 
 func (x *StepFinished) Reset() {
 	*x = StepFinished{}
-	mi := &file_kiln_v1_build_proto_msgTypes[7]
+	mi := &file_kiln_v1_build_proto_msgTypes[8]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -754,7 +910,7 @@ func (x *StepFinished) String() string {
 func (*StepFinished) ProtoMessage() {}
 
 func (x *StepFinished) ProtoReflect() protoreflect.Message {
-	mi := &file_kiln_v1_build_proto_msgTypes[7]
+	mi := &file_kiln_v1_build_proto_msgTypes[8]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -767,7 +923,7 @@ func (x *StepFinished) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StepFinished.ProtoReflect.Descriptor instead.
 func (*StepFinished) Descriptor() ([]byte, []int) {
-	return file_kiln_v1_build_proto_rawDescGZIP(), []int{7}
+	return file_kiln_v1_build_proto_rawDescGZIP(), []int{8}
 }
 
 func (x *StepFinished) GetStep() uint32 {
@@ -811,7 +967,7 @@ type StateChanged struct {
 
 func (x *StateChanged) Reset() {
 	*x = StateChanged{}
-	mi := &file_kiln_v1_build_proto_msgTypes[8]
+	mi := &file_kiln_v1_build_proto_msgTypes[9]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -823,7 +979,7 @@ func (x *StateChanged) String() string {
 func (*StateChanged) ProtoMessage() {}
 
 func (x *StateChanged) ProtoReflect() protoreflect.Message {
-	mi := &file_kiln_v1_build_proto_msgTypes[8]
+	mi := &file_kiln_v1_build_proto_msgTypes[9]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -836,7 +992,7 @@ func (x *StateChanged) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StateChanged.ProtoReflect.Descriptor instead.
 func (*StateChanged) Descriptor() ([]byte, []int) {
-	return file_kiln_v1_build_proto_rawDescGZIP(), []int{8}
+	return file_kiln_v1_build_proto_rawDescGZIP(), []int{9}
 }
 
 func (x *StateChanged) GetState() BuildState {
@@ -880,7 +1036,7 @@ type BuildFinished struct {
 
 func (x *BuildFinished) Reset() {
 	*x = BuildFinished{}
-	mi := &file_kiln_v1_build_proto_msgTypes[9]
+	mi := &file_kiln_v1_build_proto_msgTypes[10]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -892,7 +1048,7 @@ func (x *BuildFinished) String() string {
 func (*BuildFinished) ProtoMessage() {}
 
 func (x *BuildFinished) ProtoReflect() protoreflect.Message {
-	mi := &file_kiln_v1_build_proto_msgTypes[9]
+	mi := &file_kiln_v1_build_proto_msgTypes[10]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -905,7 +1061,7 @@ func (x *BuildFinished) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use BuildFinished.ProtoReflect.Descriptor instead.
 func (*BuildFinished) Descriptor() ([]byte, []int) {
-	return file_kiln_v1_build_proto_rawDescGZIP(), []int{9}
+	return file_kiln_v1_build_proto_rawDescGZIP(), []int{10}
 }
 
 func (x *BuildFinished) GetState() BuildState {
@@ -960,7 +1116,7 @@ type BuildEvent struct {
 
 func (x *BuildEvent) Reset() {
 	*x = BuildEvent{}
-	mi := &file_kiln_v1_build_proto_msgTypes[10]
+	mi := &file_kiln_v1_build_proto_msgTypes[11]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -972,7 +1128,7 @@ func (x *BuildEvent) String() string {
 func (*BuildEvent) ProtoMessage() {}
 
 func (x *BuildEvent) ProtoReflect() protoreflect.Message {
-	mi := &file_kiln_v1_build_proto_msgTypes[10]
+	mi := &file_kiln_v1_build_proto_msgTypes[11]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -985,7 +1141,7 @@ func (x *BuildEvent) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use BuildEvent.ProtoReflect.Descriptor instead.
 func (*BuildEvent) Descriptor() ([]byte, []int) {
-	return file_kiln_v1_build_proto_rawDescGZIP(), []int{10}
+	return file_kiln_v1_build_proto_rawDescGZIP(), []int{11}
 }
 
 func (x *BuildEvent) GetSequence() uint64 {
@@ -1128,7 +1284,7 @@ type StartBuildRequest struct {
 
 func (x *StartBuildRequest) Reset() {
 	*x = StartBuildRequest{}
-	mi := &file_kiln_v1_build_proto_msgTypes[11]
+	mi := &file_kiln_v1_build_proto_msgTypes[12]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1140,7 +1296,7 @@ func (x *StartBuildRequest) String() string {
 func (*StartBuildRequest) ProtoMessage() {}
 
 func (x *StartBuildRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_kiln_v1_build_proto_msgTypes[11]
+	mi := &file_kiln_v1_build_proto_msgTypes[12]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1153,7 +1309,7 @@ func (x *StartBuildRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StartBuildRequest.ProtoReflect.Descriptor instead.
 func (*StartBuildRequest) Descriptor() ([]byte, []int) {
-	return file_kiln_v1_build_proto_rawDescGZIP(), []int{11}
+	return file_kiln_v1_build_proto_rawDescGZIP(), []int{12}
 }
 
 func (x *StartBuildRequest) GetSpec() *BuildSpec {
@@ -1186,7 +1342,7 @@ type StartBuildResponse struct {
 
 func (x *StartBuildResponse) Reset() {
 	*x = StartBuildResponse{}
-	mi := &file_kiln_v1_build_proto_msgTypes[12]
+	mi := &file_kiln_v1_build_proto_msgTypes[13]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1198,7 +1354,7 @@ func (x *StartBuildResponse) String() string {
 func (*StartBuildResponse) ProtoMessage() {}
 
 func (x *StartBuildResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_kiln_v1_build_proto_msgTypes[12]
+	mi := &file_kiln_v1_build_proto_msgTypes[13]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1211,7 +1367,7 @@ func (x *StartBuildResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StartBuildResponse.ProtoReflect.Descriptor instead.
 func (*StartBuildResponse) Descriptor() ([]byte, []int) {
-	return file_kiln_v1_build_proto_rawDescGZIP(), []int{12}
+	return file_kiln_v1_build_proto_rawDescGZIP(), []int{13}
 }
 
 func (x *StartBuildResponse) GetBuild() *Build {
@@ -1232,7 +1388,7 @@ type WatchBuildRequest struct {
 
 func (x *WatchBuildRequest) Reset() {
 	*x = WatchBuildRequest{}
-	mi := &file_kiln_v1_build_proto_msgTypes[13]
+	mi := &file_kiln_v1_build_proto_msgTypes[14]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1244,7 +1400,7 @@ func (x *WatchBuildRequest) String() string {
 func (*WatchBuildRequest) ProtoMessage() {}
 
 func (x *WatchBuildRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_kiln_v1_build_proto_msgTypes[13]
+	mi := &file_kiln_v1_build_proto_msgTypes[14]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1257,7 +1413,7 @@ func (x *WatchBuildRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WatchBuildRequest.ProtoReflect.Descriptor instead.
 func (*WatchBuildRequest) Descriptor() ([]byte, []int) {
-	return file_kiln_v1_build_proto_rawDescGZIP(), []int{13}
+	return file_kiln_v1_build_proto_rawDescGZIP(), []int{14}
 }
 
 func (x *WatchBuildRequest) GetBuildId() string {
@@ -1283,7 +1439,7 @@ type WatchBuildResponse struct {
 
 func (x *WatchBuildResponse) Reset() {
 	*x = WatchBuildResponse{}
-	mi := &file_kiln_v1_build_proto_msgTypes[14]
+	mi := &file_kiln_v1_build_proto_msgTypes[15]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1295,7 +1451,7 @@ func (x *WatchBuildResponse) String() string {
 func (*WatchBuildResponse) ProtoMessage() {}
 
 func (x *WatchBuildResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_kiln_v1_build_proto_msgTypes[14]
+	mi := &file_kiln_v1_build_proto_msgTypes[15]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1308,7 +1464,7 @@ func (x *WatchBuildResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WatchBuildResponse.ProtoReflect.Descriptor instead.
 func (*WatchBuildResponse) Descriptor() ([]byte, []int) {
-	return file_kiln_v1_build_proto_rawDescGZIP(), []int{14}
+	return file_kiln_v1_build_proto_rawDescGZIP(), []int{15}
 }
 
 func (x *WatchBuildResponse) GetEvent() *BuildEvent {
@@ -1327,7 +1483,7 @@ type CancelBuildRequest struct {
 
 func (x *CancelBuildRequest) Reset() {
 	*x = CancelBuildRequest{}
-	mi := &file_kiln_v1_build_proto_msgTypes[15]
+	mi := &file_kiln_v1_build_proto_msgTypes[16]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1339,7 +1495,7 @@ func (x *CancelBuildRequest) String() string {
 func (*CancelBuildRequest) ProtoMessage() {}
 
 func (x *CancelBuildRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_kiln_v1_build_proto_msgTypes[15]
+	mi := &file_kiln_v1_build_proto_msgTypes[16]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1352,7 +1508,7 @@ func (x *CancelBuildRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CancelBuildRequest.ProtoReflect.Descriptor instead.
 func (*CancelBuildRequest) Descriptor() ([]byte, []int) {
-	return file_kiln_v1_build_proto_rawDescGZIP(), []int{15}
+	return file_kiln_v1_build_proto_rawDescGZIP(), []int{16}
 }
 
 func (x *CancelBuildRequest) GetBuildId() string {
@@ -1371,7 +1527,7 @@ type CancelBuildResponse struct {
 
 func (x *CancelBuildResponse) Reset() {
 	*x = CancelBuildResponse{}
-	mi := &file_kiln_v1_build_proto_msgTypes[16]
+	mi := &file_kiln_v1_build_proto_msgTypes[17]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1383,7 +1539,7 @@ func (x *CancelBuildResponse) String() string {
 func (*CancelBuildResponse) ProtoMessage() {}
 
 func (x *CancelBuildResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_kiln_v1_build_proto_msgTypes[16]
+	mi := &file_kiln_v1_build_proto_msgTypes[17]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1396,7 +1552,7 @@ func (x *CancelBuildResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CancelBuildResponse.ProtoReflect.Descriptor instead.
 func (*CancelBuildResponse) Descriptor() ([]byte, []int) {
-	return file_kiln_v1_build_proto_rawDescGZIP(), []int{16}
+	return file_kiln_v1_build_proto_rawDescGZIP(), []int{17}
 }
 
 func (x *CancelBuildResponse) GetBuild() *Build {
@@ -1415,7 +1571,7 @@ type GetBuildRequest struct {
 
 func (x *GetBuildRequest) Reset() {
 	*x = GetBuildRequest{}
-	mi := &file_kiln_v1_build_proto_msgTypes[17]
+	mi := &file_kiln_v1_build_proto_msgTypes[18]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1427,7 +1583,7 @@ func (x *GetBuildRequest) String() string {
 func (*GetBuildRequest) ProtoMessage() {}
 
 func (x *GetBuildRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_kiln_v1_build_proto_msgTypes[17]
+	mi := &file_kiln_v1_build_proto_msgTypes[18]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1440,7 +1596,7 @@ func (x *GetBuildRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetBuildRequest.ProtoReflect.Descriptor instead.
 func (*GetBuildRequest) Descriptor() ([]byte, []int) {
-	return file_kiln_v1_build_proto_rawDescGZIP(), []int{17}
+	return file_kiln_v1_build_proto_rawDescGZIP(), []int{18}
 }
 
 func (x *GetBuildRequest) GetBuildId() string {
@@ -1459,7 +1615,7 @@ type GetBuildResponse struct {
 
 func (x *GetBuildResponse) Reset() {
 	*x = GetBuildResponse{}
-	mi := &file_kiln_v1_build_proto_msgTypes[18]
+	mi := &file_kiln_v1_build_proto_msgTypes[19]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1471,7 +1627,7 @@ func (x *GetBuildResponse) String() string {
 func (*GetBuildResponse) ProtoMessage() {}
 
 func (x *GetBuildResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_kiln_v1_build_proto_msgTypes[18]
+	mi := &file_kiln_v1_build_proto_msgTypes[19]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1484,7 +1640,7 @@ func (x *GetBuildResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetBuildResponse.ProtoReflect.Descriptor instead.
 func (*GetBuildResponse) Descriptor() ([]byte, []int) {
-	return file_kiln_v1_build_proto_rawDescGZIP(), []int{18}
+	return file_kiln_v1_build_proto_rawDescGZIP(), []int{19}
 }
 
 func (x *GetBuildResponse) GetBuild() *Build {
@@ -1506,7 +1662,7 @@ type ListBuildsRequest struct {
 
 func (x *ListBuildsRequest) Reset() {
 	*x = ListBuildsRequest{}
-	mi := &file_kiln_v1_build_proto_msgTypes[19]
+	mi := &file_kiln_v1_build_proto_msgTypes[20]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1518,7 +1674,7 @@ func (x *ListBuildsRequest) String() string {
 func (*ListBuildsRequest) ProtoMessage() {}
 
 func (x *ListBuildsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_kiln_v1_build_proto_msgTypes[19]
+	mi := &file_kiln_v1_build_proto_msgTypes[20]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1531,7 +1687,7 @@ func (x *ListBuildsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListBuildsRequest.ProtoReflect.Descriptor instead.
 func (*ListBuildsRequest) Descriptor() ([]byte, []int) {
-	return file_kiln_v1_build_proto_rawDescGZIP(), []int{19}
+	return file_kiln_v1_build_proto_rawDescGZIP(), []int{20}
 }
 
 func (x *ListBuildsRequest) GetPageSize() int32 {
@@ -1558,7 +1714,7 @@ type ListBuildsResponse struct {
 
 func (x *ListBuildsResponse) Reset() {
 	*x = ListBuildsResponse{}
-	mi := &file_kiln_v1_build_proto_msgTypes[20]
+	mi := &file_kiln_v1_build_proto_msgTypes[21]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1570,7 +1726,7 @@ func (x *ListBuildsResponse) String() string {
 func (*ListBuildsResponse) ProtoMessage() {}
 
 func (x *ListBuildsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_kiln_v1_build_proto_msgTypes[20]
+	mi := &file_kiln_v1_build_proto_msgTypes[21]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1583,7 +1739,7 @@ func (x *ListBuildsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListBuildsResponse.ProtoReflect.Descriptor instead.
 func (*ListBuildsResponse) Descriptor() ([]byte, []int) {
-	return file_kiln_v1_build_proto_rawDescGZIP(), []int{20}
+	return file_kiln_v1_build_proto_rawDescGZIP(), []int{21}
 }
 
 func (x *ListBuildsResponse) GetBuilds() []*Build {
@@ -1600,11 +1756,101 @@ func (x *ListBuildsResponse) GetNextPageToken() string {
 	return ""
 }
 
+type GetSecretsKeyRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *GetSecretsKeyRequest) Reset() {
+	*x = GetSecretsKeyRequest{}
+	mi := &file_kiln_v1_build_proto_msgTypes[22]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *GetSecretsKeyRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*GetSecretsKeyRequest) ProtoMessage() {}
+
+func (x *GetSecretsKeyRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_kiln_v1_build_proto_msgTypes[22]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use GetSecretsKeyRequest.ProtoReflect.Descriptor instead.
+func (*GetSecretsKeyRequest) Descriptor() ([]byte, []int) {
+	return file_kiln_v1_build_proto_rawDescGZIP(), []int{22}
+}
+
+type GetSecretsKeyResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// public_key is the farm's X25519 public key (32 bytes).
+	PublicKey []byte `protobuf:"bytes,1,opt,name=public_key,json=publicKey,proto3" json:"public_key,omitempty"`
+	// key_id names it: the first 16 hex digits of the SHA-256 of public_key.
+	KeyId         string `protobuf:"bytes,2,opt,name=key_id,json=keyId,proto3" json:"key_id,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *GetSecretsKeyResponse) Reset() {
+	*x = GetSecretsKeyResponse{}
+	mi := &file_kiln_v1_build_proto_msgTypes[23]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *GetSecretsKeyResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*GetSecretsKeyResponse) ProtoMessage() {}
+
+func (x *GetSecretsKeyResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_kiln_v1_build_proto_msgTypes[23]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use GetSecretsKeyResponse.ProtoReflect.Descriptor instead.
+func (*GetSecretsKeyResponse) Descriptor() ([]byte, []int) {
+	return file_kiln_v1_build_proto_rawDescGZIP(), []int{23}
+}
+
+func (x *GetSecretsKeyResponse) GetPublicKey() []byte {
+	if x != nil {
+		return x.PublicKey
+	}
+	return nil
+}
+
+func (x *GetSecretsKeyResponse) GetKeyId() string {
+	if x != nil {
+		return x.KeyId
+	}
+	return ""
+}
+
 var File_kiln_v1_build_proto protoreflect.FileDescriptor
 
 const file_kiln_v1_build_proto_rawDesc = "" +
 	"\n" +
-	"\x13kiln/v1/build.proto\x12\akiln.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x15kiln/v1/context.proto\"\xd1\x04\n" +
+	"\x13kiln/v1/build.proto\x12\akiln.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x15kiln/v1/context.proto\"\xae\x05\n" +
 	"\tBuildSpec\x12\x1e\n" +
 	"\n" +
 	"dockerfile\x18\x01 \x01(\tR\n" +
@@ -1622,7 +1868,9 @@ const file_kiln_v1_build_proto_rawDesc = "" +
 	"repository\x12\x1a\n" +
 	"\bpriority\x18\n" +
 	" \x01(\x05R\bpriority\x12F\n" +
-	"\fagent_labels\x18\v \x03(\v2#.kiln.v1.BuildSpec.AgentLabelsEntryR\vagentLabels\x1a<\n" +
+	"\fagent_labels\x18\v \x03(\v2#.kiln.v1.BuildSpec.AgentLabelsEntryR\vagentLabels\x12/\n" +
+	"\asecrets\x18\f \x03(\v2\x15.kiln.v1.SealedSecretR\asecrets\x12*\n" +
+	"\abuilder\x18\r \x01(\x0e2\x10.kiln.v1.BuilderR\abuilder\x1a<\n" +
 	"\x0eBuildArgsEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
 	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\x1a9\n" +
@@ -1631,7 +1879,11 @@ const file_kiln_v1_build_proto_rawDesc = "" +
 	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\x1a>\n" +
 	"\x10AgentLabelsEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
-	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"[\n" +
+	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"M\n" +
+	"\fSealedSecret\x12\x0e\n" +
+	"\x02id\x18\x01 \x01(\tR\x02id\x12\x16\n" +
+	"\x06sealed\x18\x02 \x01(\fR\x06sealed\x12\x15\n" +
+	"\x06key_id\x18\x03 \x01(\tR\x05keyId\"[\n" +
 	"\bAffinity\x12\x18\n" +
 	"\alineage\x18\x01 \x01(\tR\alineage\x12\x1f\n" +
 	"\vbase_images\x18\x02 \x03(\tR\n" +
@@ -1640,12 +1892,14 @@ const file_kiln_v1_build_proto_rawDesc = "" +
 	"\vPushedImage\x12\x10\n" +
 	"\x03tag\x18\x01 \x01(\tR\x03tag\x12\x16\n" +
 	"\x06digest\x18\x02 \x01(\tR\x06digest\x12\x12\n" +
-	"\x04size\x18\x03 \x01(\x03R\x04size\"\x8f\x01\n" +
+	"\x04size\x18\x03 \x01(\x03R\x04size\"\xf1\x01\n" +
 	"\vBuildResult\x12\x19\n" +
 	"\bimage_id\x18\x01 \x01(\tR\aimageId\x12,\n" +
 	"\x06pushed\x18\x02 \x03(\v2\x14.kiln.v1.PushedImageR\x06pushed\x12\x14\n" +
 	"\x05steps\x18\x03 \x01(\rR\x05steps\x12!\n" +
-	"\fcached_steps\x18\x04 \x01(\rR\vcachedSteps\"\x83\a\n" +
+	"\fcached_steps\x18\x04 \x01(\rR\vcachedSteps\x12*\n" +
+	"\abuilder\x18\x05 \x01(\x0e2\x10.kiln.v1.BuilderR\abuilder\x124\n" +
+	"\x16context_transfer_bytes\x18\x06 \x01(\x03R\x14contextTransferBytes\"\x83\a\n" +
 	"\x05Build\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x12\x16\n" +
 	"\x06tenant\x18\x02 \x01(\tR\x06tenant\x12&\n" +
@@ -1735,7 +1989,16 @@ const file_kiln_v1_build_proto_rawDesc = "" +
 	"page_token\x18\x02 \x01(\tR\tpageToken\"d\n" +
 	"\x12ListBuildsResponse\x12&\n" +
 	"\x06builds\x18\x01 \x03(\v2\x0e.kiln.v1.BuildR\x06builds\x12&\n" +
-	"\x0fnext_page_token\x18\x02 \x01(\tR\rnextPageToken*\xc2\x01\n" +
+	"\x0fnext_page_token\x18\x02 \x01(\tR\rnextPageToken\"\x16\n" +
+	"\x14GetSecretsKeyRequest\"M\n" +
+	"\x15GetSecretsKeyResponse\x12\x1d\n" +
+	"\n" +
+	"public_key\x18\x01 \x01(\fR\tpublicKey\x12\x15\n" +
+	"\x06key_id\x18\x02 \x01(\tR\x05keyId*M\n" +
+	"\aBuilder\x12\x17\n" +
+	"\x13BUILDER_UNSPECIFIED\x10\x00\x12\x13\n" +
+	"\x0fBUILDER_CLASSIC\x10\x01\x12\x14\n" +
+	"\x10BUILDER_BUILDKIT\x10\x02*\xc2\x01\n" +
 	"\n" +
 	"BuildState\x12\x1b\n" +
 	"\x17BUILD_STATE_UNSPECIFIED\x10\x00\x12\x16\n" +
@@ -1744,7 +2007,7 @@ const file_kiln_v1_build_proto_rawDesc = "" +
 	"\x13BUILD_STATE_RUNNING\x10\x03\x12\x19\n" +
 	"\x15BUILD_STATE_SUCCEEDED\x10\x04\x12\x16\n" +
 	"\x12BUILD_STATE_FAILED\x10\x05\x12\x19\n" +
-	"\x15BUILD_STATE_CANCELLED\x10\x062\xf0\x02\n" +
+	"\x15BUILD_STATE_CANCELLED\x10\x062\xc0\x03\n" +
 	"\fBuildService\x12E\n" +
 	"\n" +
 	"StartBuild\x12\x1a.kiln.v1.StartBuildRequest\x1a\x1b.kiln.v1.StartBuildResponse\x12G\n" +
@@ -1753,7 +2016,8 @@ const file_kiln_v1_build_proto_rawDesc = "" +
 	"\vCancelBuild\x12\x1b.kiln.v1.CancelBuildRequest\x1a\x1c.kiln.v1.CancelBuildResponse\x12?\n" +
 	"\bGetBuild\x12\x18.kiln.v1.GetBuildRequest\x1a\x19.kiln.v1.GetBuildResponse\x12E\n" +
 	"\n" +
-	"ListBuilds\x12\x1a.kiln.v1.ListBuildsRequest\x1a\x1b.kiln.v1.ListBuildsResponseB7Z5github.com/kilnbuild/kiln/proto/gen/go/kiln/v1;kilnv1b\x06proto3"
+	"ListBuilds\x12\x1a.kiln.v1.ListBuildsRequest\x1a\x1b.kiln.v1.ListBuildsResponse\x12N\n" +
+	"\rGetSecretsKey\x12\x1d.kiln.v1.GetSecretsKeyRequest\x1a\x1e.kiln.v1.GetSecretsKeyResponseB7Z5github.com/kilnbuild/kiln/proto/gen/go/kiln/v1;kilnv1b\x06proto3"
 
 var (
 	file_kiln_v1_build_proto_rawDescOnce sync.Once
@@ -1767,88 +2031,97 @@ func file_kiln_v1_build_proto_rawDescGZIP() []byte {
 	return file_kiln_v1_build_proto_rawDescData
 }
 
-var file_kiln_v1_build_proto_enumTypes = make([]protoimpl.EnumInfo, 1)
-var file_kiln_v1_build_proto_msgTypes = make([]protoimpl.MessageInfo, 25)
+var file_kiln_v1_build_proto_enumTypes = make([]protoimpl.EnumInfo, 2)
+var file_kiln_v1_build_proto_msgTypes = make([]protoimpl.MessageInfo, 28)
 var file_kiln_v1_build_proto_goTypes = []any{
-	(BuildState)(0),               // 0: kiln.v1.BuildState
-	(*BuildSpec)(nil),             // 1: kiln.v1.BuildSpec
-	(*Affinity)(nil),              // 2: kiln.v1.Affinity
-	(*PushedImage)(nil),           // 3: kiln.v1.PushedImage
-	(*BuildResult)(nil),           // 4: kiln.v1.BuildResult
-	(*Build)(nil),                 // 5: kiln.v1.Build
-	(*LogLine)(nil),               // 6: kiln.v1.LogLine
-	(*StepStarted)(nil),           // 7: kiln.v1.StepStarted
-	(*StepFinished)(nil),          // 8: kiln.v1.StepFinished
-	(*StateChanged)(nil),          // 9: kiln.v1.StateChanged
-	(*BuildFinished)(nil),         // 10: kiln.v1.BuildFinished
-	(*BuildEvent)(nil),            // 11: kiln.v1.BuildEvent
-	(*StartBuildRequest)(nil),     // 12: kiln.v1.StartBuildRequest
-	(*StartBuildResponse)(nil),    // 13: kiln.v1.StartBuildResponse
-	(*WatchBuildRequest)(nil),     // 14: kiln.v1.WatchBuildRequest
-	(*WatchBuildResponse)(nil),    // 15: kiln.v1.WatchBuildResponse
-	(*CancelBuildRequest)(nil),    // 16: kiln.v1.CancelBuildRequest
-	(*CancelBuildResponse)(nil),   // 17: kiln.v1.CancelBuildResponse
-	(*GetBuildRequest)(nil),       // 18: kiln.v1.GetBuildRequest
-	(*GetBuildResponse)(nil),      // 19: kiln.v1.GetBuildResponse
-	(*ListBuildsRequest)(nil),     // 20: kiln.v1.ListBuildsRequest
-	(*ListBuildsResponse)(nil),    // 21: kiln.v1.ListBuildsResponse
-	nil,                           // 22: kiln.v1.BuildSpec.BuildArgsEntry
-	nil,                           // 23: kiln.v1.BuildSpec.LabelsEntry
-	nil,                           // 24: kiln.v1.BuildSpec.AgentLabelsEntry
-	nil,                           // 25: kiln.v1.Build.TraceContextEntry
-	(*ContextRef)(nil),            // 26: kiln.v1.ContextRef
-	(*timestamppb.Timestamp)(nil), // 27: google.protobuf.Timestamp
-	(*durationpb.Duration)(nil),   // 28: google.protobuf.Duration
+	(Builder)(0),                  // 0: kiln.v1.Builder
+	(BuildState)(0),               // 1: kiln.v1.BuildState
+	(*BuildSpec)(nil),             // 2: kiln.v1.BuildSpec
+	(*SealedSecret)(nil),          // 3: kiln.v1.SealedSecret
+	(*Affinity)(nil),              // 4: kiln.v1.Affinity
+	(*PushedImage)(nil),           // 5: kiln.v1.PushedImage
+	(*BuildResult)(nil),           // 6: kiln.v1.BuildResult
+	(*Build)(nil),                 // 7: kiln.v1.Build
+	(*LogLine)(nil),               // 8: kiln.v1.LogLine
+	(*StepStarted)(nil),           // 9: kiln.v1.StepStarted
+	(*StepFinished)(nil),          // 10: kiln.v1.StepFinished
+	(*StateChanged)(nil),          // 11: kiln.v1.StateChanged
+	(*BuildFinished)(nil),         // 12: kiln.v1.BuildFinished
+	(*BuildEvent)(nil),            // 13: kiln.v1.BuildEvent
+	(*StartBuildRequest)(nil),     // 14: kiln.v1.StartBuildRequest
+	(*StartBuildResponse)(nil),    // 15: kiln.v1.StartBuildResponse
+	(*WatchBuildRequest)(nil),     // 16: kiln.v1.WatchBuildRequest
+	(*WatchBuildResponse)(nil),    // 17: kiln.v1.WatchBuildResponse
+	(*CancelBuildRequest)(nil),    // 18: kiln.v1.CancelBuildRequest
+	(*CancelBuildResponse)(nil),   // 19: kiln.v1.CancelBuildResponse
+	(*GetBuildRequest)(nil),       // 20: kiln.v1.GetBuildRequest
+	(*GetBuildResponse)(nil),      // 21: kiln.v1.GetBuildResponse
+	(*ListBuildsRequest)(nil),     // 22: kiln.v1.ListBuildsRequest
+	(*ListBuildsResponse)(nil),    // 23: kiln.v1.ListBuildsResponse
+	(*GetSecretsKeyRequest)(nil),  // 24: kiln.v1.GetSecretsKeyRequest
+	(*GetSecretsKeyResponse)(nil), // 25: kiln.v1.GetSecretsKeyResponse
+	nil,                           // 26: kiln.v1.BuildSpec.BuildArgsEntry
+	nil,                           // 27: kiln.v1.BuildSpec.LabelsEntry
+	nil,                           // 28: kiln.v1.BuildSpec.AgentLabelsEntry
+	nil,                           // 29: kiln.v1.Build.TraceContextEntry
+	(*ContextRef)(nil),            // 30: kiln.v1.ContextRef
+	(*timestamppb.Timestamp)(nil), // 31: google.protobuf.Timestamp
+	(*durationpb.Duration)(nil),   // 32: google.protobuf.Duration
 }
 var file_kiln_v1_build_proto_depIdxs = []int32{
-	22, // 0: kiln.v1.BuildSpec.build_args:type_name -> kiln.v1.BuildSpec.BuildArgsEntry
-	23, // 1: kiln.v1.BuildSpec.labels:type_name -> kiln.v1.BuildSpec.LabelsEntry
-	24, // 2: kiln.v1.BuildSpec.agent_labels:type_name -> kiln.v1.BuildSpec.AgentLabelsEntry
-	3,  // 3: kiln.v1.BuildResult.pushed:type_name -> kiln.v1.PushedImage
-	1,  // 4: kiln.v1.Build.spec:type_name -> kiln.v1.BuildSpec
-	26, // 5: kiln.v1.Build.context:type_name -> kiln.v1.ContextRef
-	0,  // 6: kiln.v1.Build.state:type_name -> kiln.v1.BuildState
-	27, // 7: kiln.v1.Build.created_at:type_name -> google.protobuf.Timestamp
-	27, // 8: kiln.v1.Build.started_at:type_name -> google.protobuf.Timestamp
-	27, // 9: kiln.v1.Build.finished_at:type_name -> google.protobuf.Timestamp
-	4,  // 10: kiln.v1.Build.result:type_name -> kiln.v1.BuildResult
-	27, // 11: kiln.v1.Build.lease_expires_at:type_name -> google.protobuf.Timestamp
-	25, // 12: kiln.v1.Build.trace_context:type_name -> kiln.v1.Build.TraceContextEntry
-	2,  // 13: kiln.v1.Build.affinity:type_name -> kiln.v1.Affinity
-	27, // 14: kiln.v1.Build.queued_at:type_name -> google.protobuf.Timestamp
-	28, // 15: kiln.v1.StepFinished.duration:type_name -> google.protobuf.Duration
-	0,  // 16: kiln.v1.StateChanged.state:type_name -> kiln.v1.BuildState
-	0,  // 17: kiln.v1.BuildFinished.state:type_name -> kiln.v1.BuildState
-	4,  // 18: kiln.v1.BuildFinished.result:type_name -> kiln.v1.BuildResult
-	27, // 19: kiln.v1.BuildEvent.time:type_name -> google.protobuf.Timestamp
-	9,  // 20: kiln.v1.BuildEvent.state:type_name -> kiln.v1.StateChanged
-	6,  // 21: kiln.v1.BuildEvent.log:type_name -> kiln.v1.LogLine
-	7,  // 22: kiln.v1.BuildEvent.step_started:type_name -> kiln.v1.StepStarted
-	8,  // 23: kiln.v1.BuildEvent.step_finished:type_name -> kiln.v1.StepFinished
-	3,  // 24: kiln.v1.BuildEvent.pushed:type_name -> kiln.v1.PushedImage
-	10, // 25: kiln.v1.BuildEvent.finished:type_name -> kiln.v1.BuildFinished
-	1,  // 26: kiln.v1.StartBuildRequest.spec:type_name -> kiln.v1.BuildSpec
-	26, // 27: kiln.v1.StartBuildRequest.context:type_name -> kiln.v1.ContextRef
-	5,  // 28: kiln.v1.StartBuildResponse.build:type_name -> kiln.v1.Build
-	11, // 29: kiln.v1.WatchBuildResponse.event:type_name -> kiln.v1.BuildEvent
-	5,  // 30: kiln.v1.CancelBuildResponse.build:type_name -> kiln.v1.Build
-	5,  // 31: kiln.v1.GetBuildResponse.build:type_name -> kiln.v1.Build
-	5,  // 32: kiln.v1.ListBuildsResponse.builds:type_name -> kiln.v1.Build
-	12, // 33: kiln.v1.BuildService.StartBuild:input_type -> kiln.v1.StartBuildRequest
-	14, // 34: kiln.v1.BuildService.WatchBuild:input_type -> kiln.v1.WatchBuildRequest
-	16, // 35: kiln.v1.BuildService.CancelBuild:input_type -> kiln.v1.CancelBuildRequest
-	18, // 36: kiln.v1.BuildService.GetBuild:input_type -> kiln.v1.GetBuildRequest
-	20, // 37: kiln.v1.BuildService.ListBuilds:input_type -> kiln.v1.ListBuildsRequest
-	13, // 38: kiln.v1.BuildService.StartBuild:output_type -> kiln.v1.StartBuildResponse
-	15, // 39: kiln.v1.BuildService.WatchBuild:output_type -> kiln.v1.WatchBuildResponse
-	17, // 40: kiln.v1.BuildService.CancelBuild:output_type -> kiln.v1.CancelBuildResponse
-	19, // 41: kiln.v1.BuildService.GetBuild:output_type -> kiln.v1.GetBuildResponse
-	21, // 42: kiln.v1.BuildService.ListBuilds:output_type -> kiln.v1.ListBuildsResponse
-	38, // [38:43] is the sub-list for method output_type
-	33, // [33:38] is the sub-list for method input_type
-	33, // [33:33] is the sub-list for extension type_name
-	33, // [33:33] is the sub-list for extension extendee
-	0,  // [0:33] is the sub-list for field type_name
+	26, // 0: kiln.v1.BuildSpec.build_args:type_name -> kiln.v1.BuildSpec.BuildArgsEntry
+	27, // 1: kiln.v1.BuildSpec.labels:type_name -> kiln.v1.BuildSpec.LabelsEntry
+	28, // 2: kiln.v1.BuildSpec.agent_labels:type_name -> kiln.v1.BuildSpec.AgentLabelsEntry
+	3,  // 3: kiln.v1.BuildSpec.secrets:type_name -> kiln.v1.SealedSecret
+	0,  // 4: kiln.v1.BuildSpec.builder:type_name -> kiln.v1.Builder
+	5,  // 5: kiln.v1.BuildResult.pushed:type_name -> kiln.v1.PushedImage
+	0,  // 6: kiln.v1.BuildResult.builder:type_name -> kiln.v1.Builder
+	2,  // 7: kiln.v1.Build.spec:type_name -> kiln.v1.BuildSpec
+	30, // 8: kiln.v1.Build.context:type_name -> kiln.v1.ContextRef
+	1,  // 9: kiln.v1.Build.state:type_name -> kiln.v1.BuildState
+	31, // 10: kiln.v1.Build.created_at:type_name -> google.protobuf.Timestamp
+	31, // 11: kiln.v1.Build.started_at:type_name -> google.protobuf.Timestamp
+	31, // 12: kiln.v1.Build.finished_at:type_name -> google.protobuf.Timestamp
+	6,  // 13: kiln.v1.Build.result:type_name -> kiln.v1.BuildResult
+	31, // 14: kiln.v1.Build.lease_expires_at:type_name -> google.protobuf.Timestamp
+	29, // 15: kiln.v1.Build.trace_context:type_name -> kiln.v1.Build.TraceContextEntry
+	4,  // 16: kiln.v1.Build.affinity:type_name -> kiln.v1.Affinity
+	31, // 17: kiln.v1.Build.queued_at:type_name -> google.protobuf.Timestamp
+	32, // 18: kiln.v1.StepFinished.duration:type_name -> google.protobuf.Duration
+	1,  // 19: kiln.v1.StateChanged.state:type_name -> kiln.v1.BuildState
+	1,  // 20: kiln.v1.BuildFinished.state:type_name -> kiln.v1.BuildState
+	6,  // 21: kiln.v1.BuildFinished.result:type_name -> kiln.v1.BuildResult
+	31, // 22: kiln.v1.BuildEvent.time:type_name -> google.protobuf.Timestamp
+	11, // 23: kiln.v1.BuildEvent.state:type_name -> kiln.v1.StateChanged
+	8,  // 24: kiln.v1.BuildEvent.log:type_name -> kiln.v1.LogLine
+	9,  // 25: kiln.v1.BuildEvent.step_started:type_name -> kiln.v1.StepStarted
+	10, // 26: kiln.v1.BuildEvent.step_finished:type_name -> kiln.v1.StepFinished
+	5,  // 27: kiln.v1.BuildEvent.pushed:type_name -> kiln.v1.PushedImage
+	12, // 28: kiln.v1.BuildEvent.finished:type_name -> kiln.v1.BuildFinished
+	2,  // 29: kiln.v1.StartBuildRequest.spec:type_name -> kiln.v1.BuildSpec
+	30, // 30: kiln.v1.StartBuildRequest.context:type_name -> kiln.v1.ContextRef
+	7,  // 31: kiln.v1.StartBuildResponse.build:type_name -> kiln.v1.Build
+	13, // 32: kiln.v1.WatchBuildResponse.event:type_name -> kiln.v1.BuildEvent
+	7,  // 33: kiln.v1.CancelBuildResponse.build:type_name -> kiln.v1.Build
+	7,  // 34: kiln.v1.GetBuildResponse.build:type_name -> kiln.v1.Build
+	7,  // 35: kiln.v1.ListBuildsResponse.builds:type_name -> kiln.v1.Build
+	14, // 36: kiln.v1.BuildService.StartBuild:input_type -> kiln.v1.StartBuildRequest
+	16, // 37: kiln.v1.BuildService.WatchBuild:input_type -> kiln.v1.WatchBuildRequest
+	18, // 38: kiln.v1.BuildService.CancelBuild:input_type -> kiln.v1.CancelBuildRequest
+	20, // 39: kiln.v1.BuildService.GetBuild:input_type -> kiln.v1.GetBuildRequest
+	22, // 40: kiln.v1.BuildService.ListBuilds:input_type -> kiln.v1.ListBuildsRequest
+	24, // 41: kiln.v1.BuildService.GetSecretsKey:input_type -> kiln.v1.GetSecretsKeyRequest
+	15, // 42: kiln.v1.BuildService.StartBuild:output_type -> kiln.v1.StartBuildResponse
+	17, // 43: kiln.v1.BuildService.WatchBuild:output_type -> kiln.v1.WatchBuildResponse
+	19, // 44: kiln.v1.BuildService.CancelBuild:output_type -> kiln.v1.CancelBuildResponse
+	21, // 45: kiln.v1.BuildService.GetBuild:output_type -> kiln.v1.GetBuildResponse
+	23, // 46: kiln.v1.BuildService.ListBuilds:output_type -> kiln.v1.ListBuildsResponse
+	25, // 47: kiln.v1.BuildService.GetSecretsKey:output_type -> kiln.v1.GetSecretsKeyResponse
+	42, // [42:48] is the sub-list for method output_type
+	36, // [36:42] is the sub-list for method input_type
+	36, // [36:36] is the sub-list for extension type_name
+	36, // [36:36] is the sub-list for extension extendee
+	0,  // [0:36] is the sub-list for field type_name
 }
 
 func init() { file_kiln_v1_build_proto_init() }
@@ -1857,7 +2130,7 @@ func file_kiln_v1_build_proto_init() {
 		return
 	}
 	file_kiln_v1_context_proto_init()
-	file_kiln_v1_build_proto_msgTypes[10].OneofWrappers = []any{
+	file_kiln_v1_build_proto_msgTypes[11].OneofWrappers = []any{
 		(*BuildEvent_State)(nil),
 		(*BuildEvent_Log)(nil),
 		(*BuildEvent_StepStarted)(nil),
@@ -1870,8 +2143,8 @@ func file_kiln_v1_build_proto_init() {
 		File: protoimpl.DescBuilder{
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_kiln_v1_build_proto_rawDesc), len(file_kiln_v1_build_proto_rawDesc)),
-			NumEnums:      1,
-			NumMessages:   25,
+			NumEnums:      2,
+			NumMessages:   28,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

@@ -19,11 +19,12 @@ import (
 const _ = grpc.SupportPackageIsVersion9
 
 const (
-	BuildService_StartBuild_FullMethodName  = "/kiln.v1.BuildService/StartBuild"
-	BuildService_WatchBuild_FullMethodName  = "/kiln.v1.BuildService/WatchBuild"
-	BuildService_CancelBuild_FullMethodName = "/kiln.v1.BuildService/CancelBuild"
-	BuildService_GetBuild_FullMethodName    = "/kiln.v1.BuildService/GetBuild"
-	BuildService_ListBuilds_FullMethodName  = "/kiln.v1.BuildService/ListBuilds"
+	BuildService_StartBuild_FullMethodName    = "/kiln.v1.BuildService/StartBuild"
+	BuildService_WatchBuild_FullMethodName    = "/kiln.v1.BuildService/WatchBuild"
+	BuildService_CancelBuild_FullMethodName   = "/kiln.v1.BuildService/CancelBuild"
+	BuildService_GetBuild_FullMethodName      = "/kiln.v1.BuildService/GetBuild"
+	BuildService_ListBuilds_FullMethodName    = "/kiln.v1.BuildService/ListBuilds"
+	BuildService_GetSecretsKey_FullMethodName = "/kiln.v1.BuildService/GetSecretsKey"
 )
 
 // BuildServiceClient is the client API for BuildService service.
@@ -45,6 +46,11 @@ type BuildServiceClient interface {
 	GetBuild(ctx context.Context, in *GetBuildRequest, opts ...grpc.CallOption) (*GetBuildResponse, error)
 	// ListBuilds returns builds, newest first.
 	ListBuilds(ctx context.Context, in *ListBuildsRequest, opts ...grpc.CallOption) (*ListBuildsResponse, error)
+	// GetSecretsKey returns the farm's public key for build secrets: a client
+	// seals each secret to it (an anonymous NaCl box), so only agents, which
+	// hold the private key, can open it; the gateway, NATS and KV see only
+	// ciphertext.
+	GetSecretsKey(ctx context.Context, in *GetSecretsKeyRequest, opts ...grpc.CallOption) (*GetSecretsKeyResponse, error)
 }
 
 type buildServiceClient struct {
@@ -114,6 +120,16 @@ func (c *buildServiceClient) ListBuilds(ctx context.Context, in *ListBuildsReque
 	return out, nil
 }
 
+func (c *buildServiceClient) GetSecretsKey(ctx context.Context, in *GetSecretsKeyRequest, opts ...grpc.CallOption) (*GetSecretsKeyResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(GetSecretsKeyResponse)
+	err := c.cc.Invoke(ctx, BuildService_GetSecretsKey_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 // BuildServiceServer is the server API for BuildService service.
 // All implementations must embed UnimplementedBuildServiceServer
 // for forward compatibility.
@@ -133,6 +149,11 @@ type BuildServiceServer interface {
 	GetBuild(context.Context, *GetBuildRequest) (*GetBuildResponse, error)
 	// ListBuilds returns builds, newest first.
 	ListBuilds(context.Context, *ListBuildsRequest) (*ListBuildsResponse, error)
+	// GetSecretsKey returns the farm's public key for build secrets: a client
+	// seals each secret to it (an anonymous NaCl box), so only agents, which
+	// hold the private key, can open it; the gateway, NATS and KV see only
+	// ciphertext.
+	GetSecretsKey(context.Context, *GetSecretsKeyRequest) (*GetSecretsKeyResponse, error)
 	mustEmbedUnimplementedBuildServiceServer()
 }
 
@@ -157,6 +178,9 @@ func (UnimplementedBuildServiceServer) GetBuild(context.Context, *GetBuildReques
 }
 func (UnimplementedBuildServiceServer) ListBuilds(context.Context, *ListBuildsRequest) (*ListBuildsResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method ListBuilds not implemented")
+}
+func (UnimplementedBuildServiceServer) GetSecretsKey(context.Context, *GetSecretsKeyRequest) (*GetSecretsKeyResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method GetSecretsKey not implemented")
 }
 func (UnimplementedBuildServiceServer) mustEmbedUnimplementedBuildServiceServer() {}
 func (UnimplementedBuildServiceServer) testEmbeddedByValue()                      {}
@@ -262,6 +286,24 @@ func _BuildService_ListBuilds_Handler(srv interface{}, ctx context.Context, dec 
 	return interceptor(ctx, in, info, handler)
 }
 
+func _BuildService_GetSecretsKey_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(GetSecretsKeyRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(BuildServiceServer).GetSecretsKey(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: BuildService_GetSecretsKey_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(BuildServiceServer).GetSecretsKey(ctx, req.(*GetSecretsKeyRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 // BuildService_ServiceDesc is the grpc.ServiceDesc for BuildService service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -284,6 +326,10 @@ var BuildService_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "ListBuilds",
 			Handler:    _BuildService_ListBuilds_Handler,
+		},
+		{
+			MethodName: "GetSecretsKey",
+			Handler:    _BuildService_GetSecretsKey_Handler,
 		},
 	},
 	Streams: []grpc.StreamDesc{
