@@ -8,6 +8,7 @@ import (
 	"regexp"
 	"strconv"
 	"strings"
+	"time"
 	"unicode/utf8"
 
 	"github.com/docker/docker/pkg/jsonmessage"
@@ -33,10 +34,11 @@ const (
 type event struct {
 	kind        eventKind
 	step        int
-	total       int    // eventStepStarted
-	instruction string // eventStepStarted, eventStepFinished
-	cached      bool   // eventStepFinished
-	line        string // eventLog
+	total       int           // eventStepStarted
+	instruction string        // eventStepStarted, eventStepFinished
+	cached      bool          // eventStepFinished
+	took        time.Duration // eventStepFinished, when the engine timed the step (BuildKit)
+	line        string        // eventLog
 }
 
 // streamParser turns the JSON message stream of the classic builder (the

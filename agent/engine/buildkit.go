@@ -1,0 +1,319 @@
+package engine
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"encoding/json"
+	"fmt"
+	"io"
+	gofs "io/fs"
+	"net"
+	"os"
+	"path"
+	"path/filepath"
+	"strings"
+	"sync/atomic"
+
+	"github.com/docker/cli/cli/config"
+	"github.com/docker/cli/cli/config/configfile"
+	"github.com/docker/docker/api/types/build"
+	"github.com/docker/docker/pkg/jsonmessage"
+	controlapi "github.com/moby/buildkit/api/services/control"
+	"github.com/moby/buildkit/session"
+	"github.com/moby/buildkit/session/auth/authprovider"
+	"github.com/moby/buildkit/session/filesync"
+	"github.com/moby/buildkit/session/secrets/secretsprovider"
+	"github.com/tonistiigi/fsutil"
+	fstypes "github.com/tonistiigi/fsutil/types"
+	"google.golang.org/protobuf/proto"
+)
+
+// BuildKitOptions are a BuildKit-mode build's inputs besides the classic
+// ones: the context is a directory the engine syncs from the agent.
+type BuildKitOptions struct {
+	BuildOptions
+	// ContextDir holds the build context. The engine copies it through the
+	// session's file sync and keeps the copy under SharedKey, so a later
+	// build with the same SharedKey transfers only the files whose stat
+	// (size, mode, mtime) changed.
+	ContextDir string
+	// SharedKey names the engine's copy of the context: stable for one
+	// context directory, different for different ones.
+	SharedKey string
+	// Secrets are served to RUN --mount=type=secret steps by the session,
+	// by id. They are never written anywhere.
+	Secrets map[string][]byte
+}
+
+// BuildKitResult adds what only a BuildKit build measures.
+type BuildKitResult struct {
+	Result
+	// ContextBytes counts the bytes of context files the engine read
+	// through the session: what the engine's copy lacked.
+	ContextBytes int64
+}
+
+// Builders reports the builders the engine offers, preferred first:
+// BuildKit (POST /build with version=2 and a session) is there on Linux
+// engines speaking API 1.39 or later, whatever the engine's default
+// (Docker 20.10 answers /_ping with Builder-Version 1 unless its daemon.json
+// turns BuildKit on, yet builds with it when asked).
+func (d *Docker) Builders(ctx context.Context) ([]string, error) {
+	p, err := d.c.Ping(ctx)
+	if err != nil {
+		return nil, fmt.Errorf("docker engine %s: ping: %w", d.host, err)
+	}
+	if p.BuilderVersion == build.BuilderBuildKit || (p.OSType == "linux" && versionAtLeast(p.APIVersion, "1.39")) {
+		return []string{"buildkit", "classic"}, nil
+	}
+	return []string{"classic"}, nil
+}
+
+// versionAtLeast compares API versions "1.41" ≥ "1.39".
+func versionAtLeast(v, min string) bool {
+	var a, b, c, e int
+	if _, err := fmt.Sscanf(v, "%d.%d", &a, &b); err != nil {
+		return false
+	}
+	if _, err := fmt.Sscanf(min, "%d.%d", &c, &e); err != nil {
+		return false
+	}
+	return a > c || (a == c && b >= e)
+}
+
+// BuildKit builds an image with the engine's BuildKit, the way the docker
+// CLI does with DOCKER_BUILDKIT=1: a session (a gRPC server the engine
+// dials back through POST /session) serves the context and the Dockerfile by
+// file sync, the secrets, and registry credentials from this host's Docker
+// config; POST /build with version=2 names the session; the engine's
+// progress arrives as "moby.buildkit.trace" messages that a traceParser turns
+// into step events.
+//
+// A build that fails returns *BuildError. Cancelling ctx cancels the build
+// on the engine (POST /build/cancel), which stops its containers, and Build
+// returns ctx's error.
+func (d *Docker) BuildKit(ctx context.Context, o BuildKitOptions, r Reporter) (BuildKitResult, error) {
+	if r == nil {
+		r = nopReporter{}
+	}
+	dockerfile := o.Dockerfile
+	if dockerfile == "" {
+		dockerfile = "Dockerfile"
+	}
+	dockerfile = path.Clean(filepath.ToSlash(dockerfile))
+	if path.IsAbs(dockerfile) || dockerfile == ".." || strings.HasPrefix(dockerfile, "../") {
+		return BuildKitResult{}, &BuildError{Message: fmt.Sprintf("the Dockerfile path %q is outside the build context", o.Dockerfile)}
+	}
+	dfDir := filepath.Join(o.ContextDir, filepath.FromSlash(path.Dir(dockerfile)))
+	if fi, err := os.Lstat(filepath.Join(dfDir, path.Base(dockerfile))); err != nil || !fi.Mode().IsRegular() {
+		return BuildKitResult{}, &BuildError{Message: fmt.Sprintf("Cannot locate specified Dockerfile: %s", dockerfile)}
+	}
+
+	counter := &byteCounter{}
+	ctxFS, err := newCountingFS(o.ContextDir, counter)
+	if err != nil {
+		return BuildKitResult{}, fmt.Errorf("build context: %w", err)
+	}
+	dfFS, err := newCountingFS(dfDir, nil)
+	if err != nil {
+		return BuildKitResult{}, fmt.Errorf("build context: %w", err)
+	}
+
+	sessCtx, stopSession := context.WithCancel(context.WithoutCancel(ctx))
+	defer stopSession()
+	s, err := session.NewSession(sessCtx, o.SharedKey)
+	if err != nil {
+		return BuildKitResult{}, fmt.Errorf("buildkit session: %w", err)
+	}
+	s.Allow(filesync.NewFSSyncProvider(filesync.StaticDirSource{"context": ctxFS, "dockerfile": dfFS}))
+	s.Allow(secretsprovider.FromMap(o.Secrets))
+	s.Allow(authprovider.NewDockerAuthProvider(authprovider.DockerAuthProviderConfig{
+		AuthConfigProvider: authprovider.LoadAuthConfig(dockerConfig()),
+	}))
+	sessionDone := make(chan error, 1)
+	go func() {
+		sessionDone <- s.Run(sessCtx, func(ctx context.Context, proto string, meta map[string][]string) (net.Conn, error) {
+			return d.c.DialHijack(ctx, "/session", proto, meta)
+		})
+	}()
+	defer func() {
+		s.Close()
+		stopSession()
+		<-sessionDone
+	}()
+
+	buildID := newBuildID()
+	args := make(map[string]*string, len(o.BuildArgs))
+	for k, v := range o.BuildArgs {
+		args[k] = &v
+	}
+	resp, err := d.c.ImageBuild(ctx, nil, build.ImageBuildOptions{
+		Version:       build.BuilderBuildKit,
+		SessionID:     s.ID(),
+		BuildID:       buildID,
+		RemoteContext: "client-session",
+		Dockerfile:    path.Base(dockerfile),
+		Tags:          o.Tags,
+		BuildArgs:     args,
+		Target:        o.Target,
+		Labels:        o.Labels,
+		NoCache:       o.NoCache,
+		PullParent:    o.Pull,
+	})
+	if err != nil {
+		if ctx.Err() != nil {
+			return BuildKitResult{}, fmt.Errorf("build: %w", ctx.Err())
+		}
+		if rejectedDockerfile(err) {
+			return BuildKitResult{}, &BuildError{Message: strings.TrimPrefix(err.Error(), "Error response from daemon: ")}
+		}
+		return BuildKitResult{}, fmt.Errorf("build on %s: %w", d.host, err)
+	}
+	defer resp.Body.Close()
+
+	// Cancelling ctx closes the response, but BuildKit builds on until it is
+	// told to stop: tell it.
+	cancelled := make(chan struct{})
+	stopWatch := context.AfterFunc(ctx, func() {
+		defer close(cancelled)
+		cctx, cancel := context.WithTimeout(context.Background(), removalGrace)
+		defer cancel()
+		_ = d.c.BuildCancel(cctx, buildID)
+	})
+
+	p := newTraceParser()
+	report := func(events []event) {
+		for _, e := range events {
+			switch e.kind {
+			case eventLog:
+				r.Log(e.step, e.line)
+			case eventStepStarted:
+				r.StepStarted(e.step, e.total, e.instruction)
+			case eventStepFinished:
+				r.StepFinished(e.step, e.instruction, e.cached, e.took)
+			}
+		}
+	}
+	var (
+		imageID   string
+		streamMsg string // the error the stream ended with
+	)
+	streamErr := decodeMessages(resp.Body, func(m *jsonmessage.JSONMessage) error {
+		switch {
+		case m.Error != nil:
+			streamMsg = m.Error.Message
+		case m.ID == "moby.buildkit.trace" && m.Aux != nil:
+			var dt []byte
+			if err := json.Unmarshal(*m.Aux, &dt); err != nil {
+				return fmt.Errorf("decoding a progress message: %w", err)
+			}
+			var st controlapi.StatusResponse
+			if err := proto.Unmarshal(dt, &st); err != nil {
+				return fmt.Errorf("decoding a progress message: %w", err)
+			}
+			report(p.feed(&st))
+		case m.ID == "moby.image.id" && m.Aux != nil:
+			var res struct{ ID string }
+			if err := json.Unmarshal(*m.Aux, &res); err == nil {
+				imageID = res.ID
+			}
+		}
+		return nil
+	})
+	report(p.finish())
+	if !stopWatch() {
+		<-cancelled // the build was cancelled: wait for the engine to have been told
+	}
+	if ctx.Err() != nil {
+		return BuildKitResult{}, fmt.Errorf("build cancelled at step %d: %w", p.next, ctx.Err())
+	}
+	if p.failure != nil {
+		if streamMsg != "" && p.failure.Step == 0 {
+			p.failure.Message = streamMsg
+		}
+		return BuildKitResult{}, p.failure
+	}
+	if streamMsg != "" {
+		return BuildKitResult{}, &BuildError{Message: streamMsg}
+	}
+	if streamErr != nil {
+		return BuildKitResult{}, fmt.Errorf("build on %s: reading the engine's progress: %w", d.host, streamErr)
+	}
+	if imageID == "" {
+		return BuildKitResult{}, fmt.Errorf("build on %s: the engine's progress ended without an image ID", d.host)
+	}
+	return BuildKitResult{
+		Result:       Result{ImageID: imageID, Steps: p.steps, CachedSteps: p.cachedSteps},
+		ContextBytes: counter.n.Load(),
+	}, nil
+}
+
+// dockerConfig is this host's Docker config (DOCKER_CONFIG or ~/.docker),
+// read for every build; a missing or broken one gives no credentials.
+func dockerConfig() *configfile.ConfigFile {
+	dir := os.Getenv(config.EnvOverrideConfigDir)
+	if dir == "" {
+		dir = config.Dir()
+	}
+	cf, err := config.Load(dir)
+	if err != nil {
+		return configfile.New(filepath.Join(dir, config.ConfigFileName))
+	}
+	return cf
+}
+
+func newBuildID() string {
+	var b [16]byte
+	_, _ = rand.Read(b[:])
+	return "kiln-" + hex.EncodeToString(b[:])
+}
+
+// byteCounter counts bytes read from the files a countingFS opens.
+type byteCounter struct{ n atomic.Int64 }
+
+// countingFS serves a directory to the engine's file sync with every
+// entry owned by root, as the docker CLI does, and counts the bytes of the
+// files the engine asks for.
+type countingFS struct {
+	fsutil.FS
+	counter *byteCounter
+}
+
+func newCountingFS(dir string, c *byteCounter) (fsutil.FS, error) {
+	base, err := fsutil.NewFS(dir)
+	if err != nil {
+		return nil, err
+	}
+	fs, err := fsutil.NewFilterFS(base, &fsutil.FilterOpt{Map: func(_ string, st *fstypes.Stat) fsutil.MapResult {
+		st.Uid, st.Gid = 0, 0
+		return fsutil.MapResultKeep
+	}})
+	if err != nil {
+		return nil, err
+	}
+	return &countingFS{FS: fs, counter: c}, nil
+}
+
+func (f *countingFS) Walk(ctx context.Context, target string, fn gofs.WalkDirFunc) error {
+	return f.FS.Walk(ctx, target, fn)
+}
+
+func (f *countingFS) Open(p string) (io.ReadCloser, error) {
+	rc, err := f.FS.Open(p)
+	if err != nil || f.counter == nil {
+		return rc, err
+	}
+	return &countingReader{ReadCloser: rc, c: f.counter}, nil
+}
+
+type countingReader struct {
+	io.ReadCloser
+	c *byteCounter
+}
+
+func (r *countingReader) Read(b []byte) (int, error) {
+	n, err := r.ReadCloser.Read(b)
+	r.c.n.Add(int64(n))
+	return n, err
+}

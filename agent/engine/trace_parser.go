@@ -1,0 +1,186 @@
+package engine
+
+import (
+	"bytes"
+	"regexp"
+	"strconv"
+	"strings"
+	"time"
+	"unicode/utf8"
+
+	controlapi "github.com/moby/buildkit/api/services/control"
+)
+
+// traceParser turns BuildKit's progress (the StatusResponse messages the
+// engine sends as "moby.buildkit.trace" aux messages of POST /build with
+// version=2) into the same build events the classic builder's parser
+// produces. It does no I/O and reads no clock: step durations come from the
+// engine's own vertex timestamps.
+//
+// BuildKit reports vertices of a solve graph, not numbered steps. A vertex
+// that is a Dockerfile instruction is named after its stage and position,
+//
+//	[stage-0 2/3] RUN echo hi
+//	[builder 1/2] FROM 127.0.0.1:5000/kiln/busybox:1
+//
+// and becomes a kiln step, numbered in the order the engine starts them
+// (stages run in parallel, so steps of two stages may interleave). Other
+// vertices ("[internal] load build context", "exporting to image") are
+// logged but are not steps. A vertex may be reported many times as it
+// progresses; each transition is reported once.
+type traceParser struct {
+	vertices map[string]*vertex // by digest
+	stages   map[string]int     // stage name → its instruction count, for the total
+	total    int                // sum of stages' instruction counts seen so far
+	next     int                // last step number given out
+
+	steps       int // instruction steps completed, FROM excepted
+	cachedSteps int
+	failure     *BuildError // the first vertex that failed
+
+	events []event // returned by feed and finish, reused
+}
+
+// vertex is what the parser remembers of one vertex.
+type vertex struct {
+	name        string
+	step        int    // kiln step number, 0 if the vertex is not an instruction
+	instruction string // e.g. "RUN echo hi"
+	from        bool
+	started     bool
+	completed   bool
+	partial     []byte // log output after the last newline
+}
+
+// stepName matches a vertex that is a Dockerfile instruction: "[stage N/M] INSTRUCTION".
+var stepName = regexp.MustCompile(`^\[(?:([^\]\s]+) )?(\d+)/(\d+)\] (.+)$`)
+
+func newTraceParser() *traceParser {
+	return &traceParser{vertices: map[string]*vertex{}, stages: map[string]int{}}
+}
+
+// feed takes one status message and returns the events it implies, valid
+// until the next call.
+func (p *traceParser) feed(s *controlapi.StatusResponse) []event {
+	p.events = p.events[:0]
+	for _, v := range s.GetVertexes() {
+		p.vertex(v)
+	}
+	for _, l := range s.GetLogs() {
+		vx := p.vertices[l.GetVertex()]
+		if vx == nil {
+			vx = &vertex{}
+			p.vertices[l.GetVertex()] = vx
+		}
+		p.logOutput(vx, l.GetMsg())
+	}
+	return p.events
+}
+
+// finish flushes partial log lines; call it when the stream has ended.
+func (p *traceParser) finish() []event {
+	p.events = p.events[:0]
+	for _, vx := range p.vertices {
+		if len(vx.partial) > 0 {
+			p.emit(event{kind: eventLog, step: vx.step, line: cleanLine(vx.partial)})
+			vx.partial = nil
+		}
+	}
+	return p.events
+}
+
+func (p *traceParser) vertex(v *controlapi.Vertex) {
+	vx := p.vertices[v.GetDigest()]
+	if vx == nil {
+		vx = &vertex{}
+		p.vertices[v.GetDigest()] = vx
+	}
+	if vx.name == "" && v.GetName() != "" {
+		vx.name = v.GetName()
+		if m := stepName.FindStringSubmatch(vx.name); m != nil {
+			stage := m[1]
+			if n, err := strconv.Atoi(m[3]); err == nil {
+				if _, seen := p.stages[stage]; !seen {
+					p.stages[stage] = n
+					p.total += n
+				}
+			}
+			vx.instruction = m[4]
+			vx.from = isFrom(vx.instruction)
+			vx.step = -1 // numbered when it starts
+		}
+	}
+	if v.GetStarted() != nil && !vx.started {
+		vx.started = true
+		if vx.step == -1 {
+			p.next++
+			vx.step = p.next
+			p.emit(event{kind: eventStepStarted, step: vx.step, total: max(p.total, p.next), instruction: vx.instruction})
+		}
+		if vx.step <= 0 && vx.name != "" {
+			p.emit(event{kind: eventLog, line: vx.name})
+		}
+	}
+	if v.GetError() != "" && p.failure == nil {
+		if vx.step > 0 || !strings.Contains(v.GetError(), "context canceled") {
+			p.failure = &BuildError{Step: max(vx.step, 0), Instruction: vx.instruction, Message: v.GetError()}
+			if vx.step <= 0 {
+				p.failure.Instruction = ""
+				p.failure.Message = strings.TrimSpace(vx.name + ": " + v.GetError())
+			}
+		}
+		return
+	}
+	if v.GetCompleted() != nil && !vx.completed && v.GetError() == "" {
+		vx.completed = true
+		if vx.step == -1 { // completed without having been started: a cache hit reported at once
+			p.next++
+			vx.step = p.next
+			p.emit(event{kind: eventStepStarted, step: vx.step, total: max(p.total, p.next), instruction: vx.instruction})
+		}
+		if vx.step > 0 {
+			var took time.Duration
+			if v.GetStarted() != nil {
+				took = v.GetCompleted().AsTime().Sub(v.GetStarted().AsTime())
+			}
+			if !vx.from {
+				p.steps++
+				if v.GetCached() {
+					p.cachedSteps++
+				}
+			}
+			p.emit(event{kind: eventStepFinished, step: vx.step, instruction: vx.instruction, cached: v.GetCached(), took: took})
+		}
+	}
+}
+
+// logOutput splits a vertex's output into lines.
+func (p *traceParser) logOutput(vx *vertex, msg []byte) {
+	data := append(vx.partial, msg...)
+	for {
+		i := bytes.IndexByte(data, '\n')
+		if i < 0 {
+			break
+		}
+		p.emit(event{kind: eventLog, step: max(vx.step, 0), line: cleanLine(data[:i])})
+		data = data[i+1:]
+	}
+	for len(data) > maxLineBytes {
+		cut := maxLineBytes
+		for cut > 0 && !utf8.RuneStart(data[cut]) {
+			cut--
+		}
+		if cut == 0 {
+			cut = maxLineBytes
+		}
+		p.emit(event{kind: eventLog, step: max(vx.step, 0), line: cleanLine(data[:cut])})
+		data = data[cut:]
+	}
+	vx.partial = append(vx.partial[:0:0], data...)
+}
+
+func cleanLine(b []byte) string {
+	return strings.ToValidUTF8(strings.TrimRight(string(b), "\r"), "\uFFFD")
+}
+
+func (p *traceParser) emit(e event) { p.events = append(p.events, e) }
