@@ -40,6 +40,9 @@ func (g *Gateway) StartBuild(ctx context.Context, req *kilnv1.StartBuildRequest)
 	if err := validateSpec(spec); err != nil {
 		return nil, err
 	}
+	if err := g.checkSealedTo(spec); err != nil {
+		return nil, err
+	}
 	if err := validateContextRef(req.GetContext(), g.limits); err != nil {
 		return nil, err
 	}
@@ -66,16 +69,20 @@ func (g *Gateway) StartBuild(ctx context.Context, req *kilnv1.StartBuildRequest)
 			return nil, err
 		}
 		if existing != nil {
-			return &kilnv1.StartBuildResponse{Build: existing}, nil
+			return &kilnv1.StartBuildResponse{Build: forClient(existing)}, nil
 		}
 	}
-	twin, release, err := g.joinInflight(ctx, inflightKey(tenant, spec, req.Context), b.Id)
-	if err == nil && twin != nil {
-		if req.IdempotencyKey != "" { // the key now means the build it joined
-			_, _ = g.idem.Put(ctx, idemKey(tenant, req.IdempotencyKey), []byte(twin.Id+" "+requestHash(req)))
+	release := func() {}
+	if key, ok := inflightKey(tenant, spec, req.Context); ok {
+		var twin *kilnv1.Build
+		twin, release, err = g.joinInflight(ctx, key, b.Id)
+		if err == nil && twin != nil {
+			if req.IdempotencyKey != "" { // the key now means the build it joined
+				_, _ = g.idem.Put(ctx, idemKey(tenant, req.IdempotencyKey), []byte(twin.Id+" "+requestHash(req)))
+			}
+			g.log.Info("identical build in flight: merged", "build_id", twin.Id, "tenant", tenant)
+			return &kilnv1.StartBuildResponse{Build: forClient(twin)}, nil
 		}
-		g.log.Info("identical build in flight: merged", "build_id", twin.Id, "tenant", tenant)
-		return &kilnv1.StartBuildResponse{Build: twin}, nil
 	}
 	if err == nil {
 		err = g.builds.Create(ctx, b)
@@ -105,8 +112,12 @@ func (g *Gateway) StartBuild(ctx context.Context, req *kilnv1.StartBuildRequest)
 		// rebuilds its queue, so the build is not lost.
 		g.log.Warn("intake publish failed; scheduler will recover the build from KV", "build_id", b.Id, "err", err)
 	}
-	g.log.Info("build queued", "build_id", b.Id, "tenant", tenant, "tags", spec.Tags)
-	return &kilnv1.StartBuildResponse{Build: b}, nil
+	logArgs := []any{"build_id", b.Id, "tenant", tenant, "tags", spec.Tags}
+	if ids := secretIDs(spec); ids != nil {
+		logArgs = append(logArgs, "secrets", ids) // ids only: never the sealed bytes
+	}
+	g.log.Info("build queued", logArgs...)
+	return &kilnv1.StartBuildResponse{Build: forClient(b)}, nil
 }
 
 // maxDockerfileBytes bounds the Dockerfile read for routing.
@@ -198,8 +209,11 @@ func idemKey(tenant, key string) string {
 	return hex.EncodeToString(sum[:])
 }
 
+// requestHash identifies what a request asks for, to tell a retry from a
+// different request under the same idempotency key. Secrets count by id
+// only: a retry re-seals them, and sealing is randomized.
 func requestHash(req *kilnv1.StartBuildRequest) string {
-	data, _ := proto.MarshalOptions{Deterministic: true}.Marshal(&kilnv1.StartBuildRequest{Spec: req.Spec, Context: req.Context})
+	data, _ := proto.MarshalOptions{Deterministic: true}.Marshal(&kilnv1.StartBuildRequest{Spec: withoutSealedBytes(req.Spec), Context: req.Context})
 	sum := sha256.Sum256(data)
 	return hex.EncodeToString(sum[:])
 }
@@ -255,7 +269,7 @@ func (g *Gateway) GetBuild(ctx context.Context, req *kilnv1.GetBuildRequest) (*k
 	if err != nil {
 		return nil, err
 	}
-	return &kilnv1.GetBuildResponse{Build: b}, nil
+	return &kilnv1.GetBuildResponse{Build: forClient(b)}, nil
 }
 
 // ListBuilds pages through the tenant's builds, newest first.
@@ -283,7 +297,7 @@ func (g *Gateway) ListBuilds(ctx context.Context, req *kilnv1.ListBuildsRequest)
 			resp.NextPageToken = resp.Builds[size-1].Id
 			break
 		}
-		resp.Builds = append(resp.Builds, b)
+		resp.Builds = append(resp.Builds, forClient(b))
 	}
 	return resp, nil
 }
@@ -315,7 +329,7 @@ func (g *Gateway) CancelBuild(ctx context.Context, req *kilnv1.CancelBuildReques
 		if err != nil {
 			return nil, err
 		}
-		return &kilnv1.CancelBuildResponse{Build: b}, nil
+		return &kilnv1.CancelBuildResponse{Build: forClient(b)}, nil
 	}
 	if err != nil {
 		return nil, err
@@ -333,7 +347,7 @@ func (g *Gateway) CancelBuild(ctx context.Context, req *kilnv1.CancelBuildReques
 		return nil, fmt.Errorf("send cancel to agent: %w", err)
 	}
 	g.log.Info("build cancel requested", "build_id", b.Id, "state", b.State.String())
-	return &kilnv1.CancelBuildResponse{Build: b}, nil
+	return &kilnv1.CancelBuildResponse{Build: forClient(b)}, nil
 }
 
 var errUnchanged = errors.New("unchanged")

@@ -21,6 +21,7 @@ import (
 	"github.com/kilnbuild/kiln/services/bus"
 	"github.com/kilnbuild/kiln/services/cas"
 	"github.com/kilnbuild/kiln/services/ctxmanifest"
+	"github.com/kilnbuild/kiln/services/sealed"
 )
 
 // Config wires a Gateway.
@@ -29,6 +30,10 @@ type Config struct {
 	Logger *slog.Logger
 	// Limits bound what one request may ask for.
 	Limits Limits
+	// SecretsKey is the farm's public key for build secrets, which
+	// GetSecretsKey hands to clients; nil when the farm has none, and then
+	// builds with secrets are refused.
+	SecretsKey *sealed.PublicKey
 }
 
 // Limits bound requests.
@@ -59,6 +64,9 @@ type Gateway struct {
 	agents   jetstream.KeyValue
 	limits   Limits
 	health   *health.Server
+	// secretsKey is Config.SecretsKey; secretsKeyID its sealed.KeyID.
+	secretsKey   *sealed.PublicKey
+	secretsKeyID string
 }
 
 var (
@@ -95,10 +103,15 @@ func New(ctx context.Context, cfg Config) (*Gateway, error) {
 	if cfg.Logger == nil {
 		cfg.Logger = slog.Default()
 	}
-	return &Gateway{
+	g := &Gateway{
 		conn: cfg.Conn, log: cfg.Logger, builds: builds, blobs: blobs,
 		idem: idem, inflight: inflight, agents: agents, limits: cfg.Limits, health: health.NewServer(),
-	}, nil
+	}
+	if cfg.SecretsKey != nil {
+		pub := *cfg.SecretsKey
+		g.secretsKey, g.secretsKeyID = &pub, sealed.KeyID(pub)
+	}
+	return g, nil
 }
 
 // NewGRPCServer returns a gRPC server with kiln's services, grpc.health.v1

@@ -11,14 +11,16 @@ import (
 
 	"github.com/kilnbuild/kiln/services/httpserver"
 	"github.com/kilnbuild/kiln/services/readyfile"
+	"github.com/kilnbuild/kiln/services/sealed"
 	"github.com/kilnbuild/kiln/services/service"
 )
 
 // RunOptions are kiln-gateway's flags.
 type RunOptions struct {
 	service.Common
-	Listen string
-	Limits Limits
+	Listen     string
+	Limits     Limits
+	SecretsKey SecretsKeyFlags
 }
 
 // Flags registers the options on fs (each also read from KILN_<FLAG>).
@@ -26,16 +28,26 @@ func (o *RunOptions) Flags(fs *flag.FlagSet) {
 	o.Common.Flags(fs, "127.0.0.1:7701", `{"grpc":…,"http":…}`)
 	fs.StringVar(&o.Listen, "listen", "127.0.0.1:7700", "gRPC listen address (port 0 picks a free port)")
 	o.Limits.Flags(fs)
+	o.SecretsKey.Flags(fs)
 }
 
 // Run connects to NATS and serves the gateway until ctx ends.
 func Run(ctx context.Context, o RunOptions) error {
+	secretsKey, err := o.SecretsKey.Load()
+	if err != nil {
+		return err
+	}
 	log, conn, err := o.Start(ctx, "gateway")
 	if err != nil {
 		return err
 	}
 	defer conn.Close()
-	g, err := New(ctx, Config{Conn: conn, Logger: log, Limits: o.Limits})
+	if secretsKey == nil {
+		log.Warn("no secrets key configured: builds with secrets will be refused (set --secrets-public-key)")
+	} else {
+		log.Info("build secrets enabled", "secrets_key_id", sealed.KeyID(*secretsKey))
+	}
+	g, err := New(ctx, Config{Conn: conn, Logger: log, Limits: o.Limits, SecretsKey: secretsKey})
 	if err != nil {
 		return err
 	}

@@ -74,7 +74,10 @@ func validateSpec(spec *kilnv1.BuildSpec) error {
 	if strings.ContainsAny(spec.Target, " \t\n/") {
 		return invalid("target %q is not a stage name", spec.Target)
 	}
-	return nil
+	if _, ok := kilnv1.Builder_name[int32(spec.Builder)]; !ok {
+		return invalid("builder %d is not known: leave it unspecified, or ask for BUILDER_CLASSIC or BUILDER_BUILDKIT", spec.Builder)
+	}
+	return validateSecrets(spec)
 }
 
 // ValidateTag checks that t is a docker image reference a build may be

@@ -1,6 +1,7 @@
 package gateway
 
 import (
+	"fmt"
 	"strings"
 	"testing"
 	"unicode/utf8"
@@ -9,6 +10,7 @@ import (
 	"google.golang.org/grpc/status"
 
 	kilnv1 "github.com/kilnbuild/kiln/proto/gen/go/kiln/v1"
+	"github.com/kilnbuild/kiln/services/sealed"
 )
 
 func TestValidateSpec(t *testing.T) {
@@ -29,6 +31,21 @@ func TestValidateSpec(t *testing.T) {
 		{name: "nested dockerfile", spec: &kilnv1.BuildSpec{Dockerfile: "./docker/Dockerfile.prod"}},
 		{name: "bad build arg", spec: &kilnv1.BuildSpec{BuildArgs: map[string]string{"A=B": "x"}}, message: `build arg name "A=B"`},
 		{name: "target with slash", spec: &kilnv1.BuildSpec{Target: "a/b"}, message: "not a stage name"},
+		{name: "classic builder", spec: &kilnv1.BuildSpec{Builder: kilnv1.Builder_BUILDER_CLASSIC}},
+		{name: "BuildKit builder", spec: &kilnv1.BuildSpec{Builder: kilnv1.Builder_BUILDER_BUILDKIT}},
+		{name: "unknown builder", spec: &kilnv1.BuildSpec{Builder: kilnv1.Builder(7)}, message: "builder 7 is not known"},
+		{name: "secrets", spec: &kilnv1.BuildSpec{Secrets: []*kilnv1.SealedSecret{sealedOf("npm", 10), sealedOf("aws.creds", 0)}}},
+		{name: "secret with a bad id", spec: &kilnv1.BuildSpec{Secrets: []*kilnv1.SealedSecret{sealedOf("a/b", 1)}}, message: `secret id "a/b"`},
+		{name: "secret with no id", spec: &kilnv1.BuildSpec{Secrets: []*kilnv1.SealedSecret{sealedOf("", 1)}}, message: "secret id is empty"},
+		{name: "secret given twice", spec: &kilnv1.BuildSpec{Secrets: []*kilnv1.SealedSecret{sealedOf("npm", 1), sealedOf("npm", 2)}}, message: `secret id "npm" is given twice`},
+		{name: "nil secret", spec: &kilnv1.BuildSpec{Secrets: []*kilnv1.SealedSecret{nil}}, message: "empty"},
+		{name: "secret not sealed", spec: &kilnv1.BuildSpec{Secrets: []*kilnv1.SealedSecret{{Id: "npm", Sealed: []byte("plain"), KeyId: "k"}}}, message: `secret "npm": sealed value is 5 bytes, shorter`},
+		{name: "secret too large", spec: &kilnv1.BuildSpec{Secrets: []*kilnv1.SealedSecret{sealedOf("big", sealed.MaxSecretBytes+1)}}, message: `secret "big" is 512001 bytes, over the limit of 512000 bytes`},
+		{name: "largest secret", spec: &kilnv1.BuildSpec{Secrets: []*kilnv1.SealedSecret{sealedOf("big", sealed.MaxSecretBytes)}}},
+		{name: "secrets too large together", spec: &kilnv1.BuildSpec{Secrets: []*kilnv1.SealedSecret{sealedOf("a", 300<<10), sealedOf("b", 300<<10)}}, message: "614400 bytes together, over the limit of 524288"},
+		{name: "too many secrets", spec: &kilnv1.BuildSpec{Secrets: manySecrets(sealed.MaxSecrets + 1)}, message: "101 build secrets given, at most 100"},
+		{name: "most secrets", spec: &kilnv1.BuildSpec{Secrets: manySecrets(sealed.MaxSecrets)}},
+		{name: "secrets with the classic builder", spec: &kilnv1.BuildSpec{Builder: kilnv1.Builder_BUILDER_CLASSIC, Secrets: []*kilnv1.SealedSecret{sealedOf("npm", 1)}}, message: "need the BuildKit builder"},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
@@ -45,6 +62,20 @@ func TestValidateSpec(t *testing.T) {
 			}
 		})
 	}
+}
+
+// sealedOf returns a secret whose sealed value has the size sealing a value
+// of n bytes gives (validation does not open it).
+func sealedOf(id string, n int) *kilnv1.SealedSecret {
+	return &kilnv1.SealedSecret{Id: id, Sealed: make([]byte, n+sealed.Overhead), KeyId: "0123456789abcdef"}
+}
+
+func manySecrets(n int) []*kilnv1.SealedSecret {
+	out := make([]*kilnv1.SealedSecret, n)
+	for i := range out {
+		out[i] = sealedOf(fmt.Sprintf("s%d", i), 1)
+	}
+	return out
 }
 
 func TestValidateSpecDefaultsDockerfile(t *testing.T) {

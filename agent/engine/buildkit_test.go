@@ -2,9 +2,9 @@ package engine_test
 
 import (
 	"archive/tar"
-	"crypto/sha256"
 	"bytes"
 	"context"
+	"crypto/sha256"
 	"errors"
 	"fmt"
 	"io"
