@@ -93,12 +93,13 @@ func (d *Docker) Close() error { return d.c.Close() }
 
 // Info describes an engine as the agent advertises it.
 type Info struct {
-	ServerVersion string // the engine's release, e.g. "20.10.24+dfsg1"
-	APIVersion    string // API version negotiated for this client, e.g. "1.41"
-	MaxAPIVersion string // newest API version the engine speaks
-	StorageDriver string // e.g. "overlay2"
-	OS            string // e.g. "linux"
-	Arch          string // e.g. "x86_64", as the engine spells it
+	ServerVersion string   // the engine's release, e.g. "20.10.24+dfsg1"
+	APIVersion    string   // API version negotiated for this client, e.g. "1.41"
+	MaxAPIVersion string   // newest API version the engine speaks
+	StorageDriver string   // e.g. "overlay2"
+	OS            string   // e.g. "linux"
+	Arch          string   // e.g. "x86_64", as the engine spells it
+	Builders      []string // "buildkit", "classic": what the engine builds with, preferred first
 }
 
 // Info asks the engine who it is. It is also the agent's liveness check: an
@@ -112,7 +113,12 @@ func (d *Docker) Info(ctx context.Context) (Info, error) {
 	if err != nil {
 		return Info{}, fmt.Errorf("docker engine %s: info: %w", d.host, err)
 	}
+	builders, err := d.Builders(ctx)
+	if err != nil {
+		return Info{}, err
+	}
 	return Info{
+		Builders:      builders,
 		ServerVersion: si.ServerVersion,
 		APIVersion:    d.c.ClientVersion(),
 		MaxAPIVersion: v.APIVersion,
