@@ -1,6 +1,12 @@
 // Command kilnd is kiln all in one process: an embedded NATS server with
 // JetStream on --data-dir, the gateway, the scheduler and one agent on the
 // local Docker engine. It is the default way to run kiln on one machine.
+//
+// The farm's secrets key (see package sealed) lives in
+// <data-dir>/secrets.key, made on first start: the gateway hands out its
+// public half, the agent opens build secrets with it. `kilnd secrets-key
+// [PATH]` makes or reads such a key file and prints the public key, for
+// farms that run kiln-gateway and kiln-agent separately.
 package main
 
 import (
@@ -23,6 +29,7 @@ import (
 	"github.com/kilnbuild/kiln/services/httpserver"
 	"github.com/kilnbuild/kiln/services/logging"
 	"github.com/kilnbuild/kiln/services/readyfile"
+	"github.com/kilnbuild/kiln/services/sealed"
 )
 
 type options struct {
@@ -34,13 +41,15 @@ type options struct {
 }
 
 func main() {
+	if len(os.Args) > 1 && os.Args[1] == "secrets-key" {
+		os.Exit(secretsKeyCommand(os.Args[2:]))
+	}
 	var o options
 	fs := flag.NewFlagSet("kilnd", flag.ContinueOnError)
-	home, _ := os.UserHomeDir()
 	fs.StringVar(&o.listen, "listen", "127.0.0.1:7700", "gRPC listen address (port 0 picks a free port)")
 	fs.StringVar(&o.httpListen, "http-listen", "127.0.0.1:7701", "HTTP listen address for /healthz, /readyz, /metrics")
 	fs.StringVar(&o.natsListen, "nats-listen", "127.0.0.1:7722", "embedded NATS listen address")
-	fs.StringVar(&o.dataDir, "data-dir", filepath.Join(home, ".local", "share", "kiln"), "where kilnd keeps its state")
+	fs.StringVar(&o.dataDir, "data-dir", defaultDataDir(), "where kilnd keeps its state")
 	fs.StringVar(&o.readyFile, "ready-file", "", "write {\"grpc\":…,\"http\":…,\"nats\":…} to this file once every part is serving")
 	fs.StringVar(&o.logLevel, "log-level", "info", "debug, info, warn or error")
 	o.sched.SchedulingFlags(fs)
@@ -90,7 +99,18 @@ func run(ctx context.Context, o options, log *slog.Logger) error {
 		return err
 	}
 
-	gw, err := gateway.New(ctx, gateway.Config{Conn: conn, Logger: log.With("service", "gateway"), Limits: o.limits})
+	// The farm's secrets key: made on first start, kept with the data,
+	// unless --secrets-key-file names one.
+	secretsKeyFile := o.agent.SecretsKeyFile
+	if secretsKeyFile == "" {
+		secretsKeyFile = filepath.Join(o.dataDir, "secrets.key")
+	}
+	secretsKey, err := sealed.LoadOrCreatePrivateKey(secretsKeyFile)
+	if err != nil {
+		return err
+	}
+	secretsPublicKey := secretsKey.PublicKey()
+	gw, err := gateway.New(ctx, gateway.Config{Conn: conn, Logger: log.With("service", "gateway"), Limits: o.limits, SecretsKey: &secretsPublicKey})
 	if err != nil {
 		return err
 	}
@@ -105,7 +125,10 @@ func run(ctx context.Context, o options, log *slog.Logger) error {
 	if o.agent.CacheDir == "" {
 		o.agent.CacheDir = filepath.Join(o.dataDir, "blob-cache")
 	}
-	ag, closeEngine, err := o.agent.NewAgent(ctx, conn, agent.Config{Logger: log.With("service", "agent"), ContextLimits: o.limits.Context})
+	if o.agent.WorkDir == "" {
+		o.agent.WorkDir = filepath.Join(o.dataDir, "work")
+	}
+	ag, closeEngine, err := o.agent.NewAgent(ctx, conn, agent.Config{Logger: log.With("service", "agent"), ContextLimits: o.limits.Context, SecretsKey: secretsKey})
 	if err != nil {
 		return fmt.Errorf("start agent: %w", err)
 	}
@@ -141,7 +164,8 @@ func run(ctx context.Context, o options, log *slog.Logger) error {
 	}); err != nil {
 		return err
 	}
-	log.Info("kilnd serving", "grpc", lis.Addr().String(), "http", hs.Addr(), "nats", ns.ClientURL(), "data_dir", o.dataDir, "agent", o.agent.Name)
+	log.Info("kilnd serving", "grpc", lis.Addr().String(), "http", hs.Addr(), "nats", ns.ClientURL(), "data_dir", o.dataDir, "agent", o.agent.Name,
+		"secrets_key_id", secretsKey.KeyID())
 
 	var errs []error
 	select {
@@ -160,4 +184,44 @@ func run(ctx context.Context, o options, log *slog.Logger) error {
 	errs = append(errs, <-gwDone, <-schedDone)
 	log.Info("kilnd stopped")
 	return errors.Join(errs...)
+}
+
+func defaultDataDir() string {
+	home, _ := os.UserHomeDir()
+	return filepath.Join(home, ".local", "share", "kiln")
+}
+
+// secretsKeyCommand is `kilnd secrets-key [PATH]`: it makes the secrets key
+// file at PATH (default <default data dir>/secrets.key) unless one is there,
+// and prints its public key, the value for kiln-gateway's
+// --secrets-public-key. The file goes to every agent of the farm.
+func secretsKeyCommand(args []string) int {
+	fs := flag.NewFlagSet("kilnd secrets-key", flag.ContinueOnError)
+	fs.Usage = func() {
+		fmt.Fprintf(fs.Output(), "Usage: kilnd secrets-key [PATH]\n\n"+
+			"Make the farm's secrets key file at PATH (default %s) unless it exists,\n"+
+			"and print its public key for kiln-gateway --secrets-public-key.\n", filepath.Join(defaultDataDir(), "secrets.key"))
+	}
+	if err := fs.Parse(args); err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			return 0
+		}
+		return 2
+	}
+	if fs.NArg() > 1 {
+		fs.Usage()
+		return 2
+	}
+	path := filepath.Join(defaultDataDir(), "secrets.key")
+	if fs.NArg() == 1 {
+		path = fs.Arg(0)
+	}
+	k, err := sealed.LoadOrCreatePrivateKey(path)
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "kilnd:", err)
+		return 1
+	}
+	fmt.Fprintf(os.Stderr, "kilnd: secrets key %s in %s\n", k.KeyID(), path)
+	fmt.Println(k.PublicKey())
+	return 0
 }

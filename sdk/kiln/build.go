@@ -17,8 +17,18 @@ type BuildRequest struct {
 	// (see UploadContext).
 	Context *Context
 	// IdempotencyKey, when set, makes StartBuild return the existing build
-	// for a repeated request instead of starting another.
+	// for a repeated request instead of starting another. A retry counts as
+	// the same request when its secrets have the same ids: their values are
+	// sealed anew each time, so the farm cannot compare them.
 	IdempotencyKey string
+	// Secrets are build secrets by id (buildx --secret), for Dockerfile
+	// steps like RUN --mount=type=secret,id=<id>. StartBuild seals each
+	// value to the farm's secrets key (GetSecretsKey), so only the farm's
+	// agents can read it, and adds it to the spec's secrets. They need the
+	// BuildKit builder; see MaxSecretBytes, MaxTotalSecretBytes, MaxSecrets
+	// and ValidateSecretID for the limits. A build with secrets is never
+	// merged with another caller's identical build.
+	Secrets map[string][]byte
 }
 
 // Build runs a build to its end: it uploads the context (only the blobs
@@ -29,6 +39,9 @@ type BuildRequest struct {
 // Cancelling ctx stops the upload or the watch; it does not cancel a build
 // that has started: use CancelBuild for that.
 func (c *Client) Build(ctx context.Context, req BuildRequest, onEvent func(*kilnv1.BuildEvent)) (*kilnv1.Build, error) {
+	if err := checkSecrets(req); err != nil {
+		return nil, fmt.Errorf("starting build: %w", err)
+	}
 	if _, err := c.UploadContext(ctx, req.Context); err != nil {
 		return nil, err
 	}
@@ -55,6 +68,16 @@ func (c *Client) StartBuild(ctx context.Context, req BuildRequest) (*kilnv1.Buil
 	}
 	if spec.Dockerfile == "" {
 		spec.Dockerfile = req.Context.Dockerfile()
+	}
+	if err := checkSecrets(req); err != nil {
+		return nil, fmt.Errorf("starting build: %w", err)
+	}
+	if len(req.Secrets) > 0 {
+		sealed, err := c.sealSecrets(ctx, req.Secrets)
+		if err != nil {
+			return nil, fmt.Errorf("starting build: %w", err)
+		}
+		spec.Secrets = append(spec.Secrets, sealed...)
 	}
 	resp, err := c.builds.StartBuild(ctx, &kilnv1.StartBuildRequest{
 		Spec:           spec,

@@ -63,7 +63,7 @@ func (a *App) runBuild(ctx context.Context, o *buildOptions) int {
 	pr.ContextSummary(uploaded.Files, uploaded.Bytes, uploaded.UploadedBytes)
 
 	spec := o.spec
-	b, err := client.StartBuild(ctx, kiln.BuildRequest{Spec: spec, Context: bc, IdempotencyKey: o.idempotencyKey})
+	b, err := client.StartBuild(ctx, kiln.BuildRequest{Spec: spec, Context: bc, IdempotencyKey: o.idempotencyKey, Secrets: o.secrets})
 	if err != nil {
 		return a.fail(pr, o, watch, err, "cannot reach the kiln gateway at %s")
 	}

@@ -31,6 +31,9 @@ type buildOptions struct {
 	gateway        string
 	token          string
 	idempotencyKey string
+	// secrets are the --secret values by id, read from their files and
+	// variables; the SDK seals them before they leave the process.
+	secrets map[string][]byte
 }
 
 // buildFlags holds the raw values of `kiln build` flags.
@@ -43,6 +46,8 @@ type buildFlags struct {
 	repository                     string
 	priority                       int32
 	agentLabels                    []string
+	secrets                        []string
+	builder                        string
 }
 
 // newBuildFlagSet returns the flag set of `kiln build`, docker-buildx
@@ -68,6 +73,8 @@ func newBuildFlagSet(f *buildFlags) *pflag.FlagSet {
 	fs.StringVar(&f.repository, "repository", "", "Source repository, for cache-affinity routing (default: CI project, git remote origin, else the context path)")
 	fs.Int32Var(&f.priority, "priority", 0, "Priority among your queued builds (higher first)")
 	fs.StringArrayVar(&f.agentLabels, "agent-label", nil, "Run only on agents with this label (KEY=VALUE); repeatable")
+	fs.StringArrayVar(&f.secrets, "secret", nil, `Secret to expose to the build, sealed so only the farm's agents can read it (format: "id=mysecret[,src=/local/secret]" or "id=mysecret,env=VAR"); repeatable`)
+	fs.StringVar(&f.builder, "builder", "", `Builder to build with: "classic" or "buildkit" (default: the agent picks, BuildKit where the engine has it)`)
 	return fs
 }
 
@@ -158,7 +165,29 @@ func parseBuildArgs(args []string, lookupEnv func(string) (string, bool)) (*buil
 	if o.spec.Repository == "" {
 		o.spec.Repository = detectRepository(o.contextDir, lookupEnv)
 	}
+	if o.spec.Builder, err = parseBuilder(f.builder); err != nil {
+		return nil, err
+	}
+	if o.secrets, err = parseSecrets(f.secrets, lookupEnv); err != nil {
+		return nil, err
+	}
+	if len(o.secrets) > 0 && o.spec.Builder == kilnv1.Builder_BUILDER_CLASSIC {
+		return nil, &usageError{msg: "--secret needs the BuildKit builder: drop --builder classic"}
+	}
 	return o, nil
+}
+
+// parseBuilder turns --builder into the spec's builder.
+func parseBuilder(v string) (kilnv1.Builder, error) {
+	switch strings.ToLower(v) {
+	case "":
+		return kilnv1.Builder_BUILDER_UNSPECIFIED, nil
+	case "classic":
+		return kilnv1.Builder_BUILDER_CLASSIC, nil
+	case "buildkit":
+		return kilnv1.Builder_BUILDER_BUILDKIT, nil
+	}
+	return 0, &usageError{msg: fmt.Sprintf("invalid --builder %q: want classic or buildkit", v)}
 }
 
 // flagOrEnv returns the flag's value if it was given, else the environment

@@ -9,6 +9,7 @@ import (
 	"strings"
 	"testing"
 
+	kilnv1 "github.com/kilnbuild/kiln/proto/gen/go/kiln/v1"
 	"github.com/kilnbuild/kiln/sdk/internal/progress"
 	"github.com/spf13/pflag"
 )
@@ -126,6 +127,34 @@ func TestParseBuildArgs(t *testing.T) {
 				}
 			},
 		},
+		{
+			name: "builder and secrets",
+			args: []string{"--builder", "BuildKit", "--secret", "id=npm,env=NPM_TOKEN", "--secret", "src=" + file, dir},
+			env:  map[string]string{"NPM_TOKEN": "tok"},
+			check: func(t *testing.T, o *buildOptions) {
+				if o.spec.Builder != kilnv1.Builder_BUILDER_BUILDKIT {
+					t.Errorf("builder %v", o.spec.Builder)
+				}
+				if len(o.secrets) != 2 || string(o.secrets["npm"]) != "tok" || string(o.secrets["Dockerfile"]) != "FROM scratch\n" {
+					t.Errorf("secrets %q", o.secrets)
+				}
+				if len(o.spec.Secrets) != 0 {
+					t.Errorf("the spec holds secrets before they are sealed: %v", o.spec.Secrets)
+				}
+			},
+		},
+		{
+			name: "classic builder",
+			args: []string{"--builder", "classic", dir},
+			check: func(t *testing.T, o *buildOptions) {
+				if o.spec.Builder != kilnv1.Builder_BUILDER_CLASSIC || o.secrets != nil {
+					t.Errorf("builder %v, secrets %v", o.spec.Builder, o.secrets)
+				}
+			},
+		},
+		{name: "unknown builder", args: []string{"--builder", "kaniko", dir}, err: `invalid --builder "kaniko": want classic or buildkit`},
+		{name: "secrets with the classic builder", args: []string{"--builder", "classic", "--secret", "id=a,env=A", dir}, env: map[string]string{"A": "v"}, err: "--secret needs the BuildKit builder"},
+		{name: "secret from a missing variable", args: []string{"--secret", "id=a,env=NOPE", dir}, err: `secret "a": environment variable NOPE is not set`},
 		{name: "progress values: auto", args: []string{"--progress", "auto", dir}},
 		{name: "progress values: tty", args: []string{"--progress=tty", dir}},
 		{name: "progress values: quiet", args: []string{"--progress", "quiet", dir}},

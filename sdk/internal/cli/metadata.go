@@ -24,6 +24,12 @@ func metadata(b *kilnv1.Build, tags []string) map[string]any {
 		// docker driver, report the image id then.
 		"containerimage.digest": r.GetImageId(),
 	}
+	if r.GetBuilder() != kilnv1.Builder_BUILDER_UNSPECIFIED {
+		md["kiln.builder"] = builderName(r.GetBuilder())
+		// An agent that names its builder counts the context bytes it
+		// sent the engine; from one that does not, 0 would mean unknown.
+		md["kiln.context.transferBytes"] = r.GetContextTransferBytes()
+	}
 	if pushed := r.GetPushed(); len(pushed) > 0 {
 		// Every tag of a build is pushed from the same manifest.
 		md["containerimage.digest"] = pushed[0].GetDigest()
@@ -40,6 +46,17 @@ func metadata(b *kilnv1.Build, tags []string) map[string]any {
 		md["image.name"] = strings.Join(tags, ",")
 	}
 	return md
+}
+
+// builderName is the --builder spelling of b.
+func builderName(b kilnv1.Builder) string {
+	switch b {
+	case kilnv1.Builder_BUILDER_CLASSIC:
+		return "classic"
+	case kilnv1.Builder_BUILDER_BUILDKIT:
+		return "buildkit"
+	}
+	return strings.ToLower(strings.TrimPrefix(b.String(), "BUILDER_"))
 }
 
 // writeMetadataFile writes metadata(b, tags) as indented JSON to path.

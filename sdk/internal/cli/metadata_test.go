@@ -58,6 +58,38 @@ func TestMetadataFile(t *testing.T) {
 				"kiln.cache.cached":            0.0,
 			},
 		},
+		{
+			name: "builder and context transfer",
+			build: &kilnv1.Build{Id: "b03", Agent: "a3", Result: &kilnv1.BuildResult{
+				ImageId: "sha256:cfg3", Builder: kilnv1.Builder_BUILDER_BUILDKIT, ContextTransferBytes: 4096,
+			}},
+			want: map[string]any{
+				"kiln.build.id":                "b03",
+				"kiln.agent":                   "a3",
+				"kiln.builder":                 "buildkit",
+				"kiln.context.transferBytes":   4096.0,
+				"containerimage.digest":        "sha256:cfg3",
+				"containerimage.config.digest": "sha256:cfg3",
+				"kiln.cache.steps":             0.0,
+				"kiln.cache.cached":            0.0,
+			},
+		},
+		{
+			name: "classic builder that sent nothing",
+			build: &kilnv1.Build{Id: "b04", Agent: "a4", Result: &kilnv1.BuildResult{
+				ImageId: "sha256:cfg4", Builder: kilnv1.Builder_BUILDER_CLASSIC,
+			}},
+			want: map[string]any{
+				"kiln.build.id":                "b04",
+				"kiln.agent":                   "a4",
+				"kiln.builder":                 "classic",
+				"kiln.context.transferBytes":   0.0,
+				"containerimage.digest":        "sha256:cfg4",
+				"containerimage.config.digest": "sha256:cfg4",
+				"kiln.cache.steps":             0.0,
+				"kiln.cache.cached":            0.0,
+			},
+		},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

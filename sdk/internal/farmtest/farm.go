@@ -10,6 +10,7 @@ package farmtest
 import (
 	"bytes"
 	"context"
+	"crypto/rand"
 	"crypto/sha256"
 	"encoding/hex"
 	"errors"
@@ -20,6 +21,7 @@ import (
 	"testing"
 
 	kilnv1 "github.com/kilnbuild/kiln/proto/gen/go/kiln/v1"
+	"golang.org/x/crypto/nacl/box"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/metadata"
@@ -32,6 +34,8 @@ type Farm struct {
 	// Addr is the loopback address the farm listens on.
 	Addr  string
 	token string
+	// secretsKey is the farm's secrets key pair; nil without WithSecretsKey.
+	secretsKey *secretsKey
 
 	mu sync.Mutex // guards the fields below
 	// blobs holds verified blobs by digest hash, manifests included.
@@ -52,6 +56,44 @@ type Option func(*Farm)
 // <token>" (codes.Unauthenticated).
 func WithToken(token string) Option {
 	return func(f *Farm) { f.token = token }
+}
+
+// secretsKey is an X25519 key pair for build secrets.
+type secretsKey struct{ public, private *[32]byte }
+
+// WithSecretsKey gives the farm a secrets key: GetSecretsKey returns its
+// public half and OpenSecret opens what clients sealed to it. Without it,
+// GetSecretsKey fails with codes.FailedPrecondition, as a farm without a
+// key does.
+func WithSecretsKey() Option {
+	return func(f *Farm) {
+		pub, priv, err := box.GenerateKey(rand.Reader)
+		if err != nil {
+			panic(err)
+		}
+		f.secretsKey = &secretsKey{public: pub, private: priv}
+	}
+}
+
+// SecretsKeyID returns the id of the farm's secrets key.
+func (f *Farm) SecretsKeyID() string {
+	sum := sha256.Sum256(f.secretsKey.public[:])
+	return hex.EncodeToString(sum[:8])
+}
+
+// OpenSecret opens a sealed secret as an agent does.
+func (f *Farm) OpenSecret(s *kilnv1.SealedSecret) ([]byte, error) {
+	if f.secretsKey == nil {
+		return nil, errors.New("the farm has no secrets key")
+	}
+	if s.GetKeyId() != f.SecretsKeyID() {
+		return nil, fmt.Errorf("secret %q is sealed to key %q, not the farm's %q", s.GetId(), s.GetKeyId(), f.SecretsKeyID())
+	}
+	v, ok := box.OpenAnonymous(nil, s.GetSealed(), f.secretsKey.public, f.secretsKey.private)
+	if !ok {
+		return nil, fmt.Errorf("secret %q does not open with the farm's key", s.GetId())
+	}
+	return v, nil
 }
 
 // Start runs a Farm until the test ends.
@@ -319,6 +361,17 @@ func (s buildService) StartBuild(ctx context.Context, req *kilnv1.StartBuildRequ
 	}
 	s.f.builds = append(s.f.builds, b)
 	return &kilnv1.StartBuildResponse{Build: b}, nil
+}
+
+// GetSecretsKey returns the farm's secrets public key (see WithSecretsKey).
+func (s buildService) GetSecretsKey(ctx context.Context, _ *kilnv1.GetSecretsKeyRequest) (*kilnv1.GetSecretsKeyResponse, error) {
+	if err := s.f.authorize(ctx); err != nil {
+		return nil, err
+	}
+	if s.f.secretsKey == nil {
+		return nil, status.Error(codes.FailedPrecondition, "this farm has no secrets key configured")
+	}
+	return &kilnv1.GetSecretsKeyResponse{PublicKey: s.f.secretsKey.public[:], KeyId: s.f.SecretsKeyID()}, nil
 }
 
 func (s buildService) build(ctx context.Context, id string) (*kilnv1.Build, error) {
