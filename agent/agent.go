@@ -22,6 +22,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"path/filepath"
 	"runtime"
 	"sync"
 	"sync/atomic"
@@ -35,17 +36,20 @@ import (
 
 	"github.com/kilnbuild/kiln/agent/engine"
 	"github.com/kilnbuild/kiln/agent/localcas"
+	"github.com/kilnbuild/kiln/agent/workdir"
 	kilnv1 "github.com/kilnbuild/kiln/proto/gen/go/kiln/v1"
 	"github.com/kilnbuild/kiln/services/buildstore"
 	"github.com/kilnbuild/kiln/services/bus"
 	"github.com/kilnbuild/kiln/services/cas"
 	"github.com/kilnbuild/kiln/services/ctxmanifest"
+	"github.com/kilnbuild/kiln/services/sealed"
 )
 
 // Engine is what the agent needs from a Docker engine.
 type Engine interface {
 	Info(ctx context.Context) (engine.Info, error)
 	Build(ctx context.Context, contextTar io.Reader, o engine.BuildOptions, r engine.Reporter) (engine.Result, error)
+	BuildKit(ctx context.Context, o engine.BuildKitOptions, r engine.Reporter) (engine.BuildKitResult, error)
 	Push(ctx context.Context, tag string, log func(line string)) (digest string, size int64, err error)
 }
 
@@ -78,6 +82,22 @@ type Config struct {
 	// ContextLimits bound a manifest context, checked again before it is
 	// built; zero means ctxmanifest.DefaultLimits. Set them as the gateway's.
 	ContextLimits ctxmanifest.Limits
+	// Builder narrows the builders the agent offers: BuilderAuto (or "")
+	// offers what the engine has, BuildKit first; BuilderClassic or
+	// BuilderBuildKit only that one.
+	Builder string
+	// WorkDir holds the per-lineage context directories BuildKit builds
+	// sync from (package workdir); "" means <CacheDir>-work. Only one
+	// process may use a directory at a time.
+	WorkDir string
+	// WorkDirBytes bounds the work directories; 0 means workdir.DefaultMaxBytes.
+	WorkDirBytes int64
+	// SecretsKey opens builds' sealed secrets; nil refuses builds with secrets.
+	SecretsKey *sealed.PrivateKey
+	// FrontendAllow lists the Dockerfile frontend images ("# syntax=",
+	// BUILDKIT_SYNTAX) the engine may pull, as path.Match patterns; none
+	// by default: the engine's built-in frontend is used.
+	FrontendAllow []string
 }
 
 // Defaults for zero Config fields.
@@ -91,13 +111,15 @@ const (
 
 // Agent runs builds from the farm's queue on one engine.
 type Agent struct {
-	cfg     Config
-	log     *slog.Logger
-	builds  *buildstore.Store
-	blobs   *cas.Store      // the farm's CAS
-	cache   *localcas.Store // this agent's copy of the blobs it built from
-	agents  jetstream.KeyValue
-	started time.Time
+	cfg    Config
+	log    *slog.Logger
+	builds *buildstore.Store
+	blobs  *cas.Store      // the farm's CAS
+	cache  *localcas.Store // this agent's copy of the blobs it built from
+	// workdirs holds the per-lineage context directories of BuildKit builds.
+	workdirs *workdir.Store
+	agents   jetstream.KeyValue
+	started  time.Time
 
 	summary  CacheSummary
 	busy     atomic.Int32
@@ -159,15 +181,29 @@ func New(ctx context.Context, cfg Config) (*Agent, error) {
 	}
 	n, size := cache.Usage()
 	log.Info("local blob cache open", "dir", cfg.CacheDir, "blobs", n, "bytes", size)
+	switch cfg.Builder {
+	case "", BuilderAuto, BuilderBuildKit, BuilderClassic:
+	default:
+		cache.Close()
+		return nil, fmt.Errorf("builder %q: want auto, buildkit or classic", cfg.Builder)
+	}
+	if cfg.WorkDir == "" {
+		cfg.WorkDir = filepath.Clean(cfg.CacheDir) + "-work"
+	}
+	workdirs, err := workdir.Open(workdir.Config{Dir: cfg.WorkDir, MaxBytes: cfg.WorkDirBytes, Logger: log})
+	if err != nil {
+		cache.Close()
+		return nil, err
+	}
 	return &Agent{
-		cfg: cfg, log: log, builds: builds, blobs: blobs, cache: cache,
+		cfg: cfg, log: log, builds: builds, blobs: blobs, cache: cache, workdirs: workdirs,
 		agents: agents, started: time.Now(),
 	}, nil
 }
 
-// Close closes the agent's local blob cache, for another process to open;
-// call it after Run has returned.
-func (a *Agent) Close() error { return a.cache.Close() }
+// Close closes the agent's local blob cache and work directories, for
+// another process to open; call it after Run has returned.
+func (a *Agent) Close() error { return errors.Join(a.workdirs.Close(), a.cache.Close()) }
 
 // Ready reports whether the agent's engine answers, for /readyz.
 func (a *Agent) Ready(context.Context) error {
@@ -295,7 +331,7 @@ func (a *Agent) checkEngine(ctx context.Context) {
 	info, err := a.cfg.Engine.Info(pctx)
 	was := a.healthy.Swap(err == nil)
 	if err != nil {
-		if was || a.info == (engine.Info{}) {
+		if was || a.info.ServerVersion == "" {
 			a.log.Error("docker engine does not answer; out of rotation", "err", err)
 		}
 		return
@@ -339,6 +375,7 @@ func (a *Agent) heartbeat(ctx context.Context) {
 		EngineVersion: info.ServerVersion, EngineApiVersion: info.APIVersion, StorageDriver: info.StorageDriver,
 		Os: nonEmpty(info.OS, runtime.GOOS), Arch: nonEmpty(info.Arch, runtime.GOARCH), Labels: a.cfg.Labels,
 		StartedAt: timestamppb.New(a.started), LastSeen: timestamppb.Now(), Cache: a.summary.Proto(),
+		Builders: a.builders(),
 	}
 	data, err := proto.Marshal(rec)
 	if err == nil {

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"time"
 
@@ -110,24 +111,20 @@ func (a *Agent) renewLease(ctx context.Context, b *kilnv1.Build, cancel context.
 // the build failed part-way.
 func (a *Agent) execute(ctx context.Context, b *kilnv1.Build, ev *events) (*kilnv1.BuildResult, error) {
 	result := &kilnv1.BuildResult{}
-	contextTar, closeContext, err := a.openContext(ctx, b.Context, ev)
-	if err != nil {
-		return result, err
-	}
 	spec := b.Spec
-	res, err := a.cfg.Engine.Build(ctx, contextTar, engine.BuildOptions{
-		Dockerfile: spec.Dockerfile,
-		Tags:       spec.Tags,
-		BuildArgs:  spec.BuildArgs,
-		Target:     spec.Target,
-		Labels:     spec.Labels,
-		NoCache:    spec.NoCache,
-		Pull:       spec.Pull,
-	}, &reporter{ev: ev})
-	// A context that could not be written in full says more than the
-	// engine's broken request.
-	if cerr := closeContext(); cerr != nil && err != nil {
-		err = fmt.Errorf("write build context: %w", cerr)
+	builder, err := a.chooseBuilder(spec)
+	if err != nil {
+		return result, &engine.BuildError{Message: err.Error()}
+	}
+	result.Builder = builder
+	rep := &reporter{ev: ev}
+	var res engine.Result
+	if builder == kilnv1.Builder_BUILDER_BUILDKIT {
+		var bk engine.BuildKitResult
+		bk, err = a.buildKit(ctx, b, ev, rep)
+		res, result.ContextTransferBytes = bk.Result, bk.ContextBytes
+	} else {
+		res, result.ContextTransferBytes, err = a.buildClassic(ctx, b, ev, rep)
 	}
 	result.ImageId = res.ImageID
 	result.Steps = uint32(res.Steps)
@@ -157,6 +154,34 @@ func (a *Agent) execute(ctx context.Context, b *kilnv1.Build, ev *events) (*kiln
 		ev.publish(&kilnv1.BuildEvent{Event: &kilnv1.BuildEvent_Pushed{Pushed: p}})
 	}
 	return result, nil
+}
+
+// buildClassic builds with the classic builder from a context tar, and
+// returns how many bytes of tar the engine read.
+func (a *Agent) buildClassic(ctx context.Context, b *kilnv1.Build, ev *events, rep *reporter) (engine.Result, int64, error) {
+	contextTar, closeContext, err := a.openContext(ctx, b.Context, ev)
+	if err != nil {
+		return engine.Result{}, 0, err
+	}
+	counted := &countingReader{r: contextTar}
+	res, err := a.cfg.Engine.Build(ctx, counted, buildOptions(b.Spec), rep)
+	// A context that could not be written in full says more than the
+	// engine's broken request.
+	if cerr := closeContext(); cerr != nil && err != nil {
+		err = fmt.Errorf("write build context: %w", cerr)
+	}
+	return res, counted.n, classicHint(err, a.builders())
+}
+
+type countingReader struct {
+	r io.Reader
+	n int64
+}
+
+func (c *countingReader) Read(p []byte) (int, error) {
+	n, err := c.r.Read(p)
+	c.n += int64(n)
+	return n, err
 }
 
 // finish records how the build ended, fenced on its attempt, and then
@@ -263,20 +288,23 @@ func (e *events) log(step int, line string) {
 }
 
 // reporter turns the engine's progress into build events.
-type reporter struct{ ev *events }
+type reporter struct {
+	ev   *events
+	mask *masker // hides the build's secrets in what it prints
+}
 
 var _ engine.Reporter = (*reporter)(nil)
 
-func (r *reporter) Log(step int, line string) { r.ev.log(step, line) }
+func (r *reporter) Log(step int, line string) { r.ev.log(step, r.mask.line(line)) }
 
 func (r *reporter) StepStarted(step, total int, instruction string) {
 	r.ev.publish(&kilnv1.BuildEvent{Event: &kilnv1.BuildEvent_StepStarted{StepStarted: &kilnv1.StepStarted{
-		Step: uint32(step), Total: uint32(total), Instruction: instruction,
+		Step: uint32(step), Total: uint32(total), Instruction: r.mask.line(instruction),
 	}}})
 }
 
 func (r *reporter) StepFinished(step int, instruction string, cached bool, took time.Duration) {
 	r.ev.publish(&kilnv1.BuildEvent{Event: &kilnv1.BuildEvent_StepFinished{StepFinished: &kilnv1.StepFinished{
-		Step: uint32(step), Instruction: instruction, Cached: cached, Duration: durationpb.New(took),
+		Step: uint32(step), Instruction: r.mask.line(instruction), Cached: cached, Duration: durationpb.New(took),
 	}}})
 }

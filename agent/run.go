@@ -5,17 +5,20 @@ import (
 	"flag"
 	"fmt"
 	"os"
+	"strings"
 	"time"
 
 	"golang.org/x/sync/errgroup"
 
 	"github.com/kilnbuild/kiln/agent/engine"
 	"github.com/kilnbuild/kiln/agent/localcas"
+	"github.com/kilnbuild/kiln/agent/workdir"
 	"github.com/kilnbuild/kiln/services/bus"
 	"github.com/kilnbuild/kiln/services/config"
 	"github.com/kilnbuild/kiln/services/ctxmanifest"
 	"github.com/kilnbuild/kiln/services/httpserver"
 	"github.com/kilnbuild/kiln/services/readyfile"
+	"github.com/kilnbuild/kiln/services/sealed"
 	"github.com/kilnbuild/kiln/services/service"
 )
 
@@ -38,6 +41,13 @@ type EngineOptions struct {
 	DrainTimeout time.Duration
 	CacheDir     string
 	CacheSize    int64
+	Builder      string
+	WorkDir      string
+	WorkDirSize  int64
+	// SecretsKeyFile holds the farm's secrets key (package sealed); ""
+	// means builds with secrets are refused.
+	SecretsKeyFile string
+	FrontendAllow  string
 }
 
 // Flags registers the options on fs (each also read from KILN_<FLAG>).
@@ -61,6 +71,11 @@ func (o *EngineOptions) Flags(fs *flag.FlagSet, drain time.Duration) {
 	// Not --cache-dir: its KILN_CACHE_DIR is the CLI's stat cache root.
 	fs.StringVar(&o.CacheDir, "blob-cache-dir", "", "directory of the agent's local copy of context blobs, used by one process at a time (default <user cache dir>/kiln-cas/<name>)")
 	fs.Int64Var(&o.CacheSize, "blob-cache-size", localcas.DefaultMaxBytes, "bytes the local blob cache may hold; least recently used blobs are evicted beyond")
+	fs.StringVar(&o.Builder, "builder", BuilderAuto, "builders offered: auto (what the engine has, BuildKit first), buildkit or classic")
+	fs.StringVar(&o.WorkDir, "work-dir", "", "directory of the per-lineage build contexts BuildKit syncs from, used by one process at a time (default <blob-cache-dir>-work)")
+	fs.Int64Var(&o.WorkDirSize, "work-dir-size", workdir.DefaultMaxBytes, "bytes the work directories may hold; least recently used lineages are deleted beyond")
+	fs.StringVar(&o.SecretsKeyFile, "secrets-key-file", "", "file with the farm's secrets key, to open build secrets (kilnd: <data-dir>/secrets.key)")
+	fs.StringVar(&o.FrontendAllow, "frontend-allow", "", "comma-separated Dockerfile frontend images (# syntax=, BUILDKIT_SYNTAX) the engine may pull, as glob patterns; none by default")
 }
 
 // NewAgent connects to the engine and returns an agent bound to conn, and a
@@ -73,6 +88,18 @@ func (o *EngineOptions) NewAgent(ctx context.Context, conn *bus.Conn, cfg Config
 	cfg.Name, cfg.Slots, cfg.Labels, cfg.Engine, cfg.Conn = o.Name, o.Slots, o.Labels, docker, conn
 	cfg.Lease, cfg.DrainTimeout = o.Lease, o.DrainTimeout
 	cfg.CacheDir, cfg.CacheBytes = o.CacheDir, o.CacheSize
+	cfg.Builder, cfg.WorkDir, cfg.WorkDirBytes = o.Builder, o.WorkDir, o.WorkDirSize
+	for _, f := range strings.Split(o.FrontendAllow, ",") {
+		if f = strings.TrimSpace(f); f != "" {
+			cfg.FrontendAllow = append(cfg.FrontendAllow, f)
+		}
+	}
+	if o.SecretsKeyFile != "" && cfg.SecretsKey == nil {
+		if cfg.SecretsKey, err = sealed.LoadPrivateKey(o.SecretsKeyFile); err != nil {
+			docker.Close()
+			return nil, nil, err
+		}
+	}
 	a, err := New(ctx, cfg)
 	if err != nil {
 		docker.Close()

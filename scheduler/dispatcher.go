@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"slices"
 	"time"
 
 	"github.com/nats-io/nats.go"
@@ -32,7 +33,8 @@ type event struct {
 	pull     *pull         // an agent offers a slot
 	withdraw string        // an agent takes its pulls back
 	agent    *kilnv1.Agent // a heartbeat
-	released string        // a leased build ended (its tenant's count drops)
+	released string        // a leased build ended or went back to the queue
+	ended    *kilnv1.Build // the record of a released build that finished, for costs
 	leased   *kilnv1.Build // a build found under lease (recovery)
 	done     chan struct{} // closed once the event is handled (tests, recovery)
 }
@@ -44,14 +46,30 @@ type pull struct {
 	deadline time.Time
 }
 
+// lease is a build under lease as the dispatcher counts it: its tenant
+// (caps and fairness) and its agent.
+type lease struct{ tenant, agent string }
+
+// runningBuild is a build an agent runs, as far as the dispatcher knows:
+// when it was assigned and when it is expected to end (zero: not known).
+type runningBuild struct {
+	id         string
+	start, end time.Time
+}
+
 type dispatcher struct {
 	s        *Scheduler
 	queue    map[string]*kilnv1.Build
 	pulls    map[string][]*pull
 	agents   map[string]*kilnv1.Agent
-	leased   map[string]string // build id → tenant, for caps and fairness
+	leased   map[string]lease // by build id
 	events   chan event
 	agentTTL time.Duration
+
+	// What each agent runs, for its expected NextFree, and what builds of
+	// each lineage cost (routing weighs waiting against a cache miss).
+	onAgent map[string][]runningBuild // by agent
+	costs   *costs
 
 	// The router's view, kept incrementally: the agent index is updated
 	// only for agents whose heartbeat or pulls changed (dirty), and the
@@ -67,7 +85,7 @@ type dispatcher struct {
 func newDispatcher(s *Scheduler) *dispatcher {
 	return &dispatcher{
 		s: s, queue: map[string]*kilnv1.Build{}, pulls: map[string][]*pull{},
-		agents: map[string]*kilnv1.Agent{}, leased: map[string]string{},
+		agents: map[string]*kilnv1.Agent{}, leased: map[string]lease{}, onAgent: map[string][]runningBuild{}, costs: newCosts(),
 		events: make(chan event, 1024), agentTTL: bus.DefaultLimits.AgentTTL,
 		idx: routing.NewIndex(nil), indexed: map[string]bool{}, dirty: map[string]bool{}, lostAt: map[string]time.Time{},
 	}
@@ -129,10 +147,11 @@ func (d *dispatcher) apply(ev event) {
 	case ev.enqueue != nil:
 		d.queue[ev.enqueue.Id] = ev.enqueue
 		d.queueStale = true
-		delete(d.leased, ev.enqueue.Id)
+		d.release(ev.enqueue.Id)
 	case ev.pull != nil:
 		d.pulls[ev.pull.agent] = append(d.pulls[ev.pull.agent], ev.pull)
 		d.dirty[ev.pull.agent] = true
+		d.slotFreed(ev.pull.agent)
 	case ev.withdraw != "":
 		delete(d.pulls, ev.withdraw)
 		d.dirty[ev.withdraw] = true
@@ -140,10 +159,67 @@ func (d *dispatcher) apply(ev event) {
 		d.agents[ev.agent.Name] = ev.agent
 		d.dirty[ev.agent.Name] = true
 	case ev.released != "":
-		delete(d.leased, ev.released)
+		d.release(ev.released)
+		if ev.ended != nil && d.costs.observe(ev.ended) {
+			d.queueStale = true // the queued builds' Warm and Cold
+		}
 	case ev.leased != nil:
-		d.leased[ev.leased.Id] = ev.leased.Tenant
+		d.leased[ev.leased.Id] = lease{tenant: ev.leased.Tenant, agent: ev.leased.Agent}
+		if ev.leased.Agent != "" { // how long it has left is not known
+			d.onAgent[ev.leased.Agent] = append(d.onAgent[ev.leased.Agent], runningBuild{id: ev.leased.Id})
+			d.dirty[ev.leased.Agent] = true
+		}
 	}
+}
+
+// release forgets a build's lease and its place on its agent.
+func (d *dispatcher) release(id string) {
+	l, ok := d.leased[id]
+	if !ok {
+		return
+	}
+	delete(d.leased, id)
+	rs := d.onAgent[l.agent]
+	if i := slices.IndexFunc(rs, func(r runningBuild) bool { return r.id == id }); i >= 0 {
+		d.onAgent[l.agent] = slices.Delete(rs, i, i+1)
+		if len(d.onAgent[l.agent]) == 0 {
+			delete(d.onAgent, l.agent)
+		}
+		d.dirty[l.agent] = true
+	}
+}
+
+// slotFreed notes that a pull shows one of agent's slots free: an agent
+// pulls once per free slot, so when it runs more builds than its other
+// slots could hold, the one assigned first has ended (the sweeper confirms
+// it within SweepEvery).
+func (d *dispatcher) slotFreed(agent string) {
+	a, rs := d.agents[agent], d.onAgent[agent]
+	if a == nil || a.Slots == 0 || len(rs)+len(d.pulls[agent]) <= int(a.Slots) {
+		return
+	}
+	first := 0
+	for i := range rs {
+		if rs[i].start.Before(rs[first].start) {
+			first = i
+		}
+	}
+	d.onAgent[agent] = slices.Delete(rs, first, first+1)
+}
+
+// nextFree is when agent is expected to free a slot: the earliest expected
+// end of what it runs, zero when any of it is not known.
+func (d *dispatcher) nextFree(agent string) time.Time {
+	var at time.Time
+	for _, r := range d.onAgent[agent] {
+		if r.end.IsZero() {
+			return time.Time{}
+		}
+		if at.IsZero() || r.end.Before(at) {
+			at = r.end
+		}
+	}
+	return at
 }
 
 // dispatch answers expired pulls, routes, assigns, and returns how soon
@@ -205,8 +281,8 @@ func (d *dispatcher) refreshIndex(now time.Time) {
 		switch {
 		case known && d.routable(a, now):
 			d.idx.Set(routing.Agent{
-				Name: name, FreeSlots: len(d.pulls[name]), Slots: int(a.Slots), Running: int(a.BusySlots),
-				Labels: a.Labels, Lineages: a.GetCache().GetLineages(), BaseImages: a.GetCache().GetBaseImages(), Chains: a.GetCache().GetChains(),
+				Name: name, FreeSlots: len(d.pulls[name]), Slots: int(a.Slots), Running: int(a.BusySlots), NextFree: d.nextFree(name),
+				Labels: routingAgentLabels(a), Lineages: a.GetCache().GetLineages(), BaseImages: a.GetCache().GetBaseImages(), Chains: a.GetCache().GetChains(),
 			})
 			d.indexed[name] = true
 		case !known && len(d.pulls[name]) > 0 && d.lostAt[name].IsZero(): // pulling before its first heartbeat was seen
@@ -242,7 +318,9 @@ func (d *dispatcher) queueInput() []routing.Build {
 	if d.queueStale {
 		d.queueSlice = d.queueSlice[:0]
 		for _, b := range d.queue {
-			d.queueSlice = append(d.queueSlice, routingBuild(b))
+			rb := routingBuild(b)
+			rb.Warm, rb.Cold = d.costs.of(rb.Lineage)
+			d.queueSlice = append(d.queueSlice, rb)
 		}
 		d.queueStale = false
 	}
@@ -252,8 +330,8 @@ func (d *dispatcher) queueInput() []routing.Build {
 // running counts each tenant's builds under lease.
 func (d *dispatcher) running() map[string]int {
 	running := map[string]int{}
-	for _, tenant := range d.leased {
-		running[tenant]++
+	for _, l := range d.leased {
+		running[l.tenant]++
 	}
 	return running
 }
@@ -266,7 +344,7 @@ func routingBuild(b *kilnv1.Build) routing.Build {
 	return routing.Build{
 		ID: b.Id, Tenant: b.Tenant, Priority: b.GetSpec().GetPriority(),
 		Lineage: b.GetAffinity().GetLineage(), BaseImages: b.GetAffinity().GetBaseImages(), Chain: b.GetAffinity().GetChain(),
-		Labels: b.GetSpec().GetAgentLabels(), QueuedAt: queuedAt.AsTime(),
+		Labels: routingBuildLabels(b.GetSpec()), QueuedAt: queuedAt.AsTime(),
 	}
 }
 
@@ -303,13 +381,20 @@ func (d *dispatcher) assign(ctx context.Context, a routing.Assignment) {
 	} else {
 		d.pulls[a.Agent] = ps[1:]
 	}
-	d.leased[b.Id] = b.Tenant
+	d.leased[b.Id] = lease{tenant: b.Tenant, agent: a.Agent}
+	r := runningBuild{id: b.Id, start: now}
+	if a.Expected > 0 {
+		r.end = now.Add(a.Expected)
+	}
+	d.onAgent[a.Agent] = append(d.onAgent[a.Agent], r)
 	d.s.track(b.Id)
-	d.reply(p, b)
-	d.s.event(ctx, b, &kilnv1.StateChanged{
+	// The event goes out before the reply on the same connection, so it is
+	// in the build's log before anything the agent publishes about it.
+	d.s.eventAsync(b, &kilnv1.StateChanged{
 		State: b.State, Agent: a.Agent, Attempt: b.Attempt,
 		Message: fmt.Sprintf("assigned to agent %q (attempt %d): %s", a.Agent, b.Attempt, a.Explanation),
 	})
+	d.reply(p, b)
 	d.s.log.Info("build assigned", "build_id", b.Id, "agent", a.Agent, "attempt", b.Attempt,
 		"reason", a.Reason.String(), "score", a.Score, "best_score", a.BestScore)
 }

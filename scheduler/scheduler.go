@@ -63,6 +63,11 @@ const (
 	DefaultSweepEvery    = time.Second
 	DefaultRouteDelay    = 2 * time.Second
 	maxPollWait          = 60 * time.Second
+	// asyncMaxPending bounds the events published and not yet
+	// acknowledged; past it publishing waits.
+	asyncMaxPending = 1024
+	// asyncDrain bounds how long a term that ends waits for them.
+	asyncDrain = 5 * time.Second
 	// replyMargin keeps the answer inside the agent's request timeout.
 	replyMargin = 500 * time.Millisecond
 )
@@ -73,6 +78,9 @@ type Scheduler struct {
 	log    *slog.Logger
 	builds *buildstore.Store
 	d      *dispatcher
+	// async publishes the dispatcher's ASSIGNED events without waiting for
+	// each acknowledgement: in order on the one connection, failures logged.
+	async jetstream.JetStream
 
 	mu     sync.Mutex
 	leased map[string]struct{} // builds ASSIGNED or RUNNING, for the sweeper
@@ -108,7 +116,16 @@ func New(ctx context.Context, cfg Config) (*Scheduler, error) {
 	if cfg.Routing.Delay == 0 {
 		cfg.Routing.Delay = DefaultRouteDelay
 	}
-	s := &Scheduler{cfg: cfg, log: cfg.Logger, builds: builds, leased: map[string]struct{}{}}
+	log := cfg.Logger
+	async, err := jetstream.New(cfg.Conn.NC,
+		jetstream.WithPublishAsyncMaxPending(asyncMaxPending),
+		jetstream.WithPublishAsyncErrHandler(func(_ jetstream.JetStream, m *nats.Msg, err error) {
+			log.Error("publish build event", "subject", m.Subject, "err", err)
+		}))
+	if err != nil {
+		return nil, fmt.Errorf("jetstream: %w", err)
+	}
+	s := &Scheduler{cfg: cfg, log: cfg.Logger, builds: builds, async: async, leased: map[string]struct{}{}}
 	s.d = newDispatcher(s)
 	return s, nil
 }
@@ -196,6 +213,11 @@ func (s *Scheduler) lead(ctx context.Context) error {
 	eg.Go(func() error { return s.servePulls(ctx) })
 	eg.Go(func() error { return s.sweep(ctx) })
 	err := eg.Wait()
+	select { // the events of the term's last assignments
+	case <-s.async.PublishAsyncComplete():
+	case <-time.After(asyncDrain):
+		s.log.Warn("build events not acknowledged when the term ended", "pending", s.async.PublishAsyncPending())
+	}
 	if errors.Is(err, context.Canceled) {
 		return nil
 	}
@@ -231,11 +253,12 @@ func (s *Scheduler) track(id string) {
 	s.mu.Unlock()
 }
 
-func (s *Scheduler) untrack(ctx context.Context, id string) {
+// untrack stops sweeping a build; ended is its record if it finished.
+func (s *Scheduler) untrack(ctx context.Context, id string, ended *kilnv1.Build) {
 	s.mu.Lock()
 	delete(s.leased, id)
 	s.mu.Unlock()
-	s.d.send(ctx, event{released: id})
+	s.d.send(ctx, event{released: id, ended: ended})
 }
 
 // consumeIntake moves new builds from KILN_REQUESTS into the queue.
@@ -301,6 +324,20 @@ func (s *Scheduler) servePulls(ctx context.Context) error {
 
 var errNotQueued = errors.New("build is no longer queued")
 
+// eventAsync appends a state change to b's event log without waiting for
+// the stream's acknowledgement (see Scheduler.async).
+func (s *Scheduler) eventAsync(b *kilnv1.Build, sc *kilnv1.StateChanged) {
+	msg, err := bus.NewMsg(bus.EventsSubject(b.Id), &kilnv1.BuildEvent{
+		Time: timestamppb.New(s.cfg.Now()), BuildId: b.Id, Attempt: b.Attempt, Event: &kilnv1.BuildEvent_State{State: sc},
+	})
+	if err == nil {
+		_, err = s.async.PublishMsgAsync(msg)
+	}
+	if err != nil {
+		s.log.Error("publish build event", "build_id", b.Id, "err", err)
+	}
+}
+
 func (s *Scheduler) event(ctx context.Context, b *kilnv1.Build, sc *kilnv1.StateChanged) {
 	if err := bus.PublishEvent(ctx, s.cfg.Conn.JS, &kilnv1.BuildEvent{
 		BuildId: b.Id, Attempt: b.Attempt, Event: &kilnv1.BuildEvent_State{State: sc},
@@ -338,7 +375,7 @@ func (s *Scheduler) checkLease(ctx context.Context, id string) error {
 	now := s.cfg.Now()
 	cur, _, err := s.builds.Get(ctx, id)
 	if errors.Is(err, buildstore.ErrNotFound) || (err == nil && !leased(cur.State)) {
-		s.untrack(ctx, id) // finished, cancelled or handed back
+		s.untrack(ctx, id, cur) // finished, cancelled or handed back
 		return nil
 	}
 	if err != nil || !lapsed(cur, now) {
@@ -369,7 +406,7 @@ func (s *Scheduler) checkLease(ctx context.Context, id string) error {
 	if err != nil {
 		return err
 	}
-	s.untrack(ctx, id)
+	s.untrack(ctx, id, nil)
 	s.d.send(ctx, event{lost: lostAgent})
 	if b.State == kilnv1.BuildState_BUILD_STATE_FAILED {
 		s.log.Warn("build failed: agents lost", "build_id", id, "attempts", b.Attempt)

@@ -62,7 +62,16 @@ func runImage(t *testing.T, ref string, cmd ...string) (string, int) {
 	return out.String(), code
 }
 
+// builders are the two builders every end-to-end build test runs with.
+var builders = []string{"buildkit", "classic"}
+
 func TestBuildPushMultiStage(t *testing.T) {
+	for _, builder := range builders {
+		t.Run(builder, func(t *testing.T) { testBuildPushMultiStage(t, builder) })
+	}
+}
+
+func testBuildPushMultiStage(t *testing.T, builder string) {
 	k := sharedKilnd(t)
 	reg := enginetest.Registry(t)
 	base := enginetest.BusyboxBase(t)
@@ -74,7 +83,7 @@ func TestBuildPushMultiStage(t *testing.T) {
 	meta := filepath.Join(t.TempDir(), "meta.json")
 	iid := filepath.Join(t.TempDir(), "iid")
 
-	r := kiln(t, k.addrs.GRPC, "build", "--progress", "plain", "-t", ref, "-t", ref2, "--push", "--pull",
+	r := kiln(t, k.addrs.GRPC, "build", "--builder", builder, "--progress", "plain", "-t", ref, "-t", ref2, "--push", "--pull",
 		"--build-arg", "BASE="+base, "--build-arg", "GREETING=howdy", "--target", "final",
 		"--label", "org.example.team=builds", "--metadata-file", meta, "--iidfile", iid, dir)
 	if r.code != 0 {
@@ -90,8 +99,12 @@ func TestBuildPushMultiStage(t *testing.T) {
 	if str(m, "image.name") != ref+","+ref2 {
 		t.Fatalf("metadata image.name = %q, want %q", str(m, "image.name"), ref+","+ref2)
 	}
-	// --pull makes the engine ask the registry for the base image.
-	if !strings.Contains(r.stderr, "Pulling from") && !strings.Contains(r.stderr, "Image is up to date") {
+	if got := str(m, "kiln.builder"); got != builder {
+		t.Fatalf("metadata kiln.builder = %q, want %q", got, builder)
+	}
+	// --pull makes the classic builder ask the registry for the base image
+	// (BuildKit always resolves it: "load metadata for").
+	if builder == "classic" && !strings.Contains(r.stderr, "Pulling from") && !strings.Contains(r.stderr, "Image is up to date") {
 		t.Fatalf("--pull did not pull the base image:\n%s", r.stderr)
 	}
 	if str(m, "kiln.build.id") == "" || str(m, "kiln.agent") != "e2e-agent" {
@@ -103,9 +116,11 @@ func TestBuildPushMultiStage(t *testing.T) {
 	}
 	// Stages build and final: ARG, RUN, COPY, COPY, CMD, plus the LABEL step
 	// the classic builder appends for --label; the global ARG BASE belongs
-	// to no stage and stage extra is past the target.
-	if got := num(m, "kiln.cache.steps"); got != 6 {
-		t.Fatalf("kiln.cache.steps = %d, want 6 (build and final stages, FROM excluded)\n%s", got, r)
+	// to no stage and stage extra is past the target. BuildKit runs only
+	// the instructions that change the filesystem: RUN, COPY, COPY.
+	wantSteps := map[string]int{"classic": 6, "buildkit": 3}[builder]
+	if got := num(m, "kiln.cache.steps"); got != wantSteps {
+		t.Fatalf("kiln.cache.steps = %d, want %d (build and final stages, FROM excluded)\n%s", got, wantSteps, r)
 	}
 	if strings.Contains(r.stderr, "never-built") {
 		t.Fatalf("--target final still built the stage after it:\n%s", r.stderr)
@@ -139,6 +154,12 @@ func TestBuildPushMultiStage(t *testing.T) {
 }
 
 func TestSecondIdenticalBuildIsFullyCached(t *testing.T) {
+	for _, builder := range builders {
+		t.Run(builder, func(t *testing.T) { testSecondIdenticalBuildIsFullyCached(t, builder) })
+	}
+}
+
+func testSecondIdenticalBuildIsFullyCached(t *testing.T, builder string) {
 	k := sharedKilnd(t)
 	base := enginetest.BusyboxBase(t)
 	dir := writeContext(t, map[string]string{
@@ -148,15 +169,17 @@ func TestSecondIdenticalBuildIsFullyCached(t *testing.T) {
 	var steps [2]int
 	for i := range 2 {
 		meta := filepath.Join(t.TempDir(), "meta.json")
-		r := kiln(t, k.addrs.GRPC, "build", "--progress", "plain", "--metadata-file", meta, dir)
+		r := kiln(t, k.addrs.GRPC, "build", "--builder", builder, "--progress", "plain", "--metadata-file", meta, dir)
 		if r.code != 0 {
 			t.Fatalf("build %d: %s", i+1, r)
 		}
 		m := metadata(t, meta)
 		steps[i] = num(m, "kiln.cache.steps")
 		cached := num(m, "kiln.cache.cached")
-		if steps[i] != 6 {
-			t.Fatalf("build %d: kiln.cache.steps = %d, want 6", i+1, steps[i])
+		// BuildKit runs RUN, COPY and WORKDIR; ARG, ENV and LABEL only
+		// change the image config.
+		if want := map[string]int{"classic": 6, "buildkit": 3}[builder]; steps[i] != want {
+			t.Fatalf("build %d: kiln.cache.steps = %d, want %d\n%s", i+1, steps[i], want, r)
 		}
 		if i == 0 && cached == steps[i] {
 			t.Fatalf("first build of a fresh context reported all %d steps cached", cached)
@@ -174,14 +197,17 @@ func TestFailingRunExitsOneAndShowsOutput(t *testing.T) {
 	dir := writeContext(t, map[string]string{
 		"Dockerfile": "FROM " + base + "\nRUN echo " + marker + " && exit 3\n",
 	})
-	for _, progress := range []string{"plain", "quiet"} {
-		t.Run(progress, func(t *testing.T) {
-			r := kiln(t, k.addrs.GRPC, "build", "--progress", progress, dir)
-			if r.code != 1 {
-				t.Fatalf("want exit 1 for a failing RUN: %s", r)
-			}
-			mustContain(t, r.stderr, marker, "stderr (the failing command's output)")
-			mustContain(t, r.stderr, "non-zero code: 3", "stderr (the engine's error)")
-		})
+	engineError := map[string]string{"classic": "non-zero code: 3", "buildkit": "exit code: 3"}
+	for _, builder := range builders {
+		for _, progress := range []string{"plain", "quiet"} {
+			t.Run(builder+"/"+progress, func(t *testing.T) {
+				r := kiln(t, k.addrs.GRPC, "build", "--builder", builder, "--progress", progress, dir)
+				if r.code != 1 {
+					t.Fatalf("want exit 1 for a failing RUN: %s", r)
+				}
+				mustContain(t, r.stderr, marker, "stderr (the failing command's output)")
+				mustContain(t, r.stderr, engineError[builder], "stderr (the engine's error)")
+			})
+		}
 	}
 }

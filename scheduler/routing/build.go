@@ -17,4 +17,10 @@ type Build struct {
 	// QueuedAt is when the build entered the queue; delay scheduling counts
 	// from here.
 	QueuedAt time.Time
+	// Warm and Cold are how long the build is expected to run on an agent
+	// that holds its cache and on one that does not, learnt from its
+	// lineage's finished builds (zero: not known). With both known the
+	// router weighs waiting for a busy preferred agent against the cost of
+	// a cache miss instead of waiting out Config.Delay (see [Index.Decide]).
+	Warm, Cold time.Duration
 }

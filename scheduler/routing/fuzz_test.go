@@ -31,6 +31,14 @@ func (d *decoder) pick(vocab []string, most int) []string {
 	return out
 }
 
+// instant is zero (not known) or a time around t0.
+func (d *decoder) instant() time.Time {
+	if n := d.n(64); n > 0 {
+		return t0.Add(time.Duration(n-20) * 200 * time.Millisecond)
+	}
+	return time.Time{}
+}
+
 func (d *decoder) labels() map[string]string {
 	keys, values := []string{"arch", "gpu", ""}, []string{"arm64", "amd64", ""}
 	var m map[string]string
@@ -64,6 +72,7 @@ func decodeScenario(data []byte) scenario {
 		s.agents = append(s.agents, Agent{
 			Name: fmt.Sprint("a", i), FreeSlots: d.n(4) - 1, Slots: d.n(4), Running: d.n(5) - 1,
 			Labels: d.labels(), Lineages: d.pick(lineages, 3), BaseImages: d.pick(bases, 2), Chains: d.pick(hashes, 5),
+			NextFree: d.instant(),
 		})
 	}
 	for i := range d.n(12) {
@@ -75,6 +84,7 @@ func decodeScenario(data []byte) scenario {
 			ID: fmt.Sprint("b", i), Tenant: tenants[d.n(len(tenants))], Priority: int32(d.n(3)) - 1,
 			Lineage: lineages[d.n(len(lineages))], BaseImages: d.pick(bases, 2), Chain: d.pick(hashes, 5),
 			Labels: d.labels(), QueuedAt: t0.Add(time.Duration(d.n(50)) * 100 * time.Millisecond),
+			Warm: time.Duration(d.n(8)-1) * 500 * time.Millisecond, Cold: time.Duration(d.n(12)-1) * 500 * time.Millisecond,
 		})
 	}
 	return s

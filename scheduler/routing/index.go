@@ -128,7 +128,7 @@ func (x *Index) Set(a Agent) {
 		x.dropClasses()
 	}
 	e := &x.agents[s]
-	e.FreeSlots, e.Slots, e.Running = a.FreeSlots, a.Slots, a.Running
+	e.FreeSlots, e.Slots, e.Running, e.NextFree = a.FreeSlots, a.Slots, a.Running, a.NextFree
 	if !maps.Equal(e.Labels, a.Labels) {
 		e.Labels = maps.Clone(a.Labels)
 		x.dropClasses()

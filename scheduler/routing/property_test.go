@@ -28,6 +28,24 @@ func refScore(b *Build, a *Agent) int {
 	return score
 }
 
+// refWarm reports whether a holds b's cache: its lineage, or its chain
+// beyond the first instruction.
+func refWarm(b *Build, a *Agent) bool {
+	if b.Lineage != "" && slices.Contains(a.Lineages, b.Lineage) {
+		return true
+	}
+	for i, h := range b.Chain {
+		if i > 0 && h != "" && slices.Contains(a.Chains, h) {
+			return true
+		}
+	}
+	return false
+}
+
+// weighable reports whether b's Warm and Cold are known: the router may
+// then spill it before its delay, or hold it past its delay.
+func weighable(b *Build) bool { return b.Warm > 0 && b.Cold > 0 }
+
 // checkInvariants checks what must hold of any Route result.
 func checkInvariants(cfg Config, queue []Build, agents []Agent, running map[string]int, now time.Time, as []Assignment) error {
 	var errs []error
@@ -83,14 +101,17 @@ func checkInvariants(cfg Config, queue []Build, agents []Agent, running map[stri
 				errs = append(errs, fmt.Errorf("%s: hashed with best score %d", a.Build, best))
 			}
 		case Spilled:
-			if now.Before(b.QueuedAt.Add(cfg.delay())) {
-				errs = append(errs, fmt.Errorf("%s: spilled before its delay passed", a.Build))
+			if now.Before(b.QueuedAt.Add(cfg.delay())) && !weighable(b) {
+				errs = append(errs, fmt.Errorf("%s: spilled before its delay passed, its costs unknown", a.Build))
 			}
 		default:
 			errs = append(errs, fmt.Errorf("%s: reason %v", a.Build, a.Reason))
 		}
 		if a.Explanation == "" {
 			errs = append(errs, fmt.Errorf("%s: no explanation", a.Build))
+		}
+		if want := expected(b, refWarm(b, ag)); a.Expected != want {
+			errs = append(errs, fmt.Errorf("%s on %q: expected run time %v, want %v", a.Build, a.Agent, a.Expected, want))
 		}
 	}
 	left := map[string]int{} // free slots left
@@ -109,9 +130,11 @@ func checkInvariants(cfg Config, queue []Build, agents []Agent, running map[stri
 			errs = append(errs, fmt.Errorf("tenant %q: %d running + %d assigned over cap %d", tenant, running[tenant], n, l))
 		}
 	}
-	// Work conservation: a build left queued whose tenant is under its cap
-	// either waits within its delay for a busy preferred agent, or no
-	// eligible agent has a free slot left.
+	// Work conservation: a build left queued whose tenant is under its cap,
+	// while an eligible agent is free, has cache history, waits for a busy
+	// best-scoring agent, and is within its delay — or past it only while
+	// its costs say a miss costs more than waiting, by the estimate of a
+	// best-scoring agent that has not overrun it by more than that cost.
 	for id, b := range byID {
 		if assigned[id] || atCap(b.Tenant) {
 			continue
@@ -125,16 +148,26 @@ func checkInvariants(cfg Config, queue []Build, agents []Agent, running map[stri
 		if !freeEligible {
 			continue
 		}
-		if !now.Before(b.QueuedAt.Add(cfg.delay())) {
-			errs = append(errs, fmt.Errorf("%s: left queued after its delay while an eligible agent is free", id))
+		best := bestOf(b)
+		if best == 0 {
+			errs = append(errs, fmt.Errorf("%s: no cache history, left queued while an eligible agent is free", id))
 			continue
 		}
-		if best := bestOf(b); best > 0 {
-			for i := range agents {
-				if ag := &agents[i]; left[ag.Name] > 0 && hasLabels(ag.Labels, b.Labels) && refScore(b, ag) == best {
-					errs = append(errs, fmt.Errorf("%s: held though best agent %q is free", id, ag.Name))
-				}
+		trusted := false
+		for i := range agents {
+			ag := &agents[i]
+			if !hasLabels(ag.Labels, b.Labels) || refScore(b, ag) != best {
+				continue
 			}
+			if left[ag.Name] > 0 {
+				errs = append(errs, fmt.Errorf("%s: held though best agent %q is free", id, ag.Name))
+			}
+			if weighable(b) && b.Cold > b.Warm && !ag.NextFree.IsZero() && now.Before(ag.NextFree.Add(b.Cold-b.Warm)) {
+				trusted = true
+			}
+		}
+		if !now.Before(b.QueuedAt.Add(cfg.delay())) && !trusted {
+			errs = append(errs, fmt.Errorf("%s: left queued after its delay while an eligible agent is free", id))
 		}
 	}
 	return errors.Join(errs...)
@@ -176,6 +209,9 @@ func randomScenario(r *rand.Rand, nAgents, nBuilds int) scenario {
 		a := Agent{Name: fmt.Sprintf("agent-%02d", i), Slots: 1 + r.IntN(3)}
 		a.Running = r.IntN(a.Slots + 1)
 		a.FreeSlots = r.IntN(a.Slots - a.Running + 1)
+		if r.IntN(3) > 0 {
+			a.NextFree = t0.Add(time.Duration(r.IntN(15000)-5000) * time.Millisecond)
+		}
 		a.Labels = map[string]string{"os": "linux"}
 		if r.IntN(3) == 0 {
 			a.Labels["arch"] = "arm64"
@@ -217,9 +253,26 @@ func randomScenario(r *rand.Rand, nAgents, nBuilds int) scenario {
 			b.Lineage = ""
 		}
 		b.BaseImages = []string{bases[l%len(bases)]}
+		b.Warm, b.Cold = lineageCosts(l)
 		s.queue = append(s.queue, b)
 	}
 	return s
+}
+
+// lineageCosts are lineage l's Warm and Cold: both known for most, one or
+// neither for some, a miss sometimes free (Cold ≤ Warm).
+func lineageCosts(l int) (warm, cold time.Duration) {
+	warm = time.Duration(500+l*37%2500) * time.Millisecond
+	cold = warm + time.Duration(l*53%4000-500)*time.Millisecond
+	switch l % 6 {
+	case 0:
+		return 0, 0
+	case 1:
+		return 0, cold
+	case 2:
+		return warm, 0
+	}
+	return warm, cold
 }
 
 func TestRouteProperties(t *testing.T) {
@@ -304,6 +357,13 @@ func (m *sim) step() []Assignment {
 		g := &s.agents[i]
 		g.FreeSlots--
 		g.Running++
+		if a.Expected > 0 {
+			if end := s.now.Add(a.Expected); g.NextFree.IsZero() || end.Before(g.NextFree) {
+				g.NextFree = end
+			}
+		} else {
+			g.NextFree = time.Time{}
+		}
 		b := s.queue[slices.IndexFunc(s.queue, func(b Build) bool { return b.ID == a.Build })]
 		s.running[b.Tenant]++
 		m.runs[g.Name] = append(m.runs[g.Name], b.Tenant)
@@ -316,6 +376,9 @@ func (m *sim) step() []Assignment {
 		g := &s.agents[i]
 		if g.Running > 0 && m.r.IntN(3) == 0 {
 			g.Running--
+			if m.r.IntN(2) == 0 {
+				g.NextFree = s.now.Add(time.Duration(m.r.IntN(4000)) * time.Millisecond)
+			}
 			runs := m.runs[g.Name]
 			s.running[runs[0]]--
 			m.runs[g.Name] = runs[1:]

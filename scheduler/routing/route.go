@@ -80,10 +80,95 @@ func (d *decision) spillable(b *Build) bool {
 	if !d.now.Before(at) {
 		return true
 	}
+	d.wakeAt(at)
+	return false
+}
+
+// wakeAt makes the decision's Wake no later than at.
+func (d *decision) wakeAt(at time.Time) {
 	if d.out.Wake.IsZero() || at.Before(d.out.Wake) {
 		d.out.Wake = at
 	}
-	return false
+}
+
+// warmOn reports whether an agent with candidate k holds b's cache: its
+// lineage, or more of its chain than the first instruction (FROM). An agent
+// with the base image alone runs b cold.
+func warmOn(k *cand) bool { return k != nil && (k.lineage || k.chain > 1) }
+
+// expected is how long b is expected to run on an agent that holds its
+// cache (warm) or not: Warm or Cold, Cold bounding an unknown Warm; zero if
+// not known.
+func expected(b *Build, warm bool) time.Duration {
+	if warm && b.Warm > 0 {
+		return b.Warm
+	}
+	return max(b.Cold, 0)
+}
+
+// freeAt is when busy slot s is expected to have a slot for the next build
+// held for it: its NextFree plus the builds already held for it in this
+// decision, spread over its slots. ok is false when not known.
+func (d *decision) freeAt(s int32) (at time.Time, ok bool) {
+	e, sc := &d.x.agents[s], &d.x.sc
+	if e.NextFree.IsZero() || sc.backlogUnknown[s] {
+		return time.Time{}, false
+	}
+	return e.NextFree.Add(sc.backlog[s] / time.Duration(max(e.Slots, 1))), true
+}
+
+// sooner reports whether busy slot a is expected to free a slot for b
+// before busy slot b: known before unknown, then earlier, then better.
+func (d *decision) sooner(a, b int32) bool {
+	ta, oka := d.freeAt(a)
+	tb, okb := d.freeAt(b)
+	switch {
+	case oka != okb:
+		return oka
+	case oka && !ta.Equal(tb):
+		return ta.Before(tb)
+	}
+	return d.better(a, b)
+}
+
+// hold leaves b queued for busy slot p: builds held for p after it in this
+// decision wait for it too.
+func (d *decision) hold(b *Build, p int32, warm bool) (Assignment, bool) {
+	sc := &d.x.sc
+	if run := expected(b, warm); run > 0 {
+		sc.backlog[p] += run
+	} else {
+		sc.backlogUnknown[p] = true
+	}
+	return Assignment{}, false
+}
+
+// weigh compares, for b held for busy preferred slot p, waiting with
+// running now on a free agent (warm or not there). With b's Warm and Cold
+// known, miss is what running there costs over running on p with the cache.
+// When miss is zero spilling is never worse (weighed, spill). Otherwise,
+// when p's NextFree is known, wait is how long b is expected to wait for p,
+// and the comparison holds until trusted: once p has overrun its NextFree
+// by more than miss, the estimate is not trusted and weighed is false.
+func (d *decision) weigh(b *Build, p int32, warmThere bool) (wait, miss time.Duration, trusted time.Time, weighed bool) {
+	if b.Warm <= 0 || b.Cold <= 0 {
+		return 0, 0, time.Time{}, false
+	}
+	if !warmThere {
+		miss = max(b.Cold-b.Warm, 0)
+	}
+	if miss == 0 {
+		return 0, 0, time.Time{}, true
+	}
+	at, ok := d.freeAt(p)
+	if !ok {
+		return 0, miss, time.Time{}, false
+	}
+	trusted = d.x.agents[p].NextFree.Add(miss)
+	if !d.now.Before(trusted) {
+		return 0, miss, time.Time{}, false
+	}
+	return max(at.Sub(d.now), 0), miss, trusted, true
 }
 
 // place decides for one build: an assignment, or nothing (held or blocked).
@@ -92,8 +177,9 @@ func (d *decision) place(b *Build, c *class) (Assignment, bool) {
 	sc := &d.x.sc
 	cands := d.x.candidates(b)
 
-	// The best eligible score, and within it the best free agent (pick) and
-	// the best busy one (pref), by load then name.
+	// The best eligible score, and within it the best free agent (pick,
+	// by load then name) and the busy one expected to free a slot first
+	// (pref).
 	best, pick, pref, i := int32(0), -1, -1, 0
 	for i < len(cands) && best == 0 {
 		for v := cands[i].score; i < len(cands) && cands[i].score == v; i++ {
@@ -106,7 +192,7 @@ func (d *decision) place(b *Build, c *class) (Assignment, bool) {
 				if pick < 0 || d.better(s, cands[pick].slot) {
 					pick = i
 				}
-			} else if pref < 0 || d.better(s, cands[pref].slot) {
+			} else if pref < 0 || d.sooner(s, cands[pref].slot) {
 				pref = i
 			}
 		}
@@ -116,12 +202,10 @@ func (d *decision) place(b *Build, c *class) (Assignment, bool) {
 	}
 	if pick >= 0 {
 		k := &cands[pick]
-		return d.assign(b, k.slot, int(k.score), int(best), Affinity, affinityText(k, len(b.Chain))), true
+		return d.assign(b, k.slot, int(k.score), int(best), expected(b, warmOn(k)), Affinity, affinityText(k, len(b.Chain))), true
 	}
-	if !d.spillable(b) {
-		return Assignment{}, false
-	}
-	// Spill: the next-best score with a free eligible agent, ...
+	// Every best-scoring agent is busy. Where b would spill to: the
+	// next-best score with a free eligible agent, ...
 	for i < len(cands) && pick < 0 {
 		for v := cands[i].score; i < len(cands) && cands[i].score == v; i++ {
 			if s := cands[i].slot; sc.free[s] > 0 && c.has(s) && (pick < 0 || d.better(s, cands[pick].slot)) {
@@ -129,16 +213,42 @@ func (d *decision) place(b *Build, c *class) (Assignment, bool) {
 			}
 		}
 	}
+	var there *cand
 	to, score := int32(-1), int32(0)
 	if pick >= 0 {
-		to, score = cands[pick].slot, cands[pick].score
+		there = &cands[pick]
+		to, score = there.slot, there.score
 	} else { // ... else any free eligible agent (all score 0).
 		to = d.leastLoadedFree(c)
 	}
-	why := fmt.Sprintf("spilled after %s: preferred agent %q busy (cache score %d there, %d here)",
-		d.waited(b), d.x.agents[cands[pref].slot].Name, best, score)
-	return d.assign(b, to, int(score), int(best), Spilled, why), true
+	k := &cands[pref]
+	p, warm := k.slot, warmOn(there)
+	why := ""
+	switch wait, miss, trusted, weighed := d.weigh(b, p, warm); {
+	case weighed && (miss == 0 || wait > miss):
+		// Quincy-style: waiting is expected to cost more than the miss.
+		why = fmt.Sprintf("spilled after %s: preferred agent %q busy", d.waited(b), d.x.agents[p].Name)
+		if miss > 0 {
+			why += fmt.Sprintf(" for ~%s more, a cache miss here costs ~%s", roundTo(wait), roundTo(miss))
+		} else {
+			why += ", no cache miss here"
+		}
+	case weighed:
+		// The lineage's history says waiting for p is cheaper than a miss,
+		// delay or not, for as long as p's estimate is trusted.
+		d.wakeAt(trusted)
+		return d.hold(b, p, warmOn(k))
+	case !d.spillable(b):
+		return d.hold(b, p, warmOn(k))
+	default:
+		why = fmt.Sprintf("spilled after %s: preferred agent %q busy", d.waited(b), d.x.agents[p].Name)
+	}
+	why += fmt.Sprintf(" (cache score %d there, %d here)", best, score)
+	return d.assign(b, to, int(score), int(best), expected(b, warm), Spilled, why), true
 }
+
+// roundTo rounds an estimate for explanations: 100ms steps.
+func roundTo(d time.Duration) time.Duration { return d.Round(100 * time.Millisecond) }
 
 // leastLoadedFree is the free agent of c with the fewest builds, then the
 // first by name. c has a free slot.
@@ -160,22 +270,21 @@ func (d *decision) leastLoadedFree(c *class) int32 {
 
 // hashed places a build no eligible agent has history for: consistent
 // hashing with bounded loads on its lineage. Walking the ring from the
-// lineage's point, the first eligible agent whose load is below
-// ceil(c·(L+1)/n) (L the eligible agents' total load, n their number) is
-// where the lineage belongs. If it is busy the build waits Delay, then
-// walks on to the next such agent with a free slot, and failing that to the
-// first free eligible agent on the ring.
+// lineage's point, it takes the first eligible agent with a free slot whose
+// load is below ceil(c·(L+1)/n) (L the eligible agents' total load, n their
+// number); failing that, the first eligible agent with a free slot. It does
+// not wait for a busy agent: with no cache anywhere, waiting saves nothing,
+// and the lineage's next build follows this one by affinity.
 func (d *decision) hashed(b *Build, c *class) (Assignment, bool) {
 	sc, ring := &d.x.sc, d.x.ring
 	bound := int64(math.Ceil(d.c * float64(c.load+1) / float64(len(c.members))))
 	start := d.x.ringStart(lineageHash(b))
-	stamp := sc.nextStamp()
-	// walk returns the ring position after start+from of the first agent not
-	// yet seen that is eligible, has a free slot if needFree, and is below
-	// the bound if bounded; agents looked at are marked seen.
-	over := 0
-	walk := func(from int, needFree, bounded bool) (int32, int) {
-		for k := from; k < len(ring); k++ {
+	// walk returns the first eligible agent not yet seen after start that
+	// has a free slot and, if bounded, is below the bound; agents looked at
+	// are marked seen, and those passed counted.
+	busy, over := 0, 0
+	walk := func(stamp uint32, bounded bool) int32 {
+		for k := range ring {
 			j := start + k
 			if j >= len(ring) {
 				j -= len(ring)
@@ -184,51 +293,43 @@ func (d *decision) hashed(b *Build, c *class) (Assignment, bool) {
 			if sc.mark[s] == stamp || !c.has(s) {
 				continue
 			}
-			if bounded && int64(sc.load[s]) >= bound {
-				sc.mark[s] = stamp
-				over++
-				continue
-			}
 			sc.mark[s] = stamp
-			if needFree && sc.free[s] == 0 {
-				continue
+			switch {
+			case sc.free[s] == 0:
+				busy++
+			case bounded && int64(sc.load[s]) >= bound:
+				over++
+			default:
+				return s
 			}
-			return s, k
 		}
-		return -1, len(ring)
+		return -1
+	}
+	to := walk(sc.nextStamp(), true)
+	if to < 0 {
+		to = walk(sc.nextStamp(), false)
+	}
+	if to < 0 { // unreachable while c has a free slot
+		return Assignment{}, false
 	}
 	what := "lineage"
 	if b.Lineage == "" {
 		what = "build"
 	}
-	home, k := walk(0, false, true)
-	if home >= 0 && sc.free[home] > 0 {
-		why := fmt.Sprintf("no cache history: %s hashes to %q", what, d.x.agents[home].Name)
-		if over > 0 {
-			why += fmt.Sprintf(" (passed %d agent(s) at the load bound %d)", over, bound)
-		}
-		return d.assign(b, home, 0, 0, Hashed, why), true
+	why := fmt.Sprintf("no cache history: %s hashes to %q", what, d.x.agents[to].Name)
+	switch {
+	case busy > 0 && over > 0:
+		why += fmt.Sprintf(" (passed %d busy agent(s) and %d at the load bound %d)", busy, over, bound)
+	case busy > 0:
+		why += fmt.Sprintf(" (passed %d busy agent(s))", busy)
+	case over > 0:
+		why += fmt.Sprintf(" (passed %d agent(s) at the load bound %d)", over, bound)
 	}
-	if !d.spillable(b) {
-		return Assignment{}, false
-	}
-	to, _ := walk(k+1, true, true)
-	if to < 0 {
-		stamp = sc.nextStamp()
-		to, _ = walk(0, true, false)
-	}
-	if to < 0 { // unreachable while c has a free slot
-		return Assignment{}, false
-	}
-	why := fmt.Sprintf("spilled after %s: %s hashes to busy agent", d.waited(b), what)
-	if home >= 0 {
-		why = fmt.Sprintf("%s %q", why, d.x.agents[home].Name)
-	}
-	return d.assign(b, to, 0, 0, Spilled, why), true
+	return d.assign(b, to, 0, 0, expected(b, false), Hashed, why), true
 }
 
 // assign books slot s for b.
-func (d *decision) assign(b *Build, s int32, score, best int, r Reason, why string) Assignment {
+func (d *decision) assign(b *Build, s int32, score, best int, run time.Duration, r Reason, why string) Assignment {
 	sc := &d.x.sc
 	sc.free[s]--
 	sc.load[s]++
@@ -239,7 +340,7 @@ func (d *decision) assign(b *Build, s int32, score, best int, r Reason, why stri
 			c.load++
 		}
 	}
-	return Assignment{Build: b.ID, Agent: d.x.agents[s].Name, Score: score, BestScore: best, Reason: r, Explanation: why}
+	return Assignment{Build: b.ID, Agent: d.x.agents[s].Name, Score: score, BestScore: best, Expected: run, Reason: r, Explanation: why}
 }
 
 func (d *decision) waited(b *Build) time.Duration {

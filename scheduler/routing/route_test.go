@@ -27,6 +27,8 @@ func chain(prefix string, n int) []string {
 	return c
 }
 
+func nextFree(a Agent, at time.Time) Agent { a.NextFree = at; return a }
+
 func TestRoute(t *testing.T) {
 	lin := Build{ID: "b1", Tenant: "t", Lineage: "L", BaseImages: []string{"golang:1.26"}, Chain: chain("c", 6), QueuedAt: t0}
 	with := func(b Build, f func(*Build)) Build { f(&b); return b }
@@ -173,19 +175,93 @@ func TestRoute(t *testing.T) {
 			want:   []string{"b1→b hashed"},
 		},
 		{
-			name:     "no history: hashed-to agent busy, held",
-			queue:    []Build{with(lin, func(b *Build) { b.Lineage = "fresh6" })},
-			agents:   []Agent{free("a", 1), {Name: "b", Slots: 1}, free("c", 1)},
+			name:   "no history: hashed-to agent busy, the next free agent on its ring at once",
+			queue:  []Build{with(lin, func(b *Build) { b.Lineage = "fresh6" })},
+			agents: []Agent{free("a", 1), {Name: "b", Slots: 1}, free("c", 1)},
+			now:    t0,
+			want:   []string{"b1→a hashed"},
+		},
+		{
+			name:   "no history: bounded loads pass a free agent with too many builds",
+			queue:  []Build{with(lin, func(b *Build) { b.Lineage = "fresh6" })},
+			agents: []Agent{free("a", 1), {Name: "b", FreeSlots: 1, Slots: 4, Running: 3}, free("c", 1)},
+			now:    t0,
+			want:   []string{"b1→a hashed"},
+		},
+		{
+			name:     "history says wait: held past the delay while the preferred agent frees a slot before a miss would pay off",
+			queue:    []Build{with(lin, func(b *Build) { b.Warm, b.Cold = time.Second, 4*time.Second })},
+			agents:   []Agent{nextFree(holds(busy("a"), chain("c", 6)), t0.Add(4*time.Second)), free("b", 1)},
+			now:      t0.Add(3 * time.Second),
+			want:     []string{},
+			wantWake: t0.Add(7 * time.Second), // a's estimate is trusted until it overruns by a miss's cost
+		},
+		{
+			name:   "history says wait: an estimate overrun by more than a miss is not trusted, the delay decides",
+			queue:  []Build{with(lin, func(b *Build) { b.Warm, b.Cold = time.Second, 4*time.Second })},
+			agents: []Agent{nextFree(holds(busy("a"), chain("c", 6)), t0.Add(-time.Second)), free("b", 1)},
+			now:    t0.Add(2 * time.Second),
+			want:   []string{"b1→b spilled"},
+		},
+		{
+			name:     "history says wait, estimate not trusted, within the delay: held",
+			queue:    []Build{with(lin, func(b *Build) { b.Warm, b.Cold = time.Second, 4*time.Second })},
+			agents:   []Agent{nextFree(holds(busy("a"), chain("c", 6)), t0.Add(-3*time.Second)), free("b", 1)},
 			now:      t0.Add(time.Second),
 			want:     []string{},
 			wantWake: t0.Add(2 * time.Second),
 		},
 		{
-			name:   "no history: hashed-to agent busy, spills along the ring after the delay",
-			queue:  []Build{with(lin, func(b *Build) { b.Lineage = "fresh6" })},
-			agents: []Agent{free("a", 1), {Name: "b", Slots: 1}, free("c", 1)},
-			now:    t0.Add(2 * time.Second),
-			want:   []string{"b1→a spilled"},
+			name:   "waiting would cost more than a miss: spills before the delay",
+			queue:  []Build{with(lin, func(b *Build) { b.Warm, b.Cold = time.Second, 4*time.Second })},
+			agents: []Agent{nextFree(holds(busy("a"), chain("c", 6)), t0.Add(5*time.Second)), free("b", 1)},
+			now:    t0.Add(100 * time.Millisecond),
+			want:   []string{"b1→b spilled"},
+		},
+		{
+			name:   "no miss where it would spill (it holds the lineage too): spills at once",
+			queue:  []Build{with(lin, func(b *Build) { b.Warm, b.Cold = time.Second, 4*time.Second })},
+			agents: []Agent{holds(busy("a"), chain("c", 6), "L"), holds(free("b", 1), chain("c", 2))},
+			now:    t0,
+			want:   []string{"b1→b spilled"},
+		},
+		{
+			name:   "no miss anywhere (warm as fast as cold): spills at once",
+			queue:  []Build{with(lin, func(b *Build) { b.Warm, b.Cold = time.Second, time.Second })},
+			agents: []Agent{holds(busy("a"), chain("c", 6)), free("b", 1)},
+			now:    t0,
+			want:   []string{"b1→b spilled"},
+		},
+		{
+			name:     "only one of Warm and Cold known: the delay decides",
+			queue:    []Build{with(lin, func(b *Build) { b.Cold = 4 * time.Second })},
+			agents:   []Agent{nextFree(holds(busy("a"), chain("c", 6)), t0.Add(time.Hour)), free("b", 1)},
+			now:      t0.Add(time.Second),
+			want:     []string{},
+			wantWake: t0.Add(2 * time.Second),
+		},
+		{
+			name: "builds held for an agent make the next one wait longer",
+			queue: []Build{
+				with(lin, func(b *Build) { b.Warm, b.Cold = 1500*time.Millisecond, 4*time.Second }),
+				with(lin, func(b *Build) { b.ID, b.Warm, b.Cold = "b2", 1500*time.Millisecond, 4*time.Second }),
+			},
+			agents:   []Agent{nextFree(holds(busy("a"), chain("c", 6)), t0.Add(2*time.Second)), free("b", 1)},
+			now:      t0,
+			want:     []string{"b2→b spilled"}, // b1 waits 2s, b2 3.5s; a miss costs 2.5s
+			wantWake: t0.Add(4500 * time.Millisecond),
+		},
+		{
+			name:  "several busy preferred agents: the one expected to free first decides",
+			queue: []Build{with(lin, func(b *Build) { b.Warm, b.Cold = time.Second, 4*time.Second })},
+			agents: []Agent{
+				nextFree(holds(busy("a"), chain("c", 6)), t0.Add(time.Hour)),
+				nextFree(holds(busy("c"), chain("c", 6)), t0.Add(time.Second)),
+				free("b", 1),
+			},
+			now:      t0,
+			want:     []string{},
+			wantWake: t0.Add(4 * time.Second),
 		},
 		{
 			name: "priority first, then older, then ID",
@@ -290,6 +366,7 @@ func TestExplanation(t *testing.T) {
 	full := Agent{Name: "a", Lineages: []string{"L"}, BaseImages: []string{"golang:1.26"}, Chains: chain("c", 4)}
 	for _, tc := range []struct {
 		name        string
+		build       func(*Build)
 		agents      []Agent
 		now         time.Time
 		want        string
@@ -315,8 +392,29 @@ func TestExplanation(t *testing.T) {
 			now:    t0,
 			want:   `no cache history: lineage hashes to "x"`,
 		},
+		{
+			name:  "spilled early: waiting costs more than a miss",
+			build: func(b *Build) { b.Warm, b.Cold = time.Second, 3500*time.Millisecond },
+			agents: []Agent{func() Agent { a := full; a.NextFree = t0.Add(3140 * time.Millisecond); return a }(),
+				{Name: "b", FreeSlots: 1}},
+			now:  t0.Add(40 * time.Millisecond),
+			want: `spilled after 40ms: preferred agent "a" busy for ~3.1s more, a cache miss here costs ~2.5s (cache score 6 there, 0 here)`,
+			best: 6,
+		},
+		{
+			name:   "spilled early: no miss",
+			build:  func(b *Build) { b.Warm, b.Cold = time.Second, time.Second },
+			agents: []Agent{full, {Name: "b", FreeSlots: 1}},
+			now:    t0,
+			want:   `spilled after 0s: preferred agent "a" busy, no cache miss here (cache score 6 there, 0 here)`,
+			best:   6,
+		},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
+			b := b
+			if tc.build != nil {
+				tc.build(&b)
+			}
 			got := Route(Config{}, []Build{b}, tc.agents, nil, tc.now)
 			if len(got) != 1 {
 				t.Fatalf("Route = %v, want one assignment", got)

@@ -3,6 +3,7 @@ package routing
 import (
 	"math"
 	"slices"
+	"time"
 )
 
 // scratch is the per-decision state an Index reuses from one decision to the
@@ -15,6 +16,11 @@ type scratch struct {
 	freeList   []int32 // slots that had a free slot (compacted lazily)
 	totalFree  int64
 	used       []*class // classes entered in this decision
+	// backlog is the expected run time of the builds held for each agent
+	// so far in this decision (they go before later builds held for it);
+	// backlogUnknown marks agents for which a held build's is not known.
+	backlog        []time.Duration
+	backlogUnknown []bool
 
 	// Scoring and ring walks: mark[s] == stamp means slot s was touched.
 	mark     []uint32
@@ -62,6 +68,10 @@ func (x *Index) begin() {
 		sc.mark = append(sc.mark, make([]uint32, n-len(sc.mark))...)
 		sc.lineage = append(sc.lineage, make([]bool, n-len(sc.lineage))...)
 	}
+	sc.backlog = slices.Grow(sc.backlog[:0], n)[:n]
+	sc.backlogUnknown = slices.Grow(sc.backlogUnknown[:0], n)[:n]
+	clear(sc.backlog)
+	clear(sc.backlogUnknown)
 	sc.freeList, sc.used, sc.totalFree = sc.freeList[:0], sc.used[:0], 0
 	for s := range x.agents {
 		e := &x.agents[s]

@@ -1,0 +1,281 @@
+package agent
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"path"
+	"regexp"
+	"slices"
+	"strings"
+	"time"
+
+	"google.golang.org/grpc/status"
+
+	"github.com/kilnbuild/kiln/agent/engine"
+	"github.com/kilnbuild/kiln/agent/localcas"
+	kilnv1 "github.com/kilnbuild/kiln/proto/gen/go/kiln/v1"
+	"github.com/kilnbuild/kiln/services/ctxmanifest"
+)
+
+// Builder names as flags and engine.Info spell them.
+const (
+	BuilderAuto     = "auto"
+	BuilderBuildKit = "buildkit"
+	BuilderClassic  = "classic"
+)
+
+// builders returns what this agent offers, preferred first: what the
+// engine offers, narrowed by --builder.
+func (a *Agent) builders() []kilnv1.Builder {
+	a.mu.Lock()
+	offered := a.info.Builders
+	a.mu.Unlock()
+	var out []kilnv1.Builder
+	for _, b := range offered {
+		if a.cfg.Builder != "" && a.cfg.Builder != BuilderAuto && a.cfg.Builder != b {
+			continue
+		}
+		switch b {
+		case BuilderBuildKit:
+			out = append(out, kilnv1.Builder_BUILDER_BUILDKIT)
+		case BuilderClassic:
+			out = append(out, kilnv1.Builder_BUILDER_CLASSIC)
+		}
+	}
+	return out
+}
+
+// chooseBuilder picks the builder for a build: the one asked for, else
+// BuildKit where offered; a build with secrets needs BuildKit.
+func (a *Agent) chooseBuilder(spec *kilnv1.BuildSpec) (kilnv1.Builder, error) {
+	offered := a.builders()
+	if len(offered) == 0 {
+		return 0, fmt.Errorf("agent %q knows of no builder its engine offers (the engine has not answered yet)", a.cfg.Name)
+	}
+	want := spec.GetBuilder()
+	if len(spec.GetSecrets()) > 0 {
+		if want == kilnv1.Builder_BUILDER_CLASSIC {
+			return 0, errors.New("build secrets need the BuildKit builder, and the build asks for the classic one (--builder classic)")
+		}
+		want = kilnv1.Builder_BUILDER_BUILDKIT
+	}
+	switch {
+	case want == kilnv1.Builder_BUILDER_UNSPECIFIED:
+		return offered[0], nil
+	case slices.Contains(offered, want):
+		return want, nil
+	case want == kilnv1.Builder_BUILDER_BUILDKIT:
+		why := "the build asks for BuildKit (--builder buildkit)"
+		if len(spec.GetSecrets()) > 0 {
+			why = "build secrets need BuildKit"
+		}
+		return 0, fmt.Errorf("%s, and agent %q offers only the classic builder (its engine has no BuildKit, or the agent runs with --builder classic)", why, a.cfg.Name)
+	default:
+		return 0, fmt.Errorf("the build asks for the %s builder, which agent %q does not offer", builderName(want), a.cfg.Name)
+	}
+}
+
+func builderName(b kilnv1.Builder) string {
+	switch b {
+	case kilnv1.Builder_BUILDER_BUILDKIT:
+		return BuilderBuildKit
+	case kilnv1.Builder_BUILDER_CLASSIC:
+		return BuilderClassic
+	}
+	return "unspecified"
+}
+
+// buildKit runs a build in BuildKit mode: the context is materialized
+// from the local CAS into the lineage's directory, which the engine syncs
+// from; only what changed since this agent last built the lineage crosses.
+func (a *Agent) buildKit(ctx context.Context, b *kilnv1.Build, ev *events, rep *reporter) (engine.BuildKitResult, error) {
+	ref := b.GetContext()
+	if ref.GetFormat() != kilnv1.ContextFormat_CONTEXT_FORMAT_MANIFEST || ref.GetDigest() == nil {
+		return engine.BuildKitResult{}, errors.New("BuildKit builds need a manifest context (kiln CLI 0.2 or later); this build's context is a tar: run it with --builder classic")
+	}
+	m, err := a.readManifest(ctx, ref.Digest)
+	if err != nil {
+		return engine.BuildKitResult{}, err
+	}
+	total, err := ctxmanifest.Validate(m, a.cfg.ContextLimits)
+	if err != nil {
+		return engine.BuildKitResult{}, fmt.Errorf("context manifest %s is refused: %s", ref.Digest.Hash, status.Convert(err).Message())
+	}
+	var files []localcas.Blob
+	for _, e := range m.Entries {
+		if e.Type == kilnv1.EntryType_ENTRY_TYPE_FILE {
+			files = append(files, localcas.Blob{Digest: e.Digest.Hash, Size: e.Size})
+		}
+	}
+	pin, st, err := a.cache.Ensure(ctx, files, a.blobs.Get)
+	if err != nil {
+		return engine.BuildKitResult{}, fmt.Errorf("fetch build context files: %w", farm(err))
+	}
+	key := b.GetAffinity().GetLineage()
+	if key == "" {
+		key = b.Id
+	}
+	started := time.Now()
+	dir, ws, err := a.workdirs.Materialize(ctx, key, m, a.cache)
+	pin.Release()
+	if err != nil {
+		return engine.BuildKitResult{}, fmt.Errorf("write the build context to the agent's work directory: %w", err)
+	}
+	defer dir.Release()
+	ev.log(0, fmt.Sprintf("kiln: context: %d files, %s; fetched %d blobs (%s) from the farm, %d already on this agent; work dir %s: %d entries written (%s), %d removed, %d kept in %s",
+		len(files), megabytes(total), st.Fetched, megabytes(st.FetchedBytes), st.Local,
+		dir.Slot(), ws.Written, megabytes(ws.WrittenBytes), ws.Removed, ws.Kept, time.Since(started).Round(time.Millisecond)))
+	ev.logger.Info("build context ready", "manifest", ref.Digest.Hash, "files", len(files), "bytes", total,
+		"fetched_blobs", st.Fetched, "fetched_bytes", st.FetchedBytes, "workdir", dir.Slot(),
+		"written", ws.Written, "written_bytes", ws.WrittenBytes, "removed", ws.Removed, "kept", ws.Kept)
+
+	spec := b.Spec
+	if err := a.checkFrontend(dir.Path(), spec); err != nil {
+		return engine.BuildKitResult{}, err
+	}
+	secrets, err := a.openSecrets(spec.GetSecrets())
+	if err != nil {
+		return engine.BuildKitResult{}, err
+	}
+	rep.mask = newMasker(secrets)
+	res, err := a.cfg.Engine.BuildKit(ctx, engine.BuildKitOptions{
+		BuildOptions: buildOptions(spec),
+		ContextDir:   dir.Path(),
+		SharedKey:    "kiln-" + a.cfg.Name + "-" + dir.Slot(),
+		Secrets:      secrets,
+	}, rep)
+	if err != nil {
+		return res, rep.mask.err(err)
+	}
+	return res, nil
+}
+
+// openSecrets opens a build's sealed secrets with the agent's key.
+func (a *Agent) openSecrets(sealed []*kilnv1.SealedSecret) (map[string][]byte, error) {
+	if len(sealed) == 0 {
+		return nil, nil
+	}
+	if a.cfg.SecretsKey == nil {
+		return nil, fmt.Errorf("the build has secrets, and agent %q has no secrets key to open them (--secrets-key-file)", a.cfg.Name)
+	}
+	out := make(map[string][]byte, len(sealed))
+	for _, s := range sealed {
+		if s.GetKeyId() != a.cfg.SecretsKey.KeyID() {
+			return nil, fmt.Errorf("secret %q is sealed to key %s, and agent %q holds key %s: the farm's agents and gateways must share one secrets key", s.GetId(), s.GetKeyId(), a.cfg.Name, a.cfg.SecretsKey.KeyID())
+		}
+		v, err := a.cfg.SecretsKey.Open(s.GetSealed())
+		if err != nil {
+			return nil, fmt.Errorf("secret %q: %w", s.GetId(), err)
+		}
+		out[s.GetId()] = v
+	}
+	return out, nil
+}
+
+func buildOptions(spec *kilnv1.BuildSpec) engine.BuildOptions {
+	return engine.BuildOptions{
+		Dockerfile: spec.Dockerfile,
+		Tags:       spec.Tags,
+		BuildArgs:  spec.BuildArgs,
+		Target:     spec.Target,
+		Labels:     spec.Labels,
+		NoCache:    spec.NoCache,
+		Pull:       spec.Pull,
+	}
+}
+
+// syntaxDirective matches a "# syntax=<image>" parser directive.
+var syntaxDirective = regexp.MustCompile(`(?i)^#\s*syntax\s*=\s*(\S+)\s*$`)
+
+// checkFrontend refuses a Dockerfile that would make the engine pull a
+// frontend image (a "# syntax=" directive or the BUILDKIT_SYNTAX build arg)
+// unless --frontend-allow permits that image: a frontend runs with the
+// engine's build privileges. Without one the engine's built-in frontend
+// is used.
+func (a *Agent) checkFrontend(contextDir string, spec *kilnv1.BuildSpec) error {
+	if img, ok := spec.GetBuildArgs()["BUILDKIT_SYNTAX"]; ok && !a.frontendAllowed(img) {
+		return fmt.Errorf("the build arg BUILDKIT_SYNTAX=%s asks the engine to pull a Dockerfile frontend image, which this farm does not allow (allowed: %s); remove it to use the engine's built-in frontend", img, a.allowedFrontends())
+	}
+	dockerfile := spec.GetDockerfile()
+	if dockerfile == "" {
+		dockerfile = "Dockerfile"
+	}
+	head, err := readHead(path.Join(contextDir, path.Clean("/"+dockerfile)))
+	if err != nil {
+		return nil // the engine reports a missing Dockerfile
+	}
+	img, ok := SyntaxImage(head)
+	if ok && !a.frontendAllowed(img) {
+		return fmt.Errorf("%s line \"# syntax=%s\" asks the engine to pull a Dockerfile frontend image, which this farm does not allow (allowed: %s); remove the line to use the engine's built-in frontend", dockerfile, img, a.allowedFrontends())
+	}
+	return nil
+}
+
+// SyntaxImage returns the image a Dockerfile's "# syntax=" directive names.
+// Directives are the comment lines at the top of the file; the first line
+// that is not one ends them, as in BuildKit's parser.
+func SyntaxImage(head []byte) (string, bool) {
+	sc := bufio.NewScanner(bytes.NewReader(head))
+	for sc.Scan() {
+		line := strings.TrimSpace(sc.Text())
+		if line == "" {
+			continue
+		}
+		if !strings.HasPrefix(line, "#") {
+			return "", false
+		}
+		if m := syntaxDirective.FindStringSubmatch(line); m != nil {
+			return m[1], true
+		}
+	}
+	return "", false
+}
+
+func (a *Agent) frontendAllowed(img string) bool {
+	for _, pat := range a.cfg.FrontendAllow {
+		if ok, _ := path.Match(pat, img); ok || pat == img {
+			return true
+		}
+	}
+	return false
+}
+
+func (a *Agent) allowedFrontends() string {
+	if len(a.cfg.FrontendAllow) == 0 {
+		return "none; see --frontend-allow"
+	}
+	return strings.Join(a.cfg.FrontendAllow, ", ")
+}
+
+// readHead reads the first 8 KiB of a file.
+func readHead(p string) ([]byte, error) {
+	f, err := openNoFollow(p)
+	if err != nil {
+		return nil, err
+	}
+	defer f.Close()
+	return io.ReadAll(io.LimitReader(f, 8<<10))
+}
+
+// classicHint explains a classic-builder failure that BuildKit would not
+// have: the Dockerfile uses BuildKit-only syntax.
+func classicHint(err error, offered []kilnv1.Builder) error {
+	var be *engine.BuildError
+	if !errors.As(err, &be) {
+		return err
+	}
+	msg := strings.ToLower(be.Message)
+	if !strings.Contains(msg, "unknown flag: mount") && !strings.Contains(msg, "<<") && !strings.Contains(msg, "unknown instruction") {
+		return err
+	}
+	why := "this agent's engine offers only the classic builder"
+	if slices.Contains(offered, kilnv1.Builder_BUILDER_BUILDKIT) {
+		why = "the build asked for the classic builder (--builder classic)"
+	}
+	be.Message += fmt.Sprintf(" (this Dockerfile needs BuildKit — RUN --mount, heredocs and other BuildKit syntax are not understood by the classic builder — and %s)", why)
+	return be
+}

@@ -1,0 +1,169 @@
+package tests
+
+import (
+	"bytes"
+	"context"
+	"crypto/rand"
+	"crypto/sha256"
+	"fmt"
+	"io"
+	"io/fs"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"github.com/docker/docker/api/types/image"
+
+	"github.com/kilnbuild/kiln/agent/enginetest"
+)
+
+// TestBuildSecretReachesOnlyTheStep: a --secret is readable by a RUN
+// --mount=type=secret step and nowhere else — masked in the build log,
+// absent from the image, the farm's logs and its NATS storage.
+func TestBuildSecretReachesOnlyTheStep(t *testing.T) {
+	k := sharedKilnd(t)
+	base := enginetest.BusyboxBase(t)
+	secret := "tok-" + uniq() + uniq()
+	t.Setenv("KILN_E2E_TOKEN", secret)
+	tag := "kiln-e2e/secret:" + uniq()
+	dir := writeContext(t, map[string]string{"Dockerfile": "FROM " + base + "\n" +
+		"RUN --mount=type=secret,id=tok echo \"the token is $(cat /run/secrets/tok)\" && sha256sum /run/secrets/tok | cut -d' ' -f1 > /sum\n"})
+	meta := filepath.Join(t.TempDir(), "meta.json")
+	r := kiln(t, k.addrs.GRPC, "build", "--progress", "plain", "--secret", "id=tok,env=KILN_E2E_TOKEN", "-t", tag, "--metadata-file", meta, dir)
+	if r.code != 0 {
+		t.Fatalf("build with a secret: %s", r)
+	}
+	t.Cleanup(func() { removeImage(t, tag) })
+	mustContain(t, r.stderr, "the token is ****", "build log (the echoed secret, masked)")
+	if strings.Contains(r.stderr+r.stdout, secret) {
+		t.Fatalf("the CLI's output shows the secret:\n%s", r)
+	}
+	if got := str(metadata(t, meta), "kiln.builder"); got != "buildkit" {
+		t.Fatalf("kiln.builder = %q, want buildkit", got)
+	}
+	out, code := runImage(t, tag, "cat", "/sum")
+	if want := fmt.Sprintf("%x", sha256.Sum256([]byte(secret))); code != 0 || strings.TrimSpace(out) != want {
+		t.Fatalf("the step read a secret with sha256 %q (exit %d), want %s", out, code, want)
+	}
+	if bytes.Contains(saveImage(t, tag), []byte(secret)) {
+		t.Fatal("the secret is in the image (its layers, config or history)")
+	}
+	if strings.Contains(k.logs.String(), secret) {
+		t.Fatal("kilnd's log holds the secret")
+	}
+	// JetStream's file store holds every NATS payload and KV value.
+	err := filepath.WalkDir(k.dataDir, func(p string, d fs.DirEntry, err error) error {
+		if err != nil || !d.Type().IsRegular() {
+			return err
+		}
+		data, err := os.ReadFile(p)
+		if err != nil {
+			return err
+		}
+		if bytes.Contains(data, []byte(secret)) {
+			return fmt.Errorf("%s holds the secret", p)
+		}
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+
+	// The classic builder cannot serve secrets: refused before anything is queued.
+	r = kiln(t, k.addrs.GRPC, "build", "--builder", "classic", "--secret", "id=tok,env=KILN_E2E_TOKEN", dir)
+	if r.code != 2 {
+		t.Fatalf("--secret with --builder classic: want a usage error (exit 2): %s", r)
+	}
+	mustContain(t, r.stderr, "BuildKit", "the refusal")
+}
+
+// TestContextSyncSendsOnlyTheChangedFile: after a 200 MB context is built
+// once, a build with one file changed makes the agent send the engine
+// only that file.
+func TestContextSyncSendsOnlyTheChangedFile(t *testing.T) {
+	k := sharedKilnd(t)
+	base := enginetest.BusyboxBase(t)
+	dir := writeContext(t, map[string]string{
+		"Dockerfile":      "FROM " + base + "\nCOPY data/ /data/\nCOPY app.txt /app.txt\nRUN cat /app.txt\n",
+		"app.txt":         "version 1 " + uniq() + "\n",
+		".dockerignore":   "ignored/\n",
+		"ignored/big.bin": "never sent",
+	})
+	const files, size = 20, 10 << 20
+	buf := make([]byte, size)
+	for i := range files {
+		_, _ = rand.Read(buf)
+		p := filepath.Join(dir, "data", fmt.Sprintf("blob-%02d.bin", i))
+		if err := os.MkdirAll(filepath.Dir(p), 0o755); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(p, buf, 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	build := func(what string) map[string]any {
+		t.Helper()
+		meta := filepath.Join(t.TempDir(), "meta.json")
+		r := kiln(t, k.addrs.GRPC, "build", "--progress", "plain", "--metadata-file", meta, dir)
+		if r.code != 0 {
+			t.Fatalf("%s: %s", what, r)
+		}
+		return metadata(t, meta)
+	}
+	first := build("first build")
+	if got := num(first, "kiln.context.transferBytes"); got < files*size {
+		t.Fatalf("first build sent the engine %d bytes of context, want at least the %d of data/", got, files*size)
+	}
+	changed := "version 2 " + uniq() + "\n"
+	if err := os.WriteFile(filepath.Join(dir, "app.txt"), []byte(changed), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	second := build("second build")
+	if got := num(second, "kiln.context.transferBytes"); got != len(changed) {
+		t.Fatalf("second build sent the engine %d bytes of context, want %d: only app.txt changed", got, len(changed))
+	}
+	if got, want := num(second, "kiln.cache.cached"), 1; got != want {
+		t.Fatalf("second build: %d steps cached, want %d (COPY data/)", got, want)
+	}
+}
+
+// TestBuildKitOnlyDockerfileOnClassicEngine: an agent that offers only the
+// classic builder fails a Dockerfile that needs BuildKit, saying why, and
+// a build that asks for BuildKit is never given to it.
+func TestBuildKitOnlyDockerfileOnClassicEngine(t *testing.T) {
+	base := enginetest.BusyboxBase(t)
+	k, err := startKilnd(t.TempDir(), "--builder", "classic")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(k.stop)
+	dir := writeContext(t, map[string]string{"Dockerfile": "FROM " + base + "\nRUN --mount=type=cache,target=/c echo " + uniq() + "\n"})
+	r := kiln(t, k.addrs.GRPC, "build", "--progress", "plain", dir)
+	if r.code != 1 {
+		t.Fatalf("want the build to fail: %s", r)
+	}
+	mustContain(t, r.stderr, "needs BuildKit", "the failure")
+	mustContain(t, r.stderr, "offers only the classic builder", "the failure")
+}
+
+// removeImage removes a local image by reference.
+func removeImage(t *testing.T, ref string) {
+	t.Helper()
+	_, _ = enginetest.APIClient(t).ImageRemove(context.Background(), ref, image.RemoveOptions{Force: true})
+}
+
+// saveImage returns the tar docker save writes for ref.
+func saveImage(t *testing.T, ref string) []byte {
+	t.Helper()
+	rc, err := enginetest.APIClient(t).ImageSave(context.Background(), []string{ref})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer rc.Close()
+	data, err := io.ReadAll(rc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return data
+}
