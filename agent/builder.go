@@ -269,10 +269,10 @@ func classicHint(err error, offered []kilnv1.Builder) error {
 		return err
 	}
 	msg := strings.ToLower(be.Message)
-	if !strings.Contains(msg, "unknown flag: mount") && !strings.Contains(msg, "<<") && !strings.Contains(msg, "unknown instruction") {
+	if !strings.Contains(msg, "requires buildkit") && !strings.Contains(msg, "unknown flag: mount") && !strings.Contains(msg, "<<") && !strings.Contains(msg, "unknown instruction") {
 		return err
 	}
-	why := "this agent's engine offers only the classic builder"
+	why := "this agent offers only the classic builder (its engine has no BuildKit, or it runs with --builder classic)"
 	if slices.Contains(offered, kilnv1.Builder_BUILDER_BUILDKIT) {
 		why = "the build asked for the classic builder (--builder classic)"
 	}

@@ -129,8 +129,7 @@ func TestContextSyncSendsOnlyTheChangedFile(t *testing.T) {
 }
 
 // TestBuildKitOnlyDockerfileOnClassicEngine: an agent that offers only the
-// classic builder fails a Dockerfile that needs BuildKit, saying why, and
-// a build that asks for BuildKit is never given to it.
+// classic builder fails a Dockerfile that needs BuildKit, saying why.
 func TestBuildKitOnlyDockerfileOnClassicEngine(t *testing.T) {
 	base := enginetest.BusyboxBase(t)
 	k, err := startKilnd(t.TempDir(), "--builder", "classic")
@@ -145,6 +144,27 @@ func TestBuildKitOnlyDockerfileOnClassicEngine(t *testing.T) {
 	}
 	mustContain(t, r.stderr, "needs BuildKit", "the failure")
 	mustContain(t, r.stderr, "offers only the classic builder", "the failure")
+}
+
+// TestFrontendImagesAreRefused: a "# syntax=" line or BUILDKIT_SYNTAX would
+// make the engine pull and run a frontend image; the agent refuses both,
+// naming the line, unless --frontend-allow permits the image.
+func TestFrontendImagesAreRefused(t *testing.T) {
+	k := sharedKilnd(t)
+	base := enginetest.BusyboxBase(t)
+	dir := writeContext(t, map[string]string{"Dockerfile": "# syntax=docker/dockerfile:1.7\nFROM " + base + "\nRUN echo " + uniq() + "\n"})
+	r := kiln(t, k.addrs.GRPC, "build", "--progress", "plain", dir)
+	if r.code != 1 {
+		t.Fatalf("want the build to fail: %s", r)
+	}
+	mustContain(t, r.stderr, `"# syntax=docker/dockerfile:1.7" asks the engine to pull a Dockerfile frontend image`, "the refusal")
+
+	dir = writeContext(t, map[string]string{"Dockerfile": "FROM " + base + "\nRUN echo " + uniq() + "\n"})
+	r = kiln(t, k.addrs.GRPC, "build", "--progress", "plain", "--build-arg", "BUILDKIT_SYNTAX=evil/frontend:1", dir)
+	if r.code != 1 {
+		t.Fatalf("want the build to fail: %s", r)
+	}
+	mustContain(t, r.stderr, "BUILDKIT_SYNTAX=evil/frontend:1", "the refusal")
 }
 
 // removeImage removes a local image by reference.

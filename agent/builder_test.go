@@ -1,0 +1,90 @@
+package agent
+
+import (
+	"errors"
+	"strings"
+	"testing"
+
+	"github.com/kilnbuild/kiln/agent/engine"
+	kilnv1 "github.com/kilnbuild/kiln/proto/gen/go/kiln/v1"
+)
+
+func TestSyntaxImage(t *testing.T) {
+	for _, tt := range []struct {
+		head, want string
+		ok         bool
+	}{
+		{"# syntax=docker/dockerfile:1\nFROM x\n", "docker/dockerfile:1", true},
+		{"#syntax = example.com/fe:2 \nFROM x\n", "example.com/fe:2", true},
+		{"# SYNTAX=fe\n", "fe", true},
+		{"# escape=`\n\n# syntax=fe:1\nFROM x\n", "fe:1", true},
+		{"# a comment\n# syntax=fe:1\nFROM x\n", "fe:1", true},
+		{"FROM x\n# syntax=fe:1\n", "", false},
+		{"FROM x\n", "", false},
+		{"", "", false},
+		{"# syntaxes=fe\n", "", false},
+	} {
+		got, ok := SyntaxImage([]byte(tt.head))
+		if got != tt.want || ok != tt.ok {
+			t.Errorf("SyntaxImage(%q) = %q, %v; want %q, %v", tt.head, got, ok, tt.want, tt.ok)
+		}
+	}
+}
+
+func TestChooseBuilder(t *testing.T) {
+	bk, classic, none := kilnv1.Builder_BUILDER_BUILDKIT, kilnv1.Builder_BUILDER_CLASSIC, kilnv1.Builder_BUILDER_UNSPECIFIED
+	secret := []*kilnv1.SealedSecret{{Id: "tok"}}
+	for _, tt := range []struct {
+		engine  []string
+		flag    string
+		spec    *kilnv1.BuildSpec
+		want    kilnv1.Builder
+		wantErr string
+	}{
+		{[]string{"buildkit", "classic"}, "", &kilnv1.BuildSpec{}, bk, ""},
+		{[]string{"buildkit", "classic"}, "", &kilnv1.BuildSpec{Builder: classic}, classic, ""},
+		{[]string{"buildkit", "classic"}, "classic", &kilnv1.BuildSpec{}, classic, ""},
+		{[]string{"buildkit", "classic"}, "classic", &kilnv1.BuildSpec{Builder: bk}, none, "offers only the classic builder"},
+		{[]string{"classic"}, "auto", &kilnv1.BuildSpec{Secrets: secret}, none, "build secrets need BuildKit"},
+		{[]string{"buildkit", "classic"}, "", &kilnv1.BuildSpec{Secrets: secret}, bk, ""},
+		{[]string{"buildkit", "classic"}, "", &kilnv1.BuildSpec{Secrets: secret, Builder: classic}, none, "need the BuildKit builder"},
+		{[]string{"buildkit"}, "", &kilnv1.BuildSpec{Builder: classic}, none, "does not offer"},
+		{nil, "", &kilnv1.BuildSpec{}, none, "no builder"},
+	} {
+		a := &Agent{cfg: Config{Name: "a1", Builder: tt.flag}, info: engine.Info{Builders: tt.engine}}
+		got, err := a.chooseBuilder(tt.spec)
+		switch {
+		case tt.wantErr != "" && (err == nil || !strings.Contains(err.Error(), tt.wantErr)):
+			t.Errorf("engine %v flag %q spec %v: err %v, want one saying %q", tt.engine, tt.flag, tt.spec, err, tt.wantErr)
+		case tt.wantErr == "" && (err != nil || got != tt.want):
+			t.Errorf("engine %v flag %q spec %v: %v, %v; want %v", tt.engine, tt.flag, tt.spec, got, err, tt.want)
+		}
+	}
+}
+
+func TestMaskerHidesSecretsInLinesAndErrors(t *testing.T) {
+	m := newMasker(map[string][]byte{"a": []byte("hunter2"), "b": []byte("line-one\nline-two\n"), "empty": nil, "blank": []byte("  ")})
+	for in, want := range map[string]string{
+		"the token is hunter2!":   "the token is ****!",
+		"line-one":                "****",
+		"x line-one\nline-two y":  "x **** y",
+		"nothing secret here  ok": "nothing secret here  ok",
+		"hunter2hunter2":          "********",
+	} {
+		if got := m.line(in); got != want {
+			t.Errorf("line(%q) = %q, want %q", in, got, want)
+		}
+	}
+	err := m.err(&engine.BuildError{Step: 2, Instruction: "RUN echo hunter2", Message: "failed: hunter2"})
+	var be *engine.BuildError
+	if !errors.As(err, &be) || be.Step != 2 || strings.Contains(err.Error(), "hunter2") {
+		t.Fatalf("masked error %v", err)
+	}
+	if got := m.err(errors.New("plain hunter2")).Error(); got != "plain ****" {
+		t.Fatalf("masked plain error %q", got)
+	}
+	var nilMasker *masker
+	if nilMasker.line("hunter2") != "hunter2" || newMasker(nil) != nil {
+		t.Fatal("a masker without secrets must change nothing")
+	}
+}
