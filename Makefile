@@ -33,8 +33,12 @@ build: ## build kilnd, kiln, kiln-gateway, kiln-scheduler, kiln-agent into bin/
 run: dev-env build ## start kilnd on the local engine, build and push examples/hello through it, keep kilnd running
 	@scripts/run.sh
 
+.PHONY: frontend-image
+frontend-image: dev-env ## build BuildKit's Dockerfile frontend from source and push it to the local registry (heredocs on Docker 20.10)
+	@scripts/frontend-image.sh >/dev/null
+
 .PHONY: test
-test: dev-env ## run every module's tests against a real engine, registry and NATS
+test: dev-env frontend-image ## run every module's tests against a real engine, registry and NATS
 	@scripts/test.sh
 
 .PHONY: bench

@@ -50,8 +50,10 @@ func (a *Agent) builders() []kilnv1.Builder {
 }
 
 // chooseBuilder picks the builder for a build: the one asked for, else
-// BuildKit where offered; a build with secrets needs BuildKit.
-func (a *Agent) chooseBuilder(spec *kilnv1.BuildSpec) (kilnv1.Builder, error) {
+// BuildKit where offered; a build with secrets needs BuildKit. A build
+// whose context is a tar (API clients other than the kiln CLI) that asks
+// for neither goes to the classic builder, which reads tars.
+func (a *Agent) chooseBuilder(spec *kilnv1.BuildSpec, ref *kilnv1.ContextRef) (kilnv1.Builder, error) {
 	offered := a.builders()
 	if len(offered) == 0 {
 		return 0, fmt.Errorf("agent %q knows of no builder its engine offers (the engine has not answered yet)", a.cfg.Name)
@@ -62,6 +64,9 @@ func (a *Agent) chooseBuilder(spec *kilnv1.BuildSpec) (kilnv1.Builder, error) {
 			return 0, errors.New("build secrets need the BuildKit builder, and the build asks for the classic one (--builder classic)")
 		}
 		want = kilnv1.Builder_BUILDER_BUILDKIT
+	}
+	if want == kilnv1.Builder_BUILDER_UNSPECIFIED && ref.GetFormat() == kilnv1.ContextFormat_CONTEXT_FORMAT_TAR {
+		want = kilnv1.Builder_BUILDER_CLASSIC
 	}
 	switch {
 	case want == kilnv1.Builder_BUILDER_UNSPECIFIED:

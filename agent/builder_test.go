@@ -34,25 +34,30 @@ func TestSyntaxImage(t *testing.T) {
 func TestChooseBuilder(t *testing.T) {
 	bk, classic, none := kilnv1.Builder_BUILDER_BUILDKIT, kilnv1.Builder_BUILDER_CLASSIC, kilnv1.Builder_BUILDER_UNSPECIFIED
 	secret := []*kilnv1.SealedSecret{{Id: "tok"}}
+	manifest := &kilnv1.ContextRef{Format: kilnv1.ContextFormat_CONTEXT_FORMAT_MANIFEST}
+	tar := &kilnv1.ContextRef{Format: kilnv1.ContextFormat_CONTEXT_FORMAT_TAR}
 	for _, tt := range []struct {
 		engine  []string
 		flag    string
 		spec    *kilnv1.BuildSpec
+		ref     *kilnv1.ContextRef
 		want    kilnv1.Builder
 		wantErr string
 	}{
-		{[]string{"buildkit", "classic"}, "", &kilnv1.BuildSpec{}, bk, ""},
-		{[]string{"buildkit", "classic"}, "", &kilnv1.BuildSpec{Builder: classic}, classic, ""},
-		{[]string{"buildkit", "classic"}, "classic", &kilnv1.BuildSpec{}, classic, ""},
-		{[]string{"buildkit", "classic"}, "classic", &kilnv1.BuildSpec{Builder: bk}, none, "offers only the classic builder"},
-		{[]string{"classic"}, "auto", &kilnv1.BuildSpec{Secrets: secret}, none, "build secrets need BuildKit"},
-		{[]string{"buildkit", "classic"}, "", &kilnv1.BuildSpec{Secrets: secret}, bk, ""},
-		{[]string{"buildkit", "classic"}, "", &kilnv1.BuildSpec{Secrets: secret, Builder: classic}, none, "need the BuildKit builder"},
-		{[]string{"buildkit"}, "", &kilnv1.BuildSpec{Builder: classic}, none, "does not offer"},
-		{nil, "", &kilnv1.BuildSpec{}, none, "no builder"},
+		{[]string{"buildkit", "classic"}, "", &kilnv1.BuildSpec{}, manifest, bk, ""},
+		{[]string{"buildkit", "classic"}, "", &kilnv1.BuildSpec{Builder: classic}, manifest, classic, ""},
+		{[]string{"buildkit", "classic"}, "classic", &kilnv1.BuildSpec{}, manifest, classic, ""},
+		{[]string{"buildkit", "classic"}, "classic", &kilnv1.BuildSpec{Builder: bk}, manifest, none, "offers only the classic builder"},
+		{[]string{"classic"}, "auto", &kilnv1.BuildSpec{Secrets: secret}, manifest, none, "build secrets need BuildKit"},
+		{[]string{"buildkit", "classic"}, "", &kilnv1.BuildSpec{Secrets: secret}, manifest, bk, ""},
+		{[]string{"buildkit", "classic"}, "", &kilnv1.BuildSpec{Secrets: secret, Builder: classic}, manifest, none, "need the BuildKit builder"},
+		{[]string{"buildkit"}, "", &kilnv1.BuildSpec{Builder: classic}, manifest, none, "does not offer"},
+		{nil, "", &kilnv1.BuildSpec{}, manifest, none, "no builder"},
+		{[]string{"buildkit", "classic"}, "", &kilnv1.BuildSpec{}, tar, classic, ""},
+		{[]string{"buildkit", "classic"}, "", &kilnv1.BuildSpec{Builder: bk}, tar, bk, ""},
 	} {
 		a := &Agent{cfg: Config{Name: "a1", Builder: tt.flag}, info: engine.Info{Builders: tt.engine}}
-		got, err := a.chooseBuilder(tt.spec)
+		got, err := a.chooseBuilder(tt.spec, tt.ref)
 		switch {
 		case tt.wantErr != "" && (err == nil || !strings.Contains(err.Error(), tt.wantErr)):
 			t.Errorf("engine %v flag %q spec %v: err %v, want one saying %q", tt.engine, tt.flag, tt.spec, err, tt.wantErr)

@@ -28,7 +28,7 @@ func TestBuildSecretReachesOnlyTheStep(t *testing.T) {
 	t.Setenv("KILN_E2E_TOKEN", secret)
 	tag := "kiln-e2e/secret:" + uniq()
 	dir := writeContext(t, map[string]string{"Dockerfile": "FROM " + base + "\n" +
-		"RUN --mount=type=secret,id=tok echo \"the token is $(cat /run/secrets/tok)\" && sha256sum /run/secrets/tok | cut -d' ' -f1 > /sum\n"})
+		"RUN --mount=type=secret,id=tok echo \"the token is $(cat /run/secrets/tok)\" && echo " + uniq() + " && sha256sum /run/secrets/tok | cut -d' ' -f1 > /sum\n"})
 	meta := filepath.Join(t.TempDir(), "meta.json")
 	r := kiln(t, k.addrs.GRPC, "build", "--progress", "plain", "--secret", "id=tok,env=KILN_E2E_TOKEN", "-t", tag, "--metadata-file", meta, dir)
 	if r.code != 0 {
@@ -76,6 +76,26 @@ func TestBuildSecretReachesOnlyTheStep(t *testing.T) {
 		t.Fatalf("--secret with --builder classic: want a usage error (exit 2): %s", r)
 	}
 	mustContain(t, r.stderr, "BuildKit", "the refusal")
+}
+
+// TestCacheMountOutlivesTheBuild: a RUN --mount=type=cache step sees what
+// the previous build left in the cache, though its input changed.
+func TestCacheMountOutlivesTheBuild(t *testing.T) {
+	k := sharedKilnd(t)
+	base := enginetest.BusyboxBase(t)
+	n := uniq()
+	dir := writeContext(t, map[string]string{"Dockerfile": "FROM " + base + "\nARG V\n" +
+		"RUN --mount=type=cache,id=kiln-e2e-" + n + ",target=/cache echo \"$V\" >> /cache/seen && cp /cache/seen /seen\n"})
+	tag := "kiln-e2e/cachemount:" + n
+	t.Cleanup(func() { removeImage(t, tag) })
+	for _, v := range []string{"one", "two"} {
+		if r := kiln(t, k.addrs.GRPC, "build", "--progress", "plain", "--build-arg", "V="+v, "-t", tag, dir); r.code != 0 {
+			t.Fatalf("build with V=%s: %s", v, r)
+		}
+	}
+	if out, code := runImage(t, tag, "cat", "/seen"); code != 0 || out != "one\ntwo\n" {
+		t.Fatalf("the cache mount held %q (exit %d) in the second build, want both builds' lines", out, code)
+	}
 }
 
 // TestContextSyncSendsOnlyTheChangedFile: after a 200 MB context is built
@@ -165,6 +185,30 @@ func TestFrontendImagesAreRefused(t *testing.T) {
 		t.Fatalf("want the build to fail: %s", r)
 	}
 	mustContain(t, r.stderr, "BUILDKIT_SYNTAX=evil/frontend:1", "the refusal")
+}
+
+// TestHeredocsWithAnAllowedFrontend: the farm's own Dockerfile frontend
+// image (built from BuildKit's source by scripts/frontend-image.sh), named
+// by "# syntax=" and allowed by --frontend-allow, brings heredocs to
+// Docker 20.10 engines.
+func TestHeredocsWithAnAllowedFrontend(t *testing.T) {
+	k := sharedKilnd(t)
+	base := enginetest.BusyboxBase(t)
+	frontend := enginetest.DockerfileFrontend(t, enginetest.Registry(t))
+	n := uniq()
+	tag := "kiln-e2e/heredoc:" + n
+	dir := writeContext(t, map[string]string{"Dockerfile": "# syntax=" + frontend + "\nFROM " + base + "\n" +
+		"RUN <<EOT\necho run-" + n + " > /from-run\necho second line >> /from-run\nEOT\n" +
+		"COPY <<EOF /from-copy\ncopied-" + n + "\nEOF\n"})
+	r := kiln(t, k.addrs.GRPC, "build", "--progress", "plain", "-t", tag, dir)
+	if r.code != 0 {
+		t.Fatalf("heredoc build: %s", r)
+	}
+	t.Cleanup(func() { removeImage(t, tag) })
+	out, code := runImage(t, tag, "cat", "/from-run", "/from-copy")
+	if want := "run-" + n + "\nsecond line\ncopied-" + n + "\n"; code != 0 || out != want {
+		t.Fatalf("image files = %q (exit %d), want %q", out, code, want)
+	}
 }
 
 // removeImage removes a local image by reference.

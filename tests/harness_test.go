@@ -119,7 +119,7 @@ func startKilnd(dataDir string, extra ...string) (*kilnd, error) {
 	args := append([]string{
 		"--listen", "127.0.0.1:0", "--http-listen", "127.0.0.1:0", "--nats-listen", "127.0.0.1:0",
 		"--data-dir", filepath.Join(dataDir, "data"), "--ready-file", ready, "--log-level", "debug",
-		"--name", "e2e-agent",
+		"--name", "e2e-agent", "--frontend-allow", "127.0.0.1:5000/kiln/dockerfile:*",
 	}, extra...)
 	k := &kilnd{dataDir: dataDir, cmd: exec.Command(kilndBin, args...), logs: &bytes.Buffer{}, exited: make(chan struct{})}
 	k.cmd.Stdout, k.cmd.Stderr = k.logs, k.logs

@@ -1,16 +1,29 @@
 // Package engine is the agent's narrow view of a Docker engine: ping it,
-// build an image from a context tar, push a tag. Docker implements it over
-// the Engine API (github.com/docker/docker/client) with API-version
-// negotiation.
+// build an image, push a tag. Docker implements it over the Engine API
+// (github.com/docker/docker/client) with API-version negotiation.
 //
-// A build is one POST /build with the classic builder; its response is a
-// stream of JSON messages that a pure parser turns into step events:
+// A build takes one of two paths. BuildKit (BuildKit, the default where
+// the engine has it; Builders tells) works as the docker CLI does with
+// DOCKER_BUILDKIT=1: a session that the engine dials back through
+// POST /session serves the context directory and the Dockerfile by file
+// sync (only files whose stat changed since the engine's copy under the
+// session's shared key cross), the secrets and registry credentials;
+// POST /build with version=2 names the session, and its progress arrives
+// as "moby.buildkit.trace" messages:
+//
+//	ContextDir ◄── file sync ── engine ◄── POST /build v2 (session, build id)
+//	                                            │ moby.buildkit.trace
+//	              StatusResponse ──► traceParser ──► events ──► Reporter
+//
+// The classic builder (Build) streams a context tar with POST /build
+// version=1; its response is a stream of JSON messages that streamParser
+// turns into the same events:
 //
 //	contextTar ──► POST /build ──► JSON messages ──► streamParser ──► events
-//	                                                                    │
-//	              Reporter.Log / StepStarted / StepFinished ◄── Build adds timing
-//	              Result{ImageID, Steps, CachedSteps} or *BuildError
 //
-// Cancelling a build's context closes the request; the engine then kills and
-// removes the step's container, and Build waits until it is gone.
+// Either way the Reporter hears Log / StepStarted / StepFinished, and the
+// build ends with a Result{ImageID, Steps, CachedSteps} or a *BuildError.
+// Cancelling a build's context stops it on the engine: BuildKit builds are
+// cancelled with POST /build/cancel; a classic build's request is closed,
+// and Build waits until the step's container is gone.
 package engine
