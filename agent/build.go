@@ -112,6 +112,9 @@ func (a *Agent) renewLease(ctx context.Context, b *kilnv1.Build, cancel context.
 func (a *Agent) execute(ctx context.Context, b *kilnv1.Build, ev *events) (*kilnv1.BuildResult, error) {
 	result := &kilnv1.BuildResult{}
 	spec := b.Spec
+	if len(a.builders()) == 0 { // the engine has not answered since the agent started
+		a.checkEngine(ctx)
+	}
 	builder, err := a.chooseBuilder(spec, b.Context)
 	if err != nil {
 		return result, &engine.BuildError{Message: err.Error()}
