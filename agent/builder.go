@@ -122,7 +122,7 @@ func (a *Agent) buildKit(ctx context.Context, b *kilnv1.Build, ev *events, rep *
 	}
 	key := b.GetAffinity().GetLineage()
 	if key == "" {
-		key = b.Id
+		key = "kiln:no-lineage" // builds without one share directories, reused slot by slot
 	}
 	started := time.Now()
 	dir, ws, err := a.workdirs.Materialize(ctx, key, m, a.cache)

@@ -106,7 +106,7 @@ func (d *Docker) BuildKit(ctx context.Context, o BuildKitOptions, r Reporter) (B
 		return BuildKitResult{}, &BuildError{Message: fmt.Sprintf("the Dockerfile path %q is outside the build context", o.Dockerfile)}
 	}
 	dfDir := filepath.Join(o.ContextDir, filepath.FromSlash(path.Dir(dockerfile)))
-	if fi, err := os.Lstat(filepath.Join(dfDir, path.Base(dockerfile))); err != nil || !fi.Mode().IsRegular() {
+	if !regularInside(o.ContextDir, dockerfile) {
 		return BuildKitResult{}, &BuildError{Message: fmt.Sprintf("Cannot locate specified Dockerfile: %s", dockerfile)}
 	}
 
@@ -247,6 +247,27 @@ func (d *Docker) BuildKit(ctx context.Context, o BuildKitOptions, r Reporter) (B
 		Result:       Result{ImageID: imageID, Steps: p.steps, CachedSteps: p.cachedSteps},
 		ContextBytes: counter.n.Load(),
 	}, nil
+}
+
+// regularInside reports whether rel (slash-separated, cleaned, relative)
+// is a regular file inside dir reached without following a symlink: the
+// Dockerfile's directory is served to the engine, so a symlinked parent
+// must not lead it out of the context.
+func regularInside(dir, rel string) bool {
+	p := dir
+	for _, elem := range strings.Split(rel, "/") {
+		p = filepath.Join(p, elem)
+		fi, err := os.Lstat(p)
+		if err != nil || fi.Mode()&os.ModeSymlink != 0 {
+			return false
+		}
+	}
+	return isRegular(p)
+}
+
+func isRegular(p string) bool {
+	fi, err := os.Lstat(p)
+	return err == nil && fi.Mode().IsRegular()
 }
 
 // dockerConfig is this host's Docker config (DOCKER_CONFIG or ~/.docker),

@@ -241,6 +241,16 @@ func TestBuildKitReportsFailedStepAndCancels(t *testing.T) {
 		t.Fatalf("cancelled build returned %v, want context.Canceled; log:\n%s", err, strings.Join(r.logs, "\n"))
 	}
 
+	// A Dockerfile reached through a symlinked directory is not served:
+	// the directory would lead the engine out of the context.
+	if err := os.Symlink("/etc", filepath.Join(dir, "etc")); err != nil {
+		t.Fatal(err)
+	}
+	_, err = d.BuildKit(t.Context(), engine.BuildKitOptions{BuildOptions: engine.BuildOptions{Dockerfile: "etc/passwd"}, ContextDir: dir, SharedKey: "kiln-test-" + n}, nil)
+	if !errors.As(err, &be) || !strings.Contains(be.Message, "Cannot locate specified Dockerfile: etc/passwd") {
+		t.Fatalf("Dockerfile under a symlink: %v", err)
+	}
+
 	// A missing Dockerfile is a build error, not an engine failure.
 	_, err = d.BuildKit(t.Context(), engine.BuildKitOptions{BuildOptions: engine.BuildOptions{Dockerfile: "nope/Dockerfile"}, ContextDir: dir, SharedKey: "kiln-test-" + n}, nil)
 	if !errors.As(err, &be) || !strings.Contains(be.Message, "nope/Dockerfile") {

@@ -220,7 +220,8 @@ func (s *Store) load() error {
 // manifest is refused before anything is written, with Validate's
 // InvalidArgument status wrapped.
 //
-// On error the slot is deleted, and nothing stays pinned.
+// On error the slot is deleted and nothing stays pinned; the Stats say
+// what was done before the error.
 func (s *Store) Materialize(ctx context.Context, key string, m *kilnv1.ContextManifest, blobs Opener) (*Dir, Stats, error) {
 	total, err := ctxmanifest.Validate(m, safetyOnly)
 	if err != nil {
@@ -287,6 +288,10 @@ func (s *Store) fill(ctx context.Context, sl *slot, want *kilnv1.ContextManifest
 		}
 		if err := unix.Mkdirat(rootfd, sl.name, 0o700); err != nil {
 			return fmt.Errorf("mkdir: %w", err)
+		}
+		// Whatever the umask: eviction renames it, which needs it writable.
+		if err := unix.Fchmodat(rootfd, sl.name, 0o700, 0); err != nil {
+			return fmt.Errorf("chmod: %w", err)
 		}
 		old = &kilnv1.ContextManifest{}
 	}
