@@ -16,6 +16,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strings"
 
 	"github.com/kilnbuild/kiln/bench/internal/benchkit"
 )
@@ -48,11 +49,14 @@ func main() {
 	binDir := flag.String("bin", "bin", "directory holding kilnd and kiln")
 	base := flag.String("base", "127.0.0.1:5000/kiln/busybox:1", "base image (scripts/dev-env.sh base makes it)")
 	files := flag.Int("files", 200, "files of 1 MiB in the context")
-	out := flag.String("out", "bench/results/contextupload.json", "where to write the JSON report")
+	out := flag.String("out", "bench/results/contextupload", "JSON reports go to OUT-<scenario>.json")
+	scenarios := flag.String("scenarios", "copy,run", `comma-separated: "copy" (the changed file is only copied into the image) and/or "run" (a RUN step after the COPY reads it, so every build also starts a container)`)
 	flag.Parse()
-	if err := run(*runs, *files, *binDir, *base, *out); err != nil {
-		fmt.Fprintln(os.Stderr, "contextupload:", err)
-		os.Exit(1)
+	for _, sc := range strings.Split(*scenarios, ",") {
+		if err := run(*runs, *files, *binDir, *base, sc, *out+"-"+sc+".json"); err != nil {
+			fmt.Fprintln(os.Stderr, "contextupload:", err)
+			os.Exit(1)
+		}
 	}
 }
 
@@ -67,7 +71,15 @@ func tarSize(fileSizes []int64, dirs int) int64 {
 	return n
 }
 
-func run(runs, nfiles int, binDir, base, out string) error {
+func run(runs, nfiles int, binDir, base, scenario, out string) error {
+	dockerfile := []byte("FROM " + base + "\nRUN echo expensive-but-cached > /cached\nCOPY data/ /data/\nCOPY small/ /small/\n")
+	switch scenario {
+	case "copy":
+	case "run":
+		dockerfile = append(dockerfile, "RUN wc -c /small/*\n"...)
+	default:
+		return fmt.Errorf("unknown scenario %q: want copy or run", scenario)
+	}
 	tmp, err := os.MkdirTemp("", "kiln-bench-ctx-")
 	if err != nil {
 		return err
@@ -82,7 +94,6 @@ func run(runs, nfiles int, binDir, base, out string) error {
 		}
 		return os.WriteFile(p, data, 0o644)
 	}
-	dockerfile := []byte("FROM " + base + "\nRUN echo expensive-but-cached > /cached\nCOPY small/ /small/\nRUN wc -c /small/*\n")
 	if err := write("Dockerfile", dockerfile); err != nil {
 		return err
 	}
@@ -138,7 +149,7 @@ func run(runs, nfiles int, binDir, base, out string) error {
 			return err
 		}
 	}
-	r := report{Benchmark: fmt.Sprintf("%d MiB context, one 1 KB file changed per build, warm engine cache", nfiles),
+	r := report{Benchmark: fmt.Sprintf("%d MiB context, one 1 KB file changed per build, warm engine cache, scenario %q", nfiles, scenario),
 		Engine: benchkit.EngineVersion(), Runs: runs, ContextBytes: total, TargetBytesRatio: 100, TargetTimeRatio: 1.2,
 		TargetBuildKit: 1.3, TargetClassic: 0.2,
 		DockerBytes: tarSize(sizes, 2)}
