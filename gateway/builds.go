@@ -23,6 +23,7 @@ import (
 	"github.com/kilnbuild/kiln/services/buildstore"
 	"github.com/kilnbuild/kiln/services/bus"
 	"github.com/kilnbuild/kiln/services/ctxmanifest"
+	"github.com/kilnbuild/kiln/services/telemetry"
 )
 
 // defaultTenant owns every build until per-tenant tokens arrive.
@@ -33,6 +34,8 @@ func tenantOf(context.Context) string { return defaultTenant }
 // StartBuild validates the request, records the build as QUEUED and hands
 // it to the scheduler. Nothing is stored or queued when validation fails.
 func (g *Gateway) StartBuild(ctx context.Context, req *kilnv1.StartBuildRequest) (*kilnv1.StartBuildResponse, error) {
+	ctx, span := startBuildSpan(ctx)
+	defer span.End()
 	var spec *kilnv1.BuildSpec
 	if req.GetSpec() != nil {
 		spec = proto.Clone(req.Spec).(*kilnv1.BuildSpec)
@@ -62,13 +65,17 @@ func (g *Gateway) StartBuild(ctx context.Context, req *kilnv1.StartBuildRequest)
 		QueuedAt:       timestamppb.New(now),
 		IdempotencyKey: req.IdempotencyKey,
 		Affinity:       affinity.Compute(tenant, spec, dockerfile),
+		TraceContext:   telemetry.InjectMap(ctx),
 	}
+	span.SetAttributes(telemetry.BuildID(b.Id), telemetry.TenantKey.String(tenant))
 	if req.IdempotencyKey != "" {
 		existing, err := g.claimIdempotencyKey(ctx, tenant, req, b.Id)
 		if err != nil {
 			return nil, err
 		}
 		if existing != nil {
+			buildsStarted.WithLabelValues(startIdempotentReplay).Inc()
+			g.log.InfoContext(ctx, "idempotency key names an earlier build", "build_id", existing.Id, "tenant", tenant)
 			return &kilnv1.StartBuildResponse{Build: forClient(existing)}, nil
 		}
 	}
@@ -80,7 +87,8 @@ func (g *Gateway) StartBuild(ctx context.Context, req *kilnv1.StartBuildRequest)
 			if req.IdempotencyKey != "" { // the key now means the build it joined
 				_, _ = g.idem.Put(ctx, idemKey(tenant, req.IdempotencyKey), []byte(twin.Id+" "+requestHash(req)))
 			}
-			g.log.Info("identical build in flight: merged", "build_id", twin.Id, "tenant", tenant)
+			buildsStarted.WithLabelValues(startMerged).Inc()
+			g.log.InfoContext(ctx, "identical build in flight: merged", "build_id", twin.Id, "tenant", tenant)
 			return &kilnv1.StartBuildResponse{Build: forClient(twin)}, nil
 		}
 	}
@@ -107,16 +115,18 @@ func (g *Gateway) StartBuild(ctx context.Context, req *kilnv1.StartBuildRequest)
 		return nil, err
 	}
 	msg.Header.Set(nats.MsgIdHdr, b.Id)
+	telemetry.InjectNATS(ctx, msg.Header)
 	if _, err := g.conn.JS.PublishMsg(ctx, msg); err != nil {
 		// The record is QUEUED in KV; a scheduler finds it when it next
 		// rebuilds its queue, so the build is not lost.
-		g.log.Warn("intake publish failed; scheduler will recover the build from KV", "build_id", b.Id, "err", err)
+		g.log.WarnContext(ctx, "intake publish failed; scheduler will recover the build from KV", "build_id", b.Id, "err", err)
 	}
 	logArgs := []any{"build_id", b.Id, "tenant", tenant, "tags", spec.Tags}
 	if ids := secretIDs(spec); ids != nil {
 		logArgs = append(logArgs, "secrets", ids) // ids only: never the sealed bytes
 	}
-	g.log.Info("build queued", logArgs...)
+	buildsStarted.WithLabelValues(startQueued).Inc()
+	g.log.InfoContext(ctx, "build queued", logArgs...)
 	return &kilnv1.StartBuildResponse{Build: forClient(b)}, nil
 }
 
@@ -335,6 +345,7 @@ func (g *Gateway) CancelBuild(ctx context.Context, req *kilnv1.CancelBuildReques
 		return nil, err
 	}
 	if wasQueued {
+		buildsCancelledQueued.Inc()
 		if err := bus.PublishEvent(ctx, g.conn.JS, &kilnv1.BuildEvent{
 			BuildId: b.Id,
 			Event: &kilnv1.BuildEvent_Finished{Finished: &kilnv1.BuildFinished{
@@ -346,7 +357,7 @@ func (g *Gateway) CancelBuild(ctx context.Context, req *kilnv1.CancelBuildReques
 	} else if err := g.conn.NC.Publish(bus.CancelSubject(b.Id), nil); err != nil {
 		return nil, fmt.Errorf("send cancel to agent: %w", err)
 	}
-	g.log.Info("build cancel requested", "build_id", b.Id, "state", b.State.String())
+	g.log.InfoContext(ctx, "build cancel requested", "build_id", b.Id, "state", b.State.String())
 	return &kilnv1.CancelBuildResponse{Build: forClient(b)}, nil
 }
 

@@ -22,6 +22,7 @@ import (
 	"github.com/kilnbuild/kiln/services/cas"
 	"github.com/kilnbuild/kiln/services/ctxmanifest"
 	"github.com/kilnbuild/kiln/services/sealed"
+	"github.com/kilnbuild/kiln/services/telemetry"
 )
 
 // Config wires a Gateway.
@@ -115,8 +116,10 @@ func New(ctx context.Context, cfg Config) (*Gateway, error) {
 }
 
 // NewGRPCServer returns a gRPC server with kiln's services, grpc.health.v1
-// and server reflection registered, and errors turned into status codes.
+// and server reflection registered, calls traced (health checks excepted),
+// and errors turned into status codes.
 func (g *Gateway) NewGRPCServer(opts ...grpc.ServerOption) *grpc.Server {
+	opts = append(opts, telemetry.ServerOptions()...)
 	opts = append(opts,
 		// A manifest of 100 000 entries is several MB: let our own limits,
 		// with their clear messages, speak before gRPC's 4 MB default.
@@ -130,7 +133,7 @@ func (g *Gateway) NewGRPCServer(opts ...grpc.ServerOption) *grpc.Server {
 	kilnv1.RegisterAgentServiceServer(s, g)
 	healthpb.RegisterHealthServer(s, g.health)
 	reflection.Register(s)
-	for _, svc := range []string{"", kilnv1.BuildService_ServiceDesc.ServiceName, kilnv1.ContextService_ServiceDesc.ServiceName, kilnv1.AgentService_ServiceDesc.ServiceName} {
+	for _, svc := range healthServices {
 		g.health.SetServingStatus(svc, healthpb.HealthCheckResponse_SERVING)
 	}
 	return s

@@ -96,7 +96,7 @@ func (g *Gateway) followEvents(ctx context.Context, buildID string) (<-chan *kil
 	cc, err := cons.Consume(func(msg jetstream.Msg) {
 		ev := &kilnv1.BuildEvent{}
 		if err := bus.Decode(msg.Data(), ev); err != nil {
-			g.log.Error("undecodable build event", "build_id", buildID, "err", err)
+			g.log.ErrorContext(ctx, "undecodable build event", "build_id", buildID, "err", err)
 			ev = &kilnv1.BuildEvent{BuildId: buildID, Event: &kilnv1.BuildEvent_Log{Log: &kilnv1.LogLine{Text: "kiln: undecodable event"}}}
 		}
 		select {
