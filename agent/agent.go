@@ -222,6 +222,8 @@ func (a *Agent) Announce(ctx context.Context) {
 
 // Run pulls and runs builds until ctx ends, then drains.
 func (a *Agent) Run(ctx context.Context) error {
+	slotsTotal.Set(float64(a.cfg.Slots))
+	defer slotsTotal.Set(0)
 	a.Announce(ctx)
 	// work outlives ctx by DrainTimeout so in-flight builds may finish.
 	work, stopWork := context.WithCancelCause(context.WithoutCancel(ctx))
@@ -282,7 +284,9 @@ func (a *Agent) slotLoop(ctx, work context.Context) {
 		backoff = 0
 		for _, b := range builds {
 			a.busy.Add(1)
+			slotsBusy.Inc()
 			a.runBuild(work, b)
+			slotsBusy.Dec()
 			a.busy.Add(-1)
 		}
 	}

@@ -16,6 +16,7 @@ import (
 	kilnv1 "github.com/kilnbuild/kiln/proto/gen/go/kiln/v1"
 	"github.com/kilnbuild/kiln/services/buildstore"
 	"github.com/kilnbuild/kiln/services/bus"
+	"github.com/kilnbuild/kiln/services/telemetry"
 )
 
 // Why a build's context ended early.
@@ -32,6 +33,8 @@ const finishTimeout = 30 * time.Second
 // context: it outlives a stop request by the drain timeout.
 func (a *Agent) runBuild(work context.Context, assigned *kilnv1.Build) {
 	log := a.log.With("build_id", assigned.Id, "attempt", assigned.Attempt)
+	work, span := startAttempt(work, assigned, a.cfg.Name)
+	defer span.End()
 	ctx, cancel := context.WithCancelCause(work)
 	defer cancel(nil)
 
@@ -46,16 +49,16 @@ func (a *Agent) runBuild(work context.Context, assigned *kilnv1.Build) {
 		return nil
 	})
 	if err != nil {
-		log.Warn("could not start assigned build", "err", err)
+		log.WarnContext(ctx, "could not start assigned build", "err", err)
 		return
 	}
 	ev := &events{js: a.cfg.Conn, agent: a.cfg.Name, id: b.Id, attempt: b.Attempt, ctx: context.WithoutCancel(work), logger: log}
 	ev.state(b.State, fmt.Sprintf("running on agent %q (attempt %d)", a.cfg.Name, b.Attempt))
-	log.Info("build running")
+	log.InfoContext(ctx, "build running")
 
 	sub, err := a.cfg.Conn.NC.Subscribe(bus.CancelSubject(b.Id), func(*nats.Msg) { cancel(errCancelled) })
 	if err != nil {
-		log.Warn("subscribe to cancellations", "err", err)
+		log.WarnContext(ctx, "subscribe to cancellations", "err", err)
 	} else {
 		defer sub.Unsubscribe()
 	}
@@ -71,9 +74,11 @@ func (a *Agent) runBuild(work context.Context, assigned *kilnv1.Build) {
 		a.renewLease(renewCtx, b, cancel, log)
 	}()
 	result, buildErr := a.execute(ctx, b, ev)
+	endAttempt(span, result, buildErr, context.Cause(ctx))
 	stopRenew()
 	<-renewed
 	a.finish(work, b, result, buildErr, context.Cause(ctx), ev, log)
+	observeBuild(result, buildErr, context.Cause(ctx), now)
 }
 
 // renewLease extends the build's lease every third of the lease until ctx
@@ -94,12 +99,12 @@ func (a *Agent) renewLease(ctx context.Context, b *kilnv1.Build, cancel context.
 		})
 		switch {
 		case errors.Is(err, buildstore.ErrFenced):
-			log.Warn("lost the build's lease; stopping it", "err", err)
+			log.WarnContext(ctx, "lost the build's lease; stopping it", "err", err)
 			cancel(errLost)
 			return
 		case err != nil:
 			if ctx.Err() == nil {
-				log.Warn("renew lease", "err", err)
+				log.WarnContext(ctx, "renew lease", "err", err)
 			}
 		case cur.CancelRequested:
 			cancel(errCancelled)
@@ -120,7 +125,8 @@ func (a *Agent) execute(ctx context.Context, b *kilnv1.Build, ev *events) (*kiln
 		return result, &engine.BuildError{Message: err.Error()}
 	}
 	result.Builder = builder
-	rep := &reporter{ev: ev}
+	rep := &reporter{ev: ev, steps: newStepSpans(ctx, b)}
+	defer func() { rep.steps.end(context.Cause(ctx)) }()
 	var res engine.Result
 	if builder == kilnv1.Builder_BUILDER_BUILDKIT {
 		var bk engine.BuildKitResult
@@ -148,7 +154,9 @@ func (a *Agent) execute(ctx context.Context, b *kilnv1.Build, ev *events) (*kiln
 		}); err != nil {
 			return result, fmt.Errorf("push %s: %w", tag, err)
 		}
-		digest, size, err := a.cfg.Engine.Push(ctx, tag, func(line string) { ev.log(0, line) })
+		pctx, pspan := startSpan(ctx, "push "+tag, b, telemetry.TagKey.String(tag))
+		digest, size, err := a.cfg.Engine.Push(pctx, tag, func(line string) { ev.log(0, line) })
+		endSpan(pspan, err)
 		if err != nil {
 			return result, fmt.Errorf("push %s: %w", tag, err)
 		}
@@ -162,7 +170,9 @@ func (a *Agent) execute(ctx context.Context, b *kilnv1.Build, ev *events) (*kiln
 // buildClassic builds with the classic builder from a context tar, and
 // returns how many bytes of tar the engine read.
 func (a *Agent) buildClassic(ctx context.Context, b *kilnv1.Build, ev *events, rep *reporter) (engine.Result, int64, error) {
-	contextTar, closeContext, err := a.openContext(ctx, b.Context, ev)
+	fctx, fetch := startSpan(ctx, "context fetch", b)
+	contextTar, closeContext, err := a.openContext(fctx, b.Context, ev)
+	endSpan(fetch, err)
 	if err != nil {
 		return engine.Result{}, 0, err
 	}
@@ -193,7 +203,7 @@ func (a *Agent) finish(work context.Context, b *kilnv1.Build, result *kilnv1.Bui
 	ctx, cancel := context.WithTimeout(context.WithoutCancel(work), finishTimeout)
 	defer cancel()
 	if errors.Is(cause, errLost) || errors.Is(buildErr, buildstore.ErrFenced) {
-		log.Warn("build abandoned: another attempt owns it")
+		log.WarnContext(ctx, "build abandoned: another attempt owns it")
 		return
 	}
 	if errors.Is(cause, errDrained) {
@@ -201,7 +211,7 @@ func (a *Agent) finish(work context.Context, b *kilnv1.Build, result *kilnv1.Bui
 		return
 	}
 	if cause == nil && isFarm(buildErr) {
-		log.Warn("the farm did not answer while preparing the build; handing it back", "err", buildErr)
+		log.WarnContext(ctx, "the farm did not answer while preparing the build; handing it back", "err", buildErr)
 		a.handBack(ctx, b, ev, log, fmt.Sprintf("agent %q could not reach the farm (%v); re-queued", a.cfg.Name, buildErr))
 		return
 	}
@@ -222,7 +232,7 @@ func (a *Agent) finish(work context.Context, b *kilnv1.Build, result *kilnv1.Bui
 		return nil
 	})
 	if err != nil {
-		log.Warn("result refused", "state", state.String(), "err", err)
+		log.WarnContext(ctx, "result refused", "state", state.String(), "err", err)
 		return
 	}
 	if state != kilnv1.BuildState_BUILD_STATE_CANCELLED {
@@ -234,7 +244,7 @@ func (a *Agent) finish(work context.Context, b *kilnv1.Build, result *kilnv1.Bui
 	ev.publish(&kilnv1.BuildEvent{Event: &kilnv1.BuildEvent_Finished{Finished: &kilnv1.BuildFinished{
 		State: rec.State, Result: rec.Result, Error: rec.Error, Agent: a.cfg.Name,
 	}}})
-	log.Info("build finished", "state", state.String(), "steps", result.Steps, "cached", result.CachedSteps)
+	log.InfoContext(ctx, "build finished", "state", state.String(), "steps", result.Steps, "cached", result.CachedSteps)
 }
 
 // handBack returns a build the agent could not finish to the queue.
@@ -247,7 +257,7 @@ func (a *Agent) handBack(ctx context.Context, b *kilnv1.Build, ev *events, log *
 		return nil
 	})
 	if err != nil {
-		log.Warn("hand back build", "err", err)
+		log.WarnContext(ctx, "hand back build", "err", err)
 		return
 	}
 	ev.agent = ""
@@ -255,12 +265,13 @@ func (a *Agent) handBack(ctx context.Context, b *kilnv1.Build, ev *events, log *
 	msg, err := bus.NewMsg(bus.SubjectRequests, &kilnv1.BuildRequested{BuildId: b.Id})
 	if err == nil {
 		msg.Header.Set(nats.MsgIdHdr, fmt.Sprintf("%s-handback-%d", b.Id, b.Attempt))
+		telemetry.InjectNATS(ctx, msg.Header)
 		_, err = a.cfg.Conn.JS.PublishMsg(ctx, msg)
 	}
 	if err != nil {
-		log.Warn("hand back build: intake publish failed; the scheduler recovers it from KV on restart", "err", err)
+		log.WarnContext(ctx, "hand back build: intake publish failed; the scheduler recovers it from KV on restart", "err", err)
 	}
-	log.Info("build handed back")
+	log.InfoContext(ctx, "build handed back")
 }
 
 // events publishes one attempt's events of a build.
@@ -292,8 +303,9 @@ func (e *events) log(step int, line string) {
 
 // reporter turns the engine's progress into build events.
 type reporter struct {
-	ev   *events
-	mask *masker // hides the build's secrets in what it prints
+	ev    *events
+	mask  *masker    // hides the build's secrets in what it prints
+	steps *stepSpans // the steps' spans
 }
 
 var _ engine.Reporter = (*reporter)(nil)
@@ -301,12 +313,15 @@ var _ engine.Reporter = (*reporter)(nil)
 func (r *reporter) Log(step int, line string) { r.ev.log(step, r.mask.line(line)) }
 
 func (r *reporter) StepStarted(step, total int, instruction string) {
+	r.steps.started(step, r.mask.line(instruction))
 	r.ev.publish(&kilnv1.BuildEvent{Event: &kilnv1.BuildEvent_StepStarted{StepStarted: &kilnv1.StepStarted{
 		Step: uint32(step), Total: uint32(total), Instruction: r.mask.line(instruction),
 	}}})
 }
 
 func (r *reporter) StepFinished(step int, instruction string, cached bool, took time.Duration) {
+	r.steps.finished(step, r.mask.line(instruction), cached, took)
+	observeStep(cached, took)
 	r.ev.publish(&kilnv1.BuildEvent{Event: &kilnv1.BuildEvent_StepFinished{StepFinished: &kilnv1.StepFinished{
 		Step: uint32(step), Instruction: r.mask.line(instruction), Cached: cached, Duration: durationpb.New(took),
 	}}})

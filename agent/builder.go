@@ -13,6 +13,7 @@ import (
 	"strings"
 	"time"
 
+	"go.opentelemetry.io/otel/attribute"
 	"google.golang.org/grpc/status"
 
 	"github.com/kilnbuild/kiln/agent/engine"
@@ -116,16 +117,22 @@ func (a *Agent) buildKit(ctx context.Context, b *kilnv1.Build, ev *events, rep *
 			files = append(files, localcas.Blob{Digest: e.Digest.Hash, Size: e.Size})
 		}
 	}
-	pin, st, err := a.cache.Ensure(ctx, files, a.blobs.Get)
+	fctx, fetch := startSpan(ctx, "context fetch", b, attribute.Int("kiln.context.files", len(files)))
+	pin, st, err := a.cache.Ensure(fctx, files, a.blobs.Get)
+	fetch.SetAttributes(attribute.Int("kiln.context.fetched_blobs", st.Fetched), attribute.Int64("kiln.context.fetched_bytes", st.FetchedBytes))
+	endSpan(fetch, err)
 	if err != nil {
 		return engine.BuildKitResult{}, fmt.Errorf("fetch build context files: %w", farm(err))
 	}
+	observeContextFetch(st)
 	key := b.GetAffinity().GetLineage()
 	if key == "" {
 		key = "kiln:no-lineage" // builds without one share directories, reused slot by slot
 	}
 	started := time.Now()
-	dir, ws, err := a.workdirs.Materialize(ctx, key, m, a.cache)
+	mctx, materialize := startSpan(ctx, "context materialize", b)
+	dir, ws, err := a.workdirs.Materialize(mctx, key, m, a.cache)
+	endSpan(materialize, err)
 	pin.Release()
 	if err != nil {
 		return engine.BuildKitResult{}, fmt.Errorf("write the build context to the agent's work directory: %w", err)
@@ -134,7 +141,7 @@ func (a *Agent) buildKit(ctx context.Context, b *kilnv1.Build, ev *events, rep *
 	ev.log(0, fmt.Sprintf("kiln: context: %d files, %s; fetched %d blobs (%s) from the farm, %d already on this agent; work dir %s: %d entries written (%s), %d removed, %d kept in %s",
 		len(files), megabytes(total), st.Fetched, megabytes(st.FetchedBytes), st.Local,
 		dir.Slot(), ws.Written, megabytes(ws.WrittenBytes), ws.Removed, ws.Kept, time.Since(started).Round(time.Millisecond)))
-	ev.logger.Info("build context ready", "manifest", ref.Digest.Hash, "files", len(files), "bytes", total,
+	ev.logger.InfoContext(ctx, "build context ready", "manifest", ref.Digest.Hash, "files", len(files), "bytes", total,
 		"fetched_blobs", st.Fetched, "fetched_bytes", st.FetchedBytes, "workdir", dir.Slot(),
 		"written", ws.Written, "written_bytes", ws.WrittenBytes, "removed", ws.Removed, "kept", ws.Kept)
 

@@ -42,6 +42,7 @@ func (a *Agent) openContext(ctx context.Context, ref *kilnv1.ContextRef, ev *eve
 	if err != nil {
 		return nil, nil, fmt.Errorf("fetch build context: %w", farm(err))
 	}
+	contextFetchedBytes.Add(float64(d.SizeBytes))
 	rec := &errRecorder{r: r}
 	return rec, rec.Close, nil
 }
@@ -67,9 +68,10 @@ func (a *Agent) manifestContext(ctx context.Context, d *kilnv1.Digest, ev *event
 	if err != nil {
 		return nil, nil, fmt.Errorf("fetch build context files: %w", farm(err))
 	}
+	observeContextFetch(st)
 	ev.log(0, fmt.Sprintf("kiln: context: %d files, %s; fetched %d blobs (%s) from the farm, %d already on this agent",
 		len(files), megabytes(total), st.Fetched, megabytes(st.FetchedBytes), st.Local))
-	ev.logger.Info("build context ready", "manifest", d.Hash, "files", len(files), "bytes", total,
+	ev.logger.InfoContext(ctx, "build context ready", "manifest", d.Hash, "files", len(files), "bytes", total,
 		"fetched_blobs", st.Fetched, "fetched_bytes", st.FetchedBytes, "local_blobs", st.Local)
 
 	pr, pw := io.Pipe()

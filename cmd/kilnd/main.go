@@ -20,6 +20,7 @@ import (
 	"os/signal"
 	"path/filepath"
 	"syscall"
+	"time"
 
 	"github.com/kilnbuild/kiln/agent"
 	"github.com/kilnbuild/kiln/gateway"
@@ -30,6 +31,7 @@ import (
 	"github.com/kilnbuild/kiln/services/logging"
 	"github.com/kilnbuild/kiln/services/readyfile"
 	"github.com/kilnbuild/kiln/services/sealed"
+	"github.com/kilnbuild/kiln/services/telemetry"
 )
 
 type options struct {
@@ -72,10 +74,24 @@ func main() {
 	}
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
-	if err := run(ctx, o, log); err != nil {
+	shutdownTracing, err := telemetry.Setup(ctx, "kilnd")
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "kilnd:", err)
+		os.Exit(2)
+	}
+	err = run(ctx, o, log)
+	flushTracing(shutdownTracing)
+	if err != nil {
 		log.Error("kilnd failed", "err", err)
 		os.Exit(1)
 	}
+}
+
+// flushTracing exports the spans still buffered, for a few seconds at most.
+func flushTracing(shutdown func(context.Context) error) {
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	_ = shutdown(ctx)
 }
 
 // run starts every part, and on ctx's end stops them in dependency order:

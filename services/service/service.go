@@ -13,10 +13,12 @@ import (
 	"os"
 	"os/signal"
 	"syscall"
+	"time"
 
 	"github.com/kilnbuild/kiln/services/bus"
 	"github.com/kilnbuild/kiln/services/config"
 	"github.com/kilnbuild/kiln/services/logging"
+	"github.com/kilnbuild/kiln/services/telemetry"
 )
 
 // Common are the flags every standalone service has.
@@ -56,8 +58,9 @@ func (c *Common) Start(ctx context.Context, name string) (*slog.Logger, *bus.Con
 }
 
 // Main is the body of a service's main: it registers and parses the flags
-// (exit 2 on a usage error), runs until SIGINT or SIGTERM, and exits 1 if
-// run fails.
+// (exit 2 on a usage error), sets up tracing (telemetry.Setup with name as
+// service.name), runs until SIGINT or SIGTERM, flushes the spans, and exits
+// 1 if run fails.
 func Main(name string, register func(fs *flag.FlagSet), run func(ctx context.Context) error) {
 	fs := flag.NewFlagSet(name, flag.ContinueOnError)
 	register(fs)
@@ -70,8 +73,22 @@ func Main(name string, register func(fs *flag.FlagSet), run func(ctx context.Con
 	}
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
-	if err := run(ctx); err != nil {
+	shutdownTracing, err := telemetry.Setup(ctx, name)
+	if err != nil {
+		fmt.Fprintf(os.Stderr, "%s: %v\n", name, err)
+		os.Exit(2)
+	}
+	err = run(ctx)
+	flushTracing(shutdownTracing)
+	if err != nil {
 		fmt.Fprintf(os.Stderr, "%s: %v\n", name, err)
 		os.Exit(1)
 	}
+}
+
+// flushTracing exports the spans still buffered, for a few seconds at most.
+func flushTracing(shutdown func(context.Context) error) {
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	_ = shutdown(ctx)
 }

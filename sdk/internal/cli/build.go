@@ -43,7 +43,7 @@ func (a *App) runBuild(ctx context.Context, o *buildOptions) int {
 		return a.fail(pr, o, watch, err, "cannot reach the kiln gateway at %s")
 	}
 
-	var opts []kiln.Option
+	opts := []kiln.Option{kiln.WithDialOptions(o.trace.dialOptions()...)}
 	if o.token != "" {
 		opts = append(opts, kiln.WithToken(o.token))
 	}
@@ -68,6 +68,7 @@ func (a *App) runBuild(ctx context.Context, o *buildOptions) int {
 		return a.fail(pr, o, watch, err, "cannot reach the kiln gateway at %s")
 	}
 	watch.started(b.GetId())
+	o.trace.buildStarted(b.GetId())
 
 	final, err := client.WatchBuild(ctx, b.GetId(), 0, pr.Event)
 	var be *kiln.BuildError

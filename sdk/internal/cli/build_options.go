@@ -34,6 +34,8 @@ type buildOptions struct {
 	// secrets are the --secret values by id, read from their files and
 	// variables; the SDK seals them before they leave the process.
 	secrets map[string][]byte
+	// trace is the build's tracing (nil: none), set by tracedBuild.
+	trace *cliTrace
 }
 
 // buildFlags holds the raw values of `kiln build` flags.

@@ -150,7 +150,7 @@ func (a *App) build(ctx context.Context, args []string) int {
 		fmt.Fprintf(a.Stderr, "ERROR: %v\n", err)
 		return ExitCode(err)
 	}
-	return a.runBuild(ctx, o)
+	return a.tracedBuild(ctx, o)
 }
 
 func versionString() string {
