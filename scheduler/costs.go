@@ -6,11 +6,14 @@ import (
 	kilnv1 "github.com/kilnbuild/kiln/proto/gen/go/kiln/v1"
 )
 
-// costs learns from finished builds how long each lineage's builds run on
-// an agent that holds their cache (warm: some steps cached) and on one
-// that does not (cold: none cached), for the router to weigh waiting for a
-// busy agent against a cache miss (routing.Build.Warm and Cold). A build
-// with no steps to cache counts as both: where it runs does not matter.
+// costs learns from finished builds how long each lineage's builds hold an
+// agent's slot when the agent holds their cache (warm: some steps cached)
+// and when it does not (cold: none cached), for the router to weigh waiting
+// for a busy agent against a cache miss (routing.Build.Warm and Cold) and
+// to expect when a busy agent frees a slot. The time counted is from the
+// assignment to the end as the dispatcher sees them (context transfer and
+// push included), else the record's started-to-finished time. A build with
+// no steps to cache counts as both: where it runs does not matter.
 //
 // Each estimate is a moving average that gives the newest build a weight of
 // costWeight. A lineage that has run only cold so far borrows the farm's
@@ -34,15 +37,19 @@ const (
 
 func newCosts() *costs { return &costs{byLineage: map[string]*lineageCost{}} }
 
-// observe learns from a finished build's record and reports whether an
+// observe learns from a finished build's record, which held its slot for
+// held (zero: not known, the record's times count), and reports whether an
 // estimate changed.
-func (c *costs) observe(b *kilnv1.Build) bool {
+func (c *costs) observe(b *kilnv1.Build, held time.Duration) bool {
 	lineage := b.GetAffinity().GetLineage()
 	r := b.GetResult()
-	if lineage == "" || r == nil || b.State != kilnv1.BuildState_BUILD_STATE_SUCCEEDED || b.StartedAt == nil || b.FinishedAt == nil {
+	if lineage == "" || r == nil || b.State != kilnv1.BuildState_BUILD_STATE_SUCCEEDED {
 		return false
 	}
-	ran := b.FinishedAt.AsTime().Sub(b.StartedAt.AsTime())
+	ran := held
+	if ran <= 0 && b.StartedAt != nil && b.FinishedAt != nil {
+		ran = b.FinishedAt.AsTime().Sub(b.StartedAt.AsTime())
+	}
 	if ran <= 0 {
 		return false
 	}

@@ -9,10 +9,12 @@ import (
 
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
+	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
 	kilnv1 "github.com/kilnbuild/kiln/proto/gen/go/kiln/v1"
 	"github.com/kilnbuild/kiln/scheduler/routing"
+	"github.com/kilnbuild/kiln/services/buildstore"
 	"github.com/kilnbuild/kiln/services/bus"
 )
 
@@ -22,13 +24,20 @@ import (
 // answers the pulls of the chosen agents.
 //
 //	intake, lease sweeps ─┐
-//	pulls, withdrawals ───┼─▶ events ─▶ dispatcher ─▶ routing.Route ─▶ CAS ASSIGNED ─▶ reply to pull
+//	builds ended ─────────┤
+//	pulls, withdrawals ───┼─▶ events ─▶ dispatcher ─▶ routing.Route ─▶ CAS ASSIGNED ─▶ event (async) ─▶ reply to pull
 //	agent heartbeats ─────┘                 ▲
-//	                                        └─ timer: next pull deadline or delay expiry
+//	                                        └─ timer: next pull deadline or routing wake-up
+//
+// The CAS to ASSIGNED takes one round trip when the build came through the
+// intake (its record and revision are known), and the ASSIGNED event is
+// published without waiting for its acknowledgement, so the agent's pull is
+// answered one KV write after the decision.
 
 // event is something the dispatcher must react to.
 type event struct {
 	enqueue  *kilnv1.Build // a build entered the queue
+	rev      uint64        // enqueue's revision in KILN_BUILDS (0: not known)
 	lost     string        // an agent stopped renewing a lease: drop its pulls
 	pull     *pull         // an agent offers a slot
 	withdraw string        // an agent takes its pulls back
@@ -60,6 +69,7 @@ type runningBuild struct {
 type dispatcher struct {
 	s        *Scheduler
 	queue    map[string]*kilnv1.Build
+	revs     map[string]uint64 // revisions of queued records, when known
 	pulls    map[string][]*pull
 	agents   map[string]*kilnv1.Agent
 	leased   map[string]lease // by build id
@@ -69,6 +79,8 @@ type dispatcher struct {
 	// What each agent runs, for its expected NextFree, and what builds of
 	// each lineage cost (routing weighs waiting against a cache miss).
 	onAgent map[string][]runningBuild // by agent
+	started map[string]time.Time      // when each leased build was assigned, by id
+	ended   map[string]time.Time      // when a build of each agent last ended, by agent
 	costs   *costs
 
 	// The router's view, kept incrementally: the agent index is updated
@@ -84,8 +96,8 @@ type dispatcher struct {
 
 func newDispatcher(s *Scheduler) *dispatcher {
 	return &dispatcher{
-		s: s, queue: map[string]*kilnv1.Build{}, pulls: map[string][]*pull{},
-		agents: map[string]*kilnv1.Agent{}, leased: map[string]lease{}, onAgent: map[string][]runningBuild{}, costs: newCosts(),
+		s: s, queue: map[string]*kilnv1.Build{}, revs: map[string]uint64{}, pulls: map[string][]*pull{},
+		agents: map[string]*kilnv1.Agent{}, leased: map[string]lease{}, onAgent: map[string][]runningBuild{}, started: map[string]time.Time{}, ended: map[string]time.Time{}, costs: newCosts(),
 		events: make(chan event, 1024), agentTTL: bus.DefaultLimits.AgentTTL,
 		idx: routing.NewIndex(nil), indexed: map[string]bool{}, dirty: map[string]bool{}, lostAt: map[string]time.Time{},
 	}
@@ -129,6 +141,7 @@ func (d *dispatcher) run(ctx context.Context) error {
 		case <-timer.C:
 		}
 		timer.Reset(max(d.dispatch(ctx), time.Millisecond))
+		queueDepth.Set(float64(len(d.queue)))
 	}
 }
 
@@ -146,6 +159,11 @@ func (d *dispatcher) apply(ev event) {
 	switch {
 	case ev.enqueue != nil:
 		d.queue[ev.enqueue.Id] = ev.enqueue
+		if ev.rev != 0 {
+			d.revs[ev.enqueue.Id] = ev.rev
+		} else {
+			delete(d.revs, ev.enqueue.Id)
+		}
 		d.queueStale = true
 		d.release(ev.enqueue.Id)
 	case ev.pull != nil:
@@ -159,10 +177,18 @@ func (d *dispatcher) apply(ev event) {
 		d.agents[ev.agent.Name] = ev.agent
 		d.dirty[ev.agent.Name] = true
 	case ev.released != "":
-		d.release(ev.released)
-		if ev.ended != nil && d.costs.observe(ev.ended) {
-			d.queueStale = true // the queued builds' Warm and Cold
+		if ev.ended != nil {
+			// How long it held its slot: from the assignment to its end,
+			// as the next build assigned there will.
+			var held time.Duration
+			if at, ok := d.started[ev.released]; ok {
+				held = d.s.cfg.Now().Sub(at)
+			}
+			if d.costs.observe(ev.ended, held) {
+				d.queueStale = true // the queued builds' Warm and Cold
+			}
 		}
+		d.release(ev.released)
 	case ev.leased != nil:
 		d.leased[ev.leased.Id] = lease{tenant: ev.leased.Tenant, agent: ev.leased.Agent}
 		if ev.leased.Agent != "" { // how long it has left is not known
@@ -179,8 +205,10 @@ func (d *dispatcher) release(id string) {
 		return
 	}
 	delete(d.leased, id)
+	delete(d.started, id)
 	rs := d.onAgent[l.agent]
 	if i := slices.IndexFunc(rs, func(r runningBuild) bool { return r.id == id }); i >= 0 {
+		d.ended[l.agent] = d.s.cfg.Now()
 		d.onAgent[l.agent] = slices.Delete(rs, i, i+1)
 		if len(d.onAgent[l.agent]) == 0 {
 			delete(d.onAgent, l.agent)
@@ -208,8 +236,12 @@ func (d *dispatcher) slotFreed(agent string) {
 }
 
 // nextFree is when agent is expected to free a slot: the earliest expected
-// end of what it runs, zero when any of it is not known.
+// end of what it runs, zero when any of it is not known. A slot whose build
+// ended and whose pull has not arrived yet frees when the build ended.
 func (d *dispatcher) nextFree(agent string) time.Time {
+	if a := d.agents[agent]; a != nil && len(d.onAgent[agent])+len(d.pulls[agent]) < int(a.Slots) && !d.ended[agent].IsZero() {
+		return d.ended[agent]
+	}
 	var at time.Time
 	for _, r := range d.onAgent[agent] {
 		if r.end.IsZero() {
@@ -355,11 +387,14 @@ func (d *dispatcher) assign(ctx context.Context, a routing.Assignment) {
 	if len(ps) == 0 {
 		return
 	}
+	started := time.Now() // the route span's start
+	queued, rev := d.queue[a.Build], d.revs[a.Build]
 	delete(d.queue, a.Build)
+	delete(d.revs, a.Build)
 	d.queueStale = true
 	d.dirty[a.Agent] = true
 	now := d.s.cfg.Now()
-	b, err := d.s.builds.Update(ctx, a.Build, func(b *kilnv1.Build) error {
+	b, err := d.update(ctx, a.Build, queued, rev, func(b *kilnv1.Build) error {
 		if b.State != kilnv1.BuildState_BUILD_STATE_QUEUED {
 			return errNotQueued
 		}
@@ -387,7 +422,8 @@ func (d *dispatcher) assign(ctx context.Context, a routing.Assignment) {
 		r.end = now.Add(a.Expected)
 	}
 	d.onAgent[a.Agent] = append(d.onAgent[a.Agent], r)
-	d.s.track(b.Id)
+	d.started[b.Id] = now
+	d.s.track(b.Id, b.LeaseExpiresAt)
 	// The event goes out before the reply on the same connection, so it is
 	// in the build's log before anything the agent publishes about it.
 	d.s.eventAsync(b, &kilnv1.StateChanged{
@@ -395,8 +431,46 @@ func (d *dispatcher) assign(ctx context.Context, a routing.Assignment) {
 		Message: fmt.Sprintf("assigned to agent %q (attempt %d): %s", a.Agent, b.Attempt, a.Explanation),
 	})
 	d.reply(p, b)
+	observeAssigned(b, a, now)
 	d.s.log.Info("build assigned", "build_id", b.Id, "agent", a.Agent, "attempt", b.Attempt,
-		"reason", a.Reason.String(), "score", a.Score, "best_score", a.BestScore)
+		"reason", a.Reason.String(), "score", a.Score, "best_score", a.BestScore, "why", a.Explanation)
+	traceAssignment(b, a, started)
+}
+
+// update is buildstore's Update in one round trip when the record is known
+// at a revision (rec, from the intake): the change applied to it and written
+// with a revision check. If the record has moved on since (cancelled, say),
+// it falls back to buildstore.Update, which reads it first.
+func (d *dispatcher) update(ctx context.Context, id string, rec *kilnv1.Build, rev uint64, change func(*kilnv1.Build) error) (*kilnv1.Build, error) {
+	if rec != nil && rev != 0 {
+		b := proto.CloneOf(rec)
+		if err := change(b); err != nil {
+			return nil, err
+		}
+		if !buildstore.Allowed(rec.State, b.State) {
+			return nil, fmt.Errorf("%w: build %s from %s to %s", buildstore.ErrBadTransition, id, rec.State, b.State)
+		}
+		data, err := proto.Marshal(b)
+		if err != nil {
+			return nil, fmt.Errorf("encode build %s: %w", id, err)
+		}
+		_, err = d.s.kv.Update(ctx, id, data, rev)
+		if err == nil {
+			return b, nil
+		}
+		if !wrongRevision(err) {
+			return nil, fmt.Errorf("update build %s: %w", id, err)
+		}
+	}
+	return d.s.builds.Update(ctx, id, change)
+}
+
+func wrongRevision(err error) bool {
+	var apiErr *jetstream.APIError
+	if errors.As(err, &apiErr) && apiErr.ErrorCode == jetstream.JSErrCodeStreamWrongLastSequence {
+		return true
+	}
+	return errors.Is(err, jetstream.ErrKeyExists)
 }
 
 // reply answers a pull with a build, or with nothing.
@@ -411,7 +485,11 @@ func (d *dispatcher) reply(p *pull, b *kilnv1.Build) {
 	}
 	if err != nil {
 		// The lease brings the build back if the agent never hears of it.
-		d.s.log.Error("reply to work offer", "agent", p.agent, "err", err)
+		args := []any{"agent", p.agent, "err", err}
+		if b != nil {
+			args = append(args, "build_id", b.Id)
+		}
+		d.s.log.Error("reply to work offer", args...)
 	}
 }
 

@@ -4,12 +4,15 @@
 // starts, so a restart loses nothing.
 //
 //	gateway ──kiln.requests──▶ intake ──▶ dispatcher ◀──kiln.sched.pull── agents
-//	                                        ▲   │ routing.Route: cache affinity, delay
+//	                                        ▲   │ routing.Route: cache affinity, costs or delay
 //	                                        │   │ scheduling, fairness; QUEUED → ASSIGNED (CAS)
+//	                                        ├── build watch: ended → lineage costs, lease renewals
 //	                                        └── sweeper: lease lapsed → QUEUED, attempt+1 on next assignment
 //
 // The dispatcher (dispatcher.go) owns the queue and the agents' waiting
-// pulls; routing decisions are the pure function in package routing.
+// pulls; routing decisions are the pure function in package routing. What
+// the dispatcher learns from finished builds (costs.go) lets the router
+// weigh waiting for a busy agent against a cache miss.
 package scheduler
 
 import (
@@ -77,13 +80,16 @@ type Scheduler struct {
 	cfg    Config
 	log    *slog.Logger
 	builds *buildstore.Store
+	kv     jetstream.KeyValue // KILN_BUILDS, for the dispatcher's one-trip CAS
 	d      *dispatcher
 	// async publishes the dispatcher's ASSIGNED events without waiting for
 	// each acknowledgement: in order on the one connection, failures logged.
 	async jetstream.JetStream
 
-	mu     sync.Mutex
-	leased map[string]struct{} // builds ASSIGNED or RUNNING, for the sweeper
+	mu sync.Mutex
+	// leased holds the builds ASSIGNED or RUNNING, for the sweeper, with
+	// when their lease expires as last seen (zero: not known).
+	leased map[string]time.Time
 }
 
 // New binds a Scheduler to the farm's NATS resources (bus.Setup must have run).
@@ -91,6 +97,10 @@ func New(ctx context.Context, cfg Config) (*Scheduler, error) {
 	builds, err := buildstore.Open(ctx, cfg.Conn.JS)
 	if err != nil {
 		return nil, err
+	}
+	kv, err := cfg.Conn.JS.KeyValue(ctx, bus.BucketBuilds)
+	if err != nil {
+		return nil, fmt.Errorf("open bucket %s: %w", bus.BucketBuilds, err)
 	}
 	if cfg.Lease == 0 {
 		cfg.Lease = DefaultLease
@@ -120,12 +130,12 @@ func New(ctx context.Context, cfg Config) (*Scheduler, error) {
 	async, err := jetstream.New(cfg.Conn.NC,
 		jetstream.WithPublishAsyncMaxPending(asyncMaxPending),
 		jetstream.WithPublishAsyncErrHandler(func(_ jetstream.JetStream, m *nats.Msg, err error) {
-			log.Error("publish build event", "subject", m.Subject, "err", err)
+			log.Error("publish build event", "subject", m.Subject, "build_id", strings.TrimPrefix(m.Subject, bus.EventsSubject("")), "err", err)
 		}))
 	if err != nil {
 		return nil, fmt.Errorf("jetstream: %w", err)
 	}
-	s := &Scheduler{cfg: cfg, log: cfg.Logger, builds: builds, async: async, leased: map[string]struct{}{}}
+	s := &Scheduler{cfg: cfg, log: cfg.Logger, builds: builds, kv: kv, async: async, leased: map[string]time.Time{}}
 	s.d = newDispatcher(s)
 	return s, nil
 }
@@ -137,6 +147,9 @@ func New(ctx context.Context, cfg Config) (*Scheduler, error) {
 func (s *Scheduler) Run(ctx context.Context) error {
 	el, err := newElector(ctx, s.cfg.Conn.JS, s.cfg.LeaderLease, s.cfg.Now)
 	if err != nil {
+		if ctx.Err() != nil {
+			return nil // stopped before it could campaign
+		}
 		return err
 	}
 	defer el.resign(context.WithoutCancel(ctx))
@@ -199,8 +212,10 @@ func (t *term) end() {
 
 // lead schedules until ctx ends, from state rebuilt from KV.
 func (s *Scheduler) lead(ctx context.Context) error {
+	schedulerLeader.Set(1)
+	defer func() { schedulerLeader.Set(0); queueDepth.Set(0) }()
 	s.mu.Lock()
-	s.leased = map[string]struct{}{}
+	s.leased = map[string]time.Time{}
 	s.mu.Unlock()
 	s.d = newDispatcher(s)
 	eg, ctx := errgroup.WithContext(ctx)
@@ -212,6 +227,7 @@ func (s *Scheduler) lead(ctx context.Context) error {
 	eg.Go(func() error { return s.consumeIntake(ctx) })
 	eg.Go(func() error { return s.servePulls(ctx) })
 	eg.Go(func() error { return s.sweep(ctx) })
+	eg.Go(func() error { return s.watchBuilds(ctx) })
 	err := eg.Wait()
 	select { // the events of the term's last assignments
 	case <-s.async.PublishAsyncComplete():
@@ -238,7 +254,7 @@ func (s *Scheduler) recoverState(ctx context.Context) error {
 			s.d.send(ctx, event{enqueue: b})
 			queued++
 		case kilnv1.BuildState_BUILD_STATE_ASSIGNED, kilnv1.BuildState_BUILD_STATE_RUNNING:
-			s.track(b.Id)
+			s.track(b.Id, b.GetLeaseExpiresAt())
 			s.d.send(ctx, event{leased: b})
 			leased++
 		}
@@ -247,18 +263,81 @@ func (s *Scheduler) recoverState(ctx context.Context) error {
 	return nil
 }
 
-func (s *Scheduler) track(id string) {
+// track has the sweeper watch a build's lease, which expires at expires
+// (nil: not known, look at every sweep).
+func (s *Scheduler) track(id string, expires *timestamppb.Timestamp) {
+	var at time.Time
+	if expires != nil {
+		at = expires.AsTime()
+	}
 	s.mu.Lock()
-	s.leased[id] = struct{}{}
+	s.leased[id] = at
 	s.mu.Unlock()
 }
 
-// untrack stops sweeping a build; ended is its record if it finished.
+// renewed notes a tracked build's new lease expiry.
+func (s *Scheduler) renewed(id string, expires *timestamppb.Timestamp) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if _, ok := s.leased[id]; ok && expires != nil {
+		s.leased[id] = expires.AsTime()
+	}
+}
+
+// untrack stops sweeping a build and tells the dispatcher, once; ended is
+// its record if it finished.
 func (s *Scheduler) untrack(ctx context.Context, id string, ended *kilnv1.Build) {
 	s.mu.Lock()
+	_, ok := s.leased[id]
 	delete(s.leased, id)
 	s.mu.Unlock()
-	s.d.send(ctx, event{released: id, ended: ended})
+	if ok {
+		observeEnded(ended)
+		s.d.send(ctx, event{released: id, ended: ended})
+	}
+}
+
+// watchBuilds follows the build records: a build under lease that ends or
+// goes back to the queue is untracked at once (the dispatcher learns its
+// lineage's costs from its finish), and lease renewals move its expiry, so
+// the sweeper reads only the records whose lease looks lapsed.
+func (s *Scheduler) watchBuilds(ctx context.Context) error {
+	w, err := s.kv.WatchAll(ctx, jetstream.UpdatesOnly())
+	if err != nil {
+		return fmt.Errorf("watch builds: %w", err)
+	}
+	defer w.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case e, ok := <-w.Updates():
+			if !ok {
+				return errors.New("build watch ended")
+			}
+			if e == nil || e.Operation() != jetstream.KeyValuePut {
+				continue
+			}
+			s.mu.Lock()
+			_, tracked := s.leased[e.Key()]
+			s.mu.Unlock()
+			if !tracked {
+				continue
+			}
+			b := &kilnv1.Build{}
+			if err := bus.Decode(e.Value(), b); err != nil {
+				continue
+			}
+			switch {
+			case leased(b.State):
+				s.renewed(b.Id, b.LeaseExpiresAt)
+			case buildstore.Terminal(b.State):
+				s.untrack(ctx, b.Id, b)
+			default: // handed back: the intake queues it again
+				s.untrack(ctx, b.Id, nil)
+			}
+		}
+	}
 }
 
 // consumeIntake moves new builds from KILN_REQUESTS into the queue.
@@ -278,7 +357,7 @@ func (s *Scheduler) consumeIntake(ctx context.Context) error {
 			_ = msg.Term()
 			return
 		}
-		b, _, err := s.builds.Get(ctx, req.BuildId)
+		b, rev, err := s.builds.Get(ctx, req.BuildId)
 		if err != nil {
 			if errors.Is(err, buildstore.ErrNotFound) {
 				_ = msg.Term()
@@ -288,7 +367,7 @@ func (s *Scheduler) consumeIntake(ctx context.Context) error {
 			return
 		}
 		if b.State == kilnv1.BuildState_BUILD_STATE_QUEUED {
-			s.d.send(ctx, event{enqueue: b})
+			s.d.send(ctx, event{enqueue: b, rev: rev})
 		}
 		_ = msg.Ack()
 	})
@@ -357,10 +436,13 @@ func (s *Scheduler) sweep(ctx context.Context) error {
 			return ctx.Err()
 		case <-t.C:
 		}
+		now := s.cfg.Now()
 		s.mu.Lock()
-		ids := make([]string, 0, len(s.leased))
-		for id := range s.leased {
-			ids = append(ids, id)
+		var ids []string
+		for id, expires := range s.leased {
+			if expires.IsZero() || !now.Before(expires) {
+				ids = append(ids, id)
+			}
 		}
 		s.mu.Unlock()
 		for _, id := range ids {
@@ -378,8 +460,12 @@ func (s *Scheduler) checkLease(ctx context.Context, id string) error {
 		s.untrack(ctx, id, cur) // finished, cancelled or handed back
 		return nil
 	}
-	if err != nil || !lapsed(cur, now) {
+	if err != nil {
 		return err
+	}
+	if !lapsed(cur, now) {
+		s.renewed(id, cur.LeaseExpiresAt)
+		return nil
 	}
 	var lostAgent string
 	b, err := s.builds.Update(ctx, id, func(b *kilnv1.Build) error {
@@ -406,7 +492,13 @@ func (s *Scheduler) checkLease(ctx context.Context, id string) error {
 	if err != nil {
 		return err
 	}
-	s.untrack(ctx, id, nil)
+	leaseExpiries.Inc()
+	var ended *kilnv1.Build // counted as finished by untrack (costs ignore failures)
+	if b.State == kilnv1.BuildState_BUILD_STATE_FAILED {
+		failedMaxAttempts.Inc()
+		ended = b
+	}
+	s.untrack(ctx, id, ended)
 	s.d.send(ctx, event{lost: lostAgent})
 	if b.State == kilnv1.BuildState_BUILD_STATE_FAILED {
 		s.log.Warn("build failed: agents lost", "build_id", id, "attempts", b.Attempt)

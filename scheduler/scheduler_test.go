@@ -203,3 +203,38 @@ func TestLapsedLeaseRequeuesThenFails(t *testing.T) {
 		t.Fatalf("failed build lacks its reason: %v", b)
 	}
 }
+
+// TestAssignmentKeepsChangesMadeAfterIntake: the dispatcher writes
+// ASSIGNED in one round trip from the record it read at intake; a record
+// changed since is read again, not overwritten.
+func TestAssignmentKeepsChangesMadeAfterIntake(t *testing.T) {
+	f := newFixture(t, nil)
+	id := buildstore.NewID(time.Now())
+	f.submit(t, id)
+	// Once the intake message is acknowledged the scheduler has read the
+	// record; no agent pulls yet, so the build waits in its queue while the
+	// record changes behind its back.
+	tick := time.NewTicker(5 * time.Millisecond)
+	defer tick.Stop()
+	for {
+		info, err := f.conn.JS.Stream(context.Background(), bus.StreamRequests)
+		if err == nil && info.CachedInfo().State.Msgs == 0 {
+			break
+		}
+		<-tick.C
+	}
+	if _, err := f.store.Update(context.Background(), id, func(b *kilnv1.Build) error {
+		b.TraceContext = map[string]string{"traceparent": "changed-after-intake"}
+		return nil
+	}); err != nil {
+		t.Fatal(err)
+	}
+	got := f.pull(t, "agent-a", 5*time.Second)
+	if len(got) != 1 || got[0].Id != id {
+		t.Fatalf("pull got %v, want %s", got, id)
+	}
+	b := f.get(t, id)
+	if b.State != kilnv1.BuildState_BUILD_STATE_ASSIGNED || b.TraceContext["traceparent"] != "changed-after-intake" {
+		t.Fatalf("record after assignment: %v", b)
+	}
+}

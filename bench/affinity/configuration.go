@@ -49,14 +49,17 @@ type buildRecord struct {
 
 // result is what one configuration measured.
 type result struct {
-	Name           string         `json:"name"`
-	Engines        int            `json:"engines"`
-	Builds         int            `json:"builds"`
-	Steps          int            `json:"steps"`
-	Cached         int            `json:"cached"`
-	CachedRatio    float64        `json:"cached_ratio"`
-	RebuildRatio   float64        `json:"rebuild_cached_ratio"` // revisions ≥ 1 only
-	MakespanMS     float64        `json:"makespan_ms"`
+	Name         string  `json:"name"`
+	Engines      int     `json:"engines"`
+	Builds       int     `json:"builds"`
+	Steps        int     `json:"steps"`
+	Cached       int     `json:"cached"`
+	CachedRatio  float64 `json:"cached_ratio"`
+	RebuildRatio float64 `json:"rebuild_cached_ratio"` // revisions ≥ 1 only
+	MakespanMS   float64 `json:"makespan_ms"`
+	// RebuildsMS is the makespan of the rebuild waves alone (revision ≥ 1),
+	// after the first builds, which are cold everywhere and placed alike.
+	RebuildsMS     float64        `json:"rebuilds_makespan_ms"`
 	WaveMS         []float64      `json:"wave_ms"`
 	Reasons        map[string]int `json:"assignment_reasons"`
 	BuildsPerAgent map[string]int `json:"builds_per_agent"`
@@ -68,90 +71,135 @@ type result struct {
 // the order each wave submits its lineages in.
 type workload struct {
 	base     string
+	step     string // the expensive step's command
 	lineages []string
 	order    [][]int // order[wave] is a permutation of lineage indexes
+}
+
+// expensiveSteps are the -step choices: ~2 s of work on an idle core
+// (hashing 200 MB of zeros with busybox md5sum), or 2 s of waiting.
+var expensiveSteps = map[string]string{
+	"cpu":   "head -c 200000000 /dev/zero | md5sum",
+	"sleep": "sleep 2",
 }
 
 // dockerfile is a lineage's Dockerfile: the expensive cacheable step, the
 // changing file, and for every other lineage a cheap step after it.
 func (w *workload) dockerfile(l int) string {
-	df := "FROM " + w.base + "\nRUN echo " + w.lineages[l] + " && sleep 2\nCOPY src.txt /src.txt\n"
+	df := "FROM " + w.base + "\nRUN echo " + w.lineages[l] + " && " + w.step + "\nCOPY src.txt /src.txt\n"
 	if l%2 == 1 {
 		df += "RUN wc -c /src.txt\n"
 	}
 	return df
 }
 
-// runConfiguration starts c's engines and farm, runs the workload wave by
-// wave, and stops everything it started, even on error.
-func runConfiguration(ctx context.Context, o options, w *workload, c configuration, dir string) (_ *result, err error) {
-	names := make([]string, c.engines)
-	for i := range names {
-		names[i] = fmt.Sprintf("%s%d", c.key, i+1)
-	}
-	logf("%s: starting %d engine(s)", c.name, c.engines)
-	engines, err := startEngines(names)
-	if err != nil {
-		return nil, err
-	}
-	defer func() { err = errors.Join(err, stopEngines(engines)) }()
-	f, err := startFarm(ctx, o.binDir, dir, engines, []string{"--route-delay", o.routeDelay})
-	if err != nil {
-		return nil, err
-	}
-	defer func() { err = errors.Join(err, f.stop()) }()
+// farmRun is one configuration's farm during the benchmark: its engines, its
+// processes, its contexts, and what it measured so far.
+type farmRun struct {
+	c         configuration
+	dir       string
+	names     []string
+	engines   []*enginetest.Engine
+	farm      *farm
+	ctxDirs   []string
+	res       *result
+	submitted int
+}
 
-	ctxDirs := make([]string, len(w.lineages))
+// startRun starts c's engines and farm and writes its contexts; on error
+// it stops what it started.
+func startRun(ctx context.Context, o options, w *workload, c configuration, dir string) (_ *farmRun, err error) {
+	r := &farmRun{c: c, dir: dir, res: &result{Name: c.name, Engines: c.engines}}
+	for i := range c.engines {
+		r.names = append(r.names, fmt.Sprintf("%s%d", c.key, i+1))
+	}
+	defer func() {
+		if err != nil {
+			err = errors.Join(err, r.stop())
+		}
+	}()
+	logf("%s: starting %d engine(s)", c.name, c.engines)
+	if r.engines, err = startEngines(r.names); err != nil {
+		return r, err
+	}
+	if r.farm, err = startFarm(ctx, o.binDir, dir, r.engines, []string{"--route-delay", o.routeDelay}); err != nil {
+		return r, err
+	}
+	r.ctxDirs = make([]string, len(w.lineages))
 	for l, name := range w.lineages {
-		ctxDirs[l] = filepath.Join(dir, "context", name)
-		if err := os.MkdirAll(ctxDirs[l], 0o755); err != nil {
-			return nil, err
+		r.ctxDirs[l] = filepath.Join(dir, "context", name)
+		if err := os.MkdirAll(r.ctxDirs[l], 0o755); err != nil {
+			return r, err
 		}
-		if err := os.WriteFile(filepath.Join(ctxDirs[l], "Dockerfile"), []byte(w.dockerfile(l)), 0o644); err != nil {
-			return nil, err
+		if err := os.WriteFile(filepath.Join(r.ctxDirs[l], "Dockerfile"), []byte(w.dockerfile(l)), 0o644); err != nil {
+			return r, err
 		}
 	}
-	r := &result{Name: c.name, Engines: c.engines}
-	submitted := 0
+	return r, nil
+}
+
+// wave builds revision k of every lineage at once, in the wave's order,
+// and waits for all of them.
+func (r *farmRun) wave(ctx context.Context, o options, w *workload, k int) error {
+	order := w.order[k]
+	for _, l := range order {
+		src := fmt.Sprintf("%s revision %d\n", w.lineages[l], k)
+		if err := os.WriteFile(filepath.Join(r.ctxDirs[l], "src.txt"), []byte(src), 0o644); err != nil {
+			return err
+		}
+	}
 	start := time.Now()
-	for wave, order := range w.order {
-		for _, l := range order {
-			src := fmt.Sprintf("%s revision %d\n", w.lineages[l], wave)
-			if err := os.WriteFile(filepath.Join(ctxDirs[l], "src.txt"), []byte(src), 0o644); err != nil {
-				return nil, err
-			}
+	recs := make([]buildRecord, len(order))
+	errs := make([]error, len(order))
+	var wg sync.WaitGroup
+	for pos, l := range order {
+		recs[pos] = buildRecord{Lineage: w.lineages[l], Revision: k, Submitted: r.submitted}
+		if r.c.roundRobin {
+			recs[pos].PinnedTo = r.names[r.submitted%len(r.names)]
 		}
-		waveStart := time.Now()
-		recs := make([]buildRecord, len(order))
-		errs := make([]error, len(order))
-		var wg sync.WaitGroup
-		for pos, l := range order {
-			recs[pos] = buildRecord{Lineage: w.lineages[l], Revision: wave, Submitted: submitted}
-			if c.roundRobin {
-				recs[pos].PinnedTo = names[submitted%len(names)]
-			}
-			submitted++
-			wg.Add(1)
-			go func() {
-				defer wg.Done()
-				out := filepath.Join(dir, "builds", fmt.Sprintf("%s-%d", w.lineages[l], wave))
-				errs[pos] = kilnBuild(ctx, o, f.gateway, filepath.Join(dir, "cli-cache"), ctxDirs[l], out, &recs[pos])
-			}()
-		}
-		wg.Wait()
-		r.WaveMS = append(r.WaveMS, ms(time.Since(waveStart)))
-		if err := errors.Join(errs...); err != nil {
-			return nil, fmt.Errorf("%s, wave %d: %w", c.name, wave, err)
-		}
-		r.BuildList = append(r.BuildList, recs...)
-		logf("%s: wave %d/%d done in %.1fs", c.name, wave+1, len(w.order), r.WaveMS[wave]/1000)
+		r.submitted++
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			out := filepath.Join(r.dir, "builds", fmt.Sprintf("%s-%d", w.lineages[l], k))
+			errs[pos] = kilnBuild(ctx, o, r.farm.gateway, filepath.Join(r.dir, "cli-cache"), r.ctxDirs[l], out, &recs[pos])
+		}()
 	}
-	r.MakespanMS = ms(time.Since(start))
-	if err := r.addAssignments(f.scheduler.log()); err != nil {
+	wg.Wait()
+	took := ms(time.Since(start))
+	if err := errors.Join(errs...); err != nil {
+		return fmt.Errorf("%s, wave %d: %w", r.c.name, k, err)
+	}
+	r.res.WaveMS = append(r.res.WaveMS, took)
+	r.res.BuildList = append(r.res.BuildList, recs...)
+	logf("%s: wave %d/%d done in %.1fs", r.c.name, k+1, len(w.order), took/1000)
+	return nil
+}
+
+// finish totals what the run measured: its makespan is the sum of its
+// waves (each from its first submission to its last completion).
+func (r *farmRun) finish() (*result, error) {
+	res := r.res
+	for k, t := range res.WaveMS {
+		res.MakespanMS += t
+		if k > 0 {
+			res.RebuildsMS += t
+		}
+	}
+	if err := res.addAssignments(r.farm.scheduler.log()); err != nil {
 		return nil, err
 	}
-	r.summarize()
-	return r, nil
+	res.summarize()
+	return res, nil
+}
+
+// stop stops the run's farm and engines.
+func (r *farmRun) stop() error {
+	var errs []error
+	if r.farm != nil {
+		errs = append(errs, r.farm.stop())
+	}
+	return errors.Join(append(errs, stopEngines(r.engines))...)
 }
 
 // kilnBuild runs one `kiln build` and fills rec from its metadata file,

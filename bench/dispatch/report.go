@@ -57,7 +57,7 @@ var segments = []segment{
 		of: func(s *sample) (time.Duration, bool) {
 			return s.intake.Sub(s.created), !s.intake.IsZero() && !s.created.IsZero()
 		}},
-	{Name: "waiting for its agent", What: "kiln.requests → the pull that got it was sent: queued while every slot of the agent it went to was busy (delay scheduling holds it for its preferred agent)",
+	{Name: "waiting for its agent", What: "kiln.requests → the pull that got it was sent: queued while every slot of the agent it went to was busy (the router held it for its preferred agent: by its lineage's costs, or delay scheduling)",
 		of: func(s *sample) (time.Duration, bool) {
 			return max(s.pullSent.Sub(s.intake), 0), !s.pullSent.IsZero() && !s.intake.IsZero()
 		}},
@@ -104,7 +104,14 @@ type result struct {
 	Latency dist `json:"submit_to_assigned"`
 	// NoWait is the same minus the time each build waited for a slot on
 	// the agent it went to: the farm's own path, routing holds taken out.
-	NoWait       dist            `json:"submit_to_assigned_minus_wait_for_agent"`
+	NoWait dist `json:"submit_to_assigned_minus_wait_for_agent"`
+	// Gateway is the gateway's part of the total (submit → the intake
+	// message on kiln.requests: gRPC, validation, context check, record,
+	// QUEUED event), Scheduler the rest (the intake message → the agent's
+	// pull answered: JetStream delivery, record read, routing, CAS to
+	// ASSIGNED, reply), waiting for a slot included.
+	Gateway      dist            `json:"submit_to_intake_gateway"`
+	Scheduler    dist            `json:"intake_to_assigned_scheduler"`
 	StartBuild   dist            `json:"startbuild_round_trip"`
 	BeforeReturn float64         `json:"assigned_before_startbuild_returned_fraction"`
 	Segments     []segment       `json:"segments"`
@@ -153,7 +160,7 @@ func analyze(o options, samples []sample, pulls []pullSpan, wall, cpu time.Durat
 		RouteDelayMS: ms(o.routeDelay), Offered: len(samples), TargetP99MS: o.targetMS, GitLabPollMS: gitlabPollMS,
 		CPUBusy: cpu.Seconds() / wall.Seconds() / float64(cpus()),
 	}
-	var total, noWait, rt, lag, assign []float64
+	var total, noWait, rt, lag, assign, gw, sched []float64
 	byReason := map[string][]float64{}
 	var first, lastIntended, lastReturned, lastReceived time.Time
 	before := 0
@@ -188,6 +195,10 @@ func analyze(o options, samples []sample, pulls []pullSpan, wall, cpu time.Durat
 			noWait = append(noWait, d)
 		}
 		byReason[s.reason] = append(byReason[s.reason], d)
+		if !s.intake.IsZero() {
+			gw = append(gw, ms(s.intake.Sub(s.submitted)))
+			sched = append(sched, ms(s.received.Sub(s.intake)))
+		}
 		if s.received.Before(s.returned) {
 			before++
 		}
@@ -210,6 +221,7 @@ func analyze(o options, samples []sample, pulls []pullSpan, wall, cpu time.Durat
 		r.IdleElsewhere.Median, r.IdleElsewhere.Min = distOf(idle).P50, slices.Min(idle)
 	}
 	r.Latency, r.NoWait, r.StartBuild = distOf(total), distOf(noWait), distOf(rt)
+	r.Gateway, r.Scheduler = distOf(gw), distOf(sched)
 	r.GenLagP99MS = distOf(lag).P99
 	if r.Assigned > 0 {
 		r.BeforeReturn = float64(before) / float64(r.Assigned)
@@ -284,6 +296,8 @@ func report(o options, r result) error {
 	rows := []benchkit.Row{
 		row("**submit → agent has the build**", r.Latency, ""),
 		row("submit → agent, minus waiting for its agent", r.NoWait, ""),
+		row("gateway's part: submit → kiln.requests", r.Gateway, ""),
+		row("scheduler's part: kiln.requests → agent", r.Scheduler, ""),
 		row("StartBuild round trip (client)", r.StartBuild, ""),
 	}
 	for _, seg := range r.Segments {
@@ -309,6 +323,8 @@ func report(o options, r result) error {
 		"some task waited for a CPU %.0f%% of the time).\n",
 		r.Latency.P99, r.TargetP99MS, verdict, r.OfferedPerS, r.StartedPerS, r.AssignedPerS,
 		r.Offered, r.StartErrors, r.Unassigned, r.MaxInFlight, r.GenLagP99MS, 100*r.CPUBusy, r.CPUs, 100*r.CPUPressure)
+	fmt.Fprintf(&b, "The gateway's part (submit → kiln.requests) was p50 %.2f ms, p99 %.2f ms; the scheduler's (kiln.requests → agent) p50 %.2f ms, p99 %.2f ms.\n",
+		r.Gateway.P50, r.Gateway.P99, r.Scheduler.P50, r.Scheduler.P99)
 	fmt.Fprintf(&b, "The one dispatcher goroutine spent %.2f ms per build in dispatcher.assign (mean; p99 %.2f ms): %.0f%% of the period, "+
 		"a ceiling of ~%.0f assignments/s with nothing else to do.\n", r.Assign.Mean, r.Assign.P99, 100*r.AssignBusy, 1000/r.Assign.Mean)
 	fmt.Fprintf(&b, "Builds per agent: %.1f/s on average, %.1f–%.1f/s from the least to the busiest (%d slots, %s builds each); %d of %d agents got none.\n",
@@ -335,7 +351,7 @@ func report(o options, r result) error {
 			worst.Name, worst.TailMeanMS, worst.What)
 		switch worst.Name {
 		case "waiting for its agent":
-			fmt.Fprintf(&b, " The router held them for their busy preferred agent (delay scheduling, up to -route-delay %s) "+
+			fmt.Fprintf(&b, " The router held them for their busy preferred agent (waiting cheaper than a cache miss by their lineage's costs, or delay scheduling up to -route-delay %s) "+
 				"while other agents had %.0f free slots (median); -route-delay 1ms shows the latency without holds.", o.routeDelay, r.IdleElsewhere.Median)
 		case "scheduler":
 			fmt.Fprintf(&b, " The dispatcher is one goroutine; it spent %.0f%% of the period in dispatcher.assign.", 100*r.AssignBusy)

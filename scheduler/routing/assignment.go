@@ -28,8 +28,7 @@ type Assignment struct {
 type Decision struct {
 	// Assignments in the order they were made (fairness order).
 	Assignments []Assignment
-	// Wake is the earliest time at which a build held back by delay
-	// scheduling may spill (zero if none is held): when to route again if
-	// nothing else happens first.
+	// Wake is the earliest time at which a held build may spill (zero if
+	// none is held): when to route again if nothing else happens first.
 	Wake time.Time
 }

@@ -6,7 +6,8 @@ import "time"
 // weight 1, no caps, load factor 1.25.
 type Config struct {
 	// Delay is how long a build waits, from QueuedAt, for a busy preferred
-	// agent before it spills to another (default 2s; negative: never wait).
+	// agent before it spills to another, when its lineage's costs do not
+	// decide (default 2s; negative: never wait). See [Index.Decide].
 	Delay time.Duration
 	// TenantWeights weights the round-robin across tenants (absent or
 	// non-positive: 1).

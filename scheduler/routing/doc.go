@@ -15,11 +15,17 @@
 //     formula) through inverted indexes, so only agents holding something
 //     the build needs are ever touched.
 //   - Placement sends the build to the best-scoring agent with a free slot
-//     (Affinity). When every best-scoring agent is busy the build waits up to
-//     Config.Delay from QueuedAt before it spills to the best agent that is
-//     free (delay scheduling, Zaharia et al. 2010). A build no agent holds
-//     anything for is placed by consistent hashing with bounded loads on its
-//     lineage (Mirrokni et al. 2018), with the same delay before it spills.
+//     (Affinity). When every best-scoring agent is busy, the build waits for
+//     the one expected to free a slot first or spills to the best agent that
+//     is free (Spilled): by cost when its lineage's Warm and Cold run times
+//     and that agent's NextFree are known (spill once the expected wait
+//     exceeds what the cache miss costs, as in Quincy, Isard et al. 2009),
+//     after as long as the miss costs when only the costs are known (ski
+//     rental), else after Config.Delay from QueuedAt (delay scheduling,
+//     Zaharia et al. 2010). Spills take only the slots left once the builds that can
+//     run where their cache is have been placed. A build no agent holds
+//     anything for is placed at once by consistent hashing with bounded
+//     loads on its lineage (Mirrokni et al. 2018).
 //
 // [Route] and [NextWake] are the simple entry points. A scheduler that routes
 // often keeps an [Index] (the agents' cache summaries, label classes and hash

@@ -248,6 +248,16 @@ type decision struct {
 	running map[string]int
 	now     time.Time
 	out     Decision
+
+	// Spills wait for a second pass (see run): the builds that would spill
+	// in the first, in fairness order, with their classes.
+	spills   []spill
+	spilling bool // the second pass
+}
+
+type spill struct {
+	b *Build
+	c *class
 }
 
 // run is the fairness loop: it offers the free slots to tenants in weighted
@@ -256,6 +266,12 @@ type decision struct {
 // preferred agent, or no eligible agent free) is passed over for this
 // decision only; it stays queued, and the tenant's next build is tried.
 // Builds whose label class has no free slot left are not even looked at.
+//
+// Locality first: a build that would spill is set aside, and the builds that
+// can run where their cache is (or have no cache anywhere) take the free
+// slots first. The builds set aside are then placed again, in the order
+// they were met, on what is left: a spill never takes the slot of an agent
+// that a later build in the queue was waiting for.
 func (d *decision) run() {
 	sc := &d.x.sc
 	d.group()
@@ -287,6 +303,21 @@ func (d *decision) run() {
 			d.dropTenant()
 		} else {
 			d.tenantDown(0)
+		}
+	}
+	d.spilling = true
+	for _, sp := range d.spills {
+		if sc.totalFree == 0 {
+			break
+		}
+		t := sc.tenants[sp.b.Tenant]
+		if _, dup := sc.assigned[sp.b.ID]; dup || t.full() || sp.c.free <= 0 {
+			continue
+		}
+		if a, ok := d.place(sp.b, sp.c); ok {
+			sc.assigned[sp.b.ID] = struct{}{}
+			d.out.Assignments = append(d.out.Assignments, a)
+			t.count++
 		}
 	}
 }

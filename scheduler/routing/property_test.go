@@ -134,7 +134,8 @@ func checkInvariants(cfg Config, queue []Build, agents []Agent, running map[stri
 	// while an eligible agent is free, has cache history, waits for a busy
 	// best-scoring agent, and is within its delay — or past it only while
 	// its costs say a miss costs more than waiting, by the estimate of a
-	// best-scoring agent that has not overrun it by more than that cost.
+	// best-scoring agent that has not overrun it by more than that cost, or
+	// for no longer than the miss costs.
 	for id, b := range byID {
 		if assigned[id] || atCap(b.Tenant) {
 			continue
@@ -166,7 +167,8 @@ func checkInvariants(cfg Config, queue []Build, agents []Agent, running map[stri
 				trusted = true
 			}
 		}
-		if !now.Before(b.QueuedAt.Add(cfg.delay())) && !trusted {
+		skiRental := weighable(b) && now.Before(b.QueuedAt.Add(max(cfg.delay(), b.Cold-b.Warm)))
+		if !now.Before(b.QueuedAt.Add(cfg.delay())) && !trusted && !skiRental {
 			errs = append(errs, fmt.Errorf("%s: left queued after its delay while an eligible agent is free", id))
 		}
 	}

@@ -8,12 +8,13 @@ type Reason int
 const (
 	// Affinity: a best-scoring agent (most reusable layers) had a free slot.
 	Affinity Reason = iota + 1
-	// Spilled: the preferred agent (best-scoring, or the one the lineage
-	// hashes to) stayed busy for Config.Delay, so the build went to the best
-	// agent that was free.
+	// Spilled: every best-scoring agent was busy, and waiting was expected
+	// to cost more than the cache miss, or lasted as long as the miss costs
+	// (the lineage's costs known), or lasted Config.Delay (not known), so
+	// the build went to the best agent that was free.
 	Spilled
 	// Hashed: no eligible agent holds anything the build needs; consistent
-	// hashing with bounded loads on the lineage chose the agent.
+	// hashing with bounded loads on the lineage chose a free agent.
 	Hashed
 )
 

@@ -19,9 +19,9 @@ func Route(cfg Config, queue []Build, agents []Agent, running map[string]int, no
 	return NewIndex(agents).Decide(cfg, queue, running, now).Assignments
 }
 
-// NextWake returns the earliest time at which a build held back by delay
-// scheduling becomes eligible to spill (zero if none), so the caller can set
-// a timer instead of polling. Only builds that an agent with a free slot
+// NextWake returns the earliest time at which a held build may spill (its
+// delay ends, or its preferred agent overruns its NextFree by what a miss
+// costs; zero if none), so the caller can set a timer instead of polling. Only builds that an agent with a free slot
 // could take count: a build blocked for lack of free slots waits for the
 // next pull, not for a timer.
 func NextWake(cfg Config, queue []Build, agents []Agent, running map[string]int, now time.Time) time.Time {
@@ -30,8 +30,8 @@ func NextWake(cfg Config, queue []Build, agents []Agent, running map[string]int,
 
 // Decide is Route and NextWake in one pass over the indexed agents: the
 // assignments to make now and when to decide again. It reads the agents'
-// FreeSlots and Running as last given to [Index.Set] and does not change
-// them: the caller applies the assignments and calls Set.
+// FreeSlots, Running and NextFree as last given to [Index.Set] and does not
+// change them: the caller applies the assignments and calls Set.
 func (x *Index) Decide(cfg Config, queue []Build, running map[string]int, now time.Time) Decision {
 	if len(queue) == 0 || len(x.slot) == 0 {
 		return Decision{}
@@ -73,10 +73,10 @@ func (d *decision) better(a, b int32) bool {
 	return d.x.agents[a].Name < d.x.agents[b].Name
 }
 
-// spillable reports whether b has waited Delay for its preferred agent, and
+// spillable reports whether b has waited wait for its preferred agent, and
 // otherwise records when it will have.
-func (d *decision) spillable(b *Build) bool {
-	at := b.QueuedAt.Add(d.delay)
+func (d *decision) spillable(b *Build, wait time.Duration) bool {
+	at := b.QueuedAt.Add(wait)
 	if !d.now.Before(at) {
 		return true
 	}
@@ -145,11 +145,12 @@ func (d *decision) hold(b *Build, p int32, warm bool) (Assignment, bool) {
 
 // weigh compares, for b held for busy preferred slot p, waiting with
 // running now on a free agent (warm or not there). With b's Warm and Cold
-// known, miss is what running there costs over running on p with the cache.
-// When miss is zero spilling is never worse (weighed, spill). Otherwise,
-// when p's NextFree is known, wait is how long b is expected to wait for p,
-// and the comparison holds until trusted: once p has overrun its NextFree
-// by more than miss, the estimate is not trusted and weighed is false.
+// known, miss is what running there costs over running on p with the cache
+// (zero when not known). When miss is zero spilling is never worse
+// (weighed, spill). Otherwise, when p's NextFree is known, wait is how long
+// b is expected to wait for p, and the comparison holds until trusted: once
+// p has overrun its NextFree by more than miss, the estimate is not trusted
+// and weighed is false.
 func (d *decision) weigh(b *Build, p int32, warmThere bool) (wait, miss time.Duration, trusted time.Time, weighed bool) {
 	if b.Warm <= 0 || b.Cold <= 0 {
 		return 0, 0, time.Time{}, false
@@ -238,10 +239,20 @@ func (d *decision) place(b *Build, c *class) (Assignment, bool) {
 		// delay or not, for as long as p's estimate is trusted.
 		d.wakeAt(trusted)
 		return d.hold(b, p, warmOn(k))
-	case !d.spillable(b):
+	case !d.spillable(b, max(d.delay, miss)):
+		// Without a trusted estimate of the wait: delay scheduling, and
+		// when the miss's cost is known, ski rental — wait at most what the
+		// miss would cost.
 		return d.hold(b, p, warmOn(k))
 	default:
 		why = fmt.Sprintf("spilled after %s: preferred agent %q busy", d.waited(b), d.x.agents[p].Name)
+		if miss > d.delay {
+			why += fmt.Sprintf(" as long as a cache miss here costs (~%s)", roundTo(miss))
+		}
+	}
+	if !d.spilling { // placed again once the builds that need no spill are
+		d.spills = append(d.spills, spill{b, c})
+		return Assignment{}, false
 	}
 	why += fmt.Sprintf(" (cache score %d there, %d here)", best, score)
 	return d.assign(b, to, int(score), int(best), expected(b, warm), Spilled, why), true

@@ -197,16 +197,32 @@ func TestRoute(t *testing.T) {
 			wantWake: t0.Add(7 * time.Second), // a's estimate is trusted until it overruns by a miss's cost
 		},
 		{
-			name:   "history says wait: an estimate overrun by more than a miss is not trusted, the delay decides",
+			name:     "history says wait, estimate overrun by more than a miss: not trusted, held as long as a miss costs",
+			queue:    []Build{with(lin, func(b *Build) { b.Warm, b.Cold = time.Second, 4*time.Second })},
+			agents:   []Agent{nextFree(holds(busy("a"), chain("c", 6)), t0.Add(-time.Second)), free("b", 1)},
+			now:      t0.Add(2 * time.Second),
+			want:     []string{},
+			wantWake: t0.Add(3 * time.Second),
+		},
+		{
+			name:   "history says wait, estimate not trusted: spills once it waited as long as a miss costs",
 			queue:  []Build{with(lin, func(b *Build) { b.Warm, b.Cold = time.Second, 4*time.Second })},
 			agents: []Agent{nextFree(holds(busy("a"), chain("c", 6)), t0.Add(-time.Second)), free("b", 1)},
-			now:    t0.Add(2 * time.Second),
+			now:    t0.Add(3 * time.Second),
 			want:   []string{"b1→b spilled"},
 		},
 		{
-			name:     "history says wait, estimate not trusted, within the delay: held",
+			name:     "history says wait, wait not known (no NextFree): held as long as a miss costs",
 			queue:    []Build{with(lin, func(b *Build) { b.Warm, b.Cold = time.Second, 4*time.Second })},
-			agents:   []Agent{nextFree(holds(busy("a"), chain("c", 6)), t0.Add(-3*time.Second)), free("b", 1)},
+			agents:   []Agent{holds(busy("a"), chain("c", 6)), free("b", 1)},
+			now:      t0.Add(2 * time.Second),
+			want:     []string{},
+			wantWake: t0.Add(3 * time.Second),
+		},
+		{
+			name:     "a miss cheaper than the delay: the delay decides",
+			queue:    []Build{with(lin, func(b *Build) { b.Warm, b.Cold = time.Second, 2500*time.Millisecond })},
+			agents:   []Agent{holds(busy("a"), chain("c", 6)), free("b", 1)},
 			now:      t0.Add(time.Second),
 			want:     []string{},
 			wantWake: t0.Add(2 * time.Second),
@@ -250,6 +266,26 @@ func TestRoute(t *testing.T) {
 			now:      t0,
 			want:     []string{"b2→b spilled"}, // b1 waits 2s, b2 3.5s; a miss costs 2.5s
 			wantWake: t0.Add(4500 * time.Millisecond),
+		},
+		{
+			name: "locality first: a spill does not take the slot a younger build's cache is on",
+			queue: []Build{
+				with(lin, func(b *Build) { b.ID, b.QueuedAt = "old", t0.Add(-time.Minute) }),
+				{ID: "young", Tenant: "t", Lineage: "M", Chain: chain("m", 3), QueuedAt: t0},
+			},
+			agents: []Agent{holds(busy("a"), chain("c", 6)), holds(free("b", 1), chain("m", 3))},
+			now:    t0,
+			want:   []string{"young→b affinity"},
+		},
+		{
+			name: "locality first: what is left is spilled onto",
+			queue: []Build{
+				with(lin, func(b *Build) { b.ID, b.QueuedAt = "old", t0.Add(-time.Minute) }),
+				{ID: "young", Tenant: "t", Lineage: "M", Chain: chain("m", 3), QueuedAt: t0},
+			},
+			agents: []Agent{holds(busy("a"), chain("c", 6)), holds(free("b", 1), chain("m", 3)), free("c", 1)},
+			now:    t0,
+			want:   []string{"young→b affinity", "old→c spilled"},
 		},
 		{
 			name:  "several busy preferred agents: the one expected to free first decides",
@@ -400,6 +436,14 @@ func TestExplanation(t *testing.T) {
 			now:  t0.Add(40 * time.Millisecond),
 			want: `spilled after 40ms: preferred agent "a" busy for ~3.1s more, a cache miss here costs ~2.5s (cache score 6 there, 0 here)`,
 			best: 6,
+		},
+		{
+			name:   "spilled after waiting as long as a miss costs",
+			build:  func(b *Build) { b.Warm, b.Cold = time.Second, 4*time.Second },
+			agents: []Agent{full, {Name: "b", FreeSlots: 1}},
+			now:    t0.Add(3 * time.Second),
+			want:   `spilled after 3s: preferred agent "a" busy as long as a cache miss here costs (~3s) (cache score 6 there, 0 here)`,
+			best:   6,
 		},
 		{
 			name:   "spilled early: no miss",
