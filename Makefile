@@ -48,6 +48,7 @@ bench: dev-env build ## run the benchmarks in bench/ (tables and JSON in bench/r
 	$(GO) run ./bench/routingsim
 	$(GO) run ./bench/affinity
 	$(GO) run ./bench/dispatch
+	$(GO) run ./bench/tracing
 
 .PHONY: lint
 lint: $(TOOLS)/buf ## gofmt, go vet and buf lint
