@@ -82,15 +82,11 @@ func (d *Docker) Build(ctx context.Context, contextTar io.Reader, o BuildOptions
 	if r == nil {
 		r = nopReporter{}
 	}
-	args := make(map[string]*string, len(o.BuildArgs))
-	for k, v := range o.BuildArgs {
-		args[k] = &v
-	}
 	resp, err := d.c.ImageBuild(ctx, contextTar, build.ImageBuildOptions{
 		Version:     build.BuilderV1,
 		Dockerfile:  o.Dockerfile,
 		Tags:        o.Tags,
-		BuildArgs:   args,
+		BuildArgs:   buildArgs(o.BuildArgs),
 		Target:      o.Target,
 		Labels:      o.Labels,
 		NoCache:     o.NoCache,
@@ -99,13 +95,7 @@ func (d *Docker) Build(ctx context.Context, contextTar io.Reader, o BuildOptions
 		ForceRemove: true,
 	})
 	if err != nil {
-		if ctx.Err() != nil {
-			return Result{}, fmt.Errorf("build: %w", ctx.Err())
-		}
-		if rejectedDockerfile(err) {
-			return Result{}, &BuildError{Message: strings.TrimPrefix(err.Error(), "Error response from daemon: ")}
-		}
-		return Result{}, fmt.Errorf("build on %s: %w", d.host, err)
+		return Result{}, d.requestError(ctx, err)
 	}
 	defer resp.Body.Close()
 
@@ -154,6 +144,27 @@ func (d *Docker) Build(ctx context.Context, contextTar io.Reader, o BuildOptions
 		return Result{}, fmt.Errorf("build on %s: the engine's progress ended at step %d/%d without an image ID", d.host, p.step, p.total)
 	}
 	return Result{ImageID: p.imageID, Steps: p.steps, CachedSteps: p.cachedSteps}, nil
+}
+
+// buildArgs is --build-arg as the Engine API takes it.
+func buildArgs(in map[string]string) map[string]*string {
+	args := make(map[string]*string, len(in))
+	for k, v := range in {
+		args[k] = &v
+	}
+	return args
+}
+
+// requestError says why POST /build was refused: the build was cancelled,
+// the engine rejected its Dockerfile (a *BuildError), or the engine failed.
+func (d *Docker) requestError(ctx context.Context, err error) error {
+	if ctx.Err() != nil {
+		return fmt.Errorf("build: %w", ctx.Err())
+	}
+	if rejectedDockerfile(err) {
+		return &BuildError{Message: strings.TrimPrefix(err.Error(), "Error response from daemon: ")}
+	}
+	return fmt.Errorf("build on %s: %w", d.host, err)
 }
 
 // rejectedDockerfile reports whether the engine refused to start a build

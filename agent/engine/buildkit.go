@@ -144,10 +144,6 @@ func (d *Docker) BuildKit(ctx context.Context, o BuildKitOptions, r Reporter) (B
 	}()
 
 	buildID := newBuildID()
-	args := make(map[string]*string, len(o.BuildArgs))
-	for k, v := range o.BuildArgs {
-		args[k] = &v
-	}
 	resp, err := d.c.ImageBuild(ctx, nil, build.ImageBuildOptions{
 		Version:       build.BuilderBuildKit,
 		SessionID:     s.ID(),
@@ -155,20 +151,14 @@ func (d *Docker) BuildKit(ctx context.Context, o BuildKitOptions, r Reporter) (B
 		RemoteContext: "client-session",
 		Dockerfile:    path.Base(dockerfile),
 		Tags:          o.Tags,
-		BuildArgs:     args,
+		BuildArgs:     buildArgs(o.BuildArgs),
 		Target:        o.Target,
 		Labels:        o.Labels,
 		NoCache:       o.NoCache,
 		PullParent:    o.Pull,
 	})
 	if err != nil {
-		if ctx.Err() != nil {
-			return BuildKitResult{}, fmt.Errorf("build: %w", ctx.Err())
-		}
-		if rejectedDockerfile(err) {
-			return BuildKitResult{}, &BuildError{Message: strings.TrimPrefix(err.Error(), "Error response from daemon: ")}
-		}
-		return BuildKitResult{}, fmt.Errorf("build on %s: %w", d.host, err)
+		return BuildKitResult{}, d.requestError(ctx, err)
 	}
 	defer resp.Body.Close()
 

@@ -63,18 +63,9 @@ func run(runs int, binDir, base, out string) error {
 		return err
 	}
 	defer os.RemoveAll(tmp)
-	ctxDir := filepath.Join(tmp, "context")
-	if err := os.MkdirAll(ctxDir, 0o755); err != nil {
+	ctxDir, err := benchkit.WarmContext(tmp, base, ", traced or not")
+	if err != nil {
 		return err
-	}
-	files := map[string]string{
-		"Dockerfile": "FROM " + base + "\nRUN echo warm > /warm\nCOPY app.txt /app/app.txt\nENV MODE=bench\nCMD [\"cat\", \"/app/app.txt\"]\n",
-		"app.txt":    "a tiny build context, traced or not\n",
-	}
-	for name, body := range files {
-		if err := os.WriteFile(filepath.Join(ctxDir, name), []byte(body), 0o644); err != nil {
-			return err
-		}
 	}
 	recv, err := startReceiver()
 	if err != nil {

@@ -153,3 +153,23 @@ func DockerBuild(tag, ctxDir string) *exec.Cmd {
 	c.Env = append(os.Environ(), "DOCKER_BUILDKIT=0")
 	return c
 }
+
+// WarmContext writes the small context the warm-rebuild benchmarks build
+// into dir/context and returns that directory: a cached RUN, a COPY and
+// config-only instructions, so a rebuild is all cache hits.
+func WarmContext(dir, base, note string) (string, error) {
+	ctxDir := filepath.Join(dir, "context")
+	if err := os.MkdirAll(ctxDir, 0o755); err != nil {
+		return "", err
+	}
+	files := map[string]string{
+		"Dockerfile": "FROM " + base + "\nRUN echo warm > /warm\nCOPY app.txt /app/app.txt\nENV MODE=bench\nCMD [\"cat\", \"/app/app.txt\"]\n",
+		"app.txt":    "a tiny build context" + note + "\n",
+	}
+	for name, body := range files {
+		if err := os.WriteFile(filepath.Join(ctxDir, name), []byte(body), 0o644); err != nil {
+			return "", err
+		}
+	}
+	return ctxDir, nil
+}
