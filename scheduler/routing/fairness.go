@@ -251,8 +251,9 @@ type decision struct {
 
 	// Spills wait for a second pass (see run): the builds that would spill
 	// in the first, in fairness order, with their classes.
-	spills   []spill
-	spilling bool // the second pass
+	spills    []spill
+	spilling  bool // past the first pass
+	lookahead int  // builds the first pass may still look at past a spill set aside
 }
 
 type spill struct {
@@ -267,18 +268,63 @@ type spill struct {
 // decision only; it stays queued, and the tenant's next build is tried.
 // Builds whose label class has no free slot left are not even looked at.
 //
-// Locality first: a build that would spill is set aside, and the builds that
-// can run where their cache is (or have no cache anywhere) take the free
-// slots first. The builds set aside are then placed again, in the order
-// they were met, on what is left: a spill never takes the slot of an agent
-// that a later build in the queue was waiting for.
+// Locality first: a build that would spill is set aside for a while, so the
+// builds just behind it that can run where their cache is take the free
+// slots first, and a spill does not take the slot of an agent that a later
+// build was waiting for. The builds set aside are placed again, in the
+// order they were met, on what is left, and the loop goes on from there.
+// Setting aside is bounded twice: the loop looks at most lookahead builds
+// past the first one set aside (so a decision costs about what it did
+// without), and a build that has waited twice as long as it had to before
+// spilling is not set aside at all (so none starves behind younger ones).
 func (d *decision) run() {
 	sc := &d.x.sc
 	d.group()
+	d.lookahead = lookaheadPerSlot*int(sc.totalFree) + lookaheadMin
+	d.fair()
+	d.spilling = true
+	for _, sp := range d.spills {
+		if sc.totalFree == 0 {
+			break
+		}
+		t := sc.tenants[sp.b.Tenant]
+		if _, dup := sc.assigned[sp.b.ID]; dup || t.full() || sp.c.free <= 0 {
+			continue
+		}
+		if a, ok := d.place(sp.b, sp.c); ok {
+			sc.assigned[sp.b.ID] = struct{}{}
+			d.out.Assignments = append(d.out.Assignments, a)
+			t.count++
+		}
+	}
+	// Tenants at their cap now are skipped as their turn comes.
+	d.fair()
+}
+
+// How far the first pass looks past a build set aside (see run).
+const (
+	lookaheadPerSlot = 2
+	lookaheadMin     = 16
+)
+
+// fair runs the weighted round-robin over the tenants until the free slots
+// or the routable builds run out or, in the first pass, the look-ahead.
+func (d *decision) fair() {
+	sc := &d.x.sc
 	for len(sc.active) > 0 && sc.totalFree > 0 {
 		t := sc.active[0]
+		if t.full() {
+			d.dropTenant()
+			continue
+		}
 		placed := false
 		for sc.totalFree > 0 {
+			if !d.spilling && len(d.spills) > 0 {
+				if d.lookahead <= 0 {
+					return
+				}
+				d.lookahead--
+			}
 			i, c := d.next(t)
 			if i < 0 {
 				break
@@ -295,6 +341,9 @@ func (d *decision) run() {
 			}
 		}
 		if !placed {
+			if !d.spilling && len(d.spills) > 0 && d.lookahead <= 0 {
+				return // the tenant may have builds left for the last pass
+			}
 			d.dropTenant()
 			continue
 		}
@@ -303,21 +352,6 @@ func (d *decision) run() {
 			d.dropTenant()
 		} else {
 			d.tenantDown(0)
-		}
-	}
-	d.spilling = true
-	for _, sp := range d.spills {
-		if sc.totalFree == 0 {
-			break
-		}
-		t := sc.tenants[sp.b.Tenant]
-		if _, dup := sc.assigned[sp.b.ID]; dup || t.full() || sp.c.free <= 0 {
-			continue
-		}
-		if a, ok := d.place(sp.b, sp.c); ok {
-			sc.assigned[sp.b.ID] = struct{}{}
-			d.out.Assignments = append(d.out.Assignments, a)
-			t.count++
 		}
 	}
 }

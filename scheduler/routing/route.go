@@ -225,7 +225,8 @@ func (d *decision) place(b *Build, c *class) (Assignment, bool) {
 	k := &cands[pref]
 	p, warm := k.slot, warmOn(there)
 	why := ""
-	switch wait, miss, trusted, weighed := d.weigh(b, p, warm); {
+	wait, miss, trusted, weighed := d.weigh(b, p, warm)
+	switch {
 	case weighed && (miss == 0 || wait > miss):
 		// Quincy-style: waiting is expected to cost more than the miss.
 		why = fmt.Sprintf("spilled after %s: preferred agent %q busy", d.waited(b), d.x.agents[p].Name)
@@ -250,7 +251,8 @@ func (d *decision) place(b *Build, c *class) (Assignment, bool) {
 			why += fmt.Sprintf(" as long as a cache miss here costs (~%s)", roundTo(miss))
 		}
 	}
-	if !d.spilling { // placed again once the builds that need no spill are
+	if !d.spilling && d.now.Before(b.QueuedAt.Add(2*max(d.delay, miss))) {
+		// Placed again once the builds behind it that need no spill are.
 		d.spills = append(d.spills, spill{b, c})
 		return Assignment{}, false
 	}

@@ -270,7 +270,7 @@ func TestRoute(t *testing.T) {
 		{
 			name: "locality first: a spill does not take the slot a younger build's cache is on",
 			queue: []Build{
-				with(lin, func(b *Build) { b.ID, b.QueuedAt = "old", t0.Add(-time.Minute) }),
+				with(lin, func(b *Build) { b.ID, b.QueuedAt = "old", t0.Add(-3*time.Second) }),
 				{ID: "young", Tenant: "t", Lineage: "M", Chain: chain("m", 3), QueuedAt: t0},
 			},
 			agents: []Agent{holds(busy("a"), chain("c", 6)), holds(free("b", 1), chain("m", 3))},
@@ -280,12 +280,35 @@ func TestRoute(t *testing.T) {
 		{
 			name: "locality first: what is left is spilled onto",
 			queue: []Build{
-				with(lin, func(b *Build) { b.ID, b.QueuedAt = "old", t0.Add(-time.Minute) }),
+				with(lin, func(b *Build) { b.ID, b.QueuedAt = "old", t0.Add(-3*time.Second) }),
 				{ID: "young", Tenant: "t", Lineage: "M", Chain: chain("m", 3), QueuedAt: t0},
 			},
 			agents: []Agent{holds(busy("a"), chain("c", 6)), holds(free("b", 1), chain("m", 3)), free("c", 1)},
 			now:    t0,
 			want:   []string{"young→b affinity", "old→c spilled"},
+		},
+		{
+			name: "locality first, but not for a build that waited twice its delay",
+			queue: []Build{
+				with(lin, func(b *Build) { b.ID, b.QueuedAt = "old", t0.Add(-4*time.Second) }),
+				{ID: "young", Tenant: "t", Lineage: "M", Chain: chain("m", 3), QueuedAt: t0},
+			},
+			agents: []Agent{holds(busy("a"), chain("c", 6)), holds(free("b", 1), chain("m", 3))},
+			now:    t0,
+			want:   []string{"old→b spilled"},
+		},
+		{
+			name: "locality first looks only so far past a build set aside",
+			queue: func() []Build {
+				q := []Build{with(lin, func(b *Build) { b.ID, b.QueuedAt = "old", t0.Add(-3*time.Second) })}
+				for i := range lookaheadPerSlot + lookaheadMin { // held for busy a
+					q = append(q, with(lin, func(b *Build) { b.ID, b.QueuedAt = fmt.Sprintf("mid%02d", i), t0.Add(time.Duration(i)) }))
+				}
+				return append(q, Build{ID: "young", Tenant: "t", Lineage: "M", Chain: chain("m", 3), QueuedAt: t0.Add(time.Second)})
+			}(),
+			agents: []Agent{holds(busy("a"), chain("c", 6)), holds(free("b", 1), chain("m", 3))},
+			now:    t0.Add(time.Second),
+			want:   []string{"old→b spilled"}, // young was not looked at
 		},
 		{
 			name:  "several busy preferred agents: the one expected to free first decides",
