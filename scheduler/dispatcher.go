@@ -503,25 +503,13 @@ func (d *dispatcher) watchAgents(ctx context.Context) error {
 	if err != nil {
 		return fmt.Errorf("watch agents: %w", err)
 	}
-	defer w.Stop()
-	for {
-		select {
-		case <-ctx.Done():
-			return ctx.Err()
-		case e, ok := <-w.Updates():
-			if !ok {
-				return errors.New("agent watch ended")
-			}
-			if e == nil || e.Operation() != jetstream.KeyValuePut {
-				continue // nil marks the end of the initial values; deletes age out by last_seen
-			}
-			a := &kilnv1.Agent{}
-			if err := bus.Decode(e.Value(), a); err != nil {
-				continue
-			}
+	// Deleted agents age out by last_seen.
+	return eachPut(ctx, w, "agent", func(e jetstream.KeyValueEntry) {
+		a := &kilnv1.Agent{}
+		if err := bus.Decode(e.Value(), a); err == nil {
 			d.send(ctx, event{agent: a})
 		}
-	}
+	})
 }
 
 // onPull turns a WorkOffer message into a pull event.

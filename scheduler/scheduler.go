@@ -306,6 +306,32 @@ func (s *Scheduler) watchBuilds(ctx context.Context) error {
 	if err != nil {
 		return fmt.Errorf("watch builds: %w", err)
 	}
+	return eachPut(ctx, w, "build", func(e jetstream.KeyValueEntry) {
+		s.mu.Lock()
+		_, tracked := s.leased[e.Key()]
+		s.mu.Unlock()
+		if !tracked {
+			return
+		}
+		b := &kilnv1.Build{}
+		if err := bus.Decode(e.Value(), b); err != nil {
+			return
+		}
+		switch {
+		case leased(b.State):
+			s.renewed(b.Id, b.LeaseExpiresAt)
+		case buildstore.Terminal(b.State):
+			s.untrack(ctx, b.Id, b)
+		default: // handed back: the intake queues it again
+			s.untrack(ctx, b.Id, nil)
+		}
+	})
+}
+
+// eachPut calls fn with every value a KV watcher reports put, until ctx
+// ends or the watch does; the nil entry that marks the end of a watch's
+// initial values and deletes are skipped. It stops w.
+func eachPut(ctx context.Context, w jetstream.KeyWatcher, what string, fn func(jetstream.KeyValueEntry)) error {
 	defer w.Stop()
 	for {
 		select {
@@ -313,28 +339,10 @@ func (s *Scheduler) watchBuilds(ctx context.Context) error {
 			return ctx.Err()
 		case e, ok := <-w.Updates():
 			if !ok {
-				return errors.New("build watch ended")
+				return fmt.Errorf("%s watch ended", what)
 			}
-			if e == nil || e.Operation() != jetstream.KeyValuePut {
-				continue
-			}
-			s.mu.Lock()
-			_, tracked := s.leased[e.Key()]
-			s.mu.Unlock()
-			if !tracked {
-				continue
-			}
-			b := &kilnv1.Build{}
-			if err := bus.Decode(e.Value(), b); err != nil {
-				continue
-			}
-			switch {
-			case leased(b.State):
-				s.renewed(b.Id, b.LeaseExpiresAt)
-			case buildstore.Terminal(b.State):
-				s.untrack(ctx, b.Id, b)
-			default: // handed back: the intake queues it again
-				s.untrack(ctx, b.Id, nil)
+			if e != nil && e.Operation() == jetstream.KeyValuePut {
+				fn(e)
 			}
 		}
 	}
