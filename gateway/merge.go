@@ -35,31 +35,35 @@ func inflightKey(tenant string, spec *kilnv1.BuildSpec, ref *kilnv1.ContextRef) 
 // build already in flight so the caller watches it instead of queuing a
 // twin. release undoes the claim if the new build is not created.
 func (g *Gateway) joinInflight(ctx context.Context, key, id string) (existing *kilnv1.Build, release func(), err error) {
+	release = func() { _ = g.inflight.Delete(context.WithoutCancel(ctx), key) }
 	for {
+		// Claim first: a new build (the common case) costs one round trip.
+		_, err := g.inflight.Create(ctx, key, []byte(id))
+		if err == nil {
+			return nil, release, nil
+		}
+		if !errors.Is(err, jetstream.ErrKeyExists) {
+			return nil, nil, fmt.Errorf("claim in-flight key: %w", err)
+		}
 		e, err := g.inflight.Get(ctx, key)
 		switch {
 		case bus.IsNotFound(err):
-			if _, err := g.inflight.Create(ctx, key, []byte(id)); errors.Is(err, jetstream.ErrKeyExists) {
-				continue // raced with an identical request: look again
-			} else if err != nil {
-				return nil, nil, fmt.Errorf("claim in-flight key: %w", err)
-			}
+			continue // released since: claim again
 		case err != nil:
 			return nil, nil, fmt.Errorf("read in-flight key: %w", err)
-		default:
-			b, gerr := g.awaitRecord(ctx, string(e.Value()))
-			if gerr == nil && !buildstore.Terminal(b.State) {
-				return b, nil, nil
-			}
-			if gerr != nil && !errors.Is(gerr, buildstore.ErrNotFound) {
-				return nil, nil, gerr
-			}
-			// The build it named is over: this request starts a new one.
-			if _, err := g.inflight.Update(ctx, key, []byte(id), e.Revision()); err != nil {
-				continue
-			}
 		}
-		return nil, func() { _ = g.inflight.Delete(context.WithoutCancel(ctx), key) }, nil
+		b, gerr := g.awaitRecord(ctx, string(e.Value()))
+		if gerr == nil && !buildstore.Terminal(b.State) {
+			return b, nil, nil
+		}
+		if gerr != nil && !errors.Is(gerr, buildstore.ErrNotFound) {
+			return nil, nil, gerr
+		}
+		// The build it named is over: this request starts a new one.
+		if _, err := g.inflight.Update(ctx, key, []byte(id), e.Revision()); err != nil {
+			continue
+		}
+		return nil, release, nil
 	}
 }
 
