@@ -10,7 +10,6 @@ import (
 	"log/slog"
 	"net"
 	"strings"
-	"sync"
 	"testing"
 
 	"github.com/nats-io/nats.go"
@@ -23,6 +22,7 @@ import (
 	"github.com/kilnbuild/kiln/services/bus"
 	"github.com/kilnbuild/kiln/services/bus/bustest"
 	"github.com/kilnbuild/kiln/services/cas"
+	"github.com/kilnbuild/kiln/services/logging/logtest"
 	"github.com/kilnbuild/kiln/services/sealed"
 )
 
@@ -31,25 +31,8 @@ import (
 type testGateway struct {
 	client kilnv1.BuildServiceClient
 	conn   *bus.Conn
-	logs   *lockedBuffer
+	logs   *logtest.Buffer
 	ref    *kilnv1.ContextRef
-}
-
-type lockedBuffer struct {
-	mu  sync.Mutex
-	buf bytes.Buffer
-}
-
-func (b *lockedBuffer) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.Write(p)
-}
-
-func (b *lockedBuffer) String() string {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.String()
 }
 
 // startGateway starts a gateway whose farm has the secrets public key key
@@ -58,7 +41,7 @@ func startGateway(t *testing.T, key *sealed.PublicKey) *testGateway {
 	t.Helper()
 	ctx := t.Context()
 	conn := bustest.Conn(t)
-	logs := &lockedBuffer{}
+	logs := &logtest.Buffer{}
 	g, err := New(ctx, Config{Conn: conn, Logger: slog.New(slog.NewJSONHandler(logs, &slog.HandlerOptions{Level: slog.LevelDebug})), SecretsKey: key})
 	if err != nil {
 		t.Fatal(err)

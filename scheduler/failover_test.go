@@ -1,7 +1,6 @@
 package scheduler
 
 import (
-	"bytes"
 	"context"
 	"fmt"
 	"log/slog"
@@ -23,6 +22,7 @@ import (
 	"github.com/kilnbuild/kiln/services/buildstore"
 	"github.com/kilnbuild/kiln/services/bus"
 	"github.com/kilnbuild/kiln/services/bus/bustest"
+	"github.com/kilnbuild/kiln/services/logging/logtest"
 )
 
 // The failover test runs schedulers as separate processes: the test binary
@@ -66,30 +66,13 @@ func runChildScheduler(url string) int {
 // schedulerProc is one scheduler process of the failover test.
 type schedulerProc struct {
 	cmd    *exec.Cmd
-	out    *lockedBuffer
+	out    *logtest.Buffer
 	exited chan struct{}
-}
-
-type lockedBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (l *lockedBuffer) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.Write(p)
-}
-
-func (l *lockedBuffer) String() string {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.String()
 }
 
 func startSchedulerProc(t *testing.T, url string) *schedulerProc {
 	t.Helper()
-	p := &schedulerProc{out: &lockedBuffer{}, exited: make(chan struct{})}
+	p := &schedulerProc{out: &logtest.Buffer{}, exited: make(chan struct{})}
 	p.cmd = exec.Command(os.Args[0], "-test.run=^$")
 	p.cmd.Env = append(os.Environ(), failoverChildEnv+"="+url)
 	p.cmd.Stdout, p.cmd.Stderr = p.out, p.out

@@ -2,7 +2,6 @@ package tests
 
 import (
 	"bufio"
-	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
@@ -31,6 +30,7 @@ import (
 	kilnv1 "github.com/kilnbuild/kiln/proto/gen/go/kiln/v1"
 	"github.com/kilnbuild/kiln/services/buildstore"
 	"github.com/kilnbuild/kiln/services/bus"
+	"github.com/kilnbuild/kiln/services/logging/logtest"
 )
 
 // This file is the fault tests' harness: a farm of separate kiln processes
@@ -38,30 +38,11 @@ import (
 // in-process NATS server that the test can restart, processes the test can
 // kill, stop and restart, and watchers of a build's events.
 
-// lockedBuffer collects a process's output; the test reads it while the
-// process writes.
-type lockedBuffer struct {
-	mu  sync.Mutex
-	buf bytes.Buffer
-}
-
-func (b *lockedBuffer) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.Write(p)
-}
-
-func (b *lockedBuffer) String() string {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.String()
-}
-
 // faultProc is one kiln binary a fault test runs and may signal.
 type faultProc struct {
 	name   string
 	cmd    *exec.Cmd
-	logs   *lockedBuffer
+	logs   *logtest.Buffer
 	exited chan struct{}
 	addrs  map[string]string
 }
@@ -71,7 +52,7 @@ type faultProc struct {
 func startFaultProc(t *testing.T, name, bin string, args ...string) *faultProc {
 	t.Helper()
 	ready := filepath.Join(t.TempDir(), "ready.json")
-	p := &faultProc{name: name, logs: &lockedBuffer{}, exited: make(chan struct{})}
+	p := &faultProc{name: name, logs: &logtest.Buffer{}, exited: make(chan struct{})}
 	p.cmd = exec.Command(bin, append(args, "--ready-file", ready)...)
 	p.cmd.Stdout, p.cmd.Stderr = p.logs, p.logs
 	if err := p.cmd.Start(); err != nil {
