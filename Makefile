@@ -48,6 +48,7 @@ bench: dev-env build ## run the benchmarks in bench/ (tables and JSON in bench/r
 	$(GO) run ./bench/routingsim
 	$(GO) run ./bench/affinity
 	$(GO) run ./bench/dispatch
+	$(GO) run ./bench/dispatch -fresh-contexts -out bench/results/dispatch-fresh.json
 	$(GO) run ./bench/tracing
 
 .PHONY: lint

@@ -94,7 +94,7 @@ func runAssigned(t *testing.T, a *Agent, spec *kilnv1.BuildSpec, ref *kilnv1.Con
 		Id: buildstore.NewID(time.Now()), Spec: spec, Context: ref,
 		State: kilnv1.BuildState_BUILD_STATE_ASSIGNED, Attempt: 1, Agent: a.cfg.Name,
 	}
-	if err := a.builds.Create(t.Context(), b); err != nil {
+	if _, err := a.builds.Create(t.Context(), b); err != nil {
 		t.Fatal(err)
 	}
 	a.runBuild(t.Context(), b)

@@ -92,8 +92,9 @@ func (g *Gateway) StartBuild(ctx context.Context, req *kilnv1.StartBuildRequest)
 			return &kilnv1.StartBuildResponse{Build: forClient(twin)}, nil
 		}
 	}
+	var rev uint64
 	if err == nil {
-		err = g.builds.Create(ctx, b)
+		rev, err = g.builds.Create(ctx, b)
 		if err != nil {
 			release()
 		}
@@ -104,22 +105,8 @@ func (g *Gateway) StartBuild(ctx context.Context, req *kilnv1.StartBuildRequest)
 		}
 		return nil, err
 	}
-	if err := bus.PublishEvent(ctx, g.conn.JS, &kilnv1.BuildEvent{
-		BuildId: b.Id,
-		Event:   &kilnv1.BuildEvent_State{State: &kilnv1.StateChanged{State: b.State}},
-	}); err != nil {
+	if err := g.handOver(ctx, b, rev); err != nil {
 		return nil, err
-	}
-	msg, err := bus.NewMsg(bus.SubjectRequests, &kilnv1.BuildRequested{BuildId: b.Id})
-	if err != nil {
-		return nil, err
-	}
-	msg.Header.Set(nats.MsgIdHdr, b.Id)
-	telemetry.InjectNATS(ctx, msg.Header)
-	if _, err := g.conn.JS.PublishMsg(ctx, msg); err != nil {
-		// The record is QUEUED in KV; a scheduler finds it when it next
-		// rebuilds its queue, so the build is not lost.
-		g.log.WarnContext(ctx, "intake publish failed; scheduler will recover the build from KV", "build_id", b.Id, "err", err)
 	}
 	logArgs := []any{"build_id", b.Id, "tenant", tenant, "tags", spec.Tags}
 	if ids := secretIDs(spec); ids != nil {
@@ -130,13 +117,82 @@ func (g *Gateway) StartBuild(ctx context.Context, req *kilnv1.StartBuildRequest)
 	return &kilnv1.StartBuildResponse{Build: forClient(b)}, nil
 }
 
+// handOver appends the QUEUED event to the build's log and hands the build
+// to the scheduler on kiln.requests, in one round trip rather than two: the
+// event is published without waiting for its ack, then the intake message.
+// Both leave on this one connection in that order, so the event reaches
+// its stream before the scheduler can see the intake message, and so before
+// the scheduler's ASSIGNED event: the log stays QUEUED, ASSIGNED, ….
+//
+// The intake message carries the record and its revision (rev), which
+// saves the scheduler reading it back.
+func (g *Gateway) handOver(ctx context.Context, b *kilnv1.Build, rev uint64) error {
+	ev, err := bus.EventMsg(&kilnv1.BuildEvent{
+		BuildId: b.Id,
+		Event:   &kilnv1.BuildEvent_State{State: &kilnv1.StateChanged{State: b.State}},
+	})
+	if err != nil {
+		return err
+	}
+	queued, err := g.conn.JS.PublishMsgAsync(ev)
+	if err != nil {
+		return fmt.Errorf("publish event for build %s: %w", b.Id, err)
+	}
+	msg, err := bus.NewMsg(bus.SubjectRequests, &kilnv1.BuildRequested{BuildId: b.Id, Build: b, Revision: rev})
+	if err != nil {
+		return err
+	}
+	msg.Header.Set(nats.MsgIdHdr, b.Id)
+	telemetry.InjectNATS(ctx, msg.Header)
+	if _, err := g.conn.JS.PublishMsg(ctx, msg); err != nil {
+		// The record is QUEUED in KV; a scheduler finds it when it next
+		// rebuilds its queue, so the build is not lost.
+		g.log.WarnContext(ctx, "intake publish failed; scheduler will recover the build from KV", "build_id", b.Id, "err", err)
+	}
+	select {
+	case <-queued.Ok():
+		return nil
+	case err := <-queued.Err():
+		return fmt.Errorf("publish event for build %s: %w", b.Id, err)
+	case <-ctx.Done():
+		return fmt.Errorf("publish event for build %s: %w", b.Id, ctx.Err())
+	}
+}
+
 // maxDockerfileBytes bounds the Dockerfile read for routing.
 const maxDockerfileBytes = 1 << 20
 
 // checkContext makes sure the context was uploaded in full and holds the
 // Dockerfile, so a build that cannot start is refused instead of queued. It
 // returns the Dockerfile's content (nil for a symlinked one) for routing.
+//
+// Blobs are immutable and never deleted, so a context found complete stays
+// complete: the answer is remembered per (context, Dockerfile path) and a
+// context built again skips the check's NATS round trips.
 func (g *Gateway) checkContext(ctx context.Context, ref *kilnv1.ContextRef, dockerfile string) ([]byte, error) {
+	key := checkedKey{ref.Digest.Hash, ref.Digest.SizeBytes, ref.Format, dockerfile}
+	if c, ok := g.checked.Get(key); ok {
+		return c, nil
+	}
+	content, err := g.checkContextUncached(ctx, ref, dockerfile)
+	if err == nil {
+		g.checked.AddCost(key, content, int64(len(content))+256)
+	}
+	return content, err
+}
+
+// checkedKey names one successful context check.
+type checkedKey struct {
+	digest     string
+	size       int64
+	format     kilnv1.ContextFormat
+	dockerfile string
+}
+
+// checkedContextBytes bounds the memory of checked contexts.
+const checkedContextBytes = 16 << 20
+
+func (g *Gateway) checkContextUncached(ctx context.Context, ref *kilnv1.ContextRef, dockerfile string) ([]byte, error) {
 	ok, err := g.blobs.Has(ctx, ref.Digest.Hash, ref.Digest.SizeBytes)
 	if err != nil {
 		return nil, err

@@ -21,6 +21,7 @@ import (
 	"github.com/kilnbuild/kiln/services/bus"
 	"github.com/kilnbuild/kiln/services/cas"
 	"github.com/kilnbuild/kiln/services/ctxmanifest"
+	"github.com/kilnbuild/kiln/services/lru"
 	"github.com/kilnbuild/kiln/services/sealed"
 	"github.com/kilnbuild/kiln/services/telemetry"
 )
@@ -60,6 +61,7 @@ type Gateway struct {
 	log      *slog.Logger
 	builds   *buildstore.Store
 	blobs    *cas.Store
+	checked  *lru.Cache[checkedKey, []byte] // see checkContext
 	idem     jetstream.KeyValue
 	inflight jetstream.KeyValue
 	agents   jetstream.KeyValue
@@ -105,7 +107,7 @@ func New(ctx context.Context, cfg Config) (*Gateway, error) {
 		cfg.Logger = slog.Default()
 	}
 	g := &Gateway{
-		conn: cfg.Conn, log: cfg.Logger, builds: builds, blobs: blobs,
+		conn: cfg.Conn, log: cfg.Logger, builds: builds, blobs: blobs, checked: lru.New[checkedKey, []byte](checkedContextBytes),
 		idem: idem, inflight: inflight, agents: agents, limits: cfg.Limits, health: health.NewServer(),
 	}
 	if cfg.SecretsKey != nil {

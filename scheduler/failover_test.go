@@ -252,7 +252,7 @@ func TestLeaderKilledStandbyTakesOver(t *testing.T) {
 		for range n {
 			id := buildstore.NewID(time.Now())
 			ids = append(ids, id)
-			if err := store.Create(ctx, &kilnv1.Build{Id: id, Tenant: "t", State: kilnv1.BuildState_BUILD_STATE_QUEUED,
+			if _, err := store.Create(ctx, &kilnv1.Build{Id: id, Tenant: "t", State: kilnv1.BuildState_BUILD_STATE_QUEUED,
 				Spec: &kilnv1.BuildSpec{}, CreatedAt: timestamppb.Now()}); err != nil {
 				t.Fatal(err)
 			}

@@ -365,7 +365,7 @@ func (s *Scheduler) consumeIntake(ctx context.Context) error {
 			_ = msg.Term()
 			return
 		}
-		b, rev, err := s.builds.Get(ctx, req.BuildId)
+		b, rev, err := s.intakeRecord(ctx, msg, req)
 		if err != nil {
 			if errors.Is(err, buildstore.ErrNotFound) {
 				_ = msg.Term()
@@ -385,6 +385,17 @@ func (s *Scheduler) consumeIntake(ctx context.Context) error {
 	<-ctx.Done()
 	cc.Stop()
 	return ctx.Err()
+}
+
+// intakeRecord is the record an intake message names: the copy it carries
+// on its first delivery (the gateway has just created it), else KV's.
+func (s *Scheduler) intakeRecord(ctx context.Context, msg jetstream.Msg, req *kilnv1.BuildRequested) (*kilnv1.Build, uint64, error) {
+	if b := req.GetBuild(); b != nil && b.Id == req.BuildId && req.Revision != 0 {
+		if md, err := msg.Metadata(); err == nil && md.NumDelivered == 1 {
+			return b, req.Revision, nil
+		}
+	}
+	return s.builds.Get(ctx, req.BuildId)
 }
 
 // servePulls hands agents' WorkOffers and withdrawals to the dispatcher.

@@ -64,7 +64,7 @@ func newFixture(t *testing.T, seed func(f *fixture)) *fixture {
 
 func (f *fixture) queue(t *testing.T, id string) {
 	t.Helper()
-	if err := f.store.Create(context.Background(), &kilnv1.Build{Id: id, State: kilnv1.BuildState_BUILD_STATE_QUEUED, Spec: &kilnv1.BuildSpec{}}); err != nil {
+	if _, err := f.store.Create(context.Background(), &kilnv1.Build{Id: id, State: kilnv1.BuildState_BUILD_STATE_QUEUED, Spec: &kilnv1.BuildSpec{}}); err != nil {
 		t.Fatal(err)
 	}
 }

@@ -161,7 +161,10 @@ func (r *recorder) probeFarm(ctx context.Context, bs kilnv1.BuildServiceClient, 
 // ticker releases each build at its time in its own goroutine, whatever
 // the gateway's answer time, so a slow farm cannot slow the offered load.
 // Repositories are drawn uniformly with a fixed seed.
-func (r *recorder) offer(ctx context.Context, bs kilnv1.BuildServiceClient, repos []repository, rate int) {
+//
+// prepare, when not nil, runs before each build's StartBuild, outside the
+// timed span: it returns the repository as the build should see it.
+func (r *recorder) offer(ctx context.Context, bs kilnv1.BuildServiceClient, repos []repository, rate int, prepare func(context.Context, int, repository) (repository, error)) {
 	rng := rand.New(rand.NewPCG(4, 200))
 	pick := make([]int, len(r.samples))
 	for i := range pick {
@@ -184,7 +187,19 @@ func (r *recorder) offer(ctx context.Context, bs kilnv1.BuildServiceClient, repo
 		for ; next < due; next++ {
 			i := next
 			intended := start.Add(time.Duration(i+1) * interval)
-			wg.Go(func() { r.submit(ctx, bs, i, intended, repos[pick[i]]) })
+			wg.Go(func() {
+				repo := repos[pick[i]]
+				if prepare != nil {
+					var err error
+					if repo, err = prepare(ctx, i, repo); err != nil {
+						r.mu.Lock()
+						r.samples[i].intended, r.samples[i].err = intended, err
+						r.mu.Unlock()
+						return
+					}
+				}
+				r.submit(ctx, bs, i, intended, repo)
+			})
 		}
 	}
 	wg.Wait()

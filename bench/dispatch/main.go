@@ -47,19 +47,22 @@ import (
 const gitlabPollMS = 3000.0
 
 type options struct {
-	rate       int
-	duration   time.Duration
-	warmup     time.Duration
-	agents     int
-	slots      int
-	buildTime  time.Duration
-	repos      int
-	format     string
-	routeDelay time.Duration
-	targetMS   float64
-	out        string
-	cpuProfile string
-	logLevel   string
+	rate      int
+	duration  time.Duration
+	warmup    time.Duration
+	agents    int
+	slots     int
+	buildTime time.Duration
+	repos     int
+	format    string
+	// freshContexts: every build uploads a new commit first.
+	freshContexts bool
+	routeDelay    time.Duration
+	targetMS      float64
+	out           string
+	cpuProfile    string
+	memProfile    string
+	logLevel      string
 }
 
 func main() {
@@ -72,9 +75,11 @@ func main() {
 	flag.DurationVar(&o.buildTime, "build-time", 100*time.Millisecond, "how long a simulated build holds its slot")
 	flag.IntVar(&o.repos, "repos", 200, "repositories the builds are drawn from (each its own Dockerfile and context)")
 	flag.StringVar(&o.format, "context", "manifest", "context format: manifest (what the kiln CLI sends) or tar")
+	flag.BoolVar(&o.freshContexts, "fresh-contexts", false, "each build first uploads its own context (its repository with one file changed, as a CI job with a new commit does), outside the timed span; default: every build of a repository uses the context uploaded at the start")
 	flag.DurationVar(&o.routeDelay, "route-delay", scheduler.DefaultRouteDelay, "scheduler --route-delay: how long a build waits for its busy preferred agent (0 means the default; 1ms for practically no holds)")
 	flag.Float64Var(&o.targetMS, "target-p99-ms", 10, "target p99 submit-to-assigned latency")
 	flag.StringVar(&o.out, "out", "bench/results/dispatch.json", "where to write the JSON report")
+	flag.StringVar(&o.memProfile, "memprofile", "", "write an allocation profile (from the start of the run) to this file after the offered period")
 	flag.StringVar(&o.cpuProfile, "cpuprofile", "", "write a CPU profile of the offered period to this file")
 	flag.StringVar(&o.logLevel, "log-level", "warn", "log level of the farm's services")
 	flag.Parse()
@@ -171,12 +176,23 @@ func run(o options) error {
 	var probing sync.WaitGroup
 	probing.Go(func() { probe.run(probeCtx) })
 	cpu0, psi0, wall0 := cpuTime(), cpuPressure(), time.Now()
-	rec.offer(ctx, bs, repos, o.rate)
+	var prepare func(context.Context, int, repository) (repository, error)
+	if o.freshContexts {
+		prepare = func(ctx context.Context, i int, repo repository) (repository, error) {
+			return newCommit(ctx, cs, o.format, repo, i)
+		}
+	}
+	rec.offer(ctx, bs, repos, o.rate, prepare)
 	wall, cpu, psi1 := time.Since(wall0), cpuTime()-cpu0, cpuPressure()
 	stopProbe()
 	probing.Wait()
 	if o.cpuProfile != "" {
 		pprof.StopCPUProfile()
+	}
+	if o.memProfile != "" {
+		if err := writeAllocs(o.memProfile); err != nil {
+			return err
+		}
 	}
 	left := rec.waitAssigned(ctx, o.routeDelay+15*time.Second)
 	stopAgents()
@@ -225,4 +241,17 @@ func cpuPressure() int64 {
 		return -1
 	}
 	return n
+}
+
+// writeAllocs writes the allocation profile to path.
+func writeAllocs(path string) error {
+	f, err := os.Create(path)
+	if err != nil {
+		return err
+	}
+	if err := pprof.Lookup("allocs").WriteTo(f, 0); err != nil {
+		f.Close()
+		return err
+	}
+	return f.Close()
 }

@@ -84,6 +84,7 @@ type result struct {
 	BuildTimeMS   float64 `json:"build_time_ms"`
 	Repositories  int     `json:"repositories"`
 	ContextFormat string  `json:"context_format"`
+	FreshContexts bool    `json:"fresh_contexts"`
 	RouteDelayMS  float64 `json:"route_delay_ms"`
 
 	Offered      int     `json:"offered"`
@@ -156,7 +157,7 @@ func analyze(o options, samples []sample, pulls []pullSpan, wall, cpu time.Durat
 		Measured: "per build, one clock in one process: from just before the client calls StartBuild (gRPC, loopback) " +
 			"to the simulated agent's WorkOffer request being answered with the build",
 		GoVersion: runtime.Version(), CPUs: cpus(), RatePerS: o.rate, DurationS: o.duration.Seconds(), WarmupS: o.warmup.Seconds(),
-		Agents: o.agents, Slots: o.slots, BuildTimeMS: ms(o.buildTime), Repositories: o.repos, ContextFormat: o.format,
+		Agents: o.agents, Slots: o.slots, BuildTimeMS: ms(o.buildTime), Repositories: o.repos, ContextFormat: o.format, FreshContexts: o.freshContexts,
 		RouteDelayMS: ms(o.routeDelay), Offered: len(samples), TargetP99MS: o.targetMS, GitLabPollMS: gitlabPollMS,
 		CPUBusy: cpu.Seconds() / wall.Seconds() / float64(cpus()),
 	}
@@ -357,9 +358,13 @@ func report(o options, r result) error {
 			fmt.Fprintf(&b, " The dispatcher is one goroutine; it spent %.0f%% of the period in dispatcher.assign.", 100*r.AssignBusy)
 		}
 	}
+	contexts := r.ContextFormat + " contexts uploaded once per repository"
+	if r.FreshContexts {
+		contexts = "a new " + r.ContextFormat + " context (one file changed) uploaded before each build, untimed"
+	}
 	return benchkit.Report(
-		fmt.Sprintf("Dispatch latency (%s): %d builds/s for %s, %d agents × %d slots, %s builds, %d repositories, %s contexts",
-			"submit → agent, in-process, one clock", r.RatePerS, o.duration, r.Agents, r.Slots, o.buildTime, r.Repositories, r.ContextFormat),
+		fmt.Sprintf("Dispatch latency (%s): %d builds/s for %s, %d agents × %d slots, %s builds, %d repositories, %s",
+			"submit → agent, in-process, one clock", r.RatePerS, o.duration, r.Agents, r.Slots, o.buildTime, r.Repositories, contexts),
 		[]string{"segment", "builds", "p50 ms", "p90 ms", "p99 ms", "max ms", "slowest 1%: mean ms"},
 		rows, b.String(), r, o.out)
 }

@@ -20,8 +20,9 @@ import (
 // own Dockerfile, uploaded once and built many times, each build with a
 // distinct tag so the gateway does not merge it with another in flight.
 type repository struct {
-	name string
-	ref  *kilnv1.ContextRef
+	index int
+	name  string
+	ref   *kilnv1.ContextRef
 }
 
 // baseImages are the FROM lines the repositories share, so agents' caches
@@ -34,13 +35,17 @@ type contextFile struct {
 }
 
 // files of repository i, sorted by path as a manifest must be.
-func repositoryFiles(i int) []contextFile {
+func repositoryFiles(i int) []contextFile { return repositoryFilesAt(i, -1) }
+
+// repositoryFilesAt is repository i at commit c: main.src differs from
+// commit to commit (-1: the first commit).
+func repositoryFilesAt(i, c int) []contextFile {
 	dockerfile := fmt.Sprintf("FROM %s\nWORKDIR /src\nCOPY deps.txt ./\nRUN fetch-deps deps.txt\nCOPY . .\nRUN make build APP=repo-%04d\n",
 		baseImages[i%len(baseImages)], i)
 	return []contextFile{
 		{"Dockerfile", []byte(dockerfile)},
 		{"deps.txt", fmt.Appendf(nil, "repo-%04d depends on lib-%d and lib-%d\n", i, i%7, i%11)},
-		{"main.src", fmt.Appendf(nil, "print repo-%04d\n", i)},
+		{"main.src", fmt.Appendf(nil, "print repo-%04d commit %d\n", i, c)},
 	}
 }
 
@@ -58,25 +63,37 @@ func uploadRepositories(ctx context.Context, cs kilnv1.ContextServiceClient, n i
 	eg.SetLimit(8)
 	for i := range repos {
 		eg.Go(func() error {
-			files := repositoryFiles(i)
-			var ref *kilnv1.ContextRef
-			var err error
-			switch format {
-			case "manifest":
-				ref, err = uploadManifest(ctx, cs, files)
-			case "tar":
-				ref, err = uploadTar(ctx, cs, files)
-			default:
-				err = fmt.Errorf("context format %q: want manifest or tar", format)
-			}
+			ref, err := uploadContext(ctx, cs, format, repositoryFiles(i))
 			if err != nil {
 				return fmt.Errorf("upload context of repository %d: %w", i, err)
 			}
-			repos[i] = repository{name: fmt.Sprintf("team-%02d/repo-%04d", i%20, i), ref: ref}
+			repos[i] = repository{index: i, name: fmt.Sprintf("team-%02d/repo-%04d", i%20, i), ref: ref}
 			return nil
 		})
 	}
 	return repos, eg.Wait()
+}
+
+// uploadContext uploads files as a context in the given format.
+func uploadContext(ctx context.Context, cs kilnv1.ContextServiceClient, format string, files []contextFile) (*kilnv1.ContextRef, error) {
+	switch format {
+	case "manifest":
+		return uploadManifest(ctx, cs, files)
+	case "tar":
+		return uploadTar(ctx, cs, files)
+	}
+	return nil, fmt.Errorf("context format %q: want manifest or tar", format)
+}
+
+// newCommit uploads repo's context at commit c, one file changed, as a CI
+// job does before it starts a build of a new commit.
+func newCommit(ctx context.Context, cs kilnv1.ContextServiceClient, format string, repo repository, c int) (repository, error) {
+	ref, err := uploadContext(ctx, cs, format, repositoryFilesAt(repo.index, c))
+	if err != nil {
+		return repo, fmt.Errorf("upload commit %d of %s: %w", c, repo.name, err)
+	}
+	repo.ref = ref
+	return repo, nil
 }
 
 func uploadManifest(ctx context.Context, cs kilnv1.ContextServiceClient, files []contextFile) (*kilnv1.ContextRef, error) {

@@ -6,7 +6,6 @@
 package affinity
 
 import (
-	"bufio"
 	"bytes"
 	"crypto/sha256"
 	"encoding/hex"
@@ -77,11 +76,12 @@ func Instructions(dockerfile []byte, max int) []string {
 	escape := byte('\\')
 	var out []string
 	var cur strings.Builder
-	sc := bufio.NewScanner(bytes.NewReader(dockerfile))
-	sc.Buffer(make([]byte, 64<<10), maxDockerfile)
 	directives := true
-	for sc.Scan() && len(out) < max {
-		line := strings.TrimSpace(sc.Text())
+	for raw := range bytes.Lines(dockerfile) {
+		if len(out) >= max {
+			break
+		}
+		line := strings.TrimSpace(string(raw))
 		if directives {
 			if d, ok := strings.CutPrefix(line, "#"); ok {
 				if k, v, ok := strings.Cut(strings.TrimSpace(d), "="); ok && strings.EqualFold(strings.TrimSpace(k), "escape") && strings.TrimSpace(v) == "`" {

@@ -49,15 +49,16 @@ func Open(ctx context.Context, js jetstream.JetStream) (*Store, error) {
 }
 
 // Create stores a new record; it fails if the id exists.
-func (s *Store) Create(ctx context.Context, b *kilnv1.Build) error {
+func (s *Store) Create(ctx context.Context, b *kilnv1.Build) (revision uint64, err error) {
 	data, err := proto.Marshal(b)
 	if err != nil {
-		return fmt.Errorf("encode build %s: %w", b.Id, err)
+		return 0, fmt.Errorf("encode build %s: %w", b.Id, err)
 	}
-	if _, err := s.kv.Create(ctx, b.Id, data); err != nil {
-		return fmt.Errorf("create build %s: %w", b.Id, err)
+	rev, err := s.kv.Create(ctx, b.Id, data)
+	if err != nil {
+		return 0, fmt.Errorf("create build %s: %w", b.Id, err)
 	}
-	return nil
+	return rev, nil
 }
 
 // Get returns a record and its revision.

@@ -20,10 +20,10 @@ func TestUpdateIsCompareAndSwap(t *testing.T) {
 		t.Fatal(err)
 	}
 	id := buildstore.NewID(time.Now())
-	if err := s.Create(ctx, &kilnv1.Build{Id: id, State: kilnv1.BuildState_BUILD_STATE_QUEUED}); err != nil {
+	if _, err := s.Create(ctx, &kilnv1.Build{Id: id, State: kilnv1.BuildState_BUILD_STATE_QUEUED}); err != nil {
 		t.Fatal(err)
 	}
-	if err := s.Create(ctx, &kilnv1.Build{Id: id}); err == nil {
+	if _, err := s.Create(ctx, &kilnv1.Build{Id: id}); err == nil {
 		t.Fatal("Create of an existing id succeeded")
 	}
 
@@ -91,7 +91,7 @@ func TestListSeesRecordsUpdatedWhileListing(t *testing.T) {
 	ids := make([]string, n)
 	for i := range ids {
 		ids[i] = buildstore.NewID(time.Now().Add(time.Duration(i) * time.Millisecond))
-		if err := s.Create(ctx, &kilnv1.Build{Id: ids[i], State: kilnv1.BuildState_BUILD_STATE_QUEUED}); err != nil {
+		if _, err := s.Create(ctx, &kilnv1.Build{Id: ids[i], State: kilnv1.BuildState_BUILD_STATE_QUEUED}); err != nil {
 			t.Fatal(err)
 		}
 	}

@@ -52,10 +52,7 @@ func Decode(data []byte, m proto.Message) error {
 // to store it, so events from one publisher keep their order. The event's
 // sequence is assigned by readers (its position in the log), not here.
 func PublishEvent(ctx context.Context, js jetstream.JetStream, ev *kilnv1.BuildEvent) error {
-	if ev.Time == nil {
-		ev.Time = timestamppb.Now()
-	}
-	msg, err := NewMsg(EventsSubject(ev.BuildId), ev)
+	msg, err := EventMsg(ev)
 	if err != nil {
 		return err
 	}
@@ -63,4 +60,13 @@ func PublishEvent(ctx context.Context, js jetstream.JetStream, ev *kilnv1.BuildE
 		return fmt.Errorf("publish event for build %s: %w", ev.BuildId, err)
 	}
 	return nil
+}
+
+// EventMsg is the message that appends ev to its build's event log,
+// stamping ev with the current time if it has none.
+func EventMsg(ev *kilnv1.BuildEvent) (*nats.Msg, error) {
+	if ev.Time == nil {
+		ev.Time = timestamppb.Now()
+	}
+	return NewMsg(EventsSubject(ev.BuildId), ev)
 }

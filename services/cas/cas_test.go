@@ -68,3 +68,47 @@ func TestPutVerifiesAndGetReturnsBytes(t *testing.T) {
 		t.Fatalf("Get returned %d bytes (%v), want the %d stored", len(got), err, len(blob))
 	}
 }
+
+// Blobs read back the same whether they come from NATS or from the Store's
+// memory of small blobs, on the Store that wrote them and on another one.
+func TestSmallAndLargeBlobsReadBackFromEitherStore(t *testing.T) {
+	ctx := context.Background()
+	js := bustest.Conn(t).JS
+	writer, err := cas.Open(ctx, js)
+	if err != nil {
+		t.Fatal(err)
+	}
+	reader, err := cas.Open(ctx, js)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, size := range []int{0, 1, cas.SmallBlobBytes - 1, cas.SmallBlobBytes, cas.SmallBlobBytes + 1, 3 * cas.SmallBlobBytes} {
+		blob := make([]byte, size)
+		for i := range blob {
+			blob[i] = byte(i*7 + size)
+		}
+		d := digest(blob)
+		if err := writer.Put(ctx, d, int64(size), bytes.NewReader(blob)); err != nil {
+			t.Fatalf("Put %d bytes: %v", size, err)
+		}
+		for name, s := range map[string]*cas.Store{"writer": writer, "reader": reader} {
+			for round := range 2 { // the second read may come from memory
+				if ok, err := s.Has(ctx, d, int64(size)); err != nil || !ok {
+					t.Fatalf("%s: Has(%d bytes) round %d = %v, %v", name, size, round, ok, err)
+				}
+				if ok, _ := s.Has(ctx, d, int64(size)+1); ok {
+					t.Fatalf("%s: Has matched %d bytes with the wrong size", name, size)
+				}
+				r, err := s.Get(ctx, d)
+				if err != nil {
+					t.Fatalf("%s: Get %d bytes: %v", name, size, err)
+				}
+				got, err := io.ReadAll(r)
+				r.Close()
+				if err != nil || !bytes.Equal(got, blob) {
+					t.Fatalf("%s: Get %d bytes round %d returned %d bytes (err %v), not the blob", name, size, round, len(got), err)
+				}
+			}
+		}
+	}
+}

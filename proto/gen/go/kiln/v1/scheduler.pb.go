@@ -26,8 +26,13 @@ const (
 // BuildRequested is the intake message on stream KILN_REQUESTS (subject
 // kiln.requests); the record itself is already in KV KILN_BUILDS.
 type BuildRequested struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	BuildId       string                 `protobuf:"bytes,1,opt,name=build_id,json=buildId,proto3" json:"build_id,omitempty"`
+	state   protoimpl.MessageState `protogen:"open.v1"`
+	BuildId string                 `protobuf:"bytes,1,opt,name=build_id,json=buildId,proto3" json:"build_id,omitempty"`
+	// The record as created and its KV revision, so the scheduler need not
+	// read it back. Only a first delivery trusts them; a redelivered message
+	// (the record may have changed since) reads KV. Absent: read KV.
+	Build         *Build `protobuf:"bytes,2,opt,name=build,proto3" json:"build,omitempty"`
+	Revision      uint64 `protobuf:"varint,3,opt,name=revision,proto3" json:"revision,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -67,6 +72,20 @@ func (x *BuildRequested) GetBuildId() string {
 		return x.BuildId
 	}
 	return ""
+}
+
+func (x *BuildRequested) GetBuild() *Build {
+	if x != nil {
+		return x.Build
+	}
+	return nil
+}
+
+func (x *BuildRequested) GetRevision() uint64 {
+	if x != nil {
+		return x.Revision
+	}
+	return 0
 }
 
 // WorkOffer is an agent's long-poll request on kiln.sched.pull.
@@ -235,9 +254,11 @@ var File_kiln_v1_scheduler_proto protoreflect.FileDescriptor
 
 const file_kiln_v1_scheduler_proto_rawDesc = "" +
 	"\n" +
-	"\x17kiln/v1/scheduler.proto\x12\akiln.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x13kiln/v1/build.proto\"+\n" +
+	"\x17kiln/v1/scheduler.proto\x12\akiln.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x13kiln/v1/build.proto\"m\n" +
 	"\x0eBuildRequested\x12\x19\n" +
-	"\bbuild_id\x18\x01 \x01(\tR\abuildId\"o\n" +
+	"\bbuild_id\x18\x01 \x01(\tR\abuildId\x12$\n" +
+	"\x05build\x18\x02 \x01(\v2\x0e.kiln.v1.BuildR\x05build\x12\x1a\n" +
+	"\brevision\x18\x03 \x01(\x04R\brevision\"o\n" +
 	"\tWorkOffer\x12\x14\n" +
 	"\x05agent\x18\x01 \x01(\tR\x05agent\x12\x1d\n" +
 	"\n" +
@@ -268,19 +289,20 @@ var file_kiln_v1_scheduler_proto_goTypes = []any{
 	(*WorkOffer)(nil),             // 1: kiln.v1.WorkOffer
 	(*WorkAssignment)(nil),        // 2: kiln.v1.WorkAssignment
 	(*LeaderLease)(nil),           // 3: kiln.v1.LeaderLease
-	(*durationpb.Duration)(nil),   // 4: google.protobuf.Duration
-	(*Build)(nil),                 // 5: kiln.v1.Build
+	(*Build)(nil),                 // 4: kiln.v1.Build
+	(*durationpb.Duration)(nil),   // 5: google.protobuf.Duration
 	(*timestamppb.Timestamp)(nil), // 6: google.protobuf.Timestamp
 }
 var file_kiln_v1_scheduler_proto_depIdxs = []int32{
-	4, // 0: kiln.v1.WorkOffer.wait:type_name -> google.protobuf.Duration
-	5, // 1: kiln.v1.WorkAssignment.builds:type_name -> kiln.v1.Build
-	6, // 2: kiln.v1.LeaderLease.expires_at:type_name -> google.protobuf.Timestamp
-	3, // [3:3] is the sub-list for method output_type
-	3, // [3:3] is the sub-list for method input_type
-	3, // [3:3] is the sub-list for extension type_name
-	3, // [3:3] is the sub-list for extension extendee
-	0, // [0:3] is the sub-list for field type_name
+	4, // 0: kiln.v1.BuildRequested.build:type_name -> kiln.v1.Build
+	5, // 1: kiln.v1.WorkOffer.wait:type_name -> google.protobuf.Duration
+	4, // 2: kiln.v1.WorkAssignment.builds:type_name -> kiln.v1.Build
+	6, // 3: kiln.v1.LeaderLease.expires_at:type_name -> google.protobuf.Timestamp
+	4, // [4:4] is the sub-list for method output_type
+	4, // [4:4] is the sub-list for method input_type
+	4, // [4:4] is the sub-list for extension type_name
+	4, // [4:4] is the sub-list for extension extendee
+	0, // [0:4] is the sub-list for field type_name
 }
 
 func init() { file_kiln_v1_scheduler_proto_init() }
