@@ -284,3 +284,48 @@ func TestUnsafeManifestsAreRefusedOverGRPC(t *testing.T) {
 		t.Fatalf("refused manifests queued builds: %d before, %d after", before, after)
 	}
 }
+
+// The gateway remembers contexts it found complete, never ones it refused:
+// a build refused for a missing blob starts once the blob is uploaded, and
+// a context checked for one Dockerfile is still checked for another.
+func TestContextCheckRemembersOnlySuccess(t *testing.T) {
+	k := sharedKilnd(t)
+	bs, cs := k.client(t)
+	ctx := t.Context()
+	dockerfile := fmt.Appendf(nil, "FROM scratch\nCOPY a /a\n# %s\n", t.Name())
+	a := fmt.Appendf(nil, "file a of %s\n", t.Name())
+	entry := func(p string, data []byte) *kilnv1.ContextEntry {
+		return &kilnv1.ContextEntry{Path: p, Type: kilnv1.EntryType_ENTRY_TYPE_FILE, Mode: 0o644, Size: int64(len(data)),
+			Digest: &kilnv1.Digest{Hash: digestHex(data), SizeBytes: int64(len(data))}}
+	}
+	m := &kilnv1.ContextManifest{Entries: []*kilnv1.ContextEntry{entry("Dockerfile", dockerfile), entry("a", a)}}
+	resp, err := cs.PutManifest(ctx, &kilnv1.PutManifestRequest{Manifest: m})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := upload(t, cs, dockerfile, m.Entries[0].Digest); err != nil {
+		t.Fatal(err)
+	}
+	start := func(df string) (*kilnv1.StartBuildResponse, error) {
+		return bs.StartBuild(ctx, &kilnv1.StartBuildRequest{Spec: &kilnv1.BuildSpec{Dockerfile: df},
+			Context: &kilnv1.ContextRef{Digest: resp.Digest, Format: kilnv1.ContextFormat_CONTEXT_FORMAT_MANIFEST}})
+	}
+	for range 2 { // refused every time while "a" is missing
+		if _, err := start("Dockerfile"); status.Code(err) != codes.FailedPrecondition {
+			t.Fatalf("StartBuild without blob a = %v, want FailedPrecondition", err)
+		}
+	}
+	if _, err := upload(t, cs, a, m.Entries[1].Digest); err != nil {
+		t.Fatal(err)
+	}
+	started, err := start("Dockerfile")
+	if err != nil {
+		t.Fatalf("StartBuild once the context is complete = %v", err)
+	}
+	t.Cleanup(func() {
+		_, _ = bs.CancelBuild(context.WithoutCancel(ctx), &kilnv1.CancelBuildRequest{BuildId: started.Build.Id})
+	})
+	if _, err := start("Dockerfile.other"); status.Code(err) != codes.InvalidArgument || !strings.Contains(err.Error(), `"Dockerfile.other" not found`) {
+		t.Fatalf("StartBuild naming a Dockerfile the context lacks = %v, want InvalidArgument", err)
+	}
+}
