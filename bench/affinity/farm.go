@@ -8,6 +8,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"syscall"
 	"time"
@@ -38,7 +39,7 @@ type farm struct {
 
 // startFarm starts a farm whose state and logs live in dir. On error
 // everything it started is stopped.
-func startFarm(ctx context.Context, binDir, dir string, engines []*enginetest.Engine, schedulerArgs []string) (_ *farm, err error) {
+func startFarm(ctx context.Context, binDir, dir string, engines []*enginetest.Engine, slots int, schedulerArgs []string) (_ *farm, err error) {
 	ns, err := bus.RunEmbedded(bus.EmbeddedOptions{Listen: "127.0.0.1:0", StoreDir: filepath.Join(dir, "nats")})
 	if err != nil {
 		return nil, fmt.Errorf("start NATS: %w", err)
@@ -66,7 +67,7 @@ func startFarm(ctx context.Context, binDir, dir string, engines []*enginetest.En
 		return f, err
 	}
 	for _, e := range engines {
-		if _, err := start("kiln-agent", "agent-"+e.Name, "--nats-url", url, "--name", e.Name, "--slots", "1",
+		if _, err := start("kiln-agent", "agent-"+e.Name, "--nats-url", url, "--name", e.Name, "--slots", strconv.Itoa(slots),
 			"--docker-host", e.Host, "--labels", "engine="+e.Name, "--http-listen", "127.0.0.1:0",
 			"--blob-cache-dir", filepath.Join(dir, "blobs-"+e.Name), "--drain-timeout", "10s"); err != nil {
 			return f, err

@@ -3,9 +3,12 @@
 // code change, submitted wave by wave (wave k: revision k of every lineage
 // at once) to a distributed farm — NATS, kiln-gateway, kiln-scheduler and
 // one single-slot kiln-agent per engine — through the kiln CLI. The
-// expensive step is ~2 s of work on an idle core (-step cpu: hashing 200 MB,
-// as a compile or install step burns CPU) or 2 s of waiting (-step sleep,
-// which costs a busy machine nothing but the engine's slot). Each
+// Dockerfile is the issue's: the expensive step, then the changing COPY
+// (-tail run adds a RUN after the COPY to every other lineage). The
+// expensive step takes ~2 s on this machine when it is idle: -step cpu
+// hashes zeros, as a compile or install step burns CPU, with the amount
+// calibrated before the run; -step sleep waits 2 s, which costs a busy
+// machine nothing but the engine's slot. Each
 // configuration runs on fresh engines (cold caches), all of them up at
 // once, their waves taking turns so that the machine's load, which other
 // work changes over a run, falls on each alike:
@@ -55,7 +58,8 @@ const (
 // options are the benchmark's flags.
 type options struct {
 	lineages, rebuilds, engines int
-	order, step                 string
+	slots                       int
+	order, step, tail           string
 	seed                        uint64
 	routeDelay                  string
 	progress                    string
@@ -70,8 +74,12 @@ type report struct {
 	Lineages              int       `json:"lineages"`
 	Revisions             int       `json:"revisions"`
 	Engines               int       `json:"engines"`
+	Slots                 int       `json:"slots_per_agent"`
 	Order                 string    `json:"order"`
 	Step                  string    `json:"expensive_step"`
+	StepBytes             int64     `json:"expensive_step_bytes_hashed,omitempty"`
+	StepSeconds           float64   `json:"expensive_step_seconds_idle"`
+	Tail                  string    `json:"after_copy"`
 	Seed                  uint64    `json:"seed"`
 	RouteDelay            string    `json:"route_delay"`
 	AffinityOverOracle    float64   `json:"affinity_over_oracle_cached_ratio"`
@@ -89,17 +97,19 @@ func main() {
 	flag.IntVar(&o.lineages, "lineages", 12, "lineages (repositories), each with its own Dockerfile")
 	flag.IntVar(&o.rebuilds, "rebuilds", 8, "rebuilds of each lineage after its first build, one small change each")
 	flag.IntVar(&o.engines, "engines", 3, "engines (one single-slot agent each) for affinity and round-robin")
+	flag.IntVar(&o.slots, "slots", 1, "slots of each engine's kiln-agent (builds it runs at once)")
 	flag.StringVar(&o.order, "order", "shuffled", "order each wave submits its lineages in: shuffled (seeded, as concurrent CI jobs arrive) or fixed (lineage 0 first)")
 	flag.Uint64Var(&o.seed, "seed", 4, "seed of the shuffled submission order")
-	flag.StringVar(&o.step, "step", "cpu", "the expensive cacheable step: cpu (~2 s of work on an idle core, as a compile or install step) or sleep (2 s of waiting, no work)")
+	flag.StringVar(&o.step, "step", "cpu", "the expensive cacheable step: cpu (hashing zeros, calibrated to take ~2 s on this machine when idle, as a compile or install step burns CPU) or sleep (2 s of waiting, no work)")
+	flag.StringVar(&o.tail, "tail", "none", "after the changing COPY: none (the issue's workload) or run (every other lineage runs `wc -c` on the changed file, a container start per rebuild)")
 	flag.StringVar(&o.routeDelay, "route-delay", scheduler.DefaultRouteDelay.String(), "kiln-scheduler --route-delay: how long a build waits for the busy agent holding its cache")
 	flag.StringVar(&o.progress, "progress", "quiet", "kiln build --progress; with -keep, each build's output is in builds/<lineage>-<revision>.log (plain shows where and why the scheduler placed it)")
 	flag.StringVar(&o.binDir, "bin", "bin", "directory holding kiln, kiln-gateway, kiln-scheduler and kiln-agent (make build)")
 	flag.StringVar(&o.out, "out", "bench/results/affinity.json", "where to write the JSON report")
 	flag.BoolVar(&o.keep, "keep", false, "keep the working directory (farm logs, contexts, metadata files)")
 	flag.Parse()
-	if o.lineages < 1 || o.rebuilds < 0 || o.engines < 1 || (o.order != "shuffled" && o.order != "fixed") || expensiveSteps[o.step] == "" {
-		fmt.Fprintln(os.Stderr, "affinity: need -lineages ≥ 1, -rebuilds ≥ 0, -engines ≥ 1, -order shuffled|fixed, -step cpu|sleep")
+	if o.lineages < 1 || o.rebuilds < 0 || o.engines < 1 || o.slots < 1 || (o.order != "shuffled" && o.order != "fixed") || (o.step != "cpu" && o.step != "sleep") || (o.tail != "none" && o.tail != "run") {
+		fmt.Fprintln(os.Stderr, "affinity: need -lineages ≥ 1, -rebuilds ≥ 0, -engines ≥ 1, -order shuffled|fixed, -step cpu|sleep, -tail none|run")
 		os.Exit(2)
 	}
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
@@ -122,7 +132,12 @@ func run(ctx context.Context, o options) (err error) {
 	} else {
 		defer os.RemoveAll(tmp)
 	}
-	w := &workload{base: enginetest.BusyboxRef(), step: expensiveSteps[o.step]}
+	step, stepBytes, stepTook, err := expensiveStep(o.step)
+	if err != nil {
+		return err
+	}
+	logf("expensive step: %s (%.2f s here, idle)", step, stepTook)
+	w := &workload{base: enginetest.BusyboxRef(), step: step, tailRun: o.tail == "run"}
 	for l := range o.lineages {
 		w.lineages = append(w.lineages, fmt.Sprintf("lineage-%02d", l))
 	}
@@ -143,10 +158,10 @@ func run(ctx context.Context, o options) (err error) {
 		{name: "oracle (one engine)", key: "orc", engines: 1},
 	}
 	r := report{
-		Benchmark: fmt.Sprintf("%d lineages × %d revisions (1 build + %d rebuilds), one small change each, expensive step %q, fresh engines per configuration, waves interleaved",
-			o.lineages, o.rebuilds+1, o.rebuilds, w.step),
-		Engine: benchkit.EngineVersion(), Base: w.base, Lineages: o.lineages, Revisions: o.rebuilds + 1, Engines: o.engines,
-		Order: o.order, Step: w.step, Seed: o.seed, RouteDelay: o.routeDelay, SubmissionOrderByWave: w.order,
+		Benchmark: fmt.Sprintf("%d lineages × %d revisions (1 build + %d rebuilds), one small change each, expensive step %q (%.1f s here when idle), fresh engines per configuration, waves interleaved",
+			o.lineages, o.rebuilds+1, o.rebuilds, w.step, stepTook),
+		Engine: benchkit.EngineVersion(), Base: w.base, Lineages: o.lineages, Revisions: o.rebuilds + 1, Engines: o.engines, Slots: o.slots,
+		Order: o.order, Step: w.step, StepBytes: stepBytes, StepSeconds: stepTook, Tail: o.tail, Seed: o.seed, RouteDelay: o.routeDelay, SubmissionOrderByWave: w.order,
 		TargetCachedRatio: targetCachedRatio, TargetMakespanRatio: targetMakespanRatio,
 	}
 	// Every configuration's farm is up for the whole run, and their waves
