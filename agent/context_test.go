@@ -258,7 +258,9 @@ func TestManifestContextThatCannotBeBuiltFailsTheBuild(t *testing.T) {
 			return c.ref()
 		}, "fetch build context files: fetch blob " + digestOf([]byte("never uploaded")).Hash},
 		{"the farm's copy of a file blob is corrupt", func(c *farmContext) *kilnv1.ContextRef {
-			d := digestOf([]byte("FROM scratch\n"))
+			// Content no one has stored through cas.Store: a Store that has
+			// verified a blob's bytes serves them from memory.
+			d := digestOf([]byte("FROM scratch\n# the farm's copy is corrupt\n"))
 			if _, err := farm.PutString(t.Context(), d.Hash, "FROM evil\n"); err != nil {
 				t.Fatal(err)
 			}
