@@ -62,18 +62,28 @@ func newFixture(t *testing.T, seed func(f *fixture)) *fixture {
 	return f
 }
 
-func (f *fixture) queue(t *testing.T, id string) {
+// queue creates a QUEUED record and returns it with its revision.
+func (f *fixture) queue(t *testing.T, id string) (*kilnv1.Build, uint64) {
 	t.Helper()
-	if _, err := f.store.Create(context.Background(), &kilnv1.Build{Id: id, State: kilnv1.BuildState_BUILD_STATE_QUEUED, Spec: &kilnv1.BuildSpec{}}); err != nil {
+	b := &kilnv1.Build{Id: id, State: kilnv1.BuildState_BUILD_STATE_QUEUED, Spec: &kilnv1.BuildSpec{}}
+	rev, err := f.store.Create(context.Background(), b)
+	if err != nil {
 		t.Fatal(err)
 	}
+	return b, rev
 }
 
-// submit queues a build as the gateway does: record, then intake message.
+// submit queues a build as the gateway does: record, then an intake
+// message carrying the record and its revision.
 func (f *fixture) submit(t *testing.T, id string) {
 	t.Helper()
-	f.queue(t, id)
-	msg, _ := bus.NewMsg(bus.SubjectRequests, &kilnv1.BuildRequested{BuildId: id})
+	b, rev := f.queue(t, id)
+	f.intake(t, &kilnv1.BuildRequested{BuildId: id, Build: b, Revision: rev})
+}
+
+func (f *fixture) intake(t *testing.T, req *kilnv1.BuildRequested) {
+	t.Helper()
+	msg, _ := bus.NewMsg(bus.SubjectRequests, req)
 	if _, err := f.conn.JS.PublishMsg(context.Background(), msg); err != nil {
 		t.Fatal(err)
 	}
@@ -236,5 +246,40 @@ func TestAssignmentKeepsChangesMadeAfterIntake(t *testing.T) {
 	b := f.get(t, id)
 	if b.State != kilnv1.BuildState_BUILD_STATE_ASSIGNED || b.TraceContext["traceparent"] != "changed-after-intake" {
 		t.Fatalf("record after assignment: %v", b)
+	}
+}
+
+// The record an intake message carries may be out of date by the time the
+// scheduler reads it: a build cancelled in between is never assigned, and
+// the live build behind it is.
+func TestStaleRecordInIntakeIsNotAssigned(t *testing.T) {
+	f := newFixture(t, nil)
+	stale, live := buildstore.NewID(time.Now()), buildstore.NewID(time.Now().Add(time.Millisecond))
+	b, rev := f.queue(t, stale)
+	if _, err := f.store.Update(context.Background(), stale, func(b *kilnv1.Build) error {
+		b.State = kilnv1.BuildState_BUILD_STATE_CANCELLED
+		return nil
+	}); err != nil {
+		t.Fatal(err)
+	}
+	f.intake(t, &kilnv1.BuildRequested{BuildId: stale, Build: b, Revision: rev}) // still says QUEUED
+	f.submit(t, live)
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		got := f.pull(t, "agent-a", time.Second)
+		for _, g := range got {
+			if g.Id == stale {
+				t.Fatalf("the cancelled build was assigned: %v", g)
+			}
+		}
+		if len(got) == 1 && got[0].Id == live {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("live build %s not assigned; last pull %v", live, got)
+		}
+	}
+	if b := f.get(t, stale); b.State != kilnv1.BuildState_BUILD_STATE_CANCELLED {
+		t.Fatalf("cancelled build became %s", b.State)
 	}
 }
