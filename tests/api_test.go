@@ -236,6 +236,17 @@ func TestLateWatcherReplaysWholeLog(t *testing.T) {
 			t.Fatalf("event %d differs:\nlive   %v\nreplay %v", i, live[i], replay[i])
 		}
 	}
+	// The gateway's QUEUED event is stored before the scheduler can see the
+	// build, so the log's states start QUEUED, ASSIGNED.
+	var states []kilnv1.BuildState
+	for _, ev := range replay {
+		if st := ev.GetState(); st != nil {
+			states = append(states, st.State)
+		}
+	}
+	if len(states) < 2 || states[0] != kilnv1.BuildState_BUILD_STATE_QUEUED || states[1] != kilnv1.BuildState_BUILD_STATE_ASSIGNED {
+		t.Fatalf("the log's states are %v, want QUEUED, ASSIGNED, …", states)
+	}
 	var logs int
 	for _, ev := range replay {
 		if strings.HasPrefix(ev.GetLog().GetText(), "line-") {
