@@ -50,7 +50,7 @@ type Engine interface {
 	Info(ctx context.Context) (engine.Info, error)
 	Build(ctx context.Context, contextTar io.Reader, o engine.BuildOptions, r engine.Reporter) (engine.Result, error)
 	BuildKit(ctx context.Context, o engine.BuildKitOptions, r engine.Reporter) (engine.BuildKitResult, error)
-	Push(ctx context.Context, tag string, log func(line string)) (digest string, size int64, err error)
+	Push(ctx context.Context, tag string, creds engine.Credentials, log func(line string)) (digest string, size int64, err error)
 }
 
 var _ Engine = (*engine.Docker)(nil)

@@ -125,15 +125,19 @@ func (a *Agent) execute(ctx context.Context, b *kilnv1.Build, ev *events) (*kiln
 		return result, &engine.BuildError{Message: err.Error()}
 	}
 	result.Builder = builder
-	rep := &reporter{ev: ev, steps: newStepSpans(ctx, b)}
+	creds, err := a.openRegistryAuth(spec.GetRegistryAuth())
+	if err != nil {
+		return result, &engine.BuildError{Message: err.Error()}
+	}
+	rep := &reporter{ev: ev, steps: newStepSpans(ctx, b), mask: newMasker(maskedValues(nil, creds))}
 	defer func() { rep.steps.end(context.Cause(ctx)) }()
 	var res engine.Result
 	if builder == kilnv1.Builder_BUILDER_BUILDKIT {
 		var bk engine.BuildKitResult
-		bk, err = a.buildKit(ctx, b, ev, rep)
+		bk, err = a.buildKit(ctx, b, creds, ev, rep)
 		res, result.ContextTransferBytes = bk.Result, bk.ContextBytes
 	} else {
-		res, result.ContextTransferBytes, err = a.buildClassic(ctx, b, ev, rep)
+		res, result.ContextTransferBytes, err = a.buildClassic(ctx, b, creds, ev, rep)
 	}
 	result.ImageId = res.ImageID
 	result.Steps = uint32(res.Steps)
@@ -155,10 +159,10 @@ func (a *Agent) execute(ctx context.Context, b *kilnv1.Build, ev *events) (*kiln
 			return result, fmt.Errorf("push %s: %w", tag, err)
 		}
 		pctx, pspan := startSpan(ctx, "push "+tag, b, telemetry.TagKey.String(tag))
-		digest, size, err := a.cfg.Engine.Push(pctx, tag, func(line string) { ev.log(0, line) })
+		digest, size, err := a.cfg.Engine.Push(pctx, tag, creds, func(line string) { ev.log(0, rep.mask.line(line)) })
 		endSpan(pspan, err)
 		if err != nil {
-			return result, fmt.Errorf("push %s: %w", tag, err)
+			return result, rep.mask.err(fmt.Errorf("push %s: %w", tag, err))
 		}
 		p := &kilnv1.PushedImage{Tag: tag, Digest: digest, Size: size}
 		result.Pushed = append(result.Pushed, p)
@@ -169,7 +173,7 @@ func (a *Agent) execute(ctx context.Context, b *kilnv1.Build, ev *events) (*kiln
 
 // buildClassic builds with the classic builder from a context tar, and
 // returns how many bytes of tar the engine read.
-func (a *Agent) buildClassic(ctx context.Context, b *kilnv1.Build, ev *events, rep *reporter) (engine.Result, int64, error) {
+func (a *Agent) buildClassic(ctx context.Context, b *kilnv1.Build, creds engine.Credentials, ev *events, rep *reporter) (engine.Result, int64, error) {
 	fctx, fetch := startSpan(ctx, "context fetch", b)
 	contextTar, closeContext, err := a.openContext(fctx, b.Context, ev)
 	endSpan(fetch, err)
@@ -177,7 +181,7 @@ func (a *Agent) buildClassic(ctx context.Context, b *kilnv1.Build, ev *events, r
 		return engine.Result{}, 0, err
 	}
 	counted := &countingReader{r: contextTar}
-	res, err := a.cfg.Engine.Build(ctx, counted, buildOptions(b.Spec), rep)
+	res, err := a.cfg.Engine.Build(ctx, counted, buildOptions(b.Spec, creds), rep)
 	// A context that could not be written in full says more than the
 	// engine's broken request.
 	if cerr := closeContext(); cerr != nil && err != nil {

@@ -4,15 +4,18 @@ import (
 	"bufio"
 	"bytes"
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
+	"maps"
 	"path"
 	"regexp"
 	"slices"
 	"strings"
 	"time"
 
+	"github.com/docker/docker/api/types/registry"
 	"go.opentelemetry.io/otel/attribute"
 	"google.golang.org/grpc/status"
 
@@ -98,7 +101,7 @@ func builderName(b kilnv1.Builder) string {
 // buildKit runs a build in BuildKit mode: the context is materialized
 // from the local CAS into the lineage's directory, which the engine syncs
 // from; only what changed since this agent last built the lineage crosses.
-func (a *Agent) buildKit(ctx context.Context, b *kilnv1.Build, ev *events, rep *reporter) (engine.BuildKitResult, error) {
+func (a *Agent) buildKit(ctx context.Context, b *kilnv1.Build, creds engine.Credentials, ev *events, rep *reporter) (engine.BuildKitResult, error) {
 	ref := b.GetContext()
 	if ref.GetFormat() != kilnv1.ContextFormat_CONTEXT_FORMAT_MANIFEST || ref.GetDigest() == nil {
 		return engine.BuildKitResult{}, errors.New("BuildKit builds need a manifest context (kiln CLI 0.2 or later); this build's context is a tar: run it with --builder classic")
@@ -153,9 +156,9 @@ func (a *Agent) buildKit(ctx context.Context, b *kilnv1.Build, ev *events, rep *
 	if err != nil {
 		return engine.BuildKitResult{}, err
 	}
-	rep.mask = newMasker(secrets)
+	rep.mask = newMasker(maskedValues(secrets, creds))
 	res, err := a.cfg.Engine.BuildKit(ctx, engine.BuildKitOptions{
-		BuildOptions: buildOptions(spec),
+		BuildOptions: buildOptions(spec, creds),
 		ContextDir:   dir.Path(),
 		SharedKey:    "kiln-" + a.cfg.Name + "-" + dir.Slot(),
 		Secrets:      secrets,
@@ -168,28 +171,74 @@ func (a *Agent) buildKit(ctx context.Context, b *kilnv1.Build, ev *events, rep *
 
 // openSecrets opens a build's sealed secrets with the agent's key.
 func (a *Agent) openSecrets(sealed []*kilnv1.SealedSecret) (map[string][]byte, error) {
+	return a.openSealed(sealed, "secret")
+}
+
+// openSealed opens sealed values (what names them in errors: "secret")
+// with the agent's key, by id.
+func (a *Agent) openSealed(sealed []*kilnv1.SealedSecret, what string) (map[string][]byte, error) {
 	if len(sealed) == 0 {
 		return nil, nil
 	}
 	if a.cfg.SecretsKey == nil {
-		return nil, fmt.Errorf("the build has secrets, and agent %q has no secrets key to open them (--secrets-key-file)", a.cfg.Name)
+		return nil, fmt.Errorf("the build has %ss, and agent %q has no secrets key to open them (--secrets-key-file)", what, a.cfg.Name)
 	}
 	out := make(map[string][]byte, len(sealed))
 	for _, s := range sealed {
 		if s.GetKeyId() != a.cfg.SecretsKey.KeyID() {
-			return nil, fmt.Errorf("secret %q is sealed to key %s, and agent %q holds key %s: the farm's agents and gateways must share one secrets key", s.GetId(), s.GetKeyId(), a.cfg.Name, a.cfg.SecretsKey.KeyID())
+			return nil, fmt.Errorf("%s %q is sealed to key %s, and agent %q holds key %s: the farm's agents and gateways must share one secrets key", what, s.GetId(), s.GetKeyId(), a.cfg.Name, a.cfg.SecretsKey.KeyID())
 		}
 		v, err := a.cfg.SecretsKey.Open(s.GetSealed())
 		if err != nil {
-			return nil, fmt.Errorf("secret %q: %w", s.GetId(), err)
+			return nil, fmt.Errorf("%s %q: %w", what, s.GetId(), err)
 		}
 		out[s.GetId()] = v
 	}
 	return out, nil
 }
 
-func buildOptions(spec *kilnv1.BuildSpec) engine.BuildOptions {
+// openRegistryAuth opens a build's registry credentials: by registry host,
+// JSON {"username", "password", "identitytoken"} sealed to the farm's key.
+func (a *Agent) openRegistryAuth(sealed []*kilnv1.SealedSecret) (engine.Credentials, error) {
+	opened, err := a.openSealed(sealed, "registry credential")
+	if err != nil || len(opened) == 0 {
+		return nil, err
+	}
+	creds := make(engine.Credentials, len(opened))
+	for host, v := range opened {
+		var c struct {
+			Username      string `json:"username"`
+			Password      string `json:"password"`
+			IdentityToken string `json:"identitytoken"`
+		}
+		if err := json.Unmarshal(v, &c); err != nil { // never quote v: it holds the password
+			return nil, fmt.Errorf("registry credential for %s is not the JSON object kiln clients seal", host)
+		}
+		creds[host] = registry.AuthConfig{Username: c.Username, Password: c.Password, IdentityToken: c.IdentityToken, ServerAddress: host}
+	}
+	return creds, nil
+}
+
+// maskedValues is what a build's output must not show: its secrets and
+// the passwords and tokens of its registry credentials.
+func maskedValues(secrets map[string][]byte, creds engine.Credentials) map[string][]byte {
+	if len(creds) == 0 {
+		return secrets
+	}
+	out := maps.Clone(secrets)
+	if out == nil {
+		out = map[string][]byte{}
+	}
+	for host, c := range creds {
+		out["registry "+host+" password"] = []byte(c.Password)
+		out["registry "+host+" token"] = []byte(c.IdentityToken)
+	}
+	return out
+}
+
+func buildOptions(spec *kilnv1.BuildSpec, creds engine.Credentials) engine.BuildOptions {
 	return engine.BuildOptions{
+		Auth:       creds,
 		Dockerfile: spec.Dockerfile,
 		Tags:       spec.Tags,
 		BuildArgs:  spec.BuildArgs,

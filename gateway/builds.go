@@ -109,8 +109,11 @@ func (g *Gateway) StartBuild(ctx context.Context, req *kilnv1.StartBuildRequest)
 		return nil, err
 	}
 	logArgs := []any{"build_id", b.Id, "tenant", tenant, "tags", spec.Tags}
-	if ids := secretIDs(spec); ids != nil {
+	if ids := sealedIDs(spec.Secrets); ids != nil {
 		logArgs = append(logArgs, "secrets", ids) // ids only: never the sealed bytes
+	}
+	if hosts := sealedIDs(spec.RegistryAuth); hosts != nil {
+		logArgs = append(logArgs, "registry_auth", hosts)
 	}
 	buildsStarted.WithLabelValues(startQueued).Inc()
 	g.log.InfoContext(ctx, "build queued", logArgs...)

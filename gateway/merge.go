@@ -18,12 +18,12 @@ import (
 
 // inflightKey identifies builds that would produce the same result: same
 // tenant, same context and the same spec (tags included). ok is false for a
-// build with secrets, which is never merged either way: its sealed values
-// differ on every request even for the same secrets, and merging on secret
-// ids alone would let one caller attach to a build made with another
-// caller's secrets, and get its image.
+// build with secrets or registry credentials, which is never merged either
+// way: its sealed values differ on every request even for the same
+// secrets, and merging on ids alone would let one caller attach to a build
+// made with another caller's secrets, and get its image (or its push).
 func inflightKey(tenant string, spec *kilnv1.BuildSpec, ref *kilnv1.ContextRef) (key string, ok bool) {
-	if len(spec.GetSecrets()) > 0 {
+	if hasSealed(spec) {
 		return "", false
 	}
 	data, _ := proto.MarshalOptions{Deterministic: true}.Marshal(&kilnv1.StartBuildRequest{Spec: spec, Context: ref})

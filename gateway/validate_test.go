@@ -45,6 +45,14 @@ func TestValidateSpec(t *testing.T) {
 		{name: "secrets too large together", spec: &kilnv1.BuildSpec{Secrets: []*kilnv1.SealedSecret{sealedOf("a", 300<<10), sealedOf("b", 300<<10)}}, message: "614400 bytes together, over the limit of 524288"},
 		{name: "too many secrets", spec: &kilnv1.BuildSpec{Secrets: manySecrets(sealed.MaxSecrets + 1)}, message: "101 build secrets given, at most 100"},
 		{name: "most secrets", spec: &kilnv1.BuildSpec{Secrets: manySecrets(sealed.MaxSecrets)}},
+		{name: "registry credential", spec: &kilnv1.BuildSpec{RegistryAuth: []*kilnv1.SealedSecret{sealedOf("127.0.0.1:5000", 40), sealedOf("docker.io", 40), sealedOf("[::1]:5000", 40)}}},
+		{name: "registry credential with the classic builder", spec: &kilnv1.BuildSpec{Builder: kilnv1.Builder_BUILDER_CLASSIC, RegistryAuth: []*kilnv1.SealedSecret{sealedOf("ghcr.io", 40)}}},
+		{name: "registry credential for a URL", spec: &kilnv1.BuildSpec{RegistryAuth: []*kilnv1.SealedSecret{sealedOf("https://ghcr.io", 40)}}, message: `registry "https://ghcr.io" is not a registry host`},
+		{name: "registry credential upper case", spec: &kilnv1.BuildSpec{RegistryAuth: []*kilnv1.SealedSecret{sealedOf("GHCR.io", 40)}}, message: "lower case"},
+		{name: "registry credential given twice", spec: &kilnv1.BuildSpec{RegistryAuth: []*kilnv1.SealedSecret{sealedOf("ghcr.io", 1), sealedOf("ghcr.io", 2)}}, message: `registry "ghcr.io" is given twice`},
+		{name: "registry credential too large", spec: &kilnv1.BuildSpec{RegistryAuth: []*kilnv1.SealedSecret{sealedOf("ghcr.io", 16<<10+1)}}, message: `registry credential "ghcr.io" is 16385 bytes, over the limit of 16384 bytes`},
+		{name: "registry credential not sealed", spec: &kilnv1.BuildSpec{RegistryAuth: []*kilnv1.SealedSecret{{Id: "ghcr.io", Sealed: []byte("user:pass"), KeyId: "k"}}}, message: `registry credential "ghcr.io": sealed value is 9 bytes, shorter`},
+		{name: "too many registry credentials", spec: &kilnv1.BuildSpec{RegistryAuth: manyRegistries(sealed.MaxRegistryAuth + 1)}, message: "33 registry credentials given, at most 32"},
 		{name: "secrets with the classic builder", spec: &kilnv1.BuildSpec{Builder: kilnv1.Builder_BUILDER_CLASSIC, Secrets: []*kilnv1.SealedSecret{sealedOf("npm", 1)}}, message: "need the BuildKit builder"},
 	}
 	for _, tc := range tests {
@@ -126,4 +134,12 @@ func FuzzValidateTag(f *testing.F) {
 			t.Fatalf("ValidateTag accepted %q", tag)
 		}
 	})
+}
+
+func manyRegistries(n int) []*kilnv1.SealedSecret {
+	out := make([]*kilnv1.SealedSecret, n)
+	for i := range out {
+		out[i] = sealedOf(fmt.Sprintf("registry-%d.example", i), 1)
+	}
+	return out
 }

@@ -49,26 +49,7 @@ func TestBuildSecretReachesOnlyTheStep(t *testing.T) {
 	if bytes.Contains(saveImage(t, tag), []byte(secret)) {
 		t.Fatal("the secret is in the image (its layers, config or history)")
 	}
-	if strings.Contains(k.logs.String(), secret) {
-		t.Fatal("kilnd's log holds the secret")
-	}
-	// JetStream's file store holds every NATS payload and KV value.
-	err := filepath.WalkDir(k.dataDir, func(p string, d fs.DirEntry, err error) error {
-		if err != nil || !d.Type().IsRegular() {
-			return err
-		}
-		data, err := os.ReadFile(p)
-		if err != nil {
-			return err
-		}
-		if bytes.Contains(data, []byte(secret)) {
-			return fmt.Errorf("%s holds the secret", p)
-		}
-		return nil
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
+	k.mustNotHold(t, "the secret", secret)
 
 	// The classic builder cannot serve secrets: refused before anything is queued.
 	r = kiln(t, k.addrs.GRPC, "build", "--builder", "classic", "--secret", "id=tok,env=KILN_E2E_TOKEN", dir)
@@ -230,4 +211,30 @@ func saveImage(t *testing.T, ref string) []byte {
 		t.Fatal(err)
 	}
 	return data
+}
+
+// mustNotHold fails t if kilnd's log or any file in its data dir (where
+// JetStream's file store keeps every NATS payload and KV value) holds
+// value.
+func (k *kilnd) mustNotHold(t *testing.T, what, value string) {
+	t.Helper()
+	if strings.Contains(k.logs.String(), value) {
+		t.Fatalf("kilnd's log holds %s", what)
+	}
+	err := filepath.WalkDir(k.dataDir, func(p string, d fs.DirEntry, err error) error {
+		if err != nil || !d.Type().IsRegular() {
+			return err
+		}
+		data, err := os.ReadFile(p)
+		if err != nil {
+			return err
+		}
+		if bytes.Contains(data, []byte(value)) {
+			return fmt.Errorf("%s holds %s", p, what)
+		}
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
 }

@@ -27,6 +27,7 @@ type BuildOptions struct {
 	Labels     map[string]string // --label
 	NoCache    bool              // --no-cache
 	Pull       bool              // --pull: always fetch newer base images
+	Auth       Credentials       // the build's registry credentials, over this host's
 }
 
 // Reporter receives a build's progress as it happens. Build calls it on the
@@ -93,6 +94,7 @@ func (d *Docker) Build(ctx context.Context, contextTar io.Reader, o BuildOptions
 		PullParent:  o.Pull,
 		Remove:      true,
 		ForceRemove: true,
+		AuthConfigs: o.Auth.classicAuthConfigs(),
 	})
 	if err != nil {
 		return Result{}, d.requestError(ctx, err)

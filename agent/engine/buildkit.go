@@ -129,7 +129,7 @@ func (d *Docker) BuildKit(ctx context.Context, o BuildKitOptions, r Reporter) (B
 	s.Allow(filesync.NewFSSyncProvider(filesync.StaticDirSource{"context": ctxFS, "dockerfile": dfFS}))
 	s.Allow(secretsprovider.FromMap(o.Secrets))
 	s.Allow(authprovider.NewDockerAuthProvider(authprovider.DockerAuthProviderConfig{
-		AuthConfigProvider: authprovider.LoadAuthConfig(dockerConfig()),
+		AuthConfigProvider: o.Auth.authProvider(),
 	}))
 	sessionDone := make(chan error, 1)
 	go func() {

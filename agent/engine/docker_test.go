@@ -53,7 +53,7 @@ func TestEngineThatDoesNotAnswer(t *testing.T) {
 	if err == nil || errors.As(err, &be) {
 		t.Fatalf("Build: %v, want an error that is not a *BuildError", err)
 	}
-	if _, _, err := d.Push(t.Context(), "127.0.0.1:5000/kiln-test/x:1", nil); err == nil {
+	if _, _, err := d.Push(t.Context(), "127.0.0.1:5000/kiln-test/x:1", nil, nil); err == nil {
 		t.Fatal("Push succeeded without an engine")
 	}
 	t.Logf("Build: %v", err)

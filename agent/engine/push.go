@@ -20,11 +20,12 @@ const dockerHubAuthKey = "https://index.docker.io/v1/"
 
 // Push pushes one tag, e.g. "127.0.0.1:5000/team/app:1", to its registry and
 // returns the manifest digest and size the registry stored. Credentials for
-// the registry come from the standard Docker config on this host
-// (DOCKER_CONFIG, else ~/.docker/config.json, credential helpers included);
-// none is fine for an open registry. Progress lines go to log, which may be
-// nil. Credentials appear in neither log lines nor errors.
-func (d *Docker) Push(ctx context.Context, tag string, log func(line string)) (digest string, size int64, err error) {
+// the registry are the build's own (creds) if it brought some for that
+// registry, else the standard Docker config's on this host (DOCKER_CONFIG,
+// else ~/.docker/config.json, credential helpers included); none is fine
+// for an open registry. Progress lines go to log, which may be nil.
+// Credentials appear in neither log lines nor errors.
+func (d *Docker) Push(ctx context.Context, tag string, creds Credentials, log func(line string)) (digest string, size int64, err error) {
 	ref, err := reference.ParseNormalizedNamed(tag)
 	if err != nil {
 		return "", 0, fmt.Errorf("push %q: %w", tag, err)
@@ -34,7 +35,12 @@ func (d *Docker) Push(ctx context.Context, tag string, log func(line string)) (d
 	}
 	ref = reference.TagNameOnly(ref)
 	wantTag := ref.(reference.Tagged).Tag()
-	auth, err := registryAuth(reference.Domain(ref))
+	var auth string
+	if ac, ok := creds.lookup(reference.Domain(ref)); ok {
+		auth, err = registry.EncodeAuthConfig(ac)
+	} else {
+		auth, err = registryAuth(reference.Domain(ref))
+	}
 	if err != nil {
 		return "", 0, fmt.Errorf("push %s: %w", tag, err)
 	}

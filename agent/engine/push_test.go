@@ -39,7 +39,7 @@ func TestPush(t *testing.T) {
 	enginetest.UseDockerConfig(t, nil)
 
 	var lines []string
-	digest, size, err := d.Push(t.Context(), tag, func(line string) { lines = append(lines, line) })
+	digest, size, err := d.Push(t.Context(), tag, nil, func(line string) { lines = append(lines, line) })
 	if err != nil {
 		t.Fatalf("Push: %v", err)
 	}
@@ -78,18 +78,26 @@ func TestPushWithCredentials(t *testing.T) {
 	tests := []struct {
 		name      string
 		auths     map[string][2]string
-		wantError string // "" means the push succeeds
+		creds     engine.Credentials // the build's own
+		wantError string             // "" means the push succeeds
 	}{
 		{name: "no credentials", wantError: "no basic auth credentials"},
 		{name: "wrong password", auths: map[string][2]string{reg: {user, password + "-wrong"}}, wantError: "unauthorized"},
 		{name: "credentials for another registry", auths: map[string][2]string{"127.0.0.1:1": {user, password}}, wantError: "no basic auth credentials"},
 		{name: "right credentials", auths: map[string][2]string{reg: {user, password}}},
+		{name: "the build's credentials, none on the host", creds: engine.Credentials{reg: {Username: user, Password: password}}},
+		{name: "the build's credentials come first", auths: map[string][2]string{reg: {user, password + "-wrong"}},
+			creds: engine.Credentials{reg: {Username: user, Password: password}}},
+		{name: "the build's wrong credentials come first too", auths: map[string][2]string{reg: {user, password}},
+			creds: engine.Credentials{reg: {Username: user, Password: password + "-wrong"}}, wantError: "unauthorized"},
+		{name: "the build's credentials for another registry", creds: engine.Credentials{"127.0.0.1:1": {Username: user, Password: password}},
+			wantError: "no basic auth credentials"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			enginetest.UseDockerConfig(t, tt.auths)
 			var lines []string
-			digest, _, err := d.Push(t.Context(), tag, func(line string) { lines = append(lines, line) })
+			digest, _, err := d.Push(t.Context(), tag, tt.creds, func(line string) { lines = append(lines, line) })
 			assertNoSecret(t, "a log line", lines...)
 			if tt.wantError != "" {
 				if err == nil || !strings.Contains(err.Error(), tt.wantError) {
@@ -144,7 +152,7 @@ func TestPushFailure(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			_, _, err := d.Push(t.Context(), tt.tag, nil)
+			_, _, err := d.Push(t.Context(), tt.tag, nil, nil)
 			if err == nil || !strings.Contains(err.Error(), tt.wantError) {
 				t.Fatalf("Push(%q): %v, want an error with %q", tt.tag, err, tt.wantError)
 			}
@@ -158,7 +166,7 @@ func TestPushFailure(t *testing.T) {
 	t.Run("registry that does not answer", func(t *testing.T) {
 		tag := "127.0.0.1:1/kiln-test/engine-push-nowhere:" + nonce()
 		buildTagged(t, tag)
-		_, _, err := d.Push(t.Context(), tag, nil)
+		_, _, err := d.Push(t.Context(), tag, nil, nil)
 		if err == nil || !strings.Contains(err.Error(), "connection refused") {
 			t.Fatalf("Push: %v, want connection refused", err)
 		}

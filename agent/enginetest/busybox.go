@@ -88,7 +88,7 @@ func ensureBusybox(ctx context.Context, d *engine.Docker, c *client.Client, reg 
 		return "", err
 	}
 	if !m.found || m.configDigest != imageID {
-		if _, _, err := d.Push(ctx, ref, nil); err != nil {
+		if _, _, err := d.Push(ctx, ref, nil, nil); err != nil {
 			return "", err
 		}
 	}

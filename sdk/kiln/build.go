@@ -2,9 +2,12 @@ package kiln
 
 import (
 	"context"
+	"encoding/json"
 	"fmt"
 
 	kilnv1 "github.com/kilnbuild/kiln/proto/gen/go/kiln/v1"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/proto"
 )
 
@@ -29,6 +32,23 @@ type BuildRequest struct {
 	// and ValidateSecretID for the limits. A build with secrets is never
 	// merged with another caller's identical build.
 	Secrets map[string][]byte
+	// RegistryAuth are credentials for the registries the build pulls from
+	// or pushes to, by registry host as docker config names it ("ghcr.io",
+	// "127.0.0.1:5000", "docker.io" for Docker Hub). StartBuild seals each
+	// to the farm's secrets key like a secret; the agent uses them before
+	// its own host's credentials. A build with registry credentials is
+	// never merged with another caller's identical build. A farm without a
+	// secrets key cannot take them: they are not sent, and its agents use
+	// their hosts' credentials.
+	RegistryAuth map[string]RegistryCredential
+}
+
+// RegistryCredential is what a registry takes: a user name and password,
+// or an identity (refresh) token.
+type RegistryCredential struct {
+	Username      string `json:"username,omitempty"`
+	Password      string `json:"password,omitempty"`
+	IdentityToken string `json:"identitytoken,omitempty"`
 }
 
 // Build runs a build to its end: it uploads the context (only the blobs
@@ -78,6 +98,22 @@ func (c *Client) StartBuild(ctx context.Context, req BuildRequest) (*kilnv1.Buil
 			return nil, fmt.Errorf("starting build: %w", err)
 		}
 		spec.Secrets = append(spec.Secrets, sealed...)
+	}
+	if len(req.RegistryAuth) > 0 {
+		plain := make(map[string][]byte, len(req.RegistryAuth))
+		for host, cred := range req.RegistryAuth {
+			plain[host], _ = json.Marshal(cred)
+		}
+		sealed, err := c.sealSecrets(ctx, plain)
+		switch {
+		case status.Code(err) == codes.FailedPrecondition:
+			// The farm has no secrets key: it cannot take credentials, and
+			// its agents push with their hosts' own.
+		case err != nil:
+			return nil, fmt.Errorf("starting build: registry credentials: %w", err)
+		default:
+			spec.RegistryAuth = append(spec.RegistryAuth, sealed...)
+		}
 	}
 	resp, err := c.builds.StartBuild(ctx, &kilnv1.StartBuildRequest{
 		Spec:           spec,

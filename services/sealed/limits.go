@@ -24,7 +24,24 @@ const (
 	Overhead = box.AnonymousOverhead
 	// MaxSealedBytes bounds one sealed value.
 	MaxSealedBytes = MaxSecretBytes + Overhead
+	// MaxRegistryAuth bounds the registries one build carries credentials
+	// for (BuildSpec.registry_auth).
+	MaxRegistryAuth = 32
+	// MaxRegistryAuthBytes bounds one registry credential, sealed.
+	MaxRegistryAuthBytes = 16<<10 + Overhead
 )
+
+var hostRE = regexp.MustCompile(`^([a-z0-9]([a-z0-9.-]*[a-z0-9])?|\[[0-9a-f:]+\])(:[0-9]{1,5})?$`)
+
+// ValidRegistryHost checks the id of a registry credential: a registry
+// host as docker config names it, lower-case, with an optional port
+// ("ghcr.io", "127.0.0.1:5000", "docker.io").
+func ValidRegistryHost(host string) error {
+	if len(host) > MaxIDLen || !hostRE.MatchString(host) {
+		return fmt.Errorf("registry %.64q is not a registry host (like ghcr.io or 127.0.0.1:5000, lower case)", host)
+	}
+	return nil
+}
 
 var idRE = regexp.MustCompile(`^[A-Za-z0-9._-]+$`)
 

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"os"
+	"path/filepath"
 	"sync"
 	"time"
 
@@ -63,7 +64,13 @@ func (a *App) runBuild(ctx context.Context, o *buildOptions) int {
 	pr.ContextSummary(uploaded.Files, uploaded.Bytes, uploaded.UploadedBytes)
 
 	spec := o.spec
-	b, err := client.StartBuild(ctx, kiln.BuildRequest{Spec: spec, Context: bc, IdempotencyKey: o.idempotencyKey, Secrets: o.secrets})
+	dockerfile, _ := os.ReadFile(filepath.Join(bc.Dir(), bc.Dockerfile())) // PackContext has read it
+	creds, err := lookupRegistryCredentials(ctx, registryHosts(spec, dockerfile), a.lookupEnv(), runCredentialHelper)
+	if err != nil {
+		pr.Errorf("%v", err)
+		return ExitUsage
+	}
+	b, err := client.StartBuild(ctx, kiln.BuildRequest{Spec: spec, Context: bc, IdempotencyKey: o.idempotencyKey, Secrets: o.secrets, RegistryAuth: creds})
 	if err != nil {
 		return a.fail(pr, o, watch, err, "cannot reach the kiln gateway at %s")
 	}

@@ -132,12 +132,16 @@ func (a *App) usageErrorf(cmd, format string, args ...any) int {
 	return ExitUsage
 }
 
-func (a *App) build(ctx context.Context, args []string) int {
-	lookup := a.LookupEnv
-	if lookup == nil {
-		lookup = func(string) (string, bool) { return "", false }
+// lookupEnv is LookupEnv, or an empty environment when it is nil.
+func (a *App) lookupEnv() func(string) (string, bool) {
+	if a.LookupEnv == nil {
+		return func(string) (string, bool) { return "", false }
 	}
-	o, err := parseBuildArgs(args, lookup)
+	return a.LookupEnv
+}
+
+func (a *App) build(ctx context.Context, args []string) int {
+	o, err := parseBuildArgs(args, a.lookupEnv())
 	if errors.Is(err, pflag.ErrHelp) {
 		a.buildUsage(a.Stdout)
 		return ExitOK

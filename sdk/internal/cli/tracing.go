@@ -52,10 +52,7 @@ type cliTrace struct {
 // tracedBuild runs a build inside its "kiln build" span and flushes the
 // spans before returning the exit code.
 func (a *App) tracedBuild(ctx context.Context, o *buildOptions) int {
-	lookup := a.LookupEnv
-	if lookup == nil {
-		lookup = func(string) (string, bool) { return "", false }
-	}
+	lookup := a.lookupEnv()
 	t := newCLITrace(ctx, lookup)
 	ctx = t.start(ctx, lookup, o)
 	o.trace = t

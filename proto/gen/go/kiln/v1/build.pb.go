@@ -162,7 +162,15 @@ type BuildSpec struct {
 	Secrets []*SealedSecret `protobuf:"bytes,12,rep,name=secrets,proto3" json:"secrets,omitempty"`
 	// builder asks for a builder; BUILDER_UNSPECIFIED lets the agent pick
 	// (BuildKit where the engine has it).
-	Builder       Builder `protobuf:"varint,13,opt,name=builder,proto3,enum=kiln.v1.Builder" json:"builder,omitempty"`
+	Builder Builder `protobuf:"varint,13,opt,name=builder,proto3,enum=kiln.v1.Builder" json:"builder,omitempty"`
+	// registry_auth are credentials for registries the build pulls from or
+	// pushes to, each sealed to the farm's secrets key like a secret: id is
+	// the registry host as a docker config names it ("ghcr.io",
+	// "127.0.0.1:5000", "docker.io" for Docker Hub) and the sealed value is
+	// JSON {"username", "password", "identitytoken"}. The agent uses them
+	// before its own host's docker config. A build with registry_auth is
+	// never merged with another caller's identical build.
+	RegistryAuth  []*SealedSecret `protobuf:"bytes,14,rep,name=registry_auth,json=registryAuth,proto3" json:"registry_auth,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -286,6 +294,13 @@ func (x *BuildSpec) GetBuilder() Builder {
 		return x.Builder
 	}
 	return Builder_BUILDER_UNSPECIFIED
+}
+
+func (x *BuildSpec) GetRegistryAuth() []*SealedSecret {
+	if x != nil {
+		return x.RegistryAuth
+	}
+	return nil
 }
 
 // SealedSecret is a build secret sealed to the farm's secrets key.
@@ -1850,7 +1865,7 @@ var File_kiln_v1_build_proto protoreflect.FileDescriptor
 
 const file_kiln_v1_build_proto_rawDesc = "" +
 	"\n" +
-	"\x13kiln/v1/build.proto\x12\akiln.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x15kiln/v1/context.proto\"\xae\x05\n" +
+	"\x13kiln/v1/build.proto\x12\akiln.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x15kiln/v1/context.proto\"\xea\x05\n" +
 	"\tBuildSpec\x12\x1e\n" +
 	"\n" +
 	"dockerfile\x18\x01 \x01(\tR\n" +
@@ -1870,7 +1885,8 @@ const file_kiln_v1_build_proto_rawDesc = "" +
 	" \x01(\x05R\bpriority\x12F\n" +
 	"\fagent_labels\x18\v \x03(\v2#.kiln.v1.BuildSpec.AgentLabelsEntryR\vagentLabels\x12/\n" +
 	"\asecrets\x18\f \x03(\v2\x15.kiln.v1.SealedSecretR\asecrets\x12*\n" +
-	"\abuilder\x18\r \x01(\x0e2\x10.kiln.v1.BuilderR\abuilder\x1a<\n" +
+	"\abuilder\x18\r \x01(\x0e2\x10.kiln.v1.BuilderR\abuilder\x12:\n" +
+	"\rregistry_auth\x18\x0e \x03(\v2\x15.kiln.v1.SealedSecretR\fregistryAuth\x1a<\n" +
 	"\x0eBuildArgsEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
 	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\x1a9\n" +
@@ -2074,54 +2090,55 @@ var file_kiln_v1_build_proto_depIdxs = []int32{
 	28, // 2: kiln.v1.BuildSpec.agent_labels:type_name -> kiln.v1.BuildSpec.AgentLabelsEntry
 	3,  // 3: kiln.v1.BuildSpec.secrets:type_name -> kiln.v1.SealedSecret
 	0,  // 4: kiln.v1.BuildSpec.builder:type_name -> kiln.v1.Builder
-	5,  // 5: kiln.v1.BuildResult.pushed:type_name -> kiln.v1.PushedImage
-	0,  // 6: kiln.v1.BuildResult.builder:type_name -> kiln.v1.Builder
-	2,  // 7: kiln.v1.Build.spec:type_name -> kiln.v1.BuildSpec
-	30, // 8: kiln.v1.Build.context:type_name -> kiln.v1.ContextRef
-	1,  // 9: kiln.v1.Build.state:type_name -> kiln.v1.BuildState
-	31, // 10: kiln.v1.Build.created_at:type_name -> google.protobuf.Timestamp
-	31, // 11: kiln.v1.Build.started_at:type_name -> google.protobuf.Timestamp
-	31, // 12: kiln.v1.Build.finished_at:type_name -> google.protobuf.Timestamp
-	6,  // 13: kiln.v1.Build.result:type_name -> kiln.v1.BuildResult
-	31, // 14: kiln.v1.Build.lease_expires_at:type_name -> google.protobuf.Timestamp
-	29, // 15: kiln.v1.Build.trace_context:type_name -> kiln.v1.Build.TraceContextEntry
-	4,  // 16: kiln.v1.Build.affinity:type_name -> kiln.v1.Affinity
-	31, // 17: kiln.v1.Build.queued_at:type_name -> google.protobuf.Timestamp
-	32, // 18: kiln.v1.StepFinished.duration:type_name -> google.protobuf.Duration
-	1,  // 19: kiln.v1.StateChanged.state:type_name -> kiln.v1.BuildState
-	1,  // 20: kiln.v1.BuildFinished.state:type_name -> kiln.v1.BuildState
-	6,  // 21: kiln.v1.BuildFinished.result:type_name -> kiln.v1.BuildResult
-	31, // 22: kiln.v1.BuildEvent.time:type_name -> google.protobuf.Timestamp
-	11, // 23: kiln.v1.BuildEvent.state:type_name -> kiln.v1.StateChanged
-	8,  // 24: kiln.v1.BuildEvent.log:type_name -> kiln.v1.LogLine
-	9,  // 25: kiln.v1.BuildEvent.step_started:type_name -> kiln.v1.StepStarted
-	10, // 26: kiln.v1.BuildEvent.step_finished:type_name -> kiln.v1.StepFinished
-	5,  // 27: kiln.v1.BuildEvent.pushed:type_name -> kiln.v1.PushedImage
-	12, // 28: kiln.v1.BuildEvent.finished:type_name -> kiln.v1.BuildFinished
-	2,  // 29: kiln.v1.StartBuildRequest.spec:type_name -> kiln.v1.BuildSpec
-	30, // 30: kiln.v1.StartBuildRequest.context:type_name -> kiln.v1.ContextRef
-	7,  // 31: kiln.v1.StartBuildResponse.build:type_name -> kiln.v1.Build
-	13, // 32: kiln.v1.WatchBuildResponse.event:type_name -> kiln.v1.BuildEvent
-	7,  // 33: kiln.v1.CancelBuildResponse.build:type_name -> kiln.v1.Build
-	7,  // 34: kiln.v1.GetBuildResponse.build:type_name -> kiln.v1.Build
-	7,  // 35: kiln.v1.ListBuildsResponse.builds:type_name -> kiln.v1.Build
-	14, // 36: kiln.v1.BuildService.StartBuild:input_type -> kiln.v1.StartBuildRequest
-	16, // 37: kiln.v1.BuildService.WatchBuild:input_type -> kiln.v1.WatchBuildRequest
-	18, // 38: kiln.v1.BuildService.CancelBuild:input_type -> kiln.v1.CancelBuildRequest
-	20, // 39: kiln.v1.BuildService.GetBuild:input_type -> kiln.v1.GetBuildRequest
-	22, // 40: kiln.v1.BuildService.ListBuilds:input_type -> kiln.v1.ListBuildsRequest
-	24, // 41: kiln.v1.BuildService.GetSecretsKey:input_type -> kiln.v1.GetSecretsKeyRequest
-	15, // 42: kiln.v1.BuildService.StartBuild:output_type -> kiln.v1.StartBuildResponse
-	17, // 43: kiln.v1.BuildService.WatchBuild:output_type -> kiln.v1.WatchBuildResponse
-	19, // 44: kiln.v1.BuildService.CancelBuild:output_type -> kiln.v1.CancelBuildResponse
-	21, // 45: kiln.v1.BuildService.GetBuild:output_type -> kiln.v1.GetBuildResponse
-	23, // 46: kiln.v1.BuildService.ListBuilds:output_type -> kiln.v1.ListBuildsResponse
-	25, // 47: kiln.v1.BuildService.GetSecretsKey:output_type -> kiln.v1.GetSecretsKeyResponse
-	42, // [42:48] is the sub-list for method output_type
-	36, // [36:42] is the sub-list for method input_type
-	36, // [36:36] is the sub-list for extension type_name
-	36, // [36:36] is the sub-list for extension extendee
-	0,  // [0:36] is the sub-list for field type_name
+	3,  // 5: kiln.v1.BuildSpec.registry_auth:type_name -> kiln.v1.SealedSecret
+	5,  // 6: kiln.v1.BuildResult.pushed:type_name -> kiln.v1.PushedImage
+	0,  // 7: kiln.v1.BuildResult.builder:type_name -> kiln.v1.Builder
+	2,  // 8: kiln.v1.Build.spec:type_name -> kiln.v1.BuildSpec
+	30, // 9: kiln.v1.Build.context:type_name -> kiln.v1.ContextRef
+	1,  // 10: kiln.v1.Build.state:type_name -> kiln.v1.BuildState
+	31, // 11: kiln.v1.Build.created_at:type_name -> google.protobuf.Timestamp
+	31, // 12: kiln.v1.Build.started_at:type_name -> google.protobuf.Timestamp
+	31, // 13: kiln.v1.Build.finished_at:type_name -> google.protobuf.Timestamp
+	6,  // 14: kiln.v1.Build.result:type_name -> kiln.v1.BuildResult
+	31, // 15: kiln.v1.Build.lease_expires_at:type_name -> google.protobuf.Timestamp
+	29, // 16: kiln.v1.Build.trace_context:type_name -> kiln.v1.Build.TraceContextEntry
+	4,  // 17: kiln.v1.Build.affinity:type_name -> kiln.v1.Affinity
+	31, // 18: kiln.v1.Build.queued_at:type_name -> google.protobuf.Timestamp
+	32, // 19: kiln.v1.StepFinished.duration:type_name -> google.protobuf.Duration
+	1,  // 20: kiln.v1.StateChanged.state:type_name -> kiln.v1.BuildState
+	1,  // 21: kiln.v1.BuildFinished.state:type_name -> kiln.v1.BuildState
+	6,  // 22: kiln.v1.BuildFinished.result:type_name -> kiln.v1.BuildResult
+	31, // 23: kiln.v1.BuildEvent.time:type_name -> google.protobuf.Timestamp
+	11, // 24: kiln.v1.BuildEvent.state:type_name -> kiln.v1.StateChanged
+	8,  // 25: kiln.v1.BuildEvent.log:type_name -> kiln.v1.LogLine
+	9,  // 26: kiln.v1.BuildEvent.step_started:type_name -> kiln.v1.StepStarted
+	10, // 27: kiln.v1.BuildEvent.step_finished:type_name -> kiln.v1.StepFinished
+	5,  // 28: kiln.v1.BuildEvent.pushed:type_name -> kiln.v1.PushedImage
+	12, // 29: kiln.v1.BuildEvent.finished:type_name -> kiln.v1.BuildFinished
+	2,  // 30: kiln.v1.StartBuildRequest.spec:type_name -> kiln.v1.BuildSpec
+	30, // 31: kiln.v1.StartBuildRequest.context:type_name -> kiln.v1.ContextRef
+	7,  // 32: kiln.v1.StartBuildResponse.build:type_name -> kiln.v1.Build
+	13, // 33: kiln.v1.WatchBuildResponse.event:type_name -> kiln.v1.BuildEvent
+	7,  // 34: kiln.v1.CancelBuildResponse.build:type_name -> kiln.v1.Build
+	7,  // 35: kiln.v1.GetBuildResponse.build:type_name -> kiln.v1.Build
+	7,  // 36: kiln.v1.ListBuildsResponse.builds:type_name -> kiln.v1.Build
+	14, // 37: kiln.v1.BuildService.StartBuild:input_type -> kiln.v1.StartBuildRequest
+	16, // 38: kiln.v1.BuildService.WatchBuild:input_type -> kiln.v1.WatchBuildRequest
+	18, // 39: kiln.v1.BuildService.CancelBuild:input_type -> kiln.v1.CancelBuildRequest
+	20, // 40: kiln.v1.BuildService.GetBuild:input_type -> kiln.v1.GetBuildRequest
+	22, // 41: kiln.v1.BuildService.ListBuilds:input_type -> kiln.v1.ListBuildsRequest
+	24, // 42: kiln.v1.BuildService.GetSecretsKey:input_type -> kiln.v1.GetSecretsKeyRequest
+	15, // 43: kiln.v1.BuildService.StartBuild:output_type -> kiln.v1.StartBuildResponse
+	17, // 44: kiln.v1.BuildService.WatchBuild:output_type -> kiln.v1.WatchBuildResponse
+	19, // 45: kiln.v1.BuildService.CancelBuild:output_type -> kiln.v1.CancelBuildResponse
+	21, // 46: kiln.v1.BuildService.GetBuild:output_type -> kiln.v1.GetBuildResponse
+	23, // 47: kiln.v1.BuildService.ListBuilds:output_type -> kiln.v1.ListBuildsResponse
+	25, // 48: kiln.v1.BuildService.GetSecretsKey:output_type -> kiln.v1.GetSecretsKeyResponse
+	43, // [43:49] is the sub-list for method output_type
+	37, // [37:43] is the sub-list for method input_type
+	37, // [37:37] is the sub-list for extension type_name
+	37, // [37:37] is the sub-list for extension extendee
+	0,  // [0:37] is the sub-list for field type_name
 }
 
 func init() { file_kiln_v1_build_proto_init() }
