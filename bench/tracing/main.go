@@ -42,7 +42,7 @@ type report struct {
 }
 
 func main() {
-	runs := flag.Int("runs", 21, "timed runs of each setting (after one warm-up each)")
+	runs := flag.Int("runs", 61, "timed runs of each setting (after one warm-up each); fewer scatter by several percent on a busy machine")
 	binDir := flag.String("bin", "bin", "directory holding kilnd and kiln")
 	base := flag.String("base", "127.0.0.1:5000/kiln/busybox:1", "base image (scripts/dev-env.sh base makes it)")
 	out := flag.String("out", "bench/results/tracing.json", "where to write the JSON report")
