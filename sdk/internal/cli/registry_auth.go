@@ -204,7 +204,10 @@ func fromHelper(ctx context.Context, helper credentialHelper, name, host string)
 	}
 	out, err := helper(ctx, name, server)
 	if err != nil {
-		if strings.Contains(err.Error(), "credentials not found") {
+		// A helper that is not installed has nothing to give either (a
+		// config copied from a desktop names docker-credential-desktop):
+		// the build goes on without, as BuildKit's own lookup does.
+		if strings.Contains(err.Error(), "credentials not found") || errors.Is(err, exec.ErrNotFound) {
 			return kiln.RegistryCredential{}, errNoCredentials
 		}
 		return kiln.RegistryCredential{}, err

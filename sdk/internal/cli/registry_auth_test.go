@@ -149,9 +149,9 @@ func TestRunCredentialHelper(t *testing.T) {
 	if !maps.Equal(got, want) {
 		t.Fatalf("credentials = %v, want %v", got, want)
 	}
-	_, err = lookupRegistryCredentials(t.Context(), []string{"ghcr.io"}, writeDockerConfig(t, `{"credsStore":"missing-helper"}`), runCredentialHelper)
-	if err == nil || !strings.Contains(err.Error(), "docker-credential-missing-helper") {
-		t.Fatalf("a missing helper gave %v, want an error naming it", err)
+	got, err = lookupRegistryCredentials(t.Context(), []string{"ghcr.io"}, writeDockerConfig(t, `{"credsStore":"missing-helper"}`), runCredentialHelper)
+	if err != nil || len(got) != 0 {
+		t.Fatalf("a helper that is not installed gave %v, %v; want no credentials and no error", got, err)
 	}
 }
 
