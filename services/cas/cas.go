@@ -47,7 +47,7 @@ const (
 	// SmallBlobBytes is the largest blob whose contents the Store keeps.
 	SmallBlobBytes  = 256 << 10
 	smallCacheBytes = 32 << 20
-	presentEntries  = 1 << 20
+	presentEntries  = 1 << 17 // ~210 bytes each: under 32 MiB
 	// defaultChunkBytes is the object store's default chunk size.
 	defaultChunkBytes = 128 << 10
 )
