@@ -103,7 +103,7 @@ func (g *Gateway) checkSealedTo(spec *kilnv1.BuildSpec) error {
 	if g.secretsKey == nil {
 		return status.Errorf(codes.FailedPrecondition, "build secrets or registry credentials given, but %s", noSecretsKey)
 	}
-	for _, s := range append(slices.Clip(spec.Secrets), spec.RegistryAuth...) {
+	for _, s := range sealedValues(spec) {
 		if s.KeyId != g.secretsKeyID {
 			return status.Errorf(codes.FailedPrecondition,
 				"secret %q was sealed to key %q, but the farm's secrets key is %s (the key changed): run the build again to re-seal its secrets",
@@ -111,6 +111,11 @@ func (g *Gateway) checkSealedTo(spec *kilnv1.BuildSpec) error {
 		}
 	}
 	return nil
+}
+
+// sealedValues lists spec's secrets and registry credentials together.
+func sealedValues(spec *kilnv1.BuildSpec) []*kilnv1.SealedSecret {
+	return append(slices.Clip(spec.GetSecrets()), spec.GetRegistryAuth()...)
 }
 
 // hasSealed reports whether spec carries sealed values: secrets or registry
@@ -141,7 +146,7 @@ func withoutSealedBytes(spec *kilnv1.BuildSpec) *kilnv1.BuildSpec {
 		return spec
 	}
 	c := proto.CloneOf(spec)
-	for _, s := range append(slices.Clip(c.Secrets), c.RegistryAuth...) {
+	for _, s := range sealedValues(c) {
 		s.Sealed, s.KeyId = nil, ""
 	}
 	return c
@@ -156,7 +161,7 @@ func forClient(b *kilnv1.Build) *kilnv1.Build {
 		return b
 	}
 	c := proto.CloneOf(b)
-	for _, s := range append(slices.Clip(c.Spec.Secrets), c.Spec.RegistryAuth...) {
+	for _, s := range sealedValues(c.Spec) {
 		s.Sealed = nil
 	}
 	return c

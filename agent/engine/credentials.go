@@ -62,10 +62,7 @@ func (c Credentials) classicAuthConfigs() map[string]registry.AuthConfig {
 	out := map[string]registry.AuthConfig{}
 	if all, err := dockerConfig().GetAllCredentials(); err == nil {
 		for key, ac := range all {
-			out[key] = registry.AuthConfig{
-				Username: ac.Username, Password: ac.Password, Auth: ac.Auth, ServerAddress: ac.ServerAddress,
-				IdentityToken: ac.IdentityToken, RegistryToken: ac.RegistryToken,
-			}
+			out[key] = fromConfig(ac)
 		}
 	}
 	for host, ac := range c {
@@ -77,4 +74,12 @@ func (c Credentials) classicAuthConfigs() map[string]registry.AuthConfig {
 		out[key] = ac
 	}
 	return out
+}
+
+// fromConfig converts a docker config entry to what the Engine API takes.
+func fromConfig(ac clitypes.AuthConfig) registry.AuthConfig {
+	return registry.AuthConfig{
+		Username: ac.Username, Password: ac.Password, Auth: ac.Auth, ServerAddress: ac.ServerAddress,
+		IdentityToken: ac.IdentityToken, RegistryToken: ac.RegistryToken,
+	}
 }

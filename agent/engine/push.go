@@ -98,12 +98,5 @@ func registryAuth(host string) (string, error) {
 	if err != nil {
 		return "", fmt.Errorf("credentials for %s from the docker config in %s: %w", host, dir, err)
 	}
-	return registry.EncodeAuthConfig(registry.AuthConfig{
-		Username:      ac.Username,
-		Password:      ac.Password,
-		Auth:          ac.Auth,
-		ServerAddress: ac.ServerAddress,
-		IdentityToken: ac.IdentityToken,
-		RegistryToken: ac.RegistryToken,
-	})
+	return registry.EncodeAuthConfig(fromConfig(ac))
 }
