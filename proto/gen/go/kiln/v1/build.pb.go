@@ -170,7 +170,12 @@ type BuildSpec struct {
 	// JSON {"username", "password", "identitytoken"}. The agent uses them
 	// before its own host's docker config. A build with registry_auth is
 	// never merged with another caller's identical build.
-	RegistryAuth  []*SealedSecret `protobuf:"bytes,14,rep,name=registry_auth,json=registryAuth,proto3" json:"registry_auth,omitempty"`
+	RegistryAuth []*SealedSecret `protobuf:"bytes,14,rep,name=registry_auth,json=registryAuth,proto3" json:"registry_auth,omitempty"`
+	// seal_nonce is 16 or more random bytes the client chose for this build.
+	// Every sealed value in secrets and registry_auth is bound to it and to
+	// the tenant (see proto/rules/seal), so a sealed value copied into
+	// another build opens to nothing. The gateway refuses a nonce it has seen.
+	SealNonce     []byte `protobuf:"bytes,15,opt,name=seal_nonce,json=sealNonce,proto3" json:"seal_nonce,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -303,6 +308,109 @@ func (x *BuildSpec) GetRegistryAuth() []*SealedSecret {
 	return nil
 }
 
+func (x *BuildSpec) GetSealNonce() []byte {
+	if x != nil {
+		return x.SealNonce
+	}
+	return nil
+}
+
+// TenantPolicy is what a tenant's builds may do, stamped into the build
+// record by the gateway from its tenants file; the agent enforces it.
+type TenantPolicy struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// allow_remote_add lets ADD fetch URLs (never loopback, link-local or
+	// the farm's own addresses).
+	AllowRemoteAdd bool `protobuf:"varint,1,opt,name=allow_remote_add,json=allowRemoteAdd,proto3" json:"allow_remote_add,omitempty"`
+	// allow_network_host lets RUN --network=host run.
+	AllowNetworkHost bool `protobuf:"varint,2,opt,name=allow_network_host,json=allowNetworkHost,proto3" json:"allow_network_host,omitempty"`
+	// allow_insecure lets RUN --security=insecure run.
+	AllowInsecure bool `protobuf:"varint,3,opt,name=allow_insecure,json=allowInsecure,proto3" json:"allow_insecure,omitempty"`
+	// frontend_allow are extra frontend images (# syntax=, BUILDKIT_SYNTAX)
+	// this tenant may use, as glob patterns, beyond the agent's own list.
+	FrontendAllow []string `protobuf:"bytes,4,rep,name=frontend_allow,json=frontendAllow,proto3" json:"frontend_allow,omitempty"`
+	// weight is the tenant's share in the scheduler's weighted round-robin
+	// (0: the scheduler's default).
+	Weight uint32 `protobuf:"varint,5,opt,name=weight,proto3" json:"weight,omitempty"`
+	// max_concurrent caps the tenant's builds assigned or running at once
+	// (0: the scheduler's default).
+	MaxConcurrent uint32 `protobuf:"varint,6,opt,name=max_concurrent,json=maxConcurrent,proto3" json:"max_concurrent,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *TenantPolicy) Reset() {
+	*x = TenantPolicy{}
+	mi := &file_kiln_v1_build_proto_msgTypes[1]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *TenantPolicy) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*TenantPolicy) ProtoMessage() {}
+
+func (x *TenantPolicy) ProtoReflect() protoreflect.Message {
+	mi := &file_kiln_v1_build_proto_msgTypes[1]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use TenantPolicy.ProtoReflect.Descriptor instead.
+func (*TenantPolicy) Descriptor() ([]byte, []int) {
+	return file_kiln_v1_build_proto_rawDescGZIP(), []int{1}
+}
+
+func (x *TenantPolicy) GetAllowRemoteAdd() bool {
+	if x != nil {
+		return x.AllowRemoteAdd
+	}
+	return false
+}
+
+func (x *TenantPolicy) GetAllowNetworkHost() bool {
+	if x != nil {
+		return x.AllowNetworkHost
+	}
+	return false
+}
+
+func (x *TenantPolicy) GetAllowInsecure() bool {
+	if x != nil {
+		return x.AllowInsecure
+	}
+	return false
+}
+
+func (x *TenantPolicy) GetFrontendAllow() []string {
+	if x != nil {
+		return x.FrontendAllow
+	}
+	return nil
+}
+
+func (x *TenantPolicy) GetWeight() uint32 {
+	if x != nil {
+		return x.Weight
+	}
+	return 0
+}
+
+func (x *TenantPolicy) GetMaxConcurrent() uint32 {
+	if x != nil {
+		return x.MaxConcurrent
+	}
+	return 0
+}
+
 // SealedSecret is a build secret sealed to the farm's secrets key.
 type SealedSecret struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
@@ -319,7 +427,7 @@ type SealedSecret struct {
 
 func (x *SealedSecret) Reset() {
 	*x = SealedSecret{}
-	mi := &file_kiln_v1_build_proto_msgTypes[1]
+	mi := &file_kiln_v1_build_proto_msgTypes[2]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -331,7 +439,7 @@ func (x *SealedSecret) String() string {
 func (*SealedSecret) ProtoMessage() {}
 
 func (x *SealedSecret) ProtoReflect() protoreflect.Message {
-	mi := &file_kiln_v1_build_proto_msgTypes[1]
+	mi := &file_kiln_v1_build_proto_msgTypes[2]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -344,7 +452,7 @@ func (x *SealedSecret) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SealedSecret.ProtoReflect.Descriptor instead.
 func (*SealedSecret) Descriptor() ([]byte, []int) {
-	return file_kiln_v1_build_proto_rawDescGZIP(), []int{1}
+	return file_kiln_v1_build_proto_rawDescGZIP(), []int{2}
 }
 
 func (x *SealedSecret) GetId() string {
@@ -385,7 +493,7 @@ type Affinity struct {
 
 func (x *Affinity) Reset() {
 	*x = Affinity{}
-	mi := &file_kiln_v1_build_proto_msgTypes[2]
+	mi := &file_kiln_v1_build_proto_msgTypes[3]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -397,7 +505,7 @@ func (x *Affinity) String() string {
 func (*Affinity) ProtoMessage() {}
 
 func (x *Affinity) ProtoReflect() protoreflect.Message {
-	mi := &file_kiln_v1_build_proto_msgTypes[2]
+	mi := &file_kiln_v1_build_proto_msgTypes[3]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -410,7 +518,7 @@ func (x *Affinity) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Affinity.ProtoReflect.Descriptor instead.
 func (*Affinity) Descriptor() ([]byte, []int) {
-	return file_kiln_v1_build_proto_rawDescGZIP(), []int{2}
+	return file_kiln_v1_build_proto_rawDescGZIP(), []int{3}
 }
 
 func (x *Affinity) GetLineage() string {
@@ -447,7 +555,7 @@ type PushedImage struct {
 
 func (x *PushedImage) Reset() {
 	*x = PushedImage{}
-	mi := &file_kiln_v1_build_proto_msgTypes[3]
+	mi := &file_kiln_v1_build_proto_msgTypes[4]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -459,7 +567,7 @@ func (x *PushedImage) String() string {
 func (*PushedImage) ProtoMessage() {}
 
 func (x *PushedImage) ProtoReflect() protoreflect.Message {
-	mi := &file_kiln_v1_build_proto_msgTypes[3]
+	mi := &file_kiln_v1_build_proto_msgTypes[4]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -472,7 +580,7 @@ func (x *PushedImage) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PushedImage.ProtoReflect.Descriptor instead.
 func (*PushedImage) Descriptor() ([]byte, []int) {
-	return file_kiln_v1_build_proto_rawDescGZIP(), []int{3}
+	return file_kiln_v1_build_proto_rawDescGZIP(), []int{4}
 }
 
 func (x *PushedImage) GetTag() string {
@@ -518,7 +626,7 @@ type BuildResult struct {
 
 func (x *BuildResult) Reset() {
 	*x = BuildResult{}
-	mi := &file_kiln_v1_build_proto_msgTypes[4]
+	mi := &file_kiln_v1_build_proto_msgTypes[5]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -530,7 +638,7 @@ func (x *BuildResult) String() string {
 func (*BuildResult) ProtoMessage() {}
 
 func (x *BuildResult) ProtoReflect() protoreflect.Message {
-	mi := &file_kiln_v1_build_proto_msgTypes[4]
+	mi := &file_kiln_v1_build_proto_msgTypes[5]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -543,7 +651,7 @@ func (x *BuildResult) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use BuildResult.ProtoReflect.Descriptor instead.
 func (*BuildResult) Descriptor() ([]byte, []int) {
-	return file_kiln_v1_build_proto_rawDescGZIP(), []int{4}
+	return file_kiln_v1_build_proto_rawDescGZIP(), []int{5}
 }
 
 func (x *BuildResult) GetImageId() string {
@@ -617,14 +725,17 @@ type Build struct {
 	QueuedAt *timestamppb.Timestamp `protobuf:"bytes,18,opt,name=queued_at,json=queuedAt,proto3" json:"queued_at,omitempty"`
 	// lost_agents lists the agents that stopped renewing this build's lease,
 	// oldest first.
-	LostAgents    []string `protobuf:"bytes,19,rep,name=lost_agents,json=lostAgents,proto3" json:"lost_agents,omitempty"`
+	LostAgents []string `protobuf:"bytes,19,rep,name=lost_agents,json=lostAgents,proto3" json:"lost_agents,omitempty"`
+	// policy is the tenant's sandbox and scheduling policy when the build
+	// was queued (absent: the defaults, everything optional refused).
+	Policy        *TenantPolicy `protobuf:"bytes,20,opt,name=policy,proto3" json:"policy,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
 
 func (x *Build) Reset() {
 	*x = Build{}
-	mi := &file_kiln_v1_build_proto_msgTypes[5]
+	mi := &file_kiln_v1_build_proto_msgTypes[6]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -636,7 +747,7 @@ func (x *Build) String() string {
 func (*Build) ProtoMessage() {}
 
 func (x *Build) ProtoReflect() protoreflect.Message {
-	mi := &file_kiln_v1_build_proto_msgTypes[5]
+	mi := &file_kiln_v1_build_proto_msgTypes[6]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -649,7 +760,7 @@ func (x *Build) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Build.ProtoReflect.Descriptor instead.
 func (*Build) Descriptor() ([]byte, []int) {
-	return file_kiln_v1_build_proto_rawDescGZIP(), []int{5}
+	return file_kiln_v1_build_proto_rawDescGZIP(), []int{6}
 }
 
 func (x *Build) GetId() string {
@@ -785,6 +896,13 @@ func (x *Build) GetLostAgents() []string {
 	return nil
 }
 
+func (x *Build) GetPolicy() *TenantPolicy {
+	if x != nil {
+		return x.Policy
+	}
+	return nil
+}
+
 // LogLine is one line of build output.
 type LogLine struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
@@ -797,7 +915,7 @@ type LogLine struct {
 
 func (x *LogLine) Reset() {
 	*x = LogLine{}
-	mi := &file_kiln_v1_build_proto_msgTypes[6]
+	mi := &file_kiln_v1_build_proto_msgTypes[7]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -809,7 +927,7 @@ func (x *LogLine) String() string {
 func (*LogLine) ProtoMessage() {}
 
 func (x *LogLine) ProtoReflect() protoreflect.Message {
-	mi := &file_kiln_v1_build_proto_msgTypes[6]
+	mi := &file_kiln_v1_build_proto_msgTypes[7]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -822,7 +940,7 @@ func (x *LogLine) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use LogLine.ProtoReflect.Descriptor instead.
 func (*LogLine) Descriptor() ([]byte, []int) {
-	return file_kiln_v1_build_proto_rawDescGZIP(), []int{6}
+	return file_kiln_v1_build_proto_rawDescGZIP(), []int{7}
 }
 
 func (x *LogLine) GetStep() uint32 {
@@ -851,7 +969,7 @@ type StepStarted struct {
 
 func (x *StepStarted) Reset() {
 	*x = StepStarted{}
-	mi := &file_kiln_v1_build_proto_msgTypes[7]
+	mi := &file_kiln_v1_build_proto_msgTypes[8]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -863,7 +981,7 @@ func (x *StepStarted) String() string {
 func (*StepStarted) ProtoMessage() {}
 
 func (x *StepStarted) ProtoReflect() protoreflect.Message {
-	mi := &file_kiln_v1_build_proto_msgTypes[7]
+	mi := &file_kiln_v1_build_proto_msgTypes[8]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -876,7 +994,7 @@ func (x *StepStarted) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StepStarted.ProtoReflect.Descriptor instead.
 func (*StepStarted) Descriptor() ([]byte, []int) {
-	return file_kiln_v1_build_proto_rawDescGZIP(), []int{7}
+	return file_kiln_v1_build_proto_rawDescGZIP(), []int{8}
 }
 
 func (x *StepStarted) GetStep() uint32 {
@@ -913,7 +1031,7 @@ type StepFinished struct {
 
 func (x *StepFinished) Reset() {
 	*x = StepFinished{}
-	mi := &file_kiln_v1_build_proto_msgTypes[8]
+	mi := &file_kiln_v1_build_proto_msgTypes[9]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -925,7 +1043,7 @@ func (x *StepFinished) String() string {
 func (*StepFinished) ProtoMessage() {}
 
 func (x *StepFinished) ProtoReflect() protoreflect.Message {
-	mi := &file_kiln_v1_build_proto_msgTypes[8]
+	mi := &file_kiln_v1_build_proto_msgTypes[9]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -938,7 +1056,7 @@ func (x *StepFinished) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StepFinished.ProtoReflect.Descriptor instead.
 func (*StepFinished) Descriptor() ([]byte, []int) {
-	return file_kiln_v1_build_proto_rawDescGZIP(), []int{8}
+	return file_kiln_v1_build_proto_rawDescGZIP(), []int{9}
 }
 
 func (x *StepFinished) GetStep() uint32 {
@@ -982,7 +1100,7 @@ type StateChanged struct {
 
 func (x *StateChanged) Reset() {
 	*x = StateChanged{}
-	mi := &file_kiln_v1_build_proto_msgTypes[9]
+	mi := &file_kiln_v1_build_proto_msgTypes[10]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -994,7 +1112,7 @@ func (x *StateChanged) String() string {
 func (*StateChanged) ProtoMessage() {}
 
 func (x *StateChanged) ProtoReflect() protoreflect.Message {
-	mi := &file_kiln_v1_build_proto_msgTypes[9]
+	mi := &file_kiln_v1_build_proto_msgTypes[10]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1007,7 +1125,7 @@ func (x *StateChanged) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StateChanged.ProtoReflect.Descriptor instead.
 func (*StateChanged) Descriptor() ([]byte, []int) {
-	return file_kiln_v1_build_proto_rawDescGZIP(), []int{9}
+	return file_kiln_v1_build_proto_rawDescGZIP(), []int{10}
 }
 
 func (x *StateChanged) GetState() BuildState {
@@ -1051,7 +1169,7 @@ type BuildFinished struct {
 
 func (x *BuildFinished) Reset() {
 	*x = BuildFinished{}
-	mi := &file_kiln_v1_build_proto_msgTypes[10]
+	mi := &file_kiln_v1_build_proto_msgTypes[11]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1063,7 +1181,7 @@ func (x *BuildFinished) String() string {
 func (*BuildFinished) ProtoMessage() {}
 
 func (x *BuildFinished) ProtoReflect() protoreflect.Message {
-	mi := &file_kiln_v1_build_proto_msgTypes[10]
+	mi := &file_kiln_v1_build_proto_msgTypes[11]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1076,7 +1194,7 @@ func (x *BuildFinished) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use BuildFinished.ProtoReflect.Descriptor instead.
 func (*BuildFinished) Descriptor() ([]byte, []int) {
-	return file_kiln_v1_build_proto_rawDescGZIP(), []int{10}
+	return file_kiln_v1_build_proto_rawDescGZIP(), []int{11}
 }
 
 func (x *BuildFinished) GetState() BuildState {
@@ -1131,7 +1249,7 @@ type BuildEvent struct {
 
 func (x *BuildEvent) Reset() {
 	*x = BuildEvent{}
-	mi := &file_kiln_v1_build_proto_msgTypes[11]
+	mi := &file_kiln_v1_build_proto_msgTypes[12]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1143,7 +1261,7 @@ func (x *BuildEvent) String() string {
 func (*BuildEvent) ProtoMessage() {}
 
 func (x *BuildEvent) ProtoReflect() protoreflect.Message {
-	mi := &file_kiln_v1_build_proto_msgTypes[11]
+	mi := &file_kiln_v1_build_proto_msgTypes[12]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1156,7 +1274,7 @@ func (x *BuildEvent) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use BuildEvent.ProtoReflect.Descriptor instead.
 func (*BuildEvent) Descriptor() ([]byte, []int) {
-	return file_kiln_v1_build_proto_rawDescGZIP(), []int{11}
+	return file_kiln_v1_build_proto_rawDescGZIP(), []int{12}
 }
 
 func (x *BuildEvent) GetSequence() uint64 {
@@ -1299,7 +1417,7 @@ type StartBuildRequest struct {
 
 func (x *StartBuildRequest) Reset() {
 	*x = StartBuildRequest{}
-	mi := &file_kiln_v1_build_proto_msgTypes[12]
+	mi := &file_kiln_v1_build_proto_msgTypes[13]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1311,7 +1429,7 @@ func (x *StartBuildRequest) String() string {
 func (*StartBuildRequest) ProtoMessage() {}
 
 func (x *StartBuildRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_kiln_v1_build_proto_msgTypes[12]
+	mi := &file_kiln_v1_build_proto_msgTypes[13]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1324,7 +1442,7 @@ func (x *StartBuildRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StartBuildRequest.ProtoReflect.Descriptor instead.
 func (*StartBuildRequest) Descriptor() ([]byte, []int) {
-	return file_kiln_v1_build_proto_rawDescGZIP(), []int{12}
+	return file_kiln_v1_build_proto_rawDescGZIP(), []int{13}
 }
 
 func (x *StartBuildRequest) GetSpec() *BuildSpec {
@@ -1357,7 +1475,7 @@ type StartBuildResponse struct {
 
 func (x *StartBuildResponse) Reset() {
 	*x = StartBuildResponse{}
-	mi := &file_kiln_v1_build_proto_msgTypes[13]
+	mi := &file_kiln_v1_build_proto_msgTypes[14]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1369,7 +1487,7 @@ func (x *StartBuildResponse) String() string {
 func (*StartBuildResponse) ProtoMessage() {}
 
 func (x *StartBuildResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_kiln_v1_build_proto_msgTypes[13]
+	mi := &file_kiln_v1_build_proto_msgTypes[14]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1382,7 +1500,7 @@ func (x *StartBuildResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StartBuildResponse.ProtoReflect.Descriptor instead.
 func (*StartBuildResponse) Descriptor() ([]byte, []int) {
-	return file_kiln_v1_build_proto_rawDescGZIP(), []int{13}
+	return file_kiln_v1_build_proto_rawDescGZIP(), []int{14}
 }
 
 func (x *StartBuildResponse) GetBuild() *Build {
@@ -1403,7 +1521,7 @@ type WatchBuildRequest struct {
 
 func (x *WatchBuildRequest) Reset() {
 	*x = WatchBuildRequest{}
-	mi := &file_kiln_v1_build_proto_msgTypes[14]
+	mi := &file_kiln_v1_build_proto_msgTypes[15]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1415,7 +1533,7 @@ func (x *WatchBuildRequest) String() string {
 func (*WatchBuildRequest) ProtoMessage() {}
 
 func (x *WatchBuildRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_kiln_v1_build_proto_msgTypes[14]
+	mi := &file_kiln_v1_build_proto_msgTypes[15]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1428,7 +1546,7 @@ func (x *WatchBuildRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WatchBuildRequest.ProtoReflect.Descriptor instead.
 func (*WatchBuildRequest) Descriptor() ([]byte, []int) {
-	return file_kiln_v1_build_proto_rawDescGZIP(), []int{14}
+	return file_kiln_v1_build_proto_rawDescGZIP(), []int{15}
 }
 
 func (x *WatchBuildRequest) GetBuildId() string {
@@ -1454,7 +1572,7 @@ type WatchBuildResponse struct {
 
 func (x *WatchBuildResponse) Reset() {
 	*x = WatchBuildResponse{}
-	mi := &file_kiln_v1_build_proto_msgTypes[15]
+	mi := &file_kiln_v1_build_proto_msgTypes[16]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1466,7 +1584,7 @@ func (x *WatchBuildResponse) String() string {
 func (*WatchBuildResponse) ProtoMessage() {}
 
 func (x *WatchBuildResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_kiln_v1_build_proto_msgTypes[15]
+	mi := &file_kiln_v1_build_proto_msgTypes[16]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1479,7 +1597,7 @@ func (x *WatchBuildResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WatchBuildResponse.ProtoReflect.Descriptor instead.
 func (*WatchBuildResponse) Descriptor() ([]byte, []int) {
-	return file_kiln_v1_build_proto_rawDescGZIP(), []int{15}
+	return file_kiln_v1_build_proto_rawDescGZIP(), []int{16}
 }
 
 func (x *WatchBuildResponse) GetEvent() *BuildEvent {
@@ -1498,7 +1616,7 @@ type CancelBuildRequest struct {
 
 func (x *CancelBuildRequest) Reset() {
 	*x = CancelBuildRequest{}
-	mi := &file_kiln_v1_build_proto_msgTypes[16]
+	mi := &file_kiln_v1_build_proto_msgTypes[17]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1510,7 +1628,7 @@ func (x *CancelBuildRequest) String() string {
 func (*CancelBuildRequest) ProtoMessage() {}
 
 func (x *CancelBuildRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_kiln_v1_build_proto_msgTypes[16]
+	mi := &file_kiln_v1_build_proto_msgTypes[17]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1523,7 +1641,7 @@ func (x *CancelBuildRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CancelBuildRequest.ProtoReflect.Descriptor instead.
 func (*CancelBuildRequest) Descriptor() ([]byte, []int) {
-	return file_kiln_v1_build_proto_rawDescGZIP(), []int{16}
+	return file_kiln_v1_build_proto_rawDescGZIP(), []int{17}
 }
 
 func (x *CancelBuildRequest) GetBuildId() string {
@@ -1542,7 +1660,7 @@ type CancelBuildResponse struct {
 
 func (x *CancelBuildResponse) Reset() {
 	*x = CancelBuildResponse{}
-	mi := &file_kiln_v1_build_proto_msgTypes[17]
+	mi := &file_kiln_v1_build_proto_msgTypes[18]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1554,7 +1672,7 @@ func (x *CancelBuildResponse) String() string {
 func (*CancelBuildResponse) ProtoMessage() {}
 
 func (x *CancelBuildResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_kiln_v1_build_proto_msgTypes[17]
+	mi := &file_kiln_v1_build_proto_msgTypes[18]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1567,7 +1685,7 @@ func (x *CancelBuildResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CancelBuildResponse.ProtoReflect.Descriptor instead.
 func (*CancelBuildResponse) Descriptor() ([]byte, []int) {
-	return file_kiln_v1_build_proto_rawDescGZIP(), []int{17}
+	return file_kiln_v1_build_proto_rawDescGZIP(), []int{18}
 }
 
 func (x *CancelBuildResponse) GetBuild() *Build {
@@ -1586,7 +1704,7 @@ type GetBuildRequest struct {
 
 func (x *GetBuildRequest) Reset() {
 	*x = GetBuildRequest{}
-	mi := &file_kiln_v1_build_proto_msgTypes[18]
+	mi := &file_kiln_v1_build_proto_msgTypes[19]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1598,7 +1716,7 @@ func (x *GetBuildRequest) String() string {
 func (*GetBuildRequest) ProtoMessage() {}
 
 func (x *GetBuildRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_kiln_v1_build_proto_msgTypes[18]
+	mi := &file_kiln_v1_build_proto_msgTypes[19]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1611,7 +1729,7 @@ func (x *GetBuildRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetBuildRequest.ProtoReflect.Descriptor instead.
 func (*GetBuildRequest) Descriptor() ([]byte, []int) {
-	return file_kiln_v1_build_proto_rawDescGZIP(), []int{18}
+	return file_kiln_v1_build_proto_rawDescGZIP(), []int{19}
 }
 
 func (x *GetBuildRequest) GetBuildId() string {
@@ -1630,7 +1748,7 @@ type GetBuildResponse struct {
 
 func (x *GetBuildResponse) Reset() {
 	*x = GetBuildResponse{}
-	mi := &file_kiln_v1_build_proto_msgTypes[19]
+	mi := &file_kiln_v1_build_proto_msgTypes[20]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1642,7 +1760,7 @@ func (x *GetBuildResponse) String() string {
 func (*GetBuildResponse) ProtoMessage() {}
 
 func (x *GetBuildResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_kiln_v1_build_proto_msgTypes[19]
+	mi := &file_kiln_v1_build_proto_msgTypes[20]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1655,7 +1773,7 @@ func (x *GetBuildResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetBuildResponse.ProtoReflect.Descriptor instead.
 func (*GetBuildResponse) Descriptor() ([]byte, []int) {
-	return file_kiln_v1_build_proto_rawDescGZIP(), []int{19}
+	return file_kiln_v1_build_proto_rawDescGZIP(), []int{20}
 }
 
 func (x *GetBuildResponse) GetBuild() *Build {
@@ -1677,7 +1795,7 @@ type ListBuildsRequest struct {
 
 func (x *ListBuildsRequest) Reset() {
 	*x = ListBuildsRequest{}
-	mi := &file_kiln_v1_build_proto_msgTypes[20]
+	mi := &file_kiln_v1_build_proto_msgTypes[21]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1689,7 +1807,7 @@ func (x *ListBuildsRequest) String() string {
 func (*ListBuildsRequest) ProtoMessage() {}
 
 func (x *ListBuildsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_kiln_v1_build_proto_msgTypes[20]
+	mi := &file_kiln_v1_build_proto_msgTypes[21]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1702,7 +1820,7 @@ func (x *ListBuildsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListBuildsRequest.ProtoReflect.Descriptor instead.
 func (*ListBuildsRequest) Descriptor() ([]byte, []int) {
-	return file_kiln_v1_build_proto_rawDescGZIP(), []int{20}
+	return file_kiln_v1_build_proto_rawDescGZIP(), []int{21}
 }
 
 func (x *ListBuildsRequest) GetPageSize() int32 {
@@ -1729,7 +1847,7 @@ type ListBuildsResponse struct {
 
 func (x *ListBuildsResponse) Reset() {
 	*x = ListBuildsResponse{}
-	mi := &file_kiln_v1_build_proto_msgTypes[21]
+	mi := &file_kiln_v1_build_proto_msgTypes[22]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1741,7 +1859,7 @@ func (x *ListBuildsResponse) String() string {
 func (*ListBuildsResponse) ProtoMessage() {}
 
 func (x *ListBuildsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_kiln_v1_build_proto_msgTypes[21]
+	mi := &file_kiln_v1_build_proto_msgTypes[22]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1754,7 +1872,7 @@ func (x *ListBuildsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListBuildsResponse.ProtoReflect.Descriptor instead.
 func (*ListBuildsResponse) Descriptor() ([]byte, []int) {
-	return file_kiln_v1_build_proto_rawDescGZIP(), []int{21}
+	return file_kiln_v1_build_proto_rawDescGZIP(), []int{22}
 }
 
 func (x *ListBuildsResponse) GetBuilds() []*Build {
@@ -1779,7 +1897,7 @@ type GetSecretsKeyRequest struct {
 
 func (x *GetSecretsKeyRequest) Reset() {
 	*x = GetSecretsKeyRequest{}
-	mi := &file_kiln_v1_build_proto_msgTypes[22]
+	mi := &file_kiln_v1_build_proto_msgTypes[23]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1791,7 +1909,7 @@ func (x *GetSecretsKeyRequest) String() string {
 func (*GetSecretsKeyRequest) ProtoMessage() {}
 
 func (x *GetSecretsKeyRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_kiln_v1_build_proto_msgTypes[22]
+	mi := &file_kiln_v1_build_proto_msgTypes[23]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1804,7 +1922,7 @@ func (x *GetSecretsKeyRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetSecretsKeyRequest.ProtoReflect.Descriptor instead.
 func (*GetSecretsKeyRequest) Descriptor() ([]byte, []int) {
-	return file_kiln_v1_build_proto_rawDescGZIP(), []int{22}
+	return file_kiln_v1_build_proto_rawDescGZIP(), []int{23}
 }
 
 type GetSecretsKeyResponse struct {
@@ -1812,14 +1930,16 @@ type GetSecretsKeyResponse struct {
 	// public_key is the farm's X25519 public key (32 bytes).
 	PublicKey []byte `protobuf:"bytes,1,opt,name=public_key,json=publicKey,proto3" json:"public_key,omitempty"`
 	// key_id names it: the first 16 hex digits of the SHA-256 of public_key.
-	KeyId         string `protobuf:"bytes,2,opt,name=key_id,json=keyId,proto3" json:"key_id,omitempty"`
+	KeyId string `protobuf:"bytes,2,opt,name=key_id,json=keyId,proto3" json:"key_id,omitempty"`
+	// tenant is the caller's tenant, which sealed values are bound to.
+	Tenant        string `protobuf:"bytes,3,opt,name=tenant,proto3" json:"tenant,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
 
 func (x *GetSecretsKeyResponse) Reset() {
 	*x = GetSecretsKeyResponse{}
-	mi := &file_kiln_v1_build_proto_msgTypes[23]
+	mi := &file_kiln_v1_build_proto_msgTypes[24]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1831,7 +1951,7 @@ func (x *GetSecretsKeyResponse) String() string {
 func (*GetSecretsKeyResponse) ProtoMessage() {}
 
 func (x *GetSecretsKeyResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_kiln_v1_build_proto_msgTypes[23]
+	mi := &file_kiln_v1_build_proto_msgTypes[24]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1844,7 +1964,7 @@ func (x *GetSecretsKeyResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetSecretsKeyResponse.ProtoReflect.Descriptor instead.
 func (*GetSecretsKeyResponse) Descriptor() ([]byte, []int) {
-	return file_kiln_v1_build_proto_rawDescGZIP(), []int{23}
+	return file_kiln_v1_build_proto_rawDescGZIP(), []int{24}
 }
 
 func (x *GetSecretsKeyResponse) GetPublicKey() []byte {
@@ -1861,11 +1981,18 @@ func (x *GetSecretsKeyResponse) GetKeyId() string {
 	return ""
 }
 
+func (x *GetSecretsKeyResponse) GetTenant() string {
+	if x != nil {
+		return x.Tenant
+	}
+	return ""
+}
+
 var File_kiln_v1_build_proto protoreflect.FileDescriptor
 
 const file_kiln_v1_build_proto_rawDesc = "" +
 	"\n" +
-	"\x13kiln/v1/build.proto\x12\akiln.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x15kiln/v1/context.proto\"\xea\x05\n" +
+	"\x13kiln/v1/build.proto\x12\akiln.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x15kiln/v1/context.proto\"\x89\x06\n" +
 	"\tBuildSpec\x12\x1e\n" +
 	"\n" +
 	"dockerfile\x18\x01 \x01(\tR\n" +
@@ -1886,7 +2013,9 @@ const file_kiln_v1_build_proto_rawDesc = "" +
 	"\fagent_labels\x18\v \x03(\v2#.kiln.v1.BuildSpec.AgentLabelsEntryR\vagentLabels\x12/\n" +
 	"\asecrets\x18\f \x03(\v2\x15.kiln.v1.SealedSecretR\asecrets\x12*\n" +
 	"\abuilder\x18\r \x01(\x0e2\x10.kiln.v1.BuilderR\abuilder\x12:\n" +
-	"\rregistry_auth\x18\x0e \x03(\v2\x15.kiln.v1.SealedSecretR\fregistryAuth\x1a<\n" +
+	"\rregistry_auth\x18\x0e \x03(\v2\x15.kiln.v1.SealedSecretR\fregistryAuth\x12\x1d\n" +
+	"\n" +
+	"seal_nonce\x18\x0f \x01(\fR\tsealNonce\x1a<\n" +
 	"\x0eBuildArgsEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
 	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\x1a9\n" +
@@ -1895,7 +2024,14 @@ const file_kiln_v1_build_proto_rawDesc = "" +
 	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\x1a>\n" +
 	"\x10AgentLabelsEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
-	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"M\n" +
+	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"\xf3\x01\n" +
+	"\fTenantPolicy\x12(\n" +
+	"\x10allow_remote_add\x18\x01 \x01(\bR\x0eallowRemoteAdd\x12,\n" +
+	"\x12allow_network_host\x18\x02 \x01(\bR\x10allowNetworkHost\x12%\n" +
+	"\x0eallow_insecure\x18\x03 \x01(\bR\rallowInsecure\x12%\n" +
+	"\x0efrontend_allow\x18\x04 \x03(\tR\rfrontendAllow\x12\x16\n" +
+	"\x06weight\x18\x05 \x01(\rR\x06weight\x12%\n" +
+	"\x0emax_concurrent\x18\x06 \x01(\rR\rmaxConcurrent\"M\n" +
 	"\fSealedSecret\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x12\x16\n" +
 	"\x06sealed\x18\x02 \x01(\fR\x06sealed\x12\x15\n" +
@@ -1915,7 +2051,7 @@ const file_kiln_v1_build_proto_rawDesc = "" +
 	"\x05steps\x18\x03 \x01(\rR\x05steps\x12!\n" +
 	"\fcached_steps\x18\x04 \x01(\rR\vcachedSteps\x12*\n" +
 	"\abuilder\x18\x05 \x01(\x0e2\x10.kiln.v1.BuilderR\abuilder\x124\n" +
-	"\x16context_transfer_bytes\x18\x06 \x01(\x03R\x14contextTransferBytes\"\x83\a\n" +
+	"\x16context_transfer_bytes\x18\x06 \x01(\x03R\x14contextTransferBytes\"\xb2\a\n" +
 	"\x05Build\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x12\x16\n" +
 	"\x06tenant\x18\x02 \x01(\tR\x06tenant\x12&\n" +
@@ -1940,7 +2076,8 @@ const file_kiln_v1_build_proto_rawDesc = "" +
 	"\baffinity\x18\x11 \x01(\v2\x11.kiln.v1.AffinityR\baffinity\x127\n" +
 	"\tqueued_at\x18\x12 \x01(\v2\x1a.google.protobuf.TimestampR\bqueuedAt\x12\x1f\n" +
 	"\vlost_agents\x18\x13 \x03(\tR\n" +
-	"lostAgents\x1a?\n" +
+	"lostAgents\x12-\n" +
+	"\x06policy\x18\x14 \x01(\v2\x15.kiln.v1.TenantPolicyR\x06policy\x1a?\n" +
 	"\x11TraceContextEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
 	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"1\n" +
@@ -2006,11 +2143,12 @@ const file_kiln_v1_build_proto_rawDesc = "" +
 	"\x12ListBuildsResponse\x12&\n" +
 	"\x06builds\x18\x01 \x03(\v2\x0e.kiln.v1.BuildR\x06builds\x12&\n" +
 	"\x0fnext_page_token\x18\x02 \x01(\tR\rnextPageToken\"\x16\n" +
-	"\x14GetSecretsKeyRequest\"M\n" +
+	"\x14GetSecretsKeyRequest\"e\n" +
 	"\x15GetSecretsKeyResponse\x12\x1d\n" +
 	"\n" +
 	"public_key\x18\x01 \x01(\fR\tpublicKey\x12\x15\n" +
-	"\x06key_id\x18\x02 \x01(\tR\x05keyId*M\n" +
+	"\x06key_id\x18\x02 \x01(\tR\x05keyId\x12\x16\n" +
+	"\x06tenant\x18\x03 \x01(\tR\x06tenant*M\n" +
 	"\aBuilder\x12\x17\n" +
 	"\x13BUILDER_UNSPECIFIED\x10\x00\x12\x13\n" +
 	"\x0fBUILDER_CLASSIC\x10\x01\x12\x14\n" +
@@ -2048,97 +2186,99 @@ func file_kiln_v1_build_proto_rawDescGZIP() []byte {
 }
 
 var file_kiln_v1_build_proto_enumTypes = make([]protoimpl.EnumInfo, 2)
-var file_kiln_v1_build_proto_msgTypes = make([]protoimpl.MessageInfo, 28)
+var file_kiln_v1_build_proto_msgTypes = make([]protoimpl.MessageInfo, 29)
 var file_kiln_v1_build_proto_goTypes = []any{
 	(Builder)(0),                  // 0: kiln.v1.Builder
 	(BuildState)(0),               // 1: kiln.v1.BuildState
 	(*BuildSpec)(nil),             // 2: kiln.v1.BuildSpec
-	(*SealedSecret)(nil),          // 3: kiln.v1.SealedSecret
-	(*Affinity)(nil),              // 4: kiln.v1.Affinity
-	(*PushedImage)(nil),           // 5: kiln.v1.PushedImage
-	(*BuildResult)(nil),           // 6: kiln.v1.BuildResult
-	(*Build)(nil),                 // 7: kiln.v1.Build
-	(*LogLine)(nil),               // 8: kiln.v1.LogLine
-	(*StepStarted)(nil),           // 9: kiln.v1.StepStarted
-	(*StepFinished)(nil),          // 10: kiln.v1.StepFinished
-	(*StateChanged)(nil),          // 11: kiln.v1.StateChanged
-	(*BuildFinished)(nil),         // 12: kiln.v1.BuildFinished
-	(*BuildEvent)(nil),            // 13: kiln.v1.BuildEvent
-	(*StartBuildRequest)(nil),     // 14: kiln.v1.StartBuildRequest
-	(*StartBuildResponse)(nil),    // 15: kiln.v1.StartBuildResponse
-	(*WatchBuildRequest)(nil),     // 16: kiln.v1.WatchBuildRequest
-	(*WatchBuildResponse)(nil),    // 17: kiln.v1.WatchBuildResponse
-	(*CancelBuildRequest)(nil),    // 18: kiln.v1.CancelBuildRequest
-	(*CancelBuildResponse)(nil),   // 19: kiln.v1.CancelBuildResponse
-	(*GetBuildRequest)(nil),       // 20: kiln.v1.GetBuildRequest
-	(*GetBuildResponse)(nil),      // 21: kiln.v1.GetBuildResponse
-	(*ListBuildsRequest)(nil),     // 22: kiln.v1.ListBuildsRequest
-	(*ListBuildsResponse)(nil),    // 23: kiln.v1.ListBuildsResponse
-	(*GetSecretsKeyRequest)(nil),  // 24: kiln.v1.GetSecretsKeyRequest
-	(*GetSecretsKeyResponse)(nil), // 25: kiln.v1.GetSecretsKeyResponse
-	nil,                           // 26: kiln.v1.BuildSpec.BuildArgsEntry
-	nil,                           // 27: kiln.v1.BuildSpec.LabelsEntry
-	nil,                           // 28: kiln.v1.BuildSpec.AgentLabelsEntry
-	nil,                           // 29: kiln.v1.Build.TraceContextEntry
-	(*ContextRef)(nil),            // 30: kiln.v1.ContextRef
-	(*timestamppb.Timestamp)(nil), // 31: google.protobuf.Timestamp
-	(*durationpb.Duration)(nil),   // 32: google.protobuf.Duration
+	(*TenantPolicy)(nil),          // 3: kiln.v1.TenantPolicy
+	(*SealedSecret)(nil),          // 4: kiln.v1.SealedSecret
+	(*Affinity)(nil),              // 5: kiln.v1.Affinity
+	(*PushedImage)(nil),           // 6: kiln.v1.PushedImage
+	(*BuildResult)(nil),           // 7: kiln.v1.BuildResult
+	(*Build)(nil),                 // 8: kiln.v1.Build
+	(*LogLine)(nil),               // 9: kiln.v1.LogLine
+	(*StepStarted)(nil),           // 10: kiln.v1.StepStarted
+	(*StepFinished)(nil),          // 11: kiln.v1.StepFinished
+	(*StateChanged)(nil),          // 12: kiln.v1.StateChanged
+	(*BuildFinished)(nil),         // 13: kiln.v1.BuildFinished
+	(*BuildEvent)(nil),            // 14: kiln.v1.BuildEvent
+	(*StartBuildRequest)(nil),     // 15: kiln.v1.StartBuildRequest
+	(*StartBuildResponse)(nil),    // 16: kiln.v1.StartBuildResponse
+	(*WatchBuildRequest)(nil),     // 17: kiln.v1.WatchBuildRequest
+	(*WatchBuildResponse)(nil),    // 18: kiln.v1.WatchBuildResponse
+	(*CancelBuildRequest)(nil),    // 19: kiln.v1.CancelBuildRequest
+	(*CancelBuildResponse)(nil),   // 20: kiln.v1.CancelBuildResponse
+	(*GetBuildRequest)(nil),       // 21: kiln.v1.GetBuildRequest
+	(*GetBuildResponse)(nil),      // 22: kiln.v1.GetBuildResponse
+	(*ListBuildsRequest)(nil),     // 23: kiln.v1.ListBuildsRequest
+	(*ListBuildsResponse)(nil),    // 24: kiln.v1.ListBuildsResponse
+	(*GetSecretsKeyRequest)(nil),  // 25: kiln.v1.GetSecretsKeyRequest
+	(*GetSecretsKeyResponse)(nil), // 26: kiln.v1.GetSecretsKeyResponse
+	nil,                           // 27: kiln.v1.BuildSpec.BuildArgsEntry
+	nil,                           // 28: kiln.v1.BuildSpec.LabelsEntry
+	nil,                           // 29: kiln.v1.BuildSpec.AgentLabelsEntry
+	nil,                           // 30: kiln.v1.Build.TraceContextEntry
+	(*ContextRef)(nil),            // 31: kiln.v1.ContextRef
+	(*timestamppb.Timestamp)(nil), // 32: google.protobuf.Timestamp
+	(*durationpb.Duration)(nil),   // 33: google.protobuf.Duration
 }
 var file_kiln_v1_build_proto_depIdxs = []int32{
-	26, // 0: kiln.v1.BuildSpec.build_args:type_name -> kiln.v1.BuildSpec.BuildArgsEntry
-	27, // 1: kiln.v1.BuildSpec.labels:type_name -> kiln.v1.BuildSpec.LabelsEntry
-	28, // 2: kiln.v1.BuildSpec.agent_labels:type_name -> kiln.v1.BuildSpec.AgentLabelsEntry
-	3,  // 3: kiln.v1.BuildSpec.secrets:type_name -> kiln.v1.SealedSecret
+	27, // 0: kiln.v1.BuildSpec.build_args:type_name -> kiln.v1.BuildSpec.BuildArgsEntry
+	28, // 1: kiln.v1.BuildSpec.labels:type_name -> kiln.v1.BuildSpec.LabelsEntry
+	29, // 2: kiln.v1.BuildSpec.agent_labels:type_name -> kiln.v1.BuildSpec.AgentLabelsEntry
+	4,  // 3: kiln.v1.BuildSpec.secrets:type_name -> kiln.v1.SealedSecret
 	0,  // 4: kiln.v1.BuildSpec.builder:type_name -> kiln.v1.Builder
-	3,  // 5: kiln.v1.BuildSpec.registry_auth:type_name -> kiln.v1.SealedSecret
-	5,  // 6: kiln.v1.BuildResult.pushed:type_name -> kiln.v1.PushedImage
+	4,  // 5: kiln.v1.BuildSpec.registry_auth:type_name -> kiln.v1.SealedSecret
+	6,  // 6: kiln.v1.BuildResult.pushed:type_name -> kiln.v1.PushedImage
 	0,  // 7: kiln.v1.BuildResult.builder:type_name -> kiln.v1.Builder
 	2,  // 8: kiln.v1.Build.spec:type_name -> kiln.v1.BuildSpec
-	30, // 9: kiln.v1.Build.context:type_name -> kiln.v1.ContextRef
+	31, // 9: kiln.v1.Build.context:type_name -> kiln.v1.ContextRef
 	1,  // 10: kiln.v1.Build.state:type_name -> kiln.v1.BuildState
-	31, // 11: kiln.v1.Build.created_at:type_name -> google.protobuf.Timestamp
-	31, // 12: kiln.v1.Build.started_at:type_name -> google.protobuf.Timestamp
-	31, // 13: kiln.v1.Build.finished_at:type_name -> google.protobuf.Timestamp
-	6,  // 14: kiln.v1.Build.result:type_name -> kiln.v1.BuildResult
-	31, // 15: kiln.v1.Build.lease_expires_at:type_name -> google.protobuf.Timestamp
-	29, // 16: kiln.v1.Build.trace_context:type_name -> kiln.v1.Build.TraceContextEntry
-	4,  // 17: kiln.v1.Build.affinity:type_name -> kiln.v1.Affinity
-	31, // 18: kiln.v1.Build.queued_at:type_name -> google.protobuf.Timestamp
-	32, // 19: kiln.v1.StepFinished.duration:type_name -> google.protobuf.Duration
-	1,  // 20: kiln.v1.StateChanged.state:type_name -> kiln.v1.BuildState
-	1,  // 21: kiln.v1.BuildFinished.state:type_name -> kiln.v1.BuildState
-	6,  // 22: kiln.v1.BuildFinished.result:type_name -> kiln.v1.BuildResult
-	31, // 23: kiln.v1.BuildEvent.time:type_name -> google.protobuf.Timestamp
-	11, // 24: kiln.v1.BuildEvent.state:type_name -> kiln.v1.StateChanged
-	8,  // 25: kiln.v1.BuildEvent.log:type_name -> kiln.v1.LogLine
-	9,  // 26: kiln.v1.BuildEvent.step_started:type_name -> kiln.v1.StepStarted
-	10, // 27: kiln.v1.BuildEvent.step_finished:type_name -> kiln.v1.StepFinished
-	5,  // 28: kiln.v1.BuildEvent.pushed:type_name -> kiln.v1.PushedImage
-	12, // 29: kiln.v1.BuildEvent.finished:type_name -> kiln.v1.BuildFinished
-	2,  // 30: kiln.v1.StartBuildRequest.spec:type_name -> kiln.v1.BuildSpec
-	30, // 31: kiln.v1.StartBuildRequest.context:type_name -> kiln.v1.ContextRef
-	7,  // 32: kiln.v1.StartBuildResponse.build:type_name -> kiln.v1.Build
-	13, // 33: kiln.v1.WatchBuildResponse.event:type_name -> kiln.v1.BuildEvent
-	7,  // 34: kiln.v1.CancelBuildResponse.build:type_name -> kiln.v1.Build
-	7,  // 35: kiln.v1.GetBuildResponse.build:type_name -> kiln.v1.Build
-	7,  // 36: kiln.v1.ListBuildsResponse.builds:type_name -> kiln.v1.Build
-	14, // 37: kiln.v1.BuildService.StartBuild:input_type -> kiln.v1.StartBuildRequest
-	16, // 38: kiln.v1.BuildService.WatchBuild:input_type -> kiln.v1.WatchBuildRequest
-	18, // 39: kiln.v1.BuildService.CancelBuild:input_type -> kiln.v1.CancelBuildRequest
-	20, // 40: kiln.v1.BuildService.GetBuild:input_type -> kiln.v1.GetBuildRequest
-	22, // 41: kiln.v1.BuildService.ListBuilds:input_type -> kiln.v1.ListBuildsRequest
-	24, // 42: kiln.v1.BuildService.GetSecretsKey:input_type -> kiln.v1.GetSecretsKeyRequest
-	15, // 43: kiln.v1.BuildService.StartBuild:output_type -> kiln.v1.StartBuildResponse
-	17, // 44: kiln.v1.BuildService.WatchBuild:output_type -> kiln.v1.WatchBuildResponse
-	19, // 45: kiln.v1.BuildService.CancelBuild:output_type -> kiln.v1.CancelBuildResponse
-	21, // 46: kiln.v1.BuildService.GetBuild:output_type -> kiln.v1.GetBuildResponse
-	23, // 47: kiln.v1.BuildService.ListBuilds:output_type -> kiln.v1.ListBuildsResponse
-	25, // 48: kiln.v1.BuildService.GetSecretsKey:output_type -> kiln.v1.GetSecretsKeyResponse
-	43, // [43:49] is the sub-list for method output_type
-	37, // [37:43] is the sub-list for method input_type
-	37, // [37:37] is the sub-list for extension type_name
-	37, // [37:37] is the sub-list for extension extendee
-	0,  // [0:37] is the sub-list for field type_name
+	32, // 11: kiln.v1.Build.created_at:type_name -> google.protobuf.Timestamp
+	32, // 12: kiln.v1.Build.started_at:type_name -> google.protobuf.Timestamp
+	32, // 13: kiln.v1.Build.finished_at:type_name -> google.protobuf.Timestamp
+	7,  // 14: kiln.v1.Build.result:type_name -> kiln.v1.BuildResult
+	32, // 15: kiln.v1.Build.lease_expires_at:type_name -> google.protobuf.Timestamp
+	30, // 16: kiln.v1.Build.trace_context:type_name -> kiln.v1.Build.TraceContextEntry
+	5,  // 17: kiln.v1.Build.affinity:type_name -> kiln.v1.Affinity
+	32, // 18: kiln.v1.Build.queued_at:type_name -> google.protobuf.Timestamp
+	3,  // 19: kiln.v1.Build.policy:type_name -> kiln.v1.TenantPolicy
+	33, // 20: kiln.v1.StepFinished.duration:type_name -> google.protobuf.Duration
+	1,  // 21: kiln.v1.StateChanged.state:type_name -> kiln.v1.BuildState
+	1,  // 22: kiln.v1.BuildFinished.state:type_name -> kiln.v1.BuildState
+	7,  // 23: kiln.v1.BuildFinished.result:type_name -> kiln.v1.BuildResult
+	32, // 24: kiln.v1.BuildEvent.time:type_name -> google.protobuf.Timestamp
+	12, // 25: kiln.v1.BuildEvent.state:type_name -> kiln.v1.StateChanged
+	9,  // 26: kiln.v1.BuildEvent.log:type_name -> kiln.v1.LogLine
+	10, // 27: kiln.v1.BuildEvent.step_started:type_name -> kiln.v1.StepStarted
+	11, // 28: kiln.v1.BuildEvent.step_finished:type_name -> kiln.v1.StepFinished
+	6,  // 29: kiln.v1.BuildEvent.pushed:type_name -> kiln.v1.PushedImage
+	13, // 30: kiln.v1.BuildEvent.finished:type_name -> kiln.v1.BuildFinished
+	2,  // 31: kiln.v1.StartBuildRequest.spec:type_name -> kiln.v1.BuildSpec
+	31, // 32: kiln.v1.StartBuildRequest.context:type_name -> kiln.v1.ContextRef
+	8,  // 33: kiln.v1.StartBuildResponse.build:type_name -> kiln.v1.Build
+	14, // 34: kiln.v1.WatchBuildResponse.event:type_name -> kiln.v1.BuildEvent
+	8,  // 35: kiln.v1.CancelBuildResponse.build:type_name -> kiln.v1.Build
+	8,  // 36: kiln.v1.GetBuildResponse.build:type_name -> kiln.v1.Build
+	8,  // 37: kiln.v1.ListBuildsResponse.builds:type_name -> kiln.v1.Build
+	15, // 38: kiln.v1.BuildService.StartBuild:input_type -> kiln.v1.StartBuildRequest
+	17, // 39: kiln.v1.BuildService.WatchBuild:input_type -> kiln.v1.WatchBuildRequest
+	19, // 40: kiln.v1.BuildService.CancelBuild:input_type -> kiln.v1.CancelBuildRequest
+	21, // 41: kiln.v1.BuildService.GetBuild:input_type -> kiln.v1.GetBuildRequest
+	23, // 42: kiln.v1.BuildService.ListBuilds:input_type -> kiln.v1.ListBuildsRequest
+	25, // 43: kiln.v1.BuildService.GetSecretsKey:input_type -> kiln.v1.GetSecretsKeyRequest
+	16, // 44: kiln.v1.BuildService.StartBuild:output_type -> kiln.v1.StartBuildResponse
+	18, // 45: kiln.v1.BuildService.WatchBuild:output_type -> kiln.v1.WatchBuildResponse
+	20, // 46: kiln.v1.BuildService.CancelBuild:output_type -> kiln.v1.CancelBuildResponse
+	22, // 47: kiln.v1.BuildService.GetBuild:output_type -> kiln.v1.GetBuildResponse
+	24, // 48: kiln.v1.BuildService.ListBuilds:output_type -> kiln.v1.ListBuildsResponse
+	26, // 49: kiln.v1.BuildService.GetSecretsKey:output_type -> kiln.v1.GetSecretsKeyResponse
+	44, // [44:50] is the sub-list for method output_type
+	38, // [38:44] is the sub-list for method input_type
+	38, // [38:38] is the sub-list for extension type_name
+	38, // [38:38] is the sub-list for extension extendee
+	0,  // [0:38] is the sub-list for field type_name
 }
 
 func init() { file_kiln_v1_build_proto_init() }
@@ -2147,7 +2287,7 @@ func file_kiln_v1_build_proto_init() {
 		return
 	}
 	file_kiln_v1_context_proto_init()
-	file_kiln_v1_build_proto_msgTypes[11].OneofWrappers = []any{
+	file_kiln_v1_build_proto_msgTypes[12].OneofWrappers = []any{
 		(*BuildEvent_State)(nil),
 		(*BuildEvent_Log)(nil),
 		(*BuildEvent_StepStarted)(nil),
@@ -2161,7 +2301,7 @@ func file_kiln_v1_build_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_kiln_v1_build_proto_rawDesc), len(file_kiln_v1_build_proto_rawDesc)),
 			NumEnums:      2,
-			NumMessages:   28,
+			NumMessages:   29,
 			NumExtensions: 0,
 			NumServices:   1,
 		},
