@@ -23,6 +23,70 @@ const (
 	_ = protoimpl.EnforceVersion(protoimpl.MaxVersion - 20)
 )
 
+// AgentReportKind is what an AgentReport asks for.
+type AgentReportKind int32
+
+const (
+	AgentReportKind_AGENT_REPORT_KIND_UNSPECIFIED AgentReportKind = 0
+	// EVENTS appends events only.
+	AgentReportKind_AGENT_REPORT_KIND_EVENTS AgentReportKind = 1
+	// START moves the build from ASSIGNED to RUNNING.
+	AgentReportKind_AGENT_REPORT_KIND_START AgentReportKind = 2
+	// RENEW extends the lease (before each push too: the push fence).
+	AgentReportKind_AGENT_REPORT_KIND_RENEW AgentReportKind = 3
+	// FINISH records the end and publishes the finished event.
+	AgentReportKind_AGENT_REPORT_KIND_FINISH AgentReportKind = 4
+	// HAND_BACK returns the build to the queue.
+	AgentReportKind_AGENT_REPORT_KIND_HAND_BACK AgentReportKind = 5
+)
+
+// Enum value maps for AgentReportKind.
+var (
+	AgentReportKind_name = map[int32]string{
+		0: "AGENT_REPORT_KIND_UNSPECIFIED",
+		1: "AGENT_REPORT_KIND_EVENTS",
+		2: "AGENT_REPORT_KIND_START",
+		3: "AGENT_REPORT_KIND_RENEW",
+		4: "AGENT_REPORT_KIND_FINISH",
+		5: "AGENT_REPORT_KIND_HAND_BACK",
+	}
+	AgentReportKind_value = map[string]int32{
+		"AGENT_REPORT_KIND_UNSPECIFIED": 0,
+		"AGENT_REPORT_KIND_EVENTS":      1,
+		"AGENT_REPORT_KIND_START":       2,
+		"AGENT_REPORT_KIND_RENEW":       3,
+		"AGENT_REPORT_KIND_FINISH":      4,
+		"AGENT_REPORT_KIND_HAND_BACK":   5,
+	}
+)
+
+func (x AgentReportKind) Enum() *AgentReportKind {
+	p := new(AgentReportKind)
+	*p = x
+	return p
+}
+
+func (x AgentReportKind) String() string {
+	return protoimpl.X.EnumStringOf(x.Descriptor(), protoreflect.EnumNumber(x))
+}
+
+func (AgentReportKind) Descriptor() protoreflect.EnumDescriptor {
+	return file_kiln_v1_scheduler_proto_enumTypes[0].Descriptor()
+}
+
+func (AgentReportKind) Type() protoreflect.EnumType {
+	return &file_kiln_v1_scheduler_proto_enumTypes[0]
+}
+
+func (x AgentReportKind) Number() protoreflect.EnumNumber {
+	return protoreflect.EnumNumber(x)
+}
+
+// Deprecated: Use AgentReportKind.Descriptor instead.
+func (AgentReportKind) EnumDescriptor() ([]byte, []int) {
+	return file_kiln_v1_scheduler_proto_rawDescGZIP(), []int{0}
+}
+
 // BuildRequested is the intake message on stream KILN_REQUESTS (subject
 // kiln.requests); the record itself is already in KV KILN_BUILDS.
 type BuildRequested struct {
@@ -250,6 +314,194 @@ func (x *LeaderLease) GetExpiresAt() *timestamppb.Timestamp {
 	return nil
 }
 
+// AgentReport is an agent's request to the schedulers on
+// kiln.agent.report.<agent name>. Agents never write KV KILN_BUILDS or the
+// KILN_EVENTS stream themselves: every change to their build goes through a
+// report, and the scheduler that handles it writes the record and the events
+// only if the build is assigned to the agent the subject names, at the
+// report's attempt, in a state that allows the change.
+type AgentReport struct {
+	state   protoimpl.MessageState `protogen:"open.v1"`
+	BuildId string                 `protobuf:"bytes,1,opt,name=build_id,json=buildId,proto3" json:"build_id,omitempty"`
+	Attempt uint32                 `protobuf:"varint,2,opt,name=attempt,proto3" json:"attempt,omitempty"`
+	Kind    AgentReportKind        `protobuf:"varint,3,opt,name=kind,proto3,enum=kiln.v1.AgentReportKind" json:"kind,omitempty"`
+	// lease is how long the agent asks to hold the build (START, RENEW); the
+	// scheduler grants at most its own lease.
+	Lease *durationpb.Duration `protobuf:"bytes,4,opt,name=lease,proto3" json:"lease,omitempty"`
+	// events are appended to the build's log in order, before the change the
+	// report makes: log lines, steps and pushed images only (the scheduler
+	// writes the state and finished events itself).
+	Events []*BuildEvent `protobuf:"bytes,5,rep,name=events,proto3" json:"events,omitempty"`
+	// state, result and error say how the build ended (FINISH): SUCCEEDED,
+	// FAILED or CANCELLED.
+	State  BuildState   `protobuf:"varint,6,opt,name=state,proto3,enum=kiln.v1.BuildState" json:"state,omitempty"`
+	Result *BuildResult `protobuf:"bytes,7,opt,name=result,proto3" json:"result,omitempty"`
+	Error  string       `protobuf:"bytes,8,opt,name=error,proto3" json:"error,omitempty"`
+	// message says why the build is handed back (HAND_BACK).
+	Message       string `protobuf:"bytes,9,opt,name=message,proto3" json:"message,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *AgentReport) Reset() {
+	*x = AgentReport{}
+	mi := &file_kiln_v1_scheduler_proto_msgTypes[4]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *AgentReport) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*AgentReport) ProtoMessage() {}
+
+func (x *AgentReport) ProtoReflect() protoreflect.Message {
+	mi := &file_kiln_v1_scheduler_proto_msgTypes[4]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use AgentReport.ProtoReflect.Descriptor instead.
+func (*AgentReport) Descriptor() ([]byte, []int) {
+	return file_kiln_v1_scheduler_proto_rawDescGZIP(), []int{4}
+}
+
+func (x *AgentReport) GetBuildId() string {
+	if x != nil {
+		return x.BuildId
+	}
+	return ""
+}
+
+func (x *AgentReport) GetAttempt() uint32 {
+	if x != nil {
+		return x.Attempt
+	}
+	return 0
+}
+
+func (x *AgentReport) GetKind() AgentReportKind {
+	if x != nil {
+		return x.Kind
+	}
+	return AgentReportKind_AGENT_REPORT_KIND_UNSPECIFIED
+}
+
+func (x *AgentReport) GetLease() *durationpb.Duration {
+	if x != nil {
+		return x.Lease
+	}
+	return nil
+}
+
+func (x *AgentReport) GetEvents() []*BuildEvent {
+	if x != nil {
+		return x.Events
+	}
+	return nil
+}
+
+func (x *AgentReport) GetState() BuildState {
+	if x != nil {
+		return x.State
+	}
+	return BuildState_BUILD_STATE_UNSPECIFIED
+}
+
+func (x *AgentReport) GetResult() *BuildResult {
+	if x != nil {
+		return x.Result
+	}
+	return nil
+}
+
+func (x *AgentReport) GetError() string {
+	if x != nil {
+		return x.Error
+	}
+	return ""
+}
+
+func (x *AgentReport) GetMessage() string {
+	if x != nil {
+		return x.Message
+	}
+	return ""
+}
+
+// AgentReportReply answers an AgentReport.
+type AgentReportReply struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// build is the record after the change (START, RENEW, FINISH): its
+	// cancel_requested tells the agent to stop.
+	Build *Build `protobuf:"bytes,1,opt,name=build,proto3" json:"build,omitempty"`
+	// fenced: refused because the build is not assigned to this agent at this
+	// attempt any more (or never was); nothing was written.
+	Fenced bool `protobuf:"varint,2,opt,name=fenced,proto3" json:"fenced,omitempty"`
+	// error says why the report was refused or failed.
+	Error         string `protobuf:"bytes,3,opt,name=error,proto3" json:"error,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *AgentReportReply) Reset() {
+	*x = AgentReportReply{}
+	mi := &file_kiln_v1_scheduler_proto_msgTypes[5]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *AgentReportReply) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*AgentReportReply) ProtoMessage() {}
+
+func (x *AgentReportReply) ProtoReflect() protoreflect.Message {
+	mi := &file_kiln_v1_scheduler_proto_msgTypes[5]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use AgentReportReply.ProtoReflect.Descriptor instead.
+func (*AgentReportReply) Descriptor() ([]byte, []int) {
+	return file_kiln_v1_scheduler_proto_rawDescGZIP(), []int{5}
+}
+
+func (x *AgentReportReply) GetBuild() *Build {
+	if x != nil {
+		return x.Build
+	}
+	return nil
+}
+
+func (x *AgentReportReply) GetFenced() bool {
+	if x != nil {
+		return x.Fenced
+	}
+	return false
+}
+
+func (x *AgentReportReply) GetError() string {
+	if x != nil {
+		return x.Error
+	}
+	return ""
+}
+
 var File_kiln_v1_scheduler_proto protoreflect.FileDescriptor
 
 const file_kiln_v1_scheduler_proto_rawDesc = "" +
@@ -269,7 +521,28 @@ const file_kiln_v1_scheduler_proto_rawDesc = "" +
 	"\vLeaderLease\x12\x16\n" +
 	"\x06holder\x18\x01 \x01(\tR\x06holder\x129\n" +
 	"\n" +
-	"expires_at\x18\x02 \x01(\v2\x1a.google.protobuf.TimestampR\texpiresAtB7Z5github.com/kilnbuild/kiln/proto/gen/go/kiln/v1;kilnv1b\x06proto3"
+	"expires_at\x18\x02 \x01(\v2\x1a.google.protobuf.TimestampR\texpiresAt\"\xd7\x02\n" +
+	"\vAgentReport\x12\x19\n" +
+	"\bbuild_id\x18\x01 \x01(\tR\abuildId\x12\x18\n" +
+	"\aattempt\x18\x02 \x01(\rR\aattempt\x12,\n" +
+	"\x04kind\x18\x03 \x01(\x0e2\x18.kiln.v1.AgentReportKindR\x04kind\x12/\n" +
+	"\x05lease\x18\x04 \x01(\v2\x19.google.protobuf.DurationR\x05lease\x12+\n" +
+	"\x06events\x18\x05 \x03(\v2\x13.kiln.v1.BuildEventR\x06events\x12)\n" +
+	"\x05state\x18\x06 \x01(\x0e2\x13.kiln.v1.BuildStateR\x05state\x12,\n" +
+	"\x06result\x18\a \x01(\v2\x14.kiln.v1.BuildResultR\x06result\x12\x14\n" +
+	"\x05error\x18\b \x01(\tR\x05error\x12\x18\n" +
+	"\amessage\x18\t \x01(\tR\amessage\"f\n" +
+	"\x10AgentReportReply\x12$\n" +
+	"\x05build\x18\x01 \x01(\v2\x0e.kiln.v1.BuildR\x05build\x12\x16\n" +
+	"\x06fenced\x18\x02 \x01(\bR\x06fenced\x12\x14\n" +
+	"\x05error\x18\x03 \x01(\tR\x05error*\xcb\x01\n" +
+	"\x0fAgentReportKind\x12!\n" +
+	"\x1dAGENT_REPORT_KIND_UNSPECIFIED\x10\x00\x12\x1c\n" +
+	"\x18AGENT_REPORT_KIND_EVENTS\x10\x01\x12\x1b\n" +
+	"\x17AGENT_REPORT_KIND_START\x10\x02\x12\x1b\n" +
+	"\x17AGENT_REPORT_KIND_RENEW\x10\x03\x12\x1c\n" +
+	"\x18AGENT_REPORT_KIND_FINISH\x10\x04\x12\x1f\n" +
+	"\x1bAGENT_REPORT_KIND_HAND_BACK\x10\x05B7Z5github.com/kilnbuild/kiln/proto/gen/go/kiln/v1;kilnv1b\x06proto3"
 
 var (
 	file_kiln_v1_scheduler_proto_rawDescOnce sync.Once
@@ -283,26 +556,39 @@ func file_kiln_v1_scheduler_proto_rawDescGZIP() []byte {
 	return file_kiln_v1_scheduler_proto_rawDescData
 }
 
-var file_kiln_v1_scheduler_proto_msgTypes = make([]protoimpl.MessageInfo, 4)
+var file_kiln_v1_scheduler_proto_enumTypes = make([]protoimpl.EnumInfo, 1)
+var file_kiln_v1_scheduler_proto_msgTypes = make([]protoimpl.MessageInfo, 6)
 var file_kiln_v1_scheduler_proto_goTypes = []any{
-	(*BuildRequested)(nil),        // 0: kiln.v1.BuildRequested
-	(*WorkOffer)(nil),             // 1: kiln.v1.WorkOffer
-	(*WorkAssignment)(nil),        // 2: kiln.v1.WorkAssignment
-	(*LeaderLease)(nil),           // 3: kiln.v1.LeaderLease
-	(*Build)(nil),                 // 4: kiln.v1.Build
-	(*durationpb.Duration)(nil),   // 5: google.protobuf.Duration
-	(*timestamppb.Timestamp)(nil), // 6: google.protobuf.Timestamp
+	(AgentReportKind)(0),          // 0: kiln.v1.AgentReportKind
+	(*BuildRequested)(nil),        // 1: kiln.v1.BuildRequested
+	(*WorkOffer)(nil),             // 2: kiln.v1.WorkOffer
+	(*WorkAssignment)(nil),        // 3: kiln.v1.WorkAssignment
+	(*LeaderLease)(nil),           // 4: kiln.v1.LeaderLease
+	(*AgentReport)(nil),           // 5: kiln.v1.AgentReport
+	(*AgentReportReply)(nil),      // 6: kiln.v1.AgentReportReply
+	(*Build)(nil),                 // 7: kiln.v1.Build
+	(*durationpb.Duration)(nil),   // 8: google.protobuf.Duration
+	(*timestamppb.Timestamp)(nil), // 9: google.protobuf.Timestamp
+	(*BuildEvent)(nil),            // 10: kiln.v1.BuildEvent
+	(BuildState)(0),               // 11: kiln.v1.BuildState
+	(*BuildResult)(nil),           // 12: kiln.v1.BuildResult
 }
 var file_kiln_v1_scheduler_proto_depIdxs = []int32{
-	4, // 0: kiln.v1.BuildRequested.build:type_name -> kiln.v1.Build
-	5, // 1: kiln.v1.WorkOffer.wait:type_name -> google.protobuf.Duration
-	4, // 2: kiln.v1.WorkAssignment.builds:type_name -> kiln.v1.Build
-	6, // 3: kiln.v1.LeaderLease.expires_at:type_name -> google.protobuf.Timestamp
-	4, // [4:4] is the sub-list for method output_type
-	4, // [4:4] is the sub-list for method input_type
-	4, // [4:4] is the sub-list for extension type_name
-	4, // [4:4] is the sub-list for extension extendee
-	0, // [0:4] is the sub-list for field type_name
+	7,  // 0: kiln.v1.BuildRequested.build:type_name -> kiln.v1.Build
+	8,  // 1: kiln.v1.WorkOffer.wait:type_name -> google.protobuf.Duration
+	7,  // 2: kiln.v1.WorkAssignment.builds:type_name -> kiln.v1.Build
+	9,  // 3: kiln.v1.LeaderLease.expires_at:type_name -> google.protobuf.Timestamp
+	0,  // 4: kiln.v1.AgentReport.kind:type_name -> kiln.v1.AgentReportKind
+	8,  // 5: kiln.v1.AgentReport.lease:type_name -> google.protobuf.Duration
+	10, // 6: kiln.v1.AgentReport.events:type_name -> kiln.v1.BuildEvent
+	11, // 7: kiln.v1.AgentReport.state:type_name -> kiln.v1.BuildState
+	12, // 8: kiln.v1.AgentReport.result:type_name -> kiln.v1.BuildResult
+	7,  // 9: kiln.v1.AgentReportReply.build:type_name -> kiln.v1.Build
+	10, // [10:10] is the sub-list for method output_type
+	10, // [10:10] is the sub-list for method input_type
+	10, // [10:10] is the sub-list for extension type_name
+	10, // [10:10] is the sub-list for extension extendee
+	0,  // [0:10] is the sub-list for field type_name
 }
 
 func init() { file_kiln_v1_scheduler_proto_init() }
@@ -316,13 +602,14 @@ func file_kiln_v1_scheduler_proto_init() {
 		File: protoimpl.DescBuilder{
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_kiln_v1_scheduler_proto_rawDesc), len(file_kiln_v1_scheduler_proto_rawDesc)),
-			NumEnums:      0,
-			NumMessages:   4,
+			NumEnums:      1,
+			NumMessages:   6,
 			NumExtensions: 0,
 			NumServices:   0,
 		},
 		GoTypes:           file_kiln_v1_scheduler_proto_goTypes,
 		DependencyIndexes: file_kiln_v1_scheduler_proto_depIdxs,
+		EnumInfos:         file_kiln_v1_scheduler_proto_enumTypes,
 		MessageInfos:      file_kiln_v1_scheduler_proto_msgTypes,
 	}.Build()
 	File_kiln_v1_scheduler_proto = out.File
