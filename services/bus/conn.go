@@ -99,6 +99,7 @@ func Setup(ctx context.Context, js jetstream.JetStream, l Limits) error {
 		{Bucket: BucketInflight, History: 1, Storage: jetstream.FileStorage, Replicas: l.Replicas},
 		{Bucket: BucketLeader, History: 1, Storage: jetstream.FileStorage, Replicas: l.Replicas},
 		{Bucket: BucketAgents, History: 1, Storage: jetstream.FileStorage, Replicas: l.Replicas, TTL: l.AgentTTL},
+		{Bucket: BucketCASUsage, History: 1, Storage: jetstream.FileStorage, Replicas: l.Replicas},
 	} {
 		if _, err := js.CreateOrUpdateKeyValue(ctx, kv); err != nil {
 			return fmt.Errorf("key-value bucket %s: %w", kv.Bucket, err)
