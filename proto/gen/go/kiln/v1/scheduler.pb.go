@@ -338,7 +338,11 @@ type AgentReport struct {
 	Result *BuildResult `protobuf:"bytes,7,opt,name=result,proto3" json:"result,omitempty"`
 	Error  string       `protobuf:"bytes,8,opt,name=error,proto3" json:"error,omitempty"`
 	// message says why the build is handed back (HAND_BACK).
-	Message       string `protobuf:"bytes,9,opt,name=message,proto3" json:"message,omitempty"`
+	Message string `protobuf:"bytes,9,opt,name=message,proto3" json:"message,omitempty"`
+	// sequence numbers the reports of one attempt from 1, so a report sent
+	// again after a lost answer appends its events once (they are published
+	// with a message id made of build, attempt, sequence and position).
+	Sequence      uint64 `protobuf:"varint,10,opt,name=sequence,proto3" json:"sequence,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -436,6 +440,13 @@ func (x *AgentReport) GetMessage() string {
 	return ""
 }
 
+func (x *AgentReport) GetSequence() uint64 {
+	if x != nil {
+		return x.Sequence
+	}
+	return 0
+}
+
 // AgentReportReply answers an AgentReport.
 type AgentReportReply struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
@@ -521,7 +532,7 @@ const file_kiln_v1_scheduler_proto_rawDesc = "" +
 	"\vLeaderLease\x12\x16\n" +
 	"\x06holder\x18\x01 \x01(\tR\x06holder\x129\n" +
 	"\n" +
-	"expires_at\x18\x02 \x01(\v2\x1a.google.protobuf.TimestampR\texpiresAt\"\xd7\x02\n" +
+	"expires_at\x18\x02 \x01(\v2\x1a.google.protobuf.TimestampR\texpiresAt\"\xf3\x02\n" +
 	"\vAgentReport\x12\x19\n" +
 	"\bbuild_id\x18\x01 \x01(\tR\abuildId\x12\x18\n" +
 	"\aattempt\x18\x02 \x01(\rR\aattempt\x12,\n" +
@@ -531,7 +542,9 @@ const file_kiln_v1_scheduler_proto_rawDesc = "" +
 	"\x05state\x18\x06 \x01(\x0e2\x13.kiln.v1.BuildStateR\x05state\x12,\n" +
 	"\x06result\x18\a \x01(\v2\x14.kiln.v1.BuildResultR\x06result\x12\x14\n" +
 	"\x05error\x18\b \x01(\tR\x05error\x12\x18\n" +
-	"\amessage\x18\t \x01(\tR\amessage\"f\n" +
+	"\amessage\x18\t \x01(\tR\amessage\x12\x1a\n" +
+	"\bsequence\x18\n" +
+	" \x01(\x04R\bsequence\"f\n" +
 	"\x10AgentReportReply\x12$\n" +
 	"\x05build\x18\x01 \x01(\v2\x0e.kiln.v1.BuildR\x05build\x12\x16\n" +
 	"\x06fenced\x18\x02 \x01(\bR\x06fenced\x12\x14\n" +
