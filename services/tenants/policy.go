@@ -1,0 +1,17 @@
+package tenants
+
+import kilnv1 "github.com/kilnbuild/kiln/proto/gen/go/kiln/v1"
+
+// BuildPolicy is what the gateway stamps into each build record of the
+// tenant (Build.policy): its sandbox policy, which the agent enforces, and
+// its weight and cap, which the scheduler's fairness uses.
+func (t *Tenant) BuildPolicy() *kilnv1.TenantPolicy {
+	return &kilnv1.TenantPolicy{
+		AllowRemoteAdd:   t.Policy.AllowRemoteAdd,
+		AllowNetworkHost: t.Policy.AllowNetworkHost,
+		AllowInsecure:    t.Policy.AllowInsecure,
+		FrontendAllow:    append([]string(nil), t.Policy.FrontendAllow...),
+		Weight:           uint32(max(t.Weight, 0)),
+		MaxConcurrent:    uint32(max(t.MaxConcurrent, 0)),
+	}
+}
