@@ -14,6 +14,7 @@ import (
 	"io"
 	"os"
 	"regexp"
+	"time"
 
 	"github.com/nats-io/nats.go/jetstream"
 
@@ -32,16 +33,43 @@ var digestRE = regexp.MustCompile(`^sha256:[0-9a-f]{64}$`)
 // ValidDigest reports whether d has the form "sha256:<64 lower-case hex>".
 func ValidDigest(d string) bool { return digestRE.MatchString(d) }
 
-// Store reads and writes blobs. Blobs are immutable and never deleted, so
-// the Store remembers which blobs it has seen stored (Has answers from
-// memory) and keeps small blobs (manifests, Dockerfiles) in memory, both
-// bounded: a gateway checking a context it has checked before makes no
-// round trips to NATS.
+// Store reads and writes blobs. Blobs are immutable, so the Store keeps
+// small blobs (manifests, Dockerfiles) in memory, and it remembers which
+// blobs it has seen stored (Has answers from memory), both bounded: a
+// gateway checking a context it has checked before makes no round trips to
+// NATS. The garbage collector (services/casgc) deletes blobs unreferenced
+// for longer than its grace period, so that memory is bounded in age too
+// (RememberFor, below the grace), and Forget drops digests the collector
+// announces it deleted.
 type Store struct {
-	obj     jetstream.ObjectStore
-	present *lru.Cache[string, int64]  // digest → size, stored for sure
-	small   *lru.Cache[string, []byte] // contents of blobs up to SmallBlobBytes
+	obj         jetstream.ObjectStore
+	present     *lru.Cache[string, seen]   // digest → size, stored for sure
+	small       *lru.Cache[string, []byte] // contents of blobs up to SmallBlobBytes
+	rememberFor time.Duration
+	now         func() time.Time
 }
+
+// seen is one remembered Has answer: the blob's size and when it was known
+// to be stored.
+type seen struct {
+	size int64
+	at   time.Time
+}
+
+// Option configures a Store.
+type Option func(*Store)
+
+// DefaultRememberFor is how long a Store vouches for a blob it has seen
+// stored without asking NATS again: half of the collector's default grace.
+const DefaultRememberFor = 30 * time.Minute
+
+// RememberFor bounds how long Has answers from memory; keep it below the
+// garbage collector's grace period so no Store vouches for a blob the
+// collector may have deleted since. 0 or less: never from memory.
+func RememberFor(d time.Duration) Option { return func(s *Store) { s.rememberFor = d } }
+
+// WithClock makes the Store read time from now (tests).
+func WithClock(now func() time.Time) Option { return func(s *Store) { s.now = now } }
 
 const (
 	// SmallBlobBytes is the largest blob whose contents the Store keeps.
@@ -53,16 +81,38 @@ const (
 )
 
 // Open binds to the KILN_CAS object store (created by bus.Setup).
-func Open(ctx context.Context, js jetstream.JetStream) (*Store, error) {
+func Open(ctx context.Context, js jetstream.JetStream, opts ...Option) (*Store, error) {
 	obj, err := js.ObjectStore(ctx, bus.BucketCAS)
 	if err != nil {
 		return nil, fmt.Errorf("open object store %s: %w", bus.BucketCAS, err)
 	}
-	return &Store{
-		obj:     obj,
-		present: lru.New[string, int64](presentEntries),
-		small:   lru.New[string, []byte](smallCacheBytes),
-	}, nil
+	s := &Store{
+		obj:         obj,
+		present:     lru.New[string, seen](presentEntries),
+		small:       lru.New[string, []byte](smallCacheBytes),
+		rememberFor: DefaultRememberFor,
+		now:         time.Now,
+	}
+	for _, o := range opts {
+		o(s)
+	}
+	return s, nil
+}
+
+// remember records that digest is stored with size bytes.
+func (s *Store) remember(digest string, size int64) {
+	if s.rememberFor > 0 {
+		s.present.Add(digest, seen{size, s.now()})
+	}
+}
+
+// Forget drops what the Store remembers of the digests (the collector
+// deleted them): the next Has asks NATS.
+func (s *Store) Forget(digests ...string) {
+	for _, d := range digests {
+		s.present.Remove(d)
+		s.small.Remove(d)
+	}
 }
 
 // Has reports whether the blob is stored with the given size.
@@ -70,8 +120,8 @@ func (s *Store) Has(ctx context.Context, digest string, size int64) (bool, error
 	if !ValidDigest(digest) {
 		return false, fmt.Errorf("%w: %q", ErrBadDigest, digest)
 	}
-	if n, ok := s.present.Get(digest); ok {
-		return size < 0 || n == size, nil
+	if p, ok := s.present.Get(digest); ok && s.now().Sub(p.at) < s.rememberFor {
+		return size < 0 || p.size == size, nil
 	}
 	info, err := s.obj.GetInfo(ctx, digest)
 	if err != nil {
@@ -83,7 +133,7 @@ func (s *Store) Has(ctx context.Context, digest string, size int64) (bool, error
 	if info.Deleted {
 		return false, nil
 	}
-	s.present.Add(digest, int64(info.Size))
+	s.remember(digest, int64(info.Size))
 	return size < 0 || int64(info.Size) == size, nil
 }
 
@@ -91,6 +141,11 @@ func (s *Store) Has(ctx context.Context, digest string, size int64) (bool, error
 // given digest and size. It spools to a temporary file first, so a mismatch
 // stores nothing and memory stays flat for large blobs.
 func (s *Store) Put(ctx context.Context, digest string, size int64, r io.Reader) error {
+	return s.PutWith(ctx, digest, size, r, Meta{})
+}
+
+// PutWith is Put that stores m with the blob (object-store metadata).
+func (s *Store) PutWith(ctx context.Context, digest string, size int64, r io.Reader, m Meta) error {
 	if !ValidDigest(digest) {
 		return fmt.Errorf("%w: %q", ErrBadDigest, digest)
 	}
@@ -112,14 +167,14 @@ func (s *Store) Put(ctx context.Context, digest string, size int64, r io.Reader)
 	if _, err := tmp.Seek(0, io.SeekStart); err != nil {
 		return fmt.Errorf("rewind blob %s: %w", digest, err)
 	}
-	meta := jetstream.ObjectMeta{Name: digest}
+	meta := jetstream.ObjectMeta{Name: digest, Metadata: m.metadata()}
 	if n < defaultChunkBytes { // the store allocates one chunk buffer per Put
 		meta.Opts = &jetstream.ObjectMetaOptions{ChunkSize: uint32(max(n, 1))}
 	}
 	if _, err := s.obj.Put(ctx, meta, tmp); err != nil {
 		return fmt.Errorf("store blob %s: %w", digest, err)
 	}
-	s.present.Add(digest, n)
+	s.remember(digest, n)
 	if n <= SmallBlobBytes {
 		s.small.AddCost(digest, head.Bytes(), n+1)
 	}
@@ -165,7 +220,7 @@ func (s *Store) Get(ctx context.Context, digest string) (io.ReadCloser, error) {
 	if err != nil {
 		return nil, fmt.Errorf("read blob %s: %w", digest, err)
 	}
-	s.present.Add(digest, int64(len(data)))
+	s.remember(digest, int64(len(data)))
 	s.small.AddCost(digest, data, int64(len(data))+1)
 	return io.NopCloser(bytes.NewReader(data)), nil
 }

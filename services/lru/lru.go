@@ -73,3 +73,23 @@ func (c *Cache[K, V]) Len() int {
 	defer c.mu.Unlock()
 	return len(c.items)
 }
+
+// Remove drops k if it is held.
+func (c *Cache[K, V]) Remove(k K) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if el, ok := c.items[k]; ok {
+		c.used -= el.Value.(*entry[K, V]).cost
+		c.order.Remove(el)
+		delete(c.items, k)
+	}
+}
+
+// Purge drops every entry.
+func (c *Cache[K, V]) Purge() {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.order.Init()
+	clear(c.items)
+	c.used = 0
+}
