@@ -1,7 +1,6 @@
 package gateway
 
 import (
-	"bytes"
 	"context"
 	"crypto/sha256"
 	"encoding/hex"
@@ -39,39 +38,75 @@ func (g *Gateway) FindMissingBlobs(ctx context.Context, req *kilnv1.FindMissingB
 }
 
 // PutManifest validates a context manifest before any of its blobs is
-// accepted, stores it, and says which file blobs are still missing.
+// accepted, stores it, and says which file blobs are still missing. A
+// manifest the farm holds already is touched, which keeps it and its files
+// from the garbage collector until the build that follows is queued. The
+// caller's tenant is charged for a new manifest, and a request whose new
+// manifest and missing files would take the tenant over its CAS quota is
+// refused before anything is stored. The request is held within
+// --manifest-memory (manifestGate) and encoded entry by entry.
 func (g *Gateway) PutManifest(ctx context.Context, req *kilnv1.PutManifestRequest) (*kilnv1.PutManifestResponse, error) {
 	manifestBytesReceived.Add(float64(proto.Size(req)))
+	if n := int64(proto.Size(req)); n > g.limits.manifestRequestMax() {
+		return nil, status.Errorf(codes.ResourceExhausted, "context manifest is %d bytes, over the limit of %d bytes (--context-max-manifest-bytes)", n, g.limits.manifestRequestMax())
+	}
 	total, err := ctxmanifest.Validate(req.Manifest, g.limits.Context)
 	if err != nil {
 		return nil, err
 	}
-	data, err := ctxmanifest.Marshal(req.Manifest)
+	h := sha256.New()
+	size, err := encodeManifest(req.Manifest, h)
 	if err != nil {
-		return nil, fmt.Errorf("encode manifest: %w", err)
+		return nil, err
 	}
-	sum := sha256.Sum256(data)
-	digest := &kilnv1.Digest{Hash: "sha256:" + hex.EncodeToString(sum[:]), SizeBytes: int64(len(data))}
+	digest := &kilnv1.Digest{Hash: "sha256:" + hex.EncodeToString(h.Sum(nil)), SizeBytes: size}
+	have, err := g.blobs.Touch(ctx, digest.Hash)
+	if err != nil {
+		return nil, err
+	}
 	missing, err := g.missingFiles(ctx, req.Manifest)
 	if err != nil {
 		return nil, err
-	}
-	have, err := g.blobs.Has(ctx, digest.Hash, digest.SizeBytes)
-	if err != nil {
-		return nil, err
-	}
-	if !have {
-		if err := g.blobs.Put(ctx, digest.Hash, digest.SizeBytes, bytes.NewReader(data)); err != nil {
-			return nil, err
-		}
 	}
 	var missingBytes int64
 	for _, d := range missing {
 		missingBytes += d.SizeBytes
 	}
+	tenant := tenantOf(ctx)
+	need := missingBytes
+	if !have {
+		need += size
+	}
+	if err := g.checkQuota(ctx, tenant, need); err != nil {
+		return nil, err
+	}
+	if !have {
+		if err := g.storeManifest(ctx, tenant, req.Manifest, digest); err != nil {
+			return nil, err
+		}
+	}
 	contextBytesDeclared.Add(float64(total))
 	contextBytesDeduplicated.Add(float64(total - missingBytes))
 	return &kilnv1.PutManifestResponse{Digest: digest, Missing: missing, TotalBytes: total}, nil
+}
+
+// storeManifest charges tenant for the manifest and stores it, streaming
+// its encoding into the CAS.
+func (g *Gateway) storeManifest(ctx context.Context, tenant string, m *kilnv1.ContextManifest, d *kilnv1.Digest) error {
+	if err := g.charge(ctx, tenant, d.SizeBytes); err != nil {
+		return err
+	}
+	pr, pw := io.Pipe()
+	go func() {
+		_, err := encodeManifest(m, pw)
+		pw.CloseWithError(err)
+	}()
+	err := g.blobs.PutWith(ctx, d.Hash, d.SizeBytes, pr, cas.Meta{Owner: tenant, Manifest: true})
+	pr.CloseWithError(errors.New("manifest store ended")) // unblock the encoder if Put stopped early
+	if err != nil {
+		g.refund(ctx, tenant, d.SizeBytes)
+	}
+	return err
 }
 
 // missingFiles returns the distinct file blobs of m that the CAS lacks,
@@ -111,6 +146,7 @@ func (g *Gateway) missingFiles(ctx context.Context, m *kilnv1.ContextManifest) (
 // its bytes were verified against its digest.
 func (g *Gateway) UploadBlobs(stream kilnv1.ContextService_UploadBlobsServer) error {
 	ctx := stream.Context()
+	tenant := tenantOf(ctx)
 	resp := &kilnv1.UploadBlobsResponse{}
 	var cur *blobWriter
 	defer func() {
@@ -133,7 +169,7 @@ func (g *Gateway) UploadBlobs(stream kilnv1.ContextService_UploadBlobsServer) er
 			if req.Digest == nil {
 				return invalid("the first message of a blob must carry its digest")
 			}
-			if cur, err = g.startBlob(ctx, req.Digest); err != nil {
+			if cur, err = g.startBlob(ctx, tenant, req.Digest); err != nil {
 				return err
 			}
 		} else if req.Digest != nil && req.Digest.Hash != cur.digest.Hash {
@@ -178,7 +214,11 @@ type blobWriter struct {
 	err     error
 }
 
-func (g *Gateway) startBlob(ctx context.Context, d *kilnv1.Digest) (*blobWriter, error) {
+// startBlob begins storing a blob for tenant. A blob the farm holds already
+// is received and dropped, uncharged; a new one is charged to tenant
+// before any byte of it is stored (ResourceExhausted over its quota) and
+// refunded if it is not stored after all.
+func (g *Gateway) startBlob(ctx context.Context, tenant string, d *kilnv1.Digest) (*blobWriter, error) {
 	if !cas.ValidDigest(d.Hash) {
 		return nil, invalid("digest %q is not of the form sha256:<64 hex digits>", d.Hash)
 	}
@@ -188,12 +228,29 @@ func (g *Gateway) startBlob(ctx context.Context, d *kilnv1.Digest) (*blobWriter,
 	if d.SizeBytes > g.limits.Context.MaxTotalBytes {
 		return nil, status.Errorf(codes.ResourceExhausted, "blob %s is %d bytes, over the limit of %d bytes", d.Hash, d.SizeBytes, g.limits.Context.MaxTotalBytes)
 	}
+	have, err := g.blobs.Has(ctx, d.Hash, d.SizeBytes)
+	if err != nil {
+		return nil, err
+	}
 	pr, pw := io.Pipe()
 	w := &blobWriter{digest: d, pw: pw, done: make(chan struct{})}
+	if have {
+		go func() {
+			defer close(w.done)
+			_, _ = io.Copy(io.Discard, pr)
+		}()
+		return w, nil
+	}
+	if err := g.charge(ctx, tenant, d.SizeBytes); err != nil {
+		return nil, err
+	}
 	go func() {
 		defer close(w.done)
-		w.err = g.blobs.Put(ctx, d.Hash, d.SizeBytes, pr)
+		w.err = g.blobs.PutWith(ctx, d.Hash, d.SizeBytes, pr, cas.Meta{Owner: tenant})
 		pr.CloseWithError(w.err) // unblock the writer if Put stopped early
+		if w.err != nil {
+			g.refund(ctx, tenant, d.SizeBytes)
+		}
 	}()
 	return w, nil
 }

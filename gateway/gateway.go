@@ -32,6 +32,9 @@ type Config struct {
 	Logger *slog.Logger
 	// Limits bound what one request may ask for.
 	Limits Limits
+	// CASQuota returns a tenant's own CAS quota in bytes (0: the gateway's
+	// Limits.CAS.Quota); nil: every tenant gets Limits.CAS.Quota.
+	CASQuota func(tenant string) int64
 	// SecretsKey is the farm's public key for build secrets, which
 	// GetSecretsKey hands to clients; nil when the farm has none, and then
 	// builds with secrets are refused.
@@ -43,13 +46,23 @@ type Limits struct {
 	// Context bounds one build context (total bytes, entries, path length);
 	// Context.MaxTotalBytes also bounds one blob and one upload stream.
 	Context ctxmanifest.Limits
+	// Manifests bound one manifest and the memory manifests being decoded
+	// hold at once (manifest_memory.go).
+	Manifests ManifestLimits
+	// CAS bounds what tenants keep in KILN_CAS and for how long
+	// (casquota.go).
+	CAS CASLimits
 }
 
 // DefaultLimits apply when Config.Limits is zero.
-var DefaultLimits = Limits{Context: ctxmanifest.DefaultLimits}
+var DefaultLimits = Limits{Context: ctxmanifest.DefaultLimits, Manifests: DefaultManifestLimits, CAS: DefaultCASLimits}
 
 // Flags registers the limits as flags (each also read from KILN_<FLAG>).
-func (l *Limits) Flags(fs *flag.FlagSet) { l.Context.Flags(fs) }
+func (l *Limits) Flags(fs *flag.FlagSet) {
+	l.Context.Flags(fs)
+	l.Manifests.Flags(fs)
+	l.CAS.Flags(fs)
+}
 
 // Gateway implements the public gRPC services.
 type Gateway struct {
@@ -70,6 +83,11 @@ type Gateway struct {
 	// secretsKey is Config.SecretsKey; secretsKeyID its sealed.KeyID.
 	secretsKey   *sealed.PublicKey
 	secretsKeyID string
+	// usage, tenantCASQuota and manifests: CAS quotas (casquota.go) and
+	// the manifest memory budget (manifest_memory.go).
+	usage          *cas.Usage
+	tenantCASQuota func(tenant string) int64
+	manifests      *manifestGate
 }
 
 var (
@@ -84,7 +102,11 @@ func New(ctx context.Context, cfg Config) (*Gateway, error) {
 	if err != nil {
 		return nil, err
 	}
-	blobs, err := cas.Open(ctx, cfg.Conn.JS)
+	blobs, err := cas.Open(ctx, cfg.Conn.JS, cas.RememberFor(cfg.Limits.CAS.rememberFor()))
+	if err != nil {
+		return nil, err
+	}
+	usage, err := cas.OpenUsage(ctx, cfg.Conn.JS)
 	if err != nil {
 		return nil, err
 	}
@@ -110,6 +132,7 @@ func New(ctx context.Context, cfg Config) (*Gateway, error) {
 		conn: cfg.Conn, log: cfg.Logger, builds: builds, blobs: blobs, checked: lru.New[checkedKey, []byte](checkedContextBytes),
 		idem: idem, inflight: inflight, agents: agents, limits: cfg.Limits, health: health.NewServer(),
 	}
+	g.usage, g.tenantCASQuota, g.manifests = usage, cfg.CASQuota, newManifestGate(cfg.Limits)
 	if cfg.SecretsKey != nil {
 		pub := *cfg.SecretsKey
 		g.secretsKey, g.secretsKeyID = &pub, sealed.KeyID(pub)
@@ -123,15 +146,16 @@ func New(ctx context.Context, cfg Config) (*Gateway, error) {
 func (g *Gateway) NewGRPCServer(opts ...grpc.ServerOption) *grpc.Server {
 	opts = append(opts, telemetry.ServerOptions()...)
 	opts = append(opts,
-		// A manifest of 100 000 entries is several MB: let our own limits,
-		// with their clear messages, speak before gRPC's 4 MB default.
-		grpc.MaxRecvMsgSize(ctxmanifest.MaxManifestBytes),
+		// The largest legitimate request (manifest_memory.go): a manifest
+		// of 100 000 entries is several MB, so gRPC's 4 MB default is too
+		// small, and our own limits speak first with clear messages.
+		grpc.MaxRecvMsgSize(g.limits.maxRecvMsgSize()),
 		grpc.ChainUnaryInterceptor(unaryStatus),
 		grpc.ChainStreamInterceptor(streamStatus),
 	)
 	s := grpc.NewServer(opts...)
 	kilnv1.RegisterBuildServiceServer(s, g)
-	kilnv1.RegisterContextServiceServer(s, g)
+	s.RegisterService(g.manifests.contextServiceDesc(), g) // PutManifest within --manifest-memory
 	kilnv1.RegisterAgentServiceServer(s, g)
 	healthpb.RegisterHealthServer(s, g.health)
 	reflection.Register(s)
