@@ -27,7 +27,6 @@ func printedForms(secret string) map[string]string {
 	}
 }
 
-
 func TestMaskerHidesEncodedForms(t *testing.T) {
 	const secret = "s3cr3t/+?&=value with spaces~"
 	m := newMasker(map[string][]byte{"tok": []byte(secret)})
