@@ -6,7 +6,6 @@ import (
 
 	kilnv1 "github.com/kilnbuild/kiln/proto/gen/go/kiln/v1"
 	"google.golang.org/grpc"
-	"google.golang.org/grpc/credentials/insecure"
 )
 
 // Client talks to a kiln gateway: it uploads build contexts, starts builds
@@ -20,15 +19,16 @@ type Client struct {
 
 // Dial creates a Client for the gateway at addr ("host:port", or any gRPC
 // target). It does not wait for the connection: an unreachable gateway shows
-// up as codes.Unavailable on the first call.
+// up as codes.Unavailable on the first call. The connection uses TLS unless
+// the gateway is on this machine (see WithTLSFiles, WithInsecurePlaintext).
 func Dial(addr string, opts ...Option) (*Client, error) {
 	o := defaultOptions()
 	for _, opt := range opts {
 		opt(&o)
 	}
-	dialOpts := []grpc.DialOption{grpc.WithTransportCredentials(insecure.NewCredentials())}
-	if o.token != "" {
-		dialOpts = append(dialOpts, grpc.WithPerRPCCredentials(bearerToken(o.token)))
+	dialOpts, err := o.transport(addr)
+	if err != nil {
+		return nil, fmt.Errorf("dialling kiln gateway %s: %w", addr, err)
 	}
 	dialOpts = append(dialOpts, o.dialOptions...)
 	conn, err := grpc.NewClient(addr, dialOpts...)

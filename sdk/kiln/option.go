@@ -1,6 +1,7 @@
 package kiln
 
 import (
+	"crypto/tls"
 	"time"
 
 	"google.golang.org/grpc"
@@ -11,6 +12,9 @@ type Option func(*options)
 
 type options struct {
 	token       string
+	tlsFiles    TLSFiles
+	tlsConfig   *tls.Config
+	plaintext   bool
 	dialOptions []grpc.DialOption
 	// reconnects bounds the consecutive attempts to re-open a broken watch
 	// stream without receiving an event in between.
@@ -31,14 +35,36 @@ func defaultOptions() options {
 }
 
 // WithToken makes every RPC carry "authorization: Bearer <token>" metadata.
-// The token is sent over plaintext connections too, as the farm does not
-// offer TLS to clients yet.
+// The token travels only over TLS, or in plaintext to a gateway on this
+// machine (loopback or unix socket); Dial refuses it otherwise
+// (ErrPlaintextToken).
 func WithToken(token string) Option {
 	return func(o *options) { o.token = token }
 }
 
-// WithDialOptions adds gRPC dial options, after the client's own (insecure
-// transport credentials and, with WithToken, the bearer token).
+// WithTLSFiles connects with TLS, verifying the gateway with files.CA (the
+// system's roots if empty) and presenting files.Cert/Key to a gateway that
+// requires mutual TLS. Without it TLS is used for every gateway but one on
+// this machine, with the system's roots.
+func WithTLSFiles(files TLSFiles) Option {
+	return func(o *options) { o.tlsFiles = files }
+}
+
+// WithTLSConfig connects with TLS configured by cfg (it wins over
+// WithTLSFiles).
+func WithTLSConfig(cfg *tls.Config) Option {
+	return func(o *options) { o.tlsConfig = cfg }
+}
+
+// WithInsecurePlaintext connects without TLS even to a gateway that is not
+// on this machine. A token is still never sent that way: Dial fails with
+// ErrPlaintextToken.
+func WithInsecurePlaintext() Option {
+	return func(o *options) { o.plaintext = true }
+}
+
+// WithDialOptions adds gRPC dial options, after the client's own (transport
+// credentials and, with WithToken, the bearer token).
 func WithDialOptions(opts ...grpc.DialOption) Option {
 	return func(o *options) { o.dialOptions = append(o.dialOptions, opts...) }
 }

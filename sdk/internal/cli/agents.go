@@ -4,7 +4,6 @@ import (
 	"context"
 	"fmt"
 	"io"
-	"os"
 	"sort"
 	"strings"
 	"text/tabwriter"
@@ -21,8 +20,8 @@ import (
 func (a *App) agents(ctx context.Context, args []string) int {
 	fs := pflag.NewFlagSet("agents", pflag.ContinueOnError)
 	fs.SetOutput(io.Discard)
-	gateway := fs.String("gateway", "", fmt.Sprintf("Address of the kiln gateway; env KILN_GATEWAY (default %q)", DefaultGateway))
-	token := fs.String("token", "", "Bearer token for the kiln gateway; env KILN_TOKEN")
+	var cf connFlags
+	cf.register(fs)
 	format := fs.String("format", "table", `Output format: "table" or "json"`)
 	if err := fs.Parse(args); err != nil {
 		if err == pflag.ErrHelp {
@@ -34,15 +33,12 @@ func (a *App) agents(ctx context.Context, args []string) int {
 	if fs.NArg() != 0 || (*format != "table" && *format != "json") {
 		return a.usageErrorf("agents", `"kiln agents" takes no arguments and --format table|json`)
 	}
-	addr := flagOrEnv(fs, "gateway", *gateway, "KILN_GATEWAY", os.LookupEnv)
-	if addr == "" {
-		addr = DefaultGateway
+	conn, err := cf.resolve(fs, a.lookupEnv())
+	if err != nil {
+		return a.usageErrorf("agents", "%v", err)
 	}
-	var opts []kiln.Option
-	if t := flagOrEnv(fs, "token", *token, "KILN_TOKEN", os.LookupEnv); t != "" {
-		opts = append(opts, kiln.WithToken(t))
-	}
-	client, err := kiln.Dial(addr, opts...)
+	addr := conn.gateway
+	client, err := kiln.Dial(addr, conn.opts...)
 	if err != nil {
 		fmt.Fprintf(a.Stderr, "ERROR: %v\n", err)
 		return ExitUsage

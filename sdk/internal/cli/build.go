@@ -44,10 +44,7 @@ func (a *App) runBuild(ctx context.Context, o *buildOptions) int {
 		return a.fail(pr, o, watch, err, "cannot reach the kiln gateway at %s")
 	}
 
-	opts := []kiln.Option{kiln.WithDialOptions(o.trace.dialOptions()...)}
-	if o.token != "" {
-		opts = append(opts, kiln.WithToken(o.token))
-	}
+	opts := append([]kiln.Option{kiln.WithDialOptions(o.trace.dialOptions()...)}, o.conn.opts...)
 	client, err = kiln.Dial(o.gateway, opts...)
 	if err != nil {
 		pr.Errorf("%v", err)

@@ -31,6 +31,7 @@ type buildOptions struct {
 	gateway        string
 	token          string
 	idempotencyKey string
+	conn           connection // gateway, token and TLS as Dial options
 	// secrets are the --secret values by id, read from their files and
 	// variables; the SDK seals them before they leave the process.
 	secrets map[string][]byte
@@ -40,16 +41,17 @@ type buildOptions struct {
 
 // buildFlags holds the raw values of `kiln build` flags.
 type buildFlags struct {
-	tags, buildArgs, labels        []string
-	file, target, progress         string
-	push, noCache, pull, quiet     bool
-	metadataFile, iidFile          string
-	gateway, token, idempotencyKey string
-	repository                     string
-	priority                       int32
-	agentLabels                    []string
-	secrets                        []string
-	builder                        string
+	tags, buildArgs, labels    []string
+	file, target, progress     string
+	push, noCache, pull, quiet bool
+	metadataFile, iidFile      string
+	conn                       connFlags
+	idempotencyKey             string
+	repository                 string
+	priority                   int32
+	agentLabels                []string
+	secrets                    []string
+	builder                    string
 }
 
 // newBuildFlagSet returns the flag set of `kiln build`, docker-buildx
@@ -69,8 +71,7 @@ func newBuildFlagSet(f *buildFlags) *pflag.FlagSet {
 	fs.BoolVarP(&f.quiet, "quiet", "q", false, `Suppress the build output and print the image ID on success (same as --progress quiet)`)
 	fs.StringVar(&f.metadataFile, "metadata-file", "", "Write build result metadata to a file (JSON)")
 	fs.StringVar(&f.iidFile, "iidfile", "", "Write the image ID to a file")
-	fs.StringVar(&f.gateway, "gateway", "", fmt.Sprintf("Address of the kiln gateway; env KILN_GATEWAY (default %q)", DefaultGateway))
-	fs.StringVar(&f.token, "token", "", "Bearer token for the kiln gateway; env KILN_TOKEN")
+	f.conn.register(fs)
 	fs.StringVar(&f.idempotencyKey, "idempotency-key", "", "Key that makes a retried command attach to the build it already started")
 	fs.StringVar(&f.repository, "repository", "", "Source repository, for cache-affinity routing (default: CI project, git remote origin, else the context path)")
 	fs.Int32Var(&f.priority, "priority", 0, "Priority among your queued builds (higher first)")
@@ -109,11 +110,11 @@ func parseBuildArgs(args []string, lookupEnv func(string) (string, bool)) (*buil
 		},
 	}
 
-	o.gateway = flagOrEnv(fset, "gateway", f.gateway, "KILN_GATEWAY", lookupEnv)
-	if o.gateway == "" {
-		o.gateway = DefaultGateway
+	conn, err := f.conn.resolve(fset, lookupEnv)
+	if err != nil {
+		return nil, err
 	}
-	o.token = flagOrEnv(fset, "token", f.token, "KILN_TOKEN", lookupEnv)
+	o.conn, o.gateway, o.token = conn, conn.gateway, conn.token
 
 	mode := flagOrEnv(fset, "progress", f.progress, "KILN_PROGRESS", lookupEnv)
 	if f.quiet && !fset.Changed("progress") {
