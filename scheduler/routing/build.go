@@ -23,4 +23,9 @@ type Build struct {
 	// router weighs waiting for a busy preferred agent against the cost of
 	// a cache miss instead of waiting out Config.Delay (see [Index.Decide]).
 	Warm, Cold time.Duration
+	// Weight and MaxConcurrent are the tenant's weight and cap as the
+	// gateway stamped them into the build (its tenants file's policy);
+	// when positive they win over Config.TenantWeights and TenantCaps.
+	// The first queued build of a tenant in a decision speaks for it.
+	Weight, MaxConcurrent int
 }

@@ -114,6 +114,12 @@ func (d *decision) group() {
 			if t.epoch != sc.epoch {
 				t.epoch, t.parts, t.byCls = sc.epoch, t.parts[:0], nil
 				t.weight, t.limit = d.cfg.weight(t.name), d.cfg.limit(t.name)
+				if b.Weight > 0 { // the tenant's policy, from its record
+					t.weight = int64(b.Weight)
+				}
+				if b.MaxConcurrent > 0 {
+					t.limit = int64(b.MaxConcurrent)
+				}
 				t.count = int64(max(d.running[t.name], 0))
 				if !t.full() {
 					sc.active = append(sc.active, t)

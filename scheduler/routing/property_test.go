@@ -121,12 +121,25 @@ func checkInvariants(cfg Config, queue []Build, agents []Agent, running map[stri
 			errs = append(errs, fmt.Errorf("agent %q: %d assigned, %d free slots", ag.Name, perAgent[ag.Name], ag.FreeSlots))
 		}
 	}
+	// A tenant's first queued build's policy cap wins over cfg's.
+	policyCap := map[string]int{}
+	for _, b := range queue {
+		if _, ok := policyCap[b.Tenant]; !ok {
+			policyCap[b.Tenant] = b.MaxConcurrent
+		}
+	}
+	limit := func(tenant string) int64 {
+		if c := policyCap[tenant]; c > 0 {
+			return int64(c)
+		}
+		return cfg.limit(tenant)
+	}
 	atCap := func(tenant string) bool {
-		l := cfg.limit(tenant)
+		l := limit(tenant)
 		return l > 0 && int64(max(running[tenant], 0)+perTenant[tenant]) >= l
 	}
 	for tenant, n := range perTenant {
-		if l := cfg.limit(tenant); l > 0 && int64(max(running[tenant], 0)+n) > l {
+		if l := limit(tenant); l > 0 && int64(max(running[tenant], 0)+n) > l {
 			errs = append(errs, fmt.Errorf("tenant %q: %d running + %d assigned over cap %d", tenant, running[tenant], n, l))
 		}
 	}

@@ -387,6 +387,30 @@ func TestRoute(t *testing.T) {
 			want:   []string{"b1→a hashed", "s1→a hashed", "b2→a hashed", "b3→a hashed", "s2→a hashed", "b4→a hashed"},
 		},
 		{
+			name: "the tenant's policy in its records wins over the weight flags",
+			cfg:  Config{TenantWeights: map[string]int{"big": 1, "small": 1}},
+			queue: []Build{
+				{ID: "b1", Tenant: "big", QueuedAt: t0, Weight: 2}, {ID: "b2", Tenant: "big", QueuedAt: t0, Weight: 2}, {ID: "b3", Tenant: "big", QueuedAt: t0, Weight: 2},
+				{ID: "b4", Tenant: "big", QueuedAt: t0, Weight: 2}, {ID: "b5", Tenant: "big", QueuedAt: t0, Weight: 2},
+				{ID: "s1", Tenant: "small", QueuedAt: t0}, {ID: "s2", Tenant: "small", QueuedAt: t0}, {ID: "s3", Tenant: "small", QueuedAt: t0},
+			},
+			agents: []Agent{{Name: "a", FreeSlots: 6}},
+			now:    t0,
+			want:   []string{"b1→a hashed", "s1→a hashed", "b2→a hashed", "b3→a hashed", "s2→a hashed", "b4→a hashed"},
+		},
+		{
+			name: "the tenant's policy cap in its records wins over the cap flags",
+			cfg:  Config{DefaultCap: 10, TenantCaps: map[string]int{"t": 10}},
+			queue: []Build{
+				{ID: "1", Tenant: "t", QueuedAt: t0, MaxConcurrent: 2}, {ID: "2", Tenant: "t", QueuedAt: t0, MaxConcurrent: 2}, {ID: "3", Tenant: "t", QueuedAt: t0, MaxConcurrent: 2},
+				{ID: "4", Tenant: "u", QueuedAt: t0},
+			},
+			agents:  []Agent{{Name: "a", FreeSlots: 10}},
+			running: map[string]int{"t": 1},
+			now:     t0,
+			want:    []string{"4→a hashed", "1→a hashed"},
+		},
+		{
 			name:    "round-robin counts what already runs",
 			queue:   []Build{{ID: "t1", Tenant: "t", QueuedAt: t0}, {ID: "u1", Tenant: "u", QueuedAt: t0}, {ID: "u2", Tenant: "u", QueuedAt: t0}},
 			agents:  []Agent{{Name: "a", FreeSlots: 2}},
