@@ -1,8 +1,11 @@
 // Package agent runs builds on one Docker engine. Each slot pulls work from
-// the scheduler (kiln.sched.pull long-poll), marks the build RUNNING, keeps
-// its lease alive, builds through the engine while streaming every line and
-// step as events, pushes the tags and records the result — all writes fenced
-// by the build's attempt, so an agent that lost its build cannot overwrite
+// the scheduler (kiln.sched.pull.<name> long-poll), has the build marked
+// RUNNING, keeps its lease alive, builds through the engine while streaming
+// every line and step as events, pushes the tags and has the result
+// recorded. The agent writes none of it itself: each is a report to the
+// schedulers (package agentproto), which check that the build is this
+// agent's at this attempt before they write the record or its log, so an
+// agent that lost its build — or one posing as another — cannot overwrite
 // the record of the attempt that replaced it.
 //
 // A context sent as a tar blob goes to the engine as it is. A context sent
@@ -31,14 +34,13 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 	"golang.org/x/sync/errgroup"
 	"google.golang.org/protobuf/proto"
-	"google.golang.org/protobuf/types/known/durationpb"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
 	"github.com/kilnbuild/kiln/agent/engine"
 	"github.com/kilnbuild/kiln/agent/localcas"
 	"github.com/kilnbuild/kiln/agent/workdir"
 	kilnv1 "github.com/kilnbuild/kiln/proto/gen/go/kiln/v1"
-	"github.com/kilnbuild/kiln/services/buildstore"
+	"github.com/kilnbuild/kiln/services/agentproto"
 	"github.com/kilnbuild/kiln/services/bus"
 	"github.com/kilnbuild/kiln/services/cas"
 	"github.com/kilnbuild/kiln/services/ctxmanifest"
@@ -113,8 +115,8 @@ const (
 type Agent struct {
 	cfg    Config
 	log    *slog.Logger
-	builds *buildstore.Store
-	blobs  *cas.Store      // the farm's CAS
+	client *agentproto.Client // every write about its builds goes through the scheduler
+	blobs  *cas.Store         // the farm's CAS
 	cache  *localcas.Store // this agent's copy of the blobs it built from
 	// workdirs holds the per-lineage context directories of BuildKit builds.
 	workdirs *workdir.Store
@@ -130,23 +132,30 @@ type Agent struct {
 	info engine.Info
 }
 
-// New binds an Agent to the farm (bus.Setup must have run) and opens its
-// local blob cache; Close closes the cache.
+// New binds an Agent to the farm and opens its local blob cache; Close
+// closes the cache. The agent sets nothing up (its credential may not): it
+// waits until ctx ends for a gateway or scheduler to have run bus.Setup.
+// cfg.Conn should use the agent's inbox prefix (bus.AgentInboxPrefix), as
+// its credential allows replies there only.
 func New(ctx context.Context, cfg Config) (*Agent, error) {
-	if cfg.Name == "" {
-		return nil, errors.New("agent name is empty")
-	}
-	builds, err := buildstore.Open(ctx, cfg.Conn.JS)
+	client, err := agentproto.New(cfg.Conn.NC, cfg.Name)
 	if err != nil {
 		return nil, err
 	}
-	blobs, err := cas.Open(ctx, cfg.Conn.JS)
-	if err != nil {
+	var (
+		blobs  *cas.Store
+		agents jetstream.KeyValue
+	)
+	if err := bus.WaitForSetup(ctx, func(ctx context.Context) (err error) {
+		if blobs, err = cas.Open(ctx, cfg.Conn.JS); err != nil {
+			return err
+		}
+		if agents, err = cfg.Conn.JS.KeyValue(ctx, bus.BucketAgents); err != nil {
+			return fmt.Errorf("open bucket %s: %w", bus.BucketAgents, err)
+		}
+		return nil
+	}); err != nil {
 		return nil, err
-	}
-	agents, err := cfg.Conn.JS.KeyValue(ctx, bus.BucketAgents)
-	if err != nil {
-		return nil, fmt.Errorf("open bucket %s: %w", bus.BucketAgents, err)
 	}
 	if cfg.Slots <= 0 {
 		cfg.Slots = DefaultSlots
@@ -196,7 +205,7 @@ func New(ctx context.Context, cfg Config) (*Agent, error) {
 		return nil, err
 	}
 	return &Agent{
-		cfg: cfg, log: log, builds: builds, blobs: blobs, cache: cache, workdirs: workdirs,
+		cfg: cfg, log: log, client: client, blobs: blobs, cache: cache, workdirs: workdirs,
 		agents: agents, started: time.Now(),
 	}, nil
 }
@@ -294,36 +303,13 @@ func (a *Agent) slotLoop(ctx, work context.Context) {
 
 // pull offers one free slot to the scheduler and waits for an answer.
 func (a *Agent) pull(ctx context.Context) ([]*kilnv1.Build, error) {
-	msg, err := bus.NewMsg(bus.SubjectPull, &kilnv1.WorkOffer{
-		Agent: a.cfg.Name, FreeSlots: 1, Wait: durationpb.New(a.cfg.PollWait),
-	})
-	if err != nil {
-		return nil, err
-	}
-	rctx, cancel := context.WithTimeout(ctx, a.cfg.PollWait+5*time.Second)
-	defer cancel()
-	reply, err := a.cfg.Conn.NC.RequestMsgWithContext(rctx, msg)
-	if err != nil {
-		return nil, fmt.Errorf("work offer: %w", err)
-	}
-	resp := &kilnv1.WorkAssignment{}
-	if err := bus.Decode(reply.Data, resp); err != nil {
-		return nil, err
-	}
-	return resp.Builds, nil
+	return a.client.Pull(ctx, a.cfg.PollWait)
 }
 
 // withdraw takes back the agent's waiting pulls so the scheduler assigns
 // nothing more to it.
 func (a *Agent) withdraw() {
-	msg, err := bus.NewMsg(bus.SubjectWithdraw, &kilnv1.WorkOffer{Agent: a.cfg.Name})
-	if err == nil {
-		err = a.cfg.Conn.NC.PublishMsg(msg)
-	}
-	if err == nil {
-		err = a.cfg.Conn.NC.Flush()
-	}
-	if err != nil {
+	if err := a.client.Withdraw(); err != nil {
 		a.log.Warn("withdraw pulls", "err", err)
 	}
 }

@@ -14,6 +14,7 @@ import (
 
 	"github.com/kilnbuild/kiln/agent/engine"
 	kilnv1 "github.com/kilnbuild/kiln/proto/gen/go/kiln/v1"
+	"github.com/kilnbuild/kiln/services/agentproto"
 	"github.com/kilnbuild/kiln/services/buildstore"
 	"github.com/kilnbuild/kiln/services/bus"
 	"github.com/kilnbuild/kiln/services/telemetry"
@@ -39,31 +40,31 @@ func (a *Agent) runBuild(work context.Context, assigned *kilnv1.Build) {
 	defer cancel(nil)
 
 	now := time.Now()
-	b, err := a.builds.UpdateAttempt(ctx, assigned.Id, assigned.Attempt, func(b *kilnv1.Build) error {
-		if b.Agent != a.cfg.Name || b.State != kilnv1.BuildState_BUILD_STATE_ASSIGNED {
-			return fmt.Errorf("%w: build is %s on agent %q", buildstore.ErrFenced, b.State, b.Agent)
-		}
-		b.State = kilnv1.BuildState_BUILD_STATE_RUNNING
-		b.StartedAt = timestamppb.New(now)
-		b.LeaseExpiresAt = timestamppb.New(now.Add(a.cfg.Lease))
-		return nil
-	})
-	if err != nil {
-		log.WarnContext(ctx, "could not start assigned build", "err", err)
-		return
-	}
-	ev := &events{js: a.cfg.Conn, agent: a.cfg.Name, id: b.Id, attempt: b.Attempt, ctx: context.WithoutCancel(work), logger: log}
-	ev.state(b.State, fmt.Sprintf("running on agent %q (attempt %d)", a.cfg.Name, b.Attempt))
-	log.InfoContext(ctx, "build running")
-
-	sub, err := a.cfg.Conn.NC.Subscribe(bus.CancelSubject(b.Id), func(*nats.Msg) { cancel(errCancelled) })
+	// Listen for a cancel before the start: one sent before is in the
+	// record the start answers with.
+	sub, err := a.cfg.Conn.NC.Subscribe(bus.CancelSubject(assigned.Id), func(*nats.Msg) { cancel(errCancelled) })
 	if err != nil {
 		log.WarnContext(ctx, "subscribe to cancellations", "err", err)
 	} else {
 		defer sub.Unsubscribe()
 	}
-	// A cancel sent before the subscription is in the record.
-	if cur, _, err := a.builds.Get(ctx, b.Id); err == nil && cur.CancelRequested {
+	// The scheduler marks it RUNNING and says so in its log; everything
+	// the agent writes about the build goes through it, fenced by agent
+	// and attempt.
+	at, b, err := a.client.Start(ctx, assigned, a.cfg.Lease, agentproto.Hooks{
+		Fenced: func(err error) {
+			log.WarnContext(ctx, "lost the build; stopping it", "err", err)
+			cancel(errLost)
+		},
+		Failed: func(err error) { log.Warn("report build events", "err", err) },
+	})
+	if err != nil {
+		log.WarnContext(ctx, "could not start assigned build", "err", err)
+		return
+	}
+	ev := &events{at: at, logger: log}
+	log.InfoContext(ctx, "build running")
+	if b.CancelRequested {
 		cancel(errCancelled)
 	}
 
@@ -71,7 +72,7 @@ func (a *Agent) runBuild(work context.Context, assigned *kilnv1.Build) {
 	renewed := make(chan struct{})
 	go func() {
 		defer close(renewed)
-		a.renewLease(renewCtx, b, cancel, log)
+		a.renewLease(renewCtx, at, cancel, log)
 	}()
 	result, buildErr := a.execute(ctx, b, ev)
 	endAttempt(span, result, buildErr, context.Cause(ctx))
@@ -84,7 +85,7 @@ func (a *Agent) runBuild(work context.Context, assigned *kilnv1.Build) {
 // renewLease extends the build's lease every third of the lease until ctx
 // ends; it cancels the build when the record was given to another attempt
 // or a cancel was requested.
-func (a *Agent) renewLease(ctx context.Context, b *kilnv1.Build, cancel context.CancelCauseFunc, log *slog.Logger) {
+func (a *Agent) renewLease(ctx context.Context, at *agentproto.Attempt, cancel context.CancelCauseFunc, log *slog.Logger) {
 	t := time.NewTicker(a.cfg.Lease / 3)
 	defer t.Stop()
 	for {
@@ -93,10 +94,7 @@ func (a *Agent) renewLease(ctx context.Context, b *kilnv1.Build, cancel context.
 			return
 		case <-t.C:
 		}
-		cur, err := a.builds.UpdateAttempt(ctx, b.Id, b.Attempt, func(r *kilnv1.Build) error {
-			r.LeaseExpiresAt = timestamppb.New(time.Now().Add(a.cfg.Lease))
-			return nil
-		})
+		cur, err := at.Renew(ctx, a.cfg.Lease)
 		switch {
 		case errors.Is(err, buildstore.ErrFenced):
 			log.WarnContext(ctx, "lost the build's lease; stopping it", "err", err)
@@ -125,7 +123,7 @@ func (a *Agent) execute(ctx context.Context, b *kilnv1.Build, ev *events) (*kiln
 		return result, &engine.BuildError{Message: err.Error()}
 	}
 	result.Builder = builder
-	creds, err := a.openRegistryAuth(spec.GetRegistryAuth())
+	creds, err := a.openRegistryAuth(b)
 	if err != nil {
 		return result, &engine.BuildError{Message: err.Error()}
 	}
@@ -139,6 +137,7 @@ func (a *Agent) execute(ctx context.Context, b *kilnv1.Build, ev *events) (*kiln
 	} else {
 		res, result.ContextTransferBytes, err = a.buildClassic(ctx, b, creds, ev, rep)
 	}
+	err = rep.mask.err(err) // the classic builder's errors may quote a registry password
 	result.ImageId = res.ImageID
 	result.Steps = uint32(res.Steps)
 	result.CachedSteps = uint32(res.CachedSteps)
@@ -152,14 +151,11 @@ func (a *Agent) execute(ctx context.Context, b *kilnv1.Build, ev *events) (*kiln
 		// Fence the push: renew the lease first, so an attempt that lost
 		// its build (agent frozen past its lease) cannot overwrite the tag
 		// the attempt that replaced it pushed.
-		if _, err := a.builds.UpdateAttempt(ctx, b.Id, b.Attempt, func(r *kilnv1.Build) error {
-			r.LeaseExpiresAt = timestamppb.New(time.Now().Add(a.cfg.Lease))
-			return nil
-		}); err != nil {
+		if _, err := ev.at.Renew(ctx, a.cfg.Lease); err != nil {
 			return result, fmt.Errorf("push %s: %w", tag, err)
 		}
 		pctx, pspan := startSpan(ctx, "push "+tag, b, telemetry.TagKey.String(tag))
-		digest, size, err := a.cfg.Engine.Push(pctx, tag, creds, func(line string) { ev.log(0, rep.mask.line(line)) })
+		digest, size, err := a.cfg.Engine.Push(pctx, tag, creds, func(line string) { ev.log(0, rep.mask.log(-1, line)) })
 		endSpan(pspan, err)
 		if err != nil {
 			return result, rep.mask.err(fmt.Errorf("push %s: %w", tag, err))
@@ -207,16 +203,17 @@ func (a *Agent) finish(work context.Context, b *kilnv1.Build, result *kilnv1.Bui
 	ctx, cancel := context.WithTimeout(context.WithoutCancel(work), finishTimeout)
 	defer cancel()
 	if errors.Is(cause, errLost) || errors.Is(buildErr, buildstore.ErrFenced) {
+		ev.at.Abandon()
 		log.WarnContext(ctx, "build abandoned: another attempt owns it")
 		return
 	}
 	if errors.Is(cause, errDrained) {
-		a.handBack(ctx, b, ev, log, fmt.Sprintf("agent %q stopped before the build finished; re-queued", a.cfg.Name))
+		a.handBack(ctx, ev, log, fmt.Sprintf("agent %q stopped before the build finished; re-queued", a.cfg.Name))
 		return
 	}
 	if cause == nil && isFarm(buildErr) {
 		log.WarnContext(ctx, "the farm did not answer while preparing the build; handing it back", "err", buildErr)
-		a.handBack(ctx, b, ev, log, fmt.Sprintf("agent %q could not reach the farm (%v); re-queued", a.cfg.Name, buildErr))
+		a.handBack(ctx, ev, log, fmt.Sprintf("agent %q could not reach the farm (%v); re-queued", a.cfg.Name, buildErr))
 		return
 	}
 	state, msg := kilnv1.BuildState_BUILD_STATE_SUCCEEDED, ""
@@ -227,78 +224,40 @@ func (a *Agent) finish(work context.Context, b *kilnv1.Build, result *kilnv1.Bui
 	default:
 		state, msg = kilnv1.BuildState_BUILD_STATE_FAILED, buildErr.Error()
 	}
-	rec, err := a.builds.UpdateAttempt(ctx, b.Id, b.Attempt, func(r *kilnv1.Build) error {
-		r.State = state
-		r.Result = result
-		r.Error = msg
-		r.FinishedAt = timestamppb.Now()
-		r.LeaseExpiresAt = nil
-		return nil
-	})
-	if err != nil {
+	if state != kilnv1.BuildState_BUILD_STATE_CANCELLED {
+		// The engine now holds this build's layers (up to a failed step):
+		// advertise them before the client hears of the end (the
+		// scheduler publishes the finished event when it records the
+		// result), so the lineage's next build comes here.
+		a.summary.Add(b.Affinity)
+		a.heartbeat(ctx)
+	}
+	if _, err := ev.at.Finish(ctx, state, result, msg); err != nil {
 		log.WarnContext(ctx, "result refused", "state", state.String(), "err", err)
 		return
 	}
-	if state != kilnv1.BuildState_BUILD_STATE_CANCELLED {
-		// The engine now holds this build's layers (up to a failed step):
-		// advertise them before the client hears of the end, so the lineage's next build comes here.
-		a.summary.Add(rec.Affinity)
-		a.heartbeat(ctx)
-	}
-	ev.publish(&kilnv1.BuildEvent{Event: &kilnv1.BuildEvent_Finished{Finished: &kilnv1.BuildFinished{
-		State: rec.State, Result: rec.Result, Error: rec.Error, Agent: a.cfg.Name,
-	}}})
 	log.InfoContext(ctx, "build finished", "state", state.String(), "steps", result.Steps, "cached", result.CachedSteps)
 }
 
-// handBack returns a build the agent could not finish to the queue.
-func (a *Agent) handBack(ctx context.Context, b *kilnv1.Build, ev *events, log *slog.Logger, why string) {
-	_, err := a.builds.UpdateAttempt(ctx, b.Id, b.Attempt, func(r *kilnv1.Build) error {
-		r.State = kilnv1.BuildState_BUILD_STATE_QUEUED
-		r.Agent = ""
-		r.LeaseExpiresAt = nil
-		r.QueuedAt = timestamppb.Now()
-		return nil
-	})
-	if err != nil {
+// handBack returns a build the agent could not finish to the queue: the
+// scheduler re-queues it and says why in its log.
+func (a *Agent) handBack(ctx context.Context, ev *events, log *slog.Logger, why string) {
+	if err := ev.at.HandBack(ctx, why); err != nil {
 		log.WarnContext(ctx, "hand back build", "err", err)
 		return
-	}
-	ev.agent = ""
-	ev.state(kilnv1.BuildState_BUILD_STATE_QUEUED, why)
-	msg, err := bus.NewMsg(bus.SubjectRequests, &kilnv1.BuildRequested{BuildId: b.Id})
-	if err == nil {
-		msg.Header.Set(nats.MsgIdHdr, fmt.Sprintf("%s-handback-%d", b.Id, b.Attempt))
-		telemetry.InjectNATS(ctx, msg.Header)
-		_, err = a.cfg.Conn.JS.PublishMsg(ctx, msg)
-	}
-	if err != nil {
-		log.WarnContext(ctx, "hand back build: intake publish failed; the scheduler recovers it from KV on restart", "err", err)
 	}
 	log.InfoContext(ctx, "build handed back")
 }
 
-// events publishes one attempt's events of a build.
+// events queues one attempt's events of a build for the scheduler.
 type events struct {
-	js      *bus.Conn
-	agent   string
-	id      string
-	attempt uint32
-	ctx     context.Context
-	logger  *slog.Logger
+	at     *agentproto.Attempt
+	logger *slog.Logger
 }
 
 func (e *events) publish(ev *kilnv1.BuildEvent) {
-	ev.BuildId, ev.Attempt = e.id, e.attempt
-	ctx, cancel := context.WithTimeout(e.ctx, 10*time.Second)
-	defer cancel()
-	if err := bus.PublishEvent(ctx, e.js.JS, ev); err != nil {
-		e.logger.Warn("publish event", "err", err)
-	}
-}
-
-func (e *events) state(s kilnv1.BuildState, msg string) {
-	e.publish(&kilnv1.BuildEvent{Event: &kilnv1.BuildEvent_State{State: &kilnv1.StateChanged{State: s, Agent: e.agent, Attempt: e.attempt, Message: msg}}})
+	ev.Time = timestamppb.Now()
+	e.at.Event(ev)
 }
 
 func (e *events) log(step int, line string) {
@@ -314,7 +273,7 @@ type reporter struct {
 
 var _ engine.Reporter = (*reporter)(nil)
 
-func (r *reporter) Log(step int, line string) { r.ev.log(step, r.mask.line(line)) }
+func (r *reporter) Log(step int, line string) { r.ev.log(step, r.mask.log(step, line)) }
 
 func (r *reporter) StepStarted(step, total int, instruction string) {
 	r.steps.started(step, r.mask.line(instruction))

@@ -22,6 +22,7 @@ import (
 	"github.com/kilnbuild/kiln/agent/enginetest"
 	"github.com/kilnbuild/kiln/agent/localcas"
 	kilnv1 "github.com/kilnbuild/kiln/proto/gen/go/kiln/v1"
+	"github.com/kilnbuild/kiln/services/agentproto"
 	"github.com/kilnbuild/kiln/services/buildstore"
 	"github.com/kilnbuild/kiln/services/bus"
 	"github.com/kilnbuild/kiln/services/bus/bustest"
@@ -72,9 +73,17 @@ func (c *farmContext) ref() *kilnv1.ContextRef {
 }
 
 // testAgent is an agent on the real engine and a real NATS server, with an
-// empty local blob cache.
+// empty local blob cache, and the schedulers' report handler it reports to.
 func testAgent(t *testing.T, conn *bus.Conn) *Agent {
 	t.Helper()
+	h, err := agentproto.NewHandler(t.Context(), agentproto.HandlerConfig{Conn: conn, Lease: time.Minute})
+	if err != nil {
+		t.Fatal(err)
+	}
+	hctx, stop := context.WithCancel(context.Background())
+	served := make(chan error, 1)
+	go func() { served <- h.Serve(hctx) }()
+	t.Cleanup(func() { stop(); <-served })
 	a, err := New(t.Context(), Config{
 		Name: "manifest-test", Engine: enginetest.Docker(t), Conn: conn, CacheDir: t.TempDir(),
 		Logger: slog.New(slog.NewTextHandler(t.Output(), nil)),
@@ -94,11 +103,15 @@ func runAssigned(t *testing.T, a *Agent, spec *kilnv1.BuildSpec, ref *kilnv1.Con
 		Id: buildstore.NewID(time.Now()), Spec: spec, Context: ref,
 		State: kilnv1.BuildState_BUILD_STATE_ASSIGNED, Attempt: 1, Agent: a.cfg.Name,
 	}
-	if _, err := a.builds.Create(t.Context(), b); err != nil {
+	builds, err := buildstore.Open(t.Context(), a.cfg.Conn.JS)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := builds.Create(t.Context(), b); err != nil {
 		t.Fatal(err)
 	}
 	a.runBuild(t.Context(), b)
-	rec, _, err := a.builds.Get(t.Context(), b.Id)
+	rec, _, err := builds.Get(t.Context(), b.Id)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -8,6 +8,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/nats-io/nats.go"
 	"golang.org/x/sync/errgroup"
 
 	"github.com/kilnbuild/kiln/agent/engine"
@@ -110,7 +111,9 @@ func (o *EngineOptions) NewAgent(ctx context.Context, conn *bus.Conn, cfg Config
 
 // Run connects to NATS and the engine and runs builds until ctx ends.
 func Run(ctx context.Context, o RunOptions) error {
-	log, conn, err := o.Common.Start(ctx, "agent")
+	// An agent sets nothing up (its credential may not) and takes replies
+	// on its own inbox (its credential allows no other).
+	log, conn, err := o.Common.StartClient(ctx, "agent", nats.CustomInboxPrefix(bus.AgentInboxPrefix(o.Name)))
 	if err != nil {
 		return err
 	}

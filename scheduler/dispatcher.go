@@ -520,6 +520,12 @@ func (d *dispatcher) onPull(ctx context.Context, msg *nats.Msg) {
 		d.s.log.Warn("ignoring malformed work offer", "err", err)
 		return
 	}
+	// The subject names the agent (its credential allows only its own);
+	// an offer for another name is refused.
+	if agent, ok := bus.AgentFromSubject(msg.Subject); !ok || agent != offer.Agent {
+		d.s.log.Warn("ignoring work offer for another agent than its subject names", "subject", msg.Subject, "agent", offer.Agent)
+		return
+	}
 	// One request is answered once, so it stands for one slot. Its
 	// deadline is the agent's own wall-clock timeout, not scheduler time.
 	wait := min(max(offer.GetWait().AsDuration()-replyMargin, 0), maxPollWait)

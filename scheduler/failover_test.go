@@ -15,10 +15,10 @@ import (
 	"time"
 
 	"github.com/nats-io/nats.go/jetstream"
-	"google.golang.org/protobuf/types/known/durationpb"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
 	kilnv1 "github.com/kilnbuild/kiln/proto/gen/go/kiln/v1"
+	"github.com/kilnbuild/kiln/services/agentproto"
 	"github.com/kilnbuild/kiln/services/buildstore"
 	"github.com/kilnbuild/kiln/services/bus"
 	"github.com/kilnbuild/kiln/services/bus/bustest"
@@ -103,26 +103,28 @@ func leaderPID(holder string) int {
 }
 
 // failoverAgent is an agent without an engine: it pulls like agent.Agent
-// (one WorkOffer per free slot), writes RUNNING and, once let go, SUCCEEDED
-// with UpdateAttempt, and counts what it was handed and what it finished.
+// (one WorkOffer per free slot), reports RUNNING and, once let go,
+// SUCCEEDED (package agentproto), and counts what it was handed and what
+// it finished.
 type failoverAgent struct {
-	name  string
-	conn  *bus.Conn
-	store *buildstore.Store
+	name string
+	conn *bus.Conn
 
 	mu       sync.Mutex
 	started  map[string]int // build id → RUNNING written
 	finished map[string]int // build id → SUCCEEDED written
+	ends     int            // Finish calls returned, accepted or not
 	running  chan string    // a build went RUNNING
 	hold     chan struct{}  // closed: builds finish; until then they stay RUNNING
 }
 
 func (a *failoverAgent) slot(ctx context.Context) {
+	client, err := agentproto.New(a.conn.NC, a.name)
+	if err != nil {
+		panic(err)
+	}
 	for ctx.Err() == nil {
-		msg, _ := bus.NewMsg(bus.SubjectPull, &kilnv1.WorkOffer{Agent: a.name, FreeSlots: 1, Wait: durationpb.New(time.Second)})
-		rctx, cancel := context.WithTimeout(ctx, 2*time.Second)
-		reply, err := a.conn.NC.RequestMsgWithContext(rctx, msg)
-		cancel()
+		builds, err := client.Pull(ctx, time.Second)
 		if err != nil {
 			// No leader subscribed, or it died holding the pull: ask again
 			// after a short back-off, as agent.slotLoop does.
@@ -132,26 +134,14 @@ func (a *failoverAgent) slot(ctx context.Context) {
 			}
 			continue
 		}
-		resp := &kilnv1.WorkAssignment{}
-		if err := bus.Decode(reply.Data, resp); err != nil {
-			panic(err)
-		}
-		for _, b := range resp.Builds {
-			a.run(ctx, b)
+		for _, b := range builds {
+			a.run(ctx, client, b)
 		}
 	}
 }
 
-func (a *failoverAgent) run(ctx context.Context, assigned *kilnv1.Build) {
-	b, err := a.store.UpdateAttempt(ctx, assigned.Id, assigned.Attempt, func(b *kilnv1.Build) error {
-		if b.Agent != a.name || b.State != kilnv1.BuildState_BUILD_STATE_ASSIGNED {
-			return buildstore.ErrFenced
-		}
-		b.State = kilnv1.BuildState_BUILD_STATE_RUNNING
-		b.StartedAt = timestamppb.Now()
-		b.LeaseExpiresAt = timestamppb.New(time.Now().Add(time.Minute))
-		return nil
-	})
+func (a *failoverAgent) run(ctx context.Context, client *agentproto.Client, assigned *kilnv1.Build) {
+	at, b, err := client.Start(ctx, assigned, time.Minute, agentproto.Hooks{})
 	if err != nil {
 		return
 	}
@@ -169,17 +159,13 @@ func (a *failoverAgent) run(ctx context.Context, assigned *kilnv1.Build) {
 	case <-ctx.Done():
 		return
 	}
-	if _, err := a.store.UpdateAttempt(ctx, b.Id, b.Attempt, func(r *kilnv1.Build) error {
-		r.State = kilnv1.BuildState_BUILD_STATE_SUCCEEDED
-		r.FinishedAt = timestamppb.Now()
-		r.Result = &kilnv1.BuildResult{}
-		r.LeaseExpiresAt = nil
-		return nil
-	}); err == nil {
-		a.mu.Lock()
+	_, err = at.Finish(ctx, kilnv1.BuildState_BUILD_STATE_SUCCEEDED, &kilnv1.BuildResult{}, "")
+	a.mu.Lock()
+	if err == nil {
 		a.finished[b.Id]++
-		a.mu.Unlock()
 	}
+	a.ends++
+	a.mu.Unlock()
 }
 
 // TestLeaderKilledStandbyTakesOver runs two scheduler processes on one
@@ -239,7 +225,7 @@ func TestLeaderKilledStandbyTakesOver(t *testing.T) {
 	var wg sync.WaitGroup
 	t.Cleanup(func() { stopAgents(); wg.Wait() })
 	for i := range agents {
-		a := &failoverAgent{name: fmt.Sprint("agent-", i), conn: conn, store: store,
+		a := &failoverAgent{name: fmt.Sprint("agent-", i), conn: conn,
 			started: map[string]int{}, finished: map[string]int{}, running: running, hold: hold}
 		fleet = append(fleet, a)
 		for range slots {
@@ -325,6 +311,17 @@ func TestLeaderKilledStandbyTakesOver(t *testing.T) {
 			break
 		}
 	}
+	// The record is written before the finished event is published and
+	// the agent hears back: wait for every Finish to return.
+	waitUntil(t, "every agent's Finish to return", func() bool {
+		ends := 0
+		for _, a := range fleet {
+			a.mu.Lock()
+			ends += a.ends
+			a.mu.Unlock()
+		}
+		return ends >= len(ids)
+	})
 	for _, id := range ids {
 		b, _, err := store.Get(ctx, id)
 		if err != nil {

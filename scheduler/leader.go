@@ -18,7 +18,7 @@ import (
 )
 
 // leaderKey is the one key of KILN_LEADER.
-const leaderKey = "scheduler"
+const leaderKey = bus.LeaderKeyScheduler
 
 // DefaultLeaderLease is how long a leader holds office without renewing.
 const DefaultLeaderLease = 10 * time.Second

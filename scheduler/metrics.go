@@ -25,6 +25,10 @@ var (
 		Name: "kiln_scheduler_leader",
 		Help: "1 while this scheduler leads (and so schedules), 0 while it stands by.",
 	})
+	reportsFenced = promauto.NewCounter(prometheus.CounterOpts{
+		Name: "kiln_scheduler_reports_fenced_total",
+		Help: "Agent reports refused because the build is not assigned to that agent at that attempt (any scheduler, leader or not).",
+	})
 	queueDepth = promauto.NewGauge(prometheus.GaugeOpts{
 		Name: "kiln_scheduler_queue_depth",
 		Help: "Builds queued and not yet assigned, as the leader's dispatcher holds them.",

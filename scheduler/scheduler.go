@@ -3,14 +3,19 @@
 // (the queue, the set of builds under lease) and rebuilds it from KV when it
 // starts, so a restart loses nothing.
 //
-//	gateway ──kiln.requests──▶ intake ──▶ dispatcher ◀──kiln.sched.pull── agents
+//	gateway ──kiln.requests──▶ intake ──▶ dispatcher ◀──kiln.sched.pull.<agent>── agents
 //	                                        ▲   │ routing.Route: cache affinity, costs or delay
 //	                                        │   │ scheduling, fairness; QUEUED → ASSIGNED (CAS)
 //	                                        ├── build watch: ended → lineage costs, lease renewals
 //	                                        └── sweeper: lease lapsed → QUEUED, attempt+1 on next assignment
 //
+//	agents ──kiln.agent.report.<agent>──▶ reports (every instance): fenced by agent and attempt,
+//	                                      the only writer of a leased build's record and events
+//
 // The dispatcher (dispatcher.go) owns the queue and the agents' waiting
-// pulls; routing decisions are the pure function in package routing. What
+// pulls; routing decisions are the pure function in package routing.
+// Agents write nothing themselves: their reports are checked and applied
+// by any scheduler instance (agentproto.Handler). What
 // the dispatcher learns from finished builds (costs.go) lets the router
 // weigh waiting for a busy agent against a cache miss.
 package scheduler
@@ -32,6 +37,7 @@ import (
 
 	kilnv1 "github.com/kilnbuild/kiln/proto/gen/go/kiln/v1"
 	"github.com/kilnbuild/kiln/scheduler/routing"
+	"github.com/kilnbuild/kiln/services/agentproto"
 	"github.com/kilnbuild/kiln/services/buildstore"
 	"github.com/kilnbuild/kiln/services/bus"
 )
@@ -82,6 +88,8 @@ type Scheduler struct {
 	builds *buildstore.Store
 	kv     jetstream.KeyValue // KILN_BUILDS, for the dispatcher's one-trip CAS
 	d      *dispatcher
+	// reports applies the agents' reports (package agentproto).
+	reports *agentproto.Handler
 	// async publishes the dispatcher's ASSIGNED events without waiting for
 	// each acknowledgement: in order on the one connection, failures logged.
 	async jetstream.JetStream
@@ -135,7 +143,13 @@ func New(ctx context.Context, cfg Config) (*Scheduler, error) {
 	if err != nil {
 		return nil, fmt.Errorf("jetstream: %w", err)
 	}
-	s := &Scheduler{cfg: cfg, log: cfg.Logger, builds: builds, kv: kv, async: async, leased: map[string]time.Time{}}
+	reports, err := agentproto.NewHandler(ctx, agentproto.HandlerConfig{
+		Conn: cfg.Conn, Logger: log, Lease: cfg.Lease, Now: cfg.Now, Refused: reportsFenced.Inc,
+	})
+	if err != nil {
+		return nil, err
+	}
+	s := &Scheduler{cfg: cfg, log: cfg.Logger, builds: builds, kv: kv, async: async, reports: reports, leased: map[string]time.Time{}}
 	s.d = newDispatcher(s)
 	return s, nil
 }
@@ -153,6 +167,11 @@ func (s *Scheduler) Run(ctx context.Context) error {
 		return err
 	}
 	defer el.resign(context.WithoutCancel(ctx))
+	// Every instance handles the agents' reports, leader or not.
+	rctx, stopReports := context.WithCancel(ctx)
+	reportsDone := make(chan error, 1)
+	go func() { reportsDone <- s.reports.Serve(rctx) }()
+	defer func() { stopReports(); <-reportsDone }()
 	tick := time.NewTicker(s.cfg.LeaderLease / 3)
 	defer tick.Stop()
 	var term *term // the current term of office, nil while standing by
@@ -400,20 +419,21 @@ func (s *Scheduler) intakeRecord(ctx context.Context, msg jetstream.Msg, req *ki
 
 // servePulls hands agents' WorkOffers and withdrawals to the dispatcher.
 func (s *Scheduler) servePulls(ctx context.Context) error {
-	sub, err := s.cfg.Conn.NC.QueueSubscribe(bus.SubjectPull, "kiln-scheduler", func(msg *nats.Msg) { s.d.onPull(ctx, msg) })
+	sub, err := s.cfg.Conn.NC.QueueSubscribe(bus.PullSubject(">"), "kiln-scheduler", func(msg *nats.Msg) { s.d.onPull(ctx, msg) })
 	if err != nil {
-		return fmt.Errorf("subscribe %s: %w", bus.SubjectPull, err)
+		return fmt.Errorf("subscribe %s: %w", bus.PullSubject(">"), err)
 	}
 	defer sub.Unsubscribe()
 	// Every scheduler hears withdrawals: the agent's pulls may wait on any.
-	wsub, err := s.cfg.Conn.NC.Subscribe(bus.SubjectWithdraw, func(msg *nats.Msg) {
-		offer := &kilnv1.WorkOffer{}
-		if err := bus.Decode(msg.Data, offer); err == nil && offer.Agent != "" {
-			s.d.send(ctx, event{withdraw: offer.Agent})
+	// The agent is the one the subject names (its credential allows only
+	// its own).
+	wsub, err := s.cfg.Conn.NC.Subscribe(bus.WithdrawSubject(">"), func(msg *nats.Msg) {
+		if agent, ok := bus.AgentFromSubject(msg.Subject); ok {
+			s.d.send(ctx, event{withdraw: agent})
 		}
 	})
 	if err != nil {
-		return fmt.Errorf("subscribe %s: %w", bus.SubjectWithdraw, err)
+		return fmt.Errorf("subscribe %s: %w", bus.WithdrawSubject(">"), err)
 	}
 	defer wsub.Unsubscribe()
 	<-ctx.Done()

@@ -6,9 +6,8 @@ import (
 	"testing"
 	"time"
 
-	"google.golang.org/protobuf/types/known/durationpb"
-
 	kilnv1 "github.com/kilnbuild/kiln/proto/gen/go/kiln/v1"
+	"github.com/kilnbuild/kiln/services/agentproto"
 	"github.com/kilnbuild/kiln/services/buildstore"
 	"github.com/kilnbuild/kiln/services/bus"
 	"github.com/kilnbuild/kiln/services/bus/bustest"
@@ -92,27 +91,21 @@ func (f *fixture) intake(t *testing.T, req *kilnv1.BuildRequested) {
 // pull sends one WorkOffer over NATS, as an agent does.
 func (f *fixture) pull(t *testing.T, agent string, wait time.Duration) []*kilnv1.Build {
 	t.Helper()
-	msg, err := bus.NewMsg(bus.SubjectPull, &kilnv1.WorkOffer{Agent: agent, FreeSlots: 1, Wait: durationpb.New(wait)})
+	client, err := agentproto.New(f.conn.NC, agent)
 	if err != nil {
 		t.Fatal(err)
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), wait+10*time.Second)
 	defer cancel()
-	var reply *kilnv1.WorkAssignment
-	for reply == nil { // the scheduler may not have subscribed yet
-		r, err := f.conn.NC.RequestMsgWithContext(ctx, msg)
-		if err != nil {
-			if ctx.Err() != nil {
-				t.Fatalf("work offer: %v", err)
-			}
-			continue
+	for { // the scheduler may not have subscribed yet
+		builds, err := client.Pull(ctx, wait)
+		if err == nil {
+			return builds
 		}
-		reply = &kilnv1.WorkAssignment{}
-		if err := bus.Decode(r.Data, reply); err != nil {
-			t.Fatal(err)
+		if ctx.Err() != nil {
+			t.Fatalf("work offer: %v", err)
 		}
 	}
-	return reply.Builds
 }
 
 func (f *fixture) get(t *testing.T, id string) *kilnv1.Build {

@@ -4,9 +4,9 @@
 // farm whose parts are real — the nats-server library with JetStream on
 // files, the gateway over gRPC on loopback, the scheduler — and whose agents
 // are simulated: each speaks to the farm exactly as agent.Agent does (a
-// WorkOffer request per free slot, heartbeats with cache summaries, RUNNING
-// and SUCCEEDED through buildstore.UpdateAttempt, state events) and builds
-// by waiting -build-time instead of running Docker.
+// WorkOffer request per free slot, heartbeats with cache summaries, START
+// and FINISH reports through package agentproto, which the scheduler fences
+// and writes) and builds by waiting -build-time instead of running Docker.
 //
 // Latency is measured in this process on one clock, per build: from just
 // before StartBuild is called to the moment the simulated agent's pull is

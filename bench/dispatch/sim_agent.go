@@ -13,12 +13,11 @@ import (
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 	"google.golang.org/protobuf/proto"
-	"google.golang.org/protobuf/types/known/durationpb"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
 	"github.com/kilnbuild/kiln/agent"
 	kilnv1 "github.com/kilnbuild/kiln/proto/gen/go/kiln/v1"
-	"github.com/kilnbuild/kiln/services/buildstore"
+	"github.com/kilnbuild/kiln/services/agentproto"
 	"github.com/kilnbuild/kiln/services/bus"
 )
 
@@ -30,16 +29,17 @@ const (
 )
 
 // simAgent is an agent without an engine: it speaks to the farm exactly as
-// agent.Agent does — a WorkOffer request per free slot on bus.SubjectPull,
-// heartbeats in KV KILN_AGENTS with the cache summary of what it ran,
-// RUNNING and the result written with UpdateAttempt, the state and finished
-// events on KILN_EVENTS — and "builds" by waiting buildTime.
+// agent.Agent does, through package agentproto — a WorkOffer request per
+// free slot on kiln.sched.pull.<name>, heartbeats in KV KILN_AGENTS with
+// the cache summary of what it ran, START and FINISH reports the scheduler
+// fences and turns into the record's changes and the state and finished
+// events — and "builds" by waiting buildTime.
 type simAgent struct {
 	name      string
 	slots     int
 	buildTime time.Duration
 	conn      *bus.Conn
-	builds    *buildstore.Store
+	client    *agentproto.Client
 	agents    jetstream.KeyValue
 	log       *slog.Logger
 	started   time.Time
@@ -58,7 +58,7 @@ type pullObserver interface {
 }
 
 func newSimAgent(ctx context.Context, conn *bus.Conn, name string, slots int, buildTime time.Duration, log *slog.Logger, observe pullObserver) (*simAgent, error) {
-	builds, err := buildstore.Open(ctx, conn.JS)
+	client, err := agentproto.New(conn.NC, name)
 	if err != nil {
 		return nil, err
 	}
@@ -67,7 +67,7 @@ func newSimAgent(ctx context.Context, conn *bus.Conn, name string, slots int, bu
 		return nil, fmt.Errorf("open bucket %s: %w", bus.BucketAgents, err)
 	}
 	return &simAgent{
-		name: name, slots: slots, buildTime: buildTime, conn: conn, builds: builds, agents: agents,
+		name: name, slots: slots, buildTime: buildTime, conn: conn, client: client, agents: agents,
 		log: log.With("agent", name), started: time.Now(), observe: observe,
 	}, nil
 }
@@ -130,80 +130,34 @@ func (a *simAgent) slotLoop(ctx context.Context) {
 
 // pull offers one free slot and waits for the scheduler's answer.
 func (a *simAgent) pull(ctx context.Context) ([]*kilnv1.Build, error) {
-	msg, err := bus.NewMsg(bus.SubjectPull, &kilnv1.WorkOffer{Agent: a.name, FreeSlots: 1, Wait: durationpb.New(simPollWait)})
-	if err != nil {
-		return nil, err
-	}
-	rctx, cancel := context.WithTimeout(ctx, simPollWait+5*time.Second)
-	defer cancel()
-	reply, err := a.conn.NC.RequestMsgWithContext(rctx, msg)
-	if err != nil {
-		return nil, fmt.Errorf("work offer: %w", err)
-	}
-	resp := &kilnv1.WorkAssignment{}
-	if err := bus.Decode(reply.Data, resp); err != nil {
-		return nil, err
-	}
-	return resp.Builds, nil
+	return a.client.Pull(ctx, simPollWait)
 }
 
-// runBuild does agent.runBuild's writes around a wait instead of an engine.
+// runBuild makes agent.runBuild's reports around a wait instead of an engine.
 func (a *simAgent) runBuild(ctx context.Context, assigned *kilnv1.Build) {
-	now := time.Now()
-	b, err := a.builds.UpdateAttempt(ctx, assigned.Id, assigned.Attempt, func(b *kilnv1.Build) error {
-		if b.Agent != a.name || b.State != kilnv1.BuildState_BUILD_STATE_ASSIGNED {
-			return fmt.Errorf("%w: build is %s on agent %q", buildstore.ErrFenced, b.State, b.Agent)
-		}
-		b.State = kilnv1.BuildState_BUILD_STATE_RUNNING
-		b.StartedAt = timestamppb.New(now)
-		b.LeaseExpiresAt = timestamppb.New(now.Add(simLease))
-		return nil
-	})
+	if sub, err := a.conn.NC.Subscribe(bus.CancelSubject(assigned.Id), func(*nats.Msg) {}); err == nil {
+		defer func() { _ = sub.Unsubscribe() }()
+	}
+	at, b, err := a.client.Start(ctx, assigned, simLease, agentproto.Hooks{})
 	if err != nil {
 		if ctx.Err() == nil {
 			a.log.Warn("could not start assigned build", "build_id", assigned.Id, "err", err)
 		}
 		return
 	}
-	a.event(ctx, b, &kilnv1.BuildEvent{Event: &kilnv1.BuildEvent_State{State: &kilnv1.StateChanged{
-		State: b.State, Agent: a.name, Attempt: b.Attempt, Message: fmt.Sprintf("running on agent %q (attempt %d)", a.name, b.Attempt)}}})
-	if sub, err := a.conn.NC.Subscribe(bus.CancelSubject(b.Id), func(*nats.Msg) {}); err == nil {
-		defer func() { _ = sub.Unsubscribe() }()
-	}
-	if _, _, err := a.builds.Get(ctx, b.Id); err != nil && ctx.Err() == nil {
-		a.log.Warn("read build", "build_id", b.Id, "err", err)
-	}
 	t := time.NewTimer(a.buildTime)
 	defer t.Stop()
 	select {
 	case <-ctx.Done():
+		at.Abandon()
 		return // the lease brings it back; the benchmark is over anyway
 	case <-t.C:
 	}
-	rec, err := a.builds.UpdateAttempt(ctx, b.Id, b.Attempt, func(r *kilnv1.Build) error {
-		r.State = kilnv1.BuildState_BUILD_STATE_SUCCEEDED
-		r.Result = &kilnv1.BuildResult{}
-		r.FinishedAt = timestamppb.Now()
-		r.LeaseExpiresAt = nil
-		return nil
-	})
-	if err != nil {
-		if ctx.Err() == nil {
-			a.log.Warn("result refused", "build_id", b.Id, "err", err)
-		}
-		return
-	}
 	// As agent.finish: advertise the new cache before the client hears of the end.
-	a.summary.Add(rec.Affinity)
+	a.summary.Add(b.Affinity)
 	a.heartbeat(ctx)
-	a.event(ctx, rec, &kilnv1.BuildEvent{Event: &kilnv1.BuildEvent_Finished{Finished: &kilnv1.BuildFinished{
-		State: rec.State, Result: rec.Result, Agent: a.name}}})
-}
-
-func (a *simAgent) event(ctx context.Context, b *kilnv1.Build, ev *kilnv1.BuildEvent) {
-	ev.BuildId, ev.Attempt = b.Id, b.Attempt
-	if err := bus.PublishEvent(ctx, a.conn.JS, ev); err != nil && ctx.Err() == nil {
-		a.log.Warn("publish event", "build_id", b.Id, "err", err)
+	if _, err := at.Finish(ctx, kilnv1.BuildState_BUILD_STATE_SUCCEEDED, &kilnv1.BuildResult{}, ""); err != nil && ctx.Err() == nil {
+		a.log.Warn("result refused", "build_id", b.Id, "err", err)
 	}
 }
 
@@ -225,14 +179,7 @@ func (a *simAgent) heartbeat(ctx context.Context) {
 
 // withdraw takes back the agent's waiting pulls, as agent.withdraw.
 func (a *simAgent) withdraw() {
-	msg, err := bus.NewMsg(bus.SubjectWithdraw, &kilnv1.WorkOffer{Agent: a.name})
-	if err == nil {
-		err = a.conn.NC.PublishMsg(msg)
-	}
-	if err == nil {
-		err = a.conn.NC.Flush()
-	}
-	if err != nil {
+	if err := a.client.Withdraw(); err != nil {
 		a.log.Warn("withdraw pulls", "err", err)
 	}
 }

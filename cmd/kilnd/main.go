@@ -7,6 +7,12 @@
 // public half, the agent opens build secrets with it. `kilnd secrets-key
 // [PATH]` makes or reads such a key file and prints the public key, for
 // farms that run kiln-gateway and kiln-agent separately.
+//
+// Without --tenants-file kilnd runs one local tenant that needs no token,
+// and refuses a --listen that is not loopback. `kilnd tenants add NAME`
+// adds a tenant (or a token to one) to a tenants file and prints the
+// token; kilnd --tenants-file FILE then authenticates every call, and
+// re-reads FILE on SIGHUP.
 package main
 
 import (
@@ -14,24 +20,26 @@ import (
 	"errors"
 	"flag"
 	"fmt"
+	"io"
 	"log/slog"
 	"net"
 	"os"
 	"os/signal"
 	"path/filepath"
+	"strings"
 	"syscall"
 	"time"
 
 	"github.com/kilnbuild/kiln/agent"
 	"github.com/kilnbuild/kiln/gateway"
 	"github.com/kilnbuild/kiln/scheduler"
-	"github.com/kilnbuild/kiln/services/bus"
 	"github.com/kilnbuild/kiln/services/config"
 	"github.com/kilnbuild/kiln/services/httpserver"
 	"github.com/kilnbuild/kiln/services/logging"
 	"github.com/kilnbuild/kiln/services/readyfile"
 	"github.com/kilnbuild/kiln/services/sealed"
 	"github.com/kilnbuild/kiln/services/telemetry"
+	"github.com/kilnbuild/kiln/services/tenants"
 )
 
 type options struct {
@@ -40,11 +48,19 @@ type options struct {
 	sched                          scheduler.RunOptions
 	limits                         gateway.Limits
 	agent                          agent.EngineOptions
+	tenants                        gateway.TenantsFlags
+	tls                            gateway.TLSFlags
 }
 
 func main() {
 	if len(os.Args) > 1 && os.Args[1] == "secrets-key" {
 		os.Exit(secretsKeyCommand(os.Args[2:]))
+	}
+	if len(os.Args) > 1 && os.Args[1] == "nats-creds" {
+		os.Exit(natsCredsCommand(os.Args[2:]))
+	}
+	if len(os.Args) > 1 && os.Args[1] == "tenants" {
+		os.Exit(tenantsCommand(os.Args[2:], os.Stdout, os.Stderr))
 	}
 	var o options
 	fs := flag.NewFlagSet("kilnd", flag.ContinueOnError)
@@ -57,6 +73,8 @@ func main() {
 	o.sched.SchedulingFlags(fs)
 	o.limits.Flags(fs)
 	o.agent.Flags(fs, agent.DefaultKilndDrainTimeout)
+	o.tenants.Flags(fs)
+	o.tls.Flags(fs)
 	if err := config.Parse(fs, os.Args[1:]); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
 			os.Exit(0)
@@ -98,22 +116,27 @@ func flushTracing(shutdown func(context.Context) error) {
 // the agent drains first (the gateway keeps relaying its events), then the
 // gateway and scheduler, then the NATS connection and server.
 func run(ctx context.Context, o options, log *slog.Logger) error {
+	if err := o.tenants.CheckListen(o.listen); err != nil {
+		return err
+	}
+	tenantSet, err := o.tenants.Load()
+	if err != nil {
+		return err
+	}
+	tlsOpts, err := o.tls.ServerOptions()
+	if err != nil {
+		return err
+	}
 	if err := os.MkdirAll(o.dataDir, 0o700); err != nil {
 		return fmt.Errorf("data dir: %w", err)
 	}
-	ns, err := bus.RunEmbedded(bus.EmbeddedOptions{Listen: o.natsListen, StoreDir: filepath.Join(o.dataDir, "nats")})
+	// The embedded NATS takes only the roles' credentials (nats.go).
+	farm, err := startNATS(ctx, o)
 	if err != nil {
 		return err
 	}
-	defer func() { ns.Shutdown(); ns.WaitForShutdown() }()
-	conn, err := bus.Connect(ctx, ns.ClientURL(), "kilnd")
-	if err != nil {
-		return err
-	}
-	defer conn.Close()
-	if err := bus.Setup(ctx, conn.JS, bus.DefaultLimits); err != nil {
-		return err
-	}
+	defer farm.Close()
+	ns := farm.server
 
 	// The farm's secrets key: made on first start, kept with the data,
 	// unless --secrets-key-file names one.
@@ -126,11 +149,13 @@ func run(ctx context.Context, o options, log *slog.Logger) error {
 		return err
 	}
 	secretsPublicKey := secretsKey.PublicKey()
-	gw, err := gateway.New(ctx, gateway.Config{Conn: conn, Logger: log.With("service", "gateway"), Limits: o.limits, SecretsKey: &secretsPublicKey})
+	gw, err := gateway.New(ctx, gateway.Config{Conn: farm.gateway, Logger: log.With("service", "gateway"), Limits: o.limits, SecretsKey: &secretsPublicKey, Tenants: tenantSet})
 	if err != nil {
 		return err
 	}
-	schedCfg, err := o.sched.Config(conn, log.With("service", "scheduler"), o.agent.Lease)
+	o.tenants.LogMode(log, tenantSet)
+	o.tenants.ReloadOnSIGHUP(ctx, gw, log.With("service", "gateway"))
+	schedCfg, err := o.sched.Config(farm.scheduler, log.With("service", "scheduler"), o.agent.Lease)
 	if err != nil {
 		return err
 	}
@@ -144,7 +169,7 @@ func run(ctx context.Context, o options, log *slog.Logger) error {
 	if o.agent.WorkDir == "" {
 		o.agent.WorkDir = filepath.Join(o.dataDir, "work")
 	}
-	ag, closeEngine, err := o.agent.NewAgent(ctx, conn, agent.Config{Logger: log.With("service", "agent"), ContextLimits: o.limits.Context, SecretsKey: secretsKey})
+	ag, closeEngine, err := o.agent.NewAgent(ctx, farm.agent, agent.Config{Logger: log.With("service", "agent"), ContextLimits: o.limits.Context, SecretsKey: secretsKey})
 	if err != nil {
 		return fmt.Errorf("start agent: %w", err)
 	}
@@ -155,7 +180,7 @@ func run(ctx context.Context, o options, log *slog.Logger) error {
 		return fmt.Errorf("grpc listen %s: %w", o.listen, err)
 	}
 	hs, err := httpserver.Listen(o.httpListen,
-		httpserver.Check{Name: "nats", Check: conn.Ready},
+		httpserver.Check{Name: "nats", Check: farm.Ready},
 		httpserver.Check{Name: "engine", Check: ag.Ready})
 	if err != nil {
 		lis.Close()
@@ -166,7 +191,7 @@ func run(ctx context.Context, o options, log *slog.Logger) error {
 	svcCtx, stopServices := context.WithCancel(background)
 	defer stopServices()
 	gwDone := make(chan error, 1)
-	go func() { gwDone <- gw.Serve(svcCtx, lis, hs) }()
+	go func() { gwDone <- gw.Serve(svcCtx, lis, hs, tlsOpts...) }()
 	schedDone := make(chan error, 1)
 	go func() { schedDone <- sched.Run(svcCtx) }()
 	ag.Announce(ctx)
@@ -181,7 +206,7 @@ func run(ctx context.Context, o options, log *slog.Logger) error {
 		return err
 	}
 	log.Info("kilnd serving", "grpc", lis.Addr().String(), "http", hs.Addr(), "nats", ns.ClientURL(), "data_dir", o.dataDir, "agent", o.agent.Name,
-		"secrets_key_id", secretsKey.KeyID())
+		"secrets_key_id", secretsKey.KeyID(), "tls", o.tls.Enabled(), "mutual_tls", o.tls.ClientCA != "")
 
 	var errs []error
 	select {
@@ -241,3 +266,67 @@ func secretsKeyCommand(args []string) int {
 	fmt.Println(k.PublicKey())
 	return 0
 }
+
+// tenantsCommand is `kilnd tenants add NAME [--file F] [--admin] [--push
+// PATTERN ...]`: it adds tenant NAME to the tenants file (or a token to an
+// existing NAME, to rotate tokens), and prints the new token on stdout —
+// the only time it is shown; the file holds its argon2id hash.
+func tenantsCommand(args []string, stdout, stderr io.Writer) int {
+	usage := func() {
+		fmt.Fprintf(stderr, "Usage: kilnd tenants add NAME [--file FILE] [--admin] [--push PATTERN ...]\n\n"+
+			"Add tenant NAME to the tenants file (default %s), or a new token to an\n"+
+			"existing tenant (rotation: remove the old hash from the file later).\n"+
+			"Prints the new token once on stdout. Then run kilnd (or kiln-gateway)\n"+
+			"with --tenants-file FILE, or send the running one SIGHUP.\n\nOptions:\n", defaultTenantsFile())
+	}
+	if len(args) == 0 || args[0] != "add" {
+		usage()
+		return 2
+	}
+	fs := flag.NewFlagSet("kilnd tenants add", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	fs.Usage = func() { usage(); fs.PrintDefaults() }
+	file := fs.String("file", defaultTenantsFile(), "tenants file to add to (created if missing, mode 0600)")
+	admin := fs.Bool("admin", false, "the tenant may list and drain agents")
+	var push stringList
+	fs.Var(&push, "push", "image namespace the tenant may tag and push, e.g. registry.example.com/team-a/* (repeatable)")
+	// NAME may come before or after the flags.
+	rest := args[1:]
+	var name string
+	if len(rest) > 0 && !strings.HasPrefix(rest[0], "-") {
+		name, rest = rest[0], rest[1:]
+	}
+	if err := fs.Parse(rest); err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			return 0
+		}
+		return 2
+	}
+	if name == "" && fs.NArg() == 1 {
+		name = fs.Arg(0)
+	} else if fs.NArg() != 0 || name == "" {
+		fs.Usage()
+		return 2
+	}
+	token, created, err := tenants.AddToken(*file, tenants.AddRequest{Name: name, Admin: *admin, Push: push})
+	if err != nil {
+		fmt.Fprintln(stderr, "kilnd:", err)
+		return 1
+	}
+	what := "new token for tenant"
+	if created {
+		what = "tenant added:"
+	}
+	fmt.Fprintf(stderr, "kilnd: %s %s in %s; the token below is shown only this once.\n"+
+		"kilnd: start kilnd with --tenants-file %s, or send the running one SIGHUP to reload it.\n", what, name, *file, *file)
+	fmt.Fprintln(stdout, token)
+	return 0
+}
+
+// stringList is a repeatable string flag.
+type stringList []string
+
+func (l *stringList) String() string     { return strings.Join(*l, ",") }
+func (l *stringList) Set(v string) error { *l = append(*l, v); return nil }
+
+func defaultTenantsFile() string { return filepath.Join(defaultDataDir(), "tenants.yaml") }

@@ -15,6 +15,10 @@ type EmbeddedOptions struct {
 	Listen string
 	// StoreDir is where JetStream keeps its files.
 	StoreDir string
+	// Identities are the only clients the server accepts, each with its
+	// role's permissions (Permissions). None: anyone may connect and do
+	// anything — for tests and a trusted single user only.
+	Identities []Identity
 }
 
 // RunEmbedded starts the nats-server library in-process with JetStream and
@@ -41,6 +45,11 @@ func RunEmbedded(o EmbeddedOptions) (*server.Server, error) {
 		NoLog:      true,
 		// Build logs can be chatty; leave room for large context chunks.
 		MaxPayload: 8 << 20,
+	}
+	if len(o.Identities) > 0 {
+		if opts.Nkeys, err = NkeyUsers(o.Identities); err != nil {
+			return nil, err
+		}
 	}
 	s, err := server.NewServer(opts)
 	if err != nil {

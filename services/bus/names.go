@@ -26,19 +26,82 @@ const (
 	BucketInflight = "KILN_INFLIGHT"
 	// BucketLeader holds the scheduler leader's lease.
 	BucketLeader = "KILN_LEADER"
+	// LeaderKeyScheduler is the key of the scheduler leader's lease in
+	// KILN_LEADER.
+	LeaderKeyScheduler = "scheduler"
 	// BucketAgents holds agent heartbeats; entries expire with a TTL.
 	BucketAgents = "KILN_AGENTS"
 	// BucketCAS is the object store of build-context blobs.
 	BucketCAS = "KILN_CAS"
+	// BucketSealNonces remembers the seal nonces (BuildSpec.seal_nonce) the
+	// gateway accepted, by sha256 of tenant and nonce, so that no two
+	// builds of a tenant share one: sealed values copied from one build's
+	// record into another build are refused. Keys are create-only and
+	// expire after SealNonceTTL.
+	BucketSealNonces = "KILN_SEAL_NONCES"
 
-	// SubjectPull is the agents' long-poll request subject for work.
-	SubjectPull = "kiln.sched.pull"
-	// SubjectWithdraw carries a WorkOffer with no free slots: the agent
-	// takes back every pull it has waiting (it is draining).
-	SubjectWithdraw = "kiln.sched.withdraw"
+	// subjectPullPrefix prefixes kiln.sched.pull.<agent name>, the agents'
+	// long-poll request subject for work.
+	subjectPullPrefix = "kiln.sched.pull."
+	// subjectWithdrawPrefix prefixes kiln.sched.withdraw.<agent name>: a
+	// WorkOffer with no free slots, the agent takes back every pull it has
+	// waiting (it is draining).
+	subjectWithdrawPrefix = "kiln.sched.withdraw."
+	// subjectReportPrefix prefixes kiln.agent.report.<agent name>, the
+	// subject of an agent's AgentReports to the schedulers.
+	subjectReportPrefix = "kiln.agent.report."
+	// agentInboxPrefix prefixes the inbox of each agent's connection, so an
+	// agent's credential may subscribe to its own replies and no others.
+	agentInboxPrefix = "_INBOX_AGENT."
 	// subjectCancelPrefix prefixes kiln.cancel.<build id>.
 	subjectCancelPrefix = "kiln.cancel."
 )
+
+// The agent name comes last in an agent's subjects so a name with dots (a
+// host name) is still one subject suffix: the schedulers subscribe to
+// prefix.> and take the rest as the name, and an agent's credential allows
+// exactly its own.
+
+// PullSubject is the subject of an agent's WorkOffers.
+func PullSubject(agent string) string { return subjectPullPrefix + agent }
+
+// WithdrawSubject is the subject of an agent's withdrawals.
+func WithdrawSubject(agent string) string { return subjectWithdrawPrefix + agent }
+
+// ReportSubject is the subject of an agent's AgentReports.
+func ReportSubject(agent string) string { return subjectReportPrefix + agent }
+
+// AgentInboxPrefix is the inbox prefix of an agent's connection
+// (nats.CustomInboxPrefix).
+func AgentInboxPrefix(agent string) string { return agentInboxPrefix + agent }
+
+// AgentFromSubject returns the agent name an agent subject ends with.
+func AgentFromSubject(subject string) (string, bool) {
+	for _, p := range []string{subjectPullPrefix, subjectWithdrawPrefix, subjectReportPrefix} {
+		if name, ok := strings.CutPrefix(subject, p); ok {
+			return name, ValidAgentName(name)
+		}
+	}
+	return "", false
+}
+
+// ValidAgentName reports whether name can name an agent: a KV key (its
+// heartbeat in KILN_AGENTS), a subject suffix and a file name — letters,
+// digits, '-' and '_', with dots between non-empty parts. At most 128 bytes.
+func ValidAgentName(name string) bool {
+	if name == "" || len(name) > 128 || name[0] == '.' || name[len(name)-1] == '.' || strings.Contains(name, "..") {
+		return false
+	}
+	for _, c := range name {
+		switch {
+		case c >= 'a' && c <= 'z', c >= 'A' && c <= 'Z', c >= '0' && c <= '9':
+		case strings.ContainsRune("-_.", c):
+		default:
+			return false
+		}
+	}
+	return true
+}
 
 // EventsSubject is the subject of one build's events.
 func EventsSubject(buildID string) string { return subjectEventsPrefix + buildID }

@@ -15,6 +15,8 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/nats-io/nats.go"
+
 	"github.com/kilnbuild/kiln/services/bus"
 	"github.com/kilnbuild/kiln/services/config"
 	"github.com/kilnbuild/kiln/services/logging"
@@ -27,6 +29,9 @@ type Common struct {
 	HTTPListen string
 	ReadyFile  string
 	LogLevel   string
+	// NATSAuth is the service's NATS credential and TLS (none: connect
+	// anonymously, as to a dev cluster without auth).
+	NATSAuth bus.ClientAuth
 }
 
 // Flags registers the common flags; httpListen is the service's default
@@ -36,22 +41,43 @@ func (c *Common) Flags(fs *flag.FlagSet, httpListen, ready string) {
 	fs.StringVar(&c.HTTPListen, "http-listen", httpListen, "HTTP listen address for /healthz, /readyz, /metrics (port 0 picks a free port)")
 	fs.StringVar(&c.ReadyFile, "ready-file", "", "write "+ready+" to this file once serving")
 	fs.StringVar(&c.LogLevel, "log-level", "info", "debug, info, warn or error")
+	fs.StringVar(&c.NATSAuth.NkeyFile, "nats-nkey-file", "", "file with this service's NATS nkey seed (mode 0600); see deploy/nats")
+	fs.StringVar(&c.NATSAuth.CredsFile, "nats-creds", "", "NATS user credentials file (JWT and seed), instead of --nats-nkey-file")
+	fs.StringVar(&c.NATSAuth.TLSCA, "nats-tls-ca", "", "CA certificate file to verify the NATS servers with")
+	fs.StringVar(&c.NATSAuth.TLSCert, "nats-tls-cert", "", "client certificate file for NATS servers that verify clients")
+	fs.StringVar(&c.NATSAuth.TLSKey, "nats-tls-key", "", "key file of --nats-tls-cert")
 }
 
 // Start makes the service's logger and connects to NATS with kiln's
-// streams and buckets set up. The caller closes the connection.
+// streams and buckets set up (the gateway and the scheduler may; agents use
+// StartClient). The caller closes the connection.
 func (c *Common) Start(ctx context.Context, name string) (*slog.Logger, *bus.Conn, error) {
-	log, err := logging.New(os.Stderr, c.LogLevel)
-	if err != nil {
-		return nil, nil, err
-	}
-	log = log.With("service", name)
-	conn, err := bus.Connect(ctx, c.NATSURL, "kiln-"+name)
+	log, conn, err := c.StartClient(ctx, name)
 	if err != nil {
 		return nil, nil, err
 	}
 	if err := bus.Setup(ctx, conn.JS, bus.DefaultLimits); err != nil {
 		conn.Close()
+		return nil, nil, err
+	}
+	return log, conn, nil
+}
+
+// StartClient makes the service's logger and connects to NATS with its
+// credential and extra options, setting nothing up. The caller closes the
+// connection.
+func (c *Common) StartClient(ctx context.Context, name string, extra ...nats.Option) (*slog.Logger, *bus.Conn, error) {
+	log, err := logging.New(os.Stderr, c.LogLevel)
+	if err != nil {
+		return nil, nil, err
+	}
+	log = log.With("service", name)
+	opts, err := c.NATSAuth.Options()
+	if err != nil {
+		return nil, nil, err
+	}
+	conn, err := bus.Connect(ctx, c.NATSURL, "kiln-"+name, append(opts, extra...)...)
+	if err != nil {
 		return nil, nil, err
 	}
 	return log, conn, nil
