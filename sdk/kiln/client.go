@@ -17,6 +17,12 @@ type Client struct {
 	opts     options
 }
 
+// MaxMessageBytes bounds one gRPC message the Client sends or receives: the
+// gateway's default --context-max-manifest-bytes. WithDialOptions(
+// grpc.WithDefaultCallOptions(...)) raises it for a gateway configured
+// with a larger cap.
+const MaxMessageBytes = 64 << 20
+
 // Dial creates a Client for the gateway at addr ("host:port", or any gRPC
 // target). It does not wait for the connection: an unreachable gateway shows
 // up as codes.Unavailable on the first call. The connection uses TLS unless
@@ -30,6 +36,12 @@ func Dial(addr string, opts ...Option) (*Client, error) {
 	if err != nil {
 		return nil, fmt.Errorf("dialling kiln gateway %s: %w", addr, err)
 	}
+	// The largest reply is PutManifest's list of missing blobs: ~82 bytes
+	// a digest, 8 MB for 100 000 entries (gRPC's default is 4 MB). A
+	// manifest over the gateway's default --context-max-manifest-bytes
+	// fails here, before it is sent.
+	dialOpts = append(dialOpts, grpc.WithDefaultCallOptions(
+		grpc.MaxCallRecvMsgSize(MaxMessageBytes), grpc.MaxCallSendMsgSize(MaxMessageBytes)))
 	dialOpts = append(dialOpts, o.dialOptions...)
 	conn, err := grpc.NewClient(addr, dialOpts...)
 	if err != nil {
