@@ -10,7 +10,11 @@ import (
 )
 
 // ListAgents returns the agents whose heartbeat has not expired.
+// Only admin tenants may.
 func (g *Gateway) ListAgents(ctx context.Context, _ *kilnv1.ListAgentsRequest) (*kilnv1.ListAgentsResponse, error) {
+	if err := requireAdmin(ctx, "listing agents"); err != nil {
+		return nil, err
+	}
 	lister, err := g.agents.ListKeys(ctx)
 	if err != nil {
 		return nil, fmt.Errorf("list agents: %w", err)

@@ -26,11 +26,6 @@ import (
 	"github.com/kilnbuild/kiln/services/telemetry"
 )
 
-// defaultTenant owns every build until per-tenant tokens arrive.
-const defaultTenant = "default"
-
-func tenantOf(context.Context) string { return defaultTenant }
-
 // StartBuild validates the request, records the build as QUEUED and hands
 // it to the scheduler. Nothing is stored or queued when validation fails.
 func (g *Gateway) StartBuild(ctx context.Context, req *kilnv1.StartBuildRequest) (*kilnv1.StartBuildResponse, error) {
@@ -43,17 +38,22 @@ func (g *Gateway) StartBuild(ctx context.Context, req *kilnv1.StartBuildRequest)
 	if err := validateSpec(spec); err != nil {
 		return nil, err
 	}
+	if err := checkNamespaces(ctx, spec); err != nil {
+		return nil, err
+	}
 	if err := g.checkSealedTo(spec); err != nil {
 		return nil, err
 	}
-	if err := validateContextRef(req.GetContext(), g.limits); err != nil {
+	limits := g.limitsFor(ctx)
+	if err := validateContextRef(req.GetContext(), limits); err != nil {
 		return nil, err
 	}
-	dockerfile, err := g.checkContext(ctx, req.Context, spec.Dockerfile)
+	dockerfile, err := g.checkContext(ctx, req.Context, spec.Dockerfile, limits.Context)
 	if err != nil {
 		return nil, err
 	}
-	tenant := tenantOf(ctx)
+	c := callerOf(ctx)
+	tenant := c.tenant.Name
 	now := time.Now()
 	b := &kilnv1.Build{
 		Id:             buildstore.NewID(now),
@@ -66,6 +66,9 @@ func (g *Gateway) StartBuild(ctx context.Context, req *kilnv1.StartBuildRequest)
 		IdempotencyKey: req.IdempotencyKey,
 		Affinity:       affinity.Compute(tenant, spec, dockerfile),
 		TraceContext:   telemetry.InjectMap(ctx),
+	}
+	if !c.local { // local builds carry no policy: the agent's flags decide
+		b.Policy = c.tenant.BuildPolicy()
 	}
 	span.SetAttributes(telemetry.BuildID(b.Id), telemetry.TenantKey.String(tenant))
 	if req.IdempotencyKey != "" {
@@ -172,12 +175,12 @@ const maxDockerfileBytes = 1 << 20
 // Blobs are immutable and never deleted, so a context found complete stays
 // complete: the answer is remembered per (context, Dockerfile path) and a
 // context built again skips the check's NATS round trips.
-func (g *Gateway) checkContext(ctx context.Context, ref *kilnv1.ContextRef, dockerfile string) ([]byte, error) {
-	key := checkedKey{ref.Digest.Hash, ref.Digest.SizeBytes, ref.Format, dockerfile}
+func (g *Gateway) checkContext(ctx context.Context, ref *kilnv1.ContextRef, dockerfile string, limits ctxmanifest.Limits) ([]byte, error) {
+	key := checkedKey{ref.Digest.Hash, ref.Digest.SizeBytes, ref.Format, dockerfile, limits}
 	if c, ok := g.checked.Get(key); ok {
 		return c, nil
 	}
-	content, err := g.checkContextUncached(ctx, ref, dockerfile)
+	content, err := g.checkContextUncached(ctx, ref, dockerfile, limits)
 	if err == nil {
 		g.checked.AddCost(key, content, int64(len(content))+256)
 	}
@@ -195,16 +198,17 @@ type checkedKey struct {
 // checkedContextBytes bounds the memory of checked contexts.
 const checkedContextBytes = 16 << 20
 
-func (g *Gateway) checkContextUncached(ctx context.Context, ref *kilnv1.ContextRef, dockerfile string) ([]byte, error) {
+func (g *Gateway) checkContextUncached(ctx context.Context, ref *kilnv1.ContextRef, dockerfile string, limits ctxmanifest.Limits) ([]byte, error) {
 	ok, err := g.blobs.Has(ctx, ref.Digest.Hash, ref.Digest.SizeBytes)
 	if err != nil {
+	limits     ctxmanifest.Limits // a tenant's may be lower than another's
 		return nil, err
 	}
 	if !ok {
 		return nil, status.Errorf(codes.FailedPrecondition, "context blob %s (%d bytes) has not been uploaded: upload it with ContextService first", ref.Digest.Hash, ref.Digest.SizeBytes)
 	}
 	if ref.Format == kilnv1.ContextFormat_CONTEXT_FORMAT_MANIFEST {
-		return g.checkManifest(ctx, ref, dockerfile)
+		return g.checkManifest(ctx, ref, dockerfile, limits)
 	}
 	r, err := g.blobs.Get(ctx, ref.Digest.Hash)
 	if err != nil {
@@ -227,7 +231,7 @@ func (g *Gateway) checkContextUncached(ctx context.Context, ref *kilnv1.ContextR
 	}
 }
 
-func (g *Gateway) checkManifest(ctx context.Context, ref *kilnv1.ContextRef, dockerfile string) ([]byte, error) {
+func (g *Gateway) checkManifest(ctx context.Context, ref *kilnv1.ContextRef, dockerfile string, limits ctxmanifest.Limits) ([]byte, error) {
 	if ref.Digest.SizeBytes > ctxmanifest.MaxManifestBytes {
 		return nil, status.Errorf(codes.ResourceExhausted, "context manifest is %d bytes, over the limit of %d bytes", ref.Digest.SizeBytes, ctxmanifest.MaxManifestBytes)
 	}
@@ -244,7 +248,7 @@ func (g *Gateway) checkManifest(ctx context.Context, ref *kilnv1.ContextRef, doc
 	if err != nil {
 		return nil, err
 	}
-	if _, err := ctxmanifest.Validate(m, g.limits.Context); err != nil {
+	if _, err := ctxmanifest.Validate(m, limits); err != nil {
 		return nil, err
 	}
 	df := ctxmanifest.Find(m, dockerfile)

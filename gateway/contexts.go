@@ -50,7 +50,7 @@ func (g *Gateway) PutManifest(ctx context.Context, req *kilnv1.PutManifestReques
 	if n := int64(proto.Size(req)); n > g.limits.manifestRequestMax() {
 		return nil, status.Errorf(codes.ResourceExhausted, "context manifest is %d bytes, over the limit of %d bytes (--context-max-manifest-bytes)", n, g.limits.manifestRequestMax())
 	}
-	total, err := ctxmanifest.Validate(req.Manifest, g.limits.Context)
+	total, err := ctxmanifest.Validate(req.Manifest, g.limitsFor(ctx).Context)
 	if err != nil {
 		return nil, err
 	}

@@ -24,6 +24,7 @@ import (
 	"github.com/kilnbuild/kiln/services/lru"
 	"github.com/kilnbuild/kiln/services/sealed"
 	"github.com/kilnbuild/kiln/services/telemetry"
+	"github.com/kilnbuild/kiln/services/tenants"
 )
 
 // Config wires a Gateway.
@@ -39,6 +40,10 @@ type Config struct {
 	// GetSecretsKey hands to clients; nil when the farm has none, and then
 	// builds with secrets are refused.
 	SecretsKey *sealed.PublicKey
+	// Tenants are the farm's tenants and their token hashes; nil runs the
+	// gateway in single-tenant local mode (one tenant, LocalTenant, no
+	// token needed), for a gateway that listens on loopback only.
+	Tenants *tenants.Set
 }
 
 // Limits bound requests.
@@ -80,6 +85,8 @@ type Gateway struct {
 	agents   jetstream.KeyValue
 	limits   Limits
 	health   *health.Server
+	// auth authenticates every RPC but health and reflection.
+	auth authenticator
 	// secretsKey is Config.SecretsKey; secretsKeyID its sealed.KeyID.
 	secretsKey   *sealed.PublicKey
 	secretsKeyID string
@@ -144,14 +151,17 @@ func New(ctx context.Context, cfg Config) (*Gateway, error) {
 // and server reflection registered, calls traced (health checks excepted),
 // and errors turned into status codes.
 func (g *Gateway) NewGRPCServer(opts ...grpc.ServerOption) *grpc.Server {
+	if cfg.Tenants != nil {
+		g.auth.set.Store(cfg.Tenants)
+	}
 	opts = append(opts, telemetry.ServerOptions()...)
 	opts = append(opts,
 		// The largest legitimate request (manifest_memory.go): a manifest
 		// of 100 000 entries is several MB, so gRPC's 4 MB default is too
 		// small, and our own limits speak first with clear messages.
 		grpc.MaxRecvMsgSize(g.limits.maxRecvMsgSize()),
-		grpc.ChainUnaryInterceptor(unaryStatus),
-		grpc.ChainStreamInterceptor(streamStatus),
+		grpc.ChainUnaryInterceptor(g.auth.unary, unaryStatus),
+		grpc.ChainStreamInterceptor(g.auth.stream, streamStatus),
 	)
 	s := grpc.NewServer(opts...)
 	kilnv1.RegisterBuildServiceServer(s, g)
@@ -170,3 +180,13 @@ func (g *Gateway) Shutdown() { g.health.Shutdown() }
 
 // Ready reports whether the gateway can serve: NATS is connected.
 func (g *Gateway) Ready(ctx context.Context) error { return g.conn.Ready(ctx) }
+// MultiTenant reports whether the gateway authenticates callers against a
+// tenants file (false: single-tenant local mode).
+func (g *Gateway) MultiTenant() bool { return g.auth.set.Load() != nil }
+
+// ReloadTenants puts a new tenants file in force: tokens it no longer
+// holds are refused from now on, and their open streams (WatchBuild,
+// UploadBlobs) end with Unauthenticated. It returns how many streams it
+// ended. A gateway in local mode becomes multi-tenant.
+func (g *Gateway) ReloadTenants(set *tenants.Set) int { return g.auth.reload(set) }
+

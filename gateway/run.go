@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"golang.org/x/sync/errgroup"
+	"google.golang.org/grpc"
 
 	"github.com/kilnbuild/kiln/services/httpserver"
 	"github.com/kilnbuild/kiln/services/readyfile"
@@ -21,6 +22,8 @@ type RunOptions struct {
 	Listen     string
 	Limits     Limits
 	SecretsKey SecretsKeyFlags
+	Tenants    TenantsFlags
+	TLS        TLSFlags
 }
 
 // Flags registers the options on fs (each also read from KILN_<FLAG>).
@@ -29,11 +32,24 @@ func (o *RunOptions) Flags(fs *flag.FlagSet) {
 	fs.StringVar(&o.Listen, "listen", "127.0.0.1:7700", "gRPC listen address (port 0 picks a free port)")
 	o.Limits.Flags(fs)
 	o.SecretsKey.Flags(fs)
+	o.Tenants.Flags(fs)
+	o.TLS.Flags(fs)
 }
 
 // Run connects to NATS and serves the gateway until ctx ends.
 func Run(ctx context.Context, o RunOptions) error {
 	secretsKey, err := o.SecretsKey.Load()
+	if err != nil {
+		return err
+	}
+	if err := o.Tenants.CheckListen(o.Listen); err != nil {
+		return err
+	}
+	tenantSet, err := o.Tenants.Load()
+	if err != nil {
+		return err
+	}
+	tlsOpts, err := o.TLS.ServerOptions()
 	if err != nil {
 		return err
 	}
@@ -47,10 +63,12 @@ func Run(ctx context.Context, o RunOptions) error {
 	} else {
 		log.Info("build secrets enabled", "secrets_key_id", sealed.KeyID(*secretsKey))
 	}
-	g, err := New(ctx, Config{Conn: conn, Logger: log, Limits: o.Limits, SecretsKey: secretsKey})
+	g, err := New(ctx, Config{Conn: conn, Logger: log, Limits: o.Limits, SecretsKey: secretsKey, Tenants: tenantSet})
 	if err != nil {
 		return err
 	}
+	o.Tenants.LogMode(log, tenantSet)
+	o.Tenants.ReloadOnSIGHUP(ctx, g, log)
 	lis, err := net.Listen("tcp", o.Listen)
 	if err != nil {
 		return fmt.Errorf("grpc listen %s: %w", o.Listen, err)
@@ -64,14 +82,16 @@ func Run(ctx context.Context, o RunOptions) error {
 		lis.Close()
 		return err
 	}
-	log.Info("gateway serving", "grpc", lis.Addr().String(), "http", hs.Addr())
-	return g.Serve(ctx, lis, hs)
+	log.Info("gateway serving", "grpc", lis.Addr().String(), "http", hs.Addr(), "tls", o.TLS.Enabled(), "mutual_tls", o.TLS.ClientCA != "")
+	return g.Serve(ctx, lis, hs, tlsOpts...)
 }
 
-// Serve serves gRPC on lis and HTTP on hs until ctx ends, then stops both:
-// gRPC gracefully for a short while, then at once (watch streams are long).
-func (g *Gateway) Serve(ctx context.Context, lis net.Listener, hs *httpserver.Server) error {
-	gs := g.NewGRPCServer()
+// Serve serves gRPC on lis (with opts, e.g. TLS) and HTTP on hs until ctx
+// ends, then stops both: gRPC gracefully for a short while, then at once
+// (watch streams are long). The HTTP port (health, /metrics) needs no
+// token.
+func (g *Gateway) Serve(ctx context.Context, lis net.Listener, hs *httpserver.Server, opts ...grpc.ServerOption) error {
+	gs := g.NewGRPCServer(opts...)
 	eg, ctx := errgroup.WithContext(ctx)
 	eg.Go(func() error { return gs.Serve(lis) })
 	eg.Go(func() error { return hs.Serve(ctx) })
