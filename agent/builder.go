@@ -22,6 +22,7 @@ import (
 	"github.com/kilnbuild/kiln/agent/engine"
 	"github.com/kilnbuild/kiln/agent/localcas"
 	kilnv1 "github.com/kilnbuild/kiln/proto/gen/go/kiln/v1"
+	"github.com/kilnbuild/kiln/proto/rules/seal"
 	"github.com/kilnbuild/kiln/services/ctxmanifest"
 )
 
@@ -152,7 +153,7 @@ func (a *Agent) buildKit(ctx context.Context, b *kilnv1.Build, creds engine.Cred
 	if err := a.checkFrontend(dir.Path(), spec); err != nil {
 		return engine.BuildKitResult{}, err
 	}
-	secrets, err := a.openSecrets(spec.GetSecrets())
+	secrets, err := a.openSecrets(b)
 	if err != nil {
 		return engine.BuildKitResult{}, err
 	}
@@ -169,14 +170,17 @@ func (a *Agent) buildKit(ctx context.Context, b *kilnv1.Build, creds engine.Cred
 	return res, nil
 }
 
-// openSecrets opens a build's sealed secrets with the agent's key.
-func (a *Agent) openSecrets(sealed []*kilnv1.SealedSecret) (map[string][]byte, error) {
-	return a.openSealed(sealed, "secret")
+// openSecrets opens build b's sealed secrets with the agent's key.
+func (a *Agent) openSecrets(b *kilnv1.Build) (map[string][]byte, error) {
+	return a.openSealed(b, b.GetSpec().GetSecrets(), "secret")
 }
 
-// openSealed opens sealed values (what names them in errors: "secret")
-// with the agent's key, by id.
-func (a *Agent) openSealed(sealed []*kilnv1.SealedSecret, what string) (map[string][]byte, error) {
+// openSealed opens sealed values of build b (what names them in errors:
+// "secret") with the agent's key, by id, each for the binding it must have
+// been sealed with: b's tenant, b's seal nonce and its own id. A value
+// copied from another build or tenant, or moved to another id, is refused.
+// Errors name the value by id, never by its bytes.
+func (a *Agent) openSealed(b *kilnv1.Build, sealed []*kilnv1.SealedSecret, what string) (map[string][]byte, error) {
 	if len(sealed) == 0 {
 		return nil, nil
 	}
@@ -188,8 +192,11 @@ func (a *Agent) openSealed(sealed []*kilnv1.SealedSecret, what string) (map[stri
 		if s.GetKeyId() != a.cfg.SecretsKey.KeyID() {
 			return nil, fmt.Errorf("%s %q is sealed to key %s, and agent %q holds key %s: the farm's agents and gateways must share one secrets key", what, s.GetId(), s.GetKeyId(), a.cfg.Name, a.cfg.SecretsKey.KeyID())
 		}
-		v, err := a.cfg.SecretsKey.Open(s.GetSealed())
-		if err != nil {
+		v, err := a.cfg.SecretsKey.Open(seal.Binding{Tenant: b.GetTenant(), Nonce: b.GetSpec().GetSealNonce(), ID: s.GetId()}, s.GetSealed())
+		switch {
+		case errors.Is(err, seal.ErrWrongBinding):
+			return nil, fmt.Errorf("sealed %s %q was %w", what, s.GetId(), err)
+		case err != nil:
 			return nil, fmt.Errorf("%s %q: %w", what, s.GetId(), err)
 		}
 		out[s.GetId()] = v
@@ -197,10 +204,10 @@ func (a *Agent) openSealed(sealed []*kilnv1.SealedSecret, what string) (map[stri
 	return out, nil
 }
 
-// openRegistryAuth opens a build's registry credentials: by registry host,
+// openRegistryAuth opens build b's registry credentials: by registry host,
 // JSON {"username", "password", "identitytoken"} sealed to the farm's key.
-func (a *Agent) openRegistryAuth(sealed []*kilnv1.SealedSecret) (engine.Credentials, error) {
-	opened, err := a.openSealed(sealed, "registry credential")
+func (a *Agent) openRegistryAuth(b *kilnv1.Build) (engine.Credentials, error) {
+	opened, err := a.openSealed(b, b.GetSpec().GetRegistryAuth(), "registry credential")
 	if err != nil || len(opened) == 0 {
 		return nil, err
 	}

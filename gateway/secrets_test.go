@@ -6,6 +6,7 @@ import (
 	"crypto/sha256"
 	"encoding/base64"
 	"encoding/hex"
+	"errors"
 	"fmt"
 	"log/slog"
 	"net"
@@ -19,6 +20,8 @@ import (
 	"google.golang.org/grpc/status"
 
 	kilnv1 "github.com/kilnbuild/kiln/proto/gen/go/kiln/v1"
+	"github.com/kilnbuild/kiln/proto/rules/seal"
+	"github.com/kilnbuild/kiln/proto/rules/secretid"
 	"github.com/kilnbuild/kiln/services/bus"
 	"github.com/kilnbuild/kiln/services/bus/bustest"
 	"github.com/kilnbuild/kiln/services/cas"
@@ -87,14 +90,25 @@ func startGateway(t *testing.T, key *sealed.PublicKey) *testGateway {
 	}
 }
 
-// seal seals value to k the way a client does.
-func seal(t *testing.T, k *sealed.PrivateKey, id, value string) *kilnv1.SealedSecret {
+// sealFor seals value to k the way a client does: for the caller's tenant
+// and the build's nonce.
+func sealFor(t *testing.T, k *sealed.PrivateKey, nonce []byte, id, value string) *kilnv1.SealedSecret {
 	t.Helper()
-	b, err := sealed.Seal(k.PublicKey(), []byte(value))
+	b, err := seal.Seal(k.PublicKey(), seal.Binding{Tenant: defaultTenant, Nonce: nonce, ID: id}, []byte(value))
 	if err != nil {
 		t.Fatal(err)
 	}
 	return &kilnv1.SealedSecret{Id: id, Sealed: b, KeyId: k.KeyID()}
+}
+
+// newNonce returns a fresh seal nonce.
+func newNonce(t *testing.T) []byte {
+	t.Helper()
+	n, err := seal.NewNonce()
+	if err != nil {
+		t.Fatal(err)
+	}
+	return n
 }
 
 func newKey(t *testing.T) *sealed.PrivateKey {
@@ -146,6 +160,9 @@ func TestGetSecretsKey(t *testing.T) {
 	if resp.KeyId != hex.EncodeToString(sum[:])[:16] || resp.KeyId != k.KeyID() {
 		t.Errorf("key id %q, want the first 16 hex digits of the key's sha256", resp.KeyId)
 	}
+	if resp.Tenant != defaultTenant {
+		t.Errorf("tenant %q, want the caller's, %q", resp.Tenant, defaultTenant)
+	}
 
 	_, err = startGateway(t, nil).client.GetSecretsKey(t.Context(), &kilnv1.GetSecretsKeyRequest{})
 	if st, _ := status.FromError(err); st.Code() != codes.FailedPrecondition || !strings.Contains(st.Message(), "--secrets-public-key") {
@@ -157,7 +174,9 @@ func TestStartBuildRefusesBadSecrets(t *testing.T) {
 	k, other := newKey(t), newKey(t)
 	g := startGateway(t, publicOf(k))
 	noKey := startGateway(t, nil)
-	tooLarge := &kilnv1.SealedSecret{Id: "big", Sealed: make([]byte, sealed.MaxSealedBytes+1), KeyId: k.KeyID()}
+	tooLarge := &kilnv1.SealedSecret{Id: "big", Sealed: make([]byte, seal.MaxSealedBytes+1), KeyId: k.KeyID()}
+	n := newNonce(t)
+	sealV := func(k *sealed.PrivateKey, id, value string) *kilnv1.SealedSecret { return sealFor(t, k, n, id, value) }
 	tests := []struct {
 		name    string
 		g       *testGateway
@@ -165,23 +184,23 @@ func TestStartBuildRefusesBadSecrets(t *testing.T) {
 		code    codes.Code
 		message string
 	}{
-		{name: "id given twice", g: g, spec: &kilnv1.BuildSpec{Secrets: []*kilnv1.SealedSecret{seal(t, k, "npm", "a"), seal(t, k, "npm", "b")}},
+		{name: "id given twice", g: g, spec: &kilnv1.BuildSpec{SealNonce: n, Secrets: []*kilnv1.SealedSecret{sealV(k, "npm", "a"), sealV(k, "npm", "b")}},
 			code: codes.InvalidArgument, message: `secret id "npm" is given twice`},
-		{name: "bad id", g: g, spec: &kilnv1.BuildSpec{Secrets: []*kilnv1.SealedSecret{seal(t, k, "../etc", "a")}},
+		{name: "bad id", g: g, spec: &kilnv1.BuildSpec{SealNonce: n, Secrets: []*kilnv1.SealedSecret{sealV(k, "../etc", "a")}},
 			code: codes.InvalidArgument, message: `secret id "../etc"`},
-		{name: "sealed to another key", g: g, spec: &kilnv1.BuildSpec{Secrets: []*kilnv1.SealedSecret{seal(t, other, "npm", "a")}},
+		{name: "sealed to another key", g: g, spec: &kilnv1.BuildSpec{SealNonce: n, Secrets: []*kilnv1.SealedSecret{sealV(other, "npm", "a")}},
 			code: codes.FailedPrecondition, message: `secret "npm" was sealed to key "` + other.KeyID() + `", but the farm's secrets key is ` + k.KeyID() + ` (the key changed): run the build again`},
-		{name: "no key id", g: g, spec: &kilnv1.BuildSpec{Secrets: []*kilnv1.SealedSecret{{Id: "npm", Sealed: seal(t, k, "npm", "a").Sealed}}},
+		{name: "no key id", g: g, spec: &kilnv1.BuildSpec{SealNonce: n, Secrets: []*kilnv1.SealedSecret{{Id: "npm", Sealed: sealV(k, "npm", "a").Sealed}}},
 			code: codes.FailedPrecondition, message: `secret "npm" was sealed to key ""`},
-		{name: "too large", g: g, spec: &kilnv1.BuildSpec{Secrets: []*kilnv1.SealedSecret{tooLarge}},
+		{name: "too large", g: g, spec: &kilnv1.BuildSpec{SealNonce: n, Secrets: []*kilnv1.SealedSecret{tooLarge}},
 			code: codes.InvalidArgument, message: `secret "big" is 512001 bytes, over the limit of 512000 bytes`},
-		{name: "too many", g: g, spec: &kilnv1.BuildSpec{Secrets: manySecrets(sealed.MaxSecrets + 1)},
+		{name: "too many", g: g, spec: &kilnv1.BuildSpec{SealNonce: n, Secrets: manySecrets(secretid.MaxSecrets + 1)},
 			code: codes.InvalidArgument, message: "101 build secrets given, at most 100 allowed"},
-		{name: "classic builder", g: g, spec: &kilnv1.BuildSpec{Builder: kilnv1.Builder_BUILDER_CLASSIC, Secrets: []*kilnv1.SealedSecret{seal(t, k, "npm", "a")}},
+		{name: "classic builder", g: g, spec: &kilnv1.BuildSpec{Builder: kilnv1.Builder_BUILDER_CLASSIC, SealNonce: n, Secrets: []*kilnv1.SealedSecret{sealV(k, "npm", "a")}},
 			code: codes.InvalidArgument, message: "need the BuildKit builder"},
 		{name: "unknown builder", g: g, spec: &kilnv1.BuildSpec{Builder: kilnv1.Builder(42)},
 			code: codes.InvalidArgument, message: "builder 42 is not known"},
-		{name: "farm without a secrets key", g: noKey, spec: &kilnv1.BuildSpec{Secrets: []*kilnv1.SealedSecret{seal(t, k, "npm", "a")}},
+		{name: "farm without a secrets key", g: noKey, spec: &kilnv1.BuildSpec{SealNonce: n, Secrets: []*kilnv1.SealedSecret{sealV(k, "npm", "a")}},
 			code: codes.FailedPrecondition, message: "this farm has no secrets key configured: set --secrets-public-key"},
 	}
 	for _, tt := range tests {
@@ -211,18 +230,19 @@ func TestStartBuildRefusesBadSecrets(t *testing.T) {
 func TestBuildsWithSecretsAreNeverMerged(t *testing.T) {
 	k := newKey(t)
 	g := startGateway(t, publicOf(k))
-	spec := func(secrets ...*kilnv1.SealedSecret) *kilnv1.BuildSpec {
-		return &kilnv1.BuildSpec{Tags: []string{"app:merge"}, Secrets: secrets}
+	spec := func(nonce []byte, secrets ...*kilnv1.SealedSecret) *kilnv1.BuildSpec {
+		return &kilnv1.BuildSpec{Tags: []string{"app:merge"}, SealNonce: nonce, Secrets: secrets}
 	}
-	plain1 := g.start(t, &kilnv1.StartBuildRequest{Spec: spec()})
-	plain2 := g.start(t, &kilnv1.StartBuildRequest{Spec: spec()})
+	plain1 := g.start(t, &kilnv1.StartBuildRequest{Spec: spec(nil)})
+	plain2 := g.start(t, &kilnv1.StartBuildRequest{Spec: spec(nil)})
 	if plain1.Id != plain2.Id {
 		t.Fatalf("identical requests without secrets were not merged (%s, %s): the test proves nothing", plain1.Id, plain2.Id)
 	}
-	s := seal(t, k, "npm", "caller one's token")
-	withSecret1 := g.start(t, &kilnv1.StartBuildRequest{Spec: spec(s)})
-	withSecret2 := g.start(t, &kilnv1.StartBuildRequest{Spec: spec(s)}) // the very same sealed bytes
-	withSecret3 := g.start(t, &kilnv1.StartBuildRequest{Spec: spec(seal(t, k, "npm", "caller two's token"))})
+	n1, n2, n3 := newNonce(t), newNonce(t), newNonce(t)
+	s := sealFor(t, k, n1, "npm", "caller one's token")
+	withSecret1 := g.start(t, &kilnv1.StartBuildRequest{Spec: spec(n1, s)})
+	withSecret2 := g.start(t, &kilnv1.StartBuildRequest{Spec: spec(n2, s)}) // the very same sealed bytes (which will not open for n2)
+	withSecret3 := g.start(t, &kilnv1.StartBuildRequest{Spec: spec(n3, sealFor(t, k, n3, "npm", "caller two's token"))})
 	ids := map[string]bool{plain1.Id: true, withSecret1.Id: true, withSecret2.Id: true, withSecret3.Id: true}
 	if len(ids) != 4 {
 		t.Fatalf("builds with secrets were merged: plain %s, with secrets %s %s %s", plain1.Id, withSecret1.Id, withSecret2.Id, withSecret3.Id)
@@ -238,15 +258,22 @@ func TestIdempotencyWithResealedSecrets(t *testing.T) {
 	k := newKey(t)
 	g := startGateway(t, publicOf(k))
 	req := func(secrets ...*kilnv1.SealedSecret) *kilnv1.StartBuildRequest {
-		return &kilnv1.StartBuildRequest{Spec: &kilnv1.BuildSpec{Tags: []string{"app:idem"}, Secrets: secrets}, IdempotencyKey: "ci-job-7"}
+		nonce := newNonce(t) // a retry seals anew, for a new nonce
+		for i, s := range secrets {
+			secrets[i] = sealFor(t, k, nonce, s.Id, string(s.Sealed))
+		}
+		return &kilnv1.StartBuildRequest{Spec: &kilnv1.BuildSpec{Tags: []string{"app:idem"}, SealNonce: nonce, Secrets: secrets}, IdempotencyKey: "ci-job-7"}
 	}
-	first := g.start(t, req(seal(t, k, "npm", "tok"), seal(t, k, "aws", "creds")))
-	retry := g.start(t, req(seal(t, k, "npm", "tok"), seal(t, k, "aws", "creds")))
+	plain := func(id, value string) *kilnv1.SealedSecret {
+		return &kilnv1.SealedSecret{Id: id, Sealed: []byte(value)}
+	}
+	first := g.start(t, req(plain("npm", "tok"), plain("aws", "creds")))
+	retry := g.start(t, req(plain("npm", "tok"), plain("aws", "creds")))
 	if retry.Id != first.Id {
 		t.Fatalf("a retry with re-sealed secrets started build %s, want %s", retry.Id, first.Id)
 	}
 	for name, r := range map[string]*kilnv1.StartBuildRequest{
-		"other secret ids": req(seal(t, k, "npm", "tok"), seal(t, k, "gcp", "creds")),
+		"other secret ids": req(plain("npm", "tok"), plain("gcp", "creds")),
 		"no secrets":       req(),
 	} {
 		_, err := g.client.StartBuild(t.Context(), &kilnv1.StartBuildRequest{Spec: r.Spec, Context: g.ref, IdempotencyKey: r.IdempotencyKey})
@@ -275,8 +302,9 @@ func TestSecretsStaySealed(t *testing.T) {
 	defer sub.Unsubscribe()
 
 	const plaintext = "s3cr3t-npm-token-0123456789"
-	s := seal(t, k, "npm_token", plaintext)
-	b := g.start(t, &kilnv1.StartBuildRequest{Spec: &kilnv1.BuildSpec{Tags: []string{"app:sealed"}, Secrets: []*kilnv1.SealedSecret{s}}})
+	nonce := newNonce(t)
+	s := sealFor(t, k, nonce, "npm_token", plaintext)
+	b := g.start(t, &kilnv1.StartBuildRequest{Spec: &kilnv1.BuildSpec{Tags: []string{"app:sealed"}, SealNonce: nonce, Secrets: []*kilnv1.SealedSecret{s}}})
 
 	if err := g.conn.NC.Flush(); err != nil { // every message so far is in msgs
 		t.Fatal(err)
@@ -314,7 +342,7 @@ func TestSecretsStaySealed(t *testing.T) {
 	if len(got) != 1 || got[0].Id != "npm_token" || got[0].KeyId != k.KeyID() {
 		t.Fatalf("record's secrets %v", got)
 	}
-	opened, err := k.Open(got[0].Sealed) // what the agent does
+	opened, err := k.Open(seal.Binding{Tenant: rec.Tenant, Nonce: rec.Spec.SealNonce, ID: got[0].Id}, got[0].Sealed) // what the agent does
 	if err != nil || string(opened) != plaintext {
 		t.Fatalf("the agent's key does not open the stored secret: %v", err)
 	}
@@ -392,4 +420,115 @@ func TestSecretsKeyFlags(t *testing.T) {
 			}
 		})
 	}
+}
+
+// TestCopiedSealedSecret: a sealed secret copied out of build A's record
+// into build B's spec is useless. With B's own nonce it is accepted but
+// opens to nothing for B (the agent opens with B's tenant, nonce and the
+// secret's id); with A's nonce too, the gateway refuses B (nonce reuse)
+// and stores nothing, while an idempotent retry of A still gets A back.
+func TestCopiedSealedSecret(t *testing.T) {
+	k := newKey(t)
+	g := startGateway(t, publicOf(k))
+	const plaintext = "npm-token-of-build-a-0123"
+	nonceA := newNonce(t)
+	a := g.start(t, &kilnv1.StartBuildRequest{
+		Spec:           &kilnv1.BuildSpec{Tags: []string{"app:a"}, SealNonce: nonceA, Secrets: []*kilnv1.SealedSecret{sealFor(t, k, nonceA, "npm", plaintext)}},
+		IdempotencyKey: "job-a",
+	})
+	recA := record(t, g, a.Id)
+	copied := recA.Spec.Secrets[0]
+
+	// Another nonce: accepted (the gateway cannot open it), opens to nothing.
+	nonceB := newNonce(t)
+	b := g.start(t, &kilnv1.StartBuildRequest{Spec: &kilnv1.BuildSpec{Tags: []string{"app:b"}, SealNonce: nonceB, Secrets: []*kilnv1.SealedSecret{copied}}})
+	recB := record(t, g, b.Id)
+	v, err := k.Open(seal.Binding{Tenant: recB.Tenant, Nonce: recB.Spec.SealNonce, ID: recB.Spec.Secrets[0].Id}, recB.Spec.Secrets[0].Sealed)
+	if !errors.Is(err, seal.ErrWrongBinding) || v != nil {
+		t.Fatalf("the copied secret opened in build B: %v", err)
+	}
+	// Moved to another id of A's own nonce: opens to nothing either.
+	if _, err := k.Open(seal.Binding{Tenant: recA.Tenant, Nonce: nonceA, ID: "other"}, copied.Sealed); !errors.Is(err, seal.ErrWrongBinding) {
+		t.Fatalf("the secret opened under another id: %v", err)
+	}
+	// Another tenant: opens to nothing.
+	if _, err := k.Open(seal.Binding{Tenant: "someone-else", Nonce: nonceA, ID: "npm"}, copied.Sealed); !errors.Is(err, seal.ErrWrongBinding) {
+		t.Fatalf("the secret opened for another tenant: %v", err)
+	}
+
+	// A's nonce too: refused before anything is stored, whatever else the
+	// spec says, with or without an idempotency key of its own.
+	before := g.countBuilds(t)
+	for name, req := range map[string]*kilnv1.StartBuildRequest{
+		"same spec":               {Spec: &kilnv1.BuildSpec{Tags: []string{"app:a"}, SealNonce: nonceA, Secrets: []*kilnv1.SealedSecret{copied}}},
+		"other tags":              {Spec: &kilnv1.BuildSpec{Tags: []string{"app:c"}, SealNonce: nonceA, Secrets: []*kilnv1.SealedSecret{copied}}},
+		"registry credential":     {Spec: &kilnv1.BuildSpec{Tags: []string{"app:c"}, SealNonce: nonceA, RegistryAuth: []*kilnv1.SealedSecret{{Id: "ghcr.io", Sealed: copied.Sealed, KeyId: copied.KeyId}}}},
+		"another idempotency key": {Spec: &kilnv1.BuildSpec{Tags: []string{"app:c"}, SealNonce: nonceA, Secrets: []*kilnv1.SealedSecret{copied}}, IdempotencyKey: "job-c"},
+	} {
+		req.Context = g.ref
+		_, err := g.client.StartBuild(t.Context(), req)
+		if st, _ := status.FromError(err); st.Code() != codes.AlreadyExists || !strings.Contains(st.Message(), "seal_nonce was already used by another build") {
+			t.Errorf("%s with build A's nonce: %v, want AlreadyExists", name, err)
+		}
+	}
+	if n := g.countBuilds(t); n != before {
+		t.Fatalf("%d builds stored after the refusals, want %d", n, before)
+	}
+	// The refused request's idempotency key was not kept: it can start a
+	// build of its own, sealed properly.
+	nonceC := newNonce(t)
+	c := g.start(t, &kilnv1.StartBuildRequest{
+		Spec:           &kilnv1.BuildSpec{Tags: []string{"app:c"}, SealNonce: nonceC, Secrets: []*kilnv1.SealedSecret{sealFor(t, k, nonceC, "npm", "c's token")}},
+		IdempotencyKey: "job-c",
+	})
+	if c.Id == a.Id || c.Id == b.Id {
+		t.Fatalf("job-c got build %s", c.Id)
+	}
+	// An idempotent retry of A, with A's nonce, is A: not a reuse.
+	retry := g.start(t, &kilnv1.StartBuildRequest{
+		Spec:           &kilnv1.BuildSpec{Tags: []string{"app:a"}, SealNonce: nonceA, Secrets: []*kilnv1.SealedSecret{copied}},
+		IdempotencyKey: "job-a",
+	})
+	if retry.Id != a.Id {
+		t.Fatalf("an idempotent retry of A got build %s, want %s", retry.Id, a.Id)
+	}
+}
+
+// TestSealedValuesNeedANonce: sealed values without a seal nonce of at
+// least 16 bytes are refused before anything is stored.
+func TestSealedValuesNeedANonce(t *testing.T) {
+	k := newKey(t)
+	g := startGateway(t, publicOf(k))
+	s := sealFor(t, k, newNonce(t), "npm", "tok")
+	for name, spec := range map[string]*kilnv1.BuildSpec{
+		"no nonce":                            {Secrets: []*kilnv1.SealedSecret{s}},
+		"short nonce":                         {SealNonce: make([]byte, seal.MinNonceBytes-1), Secrets: []*kilnv1.SealedSecret{s}},
+		"registry credential without a nonce": {RegistryAuth: []*kilnv1.SealedSecret{{Id: "ghcr.io", Sealed: s.Sealed, KeyId: s.KeyId}}},
+	} {
+		_, err := g.client.StartBuild(t.Context(), &kilnv1.StartBuildRequest{Spec: spec, Context: g.ref})
+		if st, _ := status.FromError(err); st.Code() != codes.InvalidArgument || !strings.Contains(st.Message(), "needs a fresh random seal_nonce of 16 to 64 bytes") {
+			t.Errorf("%s: %v, want InvalidArgument", name, err)
+		}
+	}
+	if n := g.countBuilds(t); n != 0 {
+		t.Fatalf("%d builds stored", n)
+	}
+}
+
+// record reads a build's record as the agent does, sealed bytes included.
+func record(t *testing.T, g *testGateway, id string) *kilnv1.Build {
+	t.Helper()
+	kv, err := g.conn.JS.KeyValue(t.Context(), bus.BucketBuilds)
+	if err != nil {
+		t.Fatal(err)
+	}
+	e, err := kv.Get(t.Context(), id)
+	if err != nil {
+		t.Fatal(err)
+	}
+	b := &kilnv1.Build{}
+	if err := bus.Decode(e.Value(), b); err != nil {
+		t.Fatal(err)
+	}
+	return b
 }

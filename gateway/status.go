@@ -8,6 +8,7 @@ import (
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 
+	"github.com/kilnbuild/kiln/proto/rules"
 	"github.com/kilnbuild/kiln/services/buildstore"
 	"github.com/kilnbuild/kiln/services/cas"
 )
@@ -29,8 +30,10 @@ func toStatus(err error) error {
 		code = codes.DeadlineExceeded
 	case errors.Is(err, buildstore.ErrNotFound):
 		code = codes.NotFound
-	case errors.Is(err, cas.ErrDigestMismatch), errors.Is(err, cas.ErrBadDigest):
+	case errors.Is(err, cas.ErrDigestMismatch), errors.Is(err, cas.ErrBadDigest), errors.Is(err, rules.ErrInvalid):
 		code = codes.InvalidArgument
+	case errors.Is(err, rules.ErrOverLimit):
+		code = codes.ResourceExhausted
 	case errors.Is(err, buildstore.ErrBadTransition), errors.Is(err, buildstore.ErrFenced):
 		code = codes.FailedPrecondition
 	default:

@@ -2,7 +2,6 @@ package gateway
 
 import (
 	"fmt"
-	"path"
 	"strings"
 
 	"github.com/distribution/reference"
@@ -10,7 +9,7 @@ import (
 	"google.golang.org/grpc/status"
 
 	kilnv1 "github.com/kilnbuild/kiln/proto/gen/go/kiln/v1"
-	"github.com/kilnbuild/kiln/services/cas"
+	"github.com/kilnbuild/kiln/proto/rules/buildctx"
 )
 
 const (
@@ -33,7 +32,7 @@ func validateSpec(spec *kilnv1.BuildSpec) error {
 	if spec.Dockerfile == "" {
 		spec.Dockerfile = "Dockerfile"
 	}
-	df, err := cleanContextPath(spec.Dockerfile)
+	df, err := buildctx.CleanPath(spec.Dockerfile)
 	if err != nil {
 		return invalid("dockerfile path %q: %v", spec.Dockerfile, err)
 	}
@@ -97,7 +96,7 @@ func validateContextRef(ref *kilnv1.ContextRef, limits Limits) error {
 	if ref == nil || ref.Digest == nil {
 		return invalid("build context is missing: upload it with ContextService and pass its digest")
 	}
-	if !cas.ValidDigest(ref.Digest.Hash) {
+	if !buildctx.ValidDigest(ref.Digest.Hash) {
 		return invalid("context digest %q is not of the form sha256:<64 hex digits>", ref.Digest.Hash)
 	}
 	if ref.Digest.SizeBytes < 0 {
@@ -112,20 +111,4 @@ func validateContextRef(ref *kilnv1.ContextRef, limits Limits) error {
 		return invalid("context format %s is not known", ref.Format)
 	}
 	return nil
-}
-
-// cleanContextPath returns p as a clean slash path inside the context, or
-// an error if it is absolute, empty or escapes the context.
-func cleanContextPath(p string) (string, error) {
-	if strings.ContainsRune(p, 0) {
-		return "", fmt.Errorf("contains a NUL byte")
-	}
-	if path.IsAbs(p) || strings.HasPrefix(p, `\`) {
-		return "", fmt.Errorf("is absolute; give a path inside the build context")
-	}
-	c := path.Clean(p)
-	if c == "." || c == ".." || strings.HasPrefix(c, "../") {
-		return "", fmt.Errorf("escapes the build context")
-	}
-	return c, nil
 }

@@ -2,11 +2,12 @@ package engine
 
 import (
 	"context"
-	"strings"
 
 	clitypes "github.com/docker/cli/cli/config/types"
 	"github.com/docker/docker/api/types/registry"
 	"github.com/moby/buildkit/session/auth/authprovider"
+
+	"github.com/kilnbuild/kiln/proto/rules/registryhost"
 )
 
 // Credentials are registry credentials a build brought with it (sealed by
@@ -15,28 +16,9 @@ import (
 // come before this host's docker config, for pulls and pushes alike.
 type Credentials map[string]registry.AuthConfig
 
-// registryHost is the name credentials for a registry go by: the host (and
-// port) of a registry address, "docker.io" for Docker Hub however it is
-// spelt ("https://index.docker.io/v1/", "registry-1.docker.io").
-func registryHost(address string) string {
-	h := address
-	if i := strings.Index(h, "://"); i >= 0 {
-		h = h[i+3:]
-	}
-	if i := strings.IndexByte(h, '/'); i >= 0 {
-		h = h[:i]
-	}
-	h = strings.ToLower(h)
-	switch h {
-	case "index.docker.io", "registry-1.docker.io", "registry.hub.docker.com":
-		return "docker.io"
-	}
-	return h
-}
-
 // lookup returns the build's credentials for a registry address.
 func (c Credentials) lookup(address string) (registry.AuthConfig, bool) {
-	ac, ok := c[registryHost(address)]
+	ac, ok := c[registryhost.Normalize(address)]
 	return ac, ok
 }
 
@@ -67,7 +49,7 @@ func (c Credentials) classicAuthConfigs() map[string]registry.AuthConfig {
 	}
 	for host, ac := range c {
 		key := host
-		if host == "docker.io" {
+		if host == registryhost.DockerHub {
 			key = dockerHubAuthKey
 		}
 		ac.ServerAddress = key

@@ -2,13 +2,18 @@ package engine
 
 import "testing"
 
-func TestRegistryHost(t *testing.T) {
-	for in, want := range map[string]string{
-		"docker.io": "docker.io", "https://index.docker.io/v1/": "docker.io", "registry-1.docker.io": "docker.io",
-		"index.docker.io": "docker.io", "GHCR.io": "ghcr.io", "127.0.0.1:5000": "127.0.0.1:5000", "https://ghcr.io/v2/": "ghcr.io",
+// TestCredentialsLookup: a build's credentials are found by the registry
+// a pull or push reaches, however the address is spelt; Docker Hub's also
+// for an address without a registry, as the CLI keys them.
+func TestCredentialsLookup(t *testing.T) {
+	c := Credentials{"docker.io": {Username: "hub"}, "ghcr.io": {Username: "gh"}, "127.0.0.1:5000": {Username: "local"}}
+	for address, want := range map[string]string{
+		"": "hub", "docker.io": "hub", "https://index.docker.io/v1/": "hub", "registry-1.docker.io": "hub",
+		"GHCR.io": "gh", "https://ghcr.io/v2/": "gh", "127.0.0.1:5000": "local", "quay.io": "",
 	} {
-		if got := registryHost(in); got != want {
-			t.Errorf("registryHost(%q) = %q, want %q", in, got, want)
+		ac, ok := c.lookup(address)
+		if ac.Username != want || ok != (want != "") {
+			t.Errorf("lookup(%q) = %q, %v; want %q", address, ac.Username, ok, want)
 		}
 	}
 }

@@ -6,6 +6,7 @@ import (
 	"fmt"
 
 	kilnv1 "github.com/kilnbuild/kiln/proto/gen/go/kiln/v1"
+	"github.com/kilnbuild/kiln/proto/rules/seal"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/proto"
@@ -92,27 +93,9 @@ func (c *Client) StartBuild(ctx context.Context, req BuildRequest) (*kilnv1.Buil
 	if err := checkSecrets(req); err != nil {
 		return nil, fmt.Errorf("starting build: %w", err)
 	}
-	if len(req.Secrets) > 0 {
-		sealed, err := c.sealSecrets(ctx, req.Secrets)
-		if err != nil {
+	if len(req.Secrets) > 0 || len(req.RegistryAuth) > 0 {
+		if err := c.sealInto(ctx, spec, req); err != nil {
 			return nil, fmt.Errorf("starting build: %w", err)
-		}
-		spec.Secrets = append(spec.Secrets, sealed...)
-	}
-	if len(req.RegistryAuth) > 0 {
-		plain := make(map[string][]byte, len(req.RegistryAuth))
-		for host, cred := range req.RegistryAuth {
-			plain[host], _ = json.Marshal(cred)
-		}
-		sealed, err := c.sealSecrets(ctx, plain)
-		switch {
-		case status.Code(err) == codes.FailedPrecondition:
-			// The farm has no secrets key: it cannot take credentials, and
-			// its agents push with their hosts' own.
-		case err != nil:
-			return nil, fmt.Errorf("starting build: registry credentials: %w", err)
-		default:
-			spec.RegistryAuth = append(spec.RegistryAuth, sealed...)
 		}
 	}
 	resp, err := c.builds.StartBuild(ctx, &kilnv1.StartBuildRequest{
@@ -124,6 +107,48 @@ func (c *Client) StartBuild(ctx context.Context, req BuildRequest) (*kilnv1.Buil
 		return nil, fmt.Errorf("starting build: %w", err)
 	}
 	return resp.GetBuild(), nil
+}
+
+// sealInto seals req's secrets and registry credentials into spec, for the
+// caller's tenant and the build's seal nonce: spec's own when it has one
+// (values sealed into the spec beforehand must use it too), else a fresh
+// one. A farm without a secrets key refuses secrets; it cannot take
+// registry credentials either, and then they are not sent: its agents use
+// their hosts' own.
+func (c *Client) sealInto(ctx context.Context, spec *kilnv1.BuildSpec, req BuildRequest) error {
+	if len(spec.SealNonce) == 0 {
+		nonce, err := seal.NewNonce()
+		if err != nil {
+			return err
+		}
+		spec.SealNonce = nonce
+	}
+	s, err := c.newSealer(ctx, spec.SealNonce)
+	if err != nil {
+		if len(req.Secrets) == 0 && status.Code(err) == codes.FailedPrecondition {
+			return nil
+		}
+		return err
+	}
+	if len(req.Secrets) > 0 {
+		sealed, err := s.seal(req.Secrets)
+		if err != nil {
+			return err
+		}
+		spec.Secrets = append(spec.Secrets, sealed...)
+	}
+	if len(req.RegistryAuth) > 0 {
+		plain := make(map[string][]byte, len(req.RegistryAuth))
+		for host, cred := range req.RegistryAuth {
+			plain[host], _ = json.Marshal(cred)
+		}
+		sealed, err := s.seal(plain)
+		if err != nil {
+			return fmt.Errorf("registry credentials: %w", err)
+		}
+		spec.RegistryAuth = append(spec.RegistryAuth, sealed...)
+	}
+	return nil
 }
 
 // WatchBuild follows a build's events from fromSequence (0 or 1: from the

@@ -6,13 +6,14 @@ import (
 	"encoding/hex"
 	"fmt"
 	"io/fs"
+	"math"
 	"os"
 	"path"
 	"path/filepath"
 	"strings"
-	"unicode/utf8"
 
 	kilnv1 "github.com/kilnbuild/kiln/proto/gen/go/kiln/v1"
+	"github.com/kilnbuild/kiln/proto/rules/buildctx"
 )
 
 // packer walks a context directory and lists the entries to send.
@@ -187,11 +188,8 @@ func (p *packer) listSymlink(abs, rel string, info fs.FileInfo) error {
 // bits and mtime. It refuses names the farm cannot take, before anything is
 // hashed or sent.
 func baseEntry(rel string, info fs.FileInfo) (*kilnv1.ContextEntry, error) {
-	if !utf8.ValidString(rel) {
-		return nil, invalidArgumentf("context entry %q is not valid UTF-8: rename it or list it in .dockerignore", rel)
-	}
-	if strings.Contains(rel, `\`) {
-		return nil, invalidArgumentf("context entry %q has a backslash in its name: rename it or list it in .dockerignore", rel)
+	if err := buildctx.CheckPath(rel, math.MaxInt); err != nil { // the farm enforces its own limits
+		return nil, invalidArgumentf("%v: rename it or list it in .dockerignore", err)
 	}
 	return &kilnv1.ContextEntry{
 		Path:      rel,

@@ -2,10 +2,12 @@ package kiln
 
 import (
 	"bytes"
+	"errors"
 	"strings"
 	"testing"
 
 	kilnv1 "github.com/kilnbuild/kiln/proto/gen/go/kiln/v1"
+	"github.com/kilnbuild/kiln/proto/rules/seal"
 	"github.com/kilnbuild/kiln/sdk/internal/farmtest"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
@@ -33,7 +35,7 @@ func TestBuildSealsSecrets(t *testing.T) {
 		if v := secrets[s.GetId()]; len(v) > 0 && bytes.Contains(s.GetSealed(), v) {
 			t.Errorf("secret %q travels in the clear", s.GetId())
 		}
-		v, err := farm.OpenSecret(s)
+		v, err := farm.OpenSecret(b, s)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -49,6 +51,15 @@ func TestBuildSealsSecrets(t *testing.T) {
 	}
 	if bytes.Equal(again.GetSpec().GetSecrets()[0].GetSealed(), got[2].GetSealed()) {
 		t.Error("sealing the same secret twice gave the same bytes")
+	}
+
+	// Each build has its own seal nonce, and its values open for it alone.
+	n1, n2 := b.GetSpec().GetSealNonce(), again.GetSpec().GetSealNonce()
+	if len(n1) < seal.MinNonceBytes || len(n2) < seal.MinNonceBytes || bytes.Equal(n1, n2) {
+		t.Fatalf("seal nonces %x and %x: want two different nonces of at least %d bytes", n1, n2, seal.MinNonceBytes)
+	}
+	if v, err := farm.OpenSecret(again, got[2]); !errors.Is(err, seal.ErrWrongBinding) || v != nil {
+		t.Errorf("the first build's secret opened in the second build: %v", err)
 	}
 }
 

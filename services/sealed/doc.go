@@ -1,22 +1,34 @@
-// Package sealed seals build secrets to the farm's secrets key, so that only
-// agents can read them.
+// Package sealed keeps the farm's secrets key on the hosts that hold it:
+// the key file the agents open build secrets with (LoadPrivateKey,
+// LoadOrCreatePrivateKey), from which kilnd and a gateway may also derive
+// the public key clients seal to.
 //
-//	kiln CLI / Go SDK                 gateway, NATS, KV              agent
-//	─────────────────                 ─────────────────              ─────
-//	GetSecretsKey ──▶ public key
-//	Seal(public key, value) ──▶ SealedSecret{id, sealed, key_id} ──▶ PrivateKey.Open(sealed)
-//	                                  sees ids, key ids and              │
-//	                                  ciphertext only                    ▼
-//	                                                          BuildKit secretsprovider
-//
-// A sealed value is an anonymous NaCl box (X25519 key agreement with a
-// one-time sender key, XSalsa20-Poly1305): whoever holds the public key can
-// seal, only the holder of the private key can open, and sealing the same
-// value twice gives different bytes. The farm's key pair lives in one file
-// (see LoadOrCreatePrivateKey) on the agents' hosts; the gateway needs only
-// the public key.
-//
-// The limits (MaxSecretBytes, MaxSecrets, MaxTotalSecretBytes) and ValidID
-// are the farm's rules for a build's secrets; the Go SDK, which depends on
-// the proto module alone, mirrors them.
+// Sealing itself, the envelope that binds a value to its tenant and build,
+// and the rules of secret ids and registry hosts live in the proto module
+// (proto/rules/seal, proto/rules/secretid, proto/rules/registryhost), which
+// the SDK imports too: one copy of each rule. PrivateKey, PublicKey, KeyID,
+// ParsePublicKey and GenerateKey here are that package's, named again for
+// the server's callers.
 package sealed
+
+import (
+	"io"
+
+	"github.com/kilnbuild/kiln/proto/rules/seal"
+)
+
+// PrivateKey is seal.PrivateKey: the farm's key pair, which agents open
+// sealed values with.
+type PrivateKey = seal.PrivateKey
+
+// PublicKey is seal.PublicKey: the key clients seal to.
+type PublicKey = seal.PublicKey
+
+// KeyID names a public key (seal.KeyID).
+func KeyID(pub PublicKey) string { return seal.KeyID(pub) }
+
+// ParsePublicKey parses a base64 public key (seal.ParsePublicKey).
+func ParsePublicKey(s string) (PublicKey, error) { return seal.ParsePublicKey(s) }
+
+// GenerateKey makes a new key pair (seal.GenerateKey).
+func GenerateKey(rand io.Reader) (*PrivateKey, error) { return seal.GenerateKey(rand) }

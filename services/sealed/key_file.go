@@ -8,6 +8,8 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+
+	"github.com/kilnbuild/kiln/proto/rules/seal"
 )
 
 // A key file holds the private key in base64 and a newline, mode 0600.
@@ -31,10 +33,10 @@ func LoadPrivateKey(path string) (*PrivateKey, error) {
 		return nil, fmt.Errorf("secrets key file: %w", err)
 	}
 	raw, err := base64.StdEncoding.DecodeString(strings.TrimSpace(string(data)))
-	if err != nil || len(raw) != KeySize {
-		return nil, fmt.Errorf("secrets key file %s does not hold a base64 %d-byte X25519 private key", path, KeySize)
+	if err != nil || len(raw) != seal.KeySize {
+		return nil, fmt.Errorf("secrets key file %s does not hold a base64 %d-byte X25519 private key", path, seal.KeySize)
 	}
-	return privateKeyFromBytes(raw)
+	return seal.PrivateKeyFromBytes(raw)
 }
 
 // LoadOrCreatePrivateKey loads the key at path, or, when there is no file
@@ -50,7 +52,7 @@ func LoadOrCreatePrivateKey(path string) (*PrivateKey, error) {
 	if err != nil {
 		return nil, err
 	}
-	if err := k.writeFile(path); errors.Is(err, fs.ErrExist) {
+	if err := writeKeyFile(k, path); errors.Is(err, fs.ErrExist) {
 		return LoadPrivateKey(path)
 	} else if err != nil {
 		return nil, err
@@ -58,9 +60,9 @@ func LoadOrCreatePrivateKey(path string) (*PrivateKey, error) {
 	return k, nil
 }
 
-// writeFile writes the key to a temporary file and links it into place,
+// writeKeyFile writes the key to a temporary file and links it into place,
 // which fails with fs.ErrExist if path exists.
-func (k *PrivateKey) writeFile(path string) error {
+func writeKeyFile(k *PrivateKey, path string) error {
 	dir := filepath.Dir(path)
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return fmt.Errorf("write secrets key file: %w", err)
@@ -70,7 +72,7 @@ func (k *PrivateKey) writeFile(path string) error {
 		return fmt.Errorf("write secrets key file: %w", err)
 	}
 	defer os.Remove(tmp.Name())
-	_, err = tmp.WriteString(base64.StdEncoding.EncodeToString(k.priv[:]) + "\n")
+	_, err = tmp.WriteString(base64.StdEncoding.EncodeToString(k.Bytes()) + "\n")
 	if err == nil {
 		err = tmp.Sync()
 	}

@@ -139,12 +139,14 @@ func CheckPath(p string, maxLen int) error {
 		return invalid(p, "is not valid UTF-8")
 	case path.IsAbs(p):
 		return invalid(p, "is an absolute path")
+	case strings.Contains(p, `\`):
+		return invalid(p, "has a backslash in its name")
 	}
 	c := path.Clean(p)
 	if c == ".." || strings.HasPrefix(c, "../") {
 		return invalid(p, "escapes the build context")
 	}
-	if c != p || c == "." || strings.Contains(p, `\`) {
+	if c != p || c == "." {
 		return invalid(p, "is not a clean relative path (want %q)", c)
 	}
 	return nil
@@ -157,10 +159,10 @@ func CleanPath(p string) (string, error) {
 	if strings.ContainsRune(p, 0) {
 		return "", rules.Invalidf("contains a NUL byte")
 	}
-	if path.IsAbs(p) || strings.HasPrefix(p, `\`) {
+	c := path.Clean(p)
+	if path.IsAbs(p) || strings.HasPrefix(c, `\`) {
 		return "", rules.Invalidf("is absolute; give a path inside the build context")
 	}
-	c := path.Clean(p)
 	if c == "." || c == ".." || strings.HasPrefix(c, "../") {
 		return "", rules.Invalidf("escapes the build context")
 	}

@@ -6,6 +6,7 @@ import (
 	"io/fs"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 
 	kilnv1 "github.com/kilnbuild/kiln/proto/gen/go/kiln/v1"
@@ -37,6 +38,8 @@ type buildOptions struct {
 	secrets map[string][]byte
 	// trace is the build's tracing (nil: none), set by tracedBuild.
 	trace *cliTrace
+	// warnings are for stderr: mistakes the build survives.
+	warnings []string
 }
 
 // buildFlags holds the raw values of `kiln build` flags.
@@ -142,6 +145,11 @@ func parseBuildArgs(args []string, lookupEnv func(string) (string, bool)) (*buil
 	if o.spec.BuildArgs, err = parseBuildArgValues(f.buildArgs, lookupEnv); err != nil {
 		return nil, err
 	}
+	for _, name := range secretLookingArgs(f.buildArgs) {
+		o.warnings = append(o.warnings, fmt.Sprintf(
+			"--build-arg %s looks like a secret: build args are kept in the build record and in the image's history. Pass it with --secret id=%s,env=%s and read it in a RUN --mount=type=secret,id=%s step instead",
+			name, name, name, name))
+	}
 	if o.spec.Labels, err = parseLabels(f.labels); err != nil {
 		return nil, err
 	}
@@ -228,6 +236,26 @@ func parseBuildArgValues(values []string, lookupEnv func(string) (string, bool))
 		out[k] = v
 	}
 	return out, nil
+}
+
+// secretWords make a build arg's name look like a secret's, as in buildx's
+// SecretsUsedInArgOrEnv check.
+var secretWords = []string{"PASSWORD", "TOKEN", "SECRET", "KEY"}
+
+// secretLookingArgs returns the names among --build-arg values (KEY=VALUE
+// or KEY) that hold PASSWORD, TOKEN, SECRET or KEY in any case, each once,
+// in order. It never looks at the values.
+func secretLookingArgs(values []string) []string {
+	var names []string
+	for _, kv := range values {
+		name, _, _ := strings.Cut(kv, "=")
+		upper := strings.ToUpper(name)
+		if slices.Contains(names, name) || !slices.ContainsFunc(secretWords, func(w string) bool { return strings.Contains(upper, w) }) {
+			continue
+		}
+		names = append(names, name)
+	}
+	return names
 }
 
 // parseLabels turns --label values into a map; each must be KEY=VALUE.

@@ -10,6 +10,7 @@ import (
 	"testing"
 
 	kilnv1 "github.com/kilnbuild/kiln/proto/gen/go/kiln/v1"
+	"github.com/kilnbuild/kiln/sdk/internal/farmtest"
 	"github.com/kilnbuild/kiln/sdk/internal/progress"
 	"github.com/spf13/pflag"
 )
@@ -246,5 +247,56 @@ func TestResolveDockerfileFromCurrentDirectory(t *testing.T) {
 				t.Fatalf("resolveDockerfile = %q, %v; want %q", got, err, tt.want)
 			}
 		})
+	}
+}
+
+func TestSecretLookingArgs(t *testing.T) {
+	tests := []struct {
+		name   string
+		values []string
+		want   []string
+	}{
+		{name: "none", values: nil},
+		{name: "ordinary args", values: []string{"VERSION=1.2", "GOOS=linux", "HTTP_PROXY"}},
+		{name: "password", values: []string{"DB_PASSWORD=hunter2"}, want: []string{"DB_PASSWORD"}},
+		{name: "token from the environment", values: []string{"NPM_TOKEN"}, want: []string{"NPM_TOKEN"}},
+		{name: "secret", values: []string{"client_secret=x"}, want: []string{"client_secret"}},
+		{name: "key", values: []string{"AWS_ACCESS_KEY_ID=AKIA"}, want: []string{"AWS_ACCESS_KEY_ID"}},
+		{name: "any case", values: []string{"apiKey=x", "GhToken=y"}, want: []string{"apiKey", "GhToken"}},
+		{name: "once each, in order", values: []string{"B_TOKEN=1", "A=2", "A_SECRET=3", "B_TOKEN=4"}, want: []string{"B_TOKEN", "A_SECRET"}},
+		{name: "value alone looks secret", values: []string{"MODE=password-token-secret-key"}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			if got := secretLookingArgs(tt.values); !slices.Equal(got, tt.want) {
+				t.Fatalf("secretLookingArgs(%q) = %q, want %q", tt.values, got, tt.want)
+			}
+		})
+	}
+}
+
+// TestBuildArgSecretWarning: kiln build warns on stderr about a build arg
+// whose name looks secret, names --secret, and never prints the value.
+func TestBuildArgSecretWarning(t *testing.T) {
+	t.Setenv("KILN_CACHE_DIR", t.TempDir())
+	farm := farmtest.Start(t)
+	dir := contextDir(t)
+	const value, envValue = "arg-value-0123456789", "env-value-9876543210"
+	code, stdout, stderr := run(t, map[string]string{"GH_TOKEN": envValue},
+		"build", "--progress", "plain", "--build-arg", "NPM_TOKEN="+value, "--build-arg", "GH_TOKEN", "--build-arg", "VERSION=1",
+		"--gateway", farm.Addr, dir)
+	if code != ExitOK {
+		t.Fatalf("exit code %d\nstderr: %s", code, stderr)
+	}
+	for _, name := range []string{"NPM_TOKEN", "GH_TOKEN"} {
+		if !strings.Contains(stderr, "WARNING: --build-arg "+name+" looks like a secret") || !strings.Contains(stderr, "--secret id="+name+",env="+name) {
+			t.Errorf("no warning about %s on stderr:\n%s", name, stderr)
+		}
+	}
+	if strings.Contains(stderr, "VERSION looks like") {
+		t.Errorf("warned about VERSION:\n%s", stderr)
+	}
+	if strings.Contains(stdout+stderr, value) || strings.Contains(stdout+stderr, envValue) {
+		t.Errorf("the output shows a build arg's value:\n%s%s", stdout, stderr)
 	}
 }

@@ -154,6 +154,9 @@ func (a *App) build(ctx context.Context, args []string) int {
 		fmt.Fprintf(a.Stderr, "ERROR: %v\n", err)
 		return ExitCode(err)
 	}
+	for _, w := range o.warnings {
+		fmt.Fprintf(a.Stderr, "WARNING: %s\n", w)
+	}
 	return a.tracedBuild(ctx, o)
 }
 

@@ -15,6 +15,7 @@ import (
 	"strings"
 
 	kilnv1 "github.com/kilnbuild/kiln/proto/gen/go/kiln/v1"
+	"github.com/kilnbuild/kiln/proto/rules/registryhost"
 	"github.com/kilnbuild/kiln/sdk/internal/reference"
 	"github.com/kilnbuild/kiln/sdk/kiln"
 )
@@ -30,24 +31,6 @@ import (
 // config files and credential helpers.
 const dockerHubServer = "https://index.docker.io/v1/"
 
-// registryHost is the name credentials for a registry address go by: its
-// host[:port], lower case, "docker.io" for Docker Hub however spelt.
-func registryHost(address string) string {
-	h := address
-	if i := strings.Index(h, "://"); i >= 0 {
-		h = h[i+3:]
-	}
-	if i := strings.IndexByte(h, '/'); i >= 0 {
-		h = h[:i]
-	}
-	h = strings.ToLower(h)
-	switch h {
-	case "", "index.docker.io", "registry-1.docker.io", "registry.hub.docker.com":
-		return "docker.io"
-	}
-	return h
-}
-
 // registryHosts lists the registries a build needs credentials for, sorted:
 // those of its tags when it pushes, and those its Dockerfile's FROM lines
 // name (stage names, scratch and references built from ARGs are skipped).
@@ -56,7 +39,7 @@ func registryHosts(spec *kilnv1.BuildSpec, dockerfile []byte) []string {
 	if spec.GetPush() {
 		for _, t := range spec.GetTags() {
 			if r, err := reference.Parse(t); err == nil {
-				set[registryHost(r.Domain)] = true
+				set[registryhost.Normalize(r.Domain)] = true
 			}
 		}
 	}
@@ -75,7 +58,7 @@ func registryHosts(spec *kilnv1.BuildSpec, dockerfile []byte) []string {
 		name, _, _ := strings.Cut(args[0], "@")
 		if !strings.Contains(name, "$") && !strings.EqualFold(name, "scratch") && !stages[strings.ToLower(name)] {
 			if r, err := reference.Parse(name); err == nil {
-				set[registryHost(r.Domain)] = true
+				set[registryhost.Normalize(r.Domain)] = true
 			}
 		}
 		if len(args) >= 3 && strings.EqualFold(args[1], "AS") { // later FROMs may name this stage
@@ -166,13 +149,13 @@ func lookupRegistryCredentials(ctx context.Context, hosts []string, lookupEnv fu
 			c.Username, c.Password = user, pass
 		}
 		if c != (kiln.RegistryCredential{}) {
-			auths[registryHost(key)] = c
+			auths[registryhost.Normalize(key)] = c
 		}
 	}
 	out := map[string]kiln.RegistryCredential{}
 	for _, host := range hosts {
 		name := cfg.CredHelpers[host]
-		if name == "" && host == "docker.io" {
+		if name == "" && host == registryhost.DockerHub {
 			name = cfg.CredHelpers[dockerHubServer]
 		}
 		if name == "" {
@@ -199,7 +182,7 @@ func lookupRegistryCredentials(ctx context.Context, hosts []string, lookupEnv fu
 // fromHelper asks a docker credential helper for host's credentials.
 func fromHelper(ctx context.Context, helper credentialHelper, name, host string) (kiln.RegistryCredential, error) {
 	server := host
-	if host == "docker.io" {
+	if host == registryhost.DockerHub {
 		server = dockerHubServer
 	}
 	out, err := helper(ctx, name, server)

@@ -39,17 +39,6 @@ func TestRegistryHosts(t *testing.T) {
 	}
 }
 
-func TestRegistryHost(t *testing.T) {
-	for in, want := range map[string]string{
-		"": "docker.io", "https://index.docker.io/v1/": "docker.io", "registry-1.docker.io": "docker.io",
-		"GHCR.io": "ghcr.io", "http://127.0.0.1:5000": "127.0.0.1:5000", "https://ghcr.io/v2/": "ghcr.io",
-	} {
-		if got := registryHost(in); got != want {
-			t.Errorf("registryHost(%q) = %q, want %q", in, got, want)
-		}
-	}
-}
-
 // writeDockerConfig writes config.json into a new DOCKER_CONFIG dir.
 func writeDockerConfig(t *testing.T, config string) func(string) (string, bool) {
 	t.Helper()

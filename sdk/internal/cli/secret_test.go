@@ -204,7 +204,7 @@ func TestBuildWithSecrets(t *testing.T) {
 		if bytes.Contains(s.GetSealed(), []byte(fileValue)) || bytes.Contains(s.GetSealed(), []byte(envValue)) {
 			t.Errorf("secret %q travelled in the clear", s.GetId())
 		}
-		v, err := farm.OpenSecret(s)
+		v, err := farm.OpenSecret(builds[0], s)
 		if err != nil {
 			t.Fatal(err)
 		}

@@ -10,7 +10,6 @@ package farmtest
 import (
 	"bytes"
 	"context"
-	"crypto/rand"
 	"crypto/sha256"
 	"encoding/hex"
 	"errors"
@@ -21,7 +20,7 @@ import (
 	"testing"
 
 	kilnv1 "github.com/kilnbuild/kiln/proto/gen/go/kiln/v1"
-	"golang.org/x/crypto/nacl/box"
+	"github.com/kilnbuild/kiln/proto/rules/seal"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/metadata"
@@ -35,7 +34,7 @@ type Farm struct {
 	Addr  string
 	token string
 	// secretsKey is the farm's secrets key pair; nil without WithSecretsKey.
-	secretsKey *secretsKey
+	secretsKey *seal.PrivateKey
 
 	mu sync.Mutex // guards the fields below
 	// blobs holds verified blobs by digest hash, manifests included.
@@ -47,7 +46,14 @@ type Farm struct {
 	// streams counts UploadBlobs calls.
 	streams int
 	builds  []*kilnv1.Build
+	// nonces holds the seal nonces of the builds started, as the gateway
+	// remembers them.
+	nonces map[string]bool
 }
+
+// Tenant is the tenant the farm serves every caller as: GetSecretsKey names
+// it, and builds carry it.
+const Tenant = "farmtest"
 
 // Option configures a Farm.
 type Option func(*Farm)
@@ -58,40 +64,35 @@ func WithToken(token string) Option {
 	return func(f *Farm) { f.token = token }
 }
 
-// secretsKey is an X25519 key pair for build secrets.
-type secretsKey struct{ public, private *[32]byte }
-
 // WithSecretsKey gives the farm a secrets key: GetSecretsKey returns its
 // public half and OpenSecret opens what clients sealed to it. Without it,
 // GetSecretsKey fails with codes.FailedPrecondition, as a farm without a
 // key does.
 func WithSecretsKey() Option {
 	return func(f *Farm) {
-		pub, priv, err := box.GenerateKey(rand.Reader)
+		k, err := seal.GenerateKey(nil)
 		if err != nil {
 			panic(err)
 		}
-		f.secretsKey = &secretsKey{public: pub, private: priv}
+		f.secretsKey = k
 	}
 }
 
 // SecretsKeyID returns the id of the farm's secrets key.
-func (f *Farm) SecretsKeyID() string {
-	sum := sha256.Sum256(f.secretsKey.public[:])
-	return hex.EncodeToString(sum[:8])
-}
+func (f *Farm) SecretsKeyID() string { return f.secretsKey.KeyID() }
 
-// OpenSecret opens a sealed secret as an agent does.
-func (f *Farm) OpenSecret(s *kilnv1.SealedSecret) ([]byte, error) {
+// OpenSecret opens a sealed secret (or registry credential) of build b as
+// an agent does: for b's tenant and seal nonce and the secret's id.
+func (f *Farm) OpenSecret(b *kilnv1.Build, s *kilnv1.SealedSecret) ([]byte, error) {
 	if f.secretsKey == nil {
 		return nil, errors.New("the farm has no secrets key")
 	}
 	if s.GetKeyId() != f.SecretsKeyID() {
 		return nil, fmt.Errorf("secret %q is sealed to key %q, not the farm's %q", s.GetId(), s.GetKeyId(), f.SecretsKeyID())
 	}
-	v, ok := box.OpenAnonymous(nil, s.GetSealed(), f.secretsKey.public, f.secretsKey.private)
-	if !ok {
-		return nil, fmt.Errorf("secret %q does not open with the farm's key", s.GetId())
+	v, err := f.secretsKey.Open(seal.Binding{Tenant: b.GetTenant(), Nonce: b.GetSpec().GetSealNonce(), ID: s.GetId()}, s.GetSealed())
+	if err != nil {
+		return nil, fmt.Errorf("secret %q: %w", s.GetId(), err)
 	}
 	return v, nil
 }
@@ -99,7 +100,7 @@ func (f *Farm) OpenSecret(s *kilnv1.SealedSecret) ([]byte, error) {
 // Start runs a Farm until the test ends.
 func Start(t testing.TB, opts ...Option) *Farm {
 	t.Helper()
-	f := &Farm{blobs: map[string][]byte{}, uploads: map[string]int{}, chunks: map[string][]int{}}
+	f := &Farm{blobs: map[string][]byte{}, uploads: map[string]int{}, chunks: map[string][]int{}, nonces: map[string]bool{}}
 	for _, opt := range opts {
 		opt(f)
 	}
@@ -349,10 +350,23 @@ func (s buildService) StartBuild(ctx context.Context, req *kilnv1.StartBuildRequ
 			}
 		}
 	}
+	spec := req.GetSpec()
+	if len(spec.GetSecrets()) > 0 || len(spec.GetRegistryAuth()) > 0 {
+		if err := seal.CheckNonce(spec.GetSealNonce()); err != nil {
+			return nil, status.Error(codes.InvalidArgument, err.Error())
+		}
+	}
 	s.f.mu.Lock()
 	defer s.f.mu.Unlock()
+	if n := string(spec.GetSealNonce()); n != "" && (len(spec.GetSecrets()) > 0 || len(spec.GetRegistryAuth()) > 0) {
+		if s.f.nonces[n] {
+			return nil, status.Error(codes.AlreadyExists, "seal_nonce was already used by another build")
+		}
+		s.f.nonces[n] = true
+	}
 	b := &kilnv1.Build{
 		Id:      fmt.Sprintf("b%d", len(s.f.builds)+1),
+		Tenant:  Tenant,
 		Spec:    req.GetSpec(),
 		Context: req.GetContext(),
 		State:   kilnv1.BuildState_BUILD_STATE_SUCCEEDED,
@@ -371,7 +385,8 @@ func (s buildService) GetSecretsKey(ctx context.Context, _ *kilnv1.GetSecretsKey
 	if s.f.secretsKey == nil {
 		return nil, status.Error(codes.FailedPrecondition, "this farm has no secrets key configured")
 	}
-	return &kilnv1.GetSecretsKeyResponse{PublicKey: s.f.secretsKey.public[:], KeyId: s.f.SecretsKeyID()}, nil
+	pub := s.f.secretsKey.PublicKey()
+	return &kilnv1.GetSecretsKeyResponse{PublicKey: pub[:], KeyId: s.f.SecretsKeyID(), Tenant: Tenant}, nil
 }
 
 func (s buildService) build(ctx context.Context, id string) (*kilnv1.Build, error) {
