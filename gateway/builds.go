@@ -193,6 +193,7 @@ type checkedKey struct {
 	size       int64
 	format     kilnv1.ContextFormat
 	dockerfile string
+	limits     ctxmanifest.Limits // a tenant's may be lower than another's
 }
 
 // checkedContextBytes bounds the memory of checked contexts.
@@ -201,7 +202,6 @@ const checkedContextBytes = 16 << 20
 func (g *Gateway) checkContextUncached(ctx context.Context, ref *kilnv1.ContextRef, dockerfile string, limits ctxmanifest.Limits) ([]byte, error) {
 	ok, err := g.blobs.Has(ctx, ref.Digest.Hash, ref.Digest.SizeBytes)
 	if err != nil {
-	limits     ctxmanifest.Limits // a tenant's may be lower than another's
 		return nil, err
 	}
 	if !ok {

@@ -144,6 +144,9 @@ func New(ctx context.Context, cfg Config) (*Gateway, error) {
 		pub := *cfg.SecretsKey
 		g.secretsKey, g.secretsKeyID = &pub, sealed.KeyID(pub)
 	}
+	if cfg.Tenants != nil {
+		g.auth.set.Store(cfg.Tenants)
+	}
 	return g, nil
 }
 
@@ -151,9 +154,6 @@ func New(ctx context.Context, cfg Config) (*Gateway, error) {
 // and server reflection registered, calls traced (health checks excepted),
 // and errors turned into status codes.
 func (g *Gateway) NewGRPCServer(opts ...grpc.ServerOption) *grpc.Server {
-	if cfg.Tenants != nil {
-		g.auth.set.Store(cfg.Tenants)
-	}
 	opts = append(opts, telemetry.ServerOptions()...)
 	opts = append(opts,
 		// The largest legitimate request (manifest_memory.go): a manifest
@@ -175,11 +175,6 @@ func (g *Gateway) NewGRPCServer(opts ...grpc.ServerOption) *grpc.Server {
 	return s
 }
 
-// Shutdown marks the services NOT_SERVING so load balancers move away.
-func (g *Gateway) Shutdown() { g.health.Shutdown() }
-
-// Ready reports whether the gateway can serve: NATS is connected.
-func (g *Gateway) Ready(ctx context.Context) error { return g.conn.Ready(ctx) }
 // MultiTenant reports whether the gateway authenticates callers against a
 // tenants file (false: single-tenant local mode).
 func (g *Gateway) MultiTenant() bool { return g.auth.set.Load() != nil }
@@ -190,3 +185,8 @@ func (g *Gateway) MultiTenant() bool { return g.auth.set.Load() != nil }
 // ended. A gateway in local mode becomes multi-tenant.
 func (g *Gateway) ReloadTenants(set *tenants.Set) int { return g.auth.reload(set) }
 
+// Shutdown marks the services NOT_SERVING so load balancers move away.
+func (g *Gateway) Shutdown() { g.health.Shutdown() }
+
+// Ready reports whether the gateway can serve: NATS is connected.
+func (g *Gateway) Ready(ctx context.Context) error { return g.conn.Ready(ctx) }
