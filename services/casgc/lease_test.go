@@ -1,0 +1,48 @@
+package casgc
+
+import (
+	"context"
+	"testing"
+	"time"
+
+	"github.com/kilnbuild/kiln/services/bus/bustest"
+)
+
+// TestOneCollectorHoldsTheLease: a second collector cannot take a live
+// lease, takes it once it lapses, and a resigned lease is free at once.
+func TestOneCollectorHoldsTheLease(t *testing.T) {
+	ctx := context.Background()
+	js := bustest.Conn(t).JS
+	now := time.Now()
+	clock := func() time.Time { return now }
+	a, err := newLease(ctx, js, time.Minute, clock)
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, err := newLease(ctx, js, time.Minute, clock)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, step := range []struct {
+		name    string
+		l       *lease
+		advance time.Duration
+		want    bool
+	}{
+		{"a takes the free lease", a, 0, true},
+		{"b is refused a live lease", b, 30 * time.Second, false},
+		{"a renews", a, 0, true},
+		{"b is still refused", b, 59 * time.Second, false},
+		{"b takes the lapsed lease", b, 2 * time.Second, true},
+		{"a is refused b's lease", a, 0, false},
+	} {
+		now = now.Add(step.advance)
+		if held, err := step.l.try(ctx); err != nil || held != step.want {
+			t.Fatalf("%s: held = %v, %v", step.name, held, err)
+		}
+	}
+	b.resign(ctx)
+	if held, err := a.try(ctx); err != nil || !held {
+		t.Fatalf("a after b resigned: held = %v, %v", held, err)
+	}
+}
