@@ -31,8 +31,8 @@ type buildOptions struct {
 	iidFile        string
 	gateway        string
 	token          string
-	idempotencyKey string
 	conn           connection // gateway, token and TLS as Dial options
+	idempotencyKey string
 	// secrets are the --secret values by id, read from their files and
 	// variables; the SDK seals them before they leave the process.
 	secrets map[string][]byte
