@@ -2,7 +2,8 @@
 # cluster.sh runs kiln distributed on one machine: a real nats-server with
 # JetStream, kiln-gateway, kiln-scheduler and N kiln-agent processes against
 # the local Docker engine — the same binaries a real deployment runs, each
-# its own process. Ctrl-C stops everything it started (by pid).
+# its own process, each with its own NATS credential (kilnd nats-creds; see
+# deploy/nats/README.md). Ctrl-C stops everything it started (by pid).
 #
 #   deploy/local/cluster.sh [AGENTS]      # default 2 agents
 #
@@ -29,16 +30,24 @@ wait_ready() { # wait_ready FILE PID
   echo "cluster: $1 never appeared" >&2; exit 1
 }
 
-"$tools/nats-server" -js -sd "$state/nats" -a 127.0.0.1 -p 4222 > "$state/nats.log" 2>&1 &
+# One nkey per role and per agent, and the server's authorization block.
+creds=$state/creds
+bin/kilnd nats-creds "$creds" $(for i in $(seq 1 "$agents"); do echo "local-$i"; done) > /dev/null
+cat > "$creds/nats.conf" <<CONF
+listen: 127.0.0.1:4222
+jetstream { store_dir: "$state/nats" }
+include "auth.conf"
+CONF
+"$tools/nats-server" -c "$creds/nats.conf" > "$state/nats.log" 2>&1 &
 pids+=($!)
 export KILN_NATS_URL=nats://127.0.0.1:4222
 
-bin/kiln-gateway --listen 127.0.0.1:7700 --http-listen 127.0.0.1:7701 --ready-file "$state/gw.json" &
+bin/kiln-gateway --listen 127.0.0.1:7700 --http-listen 127.0.0.1:7701 --ready-file "$state/gw.json" --nats-nkey-file "$creds/gateway.nk" &
 pids+=($!); wait_ready "$state/gw.json" $!
-bin/kiln-scheduler --http-listen 127.0.0.1:7702 --ready-file "$state/sched.json" &
+bin/kiln-scheduler --http-listen 127.0.0.1:7702 --ready-file "$state/sched.json" --nats-nkey-file "$creds/scheduler.nk" &
 pids+=($!); wait_ready "$state/sched.json" $!
 for i in $(seq 1 "$agents"); do
-  bin/kiln-agent --name "local-$i" --slots 1 --blob-cache-dir "$state/blobs-$i" --http-listen "127.0.0.1:$((7710 + i))" --ready-file "$state/agent-$i.json" &
+  bin/kiln-agent --name "local-$i" --slots 1 --blob-cache-dir "$state/blobs-$i" --http-listen "127.0.0.1:$((7710 + i))" --ready-file "$state/agent-$i.json" --nats-nkey-file "$creds/agent-local-$i.nk" &
   pids+=($!); wait_ready "$state/agent-$i.json" $!
 done
 echo "cluster: gateway on 127.0.0.1:7700 with $agents agents; try bin/kiln build examples/hello. Ctrl-C stops it."
