@@ -41,6 +41,12 @@ frontend-image: dev-env ## build BuildKit's Dockerfile frontend from source and 
 test: dev-env frontend-image ## run every module's tests against a real engine, registry and NATS
 	@scripts/test.sh
 
+CERTS_DIR ?= certs
+
+.PHONY: certs
+certs: ## make a local CA, a gateway certificate for 127.0.0.1/localhost and a client certificate in $(CERTS_DIR)/ (for trying TLS; CERTS_HOSTS=ip,name,… sets the gateway's names)
+	$(GO) run ./scripts/certs -dir $(CERTS_DIR) $(if $(CERTS_HOSTS),-hosts $(CERTS_HOSTS))
+
 .PHONY: bench
 bench: dev-env build ## run the benchmarks in bench/ (tables and JSON in bench/results/)
 	$(GO) run ./bench/warmrebuild
