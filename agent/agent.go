@@ -100,6 +100,11 @@ type Config struct {
 	// BUILDKIT_SYNTAX) the engine may pull, as path.Match patterns; none
 	// by default: the engine's built-in frontend is used.
 	FrontendAllow []string
+	// SkipRuncProbe skips the CVE-2024-21626 probe of the engine's runc
+	// (see checkRunc). Only for an engine whose default runtime is not
+	// runc (gVisor's runsc, Kata), which the probe cannot read and which
+	// that CVE does not concern.
+	SkipRuncProbe bool
 }
 
 // Defaults for zero Config fields.
@@ -130,6 +135,7 @@ type Agent struct {
 
 	mu   sync.Mutex
 	info engine.Info
+	runc runcState
 }
 
 // New binds an Agent to the farm and opens its local blob cache; Close
@@ -216,6 +222,9 @@ func (a *Agent) Close() error { return errors.Join(a.workdirs.Close(), a.cache.C
 
 // Ready reports whether the agent's engine answers, for /readyz.
 func (a *Agent) Ready(context.Context) error {
+	if why := a.runcRefusal(); why != "" {
+		return fmt.Errorf("agent %q is out of rotation: %s", a.cfg.Name, why)
+	}
 	if !a.healthy.Load() {
 		return fmt.Errorf("docker engine of agent %q does not answer", a.cfg.Name)
 	}
@@ -319,6 +328,10 @@ func (a *Agent) checkEngine(ctx context.Context) {
 	pctx, cancel := context.WithTimeout(ctx, 5*time.Second)
 	defer cancel()
 	info, err := a.cfg.Engine.Info(pctx)
+	if err == nil && a.checkRunc(ctx, info) != nil {
+		a.healthy.Store(false) // out of rotation; checkRunc said why
+		return
+	}
 	was := a.healthy.Swap(err == nil)
 	if err != nil {
 		if was || a.info.ServerVersion == "" {

@@ -1,16 +1,11 @@
 package agent
 
 import (
-	"bufio"
-	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
-	"io"
 	"maps"
-	"path"
-	"regexp"
 	"slices"
 	"strings"
 	"time"
@@ -21,6 +16,7 @@ import (
 
 	"github.com/kilnbuild/kiln/agent/engine"
 	"github.com/kilnbuild/kiln/agent/localcas"
+	"github.com/kilnbuild/kiln/agent/policy"
 	kilnv1 "github.com/kilnbuild/kiln/proto/gen/go/kiln/v1"
 	"github.com/kilnbuild/kiln/proto/rules/seal"
 	"github.com/kilnbuild/kiln/services/ctxmanifest"
@@ -150,7 +146,8 @@ func (a *Agent) buildKit(ctx context.Context, b *kilnv1.Build, creds engine.Cred
 		"written", ws.Written, "written_bytes", ws.WrittenBytes, "removed", ws.Removed, "kept", ws.Kept)
 
 	spec := b.Spec
-	if err := a.checkFrontend(dir.Path(), spec); err != nil {
+	dockerfile, err := a.checkPolicy(ctx, dir.Path(), b)
+	if err != nil {
 		return engine.BuildKitResult{}, err
 	}
 	secrets, err := a.openSecrets(b)
@@ -159,10 +156,11 @@ func (a *Agent) buildKit(ctx context.Context, b *kilnv1.Build, creds engine.Cred
 	}
 	rep.mask = newMasker(maskedValues(secrets, creds))
 	res, err := a.cfg.Engine.BuildKit(ctx, engine.BuildKitOptions{
-		BuildOptions: buildOptions(spec, creds),
-		ContextDir:   dir.Path(),
-		SharedKey:    "kiln-" + a.cfg.Name + "-" + dir.Slot(),
-		Secrets:      secrets,
+		BuildOptions:   buildOptions(spec, creds),
+		ContextDir:     dir.Path(),
+		SharedKey:      "kiln-" + a.cfg.Name + "-" + dir.Slot(),
+		Secrets:        secrets,
+		DockerfileData: dockerfile,
 	}, rep)
 	if err != nil {
 		return res, rep.mask.err(err)
@@ -256,77 +254,26 @@ func buildOptions(spec *kilnv1.BuildSpec, creds engine.Credentials) engine.Build
 	}
 }
 
-// syntaxDirective matches a "# syntax=<image>" parser directive.
-var syntaxDirective = regexp.MustCompile(`(?i)^#\s*syntax\s*=\s*(\S+)\s*$`)
-
-// checkFrontend refuses a Dockerfile that would make the engine pull a
-// frontend image (a "# syntax=" directive or the BUILDKIT_SYNTAX build arg)
-// unless --frontend-allow permits that image: a frontend runs with the
-// engine's build privileges. Without one the engine's built-in frontend
-// is used.
-func (a *Agent) checkFrontend(contextDir string, spec *kilnv1.BuildSpec) error {
-	if img, ok := spec.GetBuildArgs()["BUILDKIT_SYNTAX"]; ok && !a.frontendAllowed(img) {
-		return fmt.Errorf("the build arg BUILDKIT_SYNTAX=%s asks the engine to pull a Dockerfile frontend image, which this farm does not allow (allowed: %s); remove it to use the engine's built-in frontend", img, a.allowedFrontends())
-	}
-	dockerfile := spec.GetDockerfile()
-	if dockerfile == "" {
-		dockerfile = "Dockerfile"
-	}
-	head, err := readHead(path.Join(contextDir, path.Clean("/"+dockerfile)))
-	if err != nil {
-		return nil // the engine reports a missing Dockerfile
-	}
-	img, ok := SyntaxImage(head)
-	if ok && !a.frontendAllowed(img) {
-		return fmt.Errorf("%s line \"# syntax=%s\" asks the engine to pull a Dockerfile frontend image, which this farm does not allow (allowed: %s); remove the line to use the engine's built-in frontend", dockerfile, img, a.allowedFrontends())
-	}
-	return nil
-}
-
-// SyntaxImage returns the image a Dockerfile's "# syntax=" directive names.
-// Directives are the comment lines at the top of the file; the first line
-// that is not one ends them, as in BuildKit's parser.
-func SyntaxImage(head []byte) (string, bool) {
-	sc := bufio.NewScanner(bytes.NewReader(head))
-	for sc.Scan() {
-		line := strings.TrimSpace(sc.Text())
-		if line == "" {
-			continue
-		}
-		if !strings.HasPrefix(line, "#") {
-			return "", false
-		}
-		if m := syntaxDirective.FindStringSubmatch(line); m != nil {
-			return m[1], true
-		}
-	}
-	return "", false
-}
-
-func (a *Agent) frontendAllowed(img string) bool {
-	for _, pat := range a.cfg.FrontendAllow {
-		if ok, _ := path.Match(pat, img); ok || pat == img {
-			return true
-		}
-	}
-	return false
-}
-
-func (a *Agent) allowedFrontends() string {
-	if len(a.cfg.FrontendAllow) == 0 {
-		return "none; see --frontend-allow"
-	}
-	return strings.Join(a.cfg.FrontendAllow, ", ")
-}
-
-// readHead reads the first 8 KiB of a file.
-func readHead(p string) ([]byte, error) {
-	f, err := openNoFollow(p)
+// checkPolicy checks a BuildKit build's Dockerfile against its tenant's
+// sandbox policy (package policy) before the engine runs anything, and
+// returns the Dockerfile to serve the engine: the context's, with cache
+// mount ids prefixed per tenant. The policy is what the gateway stamped
+// into the build record (none: everything optional refused) plus the
+// agent's --frontend-allow.
+func (a *Agent) checkPolicy(ctx context.Context, contextDir string, b *kilnv1.Build) ([]byte, error) {
+	data, err := engine.ReadDockerfile(contextDir, b.GetSpec().GetDockerfile())
 	if err != nil {
 		return nil, err
 	}
-	defer f.Close()
-	return io.ReadAll(io.LimitReader(f, 8<<10))
+	p := policy.FromRecord(b.GetTenant(), b.GetPolicy(), a.cfg.FrontendAllow)
+	rctx, cancel := context.WithTimeout(ctx, 10*time.Second) // bounds the resolution of ADD URLs' hosts
+	defer cancel()
+	out, err := (&policy.Checker{}).Check(rctx, data, b.GetSpec().GetBuildArgs(), p)
+	if err != nil {
+		a.log.InfoContext(ctx, "build refused by policy", "build_id", b.GetId(), "tenant", b.GetTenant(), "err", err)
+		return nil, &engine.BuildError{Message: err.Error()}
+	}
+	return out, nil
 }
 
 // classicHint explains a classic-builder failure that BuildKit would not

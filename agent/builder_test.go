@@ -9,28 +9,6 @@ import (
 	kilnv1 "github.com/kilnbuild/kiln/proto/gen/go/kiln/v1"
 )
 
-func TestSyntaxImage(t *testing.T) {
-	for _, tt := range []struct {
-		head, want string
-		ok         bool
-	}{
-		{"# syntax=docker/dockerfile:1\nFROM x\n", "docker/dockerfile:1", true},
-		{"#syntax = example.com/fe:2 \nFROM x\n", "example.com/fe:2", true},
-		{"# SYNTAX=fe\n", "fe", true},
-		{"# escape=`\n\n# syntax=fe:1\nFROM x\n", "fe:1", true},
-		{"# a comment\n# syntax=fe:1\nFROM x\n", "fe:1", true},
-		{"FROM x\n# syntax=fe:1\n", "", false},
-		{"FROM x\n", "", false},
-		{"", "", false},
-		{"# syntaxes=fe\n", "", false},
-	} {
-		got, ok := SyntaxImage([]byte(tt.head))
-		if got != tt.want || ok != tt.ok {
-			t.Errorf("SyntaxImage(%q) = %q, %v; want %q, %v", tt.head, got, ok, tt.want, tt.ok)
-		}
-	}
-}
-
 func TestChooseBuilder(t *testing.T) {
 	bk, classic, none := kilnv1.Builder_BUILDER_BUILDKIT, kilnv1.Builder_BUILDER_CLASSIC, kilnv1.Builder_BUILDER_UNSPECIFIED
 	secret := []*kilnv1.SealedSecret{{Id: "tok"}}

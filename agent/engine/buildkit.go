@@ -14,6 +14,7 @@ import (
 	"path/filepath"
 	"strings"
 	"sync/atomic"
+	"syscall"
 
 	"github.com/docker/cli/cli/config"
 	"github.com/docker/cli/cli/config/configfile"
@@ -44,6 +45,11 @@ type BuildKitOptions struct {
 	// Secrets are served to RUN --mount=type=secret steps by the session,
 	// by id. They are never written anywhere.
 	Secrets map[string][]byte
+	// DockerfileData, when not nil, is the Dockerfile the engine gets in
+	// place of the context's (the agent's policy rewrites cache mount ids
+	// in it), served from a temporary directory; the context's Dockerfile
+	// must still exist, and the context directory is not changed.
+	DockerfileData []byte
 }
 
 // BuildKitResult adds what only a BuildKit build measures.
@@ -97,17 +103,16 @@ func (d *Docker) BuildKit(ctx context.Context, o BuildKitOptions, r Reporter) (B
 	if r == nil {
 		r = nopReporter{}
 	}
-	dockerfile := o.Dockerfile
-	if dockerfile == "" {
-		dockerfile = "Dockerfile"
-	}
-	dockerfile = path.Clean(filepath.ToSlash(dockerfile))
-	if path.IsAbs(dockerfile) || dockerfile == ".." || strings.HasPrefix(dockerfile, "../") {
-		return BuildKitResult{}, &BuildError{Message: fmt.Sprintf("the Dockerfile path %q is outside the build context", o.Dockerfile)}
+	dockerfile, err := dockerfilePath(o.ContextDir, o.Dockerfile)
+	if err != nil {
+		return BuildKitResult{}, err
 	}
 	dfDir := filepath.Join(o.ContextDir, filepath.FromSlash(path.Dir(dockerfile)))
-	if !regularInside(o.ContextDir, dockerfile) {
-		return BuildKitResult{}, &BuildError{Message: fmt.Sprintf("Cannot locate specified Dockerfile: %s", dockerfile)}
+	if o.DockerfileData != nil {
+		if dfDir, err = serveDockerfile(dfDir, path.Base(dockerfile), o.DockerfileData); err != nil {
+			return BuildKitResult{}, err
+		}
+		defer os.RemoveAll(dfDir)
 	}
 
 	counter := &byteCounter{}
@@ -237,6 +242,71 @@ func (d *Docker) BuildKit(ctx context.Context, o BuildKitOptions, r Reporter) (B
 		Result:       Result{ImageID: imageID, Steps: p.steps, CachedSteps: p.cachedSteps},
 		ContextBytes: counter.n.Load(),
 	}, nil
+}
+
+// dockerfilePath returns the Dockerfile's path in the context
+// (slash-separated, cleaned, relative), which must be a regular file
+// reached without a symlink; a *BuildError says why not.
+func dockerfilePath(contextDir, dockerfile string) (string, error) {
+	if dockerfile == "" {
+		dockerfile = "Dockerfile"
+	}
+	clean := path.Clean(filepath.ToSlash(dockerfile))
+	if path.IsAbs(clean) || clean == ".." || strings.HasPrefix(clean, "../") {
+		return "", &BuildError{Message: fmt.Sprintf("the Dockerfile path %q is outside the build context", dockerfile)}
+	}
+	if !regularInside(contextDir, clean) {
+		return "", &BuildError{Message: fmt.Sprintf("Cannot locate specified Dockerfile: %s", clean)}
+	}
+	return clean, nil
+}
+
+// maxDockerfileBytes bounds the Dockerfile ReadDockerfile reads.
+const maxDockerfileBytes = 4 << 20
+
+// ReadDockerfile reads a build's Dockerfile from its context directory
+// as BuildKit would find it: a regular file inside the context, reached
+// without a symlink. A *BuildError says why it cannot.
+func ReadDockerfile(contextDir, dockerfile string) ([]byte, error) {
+	rel, err := dockerfilePath(contextDir, dockerfile)
+	if err != nil {
+		return nil, err
+	}
+	f, err := os.OpenFile(filepath.Join(contextDir, filepath.FromSlash(rel)), os.O_RDONLY|syscall.O_NOFOLLOW, 0)
+	if err != nil {
+		return nil, fmt.Errorf("read the Dockerfile: %w", err)
+	}
+	defer f.Close()
+	data, err := io.ReadAll(io.LimitReader(f, maxDockerfileBytes+1))
+	if err != nil {
+		return nil, fmt.Errorf("read the Dockerfile: %w", err)
+	}
+	if len(data) > maxDockerfileBytes {
+		return nil, &BuildError{Message: fmt.Sprintf("the Dockerfile %s is larger than %d bytes", rel, maxDockerfileBytes)}
+	}
+	return data, nil
+}
+
+// serveDockerfile writes data as name in a new temporary directory, with
+// the context's name.dockerignore beside it if there is one (BuildKit
+// reads it from the Dockerfile's directory), and returns the directory.
+func serveDockerfile(dfDir, name string, data []byte) (string, error) {
+	dir, err := os.MkdirTemp("", "kiln-dockerfile-")
+	if err != nil {
+		return "", fmt.Errorf("serve the checked Dockerfile: %w", err)
+	}
+	err = os.WriteFile(filepath.Join(dir, name), data, 0o644)
+	if ignore := name + ".dockerignore"; err == nil && isRegular(filepath.Join(dfDir, ignore)) {
+		var b []byte
+		if b, err = os.ReadFile(filepath.Join(dfDir, ignore)); err == nil {
+			err = os.WriteFile(filepath.Join(dir, ignore), b, 0o644)
+		}
+	}
+	if err != nil {
+		os.RemoveAll(dir)
+		return "", fmt.Errorf("serve the checked Dockerfile: %w", err)
+	}
+	return dir, nil
 }
 
 // regularInside reports whether rel (slash-separated, cleaned, relative)
