@@ -149,7 +149,8 @@ func TestBuildKitOnlyDockerfileOnClassicEngine(t *testing.T) {
 
 // TestFrontendImagesAreRefused: a "# syntax=" line or BUILDKIT_SYNTAX would
 // make the engine pull and run a frontend image; the agent refuses both,
-// naming the line, unless --frontend-allow permits the image.
+// naming the policy, unless --frontend-allow (or the tenant's
+// frontend_allow) permits the image.
 func TestFrontendImagesAreRefused(t *testing.T) {
 	k := sharedKilnd(t)
 	base := enginetest.BusyboxBase(t)
@@ -158,14 +159,14 @@ func TestFrontendImagesAreRefused(t *testing.T) {
 	if r.code != 1 {
 		t.Fatalf("want the build to fail: %s", r)
 	}
-	mustContain(t, r.stderr, `"# syntax=docker/dockerfile:1.7" asks the engine to pull a Dockerfile frontend image`, "the refusal")
+	mustContain(t, r.stderr, `# syntax=docker/dockerfile:1.7: refused by policy: the engine would pull and run the Dockerfile frontend image "docker/dockerfile:1.7"`, "the refusal")
 
 	dir = writeContext(t, map[string]string{"Dockerfile": "FROM " + base + "\nRUN echo " + uniq() + "\n"})
 	r = kiln(t, k.addrs.GRPC, "build", "--progress", "plain", "--build-arg", "BUILDKIT_SYNTAX=evil/frontend:1", dir)
 	if r.code != 1 {
 		t.Fatalf("want the build to fail: %s", r)
 	}
-	mustContain(t, r.stderr, "BUILDKIT_SYNTAX=evil/frontend:1", "the refusal")
+	mustContain(t, r.stderr, "build arg BUILDKIT_SYNTAX=evil/frontend:1: refused by policy", "the refusal")
 }
 
 // TestHeredocsWithAnAllowedFrontend: the farm's own Dockerfile frontend
