@@ -1,6 +1,7 @@
 package tenants
 
 import (
+	"bytes"
 	"errors"
 	"fmt"
 	"io/fs"
@@ -81,10 +82,16 @@ func AddToken(path string, req AddRequest) (token string, created bool, err erro
 			setScalar(tn, "admin", "true", "!!bool")
 		}
 	}
-	out, err := yaml.Marshal(&doc)
-	if err != nil {
+	var buf bytes.Buffer
+	enc := yaml.NewEncoder(&buf)
+	enc.SetIndent(2)
+	if err := enc.Encode(&doc); err != nil {
 		return "", false, fmt.Errorf("encode tenants file: %w", err)
 	}
+	if err := enc.Close(); err != nil {
+		return "", false, fmt.Errorf("encode tenants file: %w", err)
+	}
+	out := buf.Bytes()
 	if _, err := Parse(out); err != nil {
 		return "", false, fmt.Errorf("tenants file %s after the change: %w", path, err)
 	}

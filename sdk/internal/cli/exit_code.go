@@ -15,7 +15,9 @@ const (
 	// ExitFailed: the build failed or was cancelled, or another error.
 	ExitFailed = 1
 	// ExitUsage: bad flags or arguments, or a request the farm rejected as
-	// invalid (InvalidArgument, FailedPrecondition).
+	// invalid (InvalidArgument, FailedPrecondition) or not allowed
+	// (Unauthenticated: no or a revoked token; PermissionDenied: e.g. a tag
+	// outside the tenant's namespaces).
 	ExitUsage = 2
 	// ExitUnreachable: the gateway could not be reached (Unavailable,
 	// DeadlineExceeded).
@@ -41,7 +43,7 @@ func ExitCode(err error) int {
 		return ExitFailed
 	}
 	switch status.Code(err) {
-	case codes.InvalidArgument, codes.FailedPrecondition:
+	case codes.InvalidArgument, codes.FailedPrecondition, codes.Unauthenticated, codes.PermissionDenied:
 		return ExitUsage
 	case codes.Unavailable, codes.DeadlineExceeded:
 		return ExitUnreachable
