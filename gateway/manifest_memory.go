@@ -16,6 +16,7 @@ import (
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/encoding/protowire"
 	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/types/known/emptypb"
 
 	kilnv1 "github.com/kilnbuild/kiln/proto/gen/go/kiln/v1"
 	"github.com/kilnbuild/kiln/proto/rules/buildctx"
@@ -106,13 +107,14 @@ func (l Limits) maxRecvMsgSize() int {
 }
 
 // Costs of the manifest memory model, per PutManifest of n encoded bytes
-// and e entries. While gRPC decodes it holds the received bytes (n) and the
-// decoded strings (up to n, and 1/8 more for the allocator's size
-// classes); each decoded entry adds its structs (ContextEntry, Digest, the
-// digest's string: ~260 bytes), the validation and deduplication maps
-// (~100 bytes) and its share of the reply (~90 bytes). 640 bytes per entry
-// covers them with room; TestManifestMemoryBound checks the model against
-// the heap.
+// and e entries (at most --context-max-entries: they are counted in the
+// wire bytes before anything is decoded). While it decodes, the gateway
+// holds the wire bytes (n) and the decoded strings (up to n, and 1/8 more
+// for the allocator's size classes); each decoded entry adds its structs
+// (ContextEntry, Digest, the digest's string: ~260 bytes), the validation
+// and deduplication maps (~100 bytes) and its share of the reply (~90
+// bytes). 640 bytes per entry covers them with room;
+// TestManifestMemoryBound checks the model against the heap.
 const manifestEntryCost = 640
 
 func manifestCost(n, e int64) int64 { return n + n*9/8 + e*manifestEntryCost }
@@ -123,15 +125,16 @@ func decodedManifestCost(n, e int64) int64 { return n*9/8 + e*manifestEntryCost 
 
 // manifestGate is the weighted semaphore of ManifestLimits.Memory.
 type manifestGate struct {
-	sem      *semaphore.Weighted
-	worst    int64 // manifestCost of the largest request
-	capacity int64
+	sem        *semaphore.Weighted
+	worst      int64 // manifestCost of the largest request gRPC reads
+	capacity   int64
+	maxEntries int
 }
 
 func newManifestGate(l Limits) *manifestGate {
-	worst := manifestCost(l.manifestRequestMax(), int64(l.Context.MaxEntries))
+	worst := manifestCost(int64(l.maxRecvMsgSize()), int64(l.Context.MaxEntries))
 	capacity := max(l.Manifests.withDefaults().Memory, worst) // one largest manifest always fits
-	return &manifestGate{sem: semaphore.NewWeighted(capacity), worst: worst, capacity: capacity}
+	return &manifestGate{sem: semaphore.NewWeighted(capacity), worst: worst, capacity: capacity, maxEntries: l.Context.MaxEntries}
 }
 
 // maxManifestWait bounds the wait for room when the request has no
@@ -139,8 +142,11 @@ func newManifestGate(l Limits) *manifestGate {
 const maxManifestWait = time.Minute
 
 // bound wraps PutManifest's method handler: take the worst-case share of
-// the budget before gRPC reads the request, keep only the decoded
-// request's share once it is decoded, give it all back when the call ends.
+// the budget before gRPC reads the request, count the manifest's entries
+// in the received bytes and refuse too many before decoding them (a
+// request of tiny entries would otherwise decode to ~100 times its size),
+// keep only the decoded request's share once it is decoded, and give it
+// all back when the call ends.
 func (mg *manifestGate) bound(h grpc.MethodHandler) grpc.MethodHandler {
 	return func(srv any, ctx context.Context, dec func(any) error, interceptor grpc.UnaryServerInterceptor) (any, error) {
 		wctx, cancel := context.WithTimeout(ctx, maxManifestWait)
@@ -159,18 +165,85 @@ func (mg *manifestGate) bound(h grpc.MethodHandler) grpc.MethodHandler {
 			mg.sem.Release(held)
 			manifestMemoryHeld.Sub(float64(held))
 		}()
-		shrink := func(v any) error {
-			err := dec(v)
-			if req, ok := v.(*kilnv1.PutManifestRequest); ok && err == nil {
-				keep := min(held, decodedManifestCost(int64(proto.Size(req)), int64(len(req.GetManifest().GetEntries()))))
-				mg.sem.Release(held - keep)
-				manifestMemoryHeld.Sub(float64(held - keep))
-				held = keep
+		decode := func(v any) error {
+			req, ok := v.(*kilnv1.PutManifestRequest)
+			if !ok {
+				return dec(v)
 			}
-			return err
+			if err := mg.decode(dec, req); err != nil {
+				return err
+			}
+			keep := min(held, decodedManifestCost(int64(proto.Size(req)), int64(len(req.GetManifest().GetEntries()))))
+			mg.sem.Release(held - keep)
+			manifestMemoryHeld.Sub(float64(held - keep))
+			held = keep
+			return nil
 		}
-		return h(srv, ctx, shrink, interceptor)
+		return h(srv, ctx, decode, interceptor)
 	}
+}
+
+// decode receives the request as wire bytes (gRPC's buffer is released
+// when dec returns), counts its entries, and decodes it into req.
+func (mg *manifestGate) decode(dec func(any) error, req *kilnv1.PutManifestRequest) error {
+	var raw emptypb.Empty // every field is unknown to it: it keeps the wire bytes
+	if err := dec(&raw); err != nil {
+		return err
+	}
+	wire := raw.ProtoReflect().GetUnknown()
+	n, err := countManifestEntries(wire)
+	if err != nil {
+		return status.Errorf(codes.InvalidArgument, "PutManifestRequest does not decode: %v", err)
+	}
+	if n > mg.maxEntries {
+		return status.Errorf(codes.ResourceExhausted, "context has %d entries, over the limit of %d entries", n, mg.maxEntries)
+	}
+	if err := proto.Unmarshal(wire, req); err != nil {
+		return status.Errorf(codes.InvalidArgument, "PutManifestRequest does not decode: %v", err)
+	}
+	return nil
+}
+
+// countManifestEntries counts the manifest entries of an encoded
+// PutManifestRequest without decoding them: field 1 (manifest) may occur
+// several times (proto merges them), each holding entries as field 1.
+func countManifestEntries(b []byte) (int, error) {
+	n := 0
+	for len(b) > 0 {
+		num, typ, k := protowire.ConsumeTag(b)
+		if k < 0 {
+			return 0, protowire.ParseError(k)
+		}
+		b = b[k:]
+		if num == 1 && typ == protowire.BytesType {
+			m, k := protowire.ConsumeBytes(b)
+			if k < 0 {
+				return 0, protowire.ParseError(k)
+			}
+			b = b[k:]
+			for len(m) > 0 {
+				num, typ, k := protowire.ConsumeTag(m)
+				if k < 0 {
+					return 0, protowire.ParseError(k)
+				}
+				v := protowire.ConsumeFieldValue(num, typ, m[k:])
+				if v < 0 {
+					return 0, protowire.ParseError(v)
+				}
+				if num == 1 {
+					n++
+				}
+				m = m[k+v:]
+			}
+			continue
+		}
+		v := protowire.ConsumeFieldValue(num, typ, b)
+		if v < 0 {
+			return 0, protowire.ParseError(v)
+		}
+		b = b[v:]
+	}
+	return n, nil
 }
 
 // contextServiceDesc is kilnv1.ContextService_ServiceDesc with PutManifest

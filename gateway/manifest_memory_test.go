@@ -12,9 +12,12 @@ import (
 
 	"golang.org/x/sync/errgroup"
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/grpc/encoding"
 	"google.golang.org/grpc/mem"
+	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/encoding/protowire"
 	"google.golang.org/protobuf/proto"
 
 	kilnv1 "github.com/kilnbuild/kiln/proto/gen/go/kiln/v1"
@@ -210,4 +213,47 @@ func TestMaxRecvMsgSize(t *testing.T) {
 	if got := small.maxRecvMsgSize(); got != otherRequestMax {
 		t.Fatalf("receive limit with small context limits = %d, want %d (StartBuild's largest)", got, otherRequestMax)
 	}
+}
+
+// TestManifestEntryBombIsRefusedBeforeDecoding: a request of millions of
+// empty entries (2 bytes each on the wire, ~100 times that decoded) is
+// refused by counting, before it is decoded.
+func TestManifestEntryBombIsRefusedBeforeDecoding(t *testing.T) {
+	limits := DefaultLimits
+	limits.Manifests.MaxBytes = 8 << 20
+	h := startCASGateway(t, limits, nil)
+	cc, err := grpc.NewClient(h.addr, grpc.WithTransportCredentials(insecure.NewCredentials()),
+		grpc.WithDefaultCallOptions(grpc.ForceCodecV2(rawCodec{}), grpc.MaxCallSendMsgSize(64<<20)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cc.Close()
+	entries := bytes.Repeat([]byte{0x0a, 0x00}, 3<<20) // 3 Mi empty entries
+	req := protowire.AppendTag(nil, 1, protowire.BytesType)
+	req = protowire.AppendBytes(req, entries)
+	var resp kilnv1.PutManifestResponse
+	err = cc.Invoke(t.Context(), kilnv1.ContextService_PutManifest_FullMethodName, rawRequest(req), &resp)
+	if status.Code(err) != codes.ResourceExhausted || !strings.Contains(err.Error(), "context has 3145728 entries, over the limit of 100000 entries") {
+		t.Fatalf("entry bomb = %v; want ResourceExhausted naming the entry limit", err)
+	}
+}
+
+// FuzzCountManifestEntries: the count from the wire bytes is the number
+// of entries proto decodes, for every request proto accepts.
+func FuzzCountManifestEntries(f *testing.F) {
+	m := manifestOf(map[string][]byte{"Dockerfile": []byte("FROM scratch\n"), "a": []byte("a")})
+	seed, _ := proto.Marshal(&kilnv1.PutManifestRequest{Manifest: m})
+	f.Add(seed)
+	f.Add(append(append([]byte{}, seed...), seed...)) // the manifest twice: merged
+	f.Add([]byte{0x0a, 0x04, 0x0a, 0x00, 0x0a, 0x00})
+	f.Fuzz(func(t *testing.T, data []byte) {
+		var req kilnv1.PutManifestRequest
+		if proto.Unmarshal(data, &req) != nil {
+			return
+		}
+		n, err := countManifestEntries(data)
+		if err != nil || n != len(req.GetManifest().GetEntries()) {
+			t.Fatalf("countManifestEntries = %d, %v; proto decodes %d entries", n, err, len(req.GetManifest().GetEntries()))
+		}
+	})
 }
