@@ -172,9 +172,11 @@ const maxDockerfileBytes = 1 << 20
 // Dockerfile, so a build that cannot start is refused instead of queued. It
 // returns the Dockerfile's content (nil for a symlinked one) for routing.
 //
-// Blobs are immutable and never deleted, so a context found complete stays
-// complete: the answer is remembered per (context, Dockerfile path) and a
-// context built again skips the check's NATS round trips.
+// Blobs are immutable and the collector deletes only blobs unreferenced for
+// longer than its grace, so a context found complete stays complete for a
+// while: the answer is remembered per (context, Dockerfile path), for at
+// most half the grace and until any collector announces a deletion
+// (runCAS), and a context built again skips the check's NATS round trips.
 func (g *Gateway) checkContext(ctx context.Context, ref *kilnv1.ContextRef, dockerfile string, limits ctxmanifest.Limits) ([]byte, error) {
 	key := checkedKey{ref.Digest.Hash, ref.Digest.SizeBytes, ref.Format, dockerfile, limits}
 	if c, ok := g.checked.Get(key); ok {
