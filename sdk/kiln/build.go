@@ -32,6 +32,13 @@ type BuildRequest struct {
 	// BuildKit builder; see MaxSecretBytes, MaxTotalSecretBytes, MaxSecrets
 	// and ValidateSecretID for the limits. A build with secrets is never
 	// merged with another caller's identical build.
+	//
+	// Secrets and registry credentials are sealed for this build alone: for
+	// the tenant GetSecretsKey names and a fresh random Spec.SealNonce (the
+	// Spec's own, when it has one: values sealed into Spec.Secrets
+	// beforehand must be sealed for it, see package proto/rules/seal). The
+	// farm refuses a nonce it has seen before, and its agents open a value
+	// only in the build it was sealed for.
 	Secrets map[string][]byte
 	// RegistryAuth are credentials for the registries the build pulls from
 	// or pushes to, by registry host as docker config names it ("ghcr.io",
