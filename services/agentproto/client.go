@@ -30,6 +30,7 @@ import (
 	kilnv1 "github.com/kilnbuild/kiln/proto/gen/go/kiln/v1"
 	"github.com/kilnbuild/kiln/services/buildstore"
 	"github.com/kilnbuild/kiln/services/bus"
+	"github.com/kilnbuild/kiln/services/telemetry"
 )
 
 // Client speaks the protocol for one agent name over one connection (with
@@ -101,6 +102,7 @@ func (c *Client) report(ctx context.Context, r *kilnv1.AgentReport) (*kilnv1.Bui
 	if err != nil {
 		return nil, err
 	}
+	telemetry.InjectNATS(ctx, msg.Header)
 	backoff := 50 * time.Millisecond
 	for {
 		tctx, cancel := context.WithTimeout(ctx, reportTry)

@@ -118,7 +118,8 @@ func (h *Handler) onReport(ctx context.Context, msg *nats.Msg) {
 		err = fmt.Errorf("report on %s: not an agent's subject", msg.Subject)
 	case err != nil:
 	default:
-		reply.Build, err = h.applyReport(ctx, agent, r)
+		// The agent's span (its attempt) is the parent of what this does.
+		reply.Build, err = h.applyReport(telemetry.ExtractNATS(ctx, msg.Header), agent, r)
 	}
 	if err != nil {
 		reply.Error = err.Error()
@@ -263,7 +264,7 @@ func (h *Handler) applyReport(ctx context.Context, agent string, r *kilnv1.Agent
 		msg, err := bus.NewMsg(bus.SubjectRequests, &kilnv1.BuildRequested{BuildId: b.Id})
 		if err == nil {
 			msg.Header.Set(nats.MsgIdHdr, fmt.Sprintf("%s-handback-%d", b.Id, b.Attempt))
-			telemetry.InjectNATS(ctx, msg.Header)
+			telemetry.InjectNATS(telemetry.BuildContext(ctx, b), msg.Header)
 			_, err = h.cfg.Conn.JS.PublishMsg(ctx, msg)
 		}
 		if err != nil {
