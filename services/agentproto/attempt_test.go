@@ -152,7 +152,9 @@ func TestAttemptThatLostItsBuildIsFenced(t *testing.T) {
 	// The lease lapsed and the build went to agent-b at attempt 2.
 	for _, change := range []func(r *kilnv1.Build){
 		func(r *kilnv1.Build) { r.State, r.Agent = kilnv1.BuildState_BUILD_STATE_QUEUED, "" },
-		func(r *kilnv1.Build) { r.State, r.Agent, r.Attempt = kilnv1.BuildState_BUILD_STATE_ASSIGNED, "agent-b", 2 },
+		func(r *kilnv1.Build) {
+			r.State, r.Agent, r.Attempt = kilnv1.BuildState_BUILD_STATE_ASSIGNED, "agent-b", 2
+		},
 	} {
 		if _, err := store.Update(t.Context(), b.Id, func(r *kilnv1.Build) error { change(r); return nil }); err != nil {
 			t.Fatal(err)
