@@ -13,11 +13,11 @@ import (
 	"fmt"
 	"io"
 	"os"
-	"regexp"
 	"time"
 
 	"github.com/nats-io/nats.go/jetstream"
 
+	"github.com/kilnbuild/kiln/proto/rules/buildctx"
 	"github.com/kilnbuild/kiln/services/bus"
 	"github.com/kilnbuild/kiln/services/lru"
 )
@@ -28,10 +28,9 @@ var ErrDigestMismatch = errors.New("blob content does not match its digest")
 // ErrBadDigest: a digest is not of the form sha256:<64 hex>.
 var ErrBadDigest = errors.New("malformed digest")
 
-var digestRE = regexp.MustCompile(`^sha256:[0-9a-f]{64}$`)
-
 // ValidDigest reports whether d has the form "sha256:<64 lower-case hex>".
-func ValidDigest(d string) bool { return digestRE.MatchString(d) }
+// The rule is the farm's and the SDK's: proto/rules/buildctx.
+func ValidDigest(d string) bool { return buildctx.ValidDigest(d) }
 
 // Store reads and writes blobs. Blobs are immutable, so the Store keeps
 // small blobs (manifests, Dockerfiles) in memory, and it remembers which
