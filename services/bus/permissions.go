@@ -36,10 +36,6 @@ type Identity struct {
 	PublicKey string
 }
 
-// bucketSealNonces names the bucket of seal nonces the gateway keeps, for
-// its permissions.
-const bucketSealNonces = "KILN_SEAL_NONCES"
-
 // streamAccess is what a role may do with one JetStream stream: read it
 // (stream info, direct and message gets, consumers and their acks), write
 // it (publish to its subjects, purge and delete messages), and create or
@@ -59,7 +55,7 @@ func kvSubjects(bucket string) []string { return []string{"$KV." + bucket + ".>"
 func allStreams() []string {
 	return []string{
 		StreamRequests, StreamEvents,
-		kvStream(BucketBuilds), kvStream(BucketIdempotency), kvStream(BucketInflight), kvStream(bucketSealNonces),
+		kvStream(BucketBuilds), kvStream(BucketIdempotency), kvStream(BucketInflight), kvStream(BucketSealNonces),
 		kvStream(BucketLeader), kvStream(BucketAgents), kvStream(BucketCASUsage), "OBJ_" + BucketCAS,
 	}
 }
@@ -77,7 +73,7 @@ func Permissions(role Role, agent string) (*server.Permissions, error) {
 	switch role {
 	case RoleGateway:
 		manage = true
-		for _, b := range []string{BucketBuilds, BucketIdempotency, BucketInflight, bucketSealNonces, BucketCASUsage} {
+		for _, b := range []string{BucketBuilds, BucketIdempotency, BucketInflight, BucketSealNonces, BucketCASUsage} {
 			streams = append(streams, streamAccess{stream: kvStream(b), subjects: kvSubjects(b), read: true, write: true})
 		}
 		streams = append(streams,
