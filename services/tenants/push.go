@@ -3,18 +3,14 @@ package tenants
 import (
 	"fmt"
 	"strings"
+
+	"github.com/kilnbuild/kiln/proto/rules/registryhost"
 )
 
 // NormalizeHost is a registry host as kiln compares them: lower case, and
-// "docker.io" for Docker Hub however it is spelt.
-func NormalizeHost(host string) string {
-	h := strings.ToLower(host)
-	switch h {
-	case "", "index.docker.io", "registry-1.docker.io", "registry.hub.docker.com":
-		return "docker.io"
-	}
-	return h
-}
+// "docker.io" for Docker Hub however it is spelt (registryhost.Normalize,
+// the rule the CLI and the agent apply too).
+func NormalizeHost(host string) string { return registryhost.Normalize(host) }
 
 // pattern is a parsed push namespace: a repository prefix (ending in "/")
 // for "host/path/*", or one repository for "host/path".
