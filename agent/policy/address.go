@@ -29,7 +29,8 @@ var metadataAddrs = []netip.Addr{
 }
 
 // refusedHost says why a fetch from host must not happen, or "" if it may.
-// own are the agent host's addresses.
+// own are the agent host's addresses. A nil r resolves nothing: only
+// what the host's spelling says is checked.
 func refusedHost(ctx context.Context, r Resolver, own []netip.Addr, host string) string {
 	host = strings.ToLower(strings.TrimSuffix(strings.Trim(host, "[]"), "."))
 	if i := strings.IndexByte(host, '%'); i >= 0 { // an IPv6 zone
@@ -48,6 +49,8 @@ func refusedHost(ctx context.Context, r Resolver, own []netip.Addr, host string)
 		addrs = []netip.Addr{a}
 	} else if looksNumeric(host) {
 		return "numeric host in a non-standard form"
+	} else if r == nil {
+		return ""
 	} else {
 		ips, err := r.LookupIP(ctx, "ip", host)
 		if err != nil || len(ips) == 0 {

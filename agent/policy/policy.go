@@ -258,6 +258,11 @@ func (w *walker) add(ctx context.Context, n *parser.Node) error {
 				continue
 			}
 			if !w.p.AllowRemoteAdd {
+				// Name the address's refusal if the host alone says it;
+				// resolve nothing for a tenant that may not fetch at all.
+				if why := refusedHost(ctx, nil, w.hostAddrs(), host); why != "" {
+					return &Refusal{What: what, Why: ": " + why, Line: n.StartLine}
+				}
 				return &Refusal{What: what, Why: fmt.Sprintf(" (tenant %q does not allow ADD of URLs or git repositories)", w.p.Tenant), Line: n.StartLine}
 			}
 			if why := refusedHost(ctx, w.c.resolver(), w.hostAddrs(), host); why != "" {

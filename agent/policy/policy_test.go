@@ -76,6 +76,8 @@ func TestCheckRefuses(t *testing.T) {
 		{"add unresolvable", "FROM x\nADD https://nowhere.test/x /m\n", nil, open, "does not resolve"},
 		{"add allowed", "FROM x\nADD https://example.com/x.tgz /m\n", nil, open, ""},
 		{"add remote not allowed", "FROM x\nADD https://example.com/x.tgz /m\n", nil, closed, `ADD https://example.com/x.tgz: refused by policy (tenant "team-a" does not allow ADD of URLs or git repositories)`},
+		{"add loopback, remote not allowed", "FROM x\nADD http://127.0.0.1:9000/x /x\n", nil, closed, "ADD http://127.0.0.1:9000/x: refused by policy: loopback address"},
+		{"add metadata, remote not allowed", "FROM x\nADD http://169.254.169.254/ /x\n", nil, closed, "cloud metadata endpoint"},
 		{"add git", "FROM x\nADD git@github.com:moby/buildkit.git /src\n", nil, closed, "does not allow ADD of URLs"},
 		{"add local", "FROM x\nADD ./files /files\nADD --chown=1 a.tar b.tar /\n", nil, closed, ""},
 		{"add via arg default", "ARG U=http://127.0.0.1/x\nFROM x\nARG U\nADD $U /x\n", nil, open, "ADD $U (http://127.0.0.1/x): refused by policy: loopback address"},

@@ -1,0 +1,70 @@
+package tests
+
+import (
+	"net"
+	"net/http"
+	"strings"
+	"sync/atomic"
+	"testing"
+
+	"github.com/kilnbuild/kiln/agent/enginetest"
+)
+
+// TestSandboxPolicyRefusals: with no policy in its record (the gateway
+// stamps none for the local tenant), a build that would pull a frontend
+// named by the first word of "# syntax=", fetch from the agent host's
+// loopback or a cloud metadata address, or run with host networking is
+// refused by the agent before the engine runs any of it, with a message
+// naming the policy. The loopback listener sees no request.
+func TestSandboxPolicyRefusals(t *testing.T) {
+	k := sharedKilnd(t)
+	base := enginetest.BusyboxBase(t)
+
+	var hits atomic.Int32
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) {
+		hits.Add(1)
+		_, _ = w.Write([]byte("loopback secret"))
+	})}
+	go func() { _ = srv.Serve(ln) }()
+	t.Cleanup(func() { srv.Close() })
+
+	for _, tt := range []struct {
+		name, dockerfile, want string
+	}{
+		{"syntax with extra words", "# syntax=evil/frontend:1 127.0.0.1:5000/kiln/dockerfile:1\nFROM " + base + "\n",
+			`# syntax=evil/frontend:1: refused by policy: the engine would pull and run the Dockerfile frontend image "evil/frontend:1"`},
+		{"ADD from loopback", "FROM " + base + "\nADD http://" + ln.Addr().String() + "/x /x\n",
+			"ADD http://" + ln.Addr().String() + "/x: refused by policy: loopback address"},
+		{"ADD from the metadata endpoint", "FROM " + base + "\nADD http://169.254.169.254/latest/meta-data/ /m\n",
+			"ADD http://169.254.169.254/latest/meta-data/: refused by policy: cloud metadata endpoint"},
+		{"RUN --network=host", "FROM " + base + "\nRUN --network=host wget -q -O- http://" + ln.Addr().String() + "/\n",
+			"RUN --network=host: refused by policy (tenant "},
+		{"RUN --security=insecure", "FROM " + base + "\nRUN --security=insecure true\n",
+			"RUN --security=insecure: refused by policy (tenant "},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			marker := "ran-" + uniq()
+			// A step before the refused one shows whether the engine ran
+			// anything: it must not.
+			df := strings.Replace(tt.dockerfile, "\nFROM "+base+"\n", "\nFROM "+base+"\nRUN echo "+marker+"\n", 1)
+			if !strings.Contains(df, marker) {
+				df = "FROM " + base + "\nRUN echo " + marker + "\n" + strings.TrimPrefix(df, "FROM "+base+"\n")
+			}
+			r := kiln(t, k.addrs.GRPC, "build", "--progress", "plain", writeContext(t, map[string]string{"Dockerfile": df}))
+			if r.code != 1 {
+				t.Fatalf("want the build to fail: %s", r)
+			}
+			mustContain(t, r.stderr, tt.want, "the refusal")
+			if strings.Contains(r.stdout+r.stderr, marker) {
+				t.Fatalf("the engine ran a step of a refused build:\n%s", r)
+			}
+		})
+	}
+	if n := hits.Load(); n != 0 {
+		t.Fatalf("the loopback listener got %d requests", n)
+	}
+}
