@@ -25,6 +25,7 @@ import (
 	"github.com/kilnbuild/kiln/services/casgc"
 	"github.com/kilnbuild/kiln/services/ctxmanifest"
 	"github.com/kilnbuild/kiln/services/logging/logtest"
+	"github.com/kilnbuild/kiln/services/tenants"
 )
 
 // casHarness is a Gateway on a real in-process NATS server, served over
@@ -39,10 +40,18 @@ type casHarness struct {
 
 func startCASGateway(t *testing.T, limits Limits, quota func(string) int64) *casHarness {
 	t.Helper()
+	return startCASGatewayConfig(t, Config{Limits: limits, CASQuota: quota})
+}
+
+// startCASGatewayConfig is startCASGateway with cfg (Conn and Logger are
+// the harness's).
+func startCASGatewayConfig(t *testing.T, cfg Config) *casHarness {
+	t.Helper()
 	ctx := t.Context()
 	conn := bustest.Conn(t)
 	logs := &logtest.Buffer{}
-	g, err := New(ctx, Config{Conn: conn, Logger: slog.New(slog.NewJSONHandler(logs, nil)), Limits: limits, CASQuota: quota})
+	cfg.Conn, cfg.Logger = conn, slog.New(slog.NewJSONHandler(logs, nil))
+	g, err := New(ctx, cfg)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -183,11 +192,78 @@ func TestCASQuotaOverQuotaIsRefusedBeforeStoring(t *testing.T) {
 	}
 }
 
-// TestCASQuotaIsPerTenant: one tenant over its quota is refused while
+// TestCASQuotaTwoTenants: two tenants with their own tokens; team-a's
+// cas_quota_bytes is full, so its upload is ResourceExhausted, while
+// team-b uploads the same blob, puts a manifest and starts a build. The
+// blob is then on the farm, so team-a may use it without being charged.
+func TestCASQuotaTwoTenants(t *testing.T) {
+	const tokA, tokB = "kiln_casquotateama000000000000000000000000000000", "kiln_casquotateamb000000000000000000000000000000"
+	hashA, err := tenants.HashToken(tokA)
+	if err != nil {
+		t.Fatal(err)
+	}
+	hashB, err := tenants.HashToken(tokB)
+	if err != nil {
+		t.Fatal(err)
+	}
+	set, err := tenants.Parse([]byte("tenants:\n" +
+		"  - name: team-a\n    tokens: ['" + hashA + "']\n    cas_quota_bytes: 1000\n" +
+		"  - name: team-b\n    tokens: ['" + hashB + "']\n"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	h := startCASGatewayConfig(t, Config{Limits: DefaultLimits, Tenants: set})
+	ctxA, ctxB := as(t.Context(), tokA), as(t.Context(), tokB)
+
+	if err := h.upload(ctxA, []byte(strings.Repeat("a", 700))); err != nil {
+		t.Fatalf("team-a within its quota: %v", err)
+	}
+	shared := []byte(strings.Repeat("s", 400))
+	err = h.upload(ctxA, shared)
+	if status.Code(err) != codes.ResourceExhausted || !strings.Contains(err.Error(), `tenant "team-a" stores 700 B of context blobs, quota 1.0 kB`) {
+		t.Fatalf("team-a over its quota = %v; want ResourceExhausted naming usage and quota", err)
+	}
+
+	if err := h.upload(ctxB, shared); err != nil {
+		t.Fatalf("team-b is refused because team-a is full: %v", err)
+	}
+	files := map[string][]byte{"Dockerfile": []byte("FROM scratch\nCOPY s /\n"), "s": shared}
+	put, err := h.contexts.PutManifest(ctxB, &kilnv1.PutManifestRequest{Manifest: manifestOf(files)})
+	if err != nil {
+		t.Fatalf("team-b PutManifest: %v", err)
+	}
+	var send [][]byte
+	for _, d := range put.Missing {
+		if d.Hash == digestOf(files["Dockerfile"]).Hash {
+			send = append(send, files["Dockerfile"])
+		}
+	}
+	if len(put.Missing) != 1 || len(send) != 1 {
+		t.Fatalf("team-b missing = %v; want only the Dockerfile", put.Missing)
+	}
+	if err := h.upload(ctxB, send...); err != nil {
+		t.Fatal(err)
+	}
+	ref := &kilnv1.ContextRef{Digest: put.Digest, Format: kilnv1.ContextFormat_CONTEXT_FORMAT_MANIFEST}
+	if _, err := h.builds.StartBuild(ctxB, &kilnv1.StartBuildRequest{Context: ref, Spec: &kilnv1.BuildSpec{}}); err != nil {
+		t.Fatalf("team-b StartBuild: %v", err)
+	}
+
+	// The shared blob is on the farm now: team-a's upload of it is free.
+	if err := h.upload(ctxA, shared); err != nil {
+		t.Fatalf("team-a re-sending a blob the farm holds: %v", err)
+	}
+	ua, _ := h.g.usage.Get(t.Context(), "team-a")
+	ub, _ := h.g.usage.Get(t.Context(), "team-b")
+	if ua != 700 || ub != 400+int64(len(files["Dockerfile"]))+put.Digest.SizeBytes {
+		t.Fatalf("usage team-a %d, team-b %d", ua, ub)
+	}
+}
+
+// TestCASQuotaIsPerTenant: the accounting UploadBlobs and PutManifest call
+// with the caller's tenant: one tenant over its quota is refused while
 // another tenant's charges still succeed, and a credit (the collector
-// deleting the tenant's blobs) lets the first store again. The accounting
-// is what UploadBlobs and PutManifest call with the caller's tenant; the
-// gRPC-level test with two tokens comes with token auth.
+// deleting the tenant's blobs) lets the first store again.
 func TestCASQuotaIsPerTenant(t *testing.T) {
 	quotas := map[string]int64{"team-a": 1 << 20, "team-b": 2 << 20}
 	h := startCASGateway(t, DefaultLimits, func(tenant string) int64 { return quotas[tenant] })
