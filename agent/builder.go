@@ -34,6 +34,9 @@ const (
 func (a *Agent) builders() []kilnv1.Builder {
 	a.mu.Lock()
 	offered := a.info.Builders
+	if a.runc.refusal != "" { // an engine refused for its runc offers nothing
+		offered = nil
+	}
 	a.mu.Unlock()
 	var out []kilnv1.Builder
 	for _, b := range offered {
