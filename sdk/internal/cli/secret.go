@@ -10,6 +10,7 @@ import (
 	"path/filepath"
 	"strings"
 
+	"github.com/kilnbuild/kiln/proto/rules/secretid"
 	"github.com/kilnbuild/kiln/sdk/kiln"
 )
 
@@ -171,7 +172,7 @@ func parseSecrets(values []string, lookupEnv func(string) (string, bool)) (map[s
 		return nil, nil
 	}
 	out := make(map[string][]byte, len(values))
-	total := 0
+	sizes := make(map[string]int, len(values))
 	for _, v := range values {
 		if v == "" { // as buildx: an empty --secret is no secret
 			continue
@@ -188,13 +189,10 @@ func parseSecrets(values []string, lookupEnv func(string) (string, bool)) (map[s
 			return nil, &usageError{msg: err.Error()}
 		}
 		out[s.id] = value
-		total += len(value)
+		sizes[s.id] = len(value)
 	}
-	if len(out) > kiln.MaxSecrets {
-		return nil, &usageError{msg: fmt.Sprintf("%d secrets given, at most %d allowed", len(out), kiln.MaxSecrets)}
-	}
-	if total > kiln.MaxTotalSecretBytes {
-		return nil, &usageError{msg: fmt.Sprintf("the secrets are %d bytes together, over the limit of %d bytes", total, kiln.MaxTotalSecretBytes)}
+	if err := secretid.CheckSet(sizes); err != nil {
+		return nil, &usageError{msg: err.Error()}
 	}
 	return out, nil
 }

@@ -137,7 +137,7 @@ func TestParseSecrets(t *testing.T) {
 	for i := range many {
 		many[i] = fmt.Sprintf("id=s%d,env=EMPTY", i)
 	}
-	if _, err := parseSecrets(many, envOf(env)); err == nil || !strings.Contains(err.Error(), "101 secrets given, at most 100") {
+	if _, err := parseSecrets(many, envOf(env)); err == nil || !strings.Contains(err.Error(), "101 build secrets given, at most 100") {
 		t.Fatalf("%d secrets: %v", len(many), err)
 	}
 }
