@@ -61,7 +61,9 @@ func validateSecrets(spec *kilnv1.BuildSpec) error {
 		return err
 	}
 	if hasSealed(spec) {
-		if err := seal.CheckNonce(spec.SealNonce); err != nil {
+		if err := seal.CheckNonce(spec.SealNonce); err != nil && len(spec.SealNonce) == 0 {
+			return invalid("%v (kiln clients older than this farm send none: upgrade the CLI or SDK)", err)
+		} else if err != nil {
 			return invalid("%v", err)
 		}
 	}
