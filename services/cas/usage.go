@@ -21,6 +21,7 @@ type QuotaError struct {
 	Usage, Quota, Need int64
 }
 
+// Error says who is over which quota by how much, for the person to act on.
 func (e *QuotaError) Error() string {
 	return fmt.Sprintf("tenant %q stores %s of context blobs, quota %s; %s more would exceed it (blobs no recent build references are deleted after the retention period)",
 		e.Tenant, formatBytes(e.Usage), formatBytes(e.Quota), formatBytes(e.Need))
