@@ -3,13 +3,17 @@ package gateway
 import (
 	"context"
 	"errors"
+	"log/slog"
 	"strings"
 	"sync"
 	"sync/atomic"
 
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/promauto"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/metadata"
+	"google.golang.org/grpc/peer"
 	"google.golang.org/grpc/status"
 
 	"github.com/kilnbuild/kiln/services/tenants"
@@ -56,8 +60,31 @@ type authenticator struct {
 	// set is the tenants file in force; nil in local mode.
 	set atomic.Pointer[tenants.Set]
 
+	log *slog.Logger
+
 	mu      sync.Mutex
 	streams map[*openStream]struct{} // guarded by mu
+}
+
+// callsRefused counts calls refused by authentication and authorisation.
+var callsRefused = promauto.NewCounterVec(prometheus.CounterOpts{
+	Name: "kiln_gateway_calls_refused_total",
+	Help: "Calls refused: missing_token, bad_token (malformed, unknown or revoked), revoked_stream (a stream ended by a tenants-file reload), not_admin, outside_namespace.",
+}, []string{"reason"})
+
+// Values of kiln_gateway_calls_refused_total's reason label.
+const (
+	refusedMissingToken     = "missing_token"
+	refusedBadToken         = "bad_token"
+	refusedRevokedStream    = "revoked_stream"
+	refusedNotAdmin         = "not_admin"
+	refusedOutsideNamespace = "outside_namespace"
+)
+
+func init() {
+	for _, r := range []string{refusedMissingToken, refusedBadToken, refusedRevokedStream, refusedNotAdmin, refusedOutsideNamespace} {
+		callsRefused.WithLabelValues(r)
+	}
 }
 
 // openStream is one stream RPC in progress, to end when its token is
@@ -77,29 +104,44 @@ func unauthenticatedMethod(fullMethod string) bool {
 }
 
 // authenticate returns the caller of an RPC from its authorization
-// metadata.
-func (a *authenticator) authenticate(ctx context.Context) (caller, error) {
+// metadata, and counts and logs refusals (never the token).
+func (a *authenticator) authenticate(ctx context.Context, method string) (caller, error) {
 	set := a.set.Load()
 	if set == nil {
 		return localCaller, nil
 	}
+	c, reason, err := authenticateWith(ctx, set)
+	if err != nil {
+		callsRefused.WithLabelValues(reason).Inc()
+		addr := ""
+		if p, ok := peer.FromContext(ctx); ok {
+			addr = p.Addr.String()
+		}
+		if a.log != nil {
+			a.log.InfoContext(ctx, "call refused: unauthenticated", "method", method, "peer", addr, "reason", reason)
+		}
+	}
+	return c, err
+}
+
+func authenticateWith(ctx context.Context, set *tenants.Set) (caller, string, error) {
 	md, _ := metadata.FromIncomingContext(ctx)
 	values := md.Get("authorization")
 	if len(values) == 0 {
-		return caller{}, status.Error(codes.Unauthenticated, "this farm needs a token: pass --token, --token-file or KILN_TOKEN (sent as \"authorization: Bearer <token>\")")
+		return caller{}, refusedMissingToken, status.Error(codes.Unauthenticated, "this farm needs a token: pass --token, --token-file or KILN_TOKEN (sent as \"authorization: Bearer <token>\")")
 	}
 	if len(values) > 1 {
-		return caller{}, status.Error(codes.Unauthenticated, "more than one authorization header")
+		return caller{}, refusedBadToken, status.Error(codes.Unauthenticated, "more than one authorization header")
 	}
 	scheme, token, ok := strings.Cut(values[0], " ")
 	if !ok || !strings.EqualFold(scheme, "Bearer") || strings.TrimSpace(token) == "" {
-		return caller{}, status.Error(codes.Unauthenticated, `authorization metadata must be "Bearer <token>"`)
+		return caller{}, refusedBadToken, status.Error(codes.Unauthenticated, `authorization metadata must be "Bearer <token>"`)
 	}
 	id, err := set.Authenticate(strings.TrimSpace(token))
 	if err != nil {
-		return caller{}, status.Error(codes.Unauthenticated, err.Error())
+		return caller{}, refusedBadToken, status.Error(codes.Unauthenticated, err.Error())
 	}
-	return caller{tenant: id.Tenant, credential: id.Credential}, nil
+	return caller{tenant: id.Tenant, credential: id.Credential}, "", nil
 }
 
 // reload puts set in force and ends the open streams whose token it no
@@ -147,7 +189,7 @@ func (a *authenticator) unary(ctx context.Context, req any, info *grpc.UnaryServ
 	if unauthenticatedMethod(info.FullMethod) {
 		return h(ctx, req)
 	}
-	c, err := a.authenticate(ctx)
+	c, err := a.authenticate(ctx, info.FullMethod)
 	if err != nil {
 		return nil, err
 	}
@@ -158,7 +200,7 @@ func (a *authenticator) stream(srv any, ss grpc.ServerStream, info *grpc.StreamS
 	if unauthenticatedMethod(info.FullMethod) {
 		return h(srv, ss)
 	}
-	c, err := a.authenticate(ss.Context())
+	c, err := a.authenticate(ss.Context(), info.FullMethod)
 	if err != nil {
 		return err
 	}
@@ -167,6 +209,7 @@ func (a *authenticator) stream(srv any, ss grpc.ServerStream, info *grpc.StreamS
 	defer a.track(c, cancel)()
 	err = h(srv, &authedStream{ServerStream: ss, ctx: ctx})
 	if errors.Is(context.Cause(ctx), errRevoked) {
+		callsRefused.WithLabelValues(refusedRevokedStream).Inc()
 		return status.Error(codes.Unauthenticated, errRevoked.Error())
 	}
 	return err
@@ -183,6 +226,7 @@ func (s *authedStream) Context() context.Context { return s.ctx }
 // requireAdmin refuses a caller without the admin role.
 func requireAdmin(ctx context.Context, what string) error {
 	if c := callerOf(ctx); !c.tenant.Admin {
+		callsRefused.WithLabelValues(refusedNotAdmin).Inc()
 		return status.Errorf(codes.PermissionDenied, "%s needs an admin token; tenant %q is not admin", what, c.tenant.Name)
 	}
 	return nil

@@ -437,7 +437,7 @@ func TestLocalMode(t *testing.T) {
 		t.Fatal("gateway without tenants is multi-tenant")
 	}
 	ctx := t.Context()
-	c, err := g.auth.authenticate(ctx)
+	c, err := g.auth.authenticate(ctx, "/kiln.v1.BuildService/ListBuilds")
 	if err != nil || c.tenant.Name != LocalTenant || !c.local || !c.tenant.Admin {
 		t.Fatalf("local caller %+v, %v", c, err)
 	}

@@ -144,6 +144,7 @@ func New(ctx context.Context, cfg Config) (*Gateway, error) {
 		pub := *cfg.SecretsKey
 		g.secretsKey, g.secretsKeyID = &pub, sealed.KeyID(pub)
 	}
+	g.auth.log = cfg.Logger
 	if cfg.Tenants != nil {
 		g.auth.set.Store(cfg.Tenants)
 	}

@@ -28,6 +28,7 @@ func checkNamespaces(ctx context.Context, spec *kilnv1.BuildSpec) error {
 		}
 		repo := tenants.NormalizeRepository(reference.Domain(named) + "/" + reference.Path(named))
 		if !c.tenant.MayPush(repo) {
+			callsRefused.WithLabelValues(refusedOutsideNamespace).Inc()
 			allowed := "none"
 			if len(c.tenant.PushNamespaces) > 0 {
 				allowed = strings.Join(c.tenant.PushNamespaces, ", ")
