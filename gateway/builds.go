@@ -82,6 +82,14 @@ func (g *Gateway) StartBuild(ctx context.Context, req *kilnv1.StartBuildRequest)
 			return &kilnv1.StartBuildResponse{Build: forClient(existing)}, nil
 		}
 	}
+	if hasSealed(spec) { // after the idempotency key: a retry gets its build back
+		if err := g.claimSealNonce(ctx, tenant, spec.SealNonce, b.Id); err != nil {
+			if req.IdempotencyKey != "" {
+				_ = g.idem.Delete(context.WithoutCancel(ctx), idemKey(tenant, req.IdempotencyKey))
+			}
+			return nil, err
+		}
+	}
 	release := func() {}
 	if key, ok := inflightKey(tenant, spec, req.Context); ok {
 		var twin *kilnv1.Build
