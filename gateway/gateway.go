@@ -95,6 +95,8 @@ type Gateway struct {
 	usage          *cas.Usage
 	tenantCASQuota func(tenant string) int64
 	manifests      *manifestGate
+	// nonces holds the seal nonces accepted (see claimSealNonce).
+	nonces jetstream.KeyValue
 }
 
 var (
@@ -129,6 +131,10 @@ func New(ctx context.Context, cfg Config) (*Gateway, error) {
 	if err != nil {
 		return nil, fmt.Errorf("open bucket %s: %w", bus.BucketAgents, err)
 	}
+	nonces, err := cfg.Conn.JS.KeyValue(ctx, bus.BucketSealNonces)
+	if err != nil {
+		return nil, fmt.Errorf("open bucket %s: %w", bus.BucketSealNonces, err)
+	}
 	if cfg.Limits == (Limits{}) {
 		cfg.Limits = DefaultLimits
 	}
@@ -138,6 +144,7 @@ func New(ctx context.Context, cfg Config) (*Gateway, error) {
 	g := &Gateway{
 		conn: cfg.Conn, log: cfg.Logger, builds: builds, blobs: blobs, checked: lru.New[checkedKey, []byte](checkedContextBytes),
 		idem: idem, inflight: inflight, agents: agents, limits: cfg.Limits, health: health.NewServer(),
+		nonces: nonces,
 	}
 	g.usage, g.tenantCASQuota, g.manifests = usage, cfg.CASQuota, newManifestGate(cfg.Limits)
 	if cfg.SecretsKey != nil {
