@@ -290,24 +290,25 @@ func tenantsCommand(args []string, stdout, stderr io.Writer) int {
 	admin := fs.Bool("admin", false, "the tenant may list and drain agents")
 	var push stringList
 	fs.Var(&push, "push", "image namespace the tenant may tag and push, e.g. registry.example.com/team-a/* (repeatable)")
-	// NAME may come before or after the flags.
-	rest := args[1:]
-	var name string
-	if len(rest) > 0 && !strings.HasPrefix(rest[0], "-") {
-		name, rest = rest[0], rest[1:]
-	}
-	if err := fs.Parse(rest); err != nil {
-		if errors.Is(err, flag.ErrHelp) {
-			return 0
+	// NAME may come before, between or after the flags.
+	var names []string
+	for rest := args[1:]; ; {
+		if err := fs.Parse(rest); err != nil {
+			if errors.Is(err, flag.ErrHelp) {
+				return 0
+			}
+			return 2
 		}
-		return 2
+		if fs.NArg() == 0 {
+			break
+		}
+		names, rest = append(names, fs.Arg(0)), fs.Args()[1:]
 	}
-	if name == "" && fs.NArg() == 1 {
-		name = fs.Arg(0)
-	} else if fs.NArg() != 0 || name == "" {
+	if len(names) != 1 {
 		fs.Usage()
 		return 2
 	}
+	name := names[0]
 	token, created, err := tenants.AddToken(*file, tenants.AddRequest{Name: name, Admin: *admin, Push: push})
 	if err != nil {
 		fmt.Fprintln(stderr, "kilnd:", err)
