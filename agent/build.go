@@ -170,6 +170,9 @@ func (a *Agent) execute(ctx context.Context, b *kilnv1.Build, ev *events) (*kiln
 // buildClassic builds with the classic builder from a context tar, and
 // returns how many bytes of tar the engine read.
 func (a *Agent) buildClassic(ctx context.Context, b *kilnv1.Build, creds engine.Credentials, ev *events, rep *reporter) (engine.Result, int64, error) {
+	if err := a.checkClassicPolicy(ctx, b); err != nil {
+		return engine.Result{}, 0, err
+	}
 	fctx, fetch := startSpan(ctx, "context fetch", b)
 	contextTar, closeContext, err := a.openContext(fctx, b.Context, ev)
 	endSpan(fetch, err)

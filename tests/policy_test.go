@@ -34,17 +34,21 @@ func TestSandboxPolicyRefusals(t *testing.T) {
 
 	for _, tt := range []struct {
 		name, dockerfile, want string
+		args                   []string
 	}{
 		{"syntax with extra words", "# syntax=evil/frontend:1 127.0.0.1:5000/kiln/dockerfile:1\nFROM " + base + "\n",
-			`# syntax=evil/frontend:1: refused by policy: the engine would pull and run the Dockerfile frontend image "evil/frontend:1"`},
+			`# syntax=evil/frontend:1: refused by policy: the engine would pull and run the Dockerfile frontend image "evil/frontend:1"`, nil},
 		{"ADD from loopback", "FROM " + base + "\nADD http://" + ln.Addr().String() + "/x /x\n",
-			"ADD http://" + ln.Addr().String() + "/x: refused by policy: loopback address"},
+			"ADD http://" + ln.Addr().String() + "/x: refused by policy: loopback address", nil},
 		{"ADD from the metadata endpoint", "FROM " + base + "\nADD http://169.254.169.254/latest/meta-data/ /m\n",
-			"ADD http://169.254.169.254/latest/meta-data/: refused by policy: cloud metadata endpoint"},
+			"ADD http://169.254.169.254/latest/meta-data/: refused by policy: cloud metadata endpoint", nil},
 		{"RUN --network=host", "FROM " + base + "\nRUN --network=host wget -q -O- http://" + ln.Addr().String() + "/\n",
-			"RUN --network=host: refused by policy (tenant "},
+			"RUN --network=host: refused by policy (tenant ", nil},
 		{"RUN --security=insecure", "FROM " + base + "\nRUN --security=insecure true\n",
-			"RUN --security=insecure: refused by policy (tenant "},
+			"RUN --security=insecure: refused by policy (tenant ", nil},
+		// The classic builder fetches ADD URLs from the engine's host.
+		{"classic builder: ADD from loopback", "FROM " + base + "\nADD http://" + ln.Addr().String() + "/c /c\n",
+			"ADD http://" + ln.Addr().String() + "/c: refused by policy: loopback address", []string{"--builder", "classic"}},
 	} {
 		t.Run(tt.name, func(t *testing.T) {
 			marker := "ran-" + uniq()
@@ -54,7 +58,8 @@ func TestSandboxPolicyRefusals(t *testing.T) {
 			if !strings.Contains(df, marker) {
 				df = "FROM " + base + "\nRUN echo " + marker + "\n" + strings.TrimPrefix(df, "FROM "+base+"\n")
 			}
-			r := kiln(t, k.addrs.GRPC, "build", "--progress", "plain", writeContext(t, map[string]string{"Dockerfile": df}))
+			args := append(append([]string{"build", "--progress", "plain"}, tt.args...), writeContext(t, map[string]string{"Dockerfile": df}))
+			r := kiln(t, k.addrs.GRPC, args...)
 			if r.code != 1 {
 				t.Fatalf("want the build to fail: %s", r)
 			}

@@ -41,6 +41,10 @@ type Policy struct {
 	// Frontends are the frontend images the engine may pull, as
 	// path.Match patterns: the agent's and the tenant's.
 	Frontends []string
+	// Classic checks for the classic builder, which pulls no frontend
+	// (it ignores "# syntax=") and knows no RUN flags: only ADD matters,
+	// and the Dockerfile is not rewritten.
+	Classic bool
 }
 
 // FromRecord is the policy of a build record's tenant: what the gateway
@@ -115,13 +119,13 @@ func (c *Checker) Check(ctx context.Context, dockerfile []byte, buildArgs map[st
 	if len(dockerfile) > maxDockerfileBytes {
 		return nil, fmt.Errorf("the Dockerfile is %d bytes, more than the %d the agent checks", len(dockerfile), maxDockerfileBytes)
 	}
-	if v, ok := buildArgs["BUILDKIT_SYNTAX"]; ok {
+	if v, ok := buildArgs["BUILDKIT_SYNTAX"]; ok && !p.Classic {
 		if img := SyntaxArgImage(v); !p.frontendAllowed(img) {
 			return nil, &Refusal{What: "build arg BUILDKIT_SYNTAX=" + v, Why: c.frontendWhy(img, p) + "; remove it to use the engine's built-in frontend"}
 		}
 	}
 	for _, img := range SyntaxImages(dockerfile) {
-		if !p.frontendAllowed(img) {
+		if !p.frontendAllowed(img) && !p.Classic {
 			return nil, &Refusal{What: "# syntax=" + img, Why: c.frontendWhy(img, p) + "; remove the line to use the engine's built-in frontend"}
 		}
 	}
@@ -143,7 +147,7 @@ func (c *Checker) Check(ctx context.Context, dockerfile []byte, buildArgs map[st
 			rewrites = append(rewrites, *rw)
 		}
 	}
-	if len(rewrites) == 0 {
+	if len(rewrites) == 0 || p.Classic {
 		return dockerfile, nil
 	}
 	return applyRewrites(dockerfile, res.EscapeToken, rewrites)

@@ -98,6 +98,8 @@ func TestCheckRefuses(t *testing.T) {
 		{"insecure", "FROM x\nRUN --security=insecure true\n", nil, closed, `RUN --security=insecure: refused by policy (tenant "team-a" does not allow insecure builds)`},
 		{"insecure allowed", "FROM x\nRUN --security=insecure true\n", nil, open, ""},
 		{"mount type variable", "FROM x\nRUN --mount=type=$T,target=/c true\n", nil, open, "mount type \"$T\" is a variable"},
+		{"classic: syntax ignored", "# syntax=evil/fe\nFROM x\nRUN echo\n", map[string]string{"BUILDKIT_SYNTAX": "evil/fe"}, Policy{Tenant: "team-a", Classic: true}, ""},
+		{"classic: add loopback", "# syntax=evil/fe\nFROM x\nADD http://127.0.0.1/ /\n", nil, Policy{Tenant: "team-a", Classic: true}, "loopback address"},
 		{"onbuild cache", "FROM x\nONBUILD RUN --mount=type=cache,target=/c true\n", nil, open, "ONBUILD trigger"},
 	} {
 		t.Run(tt.name, func(t *testing.T) {
