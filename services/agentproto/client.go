@@ -90,9 +90,13 @@ func (c *Client) Withdraw() error {
 	return nil
 }
 
-// reportTry bounds one try of a report; a report is tried again until its
-// context ends when no scheduler answered.
-const reportTry = 5 * time.Second
+// A report is tried again until its context ends while no scheduler
+// answers, and up to maxRefusals times when one answers with an error other
+// than the fence.
+const (
+	reportTry   = 5 * time.Second // one try
+	maxRefusals = 3
+)
 
 // report sends r and returns the record the scheduler answered with. It
 // tries again while no scheduler answers (one restarting, or none yet
@@ -104,7 +108,7 @@ func (c *Client) report(ctx context.Context, r *kilnv1.AgentReport) (*kilnv1.Bui
 	}
 	telemetry.InjectNATS(ctx, msg.Header)
 	backoff := 50 * time.Millisecond
-	for {
+	for refusals := 1; ; {
 		tctx, cancel := context.WithTimeout(ctx, reportTry)
 		reply, err := c.nc.RequestMsgWithContext(tctx, msg)
 		cancel()
@@ -116,12 +120,17 @@ func (c *Client) report(ctx context.Context, r *kilnv1.AgentReport) (*kilnv1.Bui
 			switch {
 			case resp.Fenced:
 				return nil, fmt.Errorf("%w: %s", buildstore.ErrFenced, resp.Error)
-			case resp.Error != "":
-				return nil, fmt.Errorf("report %s on build %s: %s", r.Kind, r.BuildId, resp.Error)
+			case resp.Error == "":
+				return resp.Build, nil
 			}
-			return resp.Build, nil
-		}
-		if !errors.Is(err, nats.ErrNoResponders) && !errors.Is(err, context.DeadlineExceeded) && !errors.Is(err, nats.ErrTimeout) {
+			// The scheduler could not write (KV or the stream failed part
+			// way): the same report again completes it, at most a few times.
+			err = fmt.Errorf("report %s on build %s: %s", r.Kind, r.BuildId, resp.Error)
+			if refusals >= maxRefusals {
+				return nil, err
+			}
+			refusals++
+		} else if !errors.Is(err, nats.ErrNoResponders) && !errors.Is(err, context.DeadlineExceeded) && !errors.Is(err, nats.ErrTimeout) {
 			return nil, fmt.Errorf("report %s on build %s: %w", r.Kind, r.BuildId, err)
 		}
 		select {
