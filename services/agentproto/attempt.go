@@ -70,7 +70,9 @@ func (c *Client) Start(ctx context.Context, assigned *kilnv1.Build, lease time.D
 		kick: make(chan struct{}, 1), full: make(chan struct{}, 1), stop: make(chan struct{}), done: make(chan struct{}),
 	}
 	a.cond = sync.NewCond(&a.mu)
-	b, err := c.report(ctx, &kilnv1.AgentReport{
+	sctx, cancel := context.WithTimeout(ctx, sendTimeout)
+	defer cancel()
+	b, err := c.report(sctx, &kilnv1.AgentReport{
 		BuildId: a.id, Attempt: a.attempt, Kind: kilnv1.AgentReportKind_AGENT_REPORT_KIND_START,
 		Lease: durationpb.New(lease), Sequence: a.seq,
 	})
