@@ -49,7 +49,7 @@ func Run(ctx context.Context, o RunOptions) error {
 	if err != nil {
 		return err
 	}
-	tlsOpts, err := o.TLS.ServerOptions()
+	tlsSrv, err := o.TLS.Server()
 	if err != nil {
 		return err
 	}
@@ -69,6 +69,7 @@ func Run(ctx context.Context, o RunOptions) error {
 	}
 	o.Tenants.LogMode(log, tenantSet)
 	o.Tenants.ReloadOnSIGHUP(ctx, g, log)
+	tlsSrv.ReloadOnSIGHUP(ctx, log)
 	lis, err := net.Listen("tcp", o.Listen)
 	if err != nil {
 		return fmt.Errorf("grpc listen %s: %w", o.Listen, err)
@@ -83,7 +84,7 @@ func Run(ctx context.Context, o RunOptions) error {
 		return err
 	}
 	log.Info("gateway serving", "grpc", lis.Addr().String(), "http", hs.Addr(), "tls", o.TLS.Enabled(), "mutual_tls", o.TLS.ClientCA != "")
-	return g.Serve(ctx, lis, hs, tlsOpts...)
+	return g.Serve(ctx, lis, hs, tlsSrv.ServerOptions()...)
 }
 
 // Serve serves gRPC on lis (with opts, e.g. TLS) and HTTP on hs until ctx

@@ -1,12 +1,17 @@
 package gateway
 
 import (
+	"context"
 	"crypto/tls"
 	"crypto/x509"
 	"errors"
 	"flag"
 	"fmt"
+	"log/slog"
 	"os"
+	"os/signal"
+	"sync/atomic"
+	"syscall"
 
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials"
@@ -25,26 +30,24 @@ type TLSFlags struct {
 // Flags registers --tls-cert, --tls-key and --tls-client-ca (each also
 // read from KILN_<FLAG>).
 func (t *TLSFlags) Flags(fs *flag.FlagSet) {
-	fs.StringVar(&t.Cert, "tls-cert", "", "PEM certificate (chain) for the gRPC listener; with --tls-key serves TLS")
+	fs.StringVar(&t.Cert, "tls-cert", "", "PEM certificate (chain) for the gRPC listener; with --tls-key serves TLS. Re-read on SIGHUP")
 	fs.StringVar(&t.Key, "tls-key", "", "PEM private key of --tls-cert")
-	fs.StringVar(&t.ClientCA, "tls-client-ca", "", "PEM CA certificates; clients must present a certificate they signed (mutual TLS)")
+	fs.StringVar(&t.ClientCA, "tls-client-ca", "", "PEM CA certificates; clients must present a certificate they signed (mutual TLS). Re-read on SIGHUP")
 }
 
 // Enabled reports whether TLS is configured.
 func (t TLSFlags) Enabled() bool { return t.Cert != "" || t.Key != "" }
 
-// ServerOptions returns the gRPC server option that serves TLS, or none
-// when TLS is not configured.
-func (t TLSFlags) ServerOptions() ([]grpc.ServerOption, error) {
-	cfg, err := t.Config()
-	if err != nil || cfg == nil {
-		return nil, err
-	}
-	return []grpc.ServerOption{grpc.Creds(credentials.NewTLS(cfg))}, nil
+// ServerTLS is the TLS a listener serves: the certificate and client CAs
+// of TLSFlags, which Reload re-reads (new connections get them; open ones
+// keep theirs).
+type ServerTLS struct {
+	flags TLSFlags
+	cfg   atomic.Pointer[tls.Config]
 }
 
-// Config returns the TLS configuration, nil when TLS is not configured.
-func (t TLSFlags) Config() (*tls.Config, error) {
+// Server loads the files; nil (and no error) when TLS is not configured.
+func (t TLSFlags) Server() (*ServerTLS, error) {
 	if !t.Enabled() {
 		if t.ClientCA != "" {
 			return nil, errors.New("--tls-client-ca needs --tls-cert and --tls-key")
@@ -54,21 +57,81 @@ func (t TLSFlags) Config() (*tls.Config, error) {
 	if t.Cert == "" || t.Key == "" {
 		return nil, errors.New("TLS needs both --tls-cert and --tls-key")
 	}
+	s := &ServerTLS{flags: t}
+	if err := s.Reload(); err != nil {
+		return nil, err
+	}
+	return s, nil
+}
+
+// ServerOptions returns the gRPC server option that serves TLS, or none
+// when TLS is not configured.
+func (t TLSFlags) ServerOptions() ([]grpc.ServerOption, error) {
+	s, err := t.Server()
+	if err != nil || s == nil {
+		return nil, err
+	}
+	return s.ServerOptions(), nil
+}
+
+// ServerOptions returns the gRPC server option that serves s; nil for a
+// nil s (plaintext).
+func (s *ServerTLS) ServerOptions() []grpc.ServerOption {
+	if s == nil {
+		return nil
+	}
+	return []grpc.ServerOption{grpc.Creds(credentials.NewTLS(&tls.Config{
+		MinVersion:         tls.VersionTLS12,
+		GetConfigForClient: func(*tls.ClientHelloInfo) (*tls.Config, error) { return s.cfg.Load(), nil },
+	}))}
+}
+
+// Reload re-reads the certificate, key and client CAs; on error the ones
+// in use stay.
+func (s *ServerTLS) Reload() error {
+	t := s.flags
 	cert, err := tls.LoadX509KeyPair(t.Cert, t.Key)
 	if err != nil {
-		return nil, fmt.Errorf("load TLS certificate %s and key %s: %w", t.Cert, t.Key, err)
+		return fmt.Errorf("load TLS certificate %s and key %s: %w", t.Cert, t.Key, err)
 	}
-	cfg := &tls.Config{MinVersion: tls.VersionTLS12, Certificates: []tls.Certificate{cert}}
+	cfg := &tls.Config{MinVersion: tls.VersionTLS12, Certificates: []tls.Certificate{cert}, NextProtos: []string{"h2"}}
 	if t.ClientCA != "" {
 		pem, err := os.ReadFile(t.ClientCA)
 		if err != nil {
-			return nil, fmt.Errorf("read TLS client CA: %w", err)
+			return fmt.Errorf("read TLS client CA: %w", err)
 		}
 		pool := x509.NewCertPool()
 		if !pool.AppendCertsFromPEM(pem) {
-			return nil, fmt.Errorf("TLS client CA %s holds no PEM certificate", t.ClientCA)
+			return fmt.Errorf("TLS client CA %s holds no PEM certificate", t.ClientCA)
 		}
 		cfg.ClientCAs, cfg.ClientAuth = pool, tls.RequireAndVerifyClientCert
 	}
-	return cfg, nil
+	s.cfg.Store(cfg)
+	return nil
+}
+
+// ReloadOnSIGHUP re-reads the certificate, key and client CAs on every
+// SIGHUP until ctx ends; files that do not load leave the ones in use and
+// are logged. A nil s does nothing.
+func (s *ServerTLS) ReloadOnSIGHUP(ctx context.Context, log *slog.Logger) {
+	if s == nil {
+		return
+	}
+	hup := make(chan os.Signal, 1)
+	signal.Notify(hup, syscall.SIGHUP)
+	go func() {
+		defer signal.Stop(hup)
+		for {
+			select {
+			case <-ctx.Done():
+				return
+			case <-hup:
+				if err := s.Reload(); err != nil {
+					log.Error("TLS certificate not reloaded: keeping the one in use", "err", err)
+					continue
+				}
+				log.Info("TLS certificate reloaded", "cert", s.flags.Cert, "client_ca", s.flags.ClientCA)
+			}
+		}
+	}()
 }

@@ -123,7 +123,7 @@ func run(ctx context.Context, o options, log *slog.Logger) error {
 	if err != nil {
 		return err
 	}
-	tlsOpts, err := o.tls.ServerOptions()
+	tlsSrv, err := o.tls.Server()
 	if err != nil {
 		return err
 	}
@@ -155,6 +155,7 @@ func run(ctx context.Context, o options, log *slog.Logger) error {
 	}
 	o.tenants.LogMode(log, tenantSet)
 	o.tenants.ReloadOnSIGHUP(ctx, gw, log.With("service", "gateway"))
+	tlsSrv.ReloadOnSIGHUP(ctx, log.With("service", "gateway"))
 	schedCfg, err := o.sched.Config(farm.scheduler, log.With("service", "scheduler"), o.agent.Lease)
 	if err != nil {
 		return err
@@ -191,7 +192,7 @@ func run(ctx context.Context, o options, log *slog.Logger) error {
 	svcCtx, stopServices := context.WithCancel(background)
 	defer stopServices()
 	gwDone := make(chan error, 1)
-	go func() { gwDone <- gw.Serve(svcCtx, lis, hs, tlsOpts...) }()
+	go func() { gwDone <- gw.Serve(svcCtx, lis, hs, tlsSrv.ServerOptions()...) }()
 	schedDone := make(chan error, 1)
 	go func() { schedDone <- sched.Run(svcCtx) }()
 	ag.Announce(ctx)
