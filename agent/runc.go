@@ -49,7 +49,11 @@ func (a *Agent) checkRunc(ctx context.Context, info engine.Info) error {
 	verdict, detail, err := p.ProbeRunc(pctx)
 	if err != nil {
 		a.log.Error("could not probe the engine's runc for CVE-2024-21626; out of rotation until it can be", "err", err)
-		return fmt.Errorf("the engine's runc could not be probed for CVE-2024-21626: %w", err)
+		err = fmt.Errorf("the engine's runc could not be probed for CVE-2024-21626 (tried again at the next engine check): %w", err)
+		a.mu.Lock()
+		a.runc = runcState{refusal: err.Error()} // no engine version: probed again next time
+		a.mu.Unlock()
+		return err
 	}
 	st = runcState{engine: info.ServerVersion}
 	switch verdict {
