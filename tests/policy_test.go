@@ -73,3 +73,22 @@ func TestSandboxPolicyRefusals(t *testing.T) {
 		t.Fatalf("the loopback listener got %d requests", n)
 	}
 }
+
+// TestCacheMountIdIsNamespacedByTheAgent: the engine builds the agent's
+// rewritten Dockerfile, whose cache mount id carries the tenant's prefix
+// (the step the engine reports names it); the context's Dockerfile is
+// built unchanged otherwise.
+func TestCacheMountIdIsNamespacedByTheAgent(t *testing.T) {
+	k := sharedKilnd(t)
+	base := enginetest.BusyboxBase(t)
+	n := uniq()
+	dir := writeContext(t, map[string]string{"Dockerfile": "FROM " + base + "\n" +
+		"RUN --mount=type=cache,id=e2e-ns-" + n + ",target=/c \\\n  echo built-" + n + "\n"})
+	r := kiln(t, k.addrs.GRPC, "build", "--progress", "plain", dir)
+	if r.code != 0 {
+		t.Fatalf("build: %s", r)
+	}
+	mustContain(t, r.stderr, "id=kiln/", "the step's cache mount id (the tenant's prefix)")
+	mustContain(t, r.stderr, "/e2e-ns-"+n, "the step's cache mount id (the Dockerfile's id)")
+	mustContain(t, r.stderr, "built-"+n, "the step's output")
+}
