@@ -1,6 +1,9 @@
 package tests
 
 import (
+	"archive/tar"
+	"bytes"
+	"context"
 	"net"
 	"net/http"
 	"strings"
@@ -8,6 +11,7 @@ import (
 	"testing"
 
 	"github.com/kilnbuild/kiln/agent/enginetest"
+	kilnv1 "github.com/kilnbuild/kiln/proto/gen/go/kiln/v1"
 )
 
 // TestSandboxPolicyRefusals: with no policy in its record (the gateway
@@ -91,4 +95,55 @@ func TestCacheMountIdIsNamespacedByTheAgent(t *testing.T) {
 	mustContain(t, r.stderr, "id=kiln/", "the step's cache mount id (the tenant's prefix)")
 	mustContain(t, r.stderr, "/e2e-ns-"+n, "the step's cache mount id (the Dockerfile's id)")
 	mustContain(t, r.stderr, "built-"+n, "the step's output")
+}
+
+// TestClassicTarContextIsCheckedInEveryCopy: an API client's tar context
+// holding the Dockerfile twice (the engine extracts the last copy) is
+// checked in both, so a harmless first copy does not hide an ADD from
+// the engine host's loopback in the second; the listener sees nothing.
+func TestClassicTarContextIsCheckedInEveryCopy(t *testing.T) {
+	k := sharedKilnd(t)
+	bs, cs := k.client(t)
+	base := enginetest.BusyboxBase(t)
+	var hits atomic.Int32
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv := &http.Server{Handler: http.HandlerFunc(func(http.ResponseWriter, *http.Request) { hits.Add(1) })}
+	go func() { _ = srv.Serve(ln) }()
+	t.Cleanup(func() { srv.Close() })
+
+	var buf bytes.Buffer
+	tw := tar.NewWriter(&buf)
+	for _, body := range []string{
+		"FROM " + base + "\nRUN echo harmless\n",
+		"FROM " + base + "\nADD http://" + ln.Addr().String() + "/x /x\n",
+	} {
+		if err := tw.WriteHeader(&tar.Header{Name: "./Dockerfile", Mode: 0o644, Size: int64(len(body)), Typeflag: tar.TypeReg}); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := tw.Write([]byte(body)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := tw.Close(); err != nil {
+		t.Fatal(err)
+	}
+	ref, err := upload(t, cs, buf.Bytes(), digestOf(buf.Bytes()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	started, err := bs.StartBuild(context.Background(), &kilnv1.StartBuildRequest{Spec: &kilnv1.BuildSpec{Builder: kilnv1.Builder_BUILDER_CLASSIC}, Context: ref})
+	if err != nil {
+		t.Fatal(err)
+	}
+	events := watchAll(t, bs, started.Build.Id, 0)
+	fin := events[len(events)-1].GetFinished()
+	if fin == nil || fin.State != kilnv1.BuildState_BUILD_STATE_FAILED || !strings.Contains(fin.Error, "ADD http://"+ln.Addr().String()+"/x: refused by policy: loopback address") {
+		t.Fatalf("the build ended %v, want failed by the policy", events[len(events)-1])
+	}
+	if n := hits.Load(); n != 0 {
+		t.Fatalf("the loopback listener got %d requests", n)
+	}
 }
