@@ -169,6 +169,9 @@ func (h *Handler) applyReport(ctx context.Context, agent string, r *kilnv1.Agent
 	)
 	switch r.Kind {
 	case kilnv1.AgentReportKind_AGENT_REPORT_KIND_EVENTS:
+		// A read, not a write: a batch checked just before the build's
+		// lease lapses may still land after it; its events carry their
+		// attempt. Every state change, the finish included, is a CAS.
 		b, _, err := h.builds.Get(ctx, r.BuildId)
 		if errors.Is(err, buildstore.ErrNotFound) {
 			return nil, fmt.Errorf("%w: %v", buildstore.ErrFenced, err)
