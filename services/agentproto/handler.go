@@ -39,7 +39,7 @@ type Handler struct {
 type HandlerConfig struct {
 	Conn   *bus.Conn
 	Logger *slog.Logger
-	// Lease is the longest lease a report gets.
+	// Lease is the longest lease a report gets (DefaultLease when 0).
 	Lease time.Duration
 	// Now is the clock of lease expiries (time.Now when nil): the
 	// scheduler's, which sweeps them.
@@ -57,6 +57,9 @@ func NewHandler(ctx context.Context, cfg HandlerConfig) (*Handler, error) {
 	if cfg.Now == nil {
 		cfg.Now = time.Now
 	}
+	if cfg.Lease <= 0 {
+		cfg.Lease = DefaultLease
+	}
 	if cfg.Logger == nil {
 		cfg.Logger = slog.Default()
 	}
@@ -72,6 +75,9 @@ func NewHandler(ctx context.Context, cfg HandlerConfig) (*Handler, error) {
 
 // Report handling bounds.
 const (
+	// DefaultLease is the longest lease when HandlerConfig.Lease is 0, the
+	// scheduler's default.
+	DefaultLease = 30 * time.Second
 	// reportWorkers bounds the reports handled at once per scheduler.
 	reportWorkers = 64
 	// maxHandBackMessage bounds the reason an agent gives for a hand back.
