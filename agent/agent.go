@@ -122,7 +122,7 @@ type Agent struct {
 	log    *slog.Logger
 	client *agentproto.Client // every write about its builds goes through the scheduler
 	blobs  *cas.Store         // the farm's CAS
-	cache  *localcas.Store // this agent's copy of the blobs it built from
+	cache  *localcas.Store    // this agent's copy of the blobs it built from
 	// workdirs holds the per-lineage context directories of BuildKit builds.
 	workdirs *workdir.Store
 	agents   jetstream.KeyValue
