@@ -3,6 +3,7 @@ package tests
 import (
 	"context"
 	"fmt"
+	"io"
 	"net/http"
 	"path/filepath"
 	"strings"
@@ -24,6 +25,17 @@ type metrics map[string]*dto.MetricFamily
 // scrape reads and parses http://addr/metrics.
 func scrape(t testing.TB, addr string) metrics {
 	t.Helper()
+	p := expfmt.NewTextParser(model.UTF8Validation)
+	fams, err := p.TextToMetricFamilies(strings.NewReader(metricsText(t, addr)))
+	if err != nil {
+		t.Fatalf("parse %s/metrics: %v", addr, err)
+	}
+	return fams
+}
+
+// metricsText returns the body of http://addr/metrics as served.
+func metricsText(t testing.TB, addr string) string {
+	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
 	req, err := http.NewRequestWithContext(ctx, http.MethodGet, "http://"+addr+"/metrics", nil)
@@ -38,12 +50,11 @@ func scrape(t testing.TB, addr string) metrics {
 	if resp.StatusCode != http.StatusOK {
 		t.Fatalf("GET %s/metrics = %d", addr, resp.StatusCode)
 	}
-	p := expfmt.NewTextParser(model.UTF8Validation)
-	fams, err := p.TextToMetricFamilies(resp.Body)
+	body, err := io.ReadAll(resp.Body)
 	if err != nil {
-		t.Fatalf("parse %s/metrics: %v", addr, err)
+		t.Fatalf("read %s/metrics: %v", addr, err)
 	}
-	return fams
+	return string(body)
 }
 
 // get sums the series of name whose labels include labels ("k=v" pairs):

@@ -1,6 +1,7 @@
 package tests
 
 import (
+	"bytes"
 	"context"
 	"crypto/rand"
 	"encoding/hex"
@@ -58,8 +59,9 @@ type otlpReceiver struct {
 	collectortrace.UnimplementedTraceServiceServer
 	addr, httpAddr string
 
-	mu    sync.Mutex // guards spans
+	mu    sync.Mutex // guards spans and raw
 	spans []span
+	raw   [][]byte // every batch as exported (protobuf), resource and events included
 }
 
 // startOTLPReceiver serves OTLP/gRPC and OTLP/HTTP traces on loopback
@@ -109,8 +111,13 @@ func (r *otlpReceiver) serveHTTP(w http.ResponseWriter, req *http.Request) {
 
 // Export records a batch of spans.
 func (r *otlpReceiver) Export(_ context.Context, req *collectortrace.ExportTraceServiceRequest) (*collectortrace.ExportTraceServiceResponse, error) {
+	raw, err := proto.Marshal(req)
+	if err != nil {
+		return nil, err
+	}
 	r.mu.Lock()
 	defer r.mu.Unlock()
+	r.raw = append(r.raw, raw)
 	for _, rs := range req.GetResourceSpans() {
 		service, _ := attrMap(rs.GetResource().GetAttributes())["service.name"].(string)
 		for _, ss := range rs.GetScopeSpans() {
@@ -156,6 +163,20 @@ func (r *otlpReceiver) all(match func(span) bool) []span {
 		}
 	}
 	return out
+}
+
+// holds reports whether any exported batch holds value anywhere: a span's
+// name, attributes, events, links, status, or the resource and scope
+// (protobuf keeps strings as they are).
+func (r *otlpReceiver) holds(value []byte) bool {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	for _, b := range r.raw {
+		if bytes.Contains(b, value) {
+			return true
+		}
+	}
+	return false
 }
 
 // dump lists the spans of a trace, for failure messages.
