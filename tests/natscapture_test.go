@@ -4,7 +4,10 @@ import (
 	"bytes"
 	"context"
 	"fmt"
+	"maps"
 	"path/filepath"
+	"slices"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -136,15 +139,20 @@ func (c *natsCapture) find(value []byte) []string {
 	return out
 }
 
-// count returns how many messages were heard and on how many subjects.
-func (c *natsCapture) count() (msgs, subjects int) {
+// summary says how many messages were heard on each subscription and
+// stream.
+func (c *natsCapture) summary() string {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	seen := map[string]bool{}
+	n := map[string]int{}
 	for _, m := range c.msgs {
-		seen[m.subject] = true
+		n[m.via]++
 	}
-	return len(c.msgs), len(seen)
+	var parts []string
+	for _, via := range slices.Sorted(maps.Keys(n)) {
+		parts = append(parts, fmt.Sprintf("%s %d", via, n[via]))
+	}
+	return fmt.Sprintf("%d (%s)", len(c.msgs), strings.Join(parts, ", "))
 }
 
 // kvValues reads every key of bucket and every revision it keeps, with
