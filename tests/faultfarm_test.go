@@ -157,15 +157,20 @@ type faultFarmOptions struct {
 	lease       time.Duration // scheduler's and agents' --lease (default 3s)
 	maxAttempts int           // scheduler's --max-attempts (default 3)
 	slots       int           // each agent's --slots (default 1)
+	// spareAgents names agents the test starts later (startAgent): the
+	// NATS server accepts only the credentials it was started with.
+	spareAgents []string
 }
 
 // faultFarm is a kiln farm of separate processes: an in-process NATS
-// server, one gateway, one scheduler and one agent per engine.
+// server, one gateway, one scheduler and one agent per engine, each with
+// its own NATS credential and its role's permissions.
 type faultFarm struct {
 	t        *testing.T
 	opts     faultFarmOptions
 	base     string // busybox base image reference
 	natsDir  string
+	seeds    bus.Seeds // the roles' credentials
 	natsAddr string // 127.0.0.1:port, the same across NATS restarts
 	ns       *server.Server
 	conn     *bus.Conn // the test's own connection, to read raw event logs
@@ -191,7 +196,11 @@ func startFaultFarm(t *testing.T, opts faultFarmOptions, engines []*enginetest.E
 		opts.slots = 1
 	}
 	f := &faultFarm{t: t, opts: opts, base: enginetest.BusyboxBase(t), natsDir: t.TempDir(), agents: map[string]*faultProc{}}
-	ns, err := bus.RunEmbedded(bus.EmbeddedOptions{Listen: "127.0.0.1:0", StoreDir: f.natsDir})
+	var err error
+	if f.seeds, err = bus.LoadOrCreateSeeds(t.TempDir(), append(slices.Clone(agentNames), opts.spareAgents...)...); err != nil {
+		t.Fatal(err)
+	}
+	ns, err := bus.RunEmbedded(bus.EmbeddedOptions{Listen: "127.0.0.1:0", StoreDir: f.natsDir, Identities: f.seeds.Identities})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -201,12 +210,17 @@ func startFaultFarm(t *testing.T, opts faultFarmOptions, engines []*enginetest.E
 
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
-	if f.conn, err = bus.Connect(ctx, f.natsURL(), "kiln-fault-test"); err != nil {
+	// The test reads raw event logs as the gateway does.
+	gwAuth, err := bus.ClientAuth{NkeyFile: f.seeds.File(bus.RoleGateway, "")}.Options()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if f.conn, err = bus.Connect(ctx, f.natsURL(), "kiln-fault-test", gwAuth...); err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(f.conn.Close)
 
-	f.gw = startFaultProc(t, "kiln-gateway", gatewayBin, "--nats-url", f.natsURL(),
+	f.gw = startFaultProc(t, "kiln-gateway", gatewayBin, "--nats-url", f.natsURL(), "--nats-nkey-file", f.seeds.File(bus.RoleGateway, ""),
 		"--listen", "127.0.0.1:0", "--http-listen", "127.0.0.1:0")
 	f.startScheduler()
 	for i, e := range engines {
@@ -226,7 +240,7 @@ func (f *faultFarm) natsURL() string { return "nats://" + f.natsAddr }
 // startScheduler starts a kiln-scheduler (again) and makes it f.sched.
 func (f *faultFarm) startScheduler() *faultProc {
 	f.t.Helper()
-	f.sched = startFaultProc(f.t, "kiln-scheduler", schedulerBin, "--nats-url", f.natsURL(),
+	f.sched = startFaultProc(f.t, "kiln-scheduler", schedulerBin, "--nats-url", f.natsURL(), "--nats-nkey-file", f.seeds.File(bus.RoleScheduler, ""),
 		"--http-listen", "127.0.0.1:0", "--lease", f.opts.lease.String(),
 		"--max-attempts", strconv.Itoa(f.opts.maxAttempts), "--log-level", "debug")
 	return f.sched
@@ -236,7 +250,7 @@ func (f *faultFarm) startScheduler() *faultProc {
 // of its own.
 func (f *faultFarm) startAgent(name string, e *enginetest.Engine) *faultProc {
 	f.t.Helper()
-	p := startFaultProc(f.t, "kiln-agent "+name, agentBin, "--nats-url", f.natsURL(),
+	p := startFaultProc(f.t, "kiln-agent "+name, agentBin, "--nats-url", f.natsURL(), "--nats-nkey-file", f.seeds.File(bus.RoleAgent, name),
 		"--name", name, "--slots", strconv.Itoa(f.opts.slots), "--docker-host", e.Host,
 		"--blob-cache-dir", f.t.TempDir(), "--http-listen", "127.0.0.1:0",
 		"--lease", f.opts.lease.String(), "--drain-timeout", "1s", "--log-level", "debug")
@@ -263,7 +277,7 @@ func (f *faultFarm) restartNATS(between func()) {
 	if between != nil {
 		between()
 	}
-	ns, err := bus.RunEmbedded(bus.EmbeddedOptions{Listen: f.natsAddr, StoreDir: f.natsDir})
+	ns, err := bus.RunEmbedded(bus.EmbeddedOptions{Listen: f.natsAddr, StoreDir: f.natsDir, Identities: f.seeds.Identities})
 	if err != nil {
 		f.t.Fatalf("restart NATS on %s: %v", f.natsAddr, err)
 	}

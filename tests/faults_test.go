@@ -166,7 +166,7 @@ func TestFaultStoppedAgentResultRefused(t *testing.T) {
 func TestFaultPoisonBuildFails(t *testing.T) {
 	engines := enginetest.StartEngines(t, "poison1", "poison2")
 	byAgent := map[string]*enginetest.Engine{"poison-1": engines[0], "poison-2": engines[1]}
-	f := startFaultFarm(t, faultFarmOptions{maxAttempts: 3}, engines, "poison-1", "poison-2")
+	f := startFaultFarm(t, faultFarmOptions{maxAttempts: 3, spareAgents: []string{"poison-3", "poison-4", "poison-5"}}, engines, "poison-1", "poison-2")
 
 	n := uniq()
 	id := f.submit(t, fmt.Sprintf("FROM %s\nRUN echo poison-%s && sleep 120\n", f.base, n), nil)
