@@ -171,7 +171,7 @@ type faultFarm struct {
 	base     string // busybox base image reference
 	natsDir  string
 	seeds    bus.Seeds // the roles' credentials
-	natsAddr string // 127.0.0.1:port, the same across NATS restarts
+	natsAddr string    // 127.0.0.1:port, the same across NATS restarts
 	ns       *server.Server
 	conn     *bus.Conn // the test's own connection, to read raw event logs
 	gw       *faultProc
