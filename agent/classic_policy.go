@@ -100,12 +100,19 @@ func (a *Agent) classicDockerfiles(ctx context.Context, ref *kilnv1.ContextRef, 
 	if err != nil {
 		return nil, fmt.Errorf("fetch build context: %w", farm(err))
 	}
-	defer r.Close()
-	tr := tar.NewReader(r)
+	// A read the farm cut short (NATS restarting mid-stream) is the
+	// farm's failure, handed back; only a tar that does not parse is the
+	// build's.
+	rec := &errRecorder{r: r}
+	defer rec.Close()
+	tr := tar.NewReader(rec)
 	for {
 		h, err := tr.Next()
 		if err == io.EOF {
 			return out, nil
+		}
+		if rec.err != nil {
+			return nil, fmt.Errorf("fetch build context: %w", farm(rec.err))
 		}
 		if err != nil {
 			return nil, &engine.BuildError{Message: fmt.Sprintf("the build context is not a readable tar: %v", err)}
