@@ -81,14 +81,14 @@ func TestLapsedLeaderLeaseIsTakenOver(t *testing.T) {
 	if _, err := kv.Put(context.Background(), leaderKey, ghost); err != nil {
 		t.Fatal(err)
 	}
-	if ok, err := el.try(context.Background()); err != nil || ok {
+	if ok, err := el.Try(context.Background()); err != nil || ok {
 		t.Fatalf("took a live lease: %v %v", ok, err)
 	}
 	clk.Advance(6 * time.Second)
-	if ok, err := el.try(context.Background()); err != nil || !ok {
+	if ok, err := el.Try(context.Background()); err != nil || !ok {
 		t.Fatalf("did not take a lapsed lease: %v %v", ok, err)
 	}
-	if ok, _ := el.try(context.Background()); !ok {
+	if ok, _ := el.Try(context.Background()); !ok {
 		t.Fatal("could not renew its own lease")
 	}
 }

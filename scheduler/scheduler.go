@@ -166,7 +166,7 @@ func (s *Scheduler) Run(ctx context.Context) error {
 		}
 		return err
 	}
-	defer el.resign(context.WithoutCancel(ctx))
+	defer el.Resign(context.WithoutCancel(ctx))
 	// Every instance handles the agents' reports, leader or not.
 	rctx, stopReports := context.WithCancel(ctx)
 	reportsDone := make(chan error, 1)
@@ -177,16 +177,16 @@ func (s *Scheduler) Run(ctx context.Context) error {
 	var term *term // the current term of office, nil while standing by
 	defer func() { term.end() }()
 	for {
-		leader, err := el.try(ctx)
+		leader, err := el.Try(ctx)
 		if err != nil && ctx.Err() == nil {
 			s.log.Warn("leader election", "err", err)
 		}
 		switch {
 		case leader && term == nil:
-			s.log.Info("leading the schedulers", "id", el.id)
+			s.log.Info("leading the schedulers", "id", el.ID())
 			term = s.startTerm(ctx)
 		case !leader && term != nil:
-			s.log.Warn("lost the scheduler leadership; standing by", "id", el.id)
+			s.log.Warn("lost the scheduler leadership; standing by", "id", el.ID())
 			term.end()
 			term = nil
 		}

@@ -1,31 +1,32 @@
-package casgc
+package lease
 
 import (
 	"context"
 	"testing"
 	"time"
 
+	"github.com/kilnbuild/kiln/services/bus"
 	"github.com/kilnbuild/kiln/services/bus/bustest"
 )
 
-// TestOneCollectorHoldsTheLease: a second collector cannot take a live
+// TestOneContenderHoldsTheLease: a second contender cannot take a live
 // lease, takes it once it lapses, and a resigned lease is free at once.
-func TestOneCollectorHoldsTheLease(t *testing.T) {
+func TestOneContenderHoldsTheLease(t *testing.T) {
 	ctx := context.Background()
 	js := bustest.Conn(t).JS
 	now := time.Now()
 	clock := func() time.Time { return now }
-	a, err := newLease(ctx, js, time.Minute, clock)
+	a, err := New(ctx, js, bus.LeaderKeyCASGC, time.Minute, clock)
 	if err != nil {
 		t.Fatal(err)
 	}
-	b, err := newLease(ctx, js, time.Minute, clock)
+	b, err := New(ctx, js, bus.LeaderKeyCASGC, time.Minute, clock)
 	if err != nil {
 		t.Fatal(err)
 	}
 	for _, step := range []struct {
 		name    string
-		l       *lease
+		l       *Lease
 		advance time.Duration
 		want    bool
 	}{
@@ -37,12 +38,12 @@ func TestOneCollectorHoldsTheLease(t *testing.T) {
 		{"a is refused b's lease", a, 0, false},
 	} {
 		now = now.Add(step.advance)
-		if held, err := step.l.try(ctx); err != nil || held != step.want {
+		if held, err := step.l.Try(ctx); err != nil || held != step.want {
 			t.Fatalf("%s: held = %v, %v", step.name, held, err)
 		}
 	}
-	b.resign(ctx)
-	if held, err := a.try(ctx); err != nil || !held {
+	b.Resign(ctx)
+	if held, err := a.Try(ctx); err != nil || !held {
 		t.Fatalf("a after b resigned: held = %v, %v", held, err)
 	}
 }
