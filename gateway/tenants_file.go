@@ -6,9 +6,6 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
-	"os"
-	"os/signal"
-	"syscall"
 
 	"github.com/kilnbuild/kiln/services/tenants"
 )
@@ -76,23 +73,13 @@ func (f TenantsFlags) ReloadOnSIGHUP(ctx context.Context, g *Gateway, log *slog.
 	if f.File == "" {
 		return
 	}
-	hup := make(chan os.Signal, 1)
-	signal.Notify(hup, syscall.SIGHUP)
-	go func() {
-		defer signal.Stop(hup)
-		for {
-			select {
-			case <-ctx.Done():
-				return
-			case <-hup:
-				set, err := tenants.Load(f.File)
-				if err != nil {
-					log.Error("tenants file not reloaded: keeping the tenants in force", "err", err)
-					continue
-				}
-				ended := g.ReloadTenants(set)
-				log.Info(fmt.Sprintf("tenants file reloaded: %d tenants", set.Len()), "tenants_file", f.File, "revoked_streams", ended)
-			}
+	onSIGHUP(ctx, func() {
+		set, err := tenants.Load(f.File)
+		if err != nil {
+			log.Error("tenants file not reloaded: keeping the tenants in force", "err", err)
+			return
 		}
-	}()
+		ended := g.ReloadTenants(set)
+		log.Info(fmt.Sprintf("tenants file reloaded: %d tenants", set.Len()), "tenants_file", f.File, "revoked_streams", ended)
+	})
 }

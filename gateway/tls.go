@@ -9,9 +9,7 @@ import (
 	"fmt"
 	"log/slog"
 	"os"
-	"os/signal"
 	"sync/atomic"
-	"syscall"
 
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials"
@@ -117,21 +115,11 @@ func (s *ServerTLS) ReloadOnSIGHUP(ctx context.Context, log *slog.Logger) {
 	if s == nil {
 		return
 	}
-	hup := make(chan os.Signal, 1)
-	signal.Notify(hup, syscall.SIGHUP)
-	go func() {
-		defer signal.Stop(hup)
-		for {
-			select {
-			case <-ctx.Done():
-				return
-			case <-hup:
-				if err := s.Reload(); err != nil {
-					log.Error("TLS certificate not reloaded: keeping the one in use", "err", err)
-					continue
-				}
-				log.Info("TLS certificate reloaded", "cert", s.flags.Cert, "client_ca", s.flags.ClientCA)
-			}
+	onSIGHUP(ctx, func() {
+		if err := s.Reload(); err != nil {
+			log.Error("TLS certificate not reloaded: keeping the one in use", "err", err)
+			return
 		}
-	}()
+		log.Info("TLS certificate reloaded", "cert", s.flags.Cert, "client_ca", s.flags.ClientCA)
+	})
 }
