@@ -6,8 +6,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/nats-io/nats.go/jetstream"
-
 	kilnv1 "github.com/kilnbuild/kiln/proto/gen/go/kiln/v1"
 	"github.com/kilnbuild/kiln/services/agentproto"
 	"github.com/kilnbuild/kiln/services/buildstore"
@@ -94,40 +92,7 @@ func (rf *reportFarm) see(t *testing.T, id string) snapshot {
 	if err != nil {
 		t.Fatal(err)
 	}
-	stream, err := rf.gw.JS.Stream(ctx, bus.StreamEvents)
-	if err != nil {
-		t.Fatal(err)
-	}
-	info, err := stream.Info(ctx, jetstream.WithSubjectFilter(bus.EventsSubject(id)))
-	if err != nil {
-		t.Fatal(err)
-	}
-	n := int(info.State.Subjects[bus.EventsSubject(id)])
-	s := snapshot{rev: rev, state: b.State}
-	if n == 0 {
-		return s
-	}
-	cons, err := rf.gw.JS.OrderedConsumer(ctx, bus.StreamEvents, jetstream.OrderedConsumerConfig{FilterSubjects: []string{bus.EventsSubject(id)}})
-	if err != nil {
-		t.Fatal(err)
-	}
-	for len(s.events) < n {
-		msgs, err := cons.Fetch(n-len(s.events), jetstream.FetchMaxWait(time.Second))
-		if err != nil {
-			t.Fatal(err)
-		}
-		for m := range msgs.Messages() {
-			ev := &kilnv1.BuildEvent{}
-			if err := bus.Decode(m.Data(), ev); err != nil {
-				t.Fatal(err)
-			}
-			s.events = append(s.events, ev)
-		}
-		if ctx.Err() != nil {
-			t.Fatalf("events of %s: %d of %d read", id, len(s.events), n)
-		}
-	}
-	return s
+	return snapshot{rev: rev, state: b.State, events: bustest.EventLog(t, rf.gw.JS, id)}
 }
 
 // rawReport sends a report as a hostile agent would, with whatever it

@@ -8,8 +8,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/nats-io/nats.go/jetstream"
-
 	kilnv1 "github.com/kilnbuild/kiln/proto/gen/go/kiln/v1"
 	"github.com/kilnbuild/kiln/services/agentproto"
 	"github.com/kilnbuild/kiln/services/buildstore"
@@ -40,44 +38,10 @@ func assigned(t *testing.T, store *buildstore.Store, agent string) *kilnv1.Build
 	return b
 }
 
-// logOf reads a build's whole event log, as many events as the stream
-// holds for it.
-func logOf(t *testing.T, conn *bus.Conn, id string) []*kilnv1.BuildEvent {
+// setUp returns an agent-a client on a fresh NATS server with the report
+// handler serving, and a build assigned to agent-a at attempt 1.
+func setUp(t *testing.T) (*bus.Conn, *buildstore.Store, *agentproto.Client, *kilnv1.Build) {
 	t.Helper()
-	ctx, cancel := context.WithTimeout(t.Context(), 30*time.Second)
-	defer cancel()
-	stream, err := conn.JS.Stream(ctx, bus.StreamEvents)
-	if err != nil {
-		t.Fatal(err)
-	}
-	info, err := stream.Info(ctx, jetstream.WithSubjectFilter(bus.EventsSubject(id)))
-	if err != nil {
-		t.Fatal(err)
-	}
-	n := int(info.State.Subjects[bus.EventsSubject(id)])
-	cons, err := conn.JS.OrderedConsumer(ctx, bus.StreamEvents, jetstream.OrderedConsumerConfig{FilterSubjects: []string{bus.EventsSubject(id)}})
-	if err != nil {
-		t.Fatal(err)
-	}
-	var out []*kilnv1.BuildEvent
-	for len(out) < n {
-		msg, err := cons.Next()
-		if err != nil {
-			t.Fatalf("event %d of %d: %v", len(out)+1, n, err)
-		}
-		ev := &kilnv1.BuildEvent{}
-		if err := bus.Decode(msg.Data(), ev); err != nil {
-			t.Fatal(err)
-		}
-		out = append(out, ev)
-	}
-	return out
-}
-
-// TestAttemptKeepsTheOrderOfManyEvents sends more events than fit in one
-// batch, some large, from two goroutines' worth of output in sequence: the
-// log holds every one, in order, between RUNNING and the finished event.
-func TestAttemptKeepsTheOrderOfManyEvents(t *testing.T) {
 	conn := bustest.Conn(t)
 	serve(t, conn)
 	store, err := buildstore.Open(t.Context(), conn.JS)
@@ -88,7 +52,14 @@ func TestAttemptKeepsTheOrderOfManyEvents(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	b := assigned(t, store, "agent-a")
+	return conn, store, c, assigned(t, store, "agent-a")
+}
+
+// TestAttemptKeepsTheOrderOfManyEvents sends more events than fit in one
+// batch, some large, from two goroutines' worth of output in sequence: the
+// log holds every one, in order, between RUNNING and the finished event.
+func TestAttemptKeepsTheOrderOfManyEvents(t *testing.T) {
+	conn, _, c, b := setUp(t)
 	at, rec, err := c.Start(t.Context(), b, time.Minute, agentproto.Hooks{Failed: func(err error) { t.Errorf("events: %v", err) }})
 	if err != nil {
 		t.Fatal(err)
@@ -115,7 +86,7 @@ func TestAttemptKeepsTheOrderOfManyEvents(t *testing.T) {
 	if fin.State != kilnv1.BuildState_BUILD_STATE_SUCCEEDED {
 		t.Fatalf("finished record: %s", fin.State)
 	}
-	evs := logOf(t, conn, b.Id)
+	evs := bustest.EventLog(t, conn.JS, b.Id)
 	if len(evs) != n+2 {
 		t.Fatalf("%d events, want RUNNING, %d lines and finished", len(evs), n)
 	}
@@ -133,17 +104,7 @@ func TestAttemptKeepsTheOrderOfManyEvents(t *testing.T) {
 // attempt, the next batch is refused, the hook hears of it once, and the
 // finish is refused without writing.
 func TestAttemptThatLostItsBuildIsFenced(t *testing.T) {
-	conn := bustest.Conn(t)
-	serve(t, conn)
-	store, err := buildstore.Open(t.Context(), conn.JS)
-	if err != nil {
-		t.Fatal(err)
-	}
-	c, err := agentproto.New(conn.NC, "agent-a")
-	if err != nil {
-		t.Fatal(err)
-	}
-	b := assigned(t, store, "agent-a")
+	conn, store, c, b := setUp(t)
 	fenced := make(chan error, 2)
 	at, _, err := c.Start(t.Context(), b, time.Minute, agentproto.Hooks{Fenced: func(err error) { fenced <- err }})
 	if err != nil {
@@ -183,7 +144,7 @@ func TestAttemptThatLostItsBuildIsFenced(t *testing.T) {
 	if after != rev || cur.Agent != "agent-b" {
 		t.Fatalf("record changed: revision %d → %d, agent %q", rev, after, cur.Agent)
 	}
-	for _, ev := range logOf(t, conn, b.Id) {
+	for _, ev := range bustest.EventLog(t, conn.JS, b.Id) {
 		if ev.GetLog().GetText() == "stale" || ev.GetFinished() != nil {
 			t.Fatalf("the lost attempt's %v is in the log", ev.Event)
 		}
