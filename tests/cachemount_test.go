@@ -20,16 +20,7 @@ func startTenantsKilnd(t *testing.T, names ...string) (*kilnd, map[string]string
 	for _, name := range names {
 		tokens[name] = tenantsAdd(t, file, name)
 	}
-	k, err := startKilnd(dir, "--tenants-file", file)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		k.stop()
-		if t.Failed() {
-			t.Logf("kilnd log:\n%s", k.logs)
-		}
-	})
+	k := mustStartKilnd(t, dir, "--tenants-file", file)
 	return k, tokens
 }
 

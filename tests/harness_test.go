@@ -111,6 +111,24 @@ func sharedKilnd(t *testing.T) *kilnd {
 	return shared
 }
 
+// mustStartKilnd starts kilnd as startKilnd does, failing the test if it
+// cannot; kilnd stops when the test ends, and its log is printed if the
+// test failed.
+func mustStartKilnd(t testing.TB, dataDir string, extra ...string) *kilnd {
+	t.Helper()
+	k, err := startKilnd(dataDir, extra...)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		k.stop()
+		if t.Failed() {
+			t.Logf("kilnd log:\n%s", k.logs)
+		}
+	})
+	return k
+}
+
 // startKilnd starts kilnd on free ports with dataDir and waits for its
 // ready file.
 func startKilnd(dataDir string, extra ...string) (*kilnd, error) {

@@ -74,16 +74,7 @@ func maskSecret(t *testing.T) string {
 func TestSecretIsMaskedInEveryForm(t *testing.T) {
 	otlp := startOTLPReceiver(t)
 	traceEnv(t, otlp, "grpc")
-	k, err := startKilnd(t.TempDir())
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		k.stop()
-		if t.Failed() {
-			t.Logf("kilnd log:\n%s", k.logs)
-		}
-	})
+	k := mustStartKilnd(t, t.TempDir())
 	capture := captureNATS(t, k)
 	base := enginetest.BusyboxBase(t)
 

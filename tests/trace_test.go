@@ -303,16 +303,7 @@ func TestTraceBuildFromCLIToSteps(t *testing.T) {
 func testTraceBuildFromCLIToSteps(t *testing.T, protocol string) {
 	r := startOTLPReceiver(t)
 	traceEnv(t, r, protocol)
-	k, err := startKilnd(t.TempDir())
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		k.stop()
-		if t.Failed() {
-			t.Logf("kilnd log:\n%s", k.logs)
-		}
-	})
+	k := mustStartKilnd(t, t.TempDir())
 	bs, _ := k.client(t)
 	base := enginetest.BusyboxBase(t)
 	n := uniq()
