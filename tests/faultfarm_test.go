@@ -22,7 +22,6 @@ import (
 
 	"github.com/docker/docker/api/types/container"
 	"github.com/nats-io/nats-server/v2/server"
-	"github.com/nats-io/nats.go/jetstream"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials/insecure"
 
@@ -30,6 +29,7 @@ import (
 	kilnv1 "github.com/kilnbuild/kiln/proto/gen/go/kiln/v1"
 	"github.com/kilnbuild/kiln/services/buildstore"
 	"github.com/kilnbuild/kiln/services/bus"
+	"github.com/kilnbuild/kiln/services/bus/bustest"
 	"github.com/kilnbuild/kiln/services/logging/logtest"
 )
 
@@ -397,42 +397,7 @@ func (f *faultFarm) list(t testing.TB) []*kilnv1.Build {
 // finished events.
 func (f *faultFarm) eventLog(t testing.TB, id string) []*kilnv1.BuildEvent {
 	t.Helper()
-	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-	defer cancel()
-	subject := bus.EventsSubject(id)
-	stream, err := f.conn.JS.Stream(ctx, bus.StreamEvents)
-	if err != nil {
-		t.Fatalf("event log of %s: %v", id, err)
-	}
-	info, err := stream.Info(ctx, jetstream.WithSubjectFilter(subject))
-	if err != nil {
-		t.Fatalf("event log of %s: %v", id, err)
-	}
-	want := int(info.State.Subjects[subject])
-	cons, err := stream.OrderedConsumer(ctx, jetstream.OrderedConsumerConfig{FilterSubjects: []string{subject}})
-	if err != nil {
-		t.Fatalf("event log of %s: %v", id, err)
-	}
-	var out []*kilnv1.BuildEvent
-	for len(out) < want {
-		batch, err := cons.Fetch(want-len(out), jetstream.FetchMaxWait(5*time.Second))
-		if err != nil {
-			t.Fatalf("event log of %s: %v", id, err)
-		}
-		n := 0
-		for msg := range batch.Messages() {
-			ev := &kilnv1.BuildEvent{}
-			if err := bus.Decode(msg.Data(), ev); err != nil {
-				t.Fatalf("event log of %s: %v", id, err)
-			}
-			out = append(out, ev)
-			n++
-		}
-		if n == 0 {
-			t.Fatalf("event log of %s: read %d of %d events: %v", id, len(out), want, batch.Error())
-		}
-	}
-	return out
+	return bustest.EventLog(t, f.conn.JS, id)
 }
 
 // finishedEvents returns the finished events in log.
