@@ -13,12 +13,10 @@ import (
 	"strings"
 	"testing"
 
-	"google.golang.org/grpc/codes"
-	"google.golang.org/grpc/status"
-
 	"github.com/kilnbuild/kiln/agent/contexttar"
 	"github.com/kilnbuild/kiln/agent/localcas"
 	kilnv1 "github.com/kilnbuild/kiln/proto/gen/go/kiln/v1"
+	"github.com/kilnbuild/kiln/proto/rules"
 	"github.com/kilnbuild/kiln/services/ctxmanifest"
 )
 
@@ -217,8 +215,8 @@ func TestWriteRefusesUnsafeManifestsBeforeWriting(t *testing.T) {
 		t.Run(tc.name, func(t *testing.T) {
 			var buf bytes.Buffer
 			err := contexttar.Write(&buf, &kilnv1.ContextManifest{Entries: tc.entries}, ctxmanifest.DefaultLimits, store)
-			if status.Code(err) != codes.InvalidArgument || !strings.Contains(err.Error(), tc.want) {
-				t.Fatalf("Write = %v, want InvalidArgument containing %q", err, tc.want)
+			if !errors.Is(err, rules.ErrInvalid) || !strings.Contains(err.Error(), tc.want) {
+				t.Fatalf("Write = %v, want rules.ErrInvalid containing %q", err, tc.want)
 			}
 			if buf.Len() != 0 {
 				t.Fatalf("Write wrote %d bytes of a refused manifest", buf.Len())

@@ -17,11 +17,9 @@ import (
 	"testing"
 	"time"
 
-	"google.golang.org/grpc/codes"
-	"google.golang.org/grpc/status"
-
 	"github.com/kilnbuild/kiln/agent/workdir"
 	kilnv1 "github.com/kilnbuild/kiln/proto/gen/go/kiln/v1"
+	"github.com/kilnbuild/kiln/proto/rules"
 )
 
 // baseContext is the context the diff cases start from, unless they say.
@@ -691,8 +689,8 @@ func TestHostileManifest(t *testing.T) {
 		t.Run(tc.name, func(t *testing.T) {
 			s, root := openStore(t, 0)
 			_, _, err := s.Materialize(t.Context(), "k", &kilnv1.ContextManifest{Entries: tc.entries}, b)
-			if status.Code(err) != codes.InvalidArgument {
-				t.Fatalf("Materialize = %v, want InvalidArgument", err)
+			if !errors.Is(err, rules.ErrInvalid) {
+				t.Fatalf("Materialize = %v, want rules.ErrInvalid", err)
 			}
 			if got := names(t, root); !slices.Equal(got, []string{"lock", "trash"}) {
 				t.Errorf("a refused manifest left %v", got)

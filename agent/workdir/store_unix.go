@@ -218,7 +218,7 @@ func (s *Store) load() error {
 // m is checked with ctxmanifest.Validate for safety (paths, types, links)
 // but with no size limit: the caller checks the tenant's limits. An unsafe
 // manifest is refused before anything is written, with Validate's
-// InvalidArgument status wrapped.
+// error (matching rules.ErrInvalid) wrapped.
 //
 // On error the slot is deleted and nothing stays pinned; the Stats say
 // what was done before the error.
