@@ -40,14 +40,17 @@ type caller struct {
 type callerKey struct{}
 
 // callerOf returns the authenticated caller of ctx. Every RPC but health
-// and reflection passes the auth interceptors, which set it; a context
-// without one (a direct call in a test) is the local tenant.
+// and reflection passes the auth interceptors, which set it (the local
+// tenant in local mode). A context without one fails closed: nobody, who
+// owns no build, is no admin and may push nowhere.
 func callerOf(ctx context.Context) caller {
 	if c, ok := ctx.Value(callerKey{}).(caller); ok {
 		return c
 	}
-	return localCaller
+	return nobody
 }
+
+var nobody = caller{tenant: &tenants.Tenant{Name: ""}}
 
 var localCaller = caller{tenant: &tenants.Tenant{Name: LocalTenant, Admin: true}, local: true}
 
