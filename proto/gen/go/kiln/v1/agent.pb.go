@@ -370,6 +370,106 @@ func (x *ListAgentsResponse) GetAgents() []*Agent {
 	return nil
 }
 
+type DrainAgentRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// name is the agent's name, as ListAgents shows it.
+	Name string `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
+	// undrain lets a drained agent take new builds again.
+	Undrain       bool `protobuf:"varint,2,opt,name=undrain,proto3" json:"undrain,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *DrainAgentRequest) Reset() {
+	*x = DrainAgentRequest{}
+	mi := &file_kiln_v1_agent_proto_msgTypes[4]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *DrainAgentRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*DrainAgentRequest) ProtoMessage() {}
+
+func (x *DrainAgentRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_kiln_v1_agent_proto_msgTypes[4]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use DrainAgentRequest.ProtoReflect.Descriptor instead.
+func (*DrainAgentRequest) Descriptor() ([]byte, []int) {
+	return file_kiln_v1_agent_proto_rawDescGZIP(), []int{4}
+}
+
+func (x *DrainAgentRequest) GetName() string {
+	if x != nil {
+		return x.Name
+	}
+	return ""
+}
+
+func (x *DrainAgentRequest) GetUndrain() bool {
+	if x != nil {
+		return x.Undrain
+	}
+	return false
+}
+
+type DrainAgentResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// agent is the agent's record as it acknowledged the request: DRAINING
+	// after a drain, READY (or UNHEALTHY) after an undrain.
+	Agent         *Agent `protobuf:"bytes,1,opt,name=agent,proto3" json:"agent,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *DrainAgentResponse) Reset() {
+	*x = DrainAgentResponse{}
+	mi := &file_kiln_v1_agent_proto_msgTypes[5]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *DrainAgentResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*DrainAgentResponse) ProtoMessage() {}
+
+func (x *DrainAgentResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_kiln_v1_agent_proto_msgTypes[5]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use DrainAgentResponse.ProtoReflect.Descriptor instead.
+func (*DrainAgentResponse) Descriptor() ([]byte, []int) {
+	return file_kiln_v1_agent_proto_rawDescGZIP(), []int{5}
+}
+
+func (x *DrainAgentResponse) GetAgent() *Agent {
+	if x != nil {
+		return x.Agent
+	}
+	return nil
+}
+
 var File_kiln_v1_agent_proto protoreflect.FileDescriptor
 
 const file_kiln_v1_agent_proto_rawDesc = "" +
@@ -403,16 +503,23 @@ const file_kiln_v1_agent_proto_rawDesc = "" +
 	"\x06chains\x18\x03 \x03(\tR\x06chains\"\x13\n" +
 	"\x11ListAgentsRequest\"<\n" +
 	"\x12ListAgentsResponse\x12&\n" +
-	"\x06agents\x18\x01 \x03(\v2\x0e.kiln.v1.AgentR\x06agents*u\n" +
+	"\x06agents\x18\x01 \x03(\v2\x0e.kiln.v1.AgentR\x06agents\"A\n" +
+	"\x11DrainAgentRequest\x12\x12\n" +
+	"\x04name\x18\x01 \x01(\tR\x04name\x12\x18\n" +
+	"\aundrain\x18\x02 \x01(\bR\aundrain\":\n" +
+	"\x12DrainAgentResponse\x12$\n" +
+	"\x05agent\x18\x01 \x01(\v2\x0e.kiln.v1.AgentR\x05agent*u\n" +
 	"\n" +
 	"AgentState\x12\x1b\n" +
 	"\x17AGENT_STATE_UNSPECIFIED\x10\x00\x12\x15\n" +
 	"\x11AGENT_STATE_READY\x10\x01\x12\x18\n" +
 	"\x14AGENT_STATE_DRAINING\x10\x02\x12\x19\n" +
-	"\x15AGENT_STATE_UNHEALTHY\x10\x032U\n" +
+	"\x15AGENT_STATE_UNHEALTHY\x10\x032\x9c\x01\n" +
 	"\fAgentService\x12E\n" +
 	"\n" +
-	"ListAgents\x12\x1a.kiln.v1.ListAgentsRequest\x1a\x1b.kiln.v1.ListAgentsResponseB7Z5github.com/kilnbuild/kiln/proto/gen/go/kiln/v1;kilnv1b\x06proto3"
+	"ListAgents\x12\x1a.kiln.v1.ListAgentsRequest\x1a\x1b.kiln.v1.ListAgentsResponse\x12E\n" +
+	"\n" +
+	"DrainAgent\x12\x1a.kiln.v1.DrainAgentRequest\x1a\x1b.kiln.v1.DrainAgentResponseB7Z5github.com/kilnbuild/kiln/proto/gen/go/kiln/v1;kilnv1b\x06proto3"
 
 var (
 	file_kiln_v1_agent_proto_rawDescOnce sync.Once
@@ -427,32 +534,37 @@ func file_kiln_v1_agent_proto_rawDescGZIP() []byte {
 }
 
 var file_kiln_v1_agent_proto_enumTypes = make([]protoimpl.EnumInfo, 1)
-var file_kiln_v1_agent_proto_msgTypes = make([]protoimpl.MessageInfo, 5)
+var file_kiln_v1_agent_proto_msgTypes = make([]protoimpl.MessageInfo, 7)
 var file_kiln_v1_agent_proto_goTypes = []any{
 	(AgentState)(0),               // 0: kiln.v1.AgentState
 	(*Agent)(nil),                 // 1: kiln.v1.Agent
 	(*CacheSummary)(nil),          // 2: kiln.v1.CacheSummary
 	(*ListAgentsRequest)(nil),     // 3: kiln.v1.ListAgentsRequest
 	(*ListAgentsResponse)(nil),    // 4: kiln.v1.ListAgentsResponse
-	nil,                           // 5: kiln.v1.Agent.LabelsEntry
-	(*timestamppb.Timestamp)(nil), // 6: google.protobuf.Timestamp
-	(Builder)(0),                  // 7: kiln.v1.Builder
+	(*DrainAgentRequest)(nil),     // 5: kiln.v1.DrainAgentRequest
+	(*DrainAgentResponse)(nil),    // 6: kiln.v1.DrainAgentResponse
+	nil,                           // 7: kiln.v1.Agent.LabelsEntry
+	(*timestamppb.Timestamp)(nil), // 8: google.protobuf.Timestamp
+	(Builder)(0),                  // 9: kiln.v1.Builder
 }
 var file_kiln_v1_agent_proto_depIdxs = []int32{
-	0, // 0: kiln.v1.Agent.state:type_name -> kiln.v1.AgentState
-	5, // 1: kiln.v1.Agent.labels:type_name -> kiln.v1.Agent.LabelsEntry
-	6, // 2: kiln.v1.Agent.started_at:type_name -> google.protobuf.Timestamp
-	6, // 3: kiln.v1.Agent.last_seen:type_name -> google.protobuf.Timestamp
-	2, // 4: kiln.v1.Agent.cache:type_name -> kiln.v1.CacheSummary
-	7, // 5: kiln.v1.Agent.builders:type_name -> kiln.v1.Builder
-	1, // 6: kiln.v1.ListAgentsResponse.agents:type_name -> kiln.v1.Agent
-	3, // 7: kiln.v1.AgentService.ListAgents:input_type -> kiln.v1.ListAgentsRequest
-	4, // 8: kiln.v1.AgentService.ListAgents:output_type -> kiln.v1.ListAgentsResponse
-	8, // [8:9] is the sub-list for method output_type
-	7, // [7:8] is the sub-list for method input_type
-	7, // [7:7] is the sub-list for extension type_name
-	7, // [7:7] is the sub-list for extension extendee
-	0, // [0:7] is the sub-list for field type_name
+	0,  // 0: kiln.v1.Agent.state:type_name -> kiln.v1.AgentState
+	7,  // 1: kiln.v1.Agent.labels:type_name -> kiln.v1.Agent.LabelsEntry
+	8,  // 2: kiln.v1.Agent.started_at:type_name -> google.protobuf.Timestamp
+	8,  // 3: kiln.v1.Agent.last_seen:type_name -> google.protobuf.Timestamp
+	2,  // 4: kiln.v1.Agent.cache:type_name -> kiln.v1.CacheSummary
+	9,  // 5: kiln.v1.Agent.builders:type_name -> kiln.v1.Builder
+	1,  // 6: kiln.v1.ListAgentsResponse.agents:type_name -> kiln.v1.Agent
+	1,  // 7: kiln.v1.DrainAgentResponse.agent:type_name -> kiln.v1.Agent
+	3,  // 8: kiln.v1.AgentService.ListAgents:input_type -> kiln.v1.ListAgentsRequest
+	5,  // 9: kiln.v1.AgentService.DrainAgent:input_type -> kiln.v1.DrainAgentRequest
+	4,  // 10: kiln.v1.AgentService.ListAgents:output_type -> kiln.v1.ListAgentsResponse
+	6,  // 11: kiln.v1.AgentService.DrainAgent:output_type -> kiln.v1.DrainAgentResponse
+	10, // [10:12] is the sub-list for method output_type
+	8,  // [8:10] is the sub-list for method input_type
+	8,  // [8:8] is the sub-list for extension type_name
+	8,  // [8:8] is the sub-list for extension extendee
+	0,  // [0:8] is the sub-list for field type_name
 }
 
 func init() { file_kiln_v1_agent_proto_init() }
@@ -467,7 +579,7 @@ func file_kiln_v1_agent_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_kiln_v1_agent_proto_rawDesc), len(file_kiln_v1_agent_proto_rawDesc)),
 			NumEnums:      1,
-			NumMessages:   5,
+			NumMessages:   7,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

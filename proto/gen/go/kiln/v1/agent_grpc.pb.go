@@ -20,16 +20,22 @@ const _ = grpc.SupportPackageIsVersion9
 
 const (
 	AgentService_ListAgents_FullMethodName = "/kiln.v1.AgentService/ListAgents"
+	AgentService_DrainAgent_FullMethodName = "/kiln.v1.AgentService/DrainAgent"
 )
 
 // AgentServiceClient is the client API for AgentService service.
 //
 // For semantics around ctx use and closing/ending streaming RPCs, please refer to https://pkg.go.dev/google.golang.org/grpc/?tab=doc#ClientConn.NewStream.
 //
-// AgentService shows the farm's build agents.
+// AgentService shows the farm's build agents and takes them out of rotation.
 type AgentServiceClient interface {
 	// ListAgents returns every agent that has sent a heartbeat recently.
 	ListAgents(ctx context.Context, in *ListAgentsRequest, opts ...grpc.CallOption) (*ListAgentsResponse, error)
+	// DrainAgent stops an agent taking new builds (or, with undrain, lets it
+	// take them again). Builds it is running finish; the agent stays up and
+	// is listed as DRAINING until undrained. It returns once the agent has
+	// acknowledged. Admin only.
+	DrainAgent(ctx context.Context, in *DrainAgentRequest, opts ...grpc.CallOption) (*DrainAgentResponse, error)
 }
 
 type agentServiceClient struct {
@@ -50,14 +56,29 @@ func (c *agentServiceClient) ListAgents(ctx context.Context, in *ListAgentsReque
 	return out, nil
 }
 
+func (c *agentServiceClient) DrainAgent(ctx context.Context, in *DrainAgentRequest, opts ...grpc.CallOption) (*DrainAgentResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(DrainAgentResponse)
+	err := c.cc.Invoke(ctx, AgentService_DrainAgent_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 // AgentServiceServer is the server API for AgentService service.
 // All implementations must embed UnimplementedAgentServiceServer
 // for forward compatibility.
 //
-// AgentService shows the farm's build agents.
+// AgentService shows the farm's build agents and takes them out of rotation.
 type AgentServiceServer interface {
 	// ListAgents returns every agent that has sent a heartbeat recently.
 	ListAgents(context.Context, *ListAgentsRequest) (*ListAgentsResponse, error)
+	// DrainAgent stops an agent taking new builds (or, with undrain, lets it
+	// take them again). Builds it is running finish; the agent stays up and
+	// is listed as DRAINING until undrained. It returns once the agent has
+	// acknowledged. Admin only.
+	DrainAgent(context.Context, *DrainAgentRequest) (*DrainAgentResponse, error)
 	mustEmbedUnimplementedAgentServiceServer()
 }
 
@@ -70,6 +91,9 @@ type UnimplementedAgentServiceServer struct{}
 
 func (UnimplementedAgentServiceServer) ListAgents(context.Context, *ListAgentsRequest) (*ListAgentsResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method ListAgents not implemented")
+}
+func (UnimplementedAgentServiceServer) DrainAgent(context.Context, *DrainAgentRequest) (*DrainAgentResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method DrainAgent not implemented")
 }
 func (UnimplementedAgentServiceServer) mustEmbedUnimplementedAgentServiceServer() {}
 func (UnimplementedAgentServiceServer) testEmbeddedByValue()                      {}
@@ -110,6 +134,24 @@ func _AgentService_ListAgents_Handler(srv interface{}, ctx context.Context, dec 
 	return interceptor(ctx, in, info, handler)
 }
 
+func _AgentService_DrainAgent_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(DrainAgentRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(AgentServiceServer).DrainAgent(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: AgentService_DrainAgent_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(AgentServiceServer).DrainAgent(ctx, req.(*DrainAgentRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 // AgentService_ServiceDesc is the grpc.ServiceDesc for AgentService service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -120,6 +162,10 @@ var AgentService_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "ListAgents",
 			Handler:    _AgentService_ListAgents_Handler,
+		},
+		{
+			MethodName: "DrainAgent",
+			Handler:    _AgentService_DrainAgent_Handler,
 		},
 	},
 	Streams:  []grpc.StreamDesc{},
