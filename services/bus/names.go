@@ -55,6 +55,10 @@ const (
 	agentInboxPrefix = "_INBOX_AGENT."
 	// subjectCancelPrefix prefixes kiln.cancel.<build id>.
 	subjectCancelPrefix = "kiln.cancel."
+	// subjectDrainPrefix prefixes kiln.agent.drain.<agent name>: the
+	// gateway's request that an agent stop (or resume) taking new builds,
+	// answered by the agent with its record.
+	subjectDrainPrefix = "kiln.agent.drain."
 )
 
 // The agent name comes last in an agent's subjects so a name with dots (a
@@ -70,6 +74,9 @@ func WithdrawSubject(agent string) string { return subjectWithdrawPrefix + agent
 
 // ReportSubject is the subject of an agent's AgentReports.
 func ReportSubject(agent string) string { return subjectReportPrefix + agent }
+
+// DrainSubject is the subject of drain requests to an agent.
+func DrainSubject(agent string) string { return subjectDrainPrefix + agent }
 
 // AgentInboxPrefix is the inbox prefix of an agent's connection
 // (nats.CustomInboxPrefix).

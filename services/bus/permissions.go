@@ -23,7 +23,8 @@ const (
 	RoleScheduler Role = "scheduler"
 	// RoleAgent runs builds. One credential per agent name: it may pull work,
 	// report on its builds and write its heartbeat under its own name only,
-	// read context blobs and hear cancellations; it cannot read build
+	// read context blobs, hear cancellations and answer drain requests for
+	// its own name; it cannot read build
 	// records or event logs, nor write either.
 	RoleAgent Role = "agent"
 )
@@ -84,7 +85,8 @@ func Permissions(role Role, agent string) (*server.Permissions, error) {
 			// The CAS garbage collector's lease, and no other key.
 			streamAccess{stream: kvStream(BucketLeader), subjects: []string{"$KV." + BucketLeader + "." + LeaderKeyCASGC}, read: true, write: true},
 		)
-		pub = append(pub, subjectCancelPrefix+"*", SubjectCASDeleted)
+		// Drain requests to any agent (DrainAgent), answered on _INBOX.
+		pub = append(pub, subjectCancelPrefix+"*", subjectDrainPrefix+"*", SubjectCASDeleted)
 		sub = append(sub, "_INBOX.>", SubjectCASDeleted)
 	case RoleScheduler:
 		manage, responses = true, true
@@ -106,7 +108,9 @@ func Permissions(role Role, agent string) (*server.Permissions, error) {
 			"$KV."+BucketAgents+"."+agent,                 // its own heartbeat
 			PullSubject(agent), WithdrawSubject(agent), ReportSubject(agent),
 		)
-		sub = append(sub, AgentInboxPrefix(agent)+".>", subjectCancelPrefix+"*")
+		sub = append(sub, AgentInboxPrefix(agent)+".>", subjectCancelPrefix+"*", DrainSubject(agent))
+		// The answer to a drain request, on the gateway's inbox.
+		responses = true
 	default:
 		return nil, fmt.Errorf("unknown NATS role %q", role)
 	}
@@ -149,7 +153,8 @@ func Permissions(role Role, agent string) (*server.Permissions, error) {
 		Subscribe: &server.SubjectPermission{Allow: sub},
 	}
 	if responses {
-		// Answers to pulls (held up to a minute) and reports.
+		// Schedulers: answers to pulls (held up to a minute) and reports.
+		// Agents: answers to drain requests.
 		p.Response = &server.ResponsePermission{MaxMsgs: 1, Expires: server.DEFAULT_ALLOW_RESPONSE_EXPIRATION}
 	}
 	return p, nil

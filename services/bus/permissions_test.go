@@ -180,6 +180,48 @@ func TestAgentCredentialIsConfined(t *testing.T) {
 		}
 		wantViolation(t, errs, "_INBOX.>")
 	})
+	t.Run("drain an agent or hear another's drain requests", func(t *testing.T) {
+		refused(t, bus.DrainSubject("agent-b"))
+		refused(t, bus.DrainSubject("agent-a"))
+		if _, err := a.NC.SubscribeSync(bus.DrainSubject("agent-b")); err != nil {
+			t.Fatal(err)
+		}
+		wantViolation(t, errs, `"`+bus.DrainSubject("agent-b")+`"`)
+	})
+}
+
+// TestGatewayDrainRequestIsAnsweredByItsAgent: the gateway's credential
+// may ask any agent to drain, and the agent's may answer its own.
+func TestGatewayDrainRequestIsAnsweredByItsAgent(t *testing.T) {
+	f := bustest.AuthFarm(t, "agent-a")
+	gw := f.Conn(t, bus.RoleGateway, "")
+	a, errs := violations(t, f, bus.RoleAgent, "agent-a")
+	sub, err := a.NC.Subscribe(bus.DrainSubject("agent-a"), func(m *nats.Msg) {
+		if err := m.Respond([]byte("draining")); err != nil {
+			t.Error(err)
+		}
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer sub.Unsubscribe()
+	if err := a.NC.Flush(); err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(t.Context(), 30*time.Second)
+	defer cancel()
+	reply, err := gw.NC.RequestWithContext(ctx, bus.DrainSubject("agent-a"), []byte("drain"))
+	if err != nil {
+		t.Fatalf("drain request: %v", err)
+	}
+	if string(reply.Data) != "draining" {
+		t.Fatalf("drain answer %q, want the agent's", reply.Data)
+	}
+	select {
+	case err := <-errs:
+		t.Fatalf("agent refused: %v", err)
+	default:
+	}
 }
 
 // TestSeedFilesArePrivate: the credentials kilnd generates can be read by
