@@ -85,8 +85,9 @@ func Permissions(role Role, agent string) (*server.Permissions, error) {
 			// The CAS garbage collector's lease, and no other key.
 			streamAccess{stream: kvStream(BucketLeader), subjects: []string{"$KV." + BucketLeader + "." + LeaderKeyCASGC}, read: true, write: true},
 		)
-		// Drain requests to any agent (DrainAgent), answered on _INBOX.
-		pub = append(pub, subjectCancelPrefix+"*", subjectDrainPrefix+"*", SubjectCASDeleted)
+		// Drain requests to any agent (DrainAgent), answered on _INBOX; ">"
+		// as an agent name may have dots.
+		pub = append(pub, subjectCancelPrefix+"*", subjectDrainPrefix+">", SubjectCASDeleted)
 		sub = append(sub, "_INBOX.>", SubjectCASDeleted)
 	case RoleScheduler:
 		manage, responses = true, true

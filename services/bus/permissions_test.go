@@ -193,10 +193,11 @@ func TestAgentCredentialIsConfined(t *testing.T) {
 // TestGatewayDrainRequestIsAnsweredByItsAgent: the gateway's credential
 // may ask any agent to drain, and the agent's may answer its own.
 func TestGatewayDrainRequestIsAnsweredByItsAgent(t *testing.T) {
-	f := bustest.AuthFarm(t, "agent-a")
+	const name = "build-1.example.com" // a host name: several subject tokens
+	f := bustest.AuthFarm(t, name)
 	gw := f.Conn(t, bus.RoleGateway, "")
-	a, errs := violations(t, f, bus.RoleAgent, "agent-a")
-	sub, err := a.NC.Subscribe(bus.DrainSubject("agent-a"), func(m *nats.Msg) {
+	a, errs := violations(t, f, bus.RoleAgent, name)
+	sub, err := a.NC.Subscribe(bus.DrainSubject(name), func(m *nats.Msg) {
 		if err := m.Respond([]byte("draining")); err != nil {
 			t.Error(err)
 		}
@@ -210,7 +211,7 @@ func TestGatewayDrainRequestIsAnsweredByItsAgent(t *testing.T) {
 	}
 	ctx, cancel := context.WithTimeout(t.Context(), 30*time.Second)
 	defer cancel()
-	reply, err := gw.NC.RequestWithContext(ctx, bus.DrainSubject("agent-a"), []byte("drain"))
+	reply, err := gw.NC.RequestWithContext(ctx, bus.DrainSubject(name), []byte("drain"))
 	if err != nil {
 		t.Fatalf("drain request: %v", err)
 	}
