@@ -17,6 +17,11 @@
 //
 // Stopping the agent drains it: no new pulls, in-flight builds get
 // DrainTimeout to finish and are otherwise handed back to the queue.
+//
+// An admin's drain request (the gateway's DrainAgent, on
+// kiln.agent.drain.<name>) holds the agent instead: no new pulls, waiting
+// pulls withdrawn, heartbeat DRAINING, running builds go on; the process
+// stays up and resumes pulling when undrained.
 package agent
 
 import (
@@ -31,6 +36,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 	"golang.org/x/sync/errgroup"
 	"google.golang.org/protobuf/proto"
@@ -132,6 +138,12 @@ type Agent struct {
 	busy     atomic.Int32
 	healthy  atomic.Bool
 	draining atomic.Bool
+
+	// hold is an admin's drain (see hold.go): no new pulls until undrained.
+	hold hold
+	// hbMu orders heartbeat writes, so one that read the state before a
+	// drain cannot land after the drain's own.
+	hbMu sync.Mutex
 
 	mu   sync.Mutex
 	info engine.Info
@@ -243,6 +255,11 @@ func (a *Agent) Run(ctx context.Context) error {
 	slotsTotal.Set(float64(a.cfg.Slots))
 	defer slotsTotal.Set(0)
 	a.Announce(ctx)
+	drainSub, err := a.cfg.Conn.NC.Subscribe(bus.DrainSubject(a.cfg.Name), func(m *nats.Msg) { a.onDrainRequest(ctx, m) })
+	if err != nil {
+		return fmt.Errorf("subscribe %s: %w", bus.DrainSubject(a.cfg.Name), err)
+	}
+	defer func() { _ = drainSub.Unsubscribe() }()
 	// work outlives ctx by DrainTimeout so in-flight builds may finish.
 	work, stopWork := context.WithCancelCause(context.WithoutCancel(ctx))
 	defer stopWork(nil)
@@ -291,8 +308,17 @@ func (a *Agent) slotLoop(ctx, work context.Context) {
 			case <-time.After(max(backoff, time.Second)):
 			}
 		}
-		builds, err := a.pull(ctx)
+		pctx, done, ok := a.hold.startPull(ctx)
+		if !ok {
+			return
+		}
+		builds, err := a.pull(pctx)
+		held := pctx.Err() != nil && ctx.Err() == nil
+		done()
 		if err != nil {
+			if held {
+				continue // drained while pulling: wait for the undrain
+			}
 			if ctx.Err() == nil {
 				a.log.Debug("pull for work", "err", err)
 			}
@@ -363,12 +389,19 @@ func (a *Agent) heartbeatLoop(ctx context.Context) {
 
 // heartbeat writes the agent's record to KV KILN_AGENTS.
 func (a *Agent) heartbeat(ctx context.Context) {
+	_, _ = a.writeHeartbeat(ctx)
+}
+
+// writeHeartbeat writes the agent's record to KV KILN_AGENTS and returns it.
+func (a *Agent) writeHeartbeat(ctx context.Context) (*kilnv1.Agent, error) {
+	a.hbMu.Lock()
+	defer a.hbMu.Unlock()
 	a.mu.Lock()
 	info := a.info
 	a.mu.Unlock()
 	state := kilnv1.AgentState_AGENT_STATE_READY
 	switch {
-	case a.draining.Load():
+	case a.draining.Load(), a.hold.held():
 		state = kilnv1.AgentState_AGENT_STATE_DRAINING
 	case !a.healthy.Load():
 		state = kilnv1.AgentState_AGENT_STATE_UNHEALTHY
@@ -384,9 +417,13 @@ func (a *Agent) heartbeat(ctx context.Context) {
 	if err == nil {
 		_, err = a.agents.Put(ctx, a.cfg.Name, data)
 	}
-	if err != nil && ctx.Err() == nil {
-		a.log.Warn("heartbeat", "err", err)
+	if err != nil {
+		if ctx.Err() == nil {
+			a.log.Warn("heartbeat", "err", err)
+		}
+		return rec, fmt.Errorf("heartbeat: %w", err)
 	}
+	return rec, nil
 }
 
 func nonEmpty(s, fallback string) string {
