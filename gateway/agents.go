@@ -2,8 +2,14 @@ package gateway
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"sort"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
 
 	kilnv1 "github.com/kilnbuild/kiln/proto/gen/go/kiln/v1"
 	"github.com/kilnbuild/kiln/services/bus"
@@ -35,5 +41,54 @@ func (g *Gateway) ListAgents(ctx context.Context, _ *kilnv1.ListAgentsRequest) (
 		resp.Agents = append(resp.Agents, a)
 	}
 	sort.Slice(resp.Agents, func(i, j int) bool { return resp.Agents[i].Name < resp.Agents[j].Name })
+	return resp, nil
+}
+
+// drainAnswerWait is how long DrainAgent waits for the agent's
+// acknowledgement (the agent writes its heartbeat before answering).
+const drainAnswerWait = 10 * time.Second
+
+// DrainAgent asks an agent to stop taking new builds, or with undrain to
+// take them again, and returns its record once the agent has acknowledged.
+// Running builds finish; the agent stays up, listed as DRAINING. Only
+// admin tenants may. An agent without a live heartbeat is NotFound; one
+// that does not answer is Unavailable.
+func (g *Gateway) DrainAgent(ctx context.Context, req *kilnv1.DrainAgentRequest) (*kilnv1.DrainAgentResponse, error) {
+	what := "draining an agent"
+	if req.GetUndrain() {
+		what = "undraining an agent"
+	}
+	if err := requireAdmin(ctx, what); err != nil {
+		return nil, err
+	}
+	name := req.GetName()
+	if !bus.ValidAgentName(name) {
+		return nil, status.Errorf(codes.InvalidArgument, "agent name %q: want letters, digits, '-', '_' and dots between them", name)
+	}
+	if _, err := g.agents.Get(ctx, name); bus.IsNotFound(err) {
+		return nil, status.Errorf(codes.NotFound, "no agent %q (see ListAgents)", name)
+	} else if err != nil {
+		return nil, fmt.Errorf("read agent %s: %w", name, err)
+	}
+	msg, err := bus.NewMsg(bus.DrainSubject(name), &kilnv1.DrainAgentRequest{Name: name, Undrain: req.GetUndrain()})
+	if err != nil {
+		return nil, err
+	}
+	rctx, cancel := context.WithTimeout(ctx, drainAnswerWait)
+	defer cancel()
+	reply, err := g.conn.NC.RequestMsgWithContext(rctx, msg)
+	switch {
+	case errors.Is(err, nats.ErrNoResponders):
+		return nil, status.Errorf(codes.Unavailable, "agent %q is not listening for drain requests (stopped, or older than DrainAgent)", name)
+	case err != nil && ctx.Err() == nil && rctx.Err() != nil:
+		return nil, status.Errorf(codes.Unavailable, "agent %q did not acknowledge within %s", name, drainAnswerWait)
+	case err != nil:
+		return nil, fmt.Errorf("drain request to agent %s: %w", name, err)
+	}
+	resp := &kilnv1.DrainAgentResponse{}
+	if err := bus.Decode(reply.Data, resp); err != nil {
+		return nil, fmt.Errorf("answer of agent %s: %w", name, err)
+	}
+	g.log.InfoContext(ctx, "agent drain requested", "agent", name, "by", callerOf(ctx).tenant.Name, "undrain", req.GetUndrain(), "state", resp.GetAgent().GetState().String())
 	return resp, nil
 }

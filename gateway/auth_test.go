@@ -22,6 +22,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/nats-io/nats.go"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials"
@@ -29,6 +30,7 @@ import (
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/proto"
 
 	kilnv1 "github.com/kilnbuild/kiln/proto/gen/go/kiln/v1"
 	"github.com/kilnbuild/kiln/services/buildstore"
@@ -368,6 +370,93 @@ func TestAuthAdmin(t *testing.T) {
 	wantCode(t, "ListAgents without admin", err, codes.PermissionDenied)
 	if _, err := agents.ListAgents(as(t.Context(), tokenAdmin), &kilnv1.ListAgentsRequest{}); err != nil {
 		t.Fatalf("ListAgents as admin: %v", err)
+	}
+}
+
+// TestAuthDrainAgent: DrainAgent needs an admin token (a tenant's is
+// PermissionDenied and the agent hears nothing), an unknown agent is
+// NotFound, one that does not listen is Unavailable, and an admin's drain
+// returns the agent's answer. The agent is a real NATS client with a
+// heartbeat that answers its drain subject as an agent does.
+func TestAuthDrainAgent(t *testing.T) {
+	f := startAuthFarm(t)
+	agents := kilnv1.NewAgentServiceClient(f.dial(t))
+	kv, err := f.conn.JS.KeyValue(t.Context(), bus.BucketAgents)
+	if err != nil {
+		t.Fatal(err)
+	}
+	heartbeat := func(name string) {
+		data, err := proto.Marshal(&kilnv1.Agent{Name: name, State: kilnv1.AgentState_AGENT_STATE_READY})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, err := kv.Put(t.Context(), name, data); err != nil {
+			t.Fatal(err)
+		}
+	}
+	heartbeat("agent-1")
+	heartbeat("silent-agent") // a heartbeat, but nothing listens
+	requests := make(chan *kilnv1.DrainAgentRequest, 8)
+	sub, err := f.conn.NC.Subscribe(bus.DrainSubject("agent-1"), func(m *nats.Msg) {
+		req := &kilnv1.DrainAgentRequest{}
+		if err := bus.Decode(m.Data, req); err != nil {
+			t.Error(err)
+			return
+		}
+		requests <- req
+		state := kilnv1.AgentState_AGENT_STATE_DRAINING
+		if req.Undrain {
+			state = kilnv1.AgentState_AGENT_STATE_READY
+		}
+		reply, err := bus.NewMsg(m.Reply, &kilnv1.DrainAgentResponse{Agent: &kilnv1.Agent{Name: "agent-1", State: state}})
+		if err == nil {
+			err = m.RespondMsg(reply)
+		}
+		if err != nil {
+			t.Error(err)
+		}
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer sub.Unsubscribe()
+
+	for _, tok := range []string{tokenA, tokenB} {
+		for _, undrain := range []bool{false, true} {
+			_, err := agents.DrainAgent(as(t.Context(), tok), &kilnv1.DrainAgentRequest{Name: "agent-1", Undrain: undrain})
+			wantCode(t, "DrainAgent without admin", err, codes.PermissionDenied)
+		}
+	}
+	_, err = agents.DrainAgent(as(t.Context(), ""), &kilnv1.DrainAgentRequest{Name: "agent-1"})
+	wantCode(t, "DrainAgent without a token", err, codes.Unauthenticated)
+	_, err = agents.DrainAgent(as(t.Context(), tokenAdmin), &kilnv1.DrainAgentRequest{Name: "no-such-agent"})
+	wantCode(t, "DrainAgent of an unknown agent", err, codes.NotFound)
+	_, err = agents.DrainAgent(as(t.Context(), tokenAdmin), &kilnv1.DrainAgentRequest{Name: "a.>"})
+	wantCode(t, "DrainAgent of a wildcard name", err, codes.InvalidArgument)
+	_, err = agents.DrainAgent(as(t.Context(), tokenAdmin), &kilnv1.DrainAgentRequest{Name: "silent-agent"})
+	wantCode(t, "DrainAgent of an agent that does not listen", err, codes.Unavailable)
+	if !strings.Contains(status.Convert(err).Message(), "silent-agent") {
+		t.Fatalf("Unavailable does not name the agent: %v", err)
+	}
+
+	// The refused calls reached no agent: the admin's drain is the first
+	// request agent-1 hears.
+	resp, err := agents.DrainAgent(as(t.Context(), tokenAdmin), &kilnv1.DrainAgentRequest{Name: "agent-1"})
+	if err != nil {
+		t.Fatalf("DrainAgent as admin: %v", err)
+	}
+	if resp.GetAgent().GetState() != kilnv1.AgentState_AGENT_STATE_DRAINING {
+		t.Fatalf("DrainAgent answered %v, want DRAINING", resp.GetAgent())
+	}
+	if req := <-requests; req.Name != "agent-1" || req.Undrain {
+		t.Fatalf("agent heard %v first, want the admin's drain", req)
+	}
+	resp, err = agents.DrainAgent(as(t.Context(), tokenAdmin), &kilnv1.DrainAgentRequest{Name: "agent-1", Undrain: true})
+	if err != nil || resp.GetAgent().GetState() != kilnv1.AgentState_AGENT_STATE_READY {
+		t.Fatalf("undrain as admin: %v, %v; want READY", err, resp.GetAgent())
+	}
+	if req := <-requests; !req.Undrain {
+		t.Fatalf("agent heard %v, want the undrain", req)
 	}
 }
 
