@@ -75,6 +75,22 @@ func (c *Client) ListAgents(ctx context.Context) ([]*kilnv1.Agent, error) {
 	return resp.Agents, nil
 }
 
+// DrainAgent asks the farm to stop giving the named agent new builds, or
+// with undrain to give it builds again, and returns the agent's record as
+// it acknowledged (DRAINING after a drain). Builds it is running finish;
+// the agent stays up. It needs an admin token.
+func (c *Client) DrainAgent(ctx context.Context, name string, undrain bool) (*kilnv1.Agent, error) {
+	resp, err := kilnv1.NewAgentServiceClient(c.conn).DrainAgent(ctx, &kilnv1.DrainAgentRequest{Name: name, Undrain: undrain})
+	if err != nil {
+		what := "draining"
+		if undrain {
+			what = "undraining"
+		}
+		return nil, fmt.Errorf("%s agent %s: %w", what, name, err)
+	}
+	return resp.GetAgent(), nil
+}
+
 // GetBuild returns the current record of a build.
 func (c *Client) GetBuild(ctx context.Context, buildID string) (*kilnv1.Build, error) {
 	resp, err := c.builds.GetBuild(ctx, &kilnv1.GetBuildRequest{BuildId: buildID})

@@ -16,8 +16,12 @@ import (
 	"github.com/kilnbuild/kiln/sdk/kiln"
 )
 
-// agents is `kiln agents`: the farm's agents, one per line.
+// agents is `kiln agents`: the farm's agents, one per line; `kiln agents
+// drain|undrain NAME` takes one out of rotation or puts it back.
 func (a *App) agents(ctx context.Context, args []string) int {
+	if len(args) > 0 && (args[0] == "drain" || args[0] == "undrain") {
+		return a.drainAgent(ctx, args[0], args[1:])
+	}
 	fs := pflag.NewFlagSet("agents", pflag.ContinueOnError)
 	fs.SetOutput(io.Discard)
 	var cf connFlags
@@ -25,7 +29,10 @@ func (a *App) agents(ctx context.Context, args []string) int {
 	format := fs.String("format", "table", `Output format: "table" or "json"`)
 	if err := fs.Parse(args); err != nil {
 		if err == pflag.ErrHelp {
-			fmt.Fprintf(a.Stdout, "Usage:  kiln agents [OPTIONS]\n\nList the farm's build agents.\n\nOptions:\n%s", fs.FlagUsages())
+			fmt.Fprintf(a.Stdout, "Usage:  kiln agents [OPTIONS]\n        kiln agents drain|undrain NAME [OPTIONS]\n\n"+
+				"List the farm's build agents (admin token).\n\n"+
+				"Commands:\n  drain     Stop giving an agent new builds; its running builds finish\n"+
+				"  undrain   Give a drained agent builds again\n\nOptions:\n%s", fs.FlagUsages())
 			return ExitOK
 		}
 		return a.usageErrorf("agents", "%v", err)
@@ -64,6 +71,61 @@ func (a *App) agents(ctx context.Context, args []string) int {
 		return ExitOK
 	}
 	writeAgents(a.Stdout, agents, time.Now())
+	return ExitOK
+}
+
+// drainAgent is `kiln agents drain|undrain NAME`.
+func (a *App) drainAgent(ctx context.Context, cmd string, args []string) int {
+	name := "agents " + cmd
+	fs := pflag.NewFlagSet(name, pflag.ContinueOnError)
+	fs.SetOutput(io.Discard)
+	var cf connFlags
+	cf.register(fs)
+	format := fs.String("format", "table", `Output format: "table" or "json"`)
+	if err := fs.Parse(args); err != nil {
+		if err == pflag.ErrHelp {
+			what := "Stop giving an agent new builds. Builds it is running finish; the agent\n" +
+				"stays up and is listed as draining until 'kiln agents undrain NAME'.\n" +
+				"Returns once the agent has acknowledged."
+			if cmd == "undrain" {
+				what = "Give a drained agent new builds again. Returns once the agent has\nacknowledged."
+			}
+			fmt.Fprintf(a.Stdout, "Usage:  kiln agents %s NAME [OPTIONS]\n\n%s\n\nNeeds an admin token (KILN_TOKEN or --token).\n\nOptions:\n%s", cmd, what, fs.FlagUsages())
+			return ExitOK
+		}
+		return a.usageErrorf(name, "%v", err)
+	}
+	if fs.NArg() != 1 || (*format != "table" && *format != "json") {
+		return a.usageErrorf(name, `"kiln agents %s" takes one agent name (see "kiln agents") and --format table|json`, cmd)
+	}
+	conn, err := cf.resolve(fs, a.lookupEnv())
+	if err != nil {
+		return a.usageErrorf(name, "%v", err)
+	}
+	client, err := kiln.Dial(conn.gateway, conn.opts...)
+	if err != nil {
+		fmt.Fprintf(a.Stderr, "ERROR: %v\n", err)
+		return ExitUsage
+	}
+	defer client.Close()
+	cctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+	defer cancel()
+	ag, err := client.DrainAgent(cctx, fs.Arg(0), cmd == "undrain")
+	if err != nil {
+		code := ExitCode(err)
+		if code == ExitUnreachable {
+			fmt.Fprintf(a.Stderr, "ERROR: cannot reach the kiln gateway at %s: %v\n", conn.gateway, err)
+		} else {
+			fmt.Fprintf(a.Stderr, "ERROR: %v\n", err)
+		}
+		return code
+	}
+	if *format == "json" {
+		line, _ := protojson.Marshal(ag)
+		fmt.Fprintln(a.Stdout, string(line))
+		return ExitOK
+	}
+	writeAgents(a.Stdout, []*kilnv1.Agent{ag}, time.Now())
 	return ExitOK
 }
 

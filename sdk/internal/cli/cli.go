@@ -98,7 +98,7 @@ Build container images on a kiln build farm.
 
 Commands:
   build     Build an image from a Dockerfile on the farm
-  agents    List the farm's build agents
+  agents    List the farm's build agents; drain or undrain one
   version   Show the kiln version
 
 Environment:

@@ -54,6 +54,14 @@ func TestRun(t *testing.T) {
 		{name: "unknown command", args: []string{"bake"}, code: ExitUsage, stderr: `unknown command "bake"`},
 		{name: "bad flag", args: []string{"build", "--squash", dir}, code: ExitUsage, stderr: "See 'kiln build --help'."},
 		{name: "bad tag", args: []string{"build", "-t", "UPPER/Case:bad tag", dir}, code: ExitUsage, stderr: `invalid tag "UPPER/Case:bad tag"`},
+		{name: "agents help", args: []string{"agents", "--help"}, code: ExitOK, stdout: "kiln agents drain|undrain NAME"},
+		{name: "drain help", args: []string{"agents", "drain", "--help"}, code: ExitOK, stdout: "Needs an admin token"},
+		{name: "undrain help", args: []string{"agents", "undrain", "--help"}, code: ExitOK, stdout: "Usage:  kiln agents undrain NAME"},
+		{name: "drain without a name", args: []string{"agents", "drain"}, code: ExitUsage, stderr: "takes one agent name"},
+		{
+			name: "drain, unreachable gateway", args: []string{"agents", "drain", "--gateway", addr, "builder-1"},
+			code: ExitUnreachable, stderr: "ERROR: cannot reach the kiln gateway at " + addr + ": ",
+		},
 		{
 			name: "missing Dockerfile is found before dialling", args: []string{"build", "--gateway", addr, "-f", "x/Dockerfile", noDockerfile},
 			code: ExitUsage, stderr: `Dockerfile "x/Dockerfile" not found in build context`,

@@ -19,6 +19,7 @@ func TestPlaintextTokenToRemoteRefused(t *testing.T) {
 	for _, args := range [][]string{
 		{"build", "--gateway", "farm.example.com:7700", "--token", "kiln_x", "--insecure-plaintext", dir},
 		{"agents", "--gateway", "farm.example.com:7700", "--token", "kiln_x", "--insecure-plaintext"},
+		{"agents", "drain", "--gateway", "farm.example.com:7700", "--token", "kiln_x", "--insecure-plaintext", "builder-1"},
 	} {
 		var stderr bytes.Buffer
 		a := &App{Stdout: &bytes.Buffer{}, Stderr: &stderr}
