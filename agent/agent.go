@@ -254,12 +254,13 @@ func (a *Agent) Announce(ctx context.Context) {
 func (a *Agent) Run(ctx context.Context) error {
 	slotsTotal.Set(float64(a.cfg.Slots))
 	defer slotsTotal.Set(0)
-	a.Announce(ctx)
+	// Listen for an admin's drain before the heartbeat shows the agent.
 	drainSub, err := a.cfg.Conn.NC.Subscribe(bus.DrainSubject(a.cfg.Name), func(m *nats.Msg) { a.onDrainRequest(ctx, m) })
 	if err != nil {
 		return fmt.Errorf("subscribe %s: %w", bus.DrainSubject(a.cfg.Name), err)
 	}
 	defer func() { _ = drainSub.Unsubscribe() }()
+	a.Announce(ctx)
 	// work outlives ctx by DrainTimeout so in-flight builds may finish.
 	work, stopWork := context.WithCancelCause(context.WithoutCancel(ctx))
 	defer stopWork(nil)
