@@ -5,11 +5,9 @@ import (
 	"encoding/hex"
 	"errors"
 	"net/url"
-	"os"
 	"sort"
 	"strings"
 	"sync"
-	"syscall"
 
 	"github.com/kilnbuild/kiln/agent/engine"
 )
@@ -224,10 +222,4 @@ func (m *masker) err(err error) error {
 		return errors.New(m.line(s))
 	}
 	return err
-}
-
-// openNoFollow opens a file for reading without following a symlink in
-// its last element.
-func openNoFollow(p string) (*os.File, error) {
-	return os.OpenFile(p, os.O_RDONLY|syscall.O_NOFOLLOW, 0)
 }
