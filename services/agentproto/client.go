@@ -42,8 +42,8 @@ type Client struct {
 
 // New returns the client of agent on nc.
 func New(nc *nats.Conn, agent string) (*Client, error) {
-	if !bus.ValidAgentName(agent) {
-		return nil, fmt.Errorf("agent name %q: want letters, digits, '-', '_' and dots between them", agent)
+	if err := bus.CheckAgentName(agent); err != nil {
+		return nil, err
 	}
 	return &Client{nc: nc, agent: agent}, nil
 }

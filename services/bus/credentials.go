@@ -82,8 +82,8 @@ func LoadOrCreateSeeds(dir string, agents ...string) (Seeds, error) {
 	}
 	ids := []Identity{{Role: RoleGateway}, {Role: RoleScheduler}}
 	for _, a := range agents {
-		if !ValidAgentName(a) {
-			return Seeds{}, fmt.Errorf("agent name %q: want letters, digits, '-', '_' and dots between them", a)
+		if err := CheckAgentName(a); err != nil {
+			return Seeds{}, err
 		}
 		ids = append(ids, Identity{Role: RoleAgent, Agent: a})
 	}

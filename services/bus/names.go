@@ -3,7 +3,10 @@
 // connection and JetStream set-up, and the protobuf codec.
 package bus
 
-import "strings"
+import (
+	"fmt"
+	"strings"
+)
 
 // Stream, bucket and subject names. DESIGN.md "Wire contracts" is the reference.
 const (
@@ -90,6 +93,15 @@ func AgentFromSubject(subject string) (string, bool) {
 		}
 	}
 	return "", false
+}
+
+// CheckAgentName is ValidAgentName as an error that names the rule, for
+// callers that refuse a bad name.
+func CheckAgentName(name string) error {
+	if !ValidAgentName(name) {
+		return fmt.Errorf("agent name %q: want letters, digits, '-', '_' and dots between them", name)
+	}
+	return nil
 }
 
 // ValidAgentName reports whether name can name an agent: a KV key (its

@@ -100,8 +100,8 @@ func Permissions(role Role, agent string) (*server.Permissions, error) {
 		)
 		sub = append(sub, "_INBOX.>", subjectPullPrefix+">", subjectWithdrawPrefix+">", subjectReportPrefix+">")
 	case RoleAgent:
-		if !ValidAgentName(agent) {
-			return nil, fmt.Errorf("agent name %q: want letters, digits, '-', '_' and dots between them", agent)
+		if err := CheckAgentName(agent); err != nil {
+			return nil, err
 		}
 		streams = append(streams, streamAccess{stream: "OBJ_" + BucketCAS, read: true})
 		pub = append(pub,
