@@ -139,7 +139,7 @@ func (m *masker) line(s string) string {
 	if m == nil {
 		return s
 	}
-	return m.edges(m.r.Replace(s), 0)
+	return m.edges(m.r.Replace(s))
 }
 
 // log masks a line of output of one stream (a step's output, or the push
@@ -166,33 +166,32 @@ func (m *masker) log(stream int, s string) string {
 }
 
 // edges masks a line's end that is the start of a form and a line's start
-// that is the end of one, each at least minSplitLen bytes long. skip is
-// how many bytes at the start are masked already.
-func (m *masker) edges(s string, skip int) string {
+// that is the end of one, each at least minSplitLen bytes long.
+func (m *masker) edges(s string) string {
 	end := 0 // bytes at the end that start a form
 	start := 0
 	for _, f := range m.forms {
-		for n := min(len(f)-1, len(s)-skip); n >= minSplitLen && n > end; n-- {
+		for n := min(len(f)-1, len(s)); n >= minSplitLen && n > end; n-- {
 			if strings.HasSuffix(s, f[:n]) {
 				end = n
 				break
 			}
 		}
-		for n := min(len(f)-1, len(s)-skip); n >= minSplitLen && n > start; n-- {
-			if strings.HasPrefix(s[skip:], f[len(f)-n:]) {
+		for n := min(len(f)-1, len(s)); n >= minSplitLen && n > start; n-- {
+			if strings.HasPrefix(s, f[len(f)-n:]) {
 				start = n
 				break
 			}
 		}
 	}
-	if start+end > len(s)-skip { // one overlaps the other: all of it
-		return s[:skip] + masked
+	if start+end > len(s) { // one overlaps the other: all of it
+		return masked
 	}
 	if end > 0 {
 		s = s[:len(s)-end] + masked
 	}
 	if start > 0 {
-		s = s[:skip] + masked + s[skip+start:]
+		s = masked + s[start:]
 	}
 	return s
 }
