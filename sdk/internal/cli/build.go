@@ -44,7 +44,7 @@ func (a *App) runBuild(ctx context.Context, o *buildOptions) int {
 		return a.fail(pr, o, watch, err, "cannot reach the kiln gateway at %s")
 	}
 
-	opts := append([]kiln.Option{kiln.WithDialOptions(o.trace.dialOptions()...)}, o.conn.opts...)
+	opts := append([]kiln.Option{kiln.WithDialOptions(o.trace.dialOptions()...)}, o.opts...)
 	client, err = kiln.Dial(o.gateway, opts...)
 	if err != nil {
 		pr.Errorf("%v", err)

@@ -29,9 +29,7 @@ type buildOptions struct {
 	progress       progress.Mode
 	metadataFile   string
 	iidFile        string
-	gateway        string
-	token          string
-	conn           connection // gateway, token and TLS as Dial options
+	connection     // gateway, token and TLS as Dial options
 	idempotencyKey string
 	// secrets are the --secret values by id, read from their files and
 	// variables; the SDK seals them before they leave the process.
@@ -117,7 +115,7 @@ func parseBuildArgs(args []string, lookupEnv func(string) (string, bool)) (*buil
 	if err != nil {
 		return nil, err
 	}
-	o.conn, o.gateway, o.token = conn, conn.gateway, conn.token
+	o.connection = conn
 
 	mode := flagOrEnv(fset, "progress", f.progress, "KILN_PROGRESS", lookupEnv)
 	if f.quiet && !fset.Changed("progress") {
