@@ -8,6 +8,8 @@ import (
 	"time"
 
 	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/kilnbuild/kiln/services/bus"
 )
 
 // Object-store metadata keys kiln stores with a blob.
@@ -83,14 +85,14 @@ func (s *Store) Touch(ctx context.Context, digest string) (bool, error) {
 		return false, fmt.Errorf("%w: %q", ErrBadDigest, digest)
 	}
 	info, err := s.obj.GetInfo(ctx, digest)
-	if bus404(err) {
+	if bus.IsNotFound(err) {
 		return false, nil
 	}
 	if err != nil {
 		return false, fmt.Errorf("touch blob %s: %w", digest, err)
 	}
 	err = s.obj.UpdateMeta(ctx, digest, info.ObjectMeta)
-	if errors.Is(err, jetstream.ErrUpdateMetaDeleted) || bus404(err) {
+	if errors.Is(err, jetstream.ErrUpdateMetaDeleted) || bus.IsNotFound(err) {
 		return false, nil
 	}
 	if err != nil {
@@ -107,14 +109,12 @@ func (s *Store) Delete(ctx context.Context, digest string) error {
 		return fmt.Errorf("%w: %q", ErrBadDigest, digest)
 	}
 	s.Forget(digest)
-	if err := s.obj.Delete(ctx, digest); err != nil && !bus404(err) {
+	if err := s.obj.Delete(ctx, digest); err != nil && !bus.IsNotFound(err) {
 		return fmt.Errorf("delete blob %s: %w", digest, err)
 	}
 	s.Forget(digest)
 	return nil
 }
-
-func bus404(err error) bool { return errors.Is(err, jetstream.ErrObjectNotFound) }
 
 // formatBytes writes n bytes for a person: "1.2 GB", "512 B".
 func formatBytes(n int64) string {
