@@ -167,7 +167,6 @@ type walker struct {
 	global map[string]string // ARGs before the first FROM with a value
 	stage  map[string]string // the current stage's ARGs and ENVs with a value; nil before the first FROM
 	own    []netip.Addr
-	ownErr error
 	ownSet bool
 }
 
@@ -294,7 +293,7 @@ func (w *walker) hostAddrs() []netip.Addr {
 		if f == nil {
 			f = HostAddrs
 		}
-		w.own, w.ownErr = f()
+		w.own, _ = f()
 	}
 	return w.own
 }
