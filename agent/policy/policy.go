@@ -150,7 +150,7 @@ func (c *Checker) Check(ctx context.Context, dockerfile []byte, buildArgs map[st
 	if len(rewrites) == 0 || p.Classic {
 		return dockerfile, nil
 	}
-	return applyRewrites(dockerfile, res.EscapeToken, rewrites)
+	return applyRewrites(dockerfile, res, rewrites)
 }
 
 func (c *Checker) frontendWhy(img string, p Policy) string {

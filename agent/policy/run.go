@@ -115,14 +115,11 @@ func joinCSV(fields []string) string {
 // applyRewrites writes each rewritten RUN's logical line (its first
 // physical line and those its line continuations join) as one line with
 // the new flags, and turns the joined lines into "#" comments: every
-// other line, and so every line number, stays as it was. It checks the
-// result by parsing it again.
-func applyRewrites(dockerfile []byte, escape rune, rws []rewrite) ([]byte, error) {
+// other line, and so every line number, stays as it was. res is the
+// Dockerfile as parsed. It checks the result by parsing it again.
+func applyRewrites(dockerfile []byte, res *parser.Result, rws []rewrite) ([]byte, error) {
+	escape := res.EscapeToken
 	lines := strings.SplitAfter(string(dockerfile), "\n")
-	res, err := parser.Parse(bytes.NewReader(dockerfile))
-	if err != nil {
-		return nil, err
-	}
 	byLine := map[int]*parser.Node{}
 	for _, n := range res.AST.Children {
 		byLine[n.StartLine] = n
