@@ -44,8 +44,15 @@ func (a *App) agents(ctx context.Context, args []string) int {
 	if err != nil {
 		return a.usageErrorf("agents", "%v", err)
 	}
-	addr := conn.gateway
-	client, err := kiln.Dial(addr, conn.opts...)
+	return a.callAgents(ctx, conn, *format, func(ctx context.Context, c *kiln.Client) ([]*kilnv1.Agent, error) {
+		return c.ListAgents(ctx)
+	})
+}
+
+// callAgents dials the gateway, makes call and prints the agents it
+// returns in format ("table" or "json": one line per agent).
+func (a *App) callAgents(ctx context.Context, conn connection, format string, call func(context.Context, *kiln.Client) ([]*kilnv1.Agent, error)) int {
+	client, err := kiln.Dial(conn.gateway, conn.opts...)
 	if err != nil {
 		fmt.Fprintf(a.Stderr, "ERROR: %v\n", err)
 		return ExitUsage
@@ -53,17 +60,17 @@ func (a *App) agents(ctx context.Context, args []string) int {
 	defer client.Close()
 	cctx, cancel := context.WithTimeout(ctx, 30*time.Second)
 	defer cancel()
-	agents, err := client.ListAgents(cctx)
+	agents, err := call(cctx, client)
 	if err != nil {
 		code := ExitCode(err)
 		if code == ExitUnreachable {
-			fmt.Fprintf(a.Stderr, "ERROR: cannot reach the kiln gateway at %s: %v\n", addr, err)
+			fmt.Fprintf(a.Stderr, "ERROR: cannot reach the kiln gateway at %s: %v\n", conn.gateway, err)
 		} else {
 			fmt.Fprintf(a.Stderr, "ERROR: %v\n", err)
 		}
 		return code
 	}
-	if *format == "json" {
+	if format == "json" {
 		for _, ag := range agents {
 			line, _ := protojson.Marshal(ag)
 			fmt.Fprintln(a.Stdout, string(line))
@@ -102,31 +109,13 @@ func (a *App) drainAgent(ctx context.Context, cmd string, args []string) int {
 	if err != nil {
 		return a.usageErrorf(name, "%v", err)
 	}
-	client, err := kiln.Dial(conn.gateway, conn.opts...)
-	if err != nil {
-		fmt.Fprintf(a.Stderr, "ERROR: %v\n", err)
-		return ExitUsage
-	}
-	defer client.Close()
-	cctx, cancel := context.WithTimeout(ctx, 30*time.Second)
-	defer cancel()
-	ag, err := client.DrainAgent(cctx, fs.Arg(0), cmd == "undrain")
-	if err != nil {
-		code := ExitCode(err)
-		if code == ExitUnreachable {
-			fmt.Fprintf(a.Stderr, "ERROR: cannot reach the kiln gateway at %s: %v\n", conn.gateway, err)
-		} else {
-			fmt.Fprintf(a.Stderr, "ERROR: %v\n", err)
+	return a.callAgents(ctx, conn, *format, func(ctx context.Context, c *kiln.Client) ([]*kilnv1.Agent, error) {
+		ag, err := c.DrainAgent(ctx, fs.Arg(0), cmd == "undrain")
+		if err != nil {
+			return nil, err
 		}
-		return code
-	}
-	if *format == "json" {
-		line, _ := protojson.Marshal(ag)
-		fmt.Fprintln(a.Stdout, string(line))
-		return ExitOK
-	}
-	writeAgents(a.Stdout, []*kilnv1.Agent{ag}, time.Now())
-	return ExitOK
+		return []*kilnv1.Agent{ag}, nil
+	})
 }
 
 func writeAgents(w io.Writer, agents []*kilnv1.Agent, now time.Time) {
