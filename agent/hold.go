@@ -19,18 +19,17 @@ import (
 // the agent starts, it ends: undrain releases the slots.
 type hold struct {
 	mu     sync.Mutex
-	on     bool
+	on     atomic.Bool   // set under mu; read without it by held
 	resume chan struct{} // closed when the hold ends
 	// pulls is cancelled when the hold comes on; every pull started
 	// while it was off derives from it. pulling counts those pulls.
 	pulls     context.Context
 	stopPulls context.CancelFunc
 	pulling   sync.WaitGroup
-	isOn      atomic.Bool
 }
 
 // held reports whether the agent is drained by an admin.
-func (h *hold) held() bool { return h.isOn.Load() }
+func (h *hold) held() bool { return h.on.Load() }
 
 // startPull waits while the hold is on, then returns the context of one
 // pull (ended by ctx or by the hold coming on) and the func to call when
@@ -38,7 +37,7 @@ func (h *hold) held() bool { return h.isOn.Load() }
 func (h *hold) startPull(ctx context.Context) (pctx context.Context, done func(), ok bool) {
 	for {
 		h.mu.Lock()
-		if !h.on {
+		if !h.on.Load() {
 			if h.pulls == nil {
 				h.pulls, h.stopPulls = context.WithCancel(context.Background())
 			}
@@ -64,12 +63,11 @@ func (h *hold) startPull(ctx context.Context) (pctx context.Context, done func()
 // Calls must not overlap (the drain subscription runs one at a time).
 func (h *hold) set(on bool) {
 	h.mu.Lock()
-	if on == h.on {
+	if on == h.on.Load() {
 		h.mu.Unlock()
 		return
 	}
-	h.on = on
-	h.isOn.Store(on)
+	h.on.Store(on)
 	if on {
 		h.resume = make(chan struct{})
 		if h.stopPulls != nil {
