@@ -46,9 +46,10 @@ func (g *Gateway) FindMissingBlobs(ctx context.Context, req *kilnv1.FindMissingB
 // refused before anything is stored. The request is held within
 // --manifest-memory (manifestGate) and encoded entry by entry.
 func (g *Gateway) PutManifest(ctx context.Context, req *kilnv1.PutManifestRequest) (*kilnv1.PutManifestResponse, error) {
-	manifestBytesReceived.Add(float64(proto.Size(req)))
-	if n := int64(proto.Size(req)); n > g.limits.manifestRequestMax() {
-		return nil, status.Errorf(codes.ResourceExhausted, "context manifest is %d bytes, over the limit of %d bytes (--context-max-manifest-bytes)", n, g.limits.manifestRequestMax())
+	n := int64(proto.Size(req)) // walks every entry: once
+	manifestBytesReceived.Add(float64(n))
+	if limit := g.limits.manifestRequestMax(); n > limit {
+		return nil, status.Errorf(codes.ResourceExhausted, "context manifest is %d bytes, over the limit of %d bytes (--context-max-manifest-bytes)", n, limit)
 	}
 	total, err := ctxmanifest.Validate(req.Manifest, g.limitsFor(ctx).Context)
 	if err != nil {
