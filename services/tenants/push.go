@@ -7,11 +7,6 @@ import (
 	"github.com/kilnbuild/kiln/proto/rules/registryhost"
 )
 
-// NormalizeHost is a registry host as kiln compares them: lower case, and
-// "docker.io" for Docker Hub however it is spelt (registryhost.Normalize,
-// the rule the CLI and the agent apply too).
-func NormalizeHost(host string) string { return registryhost.Normalize(host) }
-
 // pattern is a parsed push namespace: a repository prefix (ending in "/")
 // for "host/path/*", or one repository for "host/path".
 type pattern struct {
@@ -41,7 +36,7 @@ func parsePattern(p string) (pattern, error) {
 	}
 	if prefix {
 		if !strings.Contains(body, "/") && (strings.ContainsAny(body, ".:") || body == "localhost") {
-			return pattern{repo: NormalizeHost(body) + "/", prefix: true}, nil // a whole registry
+			return pattern{repo: registryhost.Normalize(body) + "/", prefix: true}, nil // a whole registry
 		}
 		return pattern{repo: normalizeRepository(body, false) + "/", prefix: true}, nil
 	}
@@ -53,9 +48,9 @@ func parsePattern(p string) (pattern, error) {
 }
 
 // NormalizeRepository spells an image repository ("host/path", no tag) the
-// way push namespaces are matched: host normalised (NormalizeHost), a
-// Docker Hub path without host gets "docker.io/" and, with one component,
-// "library/".
+// way push namespaces are matched: host normalised (registryhost.Normalize,
+// the rule the CLI and the agent apply too), a Docker Hub path without host
+// gets "docker.io/" and, with one component, "library/".
 func NormalizeRepository(repo string) string { return normalizeRepository(repo, true) }
 
 // normalizeRepository is NormalizeRepository; library adds "library/" to a
@@ -65,7 +60,7 @@ func normalizeRepository(repo string, library bool) string {
 	if !ok || (!strings.ContainsAny(host, ".:") && host != "localhost") {
 		host, path = "docker.io", repo
 	}
-	host = NormalizeHost(host)
+	host = registryhost.Normalize(host)
 	if library && host == "docker.io" && !strings.Contains(path, "/") {
 		path = "library/" + path
 	}
