@@ -268,13 +268,22 @@ func (a *Agent) checkPolicy(ctx context.Context, contextDir string, b *kilnv1.Bu
 	if err != nil {
 		return nil, err
 	}
-	p := policy.FromRecord(b.GetTenant(), b.GetPolicy(), a.cfg.FrontendAllow)
-	rctx, cancel := context.WithTimeout(ctx, 10*time.Second) // bounds the resolution of ADD URLs' hosts
+	return a.checkDockerfiles(ctx, b, policy.FromRecord(b.GetTenant(), b.GetPolicy(), a.cfg.FrontendAllow), data)
+}
+
+// checkDockerfiles checks each of build b's Dockerfiles against p, within
+// one bound on the resolution of ADD URLs' hosts, and returns the last one
+// as the engine is to get it. A refusal is a *engine.BuildError.
+func (a *Agent) checkDockerfiles(ctx context.Context, b *kilnv1.Build, p policy.Policy, dockerfiles ...[]byte) ([]byte, error) {
+	rctx, cancel := context.WithTimeout(ctx, 10*time.Second)
 	defer cancel()
-	out, err := (&policy.Checker{}).Check(rctx, data, b.GetSpec().GetBuildArgs(), p)
-	if err != nil {
-		a.log.InfoContext(ctx, "build refused by policy", "build_id", b.GetId(), "tenant", b.GetTenant(), "err", err)
-		return nil, &engine.BuildError{Message: err.Error()}
+	var out []byte
+	for _, df := range dockerfiles {
+		var err error
+		if out, err = (&policy.Checker{}).Check(rctx, df, b.GetSpec().GetBuildArgs(), p); err != nil {
+			a.log.InfoContext(ctx, "build refused by policy", "build_id", b.GetId(), "tenant", b.GetTenant(), "err", err)
+			return nil, &engine.BuildError{Message: err.Error()}
+		}
 	}
 	return out, nil
 }

@@ -8,7 +8,6 @@ import (
 	"io"
 	"path"
 	"strings"
-	"time"
 
 	"github.com/kilnbuild/kiln/agent/engine"
 	"github.com/kilnbuild/kiln/agent/localcas"
@@ -41,15 +40,8 @@ func (a *Agent) checkClassicPolicy(ctx context.Context, b *kilnv1.Build) error {
 	}
 	p := policy.FromRecord(b.GetTenant(), b.GetPolicy(), a.cfg.FrontendAllow)
 	p.Classic = true
-	rctx, cancel := context.WithTimeout(ctx, 10*time.Second) // bounds the resolution of ADD URLs' hosts
-	defer cancel()
-	for _, df := range dockerfiles {
-		if _, err := (&policy.Checker{}).Check(rctx, df, b.GetSpec().GetBuildArgs(), p); err != nil {
-			a.log.InfoContext(ctx, "build refused by policy", "build_id", b.GetId(), "tenant", b.GetTenant(), "err", err)
-			return &engine.BuildError{Message: err.Error()}
-		}
-	}
-	return nil
+	_, err = a.checkDockerfiles(ctx, b, p, dockerfiles...)
+	return err
 }
 
 // classicDockerfiles reads every copy of the named files in a context.
