@@ -609,11 +609,11 @@ func (p *pki) issue(t *testing.T, name string, usage x509.ExtKeyUsage) (string, 
 // certificate or with one another CA signed.
 func TestMutualTLS(t *testing.T) {
 	farmCA, otherCA := newPKI(t, "farm"), newPKI(t, "other")
-	opts, err := TLSFlags{Cert: farmCA.serverCert, Key: farmCA.serverKeyPEM, ClientCA: farmCA.caFile}.ServerOptions()
+	srv, err := TLSFlags{Cert: farmCA.serverCert, Key: farmCA.serverKeyPEM, ClientCA: farmCA.caFile}.Server()
 	if err != nil {
 		t.Fatal(err)
 	}
-	f := startAuthFarm(t, opts...)
+	f := startAuthFarm(t, srv.ServerOptions()...)
 	goodCert, goodKey := farmCA.issue(t, "client", x509.ExtKeyUsageClientAuth)
 	otherCert, otherKey := otherCA.issue(t, "client", x509.ExtKeyUsageClientAuth)
 	roots := x509.NewCertPool()
@@ -650,10 +650,10 @@ func TestMutualTLS(t *testing.T) {
 	_, err = client(goodCert, goodKey).ListBuilds(t.Context(), &kilnv1.ListBuildsRequest{})
 	wantCode(t, "mTLS without a token", err, codes.Unauthenticated)
 
-	if _, err := (TLSFlags{Cert: farmCA.serverCert}).ServerOptions(); err == nil {
+	if _, err := (TLSFlags{Cert: farmCA.serverCert}).Server(); err == nil {
 		t.Error("--tls-cert without --tls-key accepted")
 	}
-	if _, err := (TLSFlags{ClientCA: farmCA.caFile}).ServerOptions(); err == nil {
+	if _, err := (TLSFlags{ClientCA: farmCA.caFile}).Server(); err == nil {
 		t.Error("--tls-client-ca without a certificate accepted")
 	}
 }

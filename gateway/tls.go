@@ -62,16 +62,6 @@ func (t TLSFlags) Server() (*ServerTLS, error) {
 	return s, nil
 }
 
-// ServerOptions returns the gRPC server option that serves TLS, or none
-// when TLS is not configured.
-func (t TLSFlags) ServerOptions() ([]grpc.ServerOption, error) {
-	s, err := t.Server()
-	if err != nil || s == nil {
-		return nil, err
-	}
-	return s.ServerOptions(), nil
-}
-
 // ServerOptions returns the gRPC server option that serves s; nil for a
 // nil s (plaintext).
 func (s *ServerTLS) ServerOptions() []grpc.ServerOption {
