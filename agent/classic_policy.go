@@ -15,10 +15,6 @@ import (
 	kilnv1 "github.com/kilnbuild/kiln/proto/gen/go/kiln/v1"
 )
 
-// maxClassicDockerfileBytes bounds the Dockerfile checkClassicPolicy
-// reads, as engine.ReadDockerfile does for BuildKit builds.
-const maxClassicDockerfileBytes = 4 << 20
-
 // checkClassicPolicy checks a classic build's Dockerfile against its
 // tenant's policy before the engine gets the context. The classic
 // builder fetches ADD URLs itself, from the engine's host network: the
@@ -66,8 +62,8 @@ func (a *Agent) classicDockerfiles(ctx context.Context, ref *kilnv1.ContextRef, 
 			if e.GetType() != kilnv1.EntryType_ENTRY_TYPE_FILE || e.GetDigest() == nil {
 				return nil, notRegular(e.GetPath())
 			}
-			if e.GetSize() > maxClassicDockerfileBytes {
-				return nil, &engine.BuildError{Message: fmt.Sprintf("the Dockerfile %s is larger than %d bytes", e.GetPath(), maxClassicDockerfileBytes)}
+			if e.GetSize() > engine.MaxDockerfileBytes {
+				return nil, &engine.BuildError{Message: fmt.Sprintf("the Dockerfile %s is larger than %d bytes", e.GetPath(), engine.MaxDockerfileBytes)}
 			}
 			pin, _, err := a.cache.Ensure(ctx, []localcas.Blob{{Digest: e.Digest.Hash, Size: e.GetSize()}}, a.blobs.Get)
 			if err != nil {
@@ -78,7 +74,7 @@ func (a *Agent) classicDockerfiles(ctx context.Context, ref *kilnv1.ContextRef, 
 				pin.Release()
 				return nil, fmt.Errorf("read the Dockerfile: %w", err)
 			}
-			data, err := io.ReadAll(io.LimitReader(r, maxClassicDockerfileBytes))
+			data, err := io.ReadAll(io.LimitReader(r, engine.MaxDockerfileBytes))
 			r.Close()
 			pin.Release()
 			if err != nil {
@@ -116,8 +112,8 @@ func (a *Agent) classicDockerfiles(ctx context.Context, ref *kilnv1.ContextRef, 
 		if h.Typeflag != tar.TypeReg && h.Typeflag != 0 { // 0: the old regular-file flag
 			return nil, notRegular(name)
 		}
-		if h.Size > maxClassicDockerfileBytes {
-			return nil, &engine.BuildError{Message: fmt.Sprintf("the Dockerfile %s is larger than %d bytes", name, maxClassicDockerfileBytes)}
+		if h.Size > engine.MaxDockerfileBytes {
+			return nil, &engine.BuildError{Message: fmt.Sprintf("the Dockerfile %s is larger than %d bytes", name, engine.MaxDockerfileBytes)}
 		}
 		data, err := io.ReadAll(tr)
 		if err != nil {

@@ -261,8 +261,8 @@ func dockerfilePath(contextDir, dockerfile string) (string, error) {
 	return clean, nil
 }
 
-// maxDockerfileBytes bounds the Dockerfile ReadDockerfile reads.
-const maxDockerfileBytes = 4 << 20
+// MaxDockerfileBytes bounds the Dockerfile the agent reads from a context.
+const MaxDockerfileBytes = 4 << 20
 
 // ReadDockerfile reads a build's Dockerfile from its context directory
 // as BuildKit would find it: a regular file inside the context, reached
@@ -277,12 +277,12 @@ func ReadDockerfile(contextDir, dockerfile string) ([]byte, error) {
 		return nil, fmt.Errorf("read the Dockerfile: %w", err)
 	}
 	defer f.Close()
-	data, err := io.ReadAll(io.LimitReader(f, maxDockerfileBytes+1))
+	data, err := io.ReadAll(io.LimitReader(f, MaxDockerfileBytes+1))
 	if err != nil {
 		return nil, fmt.Errorf("read the Dockerfile: %w", err)
 	}
-	if len(data) > maxDockerfileBytes {
-		return nil, &BuildError{Message: fmt.Sprintf("the Dockerfile %s is larger than %d bytes", rel, maxDockerfileBytes)}
+	if len(data) > MaxDockerfileBytes {
+		return nil, &BuildError{Message: fmt.Sprintf("the Dockerfile %s is larger than %d bytes", rel, MaxDockerfileBytes)}
 	}
 	return data, nil
 }
