@@ -22,7 +22,7 @@ import (
 // CASLimits bound what tenants keep in KILN_CAS and how long it is kept.
 type CASLimits struct {
 	// Quota is a tenant's default CAS quota in bytes (--cas-quota; 0:
-	// unlimited); Config.CASQuota gives a tenant its own.
+	// unlimited); a tenant's cas_quota_bytes gives it its own.
 	Quota int64
 	// Retention keeps the contexts of builds finished this recently
 	// (--cas-retention).
@@ -62,15 +62,10 @@ func (l CASLimits) withDefaults() CASLimits {
 // have deleted since (the collector also announces deletions).
 func (l CASLimits) rememberFor() time.Duration { return l.withDefaults().Grace / 2 }
 
-// casQuota returns tenant's CAS quota (0: unlimited): Config.CASQuota's
-// answer, else the cas_quota_bytes of its entry in the tenants file in
-// force (reloads included), else the gateway's --cas-quota.
+// casQuota returns tenant's CAS quota (0: unlimited): the cas_quota_bytes
+// of its entry in the tenants file in force (reloads included), else the
+// gateway's --cas-quota.
 func (g *Gateway) casQuota(tenant string) int64 {
-	if g.tenantCASQuota != nil {
-		if q := g.tenantCASQuota(tenant); q != 0 {
-			return q
-		}
-	}
 	if set := g.auth.set.Load(); set != nil {
 		if t := set.Lookup(tenant); t != nil && t.CASQuotaBytes != 0 {
 			return t.CASQuotaBytes

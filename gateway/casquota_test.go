@@ -38,9 +38,9 @@ type casHarness struct {
 	builds   kilnv1.BuildServiceClient
 }
 
-func startCASGateway(t *testing.T, limits Limits, quota func(string) int64) *casHarness {
+func startCASGateway(t *testing.T, limits Limits) *casHarness {
 	t.Helper()
-	return startCASGatewayConfig(t, Config{Limits: limits, CASQuota: quota})
+	return startCASGatewayConfig(t, Config{Limits: limits})
 }
 
 // startCASGatewayConfig is startCASGateway with cfg (Conn and Logger are
@@ -144,12 +144,9 @@ func (h *casHarness) startBuild(t *testing.T, ref *kilnv1.ContextRef, tag string
 // manifest would take it over its CAS quota gets ResourceExhausted naming
 // its usage and quota, and nothing of the refused request is stored.
 func TestCASQuotaOverQuotaIsRefusedBeforeStoring(t *testing.T) {
-	h := startCASGateway(t, DefaultLimits, func(tenant string) int64 {
-		if tenant == defaultTenant {
-			return 1000
-		}
-		return 0
-	})
+	limits := DefaultLimits
+	limits.CAS.Quota = 1000 // the local tenant's
+	h := startCASGateway(t, limits)
 	ctx := t.Context()
 	first := []byte(strings.Repeat("a", 700))
 	if err := h.upload(ctx, first); err != nil {
@@ -265,13 +262,26 @@ func TestCASQuotaTwoTenants(t *testing.T) {
 // another tenant's charges still succeed, and a credit (the collector
 // deleting the tenant's blobs) lets the first store again.
 func TestCASQuotaIsPerTenant(t *testing.T) {
-	quotas := map[string]int64{"team-a": 1 << 20, "team-b": 2 << 20}
-	h := startCASGateway(t, DefaultLimits, func(tenant string) int64 { return quotas[tenant] })
+	hashA, err := tenants.HashToken("kiln_casquotapertenanta0000000000000000000000000")
+	if err != nil {
+		t.Fatal(err)
+	}
+	hashB, err := tenants.HashToken("kiln_casquotapertenantb0000000000000000000000000")
+	if err != nil {
+		t.Fatal(err)
+	}
+	set, err := tenants.Parse([]byte("tenants:\n" +
+		"  - name: team-a\n    tokens: ['" + hashA + "']\n    cas_quota_bytes: 1048576\n" +
+		"  - name: team-b\n    tokens: ['" + hashB + "']\n    cas_quota_bytes: 2097152\n"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	h := startCASGatewayConfig(t, Config{Limits: DefaultLimits, Tenants: set})
 	ctx := t.Context()
 	if err := h.g.charge(ctx, "team-a", 900<<10); err != nil {
 		t.Fatal(err)
 	}
-	err := h.g.charge(ctx, "team-a", 200<<10)
+	err = h.g.charge(ctx, "team-a", 200<<10)
 	if status.Code(err) != codes.ResourceExhausted || !strings.Contains(err.Error(), `tenant "team-a" stores 921.6 kB of context blobs, quota 1.0 MB`) {
 		t.Fatalf("team-a over its quota: %v", err)
 	}
@@ -310,7 +320,7 @@ func TestCASQuotaIsPerTenant(t *testing.T) {
 func TestCASGarbageCollection(t *testing.T) {
 	limits := DefaultLimits
 	limits.CAS.Interval = 0 // the test drives the collector
-	h := startCASGateway(t, limits, nil)
+	h := startCASGateway(t, limits)
 	ctx := t.Context()
 
 	queuedRef, _ := h.sendContext(t, map[string][]byte{"Dockerfile": []byte("FROM scratch\nCOPY q /\n"), "q": []byte("queued")})

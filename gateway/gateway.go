@@ -33,9 +33,6 @@ type Config struct {
 	Logger *slog.Logger
 	// Limits bound what one request may ask for.
 	Limits Limits
-	// CASQuota returns a tenant's own CAS quota in bytes (0: the gateway's
-	// Limits.CAS.Quota); nil: every tenant gets Limits.CAS.Quota.
-	CASQuota func(tenant string) int64
 	// SecretsKey is the farm's public key for build secrets, which
 	// GetSecretsKey hands to clients; nil when the farm has none, and then
 	// builds with secrets are refused.
@@ -90,11 +87,10 @@ type Gateway struct {
 	// secretsKey is Config.SecretsKey; secretsKeyID its sealed.KeyID.
 	secretsKey   *sealed.PublicKey
 	secretsKeyID string
-	// usage, tenantCASQuota and manifests: CAS quotas (casquota.go) and
-	// the manifest memory budget (manifest_memory.go).
-	usage          *cas.Usage
-	tenantCASQuota func(tenant string) int64
-	manifests      *manifestGate
+	// usage and manifests: CAS quotas (casquota.go) and the manifest
+	// memory budget (manifest_memory.go).
+	usage     *cas.Usage
+	manifests *manifestGate
 	// nonces holds the seal nonces accepted (see claimSealNonce).
 	nonces jetstream.KeyValue
 }
@@ -146,7 +142,7 @@ func New(ctx context.Context, cfg Config) (*Gateway, error) {
 		idem: idem, inflight: inflight, agents: agents, limits: cfg.Limits, health: health.NewServer(),
 		nonces: nonces,
 	}
-	g.usage, g.tenantCASQuota, g.manifests = usage, cfg.CASQuota, newManifestGate(cfg.Limits)
+	g.usage, g.manifests = usage, newManifestGate(cfg.Limits)
 	if cfg.SecretsKey != nil {
 		pub := *cfg.SecretsKey
 		g.secretsKey, g.secretsKeyID = &pub, sealed.KeyID(pub)

@@ -98,7 +98,7 @@ func TestManifestMemoryBound(t *testing.T) {
 	if os.Getenv("KILN_TEST_MANIFEST_MEMORY_UNBOUNDED") != "" {
 		limits.Manifests.Memory = 1 << 40 // shows what the gate saves
 	}
-	h := startCASGateway(t, limits, nil)
+	h := startCASGateway(t, limits)
 	budget := h.g.manifests.capacity
 	t.Logf("largest manifest request %d bytes; its cost %d bytes; budget %d bytes", limits.manifestRequestMax(), h.g.manifests.worst, budget)
 
@@ -221,7 +221,7 @@ func TestMaxRecvMsgSize(t *testing.T) {
 func TestManifestEntryBombIsRefusedBeforeDecoding(t *testing.T) {
 	limits := DefaultLimits
 	limits.Manifests.MaxBytes = 8 << 20
-	h := startCASGateway(t, limits, nil)
+	h := startCASGateway(t, limits)
 	cc, err := grpc.NewClient(h.addr, grpc.WithTransportCredentials(insecure.NewCredentials()),
 		grpc.WithDefaultCallOptions(grpc.ForceCodecV2(rawCodec{}), grpc.MaxCallSendMsgSize(64<<20)))
 	if err != nil {
