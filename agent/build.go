@@ -137,7 +137,7 @@ func (a *Agent) execute(ctx context.Context, b *kilnv1.Build, ev *events) (*kiln
 	} else {
 		res, result.ContextTransferBytes, err = a.buildClassic(ctx, b, creds, ev, rep)
 	}
-	err = rep.mask.err(err) // the classic builder's errors may quote a registry password
+	err = rep.mask.err(err) // either builder's errors may quote a secret or a registry password
 	result.ImageId = res.ImageID
 	result.Steps = uint32(res.Steps)
 	result.CachedSteps = uint32(res.CachedSteps)

@@ -165,10 +165,7 @@ func (a *Agent) buildKit(ctx context.Context, b *kilnv1.Build, creds engine.Cred
 		Secrets:        secrets,
 		DockerfileData: dockerfile,
 	}, rep)
-	if err != nil {
-		return res, rep.mask.err(err)
-	}
-	return res, nil
+	return res, err // execute masks it
 }
 
 // openSecrets opens build b's sealed secrets with the agent's key.
