@@ -9,7 +9,6 @@ import (
 	"path/filepath"
 
 	"github.com/nats-io/nats-server/v2/server"
-	"github.com/nats-io/nats.go"
 
 	"github.com/kilnbuild/kiln/services/bus"
 )
@@ -37,16 +36,16 @@ func startNATS(ctx context.Context, o options) (*farmNATS, error) {
 		return nil, err
 	}
 	f := &farmNATS{server: ns}
-	connect := func(role bus.Role, agent string, extra ...nats.Option) (*bus.Conn, error) {
-		opts, err := bus.ClientAuth{NkeyFile: seeds.File(role, agent)}.Options()
+	connect := func(role bus.Role, agent string) (*bus.Conn, error) {
+		opts, err := seeds.Options(role, agent)
 		if err != nil {
 			return nil, err
 		}
-		return bus.Connect(ctx, ns.ClientURL(), "kilnd-"+string(role), append(opts, extra...)...)
+		return bus.Connect(ctx, ns.ClientURL(), "kilnd-"+string(role), opts...)
 	}
 	if f.scheduler, err = connect(bus.RoleScheduler, ""); err == nil {
 		if f.gateway, err = connect(bus.RoleGateway, ""); err == nil {
-			f.agent, err = connect(bus.RoleAgent, o.agent.Name, nats.CustomInboxPrefix(bus.AgentInboxPrefix(o.agent.Name)))
+			f.agent, err = connect(bus.RoleAgent, o.agent.Name)
 		}
 	}
 	if err == nil {

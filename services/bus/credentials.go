@@ -63,6 +63,19 @@ func (s Seeds) File(role Role, agent string) string {
 	return filepath.Join(s.Dir, seedFileName(role, agent))
 }
 
+// Options are the nats.Options a role connects with: its seed and, for an
+// agent, its inbox prefix (its credential may read no other replies).
+func (s Seeds) Options(role Role, agent string) ([]nats.Option, error) {
+	opts, err := ClientAuth{NkeyFile: s.File(role, agent)}.Options()
+	if err != nil {
+		return nil, err
+	}
+	if role == RoleAgent {
+		opts = append(opts, nats.CustomInboxPrefix(AgentInboxPrefix(agent)))
+	}
+	return opts, nil
+}
+
 func seedFileName(role Role, agent string) string {
 	if role == RoleAgent {
 		return "agent-" + agent + ".nk"

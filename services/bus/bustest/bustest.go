@@ -8,8 +8,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/nats-io/nats.go"
-
 	"github.com/kilnbuild/kiln/services/bus"
 )
 
@@ -70,12 +68,9 @@ func AuthFarm(t testing.TB, agents ...string) *Farm {
 // inbox prefix); the connection closes when the test ends.
 func (f *Farm) Conn(t testing.TB, role bus.Role, agent string) *bus.Conn {
 	t.Helper()
-	opts, err := bus.ClientAuth{NkeyFile: f.Seeds.File(role, agent)}.Options()
+	opts, err := f.Seeds.Options(role, agent)
 	if err != nil {
 		t.Fatal(err)
-	}
-	if role == bus.RoleAgent {
-		opts = append(opts, nats.CustomInboxPrefix(bus.AgentInboxPrefix(agent)))
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
