@@ -170,10 +170,11 @@ func (mg *manifestGate) bound(h grpc.MethodHandler) grpc.MethodHandler {
 			if !ok {
 				return dec(v)
 			}
-			if err := mg.decode(dec, req); err != nil {
+			n, err := mg.decode(dec, req)
+			if err != nil {
 				return err
 			}
-			keep := min(held, decodedManifestCost(int64(proto.Size(req)), int64(len(req.GetManifest().GetEntries()))))
+			keep := min(held, decodedManifestCost(n, int64(len(req.GetManifest().GetEntries()))))
 			mg.sem.Release(held - keep)
 			manifestMemoryHeld.Sub(float64(held - keep))
 			held = keep
@@ -184,24 +185,25 @@ func (mg *manifestGate) bound(h grpc.MethodHandler) grpc.MethodHandler {
 }
 
 // decode receives the request as wire bytes (gRPC's buffer is released
-// when dec returns), counts its entries, and decodes it into req.
-func (mg *manifestGate) decode(dec func(any) error, req *kilnv1.PutManifestRequest) error {
+// when dec returns), counts its entries, decodes it into req, and returns
+// its size in bytes.
+func (mg *manifestGate) decode(dec func(any) error, req *kilnv1.PutManifestRequest) (int64, error) {
 	var raw emptypb.Empty // every field is unknown to it: it keeps the wire bytes
 	if err := dec(&raw); err != nil {
-		return err
+		return 0, err
 	}
 	wire := raw.ProtoReflect().GetUnknown()
 	n, err := countManifestEntries(wire)
 	if err != nil {
-		return status.Errorf(codes.InvalidArgument, "PutManifestRequest does not decode: %v", err)
+		return 0, status.Errorf(codes.InvalidArgument, "PutManifestRequest does not decode: %v", err)
 	}
 	if n > mg.maxEntries {
-		return status.Errorf(codes.ResourceExhausted, "context has %d entries, over the limit of %d entries", n, mg.maxEntries)
+		return 0, status.Errorf(codes.ResourceExhausted, "context has %d entries, over the limit of %d entries", n, mg.maxEntries)
 	}
 	if err := proto.Unmarshal(wire, req); err != nil {
-		return status.Errorf(codes.InvalidArgument, "PutManifestRequest does not decode: %v", err)
+		return 0, status.Errorf(codes.InvalidArgument, "PutManifestRequest does not decode: %v", err)
 	}
-	return nil
+	return int64(len(wire)), nil
 }
 
 // countManifestEntries counts the manifest entries of an encoded
