@@ -105,14 +105,8 @@ func tenantsNode(doc *yaml.Node) *yaml.Node {
 	if doc.Kind != yaml.DocumentNode || len(doc.Content) != 1 {
 		return nil
 	}
-	root := doc.Content[0]
-	if root.Kind != yaml.MappingNode {
-		return nil
-	}
-	for i := 0; i+1 < len(root.Content); i += 2 {
-		if root.Content[i].Value == "tenants" && root.Content[i+1].Kind == yaml.SequenceNode {
-			return root.Content[i+1]
-		}
+	if seq := valueOf(doc.Content[0], "tenants"); seq != nil && seq.Kind == yaml.SequenceNode {
+		return seq
 	}
 	return nil
 }
