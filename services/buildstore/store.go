@@ -111,17 +111,6 @@ func (s *Store) Update(ctx context.Context, id string, change func(b *kilnv1.Bui
 	}
 }
 
-// UpdateAttempt is Update fenced on attempt: the change is refused with
-// ErrFenced when the build has since been given to another attempt.
-func (s *Store) UpdateAttempt(ctx context.Context, id string, attempt uint32, change func(b *kilnv1.Build) error) (*kilnv1.Build, error) {
-	return s.Update(ctx, id, func(b *kilnv1.Build) error {
-		if b.Attempt != attempt || Terminal(b.State) {
-			return fmt.Errorf("%w: build %s is at attempt %d (%s), change from attempt %d", ErrFenced, id, b.Attempt, b.State, attempt)
-		}
-		return change(b)
-	})
-}
-
 // List returns every record, newest first (ids sort by creation time).
 func (s *Store) List(ctx context.Context) ([]*kilnv1.Build, error) {
 	ids, err := s.ids(ctx)
