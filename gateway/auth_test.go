@@ -522,7 +522,7 @@ func TestLocalMode(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if g.MultiTenant() {
+	if g.auth.set.Load() != nil {
 		t.Fatal("gateway without tenants is multi-tenant")
 	}
 	ctx := t.Context()

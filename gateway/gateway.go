@@ -179,10 +179,6 @@ func (g *Gateway) NewGRPCServer(opts ...grpc.ServerOption) *grpc.Server {
 	return s
 }
 
-// MultiTenant reports whether the gateway authenticates callers against a
-// tenants file (false: single-tenant local mode).
-func (g *Gateway) MultiTenant() bool { return g.auth.set.Load() != nil }
-
 // ReloadTenants puts a new tenants file in force: tokens it no longer
 // holds are refused from now on, and their open streams (WatchBuild,
 // UploadBlobs) end with Unauthenticated. It returns how many streams it
