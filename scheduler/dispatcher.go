@@ -459,19 +459,11 @@ func (d *dispatcher) update(ctx context.Context, id string, rec *kilnv1.Build, r
 		if err == nil {
 			return b, nil
 		}
-		if !wrongRevision(err) {
+		if !bus.IsWrongRevision(err) {
 			return nil, fmt.Errorf("update build %s: %w", id, err)
 		}
 	}
 	return d.s.builds.Update(ctx, id, change)
-}
-
-func wrongRevision(err error) bool {
-	var apiErr *jetstream.APIError
-	if errors.As(err, &apiErr) && apiErr.ErrorCode == jetstream.JSErrCodeStreamWrongLastSequence {
-		return true
-	}
-	return errors.Is(err, jetstream.ErrKeyExists)
 }
 
 // reply answers a pull with a build, or with nothing.

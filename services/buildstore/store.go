@@ -102,7 +102,7 @@ func (s *Store) Update(ctx context.Context, id string, change func(b *kilnv1.Bui
 			return nil, fmt.Errorf("encode build %s: %w", id, err)
 		}
 		if _, err := s.kv.Update(ctx, id, data, rev); err != nil {
-			if isWrongRevision(err) {
+			if bus.IsWrongRevision(err) {
 				continue
 			}
 			return nil, fmt.Errorf("update build %s: %w", id, err)
@@ -155,14 +155,6 @@ func (s *Store) ids(ctx context.Context) ([]string, error) {
 		}
 	}
 	return ids, nil
-}
-
-func isWrongRevision(err error) bool {
-	var apiErr *jetstream.APIError
-	if errors.As(err, &apiErr) && apiErr.ErrorCode == jetstream.JSErrCodeStreamWrongLastSequence {
-		return true
-	}
-	return errors.Is(err, jetstream.ErrKeyExists)
 }
 
 // Terminal reports whether a build in state s is over.

@@ -173,3 +173,14 @@ func WaitForSetup(ctx context.Context, open func(context.Context) error) error {
 func notSetUp(err error) bool {
 	return errors.Is(err, jetstream.ErrStreamNotFound) || errors.Is(err, jetstream.ErrBucketNotFound)
 }
+
+// IsWrongRevision reports whether a KV compare-and-swap lost to another
+// writer: the key changed since the revision it was given (or, for a
+// create, it exists already).
+func IsWrongRevision(err error) bool {
+	var apiErr *jetstream.APIError
+	if errors.As(err, &apiErr) && apiErr.ErrorCode == jetstream.JSErrCodeStreamWrongLastSequence {
+		return true
+	}
+	return errors.Is(err, jetstream.ErrKeyExists)
+}

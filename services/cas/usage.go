@@ -99,19 +99,13 @@ func (u *Usage) add(ctx context.Context, tenant string, delta, quota int64) erro
 		if err == nil {
 			return nil
 		}
-		if !errors.Is(err, jetstream.ErrKeyExists) && !isWrongSequence(err) {
+		if !bus.IsWrongRevision(err) {
 			return fmt.Errorf("update CAS usage of tenant %q: %w", tenant, err)
 		}
 		if ctx.Err() != nil {
 			return fmt.Errorf("update CAS usage of tenant %q: %w", tenant, ctx.Err())
 		}
 	}
-}
-
-// isWrongSequence: another writer updated the key first.
-func isWrongSequence(err error) bool {
-	var apiErr *jetstream.APIError
-	return errors.As(err, &apiErr) && apiErr.ErrorCode == jetstream.JSErrCodeStreamWrongLastSequence
 }
 
 // All returns every tenant's usage.
