@@ -62,8 +62,8 @@ func (g *Gateway) DrainAgent(ctx context.Context, req *kilnv1.DrainAgentRequest)
 		return nil, err
 	}
 	name := req.GetName()
-	if !bus.ValidAgentName(name) {
-		return nil, status.Errorf(codes.InvalidArgument, "agent name %q: want letters, digits, '-', '_' and dots between them", name)
+	if err := bus.CheckAgentName(name); err != nil {
+		return nil, status.Error(codes.InvalidArgument, err.Error())
 	}
 	if _, err := g.agents.Get(ctx, name); bus.IsNotFound(err) {
 		return nil, status.Errorf(codes.NotFound, "no agent %q (see ListAgents)", name)
