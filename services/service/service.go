@@ -32,6 +32,9 @@ type Common struct {
 	// NATSAuth is the service's NATS credential and TLS (none: connect
 	// anonymously, as to a dev cluster without auth).
 	NATSAuth bus.ClientAuth
+	// NATSReplicas is how many NATS nodes hold each stream, bucket and
+	// object store (1 on a single server, 3 in a 3-node cluster).
+	NATSReplicas int
 }
 
 // Flags registers the common flags; httpListen is the service's default
@@ -46,6 +49,16 @@ func (c *Common) Flags(fs *flag.FlagSet, httpListen, ready string) {
 	fs.StringVar(&c.NATSAuth.TLSCA, "nats-tls-ca", "", "CA certificate file to verify the NATS servers with")
 	fs.StringVar(&c.NATSAuth.TLSCert, "nats-tls-cert", "", "client certificate file for NATS servers that verify clients")
 	fs.StringVar(&c.NATSAuth.TLSKey, "nats-tls-key", "", "key file of --nats-tls-cert")
+	fs.IntVar(&c.NATSReplicas, "nats-replicas", 1, "replicas of every stream, bucket and object store (3 in a 3-node NATS cluster); existing ones are raised in place")
+}
+
+// Limits are bus.DefaultLimits with the replica count of --nats-replicas.
+func (c *Common) Limits() bus.Limits {
+	l := bus.DefaultLimits
+	if c.NATSReplicas > 0 {
+		l.Replicas = c.NATSReplicas
+	}
+	return l
 }
 
 // Start makes the service's logger and connects to NATS with kiln's
@@ -56,7 +69,7 @@ func (c *Common) Start(ctx context.Context, name string) (*slog.Logger, *bus.Con
 	if err != nil {
 		return nil, nil, err
 	}
-	if err := bus.Setup(ctx, conn.JS, bus.DefaultLimits); err != nil {
+	if err := bus.Setup(ctx, conn.JS, c.Limits()); err != nil {
 		conn.Close()
 		return nil, nil, err
 	}
