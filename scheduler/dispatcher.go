@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"log/slog"
 	"slices"
 	"time"
 
@@ -66,8 +67,26 @@ type runningBuild struct {
 	start, end time.Time
 }
 
+// dispatchDeps is what the dispatcher uses outside itself.
+type dispatchDeps struct {
+	log *slog.Logger
+	nc  *nats.Conn // answers to pulls
+	// builds and buildsKV are KV KILN_BUILDS: the store, and the bucket
+	// for the one-trip CAS to ASSIGNED; agentsKV is KV KILN_AGENTS.
+	builds             *buildstore.Store
+	buildsKV, agentsKV jetstream.KeyValue
+	routing            routing.Config
+	assignTimeout      time.Duration
+	now                func() time.Time
+	// track has the sweeper watch an assigned build's lease.
+	track func(id string, expires *timestamppb.Timestamp)
+	// assigned appends an assignment's state change to the build's log
+	// without waiting for the acknowledgement.
+	assigned func(b *kilnv1.Build, sc *kilnv1.StateChanged)
+}
+
 type dispatcher struct {
-	s        *Scheduler
+	dispatchDeps
 	queue    map[string]*kilnv1.Build
 	revs     map[string]uint64 // revisions of queued records, when known
 	pulls    map[string][]*pull
@@ -94,9 +113,9 @@ type dispatcher struct {
 	queueStale bool
 }
 
-func newDispatcher(s *Scheduler) *dispatcher {
+func newDispatcher(deps dispatchDeps) *dispatcher {
 	return &dispatcher{
-		s: s, queue: map[string]*kilnv1.Build{}, revs: map[string]uint64{}, pulls: map[string][]*pull{},
+		dispatchDeps: deps, queue: map[string]*kilnv1.Build{}, revs: map[string]uint64{}, pulls: map[string][]*pull{},
 		agents: map[string]*kilnv1.Agent{}, leased: map[string]lease{}, onAgent: map[string][]runningBuild{}, started: map[string]time.Time{}, ended: map[string]time.Time{}, costs: newCosts(),
 		events: make(chan event, 1024), agentTTL: bus.DefaultLimits.AgentTTL,
 		idx: routing.NewIndex(nil), indexed: map[string]bool{}, dirty: map[string]bool{}, lostAt: map[string]time.Time{},
@@ -153,7 +172,7 @@ func (d *dispatcher) apply(ev event) {
 		// Its pulls are those of a dead or frozen process: answering one
 		// would hand it back the very build it lost.
 		delete(d.pulls, ev.lost)
-		d.lostAt[ev.lost] = d.s.cfg.Now()
+		d.lostAt[ev.lost] = d.now()
 		d.dirty[ev.lost] = true
 	}
 	switch {
@@ -182,7 +201,7 @@ func (d *dispatcher) apply(ev event) {
 			// as the next build assigned there will.
 			var held time.Duration
 			if at, ok := d.started[ev.released]; ok {
-				held = d.s.cfg.Now().Sub(at)
+				held = d.now().Sub(at)
 			}
 			if d.costs.observe(ev.ended, held) {
 				d.queueStale = true // the queued builds' Warm and Cold
@@ -208,7 +227,7 @@ func (d *dispatcher) release(id string) {
 	delete(d.started, id)
 	rs := d.onAgent[l.agent]
 	if i := slices.IndexFunc(rs, func(r runningBuild) bool { return r.id == id }); i >= 0 {
-		d.ended[l.agent] = d.s.cfg.Now()
+		d.ended[l.agent] = d.now()
 		d.onAgent[l.agent] = slices.Delete(rs, i, i+1)
 		if len(d.onAgent[l.agent]) == 0 {
 			delete(d.onAgent, l.agent)
@@ -279,16 +298,16 @@ func (d *dispatcher) dispatch(ctx context.Context) time.Duration {
 	if len(d.queue) == 0 {
 		return next
 	}
-	now := d.s.cfg.Now()
+	now := d.now()
 	d.refreshIndex(now)
-	dec := d.idx.Decide(d.s.cfg.Routing, d.queueInput(), d.running(), now)
+	dec := d.idx.Decide(d.routing, d.queueInput(), d.running(), now)
 	for _, a := range dec.Assignments {
 		d.assign(ctx, a)
 	}
 	if len(dec.Assignments) > 0 {
 		// Slots were taken: decide again for the rest before sleeping.
 		d.refreshIndex(now)
-		dec = d.idx.Decide(d.s.cfg.Routing, d.queueInput(), d.running(), now)
+		dec = d.idx.Decide(d.routing, d.queueInput(), d.running(), now)
 		for _, a := range dec.Assignments {
 			d.assign(ctx, a)
 		}
@@ -394,7 +413,7 @@ func (d *dispatcher) assign(ctx context.Context, a routing.Assignment) {
 	delete(d.revs, a.Build)
 	d.queueStale = true
 	d.dirty[a.Agent] = true
-	now := d.s.cfg.Now()
+	now := d.now()
 	b, err := d.update(ctx, a.Build, queued, rev, func(b *kilnv1.Build) error {
 		if b.State != kilnv1.BuildState_BUILD_STATE_QUEUED {
 			return errNotQueued
@@ -402,12 +421,12 @@ func (d *dispatcher) assign(ctx context.Context, a routing.Assignment) {
 		b.State = kilnv1.BuildState_BUILD_STATE_ASSIGNED
 		b.Agent = a.Agent
 		b.Attempt++
-		b.LeaseExpiresAt = timestamppb.New(now.Add(d.s.cfg.AssignTimeout))
+		b.LeaseExpiresAt = timestamppb.New(now.Add(d.assignTimeout))
 		return nil
 	})
 	if err != nil {
 		if !errors.Is(err, errNotQueued) {
-			d.s.log.Error("assign build", "build_id", a.Build, "err", err)
+			d.log.Error("assign build", "build_id", a.Build, "err", err)
 		}
 		return
 	}
@@ -424,16 +443,16 @@ func (d *dispatcher) assign(ctx context.Context, a routing.Assignment) {
 	}
 	d.onAgent[a.Agent] = append(d.onAgent[a.Agent], r)
 	d.started[b.Id] = now
-	d.s.track(b.Id, b.LeaseExpiresAt)
+	d.track(b.Id, b.LeaseExpiresAt)
 	// The event goes out before the reply on the same connection, so it is
 	// in the build's log before anything the agent publishes about it.
-	d.s.eventAsync(b, &kilnv1.StateChanged{
+	d.assigned(b, &kilnv1.StateChanged{
 		State: b.State, Agent: a.Agent, Attempt: b.Attempt,
 		Message: fmt.Sprintf("assigned to agent %q (attempt %d): %s", a.Agent, b.Attempt, a.Explanation),
 	})
 	d.reply(p, b)
 	observeAssigned(b, a, now)
-	d.s.log.Info("build assigned", "build_id", b.Id, "agent", a.Agent, "attempt", b.Attempt,
+	d.log.Info("build assigned", "build_id", b.Id, "agent", a.Agent, "attempt", b.Attempt,
 		"reason", a.Reason.String(), "score", a.Score, "best_score", a.BestScore, "why", a.Explanation)
 	traceAssignment(b, a, started)
 }
@@ -455,7 +474,7 @@ func (d *dispatcher) update(ctx context.Context, id string, rec *kilnv1.Build, r
 		if err != nil {
 			return nil, fmt.Errorf("encode build %s: %w", id, err)
 		}
-		_, err = d.s.kv.Update(ctx, id, data, rev)
+		_, err = d.buildsKV.Update(ctx, id, data, rev)
 		if err == nil {
 			return b, nil
 		}
@@ -463,7 +482,7 @@ func (d *dispatcher) update(ctx context.Context, id string, rec *kilnv1.Build, r
 			return nil, fmt.Errorf("update build %s: %w", id, err)
 		}
 	}
-	return d.s.builds.Update(ctx, id, change)
+	return d.builds.Update(ctx, id, change)
 }
 
 // reply answers a pull with a build, or with nothing.
@@ -474,7 +493,7 @@ func (d *dispatcher) reply(p *pull, b *kilnv1.Build) {
 	}
 	msg, err := bus.NewMsg(p.reply, resp)
 	if err == nil {
-		err = d.s.cfg.Conn.NC.PublishMsg(msg)
+		err = d.nc.PublishMsg(msg)
 	}
 	if err != nil {
 		// The lease brings the build back if the agent never hears of it.
@@ -482,17 +501,13 @@ func (d *dispatcher) reply(p *pull, b *kilnv1.Build) {
 		if b != nil {
 			args = append(args, "build_id", b.Id)
 		}
-		d.s.log.Error("reply to work offer", args...)
+		d.log.Error("reply to work offer", args...)
 	}
 }
 
 // watchAgents feeds agent heartbeats to the dispatcher.
 func (d *dispatcher) watchAgents(ctx context.Context) error {
-	kv, err := d.s.cfg.Conn.JS.KeyValue(ctx, bus.BucketAgents)
-	if err != nil {
-		return fmt.Errorf("open bucket %s: %w", bus.BucketAgents, err)
-	}
-	w, err := kv.WatchAll(ctx)
+	w, err := d.agentsKV.WatchAll(ctx)
 	if err != nil {
 		return fmt.Errorf("watch agents: %w", err)
 	}
@@ -509,13 +524,13 @@ func (d *dispatcher) watchAgents(ctx context.Context) error {
 func (d *dispatcher) onPull(ctx context.Context, msg *nats.Msg) {
 	offer := &kilnv1.WorkOffer{}
 	if err := bus.Decode(msg.Data, offer); err != nil || offer.Agent == "" || msg.Reply == "" {
-		d.s.log.Warn("ignoring malformed work offer", "err", err)
+		d.log.Warn("ignoring malformed work offer", "err", err)
 		return
 	}
 	// The subject names the agent (its credential allows only its own);
 	// an offer for another name is refused.
 	if agent, ok := bus.AgentFromSubject(msg.Subject); !ok || agent != offer.Agent {
-		d.s.log.Warn("ignoring work offer for another agent than its subject names", "subject", msg.Subject, "agent", offer.Agent)
+		d.log.Warn("ignoring work offer for another agent than its subject names", "subject", msg.Subject, "agent", offer.Agent)
 		return
 	}
 	// One request is answered once, so it stands for one slot. Its

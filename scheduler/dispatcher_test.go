@@ -15,7 +15,7 @@ import (
 // end is seen, and a build's end learnt as the time it held its slot.
 func TestDispatcherExpectsWhenAgentsFreeSlots(t *testing.T) {
 	clk := &clock{now: time.Unix(1_700_000_000, 0)}
-	d := newDispatcher(&Scheduler{cfg: Config{Now: clk.Now}})
+	d := newDispatcher(dispatchDeps{now: clk.Now})
 	t0 := clk.Now()
 	running := func(agent, id string, start time.Time, run time.Duration) {
 		d.leased[id] = lease{tenant: "t", agent: agent}

@@ -25,7 +25,6 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"strconv"
 	"strings"
 	"sync"
 	"time"
@@ -87,7 +86,8 @@ type Scheduler struct {
 	log    *slog.Logger
 	builds *buildstore.Store
 	kv     jetstream.KeyValue // KILN_BUILDS, for the dispatcher's one-trip CAS
-	d      *dispatcher
+	d      *dispatcher // the current term's
+	deps   dispatchDeps
 	// reports applies the agents' reports (package agentproto).
 	reports *agentproto.Handler
 	// async publishes the dispatcher's ASSIGNED events without waiting for
@@ -150,7 +150,16 @@ func New(ctx context.Context, cfg Config) (*Scheduler, error) {
 		return nil, err
 	}
 	s := &Scheduler{cfg: cfg, log: cfg.Logger, builds: builds, kv: kv, async: async, reports: reports, leased: map[string]time.Time{}}
-	s.d = newDispatcher(s)
+	agents, err := cfg.Conn.JS.KeyValue(ctx, bus.BucketAgents)
+	if err != nil {
+		return nil, fmt.Errorf("open bucket %s: %w", bus.BucketAgents, err)
+	}
+	s.deps = dispatchDeps{
+		log: log, nc: cfg.Conn.NC, builds: builds, buildsKV: kv, agentsKV: agents,
+		routing: cfg.Routing, assignTimeout: cfg.AssignTimeout, now: cfg.Now,
+		track: s.track, assigned: s.eventAsync,
+	}
+	s.d = newDispatcher(s.deps)
 	return s, nil
 }
 
@@ -236,7 +245,7 @@ func (s *Scheduler) lead(ctx context.Context) error {
 	s.mu.Lock()
 	s.leased = map[string]time.Time{}
 	s.mu.Unlock()
-	s.d = newDispatcher(s)
+	s.d = newDispatcher(s.deps)
 	eg, ctx := errgroup.WithContext(ctx)
 	eg.Go(func() error { return s.d.run(ctx) })
 	if err := s.recoverState(ctx); err != nil {
@@ -282,71 +291,6 @@ func (s *Scheduler) recoverState(ctx context.Context) error {
 	return nil
 }
 
-// track has the sweeper watch a build's lease, which expires at expires
-// (nil: not known, look at every sweep).
-func (s *Scheduler) track(id string, expires *timestamppb.Timestamp) {
-	var at time.Time
-	if expires != nil {
-		at = expires.AsTime()
-	}
-	s.mu.Lock()
-	s.leased[id] = at
-	s.mu.Unlock()
-}
-
-// renewed notes a tracked build's new lease expiry.
-func (s *Scheduler) renewed(id string, expires *timestamppb.Timestamp) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	if _, ok := s.leased[id]; ok && expires != nil {
-		s.leased[id] = expires.AsTime()
-	}
-}
-
-// untrack stops sweeping a build and tells the dispatcher, once; ended is
-// its record if it finished.
-func (s *Scheduler) untrack(ctx context.Context, id string, ended *kilnv1.Build) {
-	s.mu.Lock()
-	_, ok := s.leased[id]
-	delete(s.leased, id)
-	s.mu.Unlock()
-	if ok {
-		observeEnded(ended)
-		s.d.send(ctx, event{released: id, ended: ended})
-	}
-}
-
-// watchBuilds follows the build records: a build under lease that ends or
-// goes back to the queue is untracked at once (the dispatcher learns its
-// lineage's costs from its finish), and lease renewals move its expiry, so
-// the sweeper reads only the records whose lease looks lapsed.
-func (s *Scheduler) watchBuilds(ctx context.Context) error {
-	w, err := s.kv.WatchAll(ctx, jetstream.UpdatesOnly())
-	if err != nil {
-		return fmt.Errorf("watch builds: %w", err)
-	}
-	return eachPut(ctx, w, "build", func(e jetstream.KeyValueEntry) {
-		s.mu.Lock()
-		_, tracked := s.leased[e.Key()]
-		s.mu.Unlock()
-		if !tracked {
-			return
-		}
-		b := &kilnv1.Build{}
-		if err := bus.Decode(e.Value(), b); err != nil {
-			return
-		}
-		switch {
-		case leased(b.State):
-			s.renewed(b.Id, b.LeaseExpiresAt)
-		case buildstore.Terminal(b.State):
-			s.untrack(ctx, b.Id, b)
-		default: // handed back: the intake queues it again
-			s.untrack(ctx, b.Id, nil)
-		}
-	})
-}
-
 // eachPut calls fn with every value a KV watcher reports put, until ctx
 // ends or the watch does; the nil entry that marks the end of a watch's
 // initial values and deletes are skipped. It stops w.
@@ -365,56 +309,6 @@ func eachPut(ctx context.Context, w jetstream.KeyWatcher, what string, fn func(j
 			}
 		}
 	}
-}
-
-// consumeIntake moves new builds from KILN_REQUESTS into the queue.
-func (s *Scheduler) consumeIntake(ctx context.Context) error {
-	cons, err := s.cfg.Conn.JS.CreateOrUpdateConsumer(ctx, bus.StreamRequests, jetstream.ConsumerConfig{
-		Durable:   "kiln-scheduler",
-		AckPolicy: jetstream.AckExplicitPolicy,
-		AckWait:   30 * time.Second,
-	})
-	if err != nil {
-		return fmt.Errorf("intake consumer: %w", err)
-	}
-	cc, err := cons.Consume(func(msg jetstream.Msg) {
-		req := &kilnv1.BuildRequested{}
-		if err := bus.Decode(msg.Data(), req); err != nil || !buildstore.ValidID(req.BuildId) {
-			s.log.Error("dropping malformed intake message", "err", err)
-			_ = msg.Term()
-			return
-		}
-		b, rev, err := s.intakeRecord(ctx, msg, req)
-		if err != nil {
-			if errors.Is(err, buildstore.ErrNotFound) {
-				_ = msg.Term()
-			} else {
-				_ = msg.Nak() // try again later
-			}
-			return
-		}
-		if b.State == kilnv1.BuildState_BUILD_STATE_QUEUED {
-			s.d.send(ctx, event{enqueue: b, rev: rev})
-		}
-		_ = msg.Ack()
-	})
-	if err != nil {
-		return fmt.Errorf("consume intake: %w", err)
-	}
-	<-ctx.Done()
-	cc.Stop()
-	return ctx.Err()
-}
-
-// intakeRecord is the record an intake message names: the copy it carries
-// on its first delivery (the gateway has just created it), else KV's.
-func (s *Scheduler) intakeRecord(ctx context.Context, msg jetstream.Msg, req *kilnv1.BuildRequested) (*kilnv1.Build, uint64, error) {
-	if b := req.GetBuild(); b != nil && b.Id == req.BuildId && req.Revision != 0 {
-		if md, err := msg.Metadata(); err == nil && md.NumDelivered == 1 {
-			return b, req.Revision, nil
-		}
-	}
-	return s.builds.Get(ctx, req.BuildId)
 }
 
 // servePulls hands agents' WorkOffers and withdrawals to the dispatcher.
@@ -462,120 +356,4 @@ func (s *Scheduler) event(ctx context.Context, b *kilnv1.Build, sc *kilnv1.State
 	}); err != nil {
 		s.log.Error("publish build event", "build_id", b.Id, "err", err)
 	}
-}
-
-// sweep re-queues builds whose agent stopped renewing the lease, and fails
-// those that have lost MaxAttempts agents.
-func (s *Scheduler) sweep(ctx context.Context) error {
-	t := time.NewTicker(s.cfg.SweepEvery)
-	defer t.Stop()
-	for {
-		select {
-		case <-ctx.Done():
-			return ctx.Err()
-		case <-t.C:
-		}
-		now := s.cfg.Now()
-		s.mu.Lock()
-		var ids []string
-		for id, expires := range s.leased {
-			if expires.IsZero() || !now.Before(expires) {
-				ids = append(ids, id)
-			}
-		}
-		s.mu.Unlock()
-		for _, id := range ids {
-			if err := s.checkLease(ctx, id); err != nil && ctx.Err() == nil {
-				s.log.Error("check lease", "build_id", id, "err", err)
-			}
-		}
-	}
-}
-
-func (s *Scheduler) checkLease(ctx context.Context, id string) error {
-	now := s.cfg.Now()
-	cur, _, err := s.builds.Get(ctx, id)
-	if errors.Is(err, buildstore.ErrNotFound) || (err == nil && !leased(cur.State)) {
-		s.untrack(ctx, id, cur) // finished, cancelled or handed back
-		return nil
-	}
-	if err != nil {
-		return err
-	}
-	if !lapsed(cur, now) {
-		s.renewed(id, cur.LeaseExpiresAt)
-		return nil
-	}
-	var lostAgent string
-	b, err := s.builds.Update(ctx, id, func(b *kilnv1.Build) error {
-		if !leased(b.State) || !lapsed(b, now) {
-			return errNotLeased
-		}
-		lostAgent = b.Agent
-		b.LostAgents = append(b.LostAgents, lostAgent)
-		b.Agent = ""
-		b.LeaseExpiresAt = nil
-		if b.Attempt >= s.cfg.MaxAttempts {
-			b.State = kilnv1.BuildState_BUILD_STATE_FAILED
-			b.FinishedAt = timestamppb.New(now)
-			b.Error = fmt.Sprintf("build lost its agent %d times (%s stopped renewing its lease); giving up", b.Attempt, quoteAll(b.LostAgents))
-		} else {
-			b.State = kilnv1.BuildState_BUILD_STATE_QUEUED
-			b.QueuedAt = timestamppb.New(now)
-		}
-		return nil
-	})
-	if errors.Is(err, errNotLeased) {
-		return nil // renewed or finished meanwhile; the next sweep looks again
-	}
-	if err != nil {
-		return err
-	}
-	leaseExpiries.Inc()
-	var ended *kilnv1.Build // counted as finished by untrack (costs ignore failures)
-	if b.State == kilnv1.BuildState_BUILD_STATE_FAILED {
-		failedMaxAttempts.Inc()
-		ended = b
-	}
-	s.untrack(ctx, id, ended)
-	s.d.send(ctx, event{lost: lostAgent})
-	if b.State == kilnv1.BuildState_BUILD_STATE_FAILED {
-		s.log.Warn("build failed: agents lost", "build_id", id, "attempts", b.Attempt)
-		if err := bus.PublishEvent(ctx, s.cfg.Conn.JS, &kilnv1.BuildEvent{
-			BuildId: id, Attempt: b.Attempt,
-			Event: &kilnv1.BuildEvent_Finished{Finished: &kilnv1.BuildFinished{State: b.State, Error: b.Error}},
-		}); err != nil {
-			return err
-		}
-		return nil
-	}
-	s.event(ctx, b, &kilnv1.StateChanged{
-		State: b.State, Attempt: b.Attempt,
-		Message: fmt.Sprintf("agent %q stopped renewing its lease; re-queued", lostAgent),
-	})
-	s.d.send(ctx, event{enqueue: b})
-	s.log.Warn("lease lapsed; build re-queued", "build_id", id, "agent", lostAgent, "attempt", b.Attempt)
-	return nil
-}
-
-var errNotLeased = errors.New("not under a lapsed lease")
-
-func leased(st kilnv1.BuildState) bool {
-	return st == kilnv1.BuildState_BUILD_STATE_ASSIGNED || st == kilnv1.BuildState_BUILD_STATE_RUNNING
-}
-
-func lapsed(b *kilnv1.Build, now time.Time) bool {
-	return b.LeaseExpiresAt == nil || !now.Before(b.LeaseExpiresAt.AsTime())
-}
-
-// quoteAll renders names as "a", "b" and "c".
-func quoteAll(names []string) string {
-	q := make([]string, len(names))
-	for i, n := range names {
-		q[i] = strconv.Quote(n)
-	}
-	if len(q) < 2 {
-		return strings.Join(q, "")
-	}
-	return strings.Join(q[:len(q)-1], ", ") + " and " + q[len(q)-1]
 }
