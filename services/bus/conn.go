@@ -95,10 +95,52 @@ const SealNonceTTL = 30 * 24 * time.Hour
 
 // Setup creates or updates every stream, bucket and object store kiln uses.
 // Every service calls it at start, so any may come up first.
+//
+// Each gets l.Replicas replicas. An existing one with another count is
+// changed in place — JetStream copies its data to the new replicas (R1 to R3)
+// or drops the extra ones (R3 to R1) while it keeps serving — so a farm
+// moves from one NATS server to a three-node cluster by restarting its
+// gateways and schedulers with --nats-replicas 3. A count larger than the
+// cluster is refused with the server's error, naming the flag.
+//
+// While the cluster is unavailable (IsUnavailable: starting, electing, too
+// few servers up) Setup retries until ctx ends, so services may start
+// together with the NATS servers.
 func Setup(ctx context.Context, js jetstream.JetStream, l Limits) error {
 	if l.Replicas == 0 {
 		l.Replicas = 1
 	}
+	if l.Replicas < 0 {
+		return fmt.Errorf("--nats-replicas %d: must be at least 1", l.Replicas)
+	}
+	logged := time.Now()
+	for {
+		err := setup(ctx, js, l)
+		if err == nil || !setupMayRetry(ctx, err) {
+			return err
+		}
+		if time.Since(logged) > 10*time.Second {
+			slog.Warn("waiting for the NATS cluster to set up kiln's streams", "replicas", l.Replicas, "err", err)
+			logged = time.Now()
+		}
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("waiting for the NATS cluster: %w", err)
+		case <-time.After(250 * time.Millisecond):
+		}
+	}
+}
+
+// setupMayRetry reports whether a Setup error may pass: the cluster is
+// unavailable, a NATS request timed out while ctx is live, or a server
+// the replicas need is offline (starting, or restarting).
+func setupMayRetry(ctx context.Context, err error) bool {
+	var apiErr *jetstream.APIError
+	return IsUnavailable(err) || errors.Is(err, context.DeadlineExceeded) && ctx.Err() == nil ||
+		errors.As(err, &apiErr) && apiErr.ErrorCode == errCodeNoSuitablePeers && strings.Contains(apiErr.Description, "peer offline")
+}
+
+func setup(ctx context.Context, js jetstream.JetStream, l Limits) error {
 	if _, err := js.CreateOrUpdateStream(ctx, jetstream.StreamConfig{
 		Name:       StreamRequests,
 		Subjects:   []string{SubjectRequests},
@@ -107,7 +149,7 @@ func Setup(ctx context.Context, js jetstream.JetStream, l Limits) error {
 		Replicas:   l.Replicas,
 		Duplicates: 2 * time.Minute,
 	}); err != nil {
-		return fmt.Errorf("stream %s: %w", StreamRequests, err)
+		return setupError(js, l, "stream "+StreamRequests, err)
 	}
 	if _, err := js.CreateOrUpdateStream(ctx, jetstream.StreamConfig{
 		Name:      StreamEvents,
@@ -117,7 +159,7 @@ func Setup(ctx context.Context, js jetstream.JetStream, l Limits) error {
 		Replicas:  l.Replicas,
 		MaxAge:    l.EventsMaxAge,
 	}); err != nil {
-		return fmt.Errorf("stream %s: %w", StreamEvents, err)
+		return setupError(js, l, "stream "+StreamEvents, err)
 	}
 	for _, kv := range []jetstream.KeyValueConfig{
 		{Bucket: BucketBuilds, History: 1, Storage: jetstream.FileStorage, Replicas: l.Replicas},
@@ -128,16 +170,59 @@ func Setup(ctx context.Context, js jetstream.JetStream, l Limits) error {
 		{Bucket: BucketSealNonces, History: 1, Storage: jetstream.FileStorage, Replicas: l.Replicas, TTL: SealNonceTTL},
 		{Bucket: BucketCASUsage, History: 1, Storage: jetstream.FileStorage, Replicas: l.Replicas},
 	} {
+		// CreateOrUpdateKeyValue updates the bucket's stream (KV_<bucket>)
+		// with the whole config, Replicas included (TestSetupRaisesReplicas).
 		if _, err := js.CreateOrUpdateKeyValue(ctx, kv); err != nil {
-			return fmt.Errorf("key-value bucket %s: %w", kv.Bucket, err)
+			return setupError(js, l, "key-value bucket "+kv.Bucket, err)
 		}
 	}
+	// Likewise OBJ_<bucket>.
 	if _, err := js.CreateOrUpdateObjectStore(ctx, jetstream.ObjectStoreConfig{
 		Bucket: BucketCAS, Storage: jetstream.FileStorage, Replicas: l.Replicas,
 	}); err != nil {
-		return fmt.Errorf("object store %s: %w", BucketCAS, err)
+		return setupError(js, l, "object store "+BucketCAS, err)
 	}
 	return nil
+}
+
+// setupError wraps a failure to create or update what; a replica count the
+// NATS servers cannot place gets a message naming the flag and the number
+// of servers the connection knows of.
+func setupError(js jetstream.JetStream, l Limits, what string, err error) error {
+	var apiErr *jetstream.APIError
+	if l.Replicas > 1 && errors.As(err, &apiErr) {
+		switch apiErr.ErrorCode {
+		case errCodeReplicasNotSupported:
+			return fmt.Errorf("%s: --nats-replicas %d needs a NATS cluster of at least %d servers, but the NATS server is not clustered (use --nats-replicas 1): %w", what, l.Replicas, l.Replicas, err)
+		case errCodeNoSuitablePeers, errCodeInsufficientResources:
+			if strings.Contains(apiErr.Description, "peer offline") {
+				break
+			}
+			return fmt.Errorf("%s: --nats-replicas %d needs %d NATS servers with JetStream up, and the cluster has %s (lower --nats-replicas or add servers): %w", what, l.Replicas, l.Replicas, knownServers(js), err)
+		}
+	}
+	return fmt.Errorf("%s (%d replicas): %w", what, l.Replicas, err)
+}
+
+// JetStream API error codes Setup explains (nats-server's errors.json).
+const (
+	errCodeNoSuitablePeers       jetstream.ErrorCode = 10005 // JSClusterNoPeersErrF: not enough servers for the replicas
+	errCodeInsufficientResources jetstream.ErrorCode = 10023
+	errCodeReplicasNotSupported  jetstream.ErrorCode = 10074 // replicas > 1 on a server that is not clustered
+)
+
+// knownServers describes the cluster size as this connection sees it: the
+// servers it was given and those the cluster told it about.
+func knownServers(js jetstream.JetStream) string {
+	nc := js.Conn()
+	if nc == nil {
+		return "fewer"
+	}
+	n := len(nc.Servers())
+	if n == 1 {
+		return "1 server"
+	}
+	return fmt.Sprintf("%d servers", n)
 }
 
 // IsNotFound reports whether err means a KV key or object does not exist.
@@ -179,7 +264,9 @@ func notSetUp(err error) bool {
 // create, it exists already).
 func IsWrongRevision(err error) bool {
 	var apiErr *jetstream.APIError
-	if errors.As(err, &apiErr) && apiErr.ErrorCode == jetstream.JSErrCodeStreamWrongLastSequence {
+	if errors.As(err, &apiErr) && (apiErr.ErrorCode == jetstream.JSErrCodeStreamWrongLastSequence ||
+		// what a replicated (R>1) stream answers instead
+		apiErr.ErrorCode == jetstream.JSErrCodeStreamWrongLastSequenceConstant) {
 		return true
 	}
 	return errors.Is(err, jetstream.ErrKeyExists)
