@@ -38,8 +38,6 @@ import (
 
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
-	"golang.org/x/sync/errgroup"
-	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
 	"github.com/kilnbuild/kiln/agent/engine"
@@ -131,19 +129,13 @@ type Agent struct {
 	cache  *localcas.Store    // this agent's copy of the blobs it built from
 	// workdirs holds the per-lineage context directories of BuildKit builds.
 	workdirs *workdir.Store
-	agents   jetstream.KeyValue
 	started  time.Time
 
-	summary  CacheSummary
-	busy     atomic.Int32
-	healthy  atomic.Bool
-	draining atomic.Bool
-
-	// hold is an admin's drain (see hold.go): no new pulls until undrained.
-	hold hold
-	// hbMu orders heartbeat writes, so one that read the state before a
-	// drain cannot land after the drain's own.
-	hbMu sync.Mutex
+	summary CacheSummary
+	healthy atomic.Bool
+	// worker pulls for the slots, heartbeats, holds for an admin's drain
+	// and drains on stop (agentproto.Worker).
+	worker *agentproto.Worker
 
 	mu   sync.Mutex
 	info engine.Info
@@ -222,10 +214,21 @@ func New(ctx context.Context, cfg Config) (*Agent, error) {
 		cache.Close()
 		return nil, err
 	}
-	return &Agent{
+	a := &Agent{
 		cfg: cfg, log: log, client: client, blobs: blobs, cache: cache, workdirs: workdirs,
-		agents: agents, started: time.Now(),
-	}, nil
+		started: time.Now(),
+	}
+	a.worker = &agentproto.Worker{
+		Client: client, Agents: agents, Slots: cfg.Slots, PollWait: cfg.PollWait,
+		HeartbeatEvery: cfg.HeartbeatEvery, DrainTimeout: cfg.DrainTimeout,
+		Build: func(work context.Context, b *kilnv1.Build) {
+			slotsBusy.Inc()
+			defer slotsBusy.Dec()
+			a.runBuild(work, b)
+		},
+		Record: a.record, Healthy: a.healthy.Load, Tick: a.checkEngine, Logger: log,
+	}
+	return a, nil
 }
 
 // Close closes the agent's local blob cache and work directories, for
@@ -261,93 +264,9 @@ func (a *Agent) Run(ctx context.Context) error {
 	}
 	defer func() { _ = drainSub.Unsubscribe() }()
 	a.Announce(ctx)
-	// work outlives ctx by DrainTimeout so in-flight builds may finish.
-	work, stopWork := context.WithCancelCause(context.WithoutCancel(ctx))
-	defer stopWork(nil)
-	go func() {
-		<-ctx.Done()
-		a.draining.Store(true)
-		a.withdraw()
-		a.heartbeat(work)
-		t := time.NewTimer(a.cfg.DrainTimeout)
-		defer t.Stop()
-		select {
-		case <-t.C:
-			stopWork(errDrained)
-		case <-work.Done():
-		}
-	}()
-
-	var eg errgroup.Group
-	hbCtx, stopHB := context.WithCancel(work)
-	eg.Go(func() error { a.heartbeatLoop(hbCtx); return nil })
-	var slots sync.WaitGroup
-	for i := 0; i < a.cfg.Slots; i++ {
-		slots.Add(1)
-		go func() {
-			defer slots.Done()
-			a.slotLoop(ctx, work)
-		}()
-	}
-	slots.Wait()
-	stopHB()
-	_ = eg.Wait()
-	// Leave the registry at once rather than waiting for the TTL.
-	_ = a.agents.Delete(context.Background(), a.cfg.Name)
+	a.worker.Run(ctx)
 	a.log.Info("agent stopped")
 	return nil
-}
-
-// slotLoop is one build slot: pull, run, repeat until ctx ends.
-func (a *Agent) slotLoop(ctx, work context.Context) {
-	backoff := time.Duration(0)
-	for ctx.Err() == nil {
-		if backoff > 0 || !a.healthy.Load() {
-			select {
-			case <-ctx.Done():
-				return
-			case <-time.After(max(backoff, time.Second)):
-			}
-		}
-		pctx, done, ok := a.hold.startPull(ctx)
-		if !ok {
-			return
-		}
-		builds, err := a.pull(pctx)
-		held := pctx.Err() != nil && ctx.Err() == nil
-		done()
-		if err != nil {
-			if held {
-				continue // drained while pulling: wait for the undrain
-			}
-			if ctx.Err() == nil {
-				a.log.Debug("pull for work", "err", err)
-			}
-			backoff = min(max(2*backoff, 250*time.Millisecond), 5*time.Second)
-			continue
-		}
-		backoff = 0
-		for _, b := range builds {
-			a.busy.Add(1)
-			slotsBusy.Inc()
-			a.runBuild(work, b)
-			slotsBusy.Dec()
-			a.busy.Add(-1)
-		}
-	}
-}
-
-// pull offers one free slot to the scheduler and waits for an answer.
-func (a *Agent) pull(ctx context.Context) ([]*kilnv1.Build, error) {
-	return a.client.Pull(ctx, a.cfg.PollWait)
-}
-
-// withdraw takes back the agent's waiting pulls so the scheduler assigns
-// nothing more to it.
-func (a *Agent) withdraw() {
-	if err := a.client.Withdraw(); err != nil {
-		a.log.Warn("withdraw pulls", "err", err)
-	}
 }
 
 // checkEngine pings the engine and records whether it answers.
@@ -374,57 +293,26 @@ func (a *Agent) checkEngine(ctx context.Context) {
 	}
 }
 
-func (a *Agent) heartbeatLoop(ctx context.Context) {
-	t := time.NewTicker(a.cfg.HeartbeatEvery)
-	defer t.Stop()
-	for {
-		a.heartbeat(ctx)
-		select {
-		case <-ctx.Done():
-			return
-		case <-t.C:
-			a.checkEngine(ctx)
-		}
-	}
-}
-
 // heartbeat writes the agent's record to KV KILN_AGENTS.
 func (a *Agent) heartbeat(ctx context.Context) {
-	_, _ = a.writeHeartbeat(ctx)
+	_, _ = a.worker.Heartbeat(ctx)
 }
 
-// writeHeartbeat writes the agent's record to KV KILN_AGENTS and returns it.
-func (a *Agent) writeHeartbeat(ctx context.Context) (*kilnv1.Agent, error) {
-	a.hbMu.Lock()
-	defer a.hbMu.Unlock()
+// record is the heartbeat's record as the agent knows it; the worker adds
+// the slots' state.
+func (a *Agent) record() *kilnv1.Agent {
 	a.mu.Lock()
 	info := a.info
 	a.mu.Unlock()
 	state := kilnv1.AgentState_AGENT_STATE_READY
-	switch {
-	case a.draining.Load(), a.hold.held():
-		state = kilnv1.AgentState_AGENT_STATE_DRAINING
-	case !a.healthy.Load():
+	if !a.healthy.Load() {
 		state = kilnv1.AgentState_AGENT_STATE_UNHEALTHY
 	}
-	rec := &kilnv1.Agent{
-		Name: a.cfg.Name, State: state, Slots: uint32(a.cfg.Slots), BusySlots: uint32(a.busy.Load()),
-		EngineVersion: info.ServerVersion, EngineApiVersion: info.APIVersion, StorageDriver: info.StorageDriver,
+	return &kilnv1.Agent{
+		State: state, EngineVersion: info.ServerVersion, EngineApiVersion: info.APIVersion, StorageDriver: info.StorageDriver,
 		Os: nonEmpty(info.OS, runtime.GOOS), Arch: nonEmpty(info.Arch, runtime.GOARCH), Labels: a.cfg.Labels,
-		StartedAt: timestamppb.New(a.started), LastSeen: timestamppb.Now(), Cache: a.summary.Proto(),
-		Builders: a.builders(),
+		StartedAt: timestamppb.New(a.started), Cache: a.summary.Proto(), Builders: a.builders(),
 	}
-	data, err := proto.Marshal(rec)
-	if err == nil {
-		_, err = a.agents.Put(ctx, a.cfg.Name, data)
-	}
-	if err != nil {
-		if ctx.Err() == nil {
-			a.log.Warn("heartbeat", "err", err)
-		}
-		return rec, fmt.Errorf("heartbeat: %w", err)
-	}
-	return rec, nil
 }
 
 func nonEmpty(s, fallback string) string {

@@ -22,7 +22,7 @@ import (
 
 // Why a build's context ended early.
 var (
-	errDrained   = errors.New("agent drained before the build finished")
+	errDrained   = agentproto.ErrDrained
 	errCancelled = errors.New("build cancelled")
 	errLost      = errors.New("build was given to another attempt")
 )

@@ -102,13 +102,12 @@ func leaderPID(holder string) int {
 	return pid
 }
 
-// failoverAgent is an agent without an engine: it pulls like agent.Agent
-// (one WorkOffer per free slot), reports RUNNING and, once let go,
-// SUCCEEDED (package agentproto), and counts what it was handed and what
-// it finished.
+// failoverAgent is an agent without an engine: it runs the real agent's
+// loop (agentproto.Worker: one WorkOffer per free slot, heartbeats),
+// reports RUNNING and, once let go, SUCCEEDED, and counts what it was
+// handed and what it finished.
 type failoverAgent struct {
-	name string
-	conn *bus.Conn
+	client *agentproto.Client
 
 	mu       sync.Mutex
 	started  map[string]int // build id → RUNNING written
@@ -118,30 +117,16 @@ type failoverAgent struct {
 	hold     chan struct{}  // closed: builds finish; until then they stay RUNNING
 }
 
-func (a *failoverAgent) slot(ctx context.Context) {
-	client, err := agentproto.New(a.conn.NC, a.name)
-	if err != nil {
-		panic(err)
-	}
-	for ctx.Err() == nil {
-		builds, err := client.Pull(ctx, time.Second)
-		if err != nil {
-			// No leader subscribed, or it died holding the pull: ask again
-			// after a short back-off, as agent.slotLoop does.
-			select {
-			case <-ctx.Done():
-			case <-time.After(20 * time.Millisecond):
-			}
-			continue
-		}
-		for _, b := range builds {
-			a.run(ctx, client, b)
-		}
+// worker is the agent's loop with slots slots.
+func (a *failoverAgent) worker(t *testing.T, agents jetstream.KeyValue, slots int) *agentproto.Worker {
+	return &agentproto.Worker{
+		Client: a.client, Agents: agents, Slots: slots, PollWait: time.Second, HeartbeatEvery: time.Second,
+		Build: a.run, Logger: slog.New(slog.NewTextHandler(t.Output(), &slog.HandlerOptions{Level: slog.LevelWarn})),
 	}
 }
 
-func (a *failoverAgent) run(ctx context.Context, client *agentproto.Client, assigned *kilnv1.Build) {
-	at, b, err := client.Start(ctx, assigned, time.Minute, agentproto.Hooks{})
+func (a *failoverAgent) run(ctx context.Context, assigned *kilnv1.Build) {
+	at, b, err := a.client.Start(ctx, assigned, time.Minute, agentproto.Hooks{})
 	if err != nil {
 		return
 	}
@@ -224,13 +209,20 @@ func TestLeaderKilledStandbyTakesOver(t *testing.T) {
 	actx, stopAgents := context.WithCancel(ctx)
 	var wg sync.WaitGroup
 	t.Cleanup(func() { stopAgents(); wg.Wait() })
+	agentsKV, err := conn.JS.KeyValue(ctx, bus.BucketAgents)
+	if err != nil {
+		t.Fatal(err)
+	}
 	for i := range agents {
-		a := &failoverAgent{name: fmt.Sprint("agent-", i), conn: conn,
+		client, err := agentproto.New(conn.NC, fmt.Sprint("agent-", i))
+		if err != nil {
+			t.Fatal(err)
+		}
+		a := &failoverAgent{client: client,
 			started: map[string]int{}, finished: map[string]int{}, running: running, hold: hold}
 		fleet = append(fleet, a)
-		for range slots {
-			wg.Go(func() { a.slot(actx) })
-		}
+		w := a.worker(t, agentsKV, slots)
+		wg.Go(func() { w.Run(actx) })
 	}
 	// Accepted builds: record, then intake message, as the gateway does.
 	var ids []string

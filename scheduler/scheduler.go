@@ -85,8 +85,8 @@ type Scheduler struct {
 	cfg    Config
 	log    *slog.Logger
 	builds *buildstore.Store
-	kv     jetstream.KeyValue // KILN_BUILDS, for the dispatcher's one-trip CAS
-	d      *dispatcher // the current term's
+	kv     jetstream.KeyValue // KILN_BUILDS, for the build watch
+	d      *dispatcher        // the current term's
 	deps   dispatchDeps
 	// reports applies the agents' reports (package agentproto).
 	reports *agentproto.Handler
