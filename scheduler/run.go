@@ -2,13 +2,12 @@ package scheduler
 
 import (
 	"context"
+	"errors"
 	"flag"
 	"fmt"
 	"log/slog"
 	"strconv"
 	"time"
-
-	"golang.org/x/sync/errgroup"
 
 	"github.com/kilnbuild/kiln/scheduler/routing"
 	"github.com/kilnbuild/kiln/services/bus"
@@ -96,12 +95,13 @@ func Run(ctx context.Context, o RunOptions) error {
 	if err != nil {
 		return err
 	}
-	eg, ctx := errgroup.WithContext(ctx)
-	eg.Go(func() error { return hs.Serve(ctx) })
-	eg.Go(func() error { return s.Run(ctx) })
+	// The scheduler stops (and resigns) before the HTTP server.
+	parts := service.NewGroup(ctx, log)
+	parts.Go("http", hs.Serve)
+	parts.Go("scheduler", s.Run)
 	if err := readyfile.Write(o.ReadyFile, map[string]string{"http": hs.Addr()}); err != nil {
-		return err
+		return errors.Join(err, parts.Stop())
 	}
 	log.Info("scheduler running", "http", hs.Addr())
-	return eg.Wait()
+	return parts.Wait(ctx)
 }

@@ -24,21 +24,17 @@ import (
 	"log/slog"
 	"net"
 	"os"
-	"os/signal"
 	"path/filepath"
 	"strings"
-	"syscall"
-	"time"
 
 	"github.com/kilnbuild/kiln/agent"
 	"github.com/kilnbuild/kiln/gateway"
 	"github.com/kilnbuild/kiln/scheduler"
-	"github.com/kilnbuild/kiln/services/config"
 	"github.com/kilnbuild/kiln/services/httpserver"
 	"github.com/kilnbuild/kiln/services/logging"
 	"github.com/kilnbuild/kiln/services/readyfile"
 	"github.com/kilnbuild/kiln/services/sealed"
-	"github.com/kilnbuild/kiln/services/telemetry"
+	"github.com/kilnbuild/kiln/services/service"
 	"github.com/kilnbuild/kiln/services/tenants"
 )
 
@@ -63,58 +59,37 @@ func main() {
 		os.Exit(tenantsCommand(os.Args[2:], os.Stdout, os.Stderr))
 	}
 	var o options
-	fs := flag.NewFlagSet("kilnd", flag.ContinueOnError)
-	fs.StringVar(&o.listen, "listen", "127.0.0.1:7700", "gRPC listen address (port 0 picks a free port)")
-	fs.StringVar(&o.httpListen, "http-listen", "127.0.0.1:7701", "HTTP listen address for /healthz, /readyz, /metrics")
-	fs.StringVar(&o.natsListen, "nats-listen", "127.0.0.1:7722", "embedded NATS listen address")
-	fs.StringVar(&o.dataDir, "data-dir", defaultDataDir(), "where kilnd keeps its state")
-	fs.StringVar(&o.readyFile, "ready-file", "", "write {\"grpc\":…,\"http\":…,\"nats\":…} to this file once every part is serving")
-	fs.StringVar(&o.logLevel, "log-level", "info", "debug, info, warn or error")
-	o.sched.SchedulingFlags(fs)
-	o.limits.Flags(fs)
-	o.agent.Flags(fs, agent.DefaultKilndDrainTimeout)
-	o.tenants.Flags(fs)
-	o.tls.Flags(fs)
-	if err := config.Parse(fs, os.Args[1:]); err != nil {
-		if errors.Is(err, flag.ErrHelp) {
-			os.Exit(0)
+	service.Main("kilnd", func(fs *flag.FlagSet) {
+		fs.StringVar(&o.listen, "listen", "127.0.0.1:7700", "gRPC listen address (port 0 picks a free port)")
+		fs.StringVar(&o.httpListen, "http-listen", "127.0.0.1:7701", "HTTP listen address for /healthz, /readyz, /metrics")
+		fs.StringVar(&o.natsListen, "nats-listen", "127.0.0.1:7722", "embedded NATS listen address")
+		fs.StringVar(&o.dataDir, "data-dir", defaultDataDir(), "where kilnd keeps its state")
+		fs.StringVar(&o.readyFile, "ready-file", "", "write {\"grpc\":…,\"http\":…,\"nats\":…} to this file once every part is serving")
+		fs.StringVar(&o.logLevel, "log-level", "info", "debug, info, warn or error")
+		o.sched.SchedulingFlags(fs)
+		o.limits.Flags(fs)
+		o.agent.Flags(fs, agent.DefaultKilndDrainTimeout)
+		o.tenants.Flags(fs)
+		o.tls.Flags(fs)
+	}, func(ctx context.Context) error {
+		if o.agent.Name == "" {
+			o.agent.Name = "kilnd"
 		}
-		fmt.Fprintln(os.Stderr, "kilnd:", err)
-		os.Exit(2)
-	}
-	if o.agent.Name == "" {
-		o.agent.Name = "kilnd"
-	}
-	log, err := logging.New(os.Stderr, o.logLevel)
-	if err != nil {
-		fmt.Fprintln(os.Stderr, "kilnd:", err)
-		os.Exit(2)
-	}
-	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
-	defer stop()
-	shutdownTracing, err := telemetry.Setup(ctx, "kilnd")
-	if err != nil {
-		fmt.Fprintln(os.Stderr, "kilnd:", err)
-		os.Exit(2)
-	}
-	err = run(ctx, o, log)
-	flushTracing(shutdownTracing)
-	if err != nil {
-		log.Error("kilnd failed", "err", err)
-		os.Exit(1)
-	}
+		log, err := logging.New(os.Stderr, o.logLevel)
+		if err != nil {
+			return err
+		}
+		if err := run(ctx, o, log); err != nil {
+			log.Error("kilnd failed", "err", err)
+			return err
+		}
+		return nil
+	})
 }
 
-// flushTracing exports the spans still buffered, for a few seconds at most.
-func flushTracing(shutdown func(context.Context) error) {
-	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-	defer cancel()
-	_ = shutdown(ctx)
-}
-
-// run starts every part, and on ctx's end stops them in dependency order:
-// the agent drains first (the gateway keeps relaying its events), then the
-// gateway and scheduler, then the NATS connection and server.
+// run starts every part, and on ctx's end (or a part's failure) stops them
+// in dependency order: the agent drains first, then the scheduler, the
+// gateway and the NATS connections and server.
 func run(ctx context.Context, o options, log *slog.Logger) error {
 	if err := o.tenants.CheckListen(o.listen); err != nil {
 		return err
@@ -188,44 +163,30 @@ func run(ctx context.Context, o options, log *slog.Logger) error {
 		return err
 	}
 
-	background := context.WithoutCancel(ctx)
-	svcCtx, stopServices := context.WithCancel(background)
-	defer stopServices()
-	gwDone := make(chan error, 1)
-	go func() { gwDone <- gw.Serve(svcCtx, lis, hs, tlsSrv.ServerOptions()...) }()
-	schedDone := make(chan error, 1)
-	go func() { schedDone <- sched.Run(svcCtx) }()
+	// The parts stop last started first (service.Group): the agent stops
+	// taking work and drains while the scheduler still takes its reports
+	// and the gateway relays its events; then the scheduler, the gateway
+	// (and the HTTP server it serves) and the NATS server, last.
+	parts := service.NewGroup(ctx, log)
+	parts.Go("nats", func(ctx context.Context) error { <-ctx.Done(); farm.Close(); return nil })
+	parts.Go("gateway", func(ctx context.Context) error { return gw.Serve(ctx, lis, hs, tlsSrv.ServerOptions()...) })
+	parts.Go("scheduler", sched.Run)
 	ag.Announce(ctx)
-	agentCtx, stopAgent := context.WithCancel(ctx)
-	defer stopAgent()
-	agentDone := make(chan error, 1)
-	go func() { agentDone <- ag.Run(agentCtx) }()
+	parts.Go("agent", func(actx context.Context) error {
+		context.AfterFunc(actx, func() { log.Info("kilnd stopping: draining the agent", "drain_timeout", o.agent.DrainTimeout) })
+		return ag.Run(actx)
+	})
 
 	if err := readyfile.Write(o.readyFile, map[string]string{
 		"grpc": lis.Addr().String(), "http": hs.Addr(), "nats": ns.ClientURL(),
 	}); err != nil {
-		return err
+		return errors.Join(err, parts.Stop())
 	}
 	log.Info("kilnd serving", "grpc", lis.Addr().String(), "http", hs.Addr(), "nats", ns.ClientURL(), "data_dir", o.dataDir, "agent", o.agent.Name,
 		"secrets_key_id", secretsKey.KeyID(), "tls", o.tls.Enabled(), "mutual_tls", o.tls.ClientCA != "")
-
-	var errs []error
-	select {
-	case <-ctx.Done():
-	case err := <-gwDone:
-		errs = append(errs, fmt.Errorf("gateway: %w", err))
-		gwDone <- nil
-	case err := <-schedDone:
-		errs = append(errs, fmt.Errorf("scheduler: %w", err))
-		schedDone <- nil
-	}
-	log.Info("kilnd stopping: draining the agent", "drain_timeout", o.agent.DrainTimeout)
-	stopAgent()
-	errs = append(errs, <-agentDone)
-	stopServices()
-	errs = append(errs, <-gwDone, <-schedDone)
+	err = parts.Wait(ctx)
 	log.Info("kilnd stopped")
-	return errors.Join(errs...)
+	return err
 }
 
 func defaultDataDir() string {
