@@ -52,6 +52,10 @@ func (g *Gateway) StartBuild(ctx context.Context, req *kilnv1.StartBuildRequest)
 	if err != nil {
 		return nil, err
 	}
+	// The writes wait for the NATS cluster at most natsWriteTimeout: one
+	// without quorum answers Unavailable, not the client's deadline.
+	ctx, cancel := context.WithTimeout(ctx, natsWriteTimeout)
+	defer cancel()
 	c := callerOf(ctx)
 	tenant := c.tenant.Name
 	now := time.Now()
@@ -108,6 +112,7 @@ func (g *Gateway) StartBuild(ctx context.Context, req *kilnv1.StartBuildRequest)
 		rev, err = g.builds.Create(ctx, b)
 		if err != nil {
 			release()
+			g.abandonUnknown(ctx, req, b.Id, err)
 		}
 	}
 	if err != nil {
@@ -117,6 +122,7 @@ func (g *Gateway) StartBuild(ctx context.Context, req *kilnv1.StartBuildRequest)
 		return nil, err
 	}
 	if err := g.handOver(ctx, b, rev); err != nil {
+		g.abandonUnknown(ctx, req, b.Id, err)
 		return nil, err
 	}
 	logArgs := []any{"build_id", b.Id, "tenant", tenant, "tags", spec.Tags}
@@ -130,6 +136,11 @@ func (g *Gateway) StartBuild(ctx context.Context, req *kilnv1.StartBuildRequest)
 	g.log.InfoContext(ctx, "build queued", logArgs...)
 	return &kilnv1.StartBuildResponse{Build: forClient(b)}, nil
 }
+
+// natsWriteTimeout bounds the writes of one StartBuild (claims, record,
+// event, intake), which take a few milliseconds while the NATS cluster has
+// quorum and never complete while it has not.
+var natsWriteTimeout = 15 * time.Second
 
 // handOver appends the QUEUED event to the build's log and hands the build
 // to the scheduler on kiln.requests, in one round trip rather than two: the
@@ -327,7 +338,21 @@ func (g *Gateway) claimIdempotencyKey(ctx context.Context, tenant string, req *k
 		if prevHash != requestHash(req) {
 			return nil, status.Errorf(codes.FailedPrecondition, "idempotency key %q was already used for build %s with a different request", req.IdempotencyKey, prevID)
 		}
-		b, _, err := g.builds.Get(ctx, prevID)
+		b, err := g.awaitRecord(ctx, prevID)
+		if errors.Is(err, buildstore.ErrNotFound) {
+			// A start that failed (the NATS cluster unavailable, say)
+			// left the key without a build: this request takes it over.
+			// Were that build's record committed late (abandon.go), it
+			// would run too — a duplicate, never a loss: the build it
+			// named may be a slow start that is about to answer OK.
+			if _, err := g.idem.Update(ctx, key, []byte(value), e.Revision()); err != nil {
+				if bus.IsWrongRevision(err) {
+					continue
+				}
+				return nil, fmt.Errorf("take over idempotency key: %w", err)
+			}
+			return nil, nil
+		}
 		if err != nil {
 			return nil, err
 		}

@@ -93,6 +93,9 @@ type Gateway struct {
 	manifests *manifestGate
 	// nonces holds the seal nonces accepted (see claimSealNonce).
 	nonces jetstream.KeyValue
+	// abandoned are builds whose start failed with the NATS cluster
+	// unavailable, to remove if they were stored after all (abandon.go).
+	abandoned abandoned
 }
 
 var (
@@ -140,7 +143,7 @@ func New(ctx context.Context, cfg Config) (*Gateway, error) {
 	g := &Gateway{
 		conn: cfg.Conn, log: cfg.Logger, builds: builds, blobs: blobs, checked: lru.New[checkedKey, []byte](checkedContextBytes),
 		idem: idem, inflight: inflight, agents: agents, limits: cfg.Limits, health: health.NewServer(),
-		nonces: nonces,
+		nonces: nonces, abandoned: newAbandoned(),
 	}
 	g.usage, g.manifests = usage, newManifestGate(cfg.Limits)
 	if cfg.SecretsKey != nil {

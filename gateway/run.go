@@ -98,6 +98,7 @@ func (g *Gateway) Serve(ctx context.Context, lis net.Listener, hs *httpserver.Se
 	eg.Go(func() error { return hs.Serve(ctx) })
 	eg.Go(func() error { g.followNATS(ctx); return nil })
 	eg.Go(func() error { return g.runCAS(ctx) })
+	eg.Go(func() error { g.runAbandoned(ctx); return nil })
 	eg.Go(func() error {
 		<-ctx.Done()
 		g.Shutdown()

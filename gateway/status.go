@@ -10,12 +10,21 @@ import (
 
 	"github.com/kilnbuild/kiln/proto/rules"
 	"github.com/kilnbuild/kiln/services/buildstore"
+	"github.com/kilnbuild/kiln/services/bus"
 	"github.com/kilnbuild/kiln/services/cas"
 )
 
-// toStatus turns an internal error into a gRPC status once, at the edge.
-// Errors that already carry a status keep their code.
-func toStatus(err error) error {
+// toStatus turns an internal error of the call with context ctx into a
+// gRPC status once, at the edge. Errors that already carry a status keep
+// their code.
+//
+// A NATS cluster that cannot serve — too few servers up for a stream's
+// quorum, nobody answering, a NATS request timing out before the call's
+// own deadline, the connection down — is Unavailable with a message that
+// says so and to retry: the request did not take effect (StartBuild
+// makes sure of it, abandonStart) and a retry, with the same idempotency
+// key, is safe.
+func toStatus(ctx context.Context, err error) error {
 	if err == nil {
 		return nil
 	}
@@ -26,8 +35,10 @@ func toStatus(err error) error {
 	switch {
 	case errors.Is(err, context.Canceled):
 		code = codes.Canceled
-	case errors.Is(err, context.DeadlineExceeded):
+	case errors.Is(err, context.DeadlineExceeded) && ctx.Err() != nil:
 		code = codes.DeadlineExceeded
+	case natsUnavailable(ctx, err):
+		return status.Errorf(codes.Unavailable, "the farm's NATS cluster is unavailable (no quorum: too few NATS servers up, or none reachable); retry later: %v", err)
 	case errors.Is(err, buildstore.ErrNotFound):
 		code = codes.NotFound
 	case errors.Is(err, cas.ErrDigestMismatch), errors.Is(err, cas.ErrBadDigest), errors.Is(err, rules.ErrInvalid):
@@ -44,9 +55,16 @@ func toStatus(err error) error {
 
 func unaryStatus(ctx context.Context, req any, _ *grpc.UnaryServerInfo, h grpc.UnaryHandler) (any, error) {
 	resp, err := h(ctx, req)
-	return resp, toStatus(err)
+	return resp, toStatus(ctx, err)
 }
 
 func streamStatus(srv any, ss grpc.ServerStream, _ *grpc.StreamServerInfo, h grpc.StreamHandler) error {
-	return toStatus(h(srv, ss))
+	return toStatus(ss.Context(), h(srv, ss))
+}
+
+// natsUnavailable reports whether err, met by the call with context ctx,
+// means the NATS cluster could not serve it (bus.IsUnavailable, or a NATS
+// request that timed out while the call's own deadline had not passed).
+func natsUnavailable(ctx context.Context, err error) bool {
+	return bus.IsUnavailable(err) || errors.Is(err, context.DeadlineExceeded) && ctx.Err() == nil
 }

@@ -55,47 +55,14 @@ func setup(t *testing.T, conn *bus.Conn, replicas int) {
 	}
 }
 
-// waitReplicas waits until every stream of the account has replicas
-// replicas, all current, and returns the streams' leaders by stream name.
+// waitReplicas is bustest.WaitReplicas, and checks that the account has
+// exactly the streams bus.Setup makes.
 func waitReplicas(t *testing.T, conn *bus.Conn, replicas int) map[string]string {
 	t.Helper()
-	leaders := map[string]string{}
-	retry(t, fmt.Sprintf("every stream at %d current replicas", replicas), func(ctx context.Context) error {
-		clear(leaders)
-		names := conn.JS.StreamNames(ctx)
-		n := 0
-		for name := range names.Name() {
-			n++
-			s, err := conn.JS.Stream(ctx, name)
-			if err != nil {
-				return err
-			}
-			info := s.CachedInfo()
-			if info.Config.Replicas != replicas {
-				t.Fatalf("stream %s: configured with %d replicas, want %d", name, info.Config.Replicas, replicas)
-			}
-			if info.Cluster == nil || info.Cluster.Leader == "" {
-				return fmt.Errorf("stream %s has no leader: %w", name, nats.ErrTimeout)
-			}
-			current := 0
-			for _, p := range info.Cluster.Replicas {
-				if p.Current && !p.Offline {
-					current++
-				}
-			}
-			if current != replicas-1 {
-				return fmt.Errorf("stream %s: %d of %d followers current: %w", name, current, replicas-1, nats.ErrTimeout)
-			}
-			leaders[name] = info.Cluster.Leader
-		}
-		if err := names.Err(); err != nil {
-			return err
-		}
-		if n != kilnStreams {
-			t.Fatalf("the account has %d streams, want the %d bus.Setup makes", n, kilnStreams)
-		}
-		return nil
-	})
+	leaders := bustest.WaitReplicas(t, conn, replicas)
+	if len(leaders) != kilnStreams {
+		t.Fatalf("the account has %d streams, want the %d bus.Setup makes", len(leaders), kilnStreams)
+	}
 	return leaders
 }
 

@@ -12,6 +12,7 @@ import (
 
 	"github.com/nats-io/nats-server/v2/server"
 	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/kilnbuild/kiln/services/bus"
 )
@@ -205,4 +206,98 @@ func (n *Node) Stop() {
 		s.Shutdown()
 		s.WaitForShutdown()
 	}
+}
+
+// WaitReplicas waits until every stream of the account (those bus.Setup
+// makes: streams, buckets, the object store) is configured with replicas
+// replicas, has a leader and all its followers current, and returns each
+// stream's leader by stream name.
+func WaitReplicas(t testing.TB, conn *bus.Conn, replicas int) map[string]string {
+	t.Helper()
+	deadline := time.Now().Add(60 * time.Second)
+	for {
+		leaders, err := streamLeaders(t.Context(), conn.JS, replicas)
+		if err == nil {
+			return leaders
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("streams not at %d current replicas within 60s: %v", replicas, err)
+		}
+		time.Sleep(50 * time.Millisecond) // polling a condition, with the deadline above
+	}
+}
+
+func streamLeaders(ctx context.Context, js jetstream.JetStream, replicas int) (map[string]string, error) {
+	ctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+	defer cancel()
+	leaders := map[string]string{}
+	names := js.StreamNames(ctx)
+	for name := range names.Name() {
+		s, err := js.Stream(ctx, name)
+		if err != nil {
+			return nil, err
+		}
+		info := s.CachedInfo()
+		if info.Config.Replicas != replicas {
+			return nil, fmt.Errorf("stream %s: configured with %d replicas", name, info.Config.Replicas)
+		}
+		if info.Cluster == nil || info.Cluster.Leader == "" {
+			return nil, fmt.Errorf("stream %s has no leader", name)
+		}
+		current := 0
+		for _, p := range info.Cluster.Replicas {
+			if p.Current && !p.Offline {
+				current++
+			}
+		}
+		if current != replicas-1 {
+			return nil, fmt.Errorf("stream %s: %d of %d followers current", name, current, replicas-1)
+		}
+		leaders[name] = info.Cluster.Leader
+	}
+	if err := names.Err(); err != nil {
+		return nil, err
+	}
+	if len(leaders) == 0 {
+		return nil, fmt.Errorf("no streams")
+	}
+	return leaders, nil
+}
+
+// MoveLeaders makes node to the leader of every stream of the account
+// (a leader stepdown with to preferred) and waits until it is.
+func (c *Cluster) MoveLeaders(t testing.TB, conn *bus.Conn, to string) {
+	t.Helper()
+	replicas := c.replicas(t, conn)
+	deadline := time.Now().Add(60 * time.Second)
+	for {
+		leaders := WaitReplicas(t, conn, replicas)
+		moved := true
+		for stream, leader := range leaders {
+			if leader == to {
+				continue
+			}
+			moved = false
+			req := fmt.Sprintf(`{"placement":{"preferred":%q}}`, to)
+			// The answer comes before the new leader is elected; the
+			// next round checks.
+			_, _ = conn.NC.Request("$JS.API.STREAM.LEADER.STEPDOWN."+stream, []byte(req), 5*time.Second)
+		}
+		if moved {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("could not move every stream's leadership to %s within 60s (%d replicas)", to, replicas)
+		}
+	}
+}
+
+// replicas is the replica count of KILN_REQUESTS.
+func (c *Cluster) replicas(t testing.TB, conn *bus.Conn) int {
+	t.Helper()
+	s, err := conn.JS.Stream(t.Context(), bus.StreamRequests)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return s.CachedInfo().Config.Replicas
 }
