@@ -160,10 +160,8 @@ func (f *Farm) copyImages(ctx context.Context, engines []*proc) error {
 		return fmt.Errorf("localfarm: docker save %s: %w", strings.Join(f.opts.Images, " "), err)
 	}
 	for _, e := range engines {
-		if _, err := archive.Seek(0, io.SeekStart); err != nil {
-			return fmt.Errorf("localfarm: %w", err)
-		}
-		if err := loadImages(ctx, e.addr, archive); err != nil {
+		// A reader of its own per engine: the client closes what it sends.
+		if err := loadImages(ctx, e.addr, io.NewSectionReader(archive, 0, 1<<62)); err != nil {
 			return fmt.Errorf("localfarm: %s: %w", e.name, err)
 		}
 	}

@@ -221,6 +221,14 @@ func (f *Farm) Replicas() int { return f.opts.Replicas }
 // and each agent's (Options.ExtraAgents included), for in-process clients.
 func (f *Farm) Seeds() bus.Seeds { return f.seeds }
 
+// Bridges are the network bridges the farm made for its engines (Stop
+// deletes them).
+func (f *Farm) Bridges() []string {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return append([]string(nil), f.bridges...)
+}
+
 // Processes are the farm's processes in start order, with current pids.
 func (f *Farm) Processes() []Process {
 	f.mu.Lock()
