@@ -111,6 +111,9 @@ type dispatcher struct {
 	dirty      map[string]bool
 	queueSlice []routing.Build
 	queueStale bool
+	// staleScan is when the first indexed agent's heartbeat may go stale
+	// (zero: look at the next refresh).
+	staleScan time.Time
 }
 
 func newDispatcher(deps dispatchDeps) *dispatcher {
@@ -322,15 +325,26 @@ func (d *dispatcher) dispatch(ctx context.Context) time.Duration {
 // heartbeat or pulls changed are re-indexed, and agents that went stale
 // or left READY are removed.
 func (d *dispatcher) refreshIndex(now time.Time) {
-	for name := range d.indexed {
-		if a := d.agents[name]; a != nil && !d.routable(a, now) {
-			d.dirty[name] = true
+	// Look for stale heartbeats only once the first indexed one may have
+	// gone stale, not at every event: with a thousand agents that look
+	// was most of the dispatcher's time.
+	if !now.Before(d.staleScan) {
+		d.staleScan = now.Add(d.agentTTL)
+		for name := range d.indexed {
+			if a := d.agents[name]; a != nil {
+				if !d.routable(a, now) {
+					d.dirty[name] = true
+				} else {
+					d.staleScan = minTime(d.staleScan, a.LastSeen.AsTime().Add(d.agentTTL))
+				}
+			}
 		}
 	}
 	for name := range d.dirty {
 		a, known := d.agents[name]
 		switch {
 		case known && d.routable(a, now):
+			d.staleScan = minTime(d.staleScan, a.LastSeen.AsTime().Add(d.agentTTL))
 			d.idx.Set(routing.Agent{
 				Name: name, FreeSlots: len(d.pulls[name]), Slots: int(a.Slots), Running: int(a.BusySlots), NextFree: d.nextFree(name),
 				Labels: routingAgentLabels(a), Lineages: a.GetCache().GetLineages(), BaseImages: a.GetCache().GetBaseImages(), Chains: a.GetCache().GetChains(),
@@ -347,6 +361,13 @@ func (d *dispatcher) refreshIndex(now time.Time) {
 		}
 		delete(d.dirty, name)
 	}
+}
+
+func minTime(a, b time.Time) time.Time {
+	if a.Before(b) {
+		return a
+	}
+	return b
 }
 
 // routable reports whether an agent may be given builds: READY with a

@@ -64,3 +64,40 @@ func TestDispatcherExpectsWhenAgentsFreeSlots(t *testing.T) {
 		t.Fatal("b2's lease dropped before the sweeper or the watch saw its end")
 	}
 }
+
+// TestDispatcherDropsAgentsWhoseHeartbeatWentStale checks that the router's
+// index loses an agent once its heartbeat is agentTTL old, though no event
+// about that agent arrives (the dispatcher looks for stale heartbeats only
+// when the first may have gone stale), and keeps the agents that
+// heartbeat meanwhile.
+func TestDispatcherDropsAgentsWhoseHeartbeatWentStale(t *testing.T) {
+	clk := &clock{now: time.Unix(1_700_000_000, 0)}
+	d := newDispatcher(dispatchDeps{now: clk.Now})
+	heartbeat := func(name string) {
+		d.apply(event{agent: &kilnv1.Agent{Name: name, Slots: 1, State: kilnv1.AgentState_AGENT_STATE_READY, LastSeen: timestamppb.New(clk.Now())}})
+	}
+	indexed := func(want ...string) {
+		t.Helper()
+		d.refreshIndex(clk.Now())
+		if len(d.indexed) != len(want) {
+			t.Fatalf("indexed %v, want %v", d.indexed, want)
+		}
+		for _, name := range want {
+			if !d.indexed[name] {
+				t.Fatalf("indexed %v, want %v", d.indexed, want)
+			}
+		}
+	}
+	heartbeat("old")
+	heartbeat("fresh")
+	indexed("old", "fresh")
+	clk.Advance(d.agentTTL / 2)
+	heartbeat("fresh")
+	indexed("old", "fresh")
+	clk.Advance(d.agentTTL / 2) // old's heartbeat is agentTTL old
+	indexed("fresh")
+	clk.Advance(d.agentTTL / 2)
+	indexed()
+	heartbeat("old") // back
+	indexed("old")
+}

@@ -130,8 +130,18 @@ func profileOnSignal(ctx context.Context, path string, log *slog.Logger) {
 // child is a child process of the benchmark.
 type child struct {
 	role   string
+	log    string // its output
 	cmd    *exec.Cmd
 	exited chan struct{}
+}
+
+// tail is the end of the child's output, for an error.
+func (c *child) tail() string {
+	data, _ := os.ReadFile(c.log)
+	if len(data) > 4096 {
+		data = data[len(data)-4096:]
+	}
+	return string(data)
 }
 
 // startChild starts this binary again as role, with env added; its
@@ -141,11 +151,12 @@ func startChild(dir, role, logLevel string, env []string, stdout io.Writer) (*ch
 	if err != nil {
 		return nil, err
 	}
-	logf, err := os.Create(filepath.Join(dir, role+".log"))
+	logPath := filepath.Join(dir, role+".log")
+	logf, err := os.Create(logPath)
 	if err != nil {
 		return nil, err
 	}
-	c := &child{role: role, cmd: exec.Command(self), exited: make(chan struct{})}
+	c := &child{role: role, log: logPath, cmd: exec.Command(self), exited: make(chan struct{})}
 	c.cmd.Env = append(append(os.Environ(), childEnv+"="+role, logEnv+"="+logLevel), env...)
 	c.cmd.Stdout, c.cmd.Stderr = logf, logf
 	if stdout != nil {

@@ -240,6 +240,13 @@ type measurement struct {
 func sample(ctx context.Context, conn *bus.Conn, sched, natsProc *child) (measurement, error) {
 	m := measurement{at: time.Now(), cpuWait: cpuPressure()}
 	var err error
+	for _, c := range []*child{sched, natsProc} {
+		select {
+		case <-c.exited:
+			return m, fmt.Errorf("%s exited (%v); its output ends:\n%s", c.role, c.cmd.ProcessState, c.tail())
+		default:
+		}
+	}
 	if m.sched, err = readProc(sched.pid()); err != nil {
 		return m, err
 	}
