@@ -397,3 +397,32 @@ func TestAckedWritesSurviveLeaderLoss(t *testing.T) {
 		})
 	}
 }
+
+// TestWrongRevisionOnR3: a KV compare-and-swap that lost is recognised on
+// a replicated bucket too (buildstore.Update and the dispatcher retry on
+// it); nats.go documents that a replicated stream may answer with another
+// error code than one server, which IsWrongRevision also knows.
+func TestWrongRevisionOnR3(t *testing.T) {
+	c := bustest.StartCluster(t, 3)
+	conn := c.Conn(t, "cas")
+	setup(t, conn, 3)
+	ctx := t.Context()
+	kv, err := conn.JS.KeyValue(ctx, bus.BucketBuilds)
+	if err != nil {
+		t.Fatal(err)
+	}
+	rev, err := kv.Create(ctx, "b1", []byte("1"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := kv.Update(ctx, "b1", []byte("2"), rev); err != nil {
+		t.Fatal(err)
+	}
+	_, err = kv.Update(ctx, "b1", []byte("3"), rev) // stale revision
+	if err == nil || !bus.IsWrongRevision(err) {
+		t.Fatalf("update at a stale revision: %v; want a wrong revision", err)
+	}
+	if _, err := kv.Create(ctx, "b1", []byte("4")); !bus.IsWrongRevision(err) {
+		t.Fatalf("create of an existing key: %v; want a wrong revision", err)
+	}
+}
