@@ -31,6 +31,8 @@ func startNATS(ctx context.Context, o options) (*farmNATS, error) {
 	}
 	ns, err := bus.RunEmbedded(bus.EmbeddedOptions{
 		Listen: o.natsListen, StoreDir: filepath.Join(o.dataDir, "nats"), Identities: seeds.Identities,
+		// Acknowledged means on disk, as in the cluster (deploy/nats/README.md).
+		SyncAlways: true,
 	})
 	if err != nil {
 		return nil, err
