@@ -21,6 +21,18 @@
 // trip probed during the load, and how builds spread over the agents.
 //
 //	go run ./bench/dispatch
+//
+// With -cluster it runs NATS as nats-server processes instead (package
+// localfarm: JetStream on files, sync_interval always, one node, or three
+// in one cluster with every stream, bucket and object store on three
+// replicas) and measures each -cluster-rates rate on each farm, a fresh
+// farm per run, side by side (bench/results/dispatch-cluster.json). The
+// gateway and the scheduler stay in this process, on the cluster's URLs:
+// the timeline needs them on this process's clock (the dispatcher's
+// "build assigned" log, the created_at of the record), and it is NATS the
+// runs compare.
+//
+//	go run ./bench/dispatch -cluster -agents 50 -slots 8
 package main
 
 import (
@@ -63,6 +75,15 @@ type options struct {
 	cpuProfile    string
 	memProfile    string
 	logLevel      string
+	// natsNodes: 0 = the nats-server library in this process; N = N
+	// nats-server processes (localfarm).
+	natsNodes int
+	natsSync  string
+	// cluster: run every rate of clusterRates on one node and on three
+	// (R3), each on a fresh farm, and report them side by side.
+	cluster      bool
+	clusterRates string
+	clusterNodes string
 }
 
 func main() {
@@ -82,7 +103,19 @@ func main() {
 	flag.StringVar(&o.memProfile, "memprofile", "", "write an allocation profile (from the start of the run) to this file after the offered period")
 	flag.StringVar(&o.cpuProfile, "cpuprofile", "", "write a CPU profile of the offered period to this file")
 	flag.StringVar(&o.logLevel, "log-level", "warn", "log level of the farm's services")
+	flag.IntVar(&o.natsNodes, "nats-nodes", 0, "0: the nats-server library in this process; N: N nats-server processes in one cluster (JetStream sync always, replicas 3 from 3 nodes)")
+	flag.BoolVar(&o.cluster, "cluster", false, "measure each -cluster-rates rate on 1 nats-server process and on a 3-node R3 cluster, side by side (JSON default bench/results/dispatch-cluster.json)")
+	flag.StringVar(&o.clusterRates, "cluster-rates", "200,1000", "with -cluster: the offered rates, comma-separated")
+	flag.StringVar(&o.clusterNodes, "cluster-nodes", "1,3", "with -cluster: the farms' NATS nodes, comma-separated (0: the library in this process)")
+	flag.StringVar(&o.natsSync, "nats-sync", "always", "JetStream sync_interval of nats-server processes (always: fsync every write; e.g. 2m, the server's default)")
 	flag.Parse()
+	if o.cluster {
+		outSet := false
+		flag.Visit(func(f *flag.Flag) { outSet = outSet || f.Name == "out" })
+		if !outSet {
+			o.out = "bench/results/dispatch-cluster.json"
+		}
+	}
 	if err := run(o); err != nil {
 		fmt.Fprintln(os.Stderr, "dispatch:", err)
 		os.Exit(1)
@@ -90,17 +123,64 @@ func main() {
 }
 
 func run(o options) error {
-	if o.rate <= 0 || o.duration <= 0 || o.agents <= 0 || o.slots <= 0 || o.repos <= 0 {
-		return fmt.Errorf("-rate, -duration, -agents, -slots and -repos must be positive")
+	if o.rate <= 0 || o.duration <= 0 || o.agents <= 0 || o.slots <= 0 || o.repos <= 0 || o.natsNodes < 0 {
+		return fmt.Errorf("-rate, -duration, -agents, -slots and -repos must be positive, -nats-nodes not negative")
 	}
 	log, err := logging.New(os.Stderr, o.logLevel)
 	if err != nil {
 		return err
 	}
+	if !o.cluster {
+		r, err := measure(o, log)
+		if err != nil {
+			return err
+		}
+		return report(o, r)
+	}
+	rates, err := intList("-cluster-rates", o.clusterRates, 1)
+	if err != nil {
+		return err
+	}
+	farms, err := intList("-cluster-nodes", o.clusterNodes, 0)
+	if err != nil {
+		return err
+	}
+	var runs []result
+	for _, nodes := range farms {
+		for _, rate := range rates {
+			ro := o
+			ro.natsNodes, ro.rate = nodes, rate
+			fmt.Fprintf(os.Stderr, "dispatch: %d builds/s on %d NATS node(s)\n", rate, nodes)
+			r, err := measure(ro, log)
+			if err != nil {
+				return fmt.Errorf("%d builds/s on %d NATS node(s): %w", rate, nodes, err)
+			}
+			runs = append(runs, r)
+		}
+	}
+	return clusterReport(o, runs)
+}
+
+// intList parses a comma-separated list of integers of at least least.
+func intList(flagName, list string, least int) ([]int, error) {
+	var out []int
+	for _, f := range strings.Split(list, ",") {
+		v, err := strconv.Atoi(strings.TrimSpace(f))
+		if err != nil || v < least {
+			return nil, fmt.Errorf("%s: %q is not an integer of at least %d", flagName, f, least)
+		}
+		out = append(out, v)
+	}
+	return out, nil
+}
+
+// measure runs one farm under one offered rate and analyses it.
+func measure(o options, log *slog.Logger) (result, error) {
+	var none result
 	ctx := context.Background()
 	tmp, err := os.MkdirTemp("", "kiln-bench-dispatch-")
 	if err != nil {
-		return err
+		return none, err
 	}
 	defer os.RemoveAll(tmp)
 
@@ -109,9 +189,9 @@ func run(o options) error {
 		Lease: simLease, AssignTimeout: scheduler.DefaultAssignTimeout,
 		Routing: routing.Config{Delay: o.routeDelay}, Logger: slog.New(assignLog),
 	}
-	f, err := startFarm(ctx, tmp, log, schedCfg)
+	f, err := startFarm(ctx, tmp, log, schedCfg, o.natsNodes, o.natsSync)
 	if err != nil {
-		return err
+		return none, err
 	}
 	defer f.stop()
 	bs, cs := kilnv1.NewBuildServiceClient(f.client), kilnv1.NewContextServiceClient(f.client)
@@ -121,15 +201,15 @@ func run(o options) error {
 	rec := newRecorder(n, schedCfg.AssignTimeout)
 	tapConn, err := f.connect(ctx, "bench-tap")
 	if err != nil {
-		return err
+		return none, err
 	}
 	if err := rec.tap(tapConn); err != nil {
-		return err
+		return none, err
 	}
 	fmt.Fprintf(os.Stderr, "dispatch: uploading %d repositories' contexts (%s)\n", o.repos, o.format)
 	repos, err := uploadRepositories(ctx, cs, o.repos, o.format)
 	if err != nil {
-		return err
+		return none, err
 	}
 
 	agentsCtx, stopAgents := context.WithCancel(ctx)
@@ -138,11 +218,11 @@ func run(o options) error {
 	for i := range o.agents {
 		conn, err := f.connect(ctx, fmt.Sprintf("bench-agent-%02d", i))
 		if err != nil {
-			return err
+			return none, err
 		}
 		a, err := newSimAgent(ctx, conn, fmt.Sprintf("sim-%02d", i), o.slots, o.buildTime, log, rec)
 		if err != nil {
-			return err
+			return none, err
 		}
 		agentsDone.Go(func() { a.run(agentsCtx) })
 	}
@@ -150,32 +230,32 @@ func run(o options) error {
 	err = rec.probeFarm(pctx, bs, repos[0])
 	cancel()
 	if err != nil {
-		return err
+		return none, err
 	}
 
 	probeConn, err := f.connect(ctx, "bench-rtt-probe")
 	if err != nil {
-		return err
+		return none, err
 	}
 	probe, err := newRTTProbe(ctx, probeConn)
 	if err != nil {
-		return err
+		return none, err
 	}
 	fmt.Fprintf(os.Stderr, "dispatch: offering %d builds/s for %s (+%s warm-up) to %d agents × %d slots\n", o.rate, o.duration, o.warmup, o.agents, o.slots)
 	if o.cpuProfile != "" {
 		pf, err := os.Create(o.cpuProfile)
 		if err != nil {
-			return err
+			return none, err
 		}
 		defer pf.Close()
 		if err := pprof.StartCPUProfile(pf); err != nil {
-			return err
+			return none, err
 		}
 	}
 	probeCtx, stopProbe := context.WithCancel(ctx)
 	var probing sync.WaitGroup
 	probing.Go(func() { probe.run(probeCtx) })
-	cpu0, psi0, wall0 := cpuTime(), cpuPressure(), time.Now()
+	cpu0, natsCPU0, psi0, wall0 := cpuTime(), processCPU(f.natsPIDs), cpuPressure(), time.Now()
 	var prepare func(context.Context, int, repository) (repository, error)
 	if o.freshContexts {
 		prepare = func(ctx context.Context, i int, repo repository) (repository, error) {
@@ -183,7 +263,7 @@ func run(o options) error {
 		}
 	}
 	rec.offer(ctx, bs, repos, o.rate, prepare)
-	wall, cpu, psi1 := time.Since(wall0), cpuTime()-cpu0, cpuPressure()
+	wall, cpu, natsCPU, psi1 := time.Since(wall0), cpuTime()-cpu0, processCPU(f.natsPIDs)-natsCPU0, cpuPressure()
 	stopProbe()
 	probing.Wait()
 	if o.cpuProfile != "" {
@@ -191,7 +271,7 @@ func run(o options) error {
 	}
 	if o.memProfile != "" {
 		if err := writeAllocs(o.memProfile); err != nil {
-			return err
+			return none, err
 		}
 	}
 	left := rec.waitAssigned(ctx, o.routeDelay+15*time.Second)
@@ -207,7 +287,12 @@ func run(o options) error {
 	if psi0 >= 0 && psi1 >= 0 {
 		r.CPUPressure = float64(psi1-psi0) / float64(wall.Microseconds())
 	}
-	return report(o, r)
+	r.NATSNodes, r.Replicas = o.natsNodes, f.replicas
+	if o.natsNodes > 0 {
+		r.NATSSync = o.natsSync
+	}
+	r.NATSCPUBusy = natsCPU.Seconds() / wall.Seconds() / float64(runtime.NumCPU())
+	return r, nil
 }
 
 // cpuTime is the CPU time (user + system) this process has used: the NATS
@@ -218,6 +303,32 @@ func cpuTime() time.Duration {
 		return 0
 	}
 	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
+}
+
+// processCPU is the CPU time (user + system) the processes pids have used,
+// from /proc/<pid>/stat; 0 for those it cannot read.
+func processCPU(pids []int) time.Duration {
+	var total time.Duration
+	for _, pid := range pids {
+		data, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+		if err != nil {
+			continue
+		}
+		// Fields after the command (which may hold spaces) in parentheses:
+		// utime and stime are the 12th and 13th, in clock ticks (100/s).
+		_, rest, ok := strings.Cut(string(data), ") ")
+		if !ok {
+			continue
+		}
+		f := strings.Fields(rest)
+		if len(f) < 13 {
+			continue
+		}
+		ut, _ := strconv.ParseInt(f[11], 10, 64)
+		st, _ := strconv.ParseInt(f[12], 10, 64)
+		total += time.Duration(ut+st) * 10 * time.Millisecond
+	}
+	return total
 }
 
 // cpus is what the Go runtime may use, for the report.

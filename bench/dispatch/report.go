@@ -145,6 +145,16 @@ type result struct {
 	KVRead  dist `json:"kv_get_round_trip"`
 	KVWrite dist `json:"kv_put_round_trip"`
 
+	// NATSNodes is 0 for the nats-server library in this process, else
+	// how many nats-server processes (one cluster) the farm ran on, with
+	// Replicas replicas of every stream; NATSCPUBusy is the share of the
+	// machine's CPUs those processes used (their CPU is not in CPUBusy).
+	NATSNodes   int     `json:"nats_nodes"`
+	Replicas    int     `json:"nats_replicas"`
+	NATSCPUBusy float64 `json:"nats_processes_cpu_busy_fraction"`
+	// NATSSync is the nats-server processes' JetStream sync_interval.
+	NATSSync string `json:"nats_sync_interval,omitempty"`
+
 	TargetP99MS  float64 `json:"target_p99_ms"`
 	MetTarget    bool    `json:"met_target"`
 	GitLabPollMS float64 `json:"gitlab_runner_poll_interval_ms"`
@@ -367,4 +377,90 @@ func report(o options, r result) error {
 			"submit → agent, in-process, one clock", r.RatePerS, o.duration, r.Agents, r.Slots, o.buildTime, r.Repositories, contexts),
 		[]string{"segment", "builds", "p50 ms", "p90 ms", "p99 ms", "max ms", "slowest 1%: mean ms"},
 		rows, b.String(), r, o.out)
+}
+
+// farmName names a run's NATS: "1 node" or "3 nodes R3".
+func farmName(r result) string {
+	name := "in-process NATS"
+	switch {
+	case r.NATSNodes == 1:
+		name = "1 node"
+	case r.NATSNodes > 1:
+		name = fmt.Sprintf("%d nodes R%d", r.NATSNodes, r.Replicas)
+	}
+	if r.NATSNodes > 0 && r.NATSSync != "always" {
+		name += ", sync " + r.NATSSync
+	}
+	return name
+}
+
+// worstTail is the segment where the slowest 1% spent most of their time.
+func worstTail(r result) segment {
+	var worst segment
+	for _, seg := range r.Segments {
+		if seg.TailMeanMS > worst.TailMeanMS {
+			worst = seg
+		}
+	}
+	return worst
+}
+
+// clusterResult is the JSON of a -cluster run.
+type clusterResult struct {
+	Benchmark   string   `json:"benchmark"`
+	Measured    string   `json:"measured"`
+	GoVersion   string   `json:"go_version"`
+	CPUs        int      `json:"cpus"`
+	TargetP99MS float64  `json:"target_p99_ms"`
+	Runs        []result `json:"runs"`
+	// CeilingPerS is, per farm, the most builds/s assigned in any run.
+	CeilingPerS map[string]float64 `json:"assigned_per_s_ceiling"`
+}
+
+// clusterReport prints the runs of -cluster side by side and writes them
+// as one JSON document.
+func clusterReport(o options, runs []result) error {
+	f := func(v float64) string { return fmt.Sprintf("%.2f", v) }
+	var rows []benchkit.Row
+	ceiling := map[string]float64{}
+	var b strings.Builder
+	for _, r := range runs {
+		name := farmName(r)
+		ceiling[name] = max(ceiling[name], r.AssignedPerS)
+		verdict := "met"
+		if !r.MetTarget {
+			verdict = "MISSED"
+		}
+		rows = append(rows, benchkit.Row{Name: fmt.Sprintf("%s, %d/s", name, r.RatePerS), Values: []string{
+			fmt.Sprintf("%.0f", r.OfferedPerS), fmt.Sprintf("%.0f", r.AssignedPerS), fmt.Sprint(r.Unassigned + r.StartErrors),
+			f(r.Latency.P50), f(r.Latency.P90), f(r.Latency.P99), f(r.Latency.Max),
+			f(r.Gateway.P99), f(r.Scheduler.P99), f(r.KVWrite.P99), f(r.Assign.Mean),
+			fmt.Sprintf("%.0f%% + %.0f%%", 100*r.CPUBusy, 100*r.NATSCPUBusy), verdict,
+		}})
+		worst := worstTail(r)
+		fmt.Fprintf(&b, "- %s at %d/s: p50 %.2f ms, p99 %.2f ms (target < %.0f ms: %s); assigned %.0f of %.0f offered/s, %d start errors, %d unassigned at the end; "+
+			"the slowest 1%% spent most in %q (%.2f ms mean); KV put p99 %.2f ms, get p99 %.2f ms; dispatcher.assign %.2f ms/build (%.0f%% busy); "+
+			"CPU: this process (gateway, scheduler, agents, load) %.0f%%, NATS %.0f%% of %d cores; some task waited for a CPU %.0f%% of the time.\n",
+			name, r.RatePerS, r.Latency.P50, r.Latency.P99, r.TargetP99MS, verdict, r.AssignedPerS, r.OfferedPerS, r.StartErrors, r.Unassigned,
+			worst.Name, worst.TailMeanMS, r.KVWrite.P99, r.KVRead.P99, r.Assign.Mean, 100*r.AssignBusy,
+			100*r.CPUBusy, 100*r.NATSCPUBusy, r.CPUs, 100*r.CPUPressure)
+	}
+	var names []string
+	for _, r := range runs {
+		if name := farmName(r); !slices.Contains(names, name) {
+			names = append(names, name)
+			fmt.Fprintf(&b, "Ceiling on %s: %.0f builds/s assigned at most.\n", name, ceiling[name])
+		}
+	}
+	out := clusterResult{
+		Benchmark: fmt.Sprintf("dispatch latency on NATS as separate processes, one node and a 3-node R3 cluster (JetStream file storage, sync_interval %s): %d simulated agents × %d slots, %s builds, %d repositories; gateway and scheduler in the benchmark's process",
+			o.natsSync, o.agents, o.slots, o.buildTime, o.repos),
+		Measured:  "per build, one clock in one process: from just before the client calls StartBuild to the simulated agent's WorkOffer being answered with it",
+		GoVersion: runtime.Version(), CPUs: cpus(), TargetP99MS: o.targetMS, Runs: runs, CeilingPerS: ceiling,
+	}
+	return benchkit.Report(
+		fmt.Sprintf("Dispatch latency by NATS farm (nats-server processes: sync_interval %s): %s per run after %s warm-up, %d agents × %d slots, %s builds",
+			o.natsSync, o.duration, o.warmup, o.agents, o.slots, o.buildTime),
+		[]string{"farm, offered", "offered/s", "assigned/s", "lost", "p50 ms", "p90 ms", "p99 ms", "max ms", "gateway p99", "scheduler p99", "KV put p99", "assign ms/build", "CPU bench + NATS", "p99 target"},
+		rows, b.String(), out, o.out)
 }

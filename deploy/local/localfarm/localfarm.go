@@ -54,6 +54,14 @@ type Options struct {
 	// in the server's authorization) without a process, for simulated
 	// agents a benchmark runs in-process; see Seeds.
 	ExtraAgents []string
+	// NoAuth runs NATS without authorization: every client connects
+	// anonymously with every permission. Only for benchmarks whose
+	// in-process taps subscribe where no role may; services get no nkey.
+	NoAuth bool
+	// NATSSync is JetStream's sync_interval: "" = "always" (fsync every
+	// write, what the farm's durability promises rest on); a duration such
+	// as "2m" (nats-server's default) lets a benchmark price the fsyncs.
+	NATSSync string
 }
 
 // Process is one process of a farm, as Processes and the ready file list it.
@@ -143,8 +151,10 @@ func Start(ctx context.Context, o Options) (_ *Farm, err error) {
 	for i := 1; i <= o.Agents; i++ {
 		agents = append(agents, agentName(i))
 	}
-	if f.seeds, err = bus.LoadOrCreateSeeds(filepath.Join(f.dir, "creds"), agents...); err != nil {
-		return nil, fmt.Errorf("localfarm: %w", err)
+	if !o.NoAuth {
+		if f.seeds, err = bus.LoadOrCreateSeeds(filepath.Join(f.dir, "creds"), agents...); err != nil {
+			return nil, fmt.Errorf("localfarm: %w", err)
+		}
 	}
 	if err := f.startNATS(ctx); err != nil {
 		return nil, err
@@ -218,7 +228,8 @@ func (f *Farm) Dir() string { return f.dir }
 func (f *Farm) Replicas() int { return f.opts.Replicas }
 
 // Seeds are the farm's NATS credentials: the gateway's, the scheduler's
-// and each agent's (Options.ExtraAgents included), for in-process clients.
+// and each agent's (Options.ExtraAgents included), for in-process clients;
+// none with Options.NoAuth.
 func (f *Farm) Seeds() bus.Seeds { return f.seeds }
 
 // Bridges are the network bridges the farm made for its engines (Stop

@@ -38,16 +38,22 @@ func (f *Farm) startNATS(ctx context.Context) error {
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return fmt.Errorf("localfarm: %w", err)
 	}
-	auth, err := bus.AuthorizationConfig(f.seeds.Identities)
-	if err != nil {
-		return fmt.Errorf("localfarm: %w", err)
-	}
-	if err := os.WriteFile(filepath.Join(dir, "auth.conf"), []byte(auth), 0o600); err != nil {
-		return fmt.Errorf("localfarm: %w", err)
+	if !f.opts.NoAuth {
+		auth, err := bus.AuthorizationConfig(f.seeds.Identities)
+		if err != nil {
+			return fmt.Errorf("localfarm: %w", err)
+		}
+		if err := os.WriteFile(filepath.Join(dir, "auth.conf"), []byte(auth), 0o600); err != nil {
+			return fmt.Errorf("localfarm: %w", err)
+		}
 	}
 	var routes []string
 	for i := range n {
 		routes = append(routes, fmt.Sprintf("nats-route://127.0.0.1:%d", ports[3*i+1]))
+	}
+	sync := f.opts.NATSSync
+	if sync == "" {
+		sync = "always"
 	}
 	var nodes []*proc
 	for i := range n {
@@ -55,7 +61,7 @@ func (f *Farm) startNATS(ctx context.Context) error {
 		client, cluster, mon := ports[3*i], ports[3*i+1], ports[3*i+2]
 		var b strings.Builder
 		fmt.Fprintf(&b, "# Written by localfarm.\nserver_name: %q\nlisten: \"127.0.0.1:%d\"\nhttp: \"127.0.0.1:%d\"\n", name, client, mon)
-		fmt.Fprintf(&b, "jetstream {\n  store_dir: %q\n  sync_interval: always\n}\n", filepath.Join(dir, name))
+		fmt.Fprintf(&b, "jetstream {\n  store_dir: %q\n  sync_interval: %s\n}\n", filepath.Join(dir, name), sync)
 		if n > 1 {
 			fmt.Fprintf(&b, "cluster {\n  name: \"kiln\"\n  listen: \"127.0.0.1:%d\"\n  routes: [\n", cluster)
 			for _, r := range routes {
@@ -63,7 +69,9 @@ func (f *Farm) startNATS(ctx context.Context) error {
 			}
 			b.WriteString("  ]\n}\n")
 		}
-		b.WriteString("include \"auth.conf\"\n")
+		if !f.opts.NoAuth {
+			b.WriteString("include \"auth.conf\"\n")
+		}
 		conf := filepath.Join(dir, name+".conf")
 		if err := os.WriteFile(conf, []byte(b.String()), 0o600); err != nil {
 			return fmt.Errorf("localfarm: %w", err)

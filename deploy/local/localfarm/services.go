@@ -81,9 +81,11 @@ func (f *Farm) service(role string, i int, binary, httpAddr string, natsRole bus
 	args := []string{
 		"--nats-url", f.NATSURL(),
 		"--nats-replicas", strconv.Itoa(f.opts.Replicas),
-		"--nats-nkey-file", f.seeds.File(natsRole, agent),
 		"--http-listen", httpAddr,
 		"--ready-file", readyFile,
+	}
+	if !f.opts.NoAuth {
+		args = append(args, "--nats-nkey-file", f.seeds.File(natsRole, agent))
 	}
 	return &proc{
 		role: role, name: name, http: httpAddr,
