@@ -2,6 +2,8 @@ package kiln
 
 import (
 	"context"
+	"crypto/rand"
+	"encoding/hex"
 	"encoding/json"
 	"fmt"
 
@@ -64,6 +66,9 @@ type RegistryCredential struct {
 // for every event in sequence order. It returns the final build record.
 // A build that ends FAILED or CANCELLED returns the record and a *BuildError.
 //
+// Without an IdempotencyKey Build makes one up, so that StartBuild can be
+// retried on another gateway without starting the build twice.
+//
 // Cancelling ctx stops the upload or the watch; it does not cancel a build
 // that has started: use CancelBuild for that.
 func (c *Client) Build(ctx context.Context, req BuildRequest, onEvent func(*kilnv1.BuildEvent)) (*kilnv1.Build, error) {
@@ -73,6 +78,13 @@ func (c *Client) Build(ctx context.Context, req BuildRequest, onEvent func(*kiln
 	if _, err := c.UploadContext(ctx, req.Context); err != nil {
 		return nil, err
 	}
+	if req.IdempotencyKey == "" {
+		key, err := NewIdempotencyKey()
+		if err != nil {
+			return nil, fmt.Errorf("starting build: %w", err)
+		}
+		req.IdempotencyKey = key
+	}
 	b, err := c.StartBuild(ctx, req)
 	if err != nil {
 		return nil, err
@@ -81,7 +93,10 @@ func (c *Client) Build(ctx context.Context, req BuildRequest, onEvent func(*kiln
 }
 
 // StartBuild queues a build of an uploaded context (see UploadContext) and
-// returns its record.
+// returns its record. With an IdempotencyKey it is retried on another
+// gateway when the one it reached fails with codes.Unavailable (see
+// WithFailover); without one it is sent once, since a gateway that failed
+// may have queued the build.
 func (c *Client) StartBuild(ctx context.Context, req BuildRequest) (*kilnv1.Build, error) {
 	if req.Context == nil {
 		return nil, invalidArgumentf("starting build: no build context")
@@ -105,11 +120,21 @@ func (c *Client) StartBuild(ctx context.Context, req BuildRequest) (*kilnv1.Buil
 			return nil, fmt.Errorf("starting build: %w", err)
 		}
 	}
-	resp, err := c.builds.StartBuild(ctx, &kilnv1.StartBuildRequest{
-		Spec:           spec,
-		Context:        ref,
-		IdempotencyKey: req.IdempotencyKey,
-	})
+	sr := &kilnv1.StartBuildRequest{Spec: spec, Context: ref, IdempotencyKey: req.IdempotencyKey}
+	var resp *kilnv1.StartBuildResponse
+	start := func() error {
+		var err error
+		resp, err = c.builds.StartBuild(ctx, sr)
+		return err
+	}
+	var err error
+	if req.IdempotencyKey != "" {
+		// A gateway that died before answering may have queued the build:
+		// the key makes the retry return it instead of a second one.
+		err = c.retry.retry(ctx, start)
+	} else {
+		err = start()
+	}
 	if err != nil {
 		return nil, fmt.Errorf("starting build: %w", err)
 	}
@@ -161,9 +186,10 @@ func (c *Client) sealInto(ctx context.Context, spec *kilnv1.BuildSpec, req Build
 // WatchBuild follows a build's events from fromSequence (0 or 1: from the
 // start) until its finished event, calling onEvent (which may be nil) for
 // each, and returns the final record from GetBuild. When the stream breaks
-// with codes.Unavailable, it reconnects and resumes after the last event
-// seen, so onEvent sees every event once, in order (see WithReconnect for
-// the bounds). A build that ends FAILED or CANCELLED returns the record and
+// (codes.Unavailable, or an end before the finished event), it reconnects,
+// to another gateway if need be, and resumes after the last event seen, so
+// onEvent sees every event once, in order (see WithFailover for the
+// bounds). A build that ends FAILED or CANCELLED returns the record and
 // a *BuildError.
 func (c *Client) WatchBuild(ctx context.Context, buildID string, fromSequence uint64, onEvent func(*kilnv1.BuildEvent)) (*kilnv1.Build, error) {
 	open := func(ctx context.Context, from uint64) (eventStream, error) {
@@ -173,14 +199,14 @@ func (c *Client) WatchBuild(ctx context.Context, buildID string, fromSequence ui
 		}
 		return watchStream{s}, nil
 	}
-	w := watcher{open: open, reconnects: c.opts.reconnects, backoff: c.opts.backoff}
+	w := watcher{open: open, retry: c.retry}
 	finished, err := w.run(ctx, fromSequence, onEvent)
 	if err != nil {
 		return nil, fmt.Errorf("watching build %s: %w", buildID, err)
 	}
 
 	var record *kilnv1.Build
-	err = w.retry(ctx, func() error {
+	err = c.retry.retry(ctx, func() error {
 		var err error
 		record, err = c.GetBuild(ctx, buildID)
 		return err
@@ -193,6 +219,16 @@ func (c *Client) WatchBuild(ctx context.Context, buildID string, fromSequence ui
 		return record, &BuildError{Build: record}
 	}
 	return record, nil
+}
+
+// NewIdempotencyKey returns a random idempotency key, for a caller that
+// starts one build and wants StartBuild retried safely.
+func NewIdempotencyKey() (string, error) {
+	var b [16]byte
+	if _, err := rand.Read(b[:]); err != nil {
+		return "", fmt.Errorf("making an idempotency key: %w", err)
+	}
+	return "kiln-" + hex.EncodeToString(b[:]), nil
 }
 
 // settle makes a record that GetBuild returned before the build's final

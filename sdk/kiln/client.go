@@ -15,6 +15,8 @@ type Client struct {
 	builds   kilnv1.BuildServiceClient
 	contexts kilnv1.ContextServiceClient
 	opts     options
+	// retry rides out outages of the gateways (see WithFailover).
+	retry *retrier
 }
 
 // MaxMessageBytes bounds one gRPC message the Client sends or receives: the
@@ -23,27 +25,41 @@ type Client struct {
 // with a larger cap.
 const MaxMessageBytes = 64 << 20
 
-// Dial creates a Client for the gateway at addr ("host:port", or any gRPC
-// target). It does not wait for the connection: an unreachable gateway shows
-// up as codes.Unavailable on the first call. The connection uses TLS unless
-// the gateway is on this machine (see WithTLSFiles, WithInsecurePlaintext).
+// Dial creates a Client for the gateways at addr: "host:port", a list of
+// them ("a:7700,b:7700"), or any gRPC target ("dns:///farm.example:7700",
+// "unix:///run/kiln.sock"). A DNS name stands for every address it
+// resolves to. The Client talks to one gateway at a time and fails over to
+// another when it becomes unreachable (see WithFailover). Dial does not
+// wait for a connection: unreachable gateways show up as
+// codes.Unavailable on the first call. The connection uses TLS unless
+// every gateway is on this machine (see WithTLSFiles,
+// WithInsecurePlaintext); with TLS, each gateway of a list is verified as
+// the host its entry names, an IP address included.
 func Dial(addr string, opts ...Option) (*Client, error) {
 	o := defaultOptions()
 	for _, opt := range opts {
 		opt(&o)
 	}
-	dialOpts, err := o.transport(addr)
+	g, err := parseGateways(addr)
 	if err != nil {
 		return nil, fmt.Errorf("dialling kiln gateway %s: %w", addr, err)
 	}
+	dialOpts, err := o.transport(g)
+	if err != nil {
+		return nil, fmt.Errorf("dialling kiln gateway %s: %w", addr, err)
+	}
+	target, failover := failoverDialOptions(g)
+	dialOpts = append(dialOpts, failover...)
 	// The largest reply is PutManifest's list of missing blobs: ~82 bytes
 	// a digest, 8 MB for 100 000 entries (gRPC's default is 4 MB). A
 	// manifest over the gateway's default --context-max-manifest-bytes
-	// fails here, before it is sent.
+	// fails here, before it is sent. gRPC keeps a request of up to that
+	// size to retry it on another gateway (its default is 256 KiB).
 	dialOpts = append(dialOpts, grpc.WithDefaultCallOptions(
-		grpc.MaxCallRecvMsgSize(MaxMessageBytes), grpc.MaxCallSendMsgSize(MaxMessageBytes)))
+		grpc.MaxCallRecvMsgSize(MaxMessageBytes), grpc.MaxCallSendMsgSize(MaxMessageBytes),
+		grpc.MaxRetryRPCBufferSize(MaxMessageBytes)))
 	dialOpts = append(dialOpts, o.dialOptions...)
-	conn, err := grpc.NewClient(addr, dialOpts...)
+	conn, err := grpc.NewClient(target, dialOpts...)
 	if err != nil {
 		return nil, fmt.Errorf("dialling kiln gateway %s: %w", addr, err)
 	}
@@ -52,7 +68,29 @@ func Dial(addr string, opts ...Option) (*Client, error) {
 		builds:   kilnv1.NewBuildServiceClient(conn),
 		contexts: kilnv1.NewContextServiceClient(conn),
 		opts:     o,
+		retry:    &retrier{backoff: o.backoff, limit: o.outageLimit, gateways: g},
 	}, nil
+}
+
+// CheckDial returns the error Dial would return for addr and opts
+// because of what they say, before anything is read or dialled: a
+// malformed address or gateway list (codes.InvalidArgument), plaintext
+// asked for with TLS settings, or a token that would travel in plaintext
+// to a gateway elsewhere (ErrPlaintextToken). nil does not mean that Dial
+// will succeed: it still reads the TLS files.
+func CheckDial(addr string, opts ...Option) error {
+	o := defaultOptions()
+	for _, opt := range opts {
+		opt(&o)
+	}
+	g, err := parseGateways(addr)
+	if err == nil {
+		_, err = o.useTLS(g)
+	}
+	if err != nil {
+		return fmt.Errorf("dialling kiln gateway %s: %w", addr, err)
+	}
+	return nil
 }
 
 // Close closes the connection to the gateway.

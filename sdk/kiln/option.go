@@ -16,22 +16,22 @@ type options struct {
 	tlsConfig   *tls.Config
 	plaintext   bool
 	dialOptions []grpc.DialOption
-	// reconnects bounds the consecutive attempts to re-open a broken watch
-	// stream without receiving an event in between.
-	reconnects int
-	// backoff is the wait before the first reconnect; it doubles per attempt
+	// outageLimit bounds how long the client keeps resuming a watch, an
+	// upload or a StartBuild while no gateway answers.
+	outageLimit time.Duration
+	// backoff is the wait before the first retry; it doubles per attempt
 	// up to maxBackoff.
 	backoff time.Duration
 }
 
 const (
-	defaultReconnects = 8
-	defaultBackoff    = 200 * time.Millisecond
-	maxBackoff        = 5 * time.Second
+	defaultOutageLimit = time.Minute
+	defaultBackoff     = 200 * time.Millisecond
+	maxBackoff         = 5 * time.Second
 )
 
 func defaultOptions() options {
-	return options{reconnects: defaultReconnects, backoff: defaultBackoff}
+	return options{outageLimit: defaultOutageLimit, backoff: defaultBackoff}
 }
 
 // WithToken makes every RPC carry "authorization: Bearer <token>" metadata.
@@ -69,13 +69,18 @@ func WithDialOptions(opts ...grpc.DialOption) Option {
 	return func(o *options) { o.dialOptions = append(o.dialOptions, opts...) }
 }
 
-// WithReconnect sets how a broken WatchBuild stream is resumed: at most
-// attempts consecutive reconnects without an event in between, waiting
-// backoff before the first and doubling the wait (up to 5s) after each.
-// The default is 8 attempts starting at 200ms.
-func WithReconnect(attempts int, backoff time.Duration) Option {
+// WithFailover sets how long the client rides out an outage of its
+// gateways. A broken WatchBuild stream or UploadBlobs stream, and a
+// StartBuild with an idempotency key, are retried on whichever gateway
+// answers, waiting backoff before the first retry and doubling the wait
+// (up to 5s) after each, until outage has passed without progress (an
+// event, a stored blob); then the call fails with codes.Unavailable
+// naming the gateways. The default is 1 minute, starting at 200ms. Other
+// calls that only read are retried by gRPC a few times within about two
+// seconds.
+func WithFailover(outage, backoff time.Duration) Option {
 	return func(o *options) {
-		o.reconnects = max(attempts, 0)
+		o.outageLimit = max(outage, 0)
 		o.backoff = max(backoff, 0)
 	}
 }

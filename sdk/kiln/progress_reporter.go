@@ -21,3 +21,24 @@ func (r *progressReporter) add(files int, bytes int64) {
 	r.p.Bytes += bytes
 	r.fn(r.p)
 }
+
+// set restarts the counts at files and bytes (after a resumed upload).
+func (r *progressReporter) set(files int, bytes int64) {
+	if r == nil || r.fn == nil {
+		return
+	}
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.p.Files, r.p.Bytes = files, bytes
+	r.fn(r.p)
+}
+
+// total returns the bytes to report in all.
+func (r *progressReporter) total() int64 {
+	if r == nil {
+		return 0
+	}
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return r.p.TotalBytes
+}

@@ -56,15 +56,16 @@ func (f TLSFiles) config() (*tls.Config, error) {
 	return cfg, nil
 }
 
-// transport decides how Dial reaches addr: TLS unless the gateway is on
-// this machine (a loopback address or a unix socket) and no TLS was asked
-// for, or plaintext was asked for explicitly. A token is never sent in
-// plaintext to a gateway elsewhere.
-func (o *options) transport(addr string) ([]grpc.DialOption, error) {
-	local := IsLocalAddress(addr)
-	useTLS := o.tlsConfig != nil || o.tlsFiles.any() || (!local && !o.plaintext)
-	if o.plaintext && (o.tlsConfig != nil || o.tlsFiles.any()) {
-		return nil, errors.New("plaintext was asked for together with TLS settings: choose one")
+// transport decides how Dial reaches the gateways: TLS unless every
+// gateway is on this machine (a loopback address or a unix socket) and no
+// TLS was asked for, or plaintext was asked for explicitly. A token is
+// never sent in plaintext to a gateway elsewhere. A list is decided as a
+// whole, by its strictest entry: one remote gateway makes the client speak
+// TLS (and refuse a token in plaintext) to every gateway of the list.
+func (o *options) transport(g gateways) ([]grpc.DialOption, error) {
+	useTLS, err := o.useTLS(g)
+	if err != nil {
+		return nil, err
 	}
 	var opts []grpc.DialOption
 	if useTLS {
@@ -80,18 +81,37 @@ func (o *options) transport(addr string) ([]grpc.DialOption, error) {
 		opts = append(opts, grpc.WithTransportCredentials(insecure.NewCredentials()))
 	}
 	if o.token != "" {
-		if !useTLS && !local {
-			return nil, ErrPlaintextToken
-		}
-		opts = append(opts, grpc.WithPerRPCCredentials(bearerToken{token: o.token, requireTLS: !local}))
+		opts = append(opts, grpc.WithPerRPCCredentials(bearerToken{token: o.token, requireTLS: !g.local()}))
 	}
 	return opts, nil
 }
 
-// IsLocalAddress reports whether a gateway address ("host:port" or a gRPC
-// target such as "dns:///host:port" or "unix:///path") is on this machine:
-// a loopback IP, "localhost", or a unix socket.
+// useTLS is the rule transport follows: whether to speak TLS to the
+// gateways g, or the error to refuse them with.
+func (o *options) useTLS(g gateways) (bool, error) {
+	if o.plaintext && (o.tlsConfig != nil || o.tlsFiles.any()) {
+		return false, errors.New("plaintext was asked for together with TLS settings: choose one")
+	}
+	local := g.local()
+	useTLS := o.tlsConfig != nil || o.tlsFiles.any() || (!local && !o.plaintext)
+	if o.token != "" && !useTLS && !local {
+		return false, ErrPlaintextToken
+	}
+	return useTLS, nil
+}
+
+// IsLocalAddress reports whether a gateway address ("host:port", a gRPC
+// target such as "dns:///host:port" or "unix:///path", or a list
+// "a:7700,b:7700") is on this machine: a loopback IP, "localhost", or a
+// unix socket. A list is local only when every entry is; an address Dial
+// would refuse is not.
 func IsLocalAddress(addr string) bool {
+	g, err := parseGateways(addr)
+	return err == nil && g.local()
+}
+
+// isLocalTarget reports whether one gRPC target is on this machine.
+func isLocalTarget(addr string) bool {
 	if strings.HasPrefix(addr, "unix:") || strings.HasPrefix(addr, "unix-abstract:") {
 		return true
 	}

@@ -48,7 +48,10 @@ func WithUploadProgress(fn func(ContextProgress)) UploadOption {
 // UploadContext makes sure the farm holds the packed context: PutManifest
 // stores the manifest and says which file blobs the farm lacks, and only
 // those are streamed, each once however many files share it, in
-// UploadChunkSize chunks on one UploadBlobs stream. Each file is read again
+// UploadChunkSize chunks on one UploadBlobs stream. A stream that breaks
+// with codes.Unavailable is followed by another, to whichever gateway
+// answers, with the blobs the farm still lacks (see WithFailover). Each
+// file is read again
 // and re-hashed as it is sent; one that no longer matches its manifest
 // digest stops the upload with a *FileChangedError (and drops the stat
 // cache, so the next PackContext reads every file). On success the
@@ -79,7 +82,10 @@ func (c *Client) UploadContext(ctx context.Context, bc *Context, opts ...UploadO
 		for _, e := range blobs {
 			rep.p.TotalBytes += e.Size
 		}
-		stats.UploadedBytes, err = c.uploadBlobs(ctx, bc.dir, blobs, rep)
+		for _, e := range blobs {
+			stats.UploadedBytes += e.Size
+		}
+		err = c.uploadMissing(ctx, bc.dir, blobs, rep)
 		if err != nil {
 			var changed *FileChangedError
 			if errors.As(err, &changed) {
@@ -112,28 +118,84 @@ func (c *Context) missingBlobs(missing []*kilnv1.Digest) ([]*kilnv1.ContextEntry
 	return out, nil
 }
 
-// uploadBlobs streams blobs one after another on one UploadBlobs stream and
-// returns the bytes sent.
-func (c *Client) uploadBlobs(ctx context.Context, root string, blobs []*kilnv1.ContextEntry, rep *progressReporter) (int64, error) {
+// uploadMissing uploads blobs. After a broken stream it asks the farm
+// which of them it still lacks (those the gateway finished storing stay:
+// blobs are content-addressed) and streams those again, until none is
+// missing or the outage limit passes without a blob stored.
+func (c *Client) uploadMissing(ctx context.Context, root string, blobs []*kilnv1.ContextEntry, rep *progressReporter) error {
+	down := c.retry.outage()
+	total := len(blobs)
+	for {
+		err := c.uploadBlobs(ctx, root, blobs, rep)
+		if err == nil {
+			return nil
+		}
+		for err != nil {
+			if err = down.wait(ctx, err); err != nil {
+				return err
+			}
+			var missing []*kilnv1.ContextEntry
+			if missing, err = c.stillMissing(ctx, blobs); err == nil {
+				if len(missing) < len(blobs) {
+					down.progressed()
+				}
+				blobs = missing
+			}
+		}
+		if len(blobs) == 0 {
+			return nil
+		}
+		// Progress restarts from the blobs the farm holds: the bytes of a
+		// blob cut short are sent again.
+		var left int64
+		for _, e := range blobs {
+			left += e.Size
+		}
+		rep.set(total-len(blobs), rep.total()-left)
+	}
+}
+
+// stillMissing returns the entries of blobs whose blob the farm lacks.
+func (c *Client) stillMissing(ctx context.Context, blobs []*kilnv1.ContextEntry) ([]*kilnv1.ContextEntry, error) {
+	req := &kilnv1.FindMissingBlobsRequest{}
+	for _, e := range blobs {
+		req.Digests = append(req.Digests, e.Digest)
+	}
+	resp, err := c.contexts.FindMissingBlobs(ctx, req)
+	if err != nil {
+		return nil, err
+	}
+	missing := make(map[string]bool, len(resp.GetMissing()))
+	for _, d := range resp.GetMissing() {
+		missing[d.GetHash()] = true
+	}
+	var out []*kilnv1.ContextEntry
+	for _, e := range blobs {
+		if missing[e.Digest.GetHash()] {
+			out = append(out, e)
+		}
+	}
+	return out, nil
+}
+
+// uploadBlobs streams blobs one after another on one UploadBlobs stream.
+func (c *Client) uploadBlobs(ctx context.Context, root string, blobs []*kilnv1.ContextEntry, rep *progressReporter) error {
 	// Cancelling the stream's context makes the gateway drop a blob left
 	// unfinished when we stop early.
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	stream, err := c.contexts.UploadBlobs(ctx)
 	if err != nil {
-		return 0, err
+		return err
 	}
-	var sent int64
 	for _, e := range blobs {
-		n, err := sendBlob(stream, root, e, rep)
-		sent += n
-		if err != nil {
-			return sent, err
+		if _, err := sendBlob(stream, root, e, rep); err != nil {
+			return err
 		}
 	}
 	resp, err := stream.CloseAndRecv()
 	if err != nil {
-		return sent, err
+		return err
 	}
 	stored := make(map[string]bool, len(resp.GetStored()))
 	for _, d := range resp.GetStored() {
@@ -141,10 +203,10 @@ func (c *Client) uploadBlobs(ctx context.Context, root string, blobs []*kilnv1.C
 	}
 	for _, e := range blobs {
 		if !stored[e.Digest.Hash] {
-			return sent, status.Errorf(codes.Internal, "the gateway did not confirm storing blob %s (%s)", e.Digest.Hash, e.Path)
+			return status.Errorf(codes.Internal, "the gateway did not confirm storing blob %s (%s)", e.Digest.Hash, e.Path)
 		}
 	}
-	return sent, nil
+	return nil
 }
 
 // blobStream is the sending side of one UploadBlobs call.

@@ -3,9 +3,7 @@ package kiln
 import (
 	"context"
 	"errors"
-	"fmt"
 	"io"
-	"time"
 
 	kilnv1 "github.com/kilnbuild/kiln/proto/gen/go/kiln/v1"
 	"google.golang.org/grpc/codes"
@@ -31,28 +29,30 @@ func (w watchStream) Recv() (*kilnv1.BuildEvent, error) {
 	return resp.GetEvent(), nil
 }
 
-// watcher follows one build's event log across broken streams.
+// watcher follows one build's event log across broken streams, on
+// whichever gateway answers.
 type watcher struct {
-	open       func(ctx context.Context, from uint64) (eventStream, error)
-	reconnects int
-	backoff    time.Duration
+	open  func(ctx context.Context, from uint64) (eventStream, error)
+	retry *retrier
 }
 
 // run delivers events from `from` on until the finished event, which it
-// returns. Events at or below the last sequence delivered (replays after a
-// reconnect) are dropped.
+// returns. A stream that breaks with codes.Unavailable, or ends before the
+// finished event, is opened again from the sequence after the last event
+// delivered; events at or below it (a gateway that replays) are dropped,
+// so onEvent sees each sequence once, in order.
 func (w watcher) run(ctx context.Context, from uint64, onEvent func(*kilnv1.BuildEvent)) (*kilnv1.BuildFinished, error) {
 	next := max(from, 1)
-	failures := 0
+	down := w.retry.outage()
 	for {
 		progressed, finished, err := w.follow(ctx, &next, onEvent)
 		if finished != nil {
 			return finished, nil
 		}
 		if progressed {
-			failures = 0
+			down.progressed()
 		}
-		if err := w.pause(ctx, err, &failures); err != nil {
+		if err := down.wait(ctx, err); err != nil {
 			return nil, err
 		}
 	}
@@ -87,47 +87,5 @@ func (w watcher) follow(ctx context.Context, next *uint64, onEvent func(*kilnv1.
 		if f := ev.GetFinished(); f != nil {
 			return true, f, nil
 		}
-	}
-}
-
-// retry calls f until it succeeds, fails with a code other than
-// Unavailable, or the reconnect budget is spent.
-func (w watcher) retry(ctx context.Context, f func() error) error {
-	failures := 0
-	for {
-		err := f()
-		if err == nil {
-			return nil
-		}
-		if err := w.pause(ctx, err, &failures); err != nil {
-			return err
-		}
-	}
-}
-
-// pause decides whether err is worth another attempt; if so it waits the
-// backoff and returns nil, else it returns the error to give up with.
-func (w watcher) pause(ctx context.Context, err error, failures *int) error {
-	if status.Code(err) != codes.Unavailable || ctx.Err() != nil {
-		return err
-	}
-	*failures++
-	if *failures > w.reconnects {
-		return fmt.Errorf("gave up after %d reconnects: %w", w.reconnects, err)
-	}
-	d := w.backoff << (*failures - 1)
-	if d > maxBackoff || d < 0 {
-		d = maxBackoff
-	}
-	if d == 0 {
-		return nil
-	}
-	t := time.NewTimer(d)
-	defer t.Stop()
-	select {
-	case <-ctx.Done():
-		return err
-	case <-t.C:
-		return nil
 	}
 }

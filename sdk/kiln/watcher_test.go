@@ -5,6 +5,7 @@ import (
 	"io"
 	"slices"
 	"testing"
+	"time"
 
 	kilnv1 "github.com/kilnbuild/kiln/proto/gen/go/kiln/v1"
 	"google.golang.org/grpc/codes"
@@ -75,61 +76,63 @@ func TestWatcherResumes(t *testing.T) {
 		name      string
 		log       *eventLog
 		from      uint64
-		reconnect int
+		limit     time.Duration // outage limit; backoff is 1s of the fake clock
 		wantSeqs  []uint64
 		wantFroms []uint64
 		wantCode  codes.Code // OK: finished
 	}{
 		{
-			name:      "unbroken stream",
-			log:       &eventLog{events: buildLog(4)},
-			reconnect: 3, wantSeqs: []uint64{1, 2, 3, 4}, wantFroms: []uint64{1},
+			name:  "unbroken stream",
+			log:   &eventLog{events: buildLog(4)},
+			limit: 3 * time.Second, wantSeqs: []uint64{1, 2, 3, 4}, wantFroms: []uint64{1},
 		},
 		{
-			name:      "resumes after the last event seen",
-			log:       &eventLog{events: buildLog(6), cuts: []int{2, 3}, cutErr: unavailable},
-			reconnect: 3, wantSeqs: []uint64{1, 2, 3, 4, 5, 6}, wantFroms: []uint64{1, 3, 6},
+			name:  "resumes after the last event seen",
+			log:   &eventLog{events: buildLog(6), cuts: []int{2, 3}, cutErr: unavailable},
+			limit: 3 * time.Second, wantSeqs: []uint64{1, 2, 3, 4, 5, 6}, wantFroms: []uint64{1, 3, 6},
 		},
 		{
-			name:      "drops events replayed by a server that restarts the log",
-			log:       &eventLog{events: buildLog(5), cuts: []int{3}, cutErr: unavailable, ignoreFrom: true},
-			reconnect: 3, wantSeqs: []uint64{1, 2, 3, 4, 5}, wantFroms: []uint64{1, 4},
+			name:  "drops events replayed by a server that restarts the log",
+			log:   &eventLog{events: buildLog(5), cuts: []int{3}, cutErr: unavailable, ignoreFrom: true},
+			limit: 3 * time.Second, wantSeqs: []uint64{1, 2, 3, 4, 5}, wantFroms: []uint64{1, 4},
 		},
 		{
-			name:      "stream that ends before the finished event is resumed",
-			log:       &eventLog{events: buildLog(3), cuts: []int{1}, cutErr: io.EOF},
-			reconnect: 3, wantSeqs: []uint64{1, 2, 3}, wantFroms: []uint64{1, 2},
+			name:  "stream that ends before the finished event is resumed",
+			log:   &eventLog{events: buildLog(3), cuts: []int{1}, cutErr: io.EOF},
+			limit: 3 * time.Second, wantSeqs: []uint64{1, 2, 3}, wantFroms: []uint64{1, 2},
 		},
 		{
-			name:      "starts at from_sequence",
-			log:       &eventLog{events: buildLog(5)},
-			from:      4,
-			reconnect: 3, wantSeqs: []uint64{4, 5}, wantFroms: []uint64{4},
+			name:  "starts at from_sequence",
+			log:   &eventLog{events: buildLog(5)},
+			from:  4,
+			limit: 3 * time.Second, wantSeqs: []uint64{4, 5}, wantFroms: []uint64{4},
 		},
 		{
-			name:      "retry budget counts only attempts without progress",
-			log:       &eventLog{events: buildLog(5), cuts: []int{1, 1, 1, 1}, cutErr: unavailable},
-			reconnect: 1, wantSeqs: []uint64{1, 2, 3, 4, 5}, wantFroms: []uint64{1, 2, 3, 4, 5},
+			name:  "the outage limit counts only time without progress",
+			log:   &eventLog{events: buildLog(5), cuts: []int{1, 1, 1, 1}, cutErr: unavailable},
+			limit: time.Second, wantSeqs: []uint64{1, 2, 3, 4, 5}, wantFroms: []uint64{1, 2, 3, 4, 5},
 		},
 		{
-			name:      "gives up after the retry budget",
-			log:       &eventLog{events: buildLog(5), cuts: []int{1, 0, 0, 0}, cutErr: unavailable},
-			reconnect: 2, wantSeqs: []uint64{1}, wantFroms: []uint64{1, 2, 2}, wantCode: codes.Unavailable,
+			name:  "gives up after the outage limit",
+			log:   &eventLog{events: buildLog(5), cuts: []int{1, 0, 0, 0}, cutErr: unavailable},
+			// Fails at 0s, 1s and 3s of the outage.
+			limit: 2500 * time.Millisecond, wantSeqs: []uint64{1}, wantFroms: []uint64{1, 2, 2}, wantCode: codes.Unavailable,
 		},
 		{
-			name:      "other errors are not retried",
-			log:       &eventLog{events: buildLog(5), cuts: []int{2}, cutErr: status.Error(codes.NotFound, "no build b1")},
-			reconnect: 3, wantSeqs: []uint64{1, 2}, wantFroms: []uint64{1}, wantCode: codes.NotFound,
+			name:  "other errors are not retried",
+			log:   &eventLog{events: buildLog(5), cuts: []int{2}, cutErr: status.Error(codes.NotFound, "no build b1")},
+			limit: 3 * time.Second, wantSeqs: []uint64{1, 2}, wantFroms: []uint64{1}, wantCode: codes.NotFound,
 		},
 		{
-			name:      "open failures count against the budget",
-			log:       &eventLog{events: buildLog(2), openErr: unavailable},
-			reconnect: 2, wantFroms: []uint64{1, 1, 1}, wantCode: codes.Unavailable,
+			name:  "open failures count against the outage limit",
+			log:   &eventLog{events: buildLog(2), openErr: unavailable},
+			limit: 2500 * time.Millisecond, wantFroms: []uint64{1, 1, 1}, wantCode: codes.Unavailable,
 		},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			w := watcher{open: tt.log.open, reconnects: tt.reconnect}
+			clock := &fakeClock{}
+			w := watcher{open: tt.log.open, retry: &retrier{backoff: time.Second, limit: tt.limit, now: clock.now, sleep: clock.sleep}}
 			var seqs []uint64
 			finished, err := w.run(t.Context(), tt.from, func(ev *kilnv1.BuildEvent) { seqs = append(seqs, ev.GetSequence()) })
 			if got := status.Code(err); got != tt.wantCode {
@@ -148,11 +151,21 @@ func TestWatcherResumes(t *testing.T) {
 	}
 }
 
+// fakeClock is a clock that moves only by the waits asked of it.
+type fakeClock struct{ t time.Time }
+
+func (c *fakeClock) now() time.Time { return c.t }
+
+func (c *fakeClock) sleep(_ context.Context, d time.Duration) error {
+	c.t = c.t.Add(d)
+	return nil
+}
+
 func TestWatcherStopsWithContext(t *testing.T) {
 	ctx, cancel := context.WithCancel(t.Context())
 	cancel()
 	log := &eventLog{events: buildLog(3), openErr: status.Error(codes.Unavailable, "down")}
-	w := watcher{open: log.open, reconnects: 5, backoff: maxBackoff}
+	w := watcher{open: log.open, retry: &retrier{backoff: maxBackoff, limit: time.Hour}}
 	if _, err := w.run(ctx, 0, nil); status.Code(err) != codes.Unavailable {
 		t.Fatalf("err %v", err)
 	}

@@ -12,6 +12,7 @@ import (
 	kilnv1 "github.com/kilnbuild/kiln/proto/gen/go/kiln/v1"
 	"github.com/kilnbuild/kiln/sdk/internal/progress"
 	"github.com/kilnbuild/kiln/sdk/internal/reference"
+	"github.com/kilnbuild/kiln/sdk/kiln"
 	"github.com/spf13/pflag"
 )
 
@@ -73,7 +74,7 @@ func newBuildFlagSet(f *buildFlags) *pflag.FlagSet {
 	fs.StringVar(&f.metadataFile, "metadata-file", "", "Write build result metadata to a file (JSON)")
 	fs.StringVar(&f.iidFile, "iidfile", "", "Write the image ID to a file")
 	f.conn.register(fs)
-	fs.StringVar(&f.idempotencyKey, "idempotency-key", "", "Key that makes a retried command attach to the build it already started")
+	fs.StringVar(&f.idempotencyKey, "idempotency-key", "", "Key that makes a retried command attach to the build it already started (default: a random key, so that kiln can retry the start on another gateway without starting the build twice)")
 	fs.StringVar(&f.repository, "repository", "", "Source repository, for cache-affinity routing (default: CI project, git remote origin, else the context path)")
 	fs.Int32Var(&f.priority, "priority", 0, "Priority among your queued builds (higher first)")
 	fs.StringArrayVar(&f.agentLabels, "agent-label", nil, "Run only on agents with this label (KEY=VALUE); repeatable")
@@ -116,6 +117,11 @@ func parseBuildArgs(args []string, lookupEnv func(string) (string, bool)) (*buil
 		return nil, err
 	}
 	o.connection = conn
+	if o.idempotencyKey == "" {
+		if o.idempotencyKey, err = kiln.NewIdempotencyKey(); err != nil {
+			return nil, err
+		}
+	}
 
 	mode := flagOrEnv(fset, "progress", f.progress, "KILN_PROGRESS", lookupEnv)
 	if f.quiet && !fset.Changed("progress") {

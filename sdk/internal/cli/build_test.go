@@ -1,11 +1,13 @@
 package cli
 
 import (
+	"fmt"
 	"os"
 	"path/filepath"
 	"strings"
 	"testing"
 
+	kilnv1 "github.com/kilnbuild/kiln/proto/gen/go/kiln/v1"
 	"github.com/kilnbuild/kiln/sdk/internal/farmtest"
 )
 
@@ -57,5 +59,59 @@ func TestBuildContextSummary(t *testing.T) {
 				t.Errorf("stderr still has the old context lines:\n%s", stderr)
 			}
 		})
+	}
+}
+
+// TestBuildSurvivesAGatewayKill runs `kiln build` against two gateways of
+// one farm and kills the one its watch is on mid-build: the build goes on
+// on the other, and the log shows every line once, in order.
+func TestBuildSurvivesAGatewayKill(t *testing.T) {
+	t.Setenv("KILN_CACHE_DIR", t.TempDir())
+	a := farmtest.Start(t, farmtest.WithHeldBuilds())
+	b := farmtest.StartReplica(t, a)
+	dir := contextDir(t)
+	type result struct {
+		code           int
+		stdout, stderr string
+	}
+	done := make(chan result, 1)
+	go func() {
+		code, stdout, stderr := run(t, nil, "build", "--progress", "plain", "--gateway", a.Addr+","+b.Addr, dir)
+		done <- result{code, stdout, stderr}
+	}()
+	if err := a.Await(t.Context(), func() bool { return len(a.Builds()) == 1 && a.Watching()+b.Watching() == 1 }); err != nil {
+		t.Fatal(err)
+	}
+	id := a.Builds()[0].GetId()
+	line := func(i int) string { return fmt.Sprintf("output-%d-of-the-build", i) }
+	for i := range 3 {
+		a.Log(id, line(i))
+	}
+	dead := a
+	if b.Watching() == 1 {
+		dead = b
+	}
+	dead.Stop()
+	for i := 3; i < 6; i++ {
+		a.Log(id, line(i))
+	}
+	a.Finish(id, kilnv1.BuildState_BUILD_STATE_SUCCEEDED)
+	r := <-done
+	if r.code != ExitOK {
+		t.Fatalf("exit code %d\nstderr: %s", r.code, r.stderr)
+	}
+	if n := len(a.Builds()); n != 1 {
+		t.Fatalf("%d builds on the farm, want 1", n)
+	}
+	at := -1
+	for i := range 6 {
+		if n := strings.Count(r.stderr, line(i)); n != 1 {
+			t.Fatalf("%q printed %d times, want once:\n%s", line(i), n, r.stderr)
+		}
+		j := strings.Index(r.stderr, line(i))
+		if j < at {
+			t.Fatalf("%q printed out of order:\n%s", line(i), r.stderr)
+		}
+		at = j
 	}
 }

@@ -102,7 +102,9 @@ Commands:
   version   Show the kiln version
 
 Environment:
-  KILN_GATEWAY   address of the kiln gateway (default `+DefaultGateway+`)
+  KILN_GATEWAY   address of the kiln gateway (default `+DefaultGateway+`), or
+                 gateways to fail over between: a:7700,b:7700 or
+                 dns:///name:7700 (every address of the name)
   KILN_TOKEN     bearer token for the gateway
   KILN_PROGRESS  default --progress mode
   KILN_CACHE_DIR where kiln keeps file digests between runs

@@ -20,7 +20,7 @@ type connFlags struct {
 
 // register adds the connection flags to fs.
 func (f *connFlags) register(fs *pflag.FlagSet) {
-	fs.StringVar(&f.gateway, "gateway", "", fmt.Sprintf("Address of the kiln gateway; env KILN_GATEWAY (default %q)", DefaultGateway))
+	fs.StringVar(&f.gateway, "gateway", "", fmt.Sprintf("Address of the kiln gateway (host:port or dns:///name:port), or a comma-separated list of gateways to fail over between; env KILN_GATEWAY (default %q)", DefaultGateway))
 	fs.StringVar(&f.token, "token", "", "Bearer token for the kiln gateway; env KILN_TOKEN")
 	fs.StringVar(&f.tokenFile, "token-file", "", "File holding the bearer token; env KILN_TOKEN_FILE")
 	fs.StringVar(&f.tlsCA, "tls-ca", "", "PEM CA certificates that verify the gateway (default: the system's); env KILN_TLS_CA")
@@ -77,9 +77,6 @@ func (f *connFlags) resolve(fs *pflag.FlagSet, lookupEnv func(string) (string, b
 	if f.insecurePlaintext && (files != kiln.TLSFiles{}) {
 		return connection{}, &usageError{msg: "--insecure-plaintext cannot be combined with --tls-ca, --tls-cert or --tls-key"}
 	}
-	if f.insecurePlaintext && c.token != "" && !kiln.IsLocalAddress(c.gateway) {
-		return connection{}, &usageError{msg: fmt.Sprintf("refusing to send the token in plaintext to %s, which is not on this machine: drop --insecure-plaintext (TLS is the default)", c.gateway)}
-	}
 	if (files != kiln.TLSFiles{}) {
 		c.opts = append(c.opts, kiln.WithTLSFiles(files))
 	}
@@ -88,6 +85,11 @@ func (f *connFlags) resolve(fs *pflag.FlagSet, lookupEnv func(string) (string, b
 	}
 	if c.token != "" {
 		c.opts = append(c.opts, kiln.WithToken(c.token))
+	}
+	// The SDK's rules, checked before any work: the address, and never a
+	// token in plaintext to a gateway that is not on this machine.
+	if err := kiln.CheckDial(c.gateway, c.opts...); err != nil {
+		return connection{}, &usageError{msg: err.Error()}
 	}
 	return c, nil
 }

@@ -2,9 +2,11 @@
 // part of BuildService the CLI uses) on a loopback listener, for the SDK's
 // tests. It is honest where a client could get away with a mistake:
 // manifests are checked with the farm's rules, every blob is verified
-// against its digest before it is stored, and a build starts only when its
-// manifest and every blob the manifest names are stored. Builds succeed at
-// once.
+// against its digest before it is stored, a build starts only when its
+// manifest and every blob the manifest names are stored, and an
+// idempotency key names one build. Builds succeed at once, or run until the
+// test ends them (WithHeldBuilds). Several gateways can serve one farm and
+// be stopped one by one (StartReplica, Stop), for failover tests.
 package farmtest
 
 import (
@@ -29,14 +31,50 @@ import (
 )
 
 // Farm is the in-memory gateway. Its methods are safe for concurrent use.
+// Several Farms can serve one farm's state, as several gateways serve one
+// NATS cluster (StartReplica), and each can be stopped on its own (Stop).
 type Farm struct {
 	// Addr is the loopback address the farm listens on.
-	Addr  string
+	Addr string
+	*state
+
+	listenHost string
+	serverOpts []grpc.ServerOption
+	srv        *grpc.Server
+	stopOnce   sync.Once
+	served     chan struct{}
+	// watching counts this gateway's WatchBuild streams, calls the calls
+	// it served, and watchFroms the from_sequence of each WatchBuild it
+	// served; guarded by mu.
+	watching   int
+	calls      int
+	watchFroms []uint64
+}
+
+// state is what the gateways of one farm share.
+type state struct {
 	token string
 	// secretsKey is the farm's secrets key pair; nil without WithSecretsKey.
 	secretsKey *seal.PrivateKey
+	// hold leaves started builds running (WithHeldBuilds).
+	hold bool
 
 	mu sync.Mutex // guards the fields below
+	// changed is closed and replaced on every change, for Await and
+	// WatchBuild.
+	changed chan struct{}
+	// events holds each build's event log.
+	events map[string][]*kilnv1.BuildEvent
+	// idem maps idempotency keys to the builds they started.
+	idem map[string]*kilnv1.Build
+	// startCalls counts StartBuild calls that reached a gateway.
+	startCalls int
+	// crashNextStart makes the next StartBuild stop its gateway once the
+	// build is queued, before answering.
+	crashNextStart bool
+	// crashUploadAfter, when positive, makes the next UploadBlobs stream
+	// that stored that many blobs stop its gateway.
+	crashUploadAfter int
 	// blobs holds verified blobs by digest hash, manifests included.
 	blobs map[string][]byte
 	// uploads counts the verified uploads of each blob.
@@ -97,31 +135,220 @@ func (f *Farm) OpenSecret(b *kilnv1.Build, s *kilnv1.SealedSecret) ([]byte, erro
 	return v, nil
 }
 
+// WithHeldBuilds makes started builds run until the test ends them: a
+// build starts RUNNING with one event (its state), the test adds log lines
+// with Log and ends it with Finish, and WatchBuild follows the log live.
+func WithHeldBuilds() Option {
+	return func(f *Farm) { f.hold = true }
+}
+
+// WithListenHost makes the farm listen on host (a loopback IP such as
+// 127.0.0.2) instead of 127.0.0.1.
+func WithListenHost(host string) Option {
+	return func(f *Farm) { f.listenHost = host }
+}
+
+// WithServerOptions adds gRPC server options, grpc.Creds for TLS say.
+func WithServerOptions(opts ...grpc.ServerOption) Option {
+	return func(f *Farm) { f.serverOpts = append(f.serverOpts, opts...) }
+}
+
 // Start runs a Farm until the test ends.
 func Start(t testing.TB, opts ...Option) *Farm {
 	t.Helper()
-	f := &Farm{blobs: map[string][]byte{}, uploads: map[string]int{}, chunks: map[string][]int{}, nonces: map[string]bool{}}
+	f := &Farm{state: &state{
+		blobs: map[string][]byte{}, uploads: map[string]int{}, chunks: map[string][]int{}, nonces: map[string]bool{},
+		changed: make(chan struct{}), events: map[string][]*kilnv1.BuildEvent{}, idem: map[string]*kilnv1.Build{},
+	}}
 	for _, opt := range opts {
 		opt(f)
 	}
-	lis, err := net.Listen("tcp", "127.0.0.1:0")
+	f.serve(t)
+	return f
+}
+
+// StartReplica runs another gateway of the farm of: it serves the same
+// blobs, builds and event logs, with the same token and secrets key. Of
+// the options, only WithListenHost and WithServerOptions apply.
+func StartReplica(t testing.TB, of *Farm, opts ...Option) *Farm {
+	t.Helper()
+	f := &Farm{state: of.state}
+	for _, opt := range opts {
+		opt(f)
+	}
+	f.state = of.state // an option may not swap the state
+	f.serve(t)
+	return f
+}
+
+func (f *Farm) serve(t testing.TB) {
+	t.Helper()
+	host := f.listenHost
+	if host == "" {
+		host = "127.0.0.1"
+	}
+	lis, err := net.Listen("tcp", net.JoinHostPort(host, "0"))
 	if err != nil {
 		t.Fatal(err)
 	}
 	f.Addr = lis.Addr().String()
-	srv := grpc.NewServer()
-	kilnv1.RegisterContextServiceServer(srv, contextService{f: f})
-	kilnv1.RegisterBuildServiceServer(srv, buildService{f: f})
-	done := make(chan struct{})
+	count := func(ctx context.Context, req any, _ *grpc.UnaryServerInfo, handler grpc.UnaryHandler) (any, error) {
+		f.mu.Lock()
+		f.calls++
+		f.mu.Unlock()
+		return handler(ctx, req)
+	}
+	countStream := func(srv any, ss grpc.ServerStream, _ *grpc.StreamServerInfo, handler grpc.StreamHandler) error {
+		f.mu.Lock()
+		f.calls++
+		f.mu.Unlock()
+		return handler(srv, ss)
+	}
+	opts := append([]grpc.ServerOption{grpc.ChainUnaryInterceptor(count), grpc.ChainStreamInterceptor(countStream)}, f.serverOpts...)
+	f.srv = grpc.NewServer(opts...)
+	kilnv1.RegisterContextServiceServer(f.srv, contextService{f: f})
+	kilnv1.RegisterBuildServiceServer(f.srv, buildService{f: f})
+	f.served = make(chan struct{})
 	go func() {
-		defer close(done)
-		_ = srv.Serve(lis)
+		defer close(f.served)
+		_ = f.srv.Serve(lis)
 	}()
-	t.Cleanup(func() {
-		srv.Stop()
-		<-done
+	t.Cleanup(f.Stop)
+}
+
+// Stop stops this gateway as a crash would: it closes its listener and
+// every connection, so that its clients' calls in flight fail with
+// codes.Unavailable and new connections are refused. The farm's state
+// lives on in its other gateways.
+func (f *Farm) Stop() {
+	f.stopOnce.Do(func() {
+		f.srv.Stop()
+		<-f.served
 	})
-	return f
+}
+
+// notifyLocked wakes Await and WatchBuild; f.mu is held.
+func (s *state) notifyLocked() {
+	close(s.changed)
+	s.changed = make(chan struct{})
+}
+
+// Await returns once cond holds, checking it after every change to the
+// farm (a blob stored, a build started, an event added, a watch begun or
+// ended), or ctx's error. cond must not block.
+func (f *Farm) Await(ctx context.Context, cond func() bool) error {
+	for {
+		f.mu.Lock()
+		ch := f.changed
+		f.mu.Unlock()
+		if cond() {
+			return nil
+		}
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-ch:
+		}
+	}
+}
+
+// Calls returns how many calls this gateway has served.
+func (f *Farm) Calls() int {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return f.calls
+}
+
+// WatchFroms returns the from_sequence of each WatchBuild call this
+// gateway served, in order.
+func (f *Farm) WatchFroms() []uint64 {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return append([]uint64(nil), f.watchFroms...)
+}
+
+// CrashUploadAfter makes the next UploadBlobs stream, on whichever gateway
+// of the farm, stop its gateway once it has stored n blobs, before it
+// reads more.
+func (f *Farm) CrashUploadAfter(n int) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.crashUploadAfter = n
+}
+
+// Watching returns how many WatchBuild streams this gateway is serving.
+func (f *Farm) Watching() int {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return f.watching
+}
+
+// StartCalls returns how many StartBuild calls reached the farm's
+// gateways.
+func (f *Farm) StartCalls() int {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return f.startCalls
+}
+
+// CrashNextStart makes the next StartBuild, on whichever gateway of the
+// farm, queue its build and then stop that gateway before it answers: the
+// client sees codes.Unavailable for a build that exists.
+func (f *Farm) CrashNextStart() {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.crashNextStart = true
+}
+
+// Events returns the event log of a build.
+func (f *Farm) Events(buildID string) []*kilnv1.BuildEvent {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return append([]*kilnv1.BuildEvent(nil), f.events[buildID]...)
+}
+
+// Log adds a log line to a held build's event log and returns its
+// sequence.
+func (f *Farm) Log(buildID, text string) uint64 {
+	return f.appendEvent(buildID, &kilnv1.BuildEvent{Event: &kilnv1.BuildEvent_Log{Log: &kilnv1.LogLine{Step: 1, Text: text}}})
+}
+
+// Finish ends a held build in state st (SUCCEEDED, FAILED or CANCELLED)
+// with its finished event.
+func (f *Farm) Finish(buildID string, st kilnv1.BuildState) {
+	f.mu.Lock()
+	for i, b := range f.builds {
+		if b.GetId() != buildID {
+			continue
+		}
+		// A new record: the old one may be on its way to a client.
+		nb := proto.CloneOf(b)
+		nb.State = st
+		if st == kilnv1.BuildState_BUILD_STATE_SUCCEEDED {
+			nb.Result = &kilnv1.BuildResult{ImageId: "sha256:" + fmt.Sprintf("%064d", i+1)}
+		}
+		f.builds[i] = nb
+		if nb.GetIdempotencyKey() != "" {
+			f.idem[nb.GetIdempotencyKey()] = nb
+		}
+	}
+	f.mu.Unlock()
+	f.appendEvent(buildID, &kilnv1.BuildEvent{Event: &kilnv1.BuildEvent_Finished{Finished: &kilnv1.BuildFinished{State: st, Agent: "agent-1"}}})
+}
+
+func (f *Farm) appendEvent(buildID string, ev *kilnv1.BuildEvent) uint64 {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return f.appendEventLocked(buildID, ev)
+}
+
+func (s *state) appendEventLocked(buildID string, ev *kilnv1.BuildEvent) uint64 {
+	ev.BuildId = buildID
+	ev.Attempt = 1
+	ev.Sequence = uint64(len(s.events[buildID]) + 1)
+	s.events[buildID] = append(s.events[buildID], ev)
+	s.notifyLocked()
+	return ev.Sequence
 }
 
 // Digest returns the digest of data as the farm names blobs.
@@ -272,6 +499,8 @@ func (s contextService) UploadBlobs(stream kilnv1.ContextService_UploadBlobsServ
 	}
 	s.f.mu.Lock()
 	s.f.streams++
+	crashAfter := s.f.crashUploadAfter
+	s.f.crashUploadAfter = 0
 	s.f.mu.Unlock()
 	var (
 		cur    *kilnv1.Digest
@@ -316,9 +545,15 @@ func (s contextService) UploadBlobs(stream kilnv1.ContextService_UploadBlobsServ
 		s.f.blobs[cur.GetHash()] = bytes.Clone(buf.Bytes())
 		s.f.uploads[cur.GetHash()]++
 		s.f.chunks[cur.GetHash()] = chunks
+		s.f.notifyLocked()
 		s.f.mu.Unlock()
 		resp.Stored = append(resp.Stored, cur)
 		cur = nil
+		if len(resp.Stored) == crashAfter {
+			go s.f.Stop()
+			<-stream.Context().Done()
+			return status.FromContextError(stream.Context().Err()).Err()
+		}
 	}
 	if cur != nil {
 		return status.Errorf(codes.InvalidArgument, "blob %s ended without finish_write", cur.GetHash())
@@ -333,12 +568,16 @@ type buildService struct {
 
 var _ kilnv1.BuildServiceServer = buildService{}
 
-// StartBuild records a build that has already succeeded, once its context
-// is complete on the farm.
+// StartBuild records a build, once its context is complete on the farm:
+// one that has already succeeded, or a running one with WithHeldBuilds. A
+// repeated idempotency key returns the build it started.
 func (s buildService) StartBuild(ctx context.Context, req *kilnv1.StartBuildRequest) (*kilnv1.StartBuildResponse, error) {
 	if err := s.f.authorize(ctx); err != nil {
 		return nil, err
 	}
+	s.f.mu.Lock()
+	s.f.startCalls++
+	s.f.mu.Unlock()
 	m, err := s.f.Manifest(req.GetContext())
 	if err != nil {
 		return nil, err
@@ -356,25 +595,58 @@ func (s buildService) StartBuild(ctx context.Context, req *kilnv1.StartBuildRequ
 			return nil, status.Error(codes.InvalidArgument, err.Error())
 		}
 	}
-	s.f.mu.Lock()
-	defer s.f.mu.Unlock()
-	if n := string(spec.GetSealNonce()); n != "" && (len(spec.GetSecrets()) > 0 || len(spec.GetRegistryAuth()) > 0) {
-		if s.f.nonces[n] {
-			return nil, status.Error(codes.AlreadyExists, "seal_nonce was already used by another build")
-		}
-		s.f.nonces[n] = true
+	b, crash, err := s.f.queue(req)
+	if err != nil {
+		return nil, err
 	}
-	b := &kilnv1.Build{
-		Id:      fmt.Sprintf("b%d", len(s.f.builds)+1),
-		Tenant:  Tenant,
-		Spec:    req.GetSpec(),
-		Context: req.GetContext(),
-		State:   kilnv1.BuildState_BUILD_STATE_SUCCEEDED,
-		Agent:   "agent-1",
-		Result:  &kilnv1.BuildResult{ImageId: "sha256:" + fmt.Sprintf("%064d", len(s.f.builds)+1)},
+	if crash {
+		go s.f.Stop()
+		<-ctx.Done()
+		return nil, status.FromContextError(ctx.Err()).Err()
 	}
-	s.f.builds = append(s.f.builds, b)
 	return &kilnv1.StartBuildResponse{Build: b}, nil
+}
+
+// queue records the build req asks for, or returns the one its
+// idempotency key started, and says whether the gateway is to crash.
+func (s *state) queue(req *kilnv1.StartBuildRequest) (b *kilnv1.Build, crash bool, err error) {
+	spec := req.GetSpec()
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if b, ok := s.idem[req.GetIdempotencyKey()]; ok && req.GetIdempotencyKey() != "" {
+		return b, false, nil
+	}
+	if n := string(spec.GetSealNonce()); n != "" && (len(spec.GetSecrets()) > 0 || len(spec.GetRegistryAuth()) > 0) {
+		if s.nonces[n] {
+			return nil, false, status.Error(codes.AlreadyExists, "seal_nonce was already used by another build")
+		}
+		s.nonces[n] = true
+	}
+	b = &kilnv1.Build{
+		Id:             fmt.Sprintf("b%d", len(s.builds)+1),
+		Tenant:         Tenant,
+		Spec:           req.GetSpec(),
+		Context:        req.GetContext(),
+		IdempotencyKey: req.GetIdempotencyKey(),
+		State:          kilnv1.BuildState_BUILD_STATE_SUCCEEDED,
+		Agent:          "agent-1",
+		Result:         &kilnv1.BuildResult{ImageId: "sha256:" + fmt.Sprintf("%064d", len(s.builds)+1)},
+	}
+	if s.hold {
+		b.State, b.Result = kilnv1.BuildState_BUILD_STATE_RUNNING, nil
+	}
+	s.builds = append(s.builds, b)
+	if req.GetIdempotencyKey() != "" {
+		s.idem[req.GetIdempotencyKey()] = b
+	}
+	s.appendEventLocked(b.Id, &kilnv1.BuildEvent{Event: &kilnv1.BuildEvent_State{
+		State: &kilnv1.StateChanged{State: b.State, Attempt: 1}}})
+	if !s.hold {
+		s.appendEventLocked(b.Id, &kilnv1.BuildEvent{Event: &kilnv1.BuildEvent_Finished{
+			Finished: &kilnv1.BuildFinished{State: b.GetState(), Result: b.GetResult(), Agent: b.GetAgent()}}})
+	}
+	crash, s.crashNextStart = s.crashNextStart, false
+	return b, crash, nil
 }
 
 // GetSecretsKey returns the farm's secrets public key (see WithSecretsKey).
@@ -403,27 +675,44 @@ func (s buildService) build(ctx context.Context, id string) (*kilnv1.Build, erro
 	return nil, status.Errorf(codes.NotFound, "build %s not found", id)
 }
 
-// WatchBuild sends a build's two events: queued, then succeeded.
+// WatchBuild sends a build's events from from_sequence on, as they are
+// added, until its finished event.
 func (s buildService) WatchBuild(req *kilnv1.WatchBuildRequest, stream kilnv1.BuildService_WatchBuildServer) error {
-	b, err := s.build(stream.Context(), req.GetBuildId())
-	if err != nil {
+	ctx := stream.Context()
+	if _, err := s.build(ctx, req.GetBuildId()); err != nil {
 		return err
 	}
-	events := []*kilnv1.BuildEvent{
-		{Sequence: 1, BuildId: b.GetId(), Attempt: 1, Event: &kilnv1.BuildEvent_State{
-			State: &kilnv1.StateChanged{State: kilnv1.BuildState_BUILD_STATE_QUEUED, Attempt: 1}}},
-		{Sequence: 2, BuildId: b.GetId(), Attempt: 1, Event: &kilnv1.BuildEvent_Finished{
-			Finished: &kilnv1.BuildFinished{State: b.GetState(), Result: b.GetResult(), Agent: b.GetAgent()}}},
-	}
-	for _, ev := range events {
-		if ev.GetSequence() < req.GetFromSequence() {
-			continue
+	s.f.mu.Lock()
+	s.f.watching++
+	s.f.watchFroms = append(s.f.watchFroms, req.GetFromSequence())
+	s.f.notifyLocked()
+	s.f.mu.Unlock()
+	defer func() {
+		s.f.mu.Lock()
+		s.f.watching--
+		s.f.notifyLocked()
+		s.f.mu.Unlock()
+	}()
+	next := max(req.GetFromSequence(), 1)
+	for {
+		s.f.mu.Lock()
+		log, changed := s.f.events[req.GetBuildId()], s.f.changed
+		s.f.mu.Unlock()
+		for _, ev := range log[min(int(next-1), len(log)):] {
+			if err := stream.Send(&kilnv1.WatchBuildResponse{Event: ev}); err != nil {
+				return err
+			}
+			next = ev.GetSequence() + 1
+			if ev.GetFinished() != nil {
+				return nil
+			}
 		}
-		if err := stream.Send(&kilnv1.WatchBuildResponse{Event: ev}); err != nil {
-			return err
+		select {
+		case <-ctx.Done():
+			return status.FromContextError(ctx.Err()).Err()
+		case <-changed:
 		}
 	}
-	return nil
 }
 
 func (s buildService) GetBuild(ctx context.Context, req *kilnv1.GetBuildRequest) (*kilnv1.GetBuildResponse, error) {
