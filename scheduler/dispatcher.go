@@ -111,9 +111,11 @@ type dispatcher struct {
 	dirty      map[string]bool
 	queueSlice []routing.Build
 	queueStale bool
-	// staleScan is when the first indexed agent's heartbeat may go stale
-	// (zero: look at the next refresh).
-	staleScan time.Time
+	// staleScan is when the first indexed agent's heartbeat may go stale,
+	// pullScan when the first waiting pull may expire (zero: look at the
+	// next refresh, the next dispatch). Either may be early: a look then
+	// finds nothing and moves it on.
+	staleScan, pullScan time.Time
 }
 
 func newDispatcher(deps dispatchDeps) *dispatcher {
@@ -190,6 +192,7 @@ func (d *dispatcher) apply(ev event) {
 		d.release(ev.enqueue.Id)
 	case ev.pull != nil:
 		d.pulls[ev.pull.agent] = append(d.pulls[ev.pull.agent], ev.pull)
+		d.pullScan = minTime(d.pullScan, ev.pull.deadline)
 		d.dirty[ev.pull.agent] = true
 		d.slotFreed(ev.pull.agent)
 	case ev.withdraw != "":
@@ -280,24 +283,29 @@ func (d *dispatcher) nextFree(agent string) time.Time {
 // it next needs to run.
 func (d *dispatcher) dispatch(ctx context.Context) time.Duration {
 	wall := time.Now()
-	next := time.Hour
-	for name, ps := range d.pulls {
-		kept := ps[:0]
-		for _, p := range ps {
-			if !wall.Before(p.deadline) {
-				d.reply(p, nil)
-				d.dirty[name] = true
-				continue
+	// Look for expired pulls only once the first may have expired, not
+	// at every event (a thousand agents hold a thousand pulls).
+	if !wall.Before(d.pullScan) {
+		d.pullScan = wall.Add(time.Hour)
+		for name, ps := range d.pulls {
+			kept := ps[:0]
+			for _, p := range ps {
+				if !wall.Before(p.deadline) {
+					d.reply(p, nil)
+					d.dirty[name] = true
+					continue
+				}
+				kept = append(kept, p)
+				d.pullScan = minTime(d.pullScan, p.deadline)
 			}
-			kept = append(kept, p)
-			next = min(next, p.deadline.Sub(wall))
-		}
-		if len(kept) == 0 {
-			delete(d.pulls, name)
-		} else {
-			d.pulls[name] = kept
+			if len(kept) == 0 {
+				delete(d.pulls, name)
+			} else {
+				d.pulls[name] = kept
+			}
 		}
 	}
+	next := d.pullScan.Sub(wall)
 	if len(d.queue) == 0 {
 		return next
 	}

@@ -274,18 +274,23 @@ type recorder struct {
 	submitted map[string]time.Time
 	measured  map[string]bool // submitted while measuring
 	latencies []time.Duration // of measured builds
-	measuring atomic.Bool
-	pulls     atomic.Int64
-	pullsM    atomic.Int64 // pulls returned while measuring
-	submitErr atomic.Int64
-	firstErr  atomic.Pointer[error]
+	// handed is when each measured build's intake message was acknowledged;
+	// intake and afterIntake split the latency there.
+	handed      map[string]time.Time
+	intake      []time.Duration
+	afterIntake []time.Duration
+	measuring   atomic.Bool
+	pulls       atomic.Int64
+	pullsM      atomic.Int64 // pulls returned while measuring
+	submitErr   atomic.Int64
+	firstErr    atomic.Pointer[error]
 	// submittedM counts the submissions made while measuring.
 	submittedM atomic.Int64
 	assignedC  chan struct{}
 }
 
 func newRecorder() *recorder {
-	return &recorder{submitted: map[string]time.Time{}, measured: map[string]bool{}, assignedC: make(chan struct{}, 1)}
+	return &recorder{submitted: map[string]time.Time{}, measured: map[string]bool{}, handed: map[string]time.Time{}, assignedC: make(chan struct{}, 1)}
 }
 
 func (r *recorder) measure(on bool) { r.measuring.Store(on) }
@@ -305,7 +310,12 @@ func (r *recorder) pulled(builds []*kilnv1.Build, at time.Time) {
 			if r.measured[b.Id] {
 				delete(r.measured, b.Id)
 				r.latencies = append(r.latencies, at.Sub(t))
+				if h, ok := r.handed[b.Id]; ok {
+					r.intake = append(r.intake, h.Sub(t))
+					r.afterIntake = append(r.afterIntake, at.Sub(h))
+				}
 			}
+			delete(r.handed, b.Id)
 		}
 	}
 	r.mu.Unlock()
@@ -380,8 +390,16 @@ func (r *recorder) submit(ctx context.Context, conn *bus.Conn, store *buildstore
 		return err
 	}
 	msg.Header.Set(nats.MsgIdHdr, b.Id)
-	_, err = conn.JS.PublishMsg(ctx, msg)
-	return err
+	if _, err = conn.JS.PublishMsg(ctx, msg); err != nil {
+		return err
+	}
+	handed := time.Now()
+	r.mu.Lock()
+	if _, waiting := r.submitted[b.Id]; waiting && r.measured[b.Id] {
+		r.handed[b.Id] = handed
+	}
+	r.mu.Unlock()
+	return nil
 }
 
 // waitAssigned waits up to d for every measured build to be assigned and

@@ -32,6 +32,13 @@ type result struct {
 	DispatchP90MS float64 `json:"dispatch_p90_ms"`
 	DispatchP99MS float64 `json:"dispatch_p99_ms"`
 	DispatchMaxMS float64 `json:"dispatch_max_ms"`
+	// The latency split where the intake message was acknowledged (the
+	// gateway's part: record, event, intake message; then the scheduler's
+	// and the agent's), over the builds assigned after that ack.
+	IntakeP50MS      float64 `json:"intake_p50_ms"`
+	IntakeP99MS      float64 `json:"intake_p99_ms"`
+	AfterIntakeP50MS float64 `json:"after_intake_p50_ms"`
+	AfterIntakeP99MS float64 `json:"after_intake_p99_ms"`
 	// The scheduler and NATS run as processes of their own, measured by
 	// /proc/<pid>; the benchmark process holds the agents and the load.
 	SchedulerCPUSeconds  float64 `json:"scheduler_cpu_seconds"`
@@ -55,8 +62,11 @@ func mib(b int64) float64        { return float64(b) / (1 << 20) }
 func report(o options, rec *recorder, m0, m1 measurement, unassigned int) error {
 	rec.mu.Lock()
 	lat := slices.Clone(rec.latencies)
+	in, after := slices.Clone(rec.intake), slices.Clone(rec.afterIntake)
 	rec.mu.Unlock()
 	slices.Sort(lat)
+	slices.Sort(in)
+	slices.Sort(after)
 	secs := m1.at.Sub(m0.at).Seconds()
 	r := result{
 		Agents: o.agents, Slots: o.slots, Rate: o.rate, Lineages: o.lineages, BuildTimeMS: ms(o.buildTime), DurationS: secs, CPUs: runtime.NumCPU(),
@@ -65,6 +75,8 @@ func report(o options, rec *recorder, m0, m1 measurement, unassigned int) error 
 		PullsPS:       float64(rec.pullsM.Load()) / secs,
 		DispatchP50MS: ms(percentile(lat, 0.50)), DispatchP90MS: ms(percentile(lat, 0.90)),
 		DispatchP99MS: ms(percentile(lat, 0.99)), DispatchMaxMS: ms(percentile(lat, 1)),
+		IntakeP50MS: ms(percentile(in, 0.50)), IntakeP99MS: ms(percentile(in, 0.99)),
+		AfterIntakeP50MS: ms(percentile(after, 0.50)), AfterIntakeP99MS: ms(percentile(after, 0.99)),
 		SchedulerCPUSeconds: (m1.sched.CPU - m0.sched.CPU).Seconds(),
 		SchedulerCPUPerSec:  (m1.sched.CPU - m0.sched.CPU).Seconds() / secs,
 		SchedulerRSSMiB:     mib(m1.sched.RSS), SchedulerPeakRSSMiB: mib(m1.sched.HWM),
@@ -91,6 +103,8 @@ func report(o options, rec *recorder, m0, m1 measurement, unassigned int) error 
 		{Name: "dispatch p90 (ms)", Values: []string{f2(r.DispatchP90MS), ""}},
 		{Name: "dispatch p99 (ms)", Values: []string{f2(r.DispatchP99MS), fmt.Sprintf("target < %.0f", o.targetP99MS)}},
 		{Name: "dispatch max (ms)", Values: []string{f2(r.DispatchMaxMS), ""}},
+		{Name: "  intake p50 / p99 (ms)", Values: []string{f2(r.IntakeP50MS) + " / " + f2(r.IntakeP99MS), "record + event + intake message acknowledged (the gateway's writes)"}},
+		{Name: "  after intake p50 / p99 (ms)", Values: []string{f2(r.AfterIntakeP50MS) + " / " + f2(r.AfterIntakeP99MS), "intake acked → assigned (scheduler, agent)"}},
 		{Name: "scheduler CPU (s)", Values: []string{f2(r.SchedulerCPUSeconds), fmt.Sprintf("%.1f%% of a core over %.0f s", 100*r.SchedulerCPUPerSec, secs)}},
 		{Name: "scheduler RSS (MiB)", Values: []string{f1(r.SchedulerRSSMiB), fmt.Sprintf("peak %.1f, target < %.0f", r.SchedulerPeakRSSMiB, o.targetRSSMiB)}},
 		{Name: "NATS RSS (MiB)", Values: []string{f1(r.NATSRSSMiB), fmt.Sprintf("peak %.1f; %.1f%% of a core", r.NATSPeakRSSMiB, 100*r.NATSCPUPerSec)}},
