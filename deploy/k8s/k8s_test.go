@@ -140,6 +140,15 @@ type hpaRules struct {
 	} `json:"policies"`
 }
 
+func newManifests() *manifests {
+	return &manifests{
+		namespaces: map[string]*corev1.Namespace{}, configMaps: map[string]*corev1.ConfigMap{},
+		services: map[string]*corev1.Service{}, pdbs: map[string]*policyv1.PodDisruptionBudget{},
+		deployments: map[string]*appsv1.Deployment{}, statefulSets: map[string]*appsv1.StatefulSet{},
+		daemonSets: map[string]*appsv1.DaemonSet{}, scaledObjects: map[string]*scaledObject{},
+	}
+}
+
 // render builds the kustomization in dir as kubectl apply -k would.
 func render(t *testing.T, dir string) *manifests {
 	t.Helper()
@@ -147,12 +156,7 @@ func render(t *testing.T, dir string) *manifests {
 	if err != nil {
 		t.Fatalf("kustomize build %s: %v", dir, err)
 	}
-	m := &manifests{
-		namespaces: map[string]*corev1.Namespace{}, configMaps: map[string]*corev1.ConfigMap{},
-		services: map[string]*corev1.Service{}, pdbs: map[string]*policyv1.PodDisruptionBudget{},
-		deployments: map[string]*appsv1.Deployment{}, statefulSets: map[string]*appsv1.StatefulSet{},
-		daemonSets: map[string]*appsv1.DaemonSet{}, scaledObjects: map[string]*scaledObject{},
-	}
+	m := newManifests()
 	for _, res := range rm.Resources() {
 		doc, err := res.AsYAML()
 		if err != nil {
@@ -508,7 +512,7 @@ func TestOverlays(t *testing.T) {
 				}
 			})
 
-			t.Run("keda", func(t *testing.T) { checkKEDA(t, m, o) })
+			t.Run("keda", func(t *testing.T) { checkKEDA(t, m, o, known["kiln-agent"]) })
 		})
 	}
 }
@@ -715,7 +719,7 @@ func checkAgents(t *testing.T, m *manifests, o overlay, known map[string]bool) {
 }
 
 // checkKEDA checks the ScaledObject, in the overlays that have one.
-func checkKEDA(t *testing.T, m *manifests, o overlay) {
+func checkKEDA(t *testing.T, m *manifests, o overlay, known map[string]bool) {
 	if !o.keda {
 		if len(m.scaledObjects) != 0 {
 			t.Errorf("unexpected ScaledObjects %v", sortedKeys(m.scaledObjects))
@@ -757,7 +761,7 @@ func checkKEDA(t *testing.T, m *manifests, o overlay) {
 				t.Errorf("prometheus trigger %v: want a query on %s and %s, and a server", md, queued, busy)
 			}
 			// The demand is in slots: the threshold is one agent's.
-			slots := m.flags(t, &m.statefulSets[ref.Name].Spec.Template.Spec.Containers[0], knownFlags(t)["kiln-agent"])["slots"]
+			slots := m.flags(t, &m.statefulSets[ref.Name].Spec.Template.Spec.Containers[0], known)["slots"]
 			if md["threshold"] != slots {
 				t.Errorf("prometheus threshold %q, want the slots of one agent (--slots=%s)", md["threshold"], slots)
 			}
@@ -945,12 +949,7 @@ func TestStrictDecoding(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			m := &manifests{
-				namespaces: map[string]*corev1.Namespace{}, configMaps: map[string]*corev1.ConfigMap{},
-				services: map[string]*corev1.Service{}, pdbs: map[string]*policyv1.PodDisruptionBudget{},
-				deployments: map[string]*appsv1.Deployment{}, statefulSets: map[string]*appsv1.StatefulSet{},
-				daemonSets: map[string]*appsv1.DaemonSet{}, scaledObjects: map[string]*scaledObject{},
-			}
+			m := newManifests()
 			err := m.add([]byte(tt.doc))
 			if (err == nil) != tt.ok {
 				t.Errorf("decode: %v, want ok=%v", err, tt.ok)
