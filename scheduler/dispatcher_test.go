@@ -1,12 +1,16 @@
 package scheduler
 
 import (
+	"log/slog"
 	"testing"
 	"time"
 
+	"github.com/nats-io/nats.go"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
 	kilnv1 "github.com/kilnbuild/kiln/proto/gen/go/kiln/v1"
+	"github.com/kilnbuild/kiln/services/bus"
+	"github.com/kilnbuild/kiln/services/bus/bustest"
 )
 
 // TestDispatcherExpectsWhenAgentsFreeSlots checks the bookkeeping behind
@@ -100,4 +104,60 @@ func TestDispatcherDropsAgentsWhoseHeartbeatWentStale(t *testing.T) {
 	indexed()
 	heartbeat("old") // back
 	indexed("old")
+}
+
+// TestDispatcherAnswersExpiredPullsOnly checks the expiry of waiting
+// pulls, which the dispatcher looks for only once the first may have
+// expired: an expired pull is answered empty, one still waiting is kept
+// (and sets when to look next), and a pull that arrives already expired
+// after a look is answered at the next dispatch, not at the later one.
+func TestDispatcherAnswersExpiredPullsOnly(t *testing.T) {
+	conn := bustest.Conn(t)
+	d := newDispatcher(dispatchDeps{nc: conn.NC, now: time.Now, log: slog.New(slog.NewTextHandler(t.Output(), nil))})
+	answers := make(chan *nats.Msg, 8)
+	sub, err := conn.NC.ChanSubscribe("answers.>", answers)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer sub.Unsubscribe()
+	expectAnswer := func(want string) {
+		t.Helper()
+		if err := conn.NC.Flush(); err != nil {
+			t.Fatal(err)
+		}
+		select {
+		case m := <-answers:
+			wa := &kilnv1.WorkAssignment{}
+			if err := bus.Decode(m.Data, wa); err != nil || m.Subject != want || len(wa.Builds) != 0 {
+				t.Fatalf("answer on %s with %v (%v), want an empty one on %s", m.Subject, wa, err, want)
+			}
+		case <-t.Context().Done():
+			t.Fatalf("no answer on %s", want)
+		}
+	}
+	now := time.Now()
+	d.apply(event{pull: &pull{agent: "a", reply: "answers.expired", deadline: now.Add(-time.Second)}})
+	d.apply(event{pull: &pull{agent: "b", reply: "answers.waiting", deadline: now.Add(time.Hour)}})
+	next := d.dispatch(t.Context())
+	expectAnswer("answers.expired")
+	if next <= 0 || next > time.Hour {
+		t.Fatalf("next dispatch in %v, want b's deadline, within the hour", next)
+	}
+	if len(d.pulls["a"]) != 0 || len(d.pulls["b"]) != 1 {
+		t.Fatalf("pulls left %v, want b's alone", d.pulls)
+	}
+	d.apply(event{pull: &pull{agent: "c", reply: "answers.late", deadline: now.Add(-time.Second)}})
+	d.dispatch(t.Context())
+	expectAnswer("answers.late")
+	if len(d.pulls["c"]) != 0 || len(d.pulls["b"]) != 1 {
+		t.Fatalf("pulls left %v, want b's alone", d.pulls)
+	}
+	if err := conn.NC.Flush(); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case m := <-answers:
+		t.Fatalf("unexpected answer on %s", m.Subject)
+	default:
+	}
 }
