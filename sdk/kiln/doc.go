@@ -23,7 +23,14 @@
 // the manifest travels.
 //
 // [Client.Build] runs upload, start, watch and the final GetBuild in one
-// call. Errors returned by the client keep the gRPC status of the failing
+// call.
+//
+// [Dial] takes one gateway or several ("a:7700,b:7700", or a DNS name
+// with several records): the Client uses one at a time and fails over to
+// another when it becomes unreachable. Reads are retried, the upload
+// resumes with the blobs the farm still lacks, StartBuild is retried only
+// under an idempotency key (so a build is never started twice), and the
+// watch resumes from the last event seen (see WithFailover). Errors returned by the client keep the gRPC status of the failing
 // call (status.FromError and status.Code work on them) with a prefix that
 // says what was being done.
 package kiln

@@ -281,8 +281,8 @@ func TestTLSVerifiesEachGatewayAsItself(t *testing.T) {
 	clientTLS := WithTLSConfig(&tls.Config{RootCAs: ca.pool, MinVersion: tls.VersionTLS12})
 
 	t.Run("each verified as its own IP", func(t *testing.T) {
-		a := farmtest.Start(t, farmtest.WithListenHost("127.0.0.1"), tlsFor("127.0.0.1"))
-		b := farmtest.StartReplica(t, a, farmtest.WithListenHost("127.0.0.2"), tlsFor("127.0.0.2"))
+		a := farmtest.Start(t, farmtest.WithListenAddr("127.0.0.1:0"), tlsFor("127.0.0.1"))
+		b := farmtest.StartReplica(t, a, farmtest.WithListenAddr("127.0.0.2:0"), tlsFor("127.0.0.2"))
 		client := dial(t, a.Addr+","+b.Addr, clientTLS)
 		if _, _, err := client.ListBuilds(t.Context(), 0, ""); err != nil {
 			t.Fatalf("ListBuilds: %v", err)
@@ -299,8 +299,8 @@ func TestTLSVerifiesEachGatewayAsItself(t *testing.T) {
 	// Each gateway holds the other's certificate: a client that verified
 	// every gateway against one name would accept one of them.
 	t.Run("certificates for the other IP are refused", func(t *testing.T) {
-		a := farmtest.Start(t, farmtest.WithListenHost("127.0.0.1"), tlsFor("127.0.0.2"))
-		b := farmtest.StartReplica(t, a, farmtest.WithListenHost("127.0.0.2"), tlsFor("127.0.0.1"))
+		a := farmtest.Start(t, farmtest.WithListenAddr("127.0.0.1:0"), tlsFor("127.0.0.2"))
+		b := farmtest.StartReplica(t, a, farmtest.WithListenAddr("127.0.0.2:0"), tlsFor("127.0.0.1"))
 		client := dial(t, a.Addr+","+b.Addr, clientTLS)
 		_, _, err := client.ListBuilds(t.Context(), 0, "")
 		if status.Code(err) != codes.Unavailable || !strings.Contains(err.Error(), "certificate is valid for") {

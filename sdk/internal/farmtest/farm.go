@@ -38,7 +38,7 @@ type Farm struct {
 	Addr string
 	*state
 
-	listenHost string
+	listenAddr string
 	serverOpts []grpc.ServerOption
 	srv        *grpc.Server
 	stopOnce   sync.Once
@@ -142,10 +142,10 @@ func WithHeldBuilds() Option {
 	return func(f *Farm) { f.hold = true }
 }
 
-// WithListenHost makes the farm listen on host (a loopback IP such as
-// 127.0.0.2) instead of 127.0.0.1.
-func WithListenHost(host string) Option {
-	return func(f *Farm) { f.listenHost = host }
+// WithListenAddr makes the farm listen on addr ("127.0.0.2:0", or a
+// given port) instead of 127.0.0.1 and a free port.
+func WithListenAddr(addr string) Option {
+	return func(f *Farm) { f.listenAddr = addr }
 }
 
 // WithServerOptions adds gRPC server options, grpc.Creds for TLS say.
@@ -169,7 +169,7 @@ func Start(t testing.TB, opts ...Option) *Farm {
 
 // StartReplica runs another gateway of the farm of: it serves the same
 // blobs, builds and event logs, with the same token and secrets key. Of
-// the options, only WithListenHost and WithServerOptions apply.
+// the options, only WithListenAddr and WithServerOptions apply.
 func StartReplica(t testing.TB, of *Farm, opts ...Option) *Farm {
 	t.Helper()
 	f := &Farm{state: of.state}
@@ -183,11 +183,11 @@ func StartReplica(t testing.TB, of *Farm, opts ...Option) *Farm {
 
 func (f *Farm) serve(t testing.TB) {
 	t.Helper()
-	host := f.listenHost
-	if host == "" {
-		host = "127.0.0.1"
+	addr := f.listenAddr
+	if addr == "" {
+		addr = "127.0.0.1:0"
 	}
-	lis, err := net.Listen("tcp", net.JoinHostPort(host, "0"))
+	lis, err := net.Listen("tcp", addr)
 	if err != nil {
 		t.Fatal(err)
 	}
