@@ -6,11 +6,14 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"io/fs"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"syscall"
+	"time"
 
 	"github.com/docker/docker/client"
 	"github.com/docker/docker/pkg/jsonmessage"
@@ -85,6 +88,17 @@ func (f *Farm) engine(i int) (*proc, error) {
 		},
 		logPath: f.logPath(name), logs: f.logs,
 		deathSignal: syscall.SIGTERM, // dockerd then stops its containerd
+		// After a SIGKILL dockerd and its containerd leave pid files behind;
+		// a busy machine soon reuses the pids, and dockerd would then wait
+		// for a containerd that is some other process.
+		prepare: func() error {
+			for _, pf := range []string{filepath.Join(dir, "docker.pid"), filepath.Join(dir, "x", "containerd", "containerd.pid")} {
+				if err := clearPidFile(pf, dir); err != nil {
+					return err
+				}
+			}
+			return nil
+		},
 		ready: func(ctx context.Context, exited <-chan struct{}) error {
 			c, err := client.NewClientWithOpts(client.WithHost(sock), client.WithAPIVersionNegotiation())
 			if err != nil {
@@ -191,6 +205,45 @@ func loadImages(ctx context.Context, host string, archive io.Reader) error {
 		if m.Error != nil {
 			return fmt.Errorf("docker load: %s", m.Error.Message)
 		}
+	}
+	return nil
+}
+
+// clearPidFile removes the pid file pf unless its process still runs with
+// owner (the engine's directory) on its command line — then that process
+// is the engine's own leftover, and it is SIGKILLed (by pid) first.
+func clearPidFile(pf, owner string) error {
+	data, err := os.ReadFile(pf)
+	if errors.Is(err, fs.ErrNotExist) {
+		return nil
+	}
+	if err != nil {
+		return err
+	}
+	if pid, err := strconv.Atoi(strings.TrimSpace(string(data))); err == nil && pid > 0 {
+		cmdline, err := os.ReadFile(fmt.Sprintf("/proc/%d/cmdline", pid))
+		if err == nil && strings.Contains(string(cmdline), owner+"/") {
+			if err := syscall.Kill(pid, syscall.SIGKILL); err != nil && !errors.Is(err, syscall.ESRCH) {
+				return fmt.Errorf("kill leftover pid %d of %s: %w", pid, pf, err)
+			}
+			// Not our child: wait for /proc to drop it, with a deadline.
+			deadline := time.Now().Add(10 * time.Second)
+			for {
+				if _, err := os.Stat(fmt.Sprintf("/proc/%d/cmdline", pid)); err != nil {
+					break
+				}
+				if c, _ := os.ReadFile(fmt.Sprintf("/proc/%d/cmdline", pid)); !strings.Contains(string(c), owner+"/") {
+					break // gone, or a zombie whose cmdline is empty
+				}
+				if time.Now().After(deadline) {
+					return fmt.Errorf("leftover pid %d of %s did not exit after SIGKILL", pid, pf)
+				}
+				time.Sleep(20 * time.Millisecond)
+			}
+		}
+	}
+	if err := os.Remove(pf); err != nil && !errors.Is(err, fs.ErrNotExist) {
+		return err
 	}
 	return nil
 }

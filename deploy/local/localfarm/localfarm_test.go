@@ -219,6 +219,27 @@ func TestFarm(t *testing.T) {
 		}
 	})
 
+	t.Run("a killed engine restarts with its data", func(t *testing.T) {
+		before, _ := farm.Find("engine-2")
+		id := engineID(ctx, t, before.Addr)
+		if err := farm.Kill("engine-2"); err != nil {
+			t.Fatal(err)
+		}
+		if err := farm.Restart(ctx, "engine-2"); err != nil {
+			t.Fatal(err)
+		}
+		after, _ := farm.Find("engine-2")
+		if after.Addr != before.Addr || after.PID == before.PID || after.PID == 0 {
+			t.Fatalf("engine-2 came back as %+v, was %+v", after, before)
+		}
+		if got := engineID(ctx, t, after.Addr); got != id {
+			t.Errorf("engine-2 came back as engine %s, was %s", got, id)
+		}
+		if _, err := engineClient(t, after.Addr).ImageInspect(ctx, base); err != nil {
+			t.Errorf("engine-2 lost its images: %v", err)
+		}
+	})
+
 	procs := farm.Processes()
 	bridges := farm.Bridges()
 	if len(bridges) != 2 {
@@ -229,6 +250,10 @@ func TestFarm(t *testing.T) {
 		t.Fatal(err)
 	}
 	for _, p := range procs {
+		if p.PID <= 0 {
+			t.Errorf("%s has no pid", p.Name)
+			continue
+		}
 		if err := syscall.Kill(p.PID, 0); !errors.Is(err, syscall.ESRCH) {
 			t.Errorf("%s (pid %d) still there after Stop: %v", p.Name, p.PID, err)
 		}
@@ -254,6 +279,15 @@ func wantOK(t *testing.T, url string) {
 	if resp.StatusCode != http.StatusOK {
 		t.Errorf("GET %s: %s", url, resp.Status)
 	}
+}
+
+func engineID(ctx context.Context, t *testing.T, host string) string {
+	t.Helper()
+	info, err := engineClient(t, host).Info(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return info.ID
 }
 
 func engineClient(t *testing.T, host string) *client.Client {

@@ -136,7 +136,7 @@ func (p *proc) waitReady(ctx context.Context) error {
 	default:
 		_ = p.kill()
 	}
-	return fmt.Errorf("localfarm: %s did not serve: %w\n--- tail of %s ---\n%s", p.name, err, p.logPath, tail(p.logPath, 25))
+	return fmt.Errorf("localfarm: %s did not serve: %w\n--- tail of %s ---\n%s", p.name, err, p.logPath, tail(p.logPath, 40))
 }
 
 // kill SIGKILLs the running instance, if any, and reaps it.
