@@ -114,12 +114,12 @@ func FuzzParseGateways(f *testing.F) {
 
 func TestIsLocalAddressList(t *testing.T) {
 	for addr, want := range map[string]bool{
-		"127.0.0.1:7700,127.0.0.2:7700":      true,
-		"localhost:7700,[::1]:7700":          true,
-		"127.0.0.1:7700,farm.example:7700":   false,
-		"farm.example:7700,127.0.0.1:7700":   false,
-		"10.0.0.1:7700,10.0.0.2:7700":        false,
-		"127.0.0.1:7700,,127.0.0.2:7700":     false, // Dial refuses it
+		"127.0.0.1:7700,127.0.0.2:7700":       true,
+		"localhost:7700,[::1]:7700":           true,
+		"127.0.0.1:7700,farm.example:7700":    false,
+		"farm.example:7700,127.0.0.1:7700":    false,
+		"10.0.0.1:7700,10.0.0.2:7700":         false,
+		"127.0.0.1:7700,,127.0.0.2:7700":      false, // Dial refuses it
 		"localhost.evil.example:1,[::1]:7700": false,
 	} {
 		if got := IsLocalAddress(addr); got != want {

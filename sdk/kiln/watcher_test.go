@@ -113,8 +113,8 @@ func TestWatcherResumes(t *testing.T) {
 			limit: time.Second, wantSeqs: []uint64{1, 2, 3, 4, 5}, wantFroms: []uint64{1, 2, 3, 4, 5},
 		},
 		{
-			name:  "gives up after the outage limit",
-			log:   &eventLog{events: buildLog(5), cuts: []int{1, 0, 0, 0}, cutErr: unavailable},
+			name: "gives up after the outage limit",
+			log:  &eventLog{events: buildLog(5), cuts: []int{1, 0, 0, 0}, cutErr: unavailable},
 			// Fails at 0s, 1s and 3s of the outage.
 			limit: 2500 * time.Millisecond, wantSeqs: []uint64{1}, wantFroms: []uint64{1, 2, 2}, wantCode: codes.Unavailable,
 		},
