@@ -54,6 +54,7 @@ type pull struct {
 	agent    string
 	reply    string
 	deadline time.Time
+	index    int // in the dispatcher's expiry heap
 }
 
 // lease is a build under lease as the dispatcher counts it: its tenant
@@ -90,6 +91,7 @@ type dispatcher struct {
 	queue    map[string]*kilnv1.Build
 	revs     map[string]uint64 // revisions of queued records, when known
 	pulls    map[string][]*pull
+	expiry   expiry // the pulls by deadline
 	agents   map[string]*kilnv1.Agent
 	leased   map[string]lease // by build id
 	events   chan event
@@ -111,11 +113,10 @@ type dispatcher struct {
 	dirty      map[string]bool
 	queueSlice []routing.Build
 	queueStale bool
-	// staleScan is when the first indexed agent's heartbeat may go stale,
-	// pullScan when the first waiting pull may expire (zero: look at the
-	// next refresh, the next dispatch). Either may be early: a look then
+	// staleScan is when the first indexed agent's heartbeat may go stale
+	// (zero: look at the next refresh); it may be early: a look then
 	// finds nothing and moves it on.
-	staleScan, pullScan time.Time
+	staleScan time.Time
 }
 
 func newDispatcher(deps dispatchDeps) *dispatcher {
@@ -176,7 +177,7 @@ func (d *dispatcher) apply(ev event) {
 	if ev.lost != "" {
 		// Its pulls are those of a dead or frozen process: answering one
 		// would hand it back the very build it lost.
-		delete(d.pulls, ev.lost)
+		d.dropPulls(ev.lost)
 		d.lostAt[ev.lost] = d.now()
 		d.dirty[ev.lost] = true
 	}
@@ -191,12 +192,11 @@ func (d *dispatcher) apply(ev event) {
 		d.queueStale = true
 		d.release(ev.enqueue.Id)
 	case ev.pull != nil:
-		d.pulls[ev.pull.agent] = append(d.pulls[ev.pull.agent], ev.pull)
-		d.pullScan = minTime(d.pullScan, ev.pull.deadline)
+		d.addPull(ev.pull)
 		d.dirty[ev.pull.agent] = true
 		d.slotFreed(ev.pull.agent)
 	case ev.withdraw != "":
-		delete(d.pulls, ev.withdraw)
+		d.dropPulls(ev.withdraw)
 		d.dirty[ev.withdraw] = true
 	case ev.agent != nil:
 		d.agents[ev.agent.Name] = ev.agent
@@ -282,30 +282,7 @@ func (d *dispatcher) nextFree(agent string) time.Time {
 // dispatch answers expired pulls, routes, assigns, and returns how soon
 // it next needs to run.
 func (d *dispatcher) dispatch(ctx context.Context) time.Duration {
-	wall := time.Now()
-	// Look for expired pulls only once the first may have expired, not
-	// at every event (a thousand agents hold a thousand pulls).
-	if !wall.Before(d.pullScan) {
-		d.pullScan = wall.Add(time.Hour)
-		for name, ps := range d.pulls {
-			kept := ps[:0]
-			for _, p := range ps {
-				if !wall.Before(p.deadline) {
-					d.reply(p, nil)
-					d.dirty[name] = true
-					continue
-				}
-				kept = append(kept, p)
-				d.pullScan = minTime(d.pullScan, p.deadline)
-			}
-			if len(kept) == 0 {
-				delete(d.pulls, name)
-			} else {
-				d.pulls[name] = kept
-			}
-		}
-	}
-	next := d.pullScan.Sub(wall)
+	next := d.expirePulls(time.Now())
 	if len(d.queue) == 0 {
 		return next
 	}
@@ -432,8 +409,7 @@ func routingBuild(b *kilnv1.Build) routing.Build {
 // assign moves one routed build to ASSIGNED and answers one of its agent's
 // pulls. A build that left the queue meanwhile (cancelled) is dropped.
 func (d *dispatcher) assign(ctx context.Context, a routing.Assignment) {
-	ps := d.pulls[a.Agent]
-	if len(ps) == 0 {
+	if len(d.pulls[a.Agent]) == 0 {
 		return
 	}
 	started := time.Now() // the route span's start
@@ -459,12 +435,7 @@ func (d *dispatcher) assign(ctx context.Context, a routing.Assignment) {
 		}
 		return
 	}
-	p := ps[0]
-	if len(ps) == 1 {
-		delete(d.pulls, a.Agent)
-	} else {
-		d.pulls[a.Agent] = ps[1:]
-	}
+	p := d.takePull(a.Agent)
 	d.leased[b.Id] = lease{tenant: b.Tenant, agent: a.Agent}
 	r := runningBuild{id: b.Id, start: now}
 	if a.Expected > 0 {

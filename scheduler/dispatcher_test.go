@@ -1,6 +1,7 @@
 package scheduler
 
 import (
+	"fmt"
 	"log/slog"
 	"testing"
 	"time"
@@ -107,10 +108,10 @@ func TestDispatcherDropsAgentsWhoseHeartbeatWentStale(t *testing.T) {
 }
 
 // TestDispatcherAnswersExpiredPullsOnly checks the expiry of waiting
-// pulls, which the dispatcher looks for only once the first may have
-// expired: an expired pull is answered empty, one still waiting is kept
-// (and sets when to look next), and a pull that arrives already expired
-// after a look is answered at the next dispatch, not at the later one.
+// pulls, which the dispatcher finds by deadline (expiry heap): an expired
+// pull is answered empty, one still waiting is kept (and sets when to look
+// next), and a pull that arrives already expired after a look is answered
+// at the next dispatch.
 func TestDispatcherAnswersExpiredPullsOnly(t *testing.T) {
 	conn := bustest.Conn(t)
 	d := newDispatcher(dispatchDeps{nc: conn.NC, now: time.Now, log: slog.New(slog.NewTextHandler(t.Output(), nil))})
@@ -151,6 +152,21 @@ func TestDispatcherAnswersExpiredPullsOnly(t *testing.T) {
 	expectAnswer("answers.late")
 	if len(d.pulls["c"]) != 0 || len(d.pulls["b"]) != 1 {
 		t.Fatalf("pulls left %v, want b's alone", d.pulls)
+	}
+	// Withdrawn and lost pulls leave the deadline heap too; expiring
+	// pulls among several of one agent keeps the others, in order.
+	d.apply(event{withdraw: "b"})
+	for i, wait := range []time.Duration{time.Hour, -time.Second, 2 * time.Hour} {
+		d.apply(event{pull: &pull{agent: "x", reply: fmt.Sprint("answers.x", i), deadline: now.Add(wait)}})
+	}
+	d.dispatch(t.Context())
+	expectAnswer("answers.x1")
+	if ps := d.pulls["x"]; len(ps) != 2 || ps[0].reply != "answers.x0" || ps[1].reply != "answers.x2" || len(d.expiry) != 2 {
+		t.Fatalf("x's pulls %v, heap %d, want x0 and x2 in both", ps, len(d.expiry))
+	}
+	d.apply(event{lost: "x"})
+	if len(d.pulls) != 0 || len(d.expiry) != 0 {
+		t.Fatalf("pulls %v, heap %d after the withdrawal and the loss, want none", d.pulls, len(d.expiry))
 	}
 	if err := conn.NC.Flush(); err != nil {
 		t.Fatal(err)
