@@ -16,6 +16,11 @@
 //
 // One attempt's reports go one at a time (Attempt), so its events keep their
 // order whichever scheduler instance handles each report.
+//
+// Worker is the loop every agent runs around the Client — slots pulling,
+// heartbeats in KV KILN_AGENTS, an admin's hold, drain on stop — so the
+// agent, the benchmarks' simulated agents and the tests differ only in
+// how they run a build.
 package agentproto
 
 import (
