@@ -156,6 +156,12 @@ func run(o options) error {
 				return fmt.Errorf("%d builds/s on %d NATS node(s): %w", rate, nodes, err)
 			}
 			runs = append(runs, r)
+			fmt.Fprintf(os.Stderr, "dispatch: %s at %d/s: p50 %.2f ms, p99 %.2f ms, assigned %.0f/s\n",
+				farmName(r), rate, r.Latency.P50, r.Latency.P99, r.AssignedPerS)
+			// The runs so far, in case a later one does not finish.
+			if err := writeJSON(o.out, clusterResultOf(o, runs)); err != nil {
+				return err
+			}
 		}
 	}
 	return clusterReport(o, runs)
