@@ -3,6 +3,7 @@ package tests
 import (
 	"bytes"
 	"context"
+	"encoding/json"
 	"fmt"
 	"net"
 	"net/http"
@@ -25,7 +26,8 @@ import (
 // gateways behind a tenants file, 2 schedulers, 2 agents each with an
 // engine container, a registry — and a build with a RUN step goes through
 // gateway-1 and is pushed to the compose registry, where its digest is
-// read back. Cleanup takes the project down with its volumes and removes
+// read back; the same build through gateway-2 pushes the same image, and
+// each NATS node holds all of kiln's streams with 3 replicas. Cleanup takes the project down with its volumes and removes
 // the images.
 func TestCompose(t *testing.T) {
 	if testing.Short() {
@@ -94,7 +96,8 @@ func TestCompose(t *testing.T) {
 	ports := map[string]int{}
 	env := append(os.Environ(), "KILN_IMAGE_PREFIX="+prefix, "KILN_IMAGE_TAG="+tag, "KILN_COMPOSE_TENANTS="+tenants)
 	for _, name := range []string{"GATEWAY_1", "GATEWAY_1_HTTP", "GATEWAY_2", "GATEWAY_2_HTTP",
-		"SCHEDULER_1_HTTP", "SCHEDULER_2_HTTP", "AGENT_1_HTTP", "AGENT_2_HTTP", "REGISTRY"} {
+		"SCHEDULER_1_HTTP", "SCHEDULER_2_HTTP", "AGENT_1_HTTP", "AGENT_2_HTTP", "REGISTRY",
+		"NATS_1_HTTP", "NATS_2_HTTP", "NATS_3_HTTP"} {
 		ports[name] = composePort(t)
 		env = append(env, fmt.Sprintf("KILN_COMPOSE_%s=%d", name, ports[name]))
 	}
@@ -164,6 +167,66 @@ func TestCompose(t *testing.T) {
 	})
 	if status != http.StatusOK || got != digest {
 		t.Fatalf("registry has compose/hello:%s with status %d and digest %q, want 200 and %s", run, status, got, digest)
+	}
+
+	// The same through gateway-2.
+	r = kiln(t, fmt.Sprintf("127.0.0.1:%d", ports["GATEWAY_2"]), "build", "--token", token, "--progress", "plain",
+		"-t", "registry:5000/compose/hello:"+run+"-2", "--push", "--metadata-file", md, bctx)
+	if r.code != 0 {
+		t.Fatalf("kiln build through gateway-2: %s", r)
+	}
+	if d := str(metadata(t, md), "containerimage.digest"); d != digest {
+		t.Errorf("the same build through gateway-2 pushed %s, want the first build's %s", d, digest)
+	}
+
+	// Every node of the NATS cluster holds a replica of every stream.
+	for _, node := range []string{"NATS_1_HTTP", "NATS_2_HTTP", "NATS_3_HTTP"} {
+		checkR3(t, fmt.Sprintf("http://127.0.0.1:%d/jsz?accounts=true&streams=true&config=true", ports[node]))
+	}
+}
+
+// checkR3 reads a NATS server's /jsz and fails unless the JetStream cluster
+// has 3 peers and the server holds kiln's streams, each with 3 replicas.
+func checkR3(t *testing.T, url string) {
+	t.Helper()
+	var jsz struct {
+		Meta *struct {
+			Size int `json:"cluster_size"`
+		} `json:"meta_cluster"`
+		Accounts []struct {
+			Streams []struct {
+				Name   string `json:"name"`
+				Config struct {
+					Replicas int `json:"num_replicas"`
+				} `json:"config"`
+			} `json:"stream_detail"`
+		} `json:"account_details"`
+	}
+	c := http.Client{Timeout: 10 * time.Second}
+	resp, err := c.Get(url)
+	if err != nil {
+		t.Fatalf("GET %s: %v", url, err)
+	}
+	defer resp.Body.Close()
+	if err := json.NewDecoder(resp.Body).Decode(&jsz); err != nil {
+		t.Fatalf("GET %s: %v", url, err)
+	}
+	if jsz.Meta == nil || jsz.Meta.Size != 3 {
+		t.Fatalf("%s: meta cluster %+v, want 3 peers", url, jsz.Meta)
+	}
+	streams := map[string]int{}
+	for _, a := range jsz.Accounts {
+		for _, s := range a.Streams {
+			streams[s.Name] = s.Config.Replicas
+		}
+	}
+	if _, ok := streams["KV_KILN_BUILDS"]; !ok {
+		t.Fatalf("%s: no KV_KILN_BUILDS stream among %v", url, streams)
+	}
+	for name, n := range streams {
+		if n != 3 {
+			t.Errorf("%s: stream %s has %d replicas, want 3", url, name, n)
+		}
 	}
 }
 
