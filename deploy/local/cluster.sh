@@ -9,13 +9,13 @@
 #   deploy/local/cluster.sh --nats 3 --gateways 2 --schedulers 2 --agents 3 \
 #       [--replicas R] [--slots K] [--ready-file FILE] [--dir DIR]
 #
-# Builds bin/ (make build) if a binary is missing; agents need root (each
-# dockerd gets its own bridge).
+# Builds bin/ first (make build); agents need root (each dockerd gets its
+# own bridge).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
-for b in kiln-gateway kiln-scheduler kiln-agent; do
-  [ -x "bin/$b" ] || { make build >&2; break; }
-done
+# make build: cheap when bin/ is current (go build leaves an up-to-date
+# binary alone), and never a stale binary from an older tree.
+make --no-print-directory build >&2
 # Built, then exec'd (not `go run`): Ctrl-C and SIGTERM must reach
 # kiln-cluster itself, which stops the farm in order.
 go build -o bin/kiln-cluster ./deploy/local/kiln-cluster

@@ -113,13 +113,35 @@ func (f *Farm) engine(i int) (*proc, error) {
 	}, nil
 }
 
+// bridgeOwners records which process made each kilnbrN bridge, so a farm
+// whose process died without Stop (a test killed at its timeout) leaves
+// no bridge that blocks the name for good.
+const bridgeOwners = "/run/kiln-localfarm"
+
 // claimBridge makes the first free kilnbrN bridge (creating it is the
-// claim, so two farms never share one), gives it 10.213.N.1/24 and brings
-// it up; Stop deletes it.
+// claim, so two farms never share one; a bridge whose recorded owner
+// process is gone is taken over), gives it 10.213.N.1/24 and brings it
+// up; Stop deletes it. Claims are serialised by a lock file.
 func (f *Farm) claimBridge() (string, error) {
+	if err := os.MkdirAll(bridgeOwners, 0o755); err != nil {
+		return "", fmt.Errorf("localfarm: %w", err)
+	}
+	lock, err := os.OpenFile(filepath.Join(bridgeOwners, ".lock"), os.O_CREATE|os.O_RDWR, 0o644)
+	if err != nil {
+		return "", fmt.Errorf("localfarm: %w", err)
+	}
+	defer lock.Close() // releases the lock
+	if err := syscall.Flock(int(lock.Fd()), syscall.LOCK_EX); err != nil {
+		return "", fmt.Errorf("localfarm: lock %s: %w", lock.Name(), err)
+	}
 	for n := range maxBridges {
 		name := fmt.Sprintf("kilnbr%d", n)
 		out, err := exec.Command("ip", "link", "add", "name", name, "type", "bridge").CombinedOutput()
+		if err != nil && strings.Contains(string(out), "exists") && ownerGone(name) {
+			if derr := deleteBridge(name); derr == nil {
+				out, err = exec.Command("ip", "link", "add", "name", name, "type", "bridge").CombinedOutput()
+			}
+		}
 		if err != nil {
 			if strings.Contains(string(out), "exists") {
 				continue
@@ -129,6 +151,9 @@ func (f *Farm) claimBridge() (string, error) {
 		f.mu.Lock()
 		f.bridges = append(f.bridges, name)
 		f.mu.Unlock()
+		if err := os.WriteFile(filepath.Join(bridgeOwners, name), []byte(processIdentity(os.Getpid())), 0o644); err != nil {
+			return "", fmt.Errorf("localfarm: %w", err)
+		}
 		for _, args := range [][]string{
 			{"addr", "add", fmt.Sprintf("10.213.%d.1/24", n), "dev", name},
 			{"link", "set", name, "up"},
@@ -142,11 +167,43 @@ func (f *Farm) claimBridge() (string, error) {
 	return "", fmt.Errorf("localfarm: no free bridge name kilnbr0…kilnbr%d", maxBridges-1)
 }
 
+// processIdentity is "<pid> <start time>": a pid alone may be reused.
+func processIdentity(pid int) string {
+	data, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		return ""
+	}
+	_, rest, ok := strings.Cut(string(data), ") ")
+	f := strings.Fields(rest)
+	if !ok || len(f) < 20 {
+		return ""
+	}
+	return fmt.Sprintf("%d %s", pid, f[19]) // starttime, field 22 of stat
+}
+
+// ownerGone reports whether the bridge's recorded owner process has
+// exited; a bridge without a record (not the farm's, or older) is never
+// taken over.
+func ownerGone(name string) bool {
+	data, err := os.ReadFile(filepath.Join(bridgeOwners, name))
+	if err != nil {
+		return false
+	}
+	owner := strings.TrimSpace(string(data))
+	pidText, _, ok := strings.Cut(owner, " ")
+	pid, err := strconv.Atoi(pidText)
+	if !ok || err != nil {
+		return false
+	}
+	return processIdentity(pid) != owner
+}
+
 func deleteBridge(name string) error {
 	out, err := exec.Command("ip", "link", "delete", name, "type", "bridge").CombinedOutput()
 	if err != nil && !strings.Contains(string(out), "Cannot find device") {
 		return fmt.Errorf("localfarm: ip link delete %s: %v: %s", name, err, strings.TrimSpace(string(out)))
 	}
+	_ = os.Remove(filepath.Join(bridgeOwners, name))
 	return nil
 }
 
