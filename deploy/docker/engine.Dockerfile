@@ -7,11 +7,12 @@
 #   rootfs/etc/passwd, rootfs/etc/group, rootfs/etc/ssl/certs/ca-certificates.crt
 #   rootfs/tmp/, rootfs/run/, rootfs/var/lib/docker/
 #
-# The engine runs as root in a privileged container (an engine needs it;
-# the agents beside it do not). Its flags come from the compose file: a
-# unix socket in a volume shared with one agent, group 65532 so the
-# nonroot agent may use it, no bridge and no iptables (build steps run
-# with loopback only), data on a volume.
+# The engine runs as root with the capabilities of a privileged container
+# (an engine needs them; the agents beside it do not). Its flags come from
+# deploy/compose/compose.yaml: a unix socket in a volume shared with one
+# agent, group 65532 so the nonroot agent may use it, a bridge without
+# iptables rules (build steps reach nothing outside the engine's
+# container), data on a volume.
 FROM scratch
 COPY rootfs/ /
 LABEL org.opencontainers.image.title=kiln-engine \
