@@ -170,9 +170,7 @@ func setup(ctx context.Context, js jetstream.JetStream, l Limits) error {
 		{Bucket: BucketSealNonces, History: 1, Storage: jetstream.FileStorage, Replicas: l.Replicas, TTL: SealNonceTTL},
 		{Bucket: BucketCASUsage, History: 1, Storage: jetstream.FileStorage, Replicas: l.Replicas},
 	} {
-		// CreateOrUpdateKeyValue updates the bucket's stream (KV_<bucket>)
-		// with the whole config, Replicas included (TestSetupRaisesReplicas).
-		if _, err := js.CreateOrUpdateKeyValue(ctx, kv); err != nil {
+		if err := setupKeyValue(ctx, js, kv); err != nil {
 			return setupError(js, l, "key-value bucket "+kv.Bucket, err)
 		}
 	}
@@ -184,6 +182,52 @@ func setup(ctx context.Context, js jetstream.JetStream, l Limits) error {
 	}
 	return nil
 }
+
+// setupKeyValue creates or updates one bucket. CreateOrUpdateKeyValue
+// updates the bucket's stream (KV_<bucket>) with the whole config, Replicas
+// included (TestSetupRaisesReplicas), and always allows direct gets.
+//
+// With more than one replica a direct get may be answered by a follower
+// that has not applied the latest write yet, and kiln decides on what it
+// reads from these buckets: a report fenced against a stale ASSIGNED, an
+// idempotency key or a leader lease read from the past. So every bucket
+// but the agents' heartbeats is read through its stream leader (direct
+// gets off): a KV handle bound afterwards uses $JS.API.STREAM.MSG.GET. An
+// existing bucket is updated in place without passing through "direct on",
+// so a service binding meanwhile never sees it allowed.
+func setupKeyValue(ctx context.Context, js jetstream.JetStream, kv jetstream.KeyValueConfig) error {
+	direct := kv.Replicas <= 1 || kv.Bucket == BucketAgents
+	if !direct {
+		if st, err := js.Stream(ctx, kvStreamPrefix+kv.Bucket); err == nil {
+			cfg := st.CachedInfo().Config
+			if cfg.Replicas == kv.Replicas && !cfg.AllowDirect && cfg.MaxAge == kv.TTL {
+				return nil
+			}
+			cfg.Replicas, cfg.AllowDirect, cfg.MaxAge = kv.Replicas, false, kv.TTL
+			_, err = js.UpdateStream(ctx, cfg)
+			return err
+		} else if !errors.Is(err, jetstream.ErrStreamNotFound) {
+			return err
+		}
+	}
+	if _, err := js.CreateOrUpdateKeyValue(ctx, kv); err != nil {
+		return err
+	}
+	if direct {
+		return nil
+	}
+	st, err := js.Stream(ctx, kvStreamPrefix+kv.Bucket)
+	if err != nil {
+		return err
+	}
+	cfg := st.CachedInfo().Config
+	cfg.AllowDirect = false
+	_, err = js.UpdateStream(ctx, cfg)
+	return err
+}
+
+// kvStreamPrefix prefixes the stream that holds a key-value bucket.
+const kvStreamPrefix = "KV_"
 
 // setupError wraps a failure to create or update what; a replica count the
 // NATS servers cannot place gets a message naming the flag and the number

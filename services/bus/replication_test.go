@@ -174,9 +174,13 @@ func TestSetupRaisesReplicasInPlace(t *testing.T) {
 	r1 := waitReplicas(t, conn, 1)
 	data := writeFarmData(t, conn)
 
+	checkDirectGets(t, conn, true)
 	setup(t, conn, 3)
 	waitReplicas(t, conn, 3)
 	checkFarmData(t, conn, data)
+	checkDirectGets(t, conn, false)
+	setup(t, conn, 3) // again, on buckets that exist: unchanged
+	checkDirectGets(t, conn, false)
 
 	// The builds bucket's only copy was on this node before: the record
 	// read after it stops comes from a copy Setup made.
@@ -195,6 +199,25 @@ func TestSetupRaisesReplicasInPlace(t *testing.T) {
 	setup(t, conn, 1)
 	waitReplicas(t, conn, 1)
 	checkFarmData(t, conn, data)
+	checkDirectGets(t, conn, true)
+}
+
+// checkDirectGets: with one replica every bucket allows direct gets; with
+// more, only the agents' heartbeats do, so what the farm decides on is read
+// from each bucket's stream leader, never from a follower behind it.
+func checkDirectGets(t *testing.T, conn *bus.Conn, single bool) {
+	t.Helper()
+	for _, bucket := range []string{bus.BucketBuilds, bus.BucketIdempotency, bus.BucketInflight, bus.BucketLeader,
+		bus.BucketAgents, bus.BucketSealNonces, bus.BucketCASUsage} {
+		st, err := conn.JS.Stream(t.Context(), "KV_"+bucket)
+		if err != nil {
+			t.Fatal(err)
+		}
+		want := single || bucket == bus.BucketAgents
+		if got := st.CachedInfo().Config.AllowDirect; got != want {
+			t.Errorf("bucket %s: allow direct = %v, want %v", bucket, got, want)
+		}
+	}
 }
 
 // TestSetupRefusesMoreReplicasThanServers: a replica count the cluster
