@@ -248,7 +248,9 @@ func (d *dispatcher) release(id string) {
 // it within SweepEvery).
 func (d *dispatcher) slotFreed(agent string) {
 	a, rs := d.agents[agent], d.onAgent[agent]
-	if a == nil || a.Slots == 0 || len(rs)+len(d.pulls[agent]) <= int(a.Slots) {
+	if a == nil || a.Slots == 0 || len(rs) == 0 || len(rs)+len(d.pulls[agent]) <= int(a.Slots) {
+		// With nothing running there, more pulls than slots is an agent
+		// whose earlier pulls timed out on its side: nothing to free.
 		return
 	}
 	first := 0
@@ -432,6 +434,14 @@ func (d *dispatcher) assign(ctx context.Context, a routing.Assignment) {
 	if err != nil {
 		if !errors.Is(err, errNotQueued) {
 			d.log.Error("assign build", "build_id", a.Build, "err", err)
+			// The write failed, or landed unseen (a timeout, a lost
+			// quorum). Either way the build must not fall out of the
+			// queue: it stays queued, and the next try reads the record
+			// afresh (a landed ASSIGNED is then errNotQueued); the sweeper
+			// watches its lease in case it landed, so it comes back when
+			// the lease that no agent holds lapses.
+			d.queue[a.Build], d.revs[a.Build] = queued, 0
+			d.track(a.Build, nil)
 		}
 		return
 	}
