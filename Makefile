@@ -37,6 +37,14 @@ run: dev-env build ## start kilnd on the local engine, build and push examples/h
 frontend-image: dev-env ## build BuildKit's Dockerfile frontend from source and push it to the local registry (heredocs on Docker 20.10)
 	@scripts/frontend-image.sh >/dev/null
 
+.PHONY: images
+images: dev-env build ## build kiln's images FROM scratch with kiln itself and push them to 127.0.0.1:5000/kiln/ (deploy/docker)
+	@scripts/images.sh
+
+.PHONY: cluster
+cluster: dev-env build ## run a local distributed farm: 3 NATS nodes (R3), 2 gateways, 2 schedulers, 3 agents each on its own dockerd (deploy/local/cluster.sh; Ctrl-C stops it)
+	@deploy/local/cluster.sh --nats 3 --gateways 2 --schedulers 2 --agents 3
+
 .PHONY: test
 test: dev-env frontend-image ## run every module's tests against a real engine, registry and NATS
 	@scripts/test.sh
@@ -55,6 +63,8 @@ bench: dev-env build ## run the benchmarks in bench/ (tables and JSON in bench/r
 	$(GO) run ./bench/affinity
 	$(GO) run ./bench/dispatch
 	$(GO) run ./bench/dispatch -fresh-contexts -out bench/results/dispatch-fresh.json
+	$(GO) run ./bench/dispatch -cluster -agents 50 -slots 8
+	$(GO) run ./bench/scale
 	$(GO) run ./bench/tracing
 
 .PHONY: lint

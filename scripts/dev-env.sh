@@ -24,6 +24,7 @@ command -v docker-registry >/dev/null 2>&1 || need_pkgs+=(docker-registry)
 dpkg -s busybox-static >/dev/null 2>&1 || need_pkgs+=(busybox-static)
 command -v curl >/dev/null 2>&1 || need_pkgs+=(curl)
 command -v ip >/dev/null 2>&1 || need_pkgs+=(iproute2)
+command -v docker-compose >/dev/null 2>&1 || need_pkgs+=(docker-compose) # tests/compose_test.go
 
 install_missing() {
   [ ${#need_pkgs[@]} -eq 0 ] && return 0
@@ -55,6 +56,12 @@ ensure_engine() {
   if engine_answers; then log "docker engine answers ($(docker version --format '{{.Server.Version}}'))"; return 0; fi
   if [ -n "${DOCKER_HOST:-}" ]; then die "DOCKER_HOST=$DOCKER_HOST does not answer; start that engine or unset DOCKER_HOST"; fi
   [ "$(id -u)" = 0 ] || die "no docker engine answers on the default socket and this is not root: start dockerd or set DOCKER_HOST"
+  # A dockerd or containerd killed without cleaning up leaves its pid file;
+  # once the pid is reused, dockerd waits for that unrelated process. No
+  # engine answers, so the files are stale.
+  for f in /var/run/docker.pid /var/run/docker/containerd/containerd.pid; do
+    [ -f "$f" ] && ! pgrep -F "$f" -x 'dockerd|containerd' >/dev/null 2>&1 && rm -f "$f"
+  done
   log "starting dockerd (log: $STATE/dockerd.log)"
   setsid dockerd --pidfile "$STATE/dockerd.pid" >"$STATE/dockerd.log" 2>&1 < /dev/null &
   wait_for 60 "docker engine" engine_answers || { tail -20 "$STATE/dockerd.log" >&2; die "dockerd did not answer within 60s"; }
