@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"log/slog"
 	"slices"
+	"sync"
 	"time"
 
 	"github.com/nats-io/nats.go"
@@ -291,16 +292,12 @@ func (d *dispatcher) dispatch(ctx context.Context) time.Duration {
 	now := d.now()
 	d.refreshIndex(now)
 	dec := d.idx.Decide(d.routing, d.queueInput(), d.running(), now)
-	for _, a := range dec.Assignments {
-		d.assign(ctx, a)
-	}
+	d.assignAll(ctx, dec.Assignments)
 	if len(dec.Assignments) > 0 {
 		// Slots were taken: decide again for the rest before sleeping.
 		d.refreshIndex(now)
 		dec = d.idx.Decide(d.routing, d.queueInput(), d.running(), now)
-		for _, a := range dec.Assignments {
-			d.assign(ctx, a)
-		}
+		d.assignAll(ctx, dec.Assignments)
 	}
 	if !dec.Wake.IsZero() {
 		next = min(next, dec.Wake.Sub(now))
@@ -408,30 +405,68 @@ func routingBuild(b *kilnv1.Build) routing.Build {
 	}
 }
 
-// assign moves one routed build to ASSIGNED and answers one of its agent's
-// pulls. A build that left the queue meanwhile (cancelled) is dropped.
-func (d *dispatcher) assign(ctx context.Context, a routing.Assignment) {
-	if len(d.pulls[a.Agent]) == 0 {
-		return
-	}
-	started := time.Now() // the route span's start
-	queued, rev := d.queue[a.Build], d.revs[a.Build]
-	delete(d.queue, a.Build)
-	delete(d.revs, a.Build)
-	d.queueStale = true
-	d.dirty[a.Agent] = true
-	now := d.now()
-	b, err := d.update(ctx, a.Build, queued, rev, func(b *kilnv1.Build) error {
-		if b.State != kilnv1.BuildState_BUILD_STATE_QUEUED {
-			return errNotQueued
+// assignAll moves routed builds to ASSIGNED and answers one of its
+// agent's pulls for each. The record writes of one pass go out together:
+// each waits for JetStream's acknowledgement (a quorum's fsync on a
+// replicated farm), and written one after another they were the
+// dispatcher's ceiling (bench/dispatch -cluster). Everything else happens
+// here, on the dispatcher's goroutine, in the routing's order.
+func (d *dispatcher) assignAll(ctx context.Context, as []routing.Assignment) {
+	jobs := make([]*assignment, 0, len(as))
+	reserved := map[string]int{}
+	for _, a := range as {
+		if reserved[a.Agent] >= len(d.pulls[a.Agent]) {
+			continue
 		}
-		b.State = kilnv1.BuildState_BUILD_STATE_ASSIGNED
-		b.Agent = a.Agent
-		b.Attempt++
-		b.LeaseExpiresAt = timestamppb.New(now.Add(d.assignTimeout))
-		return nil
-	})
-	if err != nil {
+		reserved[a.Agent]++
+		j := &assignment{Assignment: a, started: time.Now(), now: d.now()}
+		j.queued, j.rev = d.queue[a.Build], d.revs[a.Build]
+		delete(d.queue, a.Build)
+		delete(d.revs, a.Build)
+		d.queueStale = true
+		d.dirty[a.Agent] = true
+		jobs = append(jobs, j)
+	}
+	write := func(j *assignment) {
+		j.b, j.err = d.update(ctx, j.Build, j.queued, j.rev, func(b *kilnv1.Build) error {
+			if b.State != kilnv1.BuildState_BUILD_STATE_QUEUED {
+				return errNotQueued
+			}
+			b.State = kilnv1.BuildState_BUILD_STATE_ASSIGNED
+			b.Agent = j.Agent
+			b.Attempt++
+			b.LeaseExpiresAt = timestamppb.New(j.now.Add(d.assignTimeout))
+			return nil
+		})
+	}
+	if len(jobs) == 1 {
+		write(jobs[0])
+	} else {
+		var wg sync.WaitGroup
+		for _, j := range jobs {
+			wg.Go(func() { write(j) })
+		}
+		wg.Wait()
+	}
+	for _, j := range jobs {
+		d.assigned1(j)
+	}
+}
+
+// assignment is one build on its way to ASSIGNED.
+type assignment struct {
+	routing.Assignment
+	started, now time.Time // the route span's start; the assignment's time
+	queued       *kilnv1.Build
+	rev          uint64
+	b            *kilnv1.Build // the record written, or
+	err          error
+}
+
+// assigned1 finishes one assignment whose record write has returned.
+func (d *dispatcher) assigned1(j *assignment) {
+	a, b, now := j.Assignment, j.b, j.now
+	if err := j.err; err != nil {
 		if !errors.Is(err, errNotQueued) {
 			d.log.Error("assign build", "build_id", a.Build, "err", err)
 			// The write failed, or landed unseen (a timeout, a lost
@@ -440,7 +475,7 @@ func (d *dispatcher) assign(ctx context.Context, a routing.Assignment) {
 			// afresh (a landed ASSIGNED is then errNotQueued); the sweeper
 			// watches its lease in case it landed, so it comes back when
 			// the lease that no agent holds lapses.
-			d.queue[a.Build], d.revs[a.Build] = queued, 0
+			d.queue[a.Build], d.revs[a.Build] = j.queued, 0
 			d.track(a.Build, nil)
 		}
 		return
@@ -464,7 +499,7 @@ func (d *dispatcher) assign(ctx context.Context, a routing.Assignment) {
 	observeAssigned(b, a, now)
 	d.log.Info("build assigned", "build_id", b.Id, "agent", a.Agent, "attempt", b.Attempt,
 		"reason", a.Reason.String(), "score", a.Score, "best_score", a.BestScore, "why", a.Explanation)
-	traceAssignment(b, a, started)
+	traceAssignment(b, a, j.started)
 }
 
 // update is buildstore's Update in one round trip when the record is known
