@@ -5,10 +5,12 @@ import (
 	"errors"
 	"fmt"
 	"math/rand/v2"
+	"os"
 	"slices"
 	"sort"
 	"strings"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 
@@ -49,9 +51,34 @@ type chaosBuild struct {
 	final    *kilnv1.Build        // the record WatchBuild returned
 	finalErr error                // WatchBuild's error (a *BuildError for FAILED/CANCELLED)
 	resumes  int                  // watches the client re-opened itself after the SDK gave up
-	waiting  string               // what the client was doing (kept when its deadline passed)
+	waiting  string               // what the client was doing (kept when its deadline passed); under mu
+	mu       sync.Mutex
 	hung     bool
 	ended    time.Time // when the client was done with it
+}
+
+func (b *chaosBuild) setWaiting(s string) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	b.waiting = s
+}
+
+func (b *chaosBuild) markDone() {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	b.ended = time.Now()
+}
+
+func (b *chaosBuild) doneFlag() bool {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return !b.ended.IsZero()
+}
+
+func (b *chaosBuild) getWaiting() string {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.waiting
 }
 
 // chaosKill is one of the monkey's kills and how the farm recovered.
@@ -136,7 +163,8 @@ func TestChaosKillsUnderLoadLoseNoBuild(t *testing.T) {
 			for b := range jobs {
 				b.client = i
 				if cctx.Err() != nil {
-					b.hung, b.waiting = true, "its turn: the client's deadline passed before it could start"
+					b.hung = true
+					b.setWaiting("its turn: the client's deadline passed before it could start")
 					continue
 				}
 				accepted := runChaosBuild(cctx, c, repo, reg, b, func() {
@@ -152,7 +180,7 @@ func TestChaosKillsUnderLoadLoseNoBuild(t *testing.T) {
 				if cctx.Err() != nil && b.final == nil {
 					b.hung = true
 				}
-				b.ended = time.Now()
+				b.markDone()
 			}
 		}()
 	}
@@ -188,11 +216,60 @@ func TestChaosKillsUnderLoadLoseNoBuild(t *testing.T) {
 		}
 	}()
 
+	// A watchdog, not synchronisation: when no client has finished a build
+	// for a minute, it logs what each busy client waits for and the NATS
+	// replicas, while the stall lasts.
+	watchdogDone := make(chan struct{})
+	go func() {
+		defer close(watchdogDone)
+		tick := time.NewTicker(5 * time.Second)
+		defer tick.Stop()
+		last, since, told := -1, time.Now(), false
+		for {
+			select {
+			case <-workDone:
+				return
+			case <-ctx.Done():
+				return
+			case <-tick.C:
+			}
+			progress.Lock()
+			n := progress.accepted + progress.finished
+			progress.Unlock()
+			if n != last {
+				last, since, told = n, time.Now(), false
+				continue
+			}
+			if told || time.Since(since) < time.Minute {
+				continue
+			}
+			told = true
+			var busy []string
+			for _, b := range builds {
+				if w := b.getWaiting(); w != "" && !b.doneFlag() {
+					busy = append(busy, fmt.Sprintf("  %s: %s", b.tag, w))
+				}
+			}
+			t.Logf("chaos: no build started or finished for %v; clients busy:\n%s\nNATS replicas:\n%s",
+				time.Since(since).Round(time.Second), strings.Join(busy, "\n"), f.replicaView(ctx))
+			if os.Getenv("KILN_CHAOS_DUMP_ON_STALL") != "" {
+				// For diagnosis only: SIGQUIT makes each gateway write its
+				// goroutines to its log (and exit).
+				for _, p := range f.named("gateway") {
+					if p.PID > 0 {
+						_ = syscall.Kill(p.PID, syscall.SIGQUIT)
+						t.Logf("chaos: sent SIGQUIT to %s (pid %d): goroutines in its log", p.Name, p.PID)
+					}
+				}
+			}
+		}
+	}()
 	select {
 	case <-workDone:
 	case <-ctx.Done():
 		t.Fatalf("the workload did not end: the test's context ended (%v) with clients still running", ctx.Err())
 	}
+	<-watchdogDone
 	workTook := time.Since(workStart)
 	var lastDone time.Time // the last build a client finished without hanging
 	for _, b := range builds {
@@ -219,6 +296,9 @@ func TestChaosKillsUnderLoadLoseNoBuild(t *testing.T) {
 		chaosBuilds, chaosClients, chaosLineages, workStart.UTC().Format("15:04:05.000"), workTook.Round(time.Millisecond), lastDone.Sub(workStart).Round(time.Millisecond), time.Since(testStart).Round(time.Millisecond))
 	t.Logf("chaos: accepted %d, completed %d, duplicated %d, lost %d; clients that did not see their completed build whole %d (hung %d); StartBuild/upload refused %d; watches re-opened by a client after the SDK gave up %d",
 		sum.accepted, sum.completed, sum.duplicated, sum.lost, sum.clientErrors, sum.hung, sum.rejected, sum.resumes)
+	if sum.lost+sum.duplicated+sum.clientErrors > 0 {
+		t.Logf("chaos: each NATS node's replica of each stream now:\n%s", f.replicaView(ctx))
+	}
 	for _, r := range sum.rejections {
 		t.Logf("chaos: refused: %s", r)
 	}
@@ -249,18 +329,18 @@ func TestChaosKillsUnderLoadLoseNoBuild(t *testing.T) {
 // accepted. A watch the SDK gives up on is re-opened after the last event
 // seen until ctx ends.
 func runChaosBuild(ctx context.Context, c *kilnsdk.Client, repo, reg string, b *chaosBuild, onAccepted func()) bool {
-	b.waiting = "packing the context"
+	b.setWaiting("packing the context")
 	bc, err := packDir(ctx, b.dir)
 	if err != nil {
 		b.rejected = err
 		return false
 	}
-	b.waiting = "uploading the context"
+	b.setWaiting("uploading the context")
 	if _, err := c.UploadContext(ctx, bc); err != nil {
 		b.rejected = err
 		return false
 	}
-	b.waiting = "StartBuild"
+	b.setWaiting("StartBuild")
 	rec, err := c.StartBuild(ctx, kilnsdk.BuildRequest{
 		Spec:           &kilnv1.BuildSpec{Tags: []string{reg + "/" + repo + ":" + b.tag}, Push: true},
 		Context:        bc,
@@ -276,15 +356,15 @@ func runChaosBuild(ctx context.Context, c *kilnsdk.Client, repo, reg string, b *
 	onEvent := func(ev *kilnv1.BuildEvent) {
 		b.events = append(b.events, ev)
 		last = ev.GetSequence()
-		b.waiting = fmt.Sprintf("watching build %s, last event %d: %s", b.id, last, strings.TrimSpace(ev.String()))
+		b.setWaiting(fmt.Sprintf("watching build %s, last event %d: %s", b.id, last, strings.TrimSpace(ev.String())))
 	}
-	b.waiting = "watching build " + b.id + ", no event yet"
+	b.setWaiting("watching build " + b.id + ", no event yet")
 	for {
 		b.final, b.finalErr = c.WatchBuild(ctx, b.id, last+1, onEvent)
 		var be *kilnsdk.BuildError
 		if b.finalErr == nil || errors.As(b.finalErr, &be) || ctx.Err() != nil || status.Code(b.finalErr) != codes.Unavailable {
 			if b.final == nil {
-				b.waiting += fmt.Sprintf(" (watch error: %v)", b.finalErr)
+				b.setWaiting(b.getWaiting() + fmt.Sprintf(" (watch error: %v)", b.finalErr))
 			}
 			return true
 		}
@@ -403,6 +483,7 @@ func checkChaosBuilds(t *testing.T, ctx context.Context, f *localFarm, c *kilnsd
 	}
 
 	refusals := map[string]int{}
+	var neverStarted []string // builds no client got to before its deadline
 	var mu sync.Mutex
 	sem := make(chan struct{}, 8)
 	var wg sync.WaitGroup
@@ -411,7 +492,11 @@ func checkChaosBuilds(t *testing.T, ctx context.Context, f *localFarm, c *kilnsd
 			sum.hung++
 			if b.id == "" {
 				sum.clientErrors++
-				t.Errorf("client %d hung past its deadline of %v before build %s started: %s (%v)", b.client, chaosClientDeadline, b.tag, b.waiting, b.rejected)
+				if b.rejected != nil { // stuck in the upload or StartBuild
+					t.Errorf("client %d hung past its deadline of %v before build %s started: %s (%v)", b.client, chaosClientDeadline, b.tag, b.waiting, b.rejected)
+				} else {
+					neverStarted = append(neverStarted, b.tag)
+				}
 				continue
 			}
 		}
@@ -461,6 +546,9 @@ func checkChaosBuilds(t *testing.T, ctx context.Context, f *localFarm, c *kilnsd
 		}()
 	}
 	wg.Wait()
+	if len(neverStarted) > 0 {
+		t.Errorf("%d builds never started: their clients' deadlines had passed (%s … %s)", len(neverStarted), neverStarted[0], neverStarted[len(neverStarted)-1])
+	}
 	for msg, n := range refusals {
 		sum.rejections = append(sum.rejections, fmt.Sprintf("%d× %s", n, msg))
 	}
@@ -530,6 +618,11 @@ func checkChaosFarm(ctx context.Context, f *localFarm, c *kilnsdk.Client, reg, r
 	}
 	if len(fin) == 0 || fin[0].GetFinished().GetState() != kilnv1.BuildState_BUILD_STATE_SUCCEEDED {
 		return fmt.Sprintf("its record says SUCCEEDED but its event log does not end so:\n%s", eventsString(raw))
+	}
+	// WatchBuild stops at the finished event: anything after it no client
+	// ever sees.
+	if last := raw[len(raw)-1]; last.GetFinished() == nil {
+		return fmt.Sprintf("its event log goes on past its finished event (a watch never shows those):\n%s", eventsString(raw))
 	}
 	// One pushed digest for its one tag, and the registry holds it.
 	pushed := rec.GetResult().GetPushed()

@@ -3,9 +3,11 @@ package tests
 import (
 	"bufio"
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
+	"maps"
 	"net/http"
 	"os"
 	"path/filepath"
@@ -16,6 +18,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/nats-io/nats-server/v2/server"
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/kilnbuild/kiln/deploy/local/localfarm"
@@ -371,4 +374,57 @@ func manifestDigest(ctx context.Context, registry, repo, tag string) (string, er
 // packDir packs a context directory for the SDK (Dockerfile at its root).
 func packDir(ctx context.Context, dir string) (*kilnsdk.Context, error) {
 	return kilnsdk.PackContext(ctx, dir, "Dockerfile")
+}
+
+// replicaView lists, for each stream, the last sequence every NATS node
+// holds in its replica (/jsz on its monitoring port) and which node leads:
+// replicas that disagree long after a write show a node serving stale
+// reads (KV gets are direct gets, which any replica answers).
+func (f *localFarm) replicaView(ctx context.Context) string {
+	type replica struct {
+		node    string
+		lastSeq uint64
+	}
+	streams := map[string][]replica{}
+	leaders := map[string]string{}
+	var b strings.Builder
+	for _, p := range f.named("nats") {
+		ctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+		req, err := http.NewRequestWithContext(ctx, http.MethodGet, "http://"+p.HTTP+"/jsz?streams=true", nil)
+		if err != nil {
+			cancel()
+			continue
+		}
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			cancel()
+			fmt.Fprintf(&b, "%s: /jsz: %v\n", p.Name, err)
+			continue
+		}
+		var info server.JSInfo
+		err = json.NewDecoder(resp.Body).Decode(&info)
+		resp.Body.Close()
+		cancel()
+		if err != nil {
+			fmt.Fprintf(&b, "%s: /jsz: %v\n", p.Name, err)
+			continue
+		}
+		for _, acc := range info.AccountDetails {
+			for _, s := range acc.Streams {
+				streams[s.Name] = append(streams[s.Name], replica{p.Name, s.State.LastSeq})
+				if s.Cluster != nil && s.Cluster.Leader != "" {
+					leaders[s.Name] = s.Cluster.Leader
+				}
+			}
+		}
+	}
+	names := slices.Sorted(maps.Keys(streams))
+	for _, name := range names {
+		fmt.Fprintf(&b, "%s (leader %s):", name, leaders[name])
+		for _, r := range streams[name] {
+			fmt.Fprintf(&b, " %s last_seq %d;", r.node, r.lastSeq)
+		}
+		b.WriteString("\n")
+	}
+	return b.String()
 }
