@@ -96,12 +96,11 @@ func (c *Client) Withdraw() error {
 }
 
 // A report is tried again until its context ends while no scheduler
-// answers, and up to maxRefusals times when one answers with an error other
-// than the fence.
-const (
-	reportTry   = 5 * time.Second // one try
-	maxRefusals = 3
-)
+// answers, or one answers that it could not write: a NATS node lost takes
+// seconds of leader election, during which the report's events cannot be
+// stored, and dropping them would leave a hole in the build's log (the
+// chaos test saw it). Only the fence ends it early.
+const reportTry = 5 * time.Second // one try
 
 // report sends r and returns the record the scheduler answered with. It
 // tries again while no scheduler answers (one restarting, or none yet
@@ -113,7 +112,7 @@ func (c *Client) report(ctx context.Context, r *kilnv1.AgentReport) (*kilnv1.Bui
 	}
 	telemetry.InjectNATS(ctx, msg.Header)
 	backoff := 50 * time.Millisecond
-	for refusals := 1; ; {
+	for {
 		tctx, cancel := context.WithTimeout(ctx, reportTry)
 		reply, err := c.nc.RequestMsgWithContext(tctx, msg)
 		cancel()
@@ -129,18 +128,15 @@ func (c *Client) report(ctx context.Context, r *kilnv1.AgentReport) (*kilnv1.Bui
 				return resp.Build, nil
 			}
 			// The scheduler could not write (KV or the stream failed part
-			// way): the same report again completes it, at most a few times.
+			// way): the same report again completes it; its events are
+			// stored once (message ids from AgentReport.sequence).
 			err = fmt.Errorf("report %s on build %s: %s", r.Kind, r.BuildId, resp.Error)
-			if refusals >= maxRefusals {
-				return nil, err
-			}
-			refusals++
 		} else if !errors.Is(err, nats.ErrNoResponders) && !errors.Is(err, context.DeadlineExceeded) && !errors.Is(err, nats.ErrTimeout) {
 			return nil, fmt.Errorf("report %s on build %s: %w", r.Kind, r.BuildId, err)
 		}
 		select {
 		case <-ctx.Done():
-			return nil, fmt.Errorf("report %s on build %s: no scheduler answered: %w", r.Kind, r.BuildId, err)
+			return nil, fmt.Errorf("report %s on build %s: gave up: %w", r.Kind, r.BuildId, err)
 		case <-time.After(backoff):
 		}
 		backoff = min(2*backoff, time.Second)
