@@ -2,6 +2,7 @@ package gateway
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"time"
 
@@ -13,9 +14,15 @@ import (
 	"github.com/kilnbuild/kiln/services/bus"
 )
 
-// watchIdle is how long a watch waits for an event before it re-reads the
-// build record, to notice a build whose finished event was lost.
+// watchIdle is how long a watch waits for an event before it looks at the
+// build's log and record: to notice a consumer that stopped delivering (a
+// NATS node lost under it) and a build whose finished event was lost.
 const watchIdle = 2 * time.Second
+
+// finishedEventGrace is how long after its record ended a build's finished
+// event may still arrive: the agent's report that carries it is tried again
+// for up to 30 s (agentproto) while the events stream has no quorum.
+const finishedEventGrace = 45 * time.Second
 
 // WatchBuild replays a build's event log from from_sequence and follows it
 // live until the finished event. Sequence numbers are positions in the
@@ -25,28 +32,33 @@ func (g *Gateway) WatchBuild(req *kilnv1.WatchBuildRequest, stream kilnv1.BuildS
 	if _, err := g.getOwned(ctx, req.BuildId); err != nil {
 		return err
 	}
-	events, err := g.followEvents(ctx, req.BuildId)
+	follow, stop, err := g.followEvents(ctx, req.BuildId, 1)
 	if err != nil {
 		return err
 	}
-	var seq uint64
-	idleChecks := 0
+	defer func() { stop() }()
+	var seq, streamSeq uint64 // the build's events delivered; the last one's stream sequence
+	stalls := 0
 	timer := time.NewTimer(watchIdle)
 	defer timer.Stop()
 	for {
 		select {
 		case <-ctx.Done():
 			return ctx.Err()
-		case ev, ok := <-events:
+		case ev, ok := <-follow:
 			if !ok {
 				return fmt.Errorf("event stream of build %s ended", req.BuildId)
 			}
+			if ev.streamSeq != 0 && ev.streamSeq <= streamSeq {
+				continue // delivered before a consumer restart
+			}
 			seq++
-			idleChecks = 0
+			streamSeq = max(streamSeq, ev.streamSeq)
+			stalls = 0
 			timer.Reset(watchIdle)
 			ev.Sequence = seq
 			if seq >= req.FromSequence {
-				if err := stream.Send(&kilnv1.WatchBuildResponse{Event: ev}); err != nil {
+				if err := stream.Send(&kilnv1.WatchBuildResponse{Event: ev.BuildEvent}); err != nil {
 					return err
 				}
 			}
@@ -54,62 +66,111 @@ func (g *Gateway) WatchBuild(req *kilnv1.WatchBuildRequest, stream kilnv1.BuildS
 				return nil
 			}
 		case <-timer.C:
-			// A terminal record whose finished event has not arrived after
-			// two idle periods lost it (its writer died between the two
-			// writes): end the watch from the record.
+			timer.Reset(watchIdle)
+			last, err := g.lastEventSeq(ctx, req.BuildId)
+			if err != nil {
+				g.log.WarnContext(ctx, "watch: read the build's last event", "build_id", req.BuildId, "err", err)
+				continue
+			}
+			if last > streamSeq {
+				// The log holds events the consumer has not delivered for
+				// two idle periods: follow it again from the next one.
+				if stalls++; stalls >= 2 {
+					stalls = 0
+					stop()
+					if follow, stop, err = g.followEvents(ctx, req.BuildId, streamSeq+1); err != nil {
+						return err
+					}
+				}
+				continue
+			}
+			// Everything in the log was delivered. A record that ended
+			// long enough ago, whose finished event never came, lost it
+			// (its writer died between the two writes): end the watch
+			// from the record.
 			b, _, err := g.builds.Get(ctx, req.BuildId)
 			if err != nil {
 				return err
 			}
-			if buildstore.Terminal(b.State) {
-				idleChecks++
+			if !buildstore.Terminal(b.State) || time.Since(b.GetFinishedAt().AsTime()) < finishedEventGrace {
+				continue
 			}
-			if idleChecks >= 2 {
-				seq++
-				ev := &kilnv1.BuildEvent{
-					Sequence: seq, Time: timestamppb.Now(), BuildId: b.Id, Attempt: b.Attempt,
-					Event: &kilnv1.BuildEvent_Finished{Finished: &kilnv1.BuildFinished{
-						State: b.State, Result: b.Result, Error: b.Error, Agent: b.Agent,
-					}},
-				}
-				if seq >= req.FromSequence {
-					return stream.Send(&kilnv1.WatchBuildResponse{Event: ev})
-				}
-				return nil
+			seq++
+			ev := &kilnv1.BuildEvent{
+				Sequence: seq, Time: timestamppb.Now(), BuildId: b.Id, Attempt: b.Attempt,
+				Event: &kilnv1.BuildEvent_Finished{Finished: &kilnv1.BuildFinished{
+					State: b.State, Result: b.Result, Error: b.Error, Agent: b.Agent,
+				}},
 			}
-			timer.Reset(watchIdle)
+			if seq >= req.FromSequence {
+				return stream.Send(&kilnv1.WatchBuildResponse{Event: ev})
+			}
+			return nil
 		}
 	}
 }
 
-// followEvents delivers a build's events in log order from the first one,
-// until ctx ends.
-func (g *Gateway) followEvents(ctx context.Context, buildID string) (<-chan *kilnv1.BuildEvent, error) {
-	cons, err := g.conn.JS.OrderedConsumer(ctx, bus.StreamEvents, jetstream.OrderedConsumerConfig{
+// streamEvent is a build event with its position in KILN_EVENTS.
+type streamEvent struct {
+	*kilnv1.BuildEvent
+	streamSeq uint64
+}
+
+// followEvents delivers a build's events in log order from stream sequence
+// from (1: the first), until ctx ends or stop is called.
+func (g *Gateway) followEvents(ctx context.Context, buildID string, from uint64) (<-chan streamEvent, func(), error) {
+	cfg := jetstream.OrderedConsumerConfig{
 		FilterSubjects: []string{bus.EventsSubject(buildID)},
 		DeliverPolicy:  jetstream.DeliverAllPolicy,
-	})
-	if err != nil {
-		return nil, fmt.Errorf("follow events of build %s: %w", buildID, err)
 	}
-	out := make(chan *kilnv1.BuildEvent, 256)
+	if from > 1 {
+		cfg.DeliverPolicy, cfg.OptStartSeq = jetstream.DeliverByStartSequencePolicy, from
+	}
+	cons, err := g.conn.JS.OrderedConsumer(ctx, bus.StreamEvents, cfg)
+	if err != nil {
+		return nil, nil, fmt.Errorf("follow events of build %s: %w", buildID, err)
+	}
+	cctx, cancel := context.WithCancel(ctx)
+	out := make(chan streamEvent, 256)
 	cc, err := cons.Consume(func(msg jetstream.Msg) {
 		ev := &kilnv1.BuildEvent{}
 		if err := bus.Decode(msg.Data(), ev); err != nil {
 			g.log.ErrorContext(ctx, "undecodable build event", "build_id", buildID, "err", err)
 			ev = &kilnv1.BuildEvent{BuildId: buildID, Event: &kilnv1.BuildEvent_Log{Log: &kilnv1.LogLine{Text: "kiln: undecodable event"}}}
 		}
+		var seq uint64
+		if md, err := msg.Metadata(); err == nil {
+			seq = md.Sequence.Stream
+		}
 		select {
-		case out <- ev:
-		case <-ctx.Done():
+		case out <- streamEvent{ev, seq}:
+		case <-cctx.Done():
 		}
 	})
 	if err != nil {
-		return nil, fmt.Errorf("follow events of build %s: %w", buildID, err)
+		cancel()
+		return nil, nil, fmt.Errorf("follow events of build %s: %w", buildID, err)
 	}
 	go func() {
-		<-ctx.Done()
+		<-cctx.Done()
 		cc.Stop()
 	}()
-	return out, nil
+	return out, cancel, nil
+}
+
+// lastEventSeq is the stream sequence of the build's last event in
+// KILN_EVENTS, read from the stream's leader (0: none yet).
+func (g *Gateway) lastEventSeq(ctx context.Context, buildID string) (uint64, error) {
+	st, err := g.conn.JS.Stream(ctx, bus.StreamEvents)
+	if err != nil {
+		return 0, err
+	}
+	msg, err := st.GetLastMsgForSubject(ctx, bus.EventsSubject(buildID))
+	if errors.Is(err, jetstream.ErrMsgNotFound) {
+		return 0, nil
+	}
+	if err != nil {
+		return 0, err
+	}
+	return msg.Sequence, nil
 }
