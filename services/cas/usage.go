@@ -5,8 +5,10 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"math/rand/v2"
 	"strconv"
 	"strings"
+	"time"
 
 	"github.com/nats-io/nats.go/jetstream"
 
@@ -82,6 +84,7 @@ func (u *Usage) Credit(ctx context.Context, tenant string, n int64) error {
 }
 
 func (u *Usage) add(ctx context.Context, tenant string, delta, quota int64) error {
+	backoff := time.Millisecond
 	for {
 		cur, rev, err := u.get(ctx, tenant)
 		if err != nil {
@@ -102,9 +105,15 @@ func (u *Usage) add(ctx context.Context, tenant string, delta, quota int64) erro
 		if !bus.IsWrongRevision(err) {
 			return fmt.Errorf("update CAS usage of tenant %q: %w", tenant, err)
 		}
-		if ctx.Err() != nil {
+		// Another writer won the key (one per tenant, so every upload of
+		// a busy tenant contends for it): try again after a random pause
+		// that grows, so a crowd of writers spreads out instead of spinning.
+		select {
+		case <-ctx.Done():
 			return fmt.Errorf("update CAS usage of tenant %q: %w", tenant, ctx.Err())
+		case <-time.After(rand.N(backoff) + time.Millisecond):
 		}
+		backoff = min(2*backoff, 100*time.Millisecond)
 	}
 }
 
