@@ -10,7 +10,7 @@ trap 'rm -f "$all" "$mod"' EXIT
 status=0
 for d in $(go list -f '{{.Dir}}' -m); do
   echo "== ${d#"$PWD"/}"
-  if ! (cd "$d" && go test -count=1 -timeout 15m -v ./... > "$mod" 2>&1); then
+  if ! (cd "$d" && go test -count=1 -timeout 25m -v ./... > "$mod" 2>&1); then
     status=1
     cat "$mod"
   else
