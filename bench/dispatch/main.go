@@ -49,6 +49,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/kilnbuild/kiln/bench/internal/benchkit"
 	kilnv1 "github.com/kilnbuild/kiln/proto/gen/go/kiln/v1"
 	"github.com/kilnbuild/kiln/scheduler"
 	"github.com/kilnbuild/kiln/scheduler/routing"
@@ -261,7 +262,7 @@ func measure(o options, log *slog.Logger) (result, error) {
 	probeCtx, stopProbe := context.WithCancel(ctx)
 	var probing sync.WaitGroup
 	probing.Go(func() { probe.run(probeCtx) })
-	cpu0, natsCPU0, psi0, wall0 := cpuTime(), processCPU(f.natsPIDs), cpuPressure(), time.Now()
+	cpu0, natsCPU0, psi0, wall0 := cpuTime(), processCPU(f.natsPIDs), benchkit.CPUPressure(), time.Now()
 	var prepare func(context.Context, int, repository) (repository, error)
 	if o.freshContexts {
 		prepare = func(ctx context.Context, i int, repo repository) (repository, error) {
@@ -269,7 +270,7 @@ func measure(o options, log *slog.Logger) (result, error) {
 		}
 	}
 	rec.offer(ctx, bs, repos, o.rate, prepare)
-	wall, cpu, natsCPU, psi1 := time.Since(wall0), cpuTime()-cpu0, processCPU(f.natsPIDs)-natsCPU0, cpuPressure()
+	wall, cpu, natsCPU, psi1 := time.Since(wall0), cpuTime()-cpu0, processCPU(f.natsPIDs)-natsCPU0, benchkit.CPUPressure()
 	stopProbe()
 	probing.Wait()
 	if o.cpuProfile != "" {
@@ -339,26 +340,6 @@ func processCPU(pids []int) time.Duration {
 
 // cpus is what the Go runtime may use, for the report.
 func cpus() int { return runtime.GOMAXPROCS(0) }
-
-// cpuPressure is the kernel's count of microseconds in which some runnable
-// task waited for a CPU (/proc/pressure/cpu, "some"), ours included; -1
-// where it cannot be read. Over a run it shows how contended the machine was.
-func cpuPressure() int64 {
-	data, err := os.ReadFile("/proc/pressure/cpu")
-	if err != nil {
-		return -1
-	}
-	line, _, _ := strings.Cut(string(data), "\n")
-	_, total, ok := strings.Cut(line, "total=")
-	if !ok || !strings.HasPrefix(line, "some ") {
-		return -1
-	}
-	n, err := strconv.ParseInt(strings.TrimSpace(total), 10, 64)
-	if err != nil {
-		return -1
-	}
-	return n
-}
 
 // writeAllocs writes the allocation profile to path.
 func writeAllocs(path string) error {

@@ -31,8 +31,6 @@ import (
 	"fmt"
 	"math/rand/v2"
 	"os"
-	"strconv"
-	"strings"
 	"sync"
 	"sync/atomic"
 	"syscall"
@@ -42,6 +40,7 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
+	"github.com/kilnbuild/kiln/bench/internal/benchkit"
 	kilnv1 "github.com/kilnbuild/kiln/proto/gen/go/kiln/v1"
 	"github.com/kilnbuild/kiln/services/buildstore"
 	"github.com/kilnbuild/kiln/services/bus"
@@ -242,7 +241,7 @@ type measurement struct {
 }
 
 func sample(ctx context.Context, conn *bus.Conn, sched, natsProc *child) (measurement, error) {
-	m := measurement{at: time.Now(), cpuWait: cpuPressure()}
+	m := measurement{at: time.Now(), cpuWait: benchkit.CPUPressure()}
 	var err error
 	for _, c := range []*child{sched, natsProc} {
 		select {
@@ -432,24 +431,4 @@ func percentile(ds []time.Duration, p float64) time.Duration {
 	}
 	i := int(p*float64(len(ds))+0.5) - 1
 	return ds[min(max(i, 0), len(ds)-1)]
-}
-
-// cpuPressure is /proc/pressure/cpu's "some" total, in microseconds; -1
-// where it cannot be read. Over a run it shows how contended the machine
-// was (other processes included).
-func cpuPressure() int64 {
-	data, err := os.ReadFile("/proc/pressure/cpu")
-	if err != nil {
-		return -1
-	}
-	line, _, _ := strings.Cut(string(data), "\n")
-	_, total, ok := strings.Cut(line, "total=")
-	if !ok || !strings.HasPrefix(line, "some ") {
-		return -1
-	}
-	n, err := strconv.ParseInt(strings.TrimSpace(total), 10, 64)
-	if err != nil {
-		return -1
-	}
-	return n
 }

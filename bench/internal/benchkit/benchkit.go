@@ -173,3 +173,24 @@ func WarmContext(dir, base, note string) (string, error) {
 	}
 	return ctxDir, nil
 }
+
+// CPUPressure is the kernel's count of microseconds in which some runnable
+// task waited for a CPU (/proc/pressure/cpu, "some"), other processes'
+// included; -1 where it cannot be read. Over a run it shows how contended
+// the machine was.
+func CPUPressure() int64 {
+	data, err := os.ReadFile("/proc/pressure/cpu")
+	if err != nil {
+		return -1
+	}
+	line, _, _ := strings.Cut(string(data), "\n")
+	_, total, ok := strings.Cut(line, "total=")
+	if !ok || !strings.HasPrefix(line, "some ") {
+		return -1
+	}
+	n, err := strconv.ParseInt(strings.TrimSpace(total), 10, 64)
+	if err != nil {
+		return -1
+	}
+	return n
+}
