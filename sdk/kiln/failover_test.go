@@ -65,6 +65,23 @@ func serving(t *testing.T, pick func(*farmtest.Farm) bool, gws ...*farmtest.Farm
 	return hit, rest
 }
 
+// listFailsOver checks that client's ListBuilds goes on after the gateway
+// of a and b that served its first call stops, on the other one.
+func listFailsOver(t *testing.T, client *Client, a, b *farmtest.Farm) {
+	t.Helper()
+	if _, _, err := client.ListBuilds(t.Context(), 0, ""); err != nil {
+		t.Fatalf("ListBuilds: %v", err)
+	}
+	first, rest := serving(t, func(f *farmtest.Farm) bool { return f.Calls() > 0 }, a, b)
+	first.Stop()
+	if _, _, err := client.ListBuilds(t.Context(), 0, ""); err != nil {
+		t.Fatalf("ListBuilds after %s stopped: %v", first.Addr, err)
+	}
+	if rest[0].Calls() == 0 {
+		t.Fatalf("%s, the other gateway, served no call", rest[0].Addr)
+	}
+}
+
 // TestWatchFailsOverMidStream kills the gateway a watch is on, mid-build:
 // the watch goes on on the other gateway from the sequence after the last
 // event delivered, and the caller sees every event once, in order.
@@ -199,22 +216,10 @@ func TestBuildWithFirstGatewayDown(t *testing.T) {
 	}
 }
 
-// closedAddr returns a loopback address nothing listens on.
-func closedAddr(t *testing.T) string {
-	t.Helper()
-	lis, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	addr := lis.Addr().String()
-	lis.Close()
-	return addr
-}
-
 // TestEveryGatewayDown: with no gateway of the list up, calls fail with
 // Unavailable and say which gateways were tried.
 func TestEveryGatewayDown(t *testing.T) {
-	x, y := closedAddr(t), closedAddr(t)
+	x, y := farmtest.ClosedAddr(t), farmtest.ClosedAddr(t)
 	client := dial(t, x+","+y, WithFailover(300*time.Millisecond, 50*time.Millisecond))
 	names := "gateways tried: " + x + ", " + y
 
@@ -284,17 +289,7 @@ func TestTLSVerifiesEachGatewayAsItself(t *testing.T) {
 		a := farmtest.Start(t, farmtest.WithListenAddr("127.0.0.1:0"), tlsFor("127.0.0.1"))
 		b := farmtest.StartReplica(t, a, farmtest.WithListenAddr("127.0.0.2:0"), tlsFor("127.0.0.2"))
 		client := dial(t, a.Addr+","+b.Addr, clientTLS)
-		if _, _, err := client.ListBuilds(t.Context(), 0, ""); err != nil {
-			t.Fatalf("ListBuilds: %v", err)
-		}
-		first, rest := serving(t, func(f *farmtest.Farm) bool { return f.Calls() > 0 }, a, b)
-		first.Stop()
-		if _, _, err := client.ListBuilds(t.Context(), 0, ""); err != nil {
-			t.Fatalf("ListBuilds after %s stopped: %v", first.Addr, err)
-		}
-		if rest[0].Calls() == 0 {
-			t.Fatalf("%s served no call", rest[0].Addr)
-		}
+		listFailsOver(t, client, a, b)
 	})
 	// Each gateway holds the other's certificate: a client that verified
 	// every gateway against one name would accept one of them.

@@ -2,11 +2,12 @@ package cli
 
 import (
 	"bytes"
-	"net"
 	"os"
 	"path/filepath"
 	"strings"
 	"testing"
+
+	"github.com/kilnbuild/kiln/sdk/internal/farmtest"
 )
 
 func run(t *testing.T, env map[string]string, args ...string) (code int, stdout, stderr string) {
@@ -17,18 +18,6 @@ func run(t *testing.T, env map[string]string, args ...string) (code int, stdout,
 	return code, out.String(), errb.String()
 }
 
-// closedAddr returns a loopback address nothing listens on.
-func closedAddr(t *testing.T) string {
-	t.Helper()
-	lis, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	addr := lis.Addr().String()
-	lis.Close()
-	return addr
-}
-
 func TestRun(t *testing.T) {
 	t.Setenv("KILN_CACHE_DIR", t.TempDir())
 	dir := contextDir(t)
@@ -36,7 +25,7 @@ func TestRun(t *testing.T) {
 	if err := os.MkdirAll(filepath.Join(noDockerfile, "x"), 0o755); err != nil {
 		t.Fatal(err)
 	}
-	addr := closedAddr(t)
+	addr := farmtest.ClosedAddr(t)
 	tests := []struct {
 		name       string
 		args       []string

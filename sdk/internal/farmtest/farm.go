@@ -737,3 +737,15 @@ func (s buildService) ListBuilds(ctx context.Context, _ *kilnv1.ListBuildsReques
 	}
 	return &kilnv1.ListBuildsResponse{Builds: s.f.Builds()}, nil
 }
+
+// ClosedAddr returns a loopback address nothing listens on.
+func ClosedAddr(t testing.TB) string {
+	t.Helper()
+	lis, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	addr := lis.Addr().String()
+	lis.Close()
+	return addr
+}
