@@ -24,17 +24,7 @@ func TestDNSNameFailsOver(t *testing.T) {
 		t.Fatalf("IsLocalAddress(%q): a name other than localhost is not local", target)
 	}
 	client := dial(t, target, WithInsecurePlaintext(), WithFailover(time.Minute, 10*time.Millisecond))
-	if _, _, err := client.ListBuilds(t.Context(), 0, ""); err != nil {
-		t.Fatalf("ListBuilds: %v", err)
-	}
-	first, rest := serving(t, func(f *farmtest.Farm) bool { return f.Calls() > 0 }, a, b)
-	first.Stop()
-	if _, _, err := client.ListBuilds(t.Context(), 0, ""); err != nil {
-		t.Fatalf("ListBuilds after %s stopped: %v", first.Addr, err)
-	}
-	if rest[0].Calls() == 0 {
-		t.Fatalf("%s, the name's other address, served no call", rest[0].Addr)
-	}
+	listFailsOver(t, client, a, b)
 }
 
 // serveDNS answers A queries for name with ips, and every other query
