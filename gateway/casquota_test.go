@@ -1,6 +1,8 @@
 package gateway
 
 import (
+	"archive/tar"
+	"bytes"
 	"context"
 	"crypto/sha256"
 	"encoding/hex"
@@ -55,6 +57,21 @@ func startCASGatewayConfig(t *testing.T, cfg Config) *casHarness {
 	if err != nil {
 		t.Fatal(err)
 	}
+	addr, cc := serveGateway(t, g, func(ctx context.Context) { _ = g.runCAS(ctx) })
+	return &casHarness{g: g, conn: conn, addr: addr,
+		contexts: kilnv1.NewContextServiceClient(cc), builds: kilnv1.NewBuildServiceClient(cc)}
+}
+
+func digestOf(data []byte) *kilnv1.Digest {
+	sum := sha256.Sum256(data)
+	return &kilnv1.Digest{Hash: "sha256:" + hex.EncodeToString(sum[:]), SizeBytes: int64(len(data))}
+}
+
+// serveGateway serves g's gRPC API on a free loopback port, with
+// background (when not nil) running beside it, until the test ends, and
+// returns the address and a client connection to it.
+func serveGateway(t *testing.T, g *Gateway, background func(context.Context)) (string, *grpc.ClientConn) {
+	t.Helper()
 	lis, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
@@ -62,22 +79,47 @@ func startCASGatewayConfig(t *testing.T, cfg Config) *casHarness {
 	gs := g.NewGRPCServer()
 	served := make(chan struct{})
 	go func() { defer close(served); _ = gs.Serve(lis) }()
-	casCtx, stopCAS := context.WithCancel(context.Background())
-	casDone := make(chan struct{})
-	go func() { defer close(casDone); _ = g.runCAS(casCtx) }()
-	t.Cleanup(func() { stopCAS(); <-casDone; gs.Stop(); <-served })
+	bgCtx, stopBg := context.WithCancel(context.Background())
+	bgDone := make(chan struct{})
+	go func() {
+		defer close(bgDone)
+		if background != nil {
+			background(bgCtx)
+		}
+	}()
+	t.Cleanup(func() { stopBg(); <-bgDone; gs.Stop(); <-served })
 	cc, err := grpc.NewClient(lis.Addr().String(), grpc.WithTransportCredentials(insecure.NewCredentials()))
 	if err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { cc.Close() })
-	return &casHarness{g: g, conn: conn, addr: lis.Addr().String(),
-		contexts: kilnv1.NewContextServiceClient(cc), builds: kilnv1.NewBuildServiceClient(cc)}
+	return lis.Addr().String(), cc
 }
 
-func digestOf(data []byte) *kilnv1.Digest {
-	sum := sha256.Sum256(data)
-	return &kilnv1.Digest{Hash: "sha256:" + hex.EncodeToString(sum[:]), SizeBytes: int64(len(data))}
+// storeDockerfile stores a tar build context holding only a Dockerfile
+// with the text dockerfile in conn's CAS and returns its reference.
+func storeDockerfile(t *testing.T, conn *bus.Conn, dockerfile string) *kilnv1.ContextRef {
+	t.Helper()
+	var tarball bytes.Buffer
+	tw := tar.NewWriter(&tarball)
+	if err := tw.WriteHeader(&tar.Header{Name: "Dockerfile", Mode: 0o644, Size: int64(len(dockerfile)), Typeflag: tar.TypeReg}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := io.WriteString(tw, dockerfile); err != nil {
+		t.Fatal(err)
+	}
+	if err := tw.Close(); err != nil {
+		t.Fatal(err)
+	}
+	digest := digestOf(tarball.Bytes())
+	blobs, err := cas.Open(t.Context(), conn.JS)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := blobs.Put(t.Context(), digest.Hash, digest.SizeBytes, bytes.NewReader(tarball.Bytes())); err != nil {
+		t.Fatal(err)
+	}
+	return &kilnv1.ContextRef{Digest: digest, Format: kilnv1.ContextFormat_CONTEXT_FORMAT_TAR}
 }
 
 // upload sends blobs on one UploadBlobs stream.

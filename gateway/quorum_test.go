@@ -1,22 +1,17 @@
 package gateway
 
 import (
-	"archive/tar"
-	"bytes"
 	"context"
 	"errors"
 	"fmt"
 	"log/slog"
-	"net"
 	"slices"
 	"strings"
 	"testing"
 	"time"
 
 	"github.com/nats-io/nats.go/jetstream"
-	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
-	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
@@ -24,7 +19,6 @@ import (
 	"github.com/kilnbuild/kiln/services/buildstore"
 	"github.com/kilnbuild/kiln/services/bus"
 	"github.com/kilnbuild/kiln/services/bus/bustest"
-	"github.com/kilnbuild/kiln/services/cas"
 	"github.com/kilnbuild/kiln/services/logging/logtest"
 )
 
@@ -58,45 +52,9 @@ func startClusterGateway(t *testing.T) *clusterGateway {
 	if err != nil {
 		t.Fatal(err)
 	}
-	lis, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	gs := g.NewGRPCServer()
-	served := make(chan struct{})
-	go func() { defer close(served); _ = gs.Serve(lis) }()
-	abCtx, stopAb := context.WithCancel(context.Background())
-	abDone := make(chan struct{})
-	go func() { defer close(abDone); g.runAbandoned(abCtx) }()
-	t.Cleanup(func() { stopAb(); <-abDone; gs.Stop(); <-served })
-	cc, err := grpc.NewClient(lis.Addr().String(), grpc.WithTransportCredentials(insecure.NewCredentials()))
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { cc.Close() })
-
-	var tarball bytes.Buffer
-	tw := tar.NewWriter(&tarball)
-	dockerfile := []byte("FROM scratch\n")
-	if err := tw.WriteHeader(&tar.Header{Name: "Dockerfile", Mode: 0o644, Size: int64(len(dockerfile)), Typeflag: tar.TypeReg}); err != nil {
-		t.Fatal(err)
-	}
-	if _, err := tw.Write(dockerfile); err != nil {
-		t.Fatal(err)
-	}
-	if err := tw.Close(); err != nil {
-		t.Fatal(err)
-	}
-	digest := digestOf(tarball.Bytes())
-	blobs, err := cas.Open(ctx, conn.JS)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := blobs.Put(ctx, digest.Hash, digest.SizeBytes, bytes.NewReader(tarball.Bytes())); err != nil {
-		t.Fatal(err)
-	}
+	_, cc := serveGateway(t, g, g.runAbandoned)
 	return &clusterGateway{c: c, conn: conn, g: g, client: kilnv1.NewBuildServiceClient(cc), logs: logs,
-		ref: &kilnv1.ContextRef{Digest: digest, Format: kilnv1.ContextFormat_CONTEXT_FORMAT_TAR}}
+		ref: storeDockerfile(t, conn, "FROM scratch\n")}
 }
 
 func (h *clusterGateway) startBuild(ctx context.Context, tag, key string) (*kilnv1.Build, error) {

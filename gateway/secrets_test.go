@@ -1,7 +1,6 @@
 package gateway
 
 import (
-	"archive/tar"
 	"bytes"
 	"crypto/sha256"
 	"encoding/base64"
@@ -9,14 +8,11 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"net"
 	"strings"
 	"testing"
 
 	"github.com/nats-io/nats.go"
-	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
-	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/grpc/status"
 
 	kilnv1 "github.com/kilnbuild/kiln/proto/gen/go/kiln/v1"
@@ -24,7 +20,6 @@ import (
 	"github.com/kilnbuild/kiln/proto/rules/secretid"
 	"github.com/kilnbuild/kiln/services/bus"
 	"github.com/kilnbuild/kiln/services/bus/bustest"
-	"github.com/kilnbuild/kiln/services/cas"
 	"github.com/kilnbuild/kiln/services/logging/logtest"
 	"github.com/kilnbuild/kiln/services/sealed"
 )
@@ -49,44 +44,10 @@ func startGateway(t *testing.T, key *sealed.PublicKey) *testGateway {
 	if err != nil {
 		t.Fatal(err)
 	}
-	lis, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	gs := g.NewGRPCServer()
-	served := make(chan struct{})
-	go func() { defer close(served); _ = gs.Serve(lis) }()
-	t.Cleanup(func() { gs.Stop(); <-served })
-	cc, err := grpc.NewClient(lis.Addr().String(), grpc.WithTransportCredentials(insecure.NewCredentials()))
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { cc.Close() })
-
-	var tarball bytes.Buffer
-	tw := tar.NewWriter(&tarball)
-	dockerfile := []byte("FROM scratch\nRUN --mount=type=secret,id=npm true\n")
-	if err := tw.WriteHeader(&tar.Header{Name: "Dockerfile", Mode: 0o644, Size: int64(len(dockerfile)), Typeflag: tar.TypeReg}); err != nil {
-		t.Fatal(err)
-	}
-	if _, err := tw.Write(dockerfile); err != nil {
-		t.Fatal(err)
-	}
-	if err := tw.Close(); err != nil {
-		t.Fatal(err)
-	}
-	sum := sha256.Sum256(tarball.Bytes())
-	digest := &kilnv1.Digest{Hash: "sha256:" + hex.EncodeToString(sum[:]), SizeBytes: int64(tarball.Len())}
-	blobs, err := cas.Open(ctx, conn.JS)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := blobs.Put(ctx, digest.Hash, digest.SizeBytes, bytes.NewReader(tarball.Bytes())); err != nil {
-		t.Fatal(err)
-	}
+	_, cc := serveGateway(t, g, nil)
 	return &testGateway{
 		client: kilnv1.NewBuildServiceClient(cc), conn: conn, logs: logs,
-		ref: &kilnv1.ContextRef{Digest: digest, Format: kilnv1.ContextFormat_CONTEXT_FORMAT_TAR},
+		ref: storeDockerfile(t, conn, "FROM scratch\nRUN --mount=type=secret,id=npm true\n"),
 	}
 }
 
