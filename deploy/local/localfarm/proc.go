@@ -141,19 +141,9 @@ func (p *proc) waitReady(ctx context.Context) error {
 
 // kill SIGKILLs the running instance, if any, and reaps it.
 func (p *proc) kill() error {
-	p.mu.Lock()
-	pid, done := p.pid, p.done
-	p.mu.Unlock()
-	if done == nil {
-		return nil
-	}
-	select {
-	case <-done:
-		return nil
-	default:
-	}
-	if err := syscall.Kill(pid, syscall.SIGKILL); err != nil && !errors.Is(err, syscall.ESRCH) {
-		return fmt.Errorf("localfarm: kill %s (pid %d): %w", p.name, pid, err)
+	done, err := p.signal(syscall.SIGKILL, "kill")
+	if done == nil || err != nil {
+		return err
 	}
 	<-done
 	return nil
@@ -161,19 +151,9 @@ func (p *proc) kill() error {
 
 // stop SIGTERMs the running instance, SIGKILLs it after grace, and reaps it.
 func (p *proc) stop(grace time.Duration) error {
-	p.mu.Lock()
-	pid, done := p.pid, p.done
-	p.mu.Unlock()
-	if done == nil {
-		return nil
-	}
-	select {
-	case <-done:
-		return nil
-	default:
-	}
-	if err := syscall.Kill(pid, syscall.SIGTERM); err != nil && !errors.Is(err, syscall.ESRCH) {
-		return fmt.Errorf("localfarm: stop %s (pid %d): %w", p.name, pid, err)
+	done, err := p.signal(syscall.SIGTERM, "stop")
+	if done == nil || err != nil {
+		return err
 	}
 	t := time.NewTimer(grace)
 	defer t.Stop()
@@ -183,6 +163,27 @@ func (p *proc) stop(grace time.Duration) error {
 	case <-t.C:
 	}
 	return p.kill()
+}
+
+// signal sends sig to the running instance and returns the channel closed
+// when it is reaped; nil when no instance is running (never started, or
+// already exited). what names the action in the error.
+func (p *proc) signal(sig syscall.Signal, what string) (<-chan struct{}, error) {
+	p.mu.Lock()
+	pid, done := p.pid, p.done
+	p.mu.Unlock()
+	if done == nil {
+		return nil, nil
+	}
+	select {
+	case <-done:
+		return nil, nil
+	default:
+	}
+	if err := syscall.Kill(pid, sig); err != nil && !errors.Is(err, syscall.ESRCH) {
+		return nil, fmt.Errorf("localfarm: %s %s (pid %d): %w", what, p.name, pid, err)
+	}
+	return done, nil
 }
 
 // poll calls check until it succeeds, the context ends or the process
