@@ -93,8 +93,6 @@ type pullSpan struct {
 	sent, answered time.Time
 }
 
-var _ pullObserver = (*recorder)(nil)
-
 // pulled records every pull of the simulated agents and the builds they got.
 func (r *recorder) pulled(agent string, sent, answered time.Time, builds []*kilnv1.Build) {
 	r.mu.Lock()

@@ -49,6 +49,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/kilnbuild/kiln/agent"
 	"github.com/kilnbuild/kiln/bench/internal/benchkit"
 	kilnv1 "github.com/kilnbuild/kiln/proto/gen/go/kiln/v1"
 	"github.com/kilnbuild/kiln/scheduler"
@@ -193,7 +194,7 @@ func measure(o options, log *slog.Logger) (result, error) {
 
 	assignLog := newAssignLog(log.Handler())
 	schedCfg := scheduler.Config{
-		Lease: simLease, AssignTimeout: scheduler.DefaultAssignTimeout,
+		Lease: agent.DefaultLease, AssignTimeout: scheduler.DefaultAssignTimeout,
 		Routing: routing.Config{Delay: o.routeDelay}, Logger: slog.New(assignLog),
 	}
 	f, err := startFarm(ctx, tmp, log, schedCfg, o.natsNodes, o.natsSync)
@@ -227,11 +228,11 @@ func measure(o options, log *slog.Logger) (result, error) {
 		if err != nil {
 			return none, err
 		}
-		a, err := newSimAgent(ctx, conn, fmt.Sprintf("sim-%02d", i), o.slots, o.buildTime, log, rec)
+		a, err := benchkit.NewSimAgent(ctx, conn, fmt.Sprintf("sim-%02d", i), o.slots, o.buildTime, log, rec.pulled)
 		if err != nil {
 			return none, err
 		}
-		agentsDone.Go(func() { a.run(agentsCtx) })
+		agentsDone.Go(func() { a.Run(agentsCtx) })
 	}
 	pctx, cancel := context.WithTimeout(ctx, 30*time.Second)
 	err = rec.probeFarm(pctx, bs, repos[0])

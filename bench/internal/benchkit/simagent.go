@@ -1,4 +1,4 @@
-package main
+package benchkit
 
 import (
 	"context"
@@ -15,21 +15,19 @@ import (
 	"github.com/kilnbuild/kiln/services/bus"
 )
 
-// Simulated agents keep the real agent's timings (agent.Default*).
-const (
-	simPollWait       = 10 * time.Second
-	simHeartbeatEvery = 5 * time.Second
-	simLease          = 30 * time.Second
-)
+// PullObserver hears of each pull of a simulated agent: when it was sent,
+// when it was answered and with which builds (none when it timed out empty
+// or failed).
+type PullObserver func(agent string, sent, answered time.Time, builds []*kilnv1.Build)
 
-// simAgent is an agent without an engine: it runs the real agent's loop
-// (agentproto.Worker: a WorkOffer request per free slot on
-// kiln.sched.pull.<name>, heartbeats in KV KILN_AGENTS with the cache
-// summary of what it ran, withdrawal on stop) and the same START and
-// FINISH reports, which the scheduler fences and turns into the record's
-// changes and the state and finished events — but "builds" by waiting
-// buildTime.
-type simAgent struct {
+// SimAgent is an agent without an engine: it runs the real agent's loop
+// (agentproto.Worker with the real agent's timings, agent.Default*: a
+// WorkOffer request per free slot on kiln.sched.pull.<name>, heartbeats in
+// KV KILN_AGENTS with the cache summary of what it ran, withdrawal on stop)
+// on a NATS connection of its own, and the same START and FINISH reports,
+// which the scheduler fences and turns into the record's changes and the
+// state and finished events — but "builds" by waiting buildTime.
+type SimAgent struct {
 	name      string
 	buildTime time.Duration
 	conn      *bus.Conn
@@ -39,14 +37,9 @@ type simAgent struct {
 	summary   agent.CacheSummary
 }
 
-// pullObserver hears of each pull of a simulated agent: when it was sent,
-// when it was answered and with which builds (none when it timed out empty
-// or failed).
-type pullObserver interface {
-	pulled(agent string, sent, answered time.Time, builds []*kilnv1.Build)
-}
-
-func newSimAgent(ctx context.Context, conn *bus.Conn, name string, slots int, buildTime time.Duration, log *slog.Logger, observe pullObserver) (*simAgent, error) {
+// NewSimAgent makes the simulated agent name with slots slots on conn;
+// observe (when not nil) hears of its pulls.
+func NewSimAgent(ctx context.Context, conn *bus.Conn, name string, slots int, buildTime time.Duration, log *slog.Logger, observe PullObserver) (*SimAgent, error) {
 	client, err := agentproto.New(conn.NC, name)
 	if err != nil {
 		return nil, err
@@ -55,31 +48,34 @@ func newSimAgent(ctx context.Context, conn *bus.Conn, name string, slots int, bu
 	if err != nil {
 		return nil, fmt.Errorf("open bucket %s: %w", bus.BucketAgents, err)
 	}
-	a := &simAgent{name: name, buildTime: buildTime, conn: conn, client: client, log: log.With("agent", name)}
+	a := &SimAgent{name: name, buildTime: buildTime, conn: conn, client: client, log: log.With("agent", name)}
 	a.worker = &agentproto.Worker{
-		Client: client, Agents: agents, Slots: slots, PollWait: simPollWait, HeartbeatEvery: simHeartbeatEvery,
+		Client: client, Agents: agents, Slots: slots,
+		PollWait: agent.DefaultPollWait, HeartbeatEvery: agent.DefaultHeartbeatEvery,
 		Build: a.runBuild, Record: a.record, Logger: a.log,
-		Pulled: func(sent time.Time, builds []*kilnv1.Build, _ error) {
-			observe.pulled(name, sent, time.Now(), builds)
-		},
+	}
+	if observe != nil {
+		a.worker.Pulled = func(sent time.Time, builds []*kilnv1.Build, _ error) {
+			observe(name, sent, time.Now(), builds)
+		}
 	}
 	return a, nil
 }
 
-// run heartbeats and works its slots until ctx ends, then withdraws its
+// Run heartbeats and works its slots until ctx ends, then withdraws its
 // pulls and leaves the registry. Builds still running are abandoned (no
 // drain timeout).
-func (a *simAgent) run(ctx context.Context) {
+func (a *SimAgent) Run(ctx context.Context) {
 	_, _ = a.worker.Heartbeat(ctx)
 	a.worker.Run(ctx)
 }
 
 // runBuild makes agent.runBuild's reports around a wait instead of an engine.
-func (a *simAgent) runBuild(ctx context.Context, assigned *kilnv1.Build) {
+func (a *SimAgent) runBuild(ctx context.Context, assigned *kilnv1.Build) {
 	if sub, err := a.conn.NC.Subscribe(bus.CancelSubject(assigned.Id), func(*nats.Msg) {}); err == nil {
 		defer func() { _ = sub.Unsubscribe() }()
 	}
-	at, b, err := a.client.Start(ctx, assigned, simLease, agentproto.Hooks{})
+	at, b, err := a.client.Start(ctx, assigned, agent.DefaultLease, agentproto.Hooks{})
 	if err != nil {
 		if ctx.Err() == nil {
 			a.log.Warn("could not start assigned build", "build_id", assigned.Id, "err", err)
@@ -103,7 +99,7 @@ func (a *simAgent) runBuild(ctx context.Context, assigned *kilnv1.Build) {
 }
 
 // record is the heartbeat's record of an agent without an engine.
-func (a *simAgent) record() *kilnv1.Agent {
+func (a *SimAgent) record() *kilnv1.Agent {
 	return &kilnv1.Agent{
 		State: kilnv1.AgentState_AGENT_STATE_READY, EngineVersion: "simulated", Os: runtime.GOOS, Arch: runtime.GOARCH,
 		Cache: a.summary.Proto(),
