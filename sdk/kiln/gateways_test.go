@@ -174,20 +174,14 @@ func TestTLSRuleOverAList(t *testing.T) {
 // reaches the wire.
 func TestTokenNeverInPlaintextToAMixedList(t *testing.T) {
 	const token = "kiln_supersecrettokenvalue"
-	lis, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	rl := &recordingListener{Listener: lis}
-	defer lis.Close()
-	go rl.serve()
+	rl := startRecorder(t)
 	dialled := make(chan string, 16)
 	redirect := WithDialOptions(grpc.WithContextDialer(func(ctx context.Context, addr string) (net.Conn, error) {
 		select {
 		case dialled <- addr:
 		default:
 		}
-		return (&net.Dialer{}).DialContext(ctx, "tcp", lis.Addr().String())
+		return (&net.Dialer{}).DialContext(ctx, "tcp", rl.Addr().String())
 	}))
 
 	c, err := Dial("127.0.0.1:7700,farm.example.com:7700", WithToken(token), redirect)

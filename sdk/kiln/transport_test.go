@@ -32,6 +32,20 @@ type recordingListener struct {
 	buf bytes.Buffer
 }
 
+// startRecorder listens on a free loopback port and records what every
+// connection to it sends, until the test ends.
+func startRecorder(t *testing.T) *recordingListener {
+	t.Helper()
+	lis, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	rl := &recordingListener{Listener: lis}
+	t.Cleanup(func() { lis.Close() })
+	go rl.serve()
+	return rl
+}
+
 func (l *recordingListener) serve() {
 	for {
 		c, err := l.Accept()
@@ -61,15 +75,9 @@ func (l *recordingListener) serve() {
 // and the recorder never sees the token.
 func TestTokenNeverInPlaintextToRemote(t *testing.T) {
 	const token = "kiln_supersecrettokenvalue"
-	lis, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	rl := &recordingListener{Listener: lis}
-	defer lis.Close()
-	go rl.serve()
+	rl := startRecorder(t)
 	redirect := WithDialOptions(grpc.WithContextDialer(func(ctx context.Context, _ string) (net.Conn, error) {
-		return (&net.Dialer{}).DialContext(ctx, "tcp", lis.Addr().String())
+		return (&net.Dialer{}).DialContext(ctx, "tcp", rl.Addr().String())
 	}))
 
 	if _, err := Dial("passthrough:///farm.example.com:7700", WithToken(token), WithInsecurePlaintext(), redirect); !errors.Is(err, ErrPlaintextToken) {
