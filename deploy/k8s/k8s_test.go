@@ -873,20 +873,9 @@ func knownFlags(t *testing.T) map[string]map[string]bool {
 	for bin, ds := range dirs {
 		out[bin] = map[string]bool{}
 		for _, d := range ds {
-			files, err := filepath.Glob(filepath.Join(repoRoot, d, "*.go"))
-			if err != nil || len(files) == 0 {
-				t.Fatalf("no Go files in %s: %v", d, err)
-			}
-			for _, f := range files {
-				if strings.HasSuffix(f, "_test.go") {
-					continue
-				}
-				src, err := os.ReadFile(f)
-				if err != nil {
-					t.Fatal(err)
-				}
-				for _, sm := range re.FindAllStringSubmatch(string(src), -1) {
-					out[bin][sm[1]] = true
+			for _, src := range goSources(t, d) {
+				for _, sm := range re.FindAllSubmatch(src, -1) {
+					out[bin][string(sm[1])] = true
 				}
 			}
 		}
@@ -910,11 +899,24 @@ func knownFlags(t *testing.T) map[string]map[string]bool {
 // a kiln package directory.
 func sourceConst(t *testing.T, dir, re string) string {
 	t.Helper()
+	rx := regexp.MustCompile(re)
+	for _, src := range goSources(t, dir) {
+		if sm := rx.FindSubmatch(src); sm != nil {
+			return string(sm[1])
+		}
+	}
+	t.Fatalf("%s: no match for %s", dir, re)
+	return ""
+}
+
+// goSources returns the non-test Go files of a kiln package directory.
+func goSources(t *testing.T, dir string) [][]byte {
+	t.Helper()
 	files, err := filepath.Glob(filepath.Join(repoRoot, dir, "*.go"))
 	if err != nil {
 		t.Fatal(err)
 	}
-	rx := regexp.MustCompile(re)
+	var srcs [][]byte
 	for _, f := range files {
 		if strings.HasSuffix(f, "_test.go") {
 			continue
@@ -923,12 +925,12 @@ func sourceConst(t *testing.T, dir, re string) string {
 		if err != nil {
 			t.Fatal(err)
 		}
-		if sm := rx.FindSubmatch(src); sm != nil {
-			return string(sm[1])
-		}
+		srcs = append(srcs, src)
 	}
-	t.Fatalf("%s: no match for %s", dir, re)
-	return ""
+	if len(srcs) == 0 {
+		t.Fatalf("no Go files in %s", dir)
+	}
+	return srcs
 }
 
 // TestStrictDecoding shows the decoding the overlays go through rejects
