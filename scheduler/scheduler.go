@@ -248,8 +248,23 @@ func (s *Scheduler) lead(ctx context.Context) error {
 	s.d = newDispatcher(s.deps)
 	eg, ctx := errgroup.WithContext(ctx)
 	eg.Go(func() error { return s.d.run(ctx) })
-	if err := s.recoverState(ctx); err != nil {
-		return err
+	// The records may be unreadable for a while (a NATS node lost, the
+	// buckets electing leaders): a term that cannot recover its state
+	// waits for them, it does not give up the process.
+	for {
+		err := s.recoverState(ctx)
+		if err == nil {
+			break
+		}
+		if ctx.Err() != nil {
+			return ctx.Err()
+		}
+		s.log.Warn("recover scheduler state; trying again", "err", err)
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(500 * time.Millisecond):
+		}
 	}
 	eg.Go(func() error { return s.d.watchAgents(ctx) })
 	eg.Go(func() error { return s.consumeIntake(ctx) })

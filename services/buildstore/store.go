@@ -31,6 +31,9 @@ var (
 	ErrFenced = errors.New("build attempt is stale")
 	// ErrBadTransition: the life cycle does not allow the change.
 	ErrBadTransition = errors.New("build state transition not allowed")
+	// ErrUnavailable: the builds bucket cannot answer truthfully now (no
+	// leader); try again.
+	ErrUnavailable = errors.New("build records unavailable")
 )
 
 // Store reads and changes build records.
@@ -147,6 +150,17 @@ func (s *Store) ids(ctx context.Context) ([]string, error) {
 	info, err := stream.Info(ctx, jetstream.WithSubjectFilter(kvSubjectPrefix+">"))
 	if err != nil {
 		return nil, fmt.Errorf("list builds: %w", err)
+	}
+	// While a replicated bucket has no leader (a NATS node lost, an
+	// election), the answer can come from a server that knows the stream's
+	// configuration but not its contents: an empty listing that is not
+	// true. A scheduler recovering its queue from it lost every build
+	// (TestChaos); refuse it, so the caller tries again.
+	if info.Cluster != nil && info.Cluster.Leader == "" {
+		return nil, fmt.Errorf("list builds: bucket %s has no leader (NATS cluster electing): %w", bus.BucketBuilds, ErrUnavailable)
+	}
+	if info.State.Msgs > 0 && len(info.State.Subjects) == 0 {
+		return nil, fmt.Errorf("list builds: bucket %s holds %d records but listed none: %w", bus.BucketBuilds, info.State.Msgs, ErrUnavailable)
 	}
 	ids := make([]string, 0, len(info.State.Subjects))
 	for subject := range info.State.Subjects {
