@@ -1,6 +1,7 @@
 // Package benchkit is what kiln's benchmarks share: a kilnd on free ports,
 // timing of commands, medians, the docker CLI matching the engine, counters
-// read from /metrics, and the table + JSON report.
+// read from /metrics, the machine's CPU pressure, simulated agents, and the
+// table + JSON report.
 package benchkit
 
 import (
