@@ -19,6 +19,12 @@ func Write(path string, addrs map[string]string) error {
 	if err != nil {
 		return err
 	}
+	return WriteFile(path, data)
+}
+
+// WriteFile writes data and a newline to path atomically: a reader sees
+// the old file or the whole new one, never a part.
+func WriteFile(path string, data []byte) error {
 	tmp, err := os.CreateTemp(filepath.Dir(path), ".ready-*")
 	if err != nil {
 		return fmt.Errorf("write ready file: %w", err)

@@ -28,6 +28,7 @@ import (
 	"time"
 
 	"github.com/kilnbuild/kiln/services/bus"
+	"github.com/kilnbuild/kiln/services/readyfile"
 )
 
 // Options say what a farm runs.
@@ -334,20 +335,8 @@ func (f *Farm) WriteReadyFile(path string) error {
 	if err != nil {
 		return err
 	}
-	tmp, err := os.CreateTemp(filepath.Dir(path), ".ready-*")
-	if err != nil {
-		return fmt.Errorf("localfarm: ready file: %w", err)
-	}
-	defer os.Remove(tmp.Name())
-	if _, err := tmp.Write(append(data, '\n')); err != nil {
-		tmp.Close()
-		return fmt.Errorf("localfarm: ready file: %w", err)
-	}
-	if err := tmp.Close(); err != nil {
-		return fmt.Errorf("localfarm: ready file: %w", err)
-	}
-	if err := os.Rename(tmp.Name(), path); err != nil {
-		return fmt.Errorf("localfarm: ready file: %w", err)
+	if err := readyfile.WriteFile(path, data); err != nil {
+		return fmt.Errorf("localfarm: %w", err)
 	}
 	return nil
 }
