@@ -3,10 +3,11 @@ package gateway
 import (
 	"context"
 	"errors"
-	"fmt"
 	"time"
 
 	"github.com/nats-io/nats.go/jetstream"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
 	kilnv1 "github.com/kilnbuild/kiln/proto/gen/go/kiln/v1"
@@ -47,7 +48,7 @@ func (g *Gateway) WatchBuild(req *kilnv1.WatchBuildRequest, stream kilnv1.BuildS
 			return ctx.Err()
 		case ev, ok := <-follow:
 			if !ok {
-				return fmt.Errorf("event stream of build %s ended", req.BuildId)
+				return status.Errorf(codes.Unavailable, "event stream of build %s ended; resume the watch", req.BuildId)
 			}
 			if ev.streamSeq != 0 && ev.streamSeq <= streamSeq {
 				continue // delivered before a consumer restart
@@ -122,13 +123,19 @@ func (g *Gateway) followEvents(ctx context.Context, buildID string, from uint64)
 	cfg := jetstream.OrderedConsumerConfig{
 		FilterSubjects: []string{bus.EventsSubject(buildID)},
 		DeliverPolicy:  jetstream.DeliverAllPolicy,
+		// Unbounded (nats.go's default), creating the consumer retries for
+		// ever inside Consume, which then never returns: while a NATS node
+		// is lost the watch would hang before its first event, where the
+		// checks below cannot see it. Bounded, the watch ends Unavailable
+		// and the client resumes it with a new consumer.
+		MaxResetAttempts: 4,
 	}
 	if from > 1 {
 		cfg.DeliverPolicy, cfg.OptStartSeq = jetstream.DeliverByStartSequencePolicy, from
 	}
 	cons, err := g.conn.JS.OrderedConsumer(ctx, bus.StreamEvents, cfg)
 	if err != nil {
-		return nil, nil, fmt.Errorf("follow events of build %s: %w", buildID, err)
+		return nil, nil, followError(buildID, err)
 	}
 	cctx, cancel := context.WithCancel(ctx)
 	out := make(chan streamEvent, 256)
@@ -149,13 +156,19 @@ func (g *Gateway) followEvents(ctx context.Context, buildID string, from uint64)
 	})
 	if err != nil {
 		cancel()
-		return nil, nil, fmt.Errorf("follow events of build %s: %w", buildID, err)
+		return nil, nil, followError(buildID, err)
 	}
 	go func() {
 		<-cctx.Done()
 		cc.Stop()
 	}()
 	return out, cancel, nil
+}
+
+// followError is a failure to follow a build's events: the NATS cluster
+// could not serve the consumer, so the client resumes the watch.
+func followError(buildID string, err error) error {
+	return status.Errorf(codes.Unavailable, "follow the events of build %s (retry to resume the watch): %v", buildID, err)
 }
 
 // lastEventSeq is the stream sequence of the build's last event in
