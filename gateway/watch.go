@@ -111,6 +111,9 @@ func (g *Gateway) WatchBuild(req *kilnv1.WatchBuildRequest, stream kilnv1.BuildS
 	}
 }
 
+// consumerCreateTimeout bounds the creation of a watch's consumer.
+const consumerCreateTimeout = 10 * time.Second
+
 // streamEvent is a build event with its position in KILN_EVENTS.
 type streamEvent struct {
 	*kilnv1.BuildEvent
@@ -133,7 +136,12 @@ func (g *Gateway) followEvents(ctx context.Context, buildID string, from uint64)
 	if from > 1 {
 		cfg.DeliverPolicy, cfg.OptStartSeq = jetstream.DeliverByStartSequencePolicy, from
 	}
-	cons, err := g.conn.JS.OrderedConsumer(ctx, bus.StreamEvents, cfg)
+	// nats.go sends the consumer's creation with ctx as it is, and ctx (the
+	// client's stream) has no deadline: a request lost with a NATS node
+	// then waits for ever (seen in TestChaos' goroutine dumps).
+	octx, ocancel := context.WithTimeout(ctx, consumerCreateTimeout)
+	cons, err := g.conn.JS.OrderedConsumer(octx, bus.StreamEvents, cfg)
+	ocancel()
 	if err != nil {
 		return nil, nil, followError(buildID, err)
 	}

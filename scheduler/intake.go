@@ -18,13 +18,9 @@ import (
 
 // consumeIntake moves new builds from KILN_REQUESTS into the queue.
 func (s *Scheduler) consumeIntake(ctx context.Context) error {
-	cons, err := s.cfg.Conn.JS.CreateOrUpdateConsumer(ctx, bus.StreamRequests, jetstream.ConsumerConfig{
-		Durable:   "kiln-scheduler",
-		AckPolicy: jetstream.AckExplicitPolicy,
-		AckWait:   30 * time.Second,
-	})
+	cons, err := s.intakeConsumer(ctx)
 	if err != nil {
-		return fmt.Errorf("intake consumer: %w", err)
+		return err
 	}
 	cc, err := cons.Consume(func(msg jetstream.Msg) {
 		req := &kilnv1.BuildRequested{}
@@ -53,6 +49,38 @@ func (s *Scheduler) consumeIntake(ctx context.Context) error {
 	<-ctx.Done()
 	cc.Stop()
 	return ctx.Err()
+}
+
+// intakeConsumer creates (or finds) the durable intake consumer, trying
+// again while the NATS cluster cannot answer. Each try has its own
+// deadline: nats.go sends the request with ctx as it is, and a request
+// lost with a NATS node would otherwise wait for ever, leaving a leader
+// that takes no new builds.
+func (s *Scheduler) intakeConsumer(ctx context.Context) (jetstream.Consumer, error) {
+	for {
+		tctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+		cons, err := s.cfg.Conn.JS.CreateOrUpdateConsumer(tctx, bus.StreamRequests, jetstream.ConsumerConfig{
+			Durable:   "kiln-scheduler",
+			AckPolicy: jetstream.AckExplicitPolicy,
+			AckWait:   30 * time.Second,
+		})
+		cancel()
+		if err == nil {
+			return cons, nil
+		}
+		if ctx.Err() != nil {
+			return nil, ctx.Err()
+		}
+		if !bus.IsUnavailable(err) && !errors.Is(err, context.DeadlineExceeded) {
+			return nil, fmt.Errorf("intake consumer: %w", err)
+		}
+		s.log.Warn("intake consumer; trying again", "err", err)
+		select {
+		case <-ctx.Done():
+			return nil, ctx.Err()
+		case <-time.After(500 * time.Millisecond):
+		}
+	}
 }
 
 // intakeRecord is the record an intake message names: the copy it carries
