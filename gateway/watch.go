@@ -30,7 +30,15 @@ const finishedEventGrace = 45 * time.Second
 // build's log, so they are stable and gap-free across reconnects.
 func (g *Gateway) WatchBuild(req *kilnv1.WatchBuildRequest, stream kilnv1.BuildService_WatchBuildServer) error {
 	ctx := stream.Context()
-	if _, err := g.getOwned(ctx, req.BuildId); err != nil {
+	// Every NATS request of a watch has its own deadline: a request lost
+	// with a NATS node is never answered, and the client's deadline (if it
+	// set one) may be far away — TestChaos' goroutine dumps showed stalled
+	// watches waiting inside a KV get and a consumer's creation.
+	call := func() (context.Context, context.CancelFunc) { return context.WithTimeout(ctx, natsCallTimeout) }
+	cctx, cancel := call()
+	_, err := g.getOwned(cctx, req.BuildId)
+	cancel()
+	if err != nil {
 		return err
 	}
 	follow, stop, err := g.followEvents(ctx, req.BuildId, 1)
@@ -68,7 +76,9 @@ func (g *Gateway) WatchBuild(req *kilnv1.WatchBuildRequest, stream kilnv1.BuildS
 			}
 		case <-timer.C:
 			timer.Reset(watchIdle)
-			last, err := g.lastEventSeq(ctx, req.BuildId)
+			cctx, cancel := call()
+			last, err := g.lastEventSeq(cctx, req.BuildId)
+			cancel()
 			if err != nil {
 				g.log.WarnContext(ctx, "watch: read the build's last event", "build_id", req.BuildId, "err", err)
 				continue
@@ -89,9 +99,11 @@ func (g *Gateway) WatchBuild(req *kilnv1.WatchBuildRequest, stream kilnv1.BuildS
 			// long enough ago, whose finished event never came, lost it
 			// (its writer died between the two writes): end the watch
 			// from the record.
-			b, _, err := g.builds.Get(ctx, req.BuildId)
+			cctx, cancel = call()
+			b, _, err := g.builds.Get(cctx, req.BuildId)
+			cancel()
 			if err != nil {
-				return err
+				return err // a NATS timeout is Unavailable (toStatus): the client resumes
 			}
 			if !buildstore.Terminal(b.State) || time.Since(b.GetFinishedAt().AsTime()) < finishedEventGrace {
 				continue
@@ -111,8 +123,8 @@ func (g *Gateway) WatchBuild(req *kilnv1.WatchBuildRequest, stream kilnv1.BuildS
 	}
 }
 
-// consumerCreateTimeout bounds the creation of a watch's consumer.
-const consumerCreateTimeout = 10 * time.Second
+// natsCallTimeout bounds each NATS request a watch makes.
+const natsCallTimeout = 10 * time.Second
 
 // streamEvent is a build event with its position in KILN_EVENTS.
 type streamEvent struct {
@@ -139,7 +151,7 @@ func (g *Gateway) followEvents(ctx context.Context, buildID string, from uint64)
 	// nats.go sends the consumer's creation with ctx as it is, and ctx (the
 	// client's stream) has no deadline: a request lost with a NATS node
 	// then waits for ever (seen in TestChaos' goroutine dumps).
-	octx, ocancel := context.WithTimeout(ctx, consumerCreateTimeout)
+	octx, ocancel := context.WithTimeout(ctx, natsCallTimeout)
 	cons, err := g.conn.JS.OrderedConsumer(octx, bus.StreamEvents, cfg)
 	ocancel()
 	if err != nil {
