@@ -179,12 +179,17 @@ func sorted(ids ...string) []string {
 // abandoned.
 func waitAbandonedSettled(t *testing.T, g *Gateway) {
 	t.Helper()
-	deadline := time.Now().Add(60 * time.Second)
+	deadline := time.After(60 * time.Second)
+	tick := time.NewTicker(50 * time.Millisecond)
+	defer tick.Stop()
 	for len(g.abandoned.pending()) > 0 {
-		if time.Now().After(deadline) {
+		select {
+		case <-deadline:
 			t.Fatalf("abandoned builds %v not settled within 60s of quorum returning", g.abandoned.pending())
+		case <-t.Context().Done():
+			t.Fatal(t.Context().Err())
+		case <-tick.C: // the settling has no event to wait on: look again
 		}
-		time.Sleep(50 * time.Millisecond) // polling a condition, with the deadline above
 	}
 }
 

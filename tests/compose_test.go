@@ -240,16 +240,16 @@ func composeCLI(t *testing.T) string {
 		return p
 	}
 	if _, err := exec.LookPath("apt-get"); err != nil || os.Geteuid() != 0 {
-		t.Skip("docker-compose is not installed and cannot be (needs root and apt-get): apt-get install docker-compose")
+		t.Fatal("docker-compose is not installed and cannot be (needs root and apt-get): apt-get install docker-compose")
 	}
 	cmd := exec.Command("apt-get", "install", "-y", "-qq", "--no-install-recommends", "docker-compose")
 	cmd.Env = append(os.Environ(), "DEBIAN_FRONTEND=noninteractive")
 	if out, err := cmd.CombinedOutput(); err != nil {
-		t.Skipf("docker-compose is not installed and apt-get install docker-compose failed: %v\n%s", err, out)
+		t.Fatalf("docker-compose is not installed and apt-get install docker-compose failed: %v\n%s", err, out)
 	}
 	p, err := exec.LookPath("docker-compose")
 	if err != nil {
-		t.Skipf("apt-get installed docker-compose but it is not on PATH: %v", err)
+		t.Fatalf("apt-get installed docker-compose but it is not on PATH: %v", err)
 	}
 	return p
 }

@@ -39,7 +39,11 @@ func retry(t *testing.T, what string, op func(context.Context) error) {
 		if time.Now().After(deadline) {
 			t.Fatalf("%s: cluster still unavailable after 60s: %v", what, err)
 		}
-		time.Sleep(100 * time.Millisecond) // retry back-off of an unavailable cluster
+		select { // retry back-off of an unavailable cluster
+		case <-t.Context().Done():
+			t.Fatalf("%s: %v", what, t.Context().Err())
+		case <-time.After(100 * time.Millisecond):
+		}
 	}
 }
 

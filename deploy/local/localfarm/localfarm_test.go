@@ -59,11 +59,11 @@ func run(m *testing.M) int {
 func needFarmHost(t *testing.T) {
 	t.Helper()
 	if os.Geteuid() != 0 {
-		t.Skip("localfarm starts dockerd and makes bridges: needs root")
+		t.Fatal("localfarm starts dockerd and makes bridges: needs root")
 	}
 	for _, b := range []string{"dockerd", "ip"} {
 		if _, err := exec.LookPath(b); err != nil {
-			t.Skipf("localfarm needs %s on PATH (make dev-env installs it)", b)
+			t.Fatalf("localfarm needs %s on PATH (make dev-env installs it)", b)
 		}
 	}
 }
