@@ -22,6 +22,7 @@ import (
 //
 //	[stage-0 2/3] RUN echo hi
 //	[builder 1/2] FROM 127.0.0.1:5000/kiln/busybox:1
+//	[stage-1  1/14] COPY . /src (padded: the stage has ten or more)
 //
 // and becomes a kiln step, numbered in the order the engine starts them
 // (stages run in parallel, so steps of two stages may interleave). Other
@@ -52,8 +53,32 @@ type vertex struct {
 	partial     []byte // log output after the last newline
 }
 
-// stepName matches a vertex that is a Dockerfile instruction: "[stage N/M] INSTRUCTION".
-var stepName = regexp.MustCompile(`^\[(?:([^\]\s]+) )?(\d+)/(\d+)\] (.+)$`)
+// stepName matches a vertex that is a Dockerfile instruction. BuildKit's
+// Dockerfile frontend (dockerfile2llb's prefixCommand) names it
+//
+//	"[" [platform " "] [stage " "] fmt.Sprintf("%*d/%d] ", digits(total), index, total) instruction
+//
+// so in a stage of ten or more instructions the position is padded to the
+// width of the total: "[ 1/15] RUN …", "[stage-1  1/14] COPY …",
+// "[linux/arm64 builder 3/4] RUN …". The platform and stage are words without
+// spaces; together they name the stage whose instructions the total counts.
+var stepName = regexp.MustCompile(`^\[((?:[^\]\s]+ ){0,2}) *(\d+)/(\d+)\] (.+)$`)
+
+// parseStepName splits a vertex name into the stage it belongs to (platform
+// and stage name, "" for a lone unnamed stage), the stage's instruction count
+// and the instruction; ok is false for vertices that are not instructions,
+// such as "[internal] load build context".
+func parseStepName(name string) (stage string, total int, instruction string, ok bool) {
+	m := stepName.FindStringSubmatch(name)
+	if m == nil {
+		return "", 0, "", false
+	}
+	total, err := strconv.Atoi(m[3])
+	if err != nil {
+		return "", 0, "", false
+	}
+	return strings.TrimSuffix(m[1], " "), total, m[4], true
+}
 
 func newTraceParser() *traceParser {
 	return &traceParser{vertices: map[string]*vertex{}, stages: map[string]int{}}
@@ -97,15 +122,12 @@ func (p *traceParser) vertex(v *controlapi.Vertex) {
 	}
 	if vx.name == "" && v.GetName() != "" {
 		vx.name = v.GetName()
-		if m := stepName.FindStringSubmatch(vx.name); m != nil {
-			stage := m[1]
-			if n, err := strconv.Atoi(m[3]); err == nil {
-				if _, seen := p.stages[stage]; !seen {
-					p.stages[stage] = n
-					p.total += n
-				}
+		if stage, n, instruction, ok := parseStepName(vx.name); ok {
+			if _, seen := p.stages[stage]; !seen {
+				p.stages[stage] = n
+				p.total += n
 			}
-			vx.instruction = m[4]
+			vx.instruction = instruction
 			vx.from = isFrom(vx.instruction)
 			vx.step = -1 // numbered when it starts
 		}

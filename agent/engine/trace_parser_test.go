@@ -145,6 +145,78 @@ func TestTraceParser(t *testing.T) {
 	}
 }
 
+// TestParseStepName takes vertex names as BuildKit's Dockerfile frontend
+// writes them (dockerfile2llb's prefixCommand pads the position to the width
+// of the stage's total).
+func TestParseStepName(t *testing.T) {
+	tests := []struct {
+		name        string
+		stage       string
+		total       int
+		instruction string
+		ok          bool
+	}{
+		{name: "[1/2] FROM busybox", total: 2, instruction: "FROM busybox", ok: true},
+		{name: "[ 1/15] FROM 127.0.0.1:5000/kiln/busybox:1", total: 15, instruction: "FROM 127.0.0.1:5000/kiln/busybox:1", ok: true},
+		{name: "[ 9/15] RUN echo 9", total: 15, instruction: "RUN echo 9", ok: true},
+		{name: "[12/15] RUN echo 12", total: 15, instruction: "RUN echo 12", ok: true},
+		{name: "[  7/120] COPY a /a", total: 120, instruction: "COPY a /a", ok: true},
+		{name: "[builder 3/4] RUN go build ./...", stage: "builder", total: 4, instruction: "RUN go build ./...", ok: true},
+		{name: "[stage-0 2/3] RUN echo hi", stage: "stage-0", total: 3, instruction: "RUN echo hi", ok: true},
+		{name: "[stage-1  1/14] FROM busybox", stage: "stage-1", total: 14, instruction: "FROM busybox", ok: true},
+		{name: "[stage-1 14/14] COPY --from=0 /a /b", stage: "stage-1", total: 14, instruction: "COPY --from=0 /a /b", ok: true},
+		{name: "[linux/arm64 builder 3/4] RUN make", stage: "linux/arm64 builder", total: 4, instruction: "RUN make", ok: true},
+		{name: "[linux/amd64->arm64  2/10] RUN make", stage: "linux/amd64->arm64", total: 10, instruction: "RUN make", ok: true},
+		{name: "[base 2/2] ONBUILD RUN echo on", stage: "base", total: 2, instruction: "ONBUILD RUN echo on", ok: true},
+		{name: "[internal] load build definition from Dockerfile"},
+		{name: "[internal] load metadata for 127.0.0.1:5000/kiln/busybox:1"},
+		{name: "[internal] load build context"},
+		{name: "[auth] kiln/busybox:pull token for 127.0.0.1:5000"},
+		{name: "exporting to image"},
+		{name: "[stage-0 2/3]RUN no space"},
+		{name: "[a b c 1/2] RUN three words"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			stage, total, instruction, ok := parseStepName(tt.name)
+			if ok != tt.ok || stage != tt.stage || total != tt.total || instruction != tt.instruction {
+				t.Fatalf("parseStepName(%q) = %q, %d, %q, %v; want %q, %d, %q, %v",
+					tt.name, stage, total, instruction, ok, tt.stage, tt.total, tt.instruction, tt.ok)
+			}
+		})
+	}
+}
+
+// TestTraceParserPaddedStage follows a stage of twelve instructions, whose
+// positions BuildKit pads ("[ 1/12]"): every one is a counted, numbered step.
+func TestTraceParserPaddedStage(t *testing.T) {
+	p := newTraceParser()
+	var msgs []*controlapi.StatusResponse
+	for i := 1; i <= 12; i++ {
+		name := fmt.Sprintf("[stage-1 %2d/12] RUN echo %d", i, i)
+		if i == 1 {
+			name = "[stage-1  1/12] FROM busybox"
+		}
+		d := fmt.Sprint("d", i)
+		msgs = append(msgs,
+			&controlapi.StatusResponse{Vertexes: []*controlapi.Vertex{vtx(d, name, float64(i), -1, false, "")}},
+			&controlapi.StatusResponse{Vertexes: []*controlapi.Vertex{vtx(d, name, float64(i), float64(i)+0.5, i <= 4, "")}})
+	}
+	var got []string
+	for _, m := range msgs {
+		got = append(got, renderTrace(p.feed(m))...)
+	}
+	if len(got) != 24 {
+		t.Fatalf("%d events, want 24:\n%s", len(got), strings.Join(got, "\n"))
+	}
+	if got[0] != "start 1/12 FROM busybox" || got[22] != "start 12/12 RUN echo 12" || got[23] != "finish 12 cached=false 500ms RUN echo 12" {
+		t.Fatalf("events:\n%s", strings.Join(got, "\n"))
+	}
+	if p.steps != 11 || p.cachedSteps != 3 {
+		t.Fatalf("steps %d cached %d, want 11 3", p.steps, p.cachedSteps)
+	}
+}
+
 // FuzzTraceParser feeds arbitrary progress: the parser must not panic,
 // must number steps from 1 without gaps, and finish each at most once.
 func FuzzTraceParser(f *testing.F) {
