@@ -95,7 +95,9 @@ type Agent struct {
 	// cache summarizes what the agent's engine holds, most recent first.
 	Cache *CacheSummary `protobuf:"bytes,13,opt,name=cache,proto3" json:"cache,omitempty"`
 	// builders lists the builders the agent's engine offers, preferred first.
-	Builders      []Builder `protobuf:"varint,14,rep,packed,name=builders,proto3,enum=kiln.v1.Builder" json:"builders,omitempty"`
+	Builders []Builder `protobuf:"varint,14,rep,packed,name=builders,proto3,enum=kiln.v1.Builder" json:"builders,omitempty"`
+	// version is the kiln-agent's own version (see proto/version).
+	Version       string `protobuf:"bytes,15,opt,name=version,proto3" json:"version,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -226,6 +228,13 @@ func (x *Agent) GetBuilders() []Builder {
 		return x.Builders
 	}
 	return nil
+}
+
+func (x *Agent) GetVersion() string {
+	if x != nil {
+		return x.Version
+	}
+	return ""
 }
 
 // CacheSummary is an agent's bounded account of the builds its engine holds
@@ -470,11 +479,113 @@ func (x *DrainAgentResponse) GetAgent() *Agent {
 	return nil
 }
 
+type GetFarmInfoRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *GetFarmInfoRequest) Reset() {
+	*x = GetFarmInfoRequest{}
+	mi := &file_kiln_v1_agent_proto_msgTypes[6]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *GetFarmInfoRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*GetFarmInfoRequest) ProtoMessage() {}
+
+func (x *GetFarmInfoRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_kiln_v1_agent_proto_msgTypes[6]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use GetFarmInfoRequest.ProtoReflect.Descriptor instead.
+func (*GetFarmInfoRequest) Descriptor() ([]byte, []int) {
+	return file_kiln_v1_agent_proto_rawDescGZIP(), []int{6}
+}
+
+type GetFarmInfoResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// gateway_version is the version of the gateway that answered.
+	GatewayVersion string `protobuf:"bytes,1,opt,name=gateway_version,json=gatewayVersion,proto3" json:"gateway_version,omitempty"`
+	// scheduler_version is the version the scheduler leader published with
+	// its lease (empty when no scheduler leads).
+	SchedulerVersion string `protobuf:"bytes,2,opt,name=scheduler_version,json=schedulerVersion,proto3" json:"scheduler_version,omitempty"`
+	// agents are the agents ListAgents returns, with their own and their
+	// engines' versions (version, engine_version, engine_api_version,
+	// builders).
+	Agents        []*Agent `protobuf:"bytes,3,rep,name=agents,proto3" json:"agents,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *GetFarmInfoResponse) Reset() {
+	*x = GetFarmInfoResponse{}
+	mi := &file_kiln_v1_agent_proto_msgTypes[7]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *GetFarmInfoResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*GetFarmInfoResponse) ProtoMessage() {}
+
+func (x *GetFarmInfoResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_kiln_v1_agent_proto_msgTypes[7]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use GetFarmInfoResponse.ProtoReflect.Descriptor instead.
+func (*GetFarmInfoResponse) Descriptor() ([]byte, []int) {
+	return file_kiln_v1_agent_proto_rawDescGZIP(), []int{7}
+}
+
+func (x *GetFarmInfoResponse) GetGatewayVersion() string {
+	if x != nil {
+		return x.GatewayVersion
+	}
+	return ""
+}
+
+func (x *GetFarmInfoResponse) GetSchedulerVersion() string {
+	if x != nil {
+		return x.SchedulerVersion
+	}
+	return ""
+}
+
+func (x *GetFarmInfoResponse) GetAgents() []*Agent {
+	if x != nil {
+		return x.Agents
+	}
+	return nil
+}
+
 var File_kiln_v1_agent_proto protoreflect.FileDescriptor
 
 const file_kiln_v1_agent_proto_rawDesc = "" +
 	"\n" +
-	"\x13kiln/v1/agent.proto\x12\akiln.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x13kiln/v1/build.proto\"\xd9\x04\n" +
+	"\x13kiln/v1/agent.proto\x12\akiln.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x13kiln/v1/build.proto\"\xf3\x04\n" +
 	"\x05Agent\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12)\n" +
 	"\x05state\x18\x02 \x01(\x0e2\x13.kiln.v1.AgentStateR\x05state\x12\x14\n" +
@@ -492,7 +603,8 @@ const file_kiln_v1_agent_proto_rawDesc = "" +
 	"started_at\x18\v \x01(\v2\x1a.google.protobuf.TimestampR\tstartedAt\x127\n" +
 	"\tlast_seen\x18\f \x01(\v2\x1a.google.protobuf.TimestampR\blastSeen\x12+\n" +
 	"\x05cache\x18\r \x01(\v2\x15.kiln.v1.CacheSummaryR\x05cache\x12,\n" +
-	"\bbuilders\x18\x0e \x03(\x0e2\x10.kiln.v1.BuilderR\bbuilders\x1a9\n" +
+	"\bbuilders\x18\x0e \x03(\x0e2\x10.kiln.v1.BuilderR\bbuilders\x12\x18\n" +
+	"\aversion\x18\x0f \x01(\tR\aversion\x1a9\n" +
 	"\vLabelsEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
 	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"c\n" +
@@ -508,16 +620,22 @@ const file_kiln_v1_agent_proto_rawDesc = "" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12\x18\n" +
 	"\aundrain\x18\x02 \x01(\bR\aundrain\":\n" +
 	"\x12DrainAgentResponse\x12$\n" +
-	"\x05agent\x18\x01 \x01(\v2\x0e.kiln.v1.AgentR\x05agent*u\n" +
+	"\x05agent\x18\x01 \x01(\v2\x0e.kiln.v1.AgentR\x05agent\"\x14\n" +
+	"\x12GetFarmInfoRequest\"\x93\x01\n" +
+	"\x13GetFarmInfoResponse\x12'\n" +
+	"\x0fgateway_version\x18\x01 \x01(\tR\x0egatewayVersion\x12+\n" +
+	"\x11scheduler_version\x18\x02 \x01(\tR\x10schedulerVersion\x12&\n" +
+	"\x06agents\x18\x03 \x03(\v2\x0e.kiln.v1.AgentR\x06agents*u\n" +
 	"\n" +
 	"AgentState\x12\x1b\n" +
 	"\x17AGENT_STATE_UNSPECIFIED\x10\x00\x12\x15\n" +
 	"\x11AGENT_STATE_READY\x10\x01\x12\x18\n" +
 	"\x14AGENT_STATE_DRAINING\x10\x02\x12\x19\n" +
-	"\x15AGENT_STATE_UNHEALTHY\x10\x032\x9c\x01\n" +
+	"\x15AGENT_STATE_UNHEALTHY\x10\x032\xe6\x01\n" +
 	"\fAgentService\x12E\n" +
 	"\n" +
-	"ListAgents\x12\x1a.kiln.v1.ListAgentsRequest\x1a\x1b.kiln.v1.ListAgentsResponse\x12E\n" +
+	"ListAgents\x12\x1a.kiln.v1.ListAgentsRequest\x1a\x1b.kiln.v1.ListAgentsResponse\x12H\n" +
+	"\vGetFarmInfo\x12\x1b.kiln.v1.GetFarmInfoRequest\x1a\x1c.kiln.v1.GetFarmInfoResponse\x12E\n" +
 	"\n" +
 	"DrainAgent\x12\x1a.kiln.v1.DrainAgentRequest\x1a\x1b.kiln.v1.DrainAgentResponseB7Z5github.com/kilnbuild/kiln/proto/gen/go/kiln/v1;kilnv1b\x06proto3"
 
@@ -534,7 +652,7 @@ func file_kiln_v1_agent_proto_rawDescGZIP() []byte {
 }
 
 var file_kiln_v1_agent_proto_enumTypes = make([]protoimpl.EnumInfo, 1)
-var file_kiln_v1_agent_proto_msgTypes = make([]protoimpl.MessageInfo, 7)
+var file_kiln_v1_agent_proto_msgTypes = make([]protoimpl.MessageInfo, 9)
 var file_kiln_v1_agent_proto_goTypes = []any{
 	(AgentState)(0),               // 0: kiln.v1.AgentState
 	(*Agent)(nil),                 // 1: kiln.v1.Agent
@@ -543,28 +661,33 @@ var file_kiln_v1_agent_proto_goTypes = []any{
 	(*ListAgentsResponse)(nil),    // 4: kiln.v1.ListAgentsResponse
 	(*DrainAgentRequest)(nil),     // 5: kiln.v1.DrainAgentRequest
 	(*DrainAgentResponse)(nil),    // 6: kiln.v1.DrainAgentResponse
-	nil,                           // 7: kiln.v1.Agent.LabelsEntry
-	(*timestamppb.Timestamp)(nil), // 8: google.protobuf.Timestamp
-	(Builder)(0),                  // 9: kiln.v1.Builder
+	(*GetFarmInfoRequest)(nil),    // 7: kiln.v1.GetFarmInfoRequest
+	(*GetFarmInfoResponse)(nil),   // 8: kiln.v1.GetFarmInfoResponse
+	nil,                           // 9: kiln.v1.Agent.LabelsEntry
+	(*timestamppb.Timestamp)(nil), // 10: google.protobuf.Timestamp
+	(Builder)(0),                  // 11: kiln.v1.Builder
 }
 var file_kiln_v1_agent_proto_depIdxs = []int32{
 	0,  // 0: kiln.v1.Agent.state:type_name -> kiln.v1.AgentState
-	7,  // 1: kiln.v1.Agent.labels:type_name -> kiln.v1.Agent.LabelsEntry
-	8,  // 2: kiln.v1.Agent.started_at:type_name -> google.protobuf.Timestamp
-	8,  // 3: kiln.v1.Agent.last_seen:type_name -> google.protobuf.Timestamp
+	9,  // 1: kiln.v1.Agent.labels:type_name -> kiln.v1.Agent.LabelsEntry
+	10, // 2: kiln.v1.Agent.started_at:type_name -> google.protobuf.Timestamp
+	10, // 3: kiln.v1.Agent.last_seen:type_name -> google.protobuf.Timestamp
 	2,  // 4: kiln.v1.Agent.cache:type_name -> kiln.v1.CacheSummary
-	9,  // 5: kiln.v1.Agent.builders:type_name -> kiln.v1.Builder
+	11, // 5: kiln.v1.Agent.builders:type_name -> kiln.v1.Builder
 	1,  // 6: kiln.v1.ListAgentsResponse.agents:type_name -> kiln.v1.Agent
 	1,  // 7: kiln.v1.DrainAgentResponse.agent:type_name -> kiln.v1.Agent
-	3,  // 8: kiln.v1.AgentService.ListAgents:input_type -> kiln.v1.ListAgentsRequest
-	5,  // 9: kiln.v1.AgentService.DrainAgent:input_type -> kiln.v1.DrainAgentRequest
-	4,  // 10: kiln.v1.AgentService.ListAgents:output_type -> kiln.v1.ListAgentsResponse
-	6,  // 11: kiln.v1.AgentService.DrainAgent:output_type -> kiln.v1.DrainAgentResponse
-	10, // [10:12] is the sub-list for method output_type
-	8,  // [8:10] is the sub-list for method input_type
-	8,  // [8:8] is the sub-list for extension type_name
-	8,  // [8:8] is the sub-list for extension extendee
-	0,  // [0:8] is the sub-list for field type_name
+	1,  // 8: kiln.v1.GetFarmInfoResponse.agents:type_name -> kiln.v1.Agent
+	3,  // 9: kiln.v1.AgentService.ListAgents:input_type -> kiln.v1.ListAgentsRequest
+	7,  // 10: kiln.v1.AgentService.GetFarmInfo:input_type -> kiln.v1.GetFarmInfoRequest
+	5,  // 11: kiln.v1.AgentService.DrainAgent:input_type -> kiln.v1.DrainAgentRequest
+	4,  // 12: kiln.v1.AgentService.ListAgents:output_type -> kiln.v1.ListAgentsResponse
+	8,  // 13: kiln.v1.AgentService.GetFarmInfo:output_type -> kiln.v1.GetFarmInfoResponse
+	6,  // 14: kiln.v1.AgentService.DrainAgent:output_type -> kiln.v1.DrainAgentResponse
+	12, // [12:15] is the sub-list for method output_type
+	9,  // [9:12] is the sub-list for method input_type
+	9,  // [9:9] is the sub-list for extension type_name
+	9,  // [9:9] is the sub-list for extension extendee
+	0,  // [0:9] is the sub-list for field type_name
 }
 
 func init() { file_kiln_v1_agent_proto_init() }
@@ -579,7 +702,7 @@ func file_kiln_v1_agent_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_kiln_v1_agent_proto_rawDesc), len(file_kiln_v1_agent_proto_rawDesc)),
 			NumEnums:      1,
-			NumMessages:   7,
+			NumMessages:   9,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

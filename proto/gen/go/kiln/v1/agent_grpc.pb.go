@@ -19,8 +19,9 @@ import (
 const _ = grpc.SupportPackageIsVersion9
 
 const (
-	AgentService_ListAgents_FullMethodName = "/kiln.v1.AgentService/ListAgents"
-	AgentService_DrainAgent_FullMethodName = "/kiln.v1.AgentService/DrainAgent"
+	AgentService_ListAgents_FullMethodName  = "/kiln.v1.AgentService/ListAgents"
+	AgentService_GetFarmInfo_FullMethodName = "/kiln.v1.AgentService/GetFarmInfo"
+	AgentService_DrainAgent_FullMethodName  = "/kiln.v1.AgentService/DrainAgent"
 )
 
 // AgentServiceClient is the client API for AgentService service.
@@ -31,6 +32,10 @@ const (
 type AgentServiceClient interface {
 	// ListAgents returns every agent that has sent a heartbeat recently.
 	ListAgents(ctx context.Context, in *ListAgentsRequest, opts ...grpc.CallOption) (*ListAgentsResponse, error)
+	// GetFarmInfo returns the versions of the farm's parts: the gateway that
+	// answers, the scheduler leader, and every agent ListAgents would list,
+	// each with its engine. Any tenant may call it.
+	GetFarmInfo(ctx context.Context, in *GetFarmInfoRequest, opts ...grpc.CallOption) (*GetFarmInfoResponse, error)
 	// DrainAgent stops an agent taking new builds (or, with undrain, lets it
 	// take them again). Builds it is running finish; the agent stays up and
 	// is listed as DRAINING until undrained. It returns once the agent has
@@ -56,6 +61,16 @@ func (c *agentServiceClient) ListAgents(ctx context.Context, in *ListAgentsReque
 	return out, nil
 }
 
+func (c *agentServiceClient) GetFarmInfo(ctx context.Context, in *GetFarmInfoRequest, opts ...grpc.CallOption) (*GetFarmInfoResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(GetFarmInfoResponse)
+	err := c.cc.Invoke(ctx, AgentService_GetFarmInfo_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 func (c *agentServiceClient) DrainAgent(ctx context.Context, in *DrainAgentRequest, opts ...grpc.CallOption) (*DrainAgentResponse, error) {
 	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
 	out := new(DrainAgentResponse)
@@ -74,6 +89,10 @@ func (c *agentServiceClient) DrainAgent(ctx context.Context, in *DrainAgentReque
 type AgentServiceServer interface {
 	// ListAgents returns every agent that has sent a heartbeat recently.
 	ListAgents(context.Context, *ListAgentsRequest) (*ListAgentsResponse, error)
+	// GetFarmInfo returns the versions of the farm's parts: the gateway that
+	// answers, the scheduler leader, and every agent ListAgents would list,
+	// each with its engine. Any tenant may call it.
+	GetFarmInfo(context.Context, *GetFarmInfoRequest) (*GetFarmInfoResponse, error)
 	// DrainAgent stops an agent taking new builds (or, with undrain, lets it
 	// take them again). Builds it is running finish; the agent stays up and
 	// is listed as DRAINING until undrained. It returns once the agent has
@@ -91,6 +110,9 @@ type UnimplementedAgentServiceServer struct{}
 
 func (UnimplementedAgentServiceServer) ListAgents(context.Context, *ListAgentsRequest) (*ListAgentsResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method ListAgents not implemented")
+}
+func (UnimplementedAgentServiceServer) GetFarmInfo(context.Context, *GetFarmInfoRequest) (*GetFarmInfoResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method GetFarmInfo not implemented")
 }
 func (UnimplementedAgentServiceServer) DrainAgent(context.Context, *DrainAgentRequest) (*DrainAgentResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method DrainAgent not implemented")
@@ -134,6 +156,24 @@ func _AgentService_ListAgents_Handler(srv interface{}, ctx context.Context, dec 
 	return interceptor(ctx, in, info, handler)
 }
 
+func _AgentService_GetFarmInfo_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(GetFarmInfoRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(AgentServiceServer).GetFarmInfo(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: AgentService_GetFarmInfo_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(AgentServiceServer).GetFarmInfo(ctx, req.(*GetFarmInfoRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 func _AgentService_DrainAgent_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
 	in := new(DrainAgentRequest)
 	if err := dec(in); err != nil {
@@ -162,6 +202,10 @@ var AgentService_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "ListAgents",
 			Handler:    _AgentService_ListAgents_Handler,
+		},
+		{
+			MethodName: "GetFarmInfo",
+			Handler:    _AgentService_GetFarmInfo_Handler,
 		},
 		{
 			MethodName: "DrainAgent",

@@ -175,7 +175,13 @@ type BuildSpec struct {
 	// Every sealed value in secrets and registry_auth is bound to it and to
 	// the tenant (see proto/rules/seal), so a sealed value copied into
 	// another build opens to nothing. The gateway refuses a nonce it has seen.
-	SealNonce     []byte `protobuf:"bytes,15,opt,name=seal_nonce,json=sealNonce,proto3" json:"seal_nonce,omitempty"`
+	SealNonce []byte `protobuf:"bytes,15,opt,name=seal_nonce,json=sealNonce,proto3" json:"seal_nonce,omitempty"`
+	// timeout is how long the build may take, counted from when the farm
+	// accepted it (Build.created_at), queue time included: once it has passed,
+	// the farm cancels the build, which ends CANCELLED with timed_out set and
+	// the error "timed out after <timeout>". Absent: no limit. It must be
+	// positive and at most 24 hours.
+	Timeout       *durationpb.Duration `protobuf:"bytes,16,opt,name=timeout,proto3" json:"timeout,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -311,6 +317,13 @@ func (x *BuildSpec) GetRegistryAuth() []*SealedSecret {
 func (x *BuildSpec) GetSealNonce() []byte {
 	if x != nil {
 		return x.SealNonce
+	}
+	return nil
+}
+
+func (x *BuildSpec) GetTimeout() *durationpb.Duration {
+	if x != nil {
+		return x.Timeout
 	}
 	return nil
 }
@@ -728,7 +741,17 @@ type Build struct {
 	LostAgents []string `protobuf:"bytes,19,rep,name=lost_agents,json=lostAgents,proto3" json:"lost_agents,omitempty"`
 	// policy is the tenant's sandbox and scheduling policy when the build
 	// was queued (absent: the defaults, everything optional refused).
-	Policy        *TenantPolicy `protobuf:"bytes,20,opt,name=policy,proto3" json:"policy,omitempty"`
+	Policy *TenantPolicy `protobuf:"bytes,20,opt,name=policy,proto3" json:"policy,omitempty"`
+	// attempts lists the build's assignments to agents, oldest first: one
+	// entry per attempt, with the agent, when it was assigned, started and
+	// ended, and why it ended.
+	Attempts []*BuildAttempt `protobuf:"bytes,21,rep,name=attempts,proto3" json:"attempts,omitempty"`
+	// timed_out is set when the farm cancelled the build because its
+	// spec.timeout passed.
+	TimedOut bool `protobuf:"varint,22,opt,name=timed_out,json=timedOut,proto3" json:"timed_out,omitempty"`
+	// retry_of is the id of the build RetryBuild copied this one from (empty
+	// for a build StartBuild queued).
+	RetryOf       string `protobuf:"bytes,23,opt,name=retry_of,json=retryOf,proto3" json:"retry_of,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -903,6 +926,121 @@ func (x *Build) GetPolicy() *TenantPolicy {
 	return nil
 }
 
+func (x *Build) GetAttempts() []*BuildAttempt {
+	if x != nil {
+		return x.Attempts
+	}
+	return nil
+}
+
+func (x *Build) GetTimedOut() bool {
+	if x != nil {
+		return x.TimedOut
+	}
+	return false
+}
+
+func (x *Build) GetRetryOf() string {
+	if x != nil {
+		return x.RetryOf
+	}
+	return ""
+}
+
+// BuildAttempt is one assignment of a build to an agent.
+type BuildAttempt struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// attempt is the attempt's number, Build.attempt while it ran (from 1).
+	Attempt uint32 `protobuf:"varint,1,opt,name=attempt,proto3" json:"attempt,omitempty"`
+	// agent is the agent the build was assigned to.
+	Agent string `protobuf:"bytes,2,opt,name=agent,proto3" json:"agent,omitempty"`
+	// assigned_at is when the scheduler assigned the build to the agent.
+	AssignedAt *timestamppb.Timestamp `protobuf:"bytes,3,opt,name=assigned_at,json=assignedAt,proto3" json:"assigned_at,omitempty"`
+	// started_at is when the agent reported the build started (absent if it
+	// never did).
+	StartedAt *timestamppb.Timestamp `protobuf:"bytes,4,opt,name=started_at,json=startedAt,proto3" json:"started_at,omitempty"`
+	// ended_at is when the attempt ended (absent while it runs).
+	EndedAt *timestamppb.Timestamp `protobuf:"bytes,5,opt,name=ended_at,json=endedAt,proto3" json:"ended_at,omitempty"`
+	// reason says why the attempt ended: "finished", "failed", "cancelled",
+	// "timed out", "agent lost" (its lease expired), "handed back: <why>"
+	// (empty while it runs).
+	Reason        string `protobuf:"bytes,6,opt,name=reason,proto3" json:"reason,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *BuildAttempt) Reset() {
+	*x = BuildAttempt{}
+	mi := &file_kiln_v1_build_proto_msgTypes[7]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *BuildAttempt) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*BuildAttempt) ProtoMessage() {}
+
+func (x *BuildAttempt) ProtoReflect() protoreflect.Message {
+	mi := &file_kiln_v1_build_proto_msgTypes[7]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use BuildAttempt.ProtoReflect.Descriptor instead.
+func (*BuildAttempt) Descriptor() ([]byte, []int) {
+	return file_kiln_v1_build_proto_rawDescGZIP(), []int{7}
+}
+
+func (x *BuildAttempt) GetAttempt() uint32 {
+	if x != nil {
+		return x.Attempt
+	}
+	return 0
+}
+
+func (x *BuildAttempt) GetAgent() string {
+	if x != nil {
+		return x.Agent
+	}
+	return ""
+}
+
+func (x *BuildAttempt) GetAssignedAt() *timestamppb.Timestamp {
+	if x != nil {
+		return x.AssignedAt
+	}
+	return nil
+}
+
+func (x *BuildAttempt) GetStartedAt() *timestamppb.Timestamp {
+	if x != nil {
+		return x.StartedAt
+	}
+	return nil
+}
+
+func (x *BuildAttempt) GetEndedAt() *timestamppb.Timestamp {
+	if x != nil {
+		return x.EndedAt
+	}
+	return nil
+}
+
+func (x *BuildAttempt) GetReason() string {
+	if x != nil {
+		return x.Reason
+	}
+	return ""
+}
+
 // LogLine is one line of build output.
 type LogLine struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
@@ -915,7 +1053,7 @@ type LogLine struct {
 
 func (x *LogLine) Reset() {
 	*x = LogLine{}
-	mi := &file_kiln_v1_build_proto_msgTypes[7]
+	mi := &file_kiln_v1_build_proto_msgTypes[8]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -927,7 +1065,7 @@ func (x *LogLine) String() string {
 func (*LogLine) ProtoMessage() {}
 
 func (x *LogLine) ProtoReflect() protoreflect.Message {
-	mi := &file_kiln_v1_build_proto_msgTypes[7]
+	mi := &file_kiln_v1_build_proto_msgTypes[8]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -940,7 +1078,7 @@ func (x *LogLine) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use LogLine.ProtoReflect.Descriptor instead.
 func (*LogLine) Descriptor() ([]byte, []int) {
-	return file_kiln_v1_build_proto_rawDescGZIP(), []int{7}
+	return file_kiln_v1_build_proto_rawDescGZIP(), []int{8}
 }
 
 func (x *LogLine) GetStep() uint32 {
@@ -969,7 +1107,7 @@ type StepStarted struct {
 
 func (x *StepStarted) Reset() {
 	*x = StepStarted{}
-	mi := &file_kiln_v1_build_proto_msgTypes[8]
+	mi := &file_kiln_v1_build_proto_msgTypes[9]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -981,7 +1119,7 @@ func (x *StepStarted) String() string {
 func (*StepStarted) ProtoMessage() {}
 
 func (x *StepStarted) ProtoReflect() protoreflect.Message {
-	mi := &file_kiln_v1_build_proto_msgTypes[8]
+	mi := &file_kiln_v1_build_proto_msgTypes[9]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -994,7 +1132,7 @@ func (x *StepStarted) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StepStarted.ProtoReflect.Descriptor instead.
 func (*StepStarted) Descriptor() ([]byte, []int) {
-	return file_kiln_v1_build_proto_rawDescGZIP(), []int{8}
+	return file_kiln_v1_build_proto_rawDescGZIP(), []int{9}
 }
 
 func (x *StepStarted) GetStep() uint32 {
@@ -1031,7 +1169,7 @@ type StepFinished struct {
 
 func (x *StepFinished) Reset() {
 	*x = StepFinished{}
-	mi := &file_kiln_v1_build_proto_msgTypes[9]
+	mi := &file_kiln_v1_build_proto_msgTypes[10]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1043,7 +1181,7 @@ func (x *StepFinished) String() string {
 func (*StepFinished) ProtoMessage() {}
 
 func (x *StepFinished) ProtoReflect() protoreflect.Message {
-	mi := &file_kiln_v1_build_proto_msgTypes[9]
+	mi := &file_kiln_v1_build_proto_msgTypes[10]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1056,7 +1194,7 @@ func (x *StepFinished) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StepFinished.ProtoReflect.Descriptor instead.
 func (*StepFinished) Descriptor() ([]byte, []int) {
-	return file_kiln_v1_build_proto_rawDescGZIP(), []int{9}
+	return file_kiln_v1_build_proto_rawDescGZIP(), []int{10}
 }
 
 func (x *StepFinished) GetStep() uint32 {
@@ -1100,7 +1238,7 @@ type StateChanged struct {
 
 func (x *StateChanged) Reset() {
 	*x = StateChanged{}
-	mi := &file_kiln_v1_build_proto_msgTypes[10]
+	mi := &file_kiln_v1_build_proto_msgTypes[11]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1112,7 +1250,7 @@ func (x *StateChanged) String() string {
 func (*StateChanged) ProtoMessage() {}
 
 func (x *StateChanged) ProtoReflect() protoreflect.Message {
-	mi := &file_kiln_v1_build_proto_msgTypes[10]
+	mi := &file_kiln_v1_build_proto_msgTypes[11]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1125,7 +1263,7 @@ func (x *StateChanged) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StateChanged.ProtoReflect.Descriptor instead.
 func (*StateChanged) Descriptor() ([]byte, []int) {
-	return file_kiln_v1_build_proto_rawDescGZIP(), []int{10}
+	return file_kiln_v1_build_proto_rawDescGZIP(), []int{11}
 }
 
 func (x *StateChanged) GetState() BuildState {
@@ -1158,18 +1296,21 @@ func (x *StateChanged) GetMessage() string {
 
 // BuildFinished is the last event of every build.
 type BuildFinished struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	State         BuildState             `protobuf:"varint,1,opt,name=state,proto3,enum=kiln.v1.BuildState" json:"state,omitempty"`
-	Result        *BuildResult           `protobuf:"bytes,2,opt,name=result,proto3" json:"result,omitempty"`
-	Error         string                 `protobuf:"bytes,3,opt,name=error,proto3" json:"error,omitempty"`
-	Agent         string                 `protobuf:"bytes,4,opt,name=agent,proto3" json:"agent,omitempty"`
+	state  protoimpl.MessageState `protogen:"open.v1"`
+	State  BuildState             `protobuf:"varint,1,opt,name=state,proto3,enum=kiln.v1.BuildState" json:"state,omitempty"`
+	Result *BuildResult           `protobuf:"bytes,2,opt,name=result,proto3" json:"result,omitempty"`
+	Error  string                 `protobuf:"bytes,3,opt,name=error,proto3" json:"error,omitempty"`
+	Agent  string                 `protobuf:"bytes,4,opt,name=agent,proto3" json:"agent,omitempty"`
+	// timed_out is set when the farm cancelled the build because its
+	// spec.timeout passed (state is then CANCELLED).
+	TimedOut      bool `protobuf:"varint,5,opt,name=timed_out,json=timedOut,proto3" json:"timed_out,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
 
 func (x *BuildFinished) Reset() {
 	*x = BuildFinished{}
-	mi := &file_kiln_v1_build_proto_msgTypes[11]
+	mi := &file_kiln_v1_build_proto_msgTypes[12]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1181,7 +1322,7 @@ func (x *BuildFinished) String() string {
 func (*BuildFinished) ProtoMessage() {}
 
 func (x *BuildFinished) ProtoReflect() protoreflect.Message {
-	mi := &file_kiln_v1_build_proto_msgTypes[11]
+	mi := &file_kiln_v1_build_proto_msgTypes[12]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1194,7 +1335,7 @@ func (x *BuildFinished) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use BuildFinished.ProtoReflect.Descriptor instead.
 func (*BuildFinished) Descriptor() ([]byte, []int) {
-	return file_kiln_v1_build_proto_rawDescGZIP(), []int{11}
+	return file_kiln_v1_build_proto_rawDescGZIP(), []int{12}
 }
 
 func (x *BuildFinished) GetState() BuildState {
@@ -1225,6 +1366,13 @@ func (x *BuildFinished) GetAgent() string {
 	return ""
 }
 
+func (x *BuildFinished) GetTimedOut() bool {
+	if x != nil {
+		return x.TimedOut
+	}
+	return false
+}
+
 // BuildEvent is one entry of a build's event log (stream KILN_EVENTS).
 type BuildEvent struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
@@ -1249,7 +1397,7 @@ type BuildEvent struct {
 
 func (x *BuildEvent) Reset() {
 	*x = BuildEvent{}
-	mi := &file_kiln_v1_build_proto_msgTypes[12]
+	mi := &file_kiln_v1_build_proto_msgTypes[13]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1261,7 +1409,7 @@ func (x *BuildEvent) String() string {
 func (*BuildEvent) ProtoMessage() {}
 
 func (x *BuildEvent) ProtoReflect() protoreflect.Message {
-	mi := &file_kiln_v1_build_proto_msgTypes[12]
+	mi := &file_kiln_v1_build_proto_msgTypes[13]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1274,7 +1422,7 @@ func (x *BuildEvent) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use BuildEvent.ProtoReflect.Descriptor instead.
 func (*BuildEvent) Descriptor() ([]byte, []int) {
-	return file_kiln_v1_build_proto_rawDescGZIP(), []int{12}
+	return file_kiln_v1_build_proto_rawDescGZIP(), []int{13}
 }
 
 func (x *BuildEvent) GetSequence() uint64 {
@@ -1417,7 +1565,7 @@ type StartBuildRequest struct {
 
 func (x *StartBuildRequest) Reset() {
 	*x = StartBuildRequest{}
-	mi := &file_kiln_v1_build_proto_msgTypes[13]
+	mi := &file_kiln_v1_build_proto_msgTypes[14]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1429,7 +1577,7 @@ func (x *StartBuildRequest) String() string {
 func (*StartBuildRequest) ProtoMessage() {}
 
 func (x *StartBuildRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_kiln_v1_build_proto_msgTypes[13]
+	mi := &file_kiln_v1_build_proto_msgTypes[14]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1442,7 +1590,7 @@ func (x *StartBuildRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StartBuildRequest.ProtoReflect.Descriptor instead.
 func (*StartBuildRequest) Descriptor() ([]byte, []int) {
-	return file_kiln_v1_build_proto_rawDescGZIP(), []int{13}
+	return file_kiln_v1_build_proto_rawDescGZIP(), []int{14}
 }
 
 func (x *StartBuildRequest) GetSpec() *BuildSpec {
@@ -1475,7 +1623,7 @@ type StartBuildResponse struct {
 
 func (x *StartBuildResponse) Reset() {
 	*x = StartBuildResponse{}
-	mi := &file_kiln_v1_build_proto_msgTypes[14]
+	mi := &file_kiln_v1_build_proto_msgTypes[15]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1487,7 +1635,7 @@ func (x *StartBuildResponse) String() string {
 func (*StartBuildResponse) ProtoMessage() {}
 
 func (x *StartBuildResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_kiln_v1_build_proto_msgTypes[14]
+	mi := &file_kiln_v1_build_proto_msgTypes[15]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1500,7 +1648,7 @@ func (x *StartBuildResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StartBuildResponse.ProtoReflect.Descriptor instead.
 func (*StartBuildResponse) Descriptor() ([]byte, []int) {
-	return file_kiln_v1_build_proto_rawDescGZIP(), []int{14}
+	return file_kiln_v1_build_proto_rawDescGZIP(), []int{15}
 }
 
 func (x *StartBuildResponse) GetBuild() *Build {
@@ -1521,7 +1669,7 @@ type WatchBuildRequest struct {
 
 func (x *WatchBuildRequest) Reset() {
 	*x = WatchBuildRequest{}
-	mi := &file_kiln_v1_build_proto_msgTypes[15]
+	mi := &file_kiln_v1_build_proto_msgTypes[16]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1533,7 +1681,7 @@ func (x *WatchBuildRequest) String() string {
 func (*WatchBuildRequest) ProtoMessage() {}
 
 func (x *WatchBuildRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_kiln_v1_build_proto_msgTypes[15]
+	mi := &file_kiln_v1_build_proto_msgTypes[16]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1546,7 +1694,7 @@ func (x *WatchBuildRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WatchBuildRequest.ProtoReflect.Descriptor instead.
 func (*WatchBuildRequest) Descriptor() ([]byte, []int) {
-	return file_kiln_v1_build_proto_rawDescGZIP(), []int{15}
+	return file_kiln_v1_build_proto_rawDescGZIP(), []int{16}
 }
 
 func (x *WatchBuildRequest) GetBuildId() string {
@@ -1572,7 +1720,7 @@ type WatchBuildResponse struct {
 
 func (x *WatchBuildResponse) Reset() {
 	*x = WatchBuildResponse{}
-	mi := &file_kiln_v1_build_proto_msgTypes[16]
+	mi := &file_kiln_v1_build_proto_msgTypes[17]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1584,7 +1732,7 @@ func (x *WatchBuildResponse) String() string {
 func (*WatchBuildResponse) ProtoMessage() {}
 
 func (x *WatchBuildResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_kiln_v1_build_proto_msgTypes[16]
+	mi := &file_kiln_v1_build_proto_msgTypes[17]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1597,7 +1745,7 @@ func (x *WatchBuildResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WatchBuildResponse.ProtoReflect.Descriptor instead.
 func (*WatchBuildResponse) Descriptor() ([]byte, []int) {
-	return file_kiln_v1_build_proto_rawDescGZIP(), []int{16}
+	return file_kiln_v1_build_proto_rawDescGZIP(), []int{17}
 }
 
 func (x *WatchBuildResponse) GetEvent() *BuildEvent {
@@ -1616,7 +1764,7 @@ type CancelBuildRequest struct {
 
 func (x *CancelBuildRequest) Reset() {
 	*x = CancelBuildRequest{}
-	mi := &file_kiln_v1_build_proto_msgTypes[17]
+	mi := &file_kiln_v1_build_proto_msgTypes[18]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1628,7 +1776,7 @@ func (x *CancelBuildRequest) String() string {
 func (*CancelBuildRequest) ProtoMessage() {}
 
 func (x *CancelBuildRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_kiln_v1_build_proto_msgTypes[17]
+	mi := &file_kiln_v1_build_proto_msgTypes[18]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1641,7 +1789,7 @@ func (x *CancelBuildRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CancelBuildRequest.ProtoReflect.Descriptor instead.
 func (*CancelBuildRequest) Descriptor() ([]byte, []int) {
-	return file_kiln_v1_build_proto_rawDescGZIP(), []int{17}
+	return file_kiln_v1_build_proto_rawDescGZIP(), []int{18}
 }
 
 func (x *CancelBuildRequest) GetBuildId() string {
@@ -1660,7 +1808,7 @@ type CancelBuildResponse struct {
 
 func (x *CancelBuildResponse) Reset() {
 	*x = CancelBuildResponse{}
-	mi := &file_kiln_v1_build_proto_msgTypes[18]
+	mi := &file_kiln_v1_build_proto_msgTypes[19]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1672,7 +1820,7 @@ func (x *CancelBuildResponse) String() string {
 func (*CancelBuildResponse) ProtoMessage() {}
 
 func (x *CancelBuildResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_kiln_v1_build_proto_msgTypes[18]
+	mi := &file_kiln_v1_build_proto_msgTypes[19]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1685,7 +1833,7 @@ func (x *CancelBuildResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CancelBuildResponse.ProtoReflect.Descriptor instead.
 func (*CancelBuildResponse) Descriptor() ([]byte, []int) {
-	return file_kiln_v1_build_proto_rawDescGZIP(), []int{18}
+	return file_kiln_v1_build_proto_rawDescGZIP(), []int{19}
 }
 
 func (x *CancelBuildResponse) GetBuild() *Build {
@@ -1704,7 +1852,7 @@ type GetBuildRequest struct {
 
 func (x *GetBuildRequest) Reset() {
 	*x = GetBuildRequest{}
-	mi := &file_kiln_v1_build_proto_msgTypes[19]
+	mi := &file_kiln_v1_build_proto_msgTypes[20]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1716,7 +1864,7 @@ func (x *GetBuildRequest) String() string {
 func (*GetBuildRequest) ProtoMessage() {}
 
 func (x *GetBuildRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_kiln_v1_build_proto_msgTypes[19]
+	mi := &file_kiln_v1_build_proto_msgTypes[20]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1729,7 +1877,7 @@ func (x *GetBuildRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetBuildRequest.ProtoReflect.Descriptor instead.
 func (*GetBuildRequest) Descriptor() ([]byte, []int) {
-	return file_kiln_v1_build_proto_rawDescGZIP(), []int{19}
+	return file_kiln_v1_build_proto_rawDescGZIP(), []int{20}
 }
 
 func (x *GetBuildRequest) GetBuildId() string {
@@ -1748,7 +1896,7 @@ type GetBuildResponse struct {
 
 func (x *GetBuildResponse) Reset() {
 	*x = GetBuildResponse{}
-	mi := &file_kiln_v1_build_proto_msgTypes[20]
+	mi := &file_kiln_v1_build_proto_msgTypes[21]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1760,7 +1908,7 @@ func (x *GetBuildResponse) String() string {
 func (*GetBuildResponse) ProtoMessage() {}
 
 func (x *GetBuildResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_kiln_v1_build_proto_msgTypes[20]
+	mi := &file_kiln_v1_build_proto_msgTypes[21]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1773,7 +1921,7 @@ func (x *GetBuildResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetBuildResponse.ProtoReflect.Descriptor instead.
 func (*GetBuildResponse) Descriptor() ([]byte, []int) {
-	return file_kiln_v1_build_proto_rawDescGZIP(), []int{20}
+	return file_kiln_v1_build_proto_rawDescGZIP(), []int{21}
 }
 
 func (x *GetBuildResponse) GetBuild() *Build {
@@ -1787,15 +1935,33 @@ type ListBuildsRequest struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// page_size caps the builds returned (default 50, at most 1000).
 	PageSize int32 `protobuf:"varint,1,opt,name=page_size,json=pageSize,proto3" json:"page_size,omitempty"`
-	// page_token is the next_page_token of the previous page.
-	PageToken     string `protobuf:"bytes,2,opt,name=page_token,json=pageToken,proto3" json:"page_token,omitempty"`
+	// page_token is the next_page_token of the previous page, sent with the
+	// same filters; a token the gateway did not issue, or one sent with other
+	// filters, is InvalidArgument.
+	PageToken string `protobuf:"bytes,2,opt,name=page_token,json=pageToken,proto3" json:"page_token,omitempty"`
+	// states keeps builds in any of these states (empty: every state).
+	States []BuildState `protobuf:"varint,3,rep,packed,name=states,proto3,enum=kiln.v1.BuildState" json:"states,omitempty"`
+	// repository keeps builds whose spec.repository equals it.
+	Repository string `protobuf:"bytes,4,opt,name=repository,proto3" json:"repository,omitempty"`
+	// tag keeps builds with this tag among spec.tags (the full reference, as
+	// given at start, e.g. "registry:5000/app:v1").
+	Tag string `protobuf:"bytes,5,opt,name=tag,proto3" json:"tag,omitempty"`
+	// agent keeps builds assigned to this agent at any attempt (Build.agent
+	// or one of Build.attempts).
+	Agent string `protobuf:"bytes,6,opt,name=agent,proto3" json:"agent,omitempty"`
+	// since keeps builds created at or after it.
+	Since *timestamppb.Timestamp `protobuf:"bytes,7,opt,name=since,proto3" json:"since,omitempty"`
+	// tenant lists another tenant's builds; only an admin may set it (for
+	// anyone else it is PermissionDenied unless it names the caller's own
+	// tenant). Empty: the caller's own builds.
+	Tenant        string `protobuf:"bytes,8,opt,name=tenant,proto3" json:"tenant,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
 
 func (x *ListBuildsRequest) Reset() {
 	*x = ListBuildsRequest{}
-	mi := &file_kiln_v1_build_proto_msgTypes[21]
+	mi := &file_kiln_v1_build_proto_msgTypes[22]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1807,7 +1973,7 @@ func (x *ListBuildsRequest) String() string {
 func (*ListBuildsRequest) ProtoMessage() {}
 
 func (x *ListBuildsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_kiln_v1_build_proto_msgTypes[21]
+	mi := &file_kiln_v1_build_proto_msgTypes[22]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1820,7 +1986,7 @@ func (x *ListBuildsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListBuildsRequest.ProtoReflect.Descriptor instead.
 func (*ListBuildsRequest) Descriptor() ([]byte, []int) {
-	return file_kiln_v1_build_proto_rawDescGZIP(), []int{21}
+	return file_kiln_v1_build_proto_rawDescGZIP(), []int{22}
 }
 
 func (x *ListBuildsRequest) GetPageSize() int32 {
@@ -1837,17 +2003,61 @@ func (x *ListBuildsRequest) GetPageToken() string {
 	return ""
 }
 
+func (x *ListBuildsRequest) GetStates() []BuildState {
+	if x != nil {
+		return x.States
+	}
+	return nil
+}
+
+func (x *ListBuildsRequest) GetRepository() string {
+	if x != nil {
+		return x.Repository
+	}
+	return ""
+}
+
+func (x *ListBuildsRequest) GetTag() string {
+	if x != nil {
+		return x.Tag
+	}
+	return ""
+}
+
+func (x *ListBuildsRequest) GetAgent() string {
+	if x != nil {
+		return x.Agent
+	}
+	return ""
+}
+
+func (x *ListBuildsRequest) GetSince() *timestamppb.Timestamp {
+	if x != nil {
+		return x.Since
+	}
+	return nil
+}
+
+func (x *ListBuildsRequest) GetTenant() string {
+	if x != nil {
+		return x.Tenant
+	}
+	return ""
+}
+
 type ListBuildsResponse struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Builds        []*Build               `protobuf:"bytes,1,rep,name=builds,proto3" json:"builds,omitempty"`
-	NextPageToken string                 `protobuf:"bytes,2,opt,name=next_page_token,json=nextPageToken,proto3" json:"next_page_token,omitempty"`
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// builds are the page's builds, newest first (by created_at, then id).
+	Builds []*Build `protobuf:"bytes,1,rep,name=builds,proto3" json:"builds,omitempty"`
+	// next_page_token fetches the next page; empty on the last page.
+	NextPageToken string `protobuf:"bytes,2,opt,name=next_page_token,json=nextPageToken,proto3" json:"next_page_token,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
 
 func (x *ListBuildsResponse) Reset() {
 	*x = ListBuildsResponse{}
-	mi := &file_kiln_v1_build_proto_msgTypes[22]
+	mi := &file_kiln_v1_build_proto_msgTypes[23]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1859,7 +2069,7 @@ func (x *ListBuildsResponse) String() string {
 func (*ListBuildsResponse) ProtoMessage() {}
 
 func (x *ListBuildsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_kiln_v1_build_proto_msgTypes[22]
+	mi := &file_kiln_v1_build_proto_msgTypes[23]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1872,7 +2082,7 @@ func (x *ListBuildsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListBuildsResponse.ProtoReflect.Descriptor instead.
 func (*ListBuildsResponse) Descriptor() ([]byte, []int) {
-	return file_kiln_v1_build_proto_rawDescGZIP(), []int{22}
+	return file_kiln_v1_build_proto_rawDescGZIP(), []int{23}
 }
 
 func (x *ListBuildsResponse) GetBuilds() []*Build {
@@ -1889,6 +2099,107 @@ func (x *ListBuildsResponse) GetNextPageToken() string {
 	return ""
 }
 
+type RetryBuildRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// build_id is the build to run again.
+	BuildId string `protobuf:"bytes,1,opt,name=build_id,json=buildId,proto3" json:"build_id,omitempty"`
+	// idempotency_key makes the retry safe to send again: the same key for
+	// the same build returns the build the first call queued.
+	IdempotencyKey string `protobuf:"bytes,2,opt,name=idempotency_key,json=idempotencyKey,proto3" json:"idempotency_key,omitempty"`
+	unknownFields  protoimpl.UnknownFields
+	sizeCache      protoimpl.SizeCache
+}
+
+func (x *RetryBuildRequest) Reset() {
+	*x = RetryBuildRequest{}
+	mi := &file_kiln_v1_build_proto_msgTypes[24]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RetryBuildRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RetryBuildRequest) ProtoMessage() {}
+
+func (x *RetryBuildRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_kiln_v1_build_proto_msgTypes[24]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RetryBuildRequest.ProtoReflect.Descriptor instead.
+func (*RetryBuildRequest) Descriptor() ([]byte, []int) {
+	return file_kiln_v1_build_proto_rawDescGZIP(), []int{24}
+}
+
+func (x *RetryBuildRequest) GetBuildId() string {
+	if x != nil {
+		return x.BuildId
+	}
+	return ""
+}
+
+func (x *RetryBuildRequest) GetIdempotencyKey() string {
+	if x != nil {
+		return x.IdempotencyKey
+	}
+	return ""
+}
+
+type RetryBuildResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// build is the new build's record, QUEUED (or the one the idempotency
+	// key already named).
+	Build         *Build `protobuf:"bytes,1,opt,name=build,proto3" json:"build,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RetryBuildResponse) Reset() {
+	*x = RetryBuildResponse{}
+	mi := &file_kiln_v1_build_proto_msgTypes[25]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RetryBuildResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RetryBuildResponse) ProtoMessage() {}
+
+func (x *RetryBuildResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_kiln_v1_build_proto_msgTypes[25]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RetryBuildResponse.ProtoReflect.Descriptor instead.
+func (*RetryBuildResponse) Descriptor() ([]byte, []int) {
+	return file_kiln_v1_build_proto_rawDescGZIP(), []int{25}
+}
+
+func (x *RetryBuildResponse) GetBuild() *Build {
+	if x != nil {
+		return x.Build
+	}
+	return nil
+}
+
 type GetSecretsKeyRequest struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	unknownFields protoimpl.UnknownFields
@@ -1897,7 +2208,7 @@ type GetSecretsKeyRequest struct {
 
 func (x *GetSecretsKeyRequest) Reset() {
 	*x = GetSecretsKeyRequest{}
-	mi := &file_kiln_v1_build_proto_msgTypes[23]
+	mi := &file_kiln_v1_build_proto_msgTypes[26]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1909,7 +2220,7 @@ func (x *GetSecretsKeyRequest) String() string {
 func (*GetSecretsKeyRequest) ProtoMessage() {}
 
 func (x *GetSecretsKeyRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_kiln_v1_build_proto_msgTypes[23]
+	mi := &file_kiln_v1_build_proto_msgTypes[26]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1922,7 +2233,7 @@ func (x *GetSecretsKeyRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetSecretsKeyRequest.ProtoReflect.Descriptor instead.
 func (*GetSecretsKeyRequest) Descriptor() ([]byte, []int) {
-	return file_kiln_v1_build_proto_rawDescGZIP(), []int{23}
+	return file_kiln_v1_build_proto_rawDescGZIP(), []int{26}
 }
 
 type GetSecretsKeyResponse struct {
@@ -1939,7 +2250,7 @@ type GetSecretsKeyResponse struct {
 
 func (x *GetSecretsKeyResponse) Reset() {
 	*x = GetSecretsKeyResponse{}
-	mi := &file_kiln_v1_build_proto_msgTypes[24]
+	mi := &file_kiln_v1_build_proto_msgTypes[27]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1951,7 +2262,7 @@ func (x *GetSecretsKeyResponse) String() string {
 func (*GetSecretsKeyResponse) ProtoMessage() {}
 
 func (x *GetSecretsKeyResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_kiln_v1_build_proto_msgTypes[24]
+	mi := &file_kiln_v1_build_proto_msgTypes[27]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1964,7 +2275,7 @@ func (x *GetSecretsKeyResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetSecretsKeyResponse.ProtoReflect.Descriptor instead.
 func (*GetSecretsKeyResponse) Descriptor() ([]byte, []int) {
-	return file_kiln_v1_build_proto_rawDescGZIP(), []int{24}
+	return file_kiln_v1_build_proto_rawDescGZIP(), []int{27}
 }
 
 func (x *GetSecretsKeyResponse) GetPublicKey() []byte {
@@ -1992,7 +2303,7 @@ var File_kiln_v1_build_proto protoreflect.FileDescriptor
 
 const file_kiln_v1_build_proto_rawDesc = "" +
 	"\n" +
-	"\x13kiln/v1/build.proto\x12\akiln.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x15kiln/v1/context.proto\"\x89\x06\n" +
+	"\x13kiln/v1/build.proto\x12\akiln.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x15kiln/v1/context.proto\"\xbe\x06\n" +
 	"\tBuildSpec\x12\x1e\n" +
 	"\n" +
 	"dockerfile\x18\x01 \x01(\tR\n" +
@@ -2015,7 +2326,8 @@ const file_kiln_v1_build_proto_rawDesc = "" +
 	"\abuilder\x18\r \x01(\x0e2\x10.kiln.v1.BuilderR\abuilder\x12:\n" +
 	"\rregistry_auth\x18\x0e \x03(\v2\x15.kiln.v1.SealedSecretR\fregistryAuth\x12\x1d\n" +
 	"\n" +
-	"seal_nonce\x18\x0f \x01(\fR\tsealNonce\x1a<\n" +
+	"seal_nonce\x18\x0f \x01(\fR\tsealNonce\x123\n" +
+	"\atimeout\x18\x10 \x01(\v2\x19.google.protobuf.DurationR\atimeout\x1a<\n" +
 	"\x0eBuildArgsEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
 	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\x1a9\n" +
@@ -2051,7 +2363,7 @@ const file_kiln_v1_build_proto_rawDesc = "" +
 	"\x05steps\x18\x03 \x01(\rR\x05steps\x12!\n" +
 	"\fcached_steps\x18\x04 \x01(\rR\vcachedSteps\x12*\n" +
 	"\abuilder\x18\x05 \x01(\x0e2\x10.kiln.v1.BuilderR\abuilder\x124\n" +
-	"\x16context_transfer_bytes\x18\x06 \x01(\x03R\x14contextTransferBytes\"\xb2\a\n" +
+	"\x16context_transfer_bytes\x18\x06 \x01(\x03R\x14contextTransferBytes\"\x9d\b\n" +
 	"\x05Build\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x12\x16\n" +
 	"\x06tenant\x18\x02 \x01(\tR\x06tenant\x12&\n" +
@@ -2077,10 +2389,22 @@ const file_kiln_v1_build_proto_rawDesc = "" +
 	"\tqueued_at\x18\x12 \x01(\v2\x1a.google.protobuf.TimestampR\bqueuedAt\x12\x1f\n" +
 	"\vlost_agents\x18\x13 \x03(\tR\n" +
 	"lostAgents\x12-\n" +
-	"\x06policy\x18\x14 \x01(\v2\x15.kiln.v1.TenantPolicyR\x06policy\x1a?\n" +
+	"\x06policy\x18\x14 \x01(\v2\x15.kiln.v1.TenantPolicyR\x06policy\x121\n" +
+	"\battempts\x18\x15 \x03(\v2\x15.kiln.v1.BuildAttemptR\battempts\x12\x1b\n" +
+	"\ttimed_out\x18\x16 \x01(\bR\btimedOut\x12\x19\n" +
+	"\bretry_of\x18\x17 \x01(\tR\aretryOf\x1a?\n" +
 	"\x11TraceContextEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
-	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"1\n" +
+	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"\x85\x02\n" +
+	"\fBuildAttempt\x12\x18\n" +
+	"\aattempt\x18\x01 \x01(\rR\aattempt\x12\x14\n" +
+	"\x05agent\x18\x02 \x01(\tR\x05agent\x12;\n" +
+	"\vassigned_at\x18\x03 \x01(\v2\x1a.google.protobuf.TimestampR\n" +
+	"assignedAt\x129\n" +
+	"\n" +
+	"started_at\x18\x04 \x01(\v2\x1a.google.protobuf.TimestampR\tstartedAt\x125\n" +
+	"\bended_at\x18\x05 \x01(\v2\x1a.google.protobuf.TimestampR\aendedAt\x12\x16\n" +
+	"\x06reason\x18\x06 \x01(\tR\x06reason\"1\n" +
 	"\aLogLine\x12\x12\n" +
 	"\x04step\x18\x01 \x01(\rR\x04step\x12\x12\n" +
 	"\x04text\x18\x02 \x01(\tR\x04text\"Y\n" +
@@ -2097,12 +2421,13 @@ const file_kiln_v1_build_proto_rawDesc = "" +
 	"\x05state\x18\x01 \x01(\x0e2\x13.kiln.v1.BuildStateR\x05state\x12\x14\n" +
 	"\x05agent\x18\x02 \x01(\tR\x05agent\x12\x18\n" +
 	"\aattempt\x18\x03 \x01(\rR\aattempt\x12\x18\n" +
-	"\amessage\x18\x04 \x01(\tR\amessage\"\x94\x01\n" +
+	"\amessage\x18\x04 \x01(\tR\amessage\"\xb1\x01\n" +
 	"\rBuildFinished\x12)\n" +
 	"\x05state\x18\x01 \x01(\x0e2\x13.kiln.v1.BuildStateR\x05state\x12,\n" +
 	"\x06result\x18\x02 \x01(\v2\x14.kiln.v1.BuildResultR\x06result\x12\x14\n" +
 	"\x05error\x18\x03 \x01(\tR\x05error\x12\x14\n" +
-	"\x05agent\x18\x04 \x01(\tR\x05agent\"\xca\x03\n" +
+	"\x05agent\x18\x04 \x01(\tR\x05agent\x12\x1b\n" +
+	"\ttimed_out\x18\x05 \x01(\bR\btimedOut\"\xca\x03\n" +
 	"\n" +
 	"BuildEvent\x12\x1a\n" +
 	"\bsequence\x18\x01 \x01(\x04R\bsequence\x12.\n" +
@@ -2135,14 +2460,27 @@ const file_kiln_v1_build_proto_rawDesc = "" +
 	"\x0fGetBuildRequest\x12\x19\n" +
 	"\bbuild_id\x18\x01 \x01(\tR\abuildId\"8\n" +
 	"\x10GetBuildResponse\x12$\n" +
-	"\x05build\x18\x01 \x01(\v2\x0e.kiln.v1.BuildR\x05build\"O\n" +
+	"\x05build\x18\x01 \x01(\v2\x0e.kiln.v1.BuildR\x05build\"\x8e\x02\n" +
 	"\x11ListBuildsRequest\x12\x1b\n" +
 	"\tpage_size\x18\x01 \x01(\x05R\bpageSize\x12\x1d\n" +
 	"\n" +
-	"page_token\x18\x02 \x01(\tR\tpageToken\"d\n" +
+	"page_token\x18\x02 \x01(\tR\tpageToken\x12+\n" +
+	"\x06states\x18\x03 \x03(\x0e2\x13.kiln.v1.BuildStateR\x06states\x12\x1e\n" +
+	"\n" +
+	"repository\x18\x04 \x01(\tR\n" +
+	"repository\x12\x10\n" +
+	"\x03tag\x18\x05 \x01(\tR\x03tag\x12\x14\n" +
+	"\x05agent\x18\x06 \x01(\tR\x05agent\x120\n" +
+	"\x05since\x18\a \x01(\v2\x1a.google.protobuf.TimestampR\x05since\x12\x16\n" +
+	"\x06tenant\x18\b \x01(\tR\x06tenant\"d\n" +
 	"\x12ListBuildsResponse\x12&\n" +
 	"\x06builds\x18\x01 \x03(\v2\x0e.kiln.v1.BuildR\x06builds\x12&\n" +
-	"\x0fnext_page_token\x18\x02 \x01(\tR\rnextPageToken\"\x16\n" +
+	"\x0fnext_page_token\x18\x02 \x01(\tR\rnextPageToken\"W\n" +
+	"\x11RetryBuildRequest\x12\x19\n" +
+	"\bbuild_id\x18\x01 \x01(\tR\abuildId\x12'\n" +
+	"\x0fidempotency_key\x18\x02 \x01(\tR\x0eidempotencyKey\":\n" +
+	"\x12RetryBuildResponse\x12$\n" +
+	"\x05build\x18\x01 \x01(\v2\x0e.kiln.v1.BuildR\x05build\"\x16\n" +
 	"\x14GetSecretsKeyRequest\"e\n" +
 	"\x15GetSecretsKeyResponse\x12\x1d\n" +
 	"\n" +
@@ -2161,7 +2499,7 @@ const file_kiln_v1_build_proto_rawDesc = "" +
 	"\x13BUILD_STATE_RUNNING\x10\x03\x12\x19\n" +
 	"\x15BUILD_STATE_SUCCEEDED\x10\x04\x12\x16\n" +
 	"\x12BUILD_STATE_FAILED\x10\x05\x12\x19\n" +
-	"\x15BUILD_STATE_CANCELLED\x10\x062\xc0\x03\n" +
+	"\x15BUILD_STATE_CANCELLED\x10\x062\x87\x04\n" +
 	"\fBuildService\x12E\n" +
 	"\n" +
 	"StartBuild\x12\x1a.kiln.v1.StartBuildRequest\x1a\x1b.kiln.v1.StartBuildResponse\x12G\n" +
@@ -2170,7 +2508,9 @@ const file_kiln_v1_build_proto_rawDesc = "" +
 	"\vCancelBuild\x12\x1b.kiln.v1.CancelBuildRequest\x1a\x1c.kiln.v1.CancelBuildResponse\x12?\n" +
 	"\bGetBuild\x12\x18.kiln.v1.GetBuildRequest\x1a\x19.kiln.v1.GetBuildResponse\x12E\n" +
 	"\n" +
-	"ListBuilds\x12\x1a.kiln.v1.ListBuildsRequest\x1a\x1b.kiln.v1.ListBuildsResponse\x12N\n" +
+	"ListBuilds\x12\x1a.kiln.v1.ListBuildsRequest\x1a\x1b.kiln.v1.ListBuildsResponse\x12E\n" +
+	"\n" +
+	"RetryBuild\x12\x1a.kiln.v1.RetryBuildRequest\x1a\x1b.kiln.v1.RetryBuildResponse\x12N\n" +
 	"\rGetSecretsKey\x12\x1d.kiln.v1.GetSecretsKeyRequest\x1a\x1e.kiln.v1.GetSecretsKeyResponseB7Z5github.com/kilnbuild/kiln/proto/gen/go/kiln/v1;kilnv1b\x06proto3"
 
 var (
@@ -2186,7 +2526,7 @@ func file_kiln_v1_build_proto_rawDescGZIP() []byte {
 }
 
 var file_kiln_v1_build_proto_enumTypes = make([]protoimpl.EnumInfo, 2)
-var file_kiln_v1_build_proto_msgTypes = make([]protoimpl.MessageInfo, 29)
+var file_kiln_v1_build_proto_msgTypes = make([]protoimpl.MessageInfo, 32)
 var file_kiln_v1_build_proto_goTypes = []any{
 	(Builder)(0),                  // 0: kiln.v1.Builder
 	(BuildState)(0),               // 1: kiln.v1.BuildState
@@ -2197,88 +2537,101 @@ var file_kiln_v1_build_proto_goTypes = []any{
 	(*PushedImage)(nil),           // 6: kiln.v1.PushedImage
 	(*BuildResult)(nil),           // 7: kiln.v1.BuildResult
 	(*Build)(nil),                 // 8: kiln.v1.Build
-	(*LogLine)(nil),               // 9: kiln.v1.LogLine
-	(*StepStarted)(nil),           // 10: kiln.v1.StepStarted
-	(*StepFinished)(nil),          // 11: kiln.v1.StepFinished
-	(*StateChanged)(nil),          // 12: kiln.v1.StateChanged
-	(*BuildFinished)(nil),         // 13: kiln.v1.BuildFinished
-	(*BuildEvent)(nil),            // 14: kiln.v1.BuildEvent
-	(*StartBuildRequest)(nil),     // 15: kiln.v1.StartBuildRequest
-	(*StartBuildResponse)(nil),    // 16: kiln.v1.StartBuildResponse
-	(*WatchBuildRequest)(nil),     // 17: kiln.v1.WatchBuildRequest
-	(*WatchBuildResponse)(nil),    // 18: kiln.v1.WatchBuildResponse
-	(*CancelBuildRequest)(nil),    // 19: kiln.v1.CancelBuildRequest
-	(*CancelBuildResponse)(nil),   // 20: kiln.v1.CancelBuildResponse
-	(*GetBuildRequest)(nil),       // 21: kiln.v1.GetBuildRequest
-	(*GetBuildResponse)(nil),      // 22: kiln.v1.GetBuildResponse
-	(*ListBuildsRequest)(nil),     // 23: kiln.v1.ListBuildsRequest
-	(*ListBuildsResponse)(nil),    // 24: kiln.v1.ListBuildsResponse
-	(*GetSecretsKeyRequest)(nil),  // 25: kiln.v1.GetSecretsKeyRequest
-	(*GetSecretsKeyResponse)(nil), // 26: kiln.v1.GetSecretsKeyResponse
-	nil,                           // 27: kiln.v1.BuildSpec.BuildArgsEntry
-	nil,                           // 28: kiln.v1.BuildSpec.LabelsEntry
-	nil,                           // 29: kiln.v1.BuildSpec.AgentLabelsEntry
-	nil,                           // 30: kiln.v1.Build.TraceContextEntry
-	(*ContextRef)(nil),            // 31: kiln.v1.ContextRef
-	(*timestamppb.Timestamp)(nil), // 32: google.protobuf.Timestamp
-	(*durationpb.Duration)(nil),   // 33: google.protobuf.Duration
+	(*BuildAttempt)(nil),          // 9: kiln.v1.BuildAttempt
+	(*LogLine)(nil),               // 10: kiln.v1.LogLine
+	(*StepStarted)(nil),           // 11: kiln.v1.StepStarted
+	(*StepFinished)(nil),          // 12: kiln.v1.StepFinished
+	(*StateChanged)(nil),          // 13: kiln.v1.StateChanged
+	(*BuildFinished)(nil),         // 14: kiln.v1.BuildFinished
+	(*BuildEvent)(nil),            // 15: kiln.v1.BuildEvent
+	(*StartBuildRequest)(nil),     // 16: kiln.v1.StartBuildRequest
+	(*StartBuildResponse)(nil),    // 17: kiln.v1.StartBuildResponse
+	(*WatchBuildRequest)(nil),     // 18: kiln.v1.WatchBuildRequest
+	(*WatchBuildResponse)(nil),    // 19: kiln.v1.WatchBuildResponse
+	(*CancelBuildRequest)(nil),    // 20: kiln.v1.CancelBuildRequest
+	(*CancelBuildResponse)(nil),   // 21: kiln.v1.CancelBuildResponse
+	(*GetBuildRequest)(nil),       // 22: kiln.v1.GetBuildRequest
+	(*GetBuildResponse)(nil),      // 23: kiln.v1.GetBuildResponse
+	(*ListBuildsRequest)(nil),     // 24: kiln.v1.ListBuildsRequest
+	(*ListBuildsResponse)(nil),    // 25: kiln.v1.ListBuildsResponse
+	(*RetryBuildRequest)(nil),     // 26: kiln.v1.RetryBuildRequest
+	(*RetryBuildResponse)(nil),    // 27: kiln.v1.RetryBuildResponse
+	(*GetSecretsKeyRequest)(nil),  // 28: kiln.v1.GetSecretsKeyRequest
+	(*GetSecretsKeyResponse)(nil), // 29: kiln.v1.GetSecretsKeyResponse
+	nil,                           // 30: kiln.v1.BuildSpec.BuildArgsEntry
+	nil,                           // 31: kiln.v1.BuildSpec.LabelsEntry
+	nil,                           // 32: kiln.v1.BuildSpec.AgentLabelsEntry
+	nil,                           // 33: kiln.v1.Build.TraceContextEntry
+	(*durationpb.Duration)(nil),   // 34: google.protobuf.Duration
+	(*ContextRef)(nil),            // 35: kiln.v1.ContextRef
+	(*timestamppb.Timestamp)(nil), // 36: google.protobuf.Timestamp
 }
 var file_kiln_v1_build_proto_depIdxs = []int32{
-	27, // 0: kiln.v1.BuildSpec.build_args:type_name -> kiln.v1.BuildSpec.BuildArgsEntry
-	28, // 1: kiln.v1.BuildSpec.labels:type_name -> kiln.v1.BuildSpec.LabelsEntry
-	29, // 2: kiln.v1.BuildSpec.agent_labels:type_name -> kiln.v1.BuildSpec.AgentLabelsEntry
+	30, // 0: kiln.v1.BuildSpec.build_args:type_name -> kiln.v1.BuildSpec.BuildArgsEntry
+	31, // 1: kiln.v1.BuildSpec.labels:type_name -> kiln.v1.BuildSpec.LabelsEntry
+	32, // 2: kiln.v1.BuildSpec.agent_labels:type_name -> kiln.v1.BuildSpec.AgentLabelsEntry
 	4,  // 3: kiln.v1.BuildSpec.secrets:type_name -> kiln.v1.SealedSecret
 	0,  // 4: kiln.v1.BuildSpec.builder:type_name -> kiln.v1.Builder
 	4,  // 5: kiln.v1.BuildSpec.registry_auth:type_name -> kiln.v1.SealedSecret
-	6,  // 6: kiln.v1.BuildResult.pushed:type_name -> kiln.v1.PushedImage
-	0,  // 7: kiln.v1.BuildResult.builder:type_name -> kiln.v1.Builder
-	2,  // 8: kiln.v1.Build.spec:type_name -> kiln.v1.BuildSpec
-	31, // 9: kiln.v1.Build.context:type_name -> kiln.v1.ContextRef
-	1,  // 10: kiln.v1.Build.state:type_name -> kiln.v1.BuildState
-	32, // 11: kiln.v1.Build.created_at:type_name -> google.protobuf.Timestamp
-	32, // 12: kiln.v1.Build.started_at:type_name -> google.protobuf.Timestamp
-	32, // 13: kiln.v1.Build.finished_at:type_name -> google.protobuf.Timestamp
-	7,  // 14: kiln.v1.Build.result:type_name -> kiln.v1.BuildResult
-	32, // 15: kiln.v1.Build.lease_expires_at:type_name -> google.protobuf.Timestamp
-	30, // 16: kiln.v1.Build.trace_context:type_name -> kiln.v1.Build.TraceContextEntry
-	5,  // 17: kiln.v1.Build.affinity:type_name -> kiln.v1.Affinity
-	32, // 18: kiln.v1.Build.queued_at:type_name -> google.protobuf.Timestamp
-	3,  // 19: kiln.v1.Build.policy:type_name -> kiln.v1.TenantPolicy
-	33, // 20: kiln.v1.StepFinished.duration:type_name -> google.protobuf.Duration
-	1,  // 21: kiln.v1.StateChanged.state:type_name -> kiln.v1.BuildState
-	1,  // 22: kiln.v1.BuildFinished.state:type_name -> kiln.v1.BuildState
-	7,  // 23: kiln.v1.BuildFinished.result:type_name -> kiln.v1.BuildResult
-	32, // 24: kiln.v1.BuildEvent.time:type_name -> google.protobuf.Timestamp
-	12, // 25: kiln.v1.BuildEvent.state:type_name -> kiln.v1.StateChanged
-	9,  // 26: kiln.v1.BuildEvent.log:type_name -> kiln.v1.LogLine
-	10, // 27: kiln.v1.BuildEvent.step_started:type_name -> kiln.v1.StepStarted
-	11, // 28: kiln.v1.BuildEvent.step_finished:type_name -> kiln.v1.StepFinished
-	6,  // 29: kiln.v1.BuildEvent.pushed:type_name -> kiln.v1.PushedImage
-	13, // 30: kiln.v1.BuildEvent.finished:type_name -> kiln.v1.BuildFinished
-	2,  // 31: kiln.v1.StartBuildRequest.spec:type_name -> kiln.v1.BuildSpec
-	31, // 32: kiln.v1.StartBuildRequest.context:type_name -> kiln.v1.ContextRef
-	8,  // 33: kiln.v1.StartBuildResponse.build:type_name -> kiln.v1.Build
-	14, // 34: kiln.v1.WatchBuildResponse.event:type_name -> kiln.v1.BuildEvent
-	8,  // 35: kiln.v1.CancelBuildResponse.build:type_name -> kiln.v1.Build
-	8,  // 36: kiln.v1.GetBuildResponse.build:type_name -> kiln.v1.Build
-	8,  // 37: kiln.v1.ListBuildsResponse.builds:type_name -> kiln.v1.Build
-	15, // 38: kiln.v1.BuildService.StartBuild:input_type -> kiln.v1.StartBuildRequest
-	17, // 39: kiln.v1.BuildService.WatchBuild:input_type -> kiln.v1.WatchBuildRequest
-	19, // 40: kiln.v1.BuildService.CancelBuild:input_type -> kiln.v1.CancelBuildRequest
-	21, // 41: kiln.v1.BuildService.GetBuild:input_type -> kiln.v1.GetBuildRequest
-	23, // 42: kiln.v1.BuildService.ListBuilds:input_type -> kiln.v1.ListBuildsRequest
-	25, // 43: kiln.v1.BuildService.GetSecretsKey:input_type -> kiln.v1.GetSecretsKeyRequest
-	16, // 44: kiln.v1.BuildService.StartBuild:output_type -> kiln.v1.StartBuildResponse
-	18, // 45: kiln.v1.BuildService.WatchBuild:output_type -> kiln.v1.WatchBuildResponse
-	20, // 46: kiln.v1.BuildService.CancelBuild:output_type -> kiln.v1.CancelBuildResponse
-	22, // 47: kiln.v1.BuildService.GetBuild:output_type -> kiln.v1.GetBuildResponse
-	24, // 48: kiln.v1.BuildService.ListBuilds:output_type -> kiln.v1.ListBuildsResponse
-	26, // 49: kiln.v1.BuildService.GetSecretsKey:output_type -> kiln.v1.GetSecretsKeyResponse
-	44, // [44:50] is the sub-list for method output_type
-	38, // [38:44] is the sub-list for method input_type
-	38, // [38:38] is the sub-list for extension type_name
-	38, // [38:38] is the sub-list for extension extendee
-	0,  // [0:38] is the sub-list for field type_name
+	34, // 6: kiln.v1.BuildSpec.timeout:type_name -> google.protobuf.Duration
+	6,  // 7: kiln.v1.BuildResult.pushed:type_name -> kiln.v1.PushedImage
+	0,  // 8: kiln.v1.BuildResult.builder:type_name -> kiln.v1.Builder
+	2,  // 9: kiln.v1.Build.spec:type_name -> kiln.v1.BuildSpec
+	35, // 10: kiln.v1.Build.context:type_name -> kiln.v1.ContextRef
+	1,  // 11: kiln.v1.Build.state:type_name -> kiln.v1.BuildState
+	36, // 12: kiln.v1.Build.created_at:type_name -> google.protobuf.Timestamp
+	36, // 13: kiln.v1.Build.started_at:type_name -> google.protobuf.Timestamp
+	36, // 14: kiln.v1.Build.finished_at:type_name -> google.protobuf.Timestamp
+	7,  // 15: kiln.v1.Build.result:type_name -> kiln.v1.BuildResult
+	36, // 16: kiln.v1.Build.lease_expires_at:type_name -> google.protobuf.Timestamp
+	33, // 17: kiln.v1.Build.trace_context:type_name -> kiln.v1.Build.TraceContextEntry
+	5,  // 18: kiln.v1.Build.affinity:type_name -> kiln.v1.Affinity
+	36, // 19: kiln.v1.Build.queued_at:type_name -> google.protobuf.Timestamp
+	3,  // 20: kiln.v1.Build.policy:type_name -> kiln.v1.TenantPolicy
+	9,  // 21: kiln.v1.Build.attempts:type_name -> kiln.v1.BuildAttempt
+	36, // 22: kiln.v1.BuildAttempt.assigned_at:type_name -> google.protobuf.Timestamp
+	36, // 23: kiln.v1.BuildAttempt.started_at:type_name -> google.protobuf.Timestamp
+	36, // 24: kiln.v1.BuildAttempt.ended_at:type_name -> google.protobuf.Timestamp
+	34, // 25: kiln.v1.StepFinished.duration:type_name -> google.protobuf.Duration
+	1,  // 26: kiln.v1.StateChanged.state:type_name -> kiln.v1.BuildState
+	1,  // 27: kiln.v1.BuildFinished.state:type_name -> kiln.v1.BuildState
+	7,  // 28: kiln.v1.BuildFinished.result:type_name -> kiln.v1.BuildResult
+	36, // 29: kiln.v1.BuildEvent.time:type_name -> google.protobuf.Timestamp
+	13, // 30: kiln.v1.BuildEvent.state:type_name -> kiln.v1.StateChanged
+	10, // 31: kiln.v1.BuildEvent.log:type_name -> kiln.v1.LogLine
+	11, // 32: kiln.v1.BuildEvent.step_started:type_name -> kiln.v1.StepStarted
+	12, // 33: kiln.v1.BuildEvent.step_finished:type_name -> kiln.v1.StepFinished
+	6,  // 34: kiln.v1.BuildEvent.pushed:type_name -> kiln.v1.PushedImage
+	14, // 35: kiln.v1.BuildEvent.finished:type_name -> kiln.v1.BuildFinished
+	2,  // 36: kiln.v1.StartBuildRequest.spec:type_name -> kiln.v1.BuildSpec
+	35, // 37: kiln.v1.StartBuildRequest.context:type_name -> kiln.v1.ContextRef
+	8,  // 38: kiln.v1.StartBuildResponse.build:type_name -> kiln.v1.Build
+	15, // 39: kiln.v1.WatchBuildResponse.event:type_name -> kiln.v1.BuildEvent
+	8,  // 40: kiln.v1.CancelBuildResponse.build:type_name -> kiln.v1.Build
+	8,  // 41: kiln.v1.GetBuildResponse.build:type_name -> kiln.v1.Build
+	1,  // 42: kiln.v1.ListBuildsRequest.states:type_name -> kiln.v1.BuildState
+	36, // 43: kiln.v1.ListBuildsRequest.since:type_name -> google.protobuf.Timestamp
+	8,  // 44: kiln.v1.ListBuildsResponse.builds:type_name -> kiln.v1.Build
+	8,  // 45: kiln.v1.RetryBuildResponse.build:type_name -> kiln.v1.Build
+	16, // 46: kiln.v1.BuildService.StartBuild:input_type -> kiln.v1.StartBuildRequest
+	18, // 47: kiln.v1.BuildService.WatchBuild:input_type -> kiln.v1.WatchBuildRequest
+	20, // 48: kiln.v1.BuildService.CancelBuild:input_type -> kiln.v1.CancelBuildRequest
+	22, // 49: kiln.v1.BuildService.GetBuild:input_type -> kiln.v1.GetBuildRequest
+	24, // 50: kiln.v1.BuildService.ListBuilds:input_type -> kiln.v1.ListBuildsRequest
+	26, // 51: kiln.v1.BuildService.RetryBuild:input_type -> kiln.v1.RetryBuildRequest
+	28, // 52: kiln.v1.BuildService.GetSecretsKey:input_type -> kiln.v1.GetSecretsKeyRequest
+	17, // 53: kiln.v1.BuildService.StartBuild:output_type -> kiln.v1.StartBuildResponse
+	19, // 54: kiln.v1.BuildService.WatchBuild:output_type -> kiln.v1.WatchBuildResponse
+	21, // 55: kiln.v1.BuildService.CancelBuild:output_type -> kiln.v1.CancelBuildResponse
+	23, // 56: kiln.v1.BuildService.GetBuild:output_type -> kiln.v1.GetBuildResponse
+	25, // 57: kiln.v1.BuildService.ListBuilds:output_type -> kiln.v1.ListBuildsResponse
+	27, // 58: kiln.v1.BuildService.RetryBuild:output_type -> kiln.v1.RetryBuildResponse
+	29, // 59: kiln.v1.BuildService.GetSecretsKey:output_type -> kiln.v1.GetSecretsKeyResponse
+	53, // [53:60] is the sub-list for method output_type
+	46, // [46:53] is the sub-list for method input_type
+	46, // [46:46] is the sub-list for extension type_name
+	46, // [46:46] is the sub-list for extension extendee
+	0,  // [0:46] is the sub-list for field type_name
 }
 
 func init() { file_kiln_v1_build_proto_init() }
@@ -2287,7 +2640,7 @@ func file_kiln_v1_build_proto_init() {
 		return
 	}
 	file_kiln_v1_context_proto_init()
-	file_kiln_v1_build_proto_msgTypes[12].OneofWrappers = []any{
+	file_kiln_v1_build_proto_msgTypes[13].OneofWrappers = []any{
 		(*BuildEvent_State)(nil),
 		(*BuildEvent_Log)(nil),
 		(*BuildEvent_StepStarted)(nil),
@@ -2301,7 +2654,7 @@ func file_kiln_v1_build_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_kiln_v1_build_proto_rawDesc), len(file_kiln_v1_build_proto_rawDesc)),
 			NumEnums:      2,
-			NumMessages:   29,
+			NumMessages:   32,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

@@ -24,6 +24,7 @@ const (
 	BuildService_CancelBuild_FullMethodName   = "/kiln.v1.BuildService/CancelBuild"
 	BuildService_GetBuild_FullMethodName      = "/kiln.v1.BuildService/GetBuild"
 	BuildService_ListBuilds_FullMethodName    = "/kiln.v1.BuildService/ListBuilds"
+	BuildService_RetryBuild_FullMethodName    = "/kiln.v1.BuildService/RetryBuild"
 	BuildService_GetSecretsKey_FullMethodName = "/kiln.v1.BuildService/GetSecretsKey"
 )
 
@@ -44,8 +45,16 @@ type BuildServiceClient interface {
 	CancelBuild(ctx context.Context, in *CancelBuildRequest, opts ...grpc.CallOption) (*CancelBuildResponse, error)
 	// GetBuild returns a build's current record.
 	GetBuild(ctx context.Context, in *GetBuildRequest, opts ...grpc.CallOption) (*GetBuildResponse, error)
-	// ListBuilds returns builds, newest first.
+	// ListBuilds returns the caller's builds that match the request's
+	// filters, newest first, a page at a time.
 	ListBuilds(ctx context.Context, in *ListBuildsRequest, opts ...grpc.CallOption) (*ListBuildsResponse, error)
+	// RetryBuild queues a new build with the spec (sealed secrets, registry
+	// credentials and seal nonce included) and the context of an earlier
+	// build of the caller's tenant. It is NotFound for another tenant's build
+	// and FailedPrecondition when the context is no longer stored. The same
+	// idempotency key with the same build returns the same new build, as with
+	// StartBuild.
+	RetryBuild(ctx context.Context, in *RetryBuildRequest, opts ...grpc.CallOption) (*RetryBuildResponse, error)
 	// GetSecretsKey returns the farm's public key for build secrets: a client
 	// seals each secret to it (an anonymous NaCl box), so only agents, which
 	// hold the private key, can open it; the gateway, NATS and KV see only
@@ -120,6 +129,16 @@ func (c *buildServiceClient) ListBuilds(ctx context.Context, in *ListBuildsReque
 	return out, nil
 }
 
+func (c *buildServiceClient) RetryBuild(ctx context.Context, in *RetryBuildRequest, opts ...grpc.CallOption) (*RetryBuildResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(RetryBuildResponse)
+	err := c.cc.Invoke(ctx, BuildService_RetryBuild_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 func (c *buildServiceClient) GetSecretsKey(ctx context.Context, in *GetSecretsKeyRequest, opts ...grpc.CallOption) (*GetSecretsKeyResponse, error) {
 	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
 	out := new(GetSecretsKeyResponse)
@@ -147,8 +166,16 @@ type BuildServiceServer interface {
 	CancelBuild(context.Context, *CancelBuildRequest) (*CancelBuildResponse, error)
 	// GetBuild returns a build's current record.
 	GetBuild(context.Context, *GetBuildRequest) (*GetBuildResponse, error)
-	// ListBuilds returns builds, newest first.
+	// ListBuilds returns the caller's builds that match the request's
+	// filters, newest first, a page at a time.
 	ListBuilds(context.Context, *ListBuildsRequest) (*ListBuildsResponse, error)
+	// RetryBuild queues a new build with the spec (sealed secrets, registry
+	// credentials and seal nonce included) and the context of an earlier
+	// build of the caller's tenant. It is NotFound for another tenant's build
+	// and FailedPrecondition when the context is no longer stored. The same
+	// idempotency key with the same build returns the same new build, as with
+	// StartBuild.
+	RetryBuild(context.Context, *RetryBuildRequest) (*RetryBuildResponse, error)
 	// GetSecretsKey returns the farm's public key for build secrets: a client
 	// seals each secret to it (an anonymous NaCl box), so only agents, which
 	// hold the private key, can open it; the gateway, NATS and KV see only
@@ -178,6 +205,9 @@ func (UnimplementedBuildServiceServer) GetBuild(context.Context, *GetBuildReques
 }
 func (UnimplementedBuildServiceServer) ListBuilds(context.Context, *ListBuildsRequest) (*ListBuildsResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method ListBuilds not implemented")
+}
+func (UnimplementedBuildServiceServer) RetryBuild(context.Context, *RetryBuildRequest) (*RetryBuildResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method RetryBuild not implemented")
 }
 func (UnimplementedBuildServiceServer) GetSecretsKey(context.Context, *GetSecretsKeyRequest) (*GetSecretsKeyResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method GetSecretsKey not implemented")
@@ -286,6 +316,24 @@ func _BuildService_ListBuilds_Handler(srv interface{}, ctx context.Context, dec 
 	return interceptor(ctx, in, info, handler)
 }
 
+func _BuildService_RetryBuild_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(RetryBuildRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(BuildServiceServer).RetryBuild(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: BuildService_RetryBuild_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(BuildServiceServer).RetryBuild(ctx, req.(*RetryBuildRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 func _BuildService_GetSecretsKey_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
 	in := new(GetSecretsKeyRequest)
 	if err := dec(in); err != nil {
@@ -326,6 +374,10 @@ var BuildService_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "ListBuilds",
 			Handler:    _BuildService_ListBuilds_Handler,
+		},
+		{
+			MethodName: "RetryBuild",
+			Handler:    _BuildService_RetryBuild_Handler,
 		},
 		{
 			MethodName: "GetSecretsKey",

@@ -263,9 +263,11 @@ func (x *WorkAssignment) GetBuilds() []*Build {
 // LeaderLease is the scheduler leadership record in KV KILN_LEADER: the
 // holder schedules until expires_at and renews it with compare-and-swap.
 type LeaderLease struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Holder        string                 `protobuf:"bytes,1,opt,name=holder,proto3" json:"holder,omitempty"`
-	ExpiresAt     *timestamppb.Timestamp `protobuf:"bytes,2,opt,name=expires_at,json=expiresAt,proto3" json:"expires_at,omitempty"`
+	state     protoimpl.MessageState `protogen:"open.v1"`
+	Holder    string                 `protobuf:"bytes,1,opt,name=holder,proto3" json:"holder,omitempty"`
+	ExpiresAt *timestamppb.Timestamp `protobuf:"bytes,2,opt,name=expires_at,json=expiresAt,proto3" json:"expires_at,omitempty"`
+	// version is the holder's kiln version, which GetFarmInfo reports.
+	Version       string `protobuf:"bytes,3,opt,name=version,proto3" json:"version,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -312,6 +314,13 @@ func (x *LeaderLease) GetExpiresAt() *timestamppb.Timestamp {
 		return x.ExpiresAt
 	}
 	return nil
+}
+
+func (x *LeaderLease) GetVersion() string {
+	if x != nil {
+		return x.Version
+	}
+	return ""
 }
 
 // AgentReport is an agent's request to the schedulers on
@@ -528,11 +537,12 @@ const file_kiln_v1_scheduler_proto_rawDesc = "" +
 	"free_slots\x18\x02 \x01(\rR\tfreeSlots\x12-\n" +
 	"\x04wait\x18\x03 \x01(\v2\x19.google.protobuf.DurationR\x04wait\"8\n" +
 	"\x0eWorkAssignment\x12&\n" +
-	"\x06builds\x18\x01 \x03(\v2\x0e.kiln.v1.BuildR\x06builds\"`\n" +
+	"\x06builds\x18\x01 \x03(\v2\x0e.kiln.v1.BuildR\x06builds\"z\n" +
 	"\vLeaderLease\x12\x16\n" +
 	"\x06holder\x18\x01 \x01(\tR\x06holder\x129\n" +
 	"\n" +
-	"expires_at\x18\x02 \x01(\v2\x1a.google.protobuf.TimestampR\texpiresAt\"\xf3\x02\n" +
+	"expires_at\x18\x02 \x01(\v2\x1a.google.protobuf.TimestampR\texpiresAt\x12\x18\n" +
+	"\aversion\x18\x03 \x01(\tR\aversion\"\xf3\x02\n" +
 	"\vAgentReport\x12\x19\n" +
 	"\bbuild_id\x18\x01 \x01(\tR\abuildId\x12\x18\n" +
 	"\aattempt\x18\x02 \x01(\rR\aattempt\x12,\n" +
