@@ -49,7 +49,7 @@ type chaosBuild struct {
 	id       string
 	events   []*kilnv1.BuildEvent // as the client's watch delivered them
 	final    *kilnv1.Build        // the record WatchBuild returned
-	finalErr error                // WatchBuild's error (a *BuildError for FAILED/CANCELLED)
+	finalErr error                // Wait's error (a *BuildFailedError, ErrCancelled for FAILED/CANCELLED)
 	resumes  int                  // watches the client re-opened itself after the SDK gave up
 	waiting  string               // what the client was doing (kept when its deadline passed); under mu
 	mu       sync.Mutex
@@ -349,7 +349,7 @@ func runChaosBuild(ctx context.Context, c *kilnsdk.Client, repo, reg string, b *
 		return false
 	}
 	b.setWaiting("StartBuild")
-	rec, err := c.StartBuild(ctx, kilnsdk.BuildRequest{
+	build, err := c.Build(ctx, kilnsdk.BuildRequest{
 		Spec:           &kilnv1.BuildSpec{Tags: []string{reg + "/" + repo + ":" + b.tag}, Push: true},
 		Context:        bc,
 		IdempotencyKey: b.key,
@@ -358,7 +358,7 @@ func runChaosBuild(ctx context.Context, c *kilnsdk.Client, repo, reg string, b *
 		b.rejected = err
 		return false
 	}
-	b.id = rec.GetId()
+	b.id = build.ID()
 	onAccepted()
 	var last uint64
 	onEvent := func(ev *kilnv1.BuildEvent) {
@@ -368,9 +368,20 @@ func runChaosBuild(ctx context.Context, c *kilnsdk.Client, repo, reg string, b *
 	}
 	b.setWaiting("watching build " + b.id + ", no event yet")
 	for {
-		b.final, b.finalErr = c.WatchBuild(ctx, b.id, last+1, onEvent)
-		var be *kilnsdk.BuildError
-		if b.finalErr == nil || errors.As(b.finalErr, &be) || ctx.Err() != nil || status.Code(b.finalErr) != codes.Unavailable {
+		if build == nil {
+			build, err = c.Watch(ctx, b.id, last+1)
+		}
+		b.final = nil
+		if err == nil {
+			for ev := range build.Events() {
+				onEvent(ev.Proto())
+			}
+			b.final, err = build.Wait(ctx)
+		}
+		b.finalErr, build = err, nil
+		var failed *kilnsdk.BuildFailedError
+		ended := errors.As(b.finalErr, &failed) || errors.Is(b.finalErr, kilnsdk.ErrCancelled) || errors.Is(b.finalErr, kilnsdk.ErrTimedOut)
+		if b.finalErr == nil || ended || ctx.Err() != nil || status.Code(b.finalErr) != codes.Unavailable {
 			if b.final == nil {
 				b.setWaiting(b.getWaiting() + fmt.Sprintf(" (watch error: %v)", b.finalErr))
 			}
@@ -471,23 +482,15 @@ func checkChaosBuilds(t *testing.T, ctx context.Context, f *localFarm, c *kilnsd
 	// Every build record of the run, by tag: one each, or a build was
 	// started twice for one request.
 	records := map[string][]*kilnv1.Build{}
-	var token string
-	for {
-		page, next, err := c.ListBuilds(ctx, 1000, token)
+	for b, err := range c.List(ctx, kilnsdk.ListFilter{PageSize: 1000}) {
 		if err != nil {
-			t.Fatalf("ListBuilds: %v", err)
+			t.Fatalf("List: %v", err)
 		}
-		for _, b := range page {
-			for _, tag := range b.GetSpec().GetTags() {
-				if r, ok := strings.CutPrefix(tag, reg+"/"+repo+":"); ok {
-					records[r] = append(records[r], b)
-				}
+		for _, tag := range b.GetSpec().GetTags() {
+			if r, ok := strings.CutPrefix(tag, reg+"/"+repo+":"); ok {
+				records[r] = append(records[r], b)
 			}
 		}
-		if next == "" {
-			break
-		}
-		token = next
 	}
 
 	refusals := map[string]int{}
@@ -606,11 +609,11 @@ func checkChaosFarm(ctx context.Context, f *localFarm, c *kilnsdk.Client, reg, r
 	// A read may race a replica that lags (see the report); a record
 	// missing for 10s is missing.
 	_, _ = waitUntil(ctx, 10*time.Second, "the build's record", func() bool {
-		rec, err = c.GetBuild(ctx, b.id)
+		rec, err = c.Get(ctx, b.id)
 		return err == nil
 	})
 	if err != nil {
-		return fmt.Sprintf("GetBuild: %v\n%s", err, farmView(ctx, f, c, b.id))
+		return fmt.Sprintf("Get: %v\n%s", err, farmView(ctx, f, c, b.id))
 	}
 	if st := rec.GetState(); st != kilnv1.BuildState_BUILD_STATE_SUCCEEDED {
 		return fmt.Sprintf("its record says %v: %s\n%s", st, rec.GetError(), farmView(ctx, f, c, b.id))
@@ -658,9 +661,9 @@ func checkChaosFarm(ctx context.Context, f *localFarm, c *kilnsdk.Client, reg, r
 // event log, for a client that did not see the build end.
 func farmView(ctx context.Context, f *localFarm, c *kilnsdk.Client, id string) string {
 	var b strings.Builder
-	rec, err := c.GetBuild(ctx, id)
+	rec, err := c.Get(ctx, id)
 	if err != nil {
-		fmt.Fprintf(&b, "GetBuild: %v\n", err)
+		fmt.Fprintf(&b, "Get: %v\n", err)
 	} else {
 		fmt.Fprintf(&b, "its record: %v attempt %d agent %q error %q\n", rec.GetState(), rec.GetAttempt(), rec.GetAgent(), rec.GetError())
 	}

@@ -32,12 +32,12 @@ func TestDrainAgentHoldsNewBuildsUntilUndrained(t *testing.T) {
 
 	ctx, cancel := context.WithTimeout(t.Context(), 5*time.Minute)
 	defer cancel()
-	adminClient, err := kilnsdk.Dial(k.addrs.GRPC, kilnsdk.WithToken(admin))
+	adminClient, err := kilnsdk.Dial(ctx, k.addrs.GRPC, kilnsdk.WithToken(admin))
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer adminClient.Close()
-	teamClient, err := kilnsdk.Dial(k.addrs.GRPC, kilnsdk.WithToken(team))
+	teamClient, err := kilnsdk.Dial(ctx, k.addrs.GRPC, kilnsdk.WithToken(team))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -46,7 +46,7 @@ func TestDrainAgentHoldsNewBuildsUntilUndrained(t *testing.T) {
 	// kilnd's one agent, as ListAgents shows it.
 	agent := func() *kilnv1.Agent {
 		t.Helper()
-		agents, err := adminClient.ListAgents(ctx)
+		agents, err := adminClient.Agents(ctx)
 		if err != nil {
 			t.Fatalf("ListAgents as admin: %v", err)
 		}
@@ -97,10 +97,11 @@ func TestDrainAgentHoldsNewBuildsUntilUndrained(t *testing.T) {
 	if _, err := teamClient.UploadContext(ctx, bctx); err != nil {
 		t.Fatal(err)
 	}
-	b, err := teamClient.StartBuild(ctx, kilnsdk.BuildRequest{Context: bctx})
+	build, err := teamClient.Build(ctx, kilnsdk.BuildRequest{Context: bctx})
 	if err != nil {
-		t.Fatalf("StartBuild while the agent is drained: %v", err)
+		t.Fatalf("Build while the agent is drained: %v", err)
 	}
+	b := build.Record()
 	queuedAt := b.GetCreatedAt().AsTime()
 	if queuedAt.Before(drainedAt) {
 		queuedAt = drainedAt
@@ -112,7 +113,7 @@ func TestDrainAgentHoldsNewBuildsUntilUndrained(t *testing.T) {
 		}
 		return a.LastSeen.AsTime().After(queuedAt)
 	})
-	got, err := teamClient.GetBuild(ctx, b.Id)
+	got, err := teamClient.Get(ctx, b.Id)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -130,7 +131,7 @@ func TestDrainAgentHoldsNewBuildsUntilUndrained(t *testing.T) {
 	if err != nil || a.State != kilnv1.AgentState_AGENT_STATE_READY {
 		t.Fatalf("undrain as admin: %v, %v; want READY", err, a)
 	}
-	final, err := teamClient.WatchBuild(ctx, b.Id, 0, nil)
+	final, err := build.Wait(ctx)
 	if err != nil || final.State != kilnv1.BuildState_BUILD_STATE_SUCCEEDED {
 		t.Fatalf("build after the undrain: %v, %v; want SUCCEEDED", err, final.GetState())
 	}

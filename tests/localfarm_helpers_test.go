@@ -313,7 +313,7 @@ func (f *localFarm) readEventLog(ctx context.Context, id string) ([]*kilnv1.Buil
 // the one it prefers), closed when the test ends.
 func dialFarm(t testing.TB, addrs []string, opts ...kilnsdk.Option) *kilnsdk.Client {
 	t.Helper()
-	c, err := kilnsdk.Dial(strings.Join(addrs, ","), opts...)
+	c, err := kilnsdk.Dial(t.Context(), strings.Join(addrs, ","), opts...)
 	if err != nil {
 		t.Fatalf("dial %v: %v", addrs, err)
 	}

@@ -72,7 +72,11 @@ func TestQuorumLossRefusesBuildsUntilNATSReturns(t *testing.T) {
 		t.Helper()
 		wctx, cancel := context.WithTimeout(ctx, 2*time.Minute)
 		defer cancel()
-		b, err := c.WatchBuild(wctx, id, 0, nil)
+		var b *kilnv1.Build
+		build, err := c.Watch(wctx, id, 0)
+		if err == nil {
+			b, err = build.Wait(wctx)
+		}
 		if err != nil {
 			t.Fatalf("%s: build %s (%s): %v", what, tag, id, err)
 		}

@@ -6,12 +6,14 @@ import (
 	"encoding/hex"
 	"encoding/json"
 	"fmt"
+	"time"
 
 	kilnv1 "github.com/kilnbuild/kiln/proto/gen/go/kiln/v1"
 	"github.com/kilnbuild/kiln/proto/rules/seal"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/types/known/durationpb"
 )
 
 // BuildRequest is one build to run on the farm.
@@ -19,16 +21,17 @@ type BuildRequest struct {
 	// Spec holds the docker-build options. Its Dockerfile defaults to the
 	// Context's.
 	Spec *kilnv1.BuildSpec
-	// Context is the packed build context; StartBuild needs it uploaded
-	// (see UploadContext).
+	// Context is the packed build context (PackContext). Build uploads it
+	// unless UploadContext has.
 	Context *Context
-	// IdempotencyKey, when set, makes StartBuild return the existing build
-	// for a repeated request instead of starting another. A retry counts as
+	// IdempotencyKey makes a repeated request return the build the first
+	// one started instead of starting another (Build makes one up when it
+	// is empty, so that its own retries are safe). A retry counts as
 	// the same request when its secrets have the same ids: their values are
 	// sealed anew each time, so the farm cannot compare them.
 	IdempotencyKey string
 	// Secrets are build secrets by id (buildx --secret), for Dockerfile
-	// steps like RUN --mount=type=secret,id=<id>. StartBuild seals each
+	// steps like RUN --mount=type=secret,id=<id>. Build seals each
 	// value to the farm's secrets key (GetSecretsKey), so only the farm's
 	// agents can read it, and adds it to the spec's secrets. They need the
 	// BuildKit builder; see MaxSecretBytes, MaxTotalSecretBytes, MaxSecrets
@@ -44,13 +47,17 @@ type BuildRequest struct {
 	Secrets map[string][]byte
 	// RegistryAuth are credentials for the registries the build pulls from
 	// or pushes to, by registry host as docker config names it ("ghcr.io",
-	// "127.0.0.1:5000", "docker.io" for Docker Hub). StartBuild seals each
+	// "127.0.0.1:5000", "docker.io" for Docker Hub). Build seals each
 	// to the farm's secrets key like a secret; the agent uses them before
 	// its own host's credentials. A build with registry credentials is
 	// never merged with another caller's identical build. A farm without a
 	// secrets key cannot take them: they are not sent, and its agents use
 	// their hosts' credentials.
 	RegistryAuth map[string]RegistryCredential
+	// Timeout, when positive, makes the farm cancel the build once it has
+	// run that long since the farm accepted it; Wait then returns an error
+	// matching ErrTimedOut. It overrides Spec's own timeout.
+	Timeout time.Duration
 }
 
 // RegistryCredential is what a registry takes: a user name and password,
@@ -61,22 +68,28 @@ type RegistryCredential struct {
 	IdentityToken string `json:"identitytoken,omitempty"`
 }
 
-// Build runs a build to its end: it uploads the context (only the blobs
-// the farm lacks), starts the build and watches it, calling onEvent (which may be nil)
-// for every event in sequence order. It returns the final build record.
-// A build that ends FAILED or CANCELLED returns the record and a *BuildError.
+// Build starts a build and returns it as the farm queued it, followed
+// from its first event (see Build). It uploads the context unless it was
+// uploaded already (UploadContext; only the blobs the farm lacks travel),
+// then starts the build under req.IdempotencyKey, making one up when it is
+// empty: a start that fails with codes.Unavailable is retried, on another
+// gateway if need be, and the key makes the farm return the build it may
+// already have queued instead of starting a second (see WithFailover).
 //
-// Without an IdempotencyKey Build makes one up, so that StartBuild can be
-// retried on another gateway without starting the build twice.
-//
-// Cancelling ctx stops the upload or the watch; it does not cancel a build
-// that has started: use CancelBuild for that.
-func (c *Client) Build(ctx context.Context, req BuildRequest, onEvent func(*kilnv1.BuildEvent)) (*kilnv1.Build, error) {
+// ctx bounds the upload, the start and the following of the build's
+// events: cancelling it stops following (Wait returns its error) but
+// does not cancel a build that has started; Build.Cancel does that.
+func (c *Client) Build(ctx context.Context, req BuildRequest) (*Build, error) {
+	if req.Context == nil {
+		return nil, invalidArgumentf("starting build: no build context")
+	}
 	if err := checkSecrets(req); err != nil {
 		return nil, fmt.Errorf("starting build: %w", err)
 	}
-	if _, err := c.UploadContext(ctx, req.Context); err != nil {
-		return nil, err
+	if req.Context.Ref() == nil {
+		if _, err := c.UploadContext(ctx, req.Context); err != nil {
+			return nil, err
+		}
 	}
 	if req.IdempotencyKey == "" {
 		key, err := NewIdempotencyKey()
@@ -85,25 +98,38 @@ func (c *Client) Build(ctx context.Context, req BuildRequest, onEvent func(*kiln
 		}
 		req.IdempotencyKey = key
 	}
-	b, err := c.StartBuild(ctx, req)
+	record, err := c.start(ctx, req)
 	if err != nil {
 		return nil, err
 	}
-	return c.WatchBuild(ctx, b.GetId(), 0, onEvent)
+	return c.follow(ctx, record, 0), nil
 }
 
-// StartBuild queues a build of an uploaded context (see UploadContext) and
-// returns its record. With an IdempotencyKey it is retried on another
-// gateway when the one it reached fails with codes.Unavailable (see
-// WithFailover); without one it is sent once, since a gateway that failed
-// may have queued the build.
-func (c *Client) StartBuild(ctx context.Context, req BuildRequest) (*kilnv1.Build, error) {
-	if req.Context == nil {
-		return nil, invalidArgumentf("starting build: no build context")
+// Watch follows a build that was started elsewhere (another process,
+// kiln build --detach) from event fromSequence on (0 or 1: from the
+// start), as Build follows the builds it starts: each event once, in
+// order, resumed across gateways. It fails at once, with codes.NotFound,
+// for a build the farm does not know (or that is another tenant's). ctx
+// bounds the following, as for Build.
+func (c *Client) Watch(ctx context.Context, id string, fromSequence uint64) (*Build, error) {
+	record, err := c.Get(ctx, id)
+	if err != nil {
+		return nil, err
 	}
+	return c.follow(ctx, record, fromSequence), nil
+}
+
+// start queues a build of an uploaded context and returns its record.
+// With an IdempotencyKey it is retried on another gateway when the one it
+// reached fails with codes.Unavailable (see WithFailover); without one it
+// is sent once, since a gateway that failed may have queued the build.
+func (c *Client) start(ctx context.Context, req BuildRequest) (*kilnv1.Build, error) {
 	ref := req.Context.Ref()
 	if ref == nil {
-		return nil, invalidArgumentf("starting build: the build context was not uploaded (call UploadContext first)")
+		return nil, invalidArgumentf("starting build: the build context was not uploaded")
+	}
+	if req.Timeout < 0 {
+		return nil, invalidArgumentf("starting build: the timeout %s is negative", req.Timeout)
 	}
 	spec := &kilnv1.BuildSpec{}
 	if req.Spec != nil {
@@ -112,9 +138,7 @@ func (c *Client) StartBuild(ctx context.Context, req BuildRequest) (*kilnv1.Buil
 	if spec.Dockerfile == "" {
 		spec.Dockerfile = req.Context.Dockerfile()
 	}
-	if err := checkSecrets(req); err != nil {
-		return nil, fmt.Errorf("starting build: %w", err)
-	}
+	setTimeout(spec, req.Timeout)
 	if len(req.Secrets) > 0 || len(req.RegistryAuth) > 0 {
 		if err := c.sealInto(ctx, spec, req); err != nil {
 			return nil, fmt.Errorf("starting build: %w", err)
@@ -139,6 +163,13 @@ func (c *Client) StartBuild(ctx context.Context, req BuildRequest) (*kilnv1.Buil
 		return nil, fmt.Errorf("starting build: %w", err)
 	}
 	return resp.GetBuild(), nil
+}
+
+// setTimeout sets the spec's timeout to d, when positive.
+func setTimeout(spec *kilnv1.BuildSpec, d time.Duration) {
+	if d > 0 {
+		spec.Timeout = durationpb.New(d)
+	}
 }
 
 // sealInto seals req's secrets and registry credentials into spec, for the
@@ -183,46 +214,8 @@ func (c *Client) sealInto(ctx context.Context, spec *kilnv1.BuildSpec, req Build
 	return nil
 }
 
-// WatchBuild follows a build's events from fromSequence (0 or 1: from the
-// start) until its finished event, calling onEvent (which may be nil) for
-// each, and returns the final record from GetBuild. When the stream breaks
-// (codes.Unavailable, or an end before the finished event), it reconnects,
-// to another gateway if need be, and resumes after the last event seen, so
-// onEvent sees every event once, in order (see WithFailover for the
-// bounds). A build that ends FAILED or CANCELLED returns the record and
-// a *BuildError.
-func (c *Client) WatchBuild(ctx context.Context, buildID string, fromSequence uint64, onEvent func(*kilnv1.BuildEvent)) (*kilnv1.Build, error) {
-	open := func(ctx context.Context, from uint64) (eventStream, error) {
-		s, err := c.builds.WatchBuild(ctx, &kilnv1.WatchBuildRequest{BuildId: buildID, FromSequence: from})
-		if err != nil {
-			return nil, err
-		}
-		return watchStream{s}, nil
-	}
-	w := watcher{open: open, retry: c.retry}
-	finished, err := w.run(ctx, fromSequence, onEvent)
-	if err != nil {
-		return nil, fmt.Errorf("watching build %s: %w", buildID, err)
-	}
-
-	var record *kilnv1.Build
-	err = c.retry.retry(ctx, func() error {
-		var err error
-		record, err = c.GetBuild(ctx, buildID)
-		return err
-	})
-	if err != nil {
-		return nil, err
-	}
-	settle(record, finished)
-	if record.GetState() != kilnv1.BuildState_BUILD_STATE_SUCCEEDED {
-		return record, &BuildError{Build: record}
-	}
-	return record, nil
-}
-
-// NewIdempotencyKey returns a random idempotency key, for a caller that
-// starts one build and wants StartBuild retried safely.
+// NewIdempotencyKey returns a random idempotency key, as Build makes up
+// for a request without one.
 func NewIdempotencyKey() (string, error) {
 	var b [16]byte
 	if _, err := rand.Read(b[:]); err != nil {
@@ -247,6 +240,7 @@ func settle(record *kilnv1.Build, finished *kilnv1.BuildFinished) {
 	if record.Agent == "" {
 		record.Agent = finished.GetAgent()
 	}
+	record.TimedOut = record.TimedOut || finished.GetTimedOut()
 }
 
 func terminal(s kilnv1.BuildState) bool {

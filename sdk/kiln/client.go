@@ -35,7 +35,12 @@ const MaxMessageBytes = 64 << 20
 // every gateway is on this machine (see WithTLSFiles,
 // WithInsecurePlaintext); with TLS, each gateway of a list is verified as
 // the host its entry names, an IP address included.
-func Dial(addr string, opts ...Option) (*Client, error) {
+//
+// ctx is checked before anything is done; the Client does not keep it.
+func Dial(ctx context.Context, addr string, opts ...Option) (*Client, error) {
+	if err := ctx.Err(); err != nil {
+		return nil, fmt.Errorf("dialling kiln gateway %s: %w", addr, err)
+	}
 	o := defaultOptions()
 	for _, opt := range opts {
 		opt(&o)
@@ -104,13 +109,23 @@ func (c *Client) BuildService() kilnv1.BuildServiceClient { return c.builds }
 // ContextService returns the raw ContextService client on the Client's connection.
 func (c *Client) ContextService() kilnv1.ContextServiceClient { return c.contexts }
 
-// ListAgents returns the farm's agents whose heartbeat is current.
-func (c *Client) ListAgents(ctx context.Context) ([]*kilnv1.Agent, error) {
+// Agents returns the farm's agents whose heartbeat is current.
+func (c *Client) Agents(ctx context.Context) ([]*kilnv1.Agent, error) {
 	resp, err := kilnv1.NewAgentServiceClient(c.conn).ListAgents(ctx, &kilnv1.ListAgentsRequest{})
 	if err != nil {
 		return nil, fmt.Errorf("listing agents: %w", err)
 	}
 	return resp.Agents, nil
+}
+
+// FarmInfo returns the versions of the farm's parts: the gateway that
+// answered, the scheduler leader and every current agent with its engine.
+func (c *Client) FarmInfo(ctx context.Context) (*kilnv1.GetFarmInfoResponse, error) {
+	resp, err := kilnv1.NewAgentServiceClient(c.conn).GetFarmInfo(ctx, &kilnv1.GetFarmInfoRequest{})
+	if err != nil {
+		return nil, fmt.Errorf("getting the farm's versions: %w", err)
+	}
+	return resp, nil
 }
 
 // DrainAgent asks the farm to stop giving the named agent new builds, or
@@ -129,32 +144,53 @@ func (c *Client) DrainAgent(ctx context.Context, name string, undrain bool) (*ki
 	return resp.GetAgent(), nil
 }
 
-// GetBuild returns the current record of a build.
-func (c *Client) GetBuild(ctx context.Context, buildID string) (*kilnv1.Build, error) {
-	resp, err := c.builds.GetBuild(ctx, &kilnv1.GetBuildRequest{BuildId: buildID})
+// Get returns the current record of a build: codes.NotFound for one the
+// farm does not know or that is another tenant's.
+func (c *Client) Get(ctx context.Context, id string) (*kilnv1.Build, error) {
+	resp, err := c.builds.GetBuild(ctx, &kilnv1.GetBuildRequest{BuildId: id})
 	if err != nil {
-		return nil, fmt.Errorf("getting build %s: %w", buildID, err)
+		return nil, fmt.Errorf("getting build %s: %w", id, err)
 	}
 	return resp.GetBuild(), nil
 }
 
-// CancelBuild asks the farm to stop a queued or running build and returns its
-// record. The build ends with state CANCELLED once its agent has stopped.
-func (c *Client) CancelBuild(ctx context.Context, buildID string) (*kilnv1.Build, error) {
-	resp, err := c.builds.CancelBuild(ctx, &kilnv1.CancelBuildRequest{BuildId: buildID})
+// Cancel asks the farm to stop a queued or running build and returns its
+// record. The build ends CANCELLED once its agent has stopped; cancelling a
+// build that has ended changes nothing.
+func (c *Client) Cancel(ctx context.Context, id string) (*kilnv1.Build, error) {
+	resp, err := c.builds.CancelBuild(ctx, &kilnv1.CancelBuildRequest{BuildId: id})
 	if err != nil {
-		return nil, fmt.Errorf("cancelling build %s: %w", buildID, err)
+		return nil, fmt.Errorf("cancelling build %s: %w", id, err)
 	}
 	return resp.GetBuild(), nil
 }
 
-// ListBuilds returns one page of the tenant's builds, newest first, and the
-// token of the next page ("" after the last). pageSize 0 means the server's
-// default.
-func (c *Client) ListBuilds(ctx context.Context, pageSize int32, pageToken string) ([]*kilnv1.Build, string, error) {
-	resp, err := c.builds.ListBuilds(ctx, &kilnv1.ListBuildsRequest{PageSize: pageSize, PageToken: pageToken})
-	if err != nil {
-		return nil, "", fmt.Errorf("listing builds: %w", err)
+// Retry queues a new build with the spec (sealed secrets and registry
+// credentials included) and the context of build id, for the caller's
+// tenant, and returns the new build's record: codes.NotFound for a build
+// the farm does not know or that is another tenant's, FailedPrecondition
+// when its context is no longer stored. idempotencyKey (made up when
+// empty) makes the call safe to repeat: it is retried on another gateway
+// when one fails with codes.Unavailable, and the same key for the same
+// build returns the build the first call queued. Watch follows the new
+// build.
+func (c *Client) Retry(ctx context.Context, id, idempotencyKey string) (*kilnv1.Build, error) {
+	if idempotencyKey == "" {
+		key, err := NewIdempotencyKey()
+		if err != nil {
+			return nil, fmt.Errorf("retrying build %s: %w", id, err)
+		}
+		idempotencyKey = key
 	}
-	return resp.GetBuilds(), resp.GetNextPageToken(), nil
+	req := &kilnv1.RetryBuildRequest{BuildId: id, IdempotencyKey: idempotencyKey}
+	var resp *kilnv1.RetryBuildResponse
+	err := c.retry.retry(ctx, func() error {
+		var err error
+		resp, err = c.builds.RetryBuild(ctx, req)
+		return err
+	})
+	if err != nil {
+		return nil, fmt.Errorf("retrying build %s: %w", id, err)
+	}
+	return resp.GetBuild(), nil
 }

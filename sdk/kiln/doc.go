@@ -1,6 +1,16 @@
 // Package kiln is the Go client of the kiln build farm.
 //
-// A build goes through these steps: [PackContext], then methods of [Client]:
+// [Dial] a farm, pack a build context with [PackContext], and hand both to
+// [Client.Build]: it returns a [*Build] whose [Build.Events] deliver the
+// build's typed events as they happen and whose [Build.Wait] returns the
+// final record, or an error saying how the build did not succeed
+// ([*BuildFailedError] with the failing step and its output,
+// [ErrCancelled], [ErrTimedOut]). [Client.Watch] follows a build started
+// elsewhere, from any event on; [Client.Get], [Client.List],
+// [Client.Cancel], [Client.Retry], [Client.Agents] and [Client.FarmInfo]
+// find and manage builds and show the farm.
+//
+// Under Client.Build, a build goes through these RPCs:
 //
 //	PackContext(ctx, dir, dockerfile)   walk the context dir honouring .dockerignore
 //	         │                          into a sorted ContextManifest; sha256 each
@@ -10,27 +20,25 @@
 //	         │    └─ UploadBlobs ──▶ each missing blob once, 1 MiB chunks,
 //	         │                       re-hashed from disk as it is sent
 //	         ▼
-//	StartBuild(ContextRef{manifest digest, CONTEXT_FORMAT_MANIFEST}) ──▶ Build record
+//	StartBuild(ContextRef{manifest digest, CONTEXT_FORMAT_MANIFEST}, idempotency key)
 //	         │
 //	         ▼
 //	WatchBuild ── BuildEvent stream, resumed from the last sequence + 1 when the
 //	         │    connection drops, until the finished event
 //	         ▼
-//	GetBuild ──▶ the final Build record
+//	GetBuild ──▶ the final Build record (Build.Wait)
 //
 // A second build of an unchanged context reads no file (the stat cache
 // knows their digests) and uploads none (the farm has their blobs): only
 // the manifest travels.
 //
-// [Client.Build] runs upload, start, watch and the final GetBuild in one
-// call.
-//
 // [Dial] takes one gateway or several ("a:7700,b:7700", or a DNS name
 // with several records): the Client uses one at a time and fails over to
 // another when it becomes unreachable. Reads are retried, the upload
-// resumes with the blobs the farm still lacks, StartBuild is retried only
-// under an idempotency key (so a build is never started twice), and the
-// watch resumes from the last event seen (see WithFailover). Errors returned by the client keep the gRPC status of the failing
-// call (status.FromError and status.Code work on them) with a prefix that
-// says what was being done.
+// resumes with the blobs the farm still lacks, StartBuild is retried
+// under the build's idempotency key (so a build is never started twice),
+// and the watch resumes from the last event seen, so Events has no gap and
+// no duplicate (see WithFailover). Errors returned by the client keep the
+// gRPC status of the failing call (status.FromError and status.Code work
+// on them) with a prefix that says what was being done.
 package kiln

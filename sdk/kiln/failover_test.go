@@ -69,13 +69,13 @@ func serving(t *testing.T, pick func(*farmtest.Farm) bool, gws ...*farmtest.Farm
 // of a and b that served its first call stops, on the other one.
 func listFailsOver(t *testing.T, client *Client, a, b *farmtest.Farm) {
 	t.Helper()
-	if _, _, err := client.ListBuilds(t.Context(), 0, ""); err != nil {
-		t.Fatalf("ListBuilds: %v", err)
+	if err := listAll(t.Context(), client); err != nil {
+		t.Fatalf("List: %v", err)
 	}
 	first, rest := serving(t, func(f *farmtest.Farm) bool { return f.Calls() > 0 }, a, b)
 	first.Stop()
-	if _, _, err := client.ListBuilds(t.Context(), 0, ""); err != nil {
-		t.Fatalf("ListBuilds after %s stopped: %v", first.Addr, err)
+	if err := listAll(t.Context(), client); err != nil {
+		t.Fatalf("List after %s stopped: %v", first.Addr, err)
 	}
 	if rest[0].Calls() == 0 {
 		t.Fatalf("%s, the other gateway, served no call", rest[0].Addr)
@@ -88,7 +88,7 @@ func listFailsOver(t *testing.T, client *Client, a, b *farmtest.Farm) {
 func TestWatchFailsOverMidStream(t *testing.T) {
 	a, b, client := twoGateways(t, farmtest.WithHeldBuilds())
 	bc := uploaded(t, client, map[string]string{"Dockerfile": "FROM scratch\n"})
-	build, err := client.StartBuild(t.Context(), BuildRequest{Context: bc, IdempotencyKey: "watch-1"})
+	build, err := client.start(t.Context(), BuildRequest{Context: bc, IdempotencyKey: "watch-1"})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -101,7 +101,7 @@ func TestWatchFailsOverMidStream(t *testing.T) {
 	}
 	done := make(chan result, 1)
 	go func() {
-		b, err := client.WatchBuild(t.Context(), id, 0, func(ev *kilnv1.BuildEvent) { events <- ev })
+		b, err := watchAll(t.Context(), client, id, 0, func(ev Event) { events <- ev.Proto() })
 		done <- result{b, err}
 	}()
 	var got []*kilnv1.BuildEvent
@@ -160,7 +160,7 @@ func TestStartBuildFailsOverWithIdempotencyKey(t *testing.T) {
 	bc := uploaded(t, client, map[string]string{"Dockerfile": "FROM scratch\n"})
 
 	a.CrashNextStart()
-	build, err := client.StartBuild(t.Context(), BuildRequest{Context: bc, IdempotencyKey: "ci-1"})
+	build, err := client.start(t.Context(), BuildRequest{Context: bc, IdempotencyKey: "ci-1"})
 	if err != nil {
 		t.Fatalf("StartBuild: %v", err)
 	}
@@ -172,7 +172,7 @@ func TestStartBuildFailsOverWithIdempotencyKey(t *testing.T) {
 		t.Fatalf("%d StartBuild calls reached the farm, want 2 (one per gateway)", n)
 	}
 	// The surviving gateway answers the rest of the build.
-	if _, err := client.WatchBuild(t.Context(), build.GetId(), 0, nil); err != nil {
+	if _, err := watchAll(t.Context(), client, build.GetId(), 0, nil); err != nil {
 		t.Fatalf("WatchBuild after failover: %v", err)
 	}
 }
@@ -184,7 +184,7 @@ func TestStartBuildWithoutKeyIsNotRetried(t *testing.T) {
 	a, _, client := twoGateways(t)
 	bc := uploaded(t, client, map[string]string{"Dockerfile": "FROM scratch\n"})
 	a.CrashNextStart()
-	_, err := client.StartBuild(t.Context(), BuildRequest{Context: bc})
+	_, err := client.start(t.Context(), BuildRequest{Context: bc})
 	if status.Code(err) != codes.Unavailable {
 		t.Fatalf("StartBuild: %v, want Unavailable", err)
 	}
@@ -204,7 +204,7 @@ func TestBuildWithFirstGatewayDown(t *testing.T) {
 			client := dial(t, a.Addr+","+b.Addr)
 			dir := t.TempDir()
 			writeTree(t, dir, map[string]string{"Dockerfile": "FROM scratch\nCOPY app /\n", "app": "x"})
-			build, err := client.Build(t.Context(), BuildRequest{Context: pack(t, dir, "")}, nil)
+			build, err := runBuild(t.Context(), client, BuildRequest{Context: pack(t, dir, "")})
 			if err != nil {
 				t.Fatalf("Build: %v", err)
 			}
@@ -223,19 +223,19 @@ func TestEveryGatewayDown(t *testing.T) {
 	client := dial(t, x+","+y, WithFailover(300*time.Millisecond, 50*time.Millisecond))
 	names := "gateways tried: " + x + ", " + y
 
-	_, err := client.GetBuild(t.Context(), "b1")
+	_, err := client.Get(t.Context(), "b1")
 	if status.Code(err) != codes.Unavailable || !strings.Contains(err.Error(), names) {
-		t.Fatalf("GetBuild: %v, want Unavailable with %q", err, names)
+		t.Fatalf("Get: %v, want Unavailable with %q", err, names)
 	}
 	dir := t.TempDir()
 	writeTree(t, dir, map[string]string{"Dockerfile": "FROM scratch\n"})
-	_, err = client.Build(t.Context(), BuildRequest{Context: pack(t, dir, "")}, nil)
+	_, err = client.Build(t.Context(), BuildRequest{Context: pack(t, dir, "")})
 	if status.Code(err) != codes.Unavailable || !strings.Contains(err.Error(), names) {
 		t.Fatalf("Build: %v, want Unavailable with %q", err, names)
 	}
-	_, err = client.WatchBuild(t.Context(), "b1", 0, nil)
+	_, err = client.watch(t.Context(), "b1", 0, nil)
 	if status.Code(err) != codes.Unavailable || !strings.Contains(err.Error(), names) || !strings.Contains(err.Error(), "gave up after") {
-		t.Fatalf("WatchBuild: %v, want Unavailable giving up with %q", err, names)
+		t.Fatalf("watch: %v, want Unavailable giving up with %q", err, names)
 	}
 }
 
@@ -269,8 +269,8 @@ func TestUploadResumesOnAnotherGateway(t *testing.T) {
 	if stats.Blobs != 5 || last.Files != 5 || last.Bytes != last.TotalBytes || stats.UploadedBytes != last.TotalBytes {
 		t.Errorf("stats %+v, last progress %+v", stats, last)
 	}
-	if _, err := client.StartBuild(t.Context(), BuildRequest{Context: bc}); err != nil {
-		t.Fatalf("StartBuild after the resumed upload: %v", err)
+	if _, err := client.start(t.Context(), BuildRequest{Context: bc}); err != nil {
+		t.Fatalf("start after the resumed upload: %v", err)
 	}
 }
 
@@ -297,7 +297,7 @@ func TestTLSVerifiesEachGatewayAsItself(t *testing.T) {
 		a := farmtest.Start(t, farmtest.WithListenAddr("127.0.0.1:0"), tlsFor("127.0.0.2"))
 		b := farmtest.StartReplica(t, a, farmtest.WithListenAddr("127.0.0.2:0"), tlsFor("127.0.0.1"))
 		client := dial(t, a.Addr+","+b.Addr, clientTLS)
-		_, _, err := client.ListBuilds(t.Context(), 0, "")
+		err := listAll(t.Context(), client)
 		if status.Code(err) != codes.Unavailable || !strings.Contains(err.Error(), "certificate is valid for") {
 			t.Fatalf("ListBuilds against gateways with each other's certificates: %v, want a certificate error", err)
 		}

@@ -161,7 +161,7 @@ func TestTLSRuleOverAList(t *testing.T) {
 			if !errors.Is(err, tt.wantErr) || (err == nil && useTLS != tt.wantTLS) {
 				t.Fatalf("useTLS = %v, %v; want %v, %v", useTLS, err, tt.wantTLS, tt.wantErr)
 			}
-			if _, err := Dial(tt.addr, tt.opts...); !errors.Is(err, tt.wantErr) {
+			if _, err := Dial(t.Context(), tt.addr, tt.opts...); !errors.Is(err, tt.wantErr) {
 				t.Fatalf("Dial: %v, want %v", err, tt.wantErr)
 			}
 		})
@@ -184,16 +184,16 @@ func TestTokenNeverInPlaintextToAMixedList(t *testing.T) {
 		return (&net.Dialer{}).DialContext(ctx, "tcp", rl.Addr().String())
 	}))
 
-	c, err := Dial("127.0.0.1:7700,farm.example.com:7700", WithToken(token), redirect)
+	c, err := Dial(t.Context(), "127.0.0.1:7700,farm.example.com:7700", WithToken(token), redirect)
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer c.Close()
 	// The recorder speaks no TLS: every gateway of the list fails, and
 	// the error names them.
-	_, err = c.GetBuild(t.Context(), "b")
+	_, err = c.Get(t.Context(), "b")
 	if status.Code(err) != codes.Unavailable || !strings.Contains(err.Error(), "gateways tried: 127.0.0.1:7700, farm.example.com:7700") {
-		t.Fatalf("GetBuild against a recorder: %v, want Unavailable naming both gateways", err)
+		t.Fatalf("Get against a recorder: %v, want Unavailable naming both gateways", err)
 	}
 	seen := map[string]bool{}
 	for len(seen) < 2 {

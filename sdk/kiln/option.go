@@ -70,12 +70,12 @@ func WithDialOptions(opts ...grpc.DialOption) Option {
 }
 
 // WithFailover sets how long the client rides out an outage of its
-// gateways. A broken WatchBuild stream or UploadBlobs stream, and a
-// StartBuild with an idempotency key, are retried on whichever gateway
-// answers, waiting backoff before the first retry and doubling the wait
-// (up to 5s) after each, until outage has passed without progress (an
-// event, a stored blob); then the call fails with codes.Unavailable
-// naming the gateways. The default is 1 minute, starting at 200ms. Other
+// gateways. A broken event stream (Build, Watch) or upload stream, and a
+// build start or Retry (both under an idempotency key), are retried on
+// whichever gateway answers, waiting backoff before the first retry and
+// doubling the wait (up to 5s) after each, until outage has passed
+// without progress (an event, a stored blob); then the call fails with
+// codes.Unavailable naming the gateways. The default is 1 minute, starting at 200ms. Other
 // calls that only read are retried by gRPC a few times within about two
 // seconds.
 func WithFailover(outage, backoff time.Duration) Option {

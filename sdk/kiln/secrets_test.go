@@ -20,7 +20,7 @@ func TestBuildSealsSecrets(t *testing.T) {
 	writeTree(t, dir, map[string]string{"Dockerfile": "FROM scratch\n"})
 	secrets := map[string][]byte{"npm": []byte("npm-token-value-0123"), "aws": []byte("aws-credentials-4567"), "empty": {}}
 
-	b, err := client.Build(t.Context(), BuildRequest{Spec: &kilnv1.BuildSpec{Tags: []string{"app:1"}}, Context: pack(t, dir, ""), Secrets: secrets}, nil)
+	b, err := runBuild(t.Context(), client, BuildRequest{Spec: &kilnv1.BuildSpec{Tags: []string{"app:1"}}, Context: pack(t, dir, ""), Secrets: secrets})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -45,7 +45,7 @@ func TestBuildSealsSecrets(t *testing.T) {
 	}
 
 	// Sealing is randomized: the same secrets give other bytes next time.
-	again, err := client.Build(t.Context(), BuildRequest{Context: pack(t, dir, ""), Secrets: map[string][]byte{"npm": secrets["npm"]}}, nil)
+	again, err := runBuild(t.Context(), client, BuildRequest{Context: pack(t, dir, ""), Secrets: map[string][]byte{"npm": secrets["npm"]}})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -93,7 +93,7 @@ func TestBuildSecretsRefused(t *testing.T) {
 		t.Run(tt.name, func(t *testing.T) {
 			client := dial(t, tt.farm.Addr)
 			before := len(tt.farm.Builds())
-			_, err := client.Build(t.Context(), BuildRequest{Spec: tt.spec, Context: pack(t, dir, ""), Secrets: tt.secrets}, nil)
+			_, err := runBuild(t.Context(), client, BuildRequest{Spec: tt.spec, Context: pack(t, dir, ""), Secrets: tt.secrets})
 			if status.Code(err) != tt.code || err == nil || !strings.Contains(err.Error(), tt.message) {
 				t.Fatalf("Build = %v, want %s containing %q", err, tt.code, tt.message)
 			}

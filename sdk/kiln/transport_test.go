@@ -80,19 +80,19 @@ func TestTokenNeverInPlaintextToRemote(t *testing.T) {
 		return (&net.Dialer{}).DialContext(ctx, "tcp", rl.Addr().String())
 	}))
 
-	if _, err := Dial("passthrough:///farm.example.com:7700", WithToken(token), WithInsecurePlaintext(), redirect); !errors.Is(err, ErrPlaintextToken) {
+	if _, err := Dial(t.Context(), "passthrough:///farm.example.com:7700", WithToken(token), WithInsecurePlaintext(), redirect); !errors.Is(err, ErrPlaintextToken) {
 		t.Fatalf("Dial with a token in plaintext to a remote gateway: %v, want ErrPlaintextToken", err)
 	}
 
-	c, err := Dial("passthrough:///farm.example.com:7700", WithToken(token), redirect)
+	c, err := Dial(t.Context(), "passthrough:///farm.example.com:7700", WithToken(token), redirect)
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer c.Close()
 	// The recorder speaks no TLS, so the call fails; what matters is what
 	// reached the wire.
-	if _, err := c.GetBuild(t.Context(), "b"); err == nil {
-		t.Fatal("GetBuild succeeded against a recorder")
+	if _, err := c.Get(t.Context(), "b"); err == nil {
+		t.Fatal("Get succeeded against a recorder")
 	}
 	rl.mu.Lock()
 	got := rl.buf.Bytes()
@@ -104,7 +104,7 @@ func TestTokenNeverInPlaintextToRemote(t *testing.T) {
 		t.Fatal("the token reached the wire in plaintext")
 	}
 	// A gateway on this machine may be reached in plaintext with a token.
-	if _, err := Dial("127.0.0.1:7700", WithToken(token)); err != nil {
+	if _, err := Dial(t.Context(), "127.0.0.1:7700", WithToken(token)); err != nil {
 		t.Fatalf("loopback plaintext with token: %v", err)
 	}
 	if !(bearerToken{token: token, requireTLS: true}).RequireTransportSecurity() {

@@ -55,7 +55,8 @@ func WithUploadProgress(fn func(ContextProgress)) UploadOption {
 // and re-hashed as it is sent; one that no longer matches its manifest
 // digest stops the upload with a *FileChangedError (and drops the stat
 // cache, so the next PackContext reads every file). On success the
-// Context's Ref names the manifest for StartBuild.
+// Context's Ref names the manifest, and Client.Build does not upload it
+// again.
 func (c *Client) UploadContext(ctx context.Context, bc *Context, opts ...UploadOption) (UploadStats, error) {
 	if bc == nil || bc.manifest == nil {
 		return UploadStats{}, invalidArgumentf("uploading context: no packed context")

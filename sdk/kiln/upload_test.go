@@ -21,7 +21,7 @@ import (
 
 func dial(t *testing.T, addr string, opts ...Option) *Client {
 	t.Helper()
-	c, err := Dial(addr, opts...)
+	c, err := Dial(t.Context(), addr, opts...)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -264,10 +264,10 @@ func TestBuildStartsFromTheUploadedManifest(t *testing.T) {
 	writeTree(t, dir, map[string]string{"Dockerfile": "FROM scratch\nCOPY app /\n", "app": "#!/bin/sh\n"})
 	bc := pack(t, dir, "")
 
-	if _, err := client.StartBuild(t.Context(), BuildRequest{Context: bc}); status.Code(err) != codes.InvalidArgument {
-		t.Fatalf("StartBuild before UploadContext: %v, want InvalidArgument", err)
+	if _, err := client.start(t.Context(), BuildRequest{Context: bc}); status.Code(err) != codes.InvalidArgument {
+		t.Fatalf("start before UploadContext: %v, want InvalidArgument", err)
 	}
-	b, err := client.Build(t.Context(), BuildRequest{Context: bc}, nil)
+	b, err := runBuild(t.Context(), client, BuildRequest{Context: bc})
 	if err != nil {
 		t.Fatalf("Build: %v", err)
 	}

@@ -205,12 +205,12 @@ func TestFarm(t *testing.T) {
 		if after.Addr != before.Addr || after.HTTP != before.HTTP || after.PID == before.PID || after.PID == 0 {
 			t.Fatalf("gateway-2 came back as %+v, was %+v", after, before)
 		}
-		c, err := kilnsdk.Dial(after.Addr)
+		c, err := kilnsdk.Dial(ctx, after.Addr)
 		if err != nil {
 			t.Fatal(err)
 		}
 		defer c.Close()
-		agents, err := c.ListAgents(ctx)
+		agents, err := c.Agents(ctx)
 		if err != nil {
 			t.Fatalf("restarted gateway-2: %v", err)
 		}
@@ -313,7 +313,7 @@ func buildScratch(ctx context.Context, t *testing.T, addr string) {
 			t.Fatal(err)
 		}
 	}
-	c, err := kilnsdk.Dial(addr)
+	c, err := kilnsdk.Dial(ctx, addr)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -325,7 +325,11 @@ func buildScratch(ctx context.Context, t *testing.T, addr string) {
 	if _, err := c.UploadContext(ctx, bc); err != nil {
 		t.Fatal(err)
 	}
-	b, err := c.Build(ctx, kilnsdk.BuildRequest{Context: bc, Spec: &kilnv1.BuildSpec{}}, nil)
+	build, err := c.Build(ctx, kilnsdk.BuildRequest{Context: bc, Spec: &kilnv1.BuildSpec{}})
+	if err != nil {
+		t.Fatalf("build through %s: %v", addr, err)
+	}
+	b, err := build.Wait(ctx)
 	if err != nil {
 		t.Fatalf("build through %s: %v", addr, err)
 	}

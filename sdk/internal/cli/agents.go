@@ -45,14 +45,14 @@ func (a *App) agents(ctx context.Context, args []string) int {
 		return a.usageErrorf("agents", "%v", err)
 	}
 	return a.callAgents(ctx, conn, *format, func(ctx context.Context, c *kiln.Client) ([]*kilnv1.Agent, error) {
-		return c.ListAgents(ctx)
+		return c.Agents(ctx)
 	})
 }
 
 // callAgents dials the gateway, makes call and prints the agents it
 // returns in format ("table" or "json": one line per agent).
 func (a *App) callAgents(ctx context.Context, conn connection, format string, call func(context.Context, *kiln.Client) ([]*kilnv1.Agent, error)) int {
-	client, err := kiln.Dial(conn.gateway, conn.opts...)
+	client, err := kiln.Dial(ctx, conn.gateway, conn.opts...)
 	if err != nil {
 		fmt.Fprintf(a.Stderr, "ERROR: %v\n", err)
 		return ExitUsage

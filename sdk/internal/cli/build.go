@@ -12,7 +12,7 @@ import (
 	"github.com/kilnbuild/kiln/sdk/kiln"
 )
 
-// cancelTimeout bounds the CancelBuild call made on the first interrupt.
+// cancelTimeout bounds the Cancel call made on the first interrupt.
 const cancelTimeout = 15 * time.Second
 
 // runBuild packs, uploads, starts and watches one build and returns the
@@ -24,7 +24,7 @@ func (a *App) runBuild(ctx context.Context, o *buildOptions) int {
 	defer pr.Close()
 
 	// The client is closed last, after the interrupt watch stopped: a
-	// CancelBuild it sent may still be running until then.
+	// Cancel it sent may still be running until then.
 	var client *kiln.Client
 	defer func() {
 		if client != nil {
@@ -45,7 +45,7 @@ func (a *App) runBuild(ctx context.Context, o *buildOptions) int {
 	}
 
 	opts := append([]kiln.Option{kiln.WithDialOptions(o.trace.dialOptions()...)}, o.opts...)
-	client, err = kiln.Dial(o.gateway, opts...)
+	client, err = kiln.Dial(ctx, o.gateway, opts...)
 	if err != nil {
 		pr.Errorf("%v", err)
 		return ExitUsage
@@ -67,16 +67,19 @@ func (a *App) runBuild(ctx context.Context, o *buildOptions) int {
 		pr.Errorf("%v", err)
 		return ExitUsage
 	}
-	b, err := client.StartBuild(ctx, kiln.BuildRequest{Spec: spec, Context: bc, IdempotencyKey: o.idempotencyKey, Secrets: o.secrets, RegistryAuth: creds})
+	b, err := client.Build(ctx, kiln.BuildRequest{Spec: spec, Context: bc, IdempotencyKey: o.idempotencyKey, Secrets: o.secrets, RegistryAuth: creds})
 	if err != nil {
 		return a.fail(pr, o, watch, err, "cannot reach the kiln gateway at %s")
 	}
-	watch.started(b.GetId())
-	o.trace.buildStarted(b.GetId())
+	watch.started(b.ID())
+	o.trace.buildStarted(b.ID())
 
-	final, err := client.WatchBuild(ctx, b.GetId(), 0, pr.Event)
-	var be *kiln.BuildError
-	if errors.As(err, &be) {
+	for ev := range b.Events() {
+		pr.Event(ev.Proto())
+	}
+	final, err := b.Wait(ctx)
+	var failed *kiln.BuildFailedError
+	if errors.As(err, &failed) || errors.Is(err, kiln.ErrCancelled) || errors.Is(err, kiln.ErrTimedOut) {
 		// The printer has shown the failure with the finished event.
 		return ExitFailed
 	}
@@ -161,7 +164,7 @@ func (w *interruptWatch) start(ctx context.Context, interrupts <-chan os.Signal)
 				defer wg.Done()
 				cctx, cancel := context.WithTimeout(ctx, cancelTimeout)
 				defer cancel()
-				if _, err := client.CancelBuild(cctx, id); err != nil && ctx.Err() == nil {
+				if _, err := client.Cancel(cctx, id); err != nil && ctx.Err() == nil {
 					w.printer.Errorf("%v (interrupt again to stop waiting)", err)
 				}
 			}()

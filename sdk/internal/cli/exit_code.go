@@ -38,8 +38,8 @@ func ExitCode(err error) int {
 	if errors.As(err, &ue) {
 		return ExitUsage
 	}
-	var be *kiln.BuildError
-	if errors.As(err, &be) {
+	var failed *kiln.BuildFailedError
+	if errors.As(err, &failed) || errors.Is(err, kiln.ErrCancelled) || errors.Is(err, kiln.ErrTimedOut) {
 		return ExitFailed
 	}
 	switch status.Code(err) {

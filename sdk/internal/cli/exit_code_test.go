@@ -23,8 +23,8 @@ func TestExitCode(t *testing.T) {
 	}{
 		{name: "nil", want: ExitOK},
 		{name: "usage", err: &usageError{msg: "bad flag"}, want: ExitUsage},
-		{name: "build failed", err: &kiln.BuildError{Build: &kilnv1.Build{State: kilnv1.BuildState_BUILD_STATE_FAILED}}, want: ExitFailed},
-		{name: "build cancelled", err: &kiln.BuildError{Build: &kilnv1.Build{State: kilnv1.BuildState_BUILD_STATE_CANCELLED}}, want: ExitFailed},
+		{name: "build failed", err: &kiln.BuildFailedError{Build: &kilnv1.Build{State: kilnv1.BuildState_BUILD_STATE_FAILED}}, want: ExitFailed},
+		{name: "build cancelled", err: fmt.Errorf("build b1 cancelled: %w", kiln.ErrCancelled), want: ExitFailed},
 		{name: "InvalidArgument", err: wrap(codes.InvalidArgument), want: ExitUsage},
 		{name: "FailedPrecondition", err: wrap(codes.FailedPrecondition), want: ExitUsage},
 		{name: "Unavailable", err: wrap(codes.Unavailable), want: ExitUnreachable},
