@@ -14,7 +14,7 @@ const (
 )
 
 // contextProgress is the phase (hashing, uploading) of the build context
-// whose progress the tty status line shows.
+// whose progress the tty view's header shows.
 type contextProgress struct {
 	phase string
 	start time.Time
@@ -29,11 +29,12 @@ func (p *Printer) SetTerminal(isTerminal bool) {
 	p.terminal = isTerminal
 }
 
-// ContextProgress shows, in tty mode on a terminal, how far a phase of
-// sending the build context ("Hashing", "Uploading") has got: files and
-// bytes out of the totals and the rate since the phase began. The status
-// line appears once the phase has run for 100ms and is redrawn at most ten
-// times a second; other modes show nothing.
+// ContextProgress shows, in tty mode on a terminal, in the header of the
+// view, how far a phase of sending the build context ("Hashing",
+// "Uploading") has got: files and bytes out of the totals and the rate
+// since the phase began. The header appears once the phase has run for
+// 100ms and is redrawn at most ten times a second; other modes show
+// nothing.
 func (p *Printer) ContextProgress(phase string, files, totalFiles int, bytes, totalBytes int64) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
@@ -51,8 +52,7 @@ func (p *Printer) ContextProgress(phase string, files, totalFiles int, bytes, to
 	p.sending.drawn = now
 	p.status = fmt.Sprintf("[+] %s context: %d/%d files, %.1f/%s, %s/s",
 		phase, files, totalFiles, float64(bytes)/1e6, megabytes(totalBytes), megabytes(int64(float64(bytes)/elapsed.Seconds())))
-	p.clearStatus()
-	p.drawStatus()
+	p.redraw(true)
 }
 
 // ContextSummary ends the context's progress with one line in plain and
@@ -66,9 +66,8 @@ func (p *Printer) ContextSummary(files int, totalBytes, uploadedBytes int64) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	p.sending = contextProgress{}
-	p.clearStatus()
 	p.status = ""
-	p.line(contextSummary(files, totalBytes, uploadedBytes))
+	p.say(contextSummary(files, totalBytes, uploadedBytes))
 }
 
 func contextSummary(files int, totalBytes, uploadedBytes int64) string {

@@ -57,7 +57,14 @@ func TestContextSummaryModes(t *testing.T) {
 			p.ContextProgress("Hashing", 1, 2, 100, 500_000)
 			p.ContextSummary(2, 500_000, 100_000)
 			p.Close()
-			if stderr.String() != tt.wantStderr || stdout.Len() != 0 {
+			got := stderr.String()
+			if tt.mode == TTY {
+				// The view drew the line and then left it as its summary.
+				s := newScreen(t, 200)
+				s.write(got)
+				got = s.text() + "\n"
+			}
+			if got != tt.wantStderr || stdout.Len() != 0 {
 				t.Errorf("stdout %q stderr %q, want stderr %q", stdout.String(), stderr.String(), tt.wantStderr)
 			}
 		})
@@ -121,21 +128,23 @@ func TestContextProgressLine(t *testing.T) {
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			var stderr bytes.Buffer
-			p := New(tt.mode, &bytes.Buffer{}, &stderr)
-			p.SetWidth(200)
-			p.SetTerminal(tt.terminal)
 			t0 := time.Date(2025, 1, 2, 3, 4, 5, 0, time.UTC)
-			var now time.Time
-			p.now = func() time.Time { return now }
-			for _, c := range tt.calls {
-				now = t0.Add(c.at)
-				p.ContextProgress(c.phase, c.files, 4, c.bytes, 10*mb)
+			c := &clock{t: t0}
+			p := New(tt.mode, &bytes.Buffer{}, &stderr, withClock(c.now), WithContext(cancelled()), WithTerminal(tt.terminal, 200, 0))
+			for _, call := range tt.calls {
+				c.t = t0.Add(call.at)
+				p.ContextProgress(call.phase, call.files, 4, call.bytes, 10*mb)
 			}
+			// Each drawing of the view ends with "erase below" (CSI J);
+			// its first line is the header.
 			var got []string
-			for _, s := range strings.Split(stderr.String(), "\r\x1b[2K") {
-				if s != "" {
-					got = append(got, s)
+			for _, frame := range strings.Split(stderr.String(), "\x1b[J") {
+				if frame == "" {
+					continue
 				}
+				s := newScreen(t, 200)
+				s.write(strings.TrimPrefix(frame, "\x1b[1A\r"))
+				got = append(got, strings.SplitN(s.text(), "\n", 2)[0])
 			}
 			if strings.Join(got, "\n") != strings.Join(tt.want, "\n") {
 				t.Errorf("drawn\n%s\nwant\n%s", strings.Join(got, "\n"), strings.Join(tt.want, "\n"))

@@ -1,15 +1,15 @@
 // Package progress renders a build's event stream for a person (plain and
-// tty modes, on stderr) or a program (json mode on stdout, quiet mode's
-// image id on stdout), the way buildx does.
+// tty modes, on stderr) or a program (json and rawjson modes on stdout,
+// quiet mode's image id on stdout), the way buildx does.
 package progress
 
 import (
+	"context"
 	"fmt"
 	"io"
 	"strings"
 	"sync"
 	"time"
-	"unicode/utf8"
 
 	kilnv1 "github.com/kilnbuild/kiln/proto/gen/go/kiln/v1"
 	"google.golang.org/protobuf/encoding/protojson"
@@ -20,29 +20,45 @@ import (
 const keptLines = 20
 
 // Printer renders one build's events. It is safe for concurrent use: its
-// exported methods hold mu.
+// exported methods hold mu, and so does the tty view's redraw ticker.
 type Printer struct {
 	mu     sync.Mutex
 	mode   Mode
 	stdout io.Writer
 	stderr io.Writer
-	// width bounds the tty status line (0: 80 columns).
-	width int
-	// terminal is set when stderr is a terminal; the context progress line
-	// is drawn only then.
+	// color, debug and gitlab are the options of the same names.
+	color, debug, gitlab bool
+	// width and height bound the tty view (0: unknown).
+	width, height int
+	// terminal is set when stderr is a terminal; the context progress of
+	// tty mode is drawn only then.
 	terminal bool
-	// now reads the clock that throttles the context progress line.
+	// now reads the clock for the tty view's times and throttles.
 	now func() time.Time
+	// ctx bounds the tty view's ticker (WithContext); stopTicker stops it
+	// and waits for it.
+	ctx        context.Context
+	stopTicker func()
 	// sending is the phase of sending the build context being shown.
 	sending contextProgress
 
 	attempt uint32
 	first   *timestamppb.Timestamp
-	steps   map[uint32]*step
+	// last is the time of the latest event.
+	last  time.Time
+	steps map[uint32]*step
 	// started lists steps in the order they started.
 	started []*step
-	status  string
-	shown   bool
+	// status is the build's phase ("[+] Queued", "[+] Running on a1"),
+	// shown in the tty view's header.
+	status string
+
+	// sections holds plain mode's GitLab sections (WithGitLabSections).
+	sections *sections
+	// view is tty mode's live view, nil in other modes.
+	view *view
+	// raw is rawjson mode's encoder, nil in other modes.
+	raw *rawEncoder
 }
 
 // step is one Dockerfile instruction of the current attempt.
@@ -50,23 +66,44 @@ type step struct {
 	n, total    uint32
 	instruction string
 	done        bool
-	lines       []string
+	cached      bool
+	// startedAt is the time of the step's started event; took is the
+	// engine's duration of a finished step.
+	startedAt time.Time
+	took      time.Duration
+	lines     []string
 }
 
 // New returns a Printer for mode (Auto must have been resolved) writing
-// to stdout and stderr.
-func New(mode Mode, stdout, stderr io.Writer) *Printer {
-	return &Printer{mode: mode, stdout: stdout, stderr: stderr, steps: map[uint32]*step{}, now: time.Now}
+// to stdout and stderr. In tty mode it owns a redraw ticker until Close.
+func New(mode Mode, stdout, stderr io.Writer, opts ...Option) *Printer {
+	p := &Printer{mode: mode, stdout: stdout, stderr: stderr, steps: map[uint32]*step{}, now: time.Now, ctx: context.Background()}
+	for _, o := range opts {
+		o(p)
+	}
+	switch mode {
+	case TTY:
+		p.view = &view{}
+		p.startTicker()
+	case RawJSON:
+		p.raw = newRawEncoder(stdout)
+	case Plain:
+		if p.gitlab {
+			p.sections = &sections{}
+		}
+	}
+	return p
 }
 
-// SetWidth sets the terminal width the tty status line must fit.
+// SetWidth sets the terminal width the tty view must fit.
 func (p *Printer) SetWidth(columns int) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	p.width = columns
 }
 
-// Infof writes a "kiln: ..." progress line in plain and tty modes.
+// Infof writes a "kiln: ..." progress line: in plain mode on a line of its
+// own, in tty mode among the farm's lines at the top of the view.
 func (p *Printer) Infof(format string, args ...any) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
@@ -74,10 +111,7 @@ func (p *Printer) Infof(format string, args ...any) {
 }
 
 func (p *Printer) infof(format string, args ...any) {
-	if p.mode != Plain && p.mode != TTY {
-		return
-	}
-	p.line("kiln: " + fmt.Sprintf(format, args...))
+	p.say("kiln: " + fmt.Sprintf(format, args...))
 }
 
 // Errorf writes an "ERROR: ..." line to stderr in every mode.
@@ -88,45 +122,60 @@ func (p *Printer) Errorf(format string, args ...any) {
 }
 
 func (p *Printer) errorf(format string, args ...any) {
-	p.clearStatus()
-	fmt.Fprintf(p.stderr, "ERROR: %s\n", fmt.Sprintf(format, args...))
-	p.drawStatus()
+	p.above(p.paint(styleError, "ERROR: "+fmt.Sprintf(format, args...)) + "\n")
 }
 
-// Close removes the tty status line.
+// Close ends the output: the tty view is drawn one last time as it stands
+// (if the build's end did not already collapse it) and its ticker stopped,
+// and GitLab sections still open are closed.
 func (p *Printer) Close() {
 	p.mu.Lock()
-	defer p.mu.Unlock()
-	p.close()
-}
-
-func (p *Printer) close() {
-	p.clearStatus()
-	p.status = ""
+	if p.view != nil && !p.view.closed {
+		p.collapse(nil, nil)
+	}
+	p.closeSections("")
+	stop := p.stopTicker
+	p.stopTicker = nil
+	p.mu.Unlock()
+	if stop != nil {
+		stop()
+	}
 }
 
 // Event renders one build event.
 func (p *Printer) Event(ev *kilnv1.BuildEvent) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	if p.mode == JSON {
+	switch p.mode {
+	case JSON:
 		b, err := protojson.Marshal(ev)
 		if err != nil {
 			p.errorf("encoding event %d: %v", ev.GetSequence(), err)
 			return
 		}
 		fmt.Fprintf(p.stdout, "%s\n", b)
-		if f := ev.GetFinished(); f != nil && f.GetState() != kilnv1.BuildState_BUILD_STATE_SUCCEEDED {
-			p.errorf("%s", failureReason(ev.GetBuildId(), f))
+		p.reportFailure(ev)
+		return
+	case RawJSON:
+		if l := ev.GetLog(); l != nil && !p.debug && Internal(l) {
+			return
 		}
+		if err := p.raw.event(ev); err != nil {
+			p.errorf("encoding event %d: %v", ev.GetSequence(), err)
+		}
+		p.reportFailure(ev)
 		return
 	}
 	if p.first == nil && ev.GetTime() != nil {
 		p.first = ev.GetTime()
 	}
+	if ev.GetTime() != nil {
+		p.last = ev.GetTime().AsTime()
+	}
 	if ev.GetAttempt() > p.attempt {
 		// A new attempt rebuilds from the first step.
 		p.attempt = ev.GetAttempt()
+		p.closeSections("interrupted")
 		p.steps = map[uint32]*step{}
 		p.started = nil
 	}
@@ -137,35 +186,63 @@ func (p *Printer) Event(ev *kilnv1.BuildEvent) {
 		s := p.step(e.StepStarted.GetStep())
 		s.total = e.StepStarted.GetTotal()
 		s.instruction = e.StepStarted.GetInstruction()
+		s.startedAt = ev.GetTime().AsTime()
 		p.started = append(p.started, s)
 		p.status = fmt.Sprintf("[+] Building %s %s", s.label(), s.instruction)
-		p.line(fmt.Sprintf("#%d %s", s.n, s.instruction))
+		if !p.openSection(s, ev.GetTime()) {
+			p.plain(fmt.Sprintf("#%d %s", s.n, s.instruction), s.n)
+		}
 	case *kilnv1.BuildEvent_Log:
+		if !p.debug && Internal(e.Log) {
+			return
+		}
 		text := strings.TrimSuffix(e.Log.GetText(), "\n")
+		if p.view != nil && Internal(e.Log) {
+			p.say(text) // among the farm's lines, which the summary keeps
+			return
+		}
 		if n := e.Log.GetStep(); n != 0 {
 			s := p.step(n)
 			s.lines = append(s.lines, text)
 			if len(s.lines) > keptLines {
 				s.lines = s.lines[len(s.lines)-keptLines:]
 			}
+		} else if p.view != nil {
+			p.view.engine(text)
 		}
-		p.line(text)
+		p.plain(text, e.Log.GetStep())
 	case *kilnv1.BuildEvent_StepFinished:
-		s := p.step(e.StepFinished.GetStep())
-		s.done = true
+		f := e.StepFinished
+		s := p.step(f.GetStep())
+		s.done, s.cached, s.took = true, f.GetCached(), f.GetDuration().AsDuration()
 		if s.instruction == "" {
-			s.instruction = e.StepFinished.GetInstruction()
+			s.instruction = f.GetInstruction()
 		}
-		if e.StepFinished.GetCached() {
-			p.line(fmt.Sprintf("#%d CACHED", s.n))
+		if s.cached {
+			p.plain(p.paint(styleDone, fmt.Sprintf("#%d CACHED", s.n)), s.n)
 		} else {
-			p.line(fmt.Sprintf("#%d DONE %s", s.n, seconds(e.StepFinished.GetDuration().AsDuration())))
+			p.plain(p.paint(styleDone, fmt.Sprintf("#%d DONE %s", s.n, seconds(s.took))), s.n)
 		}
+		p.closeSection(s, ev.GetTime())
 	case *kilnv1.BuildEvent_Pushed:
 		p.status = "[+] Pushing " + e.Pushed.GetTag()
-		p.line(fmt.Sprintf("kiln: pushed %s %s", e.Pushed.GetTag(), e.Pushed.GetDigest()))
+		line := fmt.Sprintf("kiln: pushed %s %s", e.Pushed.GetTag(), e.Pushed.GetDigest())
+		if p.view != nil {
+			p.view.results = append(p.view.results, line)
+		}
+		p.plain(line, 0)
 	case *kilnv1.BuildEvent_Finished:
 		p.finished(ev, e.Finished)
+		return
+	}
+	p.redraw(false)
+}
+
+// reportFailure writes the ERROR line for a finished event of a build
+// that did not succeed, in the modes whose stdout is for programs.
+func (p *Printer) reportFailure(ev *kilnv1.BuildEvent) {
+	if f := ev.GetFinished(); f != nil && f.GetState() != kilnv1.BuildState_BUILD_STATE_SUCCEEDED {
+		p.errorf("%s", failureReason(ev.GetBuildId(), f))
 	}
 }
 
@@ -218,15 +295,31 @@ func (p *Printer) finished(ev *kilnv1.BuildEvent, f *kilnv1.BuildFinished) {
 	}
 	id := ev.GetBuildId()
 	r := f.GetResult()
-	switch f.GetState() {
-	case kilnv1.BuildState_BUILD_STATE_SUCCEEDED:
-		msg := "build " + id + " succeeded"
+	var msg string
+	if f.GetState() == kilnv1.BuildState_BUILD_STATE_SUCCEEDED {
+		msg = "build " + id + " succeeded"
 		if took != "" {
 			msg += " in " + took
 		}
 		msg += fmt.Sprintf(": %s (%d steps, %d cached)", r.GetImageId(), r.GetSteps(), r.GetCachedSteps())
-		p.infof("%s", msg)
-		p.close()
+	} else {
+		msg = "build " + id + " " + stateName(f.GetState())
+		if took != "" {
+			msg += " after " + took
+		}
+	}
+	failed := f.GetState() == kilnv1.BuildState_BUILD_STATE_FAILED
+	if failed {
+		p.closeSections("error")
+	} else {
+		p.closeSections(stateName(f.GetState()))
+	}
+	if p.view != nil {
+		p.view.results = append(p.view.results, "kiln: "+msg)
+		p.collapse(ev, f)
+	}
+	p.plain("kiln: "+msg, 0)
+	if f.GetState() == kilnv1.BuildState_BUILD_STATE_SUCCEEDED {
 		if p.mode == Quiet {
 			id := r.GetImageId()
 			if pushed := r.GetPushed(); len(pushed) > 0 && pushed[0].GetDigest() != "" {
@@ -234,18 +327,12 @@ func (p *Printer) finished(ev *kilnv1.BuildEvent, f *kilnv1.BuildFinished) {
 			}
 			fmt.Fprintln(p.stdout, id)
 		}
-	default:
-		msg := "build " + id + " " + stateName(f.GetState())
-		if took != "" {
-			msg += " after " + took
-		}
-		p.infof("%s", msg)
-		p.close()
-		if f.GetState() == kilnv1.BuildState_BUILD_STATE_FAILED {
-			p.frame()
-		}
-		p.errorf("%s", failureReason(id, f))
+		return
 	}
+	if failed {
+		p.frame()
+	}
+	p.errorf("%s", failureReason(id, f))
 }
 
 // failureReason is the ERROR line's text for a build that did not succeed.
@@ -274,7 +361,7 @@ func (p *Printer) frame() {
 		b.WriteByte('\n')
 	}
 	b.WriteString("------\n")
-	io.WriteString(p.stderr, b.String())
+	p.above(b.String())
 }
 
 // failingStep is the last step that started and did not finish.
@@ -294,38 +381,40 @@ func (s *step) label() string {
 	return fmt.Sprintf("[%d/%d]", s.n, s.total)
 }
 
-// line writes one progress line to stderr in plain and tty modes.
-func (p *Printer) line(text string) {
-	if p.mode != Plain && p.mode != TTY {
+// say writes one of kiln's own lines: in plain mode on stderr, in tty mode
+// among the farm's lines of the view.
+func (p *Printer) say(text string) {
+	switch p.mode {
+	case Plain:
+		p.plain(text, 0)
+	case TTY:
+		p.view.farm = append(p.view.farm, text)
+		p.redraw(false)
+	}
+}
+
+// plain writes one line of plain mode to stderr, or to the GitLab section
+// of step n while it is open.
+func (p *Printer) plain(text string, n uint32) {
+	if p.mode != Plain {
 		return
 	}
-	p.clearStatus()
+	if p.sections != nil && p.sections.add(n, text) {
+		return
+	}
 	fmt.Fprintln(p.stderr, text)
-	p.drawStatus()
 }
 
-func (p *Printer) clearStatus() {
-	if p.shown {
-		io.WriteString(p.stderr, "\r\x1b[2K")
-		p.shown = false
-	}
-}
-
-func (p *Printer) drawStatus() {
-	if p.mode != TTY || p.status == "" {
+// above writes text to stderr, in tty mode above the live view, which is
+// drawn again under it.
+func (p *Printer) above(text string) {
+	if p.view != nil && !p.view.closed {
+		p.view.clear(p.stderr)
+		io.WriteString(p.stderr, text)
+		p.redraw(true)
 		return
 	}
-	width := p.width
-	if width <= 0 {
-		width = 80
-	}
-	s := p.status
-	if utf8.RuneCountInString(s) > width-1 {
-		r := []rune(s)
-		s = string(r[:max(width-2, 0)]) + "…"
-	}
-	io.WriteString(p.stderr, s)
-	p.shown = true
+	io.WriteString(p.stderr, text)
 }
 
 func seconds(d time.Duration) string {
