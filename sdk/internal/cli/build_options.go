@@ -8,6 +8,7 @@ import (
 	"path/filepath"
 	"slices"
 	"strings"
+	"time"
 
 	kilnv1 "github.com/kilnbuild/kiln/proto/gen/go/kiln/v1"
 	"github.com/kilnbuild/kiln/sdk/internal/progress"
@@ -19,6 +20,9 @@ import (
 // DefaultGateway is the gateway address used when neither --gateway nor
 // KILN_GATEWAY is set: kilnd's default listen address.
 const DefaultGateway = "127.0.0.1:7700"
+
+// maxBuildTimeout is the longest --timeout the farm takes (BuildSpec.timeout).
+const maxBuildTimeout = 24 * time.Hour
 
 // buildOptions is a validated `kiln build` command line.
 type buildOptions struct {
@@ -32,6 +36,10 @@ type buildOptions struct {
 	iidFile        string
 	connection     // gateway, token and TLS as Dial options
 	idempotencyKey string
+	// detach ends the command once the build is queued (--detach).
+	detach bool
+	// timeout is how long the farm lets the build take (0: no limit).
+	timeout time.Duration
 	// secrets are the --secret values by id, read from their files and
 	// variables; the SDK seals them before they leave the process.
 	secrets map[string][]byte
@@ -54,6 +62,8 @@ type buildFlags struct {
 	agentLabels                []string
 	secrets                    []string
 	builder                    string
+	detach                     bool
+	timeout                    time.Duration
 }
 
 // newBuildFlagSet returns the flag set of `kiln build`, docker-buildx
@@ -80,6 +90,8 @@ func newBuildFlagSet(f *buildFlags) *pflag.FlagSet {
 	fs.StringArrayVar(&f.agentLabels, "agent-label", nil, "Run only on agents with this label (KEY=VALUE); repeatable")
 	fs.StringArrayVar(&f.secrets, "secret", nil, `Secret to expose to the build, sealed so only the farm's agents can read it (format: "id=mysecret[,src=/local/secret]" or "id=mysecret,env=VAR"); repeatable`)
 	fs.StringVar(&f.builder, "builder", "", `Builder to build with: "classic" or "buildkit" (default: the agent picks, BuildKit where the engine has it)`)
+	fs.BoolVarP(&f.detach, "detach", "d", false, "Print the build's id once it is queued and exit; 'kiln logs -f ID' follows it")
+	fs.DurationVar(&f.timeout, "timeout", 0, "Let the farm cancel the build once it has taken this long since it was queued (e.g. 30m; at most 24h; exit status 124)")
 	return fs
 }
 
@@ -104,6 +116,8 @@ func parseBuildArgs(args []string, lookupEnv func(string) (string, bool)) (*buil
 		metadataFile:   f.metadataFile,
 		iidFile:        f.iidFile,
 		idempotencyKey: f.idempotencyKey,
+		detach:         f.detach,
+		timeout:        f.timeout,
 		spec: &kilnv1.BuildSpec{
 			Target:  f.target,
 			Push:    f.push,
@@ -179,6 +193,9 @@ func parseBuildArgs(args []string, lookupEnv func(string) (string, bool)) (*buil
 	o.spec.Repository = f.repository
 	if o.spec.Repository == "" {
 		o.spec.Repository = detectRepository(o.contextDir, lookupEnv)
+	}
+	if f.timeout < 0 || f.timeout > maxBuildTimeout {
+		return nil, &usageError{msg: fmt.Sprintf("invalid --timeout %s: want a duration above 0 and at most %s", f.timeout, maxBuildTimeout)}
 	}
 	if o.spec.Builder, err = parseBuilder(f.builder); err != nil {
 		return nil, err
