@@ -3,6 +3,7 @@ package gateway
 import (
 	"context"
 	"errors"
+	"time"
 
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
@@ -53,8 +54,18 @@ func toStatus(ctx context.Context, err error) error {
 	return status.Error(code, err.Error())
 }
 
+// unaryBound caps how long a unary call may run, whatever deadline its
+// client sent. nats.go waits for a NATS request under the caller's
+// context, so a request lost with a NATS node would otherwise hold the
+// call until a client's far-off deadline; past the bound the call ends
+// Unavailable and the client retries. The longest legitimate wait of a
+// unary call, PutManifest's for manifest memory, is a minute.
+var unaryBound = 2 * time.Minute
+
 func unaryStatus(ctx context.Context, req any, _ *grpc.UnaryServerInfo, h grpc.UnaryHandler) (any, error) {
-	resp, err := h(ctx, req)
+	hctx, cancel := context.WithTimeout(ctx, unaryBound)
+	defer cancel()
+	resp, err := h(hctx, req)
 	return resp, toStatus(ctx, err)
 }
 
