@@ -267,6 +267,15 @@ func (e *events) log(step int, line string) {
 	e.publish(&kilnv1.BuildEvent{Event: &kilnv1.BuildEvent_Log{Log: &kilnv1.LogLine{Step: uint32(step), Text: line}}})
 }
 
+// internal logs one of the agent's bookkeeping lines (the context files it
+// fetched, the work directory it wrote): for whoever runs the farm, not
+// for the build's author. It is a line of no step that begins "kiln: ",
+// which kiln build shows only with --debug (sdk/internal/progress's
+// Internal holds the rule).
+func (e *events) internal(format string, args ...any) {
+	e.log(0, "kiln: "+fmt.Sprintf(format, args...))
+}
+
 // reporter turns the engine's progress into build events.
 type reporter struct {
 	ev    *events

@@ -141,9 +141,9 @@ func (a *Agent) buildKit(ctx context.Context, b *kilnv1.Build, creds engine.Cred
 		return engine.BuildKitResult{}, fmt.Errorf("write the build context to the agent's work directory: %w", err)
 	}
 	defer dir.Release()
-	ev.log(0, fmt.Sprintf("kiln: context: %d files, %s; fetched %d blobs (%s) from the farm, %d already on this agent; work dir %s: %d entries written (%s), %d removed, %d kept in %s",
+	ev.internal("context: %d files, %s; fetched %d blobs (%s) from the farm, %d already on this agent; work dir %s: %d entries written (%s), %d removed, %d kept in %s",
 		len(files), megabytes(total), st.Fetched, megabytes(st.FetchedBytes), st.Local,
-		dir.Slot(), ws.Written, megabytes(ws.WrittenBytes), ws.Removed, ws.Kept, time.Since(started).Round(time.Millisecond)))
+		dir.Slot(), ws.Written, megabytes(ws.WrittenBytes), ws.Removed, ws.Kept, time.Since(started).Round(time.Millisecond))
 	ev.logger.InfoContext(ctx, "build context ready", "manifest", ref.Digest.Hash, "files", len(files), "bytes", total,
 		"fetched_blobs", st.Fetched, "fetched_bytes", st.FetchedBytes, "workdir", dir.Slot(),
 		"written", ws.Written, "written_bytes", ws.WrittenBytes, "removed", ws.Removed, "kept", ws.Kept)

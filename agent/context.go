@@ -69,8 +69,8 @@ func (a *Agent) manifestContext(ctx context.Context, d *kilnv1.Digest, ev *event
 		return nil, nil, fmt.Errorf("fetch build context files: %w", farm(err))
 	}
 	observeContextFetch(st)
-	ev.log(0, fmt.Sprintf("kiln: context: %d files, %s; fetched %d blobs (%s) from the farm, %d already on this agent",
-		len(files), megabytes(total), st.Fetched, megabytes(st.FetchedBytes), st.Local))
+	ev.internal("context: %d files, %s; fetched %d blobs (%s) from the farm, %d already on this agent",
+		len(files), megabytes(total), st.Fetched, megabytes(st.FetchedBytes), st.Local)
 	ev.logger.InfoContext(ctx, "build context ready", "manifest", d.Hash, "files", len(files), "bytes", total,
 		"fetched_blobs", st.Fetched, "fetched_bytes", st.FetchedBytes, "local_blobs", st.Local)
 
