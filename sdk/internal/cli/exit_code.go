@@ -22,6 +22,13 @@ const (
 	// ExitUnreachable: the gateway could not be reached (Unavailable,
 	// DeadlineExceeded).
 	ExitUnreachable = 3
+	// ExitTimedOut: the farm cancelled the build when it had run for its
+	// --timeout (the code timeout(1) exits with).
+	ExitTimedOut = 124
+	// ExitInterrupted: the user's interrupt (Ctrl-C) cancelled the build,
+	// or a second one stopped following it (128 + SIGINT, as a shell
+	// reports a command an interrupt ended).
+	ExitInterrupted = 130
 )
 
 // usageError is a mistake in the command line.
