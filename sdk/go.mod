@@ -3,6 +3,7 @@ module github.com/kilnbuild/kiln/sdk
 go 1.26.0
 
 require (
+	github.com/creack/pty v1.1.24
 	github.com/kilnbuild/kiln/proto v0.0.0-00010101000000-000000000000
 	github.com/moby/patternmatcher v0.6.1
 	github.com/spf13/pflag v1.0.10
