@@ -30,6 +30,7 @@ type sample struct {
 	received  time.Time // the simulated agent's pull was answered with it
 	pullSent  time.Time // that pull was sent: the agent's slot was free from then on
 	logged    time.Time // the dispatcher logged "build assigned" (its work on it done)
+	hops                // the NATS round trips on the way, as tapped on the wire
 	id        string
 	agent     string
 	reason    string // the router's explanation, from the ASSIGNED event
@@ -50,12 +51,14 @@ type recorder struct {
 	maxFlight int
 	probe     chan struct{} // closed when the probe build is assigned
 	probed    sync.Once
+	wire      *hopTap
 }
 
 func newRecorder(n int, assignTimeout time.Duration) *recorder {
 	return &recorder{
 		assignTimeout: assignTimeout, samples: make([]sample, n),
 		intake: map[string]time.Time{}, reasons: map[string]string{}, probe: make(chan struct{}),
+		wire: newHopTap(),
 	}
 }
 
@@ -83,6 +86,9 @@ func (r *recorder) tap(conn *bus.Conn) error {
 		r.mu.Unlock()
 	}); err != nil {
 		return fmt.Errorf("tap build events: %w", err)
+	}
+	if err := r.wire.subscribe(conn.NC); err != nil {
+		return err
 	}
 	return conn.NC.Flush()
 }
@@ -261,6 +267,7 @@ func (r *recorder) finish(assigned *assignTimes) ([]sample, []pullSpan) {
 		s.intake = r.intake[s.id]
 		s.reason = reasonOf(r.reasons[s.id])
 		s.logged = assigned.get(s.id)
+		s.hops = r.wire.get(s.id)
 	}
 	return r.samples, r.pulls
 }

@@ -53,25 +53,52 @@ type segment struct {
 	of         func(*sample) (time.Duration, bool)
 }
 
+// segments are the hops of a build's way in order: they add up to its
+// submit-to-assigned (where every hop was seen). The writes are timed on
+// the wire (hops.go): published, and acknowledged by JetStream.
 var segments = []segment{
-	{Name: "gateway before the record", What: "submit → created_at: gRPC, spec validation, context check (manifest, blobs, Dockerfile from KILN_CAS)",
-		of: func(s *sample) (time.Duration, bool) { return s.created.Sub(s.submitted), !s.created.IsZero() }},
-	{Name: "record and hand-over", What: "created_at → BuildRequested on kiln.requests: in-flight claim, KV create, QUEUED event",
+	{Name: "gateway before its first write", What: "submit → the in-flight claim published: gRPC, validation, context check (remembered after a context's first build)",
+		of: func(s *sample) (time.Duration, bool) { return s.claimSent.Sub(s.submitted), !s.claimSent.IsZero() }},
+	{Name: "in-flight claim (KV create)", What: "KILN_INFLIGHT create published → acknowledged (stored by a quorum, fsync on each)",
 		of: func(s *sample) (time.Duration, bool) {
-			return s.intake.Sub(s.created), !s.intake.IsZero() && !s.created.IsZero()
+			return s.claimAcked.Sub(s.claimSent), !s.claimAcked.IsZero() && !s.claimSent.IsZero()
 		}},
-	{Name: "waiting for its agent", What: "kiln.requests → the pull that got it was sent: queued while every slot of the agent it went to was busy (the router held it for its preferred agent: by its lineage's costs, or delay scheduling)",
+	{Name: "record (KV create)", What: "claim acknowledged → the record's create in KILN_BUILDS acknowledged: gateway, then one quorum write",
 		of: func(s *sample) (time.Duration, bool) {
-			return max(s.pullSent.Sub(s.intake), 0), !s.pullSent.IsZero() && !s.intake.IsZero()
+			return s.createAcked.Sub(s.claimAcked), !s.createAcked.IsZero() && !s.claimAcked.IsZero()
 		}},
-	{Name: "scheduler", What: "the later of kiln.requests and that pull → dispatcher's decision: JetStream delivery, intake Get, dispatcher events, routing",
+	{Name: "gateway hands over", What: "record acknowledged → BuildRequested published on kiln.requests (QUEUED event published just before, unawaited)",
 		of: func(s *sample) (time.Duration, bool) {
-			return s.decided.Sub(later(s.intake, s.pullSent)), !s.decided.IsZero() && !s.intake.IsZero() && !s.pullSent.IsZero()
+			return s.intake.Sub(s.createAcked), !s.intake.IsZero() && !s.createAcked.IsZero()
 		}},
-	{Name: "assignment to agent", What: "decision → agent's pull answered: CAS to ASSIGNED, reply over NATS",
+	{Name: "intake stored and delivered", What: "kiln.requests published → the scheduler's intake acknowledged it, the build in its dispatcher's queue: a quorum write, the consumer's delivery, the intake callback",
 		of: func(s *sample) (time.Duration, bool) {
-			return s.received.Sub(s.decided), !s.received.IsZero() && !s.decided.IsZero()
+			return s.delivered.Sub(s.intake), !s.delivered.IsZero() && !s.intake.IsZero()
 		}},
+	{Name: "waiting for its agent", What: "delivered → the pull that got it was sent: queued while every slot of the agent it went to was busy (the router held it for its preferred agent: by its lineage's costs, or delay scheduling)",
+		of: func(s *sample) (time.Duration, bool) {
+			return max(s.pullSent.Sub(s.delivered), 0), !s.pullSent.IsZero() && !s.delivered.IsZero()
+		}},
+	{Name: "dispatcher", What: "the later of the intake and that pull → the dispatcher's decision: the dispatcher's event queue (behind a routing pass still writing), routing",
+		of: func(s *sample) (time.Duration, bool) {
+			return s.decided.Sub(later(s.delivered, s.pullSent)), !s.decided.IsZero() && !s.delivered.IsZero() && !s.pullSent.IsZero()
+		}},
+	{Name: "CAS to ASSIGNED (KV update)", What: "decision → the record's update to ASSIGNED acknowledged: one quorum write",
+		of: func(s *sample) (time.Duration, bool) {
+			return s.assignAcked.Sub(s.decided), !s.assignAcked.IsZero() && !s.decided.IsZero()
+		}},
+	{Name: "reply to the agent", What: "CAS acknowledged → the agent's pull answered: ASSIGNED event published (unawaited), reply over NATS",
+		of: func(s *sample) (time.Duration, bool) {
+			return s.received.Sub(s.assignAcked), !s.received.IsZero() && !s.assignAcked.IsZero()
+		}},
+}
+
+// writeRTTs are the path's JetStream writes, published → acknowledged.
+type writeRTTs struct {
+	Claim  dist `json:"inflight_claim"`
+	Create dist `json:"record_create"`
+	Intake dist `json:"intake_publish"`
+	Assign dist `json:"cas_to_assigned"`
 }
 
 type result struct {
@@ -147,6 +174,9 @@ type result struct {
 	// probed every 10 ms during the load on a connection of their own.
 	KVRead  dist `json:"kv_get_round_trip"`
 	KVWrite dist `json:"kv_put_round_trip"`
+	// Writes are the round trips of the quorum writes on the path, each
+	// from its publish to its acknowledgement as tapped on the wire.
+	Writes writeRTTs `json:"path_write_round_trips"`
 
 	// NATSNodes is 0 for the nats-server library in this process, else
 	// how many nats-server processes (one cluster) the farm ran on, with
@@ -221,6 +251,21 @@ func analyze(o options, samples []sample, pulls []pullSpan, wall, cpu time.Durat
 		}
 	}
 	r.Assign = distOf(assign)
+	r.AssignBusy = busyFraction(samples)
+	var claim, create, intake, cas []float64
+	for i := range samples {
+		s := &samples[i]
+		add := func(xs *[]float64, from, to time.Time) {
+			if !from.IsZero() && !to.IsZero() {
+				*xs = append(*xs, ms(to.Sub(from)))
+			}
+		}
+		add(&claim, s.claimSent, s.claimAcked)
+		add(&create, s.createSent, s.createAcked)
+		add(&intake, s.intake, s.intakeAcked)
+		add(&cas, s.assignSent, s.assignAcked)
+	}
+	r.Writes = writeRTTs{distOf(claim), distOf(create), distOf(intake), distOf(cas)}
 	var waited, idle []float64
 	for i := range samples {
 		s := &samples[i]
@@ -246,7 +291,7 @@ func analyze(o options, samples []sample, pulls []pullSpan, wall, cpu time.Durat
 		r.StartedPerS = float64(len(rt)) / lastReturned.Sub(first.Add(-interval)).Seconds()
 		window := lastReceived.Sub(first.Add(-interval))
 		r.AssignedPerS = float64(r.Assigned) / window.Seconds()
-		r.AssignBusy = r.Assign.Mean * float64(r.Assign.N) / ms(window)
+		r.AssignBusy /= window.Seconds()
 		counts := make([]float64, 0, o.agents)
 		for _, c := range perAgent {
 			counts = append(counts, float64(c)/window.Seconds())
@@ -281,6 +326,32 @@ func analyze(o options, samples []sample, pulls []pullSpan, wall, cpu time.Durat
 	}
 	r.MetTarget = r.Assigned > 0 && r.Latency.P99 < o.targetMS && r.StartErrors == 0
 	return r
+}
+
+// busyFraction is how long, in seconds, some build was between the
+// dispatcher's decision and its "build assigned" log: the union of those
+// spans, since one routing pass writes its assignments together.
+func busyFraction(samples []sample) float64 {
+	type span struct{ from, to time.Time }
+	var spans []span
+	for i := range samples {
+		if s := &samples[i]; !s.decided.IsZero() && s.logged.After(s.decided) {
+			spans = append(spans, span{s.decided, s.logged})
+		}
+	}
+	slices.SortFunc(spans, func(a, b span) int { return a.from.Compare(b.from) })
+	var busy time.Duration
+	var end time.Time
+	for _, sp := range spans {
+		if sp.from.After(end) {
+			busy += sp.to.Sub(sp.from)
+			end = sp.to
+		} else if sp.to.After(end) {
+			busy += sp.to.Sub(end)
+			end = sp.to
+		}
+	}
+	return busy.Seconds()
 }
 
 // times says how v compares with ref: "1/40 of", "1.5× of".
@@ -319,6 +390,10 @@ func report(o options, r result) error {
 	}
 	rows = append(rows,
 		row("dispatcher.assign per build (CAS, reply, event)", r.Assign, ""),
+		row("write: in-flight claim, published → acked", r.Writes.Claim, ""),
+		row("write: record create, published → acked", r.Writes.Create, ""),
+		row("write: kiln.requests, published → acked", r.Writes.Intake, ""),
+		row("write: CAS to ASSIGNED, published → acked", r.Writes.Assign, ""),
 		row("one KV Get round trip (probe, every 10 ms)", r.KVRead, ""),
 		row("one KV Put round trip (probe, every 10 ms)", r.KVWrite, ""))
 	for _, reason := range []string{"affinity", "hashed", "spilled", "other", "unknown"} {
