@@ -269,3 +269,31 @@ func cancelled() context.Context {
 	cancel()
 	return ctx
 }
+
+func TestEnv(t *testing.T) {
+	tests := []struct {
+		name            string
+		terminal        bool
+		env             map[string]string
+		sections, color bool
+	}{
+		{name: "terminal", terminal: true, color: true},
+		{name: "terminal with NO_COLOR", terminal: true, env: map[string]string{"NO_COLOR": "1"}},
+		{name: "terminal with an empty NO_COLOR", terminal: true, env: map[string]string{"NO_COLOR": ""}, color: true},
+		{name: "pipe", terminal: false},
+		{name: "GitLab CI", env: map[string]string{"GITLAB_CI": "true"}, sections: true},
+		{name: "GITLAB_CI not true", env: map[string]string{"GITLAB_CI": "false"}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			lookup := func(k string) (string, bool) { v, ok := tt.env[k]; return v, ok }
+			_, stderr := render(Plain, failed(), Env(tt.terminal, 80, lookup)...)
+			if got := strings.Contains(stderr, "section_start:"); got != tt.sections {
+				t.Errorf("sections %v, want %v:\n%q", got, tt.sections, stderr)
+			}
+			if got := sgr.MatchString(stderr); got != tt.color {
+				t.Errorf("colours %v, want %v:\n%q", got, tt.color, stderr)
+			}
+		})
+	}
+}
