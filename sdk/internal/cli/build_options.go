@@ -32,6 +32,7 @@ type buildOptions struct {
 	dockerfile     string
 	spec           *kilnv1.BuildSpec
 	progress       progress.Mode
+	debug          bool // show the farm's internal lines (--debug)
 	metadataFile   string
 	iidFile        string
 	connection     // gateway, token and TLS as Dial options
@@ -54,6 +55,7 @@ type buildFlags struct {
 	tags, buildArgs, labels    []string
 	file, target, progress     string
 	push, noCache, pull, quiet bool
+	debug                      bool
 	metadataFile, iidFile      string
 	conn                       connFlags
 	idempotencyKey             string
@@ -79,8 +81,9 @@ func newBuildFlagSet(f *buildFlags) *pflag.FlagSet {
 	fs.BoolVar(&f.push, "push", false, "Push the image to the registry of each tag")
 	fs.BoolVar(&f.noCache, "no-cache", false, "Do not use cache when building the image")
 	fs.BoolVar(&f.pull, "pull", false, "Always attempt to pull all referenced images")
-	fs.StringVar(&f.progress, "progress", "", `Set type of progress output ("auto", "plain", "tty", "json", "quiet"); env KILN_PROGRESS (default "auto")`)
+	fs.StringVar(&f.progress, "progress", "", `Set type of progress output ("auto", "plain", "tty", "json", "rawjson", "quiet"); env KILN_PROGRESS (default "auto": tty on a terminal, else plain)`)
 	fs.BoolVarP(&f.quiet, "quiet", "q", false, `Suppress the build output and print the image ID on success (same as --progress quiet)`)
+	fs.BoolVar(&f.debug, "debug", false, "Also show the farm's internal lines (the agent's context fetch and work-dir bookkeeping)")
 	fs.StringVar(&f.metadataFile, "metadata-file", "", "Write build result metadata to a file (JSON)")
 	fs.StringVar(&f.iidFile, "iidfile", "", "Write the image ID to a file")
 	f.conn.register(fs)
@@ -149,6 +152,7 @@ func parseBuildArgs(args []string, lookupEnv func(string) (string, bool)) (*buil
 		return nil, &usageError{msg: err.Error()}
 	}
 	o.progress = m
+	o.debug = f.debug
 
 	for _, t := range f.tags {
 		if _, err := reference.Parse(t); err != nil {
