@@ -9,12 +9,27 @@ import (
 	"text/tabwriter"
 	"time"
 
-	"github.com/spf13/pflag"
 	"google.golang.org/protobuf/encoding/protojson"
 
 	kilnv1 "github.com/kilnbuild/kiln/proto/gen/go/kiln/v1"
 	"github.com/kilnbuild/kiln/sdk/kiln"
 )
+
+var agentsHelp = helpText{
+	usage: "kiln agents [OPTIONS]\n        kiln agents drain|undrain NAME [OPTIONS]",
+	about: `List the farm's build agents (admin token): state, busy slots, engine,
+storage driver, labels, cached lineages and when each was last heard from.
+
+Commands:
+  drain     Stop giving an agent new builds; its running builds finish
+  undrain   Give a drained agent builds again`,
+	examples: `kiln agents
+kiln agents --format json | jq -r 'select(.state == "AGENT_STATE_READY") | .name'
+kiln agents drain builder-3`,
+	exits: `  0  listed
+  1  an error
+` + exitsFarm,
+}
 
 // agents is `kiln agents`: the farm's agents, one per line; `kiln agents
 // drain|undrain NAME` takes one out of rotation or puts it back.
@@ -22,29 +37,20 @@ func (a *App) agents(ctx context.Context, args []string) int {
 	if len(args) > 0 && (args[0] == "drain" || args[0] == "undrain") {
 		return a.drainAgent(ctx, args[0], args[1:])
 	}
-	fs := pflag.NewFlagSet("agents", pflag.ContinueOnError)
-	fs.SetOutput(io.Discard)
 	var cf connFlags
-	cf.register(fs)
-	format := fs.String("format", "table", `Output format: "table" or "json"`)
-	if err := fs.Parse(args); err != nil {
-		if err == pflag.ErrHelp {
-			fmt.Fprintf(a.Stdout, "Usage:  kiln agents [OPTIONS]\n        kiln agents drain|undrain NAME [OPTIONS]\n\n"+
-				"List the farm's build agents (admin token).\n\n"+
-				"Commands:\n  drain     Stop giving an agent new builds; its running builds finish\n"+
-				"  undrain   Give a drained agent builds again\n\nOptions:\n%s", fs.FlagUsages())
-			return ExitOK
-		}
-		return a.usageErrorf("agents", "%v", err)
+	var format string
+	fs := newAgentsFlagSet("agents", &cf, &format)
+	if code, done := a.parseFlags("agents", fs, agentsHelp, args); done {
+		return code
 	}
-	if fs.NArg() != 0 || (*format != "table" && *format != "json") {
+	if fs.NArg() != 0 || (format != "table" && format != "json") {
 		return a.usageErrorf("agents", `"kiln agents" takes no arguments and --format table|json`)
 	}
 	conn, err := cf.resolve(fs, a.lookupEnv())
 	if err != nil {
 		return a.usageErrorf("agents", "%v", err)
 	}
-	return a.callAgents(ctx, conn, *format, func(ctx context.Context, c *kiln.Client) ([]*kilnv1.Agent, error) {
+	return a.callAgents(ctx, conn, format, func(ctx context.Context, c *kiln.Client) ([]*kilnv1.Agent, error) {
 		return c.Agents(ctx)
 	})
 }
@@ -54,21 +60,14 @@ func (a *App) agents(ctx context.Context, args []string) int {
 func (a *App) callAgents(ctx context.Context, conn connection, format string, call func(context.Context, *kiln.Client) ([]*kilnv1.Agent, error)) int {
 	client, err := kiln.Dial(ctx, conn.gateway, conn.opts...)
 	if err != nil {
-		fmt.Fprintf(a.Stderr, "ERROR: %v\n", err)
-		return ExitUsage
+		return reportFarmError(a.Stderr, conn.gateway, "", err)
 	}
 	defer client.Close()
-	cctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+	cctx, cancel := context.WithTimeout(ctx, farmCallTimeout)
 	defer cancel()
 	agents, err := call(cctx, client)
 	if err != nil {
-		code := ExitCode(err)
-		if code == ExitUnreachable {
-			fmt.Fprintf(a.Stderr, "ERROR: cannot reach the kiln gateway at %s: %v\n", conn.gateway, err)
-		} else {
-			fmt.Fprintf(a.Stderr, "ERROR: %v\n", err)
-		}
-		return code
+		return reportFarmError(a.Stderr, conn.gateway, "", err)
 	}
 	if format == "json" {
 		for _, ag := range agents {
@@ -84,32 +83,38 @@ func (a *App) callAgents(ctx context.Context, conn connection, format string, ca
 // drainAgent is `kiln agents drain|undrain NAME`.
 func (a *App) drainAgent(ctx context.Context, cmd string, args []string) int {
 	name := "agents " + cmd
-	fs := pflag.NewFlagSet(name, pflag.ContinueOnError)
-	fs.SetOutput(io.Discard)
 	var cf connFlags
-	cf.register(fs)
-	format := fs.String("format", "table", `Output format: "table" or "json"`)
-	if err := fs.Parse(args); err != nil {
-		if err == pflag.ErrHelp {
-			what := "Stop giving an agent new builds. Builds it is running finish; the agent\n" +
-				"stays up and is listed as draining until 'kiln agents undrain NAME'.\n" +
-				"Returns once the agent has acknowledged."
-			if cmd == "undrain" {
-				what = "Give a drained agent new builds again. Returns once the agent has\nacknowledged."
-			}
-			fmt.Fprintf(a.Stdout, "Usage:  kiln agents %s NAME [OPTIONS]\n\n%s\n\nNeeds an admin token (KILN_TOKEN or --token).\n\nOptions:\n%s", cmd, what, fs.FlagUsages())
-			return ExitOK
-		}
-		return a.usageErrorf(name, "%v", err)
+	var format string
+	fs := newAgentsFlagSet(name, &cf, &format)
+	h := helpText{
+		usage: "kiln agents " + cmd + " NAME [OPTIONS]",
+		about: `Stop giving an agent new builds. Builds it is running finish; the agent
+stays up and is listed as draining until 'kiln agents undrain NAME'.
+Returns once the agent has acknowledged.
+
+Needs an admin token (KILN_TOKEN or --token).`,
+		examples: "kiln agents " + cmd + " builder-3",
+		exits: `  0  the agent acknowledged
+  1  no such agent, or another error
+` + exitsFarm,
 	}
-	if fs.NArg() != 1 || (*format != "table" && *format != "json") {
+	if cmd == "undrain" {
+		h.about = `Give a drained agent new builds again. Returns once the agent has
+acknowledged.
+
+Needs an admin token (KILN_TOKEN or --token).`
+	}
+	if code, done := a.parseFlags(name, fs, h, args); done {
+		return code
+	}
+	if fs.NArg() != 1 || (format != "table" && format != "json") {
 		return a.usageErrorf(name, `"kiln agents %s" takes one agent name (see "kiln agents") and --format table|json`, cmd)
 	}
 	conn, err := cf.resolve(fs, a.lookupEnv())
 	if err != nil {
 		return a.usageErrorf(name, "%v", err)
 	}
-	return a.callAgents(ctx, conn, *format, func(ctx context.Context, c *kiln.Client) ([]*kilnv1.Agent, error) {
+	return a.callAgents(ctx, conn, format, func(ctx context.Context, c *kiln.Client) ([]*kilnv1.Agent, error) {
 		ag, err := c.DrainAgent(ctx, fs.Arg(0), cmd == "undrain")
 		if err != nil {
 			return nil, err

@@ -2,10 +2,9 @@ package cli
 
 import (
 	"context"
-	"errors"
+	"fmt"
 	"os"
 	"path/filepath"
-	"sync"
 	"time"
 
 	"github.com/kilnbuild/kiln/sdk/internal/progress"
@@ -15,12 +14,12 @@ import (
 // cancelTimeout bounds the Cancel call made on the first interrupt.
 const cancelTimeout = 15 * time.Second
 
-// runBuild packs, uploads, starts and watches one build and returns the
+// runBuild packs, uploads, starts and follows one build and returns the
 // exit code.
 func (a *App) runBuild(ctx context.Context, o *buildOptions) int {
-	pr := progress.New(o.progress.Resolve(a.StderrIsTerminal), a.Stdout, a.Stderr)
-	pr.SetWidth(a.TerminalWidth)
-	pr.SetTerminal(a.StderrIsTerminal)
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	pr := a.newPrinter(ctx, o.progress, false)
 	defer pr.Close()
 
 	// The client is closed last, after the interrupt watch stopped: a
@@ -31,9 +30,7 @@ func (a *App) runBuild(ctx context.Context, o *buildOptions) int {
 			client.Close()
 		}
 	}()
-	ctx, cancel := context.WithCancel(ctx)
-	defer cancel()
-	watch := &interruptWatch{printer: pr, cancel: cancel}
+	watch := &buildInterrupts{printer: pr, cancel: cancel}
 	stop := watch.start(ctx, a.Interrupts)
 	defer stop()
 
@@ -41,7 +38,7 @@ func (a *App) runBuild(ctx context.Context, o *buildOptions) int {
 		pr.ContextProgress("Hashing", p.Files, p.TotalFiles, p.Bytes, p.TotalBytes)
 	}))
 	if err != nil {
-		return a.fail(pr, o, watch, err, "cannot reach the kiln gateway at %s")
+		return a.fail(pr, o, watch, err)
 	}
 
 	opts := append([]kiln.Option{kiln.WithDialOptions(o.trace.dialOptions()...)}, o.opts...)
@@ -56,7 +53,7 @@ func (a *App) runBuild(ctx context.Context, o *buildOptions) int {
 		pr.ContextProgress("Uploading", p.Files, p.TotalFiles, p.Bytes, p.TotalBytes)
 	}))
 	if err != nil {
-		return a.fail(pr, o, watch, err, "cannot reach the kiln gateway at %s")
+		return a.fail(pr, o, watch, err)
 	}
 	pr.ContextSummary(uploaded.Files, uploaded.Bytes, uploaded.UploadedBytes)
 
@@ -67,26 +64,24 @@ func (a *App) runBuild(ctx context.Context, o *buildOptions) int {
 		pr.Errorf("%v", err)
 		return ExitUsage
 	}
-	b, err := client.Build(ctx, kiln.BuildRequest{Spec: spec, Context: bc, IdempotencyKey: o.idempotencyKey, Secrets: o.secrets, RegistryAuth: creds})
+	b, err := client.Build(ctx, kiln.BuildRequest{
+		Spec: spec, Context: bc, IdempotencyKey: o.idempotencyKey, Secrets: o.secrets, RegistryAuth: creds, Timeout: o.timeout,
+	})
 	if err != nil {
-		return a.fail(pr, o, watch, err, "cannot reach the kiln gateway at %s")
+		return a.fail(pr, o, watch, err)
 	}
 	watch.started(b.ID())
 	o.trace.buildStarted(b.ID())
-
-	for ev := range b.Events() {
-		pr.Event(ev.Proto())
-	}
-	final, err := b.Wait(ctx)
-	var failed *kiln.BuildFailedError
-	if errors.As(err, &failed) || errors.Is(err, kiln.ErrCancelled) || errors.Is(err, kiln.ErrTimedOut) {
-		// The printer has shown the failure with the finished event.
-		return ExitFailed
-	}
-	if err != nil {
-		return a.fail(pr, o, watch, err, "lost the connection to the kiln gateway at %s")
+	if o.detach {
+		pr.Close()
+		fmt.Fprintln(a.Stdout, b.ID())
+		return ExitOK
 	}
 
+	final, code := a.followStarted(ctx, b, pr, watch, o.gateway)
+	if code != ExitOK {
+		return code
+	}
 	if o.metadataFile != "" {
 		if err := writeMetadataFile(o.metadataFile, final, spec.GetTags()); err != nil {
 			pr.Errorf("%v", err)
@@ -102,116 +97,18 @@ func (a *App) runBuild(ctx context.Context, o *buildOptions) int {
 	return ExitOK
 }
 
-// fail reports err and returns its exit code; unreachable is the message
-// used when the gateway cannot be reached.
-func (a *App) fail(pr *progress.Printer, o *buildOptions, w *interruptWatch, err error, unreachable string) int {
-	if w.interrupted() {
-		if id := w.id(); id != "" {
-			pr.Errorf("interrupted: stopped following build %s after requesting its cancellation", id)
-		} else {
-			pr.Errorf("interrupted before the build started")
-		}
-		return ExitFailed
+// fail reports err, which ended the build's preparation or start, and
+// returns its exit code: ExitInterrupted when an interrupt stopped it.
+func (a *App) fail(pr *progress.Printer, o *buildOptions, w *buildInterrupts, err error) int {
+	if w.stopped() {
+		pr.Errorf("interrupted before the build started")
+		return ExitInterrupted
 	}
 	code := ExitCode(err)
 	if code == ExitUnreachable {
-		pr.Errorf(unreachable+": %v", o.gateway, err)
+		pr.Errorf("cannot reach the kiln gateway at %s: %v", o.gateway, err)
 		return code
 	}
 	pr.Errorf("%v", err)
 	return code
-}
-
-// interruptWatch turns interrupts into build cancellation: the first one
-// cancels the build on the farm (or, before the build started, the hashing
-// or the upload) and keeps following it to its end; the second stops at
-// once.
-type interruptWatch struct {
-	printer *progress.Printer
-	// cancel stops the command's context.
-	cancel context.CancelFunc
-
-	mu      sync.Mutex // guards the fields below
-	client  *kiln.Client
-	buildID string
-	stopped bool
-}
-
-// start follows interrupts until the returned stop function is called;
-// stop waits for the goroutines start began.
-func (w *interruptWatch) start(ctx context.Context, interrupts <-chan os.Signal) (stop func()) {
-	done := make(chan struct{})
-	var wg sync.WaitGroup
-	wg.Add(1)
-	go func() {
-		defer wg.Done()
-		count := 0
-		for {
-			select {
-			case <-done:
-				return
-			case <-interrupts:
-			}
-			count++
-			id, client := w.current()
-			if count > 1 || id == "" {
-				w.stop()
-				return
-			}
-			w.printer.Infof("cancelling build %s (interrupt again to stop waiting)", id)
-			wg.Add(1)
-			go func() {
-				defer wg.Done()
-				cctx, cancel := context.WithTimeout(ctx, cancelTimeout)
-				defer cancel()
-				if _, err := client.Cancel(cctx, id); err != nil && ctx.Err() == nil {
-					w.printer.Errorf("%v (interrupt again to stop waiting)", err)
-				}
-			}()
-		}
-	}()
-	return func() {
-		close(done)
-		wg.Wait()
-	}
-}
-
-// attach gives the watch the client that cancels the build.
-func (w *interruptWatch) attach(client *kiln.Client) {
-	w.mu.Lock()
-	defer w.mu.Unlock()
-	w.client = client
-}
-
-func (w *interruptWatch) started(buildID string) {
-	w.mu.Lock()
-	defer w.mu.Unlock()
-	w.buildID = buildID
-}
-
-// current returns the started build's id ("" before StartBuild) and the
-// client to cancel it with.
-func (w *interruptWatch) current() (string, *kiln.Client) {
-	w.mu.Lock()
-	defer w.mu.Unlock()
-	return w.buildID, w.client
-}
-
-func (w *interruptWatch) id() string {
-	w.mu.Lock()
-	defer w.mu.Unlock()
-	return w.buildID
-}
-
-func (w *interruptWatch) stop() {
-	w.mu.Lock()
-	w.stopped = true
-	w.mu.Unlock()
-	w.cancel()
-}
-
-func (w *interruptWatch) interrupted() bool {
-	w.mu.Lock()
-	defer w.mu.Unlock()
-	return w.stopped
 }

@@ -1,0 +1,137 @@
+package cli
+
+import (
+	"context"
+	"fmt"
+
+	"github.com/spf13/pflag"
+
+	"github.com/kilnbuild/kiln/sdk/internal/progress"
+	"github.com/kilnbuild/kiln/sdk/kiln"
+)
+
+// retryFlags holds the raw values of `kiln retry` flags.
+type retryFlags struct {
+	conn           connFlags
+	detach         bool
+	idempotencyKey string
+	progress       string
+	debug          bool
+}
+
+func newRetryFlagSet(f *retryFlags) *pflag.FlagSet {
+	fs := pflag.NewFlagSet("retry", pflag.ContinueOnError)
+	fs.SortFlags = false
+	fs.BoolVarP(&f.detach, "detach", "d", false, "Print the new build's id once it is queued and exit, instead of following it")
+	fs.StringVar(&f.idempotencyKey, "idempotency-key", "", "Key that makes a retried command return the build its first try started (default: a random key)")
+	fs.StringVar(&f.progress, "progress", "", `Set type of progress output, as 'kiln build --progress'; env KILN_PROGRESS (default "auto")`)
+	fs.BoolVar(&f.debug, "debug", false, "Show the farm's internal lines too, as 'kiln build --debug'")
+	f.conn.register(fs)
+	return fs
+}
+
+var retryHelp = helpText{
+	usage: "kiln retry [OPTIONS] BUILD",
+	about: `Start a new build with a build's spec — tags, build args, secrets and
+registry credentials as they were sealed — and its build context, which
+the farm still holds: no upload. kiln prints the new build's id, then
+follows it as 'kiln build' does (Ctrl-C cancels it, a second Ctrl-C stops
+waiting), or with --detach exits once it is queued.`,
+	examples: `kiln retry 0193f2c4a1b27c3e
+# retry the latest failed build, in the background
+kiln retry --detach "$(kiln ls --state failed --limit 1 --format '{{.ID}}')"`,
+	exits: `  0    the new build succeeded; with --detach: it is queued
+  1    the new build failed or was cancelled (not by this command), or
+       BUILD was not found
+  2    usage error, or a request the farm rejected (among them: the farm
+       no longer holds BUILD's context)
+  3    the gateway could not be reached
+  124  the farm cancelled the new build when it ran past its timeout
+  130  Ctrl-C cancelled the new build, or a second Ctrl-C stopped following it`,
+}
+
+// retry is `kiln retry`.
+func (a *App) retry(ctx context.Context, args []string) int {
+	var f retryFlags
+	fs := newRetryFlagSet(&f)
+	if code, done := a.parseFlags("retry", fs, retryHelp, args); done {
+		return code
+	}
+	if fs.NArg() != 1 {
+		return a.usageErrorf("retry", `"kiln retry" takes exactly one BUILD id ('kiln ls' lists them), got %d`, fs.NArg())
+	}
+	mode, err := progressMode(fs, f.progress, false, a.lookupEnv())
+	if err != nil {
+		return a.usageErrorf("retry", "%v", err)
+	}
+	conn, err := f.conn.resolve(fs, a.lookupEnv())
+	if err != nil {
+		return a.usageErrorf("retry", "%v", err)
+	}
+	key := f.idempotencyKey
+	if key == "" {
+		if key, err = kiln.NewIdempotencyKey(); err != nil {
+			fmt.Fprintf(a.Stderr, "ERROR: %v\n", err)
+			return ExitFailed
+		}
+	}
+	id := fs.Arg(0)
+	client, err := kiln.Dial(ctx, conn.gateway, conn.opts...)
+	if err != nil {
+		return reportFarmError(a.Stderr, conn.gateway, id, err)
+	}
+	defer client.Close()
+	if f.detach {
+		rec, err := client.Retry(ctx, id, key)
+		if err != nil {
+			return reportFarmError(a.Stderr, conn.gateway, id, err)
+		}
+		fmt.Fprintln(a.Stdout, rec.GetId())
+		return ExitOK
+	}
+
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	pr := a.newPrinter(ctx, mode, f.debug)
+	defer pr.Close()
+	w := &buildInterrupts{printer: pr, cancel: cancel, client: client}
+	stop := w.start(ctx, a.Interrupts)
+	defer stop()
+	rec, err := client.Retry(ctx, id, key)
+	if err != nil {
+		if w.stopped() {
+			pr.Errorf("interrupted before the build started")
+			return ExitInterrupted
+		}
+		return reportFarmError(a.Stderr, conn.gateway, id, err)
+	}
+	w.started(rec.GetId())
+	pr.Infof("build %s retries build %s", rec.GetId(), id)
+	b, err := client.Watch(ctx, rec.GetId(), 0)
+	if err != nil {
+		if w.stopped() {
+			pr.Errorf("interrupted: build %s goes on on the farm; re-attach with: kiln logs -f %s", rec.GetId(), rec.GetId())
+			return ExitInterrupted
+		}
+		return reportFarmError(a.Stderr, conn.gateway, rec.GetId(), err)
+	}
+	_, code := a.followStarted(ctx, b, pr, w, conn.gateway)
+	return code
+}
+
+// progressMode reads a --progress flag (value), falling back to
+// KILN_PROGRESS, then to auto; quiet is the mode of --quiet.
+func progressMode(fs *pflag.FlagSet, value string, quiet bool, lookupEnv func(string) (string, bool)) (progress.Mode, error) {
+	mode := flagOrEnv(fs, "progress", value, "KILN_PROGRESS", lookupEnv)
+	if quiet && !fs.Changed("progress") {
+		mode = string(progress.Quiet)
+	}
+	if mode == "" {
+		mode = string(progress.Auto)
+	}
+	m, err := progress.ParseMode(mode)
+	if err != nil {
+		return "", &usageError{msg: err.Error()}
+	}
+	return m, nil
+}
