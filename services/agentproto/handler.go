@@ -200,6 +200,7 @@ func (h *Handler) applyReport(ctx context.Context, agent string, r *kilnv1.Agent
 			}
 			b.State = running
 			b.StartedAt = timestamppb.New(now)
+			buildstore.StartAttempt(b, now)
 			b.LeaseExpiresAt = timestamppb.New(now.Add(h.grantLease(r)))
 			return nil
 		})
@@ -229,22 +230,30 @@ func (h *Handler) applyReport(ctx context.Context, agent string, r *kilnv1.Agent
 			return nil, fmt.Errorf("a build cannot finish %s", r.State)
 		}
 		b, err := h.updateFenced(ctx, r.BuildId, func(b *kilnv1.Build) error {
-			if fence(b, r.State) == nil {
+			st, why := r.State, r.Error
+			if b.TimedOut && st != kilnv1.BuildState_BUILD_STATE_SUCCEEDED {
+				// The farm stopped it for its timeout: however the agent
+				// saw the end, the build timed out.
+				st, why = kilnv1.BuildState_BUILD_STATE_CANCELLED, buildstore.TimeoutError(b)
+			}
+			if fence(b, st) == nil {
 				return errAlready // a retried FINISH: publish again, deduplicated
 			}
 			if err := fence(b, running, assigned); err != nil {
 				return err
 			}
-			b.State, b.Result, b.Error = r.State, r.Result, r.Error
+			b.State, b.Result, b.Error = st, r.Result, why
+			b.TimedOut = b.TimedOut && st == kilnv1.BuildState_BUILD_STATE_CANCELLED
 			b.FinishedAt = timestamppb.New(now)
 			b.LeaseExpiresAt = nil
+			buildstore.EndAttempt(b, now, buildstore.ReasonEnded(st, b.TimedOut))
 			return nil
 		})
 		if err != nil {
 			return nil, err
 		}
 		return b, h.publishEvents(ctx, r, append(events, &kilnv1.BuildEvent{Event: &kilnv1.BuildEvent_Finished{Finished: &kilnv1.BuildFinished{
-			State: b.State, Result: b.Result, Error: b.Error, Agent: agent,
+			State: b.State, Result: b.Result, Error: b.Error, Agent: agent, TimedOut: b.TimedOut,
 		}}}))
 
 	case kilnv1.AgentReportKind_AGENT_REPORT_KIND_HAND_BACK:
@@ -256,6 +265,7 @@ func (h *Handler) applyReport(ctx context.Context, agent string, r *kilnv1.Agent
 			if err := fence(b, assigned, running); err != nil {
 				return err
 			}
+			buildstore.EndAttempt(b, now, buildstore.ReasonHandedBack(why))
 			b.State = kilnv1.BuildState_BUILD_STATE_QUEUED
 			b.Agent = ""
 			b.LeaseExpiresAt = nil

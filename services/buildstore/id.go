@@ -32,3 +32,11 @@ func ValidID(id string) bool {
 	}
 	return true
 }
+
+// IDFloor is the least id NewID can return at t or later: every build
+// created at or after t has an id that sorts at or above it.
+func IDFloor(t time.Time) string {
+	var b [16]byte
+	binary.BigEndian.PutUint64(b[:8], uint64(max(t.UnixMilli(), 0))<<16)
+	return "b" + idEncoding.EncodeToString(b[:])
+}

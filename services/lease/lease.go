@@ -17,6 +17,7 @@ import (
 	"google.golang.org/protobuf/types/known/timestamppb"
 
 	kilnv1 "github.com/kilnbuild/kiln/proto/gen/go/kiln/v1"
+	"github.com/kilnbuild/kiln/proto/version"
 	"github.com/kilnbuild/kiln/services/bus"
 )
 
@@ -52,9 +53,9 @@ func New(ctx context.Context, js jetstream.JetStream, key string, length time.Du
 func (l *Lease) ID() string { return l.id }
 
 // Try takes or renews the lease and reports whether this contender holds
-// it now. Losing a race to another contender is (false, nil).
+// it now. The record carries the holder's kiln version (GetFarmInfo). Losing a race to another contender is (false, nil).
 func (l *Lease) Try(ctx context.Context) (bool, error) {
-	data, err := proto.Marshal(&kilnv1.LeaderLease{Holder: l.id, ExpiresAt: timestamppb.New(l.now().Add(l.length))})
+	data, err := proto.Marshal(&kilnv1.LeaderLease{Holder: l.id, ExpiresAt: timestamppb.New(l.now().Add(l.length)), Version: version.String()})
 	if err != nil {
 		return false, fmt.Errorf("encode lease %s: %w", l.key, err)
 	}

@@ -34,7 +34,9 @@ type AgentServiceClient interface {
 	ListAgents(ctx context.Context, in *ListAgentsRequest, opts ...grpc.CallOption) (*ListAgentsResponse, error)
 	// GetFarmInfo returns the versions of the farm's parts: the gateway that
 	// answers, the scheduler leader, and every agent ListAgents would list,
-	// each with its engine. Any tenant may call it.
+	// each with its engine. Any tenant may call it; for a tenant that is not
+	// admin the agents carry their versions, engine, platform, slots and
+	// state only (no name, labels or cache summary).
 	GetFarmInfo(ctx context.Context, in *GetFarmInfoRequest, opts ...grpc.CallOption) (*GetFarmInfoResponse, error)
 	// DrainAgent stops an agent taking new builds (or, with undrain, lets it
 	// take them again). Builds it is running finish; the agent stays up and
@@ -91,7 +93,9 @@ type AgentServiceServer interface {
 	ListAgents(context.Context, *ListAgentsRequest) (*ListAgentsResponse, error)
 	// GetFarmInfo returns the versions of the farm's parts: the gateway that
 	// answers, the scheduler leader, and every agent ListAgents would list,
-	// each with its engine. Any tenant may call it.
+	// each with its engine. Any tenant may call it; for a tenant that is not
+	// admin the agents carry their versions, engine, platform, slots and
+	// state only (no name, labels or cache summary).
 	GetFarmInfo(context.Context, *GetFarmInfoRequest) (*GetFarmInfoResponse, error)
 	// DrainAgent stops an agent taking new builds (or, with undrain, lets it
 	// take them again). Builds it is running finish; the agent stays up and

@@ -2047,7 +2047,8 @@ func (x *ListBuildsRequest) GetTenant() string {
 
 type ListBuildsResponse struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
-	// builds are the page's builds, newest first (by created_at, then id).
+	// builds are the page's builds, newest first (by id, which sorts by
+	// creation time).
 	Builds []*Build `protobuf:"bytes,1,rep,name=builds,proto3" json:"builds,omitempty"`
 	// next_page_token fetches the next page; empty on the last page.
 	NextPageToken string `protobuf:"bytes,2,opt,name=next_page_token,json=nextPageToken,proto3" json:"next_page_token,omitempty"`
