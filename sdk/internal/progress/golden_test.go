@@ -270,7 +270,7 @@ func cancelled() context.Context {
 	return ctx
 }
 
-func TestEnv(t *testing.T) {
+func TestColorAndGitLabFromTheEnvironment(t *testing.T) {
 	tests := []struct {
 		name            string
 		terminal        bool
@@ -287,7 +287,8 @@ func TestEnv(t *testing.T) {
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			lookup := func(k string) (string, bool) { v, ok := tt.env[k]; return v, ok }
-			_, stderr := render(Plain, failed(), Env(tt.terminal, 80, lookup)...)
+			// The options as kiln's commands give them (cli.newPrinter).
+			_, stderr := render(Plain, failed(), WithColor(ColorEnabled(tt.terminal, lookup)), WithGitLabSections(GitLabCI(lookup)))
 			if got := strings.Contains(stderr, "section_start:"); got != tt.sections {
 				t.Errorf("sections %v, want %v:\n%q", got, tt.sections, stderr)
 			}

@@ -48,14 +48,3 @@ func GitLabCI(lookupEnv func(string) (string, bool)) bool {
 	v, _ := lookupEnv("GITLAB_CI")
 	return v == "true"
 }
-
-// Env returns the options a kiln command's printer takes from where it
-// runs: whether stderr is a terminal and its width, colours
-// (ColorEnabled) and GitLab CI's sections (GitLabCI).
-func Env(stderrIsTerminal bool, columns int, lookupEnv func(string) (string, bool)) []Option {
-	return []Option{
-		WithTerminal(stderrIsTerminal, columns, 0),
-		WithColor(ColorEnabled(stderrIsTerminal, lookupEnv)),
-		WithGitLabSections(GitLabCI(lookupEnv)),
-	}
-}

@@ -44,8 +44,9 @@ type Printer struct {
 
 	attempt uint32
 	first   *timestamppb.Timestamp
-	// last is the time of the latest event.
+	// last is the time of the latest event; seen is set by the first.
 	last  time.Time
+	seen  bool
 	steps map[uint32]*step
 	// started lists steps in the order they started.
 	started []*step
@@ -166,6 +167,7 @@ func (p *Printer) Event(ev *kilnv1.BuildEvent) {
 		p.reportFailure(ev)
 		return
 	}
+	p.seen = true
 	if p.first == nil && ev.GetTime() != nil {
 		p.first = ev.GetTime()
 	}
@@ -388,6 +390,10 @@ func (p *Printer) say(text string) {
 	case Plain:
 		p.plain(text, 0)
 	case TTY:
+		if p.view.closed { // after the summary: a line of its own
+			io.WriteString(p.stderr, text+"\n")
+			return
+		}
 		p.view.farm = append(p.view.farm, text)
 		p.redraw(false)
 	}

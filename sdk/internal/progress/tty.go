@@ -162,7 +162,7 @@ func (p *Printer) collapse(ev *kilnv1.BuildEvent, f *kilnv1.BuildFinished) {
 	default:
 		header += " " + strings.ToUpper(stateName(f.GetState()))
 	}
-	if p.first == nil {
+	if !p.seen {
 		header = "" // the build never started: its context lines say all
 	}
 	columns, _ := p.size()

@@ -228,3 +228,14 @@ func TestNoColor(t *testing.T) {
 		}
 	}
 }
+
+func TestTTYLinesAfterTheSummary(t *testing.T) {
+	r := newTTYRun(t, 80, 40)
+	r.events(succeeded())
+	r.p.Infof("wrote %s", "meta.json")
+	r.p.Errorf("late")
+	r.p.Close()
+	if got := r.text(); !strings.HasSuffix(got, "(2 steps, 1 cached)\nkiln: wrote meta.json\nERROR: late") {
+		t.Fatalf("lines written after the summary are not under it:\n%s", got)
+	}
+}
