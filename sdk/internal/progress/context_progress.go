@@ -21,14 +21,6 @@ type contextProgress struct {
 	drawn time.Time
 }
 
-// SetTerminal says whether stderr is a terminal: the context progress line
-// of tty mode is drawn only on one.
-func (p *Printer) SetTerminal(isTerminal bool) {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	p.terminal = isTerminal
-}
-
 // ContextProgress shows, in tty mode on a terminal, in the header of the
 // view, how far a phase of sending the build context ("Hashing",
 // "Uploading") has got: files and bytes out of the totals and the rate

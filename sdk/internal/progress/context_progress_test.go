@@ -52,8 +52,7 @@ func TestContextSummaryModes(t *testing.T) {
 	for _, tt := range tests {
 		t.Run(string(tt.mode), func(t *testing.T) {
 			var stdout, stderr bytes.Buffer
-			p := New(tt.mode, &stdout, &stderr)
-			p.SetTerminal(true)
+			p := New(tt.mode, &stdout, &stderr, WithTerminal(true, 0, 0))
 			p.ContextProgress("Hashing", 1, 2, 100, 500_000)
 			p.ContextSummary(2, 500_000, 100_000)
 			p.Close()

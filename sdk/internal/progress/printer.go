@@ -96,13 +96,6 @@ func New(mode Mode, stdout, stderr io.Writer, opts ...Option) *Printer {
 	return p
 }
 
-// SetWidth sets the terminal width the tty view must fit.
-func (p *Printer) SetWidth(columns int) {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	p.width = columns
-}
-
 // Infof writes a "kiln: ..." progress line: in plain mode on a line of its
 // own, in tty mode among the farm's lines at the top of the view.
 func (p *Printer) Infof(format string, args ...any) {

@@ -324,7 +324,7 @@ func (p *Printer) fit(rows []row, height int) []row {
 }
 
 // size returns the terminal's columns and rows: asked of stderr when it
-// is a terminal, else as WithTerminal or SetWidth gave them, else the
+// is a terminal, else as WithTerminal gave them, else the
 // defaults.
 func (p *Printer) size() (columns, rows int) {
 	columns, rows = p.width, p.height
