@@ -3,7 +3,6 @@ package gateway
 import (
 	"context"
 	"errors"
-	"time"
 
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
@@ -54,24 +53,33 @@ func toStatus(ctx context.Context, err error) error {
 	return status.Error(code, err.Error())
 }
 
-// unaryBound caps how long a unary call may run, whatever deadline its
-// client sent. nats.go waits for a NATS request under the caller's
-// context, so a request lost with a NATS node would otherwise hold the
-// call until a client's far-off deadline; past the bound the call ends
-// Unavailable and the client retries. The longest legitimate wait of a
-// unary call, PutManifest's for manifest memory, is a minute.
-var unaryBound = 2 * time.Minute
-
+// unaryStatus and streamStatus run every handler under the client's
+// context without its deadline (bus.WithoutDeadline): the client
+// cancelling, or its deadline passing, still stops the handler, but each
+// NATS request the handler makes is bounded by nats.go's own per-request
+// timeout instead of waiting, when a NATS node was lost with the request,
+// until a client's far-off deadline. The request then fails Unavailable
+// and the client retries.
 func unaryStatus(ctx context.Context, req any, _ *grpc.UnaryServerInfo, h grpc.UnaryHandler) (any, error) {
-	hctx, cancel := context.WithTimeout(ctx, unaryBound)
+	hctx, cancel := bus.WithoutDeadline(ctx)
 	defer cancel()
 	resp, err := h(hctx, req)
 	return resp, toStatus(ctx, err)
 }
 
 func streamStatus(srv any, ss grpc.ServerStream, _ *grpc.StreamServerInfo, h grpc.StreamHandler) error {
-	return toStatus(ss.Context(), h(srv, ss))
+	hctx, cancel := bus.WithoutDeadline(ss.Context())
+	defer cancel()
+	return toStatus(ss.Context(), h(srv, contextStream{ss, hctx}))
 }
+
+// contextStream is a server stream whose handler sees ctx.
+type contextStream struct {
+	grpc.ServerStream
+	ctx context.Context
+}
+
+func (s contextStream) Context() context.Context { return s.ctx }
 
 // natsUnavailable reports whether err, met by the call with context ctx,
 // means the NATS cluster could not serve it (bus.IsUnavailable, or a NATS
