@@ -50,10 +50,13 @@ func (w *buildInterrupts) start(ctx context.Context, interrupts <-chan os.Signal
 			wg.Add(1)
 			go func() {
 				defer wg.Done()
-				cctx, cancel := context.WithTimeout(ctx, cancelTimeout)
+				// A second interrupt ends ctx but not the request: the
+				// command says the farm goes on cancelling the build, and
+				// waits (up to cancelTimeout) for the request to be sent.
+				cctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), cancelTimeout)
 				defer cancel()
-				if _, err := client.Cancel(cctx, id); err != nil && ctx.Err() == nil {
-					w.printer.Errorf("%v (interrupt again to stop waiting)", err)
+				if _, err := client.Cancel(cctx, id); err != nil {
+					w.printer.Errorf("cancelling build %s: %v", id, err)
 				}
 			}()
 		}
