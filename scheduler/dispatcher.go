@@ -28,13 +28,18 @@ import (
 //	intake, lease sweeps ─┐
 //	builds ended ─────────┤
 //	pulls, withdrawals ───┼─▶ events ─▶ dispatcher ─▶ routing.Route ─▶ CAS ASSIGNED ─▶ event (async) ─▶ reply to pull
-//	agent heartbeats ─────┘                 ▲
+//	agent heartbeats ─────┘                 ▲                               │ (a writer goroutine)
+//	                                        ├─ written ◀────────────────────┘
 //	                                        └─ timer: next pull deadline or routing wake-up
 //
 // The CAS to ASSIGNED takes one round trip when the build came through the
 // intake (its record and revision are known), and the ASSIGNED event is
 // published without waiting for its acknowledgement, so the agent's pull is
-// answered one KV write after the decision.
+// answered one KV write after the decision. The dispatcher does not wait
+// for that write: it goes out on a goroutine of its own, holding the pull
+// it will answer, and its result comes back on written, so builds and
+// pulls that arrive meanwhile are routed at once instead of one quorum
+// round trip later (bench/dispatch: the "dispatcher" hop).
 
 // event is something the dispatcher must react to.
 type event struct {
@@ -98,6 +103,16 @@ type dispatcher struct {
 	events   chan event
 	agentTTL time.Duration
 
+	// assigning are the builds whose write to ASSIGNED is in flight, by
+	// id; each holds the pull it will answer, and writing counts them by
+	// agent (slots neither running a build nor pulling). written brings
+	// the writes back; writers counts them, so run waits for them before
+	// it returns.
+	assigning map[string]*assignment
+	writing   map[string]int
+	written   chan *assignment
+	writers   sync.WaitGroup
+
 	// What each agent runs, for its expected NextFree, and what builds of
 	// each lineage cost (routing weighs waiting against a cache miss).
 	onAgent map[string][]runningBuild // by agent
@@ -125,6 +140,7 @@ func newDispatcher(deps dispatchDeps) *dispatcher {
 		dispatchDeps: deps, queue: map[string]*kilnv1.Build{}, revs: map[string]uint64{}, pulls: map[string][]*pull{},
 		agents: map[string]*kilnv1.Agent{}, leased: map[string]lease{}, onAgent: map[string][]runningBuild{}, started: map[string]time.Time{}, ended: map[string]time.Time{}, costs: newCosts(),
 		events: make(chan event, 1024), agentTTL: bus.DefaultLimits.AgentTTL,
+		assigning: map[string]*assignment{}, writing: map[string]int{}, written: make(chan *assignment, 1024),
 		idx: routing.NewIndex(nil), indexed: map[string]bool{}, dirty: map[string]bool{}, lostAt: map[string]time.Time{},
 	}
 }
@@ -145,29 +161,54 @@ func (d *dispatcher) run(ctx context.Context) error {
 	for {
 		select {
 		case <-ctx.Done():
-			// Answer the waiting pulls so their agents ask the next leader
-			// at once instead of waiting out their request timeout.
-			for _, ps := range d.pulls {
-				for _, p := range ps {
-					d.reply(p, nil)
-				}
-			}
+			d.stop()
 			return ctx.Err()
 		case ev := <-d.events:
 			d.apply(ev)
-			// Take every event already waiting before routing once.
-			for more := true; more; {
-				select {
-				case ev := <-d.events:
-					d.apply(ev)
-				default:
-					more = false
-				}
-			}
+			d.applyWaiting()
+		case j := <-d.written:
+			d.assigned1(j)
+			d.applyWaiting()
 		case <-timer.C:
 		}
 		timer.Reset(max(d.dispatch(ctx), time.Millisecond))
 		queueDepth.Set(float64(len(d.queue)))
+	}
+}
+
+// applyWaiting takes every event and write result already waiting, so
+// that they are routed in one pass.
+func (d *dispatcher) applyWaiting() {
+	for {
+		select {
+		case ev := <-d.events:
+			d.apply(ev)
+		case j := <-d.written:
+			d.assigned1(j)
+		default:
+			return
+		}
+	}
+}
+
+// stop ends the dispatcher's term: the writes in flight finish (their
+// context is done, so soon) and those that landed are answered as usual;
+// every other pull is answered empty so its agent asks the next leader at
+// once instead of waiting out its request timeout.
+func (d *dispatcher) stop() {
+	d.writers.Wait()
+	for len(d.written) > 0 {
+		d.assigned1(<-d.written)
+	}
+	for _, j := range d.assigning {
+		d.reply(j.pull, nil)
+	}
+	clear(d.assigning)
+	clear(d.writing)
+	for _, ps := range d.pulls {
+		for _, p := range ps {
+			d.reply(p, nil)
+		}
 	}
 }
 
@@ -183,6 +224,9 @@ func (d *dispatcher) apply(ev event) {
 		d.dirty[ev.lost] = true
 	}
 	switch {
+	case ev.enqueue != nil && d.assigning[ev.enqueue.Id] != nil:
+		// Delivered again while its write to ASSIGNED is in flight: that
+		// write decides (a failed one queues it again, read afresh).
 	case ev.enqueue != nil:
 		d.queue[ev.enqueue.Id] = ev.enqueue
 		if ev.rev != 0 {
@@ -249,7 +293,7 @@ func (d *dispatcher) release(id string) {
 // it within SweepEvery).
 func (d *dispatcher) slotFreed(agent string) {
 	a, rs := d.agents[agent], d.onAgent[agent]
-	if a == nil || a.Slots == 0 || len(rs) == 0 || len(rs)+len(d.pulls[agent]) <= int(a.Slots) {
+	if a == nil || a.Slots == 0 || len(rs) == 0 || len(rs)+len(d.pulls[agent])+d.writing[agent] <= int(a.Slots) {
 		// With nothing running there, more pulls than slots is an agent
 		// whose earlier pulls timed out on its side: nothing to free.
 		return
@@ -267,7 +311,7 @@ func (d *dispatcher) slotFreed(agent string) {
 // end of what it runs, zero when any of it is not known. A slot whose build
 // ended and whose pull has not arrived yet frees when the build ended.
 func (d *dispatcher) nextFree(agent string) time.Time {
-	if a := d.agents[agent]; a != nil && len(d.onAgent[agent])+len(d.pulls[agent]) < int(a.Slots) && !d.ended[agent].IsZero() {
+	if a := d.agents[agent]; a != nil && len(d.onAgent[agent])+len(d.pulls[agent])+d.writing[agent] < int(a.Slots) && !d.ended[agent].IsZero() {
 		return d.ended[agent]
 	}
 	var at time.Time
@@ -383,11 +427,14 @@ func (d *dispatcher) queueInput() []routing.Build {
 	return d.queueSlice
 }
 
-// running counts each tenant's builds under lease.
+// running counts each tenant's builds under lease, or on their way to it.
 func (d *dispatcher) running() map[string]int {
 	running := map[string]int{}
 	for _, l := range d.leased {
 		running[l.tenant]++
+	}
+	for _, j := range d.assigning {
+		running[j.queued.GetTenant()]++
 	}
 	return running
 }
@@ -405,58 +452,57 @@ func routingBuild(b *kilnv1.Build) routing.Build {
 	}
 }
 
-// assignAll moves routed builds to ASSIGNED and answers one of its
-// agent's pulls for each. The record writes of one pass go out together:
-// each waits for JetStream's acknowledgement (a quorum's fsync on a
-// replicated farm), and written one after another they were the
-// dispatcher's ceiling (bench/dispatch -cluster). Everything else happens
-// here, on the dispatcher's goroutine, in the routing's order.
+// assignAll starts moving routed builds to ASSIGNED: each takes one of its
+// agent's waiting pulls, leaves the queue and is written on a goroutine of
+// its own; assigned1 finishes it when the write returns. Each write waits
+// for JetStream's acknowledgement (a quorum's fsync on a replicated farm):
+// written one after another they were the dispatcher's ceiling, and
+// awaited by the dispatcher they held up every build that arrived
+// meanwhile (bench/dispatch -cluster).
 func (d *dispatcher) assignAll(ctx context.Context, as []routing.Assignment) {
-	jobs := make([]*assignment, 0, len(as))
-	reserved := map[string]int{}
 	for _, a := range as {
-		if reserved[a.Agent] >= len(d.pulls[a.Agent]) {
+		p := d.takePull(a.Agent)
+		if p == nil {
 			continue
 		}
-		reserved[a.Agent]++
-		j := &assignment{Assignment: a, started: time.Now(), now: d.now()}
+		j := &assignment{Assignment: a, started: time.Now(), now: d.now(), pull: p}
 		j.queued, j.rev = d.queue[a.Build], d.revs[a.Build]
 		delete(d.queue, a.Build)
 		delete(d.revs, a.Build)
 		d.queueStale = true
 		d.dirty[a.Agent] = true
-		jobs = append(jobs, j)
-	}
-	write := func(j *assignment) {
-		j.b, j.err = d.update(ctx, j.Build, j.queued, j.rev, func(b *kilnv1.Build) error {
-			if b.State != kilnv1.BuildState_BUILD_STATE_QUEUED {
-				return errNotQueued
+		d.assigning[a.Build] = j
+		d.writing[a.Agent]++
+		d.writers.Go(func() {
+			d.write(ctx, j)
+			select {
+			case d.written <- j:
+			case <-ctx.Done(): // stop finishes it
 			}
-			b.State = kilnv1.BuildState_BUILD_STATE_ASSIGNED
-			b.Agent = j.Agent
-			b.Attempt++
-			b.LeaseExpiresAt = timestamppb.New(j.now.Add(d.assignTimeout))
-			return nil
 		})
 	}
-	if len(jobs) == 1 {
-		write(jobs[0])
-	} else {
-		var wg sync.WaitGroup
-		for _, j := range jobs {
-			wg.Go(func() { write(j) })
+}
+
+// write moves j's build to ASSIGNED in KV; it runs on a writer goroutine
+// and touches j alone.
+func (d *dispatcher) write(ctx context.Context, j *assignment) {
+	j.b, j.err = d.update(ctx, j.Build, j.queued, j.rev, func(b *kilnv1.Build) error {
+		if b.State != kilnv1.BuildState_BUILD_STATE_QUEUED {
+			return errNotQueued
 		}
-		wg.Wait()
-	}
-	for _, j := range jobs {
-		d.assigned1(j)
-	}
+		b.State = kilnv1.BuildState_BUILD_STATE_ASSIGNED
+		b.Agent = j.Agent
+		b.Attempt++
+		b.LeaseExpiresAt = timestamppb.New(j.now.Add(d.assignTimeout))
+		return nil
+	})
 }
 
 // assignment is one build on its way to ASSIGNED.
 type assignment struct {
 	routing.Assignment
 	started, now time.Time // the route span's start; the assignment's time
+	pull         *pull     // the agent's pull it answers, taken from the waiting ones
 	queued       *kilnv1.Build
 	rev          uint64
 	b            *kilnv1.Build // the record written, or
@@ -465,8 +511,16 @@ type assignment struct {
 
 // assigned1 finishes one assignment whose record write has returned.
 func (d *dispatcher) assigned1(j *assignment) {
+	if d.assigning[j.Build] != j {
+		return // answered by stop
+	}
+	delete(d.assigning, j.Build)
+	if d.writing[j.Agent]--; d.writing[j.Agent] == 0 {
+		delete(d.writing, j.Agent)
+	}
 	a, b, now := j.Assignment, j.b, j.now
 	if err := j.err; err != nil {
+		d.putBack(j.pull)
 		if !errors.Is(err, errNotQueued) {
 			d.log.Error("assign build", "build_id", a.Build, "err", err)
 			// The write failed, or landed unseen (a timeout, a lost
@@ -480,7 +534,14 @@ func (d *dispatcher) assigned1(j *assignment) {
 		}
 		return
 	}
-	p := d.takePull(a.Agent)
+	p := j.pull
+	if !time.Now().Before(p.deadline) {
+		// Its agent is about to give up on it: answer a fresher one.
+		if q := d.takePull(a.Agent); q != nil {
+			d.reply(p, nil)
+			p = q
+		}
+	}
 	d.leased[b.Id] = lease{tenant: b.Tenant, agent: a.Agent}
 	r := runningBuild{id: b.Id, start: now}
 	if a.Expected > 0 {
@@ -528,6 +589,17 @@ func (d *dispatcher) update(ctx context.Context, id string, rec *kilnv1.Build, r
 		}
 	}
 	return d.builds.Update(ctx, id, change)
+}
+
+// putBack returns a pull taken for an assignment that was not made to the
+// waiting ones, or answers it empty if its deadline has passed.
+func (d *dispatcher) putBack(p *pull) {
+	if !time.Now().Before(p.deadline) {
+		d.reply(p, nil)
+		return
+	}
+	d.addPull(p)
+	d.dirty[p.agent] = true
 }
 
 // reply answers a pull with a build, or with nothing.
