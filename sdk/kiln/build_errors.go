@@ -42,6 +42,11 @@ const FailedOutputLines = 20
 
 // Error says which build failed at which step, and why.
 func (e *BuildFailedError) Error() string {
+	reason := e.Build.GetError()
+	if rest, ok := strings.CutPrefix(reason, "build failed at step "); ok {
+		// The farm's reason names the step already.
+		return "build " + e.Build.GetId() + " failed at step " + rest
+	}
 	msg := "build " + e.Build.GetId() + " failed"
 	if e.Step != 0 {
 		msg += fmt.Sprintf(" at step %d", e.Step)
@@ -49,8 +54,8 @@ func (e *BuildFailedError) Error() string {
 			msg += " (" + e.Instruction + ")"
 		}
 	}
-	if e.Build.GetError() != "" {
-		msg += ": " + e.Build.GetError()
+	if reason != "" {
+		msg += ": " + reason
 	}
 	return msg
 }

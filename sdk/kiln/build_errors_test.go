@@ -12,6 +12,10 @@ func TestBuildFailedErrorMessage(t *testing.T) {
 	if got, want := err.Error(), "build b1 failed at step 2 (RUN false): exit code: 1"; got != want {
 		t.Fatalf("Error() = %q, want %q", got, want)
 	}
+	farm := &BuildFailedError{Build: &kilnv1.Build{Id: "b1", Error: "build failed at step 2 (RUN false): exit code: 1"}, Step: 2, Instruction: "RUN false"}
+	if got, want := farm.Error(), "build b1 failed at step 2 (RUN false): exit code: 1"; got != want {
+		t.Fatalf("Error() with the farm's reason naming the step = %q, want %q", got, want)
+	}
 	if errors.Is(err, ErrCancelled) || errors.Is(err, ErrTimedOut) {
 		t.Fatal("a failed build's error matches ErrCancelled or ErrTimedOut")
 	}

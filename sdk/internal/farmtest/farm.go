@@ -1,12 +1,15 @@
-// Package farmtest runs an in-memory kiln gateway (ContextService and the
-// part of BuildService the CLI uses) on a loopback listener, for the SDK's
-// tests. It is honest where a client could get away with a mistake:
-// manifests are checked with the farm's rules, every blob is verified
-// against its digest before it is stored, a build starts only when its
-// manifest and every blob the manifest names are stored, and an
-// idempotency key names one build. Builds succeed at once, or run until the
-// test ends them (WithHeldBuilds). Several gateways can serve one farm and
-// be stopped one by one (StartReplica, Stop), for failover tests.
+// Package farmtest runs kiln farms for the SDK's tests. StartKilnd runs a
+// real one: the kilnd binary, building on the local Docker engine. Start
+// runs an in-memory kiln gateway (ContextService and the part of
+// BuildService the CLI uses) on a loopback listener, for tests of what
+// the client does on the wire: it is honest where a client could get away
+// with a mistake: manifests are checked with the farm's rules, every blob
+// is verified against its digest before it is stored, a build starts only
+// when its manifest and every blob the manifest names are stored, and an
+// idempotency key names one build. Its builds succeed at once, or run
+// until the test ends them (WithHeldBuilds). Several gateways can serve
+// one farm and be stopped one by one (StartReplica, Stop), for failover
+// tests.
 package farmtest
 
 import (
