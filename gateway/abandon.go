@@ -44,11 +44,11 @@ func newAbandoned() abandoned {
 	return abandoned{ids: map[string]struct{}{}, wake: make(chan struct{}, 1)}
 }
 
-// abandonUnknown abandons build id if StartBuild failed with err, the
+// abandonUnknown abandons build id if StartBuild (or RetryBuild) failed with err, the
 // cluster unavailable, for a request without an idempotency key: whether
 // its record was written is not known.
-func (g *Gateway) abandonUnknown(ctx context.Context, req *kilnv1.StartBuildRequest, id string, err error) {
-	if req.IdempotencyKey == "" && natsUnavailable(ctx, err) {
+func (g *Gateway) abandonUnknown(ctx context.Context, idempotencyKey, id string, err error) {
+	if idempotencyKey == "" && natsUnavailable(ctx, err) {
 		g.abandonStart(id)
 	}
 }

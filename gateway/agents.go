@@ -21,11 +21,20 @@ func (g *Gateway) ListAgents(ctx context.Context, _ *kilnv1.ListAgentsRequest) (
 	if err := requireAdmin(ctx, "listing agents"); err != nil {
 		return nil, err
 	}
+	agents, err := g.listAgents(ctx)
+	if err != nil {
+		return nil, err
+	}
+	return &kilnv1.ListAgentsResponse{Agents: agents}, nil
+}
+
+// listAgents returns the agents' heartbeat records, by name.
+func (g *Gateway) listAgents(ctx context.Context) ([]*kilnv1.Agent, error) {
 	lister, err := g.agents.ListKeys(ctx)
 	if err != nil {
 		return nil, fmt.Errorf("list agents: %w", err)
 	}
-	resp := &kilnv1.ListAgentsResponse{}
+	var agents []*kilnv1.Agent
 	for k := range lister.Keys() {
 		e, err := g.agents.Get(ctx, k)
 		if bus.IsNotFound(err) {
@@ -38,10 +47,10 @@ func (g *Gateway) ListAgents(ctx context.Context, _ *kilnv1.ListAgentsRequest) (
 		if err := bus.Decode(e.Value(), a); err != nil {
 			return nil, fmt.Errorf("agent %s: %w", k, err)
 		}
-		resp.Agents = append(resp.Agents, a)
+		agents = append(agents, a)
 	}
-	sort.Slice(resp.Agents, func(i, j int) bool { return resp.Agents[i].Name < resp.Agents[j].Name })
-	return resp, nil
+	sort.Slice(agents, func(i, j int) bool { return agents[i].Name < agents[j].Name })
+	return agents, nil
 }
 
 // drainAnswerWait is how long DrainAgent waits for the agent's

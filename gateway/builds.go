@@ -13,6 +13,7 @@ import (
 
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
+	"go.opentelemetry.io/otel/trace"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/proto"
@@ -35,6 +36,36 @@ func (g *Gateway) StartBuild(ctx context.Context, req *kilnv1.StartBuildRequest)
 	if req.GetSpec() != nil {
 		spec = proto.Clone(req.Spec).(*kilnv1.BuildSpec)
 	}
+	b, err := g.start(ctx, buildStart{
+		spec: spec, context: req.GetContext(), idempotencyKey: req.GetIdempotencyKey(), hash: requestHash(req),
+	})
+	if err != nil {
+		return nil, err
+	}
+	return &kilnv1.StartBuildResponse{Build: b}, nil
+}
+
+// buildStart is one build to queue: a StartBuild request, or a RetryBuild's
+// copy of an earlier build.
+type buildStart struct {
+	spec           *kilnv1.BuildSpec // the caller's own copy: defaults are filled in
+	context        *kilnv1.ContextRef
+	idempotencyKey string
+	// hash identifies what is asked, to tell a request sent again under its
+	// idempotency key from another request under the same key.
+	hash string
+	// retryOf is the build RetryBuild copies ("" for StartBuild).
+	retryOf string
+}
+
+// start is StartBuild's and RetryBuild's one path: it validates the spec
+// and context, claims the idempotency key (returning the build it already
+// names) and the seal nonce, merges with an identical build in flight or
+// records the build as QUEUED and hands it to the scheduler. It returns
+// the record as a client may see it.
+func (g *Gateway) start(ctx context.Context, st buildStart) (*kilnv1.Build, error) {
+	span := trace.SpanFromContext(ctx)
+	spec := st.spec
 	if err := validateSpec(spec); err != nil {
 		return nil, err
 	}
@@ -45,11 +76,14 @@ func (g *Gateway) StartBuild(ctx context.Context, req *kilnv1.StartBuildRequest)
 		return nil, err
 	}
 	limits := g.limitsFor(ctx)
-	if err := validateContextRef(req.GetContext(), limits); err != nil {
+	if err := validateContextRef(st.context, limits); err != nil {
 		return nil, err
 	}
-	dockerfile, err := g.checkContext(ctx, req.Context, spec.Dockerfile, limits.Context)
+	dockerfile, err := g.checkContext(ctx, st.context, spec.Dockerfile, limits.Context)
 	if err != nil {
+		if st.retryOf != "" && status.Code(err) == codes.FailedPrecondition {
+			return nil, status.Errorf(codes.FailedPrecondition, "build %s cannot be retried: its context is no longer stored on the farm (%s); start it again from its source", st.retryOf, status.Convert(err).Message())
+		}
 		return nil, err
 	}
 	// The writes wait for the NATS cluster at most natsWriteTimeout: one
@@ -63,48 +97,56 @@ func (g *Gateway) StartBuild(ctx context.Context, req *kilnv1.StartBuildRequest)
 		Id:             buildstore.NewID(now),
 		Tenant:         tenant,
 		Spec:           spec,
-		Context:        req.Context,
+		Context:        st.context,
 		State:          kilnv1.BuildState_BUILD_STATE_QUEUED,
 		CreatedAt:      timestamppb.New(now),
 		QueuedAt:       timestamppb.New(now),
-		IdempotencyKey: req.IdempotencyKey,
+		IdempotencyKey: st.idempotencyKey,
 		Affinity:       affinity.Compute(tenant, spec, dockerfile),
 		TraceContext:   telemetry.InjectMap(ctx),
+		RetryOf:        st.retryOf,
 	}
 	if !c.local { // local builds carry no policy: the agent's flags decide
 		b.Policy = c.tenant.BuildPolicy()
 	}
 	span.SetAttributes(telemetry.BuildID(b.Id), telemetry.TenantKey.String(tenant))
-	if req.IdempotencyKey != "" {
-		existing, err := g.claimIdempotencyKey(ctx, tenant, req, b.Id)
+	if st.idempotencyKey != "" {
+		existing, err := g.claimIdempotencyKey(ctx, tenant, st.idempotencyKey, st.hash, b.Id)
 		if err != nil {
 			return nil, err
 		}
 		if existing != nil {
 			buildsStarted.WithLabelValues(startIdempotentReplay).Inc()
 			g.log.InfoContext(ctx, "idempotency key names an earlier build", "build_id", existing.Id, "tenant", tenant)
-			return &kilnv1.StartBuildResponse{Build: forClient(existing)}, nil
+			return forClient(existing), nil
 		}
 	}
-	if hasSealed(spec) { // after the idempotency key: a retry gets its build back
+	releaseKey := func() {
+		if st.idempotencyKey != "" {
+			_ = g.idem.Delete(context.WithoutCancel(ctx), idemKey(tenant, st.idempotencyKey))
+		}
+	}
+	// After the idempotency key: a retry gets its build back. A RetryBuild
+	// keeps the nonce its build claimed: the copy is the gateway's own, of
+	// the caller's own build, so it is no replay, and the agent opens the
+	// sealed values with the same tenant, nonce and ids.
+	if hasSealed(spec) && st.retryOf == "" {
 		if err := g.claimSealNonce(ctx, tenant, spec.SealNonce, b.Id); err != nil {
-			if req.IdempotencyKey != "" {
-				_ = g.idem.Delete(context.WithoutCancel(ctx), idemKey(tenant, req.IdempotencyKey))
-			}
+			releaseKey()
 			return nil, err
 		}
 	}
 	release := func() {}
-	if key, ok := inflightKey(tenant, spec, req.Context); ok {
+	if key, ok := inflightKey(tenant, spec, st.context); ok {
 		var twin *kilnv1.Build
 		twin, release, err = g.joinInflight(ctx, key, b.Id)
 		if err == nil && twin != nil {
-			if req.IdempotencyKey != "" { // the key now means the build it joined
-				_, _ = g.idem.Put(ctx, idemKey(tenant, req.IdempotencyKey), []byte(twin.Id+" "+requestHash(req)))
+			if st.idempotencyKey != "" { // the key now means the build it joined
+				_, _ = g.idem.Put(ctx, idemKey(tenant, st.idempotencyKey), []byte(twin.Id+" "+st.hash))
 			}
 			buildsStarted.WithLabelValues(startMerged).Inc()
 			g.log.InfoContext(ctx, "identical build in flight: merged", "build_id", twin.Id, "tenant", tenant)
-			return &kilnv1.StartBuildResponse{Build: forClient(twin)}, nil
+			return forClient(twin), nil
 		}
 	}
 	var rev uint64
@@ -112,20 +154,21 @@ func (g *Gateway) StartBuild(ctx context.Context, req *kilnv1.StartBuildRequest)
 		rev, err = g.builds.Create(ctx, b)
 		if err != nil {
 			release()
-			g.abandonUnknown(ctx, req, b.Id, err)
+			g.abandonUnknown(ctx, st.idempotencyKey, b.Id, err)
 		}
 	}
 	if err != nil {
-		if req.IdempotencyKey != "" {
-			_ = g.idem.Delete(context.WithoutCancel(ctx), idemKey(tenant, req.IdempotencyKey))
-		}
+		releaseKey()
 		return nil, err
 	}
 	if err := g.handOver(ctx, b, rev); err != nil {
-		g.abandonUnknown(ctx, req, b.Id, err)
+		g.abandonUnknown(ctx, st.idempotencyKey, b.Id, err)
 		return nil, err
 	}
 	logArgs := []any{"build_id", b.Id, "tenant", tenant, "tags", spec.Tags}
+	if st.retryOf != "" {
+		logArgs = append(logArgs, "retry_of", st.retryOf)
+	}
 	if ids := sealedIDs(spec.Secrets); ids != nil {
 		logArgs = append(logArgs, "secrets", ids) // ids only: never the sealed bytes
 	}
@@ -134,7 +177,7 @@ func (g *Gateway) StartBuild(ctx context.Context, req *kilnv1.StartBuildRequest)
 	}
 	buildsStarted.WithLabelValues(startQueued).Inc()
 	g.log.InfoContext(ctx, "build queued", logArgs...)
-	return &kilnv1.StartBuildResponse{Build: forClient(b)}, nil
+	return forClient(b), nil
 }
 
 // natsWriteTimeout bounds the writes of one StartBuild (claims, record,
@@ -312,12 +355,12 @@ func requestHash(req *kilnv1.StartBuildRequest) string {
 	return hex.EncodeToString(sum[:])
 }
 
-// claimIdempotencyKey maps the key to id for good. If the key is already
-// mapped it returns that build, or FailedPrecondition when the earlier
-// request differs.
-func (g *Gateway) claimIdempotencyKey(ctx context.Context, tenant string, req *kilnv1.StartBuildRequest, id string) (*kilnv1.Build, error) {
-	key := idemKey(tenant, req.IdempotencyKey)
-	value := id + " " + requestHash(req)
+// claimIdempotencyKey maps the tenant's idempotency key to id for good.
+// If the key is already mapped it returns that build, or
+// FailedPrecondition when the earlier request (its hash) differs.
+func (g *Gateway) claimIdempotencyKey(ctx context.Context, tenant, idempotencyKey, hash, id string) (*kilnv1.Build, error) {
+	key := idemKey(tenant, idempotencyKey)
+	value := id + " " + hash
 	for {
 		if _, err := g.idem.Create(ctx, key, []byte(value)); err == nil {
 			return nil, nil
@@ -335,8 +378,8 @@ func (g *Gateway) claimIdempotencyKey(ctx context.Context, tenant string, req *k
 		if _, err := fmt.Sscan(string(e.Value()), &prevID, &prevHash); err != nil {
 			return nil, fmt.Errorf("idempotency record for key is corrupt: %w", err)
 		}
-		if prevHash != requestHash(req) {
-			return nil, status.Errorf(codes.FailedPrecondition, "idempotency key %q was already used for build %s with a different request", req.IdempotencyKey, prevID)
+		if prevHash != hash {
+			return nil, status.Errorf(codes.FailedPrecondition, "idempotency key %q was already used for build %s with a different request", idempotencyKey, prevID)
 		}
 		b, err := g.awaitRecord(ctx, prevID)
 		if errors.Is(err, buildstore.ErrNotFound) {
@@ -380,83 +423,29 @@ func (g *Gateway) GetBuild(ctx context.Context, req *kilnv1.GetBuildRequest) (*k
 	return &kilnv1.GetBuildResponse{Build: forClient(b)}, nil
 }
 
-// ListBuilds pages through the tenant's builds, newest first.
-func (g *Gateway) ListBuilds(ctx context.Context, req *kilnv1.ListBuildsRequest) (*kilnv1.ListBuildsResponse, error) {
-	size := int(req.PageSize)
-	switch {
-	case size < 0:
-		return nil, invalid("page_size %d is negative", size)
-	case size == 0:
-		size = 50
-	case size > 1000:
-		size = 1000
-	}
-	all, err := g.builds.List(ctx)
-	if err != nil {
-		return nil, err
-	}
-	resp := &kilnv1.ListBuildsResponse{}
-	tenant := tenantOf(ctx)
-	for _, b := range all {
-		if b.Tenant != tenant || (req.PageToken != "" && b.Id >= req.PageToken) {
-			continue
-		}
-		if len(resp.Builds) == size {
-			resp.NextPageToken = resp.Builds[size-1].Id
-			break
-		}
-		resp.Builds = append(resp.Builds, forClient(b))
-	}
-	return resp, nil
-}
-
 // CancelBuild cancels a queued build at once; a running one is asked to
-// stop through its agent. Cancelling a finished build returns it unchanged.
+// stop through its agent (buildstore.Cancel, the path the scheduler's
+// timeouts take too). Cancelling a finished build returns it unchanged.
 func (g *Gateway) CancelBuild(ctx context.Context, req *kilnv1.CancelBuildRequest) (*kilnv1.CancelBuildResponse, error) {
 	if _, err := g.getOwned(ctx, req.BuildId); err != nil {
 		return nil, err
 	}
-	var wasQueued bool
-	b, err := g.builds.Update(ctx, req.BuildId, func(b *kilnv1.Build) error {
-		wasQueued = false
-		switch {
-		case buildstore.Terminal(b.State):
-			return errUnchanged
-		case b.State == kilnv1.BuildState_BUILD_STATE_QUEUED:
-			wasQueued = true
-			b.State = kilnv1.BuildState_BUILD_STATE_CANCELLED
-			b.FinishedAt = timestamppb.Now()
-			b.Error = "cancelled before it started"
-		default:
-			b.CancelRequested = true
-		}
-		return nil
-	})
-	if errors.Is(err, errUnchanged) {
-		b, _, err = g.builds.Get(ctx, req.BuildId)
-		if err != nil {
-			return nil, err
-		}
-		return &kilnv1.CancelBuildResponse{Build: forClient(b)}, nil
-	}
+	b, outcome, err := g.builds.Cancel(ctx, req.BuildId, buildstore.Cancellation{Error: "cancelled before it started"})
 	if err != nil {
 		return nil, err
 	}
-	if wasQueued {
+	switch {
+	case outcome == buildstore.CancelEnded:
 		buildsCancelledQueued.Inc()
-		if err := bus.PublishEvent(ctx, g.conn.JS, &kilnv1.BuildEvent{
-			BuildId: b.Id,
-			Event: &kilnv1.BuildEvent_Finished{Finished: &kilnv1.BuildFinished{
-				State: b.State, Error: b.Error,
-			}},
-		}); err != nil {
-			return nil, err
+	case b.CancelRequested && !buildstore.Terminal(b.State):
+		// The agent reads the request at its next lease renewal; this
+		// tells it now (again, if the cancel is asked for again).
+		if err := g.conn.NC.Publish(bus.CancelSubject(b.Id), nil); err != nil {
+			return nil, fmt.Errorf("send cancel to agent: %w", err)
 		}
-	} else if err := g.conn.NC.Publish(bus.CancelSubject(b.Id), nil); err != nil {
-		return nil, fmt.Errorf("send cancel to agent: %w", err)
 	}
-	g.log.InfoContext(ctx, "build cancel requested", "build_id", b.Id, "state", b.State.String())
+	if outcome != buildstore.CancelUnchanged {
+		g.log.InfoContext(ctx, "build cancel requested", "build_id", b.Id, "state", b.State.String())
+	}
 	return &kilnv1.CancelBuildResponse{Build: forClient(b)}, nil
 }
-
-var errUnchanged = errors.New("unchanged")

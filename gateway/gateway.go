@@ -80,6 +80,7 @@ type Gateway struct {
 	idem     jetstream.KeyValue
 	inflight jetstream.KeyValue
 	agents   jetstream.KeyValue
+	leader   jetstream.KeyValue // KILN_LEADER: the scheduler's version (GetFarmInfo)
 	limits   Limits
 	health   *health.Server
 	// auth authenticates every RPC but health and reflection.
@@ -130,6 +131,10 @@ func New(ctx context.Context, cfg Config) (*Gateway, error) {
 	if err != nil {
 		return nil, fmt.Errorf("open bucket %s: %w", bus.BucketAgents, err)
 	}
+	leader, err := cfg.Conn.JS.KeyValue(ctx, bus.BucketLeader)
+	if err != nil {
+		return nil, fmt.Errorf("open bucket %s: %w", bus.BucketLeader, err)
+	}
 	nonces, err := cfg.Conn.JS.KeyValue(ctx, bus.BucketSealNonces)
 	if err != nil {
 		return nil, fmt.Errorf("open bucket %s: %w", bus.BucketSealNonces, err)
@@ -142,7 +147,7 @@ func New(ctx context.Context, cfg Config) (*Gateway, error) {
 	}
 	g := &Gateway{
 		conn: cfg.Conn, log: cfg.Logger, builds: builds, blobs: blobs, checked: lru.New[checkedKey, []byte](checkedContextBytes),
-		idem: idem, inflight: inflight, agents: agents, limits: cfg.Limits, health: health.NewServer(),
+		idem: idem, inflight: inflight, agents: agents, leader: leader, limits: cfg.Limits, health: health.NewServer(),
 		nonces: nonces, abandoned: newAbandoned(),
 	}
 	g.usage, g.manifests = usage, newManifestGate(cfg.Limits)

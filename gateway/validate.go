@@ -10,6 +10,7 @@ import (
 
 	kilnv1 "github.com/kilnbuild/kiln/proto/gen/go/kiln/v1"
 	"github.com/kilnbuild/kiln/proto/rules/buildctx"
+	"github.com/kilnbuild/kiln/proto/rules/buildtimeout"
 )
 
 const (
@@ -75,6 +76,14 @@ func validateSpec(spec *kilnv1.BuildSpec) error {
 	}
 	if _, ok := kilnv1.Builder_name[int32(spec.Builder)]; !ok {
 		return invalid("builder %d is not known: leave it unspecified, or ask for BUILDER_CLASSIC or BUILDER_BUILDKIT", spec.Builder)
+	}
+	if t := spec.GetTimeout(); t != nil {
+		if err := t.CheckValid(); err != nil {
+			return invalid("timeout is not a valid duration: %v", err)
+		}
+		if err := buildtimeout.Check(t.AsDuration()); err != nil {
+			return invalid("%v", err)
+		}
 	}
 	return validateSecrets(spec)
 }

@@ -4,10 +4,12 @@ import (
 	"fmt"
 	"strings"
 	"testing"
+	"time"
 	"unicode/utf8"
 
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/types/known/durationpb"
 
 	kilnv1 "github.com/kilnbuild/kiln/proto/gen/go/kiln/v1"
 	"github.com/kilnbuild/kiln/proto/rules/registryhost"
@@ -58,6 +60,12 @@ func TestValidateSpec(t *testing.T) {
 		{name: "sealed values without a nonce", spec: &kilnv1.BuildSpec{Secrets: []*kilnv1.SealedSecret{sealedOf("npm", 1)}}, message: "seal_nonce is 0 bytes: a build with sealed secrets or registry credentials needs a fresh random seal_nonce of 16 to 64 bytes"},
 		{name: "registry credentials without a nonce", spec: &kilnv1.BuildSpec{RegistryAuth: []*kilnv1.SealedSecret{sealedOf("ghcr.io", 40)}}, message: "seal_nonce is 0 bytes"},
 		{name: "short nonce", spec: &kilnv1.BuildSpec{SealNonce: testNonce[:15], Secrets: []*kilnv1.SealedSecret{sealedOf("npm", 1)}}, message: "seal_nonce is 15 bytes"},
+		{name: "timeout", spec: &kilnv1.BuildSpec{Timeout: durationpb.New(10 * time.Minute)}},
+		{name: "longest timeout", spec: &kilnv1.BuildSpec{Timeout: durationpb.New(24 * time.Hour)}},
+		{name: "zero timeout", spec: &kilnv1.BuildSpec{Timeout: durationpb.New(0)}, message: "build timeout 0s is not positive"},
+		{name: "negative timeout", spec: &kilnv1.BuildSpec{Timeout: durationpb.New(-time.Minute)}, message: "build timeout -1m0s is not positive"},
+		{name: "timeout over the limit", spec: &kilnv1.BuildSpec{Timeout: durationpb.New(25 * time.Hour)}, message: "build timeout 25h0m0s is longer than the farm's limit of 24h0m0s"},
+		{name: "malformed timeout", spec: &kilnv1.BuildSpec{Timeout: &durationpb.Duration{Seconds: 1, Nanos: -1}}, message: "timeout is not a valid duration"},
 		{name: "nonce without sealed values", spec: &kilnv1.BuildSpec{SealNonce: []byte("x")}},
 		{name: "secrets with the classic builder", spec: &kilnv1.BuildSpec{Builder: kilnv1.Builder_BUILDER_CLASSIC, SealNonce: testNonce, Secrets: []*kilnv1.SealedSecret{sealedOf("npm", 1)}}, message: "need the BuildKit builder"},
 	}

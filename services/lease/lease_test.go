@@ -5,6 +5,8 @@ import (
 	"testing"
 	"time"
 
+	kilnv1 "github.com/kilnbuild/kiln/proto/gen/go/kiln/v1"
+	"github.com/kilnbuild/kiln/proto/version"
 	"github.com/kilnbuild/kiln/services/bus"
 	"github.com/kilnbuild/kiln/services/bus/bustest"
 )
@@ -45,5 +47,18 @@ func TestOneContenderHoldsTheLease(t *testing.T) {
 	b.Resign(ctx)
 	if held, err := a.Try(ctx); err != nil || !held {
 		t.Fatalf("a after b resigned: held = %v, %v", held, err)
+	}
+	// The record names the holder and its version (GetFarmInfo).
+	kv, err := js.KeyValue(ctx, bus.BucketLeader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	e, err := kv.Get(ctx, bus.LeaderKeyCASGC)
+	if err != nil {
+		t.Fatal(err)
+	}
+	rec := &kilnv1.LeaderLease{}
+	if err := bus.Decode(e.Value(), rec); err != nil || rec.Holder != a.ID() || rec.Version != version.String() || rec.Version == "" {
+		t.Fatalf("lease record %v, %v; want holder %s, version %q", rec, err, a.ID(), version.String())
 	}
 }
