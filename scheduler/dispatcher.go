@@ -487,13 +487,14 @@ func (d *dispatcher) assignAll(ctx context.Context, as []routing.Assignment) {
 // and touches j alone.
 func (d *dispatcher) write(ctx context.Context, j *assignment) {
 	j.b, j.err = d.update(ctx, j.Build, j.queued, j.rev, func(b *kilnv1.Build) error {
-		if b.State != kilnv1.BuildState_BUILD_STATE_QUEUED {
-			return errNotQueued
+		if b.State != kilnv1.BuildState_BUILD_STATE_QUEUED || buildstore.Expired(b, j.now) {
+			return errNotQueued // a build past its timeout is cancelled (timeouts.go), never assigned
 		}
 		b.State = kilnv1.BuildState_BUILD_STATE_ASSIGNED
 		b.Agent = j.Agent
 		b.Attempt++
 		b.LeaseExpiresAt = timestamppb.New(j.now.Add(d.assignTimeout))
+		buildstore.BeginAttempt(b, j.now)
 		return nil
 	})
 }

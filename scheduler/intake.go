@@ -39,6 +39,7 @@ func (s *Scheduler) consumeIntake(ctx context.Context) error {
 			return
 		}
 		if b.State == kilnv1.BuildState_BUILD_STATE_QUEUED {
+			s.noteDeadline(b)
 			s.d.send(ctx, event{enqueue: b, rev: rev})
 		}
 		_ = msg.Ack()

@@ -135,6 +135,11 @@ func (s *Scheduler) checkLease(ctx context.Context, id string) error {
 			return errNotLeased
 		}
 		lostAgent = b.Agent
+		reason := buildstore.ReasonAgentLost
+		if b.State == kilnv1.BuildState_BUILD_STATE_ASSIGNED {
+			reason = buildstore.ReasonNotStarted
+		}
+		buildstore.EndAttempt(b, now, reason)
 		b.LostAgents = append(b.LostAgents, lostAgent)
 		b.Agent = ""
 		b.LeaseExpiresAt = nil

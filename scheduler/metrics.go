@@ -55,6 +55,10 @@ var (
 		Name: "kiln_scheduler_lease_expiries_total",
 		Help: "Builds whose agent stopped renewing the lease: re-queued, or failed once they used up --max-attempts.",
 	})
+	timedOut = promauto.NewCounterVec(prometheus.CounterOpts{
+		Name: "kiln_scheduler_builds_timed_out_total",
+		Help: "Builds cancelled because their timeout passed, by what the scheduler did: cancelled (queued: ended at once), requested (running: its agent asked to stop), forced (its agent did not stop it within a lease: ended by the scheduler).",
+	}, []string{"action"})
 	failedMaxAttempts = promauto.NewCounter(prometheus.CounterOpts{
 		Name: "kiln_scheduler_builds_failed_max_attempts_total",
 		Help: "Builds failed because they lost --max-attempts agents.",

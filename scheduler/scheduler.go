@@ -98,6 +98,9 @@ type Scheduler struct {
 	// leased holds the builds ASSIGNED or RUNNING, for the sweeper, with
 	// when their lease expires as last seen (zero: not known).
 	leased map[string]time.Time
+	// deadlines holds the unfinished builds with a timeout and when to
+	// look at each next (timeouts.go).
+	deadlines map[string]time.Time
 }
 
 // New binds a Scheduler to the farm's NATS resources (bus.Setup must have run).
@@ -149,7 +152,7 @@ func New(ctx context.Context, cfg Config) (*Scheduler, error) {
 	if err != nil {
 		return nil, err
 	}
-	s := &Scheduler{cfg: cfg, log: cfg.Logger, builds: builds, kv: kv, async: async, reports: reports, leased: map[string]time.Time{}}
+	s := &Scheduler{cfg: cfg, log: cfg.Logger, builds: builds, kv: kv, async: async, reports: reports, leased: map[string]time.Time{}, deadlines: map[string]time.Time{}}
 	agents, err := cfg.Conn.JS.KeyValue(ctx, bus.BucketAgents)
 	if err != nil {
 		return nil, fmt.Errorf("open bucket %s: %w", bus.BucketAgents, err)
@@ -238,12 +241,14 @@ func (t *term) end() {
 	<-t.done
 }
 
-// lead schedules until ctx ends, from state rebuilt from KV.
+// lead schedules until ctx ends, from state rebuilt from KV, and cancels
+// builds whose timeout passed.
 func (s *Scheduler) lead(ctx context.Context) error {
 	schedulerLeader.Set(1)
 	defer func() { schedulerLeader.Set(0); queueDepth.Set(0) }()
 	s.mu.Lock()
 	s.leased = map[string]time.Time{}
+	s.deadlines = map[string]time.Time{}
 	s.mu.Unlock()
 	s.d = newDispatcher(s.deps)
 	eg, ctx := errgroup.WithContext(ctx)
@@ -271,6 +276,7 @@ func (s *Scheduler) lead(ctx context.Context) error {
 	eg.Go(func() error { return s.servePulls(ctx) })
 	eg.Go(func() error { return s.sweep(ctx) })
 	eg.Go(func() error { return s.watchBuilds(ctx) })
+	eg.Go(func() error { return s.enforceTimeouts(ctx) })
 	err := eg.Wait()
 	select { // the events of the term's last assignments
 	case <-s.async.PublishAsyncComplete():
@@ -292,6 +298,7 @@ func (s *Scheduler) recoverState(ctx context.Context) error {
 	var queued, leased int
 	for i := len(all) - 1; i >= 0; i-- { // oldest first
 		b := all[i]
+		s.noteDeadline(b)
 		switch b.State {
 		case kilnv1.BuildState_BUILD_STATE_QUEUED:
 			s.d.send(ctx, event{enqueue: b})

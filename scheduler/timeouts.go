@@ -1,0 +1,153 @@
+package scheduler
+
+import (
+	"context"
+	"errors"
+	"time"
+
+	"google.golang.org/protobuf/types/known/timestamppb"
+
+	kilnv1 "github.com/kilnbuild/kiln/proto/gen/go/kiln/v1"
+	"github.com/kilnbuild/kiln/services/buildstore"
+	"github.com/kilnbuild/kiln/services/bus"
+)
+
+// Timeouts: the leader cancels a build whose spec.timeout has passed since
+// the farm accepted it, queued or running, through buildstore.Cancel (the
+// path CancelBuild takes): a queued build ends CANCELLED at once, and the
+// dispatcher never assigns one past its deadline; a running build is
+// marked cancel_requested and timed_out, its agent stops it when it next
+// renews its lease, and its end is recorded as timed out. An agent that
+// has not ended it a lease after its deadline has its build ended by the
+// scheduler, which fences the agent's later reports.
+//
+// Deadlines are computed from the records (buildstore.Deadline): a term
+// learns them from the records it recovers and from its intake, so a new
+// leader enforces its predecessor's builds' timeouts.
+
+// noteDeadline has the leader watch b's timeout, if it has one.
+func (s *Scheduler) noteDeadline(b *kilnv1.Build) {
+	if buildstore.Terminal(b.State) {
+		return
+	}
+	if at, ok := buildstore.Deadline(b); ok {
+		s.mu.Lock()
+		if _, known := s.deadlines[b.Id]; !known {
+			s.deadlines[b.Id] = at
+		}
+		s.mu.Unlock()
+	}
+}
+
+// enforceTimeouts looks for builds past their deadline every SweepEvery.
+func (s *Scheduler) enforceTimeouts(ctx context.Context) error {
+	t := time.NewTicker(s.cfg.SweepEvery)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-t.C:
+		}
+		now := s.cfg.Now()
+		s.mu.Lock()
+		var due []string
+		for id, at := range s.deadlines {
+			if !now.Before(at) {
+				due = append(due, id)
+			}
+		}
+		s.mu.Unlock()
+		for _, id := range due {
+			if err := s.timeOut(ctx, id, now); err != nil && ctx.Err() == nil {
+				s.log.Error("cancel timed-out build", "build_id", id, "err", err)
+			}
+		}
+	}
+}
+
+// timeOut cancels build id, whose deadline has passed at now, or ends it
+// if its agent has not a lease after the deadline. The build stays watched
+// until it has ended.
+func (s *Scheduler) timeOut(ctx context.Context, id string, now time.Time) error {
+	b, outcome, err := s.builds.Cancel(ctx, id, buildstore.Cancellation{TimedOut: true, Now: s.cfg.Now})
+	if errors.Is(err, buildstore.ErrNotFound) {
+		s.forgetDeadline(id)
+		return nil
+	}
+	if err != nil {
+		return err
+	}
+	switch {
+	case outcome == buildstore.CancelEnded:
+		timedOut.WithLabelValues("cancelled").Inc()
+		s.log.Info("queued build timed out: cancelled", "build_id", id, "error", b.Error)
+		s.forgetDeadline(id)
+		return nil
+	case buildstore.Terminal(b.State):
+		s.forgetDeadline(id)
+		return nil
+	case outcome == buildstore.CancelRequested:
+		timedOut.WithLabelValues("requested").Inc()
+		s.log.Info("build timed out: its agent is asked to stop it", "build_id", id, "agent", b.Agent, "attempt", b.Attempt)
+		s.event(ctx, b, &kilnv1.StateChanged{
+			State: b.State, Agent: b.Agent, Attempt: b.Attempt,
+			Message: buildstore.TimeoutError(b) + ": cancelling",
+		})
+	}
+	deadline, _ := buildstore.Deadline(b)
+	force := deadline.Add(s.cfg.Lease)
+	if now.Before(force) {
+		s.mu.Lock()
+		if _, ok := s.deadlines[id]; ok {
+			s.deadlines[id] = force // look again then
+		}
+		s.mu.Unlock()
+		return nil
+	}
+	return s.forceTimeout(ctx, id, now)
+}
+
+// forceTimeout ends a timed-out build its agent did not stop: CANCELLED,
+// timed out, and no agent, so that agent's later reports are fenced.
+func (s *Scheduler) forceTimeout(ctx context.Context, id string, now time.Time) error {
+	var agent string
+	b, err := s.builds.Update(ctx, id, func(b *kilnv1.Build) error {
+		if buildstore.Terminal(b.State) {
+			return errEnded
+		}
+		agent = b.Agent
+		if leased(b.State) {
+			buildstore.EndAttempt(b, now, buildstore.ReasonTimedOut)
+		}
+		b.State = kilnv1.BuildState_BUILD_STATE_CANCELLED
+		b.TimedOut, b.Error = true, buildstore.TimeoutError(b)
+		b.FinishedAt = timestamppb.New(now)
+		b.Agent, b.LeaseExpiresAt = "", nil
+		return nil
+	})
+	if errors.Is(err, errEnded) || errors.Is(err, buildstore.ErrNotFound) {
+		s.forgetDeadline(id)
+		return nil
+	}
+	if err != nil {
+		return err
+	}
+	s.forgetDeadline(id)
+	timedOut.WithLabelValues("forced").Inc()
+	s.log.Warn("timed-out build not stopped by its agent: ended by the scheduler", "build_id", id, "agent", agent)
+	return bus.PublishEvent(ctx, s.cfg.Conn.JS, &kilnv1.BuildEvent{
+		BuildId: id, Attempt: b.Attempt,
+		Event: &kilnv1.BuildEvent_Finished{Finished: &kilnv1.BuildFinished{
+			State: b.State, Error: b.Error, Agent: agent, TimedOut: true,
+		}},
+	})
+}
+
+var errEnded = errors.New("build has ended")
+
+func (s *Scheduler) forgetDeadline(id string) {
+	s.mu.Lock()
+	delete(s.deadlines, id)
+	s.mu.Unlock()
+}
