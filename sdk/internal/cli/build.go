@@ -19,7 +19,7 @@ const cancelTimeout = 15 * time.Second
 func (a *App) runBuild(ctx context.Context, o *buildOptions) int {
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
-	pr := a.newPrinter(ctx, o.progress, false)
+	pr := a.newPrinter(ctx, o.progress, o.debug)
 	defer pr.Close()
 
 	// The client is closed last, after the interrupt watch stopped: a
