@@ -190,6 +190,9 @@ func (c *Client) watch(ctx context.Context, buildID string, fromSequence uint64,
 	w := watcher{open: open, retry: c.retry}
 	finished, err := w.run(ctx, fromSequence, onEvent)
 	if err != nil {
+		if ctx.Err() != nil {
+			err = ctx.Err() // what errors.Is(err, context.Canceled) looks for
+		}
 		return nil, fmt.Errorf("watching build %s: %w", buildID, err)
 	}
 	var record *kilnv1.Build

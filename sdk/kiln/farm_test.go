@@ -16,6 +16,8 @@ import (
 	"github.com/kilnbuild/kiln/sdk/internal/farmtest"
 	"github.com/kilnbuild/kiln/sdk/kiln"
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/proto"
 )
 
@@ -299,5 +301,60 @@ func checkLog(t *testing.T, what string, evs []kiln.Event, from uint64, full []k
 	}
 	if full != nil && evs[len(evs)-1].Sequence() != full[len(full)-1].Sequence() {
 		t.Fatalf("%s: ends at %d, the log at %d", what, evs[len(evs)-1].Sequence(), full[len(full)-1].Sequence())
+	}
+}
+
+// TestRetryRunsTheBuildAgain: Retry queues a new build of the same spec
+// and context, which fails at the same step; the same idempotency key
+// returns that build again, and an unknown build is NotFound.
+func TestRetryRunsTheBuildAgain(t *testing.T) {
+	ctx, cancel := context.WithTimeout(t.Context(), buildTimeout)
+	defer cancel()
+	c := dialFarm(t)
+	bc := packDockerfile(t, "FROM "+farmtest.BaseImage+"\nRUN echo flaky && exit 1\n")
+	first, err := c.Build(ctx, kiln.BuildRequest{Context: bc, Spec: &kilnv1.BuildSpec{NoCache: true, Repository: "example.com/retry"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := first.Wait(ctx); err == nil {
+		t.Fatal("the build succeeded, want it to fail")
+	}
+
+	key := fmt.Sprintf("retry-%d", time.Now().UnixNano())
+	again, err := c.Retry(ctx, first.ID(), key)
+	if err != nil {
+		t.Fatalf("Retry: %v", err)
+	}
+	if again.GetId() == first.ID() || again.GetRetryOf() != first.ID() || again.GetSpec().GetRepository() != "example.com/retry" {
+		t.Fatalf("Retry gave build %s (retry of %q, repository %q), want a new build of %s's spec", again.GetId(), again.GetRetryOf(), again.GetSpec().GetRepository(), first.ID())
+	}
+	same, err := c.Retry(ctx, first.ID(), key)
+	if err != nil || same.GetId() != again.GetId() {
+		t.Fatalf("Retry with the same key: %v, %v; want build %s again", same.GetId(), err, again.GetId())
+	}
+	w, err := c.Watch(ctx, again.GetId(), 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, err = w.Wait(ctx)
+	var failed *kiln.BuildFailedError
+	if !errors.As(err, &failed) || failed.Step != 2 || !slices.Equal(failed.Output, []string{"flaky"}) {
+		t.Fatalf("the retried build: %v; want it to fail at step 2 with output [flaky]", err)
+	}
+
+	if _, err := c.Retry(ctx, "b0000000000000000000000000", ""); status.Code(err) != codes.NotFound {
+		t.Errorf("Retry of an unknown build: %v, want NotFound", err)
+	}
+}
+
+// TestFarmInfo: the farm names its gateway's version and its agent.
+func TestFarmInfo(t *testing.T) {
+	c := dialFarm(t)
+	info, err := c.FarmInfo(t.Context())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if info.GetGatewayVersion() == "" || len(info.GetAgents()) != 1 || info.GetAgents()[0].GetName() != "farmtest-agent" {
+		t.Fatalf("FarmInfo: %v; want the gateway's version and the agent farmtest-agent", info)
 	}
 }
