@@ -140,18 +140,9 @@ func parseBuildArgs(args []string, lookupEnv func(string) (string, bool)) (*buil
 		}
 	}
 
-	mode := flagOrEnv(fset, "progress", f.progress, "KILN_PROGRESS", lookupEnv)
-	if f.quiet && !fset.Changed("progress") {
-		mode = string(progress.Quiet)
+	if o.progress, err = progressMode(fset, f.progress, f.quiet, lookupEnv); err != nil {
+		return nil, err
 	}
-	if mode == "" {
-		mode = string(progress.Auto)
-	}
-	m, err := progress.ParseMode(mode)
-	if err != nil {
-		return nil, &usageError{msg: err.Error()}
-	}
-	o.progress = m
 	o.debug = f.debug
 
 	for _, t := range f.tags {
@@ -346,3 +337,20 @@ func unwrapPathError(err error) error {
 type discard struct{}
 
 func (discard) Write(p []byte) (int, error) { return len(p), nil }
+
+// progressMode reads a --progress flag (value), falling back to
+// KILN_PROGRESS, then to auto; quiet is the mode of --quiet.
+func progressMode(fs *pflag.FlagSet, value string, quiet bool, lookupEnv func(string) (string, bool)) (progress.Mode, error) {
+	mode := flagOrEnv(fs, "progress", value, "KILN_PROGRESS", lookupEnv)
+	if quiet && !fs.Changed("progress") {
+		mode = string(progress.Quiet)
+	}
+	if mode == "" {
+		mode = string(progress.Auto)
+	}
+	m, err := progress.ParseMode(mode)
+	if err != nil {
+		return "", &usageError{msg: err.Error()}
+	}
+	return m, nil
+}

@@ -6,7 +6,6 @@ import (
 
 	"github.com/spf13/pflag"
 
-	"github.com/kilnbuild/kiln/sdk/internal/progress"
 	"github.com/kilnbuild/kiln/sdk/kiln"
 )
 
@@ -117,21 +116,4 @@ func (a *App) retry(ctx context.Context, args []string) int {
 	}
 	_, code := a.followStarted(ctx, b, pr, w, conn.gateway)
 	return code
-}
-
-// progressMode reads a --progress flag (value), falling back to
-// KILN_PROGRESS, then to auto; quiet is the mode of --quiet.
-func progressMode(fs *pflag.FlagSet, value string, quiet bool, lookupEnv func(string) (string, bool)) (progress.Mode, error) {
-	mode := flagOrEnv(fs, "progress", value, "KILN_PROGRESS", lookupEnv)
-	if quiet && !fs.Changed("progress") {
-		mode = string(progress.Quiet)
-	}
-	if mode == "" {
-		mode = string(progress.Auto)
-	}
-	m, err := progress.ParseMode(mode)
-	if err != nil {
-		return "", &usageError{msg: err.Error()}
-	}
-	return m, nil
 }
