@@ -208,58 +208,65 @@ func TestGitLabSectionsAreBalancedAndWellFormed(t *testing.T) {
 		}
 		t.Run(tt.name, func(t *testing.T) {
 			_, stderr := render(Plain, tt.events, tt.opts...)
-			var open []string // names of open sections, innermost last
-			starts := map[string]int64{}
-			seen := map[string]bool{}
-			sections := 0
-			for _, line := range strings.Split(strings.TrimSuffix(stderr, "\n"), "\n") {
-				if !strings.Contains(line, "section_") {
-					if strings.Contains(line, "\x1b") || strings.Contains(line, "\r") {
-						t.Errorf("stray control characters in %q", line)
-					}
-					continue
-				}
-				m := sectionMarker.FindStringSubmatch(line)
-				if m == nil {
-					t.Fatalf("malformed section marker %q", line)
-				}
-				kind, name, header := m[1], m[3], m[5]
-				at, _ := strconv.ParseInt(m[2], 10, 64)
-				if kind == "start" {
-					if seen[name] {
-						t.Errorf("section %s opened twice", name)
-					}
-					seen[name] = true
-					sections++
-					open = append(open, name)
-					starts[name] = at
-					if !regexp.MustCompile(`^#\d+ .+ \((DONE \d+\.\ds|CACHED|[A-Z]+ after \d+\.\ds|[A-Z]+)\)$`).MatchString(header) {
-						t.Errorf("section header %q does not end with the step's outcome and duration", header)
-					}
-					if strings.Contains(header, "ERROR") == (m[4] != "") {
-						t.Errorf("section %q: a failed step's section must be expanded and every other collapsed", line)
-					}
-					continue
-				}
-				if header != "" {
-					t.Errorf("section end %q carries text", line)
-				}
-				if len(open) == 0 || open[len(open)-1] != name {
-					t.Fatalf("section_end of %s while %v are open", name, open)
-				}
-				open = open[:len(open)-1]
-				if at < starts[name] {
-					t.Errorf("section %s ends at %d, before its start %d", name, at, starts[name])
-				}
-			}
-			if len(open) != 0 {
-				t.Errorf("sections left open: %v", open)
-			}
-			if sections == 0 {
+			if headers := checkSections(t, stderr); len(headers) == 0 {
 				t.Error("no section written")
 			}
 		})
 	}
+}
+
+// checkSections checks that out's GitLab section markers are well formed
+// and balanced, each section opened once, ended no earlier than it
+// started, collapsed unless its step failed, with a header ending with
+// the step's outcome and duration; it returns the headers.
+func checkSections(t *testing.T, out string) (headers []string) {
+	t.Helper()
+	var open []string // names of open sections, innermost last
+	starts := map[string]int64{}
+	header := regexp.MustCompile(`^#\d+ .+ \((DONE \d+\.\ds|CACHED|[A-Z]+ after \d+\.\ds|[A-Z]+)\)$`)
+	for _, line := range strings.Split(strings.TrimSuffix(out, "\n"), "\n") {
+		if !strings.Contains(line, "section_") {
+			if strings.ContainsAny(line, "\x1b\r") {
+				t.Errorf("stray control characters in %q", line)
+			}
+			continue
+		}
+		m := sectionMarker.FindStringSubmatch(line)
+		if m == nil {
+			t.Fatalf("malformed section marker %q", line)
+		}
+		kind, name, text := m[1], m[3], m[5]
+		at, _ := strconv.ParseInt(m[2], 10, 64)
+		if kind == "start" {
+			if _, seen := starts[name]; seen {
+				t.Errorf("section %s opened twice", name)
+			}
+			open = append(open, name)
+			starts[name] = at
+			headers = append(headers, text)
+			if !header.MatchString(text) {
+				t.Errorf("section header %q does not end with the step's outcome and duration", text)
+			}
+			if strings.Contains(text, "ERROR") == (m[4] != "") {
+				t.Errorf("section %q: a failed step's section must be expanded and every other collapsed", line)
+			}
+			continue
+		}
+		if text != "" {
+			t.Errorf("section end %q carries text", line)
+		}
+		if len(open) == 0 || open[len(open)-1] != name {
+			t.Fatalf("section_end of %s while %v are open", name, open)
+		}
+		open = open[:len(open)-1]
+		if at < starts[name] {
+			t.Errorf("section %s ends at %d, before its start %d", name, at, starts[name])
+		}
+	}
+	if len(open) != 0 {
+		t.Errorf("sections left open: %v", open)
+	}
+	return headers
 }
 
 // cancelled is a context already done: a printer given it runs no redraw
