@@ -45,8 +45,12 @@ type Build struct {
 // ID is the build's id.
 func (b *Build) ID() string { return b.id }
 
-// Record returns the build's latest record: the record it was started (or
-// found) with until it ends, then its final one.
+// Record returns the build's record as of the latest event the Client
+// has received: the record the build was started (or found, by Watch)
+// with, carrying the state, agent and attempt of the latest state event
+// received, and once the build has ended its final record. (A Watch from
+// the start of a running build replays its state events: the state goes
+// through them again.)
 func (b *Build) Record() *kilnv1.Build {
 	b.mu.Lock()
 	defer b.mu.Unlock()
@@ -153,6 +157,11 @@ func (b *Build) run(fromSequence uint64) {
 		steps.add(ev)
 		b.mu.Lock()
 		b.queue = append(b.queue, ev)
+		if st := pb.GetState(); st != nil {
+			r := proto.CloneOf(b.record)
+			r.State, r.Agent, r.Attempt = st.GetState(), st.GetAgent(), st.GetAttempt()
+			b.record = r
+		}
 		b.mu.Unlock()
 		b.signal()
 	})

@@ -116,6 +116,9 @@ func TestCancelEndsWithErrCancelled(t *testing.T) {
 	for ev := range b.Events() {
 		last = ev
 		if l, ok := ev.(*kiln.LogLine); ok && l.Step == 2 && l.Text == "started" {
+			if r := b.Record(); r.GetState() != kilnv1.BuildState_BUILD_STATE_RUNNING || r.GetAgent() != "farmtest-agent" {
+				t.Errorf("Record() while the step runs: %v on %q, want RUNNING on farmtest-agent", r.GetState(), r.GetAgent())
+			}
 			if err := b.Cancel(ctx); err != nil {
 				t.Fatalf("Cancel: %v", err)
 			}
