@@ -214,6 +214,23 @@ RUN echo three > /b
 			t.Fatalf("exit %d; want the cached steps in blue:\n%q", r.code, r.output)
 		}
 	})
+	t.Run("--debug shows the agent's bookkeeping", func(t *testing.T) {
+		for _, debug := range []bool{false, true} {
+			args := []string{"build", "--builder", "buildkit", "--progress", "plain", dir}
+			if debug {
+				args = append([]string{"build", "--debug"}, args[1:]...)
+			}
+			cmd := exec.CommandContext(ctx, buildKiln(t), args...)
+			cmd.Env = append(os.Environ(), env...)
+			out, err := cmd.CombinedOutput()
+			if err != nil {
+				t.Fatalf("kiln %v: %v\n%s", args, err, out)
+			}
+			if shown := regexp.MustCompile(`(?m)^kiln: context: .*; work dir `).Match(out); shown != debug {
+				t.Errorf("kiln %v shows the work-dir line: %v, want %v\n%s", args, shown, debug, out)
+			}
+		}
+	})
 	t.Run("rawjson", func(t *testing.T) {
 		cmd := exec.CommandContext(ctx, buildKiln(t), "build", "--builder", "buildkit", "--progress", "rawjson", dir)
 		cmd.Env = append(os.Environ(), env...)
