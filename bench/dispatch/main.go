@@ -260,9 +260,15 @@ func measure(o options, log *slog.Logger) (result, error) {
 			return none, err
 		}
 	}
+	fsyncs, err := newFsyncProbe(tmp)
+	if err != nil {
+		return none, err
+	}
+	seqs0 := streamSeqs(ctx, probeConn.JS)
 	probeCtx, stopProbe := context.WithCancel(ctx)
 	var probing sync.WaitGroup
 	probing.Go(func() { probe.run(probeCtx) })
+	probing.Go(func() { fsyncs.run(probeCtx) })
 	cpu0, natsCPU0, psi0, wall0 := cpuTime(), processCPU(f.natsPIDs), benchkit.CPUPressure(), time.Now()
 	var prepare func(context.Context, int, repository) (repository, error)
 	if o.freshContexts {
@@ -274,6 +280,7 @@ func measure(o options, log *slog.Logger) (result, error) {
 	wall, cpu, natsCPU, psi1 := time.Since(wall0), cpuTime()-cpu0, processCPU(f.natsPIDs)-natsCPU0, benchkit.CPUPressure()
 	stopProbe()
 	probing.Wait()
+	seqs1 := streamSeqs(ctx, probeConn.JS)
 	if o.cpuProfile != "" {
 		pprof.StopCPUProfile()
 	}
@@ -291,6 +298,10 @@ func measure(o options, log *slog.Logger) (result, error) {
 	r.Unassigned = left
 	r.MaxInFlight = rec.maxFlight
 	r.KVRead, r.KVWrite = probe.result()
+	r.Fsync = fsyncs.result()
+	// Every build offered in the period (warm-up included) made its writes
+	// there, give or take those still in flight at either end.
+	r.WritesPerBuild = streamWrites(seqs0, seqs1, n)
 	r.CPUPressure = -1
 	if psi0 >= 0 && psi1 >= 0 {
 		r.CPUPressure = float64(psi1-psi0) / float64(wall.Microseconds())

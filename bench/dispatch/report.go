@@ -79,7 +79,7 @@ var segments = []segment{
 		of: func(s *sample) (time.Duration, bool) {
 			return max(s.pullSent.Sub(s.delivered), 0), !s.pullSent.IsZero() && !s.delivered.IsZero()
 		}},
-	{Name: "dispatcher", What: "the later of the intake and that pull → the dispatcher's decision: the dispatcher's event queue (behind a routing pass still writing), routing",
+	{Name: "dispatcher", What: "the later of the intake and that pull → the dispatcher's decision: its event queue, routing (the intake's ack is published just after it handed the build over, so with nothing waiting this reads about 0, even a little below)",
 		of: func(s *sample) (time.Duration, bool) {
 			return s.decided.Sub(later(s.delivered, s.pullSent)), !s.decided.IsZero() && !s.delivered.IsZero() && !s.pullSent.IsZero()
 		}},
@@ -174,6 +174,14 @@ type result struct {
 	// probed every 10 ms during the load on a connection of their own.
 	KVRead  dist `json:"kv_get_round_trip"`
 	KVWrite dist `json:"kv_put_round_trip"`
+	// Fsync is one 300-byte write and fsync in a file beside the NATS
+	// store, every 10 ms during the load: the price of each write's
+	// fsyncs (raft log and store, on every replica).
+	Fsync dist `json:"fsync_probe"`
+	// WritesPerBuild is, per JetStream stream, the writes (quorum writes
+	// on a replicated farm) per build offered during the period, the
+	// probes' included (KV_KILN_IDEMPOTENCY is the round-trip probe's).
+	WritesPerBuild map[string]float64 `json:"stream_writes_per_build"`
 	// Writes are the round trips of the quorum writes on the path, each
 	// from its publish to its acknowledgement as tapped on the wire.
 	Writes writeRTTs `json:"path_write_round_trips"`
@@ -395,7 +403,8 @@ func report(o options, r result) error {
 		row("write: kiln.requests, published → acked", r.Writes.Intake, ""),
 		row("write: CAS to ASSIGNED, published → acked", r.Writes.Assign, ""),
 		row("one KV Get round trip (probe, every 10 ms)", r.KVRead, ""),
-		row("one KV Put round trip (probe, every 10 ms)", r.KVWrite, ""))
+		row("one KV Put round trip (probe, every 10 ms)", r.KVWrite, ""),
+		row("one 300-byte write + fsync beside the store (probe)", r.Fsync, ""))
 	for _, reason := range []string{"affinity", "hashed", "spilled", "other", "unknown"} {
 		if d, ok := r.ByReason[reason]; ok {
 			rows = append(rows, row("submit → agent, routed "+reason, d, ""))
@@ -414,8 +423,8 @@ func report(o options, r result) error {
 		r.Offered, r.StartErrors, r.Unassigned, r.MaxInFlight, r.GenLagP99MS, 100*r.CPUBusy, r.CPUs, 100*r.CPUPressure)
 	fmt.Fprintf(&b, "The gateway's part (submit → kiln.requests) was p50 %.2f ms, p99 %.2f ms; the scheduler's (kiln.requests → agent) p50 %.2f ms, p99 %.2f ms.\n",
 		r.Gateway.P50, r.Gateway.P99, r.Scheduler.P50, r.Scheduler.P99)
-	fmt.Fprintf(&b, "The one dispatcher goroutine spent %.2f ms per build in dispatcher.assign (mean; p99 %.2f ms): %.0f%% of the period, "+
-		"a ceiling of ~%.0f assignments/s with nothing else to do.\n", r.Assign.Mean, r.Assign.P99, 100*r.AssignBusy, 1000/r.Assign.Mean)
+	b.WriteString(pathWrites(r))
+	fmt.Fprintf(&b, "Some assignment was on its way (decision → \"build assigned\" logged) %.0f%% of the period; their writes overlap and do not hold up the dispatcher.\n", 100*r.AssignBusy)
 	fmt.Fprintf(&b, "Builds per agent: %.1f/s on average, %.1f–%.1f/s from the least to the busiest (%d slots, %s builds each); %d of %d agents got none.\n",
 		r.AgentBuildsPerS.Mean, r.AgentBuildsPerS.Min, r.AgentBuildsPerS.Max, r.Slots, o.buildTime, r.IdleAgents, r.Agents)
 	if r.Waited > 0 {
@@ -442,8 +451,8 @@ func report(o options, r result) error {
 		case "waiting for its agent":
 			fmt.Fprintf(&b, " The router held them for their busy preferred agent (waiting cheaper than a cache miss by their lineage's costs, or delay scheduling up to -route-delay %s) "+
 				"while other agents had %.0f free slots (median); -route-delay 1ms shows the latency without holds.", o.routeDelay, r.IdleElsewhere.Median)
-		case "scheduler":
-			fmt.Fprintf(&b, " The dispatcher is one goroutine; it spent %.0f%% of the period in dispatcher.assign.", 100*r.AssignBusy)
+		case "dispatcher":
+			fmt.Fprintf(&b, " The dispatcher is one goroutine; some assignment was on its way %.0f%% of the period.", 100*r.AssignBusy)
 		}
 	}
 	contexts := r.ContextFormat + " contexts uploaded once per repository"
@@ -455,6 +464,78 @@ func report(o options, r result) error {
 			"submit → agent, in-process, one clock", r.RatePerS, o.duration, r.Agents, r.Slots, o.buildTime, r.Repositories, contexts),
 		[]string{"segment", "builds", "p50 ms", "p90 ms", "p99 ms", "max ms", "slowest 1%: mean ms"},
 		rows, b.String(), r, o.out)
+}
+
+// pathWrites says what the quorum writes on the path cost and how many
+// writes a build makes in each stream.
+func pathWrites(r result) string {
+	w := r.Writes
+	var b strings.Builder
+	fmt.Fprintf(&b, "The path's quorum writes, one after another (published → acknowledged): in-flight claim p50 %.2f / p99 %.2f ms, record %.2f / %.2f, kiln.requests %.2f / %.2f, CAS to ASSIGNED %.2f / %.2f; "+
+		"their p50s add up to %.2f ms. A 300-byte write + fsync beside the store took p50 %.2f / p99 %.2f ms (each JetStream write fsyncs its raft log and its store, on every replica, with sync_interval always).\n",
+		w.Claim.P50, w.Claim.P99, w.Create.P50, w.Create.P99, w.Intake.P50, w.Intake.P99, w.Assign.P50, w.Assign.P99,
+		w.Claim.P50+w.Create.P50+w.Intake.P50+w.Assign.P50, r.Fsync.P50, r.Fsync.P99)
+	if len(r.WritesPerBuild) > 0 {
+		names := make([]string, 0, len(r.WritesPerBuild))
+		for name := range r.WritesPerBuild {
+			names = append(names, name)
+		}
+		slices.SortFunc(names, func(a, b string) int { return cmpFloat(r.WritesPerBuild[b], r.WritesPerBuild[a]) })
+		b.WriteString("Writes per build by stream:")
+		for i, name := range names {
+			if i > 0 {
+				b.WriteString(",")
+			}
+			fmt.Fprintf(&b, " %s %.1f", name, r.WritesPerBuild[name])
+		}
+		b.WriteString(" (KV_KILN_IDEMPOTENCY: the round-trip probe; KV_KILN_AGENTS: heartbeats).\n")
+	}
+	return b.String()
+}
+
+func cmpFloat(a, b float64) int {
+	switch {
+	case a < b:
+		return -1
+	case a > b:
+		return 1
+	}
+	return 0
+}
+
+// hopTable is the runs' hops side by side, p50 / p99 ms, as markdown.
+func hopTable(runs []result) string {
+	var b strings.Builder
+	b.WriteString("| hop, p50 / p99 ms |")
+	for _, r := range runs {
+		fmt.Fprintf(&b, " %s, %d/s |", farmName(r), r.RatePerS)
+	}
+	b.WriteString("\n|---|" + strings.Repeat("---|", len(runs)) + "\n")
+	line := func(name string, of func(r result) dist) {
+		fmt.Fprintf(&b, "| %s |", name)
+		for _, r := range runs {
+			d := of(r)
+			fmt.Fprintf(&b, " %.1f / %.1f |", d.P50, d.P99)
+		}
+		b.WriteString("\n")
+	}
+	line("**submit → agent has the build**", func(r result) dist { return r.Latency })
+	line("minus waiting for its agent", func(r result) dist { return r.NoWait })
+	for i, seg := range segments {
+		line(seg.Name, func(r result) dist {
+			if i < len(r.Segments) {
+				return r.Segments[i].Dist
+			}
+			return dist{}
+		})
+	}
+	line("(write) in-flight claim", func(r result) dist { return r.Writes.Claim })
+	line("(write) record create", func(r result) dist { return r.Writes.Create })
+	line("(write) kiln.requests", func(r result) dist { return r.Writes.Intake })
+	line("(write) CAS to ASSIGNED", func(r result) dist { return r.Writes.Assign })
+	line("(probe) KV put", func(r result) dist { return r.KVWrite })
+	line("(probe) write + fsync", func(r result) dist { return r.Fsync })
+	return b.String()
 }
 
 // farmName names a run's NATS: "1 node" or "3 nodes R3".
@@ -512,24 +593,31 @@ func clusterReport(o options, runs []result) error {
 		rows = append(rows, benchkit.Row{Name: fmt.Sprintf("%s, %d/s", name, r.RatePerS), Values: []string{
 			fmt.Sprintf("%.0f", r.OfferedPerS), fmt.Sprintf("%.0f", max(r.AssignedPerS, 0)), fmt.Sprint(r.Unassigned + r.StartErrors),
 			f(r.Latency.P50), f(r.Latency.P90), f(r.Latency.P99), f(r.Latency.Max),
-			f(r.Gateway.P99), f(r.Scheduler.P99), f(r.KVWrite.P99), f(r.Assign.Mean),
+			f(r.NoWait.P99), f(r.Writes.Claim.P50 + r.Writes.Create.P50 + r.Writes.Intake.P50 + r.Writes.Assign.P50), f(r.Fsync.P50) + " / " + f(r.Fsync.P99),
 			fmt.Sprintf("%.0f%% + %.0f%%", 100*r.CPUBusy, 100*r.NATSCPUBusy), verdict,
 		}})
 		worst := worstTail(r)
 		fmt.Fprintf(&b, "- %s at %d/s: p50 %.2f ms, p99 %.2f ms (target < %.0f ms: %s); assigned %.0f of %.0f offered/s, %d start errors, %d unassigned at the end; "+
-			"the slowest 1%% spent most in %q (%.2f ms mean); KV put p99 %.2f ms, get p99 %.2f ms; dispatcher.assign %.2f ms/build (%.0f%% busy); "+
+			"the slowest 1%% spent most in %q (%.2f ms mean); KV put p99 %.2f ms, get p99 %.2f ms; "+
 			"CPU: this process (gateway, scheduler, agents, load) %.0f%%, NATS %.0f%% of %d cores; some task waited for a CPU %.0f%% of the time.\n",
 			name, r.RatePerS, r.Latency.P50, r.Latency.P99, r.TargetP99MS, verdict, max(r.AssignedPerS, 0), r.OfferedPerS, r.StartErrors, r.Unassigned,
-			worst.Name, worst.TailMeanMS, r.KVWrite.P99, r.KVRead.P99, r.Assign.Mean, max(100*r.AssignBusy, 0),
+			worst.Name, worst.TailMeanMS, r.KVWrite.P99, r.KVRead.P99,
 			100*r.CPUBusy, 100*r.NATSCPUBusy, r.CPUs, 100*r.CPUPressure)
+		fmt.Fprintf(&b, "  %s", pathWrites(r))
 	}
 	var names []string
 	for _, r := range runs {
 		if name := farmName(r); !slices.Contains(names, name) {
 			names = append(names, name)
 			fmt.Fprintf(&b, "Ceiling on %s: %.0f builds/s assigned at most", name, ceiling[name])
-			if a := assignMean(runs, name); a > 0 {
-				fmt.Fprintf(&b, "; its one dispatcher goroutine spent %.2f ms per build in dispatcher.assign (CAS to ASSIGNED and the ASSIGNED event, each acknowledged by JetStream), a serial ceiling of ~%.0f/s", a, 1000/a)
+			if r := busiest(runs, name); r != nil {
+				if stream, per := hottestStream(*r); per > 0 {
+					fmt.Fprintf(&b, "; at %d/s offered its busiest stream, %s, took %.1f writes per build (%.0f/s)", r.RatePerS, stream, per, per*r.AssignedPerS)
+					if r.NATSNodes == 1 && r.Fsync.Mean > 0 {
+						fmt.Fprintf(&b, ": one node stores a stream's writes one at a time, each fsynced (%.2f ms mean in the probe), so that stream alone caps at ~%.0f writes/s, ~%.0f builds/s",
+							r.Fsync.Mean, 1000/r.Fsync.Mean, 1000/r.Fsync.Mean/per)
+					}
+				}
 			}
 			b.WriteString(".\n")
 		}
@@ -538,31 +626,41 @@ func clusterReport(o options, runs []result) error {
 	for _, r := range runs {
 		contended = max(contended, r.CPUPressure)
 	}
+	b.WriteString("\nWhere the time goes, hop by hop (they add up to submit → agent; the writes below are the hops' quorum writes alone):\n\n")
+	b.WriteString(hopTable(runs))
 	if contended > 0.5 {
-		fmt.Fprintf(&b, "The machine was contended: some task waited for a CPU up to %.0f%% of a run's time, so these latencies and ceilings are the farm's under that contention, not its own.\n", 100*contended)
+		fmt.Fprintf(&b, "\nThe machine was contended: some task waited for a CPU up to %.0f%% of a run's time, so these latencies and ceilings are the farm's under that contention, not its own.\n", 100*contended)
 	}
 	return benchkit.Report(
 		fmt.Sprintf("Dispatch latency by NATS farm (nats-server processes: sync_interval %s): %s per run after %s warm-up, %d agents × %d slots, %s builds",
 			o.natsSync, o.duration, o.warmup, o.agents, o.slots, o.buildTime),
-		[]string{"farm, offered", "offered/s", "assigned/s", "lost", "p50 ms", "p90 ms", "p99 ms", "max ms", "gateway p99", "scheduler p99", "KV put p99", "assign ms/build", "CPU bench + NATS", "p99 target"},
+		[]string{"farm, offered", "offered/s", "assigned/s", "lost", "p50 ms", "p90 ms", "p99 ms", "max ms", "p99 w/o agent wait", "4 path writes, p50 sum", "fsync p50 / p99", "CPU bench + NATS", "p99 target"},
 		rows, b.String(), clusterResultOf(o, runs), o.out)
 }
 
-// assignMean is the mean dispatcher.assign time per build over the runs
-// on the farm called name, weighted by builds.
-func assignMean(runs []result, name string) float64 {
-	var sum float64
-	var n int
-	for _, r := range runs {
-		if farmName(r) == name && r.Assign.N > 0 {
-			sum += r.Assign.Mean * float64(r.Assign.N)
-			n += r.Assign.N
+// busiest is the run on the farm called name that assigned the most
+// builds/s, nil if none.
+func busiest(runs []result, name string) *result {
+	var best *result
+	for i := range runs {
+		if r := &runs[i]; farmName(*r) == name && (best == nil || r.AssignedPerS > best.AssignedPerS) {
+			best = r
 		}
 	}
-	if n == 0 {
-		return 0
+	return best
+}
+
+// hottestStream is the stream of kiln's own writes that took the most
+// writes per build in r (the probes' bucket left out).
+func hottestStream(r result) (string, float64) {
+	var name string
+	var most float64
+	for stream, per := range r.WritesPerBuild {
+		if stream != "KV_KILN_IDEMPOTENCY" && per > most {
+			name, most = stream, per
+		}
 	}
-	return sum / float64(n)
+	return name, most
 }
 
 // clusterResultOf is the JSON document of runs.
