@@ -73,6 +73,7 @@ func (a *App) runBuild(ctx context.Context, o *buildOptions) int {
 	watch.started(b.ID())
 	o.trace.buildStarted(b.ID())
 	if o.detach {
+		cancel() // stop following: the farm runs the build without us
 		pr.Close()
 		fmt.Fprintln(a.Stdout, b.ID())
 		return ExitOK
