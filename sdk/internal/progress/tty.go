@@ -47,7 +47,7 @@ const (
 type view struct {
 	// farm holds kiln's and the farm's own lines, shown at the top.
 	farm []string
-	// engine holds the engine's last lines of no step.
+	// engineTail holds the engine's last lines of no step.
 	engineTail []string
 	// results holds the pushed images' lines.
 	results []string
@@ -137,8 +137,8 @@ func (p *Printer) redraw(force bool) {
 }
 
 // collapse replaces the view by its summary for good: the build ended
-// (ev and f, and result is the line saying how) or the printer is closed
-// (all nil).
+// (ev is its finished event f; the result line is the last of
+// view.results) or the printer is closed (both nil).
 func (p *Printer) collapse(ev *kilnv1.BuildEvent, f *kilnv1.BuildFinished) {
 	v := p.view
 	now := p.now()
