@@ -86,6 +86,9 @@ func (c *Client) Build(ctx context.Context, req BuildRequest) (*Build, error) {
 	if err := checkSecrets(req); err != nil {
 		return nil, fmt.Errorf("starting build: %w", err)
 	}
+	if req.Timeout < 0 {
+		return nil, invalidArgumentf("starting build: the timeout %s is negative", req.Timeout)
+	}
 	if req.Context.Ref() == nil {
 		if _, err := c.UploadContext(ctx, req.Context); err != nil {
 			return nil, err
@@ -119,17 +122,17 @@ func (c *Client) Watch(ctx context.Context, id string, fromSequence uint64) (*Bu
 	return c.follow(ctx, record, fromSequence), nil
 }
 
-// start queues a build of an uploaded context and returns its record.
-// With an IdempotencyKey it is retried on another gateway when the one it
-// reached fails with codes.Unavailable (see WithFailover); without one it
-// is sent once, since a gateway that failed may have queued the build.
+// start queues a build of an uploaded context under req.IdempotencyKey,
+// which Build has set, and returns its record. A start that fails with
+// codes.Unavailable is retried, on another gateway if need be (see
+// WithFailover).
 func (c *Client) start(ctx context.Context, req BuildRequest) (*kilnv1.Build, error) {
+	if req.IdempotencyKey == "" {
+		return nil, invalidArgumentf("starting build: no idempotency key")
+	}
 	ref := req.Context.Ref()
 	if ref == nil {
 		return nil, invalidArgumentf("starting build: the build context was not uploaded")
-	}
-	if req.Timeout < 0 {
-		return nil, invalidArgumentf("starting build: the timeout %s is negative", req.Timeout)
 	}
 	spec := &kilnv1.BuildSpec{}
 	if req.Spec != nil {
@@ -151,15 +154,9 @@ func (c *Client) start(ctx context.Context, req BuildRequest) (*kilnv1.Build, er
 		resp, err = c.builds.StartBuild(ctx, sr)
 		return err
 	}
-	var err error
-	if req.IdempotencyKey != "" {
-		// A gateway that died before answering may have queued the build:
-		// the key makes the retry return it instead of a second one.
-		err = c.retry.retry(ctx, start)
-	} else {
-		err = start()
-	}
-	if err != nil {
+	// A gateway that died before answering may have queued the build: the
+	// key makes the retry return it instead of a second one.
+	if err := c.retry.retry(ctx, start); err != nil {
 		return nil, fmt.Errorf("starting build: %w", err)
 	}
 	return resp.GetBuild(), nil

@@ -5,10 +5,14 @@ import (
 	"errors"
 	"fmt"
 	"slices"
+	"strings"
 	"testing"
+	"time"
 
 	kilnv1 "github.com/kilnbuild/kiln/proto/gen/go/kiln/v1"
 	"github.com/kilnbuild/kiln/sdk/internal/farmtest"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
 )
 
 // runBuild starts a build and waits for its end.
@@ -106,5 +110,20 @@ func TestEventsStopWithTheBuildContext(t *testing.T) {
 	}
 	if farm.Builds()[0].GetState() != kilnv1.BuildState_BUILD_STATE_RUNNING {
 		t.Fatal("ending the Build's context changed the build on the farm")
+	}
+}
+
+// TestBuildRefusesANegativeTimeout before anything is sent.
+func TestBuildRefusesANegativeTimeout(t *testing.T) {
+	farm := farmtest.Start(t)
+	client := dial(t, farm.Addr)
+	dir := t.TempDir()
+	writeTree(t, dir, map[string]string{"Dockerfile": "FROM scratch\n"})
+	_, err := client.Build(t.Context(), BuildRequest{Context: pack(t, dir, ""), Timeout: -time.Second})
+	if status.Code(err) != codes.InvalidArgument || !strings.Contains(err.Error(), "timeout -1s is negative") {
+		t.Fatalf("Build with a negative timeout: %v, want InvalidArgument", err)
+	}
+	if farm.Calls() != 0 {
+		t.Fatalf("the farm got %d calls", farm.Calls())
 	}
 }

@@ -177,22 +177,6 @@ func TestStartBuildFailsOverWithIdempotencyKey(t *testing.T) {
 	}
 }
 
-// TestStartBuildWithoutKeyIsNotRetried: without an idempotency key a
-// StartBuild whose gateway died is not sent again, since the build may
-// exist.
-func TestStartBuildWithoutKeyIsNotRetried(t *testing.T) {
-	a, _, client := twoGateways(t)
-	bc := uploaded(t, client, map[string]string{"Dockerfile": "FROM scratch\n"})
-	a.CrashNextStart()
-	_, err := client.start(t.Context(), BuildRequest{Context: bc})
-	if status.Code(err) != codes.Unavailable {
-		t.Fatalf("StartBuild: %v, want Unavailable", err)
-	}
-	if n, builds := a.StartCalls(), len(a.Builds()); n != 1 || builds != 1 {
-		t.Fatalf("%d StartBuild calls and %d builds, want 1 and 1", n, builds)
-	}
-}
-
 // TestBuildWithFirstGatewayDown runs a whole build with one gateway of the
 // list down from the start: it happens on the other, once.
 func TestBuildWithFirstGatewayDown(t *testing.T) {
@@ -269,7 +253,7 @@ func TestUploadResumesOnAnotherGateway(t *testing.T) {
 	if stats.Blobs != 5 || last.Files != 5 || last.Bytes != last.TotalBytes || stats.UploadedBytes != last.TotalBytes {
 		t.Errorf("stats %+v, last progress %+v", stats, last)
 	}
-	if _, err := client.start(t.Context(), BuildRequest{Context: bc}); err != nil {
+	if _, err := client.start(t.Context(), BuildRequest{Context: bc, IdempotencyKey: "resumed-1"}); err != nil {
 		t.Fatalf("start after the resumed upload: %v", err)
 	}
 }

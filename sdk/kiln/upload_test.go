@@ -264,7 +264,7 @@ func TestBuildStartsFromTheUploadedManifest(t *testing.T) {
 	writeTree(t, dir, map[string]string{"Dockerfile": "FROM scratch\nCOPY app /\n", "app": "#!/bin/sh\n"})
 	bc := pack(t, dir, "")
 
-	if _, err := client.start(t.Context(), BuildRequest{Context: bc}); status.Code(err) != codes.InvalidArgument {
+	if _, err := client.start(t.Context(), BuildRequest{Context: bc, IdempotencyKey: "k"}); status.Code(err) != codes.InvalidArgument {
 		t.Fatalf("start before UploadContext: %v, want InvalidArgument", err)
 	}
 	b, err := runBuild(t.Context(), client, BuildRequest{Context: bc})
