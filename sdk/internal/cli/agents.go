@@ -26,9 +26,7 @@ Commands:
 	examples: `kiln agents
 kiln agents --format json | jq -r 'select(.state == "AGENT_STATE_READY") | .name'
 kiln agents drain builder-3`,
-	exits: `  0  listed
-  1  an error
-` + exitsFarm,
+	exits: []exitStatus{{ExitOK, "listed"}, {ExitFailed, "an error"}, exitUsageStatus, exitUnreachableStatus},
 }
 
 // agents is `kiln agents`: the farm's agents, one per line; `kiln agents
@@ -94,9 +92,7 @@ Returns once the agent has acknowledged.
 
 Needs an admin token (KILN_TOKEN or --token).`,
 		examples: "kiln agents " + cmd + " builder-3",
-		exits: `  0  the agent acknowledged
-  1  no such agent, or another error
-` + exitsFarm,
+		exits:    []exitStatus{{ExitOK, "the agent acknowledged"}, {ExitFailed, "no such agent, or another error"}, exitUsageStatus, exitUnreachableStatus},
 	}
 	if cmd == "undrain" {
 		h.about = `Give a drained agent new builds again. Returns once the agent has

@@ -26,11 +26,13 @@ kiln logs -f "$id"
 kiln build --timeout 20m -t registry.example.com/app:1 --push .
 # CI: a retried job re-attaches to the build its first try started
 kiln build --idempotency-key "$CI_JOB_ID" -t "$IMAGE" --push .`,
-	exits: `  0    built (and pushed, with --push); with --detach: queued
-  1    the build failed or was cancelled (not by this command)
-` + exitsFarm + `
-  124  the farm cancelled the build when it ran past --timeout
-  130  Ctrl-C cancelled the build, or a second Ctrl-C stopped following it`,
+	exits: []exitStatus{
+		{ExitOK, "built (and pushed, with --push); with --detach: queued"},
+		{ExitFailed, "the build failed or was cancelled (not by this command), or another error"},
+		exitUsageStatus, exitUnreachableStatus,
+		{ExitTimedOut, "the farm cancelled the build when it ran past --timeout"},
+		{ExitInterrupted, "Ctrl-C cancelled the build, or a second Ctrl-C stopped following it"},
+	},
 }
 
 // build is `kiln build`.

@@ -22,12 +22,14 @@ var cancelHelp = helpText{
 	about: `Cancel builds, from any terminal: a queued build ends at once, a running one
 once its agent has stopped it. kiln prints each build's id once it has
 ended CANCELLED (or had ended before, which it says on stderr).`,
-	examples: `kiln cancel 0193f2c4a1b27c3e
+	examples: `kiln cancel b06h4trcbne1xgcy6kxmx93yha4
 # cancel every build of yours still queued
 kiln cancel $(kiln ls --state queued --limit 0 --format '{{.ID}}')`,
-	exits: `  0  every build has ended
-` + exitsNotFound + `; the others are cancelled
-` + exitsFarm,
+	exits: []exitStatus{
+		{ExitOK, "every build has ended"},
+		{ExitFailed, "a build was not found (it does not exist or is another tenant's), or another error; the others are cancelled"},
+		exitUsageStatus, exitUnreachableStatus,
+	},
 }
 
 // cancel is `kiln cancel`.

@@ -62,6 +62,16 @@ func lookupCommand(name string) (command, bool) {
 	return command{}, false
 }
 
+// usageExits are the exit statuses of every command, in the top-level usage.
+var usageExits = []exitStatus{
+	{ExitOK, "success; for build, retry and logs -f: the build succeeded"},
+	{ExitFailed, "the build failed or was cancelled, a build was not found, or another error"},
+	exitUsageStatus,
+	exitUnreachableStatus,
+	{ExitTimedOut, "the farm cancelled the build when it ran past its --timeout"},
+	{ExitInterrupted, "interrupted: Ctrl-C cancelled the build, or a second Ctrl-C stopped following it (it goes on: 'kiln logs -f ID' re-attaches)"},
+}
+
 // usage writes the top-level usage to w.
 func (a *App) usage(w io.Writer) {
 	var cmds strings.Builder
@@ -72,6 +82,8 @@ func (a *App) usage(w io.Writer) {
 		}
 		fmt.Fprintf(&cmds, "  %-11s %s\n", c.name, summary)
 	}
+	var exits strings.Builder
+	writeExits(&exits, usageExits)
 	fmt.Fprintf(w, `Usage:  kiln COMMAND [OPTIONS]
 
 Build container images on a kiln build farm, and find, follow, cancel and
@@ -89,16 +101,7 @@ Environment:
                  (default: the user cache directory's kiln/)
 
 Exit status:
-  0    success; for build, retry and logs -f: the build succeeded
-  1    the build failed or was cancelled, a build was not found, or
-       another error
-  2    usage error, or a request the farm rejected (bad input, no or a
-       revoked token, not allowed)
-  3    the gateway could not be reached
-  124  the farm cancelled the build when it ran past its --timeout
-  130  interrupted: Ctrl-C cancelled the build, or a second Ctrl-C
-       stopped following it (it goes on: 'kiln logs -f ID' re-attaches)
-
+%s
 Run 'kiln COMMAND --help' for more information on a command.
-`, cmds.String(), DefaultGateway)
+`, cmds.String(), DefaultGateway, exits.String())
 }

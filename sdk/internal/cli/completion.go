@@ -30,8 +30,7 @@ source <(kiln completion bash)
 # zsh: this shell, or save it as _kiln in a directory of $fpath
 source <(kiln completion zsh)
 kiln completion fish > ~/.config/fish/completions/kiln.fish`,
-	exits: `  0  printed the script
-  2  usage error (no or an unknown shell)`,
+	exits: []exitStatus{{ExitOK, "printed the script"}, {ExitUsage, "usage error (no or an unknown shell)"}},
 }
 
 // completion is `kiln completion`.

@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"strconv"
 	"strings"
 
 	"github.com/spf13/pflag"
@@ -19,8 +20,15 @@ type helpText struct {
 	// examples are command lines, each with an optional "# comment" line
 	// before it.
 	examples string
-	// exits says what each exit code means.
-	exits string
+	// exits says what each exit code means, in code order.
+	exits []exitStatus
+}
+
+// exitStatus is one line of a help's exit status: a code and what it
+// means for the command.
+type exitStatus struct {
+	code int
+	what string
 }
 
 // write prints the help with fs's flags to w.
@@ -35,18 +43,43 @@ func (h helpText) write(w io.Writer, fs *pflag.FlagSet) {
 			fmt.Fprintf(w, "  %s\n", strings.TrimSpace(line))
 		}
 	}
-	if h.exits != "" {
-		fmt.Fprintf(w, "\nExit status:\n%s\n", strings.TrimRight(h.exits, "\n"))
+	if len(h.exits) > 0 {
+		fmt.Fprintf(w, "\nExit status:\n")
+		writeExits(w, h.exits)
 	}
 }
 
-// Exit status lines the commands' help texts are made of.
-const (
-	exitsFarm = `  2  usage error, or a request the farm rejected (bad input, no or a
-     revoked token, not allowed)
-  3  the gateway could not be reached`
-	exitsNotFound = `  1  a build was not found (it does not exist or is another tenant's),
-     or another error`
+// writeExits writes exit statuses as an aligned list, each meaning wrapped
+// to fit 78 columns.
+func writeExits(w io.Writer, exits []exitStatus) {
+	width := 0
+	for _, e := range exits {
+		width = max(width, len(strconv.Itoa(e.code)))
+	}
+	indent := strings.Repeat(" ", 2+width+2)
+	for _, e := range exits {
+		line := fmt.Sprintf("  %-*d  ", width, e.code)
+		col := len(line)
+		for i, word := range strings.Fields(e.what) {
+			if i > 0 && col+1+len(word) > 78 {
+				line += "\n" + indent
+				col = len(indent)
+			} else if i > 0 {
+				line += " "
+				col++
+			}
+			line += word
+			col += len(word)
+		}
+		fmt.Fprintln(w, line)
+	}
+}
+
+// Exit statuses the commands share.
+var (
+	exitUsageStatus       = exitStatus{ExitUsage, "usage error, or a request the farm rejected (bad input, no or a revoked token, not allowed)"}
+	exitUnreachableStatus = exitStatus{ExitUnreachable, "the gateway could not be reached"}
+	exitNotFoundStatus    = exitStatus{ExitFailed, "a build was not found (it does not exist or is another tenant's), or another error"}
 )
 
 // parseFlags parses args into fs for the command cmd. It returns done when

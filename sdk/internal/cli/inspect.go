@@ -31,12 +31,14 @@ and the trace context. Field names are protobuf JSON's (createdAt).
 Secret values never appear: the spec's secrets and registry credentials
 are shown by id and key id only. Their sealed bytes, ciphertext only the
 farm's agents can open, are left out too.`,
-	examples: `kiln inspect 0193f2c4a1b27c3e
-kiln inspect 0193f2c4a1b27c3e | jq -r '.[0].attempts[] | "\(.agent) \(.reason)"'
+	examples: `kiln inspect b06h4trcbne1xgcy6kxmx93yha4
+kiln inspect b06h4trcbne1xgcy6kxmx93yha4 | jq -r '.[0].attempts[] | "\(.agent) \(.reason)"'
 kiln inspect $(kiln ls --state failed --format '{{.ID}}')`,
-	exits: `  0  printed every build
-` + exitsNotFound + `; the builds found are printed
-` + exitsFarm,
+	exits: []exitStatus{
+		{ExitOK, "printed every build"},
+		{ExitFailed, "a build was not found (it does not exist or is another tenant's), or another error; the builds found are printed"},
+		exitUsageStatus, exitUnreachableStatus,
+	},
 }
 
 // inspect is `kiln inspect`.

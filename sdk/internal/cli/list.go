@@ -61,9 +61,7 @@ kiln ls --since 24h --repository gitlab.example.com/team/app
 kiln ls --state failed --since 24h --format '{{.ID}}'
 kiln ls --format 'table {{.ID}}\t{{.State}}\t{{.Digest}}'
 kiln ls --limit 0 --format json | jq -r .id`,
-	exits: `  0  listed (possibly nothing)
-  1  an error
-` + exitsFarm,
+	exits: []exitStatus{{ExitOK, "listed (possibly nothing)"}, {ExitFailed, "an error"}, exitUsageStatus, exitUnreachableStatus},
 }
 
 // list is `kiln ls`.

@@ -41,16 +41,17 @@ var logsHelp = helpText{
 lines 'kiln build' printed. With -f, follow a running build to its end;
 without, print what the log holds and return. Ctrl-C stops following and
 leaves the build running ('kiln cancel BUILD' cancels it).`,
-	examples: `kiln logs 0193f2c4a1b27c3e
+	examples: `kiln logs b06h4trcbne1xgcy6kxmx93yha4
 kiln logs -f "$(kiln build --detach -t registry.example.com/app:1 --push .)"
 # resume where a lost connection left off
-kiln logs -f --since-sequence 120 0193f2c4a1b27c3e`,
-	exits: `  0    printed; with -f: the build succeeded
-  1    the build failed or was cancelled (with -f, or when it had ended);
-       ` + `the build was not found, or another error
-` + exitsFarm + `
-  124  the farm cancelled the build when it ran past its --timeout
-  130  Ctrl-C stopped following`,
+kiln logs -f --since-sequence 120 b06h4trcbne1xgcy6kxmx93yha4`,
+	exits: []exitStatus{
+		{ExitOK, "printed; with -f: the build succeeded"},
+		{ExitFailed, "the build failed or was cancelled (with -f, or when it had ended before), the build was not found, or another error"},
+		exitUsageStatus, exitUnreachableStatus,
+		{ExitTimedOut, "the farm cancelled the build when it ran past its --timeout"},
+		{ExitInterrupted, "Ctrl-C stopped following (the build goes on)"},
+	},
 }
 
 // logs is `kiln logs`.

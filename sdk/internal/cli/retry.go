@@ -36,17 +36,17 @@ registry credentials as they were sealed — and its build context, which
 the farm still holds: no upload. kiln prints the new build's id, then
 follows it as 'kiln build' does (Ctrl-C cancels it, a second Ctrl-C stops
 waiting), or with --detach exits once it is queued.`,
-	examples: `kiln retry 0193f2c4a1b27c3e
+	examples: `kiln retry b06h4trcbne1xgcy6kxmx93yha4
 # retry the latest failed build, in the background
 kiln retry --detach "$(kiln ls --state failed --limit 1 --format '{{.ID}}')"`,
-	exits: `  0    the new build succeeded; with --detach: it is queued
-  1    the new build failed or was cancelled (not by this command), or
-       BUILD was not found
-  2    usage error, or a request the farm rejected (among them: the farm
-       no longer holds BUILD's context)
-  3    the gateway could not be reached
-  124  the farm cancelled the new build when it ran past its timeout
-  130  Ctrl-C cancelled the new build, or a second Ctrl-C stopped following it`,
+	exits: []exitStatus{
+		{ExitOK, "the new build succeeded; with --detach: it is queued"},
+		{ExitFailed, "the new build failed or was cancelled (not by this command), BUILD was not found, or another error"},
+		{ExitUsage, "usage error, or a request the farm rejected (among them: the farm no longer holds BUILD's context)"},
+		exitUnreachableStatus,
+		{ExitTimedOut, "the farm cancelled the new build when it ran past its timeout"},
+		{ExitInterrupted, "Ctrl-C cancelled the new build, or a second Ctrl-C stopped following it"},
+	},
 }
 
 // retry is `kiln retry`.

@@ -48,9 +48,12 @@ client's version alone.`,
 	examples: `kiln version
 kiln version --client
 kiln version --format json | jq -r .farm.gatewayVersion`,
-	exits: `  0  printed the client's version and, without --client, the farm's
-  1  an error
-` + exitsFarm + ` (the client's version is printed all the same)`,
+	exits: []exitStatus{
+		{ExitOK, "printed the client's version and, without --client, the farm's"},
+		{ExitFailed, "an error"},
+		exitUsageStatus,
+		{ExitUnreachable, "the gateway could not be reached (the client's version is printed all the same)"},
+	},
 }
 
 // version is `kiln version`.
