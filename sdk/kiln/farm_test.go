@@ -361,3 +361,57 @@ func TestFarmInfo(t *testing.T) {
 		t.Fatalf("FarmInfo: %v; want the gateway's version and the agent farmtest-agent", info)
 	}
 }
+
+// TestEventsResumeAcrossALostGateway cuts the network to the gateway in
+// the middle of a step and keeps it down while the client retries: once
+// it is back, the events go on from the one after the last delivered, so
+// the caller sees the build's whole log once, in order.
+func TestEventsResumeAcrossALostGateway(t *testing.T) {
+	ctx, cancel := context.WithTimeout(t.Context(), buildTimeout)
+	defer cancel()
+	proxy := farmtest.StartProxy(t, farmAddr)
+	c, err := kiln.Dial(ctx, proxy.Addr, kiln.WithFailover(time.Minute, 50*time.Millisecond))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	bc := packDockerfile(t, "FROM "+farmtest.BaseImage+"\nRUN for i in $(seq 1 20); do echo \"tick $i\"; sleep 0.2; done\n")
+	b, err := c.Build(ctx, kiln.BuildRequest{Context: bc, Spec: &kilnv1.BuildSpec{NoCache: true}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var got []kiln.Event
+	cut := false
+	var restored time.Time
+	for ev := range b.Events() {
+		got = append(got, ev)
+		if l, ok := ev.(*kiln.LogLine); ok && l.Text == "tick 3" && !cut {
+			cut = true
+			proxy.Cut()
+			// The client tries again, and is refused, twice.
+			if err := proxy.AwaitRefused(ctx, 2); err != nil {
+				t.Fatalf("the client did not reconnect: %v", err)
+			}
+			proxy.Restore()
+			restored = time.Now()
+		}
+	}
+	if !cut {
+		t.Fatalf("no \"tick 3\" line among %d events", len(got))
+	}
+	if last := got[len(got)-1]; !last.Time().After(restored) {
+		t.Fatalf("the build finished at %s, before the network came back at %s: nothing was resumed", last.Time(), restored)
+	}
+	if rec, err := b.Wait(ctx); err != nil || rec.GetState() != kilnv1.BuildState_BUILD_STATE_SUCCEEDED {
+		t.Fatalf("Wait across the cut: %v, %v", rec.GetState(), err)
+	}
+	w, err := dialFarm(t).Watch(ctx, b.ID(), 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	full := collect(w)
+	checkLog(t, "events across the cut", got, 1, full)
+	if len(got) != len(full) {
+		t.Fatalf("the caller saw %d events, the farm's log has %d", len(got), len(full))
+	}
+}
