@@ -64,7 +64,7 @@ type report struct {
 }
 
 func main() {
-	runs := flag.Int("runs", 3, "timed rounds of each mode")
+	runs := flag.Int("runs", 5, "timed rounds of each mode")
 	binDir := flag.String("bin", "bin", "directory holding kilnd and kiln")
 	base := flag.String("base", "127.0.0.1:5000/kiln/busybox:1", "base image, in a registry every daemon can pull from (scripts/dev-env.sh makes it)")
 	out := flag.String("out", "bench/results/cimodes.json", "where to write the JSON report")
@@ -140,7 +140,7 @@ func run(runs int, binDir, base, out string) error {
 			if err != nil {
 				return err
 			}
-			build := func() *exec.Cmd { return benchkit.DockerBuild("kiln-bench/cimodes:socket", ctxDir) }
+			build := func() *exec.Cmd { return dockerBuild("", "kiln-bench/cimodes:socket", ctxDir) }
 			if m == kiln {
 				build = func() *exec.Cmd {
 					return k.KilnBuild(binDir, filepath.Join(tmp, "cli-cache"), "kiln-bench/cimodes:kiln", ctxDir)
@@ -287,11 +287,18 @@ const dindBridge = "kilnbench0"
 // removeBridge deletes the daemon's bridge.
 func (d *dockerd) removeBridge() { _ = exec.Command("ip", "link", "del", dindBridge).Run() }
 
-// build is `docker build` on this daemon, with the classic builder as on
-// the host.
-func (d *dockerd) build(tag, ctxDir string) *exec.Cmd {
-	c := exec.Command(benchkit.Docker(), "--host", "unix://"+d.sock, "build", "-q", "-t", tag, ctxDir)
-	c.Env = append(os.Environ(), "DOCKER_BUILDKIT=0")
+// build is `docker build` on this daemon.
+func (d *dockerd) build(tag, ctxDir string) *exec.Cmd { return dockerBuild(d.sock, tag, ctxDir) }
+
+// dockerBuild is `docker build` with BuildKit, the builder kiln's agents
+// pick on these engines, on the daemon at sock ("" for the host's).
+func dockerBuild(sock, tag, ctxDir string) *exec.Cmd {
+	args := []string{"build", "-q", "-t", tag, ctxDir}
+	if sock != "" {
+		args = append([]string{"--host", "unix://" + sock}, args...)
+	}
+	c := exec.Command(benchkit.Docker(), args...)
+	c.Env = append(os.Environ(), "DOCKER_BUILDKIT=1")
 	return c
 }
 
