@@ -33,7 +33,7 @@ var retryHelp = helpText{
 	usage: "kiln retry [OPTIONS] BUILD",
 	about: `Start a new build with a build's spec — tags, build args, secrets and
 registry credentials as they were sealed — and its build context, which
-the farm still holds: no upload. kiln prints the new build's id, then
+the farm still holds: no upload. BUILD must have ended. kiln prints the new build's id, then
 follows it as 'kiln build' does (Ctrl-C cancels it, a second Ctrl-C stops
 waiting), or with --detach exits once it is queued.`,
 	examples: `kiln retry b06h4trcbne1xgcy6kxmx93yha4
@@ -42,7 +42,7 @@ kiln retry --detach "$(kiln ls --state failed --limit 1 --format '{{.ID}}')"`,
 	exits: []exitStatus{
 		{ExitOK, "the new build succeeded; with --detach: it is queued"},
 		{ExitFailed, "the new build failed or was cancelled (not by this command), BUILD was not found, or another error"},
-		{ExitUsage, "usage error, or a request the farm rejected (among them: the farm no longer holds BUILD's context)"},
+		{ExitUsage, "usage error, or a request the farm rejected (among them: BUILD has not ended yet, or the farm no longer holds its context)"},
 		exitUnreachableStatus,
 		{ExitTimedOut, "the farm cancelled the new build when it ran past its timeout"},
 		{ExitInterrupted, "Ctrl-C cancelled the new build, or a second Ctrl-C stopped following it"},
