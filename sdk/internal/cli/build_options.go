@@ -189,6 +189,9 @@ func parseBuildArgs(args []string, lookupEnv func(string) (string, bool)) (*buil
 	if o.spec.Repository == "" {
 		o.spec.Repository = detectRepository(o.contextDir, lookupEnv)
 	}
+	if f.detach && (f.metadataFile != "" || f.iidFile != "") {
+		return nil, &usageError{msg: "--metadata-file and --iidfile are written when the build ends, which --detach does not wait for"}
+	}
 	if f.timeout < 0 || f.timeout > maxBuildTimeout {
 		return nil, &usageError{msg: fmt.Sprintf("invalid --timeout %s: want a duration above 0 and at most %s", f.timeout, maxBuildTimeout)}
 	}

@@ -62,6 +62,7 @@ func TestRun(t *testing.T) {
 		{name: "inspect without a build", args: []string{"inspect"}, code: ExitUsage, stderr: `"kiln inspect" needs at least one BUILD`},
 		{name: "cancel without a build", args: []string{"cancel"}, code: ExitUsage, stderr: `"kiln cancel" needs at least one BUILD`},
 		{name: "retry two builds", args: []string{"retry", "b1", "b2"}, code: ExitUsage, stderr: `"kiln retry" takes exactly one BUILD id`},
+		{name: "detach with a metadata file", args: []string{"build", "--detach", "--metadata-file", "m.json", dir}, code: ExitUsage, stderr: "which --detach does not wait for"},
 		{name: "completion without a shell", args: []string{"completion"}, code: ExitUsage, stderr: "takes one shell: bash, zsh or fish"},
 		{name: "completion tcsh", args: []string{"completion", "tcsh"}, code: ExitUsage, stderr: "takes one shell: bash, zsh or fish"},
 		{name: "unknown command", args: []string{"bake"}, code: ExitUsage, stderr: `unknown command "bake"`},
