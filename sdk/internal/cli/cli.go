@@ -13,10 +13,6 @@ import (
 	"golang.org/x/term"
 )
 
-// Version is the kiln version, set at link time with
-// -ldflags "-X github.com/kilnbuild/kiln/sdk/internal/cli.Version=v1.2.3".
-var Version = ""
-
 // App is one run of the kiln command with its process surroundings, so
 // tests can supply their own.
 type App struct {

@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"io"
 	"runtime"
-	"runtime/debug"
 	"slices"
 	"strings"
 	"text/tabwriter"
@@ -16,6 +15,7 @@ import (
 	"google.golang.org/protobuf/encoding/protojson"
 
 	kilnv1 "github.com/kilnbuild/kiln/proto/gen/go/kiln/v1"
+	"github.com/kilnbuild/kiln/proto/version"
 	"github.com/kilnbuild/kiln/sdk/kiln"
 )
 
@@ -168,17 +168,9 @@ func engineText(ag *kilnv1.Agent) string {
 	return s
 }
 
-// clientVersion is this kiln's version: Version when set at link time, else
-// the module version the binary was built from, else "dev".
-func clientVersion() string {
-	if Version != "" {
-		return Version
-	}
-	if bi, ok := debug.ReadBuildInfo(); ok && bi.Main.Version != "" && bi.Main.Version != "(devel)" {
-		return bi.Main.Version
-	}
-	return "dev"
-}
+// clientVersion is this kiln's version, the one every kiln binary reports
+// (proto/version: set at link time, else the module's, else "dev").
+func clientVersion() string { return version.String() }
 
 func versionString() string {
 	return fmt.Sprintf("kiln version %s (%s, %s/%s)", clientVersion(), runtime.Version(), runtime.GOOS, runtime.GOARCH)
