@@ -37,6 +37,7 @@ type ListFilter struct {
 // time as the loop goes on: breaking out of the loop fetches no more. An
 // error ends the sequence: the loop sees it with a nil build.
 //
+//	running := []kilnv1.BuildState{kilnv1.BuildState_BUILD_STATE_RUNNING}
 //	for b, err := range client.List(ctx, kiln.ListFilter{States: running}) {
 //		if err != nil {
 //			return err
