@@ -572,3 +572,76 @@ func repoRoot(t *testing.T) string {
 	}
 	return dir
 }
+
+// TestGitLabJobInKilnImage runs examples/gitlab-ci.yml's job the way a
+// GitLab runner's docker executor does: in the kiln CLI image that
+// `make images` builds (scripts/images.sh kiln), with its entrypoint
+// emptied, its own shell, as its nonroot user, the checkout mounted as the
+// build directory. The image is pushed under the job's tags.
+func TestGitLabJobInKilnImage(t *testing.T) {
+	k := sharedKilnd(t)
+	root := repoRoot(t)
+	tag := "test-" + uniq()
+	images := exec.Command(filepath.Join(root, "scripts", "images.sh"), "kiln")
+	images.Dir = root
+	images.Env = append(os.Environ(), "KILN_BIN_DIR="+filepath.Dir(kilnBin), "KILN_GATEWAY="+k.addrs.GRPC,
+		"KILN_IMAGE_PREFIX=kiln-e2e-recipes/", "KILN_IMAGE_TAG="+tag, "KILN_IMAGES_PUSH=0",
+		"KILN_IMAGES_LOG_DIR="+t.TempDir())
+	var imagesErr bytes.Buffer
+	images.Stderr = &imagesErr
+	out, err := images.Output()
+	image := strings.TrimSpace(string(out))
+	if image != "" {
+		removeTags(t, image)
+	}
+	if err != nil || image != "kiln-e2e-recipes/kiln:"+tag {
+		t.Fatalf("scripts/images.sh kiln printed %q: %v\n%s", image, err, imagesErr.String())
+	}
+	inspect, err := exec.Command("docker", "image", "inspect", "--format", "{{.Config.User}} {{json .Config.Entrypoint}}", image).CombinedOutput()
+	if got := strings.TrimSpace(string(inspect)); err != nil || got != `65532:65532 ["/usr/local/bin/kiln"]` {
+		t.Fatalf("%s runs as and starts %q (%v), want the nonroot user 65532:65532 and kiln: scripts/images.sh must build the kiln image from deploy/docker/cli.Dockerfile", image, got, err)
+	}
+
+	reg := recipeRegistry{user: "gitlab-ci-token", password: "glcbt-" + uniq() + uniq()}
+	reg.addr = enginetest.AuthRegistry(t, reg.user, reg.password)
+	var example struct {
+		Job gitlabJob `yaml:"build-image"`
+	}
+	readYAML(t, "examples/gitlab-ci.yml", &example)
+	n := uniq()
+	dir := checkout(t, writeContext(t, map[string]string{"Dockerfile": "FROM " + enginetest.BusyboxBase(t) + "\nRUN echo image-" + n + " > /built\n"}))
+	// The runner's build directory belongs to the job's user.
+	if err := filepath.Walk(dir, func(p string, _ os.FileInfo, err error) error {
+		if err != nil {
+			return err
+		}
+		return os.Lchown(p, 65532, 65532)
+	}); err != nil {
+		t.Fatal(err)
+	}
+	const projectDir = "/builds/group/project"
+	sha := n[:8]
+	removeTags(t, reg.addr+"/group/project:"+sha, reg.addr+"/group/project:main", reg.addr+"/group/project:latest")
+	env := gitlabEnv(gitlabCI(t, k, reg, "94"+n, "main", sha), example.Job)
+	delete(env, "PATH") // the image's own
+	delete(env, "HOME")
+	env["CI_PROJECT_DIR"], env["CI_BUILDS_DIR"] = projectDir, "/builds"
+	args := []string{"run", "--rm", "--network", "host", "--entrypoint", "", "-v", dir + ":" + projectDir, "-w", projectDir}
+	for _, name := range slices.Sorted(maps.Keys(env)) {
+		args = append(args, "-e", name+"="+env[name])
+	}
+	args = append(args, image, "sh", "-e", "-c", strings.Join(example.Job.Script, "\n"))
+	ctx, cancel := context.WithTimeout(t.Context(), 5*time.Minute)
+	defer cancel()
+	log, err := exec.CommandContext(ctx, "docker", args...).CombinedOutput()
+	if err != nil {
+		t.Fatalf("the job in %s failed: %v\n%s", image, err, log)
+	}
+	md := metadata(t, filepath.Join(dir, "kiln-metadata.json"))
+	digest := str(md, "containerimage.digest")
+	for _, tag := range []string{sha, "main", "latest"} {
+		if got := reg.digest(t, "group/project", tag); got == "" || got != digest {
+			t.Fatalf("group/project:%s in the registry is %q, want the job's %q\n%s", tag, got, digest, log)
+		}
+	}
+}
