@@ -10,6 +10,8 @@ import (
 	kilnv1 "github.com/kilnbuild/kiln/proto/gen/go/kiln/v1"
 	"github.com/kilnbuild/kiln/proto/version"
 	"github.com/kilnbuild/kiln/services/bus"
+	"github.com/kilnbuild/kiln/services/bus/bustest"
+	"github.com/kilnbuild/kiln/services/lease"
 )
 
 // TestGetFarmInfo: the gateway's version is its own, the scheduler's is
@@ -76,5 +78,28 @@ func TestGetFarmInfo(t *testing.T) {
 	info, err = c.GetFarmInfo(as(ctx, tokenA), &kilnv1.GetFarmInfoRequest{})
 	if err != nil || info.SchedulerVersion != "" {
 		t.Fatalf("with a lapsed lease: %q, %v; want none", info.GetSchedulerVersion(), err)
+	}
+}
+
+// TestGetFarmInfoWithTheRolesPermissions: on a NATS server that enforces
+// each role's permissions, the gateway reads the version a real scheduler
+// lease record carries (services/lease stamps it).
+func TestGetFarmInfoWithTheRolesPermissions(t *testing.T) {
+	farm := bustest.AuthFarm(t)
+	ctx := t.Context()
+	el, err := lease.New(ctx, farm.Conn(t, bus.RoleScheduler, "").JS, bus.LeaderKeyScheduler, time.Hour, time.Now)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if held, err := el.Try(ctx); err != nil || !held {
+		t.Fatalf("the scheduler's lease: %v, %v", held, err)
+	}
+	g, err := New(ctx, Config{Conn: farm.Conn(t, bus.RoleGateway, "")})
+	if err != nil {
+		t.Fatal(err)
+	}
+	info, err := g.GetFarmInfo(ctx, &kilnv1.GetFarmInfoRequest{})
+	if err != nil || info.SchedulerVersion != version.String() || info.GatewayVersion != version.String() {
+		t.Fatalf("GetFarmInfo: %v, %v; want both versions %q", info, err, version.String())
 	}
 }

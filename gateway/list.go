@@ -116,11 +116,19 @@ func listFilters(tenant string, req *kilnv1.ListBuildsRequest) string {
 }
 
 // A page token is opaque to clients: a version byte, the last build id of
-// the page, and the filters' hash, base64url-encoded.
+// the page, and a check of both bound to the filters, base64url-encoded.
+// The check catches a token garbled or edited, or sent with other filters;
+// a token forged in full could only start a page elsewhere among the
+// caller's own builds.
 const pageTokenVersion = "1"
 
 func pageToken(lastID, filters string) string {
-	return base64.RawURLEncoding.EncodeToString([]byte(pageTokenVersion + lastID + filters))
+	return base64.RawURLEncoding.EncodeToString([]byte(pageTokenVersion + lastID + pageCheck(lastID, filters)))
+}
+
+func pageCheck(lastID, filters string) string {
+	sum := sha256.Sum256([]byte(pageTokenVersion + "\x00" + lastID + "\x00" + filters))
+	return hex.EncodeToString(sum[:8])
 }
 
 // parsePageToken returns the last build id of the page a token follows,
@@ -128,11 +136,12 @@ func pageToken(lastID, filters string) string {
 func parsePageToken(token, filters string) (lastID string, ok bool) {
 	data, err := base64.RawURLEncoding.DecodeString(token)
 	s := string(data)
-	if err != nil || len(s) != len(pageTokenVersion)+27+len(filters) || s[:len(pageTokenVersion)] != pageTokenVersion {
+	const idLen, checkLen = 27, 16
+	if err != nil || len(s) != len(pageTokenVersion)+idLen+checkLen || s[:len(pageTokenVersion)] != pageTokenVersion {
 		return "", false
 	}
-	lastID, rest := s[len(pageTokenVersion):len(pageTokenVersion)+27], s[len(pageTokenVersion)+27:]
-	if !buildstore.ValidID(lastID) || rest != filters {
+	lastID, check := s[len(pageTokenVersion):len(pageTokenVersion)+idLen], s[len(pageTokenVersion)+idLen:]
+	if !buildstore.ValidID(lastID) || check != pageCheck(lastID, filters) {
 		return "", false
 	}
 	return lastID, true

@@ -202,8 +202,20 @@ func TestLapsedLeaseRequeuesThenFails(t *testing.T) {
 	waitUntil(t, "the build to fail", func() bool {
 		return f.get(t, id).State == kilnv1.BuildState_BUILD_STATE_FAILED
 	})
-	if b := f.get(t, id); b.Error == "" || b.FinishedAt == nil {
+	b := f.get(t, id)
+	if b.Error == "" || b.FinishedAt == nil {
 		t.Fatalf("failed build lacks its reason: %v", b)
+	}
+	// Each attempt is in the history, with its agent and why it ended.
+	if len(b.Attempts) != 2 {
+		t.Fatalf("attempts = %v, want 2", b.Attempts)
+	}
+	for i, agent := range []string{"agent-a", "agent-b"} {
+		a := b.Attempts[i]
+		if a.Attempt != uint32(i+1) || a.Agent != agent || a.AssignedAt == nil || a.StartedAt != nil || a.EndedAt == nil ||
+			a.EndedAt.AsTime().Before(a.AssignedAt.AsTime()) || a.Reason != buildstore.ReasonNotStarted {
+			t.Fatalf("attempt %d = %v, want agent %s assigned, never started, ended %q", i+1, a, agent, buildstore.ReasonNotStarted)
+		}
 	}
 }
 
