@@ -112,7 +112,7 @@ func (g *Gateway) WatchBuild(req *kilnv1.WatchBuildRequest, stream kilnv1.BuildS
 			ev := &kilnv1.BuildEvent{
 				Sequence: seq, Time: timestamppb.Now(), BuildId: b.Id, Attempt: b.Attempt,
 				Event: &kilnv1.BuildEvent_Finished{Finished: &kilnv1.BuildFinished{
-					State: b.State, Result: b.Result, Error: b.Error, Agent: b.Agent,
+					State: b.State, Result: b.Result, Error: b.Error, Agent: b.Agent, TimedOut: b.TimedOut,
 				}},
 			}
 			if seq >= req.FromSequence {
