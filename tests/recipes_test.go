@@ -354,6 +354,7 @@ func TestGitLabRecipes(t *testing.T) {
 			t.Fatalf("/greeting in the image is %q (exit %d), want the build arg with GitLab's variable expanded", got, code)
 		}
 	})
+	k.mustNotHold(t, "the job token", reg.password)
 }
 
 // githubAction is the part of action.yml the tests run.
