@@ -4,8 +4,9 @@
 #
 #   scripts/images.sh [IMAGE...]    # default: every image below
 #
-# Images: kilnd kiln kiln-gateway kiln-scheduler kiln-agent (one per binary,
-# deploy/docker/Dockerfile with --build-arg BIN=…), nats-server (the same
+# Images: kilnd kiln-gateway kiln-scheduler kiln-agent (one per binary,
+# deploy/docker/Dockerfile with --build-arg BIN=…), kiln (the CLI for CI jobs:
+# deploy/docker/cli.Dockerfile, with a static busybox), nats-server (the same
 # Dockerfile, nats-server $NATS_SERVER_VERSION from the Go module proxy) and
 # engine and registry (deploy/docker/engine.Dockerfile and
 # registry.Dockerfile: the host's Debian dockerd, containerd and runc, and
@@ -76,6 +77,14 @@ cp deploy/docker/Dockerfile "$ctx/Dockerfile"
 cp /etc/ssl/certs/ca-certificates.crt "$ctx/rootfs/etc/ssl/certs/"
 printf 'root:x:0:0:root:/root:/sbin/nologin\nnonroot:x:65532:65532:nonroot:/home/nonroot:/sbin/nologin\n' > "$ctx/rootfs/etc/passwd"
 printf 'root:x:0:\nnonroot:x:65532:\n' > "$ctx/rootfs/etc/group"
+# The kiln CLI image (deploy/docker/cli.Dockerfile) adds a static busybox,
+# the shell CI runners start a job's script with.
+if wants kiln; then
+  mkdir -p "$ctx/cli"
+  cp deploy/docker/cli.Dockerfile "$ctx/cli.Dockerfile"
+  busybox=$(command -v busybox) || die "busybox is missing: the kiln image copies the host's static busybox (make dev-env installs busybox-static)"
+  cp -L "$busybox" "$ctx/cli/busybox"
+fi
 
 declare -A pkg=(
   [kilnd]=./cmd/kilnd [kiln]=./sdk/cmd/kiln [kiln-gateway]=./gateway/cmd/kiln-gateway
@@ -161,6 +170,8 @@ for img in "${images[@]}"; do
   ref=$PREFIX$img:$TAG
   if [ "$img" = engine ] || [ "$img" = registry ]; then
     args=("$state/$img")
+  elif [ "$img" = kiln ]; then
+    args=(-f "$ctx/cli.Dockerfile" "$ctx")
   else
     args=(--build-arg "BIN=$img" "$ctx")
   fi
