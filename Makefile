@@ -62,6 +62,7 @@ certs: ## make a local CA, a gateway certificate for 127.0.0.1/localhost and a c
 .PHONY: bench
 bench: dev-env build ## run the benchmarks in bench/ (tables and JSON in bench/results/)
 	$(GO) run ./bench/warmrebuild
+	$(GO) run ./bench/cimodes
 	$(GO) run ./bench/contextupload
 	$(GO) run ./bench/routingsim
 	$(GO) run ./bench/affinity
