@@ -44,6 +44,7 @@ import (
 	"github.com/kilnbuild/kiln/agent/localcas"
 	"github.com/kilnbuild/kiln/agent/workdir"
 	kilnv1 "github.com/kilnbuild/kiln/proto/gen/go/kiln/v1"
+	"github.com/kilnbuild/kiln/proto/version"
 	"github.com/kilnbuild/kiln/services/agentproto"
 	"github.com/kilnbuild/kiln/services/bus"
 	"github.com/kilnbuild/kiln/services/cas"
@@ -309,7 +310,8 @@ func (a *Agent) record() *kilnv1.Agent {
 		state = kilnv1.AgentState_AGENT_STATE_UNHEALTHY
 	}
 	return &kilnv1.Agent{
-		State: state, EngineVersion: info.ServerVersion, EngineApiVersion: info.APIVersion, StorageDriver: info.StorageDriver,
+		Version: version.String(),
+		State:   state, EngineVersion: info.ServerVersion, EngineApiVersion: info.APIVersion, StorageDriver: info.StorageDriver,
 		Os: nonEmpty(info.OS, runtime.GOOS), Arch: nonEmpty(info.Arch, runtime.GOARCH), Labels: a.cfg.Labels,
 		StartedAt: timestamppb.New(a.started), Cache: a.summary.Proto(), Builders: a.builders(),
 	}

@@ -16,8 +16,9 @@ import (
 // the farm accepted it, queued or running, through buildstore.Cancel (the
 // path CancelBuild takes): a queued build ends CANCELLED at once, and the
 // dispatcher never assigns one past its deadline; a running build is
-// marked cancel_requested and timed_out, its agent stops it when it next
-// renews its lease, and its end is recorded as timed out. An agent that
+// marked cancel_requested and timed_out and its agent told on the cancel
+// subject (or, if that is missed, at its next lease renewal), and its end
+// is recorded as timed out. An agent that
 // has not ended it a lease after its deadline has its build ended by the
 // scheduler, which fences the agent's later reports.
 //
@@ -90,6 +91,11 @@ func (s *Scheduler) timeOut(ctx context.Context, id string, now time.Time) error
 	case outcome == buildstore.CancelRequested:
 		timedOut.WithLabelValues("requested").Inc()
 		s.log.Info("build timed out: its agent is asked to stop it", "build_id", id, "agent", b.Agent, "attempt", b.Attempt)
+		// The agent stops at once on the cancel subject, as for
+		// CancelBuild; without it, at its next lease renewal.
+		if err := s.cfg.Conn.NC.Publish(bus.CancelSubject(id), nil); err != nil {
+			s.log.Warn("announce a timed-out build's cancellation", "build_id", id, "err", err)
+		}
 		s.event(ctx, b, &kilnv1.StateChanged{
 			State: b.State, Agent: b.Agent, Attempt: b.Attempt,
 			Message: buildstore.TimeoutError(b) + ": cancelling",

@@ -7,6 +7,7 @@
 //	registryhost  registry host names for credentials      (CLI looks up, agent serves)
 //	seal          sealing values to the farm's key, bound   (SDK seals, gateway sizes, agent opens)
 //	              to a tenant and a build
+//	buildtimeout  a build's timeout: positive, at most 24h   (SDK, CLI, gateway; the scheduler words the error)
 //
 // The packages are pure: no I/O, no clock, no gRPC. Their errors are plain
 // Go errors whose message a person can act on; those a caller must tell

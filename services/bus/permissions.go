@@ -99,6 +99,8 @@ func Permissions(role Role, agent string) (*server.Permissions, error) {
 			streamAccess{stream: StreamEvents, subjects: []string{subjectEventsPrefix + ">"}, write: true},
 		)
 		sub = append(sub, "_INBOX.>", subjectPullPrefix+">", subjectWithdrawPrefix+">", subjectReportPrefix+">")
+		// A timed-out build's cancellation, as the gateway's CancelBuild.
+		pub = append(pub, subjectCancelPrefix+"*")
 	case RoleAgent:
 		if err := CheckAgentName(agent); err != nil {
 			return nil, err
