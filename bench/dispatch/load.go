@@ -268,6 +268,12 @@ func (r *recorder) finish(assigned *assignTimes) ([]sample, []pullSpan) {
 		s.reason = reasonOf(r.reasons[s.id])
 		s.logged = assigned.get(s.id)
 		s.hops = r.wire.get(s.id)
+		if !s.decided.IsZero() && s.decided.Before(s.delivered) {
+			// The intake's ack, which the tap sees, leaves after the build
+			// was handed to the dispatcher; on a busy machine it may leave
+			// after the decision too. The build was in the queue by then.
+			s.delivered = s.decided
+		}
 	}
 	return r.samples, r.pulls
 }

@@ -79,7 +79,7 @@ var segments = []segment{
 		of: func(s *sample) (time.Duration, bool) {
 			return max(s.pullSent.Sub(s.delivered), 0), !s.pullSent.IsZero() && !s.delivered.IsZero()
 		}},
-	{Name: "dispatcher", What: "the later of the intake and that pull → the dispatcher's decision: its event queue, routing (the intake's ack is published just after it handed the build over, so with nothing waiting this reads about 0, even a little below)",
+	{Name: "dispatcher", What: "the later of the intake and that pull → the dispatcher's decision: its event queue, routing (the intake's ack, which marks the start, is published just after the hand-over, so with nothing waiting this reads about 0, even a little below; an ack seen after the decision counts as at the decision)",
 		of: func(s *sample) (time.Duration, bool) {
 			return s.decided.Sub(later(s.delivered, s.pullSent)), !s.decided.IsZero() && !s.delivered.IsZero() && !s.pullSent.IsZero()
 		}},
