@@ -41,6 +41,20 @@ func (g *Gateway) WatchBuild(req *kilnv1.WatchBuildRequest, stream kilnv1.BuildS
 	if err != nil {
 		return err
 	}
+	// until is the stream sequence of the last event to send with
+	// no_follow: the log's end when the call began.
+	var until uint64
+	if req.NoFollow {
+		cctx, cancel := call()
+		until, err = g.lastEventSeq(cctx, req.BuildId)
+		cancel()
+		if err != nil {
+			return err
+		}
+		if until == 0 {
+			return nil // no event yet
+		}
+	}
 	follow, stop, err := g.followEvents(ctx, req.BuildId, 1)
 	if err != nil {
 		return err
@@ -71,7 +85,7 @@ func (g *Gateway) WatchBuild(req *kilnv1.WatchBuildRequest, stream kilnv1.BuildS
 					return err
 				}
 			}
-			if ev.GetFinished() != nil {
+			if ev.GetFinished() != nil || req.NoFollow && streamSeq >= until {
 				return nil
 			}
 		case <-timer.C:

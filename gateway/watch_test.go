@@ -2,9 +2,12 @@ package gateway
 
 import (
 	"context"
+	"errors"
+	"io"
 	"testing"
 	"time"
 
+	"github.com/nats-io/nats.go/jetstream"
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
@@ -62,7 +65,10 @@ func TestWatchWaitsForADelayedFinishedEvent(t *testing.T) {
 	ref, _ := h.sendContext(t, map[string][]byte{"Dockerfile": []byte("FROM scratch\n")})
 	b := h.startBuild(t, ref, "127.0.0.1:5000/watch/delayed:1")
 	endRecord(t, h, b, time.Now())
+	published := make(chan struct{})
+	defer func() { <-published }() // its publish's ack may come after the watch's end
 	go func() {
+		defer close(published)
 		// The scenario: the finished event arrives three idle periods late.
 		select {
 		case <-time.After(3 * watchIdle):
@@ -104,5 +110,59 @@ func TestWatchEndsFromARecordWhoseFinishedEventWasLost(t *testing.T) {
 	fin := got[len(got)-1]
 	if fin.GetFinished().GetState() != kilnv1.BuildState_BUILD_STATE_SUCCEEDED || fin.Sequence != uint64(len(got)) {
 		t.Fatalf("watch ended with %v at sequence %d of %d events, want SUCCEEDED from the record, last", fin, fin.Sequence, len(got))
+	}
+}
+
+// TestWatchWithoutFollowEndsAtTheLogsEnd: no_follow (kiln logs without -f)
+// replays what a running build's log holds when the call begins and ends
+// the stream there, without waiting for the finished event.
+func TestWatchWithoutFollowEndsAtTheLogsEnd(t *testing.T) {
+	h := startCASGateway(t, Limits{})
+	ref, _ := h.sendContext(t, map[string][]byte{"Dockerfile": []byte("FROM scratch\n")})
+	b := h.startBuild(t, ref, "127.0.0.1:5000/watch/nofollow:1")
+	for i := range 3 {
+		ev := &kilnv1.BuildEvent{BuildId: b.Id, Time: timestamppb.Now(), Event: &kilnv1.BuildEvent_Log{Log: &kilnv1.LogLine{Step: 1, Text: string(rune('a' + i))}}}
+		msg, err := bus.NewMsg(bus.EventsSubject(b.Id), ev)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, err := h.conn.JS.PublishMsg(t.Context(), msg); err != nil {
+			t.Fatal(err)
+		}
+	}
+	want, err := h.conn.JS.Stream(t.Context(), bus.StreamEvents)
+	if err != nil {
+		t.Fatal(err)
+	}
+	info, err := want.Info(t.Context(), jetstream.WithSubjectFilter(bus.EventsSubject(b.Id)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	stored := info.State.Subjects[bus.EventsSubject(b.Id)]
+
+	for _, from := range []uint64{1, 2, stored} {
+		ctx, cancel := context.WithTimeout(t.Context(), 2*time.Minute)
+		w, err := h.builds.WatchBuild(ctx, &kilnv1.WatchBuildRequest{BuildId: b.Id, FromSequence: from, NoFollow: true})
+		if err != nil {
+			t.Fatal(err)
+		}
+		var seqs []uint64
+		for {
+			resp, err := w.Recv()
+			if errors.Is(err, io.EOF) {
+				break
+			}
+			if err != nil {
+				t.Fatalf("from %d: after %v: %v", from, seqs, err)
+			}
+			seqs = append(seqs, resp.Event.Sequence)
+		}
+		cancel()
+		if uint64(len(seqs)) != stored-from+1 || seqs[0] != from || seqs[len(seqs)-1] != stored {
+			t.Fatalf("from %d: got sequences %v, want %d..%d", from, seqs, from, stored)
+		}
+		if got := seqs[len(seqs)-1]; got != stored {
+			t.Fatalf("from %d: ended at %d, the log holds %d", from, got, stored)
+		}
 	}
 }

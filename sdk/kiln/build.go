@@ -105,8 +105,19 @@ func (c *Client) Build(ctx context.Context, req BuildRequest) (*Build, error) {
 	if err != nil {
 		return nil, err
 	}
-	return c.follow(ctx, record, 0), nil
+	return c.follow(ctx, record, 0, false), nil
 }
+
+// WatchOption changes how Watch follows a build.
+type WatchOption func(*watchOptions)
+
+type watchOptions struct{ soFar bool }
+
+// SoFar makes Watch replay only the events the build's log holds when it
+// starts (kiln logs without -f): Events closes after them, and Wait
+// returns the record as it is then — still running, perhaps, and nil — or
+// the build's outcome if it had ended.
+func SoFar() WatchOption { return func(o *watchOptions) { o.soFar = true } }
 
 // Watch follows a build that was started elsewhere (another process,
 // kiln build --detach) from event fromSequence on (0 or 1: from the
@@ -114,12 +125,16 @@ func (c *Client) Build(ctx context.Context, req BuildRequest) (*Build, error) {
 // order, resumed across gateways. It fails at once, with codes.NotFound,
 // for a build the farm does not know (or that is another tenant's). ctx
 // bounds the following, as for Build.
-func (c *Client) Watch(ctx context.Context, id string, fromSequence uint64) (*Build, error) {
+func (c *Client) Watch(ctx context.Context, id string, fromSequence uint64, opts ...WatchOption) (*Build, error) {
+	var o watchOptions
+	for _, opt := range opts {
+		opt(&o)
+	}
 	record, err := c.Get(ctx, id)
 	if err != nil {
 		return nil, err
 	}
-	return c.follow(ctx, record, fromSequence), nil
+	return c.follow(ctx, record, fromSequence, o.soFar), nil
 }
 
 // start queues a build of an uploaded context under req.IdempotencyKey,

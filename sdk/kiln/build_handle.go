@@ -140,19 +140,19 @@ func (b *Build) Cancel(ctx context.Context) error {
 
 // follow returns a Build for record whose goroutine follows its events
 // from fromSequence (0 or 1: the start) under ctx.
-func (c *Client) follow(ctx context.Context, record *kilnv1.Build, fromSequence uint64) *Build {
+func (c *Client) follow(ctx context.Context, record *kilnv1.Build, fromSequence uint64, soFar bool) *Build {
 	b := &Build{
 		c: c, id: record.GetId(), ctx: ctx, record: record,
 		done: make(chan struct{}), more: make(chan struct{}, 1),
 	}
-	go b.run(fromSequence)
+	go b.run(fromSequence, soFar)
 	return b
 }
 
 // run follows the build to its end, then reads its final record.
-func (b *Build) run(fromSequence uint64) {
+func (b *Build) run(fromSequence uint64, soFar bool) {
 	var steps stepLog
-	final, err := b.c.watch(b.ctx, b.id, fromSequence, func(pb *kilnv1.BuildEvent) {
+	final, err := b.c.watch(b.ctx, b.id, fromSequence, soFar, func(pb *kilnv1.BuildEvent) {
 		ev := newEvent(pb)
 		steps.add(ev)
 		b.mu.Lock()
@@ -165,7 +165,7 @@ func (b *Build) run(fromSequence uint64) {
 		b.mu.Unlock()
 		b.signal()
 	})
-	if err == nil {
+	if err == nil && terminal(final.GetState()) { // not with SoFar, on a running build
 		err = outcome(final, &steps)
 	}
 	b.mu.Lock()
@@ -188,15 +188,18 @@ func (b *Build) signal() {
 // watch follows a build's events from fromSequence until its finished
 // event, calling onEvent for each once, in order, and returns the final
 // record from GetBuild (made to agree with the finished event).
-func (c *Client) watch(ctx context.Context, buildID string, fromSequence uint64, onEvent func(*kilnv1.BuildEvent)) (*kilnv1.Build, error) {
+//
+// With soFar it stops at the end of the log as it was (WatchBuildRequest
+// no_follow), and the record may not have ended.
+func (c *Client) watch(ctx context.Context, buildID string, fromSequence uint64, soFar bool, onEvent func(*kilnv1.BuildEvent)) (*kilnv1.Build, error) {
 	open := func(ctx context.Context, from uint64) (eventStream, error) {
-		s, err := c.builds.WatchBuild(ctx, &kilnv1.WatchBuildRequest{BuildId: buildID, FromSequence: from})
+		s, err := c.builds.WatchBuild(ctx, &kilnv1.WatchBuildRequest{BuildId: buildID, FromSequence: from, NoFollow: soFar})
 		if err != nil {
 			return nil, err
 		}
 		return watchStream{s}, nil
 	}
-	w := watcher{open: open, retry: c.retry}
+	w := watcher{open: open, retry: c.retry, soFar: soFar}
 	finished, err := w.run(ctx, fromSequence, onEvent)
 	if err != nil {
 		if ctx.Err() != nil {

@@ -217,7 +217,7 @@ func TestEveryGatewayDown(t *testing.T) {
 	if status.Code(err) != codes.Unavailable || !strings.Contains(err.Error(), names) {
 		t.Fatalf("Build: %v, want Unavailable with %q", err, names)
 	}
-	_, err = client.watch(t.Context(), "b1", 0, nil)
+	_, err = client.watch(t.Context(), "b1", 0, false, nil)
 	if status.Code(err) != codes.Unavailable || !strings.Contains(err.Error(), names) || !strings.Contains(err.Error(), "gave up after") {
 		t.Fatalf("watch: %v, want Unavailable giving up with %q", err, names)
 	}

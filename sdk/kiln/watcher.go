@@ -29,11 +29,17 @@ func (w watchStream) Recv() (*kilnv1.BuildEvent, error) {
 	return resp.GetEvent(), nil
 }
 
+// errLogEnd is a no_follow stream's end: the log's end when it began.
+var errLogEnd = errors.New("end of the build's log so far")
+
 // watcher follows one build's event log across broken streams, on
 // whichever gateway answers.
 type watcher struct {
 	open  func(ctx context.Context, from uint64) (eventStream, error)
 	retry *retrier
+	// soFar: the streams end at the log's end (no_follow), and so does
+	// the watch.
+	soFar bool
 }
 
 // run delivers events from `from` on until the finished event, which it
@@ -48,6 +54,9 @@ func (w watcher) run(ctx context.Context, from uint64, onEvent func(*kilnv1.Buil
 		progressed, finished, err := w.follow(ctx, &next, onEvent)
 		if finished != nil {
 			return finished, nil
+		}
+		if errors.Is(err, errLogEnd) {
+			return nil, nil
 		}
 		if progressed {
 			down.progressed()
@@ -69,6 +78,9 @@ func (w watcher) follow(ctx context.Context, next *uint64, onEvent func(*kilnv1.
 	for {
 		ev, err := stream.Recv()
 		if errors.Is(err, io.EOF) {
+			if w.soFar {
+				return progressed, nil, errLogEnd
+			}
 			return progressed, nil, status.Error(codes.Unavailable, "event stream ended before the build finished")
 		}
 		if err != nil {

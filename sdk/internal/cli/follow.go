@@ -4,41 +4,26 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"time"
 
 	kilnv1 "github.com/kilnbuild/kiln/proto/gen/go/kiln/v1"
 	"github.com/kilnbuild/kiln/sdk/internal/progress"
 	"github.com/kilnbuild/kiln/sdk/kiln"
 )
 
-// printEvents prints b's events with pr as they come. It returns true once
-// the events have ended: after the build's finished event, or when
-// following stopped (b.Wait says why). With untilQuiet it returns false
-// as soon as no event came for quiet: the log so far of a build that is
-// still running.
-func printEvents(ctx context.Context, b *kiln.Build, pr *progress.Printer, untilQuiet bool, quiet time.Duration) bool {
+// printEvents prints b's events with pr as they come, until they end:
+// after the build's finished event, at the end of the log so far
+// (kiln.SoFar), or when following stopped (b.Wait says why).
+func printEvents(ctx context.Context, b *kiln.Build, pr *progress.Printer) {
 	events := b.Events()
-	var idle <-chan time.Time
-	var timer *time.Timer
-	if untilQuiet {
-		timer = time.NewTimer(quiet)
-		defer timer.Stop()
-		idle = timer.C
-	}
 	for {
 		select {
 		case ev, ok := <-events:
 			if !ok {
-				return true
+				return
 			}
 			pr.Event(ev.Proto())
-			if timer != nil {
-				timer.Reset(quiet)
-			}
-		case <-idle:
-			return false
 		case <-ctx.Done():
-			return true
+			return
 		}
 	}
 }
@@ -83,7 +68,7 @@ func terminal(s kilnv1.BuildState) bool {
 // to cancel the build) leaves the build to the farm; the command then says
 // how to re-attach.
 func (a *App) followStarted(ctx context.Context, b *kiln.Build, pr *progress.Printer, w *buildInterrupts, gateway string) (*kilnv1.Build, int) {
-	printEvents(ctx, b, pr, false, 0)
+	printEvents(ctx, b, pr)
 	final, err := b.Wait(ctx)
 	switch {
 	case w.stopped():

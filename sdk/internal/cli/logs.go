@@ -3,17 +3,12 @@ package cli
 import (
 	"context"
 	"errors"
-	"time"
 
 	"github.com/spf13/pflag"
 
 	"github.com/kilnbuild/kiln/sdk/internal/progress"
 	"github.com/kilnbuild/kiln/sdk/kiln"
 )
-
-// logsQuietPeriod is how long `kiln logs` without -f waits for more of a
-// running build's log before it takes what came as the log so far.
-const logsQuietPeriod = time.Second
 
 // logsFlags holds the raw values of `kiln logs` flags.
 type logsFlags struct {
@@ -87,19 +82,22 @@ func (a *App) logs(ctx context.Context, args []string) int {
 	defer pr.Close()
 	interrupts := stopOnInterrupt(a.Interrupts, cancel)
 	defer interrupts.stop()
-	b, err := client.Watch(ctx, id, f.sinceSequence)
+	var opts []kiln.WatchOption
+	if !f.follow {
+		opts = append(opts, kiln.SoFar()) // a running build: its log so far
+	}
+	b, err := client.Watch(ctx, id, f.sinceSequence, opts...)
 	if err != nil {
 		if interrupts.interrupted() {
 			return ExitInterrupted
 		}
 		return reportFarmError(a.Stderr, conn.gateway, id, err)
 	}
-	// Without -f, a build still running prints its log so far.
-	untilQuiet := !f.follow && !terminal(b.Record().GetState())
-	if !printEvents(ctx, b, pr, untilQuiet, logsQuietPeriod) {
-		return ExitOK
+	printEvents(ctx, b, pr)
+	rec, err := b.Wait(ctx)
+	if err == nil && !terminal(rec.GetState()) {
+		return ExitOK // without -f, a running build's log so far
 	}
-	_, err = b.Wait(ctx)
 	switch {
 	case interrupts.interrupted():
 		return ExitInterrupted

@@ -710,6 +710,9 @@ func (s buildService) WatchBuild(req *kilnv1.WatchBuildRequest, stream kilnv1.Bu
 				return nil
 			}
 		}
+		if req.GetNoFollow() {
+			return nil // the log so far
+		}
 		select {
 		case <-ctx.Done():
 			return status.FromContextError(ctx.Err()).Err()

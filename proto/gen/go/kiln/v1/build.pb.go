@@ -1662,7 +1662,11 @@ type WatchBuildRequest struct {
 	state   protoimpl.MessageState `protogen:"open.v1"`
 	BuildId string                 `protobuf:"bytes,1,opt,name=build_id,json=buildId,proto3" json:"build_id,omitempty"`
 	// from_sequence is the first event to send; 0 and 1 both mean the start.
-	FromSequence  uint64 `protobuf:"varint,2,opt,name=from_sequence,json=fromSequence,proto3" json:"from_sequence,omitempty"`
+	FromSequence uint64 `protobuf:"varint,2,opt,name=from_sequence,json=fromSequence,proto3" json:"from_sequence,omitempty"`
+	// no_follow ends the stream after the events the build's log held when
+	// the call began (kiln logs without -f), instead of following a running
+	// build to its finished event.
+	NoFollow      bool `protobuf:"varint,3,opt,name=no_follow,json=noFollow,proto3" json:"no_follow,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1709,6 +1713,13 @@ func (x *WatchBuildRequest) GetFromSequence() uint64 {
 		return x.FromSequence
 	}
 	return 0
+}
+
+func (x *WatchBuildRequest) GetNoFollow() bool {
+	if x != nil {
+		return x.NoFollow
+	}
+	return false
 }
 
 type WatchBuildResponse struct {
@@ -2448,10 +2459,11 @@ const file_kiln_v1_build_proto_rawDesc = "" +
 	"\acontext\x18\x02 \x01(\v2\x13.kiln.v1.ContextRefR\acontext\x12'\n" +
 	"\x0fidempotency_key\x18\x03 \x01(\tR\x0eidempotencyKey\":\n" +
 	"\x12StartBuildResponse\x12$\n" +
-	"\x05build\x18\x01 \x01(\v2\x0e.kiln.v1.BuildR\x05build\"S\n" +
+	"\x05build\x18\x01 \x01(\v2\x0e.kiln.v1.BuildR\x05build\"p\n" +
 	"\x11WatchBuildRequest\x12\x19\n" +
 	"\bbuild_id\x18\x01 \x01(\tR\abuildId\x12#\n" +
-	"\rfrom_sequence\x18\x02 \x01(\x04R\ffromSequence\"?\n" +
+	"\rfrom_sequence\x18\x02 \x01(\x04R\ffromSequence\x12\x1b\n" +
+	"\tno_follow\x18\x03 \x01(\bR\bnoFollow\"?\n" +
 	"\x12WatchBuildResponse\x12)\n" +
 	"\x05event\x18\x01 \x01(\v2\x13.kiln.v1.BuildEventR\x05event\"/\n" +
 	"\x12CancelBuildRequest\x12\x19\n" +
