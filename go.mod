@@ -17,12 +17,14 @@ require (
 	github.com/kilnbuild/kiln/gateway v0.0.0-00010101000000-000000000000
 	github.com/kilnbuild/kiln/proto v0.0.0-00010101000000-000000000000
 	github.com/kilnbuild/kiln/scheduler v0.0.0-00010101000000-000000000000
+	github.com/kilnbuild/kiln/sdk v0.0.0-00010101000000-000000000000
 	github.com/kilnbuild/kiln/services v0.0.0-00010101000000-000000000000
 	github.com/nats-io/nats-server/v2 v2.15.2
 	github.com/nats-io/nats.go v1.55.0
 	github.com/prometheus/client_model v0.6.3
 	github.com/prometheus/common v0.72.0
 	go.opentelemetry.io/proto/otlp v1.11.1
+	go.yaml.in/yaml/v3 v3.0.5
 	golang.org/x/sync v0.25.0
 	google.golang.org/grpc v1.85.0
 	google.golang.org/protobuf v1.36.12
@@ -100,7 +102,6 @@ require (
 	go.opentelemetry.io/otel/metric v1.47.0 // indirect
 	go.opentelemetry.io/otel/sdk v1.47.0 // indirect
 	go.opentelemetry.io/otel/trace v1.47.0 // indirect
-	go.yaml.in/yaml/v3 v3.0.5 // indirect
 	golang.org/x/crypto v0.58.0 // indirect
 	golang.org/x/net v0.60.0 // indirect
 	golang.org/x/sys v0.49.0 // indirect
