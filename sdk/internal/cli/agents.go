@@ -6,10 +6,9 @@ import (
 	"io"
 	"sort"
 	"strings"
-	"text/tabwriter"
 	"time"
 
-	"google.golang.org/protobuf/encoding/protojson"
+	"google.golang.org/protobuf/proto"
 
 	kilnv1 "github.com/kilnbuild/kiln/proto/gen/go/kiln/v1"
 	"github.com/kilnbuild/kiln/sdk/kiln"
@@ -25,6 +24,7 @@ Commands:
   undrain   Give a drained agent builds again`,
 	examples: `kiln agents
 kiln agents --format json | jq -r 'select(.state == "AGENT_STATE_READY") | .name'
+kiln agents --format 'table {{.Name}}\t{{.Version}}\t{{.Record.Arch}}'
 kiln agents drain builder-3`,
 	exits: []exitStatus{{ExitOK, "listed"}, {ExitFailed, "an error"}, exitUsageStatus, exitUnreachableStatus},
 }
@@ -41,21 +41,25 @@ func (a *App) agents(ctx context.Context, args []string) int {
 	if code, done := a.parseFlags("agents", fs, agentsHelp, args); done {
 		return code
 	}
-	if fs.NArg() != 0 || (format != "table" && format != "json") {
-		return a.usageErrorf("agents", `"kiln agents" takes no arguments and --format table|json`)
+	if fs.NArg() != 0 {
+		return a.usageErrorf("agents", `"kiln agents" takes no arguments`)
+	}
+	f, err := parseRowFormat(format, defaultAgentsTable, newAgentRow(&kilnv1.Agent{}, time.Time{}))
+	if err != nil {
+		return a.usageErrorf("agents", "%v", err)
 	}
 	conn, err := cf.resolve(fs, a.lookupEnv())
 	if err != nil {
 		return a.usageErrorf("agents", "%v", err)
 	}
-	return a.callAgents(ctx, conn, format, func(ctx context.Context, c *kiln.Client) ([]*kilnv1.Agent, error) {
+	return a.callAgents(ctx, conn, f, func(ctx context.Context, c *kiln.Client) ([]*kilnv1.Agent, error) {
 		return c.Agents(ctx)
 	})
 }
 
 // callAgents dials the gateway, makes call and prints the agents it
-// returns in format ("table" or "json": one line per agent).
-func (a *App) callAgents(ctx context.Context, conn connection, format string, call func(context.Context, *kiln.Client) ([]*kilnv1.Agent, error)) int {
+// returns in format.
+func (a *App) callAgents(ctx context.Context, conn connection, format listFormat, call func(context.Context, *kiln.Client) ([]*kilnv1.Agent, error)) int {
 	client, err := kiln.Dial(ctx, conn.gateway, conn.opts...)
 	if err != nil {
 		return reportFarmError(a.Stderr, conn.gateway, "", err)
@@ -67,14 +71,10 @@ func (a *App) callAgents(ctx context.Context, conn connection, format string, ca
 	if err != nil {
 		return reportFarmError(a.Stderr, conn.gateway, "", err)
 	}
-	if format == "json" {
-		for _, ag := range agents {
-			line, _ := protojson.Marshal(ag)
-			fmt.Fprintln(a.Stdout, string(line))
-		}
-		return ExitOK
+	if err := writeAgents(a.Stdout, format, agents, time.Now()); err != nil {
+		fmt.Fprintf(a.Stderr, "ERROR: %v\n", err)
+		return ExitFailed
 	}
-	writeAgents(a.Stdout, agents, time.Now())
 	return ExitOK
 }
 
@@ -103,14 +103,18 @@ Needs an admin token (KILN_TOKEN or --token).`
 	if code, done := a.parseFlags(name, fs, h, args); done {
 		return code
 	}
-	if fs.NArg() != 1 || (format != "table" && format != "json") {
-		return a.usageErrorf(name, `"kiln agents %s" takes one agent name (see "kiln agents") and --format table|json`, cmd)
+	if fs.NArg() != 1 {
+		return a.usageErrorf(name, `"kiln agents %s" takes one agent name (see "kiln agents")`, cmd)
+	}
+	f, err := parseRowFormat(format, defaultAgentsTable, newAgentRow(&kilnv1.Agent{}, time.Time{}))
+	if err != nil {
+		return a.usageErrorf(name, "%v", err)
 	}
 	conn, err := cf.resolve(fs, a.lookupEnv())
 	if err != nil {
 		return a.usageErrorf(name, "%v", err)
 	}
-	return a.callAgents(ctx, conn, format, func(ctx context.Context, c *kiln.Client) ([]*kilnv1.Agent, error) {
+	return a.callAgents(ctx, conn, f, func(ctx context.Context, c *kiln.Client) ([]*kilnv1.Agent, error) {
 		ag, err := c.DrainAgent(ctx, fs.Arg(0), cmd == "undrain")
 		if err != nil {
 			return nil, err
@@ -119,22 +123,50 @@ Needs an admin token (KILN_TOKEN or --token).`
 	})
 }
 
-func writeAgents(w io.Writer, agents []*kilnv1.Agent, now time.Time) {
-	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
-	fmt.Fprintln(tw, "NAME\tSTATE\tSLOTS\tENGINE\tSTORAGE\tLABELS\tCACHED LINEAGES\tLAST SEEN")
-	for _, ag := range agents {
-		labels := make([]string, 0, len(ag.Labels))
-		for k, v := range ag.Labels {
-			labels = append(labels, k+"="+v)
-		}
-		sort.Strings(labels)
-		seen := "-"
-		if ag.LastSeen != nil {
-			seen = now.Sub(ag.LastSeen.AsTime()).Round(time.Second).String() + " ago"
-		}
-		state := strings.ToLower(strings.TrimPrefix(ag.State.String(), "AGENT_STATE_"))
-		fmt.Fprintf(tw, "%s\t%s\t%d/%d busy\t%s (API %s)\t%s\t%s\t%d\t%s\n", ag.Name, state, ag.BusySlots, ag.Slots,
-			ag.EngineVersion, ag.EngineApiVersion, ag.StorageDriver, strings.Join(labels, ","), len(ag.GetCache().GetLineages()), seen)
+// defaultAgentsTable is the table `kiln agents` prints without --format.
+const defaultAgentsTable = "table {{.Name}}\t{{.State}}\t{{.Slots}}\t{{.Engine}}\t{{.Storage}}\t{{.Labels}}\t{{.Lineages}}\t{{.LastSeen}}"
+
+// agentRow is one agent as a --format template sees it.
+type agentRow struct {
+	Name, State, Slots, Engine, Storage, Labels, Lineages, LastSeen, Version string
+	// Record is the whole agent ({{.Record.Arch}}).
+	Record *kilnv1.Agent
+}
+
+// agentHeader holds the column names of a `table` format's header.
+var agentHeader = agentRow{
+	Name: "NAME", State: "STATE", Slots: "SLOTS", Engine: "ENGINE", Storage: "STORAGE",
+	Labels: "LABELS", Lineages: "CACHED LINEAGES", LastSeen: "LAST SEEN", Version: "VERSION",
+}
+
+// newAgentRow formats ag for the listing at time now.
+func newAgentRow(ag *kilnv1.Agent, now time.Time) agentRow {
+	labels := make([]string, 0, len(ag.GetLabels()))
+	for k, v := range ag.GetLabels() {
+		labels = append(labels, k+"="+v)
 	}
-	tw.Flush()
+	sort.Strings(labels)
+	seen := "-"
+	if ag.GetLastSeen() != nil {
+		seen = now.Sub(ag.GetLastSeen().AsTime()).Round(time.Second).String() + " ago"
+	}
+	return agentRow{
+		Name:     ag.GetName(),
+		State:    strings.ToLower(strings.TrimPrefix(ag.GetState().String(), "AGENT_STATE_")),
+		Slots:    fmt.Sprintf("%d/%d busy", ag.GetBusySlots(), ag.GetSlots()),
+		Engine:   fmt.Sprintf("%s (API %s)", ag.GetEngineVersion(), ag.GetEngineApiVersion()),
+		Storage:  orDash(ag.GetStorageDriver()),
+		Labels:   orDash(strings.Join(labels, ",")),
+		Lineages: fmt.Sprint(len(ag.GetCache().GetLineages())),
+		LastSeen: seen,
+		Version:  orDash(ag.GetVersion()),
+		Record:   ag,
+	}
+}
+
+// writeAgents prints agents in format f as of time now.
+func writeAgents(w io.Writer, f listFormat, agents []*kilnv1.Agent, now time.Time) error {
+	return f.writeRows(w, agentHeader, len(agents),
+		func(i int) any { return newAgentRow(agents[i], now) },
+		func(i int) proto.Message { return agents[i] })
 }

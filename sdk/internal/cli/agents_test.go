@@ -14,12 +14,19 @@ import (
 func TestWriteAgents(t *testing.T) {
 	now := time.Unix(1_800_000_000, 0)
 	var buf bytes.Buffer
-	writeAgents(&buf, []*kilnv1.Agent{{
+	f, err := parseRowFormat("table", defaultAgentsTable, agentRow{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	agents := []*kilnv1.Agent{{
 		Name: "builder-1", State: kilnv1.AgentState_AGENT_STATE_DRAINING, Slots: 2, BusySlots: 1,
 		EngineVersion: "20.10.24", EngineApiVersion: "1.41", StorageDriver: "overlay2",
 		Labels: map[string]string{"gpu": "none", "arch": "amd64"}, LastSeen: timestamppb.New(now.Add(-3 * time.Second)),
-		Cache: &kilnv1.CacheSummary{Lineages: []string{"a", "b"}},
-	}}, now)
+		Cache: &kilnv1.CacheSummary{Lineages: []string{"a", "b"}}, Version: "v1.2.3",
+	}}
+	if err := writeAgents(&buf, f, agents, now); err != nil {
+		t.Fatal(err)
+	}
 	lines := strings.Split(strings.TrimSpace(buf.String()), "\n")
 	if len(lines) != 2 {
 		t.Fatalf("want a header and one row:\n%s", buf.String())
@@ -28,5 +35,35 @@ func TestWriteAgents(t *testing.T) {
 		if !strings.Contains(lines[1], want) {
 			t.Fatalf("row %q lacks %q", lines[1], want)
 		}
+	}
+}
+
+func TestAgentsFormats(t *testing.T) {
+	now := time.Unix(1_800_000_000, 0)
+	agents := []*kilnv1.Agent{
+		{Name: "builder-1", Arch: "amd64", Version: "v1.2.3", State: kilnv1.AgentState_AGENT_STATE_READY},
+		{Name: "builder-2", Arch: "arm64", State: kilnv1.AgentState_AGENT_STATE_DRAINING},
+	}
+	for _, tt := range []struct{ format, want string }{
+		{"{{.Name}} {{.State}}", "builder-1 ready\nbuilder-2 draining\n"},
+		{"{{.Name}}:{{.Version}}:{{.Record.Arch}}", "builder-1:v1.2.3:amd64\nbuilder-2:-:arm64\n"},
+		{"table {{.Name}}\\t{{.Version}}", "NAME        VERSION\nbuilder-1   v1.2.3\nbuilder-2   -\n"},
+		{"table {{.Name}}\\t{{.Record.Arch}}", "builder-1   amd64\nbuilder-2   arm64\n"}, // a cell from the record: no header row
+		{"json", `{"name":"builder-1","state":"AGENT_STATE_READY","arch":"amd64","version":"v1.2.3"}` + "\n" + `{"name":"builder-2","state":"AGENT_STATE_DRAINING","arch":"arm64"}` + "\n"},
+	} {
+		f, err := parseRowFormat(tt.format, defaultAgentsTable, agentRow{})
+		if err != nil {
+			t.Fatalf("%q: %v", tt.format, err)
+		}
+		var buf bytes.Buffer
+		if err := writeAgents(&buf, f, agents, now); err != nil {
+			t.Fatalf("%q: %v", tt.format, err)
+		}
+		if buf.String() != tt.want {
+			t.Errorf("%q:\n%s\nwant:\n%s", tt.format, buf.String(), tt.want)
+		}
+	}
+	if _, err := parseRowFormat("{{.Nope}}", defaultAgentsTable, agentRow{}); err == nil {
+		t.Error("a field agents do not have was accepted")
 	}
 }

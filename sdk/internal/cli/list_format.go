@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"google.golang.org/protobuf/encoding/protojson"
+	"google.golang.org/protobuf/proto"
 
 	kilnv1 "github.com/kilnbuild/kiln/proto/gen/go/kiln/v1"
 )
@@ -49,10 +50,17 @@ var templateFuncs = template.FuncMap{
 	"short": shortList,
 }
 
-// parseListFormat parses --format; table is the default table's template.
-// A template is tried on an empty build so that a field it names that a
-// build does not have is a usage error before anything is asked of the farm.
+// parseListFormat parses --format of a listing of builds; table is the
+// default table's template.
 func parseListFormat(format, table string) (listFormat, error) {
+	return parseRowFormat(format, table, newBuildRow(&kilnv1.Build{}, time.Time{}))
+}
+
+// parseRowFormat parses --format of a listing whose rows are like empty
+// (buildRow, agentRow); table is the default table's template. A template
+// is tried on empty so that a field it names that a row does not have is
+// a usage error before anything is asked of the farm.
+func parseRowFormat(format, table string, empty any) (listFormat, error) {
 	switch format {
 	case "", "table":
 		format = table
@@ -72,7 +80,7 @@ func parseListFormat(format, table string) (listFormat, error) {
 	}
 	// The empty build's missing parts (nil pointers) are no mistake; a
 	// field that does not exist or a function called wrongly is.
-	if err := tmpl.Execute(io.Discard, newBuildRow(&kilnv1.Build{}, time.Time{})); err != nil && !strings.Contains(err.Error(), "nil pointer evaluating") {
+	if err := tmpl.Execute(io.Discard, empty); err != nil && !strings.Contains(err.Error(), "nil pointer evaluating") {
 		return listFormat{}, &usageError{msg: fmt.Sprintf("invalid --format: %v", err)}
 	}
 	f.tmpl = tmpl
@@ -82,9 +90,18 @@ func parseListFormat(format, table string) (listFormat, error) {
 // write prints builds to w in the format, as of time now. Records are
 // printed without their sealed values (see redactSealed).
 func (f listFormat) write(w io.Writer, builds []*kilnv1.Build, now time.Time) error {
+	return f.writeRows(w, headerRow, len(builds),
+		func(i int) any { return newBuildRow(redactSealed(builds[i]), now) },
+		func(i int) proto.Message { return redactSealed(builds[i]) })
+}
+
+// writeRows prints n rows to w in the format: row(i) through the template
+// (header, the row holding the column names, first for a table), or
+// record(i) as a line of JSON.
+func (f listFormat) writeRows(w io.Writer, header any, n int, row func(int) any, record func(int) proto.Message) error {
 	if f.json {
-		for _, b := range builds {
-			line, err := compactJSON(redactSealed(b))
+		for i := range n {
+			line, err := compactJSON(record(i))
 			if err != nil {
 				return err
 			}
@@ -99,14 +116,14 @@ func (f listFormat) write(w io.Writer, builds []*kilnv1.Build, now time.Time) er
 		out = tw
 		// A template that reaches into the record has no header for that
 		// cell: the header row has no record, so such a header is skipped.
-		var header bytes.Buffer
-		if err := f.tmpl.Execute(&header, headerRow); err == nil {
-			fmt.Fprintf(tw, "%s\n", header.Bytes())
+		var h bytes.Buffer
+		if err := f.tmpl.Execute(&h, header); err == nil {
+			fmt.Fprintf(tw, "%s\n", h.Bytes())
 		}
 	}
-	for _, b := range builds {
+	for i := range n {
 		var line bytes.Buffer
-		if err := f.tmpl.Execute(&line, newBuildRow(redactSealed(b), now)); err != nil {
+		if err := f.tmpl.Execute(&line, row(i)); err != nil {
 			return fmt.Errorf("--format: %w", err)
 		}
 		fmt.Fprintf(out, "%s\n", line.Bytes())
@@ -119,14 +136,14 @@ func (f listFormat) write(w io.Writer, builds []*kilnv1.Build, now time.Time) er
 
 // compactJSON is m's protojson on one line, with protojson's randomly
 // placed spaces removed so the output is stable.
-func compactJSON(m *kilnv1.Build) ([]byte, error) {
+func compactJSON(m proto.Message) ([]byte, error) {
 	raw, err := protojson.Marshal(m)
 	if err != nil {
-		return nil, fmt.Errorf("encoding build %s: %w", m.GetId(), err)
+		return nil, fmt.Errorf("encoding %s: %w", m.ProtoReflect().Descriptor().Name(), err)
 	}
 	var buf bytes.Buffer
 	if err := json.Compact(&buf, raw); err != nil {
-		return nil, fmt.Errorf("encoding build %s: %w", m.GetId(), err)
+		return nil, fmt.Errorf("encoding %s: %w", m.ProtoReflect().Descriptor().Name(), err)
 	}
 	return buf.Bytes(), nil
 }
