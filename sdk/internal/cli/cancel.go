@@ -42,16 +42,12 @@ func (a *App) cancel(ctx context.Context, args []string) int {
 	if fs.NArg() == 0 {
 		return a.usageErrorf("cancel", `"kiln cancel" needs at least one BUILD id ('kiln ls --state running' lists them)`)
 	}
-	conn, err := cf.resolve(fs, a.lookupEnv())
-	if err != nil {
-		return a.usageErrorf("cancel", "%v", err)
-	}
-	client, err := kiln.Dial(ctx, conn.gateway, conn.opts...)
-	if err != nil {
-		return reportFarmError(a.Stderr, conn.gateway, "", err)
+	client, conn, code := a.dial(ctx, "cancel", fs, &cf, "")
+	if client == nil {
+		return code
 	}
 	defer client.Close()
-	code := ExitOK
+	code = ExitOK
 	for _, id := range fs.Args() {
 		if c := a.cancelOne(ctx, client, conn.gateway, id); c != ExitOK {
 			if c == ExitUnreachable {

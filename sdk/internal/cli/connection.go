@@ -1,6 +1,7 @@
 package cli
 
 import (
+	"context"
 	"fmt"
 	"os"
 	"strings"
@@ -105,4 +106,20 @@ func readTokenFile(path string) (string, error) {
 		return "", fmt.Errorf("token file %s must hold one token on one line", path)
 	}
 	return t, nil
+}
+
+// dial resolves command cmd's connection flags and dials the farm. A flag
+// mistake is a usage error and a failed dial a farm error about build id
+// ("" for none), reported on stderr: then it returns a nil client and the
+// exit code. The caller closes the client.
+func (a *App) dial(ctx context.Context, cmd string, fs *pflag.FlagSet, cf *connFlags, id string) (*kiln.Client, connection, int) {
+	conn, err := cf.resolve(fs, a.lookupEnv())
+	if err != nil {
+		return nil, conn, a.usageErrorf(cmd, "%v", err)
+	}
+	client, err := kiln.Dial(ctx, conn.gateway, conn.opts...)
+	if err != nil {
+		return nil, conn, reportFarmError(a.Stderr, conn.gateway, id, err)
+	}
+	return client, conn, ExitOK
 }

@@ -11,7 +11,6 @@ import (
 	"google.golang.org/protobuf/encoding/protojson"
 
 	kilnv1 "github.com/kilnbuild/kiln/proto/gen/go/kiln/v1"
-	"github.com/kilnbuild/kiln/sdk/kiln"
 )
 
 func newInspectFlagSet(conn *connFlags) *pflag.FlagSet {
@@ -51,16 +50,12 @@ func (a *App) inspect(ctx context.Context, args []string) int {
 	if fs.NArg() == 0 {
 		return a.usageErrorf("inspect", `"kiln inspect" needs at least one BUILD id ('kiln ls' lists them)`)
 	}
-	conn, err := cf.resolve(fs, a.lookupEnv())
-	if err != nil {
-		return a.usageErrorf("inspect", "%v", err)
-	}
-	client, err := kiln.Dial(ctx, conn.gateway, conn.opts...)
-	if err != nil {
-		return reportFarmError(a.Stderr, conn.gateway, "", err)
+	client, conn, code := a.dial(ctx, "inspect", fs, &cf, "")
+	if client == nil {
+		return code
 	}
 	defer client.Close()
-	code := ExitOK
+	code = ExitOK
 	var builds []*kilnv1.Build
 	for _, id := range fs.Args() {
 		b, err := client.Get(ctx, id)

@@ -78,13 +78,9 @@ func (a *App) list(ctx context.Context, args []string) int {
 	if err != nil {
 		return a.usageErrorf("ls", "%v", err)
 	}
-	conn, err := f.conn.resolve(fs, a.lookupEnv())
-	if err != nil {
-		return a.usageErrorf("ls", "%v", err)
-	}
-	client, err := kiln.Dial(ctx, conn.gateway, conn.opts...)
-	if err != nil {
-		return reportFarmError(a.Stderr, conn.gateway, "", err)
+	client, conn, code := a.dial(ctx, "ls", fs, &f.conn, "")
+	if client == nil {
+		return code
 	}
 	defer client.Close()
 	var builds []*kilnv1.Build

@@ -66,14 +66,10 @@ func (a *App) logs(ctx context.Context, args []string) int {
 	if err != nil {
 		return a.usageErrorf("logs", "%v", err)
 	}
-	conn, err := f.conn.resolve(fs, a.lookupEnv())
-	if err != nil {
-		return a.usageErrorf("logs", "%v", err)
-	}
 	id := fs.Arg(0)
-	client, err := kiln.Dial(ctx, conn.gateway, conn.opts...)
-	if err != nil {
-		return reportFarmError(a.Stderr, conn.gateway, id, err)
+	client, conn, code := a.dial(ctx, "logs", fs, &f.conn, id)
+	if client == nil {
+		return code
 	}
 	defer client.Close()
 	ctx, cancel := context.WithCancel(ctx)
