@@ -150,15 +150,25 @@ func request(i int, repo repository, seq string) *kilnv1.StartBuildRequest {
 // probeFarm starts one build and waits until an agent receives it: the
 // scheduler leads, sees the agents and answers their pulls.
 func (r *recorder) probeFarm(ctx context.Context, bs kilnv1.BuildServiceClient, repo repository) error {
+	r.mu.Lock()
+	probed := r.probe
+	r.mu.Unlock()
 	if _, err := bs.StartBuild(ctx, request(-1, repo, "probe")); err != nil {
 		return fmt.Errorf("probe build: %w", err)
 	}
 	select {
-	case <-r.probe:
+	case <-probed:
 		return nil
 	case <-ctx.Done():
 		return fmt.Errorf("probe build was not assigned: %w", ctx.Err())
 	}
+}
+
+// reprobe readies the recorder for another probeFarm.
+func (r *recorder) reprobe() {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.probe, r.probed = make(chan struct{}), sync.Once{}
 }
 
 // offer starts len(r.samples) builds at rate per second, open loop: a

@@ -86,6 +86,9 @@ type options struct {
 	cluster      bool
 	clusterRates string
 	clusterNodes string
+	// alignIntake: move the intake consumer's leadership to its stream's
+	// leader before the load.
+	alignIntake bool
 }
 
 func main() {
@@ -110,6 +113,7 @@ func main() {
 	flag.StringVar(&o.clusterRates, "cluster-rates", "200,1000", "with -cluster: the offered rates, comma-separated")
 	flag.StringVar(&o.clusterNodes, "cluster-nodes", "1,3", "with -cluster: the farms' NATS nodes, comma-separated (0: the library in this process)")
 	flag.StringVar(&o.natsSync, "nats-sync", "always", "JetStream sync_interval of nats-server processes (always: fsync every write; e.g. 2m, the server's default)")
+	flag.BoolVar(&o.alignIntake, "align-intake", false, "before the load, move the scheduler's intake consumer's leadership to the server leading KILN_REQUESTS (replicated farms)")
 	flag.Parse()
 	if o.cluster {
 		outSet := false
@@ -244,6 +248,21 @@ func measure(o options, log *slog.Logger) (result, error) {
 	probeConn, err := f.connect(ctx, "bench-rtt-probe")
 	if err != nil {
 		return none, err
+	}
+	if o.alignIntake && o.natsNodes > 1 {
+		was, err := alignIntake(ctx, probeConn)
+		if err != nil {
+			return none, err
+		}
+		fmt.Fprintf(os.Stderr, "dispatch: intake %s; aligned\n", was)
+		// The scheduler's pulls follow the new leader: a build through.
+		pctx, cancel := context.WithTimeout(ctx, 60*time.Second)
+		rec.reprobe()
+		err = rec.probeFarm(pctx, bs, repos[1])
+		cancel()
+		if err != nil {
+			return none, fmt.Errorf("after aligning the intake: %w", err)
+		}
 	}
 	probe, err := newRTTProbe(ctx, probeConn)
 	if err != nil {
