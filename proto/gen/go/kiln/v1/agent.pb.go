@@ -97,7 +97,11 @@ type Agent struct {
 	// builders lists the builders the agent's engine offers, preferred first.
 	Builders []Builder `protobuf:"varint,14,rep,packed,name=builders,proto3,enum=kiln.v1.Builder" json:"builders,omitempty"`
 	// version is the kiln-agent's own version (see proto/version).
-	Version       string `protobuf:"bytes,15,opt,name=version,proto3" json:"version,omitempty"`
+	Version string `protobuf:"bytes,15,opt,name=version,proto3" json:"version,omitempty"`
+	// warnings are what the agent saw go wrong with its engine that its
+	// operator should fix, each a sentence saying what to change: e.g. the
+	// engine clipped a build's output at BuildKit's step log limit.
+	Warnings      []string `protobuf:"bytes,16,rep,name=warnings,proto3" json:"warnings,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -235,6 +239,13 @@ func (x *Agent) GetVersion() string {
 		return x.Version
 	}
 	return ""
+}
+
+func (x *Agent) GetWarnings() []string {
+	if x != nil {
+		return x.Warnings
+	}
+	return nil
 }
 
 // CacheSummary is an agent's bounded account of the builds its engine holds
@@ -585,7 +596,7 @@ var File_kiln_v1_agent_proto protoreflect.FileDescriptor
 
 const file_kiln_v1_agent_proto_rawDesc = "" +
 	"\n" +
-	"\x13kiln/v1/agent.proto\x12\akiln.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x13kiln/v1/build.proto\"\xf3\x04\n" +
+	"\x13kiln/v1/agent.proto\x12\akiln.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x13kiln/v1/build.proto\"\x8f\x05\n" +
 	"\x05Agent\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12)\n" +
 	"\x05state\x18\x02 \x01(\x0e2\x13.kiln.v1.AgentStateR\x05state\x12\x14\n" +
@@ -604,7 +615,8 @@ const file_kiln_v1_agent_proto_rawDesc = "" +
 	"\tlast_seen\x18\f \x01(\v2\x1a.google.protobuf.TimestampR\blastSeen\x12+\n" +
 	"\x05cache\x18\r \x01(\v2\x15.kiln.v1.CacheSummaryR\x05cache\x12,\n" +
 	"\bbuilders\x18\x0e \x03(\x0e2\x10.kiln.v1.BuilderR\bbuilders\x12\x18\n" +
-	"\aversion\x18\x0f \x01(\tR\aversion\x1a9\n" +
+	"\aversion\x18\x0f \x01(\tR\aversion\x12\x1a\n" +
+	"\bwarnings\x18\x10 \x03(\tR\bwarnings\x1a9\n" +
 	"\vLabelsEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
 	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"c\n" +

@@ -348,6 +348,10 @@ type TenantPolicy struct {
 	// max_concurrent caps the tenant's builds assigned or running at once
 	// (0: the scheduler's default).
 	MaxConcurrent uint32 `protobuf:"varint,6,opt,name=max_concurrent,json=maxConcurrent,proto3" json:"max_concurrent,omitempty"`
+	// log_max_bytes bounds the log text (LogLine.text bytes) each attempt of
+	// the build may append to its log; the schedulers cut the log there
+	// with a marker line (0: the farm's default, 64 MiB).
+	LogMaxBytes   uint64 `protobuf:"varint,7,opt,name=log_max_bytes,json=logMaxBytes,proto3" json:"log_max_bytes,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -420,6 +424,13 @@ func (x *TenantPolicy) GetWeight() uint32 {
 func (x *TenantPolicy) GetMaxConcurrent() uint32 {
 	if x != nil {
 		return x.MaxConcurrent
+	}
+	return 0
+}
+
+func (x *TenantPolicy) GetLogMaxBytes() uint64 {
+	if x != nil {
+		return x.LogMaxBytes
 	}
 	return 0
 }
@@ -2348,14 +2359,15 @@ const file_kiln_v1_build_proto_rawDesc = "" +
 	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\x1a>\n" +
 	"\x10AgentLabelsEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
-	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"\xf3\x01\n" +
+	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"\x97\x02\n" +
 	"\fTenantPolicy\x12(\n" +
 	"\x10allow_remote_add\x18\x01 \x01(\bR\x0eallowRemoteAdd\x12,\n" +
 	"\x12allow_network_host\x18\x02 \x01(\bR\x10allowNetworkHost\x12%\n" +
 	"\x0eallow_insecure\x18\x03 \x01(\bR\rallowInsecure\x12%\n" +
 	"\x0efrontend_allow\x18\x04 \x03(\tR\rfrontendAllow\x12\x16\n" +
 	"\x06weight\x18\x05 \x01(\rR\x06weight\x12%\n" +
-	"\x0emax_concurrent\x18\x06 \x01(\rR\rmaxConcurrent\"M\n" +
+	"\x0emax_concurrent\x18\x06 \x01(\rR\rmaxConcurrent\x12\"\n" +
+	"\rlog_max_bytes\x18\a \x01(\x04R\vlogMaxBytes\"M\n" +
 	"\fSealedSecret\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x12\x16\n" +
 	"\x06sealed\x18\x02 \x01(\fR\x06sealed\x12\x15\n" +

@@ -351,7 +351,12 @@ type AgentReport struct {
 	// sequence numbers the reports of one attempt from 1, so a report sent
 	// again after a lost answer appends its events once (they are published
 	// with a message id made of build, attempt, sequence and position).
-	Sequence      uint64 `protobuf:"varint,10,opt,name=sequence,proto3" json:"sequence,omitempty"`
+	Sequence uint64 `protobuf:"varint,10,opt,name=sequence,proto3" json:"sequence,omitempty"`
+	// log_bytes is how many bytes of log text (LogLine.text) the attempt's
+	// earlier reports carried: the scheduler cuts the log where the
+	// attempt's text passes its tenant's limit (TenantPolicy.log_max_bytes)
+	// and puts a marker line there.
+	LogBytes      uint64 `protobuf:"varint,11,opt,name=log_bytes,json=logBytes,proto3" json:"log_bytes,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -456,6 +461,13 @@ func (x *AgentReport) GetSequence() uint64 {
 	return 0
 }
 
+func (x *AgentReport) GetLogBytes() uint64 {
+	if x != nil {
+		return x.LogBytes
+	}
+	return 0
+}
+
 // AgentReportReply answers an AgentReport.
 type AgentReportReply struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
@@ -542,7 +554,7 @@ const file_kiln_v1_scheduler_proto_rawDesc = "" +
 	"\x06holder\x18\x01 \x01(\tR\x06holder\x129\n" +
 	"\n" +
 	"expires_at\x18\x02 \x01(\v2\x1a.google.protobuf.TimestampR\texpiresAt\x12\x18\n" +
-	"\aversion\x18\x03 \x01(\tR\aversion\"\xf3\x02\n" +
+	"\aversion\x18\x03 \x01(\tR\aversion\"\x90\x03\n" +
 	"\vAgentReport\x12\x19\n" +
 	"\bbuild_id\x18\x01 \x01(\tR\abuildId\x12\x18\n" +
 	"\aattempt\x18\x02 \x01(\rR\aattempt\x12,\n" +
@@ -554,7 +566,8 @@ const file_kiln_v1_scheduler_proto_rawDesc = "" +
 	"\x05error\x18\b \x01(\tR\x05error\x12\x18\n" +
 	"\amessage\x18\t \x01(\tR\amessage\x12\x1a\n" +
 	"\bsequence\x18\n" +
-	" \x01(\x04R\bsequence\"f\n" +
+	" \x01(\x04R\bsequence\x12\x1b\n" +
+	"\tlog_bytes\x18\v \x01(\x04R\blogBytes\"f\n" +
 	"\x10AgentReportReply\x12$\n" +
 	"\x05build\x18\x01 \x01(\v2\x0e.kiln.v1.BuildR\x05build\x12\x16\n" +
 	"\x06fenced\x18\x02 \x01(\bR\x06fenced\x12\x14\n" +
