@@ -134,6 +134,8 @@ type Agent struct {
 
 	summary CacheSummary
 	healthy atomic.Bool
+	// clips is what the agent saw of its engine clipping builds' output.
+	clips engineClips
 	// worker pulls for the slots, heartbeats, holds for an admin's drain
 	// and drains on stop (agentproto.Worker).
 	worker *agentproto.Worker
@@ -290,6 +292,7 @@ func (a *Agent) checkEngine(ctx context.Context) {
 	a.info = info
 	a.mu.Unlock()
 	if !was {
+		a.clips.reset() // a new engine process: its limits may be lifted
 		a.log.Info("docker engine answers", "version", info.ServerVersion, "api", info.APIVersion, "storage_driver", info.StorageDriver)
 	}
 }
@@ -314,6 +317,7 @@ func (a *Agent) record() *kilnv1.Agent {
 		State:   state, EngineVersion: info.ServerVersion, EngineApiVersion: info.APIVersion, StorageDriver: info.StorageDriver,
 		Os: nonEmpty(info.OS, runtime.GOOS), Arch: nonEmpty(info.Arch, runtime.GOARCH), Labels: a.cfg.Labels,
 		StartedAt: timestamppb.New(a.started), Cache: a.summary.Proto(), Builders: a.builders(),
+		Warnings: a.clips.warnings(),
 	}
 }
 

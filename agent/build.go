@@ -127,7 +127,10 @@ func (a *Agent) execute(ctx context.Context, b *kilnv1.Build, ev *events) (*kiln
 	if err != nil {
 		return result, &engine.BuildError{Message: err.Error()}
 	}
-	rep := &reporter{ev: ev, steps: newStepSpans(ctx, b), mask: newMasker(maskedValues(nil, creds))}
+	rep := &reporter{
+		ev: ev, steps: newStepSpans(ctx, b), mask: newMasker(maskedValues(nil, creds)),
+		agent: a.cfg.Name, buildID: b.Id, clips: &a.clips,
+	}
 	defer func() { rep.steps.end(context.Cause(ctx)) }()
 	var res engine.Result
 	if builder == kilnv1.Builder_BUILDER_BUILDKIT {
@@ -276,11 +279,16 @@ func (e *events) internal(format string, args ...any) {
 	e.log(0, "kiln: "+fmt.Sprintf(format, args...))
 }
 
-// reporter turns the engine's progress into build events.
+// reporter turns the engine's progress into build events. The engine
+// calls it from one goroutine.
 type reporter struct {
 	ev    *events
 	mask  *masker    // hides the build's secrets in what it prints
 	steps *stepSpans // the steps' spans
+
+	agent, buildID string
+	clips          *engineClips    // the agent's, for its heartbeat
+	clipSaid       map[string]bool // the engine settings this build's log has named
 }
 
 var _ engine.Reporter = (*reporter)(nil)
@@ -292,6 +300,23 @@ func (r *reporter) StepStarted(step, total int, instruction string) {
 	r.ev.publish(&kilnv1.BuildEvent{Event: &kilnv1.BuildEvent_StepStarted{StepStarted: &kilnv1.StepStarted{
 		Step: uint32(step), Total: uint32(total), Instruction: r.mask.line(instruction),
 	}}})
+}
+
+// Clipped notes the engine's clipping for the agent's heartbeat and says
+// so in the build's log, once per engine setting.
+func (r *reporter) Clipped(step int, limit string) {
+	r.clips.note(r.buildID, limit, time.Now())
+	setting := engine.ClipSetting(limit)
+	if r.clipSaid[setting] {
+		return
+	}
+	if r.clipSaid == nil {
+		r.clipSaid = map[string]bool{}
+	}
+	r.clipSaid[setting] = true
+	r.ev.logger.Warn("the engine clipped a step's output at BuildKit's step log limit; set the engine's "+setting+" to keep full logs",
+		"step", step, "limit", limit, "setting", setting)
+	r.ev.log(step, clipLine(r.agent, limit))
 }
 
 func (r *reporter) StepFinished(step int, instruction string, cached bool, took time.Duration) {

@@ -44,6 +44,12 @@ type Reporter interface {
 	// the end of the build. A step that fails is reported by Build's
 	// *BuildError instead.
 	StepFinished(step int, instruction string, cached bool, took time.Duration)
+	// Clipped says the engine dropped some of step's output: BuildKit's
+	// step log limit, as the engine names it ("2MiB" for the size,
+	// "200KiB/s" for the speed; ClipSetting names the setting that lifts
+	// it), was reached. The engine's own notice comes as a Log line too.
+	// A step that prints a line like that notice is reported the same way.
+	Clipped(step int, limit string)
 }
 
 // Result is what a successful build produced.
@@ -206,3 +212,4 @@ type nopReporter struct{}
 func (nopReporter) Log(int, string)                               {}
 func (nopReporter) StepStarted(int, int, string)                  {}
 func (nopReporter) StepFinished(int, string, bool, time.Duration) {}
+func (nopReporter) Clipped(int, string)                           {}

@@ -25,6 +25,7 @@ type recorder struct {
 	logs     []string // "step: line"
 	started  []string // "step/total instruction"
 	finished []finishedStep
+	clipped  []string // "step: limit"
 	onStart  func(step int, instruction string)
 	onLog    func(step int, line string)
 }
@@ -52,6 +53,10 @@ func (r *recorder) StepStarted(step, total int, instruction string) {
 
 func (r *recorder) StepFinished(step int, instruction string, cached bool, took time.Duration) {
 	r.finished = append(r.finished, finishedStep{step, instruction, cached, took})
+}
+
+func (r *recorder) Clipped(step int, limit string) {
+	r.clipped = append(r.clipped, fmt.Sprintf("%d: %s", step, limit))
 }
 
 var _ engine.Reporter = (*recorder)(nil)

@@ -187,6 +187,8 @@ func (d *Docker) BuildKit(ctx context.Context, o BuildKitOptions, r Reporter) (B
 				r.StepStarted(e.step, e.total, e.instruction)
 			case eventStepFinished:
 				r.StepFinished(e.step, e.instruction, e.cached, e.took)
+			case eventClipped:
+				r.Clipped(e.step, e.line)
 			}
 		}
 	}

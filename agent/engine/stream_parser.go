@@ -26,6 +26,9 @@ const (
 	eventLog eventKind = iota + 1
 	eventStepStarted
 	eventStepFinished
+	// eventClipped: BuildKit dropped some of the step's output at its step
+	// log limit (line holds the limit, e.g. "200KiB/s").
+	eventClipped
 )
 
 // event is one thing the classic builder's stream told: a log line, or a step
@@ -38,7 +41,7 @@ type event struct {
 	instruction string        // eventStepStarted, eventStepFinished
 	cached      bool          // eventStepFinished
 	took        time.Duration // eventStepFinished, when the engine timed the step (BuildKit)
-	line        string        // eventLog
+	line        string        // eventLog; eventClipped: the limit
 }
 
 // streamParser turns the JSON message stream of the classic builder (the

@@ -176,7 +176,8 @@ func (p *traceParser) vertex(v *controlapi.Vertex) {
 	}
 }
 
-// logOutput splits a vertex's output into lines.
+// logOutput splits a vertex's output into lines. A line that is
+// BuildKit's clip notice is logged and reported as eventClipped too.
 func (p *traceParser) logOutput(vx *vertex, msg []byte) {
 	data := append(vx.partial, msg...)
 	for {
@@ -184,7 +185,11 @@ func (p *traceParser) logOutput(vx *vertex, msg []byte) {
 		if i < 0 {
 			break
 		}
-		p.emit(event{kind: eventLog, step: max(vx.step, 0), line: cleanLine(data[:i])})
+		line := cleanLine(data[:i])
+		p.emit(event{kind: eventLog, step: max(vx.step, 0), line: line})
+		if limit, ok := parseClipNotice(line); ok {
+			p.emit(event{kind: eventClipped, step: max(vx.step, 0), line: limit})
+		}
 		data = data[i+1:]
 	}
 	for len(data) > maxLineBytes {

@@ -39,6 +39,8 @@ func renderTrace(evs []event) []string {
 			out = append(out, fmt.Sprintf("start %d/%d %s", e.step, e.total, e.instruction))
 		case eventStepFinished:
 			out = append(out, fmt.Sprintf("finish %d cached=%v %v %s", e.step, e.cached, e.took, e.instruction))
+		case eventClipped:
+			out = append(out, fmt.Sprintf("clipped %d %s", e.step, e.line))
 		}
 	}
 	return out
@@ -103,6 +105,25 @@ func TestTraceParser(t *testing.T) {
 		},
 		want:    []string{"start 1/2 RUN exit 3", "start 2/4 RUN sleep 9"},
 		failure: `build failed at step 1 (RUN exit 3): process "/bin/sh -c exit 3" did not complete successfully: exit code: 3`,
+	}, {
+		// BuildKit appends its notice to the part of a write it kept
+		// (util/progress/logs/logs.go), on a line of its own.
+		name: "BuildKit's clip notices are logged and reported",
+		msgs: []*controlapi.StatusResponse{
+			{Vertexes: []*controlapi.Vertex{vtx("s", "[stage-0 2/2] RUN seq 1 200000", 0, -1, false, "")}},
+			{Logs: []*controlapi.VertexLog{{Vertex: "s", Msg: []byte("1\n2\n3")}}},
+			{Logs: []*controlapi.VertexLog{{Vertex: "s", Msg: []byte("\n[output clipped, log limit 200KiB/s reached]\n")}}},
+			{Logs: []*controlapi.VertexLog{{Vertex: "s", Msg: []byte("99\n[output clipped, log limit 2MiB reached]\n")}}},
+			{Logs: []*controlapi.VertexLog{{Vertex: "s", Msg: []byte("[output clipped, log limit 2MiB reached] not quite\n")}}},
+		},
+		want: []string{
+			"start 1/2 RUN seq 1 200000",
+			"log 1 1", "log 1 2", "log 1 3",
+			"log 1 [output clipped, log limit 200KiB/s reached]", "clipped 1 200KiB/s",
+			"log 1 99",
+			"log 1 [output clipped, log limit 2MiB reached]", "clipped 1 2MiB",
+			"log 1 [output clipped, log limit 2MiB reached] not quite",
+		},
 	}, {
 		name: "an internal vertex failing has no step",
 		msgs: []*controlapi.StatusResponse{
@@ -250,4 +271,16 @@ func FuzzTraceParser(f *testing.F) {
 		}
 		p.finish()
 	})
+}
+
+func TestClipSetting(t *testing.T) {
+	for limit, want := range map[string]string{
+		"200KiB/s": "BUILDKIT_STEP_LOG_MAX_SPEED",
+		"2MiB":     "BUILDKIT_STEP_LOG_MAX_SIZE",
+		"-1B":      "BUILDKIT_STEP_LOG_MAX_SIZE",
+	} {
+		if got := ClipSetting(limit); got != want {
+			t.Errorf("ClipSetting(%q) = %s, want %s", limit, got, want)
+		}
+	}
 }

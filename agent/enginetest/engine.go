@@ -21,6 +21,8 @@ import (
 
 	"github.com/docker/docker/api/types/container"
 	"github.com/docker/docker/client"
+
+	"github.com/kilnbuild/kiln/agent/engine"
 )
 
 const (
@@ -52,6 +54,30 @@ type Engine struct {
 	cmd    *exec.Cmd
 	exited chan struct{} // closed once cmd.Wait returned
 	client *client.Client
+}
+
+// StartEngineWithEnv starts an engine as StartEngine does, its dockerd's
+// environment completed by env ("KEY=VALUE", over the defaults): e.g.
+// BuildKit's step log limits (engine.StepLogEnv) set low, to see the
+// engine clip a step's output.
+func StartEngineWithEnv(t testing.TB, name string, env ...string) *Engine {
+	t.Helper()
+	ref := Registry(t) + "/" + BusyboxRepo + ":" + BusyboxTag
+	e, err := startEngine(name, ref, env...)
+	if e != nil {
+		t.Cleanup(func() {
+			if t.Failed() {
+				t.Logf("enginetest: log of engine %s (%s):\n%s", e.Name, e.Host, e.logTail(60))
+			}
+			if err := e.stop(); err != nil {
+				t.Errorf("enginetest: %v", err)
+			}
+		})
+	}
+	if err != nil {
+		t.Fatalf("enginetest: %v", err)
+	}
+	return e
 }
 
 // StartEngine starts a dockerd for the rest of the test and returns once it
@@ -121,7 +147,10 @@ func (e *Engine) Log() string {
 
 var engineNameRE = regexp.MustCompile(`[^a-z0-9]+`)
 
-func startEngine(name, busyboxRef string) (_ *Engine, err error) {
+// startEngine starts engine name, its dockerd's environment this
+// process's with BuildKit's step log limits lifted (engine.StepLogEnv) and
+// then env.
+func startEngine(name, busyboxRef string, env ...string) (_ *Engine, err error) {
 	for _, tool := range []string{"dockerd", "ip"} {
 		if _, err := exec.LookPath(tool); err != nil {
 			return nil, fmt.Errorf("engine %s: %w (install docker.io and iproute2 with `make dev-env`)", name, err)
@@ -170,6 +199,9 @@ func startEngine(name, busyboxRef string) (_ *Engine, err error) {
 		"--shutdown-timeout", "2",
 	)
 	e.cmd.Stdout, e.cmd.Stderr = logFile, logFile
+	// BuildKit clips a loud step's output unless its daemon's environment
+	// lifts the limits: kiln's engines keep full logs. Later entries win.
+	e.cmd.Env = append(append(os.Environ(), engine.StepLogEnv()...), env...)
 	// If the test binary dies without running its cleanups, the engine
 	// still stops (and cleans up after itself).
 	e.cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGTERM}
