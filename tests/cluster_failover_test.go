@@ -42,7 +42,7 @@ func TestGatewayFailoverKeepsCLIBuildWhole(t *testing.T) {
 	// lands mid-stream; nothing in the test waits on them.
 	dir := writeContext(t, map[string]string{"Dockerfile": fmt.Sprintf(
 		"FROM %s\nRUN for i in $(seq 1 %d); do echo %s-$i; sleep 0.2; done\n", base, lines, marker)})
-	cmd := exec.CommandContext(ctx, kilnBin, "build", "--progress", "plain", dir)
+	cmd := exec.CommandContext(ctx, kilnBin, "build", "--progress", "plain", "--debug", dir) // --debug: every line of the log, the farm's bookkeeping too
 	cmd.Env = append(os.Environ(), "KILN_GATEWAY="+strings.Join(gws, ","), "KILN_CACHE_DIR="+t.TempDir())
 	var stdout bytes.Buffer
 	cmd.Stdout = &stdout
