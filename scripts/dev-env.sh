@@ -3,9 +3,11 @@
 # `make bench` need: a Docker engine that answers and a registry on
 # 127.0.0.1:5000. On Debian/Ubuntu, as root, it installs what is missing
 # (docker.io, docker-registry, busybox-static) and starts dockerd and the
-# registry when none answers. It never touches an engine or registry that is
-# already running. What it starts is recorded by pid under $KILN_DEV_STATE and
-# stopped by `scripts/dev-env.sh down`, never by name.
+# registry when none answers. It never touches an engine or registry it did
+# not start; a dockerd it started whose environment lacks BuildKit's step log
+# settings (an older dev-env's) is restarted with them. What it starts is
+# recorded by pid under $KILN_DEV_STATE and stopped by
+# `scripts/dev-env.sh down`, never by name.
 set -euo pipefail
 
 STATE=${KILN_DEV_STATE:-}
@@ -43,6 +45,19 @@ install_missing() {
 
 engine_answers() { docker version --format '{{.Server.Version}}' >/dev/null 2>&1; }
 
+# BuildKit (dockerd's builder) clips a step's output past 2 MiB or 200 KiB/s
+# unless its daemon's environment lifts the limits; kiln keeps full logs.
+# 1 GiB, not -1: Docker 20.10's BuildKit clips everything at -1
+# (agent/engine/steplog.go).
+STEP_LOG_ENV=(BUILDKIT_STEP_LOG_MAX_SIZE=1073741824 BUILDKIT_STEP_LOG_MAX_SPEED=1073741824)
+
+# has_step_log_env PID: the process's environment lifts BuildKit's limits.
+has_step_log_env() {
+  local environ kv
+  environ=$(tr '\0' '\n' < "/proc/$1/environ" 2>/dev/null) || return 1
+  for kv in "${STEP_LOG_ENV[@]}"; do grep -qxF -- "$kv" <<<"$environ" || return 1; done
+}
+
 wait_for() { # wait_for SECONDS DESCRIPTION COMMAND...
   local secs=$1 what=$2; shift 2
   local deadline=$((SECONDS + secs))
@@ -53,7 +68,24 @@ wait_for() { # wait_for SECONDS DESCRIPTION COMMAND...
 }
 
 ensure_engine() {
-  if engine_answers; then log "docker engine answers ($(docker version --format '{{.Server.Version}}'))"; return 0; fi
+  local ours=""
+  [ -f "$STATE/dockerd.pid" ] && pgrep -F "$STATE/dockerd.pid" -x dockerd >/dev/null 2>&1 && ours=$(cat "$STATE/dockerd.pid")
+  if engine_answers && [ -n "$ours" ] && ! has_step_log_env "$ours"; then
+    # Started by an older dev-env: BuildKit reads the limits only at start.
+    log "restarting the dockerd dev-env started (pid $ours): its environment lacks ${STEP_LOG_ENV[*]}"
+    stop_pidfile "$STATE/dockerd.pid"
+    wait_for 30 "engine stopped" bash -c "! docker version >/dev/null 2>&1" || die "the engine still answers after dockerd (pid $ours) stopped"
+  fi
+  if engine_answers; then
+    log "docker engine answers ($(docker version --format '{{.Server.Version}}'))"
+    if [ -z "$ours" ]; then
+      local pid
+      for pid in $(pgrep -x dockerd 2>/dev/null); do
+        has_step_log_env "$pid" || log "warning: dockerd (pid $pid) was not started by dev-env and its environment lacks ${STEP_LOG_ENV[*]}: BuildKit clips loud build steps' output"
+      done
+    fi
+    return 0
+  fi
   if [ -n "${DOCKER_HOST:-}" ]; then die "DOCKER_HOST=$DOCKER_HOST does not answer; start that engine or unset DOCKER_HOST"; fi
   [ "$(id -u)" = 0 ] || die "no docker engine answers on the default socket and this is not root: start dockerd or set DOCKER_HOST"
   # A dockerd or containerd killed without cleaning up leaves its pid file;
@@ -63,7 +95,7 @@ ensure_engine() {
     [ -f "$f" ] && ! pgrep -F "$f" -x 'dockerd|containerd' >/dev/null 2>&1 && rm -f "$f"
   done
   log "starting dockerd (log: $STATE/dockerd.log)"
-  setsid dockerd --pidfile "$STATE/dockerd.pid" >"$STATE/dockerd.log" 2>&1 < /dev/null &
+  setsid env "${STEP_LOG_ENV[@]}" dockerd --pidfile "$STATE/dockerd.pid" >"$STATE/dockerd.log" 2>&1 < /dev/null &
   wait_for 60 "docker engine" engine_answers || { tail -20 "$STATE/dockerd.log" >&2; die "dockerd did not answer within 60s"; }
   log "docker engine started (pid $(cat "$STATE/dockerd.pid"))"
 }

@@ -17,6 +17,8 @@ import (
 
 	"github.com/docker/docker/client"
 	"github.com/docker/docker/pkg/jsonmessage"
+
+	"github.com/kilnbuild/kiln/agent/engine"
 )
 
 // maxBridges bounds the kilnbrN names (and 10.213.N.0/24 subnets) tried.
@@ -76,6 +78,8 @@ func (f *Farm) engine(i int) (*proc, error) {
 	return &proc{
 		role: RoleEngine, name: name, addr: sock,
 		path: "dockerd",
+		// BuildKit must not clip a loud step's output: kiln keeps full logs.
+		env: engine.StepLogEnv(),
 		args: []string{
 			"--config-file", conf,
 			"--data-root", filepath.Join(dir, "root"),

@@ -11,12 +11,14 @@ import (
 	"os/exec"
 	"path/filepath"
 	"slices"
+	"strings"
 	"syscall"
 	"testing"
 	"time"
 
 	"github.com/docker/docker/client"
 
+	"github.com/kilnbuild/kiln/agent/engine"
 	"github.com/kilnbuild/kiln/agent/enginetest"
 	"github.com/kilnbuild/kiln/deploy/local/localfarm"
 	kilnv1 "github.com/kilnbuild/kiln/proto/gen/go/kiln/v1"
@@ -133,6 +135,17 @@ func TestFarm(t *testing.T) {
 				c := engineClient(t, p.Addr)
 				if _, err := c.Ping(ctx); err != nil {
 					t.Errorf("%s: %v", p.Name, err)
+				}
+				// BuildKit keeps a loud step's full output only if its
+				// dockerd's environment lifts the step log limits.
+				environ, err := os.ReadFile(fmt.Sprintf("/proc/%d/environ", p.PID))
+				if err != nil {
+					t.Errorf("%s: %v", p.Name, err)
+				}
+				for _, kv := range engine.StepLogEnv() {
+					if !slices.Contains(strings.Split(string(environ), "\x00"), kv) {
+						t.Errorf("%s: dockerd's environment lacks %s", p.Name, kv)
+					}
 				}
 			default:
 				wantOK(t, "http://"+p.HTTP+"/readyz")

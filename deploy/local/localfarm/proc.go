@@ -23,6 +23,7 @@ type proc struct {
 	addr, http string
 	path       string
 	args       []string
+	env        []string // KEY=VALUE over the farm's own environment
 	logPath    string
 	logs       *lockedWriter // nil: the log file only
 	// deathSignal is what the kernel sends the process if the farm's
@@ -75,6 +76,9 @@ func (p *proc) launch() error {
 	}
 	fmt.Fprintf(logFile, "=== localfarm: %s %s\n", p.path, strings.Join(p.args, " "))
 	cmd := exec.Command(p.path, p.args...)
+	if len(p.env) > 0 {
+		cmd.Env = append(os.Environ(), p.env...)
+	}
 	cmd.Stdout, cmd.Stderr = out, out
 	// A child that keeps the output pipe open (dockerd's containerd) must
 	// not keep the reaper waiting once the process itself has exited.
