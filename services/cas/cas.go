@@ -42,6 +42,8 @@ func ValidDigest(d string) bool { return buildctx.ValidDigest(d) }
 // announces it deleted.
 type Store struct {
 	obj         jetstream.ObjectStore
+	stream      jetstream.Stream // the object store's, for direct reads of small blobs; nil: none
+	js          jetstream.JetStream
 	present     *lru.Cache[string, seen]   // digest → size, stored for sure
 	small       *lru.Cache[string, []byte] // contents of blobs up to SmallBlobBytes
 	rememberFor time.Duration
@@ -87,6 +89,7 @@ func Open(ctx context.Context, js jetstream.JetStream, opts ...Option) (*Store, 
 	}
 	s := &Store{
 		obj:         obj,
+		js:          js,
 		present:     lru.New[string, seen](presentEntries),
 		small:       lru.New[string, []byte](smallCacheBytes),
 		rememberFor: DefaultRememberFor,
@@ -94,6 +97,9 @@ func Open(ctx context.Context, js jetstream.JetStream, opts ...Option) (*Store, 
 	}
 	for _, o := range opts {
 		o(s)
+	}
+	if st, err := js.Stream(ctx, "OBJ_"+bus.BucketCAS); err == nil {
+		s.stream = st
 	}
 	return s, nil
 }
@@ -205,6 +211,9 @@ func (s *Store) Get(ctx context.Context, digest string) (io.ReadCloser, error) {
 	}
 	if data, ok := s.small.Get(digest); ok {
 		return io.NopCloser(bytes.NewReader(data)), nil
+	}
+	if r, ok, err := s.readSmall(ctx, digest); err != nil || ok {
+		return r, err
 	}
 	r, err := s.obj.Get(ctx, digest)
 	if err != nil {

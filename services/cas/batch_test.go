@@ -1,0 +1,122 @@
+package cas_test
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"testing"
+
+	"github.com/kilnbuild/kiln/services/bus"
+	"github.com/kilnbuild/kiln/services/bus/bustest"
+	"github.com/kilnbuild/kiln/services/cas"
+)
+
+// TestPutBatchStoresObjectsEveryReaderSees: blobs stored by PutBatch are
+// objects of KILN_CAS like any other: a fresh Store (no memory) has them
+// and reads them, the object store's own Get reads and checks them, List
+// shows their owner, Delete removes them, and storing a blob twice keeps
+// one copy.
+func TestPutBatchStoresObjectsEveryReaderSees(t *testing.T) {
+	ctx := context.Background()
+	conn := bustest.Conn(t)
+	s, err := cas.Open(ctx, conn.JS)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var items []cas.Item
+	for i := range 50 {
+		data := []byte(fmt.Sprintf("line %d\n", i))
+		items = append(items, cas.Item{Digest: digest(data), Data: data})
+	}
+	items = append(items, cas.Item{Digest: digest(nil), Data: nil}) // an empty file
+	if err := s.PutBatch(ctx, items, cas.Meta{Owner: "team-a"}); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.PutBatch(ctx, items[:10], cas.Meta{Owner: "team-a"}); err != nil { // a retried batch
+		t.Fatal(err)
+	}
+
+	fresh, err := cas.Open(ctx, conn.JS)
+	if err != nil {
+		t.Fatal(err)
+	}
+	obj, err := conn.JS.ObjectStore(ctx, bus.BucketCAS)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, it := range items {
+		if ok, err := fresh.Has(ctx, it.Digest, int64(len(it.Data))); err != nil || !ok {
+			t.Fatalf("Has(%s) = %v, %v", it.Digest, ok, err)
+		}
+		r, err := fresh.Get(ctx, it.Digest)
+		if err != nil {
+			t.Fatal(err)
+		}
+		got, err := io.ReadAll(r)
+		r.Close()
+		if err != nil || !bytes.Equal(got, it.Data) {
+			t.Fatalf("Get(%s) = %q, %v; want %q", it.Digest, got, err, it.Data)
+		}
+		got, err = obj.GetBytes(ctx, it.Digest) // checks the object's digest
+		if err != nil || !bytes.Equal(got, it.Data) {
+			t.Fatalf("object store GetBytes(%s) = %q, %v; want %q", it.Digest, got, err, it.Data)
+		}
+	}
+	st, err := conn.JS.Stream(ctx, "OBJ_"+bus.BucketCAS)
+	if err != nil {
+		t.Fatal(err)
+	}
+	info, err := st.Info(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if want := uint64(2*len(items) - 1); info.State.Msgs != want { // a chunk and a meta each, none for the empty blob's chunk
+		t.Fatalf("stream holds %d messages after a batch and a retry of part of it, want %d", info.State.Msgs, want)
+	}
+	objs, err := fresh.List(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(objs) != len(items) {
+		t.Fatalf("List = %d objects, want %d", len(objs), len(items))
+	}
+	for _, o := range objs {
+		if o.Owner != "team-a" {
+			t.Fatalf("object %s has owner %q, want team-a", o.Digest, o.Owner)
+		}
+	}
+
+	if err := fresh.Delete(ctx, items[0].Digest); err != nil {
+		t.Fatal(err)
+	}
+	if ok, err := fresh.Has(ctx, items[0].Digest, -1); err != nil || ok {
+		t.Fatalf("Has after Delete = %v, %v", ok, err)
+	}
+	other, err := cas.Open(ctx, conn.JS)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := other.Get(ctx, items[0].Digest); err == nil {
+		t.Fatal("Get after Delete found the blob")
+	}
+}
+
+// TestPutBatchVerifiesBeforeStoring: one blob whose bytes do not match
+// its digest stores nothing of its batch.
+func TestPutBatchVerifiesBeforeStoring(t *testing.T) {
+	ctx := context.Background()
+	s, err := cas.Open(ctx, bustest.Conn(t).JS)
+	if err != nil {
+		t.Fatal(err)
+	}
+	good := []byte("good\n")
+	items := []cas.Item{{Digest: digest(good), Data: good}, {Digest: digest([]byte("b")), Data: []byte("not b")}}
+	if err := s.PutBatch(ctx, items, cas.Meta{}); !errors.Is(err, cas.ErrDigestMismatch) {
+		t.Fatalf("PutBatch = %v, want ErrDigestMismatch", err)
+	}
+	if ok, err := s.Has(ctx, digest(good), -1); err != nil || ok {
+		t.Fatalf("Has(good blob of a refused batch) = %v, %v; want false", ok, err)
+	}
+}
