@@ -12,36 +12,11 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 )
 
-// Small blobs skip the object store's streaming paths, which cost a
-// temporary file (Put) or an ordered consumer (Get) per blob: the many
-// one-line files of a context would pay those round trips thousands of
-// times. A small blob is one chunk of the object store, written from
-// memory and read with one direct message get, and verified against its
-// digest on both ways.
-
-// PutBytes stores data as the blob digest after checking that it hashes to
-// it: PutWith for a blob held in memory (a batch's), with no spooling.
-func (s *Store) PutBytes(ctx context.Context, digest string, data []byte, m Meta) error {
-	if !ValidDigest(digest) {
-		return fmt.Errorf("%w: %q", ErrBadDigest, digest)
-	}
-	if err := CheckDigest(digest, data); err != nil {
-		return err
-	}
-	n := int64(len(data))
-	meta := jetstream.ObjectMeta{Name: digest, Metadata: m.metadata()}
-	if n < defaultChunkBytes {
-		meta.Opts = &jetstream.ObjectMetaOptions{ChunkSize: uint32(max(n, 1))}
-	}
-	if _, err := s.obj.Put(ctx, meta, bytes.NewReader(data)); err != nil {
-		return fmt.Errorf("store blob %s: %w", digest, err)
-	}
-	s.remember(digest, n)
-	if n <= SmallBlobBytes {
-		s.small.AddCost(digest, data, n+1)
-	}
-	return nil
-}
+// Small blobs skip the object store's streaming Get, which costs an
+// ordered consumer per blob: the many one-line files of a context would pay
+// those round trips thousands of times. A small blob is one chunk of the
+// object store (PutBatch writes them), read with one direct message get
+// and verified against its digest.
 
 // CheckDigest returns an error wrapping ErrDigestMismatch unless data
 // hashes to digest.

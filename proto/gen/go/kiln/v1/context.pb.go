@@ -132,6 +132,95 @@ func (EntryType) EnumDescriptor() ([]byte, []int) {
 	return file_kiln_v1_context_proto_rawDescGZIP(), []int{1}
 }
 
+type BatchUpdateBlobsRequest struct {
+	state         protoimpl.MessageState          `protogen:"open.v1"`
+	Blobs         []*BatchUpdateBlobsRequest_Blob `protobuf:"bytes,1,rep,name=blobs,proto3" json:"blobs,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *BatchUpdateBlobsRequest) Reset() {
+	*x = BatchUpdateBlobsRequest{}
+	mi := &file_kiln_v1_context_proto_msgTypes[0]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *BatchUpdateBlobsRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*BatchUpdateBlobsRequest) ProtoMessage() {}
+
+func (x *BatchUpdateBlobsRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_kiln_v1_context_proto_msgTypes[0]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use BatchUpdateBlobsRequest.ProtoReflect.Descriptor instead.
+func (*BatchUpdateBlobsRequest) Descriptor() ([]byte, []int) {
+	return file_kiln_v1_context_proto_rawDescGZIP(), []int{0}
+}
+
+func (x *BatchUpdateBlobsRequest) GetBlobs() []*BatchUpdateBlobsRequest_Blob {
+	if x != nil {
+		return x.Blobs
+	}
+	return nil
+}
+
+type BatchUpdateBlobsResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// stored lists the blobs of the batch, stored now or before.
+	Stored        []*Digest `protobuf:"bytes,1,rep,name=stored,proto3" json:"stored,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *BatchUpdateBlobsResponse) Reset() {
+	*x = BatchUpdateBlobsResponse{}
+	mi := &file_kiln_v1_context_proto_msgTypes[1]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *BatchUpdateBlobsResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*BatchUpdateBlobsResponse) ProtoMessage() {}
+
+func (x *BatchUpdateBlobsResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_kiln_v1_context_proto_msgTypes[1]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use BatchUpdateBlobsResponse.ProtoReflect.Descriptor instead.
+func (*BatchUpdateBlobsResponse) Descriptor() ([]byte, []int) {
+	return file_kiln_v1_context_proto_rawDescGZIP(), []int{1}
+}
+
+func (x *BatchUpdateBlobsResponse) GetStored() []*Digest {
+	if x != nil {
+		return x.Stored
+	}
+	return nil
+}
+
 // Digest names a blob by content: "sha256:<64 hex>" and its size in bytes.
 type Digest struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
@@ -143,7 +232,7 @@ type Digest struct {
 
 func (x *Digest) Reset() {
 	*x = Digest{}
-	mi := &file_kiln_v1_context_proto_msgTypes[0]
+	mi := &file_kiln_v1_context_proto_msgTypes[2]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -155,7 +244,7 @@ func (x *Digest) String() string {
 func (*Digest) ProtoMessage() {}
 
 func (x *Digest) ProtoReflect() protoreflect.Message {
-	mi := &file_kiln_v1_context_proto_msgTypes[0]
+	mi := &file_kiln_v1_context_proto_msgTypes[2]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -168,7 +257,7 @@ func (x *Digest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Digest.ProtoReflect.Descriptor instead.
 func (*Digest) Descriptor() ([]byte, []int) {
-	return file_kiln_v1_context_proto_rawDescGZIP(), []int{0}
+	return file_kiln_v1_context_proto_rawDescGZIP(), []int{2}
 }
 
 func (x *Digest) GetHash() string {
@@ -194,7 +283,7 @@ type PutManifestRequest struct {
 
 func (x *PutManifestRequest) Reset() {
 	*x = PutManifestRequest{}
-	mi := &file_kiln_v1_context_proto_msgTypes[1]
+	mi := &file_kiln_v1_context_proto_msgTypes[3]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -206,7 +295,7 @@ func (x *PutManifestRequest) String() string {
 func (*PutManifestRequest) ProtoMessage() {}
 
 func (x *PutManifestRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_kiln_v1_context_proto_msgTypes[1]
+	mi := &file_kiln_v1_context_proto_msgTypes[3]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -219,7 +308,7 @@ func (x *PutManifestRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PutManifestRequest.ProtoReflect.Descriptor instead.
 func (*PutManifestRequest) Descriptor() ([]byte, []int) {
-	return file_kiln_v1_context_proto_rawDescGZIP(), []int{1}
+	return file_kiln_v1_context_proto_rawDescGZIP(), []int{3}
 }
 
 func (x *PutManifestRequest) GetManifest() *ContextManifest {
@@ -243,7 +332,7 @@ type PutManifestResponse struct {
 
 func (x *PutManifestResponse) Reset() {
 	*x = PutManifestResponse{}
-	mi := &file_kiln_v1_context_proto_msgTypes[2]
+	mi := &file_kiln_v1_context_proto_msgTypes[4]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -255,7 +344,7 @@ func (x *PutManifestResponse) String() string {
 func (*PutManifestResponse) ProtoMessage() {}
 
 func (x *PutManifestResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_kiln_v1_context_proto_msgTypes[2]
+	mi := &file_kiln_v1_context_proto_msgTypes[4]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -268,7 +357,7 @@ func (x *PutManifestResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PutManifestResponse.ProtoReflect.Descriptor instead.
 func (*PutManifestResponse) Descriptor() ([]byte, []int) {
-	return file_kiln_v1_context_proto_rawDescGZIP(), []int{2}
+	return file_kiln_v1_context_proto_rawDescGZIP(), []int{4}
 }
 
 func (x *PutManifestResponse) GetDigest() *Digest {
@@ -301,7 +390,7 @@ type FindMissingBlobsRequest struct {
 
 func (x *FindMissingBlobsRequest) Reset() {
 	*x = FindMissingBlobsRequest{}
-	mi := &file_kiln_v1_context_proto_msgTypes[3]
+	mi := &file_kiln_v1_context_proto_msgTypes[5]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -313,7 +402,7 @@ func (x *FindMissingBlobsRequest) String() string {
 func (*FindMissingBlobsRequest) ProtoMessage() {}
 
 func (x *FindMissingBlobsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_kiln_v1_context_proto_msgTypes[3]
+	mi := &file_kiln_v1_context_proto_msgTypes[5]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -326,7 +415,7 @@ func (x *FindMissingBlobsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use FindMissingBlobsRequest.ProtoReflect.Descriptor instead.
 func (*FindMissingBlobsRequest) Descriptor() ([]byte, []int) {
-	return file_kiln_v1_context_proto_rawDescGZIP(), []int{3}
+	return file_kiln_v1_context_proto_rawDescGZIP(), []int{5}
 }
 
 func (x *FindMissingBlobsRequest) GetDigests() []*Digest {
@@ -345,7 +434,7 @@ type FindMissingBlobsResponse struct {
 
 func (x *FindMissingBlobsResponse) Reset() {
 	*x = FindMissingBlobsResponse{}
-	mi := &file_kiln_v1_context_proto_msgTypes[4]
+	mi := &file_kiln_v1_context_proto_msgTypes[6]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -357,7 +446,7 @@ func (x *FindMissingBlobsResponse) String() string {
 func (*FindMissingBlobsResponse) ProtoMessage() {}
 
 func (x *FindMissingBlobsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_kiln_v1_context_proto_msgTypes[4]
+	mi := &file_kiln_v1_context_proto_msgTypes[6]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -370,7 +459,7 @@ func (x *FindMissingBlobsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use FindMissingBlobsResponse.ProtoReflect.Descriptor instead.
 func (*FindMissingBlobsResponse) Descriptor() ([]byte, []int) {
-	return file_kiln_v1_context_proto_rawDescGZIP(), []int{4}
+	return file_kiln_v1_context_proto_rawDescGZIP(), []int{6}
 }
 
 func (x *FindMissingBlobsResponse) GetMissing() []*Digest {
@@ -396,7 +485,7 @@ type UploadBlobsRequest struct {
 
 func (x *UploadBlobsRequest) Reset() {
 	*x = UploadBlobsRequest{}
-	mi := &file_kiln_v1_context_proto_msgTypes[5]
+	mi := &file_kiln_v1_context_proto_msgTypes[7]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -408,7 +497,7 @@ func (x *UploadBlobsRequest) String() string {
 func (*UploadBlobsRequest) ProtoMessage() {}
 
 func (x *UploadBlobsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_kiln_v1_context_proto_msgTypes[5]
+	mi := &file_kiln_v1_context_proto_msgTypes[7]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -421,7 +510,7 @@ func (x *UploadBlobsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use UploadBlobsRequest.ProtoReflect.Descriptor instead.
 func (*UploadBlobsRequest) Descriptor() ([]byte, []int) {
-	return file_kiln_v1_context_proto_rawDescGZIP(), []int{5}
+	return file_kiln_v1_context_proto_rawDescGZIP(), []int{7}
 }
 
 func (x *UploadBlobsRequest) GetDigest() *Digest {
@@ -463,7 +552,7 @@ type UploadBlobsResponse struct {
 
 func (x *UploadBlobsResponse) Reset() {
 	*x = UploadBlobsResponse{}
-	mi := &file_kiln_v1_context_proto_msgTypes[6]
+	mi := &file_kiln_v1_context_proto_msgTypes[8]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -475,7 +564,7 @@ func (x *UploadBlobsResponse) String() string {
 func (*UploadBlobsResponse) ProtoMessage() {}
 
 func (x *UploadBlobsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_kiln_v1_context_proto_msgTypes[6]
+	mi := &file_kiln_v1_context_proto_msgTypes[8]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -488,7 +577,7 @@ func (x *UploadBlobsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use UploadBlobsResponse.ProtoReflect.Descriptor instead.
 func (*UploadBlobsResponse) Descriptor() ([]byte, []int) {
-	return file_kiln_v1_context_proto_rawDescGZIP(), []int{6}
+	return file_kiln_v1_context_proto_rawDescGZIP(), []int{8}
 }
 
 func (x *UploadBlobsResponse) GetStored() []*Digest {
@@ -516,7 +605,7 @@ type ContextRef struct {
 
 func (x *ContextRef) Reset() {
 	*x = ContextRef{}
-	mi := &file_kiln_v1_context_proto_msgTypes[7]
+	mi := &file_kiln_v1_context_proto_msgTypes[9]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -528,7 +617,7 @@ func (x *ContextRef) String() string {
 func (*ContextRef) ProtoMessage() {}
 
 func (x *ContextRef) ProtoReflect() protoreflect.Message {
-	mi := &file_kiln_v1_context_proto_msgTypes[7]
+	mi := &file_kiln_v1_context_proto_msgTypes[9]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -541,7 +630,7 @@ func (x *ContextRef) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ContextRef.ProtoReflect.Descriptor instead.
 func (*ContextRef) Descriptor() ([]byte, []int) {
-	return file_kiln_v1_context_proto_rawDescGZIP(), []int{7}
+	return file_kiln_v1_context_proto_rawDescGZIP(), []int{9}
 }
 
 func (x *ContextRef) GetDigest() *Digest {
@@ -570,7 +659,7 @@ type ContextManifest struct {
 
 func (x *ContextManifest) Reset() {
 	*x = ContextManifest{}
-	mi := &file_kiln_v1_context_proto_msgTypes[8]
+	mi := &file_kiln_v1_context_proto_msgTypes[10]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -582,7 +671,7 @@ func (x *ContextManifest) String() string {
 func (*ContextManifest) ProtoMessage() {}
 
 func (x *ContextManifest) ProtoReflect() protoreflect.Message {
-	mi := &file_kiln_v1_context_proto_msgTypes[8]
+	mi := &file_kiln_v1_context_proto_msgTypes[10]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -595,7 +684,7 @@ func (x *ContextManifest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ContextManifest.ProtoReflect.Descriptor instead.
 func (*ContextManifest) Descriptor() ([]byte, []int) {
-	return file_kiln_v1_context_proto_rawDescGZIP(), []int{8}
+	return file_kiln_v1_context_proto_rawDescGZIP(), []int{10}
 }
 
 func (x *ContextManifest) GetEntries() []*ContextEntry {
@@ -627,7 +716,7 @@ type ContextEntry struct {
 
 func (x *ContextEntry) Reset() {
 	*x = ContextEntry{}
-	mi := &file_kiln_v1_context_proto_msgTypes[9]
+	mi := &file_kiln_v1_context_proto_msgTypes[11]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -639,7 +728,7 @@ func (x *ContextEntry) String() string {
 func (*ContextEntry) ProtoMessage() {}
 
 func (x *ContextEntry) ProtoReflect() protoreflect.Message {
-	mi := &file_kiln_v1_context_proto_msgTypes[9]
+	mi := &file_kiln_v1_context_proto_msgTypes[11]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -652,7 +741,7 @@ func (x *ContextEntry) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ContextEntry.ProtoReflect.Descriptor instead.
 func (*ContextEntry) Descriptor() ([]byte, []int) {
-	return file_kiln_v1_context_proto_rawDescGZIP(), []int{9}
+	return file_kiln_v1_context_proto_rawDescGZIP(), []int{11}
 }
 
 func (x *ContextEntry) GetPath() string {
@@ -704,11 +793,80 @@ func (x *ContextEntry) GetMtimeUnix() int64 {
 	return 0
 }
 
+type BatchUpdateBlobsRequest_Blob struct {
+	state  protoimpl.MessageState `protogen:"open.v1"`
+	Digest *Digest                `protobuf:"bytes,1,opt,name=digest,proto3" json:"digest,omitempty"`
+	Data   []byte                 `protobuf:"bytes,2,opt,name=data,proto3" json:"data,omitempty"`
+	// path is a context path with these contents, for error messages only.
+	Path          string `protobuf:"bytes,3,opt,name=path,proto3" json:"path,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *BatchUpdateBlobsRequest_Blob) Reset() {
+	*x = BatchUpdateBlobsRequest_Blob{}
+	mi := &file_kiln_v1_context_proto_msgTypes[12]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *BatchUpdateBlobsRequest_Blob) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*BatchUpdateBlobsRequest_Blob) ProtoMessage() {}
+
+func (x *BatchUpdateBlobsRequest_Blob) ProtoReflect() protoreflect.Message {
+	mi := &file_kiln_v1_context_proto_msgTypes[12]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use BatchUpdateBlobsRequest_Blob.ProtoReflect.Descriptor instead.
+func (*BatchUpdateBlobsRequest_Blob) Descriptor() ([]byte, []int) {
+	return file_kiln_v1_context_proto_rawDescGZIP(), []int{0, 0}
+}
+
+func (x *BatchUpdateBlobsRequest_Blob) GetDigest() *Digest {
+	if x != nil {
+		return x.Digest
+	}
+	return nil
+}
+
+func (x *BatchUpdateBlobsRequest_Blob) GetData() []byte {
+	if x != nil {
+		return x.Data
+	}
+	return nil
+}
+
+func (x *BatchUpdateBlobsRequest_Blob) GetPath() string {
+	if x != nil {
+		return x.Path
+	}
+	return ""
+}
+
 var File_kiln_v1_context_proto protoreflect.FileDescriptor
 
 const file_kiln_v1_context_proto_rawDesc = "" +
 	"\n" +
-	"\x15kiln/v1/context.proto\x12\akiln.v1\";\n" +
+	"\x15kiln/v1/context.proto\x12\akiln.v1\"\xaf\x01\n" +
+	"\x17BatchUpdateBlobsRequest\x12;\n" +
+	"\x05blobs\x18\x01 \x03(\v2%.kiln.v1.BatchUpdateBlobsRequest.BlobR\x05blobs\x1aW\n" +
+	"\x04Blob\x12'\n" +
+	"\x06digest\x18\x01 \x01(\v2\x0f.kiln.v1.DigestR\x06digest\x12\x12\n" +
+	"\x04data\x18\x02 \x01(\fR\x04data\x12\x12\n" +
+	"\x04path\x18\x03 \x01(\tR\x04path\"C\n" +
+	"\x18BatchUpdateBlobsResponse\x12'\n" +
+	"\x06stored\x18\x01 \x03(\v2\x0f.kiln.v1.DigestR\x06stored\";\n" +
 	"\x06Digest\x12\x12\n" +
 	"\x04hash\x18\x01 \x01(\tR\x04hash\x12\x1d\n" +
 	"\n" +
@@ -757,11 +915,12 @@ const file_kiln_v1_context_proto_rawDesc = "" +
 	"\x0fENTRY_TYPE_FILE\x10\x01\x12\x18\n" +
 	"\x14ENTRY_TYPE_DIRECTORY\x10\x02\x12\x16\n" +
 	"\x12ENTRY_TYPE_SYMLINK\x10\x03\x12\x17\n" +
-	"\x13ENTRY_TYPE_HARDLINK\x10\x042\xff\x01\n" +
+	"\x13ENTRY_TYPE_HARDLINK\x10\x042\xd8\x02\n" +
 	"\x0eContextService\x12H\n" +
 	"\vPutManifest\x12\x1b.kiln.v1.PutManifestRequest\x1a\x1c.kiln.v1.PutManifestResponse\x12W\n" +
 	"\x10FindMissingBlobs\x12 .kiln.v1.FindMissingBlobsRequest\x1a!.kiln.v1.FindMissingBlobsResponse\x12J\n" +
-	"\vUploadBlobs\x12\x1b.kiln.v1.UploadBlobsRequest\x1a\x1c.kiln.v1.UploadBlobsResponse(\x01B7Z5github.com/kilnbuild/kiln/proto/gen/go/kiln/v1;kilnv1b\x06proto3"
+	"\vUploadBlobs\x12\x1b.kiln.v1.UploadBlobsRequest\x1a\x1c.kiln.v1.UploadBlobsResponse(\x01\x12W\n" +
+	"\x10BatchUpdateBlobs\x12 .kiln.v1.BatchUpdateBlobsRequest\x1a!.kiln.v1.BatchUpdateBlobsResponseB7Z5github.com/kilnbuild/kiln/proto/gen/go/kiln/v1;kilnv1b\x06proto3"
 
 var (
 	file_kiln_v1_context_proto_rawDescOnce sync.Once
@@ -776,45 +935,53 @@ func file_kiln_v1_context_proto_rawDescGZIP() []byte {
 }
 
 var file_kiln_v1_context_proto_enumTypes = make([]protoimpl.EnumInfo, 2)
-var file_kiln_v1_context_proto_msgTypes = make([]protoimpl.MessageInfo, 10)
+var file_kiln_v1_context_proto_msgTypes = make([]protoimpl.MessageInfo, 13)
 var file_kiln_v1_context_proto_goTypes = []any{
-	(ContextFormat)(0),               // 0: kiln.v1.ContextFormat
-	(EntryType)(0),                   // 1: kiln.v1.EntryType
-	(*Digest)(nil),                   // 2: kiln.v1.Digest
-	(*PutManifestRequest)(nil),       // 3: kiln.v1.PutManifestRequest
-	(*PutManifestResponse)(nil),      // 4: kiln.v1.PutManifestResponse
-	(*FindMissingBlobsRequest)(nil),  // 5: kiln.v1.FindMissingBlobsRequest
-	(*FindMissingBlobsResponse)(nil), // 6: kiln.v1.FindMissingBlobsResponse
-	(*UploadBlobsRequest)(nil),       // 7: kiln.v1.UploadBlobsRequest
-	(*UploadBlobsResponse)(nil),      // 8: kiln.v1.UploadBlobsResponse
-	(*ContextRef)(nil),               // 9: kiln.v1.ContextRef
-	(*ContextManifest)(nil),          // 10: kiln.v1.ContextManifest
-	(*ContextEntry)(nil),             // 11: kiln.v1.ContextEntry
+	(ContextFormat)(0),                   // 0: kiln.v1.ContextFormat
+	(EntryType)(0),                       // 1: kiln.v1.EntryType
+	(*BatchUpdateBlobsRequest)(nil),      // 2: kiln.v1.BatchUpdateBlobsRequest
+	(*BatchUpdateBlobsResponse)(nil),     // 3: kiln.v1.BatchUpdateBlobsResponse
+	(*Digest)(nil),                       // 4: kiln.v1.Digest
+	(*PutManifestRequest)(nil),           // 5: kiln.v1.PutManifestRequest
+	(*PutManifestResponse)(nil),          // 6: kiln.v1.PutManifestResponse
+	(*FindMissingBlobsRequest)(nil),      // 7: kiln.v1.FindMissingBlobsRequest
+	(*FindMissingBlobsResponse)(nil),     // 8: kiln.v1.FindMissingBlobsResponse
+	(*UploadBlobsRequest)(nil),           // 9: kiln.v1.UploadBlobsRequest
+	(*UploadBlobsResponse)(nil),          // 10: kiln.v1.UploadBlobsResponse
+	(*ContextRef)(nil),                   // 11: kiln.v1.ContextRef
+	(*ContextManifest)(nil),              // 12: kiln.v1.ContextManifest
+	(*ContextEntry)(nil),                 // 13: kiln.v1.ContextEntry
+	(*BatchUpdateBlobsRequest_Blob)(nil), // 14: kiln.v1.BatchUpdateBlobsRequest.Blob
 }
 var file_kiln_v1_context_proto_depIdxs = []int32{
-	10, // 0: kiln.v1.PutManifestRequest.manifest:type_name -> kiln.v1.ContextManifest
-	2,  // 1: kiln.v1.PutManifestResponse.digest:type_name -> kiln.v1.Digest
-	2,  // 2: kiln.v1.PutManifestResponse.missing:type_name -> kiln.v1.Digest
-	2,  // 3: kiln.v1.FindMissingBlobsRequest.digests:type_name -> kiln.v1.Digest
-	2,  // 4: kiln.v1.FindMissingBlobsResponse.missing:type_name -> kiln.v1.Digest
-	2,  // 5: kiln.v1.UploadBlobsRequest.digest:type_name -> kiln.v1.Digest
-	2,  // 6: kiln.v1.UploadBlobsResponse.stored:type_name -> kiln.v1.Digest
-	2,  // 7: kiln.v1.ContextRef.digest:type_name -> kiln.v1.Digest
-	0,  // 8: kiln.v1.ContextRef.format:type_name -> kiln.v1.ContextFormat
-	11, // 9: kiln.v1.ContextManifest.entries:type_name -> kiln.v1.ContextEntry
-	1,  // 10: kiln.v1.ContextEntry.type:type_name -> kiln.v1.EntryType
-	2,  // 11: kiln.v1.ContextEntry.digest:type_name -> kiln.v1.Digest
-	3,  // 12: kiln.v1.ContextService.PutManifest:input_type -> kiln.v1.PutManifestRequest
-	5,  // 13: kiln.v1.ContextService.FindMissingBlobs:input_type -> kiln.v1.FindMissingBlobsRequest
-	7,  // 14: kiln.v1.ContextService.UploadBlobs:input_type -> kiln.v1.UploadBlobsRequest
-	4,  // 15: kiln.v1.ContextService.PutManifest:output_type -> kiln.v1.PutManifestResponse
-	6,  // 16: kiln.v1.ContextService.FindMissingBlobs:output_type -> kiln.v1.FindMissingBlobsResponse
-	8,  // 17: kiln.v1.ContextService.UploadBlobs:output_type -> kiln.v1.UploadBlobsResponse
-	15, // [15:18] is the sub-list for method output_type
-	12, // [12:15] is the sub-list for method input_type
-	12, // [12:12] is the sub-list for extension type_name
-	12, // [12:12] is the sub-list for extension extendee
-	0,  // [0:12] is the sub-list for field type_name
+	14, // 0: kiln.v1.BatchUpdateBlobsRequest.blobs:type_name -> kiln.v1.BatchUpdateBlobsRequest.Blob
+	4,  // 1: kiln.v1.BatchUpdateBlobsResponse.stored:type_name -> kiln.v1.Digest
+	12, // 2: kiln.v1.PutManifestRequest.manifest:type_name -> kiln.v1.ContextManifest
+	4,  // 3: kiln.v1.PutManifestResponse.digest:type_name -> kiln.v1.Digest
+	4,  // 4: kiln.v1.PutManifestResponse.missing:type_name -> kiln.v1.Digest
+	4,  // 5: kiln.v1.FindMissingBlobsRequest.digests:type_name -> kiln.v1.Digest
+	4,  // 6: kiln.v1.FindMissingBlobsResponse.missing:type_name -> kiln.v1.Digest
+	4,  // 7: kiln.v1.UploadBlobsRequest.digest:type_name -> kiln.v1.Digest
+	4,  // 8: kiln.v1.UploadBlobsResponse.stored:type_name -> kiln.v1.Digest
+	4,  // 9: kiln.v1.ContextRef.digest:type_name -> kiln.v1.Digest
+	0,  // 10: kiln.v1.ContextRef.format:type_name -> kiln.v1.ContextFormat
+	13, // 11: kiln.v1.ContextManifest.entries:type_name -> kiln.v1.ContextEntry
+	1,  // 12: kiln.v1.ContextEntry.type:type_name -> kiln.v1.EntryType
+	4,  // 13: kiln.v1.ContextEntry.digest:type_name -> kiln.v1.Digest
+	4,  // 14: kiln.v1.BatchUpdateBlobsRequest.Blob.digest:type_name -> kiln.v1.Digest
+	5,  // 15: kiln.v1.ContextService.PutManifest:input_type -> kiln.v1.PutManifestRequest
+	7,  // 16: kiln.v1.ContextService.FindMissingBlobs:input_type -> kiln.v1.FindMissingBlobsRequest
+	9,  // 17: kiln.v1.ContextService.UploadBlobs:input_type -> kiln.v1.UploadBlobsRequest
+	2,  // 18: kiln.v1.ContextService.BatchUpdateBlobs:input_type -> kiln.v1.BatchUpdateBlobsRequest
+	6,  // 19: kiln.v1.ContextService.PutManifest:output_type -> kiln.v1.PutManifestResponse
+	8,  // 20: kiln.v1.ContextService.FindMissingBlobs:output_type -> kiln.v1.FindMissingBlobsResponse
+	10, // 21: kiln.v1.ContextService.UploadBlobs:output_type -> kiln.v1.UploadBlobsResponse
+	3,  // 22: kiln.v1.ContextService.BatchUpdateBlobs:output_type -> kiln.v1.BatchUpdateBlobsResponse
+	19, // [19:23] is the sub-list for method output_type
+	15, // [15:19] is the sub-list for method input_type
+	15, // [15:15] is the sub-list for extension type_name
+	15, // [15:15] is the sub-list for extension extendee
+	0,  // [0:15] is the sub-list for field type_name
 }
 
 func init() { file_kiln_v1_context_proto_init() }
@@ -828,7 +995,7 @@ func file_kiln_v1_context_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_kiln_v1_context_proto_rawDesc), len(file_kiln_v1_context_proto_rawDesc)),
 			NumEnums:      2,
-			NumMessages:   10,
+			NumMessages:   13,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

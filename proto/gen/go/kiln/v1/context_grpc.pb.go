@@ -22,6 +22,7 @@ const (
 	ContextService_PutManifest_FullMethodName      = "/kiln.v1.ContextService/PutManifest"
 	ContextService_FindMissingBlobs_FullMethodName = "/kiln.v1.ContextService/FindMissingBlobs"
 	ContextService_UploadBlobs_FullMethodName      = "/kiln.v1.ContextService/UploadBlobs"
+	ContextService_BatchUpdateBlobs_FullMethodName = "/kiln.v1.ContextService/BatchUpdateBlobs"
 )
 
 // ContextServiceClient is the client API for ContextService service.
@@ -44,6 +45,15 @@ type ContextServiceClient interface {
 	// carries its digest and ends with finish_write. Every blob is verified
 	// against its digest before it is stored; a mismatch stores nothing.
 	UploadBlobs(ctx context.Context, opts ...grpc.CallOption) (grpc.ClientStreamingClient[UploadBlobsRequest, UploadBlobsResponse], error)
+	// BatchUpdateBlobs stores many small blobs sent whole in one message
+	// (REAPI's BatchUpdateBlobs): the many small files of a context cost one
+	// round trip per batch instead of one per file. Large blobs go through
+	// UploadBlobs. The batch is all or nothing: every blob is verified
+	// against its digest before any is stored (a mismatch is InvalidArgument
+	// naming the blob's path), and the tenant is charged for the blobs the
+	// farm lacks at once (ResourceExhausted over its quota, nothing stored).
+	// Blobs the farm holds already are accepted without being charged.
+	BatchUpdateBlobs(ctx context.Context, in *BatchUpdateBlobsRequest, opts ...grpc.CallOption) (*BatchUpdateBlobsResponse, error)
 }
 
 type contextServiceClient struct {
@@ -87,6 +97,16 @@ func (c *contextServiceClient) UploadBlobs(ctx context.Context, opts ...grpc.Cal
 // This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
 type ContextService_UploadBlobsClient = grpc.ClientStreamingClient[UploadBlobsRequest, UploadBlobsResponse]
 
+func (c *contextServiceClient) BatchUpdateBlobs(ctx context.Context, in *BatchUpdateBlobsRequest, opts ...grpc.CallOption) (*BatchUpdateBlobsResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(BatchUpdateBlobsResponse)
+	err := c.cc.Invoke(ctx, ContextService_BatchUpdateBlobs_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 // ContextServiceServer is the server API for ContextService service.
 // All implementations must embed UnimplementedContextServiceServer
 // for forward compatibility.
@@ -107,6 +127,15 @@ type ContextServiceServer interface {
 	// carries its digest and ends with finish_write. Every blob is verified
 	// against its digest before it is stored; a mismatch stores nothing.
 	UploadBlobs(grpc.ClientStreamingServer[UploadBlobsRequest, UploadBlobsResponse]) error
+	// BatchUpdateBlobs stores many small blobs sent whole in one message
+	// (REAPI's BatchUpdateBlobs): the many small files of a context cost one
+	// round trip per batch instead of one per file. Large blobs go through
+	// UploadBlobs. The batch is all or nothing: every blob is verified
+	// against its digest before any is stored (a mismatch is InvalidArgument
+	// naming the blob's path), and the tenant is charged for the blobs the
+	// farm lacks at once (ResourceExhausted over its quota, nothing stored).
+	// Blobs the farm holds already are accepted without being charged.
+	BatchUpdateBlobs(context.Context, *BatchUpdateBlobsRequest) (*BatchUpdateBlobsResponse, error)
 	mustEmbedUnimplementedContextServiceServer()
 }
 
@@ -125,6 +154,9 @@ func (UnimplementedContextServiceServer) FindMissingBlobs(context.Context, *Find
 }
 func (UnimplementedContextServiceServer) UploadBlobs(grpc.ClientStreamingServer[UploadBlobsRequest, UploadBlobsResponse]) error {
 	return status.Error(codes.Unimplemented, "method UploadBlobs not implemented")
+}
+func (UnimplementedContextServiceServer) BatchUpdateBlobs(context.Context, *BatchUpdateBlobsRequest) (*BatchUpdateBlobsResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method BatchUpdateBlobs not implemented")
 }
 func (UnimplementedContextServiceServer) mustEmbedUnimplementedContextServiceServer() {}
 func (UnimplementedContextServiceServer) testEmbeddedByValue()                        {}
@@ -190,6 +222,24 @@ func _ContextService_UploadBlobs_Handler(srv interface{}, stream grpc.ServerStre
 // This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
 type ContextService_UploadBlobsServer = grpc.ClientStreamingServer[UploadBlobsRequest, UploadBlobsResponse]
 
+func _ContextService_BatchUpdateBlobs_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(BatchUpdateBlobsRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(ContextServiceServer).BatchUpdateBlobs(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: ContextService_BatchUpdateBlobs_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(ContextServiceServer).BatchUpdateBlobs(ctx, req.(*BatchUpdateBlobsRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 // ContextService_ServiceDesc is the grpc.ServiceDesc for ContextService service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -204,6 +254,10 @@ var ContextService_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "FindMissingBlobs",
 			Handler:    _ContextService_FindMissingBlobs_Handler,
+		},
+		{
+			MethodName: "BatchUpdateBlobs",
+			Handler:    _ContextService_BatchUpdateBlobs_Handler,
 		},
 	},
 	Streams: []grpc.StreamDesc{
