@@ -19,10 +19,11 @@ const (
 	FlushEvery    = 50 * time.Millisecond
 	MaxBatch      = 128
 	MaxBatchBytes = 256 << 10
-	// maxPending bounds the events waiting to be sent; past it Event waits
-	// for the scheduler, so a slow farm slows the build's output, not the
-	// agent's memory.
-	maxPending = 8192
+	// maxPending and maxPendingBytes bound the events waiting to be sent;
+	// past either Event waits for the scheduler, so a slow farm slows the
+	// build's output, not the agent's memory.
+	maxPending      = 8192
+	maxPendingBytes = 16 * MaxBatchBytes
 	// sendTimeout bounds one report, tries included.
 	sendTimeout = 30 * time.Second
 )
@@ -52,6 +53,7 @@ type Attempt struct {
 	mu           sync.Mutex
 	cond         *sync.Cond // pending shrank, or the attempt ended
 	pending      []*kilnv1.BuildEvent
+	pendingBytes int    // proto.Size of the pending events
 	seq          uint64 // the last report's sequence
 	fenced       error
 	closed       bool
@@ -59,6 +61,12 @@ type Attempt struct {
 	stop, done   chan struct{}
 	stopOnce     sync.Once
 	fencedCalled bool
+
+	// The attempt's log text: the limit of its tenant, how much Event
+	// took (past the limit it takes no more log lines: the scheduler
+	// cuts the log at the first line past it), and how much the reports
+	// sent so far carried (AgentReport.log_bytes). Guarded by mu.
+	logLimit, logTaken, logSent uint64
 }
 
 // Start tells the schedulers the agent runs assigned (ASSIGNED → RUNNING,
@@ -79,24 +87,35 @@ func (c *Client) Start(ctx context.Context, assigned *kilnv1.Build, lease time.D
 	if err != nil {
 		return nil, nil, err
 	}
+	a.logLimit = LogLimit(b.GetPolicy())
 	go a.flushLoop()
 	return a, b, nil
 }
 
 // Event queues ev for the build's log: log lines, steps and pushed images
 // (the schedulers write state and finished events themselves). It waits
-// only when maxPending events are already waiting.
+// only when maxPending events or maxPendingBytes are already waiting. Log
+// lines past the one that passes the attempt's log limit are dropped: the
+// scheduler would drop them.
 func (a *Attempt) Event(ev *kilnv1.BuildEvent) {
+	ev.BuildId, ev.Attempt = a.id, a.attempt
+	size := proto.Size(ev)
 	a.mu.Lock()
 	defer a.mu.Unlock()
-	for len(a.pending) >= maxPending && !a.closed && a.fenced == nil {
+	for len(a.pending) > 0 && (len(a.pending) >= maxPending || a.pendingBytes+size > maxPendingBytes) && !a.closed && a.fenced == nil {
 		a.cond.Wait()
 	}
 	if a.closed || a.fenced != nil {
 		return
 	}
-	ev.BuildId, ev.Attempt = a.id, a.attempt
+	if ev.GetLog() != nil {
+		if a.logTaken > a.logLimit {
+			return
+		}
+		a.logTaken += logBytes(ev)
+	}
 	a.pending = append(a.pending, ev)
+	a.pendingBytes += size
 	signal(a.kick)
 	if len(a.pending) >= MaxBatch {
 		signal(a.full)
@@ -225,16 +244,18 @@ func (a *Attempt) flush() {
 func (a *Attempt) take() (batch []*kilnv1.BuildEvent, rest int) {
 	n, size := 0, 0
 	for n < len(a.pending) && n < MaxBatch {
-		size += proto.Size(a.pending[n])
-		if n > 0 && size > MaxBatchBytes {
+		s := proto.Size(a.pending[n])
+		if n > 0 && size+s > MaxBatchBytes {
 			break
 		}
+		size += s
 		n++
 	}
 	batch = a.pending[:n:n]
 	a.pending = a.pending[n:]
+	a.pendingBytes = max(a.pendingBytes-size, 0)
 	if len(a.pending) == 0 {
-		a.pending = nil
+		a.pending, a.pendingBytes = nil, 0
 	}
 	a.cond.Broadcast()
 	return batch, len(a.pending)
@@ -244,7 +265,10 @@ func (a *Attempt) take() (batch []*kilnv1.BuildEvent, rest int) {
 func (a *Attempt) send(ctx context.Context, r *kilnv1.AgentReport, events []*kilnv1.BuildEvent) (*kilnv1.Build, error) {
 	a.mu.Lock()
 	a.seq++
-	r.Sequence = a.seq
+	r.Sequence, r.LogBytes = a.seq, a.logSent
+	for _, ev := range events {
+		a.logSent += logBytes(ev)
+	}
 	a.mu.Unlock()
 	r.BuildId, r.Attempt, r.Events = a.id, a.attempt, events
 	sctx, cancel := context.WithTimeout(ctx, sendTimeout)

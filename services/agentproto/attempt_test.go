@@ -153,3 +153,61 @@ func TestAttemptThatLostItsBuildIsFenced(t *testing.T) {
 		t.Fatal("the hook heard of the fence twice")
 	}
 }
+
+// TestAttemptLogIsCutAtTheTenantsLimit: a build whose tenant keeps 1000
+// bytes of log text prints 2700 in 300 lines (more than MaxBatch events,
+// so several reports): the log
+// holds the lines up to the limit, one marker line, no line after it, and
+// every step event and the finished event.
+func TestAttemptLogIsCutAtTheTenantsLimit(t *testing.T) {
+	conn, store, c, b := setUp(t)
+	const limit = 1000
+	if _, err := store.Update(t.Context(), b.Id, func(r *kilnv1.Build) error {
+		r.Policy = &kilnv1.TenantPolicy{LogMaxBytes: limit}
+		return nil
+	}); err != nil {
+		t.Fatal(err)
+	}
+	at, _, err := c.Start(t.Context(), b, time.Minute, agentproto.Hooks{Failed: func(err error) { t.Errorf("events: %v", err) }})
+	if err != nil {
+		t.Fatal(err)
+	}
+	const lines = 300
+	for i := range lines {
+		at.Event(&kilnv1.BuildEvent{Event: &kilnv1.BuildEvent_Log{Log: &kilnv1.LogLine{Step: 1 + uint32(i/100), Text: fmt.Sprintf("line %04d", i)}}}) // 9 bytes
+		if i%100 == 99 {
+			at.Event(&kilnv1.BuildEvent{Event: &kilnv1.BuildEvent_StepFinished{StepFinished: &kilnv1.StepFinished{Step: 1 + uint32(i/100)}}})
+		}
+	}
+	if _, err := at.Finish(t.Context(), kilnv1.BuildState_BUILD_STATE_SUCCEEDED, &kilnv1.BuildResult{}, ""); err != nil {
+		t.Fatal(err)
+	}
+	var text, kept, markers, steps int
+	finished := false
+	for _, ev := range bustest.EventLog(t, conn.JS, b.Id) {
+		switch {
+		case ev.GetLog() != nil && ev.GetLog().GetText() == agentproto.LogLimitMarker(limit):
+			markers++
+			if ev.GetLog().GetStep() != 2 {
+				t.Errorf("marker of step %d, want 2 (the step of the first line dropped)", ev.GetLog().GetStep())
+			}
+		case ev.GetLog() != nil:
+			if markers > 0 {
+				t.Fatalf("line %q after the marker", ev.GetLog().GetText())
+			}
+			if want := fmt.Sprintf("line %04d", kept); ev.GetLog().GetText() != want {
+				t.Fatalf("line %d is %q, want %q", kept, ev.GetLog().GetText(), want)
+			}
+			kept++
+			text += len(ev.GetLog().GetText())
+		case ev.GetStepFinished() != nil:
+			steps++
+		case ev.GetFinished() != nil:
+			finished = true
+		}
+	}
+	if kept != limit/9 || text > limit || markers != 1 || steps != 3 || !finished {
+		t.Fatalf("log: %d lines (%d bytes), %d markers, %d steps finished, finished %v; want %d lines, 1 marker, 3 steps, finished",
+			kept, text, markers, steps, finished, limit/9)
+	}
+}

@@ -24,7 +24,7 @@ import (
 // change and events only when the record names the agent the subject names,
 // at the report's attempt, in a state that allows it:
 //
-//	kiln.agent.report.<agent> ─▶ fence(agent, attempt, state) ─▶ KV CAS ─▶ events (in order, acknowledged) ─▶ reply
+//	kiln.agent.report.<agent> ─▶ fence(agent, attempt, state) ─▶ KV CAS ─▶ events (in order, log cut at the tenant's limit, acknowledged) ─▶ reply
 //
 // A report the fence refuses writes nothing and answers fenced. Every
 // scheduler instance runs one, leader or not: each change is a revision
@@ -188,7 +188,7 @@ func (h *Handler) applyReport(ctx context.Context, agent string, r *kilnv1.Agent
 		if err := fence(b, assigned, running); err != nil {
 			return nil, err
 		}
-		return nil, h.publishEvents(ctx, r, events)
+		return nil, h.publishEvents(ctx, r, b, events)
 
 	case kilnv1.AgentReportKind_AGENT_REPORT_KIND_START:
 		b, err := h.updateFenced(ctx, r.BuildId, func(b *kilnv1.Build) error {
@@ -207,7 +207,7 @@ func (h *Handler) applyReport(ctx context.Context, agent string, r *kilnv1.Agent
 		if err != nil {
 			return nil, err
 		}
-		return b, h.publishEvents(ctx, r, append(events, &kilnv1.BuildEvent{Event: &kilnv1.BuildEvent_State{State: &kilnv1.StateChanged{
+		return b, h.publishEvents(ctx, r, b, append(events, &kilnv1.BuildEvent{Event: &kilnv1.BuildEvent_State{State: &kilnv1.StateChanged{
 			State: b.State, Agent: agent, Attempt: b.Attempt, Message: fmt.Sprintf("running on agent %q (attempt %d)", agent, b.Attempt),
 		}}}))
 
@@ -252,7 +252,7 @@ func (h *Handler) applyReport(ctx context.Context, agent string, r *kilnv1.Agent
 		if err != nil {
 			return nil, err
 		}
-		return b, h.publishEvents(ctx, r, append(events, &kilnv1.BuildEvent{Event: &kilnv1.BuildEvent_Finished{Finished: &kilnv1.BuildFinished{
+		return b, h.publishEvents(ctx, r, b, append(events, &kilnv1.BuildEvent{Event: &kilnv1.BuildEvent_Finished{Finished: &kilnv1.BuildFinished{
 			State: b.State, Result: b.Result, Error: b.Error, Agent: agent, TimedOut: b.TimedOut,
 		}}}))
 
@@ -275,7 +275,7 @@ func (h *Handler) applyReport(ctx context.Context, agent string, r *kilnv1.Agent
 		if err != nil {
 			return nil, err
 		}
-		if err := h.publishEvents(ctx, r, append(events, &kilnv1.BuildEvent{Event: &kilnv1.BuildEvent_State{State: &kilnv1.StateChanged{
+		if err := h.publishEvents(ctx, r, b, append(events, &kilnv1.BuildEvent{Event: &kilnv1.BuildEvent_State{State: &kilnv1.StateChanged{
 			State: b.State, Attempt: b.Attempt, Message: why,
 		}}})); err != nil {
 			return b, err
@@ -334,8 +334,10 @@ func agentEvents(r *kilnv1.AgentReport) ([]*kilnv1.BuildEvent, error) {
 // publishEvents appends events to the report's build's log in order and
 // waits until the stream has stored them all. Each carries a message id of
 // build, attempt, report sequence and position, so a report sent again
-// appends nothing twice (within the stream's duplicate window).
-func (h *Handler) publishEvents(ctx context.Context, r *kilnv1.AgentReport, events []*kilnv1.BuildEvent) error {
+// appends nothing twice (within the stream's duplicate window). The log
+// text of the attempt past its tenant's limit (b's policy) is cut.
+func (h *Handler) publishEvents(ctx context.Context, r *kilnv1.AgentReport, b *kilnv1.Build, events []*kilnv1.BuildEvent) error {
+	events = cutLog(events, r.LogBytes, LogLimit(b.GetPolicy()))
 	if len(events) == 0 {
 		return nil
 	}
