@@ -138,7 +138,7 @@ func validate(t *Tenant) ([]tokenHash, error) {
 	}{
 		{"max_concurrent", int64(t.MaxConcurrent)}, {"weight", int64(t.Weight)},
 		{"context_max_bytes", t.ContextMaxBytes}, {"context_max_entries", int64(t.ContextMaxEntries)},
-		{"cas_quota_bytes", t.CASQuotaBytes},
+		{"cas_quota_bytes", t.CASQuotaBytes}, {"log_max_bytes", t.LogMaxBytes},
 	} {
 		if f.v < 0 {
 			return nil, fmt.Errorf("tenant %q: %s is negative (%d)", t.Name, f.name, f.v)

@@ -30,6 +30,10 @@ type Tenant struct {
 	// CASQuotaBytes bounds the context blob bytes this tenant may have
 	// stored on the farm (0: the gateway's --cas-quota default).
 	CASQuotaBytes int64 `yaml:"cas_quota_bytes,omitempty"`
+	// LogMaxBytes bounds the log text each attempt of the tenant's builds
+	// keeps; the log is cut there with a marker line (0: 64 MiB, the
+	// farm's default, agentproto.DefaultLogMaxBytes).
+	LogMaxBytes int64 `yaml:"log_max_bytes,omitempty"`
 	// Policy is what the tenant's builds may do in the sandbox.
 	Policy Policy `yaml:"policy,omitempty"`
 }

@@ -49,7 +49,7 @@ func TestNewToken(t *testing.T) {
 func TestParseAndAuthenticate(t *testing.T) {
 	h := hashes(t)
 	file := "tenants:\n" +
-		"  - name: team-a\n    tokens: ['" + h["kiln_tokena"] + "']\n    push: ['registry.example.com/team-a/*']\n    weight: 3\n    max_concurrent: 2\n" +
+		"  - name: team-a\n    tokens: ['" + h["kiln_tokena"] + "']\n    push: ['registry.example.com/team-a/*']\n    weight: 3\n    max_concurrent: 2\n    log_max_bytes: 1048576\n" +
 		"  - name: ops\n    admin: true\n    tokens: ['" + h["kiln_tokenb"] + "', '" + h["kiln_tokenbcrypt"] + "']\n"
 	s, err := Parse([]byte(file))
 	if err != nil {
@@ -73,7 +73,7 @@ func TestParseAndAuthenticate(t *testing.T) {
 		t.Fatalf("wrong token: %v", err)
 	}
 	p := s.Lookup("team-a").BuildPolicy()
-	if p.Weight != 3 || p.MaxConcurrent != 2 || p.AllowRemoteAdd {
+	if p.Weight != 3 || p.MaxConcurrent != 2 || p.LogMaxBytes != 1<<20 || p.AllowRemoteAdd {
 		t.Fatalf("policy %+v", p)
 	}
 }
@@ -89,6 +89,7 @@ func TestParseErrors(t *testing.T) {
 		{"duplicate tenant", "tenants:\n  - name: a\n    tokens: ['" + h + "']\n  - name: a\n    tokens: ['" + h + "']\n", `line 4: tenant "a" is listed twice`},
 		{"bad push", "tenants:\n  - name: a\n    tokens: ['" + h + "']\n    push: ['reg.io/*/x']\n", `push namespace "reg.io/*/x"`},
 		{"negative", "tenants:\n  - name: a\n    tokens: ['" + h + "']\n    max_concurrent: -1\n", "max_concurrent is negative"},
+		{"negative log limit", "tenants:\n  - name: a\n    tokens: ['" + h + "']\n    log_max_bytes: -5\n", "log_max_bytes is negative"},
 		{"no tenants", "tenants: []\n", "no tenants"},
 		{"two documents", "tenants: []\n---\ntenants: []\n", "one YAML document"},
 	} {
