@@ -17,7 +17,8 @@ import (
 var agentsHelp = helpText{
 	usage: "kiln agents [OPTIONS]\n        kiln agents drain|undrain NAME [OPTIONS]",
 	about: `List the farm's build agents (admin token): state, busy slots, engine,
-storage driver, labels, cached lineages and when each was last heard from.
+storage driver, labels, cached lineages, when each was last heard from and
+what its operator should fix on its engine (warnings).
 
 Commands:
   drain     Stop giving an agent new builds; its running builds finish
@@ -124,11 +125,13 @@ Needs an admin token (KILN_TOKEN or --token).`
 }
 
 // defaultAgentsTable is the table `kiln agents` prints without --format.
-const defaultAgentsTable = "table {{.Name}}\t{{.State}}\t{{.Slots}}\t{{.Engine}}\t{{.Storage}}\t{{.Labels}}\t{{.Lineages}}\t{{.LastSeen}}"
+const defaultAgentsTable = "table {{.Name}}\t{{.State}}\t{{.Slots}}\t{{.Engine}}\t{{.Storage}}\t{{.Labels}}\t{{.Lineages}}\t{{.LastSeen}}\t{{.Warnings}}"
 
 // agentRow is one agent as a --format template sees it.
 type agentRow struct {
 	Name, State, Slots, Engine, Storage, Labels, Lineages, LastSeen, Version string
+	// Warnings are what the agent asks its operator to fix, "; "-joined.
+	Warnings string
 	// Record is the whole agent ({{.Record.Arch}}).
 	Record *kilnv1.Agent
 }
@@ -136,7 +139,7 @@ type agentRow struct {
 // agentHeader holds the column names of a `table` format's header.
 var agentHeader = agentRow{
 	Name: "NAME", State: "STATE", Slots: "SLOTS", Engine: "ENGINE", Storage: "STORAGE",
-	Labels: "LABELS", Lineages: "CACHED LINEAGES", LastSeen: "LAST SEEN", Version: "VERSION",
+	Labels: "LABELS", Lineages: "CACHED LINEAGES", LastSeen: "LAST SEEN", Version: "VERSION", Warnings: "WARNINGS",
 }
 
 // newAgentRow formats ag for the listing at time now.
@@ -160,6 +163,7 @@ func newAgentRow(ag *kilnv1.Agent, now time.Time) agentRow {
 		Lineages: fmt.Sprint(len(ag.GetCache().GetLineages())),
 		LastSeen: seen,
 		Version:  orDash(ag.GetVersion()),
+		Warnings: orDash(strings.Join(ag.GetWarnings(), "; ")),
 		Record:   ag,
 	}
 }

@@ -23,6 +23,7 @@ func TestWriteAgents(t *testing.T) {
 		EngineVersion: "20.10.24", EngineApiVersion: "1.41", StorageDriver: "overlay2",
 		Labels: map[string]string{"gpu": "none", "arch": "amd64"}, LastSeen: timestamppb.New(now.Add(-3 * time.Second)),
 		Cache: &kilnv1.CacheSummary{Lineages: []string{"a", "b"}}, Version: "v1.2.3",
+		Warnings: []string{"the engine clipped the output of build x", "another"},
 	}}
 	if err := writeAgents(&buf, f, agents, now); err != nil {
 		t.Fatal(err)
@@ -31,7 +32,10 @@ func TestWriteAgents(t *testing.T) {
 	if len(lines) != 2 {
 		t.Fatalf("want a header and one row:\n%s", buf.String())
 	}
-	for _, want := range []string{"builder-1", "draining", "1/2 busy", "20.10.24 (API 1.41)", "overlay2", "arch=amd64,gpu=none", "3s ago"} {
+	if !strings.HasSuffix(strings.TrimSpace(lines[0]), "WARNINGS") {
+		t.Fatalf("header %q does not end with WARNINGS", lines[0])
+	}
+	for _, want := range []string{"builder-1", "draining", "1/2 busy", "20.10.24 (API 1.41)", "overlay2", "arch=amd64,gpu=none", "3s ago", "the engine clipped the output of build x; another"} {
 		if !strings.Contains(lines[1], want) {
 			t.Fatalf("row %q lacks %q", lines[1], want)
 		}
