@@ -3,7 +3,6 @@ package gateway
 import (
 	"context"
 
-	"golang.org/x/sync/errgroup"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 
@@ -18,8 +17,6 @@ const (
 	MaxBatchBytes = 4 << 20
 	// MaxBatchBlobs bounds the blobs of one batch.
 	MaxBatchBlobs = 10000
-	// batchStoreConcurrency bounds the blobs of one batch looked up at once.
-	batchStoreConcurrency = 32
 )
 
 // BatchUpdateBlobs stores a batch of small blobs, all or nothing: each is
@@ -121,25 +118,19 @@ func (g *Gateway) refundUnstored(ctx context.Context, tenant string, blobs []*ki
 	}
 }
 
-// lackingBlobs returns the blobs the CAS does not hold, asking with
-// bounded concurrency.
+// lackingBlobs returns the blobs the CAS does not hold.
 func (g *Gateway) lackingBlobs(ctx context.Context, blobs []*kilnv1.BatchUpdateBlobsRequest_Blob) ([]*kilnv1.BatchUpdateBlobsRequest_Blob, error) {
-	lacking := make([]bool, len(blobs))
-	eg, ectx := errgroup.WithContext(ctx)
-	eg.SetLimit(batchStoreConcurrency)
+	ds := make([]*kilnv1.Digest, len(blobs))
 	for i, b := range blobs {
-		eg.Go(func() error {
-			ok, err := g.blobs.Has(ectx, b.GetDigest().GetHash(), b.GetDigest().GetSizeBytes())
-			lacking[i] = !ok
-			return err
-		})
+		ds[i] = b.GetDigest()
 	}
-	if err := eg.Wait(); err != nil {
+	have, err := g.hasMany(ctx, ds)
+	if err != nil {
 		return nil, err
 	}
 	var out []*kilnv1.BatchUpdateBlobsRequest_Blob
 	for i, b := range blobs {
-		if lacking[i] {
+		if !have[i] {
 			out = append(out, b)
 		}
 	}

@@ -8,8 +8,6 @@ import (
 	"fmt"
 	"io"
 
-	"golang.org/x/sync/errgroup"
-
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/proto"
@@ -26,15 +24,27 @@ func (g *Gateway) FindMissingBlobs(ctx context.Context, req *kilnv1.FindMissingB
 		if !cas.ValidDigest(d.GetHash()) {
 			return nil, invalid("digest %q is not of the form sha256:<64 hex digits>", d.GetHash())
 		}
-		ok, err := g.blobs.Has(ctx, d.Hash, d.SizeBytes)
-		if err != nil {
-			return nil, err
-		}
-		if !ok {
+	}
+	have, err := g.hasMany(ctx, req.Digests)
+	if err != nil {
+		return nil, err
+	}
+	for i, d := range req.Digests {
+		if !have[i] {
 			resp.Missing = append(resp.Missing, d)
 		}
 	}
 	return resp, nil
+}
+
+// hasMany reports which of the digests the CAS holds with their sizes.
+func (g *Gateway) hasMany(ctx context.Context, ds []*kilnv1.Digest) ([]bool, error) {
+	digests := make([]string, len(ds))
+	sizes := make([]int64, len(ds))
+	for i, d := range ds {
+		digests[i], sizes[i] = d.GetHash(), d.GetSizeBytes()
+	}
+	return g.blobs.HasMany(ctx, digests, sizes)
 }
 
 // PutManifest validates a context manifest before any of its blobs is
@@ -111,7 +121,7 @@ func (g *Gateway) storeManifest(ctx context.Context, tenant string, m *kilnv1.Co
 }
 
 // missingFiles returns the distinct file blobs of m that the CAS lacks,
-// asking with bounded concurrency.
+// asking in batches (cas.Store.HasMany).
 func (g *Gateway) missingFiles(ctx context.Context, m *kilnv1.ContextManifest) ([]*kilnv1.Digest, error) {
 	seen := map[string]bool{}
 	var files []*kilnv1.Digest
@@ -121,18 +131,13 @@ func (g *Gateway) missingFiles(ctx context.Context, m *kilnv1.ContextManifest) (
 			files = append(files, e.Digest)
 		}
 	}
-	lacking := make([]bool, len(files))
-	eg, ectx := errgroup.WithContext(ctx)
-	eg.SetLimit(32)
-	for i, d := range files {
-		eg.Go(func() error {
-			ok, err := g.blobs.Has(ectx, d.Hash, d.SizeBytes)
-			lacking[i] = !ok
-			return err
-		})
-	}
-	if err := eg.Wait(); err != nil {
+	have, err := g.hasMany(ctx, files)
+	if err != nil {
 		return nil, err
+	}
+	lacking := make([]bool, len(files))
+	for i := range files {
+		lacking[i] = !have[i]
 	}
 	var missing []*kilnv1.Digest
 	for i, d := range files {

@@ -120,3 +120,76 @@ func TestPutBatchVerifiesBeforeStoring(t *testing.T) {
 		t.Fatalf("Has(good blob of a refused batch) = %v, %v; want false", ok, err)
 	}
 }
+
+// TestHasManyAndGetMany: the batched reads answer for more blobs than one
+// request names, tell stored from missing and deleted blobs and wrong
+// sizes, and GetMany returns only blobs whose bytes match their digest
+// (blobs the object store's Put wrote are left to Get).
+func TestHasManyAndGetMany(t *testing.T) {
+	ctx := context.Background()
+	conn := bustest.Conn(t)
+	s, err := cas.Open(ctx, conn.JS)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var items []cas.Item
+	for i := range 1200 {
+		data := []byte(fmt.Sprintf("many %d\n", i))
+		items = append(items, cas.Item{Digest: digest(data), Data: data})
+	}
+	if err := s.PutBatch(ctx, items, cas.Meta{}); err != nil {
+		t.Fatal(err)
+	}
+	streamed := []byte("put by the object store's own Put\n")
+	if err := s.Put(ctx, digest(streamed), int64(len(streamed)), bytes.NewReader(streamed)); err != nil {
+		t.Fatal(err)
+	}
+	fresh, err := cas.Open(ctx, conn.JS, cas.RememberFor(0)) // asks NATS every time
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := fresh.Delete(ctx, items[5].Digest); err != nil {
+		t.Fatal(err)
+	}
+	missing := []byte("never stored\n")
+	var digests []string
+	var sizes []int64
+	for _, it := range items {
+		digests = append(digests, it.Digest)
+		sizes = append(sizes, int64(len(it.Data)))
+	}
+	digests = append(digests, digest(streamed), digest(missing), items[7].Digest)
+	sizes = append(sizes, int64(len(streamed)), int64(len(missing)), int64(len(items[7].Data))+1)
+	have, err := fresh.HasMany(ctx, digests, sizes)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i, ok := range have {
+		want := i != 5 && i != len(digests)-2 && i != len(digests)-1
+		if ok != want {
+			t.Fatalf("HasMany[%d] (%s, %d bytes) = %v, want %v", i, digests[i], sizes[i], ok, want)
+		}
+	}
+	got, err := fresh.GetMany(ctx, digests)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i, it := range items {
+		data, ok := got[it.Digest]
+		if i == 5 {
+			if ok {
+				t.Fatal("GetMany returned a deleted blob")
+			}
+			continue
+		}
+		if !ok || !bytes.Equal(data, it.Data) {
+			t.Fatalf("GetMany[%s] = %q, %v; want %q", it.Digest, data, ok, it.Data)
+		}
+	}
+	if _, ok := got[digest(streamed)]; ok {
+		t.Fatal("GetMany returned a blob the object store's Put wrote (its chunk subject is not its digest)")
+	}
+	if len(got) != len(items)-1 {
+		t.Fatalf("GetMany returned %d blobs, want %d", len(got), len(items)-1)
+	}
+}
