@@ -47,7 +47,8 @@ func WithUploadProgress(fn func(ContextProgress)) UploadOption {
 
 // UploadContext makes sure the farm holds the packed context: PutManifest
 // stores the manifest and says which file blobs the farm lacks, and only
-// those are streamed, each once however many files share it, in
+// those are sent, each once however many files share it: files up to
+// BatchBlobMaxBytes many to a BatchUpdateBlobs call, larger ones in
 // UploadChunkSize chunks on one UploadBlobs stream. A stream that breaks
 // with codes.Unavailable is followed by another, to whichever gateway
 // answers, with the blobs the farm still lacks (see WithFailover). Each
@@ -179,8 +180,27 @@ func (c *Client) stillMissing(ctx context.Context, blobs []*kilnv1.ContextEntry)
 	return out, nil
 }
 
-// uploadBlobs streams blobs one after another on one UploadBlobs stream.
+// uploadBlobs sends the small blobs in batches (BatchUpdateBlobs) and the
+// others one after another on one UploadBlobs stream (all of them there
+// when the gateway takes no batches).
 func (c *Client) uploadBlobs(ctx context.Context, root string, blobs []*kilnv1.ContextEntry, rep *progressReporter) error {
+	batches, large := splitBatches(blobs)
+	if len(batches) > 0 {
+		err := c.uploadBatches(ctx, root, batches, rep)
+		if errors.Is(err, errBatchesUnsupported) {
+			large = blobs
+		} else if err != nil {
+			return err
+		}
+	}
+	if len(large) == 0 {
+		return nil
+	}
+	return c.streamBlobs(ctx, root, large, rep)
+}
+
+// streamBlobs streams blobs one after another on one UploadBlobs stream.
+func (c *Client) streamBlobs(ctx context.Context, root string, blobs []*kilnv1.ContextEntry, rep *progressReporter) error {
 	// Cancelling the stream's context makes the gateway drop a blob left
 	// unfinished when we stop early.
 	ctx, cancel := context.WithCancel(ctx)
