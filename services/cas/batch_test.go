@@ -193,3 +193,56 @@ func TestHasManyAndGetMany(t *testing.T) {
 		t.Fatalf("GetMany returned %d blobs, want %d", len(got), len(items)-1)
 	}
 }
+
+// TestConcurrentGetsAreBatched: many Gets at once, of blobs PutBatch
+// wrote and of one the object store's Put wrote, each return their own
+// bytes (the batched read answers the first, Get's own path the other).
+func TestConcurrentGetsAreBatched(t *testing.T) {
+	ctx := context.Background()
+	conn := bustest.Conn(t)
+	s, err := cas.Open(ctx, conn.JS)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var items []cas.Item
+	for i := range 600 {
+		data := []byte(fmt.Sprintf("concurrent %d\n", i))
+		items = append(items, cas.Item{Digest: digest(data), Data: data})
+	}
+	if err := s.PutBatch(ctx, items, cas.Meta{}); err != nil {
+		t.Fatal(err)
+	}
+	streamed := bytes.Repeat([]byte("streamed "), 50_000) // several chunks
+	if err := s.Put(ctx, digest(streamed), int64(len(streamed)), bytes.NewReader(streamed)); err != nil {
+		t.Fatal(err)
+	}
+	items = append(items, cas.Item{Digest: digest(streamed), Data: streamed})
+	reader, err := cas.Open(ctx, conn.JS) // remembers nothing
+	if err != nil {
+		t.Fatal(err)
+	}
+	errs := make(chan error, len(items))
+	sem := make(chan struct{}, 32)
+	for _, it := range items {
+		sem <- struct{}{}
+		go func() {
+			defer func() { <-sem }()
+			r, err := reader.Get(ctx, it.Digest)
+			if err != nil {
+				errs <- err
+				return
+			}
+			defer r.Close()
+			got, err := io.ReadAll(r)
+			if err == nil && !bytes.Equal(got, it.Data) {
+				err = fmt.Errorf("Get(%s) returned %d other bytes", it.Digest, len(got))
+			}
+			errs <- err
+		}()
+	}
+	for range items {
+		if err := <-errs; err != nil {
+			t.Fatal(err)
+		}
+	}
+}

@@ -44,6 +44,7 @@ type Store struct {
 	obj         jetstream.ObjectStore
 	stream      jetstream.Stream // the object store's, for direct reads of small blobs; nil: none
 	js          jetstream.JetStream
+	reads       readBatcher // concurrent Gets of small blobs, batched
 	present     *lru.Cache[string, seen]   // digest → size, stored for sure
 	small       *lru.Cache[string, []byte] // contents of blobs up to SmallBlobBytes
 	rememberFor time.Duration
@@ -101,6 +102,7 @@ func Open(ctx context.Context, js jetstream.JetStream, opts ...Option) (*Store, 
 	if st, err := js.Stream(ctx, "OBJ_"+bus.BucketCAS); err == nil {
 		s.stream = st
 	}
+	s.reads.s = s
 	return s, nil
 }
 
@@ -210,6 +212,9 @@ func (s *Store) Get(ctx context.Context, digest string) (io.ReadCloser, error) {
 		return nil, fmt.Errorf("%w: %q", ErrBadDigest, digest)
 	}
 	if data, ok := s.small.Get(digest); ok {
+		return io.NopCloser(bytes.NewReader(data)), nil
+	}
+	if data, ok := s.reads.get(ctx, digest); ok {
 		return io.NopCloser(bytes.NewReader(data)), nil
 	}
 	if r, ok, err := s.readSmall(ctx, digest); err != nil || ok {
