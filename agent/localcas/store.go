@@ -27,8 +27,9 @@ import (
 const DefaultMaxBytes int64 = 10 << 30
 
 const (
-	// fetchConcurrency bounds the blobs one Ensure fetches at once.
-	fetchConcurrency = 8
+	// fetchConcurrency bounds the blobs one Ensure fetches at once: many,
+	// since a context of small files is mostly round trips.
+	fetchConcurrency = 32
 	// touchEvery is how stale a blob's mtime may get before a use rewrites it.
 	touchEvery = time.Hour
 )
