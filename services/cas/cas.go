@@ -44,7 +44,7 @@ type Store struct {
 	obj         jetstream.ObjectStore
 	stream      jetstream.Stream // the object store's, for direct reads of small blobs; nil: none
 	js          jetstream.JetStream
-	reads       readBatcher // concurrent Gets of small blobs, batched
+	reads       readBatcher                // concurrent Gets of small blobs, batched
 	present     *lru.Cache[string, seen]   // digest → size, stored for sure
 	small       *lru.Cache[string, []byte] // contents of blobs up to SmallBlobBytes
 	rememberFor time.Duration
