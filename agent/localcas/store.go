@@ -76,11 +76,14 @@ type Stats struct {
 // Store is a directory of blobs with a size bound and least-recently-used
 // eviction. Its methods are safe for concurrent use.
 type Store struct {
-	dir    string
-	max    int64
-	log    *slog.Logger
-	lock   *os.File
-	onWait func(digest string) // test hook: a caller waits for a fetch in flight
+	dir       string
+	max       int64
+	log       *slog.Logger
+	lock      *os.File
+	onWait    func(digest string) // test hook: a caller waits for a fetch in flight
+	synced    groupSync           // makes fetched blobs durable before they are renamed in
+	closeOnce sync.Once
+	closeErr  error
 
 	// mu guards the fields below. It is held across a blob's removal from
 	// disk, never across a download.
@@ -138,9 +141,13 @@ func Open(cfg Config) (*Store, error) {
 	return s, nil
 }
 
-// Close releases the directory for another process. The store must not be
-// used after Close.
-func (s *Store) Close() error { return s.lock.Close() }
+// Close syncs the store, marks it clean (the next Open need not check its
+// small blobs) and releases the directory for another process. The store
+// must not be used after Close.
+func (s *Store) Close() error {
+	s.closeOnce.Do(func() { s.closeErr = errors.Join(s.markClean(), s.lock.Close()) })
+	return s.closeErr
+}
 
 func (s *Store) tmpDir() string  { return filepath.Join(s.dir, "tmp") }
 func (s *Store) blobDir() string { return filepath.Join(s.dir, "sha256") }
@@ -177,6 +184,15 @@ func (s *Store) load() error {
 			return err
 		}
 		found = append(found, &blob{digest: "sha256:" + de.Name(), size: info.Size(), touched: info.ModTime()})
+	}
+	clean, err := s.startDirty()
+	if err != nil {
+		return err
+	}
+	if !clean {
+		if found, err = s.verifySmall(found); err != nil {
+			return err
+		}
 	}
 	sort.Slice(found, func(i, j int) bool {
 		if !found[i].touched.Equal(found[j].touched) {
@@ -362,9 +378,12 @@ func (s *Store) download(ctx context.Context, b Blob, fetch FetchFunc) (int64, e
 			b.Digest, cas.ErrDigestMismatch, b.Size, n, got)
 	}
 	// Synced before the rename, so a crash cannot leave a torn file under
-	// a name that vouches for its content.
-	if err := tmp.Sync(); err != nil {
-		return 0, fmt.Errorf("fetch blob %s: %w", b.Digest, err)
+	// a name that vouches for its content; small blobs are checked after a
+	// crash instead (durability.go).
+	if n > UnsyncedMaxBytes {
+		if err := s.synced.sync(tmp); err != nil {
+			return 0, fmt.Errorf("fetch blob %s: %w", b.Digest, err)
+		}
 	}
 	if err := tmp.Close(); err != nil {
 		return 0, fmt.Errorf("fetch blob %s: %w", b.Digest, err)
