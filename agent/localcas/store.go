@@ -28,8 +28,11 @@ const DefaultMaxBytes int64 = 10 << 30
 
 const (
 	// fetchConcurrency bounds the blobs one Ensure fetches at once: many,
-	// since a context of small files is mostly round trips.
-	fetchConcurrency = 32
+	// since a context of small files is mostly round trips (and the farm's
+	// CAS answers concurrent reads of small blobs in batches); at most
+	// largeFetchConcurrency of them larger than UnsyncedMaxBytes.
+	fetchConcurrency      = 256
+	largeFetchConcurrency = 8
 	// touchEvery is how stale a blob's mtime may get before a use rewrites it.
 	touchEvery = time.Hour
 )
@@ -266,8 +269,17 @@ func (s *Store) Ensure(ctx context.Context, blobs []Blob, fetch FetchFunc) (*Pin
 	var mu sync.Mutex // guards pin.blobs and st below
 	g, gctx := errgroup.WithContext(ctx)
 	g.SetLimit(fetchConcurrency)
+	large := make(chan struct{}, largeFetchConcurrency)
 	for _, b := range missing {
 		g.Go(func() error {
+			if b.Size < 0 || b.Size > UnsyncedMaxBytes {
+				select {
+				case large <- struct{}{}:
+					defer func() { <-large }()
+				case <-gctx.Done():
+					return gctx.Err()
+				}
+			}
 			e, fetched, err := s.ensureOne(gctx, b, fetch)
 			if err != nil {
 				return err
