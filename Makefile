@@ -64,6 +64,7 @@ bench: dev-env build ## run the benchmarks in bench/ (tables and JSON in bench/r
 	$(GO) run ./bench/warmrebuild
 	$(GO) run ./bench/cimodes
 	$(GO) run ./bench/contextupload
+	$(GO) run ./bench/smallfiles
 	$(GO) run ./bench/routingsim
 	$(GO) run ./bench/affinity
 	$(GO) run ./bench/dispatch

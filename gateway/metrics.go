@@ -23,15 +23,15 @@ var (
 	})
 	uploadBytesReceived = promauto.NewCounter(prometheus.CounterOpts{
 		Name: "kiln_context_upload_bytes_received_total",
-		Help: "Blob bytes received by UploadBlobs.",
+		Help: "Blob bytes received by UploadBlobs and BatchUpdateBlobs.",
 	})
 	uploadBlobsStored = promauto.NewCounter(prometheus.CounterOpts{
 		Name: "kiln_context_upload_blobs_stored_total",
-		Help: "Blobs stored by UploadBlobs after verification.",
+		Help: "Blobs stored by UploadBlobs and BatchUpdateBlobs after verification.",
 	})
 	uploadBlobsRefused = promauto.NewCounter(prometheus.CounterOpts{
 		Name: "kiln_context_upload_blobs_refused_total",
-		Help: "Blobs refused by UploadBlobs (digest mismatch, limits).",
+		Help: "Blobs refused by UploadBlobs and BatchUpdateBlobs (digest mismatch, limits).",
 	})
 )
 
