@@ -5,6 +5,7 @@ import (
 	"crypto/rand"
 	"encoding/hex"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	gofs "io/fs"
@@ -195,6 +196,8 @@ func (d *Docker) BuildKit(ctx context.Context, o BuildKitOptions, r Reporter) (B
 	var (
 		imageID   string
 		streamMsg string // the error the stream ended with
+		empty     int    // progress messages in a row that carried nothing
+		stuck     bool   // the engine's progress is lost (stuckProgress)
 	)
 	streamErr := decodeMessages(resp.Body, func(m *jsonmessage.JSONMessage) error {
 		switch {
@@ -205,19 +208,36 @@ func (d *Docker) BuildKit(ctx context.Context, o BuildKitOptions, r Reporter) (B
 			if err := json.Unmarshal(*m.Aux, &dt); err != nil {
 				return fmt.Errorf("decoding a progress message: %w", err)
 			}
+			if len(dt) == 0 {
+				if empty++; empty == stuckProgress {
+					stuck = true
+					r.Log(0, stuckProgressLine)
+				}
+				if stuck && imageID != "" {
+					return errProgressStuck
+				}
+				return nil
+			}
+			empty = 0
 			var st controlapi.StatusResponse
 			if err := proto.Unmarshal(dt, &st); err != nil {
 				return fmt.Errorf("decoding a progress message: %w", err)
 			}
-			report(p.feed(&st))
+			p.each(&st, report)
 		case m.ID == "moby.image.id" && m.Aux != nil:
 			var res struct{ ID string }
 			if err := json.Unmarshal(*m.Aux, &res); err == nil {
 				imageID = res.ID
 			}
+			if stuck {
+				return errProgressStuck
+			}
 		}
 		return nil
 	})
+	if errors.Is(streamErr, errProgressStuck) {
+		streamErr = nil // the build is done; its stream would never end
+	}
 	report(p.finish())
 	if !stopWatch() {
 		<-cancelled // the build was cancelled: wait for the engine to have been told
@@ -245,6 +265,27 @@ func (d *Docker) BuildKit(ctx context.Context, o BuildKitOptions, r Reporter) (B
 		ContextBytes: counter.n.Load(),
 	}, nil
 }
+
+// BuildKit before v0.10 (Docker 20.10's is v0.8) loses a build's progress
+// once one status update carries over 1 MiB of output, as a loud step's
+// burst does when the engine's progress falls behind: it splits the
+// update, then sends empty updates in a loop that never ends
+// (moby/buildkit bb24010f6 fixed it), so the rest of the output, the
+// steps' ends and the end of the build's response never come. Only the
+// image ID still does. After stuckProgress empty updates in a row (a
+// working engine sends none) the build's log says so, and the image ID
+// ends the build; a build that fails then runs until its timeout or a
+// cancel.
+const stuckProgress = 10000
+
+// errProgressStuck ends reading a stuck progress stream.
+var errProgressStuck = errors.New("the engine's progress is stuck")
+
+// stuckProgressLine is the build's log line when the engine's progress is
+// lost.
+const stuckProgressLine = "[kiln] the engine stopped reporting this build's progress after a burst of over 1 MiB of output " +
+	"(a bug of BuildKit before v0.10, as in Docker 20.10): the rest of the output is lost. " +
+	"Engines on Docker 23 or later keep loud steps' full logs."
 
 // dockerfilePath returns the Dockerfile's path in the context
 // (slash-separated, cleaned, relative), which must be a regular file

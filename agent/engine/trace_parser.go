@@ -84,22 +84,34 @@ func newTraceParser() *traceParser {
 	return &traceParser{vertices: map[string]*vertex{}, stages: map[string]int{}}
 }
 
-// feed takes one status message and returns the events it implies, valid
-// until the next call.
+// feed takes one status message and returns the events it implies.
 func (p *traceParser) feed(s *controlapi.StatusResponse) []event {
+	var all []event
+	p.each(s, func(evs []event) { all = append(all, evs...) })
+	return all
+}
+
+// each takes one status message and hands fn the events it implies: those
+// of its vertices, then those of each chunk of output, each slice valid
+// until fn returns. A message may carry a megabyte of output (BuildKit
+// splits its messages there), a hundred thousand short lines: handed over
+// chunk by chunk, they are never all in memory at once.
+func (p *traceParser) each(s *controlapi.StatusResponse, fn func([]event)) {
 	p.events = p.events[:0]
 	for _, v := range s.GetVertexes() {
 		p.vertex(v)
 	}
+	fn(p.events)
 	for _, l := range s.GetLogs() {
+		p.events = p.events[:0]
 		vx := p.vertices[l.GetVertex()]
 		if vx == nil {
 			vx = &vertex{}
 			p.vertices[l.GetVertex()] = vx
 		}
 		p.logOutput(vx, l.GetMsg())
+		fn(p.events)
 	}
-	return p.events
 }
 
 // finish flushes partial log lines; call it when the stream has ended.
