@@ -17,6 +17,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/kilnbuild/kiln/agent/engine"
 	"github.com/kilnbuild/kiln/agent/enginetest"
 	"github.com/kilnbuild/kiln/services/agentproto"
 )
@@ -220,7 +221,7 @@ func TestLogsAreCutAtTheTenantsLimit(t *testing.T) {
 	}
 	k := mustStartKilnd(t, t.TempDir(), "--tenants-file", file)
 	after := "after-the-cut-" + uniq()
-	dir := writeContext(t, map[string]string{"Dockerfile": fmt.Sprintf("FROM %s\nRUN seq 1 25000\nRUN echo %s\n", enginetest.BusyboxBase(t), after)})
+	dir := writeContext(t, map[string]string{"Dockerfile": fmt.Sprintf("FROM %s\nRUN seq 1 25000 # %s\nRUN echo %s\n", enginetest.BusyboxBase(t), after, after)})
 	r := kiln(t, k.addrs.GRPC, "build", "--progress", "plain", "--token", token, dir)
 	if r.code != 0 {
 		t.Fatalf("kiln build: %s", r)
@@ -251,8 +252,30 @@ func TestLogsAreCutAtTheTenantsLimit(t *testing.T) {
 		if next < 10000 || next > 25000 {
 			t.Fatalf("%s: the log kept lines 1 to %d of the step's 25000 under a %d-byte limit", what, next-1, limit)
 		}
-		if !strings.Contains(out, "RUN echo "+after) || strings.Contains(strings.ReplaceAll(out, "RUN echo "+after, ""), after) {
+		if echo := "RUN echo " + after; !strings.Contains(out, echo) || strings.Contains(strings.NewReplacer(echo, "", "# "+after, "").Replace(out), after) {
 			t.Fatalf("%s: want the next step's start but not its output past the cut:\n%s", what, tail(out, 20))
 		}
 	}
+}
+
+// TestLogsSayWhenTheEngineClips: on an engine whose BuildKit keeps 4 KiB
+// of a step's output (an operator's engine, not one kiln started), a step
+// printing 24 KB is clipped; the build's log names the engine setting
+// that lifts the limit, and `kiln agents` lists the warning.
+func TestLogsSayWhenTheEngineClips(t *testing.T) {
+	e := enginetest.StartEngineWithEnv(t, "clips", engine.StepLogMaxSizeEnv+"=4096")
+	f := startFaultFarm(t, faultFarmOptions{}, []*enginetest.Engine{e}, "clip-agent")
+	dir := writeContext(t, map[string]string{"Dockerfile": fmt.Sprintf("FROM %s\nRUN seq 1 5000 # %s\n", f.base, uniq())})
+	r := kiln(t, f.gw.addrs["grpc"], "build", "--progress", "plain", dir)
+	if r.code != 0 {
+		t.Fatalf("kiln build: %s", r)
+	}
+	for _, want := range []string{"[output clipped, log limit 4KiB reached]", `[kiln] the engine of agent "clip-agent" clipped this step's output`, "BUILDKIT_STEP_LOG_MAX_SIZE=1073741824"} {
+		mustContain(t, r.stderr, want, "kiln build's output")
+	}
+	waitFor(t, time.Minute, "kiln agents to list the clip warning", func() bool {
+		r := kiln(t, f.gw.addrs["grpc"], "agents", "--format", "{{.Name}}: {{.Warnings}}")
+		return r.code == 0 && strings.Contains(r.stdout, "clip-agent: the engine clipped the output of build") &&
+			strings.Contains(r.stdout, "restart its dockerd with BUILDKIT_STEP_LOG_MAX_SIZE=1073741824")
+	})
 }
