@@ -18,4 +18,5 @@ COPY rootfs/ /
 LABEL org.opencontainers.image.title=kiln-engine \
       org.opencontainers.image.source=https://github.com/kilnbuild/kiln
 ENV PATH=/usr/bin:/usr/sbin:/bin:/sbin
+ENV BUILDKIT_STEP_LOG_MAX_SIZE=1073741824 BUILDKIT_STEP_LOG_MAX_SPEED=1073741824
 ENTRYPOINT ["/usr/bin/dockerd"]
