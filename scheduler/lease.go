@@ -90,6 +90,17 @@ func (s *Scheduler) watchBuilds(ctx context.Context) error {
 // sweep re-queues builds whose agent stopped renewing the lease, and fails
 // those that have lost MaxAttempts agents.
 func (s *Scheduler) sweep(ctx context.Context) error {
+	return s.everySweep(ctx, func() map[string]time.Time { return s.leased }, func(ctx context.Context, id string, _ time.Time) {
+		if err := s.checkLease(ctx, id); err != nil && ctx.Err() == nil {
+			s.log.Error("check lease", "build_id", id, "err", err)
+		}
+	})
+}
+
+// everySweep calls due, every SweepEvery until ctx ends, for each build
+// whose time in the map times returns (called under s.mu; a zero time: at
+// once) has come.
+func (s *Scheduler) everySweep(ctx context.Context, times func() map[string]time.Time, due func(ctx context.Context, id string, now time.Time)) error {
 	t := time.NewTicker(s.cfg.SweepEvery)
 	defer t.Stop()
 	for {
@@ -101,16 +112,14 @@ func (s *Scheduler) sweep(ctx context.Context) error {
 		now := s.cfg.Now()
 		s.mu.Lock()
 		var ids []string
-		for id, expires := range s.leased {
-			if expires.IsZero() || !now.Before(expires) {
+		for id, at := range times() {
+			if at.IsZero() || !now.Before(at) {
 				ids = append(ids, id)
 			}
 		}
 		s.mu.Unlock()
 		for _, id := range ids {
-			if err := s.checkLease(ctx, id); err != nil && ctx.Err() == nil {
-				s.log.Error("check lease", "build_id", id, "err", err)
-			}
+			due(ctx, id, now)
 		}
 	}
 }

@@ -42,29 +42,11 @@ func (s *Scheduler) noteDeadline(b *kilnv1.Build) {
 
 // enforceTimeouts looks for builds past their deadline every SweepEvery.
 func (s *Scheduler) enforceTimeouts(ctx context.Context) error {
-	t := time.NewTicker(s.cfg.SweepEvery)
-	defer t.Stop()
-	for {
-		select {
-		case <-ctx.Done():
-			return ctx.Err()
-		case <-t.C:
+	return s.everySweep(ctx, func() map[string]time.Time { return s.deadlines }, func(ctx context.Context, id string, now time.Time) {
+		if err := s.timeOut(ctx, id, now); err != nil && ctx.Err() == nil {
+			s.log.Error("cancel timed-out build", "build_id", id, "err", err)
 		}
-		now := s.cfg.Now()
-		s.mu.Lock()
-		var due []string
-		for id, at := range s.deadlines {
-			if !now.Before(at) {
-				due = append(due, id)
-			}
-		}
-		s.mu.Unlock()
-		for _, id := range due {
-			if err := s.timeOut(ctx, id, now); err != nil && ctx.Err() == nil {
-				s.log.Error("cancel timed-out build", "build_id", id, "err", err)
-			}
-		}
-	}
+	})
 }
 
 // timeOut cancels build id, whose deadline has passed at now, or ends it
