@@ -30,9 +30,6 @@ import (
 // holds all of kiln's streams with 3 replicas. Cleanup takes the project
 // down with its volumes and removes the images.
 func TestCompose(t *testing.T) {
-	if testing.Short() {
-		t.Skip("brings up the compose farm: not in -short")
-	}
 	compose := composeCLI(t)
 	base := enginetest.BusyboxBase(t) // in the default engine; pushed to the compose registry below
 	repo, err := filepath.Abs("..")
