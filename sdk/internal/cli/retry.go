@@ -5,8 +5,6 @@ import (
 	"fmt"
 
 	"github.com/spf13/pflag"
-
-	"github.com/kilnbuild/kiln/sdk/kiln"
 )
 
 // retryFlags holds the raw values of `kiln retry` flags.
@@ -63,21 +61,11 @@ func (a *App) retry(ctx context.Context, args []string) int {
 	if err != nil {
 		return a.usageErrorf("retry", "%v", err)
 	}
-	conn, err := f.conn.resolve(fs, a.lookupEnv())
-	if err != nil {
-		return a.usageErrorf("retry", "%v", err)
-	}
-	key := f.idempotencyKey
-	if key == "" {
-		if key, err = kiln.NewIdempotencyKey(); err != nil {
-			fmt.Fprintf(a.Stderr, "ERROR: %v\n", err)
-			return ExitFailed
-		}
-	}
+	key := f.idempotencyKey // "": the SDK makes one up, kept across its own retries
 	id := fs.Arg(0)
-	client, err := kiln.Dial(ctx, conn.gateway, conn.opts...)
-	if err != nil {
-		return reportFarmError(a.Stderr, conn.gateway, id, err)
+	client, conn, code := a.dial(ctx, "retry", fs, &f.conn, id)
+	if client == nil {
+		return code
 	}
 	defer client.Close()
 	if f.detach {
@@ -114,6 +102,6 @@ func (a *App) retry(ctx context.Context, args []string) int {
 		}
 		return reportFarmError(a.Stderr, conn.gateway, rec.GetId(), err)
 	}
-	_, code := a.followStarted(ctx, b, pr, w, conn.gateway)
+	_, code = a.followStarted(ctx, b, pr, w, conn.gateway)
 	return code
 }
