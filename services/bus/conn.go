@@ -115,7 +115,12 @@ func Setup(ctx context.Context, js jetstream.JetStream, l Limits) error {
 	}
 	logged := time.Now()
 	for {
-		err := setup(ctx, js, l)
+		// Each attempt's requests are bounded by nats.go's own timeout,
+		// not ctx's deadline: a request lost with a NATS node would hold
+		// the attempt until that deadline, leaving no time to retry.
+		actx, cancel := WithoutDeadline(ctx)
+		err := setup(actx, js, l)
+		cancel()
 		if err == nil || !setupMayRetry(ctx, err) {
 			return err
 		}
