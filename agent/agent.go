@@ -58,6 +58,11 @@ type Engine interface {
 	Build(ctx context.Context, contextTar io.Reader, o engine.BuildOptions, r engine.Reporter) (engine.Result, error)
 	BuildKit(ctx context.Context, o engine.BuildKitOptions, r engine.Reporter) (engine.BuildKitResult, error)
 	Push(ctx context.Context, tag string, creds engine.Credentials, log func(line string)) (digest string, size int64, err error)
+	// ExportCache exports the cache of the BuildKit build o, which has
+	// just succeeded on this engine with result res, to `to`: the
+	// automatic warm start's export, run after the build's result is
+	// recorded. It must not change the pushed image.
+	ExportCache(ctx context.Context, o engine.BuildKitOptions, res engine.Result, to engine.CacheOption, r engine.Reporter) error
 }
 
 var _ Engine = (*engine.Docker)(nil)

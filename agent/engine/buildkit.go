@@ -51,6 +51,15 @@ type BuildKitOptions struct {
 	// in it), served from a temporary directory; the context's Dockerfile
 	// must still exist, and the context directory is not changed.
 	DockerfileData []byte
+	// CacheFrom are caches to import from; CacheTo are caches to export to
+	// as part of the build (checked by proto/rules/cacheopt; an engine
+	// without a type's Feature refuses it with a *BuildError saying which
+	// engines have it).
+	CacheFrom, CacheTo []CacheOption
+	// Push asks an engine with FeaturePushInBuild to push every tag as
+	// part of the build (BuildKitResult.Pushed); other engines ignore it
+	// and the agent pushes with Push.
+	Push bool
 }
 
 // BuildKitResult adds what only a BuildKit build measures.
@@ -59,6 +68,9 @@ type BuildKitResult struct {
 	// ContextBytes counts the bytes of context files the engine read
 	// through the session: what the engine's copy lacked.
 	ContextBytes int64
+	// Pushed are the tags the engine pushed as part of the build
+	// (FeaturePushInBuild with BuildKitOptions.Push), in Tags' order.
+	Pushed []Pushed
 }
 
 // Builders reports the builders the engine offers, preferred first:

@@ -100,6 +100,8 @@ type Info struct {
 	OS            string   // e.g. "linux"
 	Arch          string   // e.g. "x86_64", as the engine spells it
 	Builders      []string // "buildkit", "classic": what the engine builds with, preferred first
+	Kind          string   // KindDocker or KindBuildKit
+	Features      []string // Feature* constants: what the engine can do beyond building
 }
 
 // Info asks the engine who it is. It is also the agent's liveness check: an
@@ -118,6 +120,8 @@ func (d *Docker) Info(ctx context.Context) (Info, error) {
 		return Info{}, err
 	}
 	return Info{
+		Kind:          KindDocker,
+		Features:      []string{FeatureCacheImport, FeatureCacheExportInline},
 		Builders:      builders,
 		ServerVersion: si.ServerVersion,
 		APIVersion:    d.c.ClientVersion(),

@@ -101,7 +101,15 @@ type Agent struct {
 	// warnings are what the agent saw go wrong with its engine that its
 	// operator should fix, each a sentence saying what to change: e.g. the
 	// engine clipped a build's output at BuildKit's step log limit.
-	Warnings      []string `protobuf:"bytes,16,rep,name=warnings,proto3" json:"warnings,omitempty"`
+	Warnings []string `protobuf:"bytes,16,rep,name=warnings,proto3" json:"warnings,omitempty"`
+	// engine_kind is the kind of engine the agent drives: "docker" (the
+	// Docker Engine API) or "buildkit" (a standalone buildkitd).
+	EngineKind string `protobuf:"bytes,17,opt,name=engine_kind,json=engineKind,proto3" json:"engine_kind,omitempty"`
+	// features are what the agent's engine can do beyond building, which
+	// routing matches against what a build needs (agent/engine's Feature*
+	// constants): "cache-export-registry", "cache-export-inline",
+	// "cache-import", "rootless", ...
+	Features      []string `protobuf:"bytes,18,rep,name=features,proto3" json:"features,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -244,6 +252,20 @@ func (x *Agent) GetVersion() string {
 func (x *Agent) GetWarnings() []string {
 	if x != nil {
 		return x.Warnings
+	}
+	return nil
+}
+
+func (x *Agent) GetEngineKind() string {
+	if x != nil {
+		return x.EngineKind
+	}
+	return ""
+}
+
+func (x *Agent) GetFeatures() []string {
+	if x != nil {
+		return x.Features
 	}
 	return nil
 }
@@ -596,7 +618,7 @@ var File_kiln_v1_agent_proto protoreflect.FileDescriptor
 
 const file_kiln_v1_agent_proto_rawDesc = "" +
 	"\n" +
-	"\x13kiln/v1/agent.proto\x12\akiln.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x13kiln/v1/build.proto\"\x8f\x05\n" +
+	"\x13kiln/v1/agent.proto\x12\akiln.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x13kiln/v1/build.proto\"\xcc\x05\n" +
 	"\x05Agent\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12)\n" +
 	"\x05state\x18\x02 \x01(\x0e2\x13.kiln.v1.AgentStateR\x05state\x12\x14\n" +
@@ -616,7 +638,10 @@ const file_kiln_v1_agent_proto_rawDesc = "" +
 	"\x05cache\x18\r \x01(\v2\x15.kiln.v1.CacheSummaryR\x05cache\x12,\n" +
 	"\bbuilders\x18\x0e \x03(\x0e2\x10.kiln.v1.BuilderR\bbuilders\x12\x18\n" +
 	"\aversion\x18\x0f \x01(\tR\aversion\x12\x1a\n" +
-	"\bwarnings\x18\x10 \x03(\tR\bwarnings\x1a9\n" +
+	"\bwarnings\x18\x10 \x03(\tR\bwarnings\x12\x1f\n" +
+	"\vengine_kind\x18\x11 \x01(\tR\n" +
+	"engineKind\x12\x1a\n" +
+	"\bfeatures\x18\x12 \x03(\tR\bfeatures\x1a9\n" +
 	"\vLabelsEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
 	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"c\n" +

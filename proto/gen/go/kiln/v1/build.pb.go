@@ -135,6 +135,55 @@ func (BuildState) EnumDescriptor() ([]byte, []int) {
 	return file_kiln_v1_build_proto_rawDescGZIP(), []int{1}
 }
 
+type CacheEvent_Kind int32
+
+const (
+	CacheEvent_KIND_UNSPECIFIED CacheEvent_Kind = 0
+	CacheEvent_KIND_IMPORT      CacheEvent_Kind = 1
+	CacheEvent_KIND_EXPORT      CacheEvent_Kind = 2
+)
+
+// Enum value maps for CacheEvent_Kind.
+var (
+	CacheEvent_Kind_name = map[int32]string{
+		0: "KIND_UNSPECIFIED",
+		1: "KIND_IMPORT",
+		2: "KIND_EXPORT",
+	}
+	CacheEvent_Kind_value = map[string]int32{
+		"KIND_UNSPECIFIED": 0,
+		"KIND_IMPORT":      1,
+		"KIND_EXPORT":      2,
+	}
+)
+
+func (x CacheEvent_Kind) Enum() *CacheEvent_Kind {
+	p := new(CacheEvent_Kind)
+	*p = x
+	return p
+}
+
+func (x CacheEvent_Kind) String() string {
+	return protoimpl.X.EnumStringOf(x.Descriptor(), protoreflect.EnumNumber(x))
+}
+
+func (CacheEvent_Kind) Descriptor() protoreflect.EnumDescriptor {
+	return file_kiln_v1_build_proto_enumTypes[2].Descriptor()
+}
+
+func (CacheEvent_Kind) Type() protoreflect.EnumType {
+	return &file_kiln_v1_build_proto_enumTypes[2]
+}
+
+func (x CacheEvent_Kind) Number() protoreflect.EnumNumber {
+	return protoreflect.EnumNumber(x)
+}
+
+// Deprecated: Use CacheEvent_Kind.Descriptor instead.
+func (CacheEvent_Kind) EnumDescriptor() ([]byte, []int) {
+	return file_kiln_v1_build_proto_rawDescGZIP(), []int{7, 0}
+}
+
 // BuildSpec is what to build: the docker-build options a client may set.
 type BuildSpec struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
@@ -181,7 +230,17 @@ type BuildSpec struct {
 	// the farm cancels the build, which ends CANCELLED with timed_out set and
 	// the error "timed out after <timeout>". Absent: no limit. It must be
 	// positive and at most 24 hours.
-	Timeout       *durationpb.Duration `protobuf:"bytes,16,opt,name=timeout,proto3" json:"timeout,omitempty"`
+	Timeout *durationpb.Duration `protobuf:"bytes,16,opt,name=timeout,proto3" json:"timeout,omitempty"`
+	// cache_from are the caches the engine may import layers from, in
+	// buildx's --cache-from syntax parsed (type=registry,ref=R; a bare ref
+	// means type=registry). Their registries' credentials come sealed in
+	// registry_auth like the push tags'.
+	CacheFrom []*CacheOption `protobuf:"bytes,17,rep,name=cache_from,json=cacheFrom,proto3" json:"cache_from,omitempty"`
+	// cache_to are where the engine exports the build's cache (buildx's
+	// --cache-to: type=registry,ref=R,mode=min|max or type=inline), as part
+	// of the build. type=registry needs an engine with the
+	// "cache-export-registry" feature; the build is routed to one.
+	CacheTo       []*CacheOption `protobuf:"bytes,18,rep,name=cache_to,json=cacheTo,proto3" json:"cache_to,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -328,6 +387,76 @@ func (x *BuildSpec) GetTimeout() *durationpb.Duration {
 	return nil
 }
 
+func (x *BuildSpec) GetCacheFrom() []*CacheOption {
+	if x != nil {
+		return x.CacheFrom
+	}
+	return nil
+}
+
+func (x *BuildSpec) GetCacheTo() []*CacheOption {
+	if x != nil {
+		return x.CacheTo
+	}
+	return nil
+}
+
+// CacheOption is one --cache-from or --cache-to entry as buildx parses it:
+// a type (registry, inline, local, gha, s3, ...) and its attributes
+// (ref, mode, ...). proto/rules/cacheopt holds the syntax and which types
+// kiln accepts.
+type CacheOption struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Type          string                 `protobuf:"bytes,1,opt,name=type,proto3" json:"type,omitempty"`
+	Attrs         map[string]string      `protobuf:"bytes,2,rep,name=attrs,proto3" json:"attrs,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *CacheOption) Reset() {
+	*x = CacheOption{}
+	mi := &file_kiln_v1_build_proto_msgTypes[1]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *CacheOption) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*CacheOption) ProtoMessage() {}
+
+func (x *CacheOption) ProtoReflect() protoreflect.Message {
+	mi := &file_kiln_v1_build_proto_msgTypes[1]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use CacheOption.ProtoReflect.Descriptor instead.
+func (*CacheOption) Descriptor() ([]byte, []int) {
+	return file_kiln_v1_build_proto_rawDescGZIP(), []int{1}
+}
+
+func (x *CacheOption) GetType() string {
+	if x != nil {
+		return x.Type
+	}
+	return ""
+}
+
+func (x *CacheOption) GetAttrs() map[string]string {
+	if x != nil {
+		return x.Attrs
+	}
+	return nil
+}
+
 // TenantPolicy is what a tenant's builds may do, stamped into the build
 // record by the gateway from its tenants file; the agent enforces it.
 type TenantPolicy struct {
@@ -351,14 +480,21 @@ type TenantPolicy struct {
 	// log_max_bytes bounds the log text (LogLine.text bytes) each attempt of
 	// the build may append to its log; the schedulers cut the log there
 	// with a marker line (0: the farm's default, 64 MiB).
-	LogMaxBytes   uint64 `protobuf:"varint,7,opt,name=log_max_bytes,json=logMaxBytes,proto3" json:"log_max_bytes,omitempty"`
+	LogMaxBytes uint64 `protobuf:"varint,7,opt,name=log_max_bytes,json=logMaxBytes,proto3" json:"log_max_bytes,omitempty"`
+	// cache_registry is the repository prefix (e.g. "registry:5000/kiln-cache")
+	// under which every successful build's cache is exported after its result,
+	// and from which a build on an agent whose engine lacks its lineage
+	// imports first (automatic warm start); the ref for one lineage is
+	// proto/rules/cacheopt.WarmRef. Empty: no automatic warm start. The
+	// tenant's own setting wins over the gateway's --cache-registry.
+	CacheRegistry string `protobuf:"bytes,8,opt,name=cache_registry,json=cacheRegistry,proto3" json:"cache_registry,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
 
 func (x *TenantPolicy) Reset() {
 	*x = TenantPolicy{}
-	mi := &file_kiln_v1_build_proto_msgTypes[1]
+	mi := &file_kiln_v1_build_proto_msgTypes[2]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -370,7 +506,7 @@ func (x *TenantPolicy) String() string {
 func (*TenantPolicy) ProtoMessage() {}
 
 func (x *TenantPolicy) ProtoReflect() protoreflect.Message {
-	mi := &file_kiln_v1_build_proto_msgTypes[1]
+	mi := &file_kiln_v1_build_proto_msgTypes[2]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -383,7 +519,7 @@ func (x *TenantPolicy) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use TenantPolicy.ProtoReflect.Descriptor instead.
 func (*TenantPolicy) Descriptor() ([]byte, []int) {
-	return file_kiln_v1_build_proto_rawDescGZIP(), []int{1}
+	return file_kiln_v1_build_proto_rawDescGZIP(), []int{2}
 }
 
 func (x *TenantPolicy) GetAllowRemoteAdd() bool {
@@ -435,6 +571,13 @@ func (x *TenantPolicy) GetLogMaxBytes() uint64 {
 	return 0
 }
 
+func (x *TenantPolicy) GetCacheRegistry() string {
+	if x != nil {
+		return x.CacheRegistry
+	}
+	return ""
+}
+
 // SealedSecret is a build secret sealed to the farm's secrets key.
 type SealedSecret struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
@@ -451,7 +594,7 @@ type SealedSecret struct {
 
 func (x *SealedSecret) Reset() {
 	*x = SealedSecret{}
-	mi := &file_kiln_v1_build_proto_msgTypes[2]
+	mi := &file_kiln_v1_build_proto_msgTypes[3]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -463,7 +606,7 @@ func (x *SealedSecret) String() string {
 func (*SealedSecret) ProtoMessage() {}
 
 func (x *SealedSecret) ProtoReflect() protoreflect.Message {
-	mi := &file_kiln_v1_build_proto_msgTypes[2]
+	mi := &file_kiln_v1_build_proto_msgTypes[3]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -476,7 +619,7 @@ func (x *SealedSecret) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SealedSecret.ProtoReflect.Descriptor instead.
 func (*SealedSecret) Descriptor() ([]byte, []int) {
-	return file_kiln_v1_build_proto_rawDescGZIP(), []int{2}
+	return file_kiln_v1_build_proto_rawDescGZIP(), []int{3}
 }
 
 func (x *SealedSecret) GetId() string {
@@ -517,7 +660,7 @@ type Affinity struct {
 
 func (x *Affinity) Reset() {
 	*x = Affinity{}
-	mi := &file_kiln_v1_build_proto_msgTypes[3]
+	mi := &file_kiln_v1_build_proto_msgTypes[4]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -529,7 +672,7 @@ func (x *Affinity) String() string {
 func (*Affinity) ProtoMessage() {}
 
 func (x *Affinity) ProtoReflect() protoreflect.Message {
-	mi := &file_kiln_v1_build_proto_msgTypes[3]
+	mi := &file_kiln_v1_build_proto_msgTypes[4]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -542,7 +685,7 @@ func (x *Affinity) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Affinity.ProtoReflect.Descriptor instead.
 func (*Affinity) Descriptor() ([]byte, []int) {
-	return file_kiln_v1_build_proto_rawDescGZIP(), []int{3}
+	return file_kiln_v1_build_proto_rawDescGZIP(), []int{4}
 }
 
 func (x *Affinity) GetLineage() string {
@@ -579,7 +722,7 @@ type PushedImage struct {
 
 func (x *PushedImage) Reset() {
 	*x = PushedImage{}
-	mi := &file_kiln_v1_build_proto_msgTypes[4]
+	mi := &file_kiln_v1_build_proto_msgTypes[5]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -591,7 +734,7 @@ func (x *PushedImage) String() string {
 func (*PushedImage) ProtoMessage() {}
 
 func (x *PushedImage) ProtoReflect() protoreflect.Message {
-	mi := &file_kiln_v1_build_proto_msgTypes[4]
+	mi := &file_kiln_v1_build_proto_msgTypes[5]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -604,7 +747,7 @@ func (x *PushedImage) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PushedImage.ProtoReflect.Descriptor instead.
 func (*PushedImage) Descriptor() ([]byte, []int) {
-	return file_kiln_v1_build_proto_rawDescGZIP(), []int{4}
+	return file_kiln_v1_build_proto_rawDescGZIP(), []int{5}
 }
 
 func (x *PushedImage) GetTag() string {
@@ -644,13 +787,16 @@ type BuildResult struct {
 	// the whole context tar with the classic builder, only the files the
 	// engine's copy lacked with BuildKit's file sync.
 	ContextTransferBytes int64 `protobuf:"varint,6,opt,name=context_transfer_bytes,json=contextTransferBytes,proto3" json:"context_transfer_bytes,omitempty"`
-	unknownFields        protoimpl.UnknownFields
-	sizeCache            protoimpl.SizeCache
+	// cache_imported_from are the cache refs the engine was given to import
+	// from (the build's cache_from plus the automatic warm start's ref).
+	CacheImportedFrom []string `protobuf:"bytes,7,rep,name=cache_imported_from,json=cacheImportedFrom,proto3" json:"cache_imported_from,omitempty"`
+	unknownFields     protoimpl.UnknownFields
+	sizeCache         protoimpl.SizeCache
 }
 
 func (x *BuildResult) Reset() {
 	*x = BuildResult{}
-	mi := &file_kiln_v1_build_proto_msgTypes[5]
+	mi := &file_kiln_v1_build_proto_msgTypes[6]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -662,7 +808,7 @@ func (x *BuildResult) String() string {
 func (*BuildResult) ProtoMessage() {}
 
 func (x *BuildResult) ProtoReflect() protoreflect.Message {
-	mi := &file_kiln_v1_build_proto_msgTypes[5]
+	mi := &file_kiln_v1_build_proto_msgTypes[6]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -675,7 +821,7 @@ func (x *BuildResult) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use BuildResult.ProtoReflect.Descriptor instead.
 func (*BuildResult) Descriptor() ([]byte, []int) {
-	return file_kiln_v1_build_proto_rawDescGZIP(), []int{5}
+	return file_kiln_v1_build_proto_rawDescGZIP(), []int{6}
 }
 
 func (x *BuildResult) GetImageId() string {
@@ -718,6 +864,116 @@ func (x *BuildResult) GetContextTransferBytes() int64 {
 		return x.ContextTransferBytes
 	}
 	return 0
+}
+
+func (x *BuildResult) GetCacheImportedFrom() []string {
+	if x != nil {
+		return x.CacheImportedFrom
+	}
+	return nil
+}
+
+// CacheEvent reports a cache import or export of the build: a warm start's
+// import before the build, a --cache-to export (part of the build), or the
+// automatic warm start's export, which runs after the build's result is
+// recorded and so comes after its finished event in the log. A failed
+// automatic import or export is a warning and never fails the build.
+type CacheEvent struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	Kind  CacheEvent_Kind        `protobuf:"varint,1,opt,name=kind,proto3,enum=kiln.v1.CacheEvent_Kind" json:"kind,omitempty"`
+	// ref is the cache's registry reference ("" for type=inline).
+	Ref string `protobuf:"bytes,2,opt,name=ref,proto3" json:"ref,omitempty"`
+	// type is the cache type: registry, inline.
+	Type string `protobuf:"bytes,3,opt,name=type,proto3" json:"type,omitempty"`
+	// mode is min or max for registry exports.
+	Mode string `protobuf:"bytes,4,opt,name=mode,proto3" json:"mode,omitempty"`
+	// automatic is set for the farm's automatic warm start (cache_registry).
+	Automatic bool                 `protobuf:"varint,5,opt,name=automatic,proto3" json:"automatic,omitempty"`
+	Duration  *durationpb.Duration `protobuf:"bytes,6,opt,name=duration,proto3" json:"duration,omitempty"`
+	// error is why it failed ("" when it worked); for an automatic import or
+	// export, a warning.
+	Error         string `protobuf:"bytes,7,opt,name=error,proto3" json:"error,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *CacheEvent) Reset() {
+	*x = CacheEvent{}
+	mi := &file_kiln_v1_build_proto_msgTypes[7]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *CacheEvent) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*CacheEvent) ProtoMessage() {}
+
+func (x *CacheEvent) ProtoReflect() protoreflect.Message {
+	mi := &file_kiln_v1_build_proto_msgTypes[7]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use CacheEvent.ProtoReflect.Descriptor instead.
+func (*CacheEvent) Descriptor() ([]byte, []int) {
+	return file_kiln_v1_build_proto_rawDescGZIP(), []int{7}
+}
+
+func (x *CacheEvent) GetKind() CacheEvent_Kind {
+	if x != nil {
+		return x.Kind
+	}
+	return CacheEvent_KIND_UNSPECIFIED
+}
+
+func (x *CacheEvent) GetRef() string {
+	if x != nil {
+		return x.Ref
+	}
+	return ""
+}
+
+func (x *CacheEvent) GetType() string {
+	if x != nil {
+		return x.Type
+	}
+	return ""
+}
+
+func (x *CacheEvent) GetMode() string {
+	if x != nil {
+		return x.Mode
+	}
+	return ""
+}
+
+func (x *CacheEvent) GetAutomatic() bool {
+	if x != nil {
+		return x.Automatic
+	}
+	return false
+}
+
+func (x *CacheEvent) GetDuration() *durationpb.Duration {
+	if x != nil {
+		return x.Duration
+	}
+	return nil
+}
+
+func (x *CacheEvent) GetError() string {
+	if x != nil {
+		return x.Error
+	}
+	return ""
 }
 
 // Build is a build's record: the source of truth kept in KV KILN_BUILDS.
@@ -769,7 +1025,7 @@ type Build struct {
 
 func (x *Build) Reset() {
 	*x = Build{}
-	mi := &file_kiln_v1_build_proto_msgTypes[6]
+	mi := &file_kiln_v1_build_proto_msgTypes[8]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -781,7 +1037,7 @@ func (x *Build) String() string {
 func (*Build) ProtoMessage() {}
 
 func (x *Build) ProtoReflect() protoreflect.Message {
-	mi := &file_kiln_v1_build_proto_msgTypes[6]
+	mi := &file_kiln_v1_build_proto_msgTypes[8]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -794,7 +1050,7 @@ func (x *Build) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Build.ProtoReflect.Descriptor instead.
 func (*Build) Descriptor() ([]byte, []int) {
-	return file_kiln_v1_build_proto_rawDescGZIP(), []int{6}
+	return file_kiln_v1_build_proto_rawDescGZIP(), []int{8}
 }
 
 func (x *Build) GetId() string {
@@ -982,7 +1238,7 @@ type BuildAttempt struct {
 
 func (x *BuildAttempt) Reset() {
 	*x = BuildAttempt{}
-	mi := &file_kiln_v1_build_proto_msgTypes[7]
+	mi := &file_kiln_v1_build_proto_msgTypes[9]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -994,7 +1250,7 @@ func (x *BuildAttempt) String() string {
 func (*BuildAttempt) ProtoMessage() {}
 
 func (x *BuildAttempt) ProtoReflect() protoreflect.Message {
-	mi := &file_kiln_v1_build_proto_msgTypes[7]
+	mi := &file_kiln_v1_build_proto_msgTypes[9]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1007,7 +1263,7 @@ func (x *BuildAttempt) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use BuildAttempt.ProtoReflect.Descriptor instead.
 func (*BuildAttempt) Descriptor() ([]byte, []int) {
-	return file_kiln_v1_build_proto_rawDescGZIP(), []int{7}
+	return file_kiln_v1_build_proto_rawDescGZIP(), []int{9}
 }
 
 func (x *BuildAttempt) GetAttempt() uint32 {
@@ -1064,7 +1320,7 @@ type LogLine struct {
 
 func (x *LogLine) Reset() {
 	*x = LogLine{}
-	mi := &file_kiln_v1_build_proto_msgTypes[8]
+	mi := &file_kiln_v1_build_proto_msgTypes[10]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1076,7 +1332,7 @@ func (x *LogLine) String() string {
 func (*LogLine) ProtoMessage() {}
 
 func (x *LogLine) ProtoReflect() protoreflect.Message {
-	mi := &file_kiln_v1_build_proto_msgTypes[8]
+	mi := &file_kiln_v1_build_proto_msgTypes[10]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1089,7 +1345,7 @@ func (x *LogLine) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use LogLine.ProtoReflect.Descriptor instead.
 func (*LogLine) Descriptor() ([]byte, []int) {
-	return file_kiln_v1_build_proto_rawDescGZIP(), []int{8}
+	return file_kiln_v1_build_proto_rawDescGZIP(), []int{10}
 }
 
 func (x *LogLine) GetStep() uint32 {
@@ -1118,7 +1374,7 @@ type StepStarted struct {
 
 func (x *StepStarted) Reset() {
 	*x = StepStarted{}
-	mi := &file_kiln_v1_build_proto_msgTypes[9]
+	mi := &file_kiln_v1_build_proto_msgTypes[11]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1130,7 +1386,7 @@ func (x *StepStarted) String() string {
 func (*StepStarted) ProtoMessage() {}
 
 func (x *StepStarted) ProtoReflect() protoreflect.Message {
-	mi := &file_kiln_v1_build_proto_msgTypes[9]
+	mi := &file_kiln_v1_build_proto_msgTypes[11]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1143,7 +1399,7 @@ func (x *StepStarted) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StepStarted.ProtoReflect.Descriptor instead.
 func (*StepStarted) Descriptor() ([]byte, []int) {
-	return file_kiln_v1_build_proto_rawDescGZIP(), []int{9}
+	return file_kiln_v1_build_proto_rawDescGZIP(), []int{11}
 }
 
 func (x *StepStarted) GetStep() uint32 {
@@ -1180,7 +1436,7 @@ type StepFinished struct {
 
 func (x *StepFinished) Reset() {
 	*x = StepFinished{}
-	mi := &file_kiln_v1_build_proto_msgTypes[10]
+	mi := &file_kiln_v1_build_proto_msgTypes[12]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1192,7 +1448,7 @@ func (x *StepFinished) String() string {
 func (*StepFinished) ProtoMessage() {}
 
 func (x *StepFinished) ProtoReflect() protoreflect.Message {
-	mi := &file_kiln_v1_build_proto_msgTypes[10]
+	mi := &file_kiln_v1_build_proto_msgTypes[12]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1205,7 +1461,7 @@ func (x *StepFinished) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StepFinished.ProtoReflect.Descriptor instead.
 func (*StepFinished) Descriptor() ([]byte, []int) {
-	return file_kiln_v1_build_proto_rawDescGZIP(), []int{10}
+	return file_kiln_v1_build_proto_rawDescGZIP(), []int{12}
 }
 
 func (x *StepFinished) GetStep() uint32 {
@@ -1249,7 +1505,7 @@ type StateChanged struct {
 
 func (x *StateChanged) Reset() {
 	*x = StateChanged{}
-	mi := &file_kiln_v1_build_proto_msgTypes[11]
+	mi := &file_kiln_v1_build_proto_msgTypes[13]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1261,7 +1517,7 @@ func (x *StateChanged) String() string {
 func (*StateChanged) ProtoMessage() {}
 
 func (x *StateChanged) ProtoReflect() protoreflect.Message {
-	mi := &file_kiln_v1_build_proto_msgTypes[11]
+	mi := &file_kiln_v1_build_proto_msgTypes[13]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1274,7 +1530,7 @@ func (x *StateChanged) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StateChanged.ProtoReflect.Descriptor instead.
 func (*StateChanged) Descriptor() ([]byte, []int) {
-	return file_kiln_v1_build_proto_rawDescGZIP(), []int{11}
+	return file_kiln_v1_build_proto_rawDescGZIP(), []int{13}
 }
 
 func (x *StateChanged) GetState() BuildState {
@@ -1321,7 +1577,7 @@ type BuildFinished struct {
 
 func (x *BuildFinished) Reset() {
 	*x = BuildFinished{}
-	mi := &file_kiln_v1_build_proto_msgTypes[12]
+	mi := &file_kiln_v1_build_proto_msgTypes[14]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1333,7 +1589,7 @@ func (x *BuildFinished) String() string {
 func (*BuildFinished) ProtoMessage() {}
 
 func (x *BuildFinished) ProtoReflect() protoreflect.Message {
-	mi := &file_kiln_v1_build_proto_msgTypes[12]
+	mi := &file_kiln_v1_build_proto_msgTypes[14]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1346,7 +1602,7 @@ func (x *BuildFinished) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use BuildFinished.ProtoReflect.Descriptor instead.
 func (*BuildFinished) Descriptor() ([]byte, []int) {
-	return file_kiln_v1_build_proto_rawDescGZIP(), []int{12}
+	return file_kiln_v1_build_proto_rawDescGZIP(), []int{14}
 }
 
 func (x *BuildFinished) GetState() BuildState {
@@ -1401,6 +1657,7 @@ type BuildEvent struct {
 	//	*BuildEvent_StepFinished
 	//	*BuildEvent_Pushed
 	//	*BuildEvent_Finished
+	//	*BuildEvent_Cache
 	Event         isBuildEvent_Event `protobuf_oneof:"event"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
@@ -1408,7 +1665,7 @@ type BuildEvent struct {
 
 func (x *BuildEvent) Reset() {
 	*x = BuildEvent{}
-	mi := &file_kiln_v1_build_proto_msgTypes[13]
+	mi := &file_kiln_v1_build_proto_msgTypes[15]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1420,7 +1677,7 @@ func (x *BuildEvent) String() string {
 func (*BuildEvent) ProtoMessage() {}
 
 func (x *BuildEvent) ProtoReflect() protoreflect.Message {
-	mi := &file_kiln_v1_build_proto_msgTypes[13]
+	mi := &file_kiln_v1_build_proto_msgTypes[15]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1433,7 +1690,7 @@ func (x *BuildEvent) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use BuildEvent.ProtoReflect.Descriptor instead.
 func (*BuildEvent) Descriptor() ([]byte, []int) {
-	return file_kiln_v1_build_proto_rawDescGZIP(), []int{13}
+	return file_kiln_v1_build_proto_rawDescGZIP(), []int{15}
 }
 
 func (x *BuildEvent) GetSequence() uint64 {
@@ -1525,6 +1782,15 @@ func (x *BuildEvent) GetFinished() *BuildFinished {
 	return nil
 }
 
+func (x *BuildEvent) GetCache() *CacheEvent {
+	if x != nil {
+		if x, ok := x.Event.(*BuildEvent_Cache); ok {
+			return x.Cache
+		}
+	}
+	return nil
+}
+
 type isBuildEvent_Event interface {
 	isBuildEvent_Event()
 }
@@ -1553,6 +1819,10 @@ type BuildEvent_Finished struct {
 	Finished *BuildFinished `protobuf:"bytes,15,opt,name=finished,proto3,oneof"`
 }
 
+type BuildEvent_Cache struct {
+	Cache *CacheEvent `protobuf:"bytes,16,opt,name=cache,proto3,oneof"`
+}
+
 func (*BuildEvent_State) isBuildEvent_Event() {}
 
 func (*BuildEvent_Log) isBuildEvent_Event() {}
@@ -1565,6 +1835,8 @@ func (*BuildEvent_Pushed) isBuildEvent_Event() {}
 
 func (*BuildEvent_Finished) isBuildEvent_Event() {}
 
+func (*BuildEvent_Cache) isBuildEvent_Event() {}
+
 type StartBuildRequest struct {
 	state          protoimpl.MessageState `protogen:"open.v1"`
 	Spec           *BuildSpec             `protobuf:"bytes,1,opt,name=spec,proto3" json:"spec,omitempty"`
@@ -1576,7 +1848,7 @@ type StartBuildRequest struct {
 
 func (x *StartBuildRequest) Reset() {
 	*x = StartBuildRequest{}
-	mi := &file_kiln_v1_build_proto_msgTypes[14]
+	mi := &file_kiln_v1_build_proto_msgTypes[16]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1588,7 +1860,7 @@ func (x *StartBuildRequest) String() string {
 func (*StartBuildRequest) ProtoMessage() {}
 
 func (x *StartBuildRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_kiln_v1_build_proto_msgTypes[14]
+	mi := &file_kiln_v1_build_proto_msgTypes[16]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1601,7 +1873,7 @@ func (x *StartBuildRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StartBuildRequest.ProtoReflect.Descriptor instead.
 func (*StartBuildRequest) Descriptor() ([]byte, []int) {
-	return file_kiln_v1_build_proto_rawDescGZIP(), []int{14}
+	return file_kiln_v1_build_proto_rawDescGZIP(), []int{16}
 }
 
 func (x *StartBuildRequest) GetSpec() *BuildSpec {
@@ -1634,7 +1906,7 @@ type StartBuildResponse struct {
 
 func (x *StartBuildResponse) Reset() {
 	*x = StartBuildResponse{}
-	mi := &file_kiln_v1_build_proto_msgTypes[15]
+	mi := &file_kiln_v1_build_proto_msgTypes[17]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1646,7 +1918,7 @@ func (x *StartBuildResponse) String() string {
 func (*StartBuildResponse) ProtoMessage() {}
 
 func (x *StartBuildResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_kiln_v1_build_proto_msgTypes[15]
+	mi := &file_kiln_v1_build_proto_msgTypes[17]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1659,7 +1931,7 @@ func (x *StartBuildResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StartBuildResponse.ProtoReflect.Descriptor instead.
 func (*StartBuildResponse) Descriptor() ([]byte, []int) {
-	return file_kiln_v1_build_proto_rawDescGZIP(), []int{15}
+	return file_kiln_v1_build_proto_rawDescGZIP(), []int{17}
 }
 
 func (x *StartBuildResponse) GetBuild() *Build {
@@ -1684,7 +1956,7 @@ type WatchBuildRequest struct {
 
 func (x *WatchBuildRequest) Reset() {
 	*x = WatchBuildRequest{}
-	mi := &file_kiln_v1_build_proto_msgTypes[16]
+	mi := &file_kiln_v1_build_proto_msgTypes[18]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1696,7 +1968,7 @@ func (x *WatchBuildRequest) String() string {
 func (*WatchBuildRequest) ProtoMessage() {}
 
 func (x *WatchBuildRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_kiln_v1_build_proto_msgTypes[16]
+	mi := &file_kiln_v1_build_proto_msgTypes[18]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1709,7 +1981,7 @@ func (x *WatchBuildRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WatchBuildRequest.ProtoReflect.Descriptor instead.
 func (*WatchBuildRequest) Descriptor() ([]byte, []int) {
-	return file_kiln_v1_build_proto_rawDescGZIP(), []int{16}
+	return file_kiln_v1_build_proto_rawDescGZIP(), []int{18}
 }
 
 func (x *WatchBuildRequest) GetBuildId() string {
@@ -1742,7 +2014,7 @@ type WatchBuildResponse struct {
 
 func (x *WatchBuildResponse) Reset() {
 	*x = WatchBuildResponse{}
-	mi := &file_kiln_v1_build_proto_msgTypes[17]
+	mi := &file_kiln_v1_build_proto_msgTypes[19]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1754,7 +2026,7 @@ func (x *WatchBuildResponse) String() string {
 func (*WatchBuildResponse) ProtoMessage() {}
 
 func (x *WatchBuildResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_kiln_v1_build_proto_msgTypes[17]
+	mi := &file_kiln_v1_build_proto_msgTypes[19]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1767,7 +2039,7 @@ func (x *WatchBuildResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WatchBuildResponse.ProtoReflect.Descriptor instead.
 func (*WatchBuildResponse) Descriptor() ([]byte, []int) {
-	return file_kiln_v1_build_proto_rawDescGZIP(), []int{17}
+	return file_kiln_v1_build_proto_rawDescGZIP(), []int{19}
 }
 
 func (x *WatchBuildResponse) GetEvent() *BuildEvent {
@@ -1786,7 +2058,7 @@ type CancelBuildRequest struct {
 
 func (x *CancelBuildRequest) Reset() {
 	*x = CancelBuildRequest{}
-	mi := &file_kiln_v1_build_proto_msgTypes[18]
+	mi := &file_kiln_v1_build_proto_msgTypes[20]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1798,7 +2070,7 @@ func (x *CancelBuildRequest) String() string {
 func (*CancelBuildRequest) ProtoMessage() {}
 
 func (x *CancelBuildRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_kiln_v1_build_proto_msgTypes[18]
+	mi := &file_kiln_v1_build_proto_msgTypes[20]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1811,7 +2083,7 @@ func (x *CancelBuildRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CancelBuildRequest.ProtoReflect.Descriptor instead.
 func (*CancelBuildRequest) Descriptor() ([]byte, []int) {
-	return file_kiln_v1_build_proto_rawDescGZIP(), []int{18}
+	return file_kiln_v1_build_proto_rawDescGZIP(), []int{20}
 }
 
 func (x *CancelBuildRequest) GetBuildId() string {
@@ -1830,7 +2102,7 @@ type CancelBuildResponse struct {
 
 func (x *CancelBuildResponse) Reset() {
 	*x = CancelBuildResponse{}
-	mi := &file_kiln_v1_build_proto_msgTypes[19]
+	mi := &file_kiln_v1_build_proto_msgTypes[21]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1842,7 +2114,7 @@ func (x *CancelBuildResponse) String() string {
 func (*CancelBuildResponse) ProtoMessage() {}
 
 func (x *CancelBuildResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_kiln_v1_build_proto_msgTypes[19]
+	mi := &file_kiln_v1_build_proto_msgTypes[21]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1855,7 +2127,7 @@ func (x *CancelBuildResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CancelBuildResponse.ProtoReflect.Descriptor instead.
 func (*CancelBuildResponse) Descriptor() ([]byte, []int) {
-	return file_kiln_v1_build_proto_rawDescGZIP(), []int{19}
+	return file_kiln_v1_build_proto_rawDescGZIP(), []int{21}
 }
 
 func (x *CancelBuildResponse) GetBuild() *Build {
@@ -1874,7 +2146,7 @@ type GetBuildRequest struct {
 
 func (x *GetBuildRequest) Reset() {
 	*x = GetBuildRequest{}
-	mi := &file_kiln_v1_build_proto_msgTypes[20]
+	mi := &file_kiln_v1_build_proto_msgTypes[22]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1886,7 +2158,7 @@ func (x *GetBuildRequest) String() string {
 func (*GetBuildRequest) ProtoMessage() {}
 
 func (x *GetBuildRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_kiln_v1_build_proto_msgTypes[20]
+	mi := &file_kiln_v1_build_proto_msgTypes[22]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1899,7 +2171,7 @@ func (x *GetBuildRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetBuildRequest.ProtoReflect.Descriptor instead.
 func (*GetBuildRequest) Descriptor() ([]byte, []int) {
-	return file_kiln_v1_build_proto_rawDescGZIP(), []int{20}
+	return file_kiln_v1_build_proto_rawDescGZIP(), []int{22}
 }
 
 func (x *GetBuildRequest) GetBuildId() string {
@@ -1918,7 +2190,7 @@ type GetBuildResponse struct {
 
 func (x *GetBuildResponse) Reset() {
 	*x = GetBuildResponse{}
-	mi := &file_kiln_v1_build_proto_msgTypes[21]
+	mi := &file_kiln_v1_build_proto_msgTypes[23]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1930,7 +2202,7 @@ func (x *GetBuildResponse) String() string {
 func (*GetBuildResponse) ProtoMessage() {}
 
 func (x *GetBuildResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_kiln_v1_build_proto_msgTypes[21]
+	mi := &file_kiln_v1_build_proto_msgTypes[23]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1943,7 +2215,7 @@ func (x *GetBuildResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetBuildResponse.ProtoReflect.Descriptor instead.
 func (*GetBuildResponse) Descriptor() ([]byte, []int) {
-	return file_kiln_v1_build_proto_rawDescGZIP(), []int{21}
+	return file_kiln_v1_build_proto_rawDescGZIP(), []int{23}
 }
 
 func (x *GetBuildResponse) GetBuild() *Build {
@@ -1983,7 +2255,7 @@ type ListBuildsRequest struct {
 
 func (x *ListBuildsRequest) Reset() {
 	*x = ListBuildsRequest{}
-	mi := &file_kiln_v1_build_proto_msgTypes[22]
+	mi := &file_kiln_v1_build_proto_msgTypes[24]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1995,7 +2267,7 @@ func (x *ListBuildsRequest) String() string {
 func (*ListBuildsRequest) ProtoMessage() {}
 
 func (x *ListBuildsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_kiln_v1_build_proto_msgTypes[22]
+	mi := &file_kiln_v1_build_proto_msgTypes[24]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2008,7 +2280,7 @@ func (x *ListBuildsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListBuildsRequest.ProtoReflect.Descriptor instead.
 func (*ListBuildsRequest) Descriptor() ([]byte, []int) {
-	return file_kiln_v1_build_proto_rawDescGZIP(), []int{22}
+	return file_kiln_v1_build_proto_rawDescGZIP(), []int{24}
 }
 
 func (x *ListBuildsRequest) GetPageSize() int32 {
@@ -2080,7 +2352,7 @@ type ListBuildsResponse struct {
 
 func (x *ListBuildsResponse) Reset() {
 	*x = ListBuildsResponse{}
-	mi := &file_kiln_v1_build_proto_msgTypes[23]
+	mi := &file_kiln_v1_build_proto_msgTypes[25]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2092,7 +2364,7 @@ func (x *ListBuildsResponse) String() string {
 func (*ListBuildsResponse) ProtoMessage() {}
 
 func (x *ListBuildsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_kiln_v1_build_proto_msgTypes[23]
+	mi := &file_kiln_v1_build_proto_msgTypes[25]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2105,7 +2377,7 @@ func (x *ListBuildsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListBuildsResponse.ProtoReflect.Descriptor instead.
 func (*ListBuildsResponse) Descriptor() ([]byte, []int) {
-	return file_kiln_v1_build_proto_rawDescGZIP(), []int{23}
+	return file_kiln_v1_build_proto_rawDescGZIP(), []int{25}
 }
 
 func (x *ListBuildsResponse) GetBuilds() []*Build {
@@ -2135,7 +2407,7 @@ type RetryBuildRequest struct {
 
 func (x *RetryBuildRequest) Reset() {
 	*x = RetryBuildRequest{}
-	mi := &file_kiln_v1_build_proto_msgTypes[24]
+	mi := &file_kiln_v1_build_proto_msgTypes[26]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2147,7 +2419,7 @@ func (x *RetryBuildRequest) String() string {
 func (*RetryBuildRequest) ProtoMessage() {}
 
 func (x *RetryBuildRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_kiln_v1_build_proto_msgTypes[24]
+	mi := &file_kiln_v1_build_proto_msgTypes[26]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2160,7 +2432,7 @@ func (x *RetryBuildRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RetryBuildRequest.ProtoReflect.Descriptor instead.
 func (*RetryBuildRequest) Descriptor() ([]byte, []int) {
-	return file_kiln_v1_build_proto_rawDescGZIP(), []int{24}
+	return file_kiln_v1_build_proto_rawDescGZIP(), []int{26}
 }
 
 func (x *RetryBuildRequest) GetBuildId() string {
@@ -2188,7 +2460,7 @@ type RetryBuildResponse struct {
 
 func (x *RetryBuildResponse) Reset() {
 	*x = RetryBuildResponse{}
-	mi := &file_kiln_v1_build_proto_msgTypes[25]
+	mi := &file_kiln_v1_build_proto_msgTypes[27]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2200,7 +2472,7 @@ func (x *RetryBuildResponse) String() string {
 func (*RetryBuildResponse) ProtoMessage() {}
 
 func (x *RetryBuildResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_kiln_v1_build_proto_msgTypes[25]
+	mi := &file_kiln_v1_build_proto_msgTypes[27]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2213,7 +2485,7 @@ func (x *RetryBuildResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RetryBuildResponse.ProtoReflect.Descriptor instead.
 func (*RetryBuildResponse) Descriptor() ([]byte, []int) {
-	return file_kiln_v1_build_proto_rawDescGZIP(), []int{25}
+	return file_kiln_v1_build_proto_rawDescGZIP(), []int{27}
 }
 
 func (x *RetryBuildResponse) GetBuild() *Build {
@@ -2231,7 +2503,7 @@ type GetSecretsKeyRequest struct {
 
 func (x *GetSecretsKeyRequest) Reset() {
 	*x = GetSecretsKeyRequest{}
-	mi := &file_kiln_v1_build_proto_msgTypes[26]
+	mi := &file_kiln_v1_build_proto_msgTypes[28]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2243,7 +2515,7 @@ func (x *GetSecretsKeyRequest) String() string {
 func (*GetSecretsKeyRequest) ProtoMessage() {}
 
 func (x *GetSecretsKeyRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_kiln_v1_build_proto_msgTypes[26]
+	mi := &file_kiln_v1_build_proto_msgTypes[28]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2256,7 +2528,7 @@ func (x *GetSecretsKeyRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetSecretsKeyRequest.ProtoReflect.Descriptor instead.
 func (*GetSecretsKeyRequest) Descriptor() ([]byte, []int) {
-	return file_kiln_v1_build_proto_rawDescGZIP(), []int{26}
+	return file_kiln_v1_build_proto_rawDescGZIP(), []int{28}
 }
 
 type GetSecretsKeyResponse struct {
@@ -2273,7 +2545,7 @@ type GetSecretsKeyResponse struct {
 
 func (x *GetSecretsKeyResponse) Reset() {
 	*x = GetSecretsKeyResponse{}
-	mi := &file_kiln_v1_build_proto_msgTypes[27]
+	mi := &file_kiln_v1_build_proto_msgTypes[29]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2285,7 +2557,7 @@ func (x *GetSecretsKeyResponse) String() string {
 func (*GetSecretsKeyResponse) ProtoMessage() {}
 
 func (x *GetSecretsKeyResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_kiln_v1_build_proto_msgTypes[27]
+	mi := &file_kiln_v1_build_proto_msgTypes[29]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2298,7 +2570,7 @@ func (x *GetSecretsKeyResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetSecretsKeyResponse.ProtoReflect.Descriptor instead.
 func (*GetSecretsKeyResponse) Descriptor() ([]byte, []int) {
-	return file_kiln_v1_build_proto_rawDescGZIP(), []int{27}
+	return file_kiln_v1_build_proto_rawDescGZIP(), []int{29}
 }
 
 func (x *GetSecretsKeyResponse) GetPublicKey() []byte {
@@ -2326,7 +2598,7 @@ var File_kiln_v1_build_proto protoreflect.FileDescriptor
 
 const file_kiln_v1_build_proto_rawDesc = "" +
 	"\n" +
-	"\x13kiln/v1/build.proto\x12\akiln.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x15kiln/v1/context.proto\"\xbe\x06\n" +
+	"\x13kiln/v1/build.proto\x12\akiln.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x15kiln/v1/context.proto\"\xa4\a\n" +
 	"\tBuildSpec\x12\x1e\n" +
 	"\n" +
 	"dockerfile\x18\x01 \x01(\tR\n" +
@@ -2350,7 +2622,10 @@ const file_kiln_v1_build_proto_rawDesc = "" +
 	"\rregistry_auth\x18\x0e \x03(\v2\x15.kiln.v1.SealedSecretR\fregistryAuth\x12\x1d\n" +
 	"\n" +
 	"seal_nonce\x18\x0f \x01(\fR\tsealNonce\x123\n" +
-	"\atimeout\x18\x10 \x01(\v2\x19.google.protobuf.DurationR\atimeout\x1a<\n" +
+	"\atimeout\x18\x10 \x01(\v2\x19.google.protobuf.DurationR\atimeout\x123\n" +
+	"\n" +
+	"cache_from\x18\x11 \x03(\v2\x14.kiln.v1.CacheOptionR\tcacheFrom\x12/\n" +
+	"\bcache_to\x18\x12 \x03(\v2\x14.kiln.v1.CacheOptionR\acacheTo\x1a<\n" +
 	"\x0eBuildArgsEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
 	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\x1a9\n" +
@@ -2359,7 +2634,14 @@ const file_kiln_v1_build_proto_rawDesc = "" +
 	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\x1a>\n" +
 	"\x10AgentLabelsEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
-	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"\x97\x02\n" +
+	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"\x92\x01\n" +
+	"\vCacheOption\x12\x12\n" +
+	"\x04type\x18\x01 \x01(\tR\x04type\x125\n" +
+	"\x05attrs\x18\x02 \x03(\v2\x1f.kiln.v1.CacheOption.AttrsEntryR\x05attrs\x1a8\n" +
+	"\n" +
+	"AttrsEntry\x12\x10\n" +
+	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
+	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"\xbe\x02\n" +
 	"\fTenantPolicy\x12(\n" +
 	"\x10allow_remote_add\x18\x01 \x01(\bR\x0eallowRemoteAdd\x12,\n" +
 	"\x12allow_network_host\x18\x02 \x01(\bR\x10allowNetworkHost\x12%\n" +
@@ -2367,7 +2649,8 @@ const file_kiln_v1_build_proto_rawDesc = "" +
 	"\x0efrontend_allow\x18\x04 \x03(\tR\rfrontendAllow\x12\x16\n" +
 	"\x06weight\x18\x05 \x01(\rR\x06weight\x12%\n" +
 	"\x0emax_concurrent\x18\x06 \x01(\rR\rmaxConcurrent\x12\"\n" +
-	"\rlog_max_bytes\x18\a \x01(\x04R\vlogMaxBytes\"M\n" +
+	"\rlog_max_bytes\x18\a \x01(\x04R\vlogMaxBytes\x12%\n" +
+	"\x0ecache_registry\x18\b \x01(\tR\rcacheRegistry\"M\n" +
 	"\fSealedSecret\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x12\x16\n" +
 	"\x06sealed\x18\x02 \x01(\fR\x06sealed\x12\x15\n" +
@@ -2380,14 +2663,28 @@ const file_kiln_v1_build_proto_rawDesc = "" +
 	"\vPushedImage\x12\x10\n" +
 	"\x03tag\x18\x01 \x01(\tR\x03tag\x12\x16\n" +
 	"\x06digest\x18\x02 \x01(\tR\x06digest\x12\x12\n" +
-	"\x04size\x18\x03 \x01(\x03R\x04size\"\xf1\x01\n" +
+	"\x04size\x18\x03 \x01(\x03R\x04size\"\xa1\x02\n" +
 	"\vBuildResult\x12\x19\n" +
 	"\bimage_id\x18\x01 \x01(\tR\aimageId\x12,\n" +
 	"\x06pushed\x18\x02 \x03(\v2\x14.kiln.v1.PushedImageR\x06pushed\x12\x14\n" +
 	"\x05steps\x18\x03 \x01(\rR\x05steps\x12!\n" +
 	"\fcached_steps\x18\x04 \x01(\rR\vcachedSteps\x12*\n" +
 	"\abuilder\x18\x05 \x01(\x0e2\x10.kiln.v1.BuilderR\abuilder\x124\n" +
-	"\x16context_transfer_bytes\x18\x06 \x01(\x03R\x14contextTransferBytes\"\x9d\b\n" +
+	"\x16context_transfer_bytes\x18\x06 \x01(\x03R\x14contextTransferBytes\x12.\n" +
+	"\x13cache_imported_from\x18\a \x03(\tR\x11cacheImportedFrom\"\x9f\x02\n" +
+	"\n" +
+	"CacheEvent\x12,\n" +
+	"\x04kind\x18\x01 \x01(\x0e2\x18.kiln.v1.CacheEvent.KindR\x04kind\x12\x10\n" +
+	"\x03ref\x18\x02 \x01(\tR\x03ref\x12\x12\n" +
+	"\x04type\x18\x03 \x01(\tR\x04type\x12\x12\n" +
+	"\x04mode\x18\x04 \x01(\tR\x04mode\x12\x1c\n" +
+	"\tautomatic\x18\x05 \x01(\bR\tautomatic\x125\n" +
+	"\bduration\x18\x06 \x01(\v2\x19.google.protobuf.DurationR\bduration\x12\x14\n" +
+	"\x05error\x18\a \x01(\tR\x05error\">\n" +
+	"\x04Kind\x12\x14\n" +
+	"\x10KIND_UNSPECIFIED\x10\x00\x12\x0f\n" +
+	"\vKIND_IMPORT\x10\x01\x12\x0f\n" +
+	"\vKIND_EXPORT\x10\x02\"\x9d\b\n" +
 	"\x05Build\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x12\x16\n" +
 	"\x06tenant\x18\x02 \x01(\tR\x06tenant\x12&\n" +
@@ -2451,7 +2748,7 @@ const file_kiln_v1_build_proto_rawDesc = "" +
 	"\x06result\x18\x02 \x01(\v2\x14.kiln.v1.BuildResultR\x06result\x12\x14\n" +
 	"\x05error\x18\x03 \x01(\tR\x05error\x12\x14\n" +
 	"\x05agent\x18\x04 \x01(\tR\x05agent\x12\x1b\n" +
-	"\ttimed_out\x18\x05 \x01(\bR\btimedOut\"\xca\x03\n" +
+	"\ttimed_out\x18\x05 \x01(\bR\btimedOut\"\xf7\x03\n" +
 	"\n" +
 	"BuildEvent\x12\x1a\n" +
 	"\bsequence\x18\x01 \x01(\x04R\bsequence\x12.\n" +
@@ -2464,7 +2761,8 @@ const file_kiln_v1_build_proto_rawDesc = "" +
 	"\fstep_started\x18\f \x01(\v2\x14.kiln.v1.StepStartedH\x00R\vstepStarted\x12<\n" +
 	"\rstep_finished\x18\r \x01(\v2\x15.kiln.v1.StepFinishedH\x00R\fstepFinished\x12.\n" +
 	"\x06pushed\x18\x0e \x01(\v2\x14.kiln.v1.PushedImageH\x00R\x06pushed\x124\n" +
-	"\bfinished\x18\x0f \x01(\v2\x16.kiln.v1.BuildFinishedH\x00R\bfinishedB\a\n" +
+	"\bfinished\x18\x0f \x01(\v2\x16.kiln.v1.BuildFinishedH\x00R\bfinished\x12+\n" +
+	"\x05cache\x18\x10 \x01(\v2\x13.kiln.v1.CacheEventH\x00R\x05cacheB\a\n" +
 	"\x05event\"\x93\x01\n" +
 	"\x11StartBuildRequest\x12&\n" +
 	"\x04spec\x18\x01 \x01(\v2\x12.kiln.v1.BuildSpecR\x04spec\x12-\n" +
@@ -2550,113 +2848,123 @@ func file_kiln_v1_build_proto_rawDescGZIP() []byte {
 	return file_kiln_v1_build_proto_rawDescData
 }
 
-var file_kiln_v1_build_proto_enumTypes = make([]protoimpl.EnumInfo, 2)
-var file_kiln_v1_build_proto_msgTypes = make([]protoimpl.MessageInfo, 32)
+var file_kiln_v1_build_proto_enumTypes = make([]protoimpl.EnumInfo, 3)
+var file_kiln_v1_build_proto_msgTypes = make([]protoimpl.MessageInfo, 35)
 var file_kiln_v1_build_proto_goTypes = []any{
 	(Builder)(0),                  // 0: kiln.v1.Builder
 	(BuildState)(0),               // 1: kiln.v1.BuildState
-	(*BuildSpec)(nil),             // 2: kiln.v1.BuildSpec
-	(*TenantPolicy)(nil),          // 3: kiln.v1.TenantPolicy
-	(*SealedSecret)(nil),          // 4: kiln.v1.SealedSecret
-	(*Affinity)(nil),              // 5: kiln.v1.Affinity
-	(*PushedImage)(nil),           // 6: kiln.v1.PushedImage
-	(*BuildResult)(nil),           // 7: kiln.v1.BuildResult
-	(*Build)(nil),                 // 8: kiln.v1.Build
-	(*BuildAttempt)(nil),          // 9: kiln.v1.BuildAttempt
-	(*LogLine)(nil),               // 10: kiln.v1.LogLine
-	(*StepStarted)(nil),           // 11: kiln.v1.StepStarted
-	(*StepFinished)(nil),          // 12: kiln.v1.StepFinished
-	(*StateChanged)(nil),          // 13: kiln.v1.StateChanged
-	(*BuildFinished)(nil),         // 14: kiln.v1.BuildFinished
-	(*BuildEvent)(nil),            // 15: kiln.v1.BuildEvent
-	(*StartBuildRequest)(nil),     // 16: kiln.v1.StartBuildRequest
-	(*StartBuildResponse)(nil),    // 17: kiln.v1.StartBuildResponse
-	(*WatchBuildRequest)(nil),     // 18: kiln.v1.WatchBuildRequest
-	(*WatchBuildResponse)(nil),    // 19: kiln.v1.WatchBuildResponse
-	(*CancelBuildRequest)(nil),    // 20: kiln.v1.CancelBuildRequest
-	(*CancelBuildResponse)(nil),   // 21: kiln.v1.CancelBuildResponse
-	(*GetBuildRequest)(nil),       // 22: kiln.v1.GetBuildRequest
-	(*GetBuildResponse)(nil),      // 23: kiln.v1.GetBuildResponse
-	(*ListBuildsRequest)(nil),     // 24: kiln.v1.ListBuildsRequest
-	(*ListBuildsResponse)(nil),    // 25: kiln.v1.ListBuildsResponse
-	(*RetryBuildRequest)(nil),     // 26: kiln.v1.RetryBuildRequest
-	(*RetryBuildResponse)(nil),    // 27: kiln.v1.RetryBuildResponse
-	(*GetSecretsKeyRequest)(nil),  // 28: kiln.v1.GetSecretsKeyRequest
-	(*GetSecretsKeyResponse)(nil), // 29: kiln.v1.GetSecretsKeyResponse
-	nil,                           // 30: kiln.v1.BuildSpec.BuildArgsEntry
-	nil,                           // 31: kiln.v1.BuildSpec.LabelsEntry
-	nil,                           // 32: kiln.v1.BuildSpec.AgentLabelsEntry
-	nil,                           // 33: kiln.v1.Build.TraceContextEntry
-	(*durationpb.Duration)(nil),   // 34: google.protobuf.Duration
-	(*ContextRef)(nil),            // 35: kiln.v1.ContextRef
-	(*timestamppb.Timestamp)(nil), // 36: google.protobuf.Timestamp
+	(CacheEvent_Kind)(0),          // 2: kiln.v1.CacheEvent.Kind
+	(*BuildSpec)(nil),             // 3: kiln.v1.BuildSpec
+	(*CacheOption)(nil),           // 4: kiln.v1.CacheOption
+	(*TenantPolicy)(nil),          // 5: kiln.v1.TenantPolicy
+	(*SealedSecret)(nil),          // 6: kiln.v1.SealedSecret
+	(*Affinity)(nil),              // 7: kiln.v1.Affinity
+	(*PushedImage)(nil),           // 8: kiln.v1.PushedImage
+	(*BuildResult)(nil),           // 9: kiln.v1.BuildResult
+	(*CacheEvent)(nil),            // 10: kiln.v1.CacheEvent
+	(*Build)(nil),                 // 11: kiln.v1.Build
+	(*BuildAttempt)(nil),          // 12: kiln.v1.BuildAttempt
+	(*LogLine)(nil),               // 13: kiln.v1.LogLine
+	(*StepStarted)(nil),           // 14: kiln.v1.StepStarted
+	(*StepFinished)(nil),          // 15: kiln.v1.StepFinished
+	(*StateChanged)(nil),          // 16: kiln.v1.StateChanged
+	(*BuildFinished)(nil),         // 17: kiln.v1.BuildFinished
+	(*BuildEvent)(nil),            // 18: kiln.v1.BuildEvent
+	(*StartBuildRequest)(nil),     // 19: kiln.v1.StartBuildRequest
+	(*StartBuildResponse)(nil),    // 20: kiln.v1.StartBuildResponse
+	(*WatchBuildRequest)(nil),     // 21: kiln.v1.WatchBuildRequest
+	(*WatchBuildResponse)(nil),    // 22: kiln.v1.WatchBuildResponse
+	(*CancelBuildRequest)(nil),    // 23: kiln.v1.CancelBuildRequest
+	(*CancelBuildResponse)(nil),   // 24: kiln.v1.CancelBuildResponse
+	(*GetBuildRequest)(nil),       // 25: kiln.v1.GetBuildRequest
+	(*GetBuildResponse)(nil),      // 26: kiln.v1.GetBuildResponse
+	(*ListBuildsRequest)(nil),     // 27: kiln.v1.ListBuildsRequest
+	(*ListBuildsResponse)(nil),    // 28: kiln.v1.ListBuildsResponse
+	(*RetryBuildRequest)(nil),     // 29: kiln.v1.RetryBuildRequest
+	(*RetryBuildResponse)(nil),    // 30: kiln.v1.RetryBuildResponse
+	(*GetSecretsKeyRequest)(nil),  // 31: kiln.v1.GetSecretsKeyRequest
+	(*GetSecretsKeyResponse)(nil), // 32: kiln.v1.GetSecretsKeyResponse
+	nil,                           // 33: kiln.v1.BuildSpec.BuildArgsEntry
+	nil,                           // 34: kiln.v1.BuildSpec.LabelsEntry
+	nil,                           // 35: kiln.v1.BuildSpec.AgentLabelsEntry
+	nil,                           // 36: kiln.v1.CacheOption.AttrsEntry
+	nil,                           // 37: kiln.v1.Build.TraceContextEntry
+	(*durationpb.Duration)(nil),   // 38: google.protobuf.Duration
+	(*ContextRef)(nil),            // 39: kiln.v1.ContextRef
+	(*timestamppb.Timestamp)(nil), // 40: google.protobuf.Timestamp
 }
 var file_kiln_v1_build_proto_depIdxs = []int32{
-	30, // 0: kiln.v1.BuildSpec.build_args:type_name -> kiln.v1.BuildSpec.BuildArgsEntry
-	31, // 1: kiln.v1.BuildSpec.labels:type_name -> kiln.v1.BuildSpec.LabelsEntry
-	32, // 2: kiln.v1.BuildSpec.agent_labels:type_name -> kiln.v1.BuildSpec.AgentLabelsEntry
-	4,  // 3: kiln.v1.BuildSpec.secrets:type_name -> kiln.v1.SealedSecret
+	33, // 0: kiln.v1.BuildSpec.build_args:type_name -> kiln.v1.BuildSpec.BuildArgsEntry
+	34, // 1: kiln.v1.BuildSpec.labels:type_name -> kiln.v1.BuildSpec.LabelsEntry
+	35, // 2: kiln.v1.BuildSpec.agent_labels:type_name -> kiln.v1.BuildSpec.AgentLabelsEntry
+	6,  // 3: kiln.v1.BuildSpec.secrets:type_name -> kiln.v1.SealedSecret
 	0,  // 4: kiln.v1.BuildSpec.builder:type_name -> kiln.v1.Builder
-	4,  // 5: kiln.v1.BuildSpec.registry_auth:type_name -> kiln.v1.SealedSecret
-	34, // 6: kiln.v1.BuildSpec.timeout:type_name -> google.protobuf.Duration
-	6,  // 7: kiln.v1.BuildResult.pushed:type_name -> kiln.v1.PushedImage
-	0,  // 8: kiln.v1.BuildResult.builder:type_name -> kiln.v1.Builder
-	2,  // 9: kiln.v1.Build.spec:type_name -> kiln.v1.BuildSpec
-	35, // 10: kiln.v1.Build.context:type_name -> kiln.v1.ContextRef
-	1,  // 11: kiln.v1.Build.state:type_name -> kiln.v1.BuildState
-	36, // 12: kiln.v1.Build.created_at:type_name -> google.protobuf.Timestamp
-	36, // 13: kiln.v1.Build.started_at:type_name -> google.protobuf.Timestamp
-	36, // 14: kiln.v1.Build.finished_at:type_name -> google.protobuf.Timestamp
-	7,  // 15: kiln.v1.Build.result:type_name -> kiln.v1.BuildResult
-	36, // 16: kiln.v1.Build.lease_expires_at:type_name -> google.protobuf.Timestamp
-	33, // 17: kiln.v1.Build.trace_context:type_name -> kiln.v1.Build.TraceContextEntry
-	5,  // 18: kiln.v1.Build.affinity:type_name -> kiln.v1.Affinity
-	36, // 19: kiln.v1.Build.queued_at:type_name -> google.protobuf.Timestamp
-	3,  // 20: kiln.v1.Build.policy:type_name -> kiln.v1.TenantPolicy
-	9,  // 21: kiln.v1.Build.attempts:type_name -> kiln.v1.BuildAttempt
-	36, // 22: kiln.v1.BuildAttempt.assigned_at:type_name -> google.protobuf.Timestamp
-	36, // 23: kiln.v1.BuildAttempt.started_at:type_name -> google.protobuf.Timestamp
-	36, // 24: kiln.v1.BuildAttempt.ended_at:type_name -> google.protobuf.Timestamp
-	34, // 25: kiln.v1.StepFinished.duration:type_name -> google.protobuf.Duration
-	1,  // 26: kiln.v1.StateChanged.state:type_name -> kiln.v1.BuildState
-	1,  // 27: kiln.v1.BuildFinished.state:type_name -> kiln.v1.BuildState
-	7,  // 28: kiln.v1.BuildFinished.result:type_name -> kiln.v1.BuildResult
-	36, // 29: kiln.v1.BuildEvent.time:type_name -> google.protobuf.Timestamp
-	13, // 30: kiln.v1.BuildEvent.state:type_name -> kiln.v1.StateChanged
-	10, // 31: kiln.v1.BuildEvent.log:type_name -> kiln.v1.LogLine
-	11, // 32: kiln.v1.BuildEvent.step_started:type_name -> kiln.v1.StepStarted
-	12, // 33: kiln.v1.BuildEvent.step_finished:type_name -> kiln.v1.StepFinished
-	6,  // 34: kiln.v1.BuildEvent.pushed:type_name -> kiln.v1.PushedImage
-	14, // 35: kiln.v1.BuildEvent.finished:type_name -> kiln.v1.BuildFinished
-	2,  // 36: kiln.v1.StartBuildRequest.spec:type_name -> kiln.v1.BuildSpec
-	35, // 37: kiln.v1.StartBuildRequest.context:type_name -> kiln.v1.ContextRef
-	8,  // 38: kiln.v1.StartBuildResponse.build:type_name -> kiln.v1.Build
-	15, // 39: kiln.v1.WatchBuildResponse.event:type_name -> kiln.v1.BuildEvent
-	8,  // 40: kiln.v1.CancelBuildResponse.build:type_name -> kiln.v1.Build
-	8,  // 41: kiln.v1.GetBuildResponse.build:type_name -> kiln.v1.Build
-	1,  // 42: kiln.v1.ListBuildsRequest.states:type_name -> kiln.v1.BuildState
-	36, // 43: kiln.v1.ListBuildsRequest.since:type_name -> google.protobuf.Timestamp
-	8,  // 44: kiln.v1.ListBuildsResponse.builds:type_name -> kiln.v1.Build
-	8,  // 45: kiln.v1.RetryBuildResponse.build:type_name -> kiln.v1.Build
-	16, // 46: kiln.v1.BuildService.StartBuild:input_type -> kiln.v1.StartBuildRequest
-	18, // 47: kiln.v1.BuildService.WatchBuild:input_type -> kiln.v1.WatchBuildRequest
-	20, // 48: kiln.v1.BuildService.CancelBuild:input_type -> kiln.v1.CancelBuildRequest
-	22, // 49: kiln.v1.BuildService.GetBuild:input_type -> kiln.v1.GetBuildRequest
-	24, // 50: kiln.v1.BuildService.ListBuilds:input_type -> kiln.v1.ListBuildsRequest
-	26, // 51: kiln.v1.BuildService.RetryBuild:input_type -> kiln.v1.RetryBuildRequest
-	28, // 52: kiln.v1.BuildService.GetSecretsKey:input_type -> kiln.v1.GetSecretsKeyRequest
-	17, // 53: kiln.v1.BuildService.StartBuild:output_type -> kiln.v1.StartBuildResponse
-	19, // 54: kiln.v1.BuildService.WatchBuild:output_type -> kiln.v1.WatchBuildResponse
-	21, // 55: kiln.v1.BuildService.CancelBuild:output_type -> kiln.v1.CancelBuildResponse
-	23, // 56: kiln.v1.BuildService.GetBuild:output_type -> kiln.v1.GetBuildResponse
-	25, // 57: kiln.v1.BuildService.ListBuilds:output_type -> kiln.v1.ListBuildsResponse
-	27, // 58: kiln.v1.BuildService.RetryBuild:output_type -> kiln.v1.RetryBuildResponse
-	29, // 59: kiln.v1.BuildService.GetSecretsKey:output_type -> kiln.v1.GetSecretsKeyResponse
-	53, // [53:60] is the sub-list for method output_type
-	46, // [46:53] is the sub-list for method input_type
-	46, // [46:46] is the sub-list for extension type_name
-	46, // [46:46] is the sub-list for extension extendee
-	0,  // [0:46] is the sub-list for field type_name
+	6,  // 5: kiln.v1.BuildSpec.registry_auth:type_name -> kiln.v1.SealedSecret
+	38, // 6: kiln.v1.BuildSpec.timeout:type_name -> google.protobuf.Duration
+	4,  // 7: kiln.v1.BuildSpec.cache_from:type_name -> kiln.v1.CacheOption
+	4,  // 8: kiln.v1.BuildSpec.cache_to:type_name -> kiln.v1.CacheOption
+	36, // 9: kiln.v1.CacheOption.attrs:type_name -> kiln.v1.CacheOption.AttrsEntry
+	8,  // 10: kiln.v1.BuildResult.pushed:type_name -> kiln.v1.PushedImage
+	0,  // 11: kiln.v1.BuildResult.builder:type_name -> kiln.v1.Builder
+	2,  // 12: kiln.v1.CacheEvent.kind:type_name -> kiln.v1.CacheEvent.Kind
+	38, // 13: kiln.v1.CacheEvent.duration:type_name -> google.protobuf.Duration
+	3,  // 14: kiln.v1.Build.spec:type_name -> kiln.v1.BuildSpec
+	39, // 15: kiln.v1.Build.context:type_name -> kiln.v1.ContextRef
+	1,  // 16: kiln.v1.Build.state:type_name -> kiln.v1.BuildState
+	40, // 17: kiln.v1.Build.created_at:type_name -> google.protobuf.Timestamp
+	40, // 18: kiln.v1.Build.started_at:type_name -> google.protobuf.Timestamp
+	40, // 19: kiln.v1.Build.finished_at:type_name -> google.protobuf.Timestamp
+	9,  // 20: kiln.v1.Build.result:type_name -> kiln.v1.BuildResult
+	40, // 21: kiln.v1.Build.lease_expires_at:type_name -> google.protobuf.Timestamp
+	37, // 22: kiln.v1.Build.trace_context:type_name -> kiln.v1.Build.TraceContextEntry
+	7,  // 23: kiln.v1.Build.affinity:type_name -> kiln.v1.Affinity
+	40, // 24: kiln.v1.Build.queued_at:type_name -> google.protobuf.Timestamp
+	5,  // 25: kiln.v1.Build.policy:type_name -> kiln.v1.TenantPolicy
+	12, // 26: kiln.v1.Build.attempts:type_name -> kiln.v1.BuildAttempt
+	40, // 27: kiln.v1.BuildAttempt.assigned_at:type_name -> google.protobuf.Timestamp
+	40, // 28: kiln.v1.BuildAttempt.started_at:type_name -> google.protobuf.Timestamp
+	40, // 29: kiln.v1.BuildAttempt.ended_at:type_name -> google.protobuf.Timestamp
+	38, // 30: kiln.v1.StepFinished.duration:type_name -> google.protobuf.Duration
+	1,  // 31: kiln.v1.StateChanged.state:type_name -> kiln.v1.BuildState
+	1,  // 32: kiln.v1.BuildFinished.state:type_name -> kiln.v1.BuildState
+	9,  // 33: kiln.v1.BuildFinished.result:type_name -> kiln.v1.BuildResult
+	40, // 34: kiln.v1.BuildEvent.time:type_name -> google.protobuf.Timestamp
+	16, // 35: kiln.v1.BuildEvent.state:type_name -> kiln.v1.StateChanged
+	13, // 36: kiln.v1.BuildEvent.log:type_name -> kiln.v1.LogLine
+	14, // 37: kiln.v1.BuildEvent.step_started:type_name -> kiln.v1.StepStarted
+	15, // 38: kiln.v1.BuildEvent.step_finished:type_name -> kiln.v1.StepFinished
+	8,  // 39: kiln.v1.BuildEvent.pushed:type_name -> kiln.v1.PushedImage
+	17, // 40: kiln.v1.BuildEvent.finished:type_name -> kiln.v1.BuildFinished
+	10, // 41: kiln.v1.BuildEvent.cache:type_name -> kiln.v1.CacheEvent
+	3,  // 42: kiln.v1.StartBuildRequest.spec:type_name -> kiln.v1.BuildSpec
+	39, // 43: kiln.v1.StartBuildRequest.context:type_name -> kiln.v1.ContextRef
+	11, // 44: kiln.v1.StartBuildResponse.build:type_name -> kiln.v1.Build
+	18, // 45: kiln.v1.WatchBuildResponse.event:type_name -> kiln.v1.BuildEvent
+	11, // 46: kiln.v1.CancelBuildResponse.build:type_name -> kiln.v1.Build
+	11, // 47: kiln.v1.GetBuildResponse.build:type_name -> kiln.v1.Build
+	1,  // 48: kiln.v1.ListBuildsRequest.states:type_name -> kiln.v1.BuildState
+	40, // 49: kiln.v1.ListBuildsRequest.since:type_name -> google.protobuf.Timestamp
+	11, // 50: kiln.v1.ListBuildsResponse.builds:type_name -> kiln.v1.Build
+	11, // 51: kiln.v1.RetryBuildResponse.build:type_name -> kiln.v1.Build
+	19, // 52: kiln.v1.BuildService.StartBuild:input_type -> kiln.v1.StartBuildRequest
+	21, // 53: kiln.v1.BuildService.WatchBuild:input_type -> kiln.v1.WatchBuildRequest
+	23, // 54: kiln.v1.BuildService.CancelBuild:input_type -> kiln.v1.CancelBuildRequest
+	25, // 55: kiln.v1.BuildService.GetBuild:input_type -> kiln.v1.GetBuildRequest
+	27, // 56: kiln.v1.BuildService.ListBuilds:input_type -> kiln.v1.ListBuildsRequest
+	29, // 57: kiln.v1.BuildService.RetryBuild:input_type -> kiln.v1.RetryBuildRequest
+	31, // 58: kiln.v1.BuildService.GetSecretsKey:input_type -> kiln.v1.GetSecretsKeyRequest
+	20, // 59: kiln.v1.BuildService.StartBuild:output_type -> kiln.v1.StartBuildResponse
+	22, // 60: kiln.v1.BuildService.WatchBuild:output_type -> kiln.v1.WatchBuildResponse
+	24, // 61: kiln.v1.BuildService.CancelBuild:output_type -> kiln.v1.CancelBuildResponse
+	26, // 62: kiln.v1.BuildService.GetBuild:output_type -> kiln.v1.GetBuildResponse
+	28, // 63: kiln.v1.BuildService.ListBuilds:output_type -> kiln.v1.ListBuildsResponse
+	30, // 64: kiln.v1.BuildService.RetryBuild:output_type -> kiln.v1.RetryBuildResponse
+	32, // 65: kiln.v1.BuildService.GetSecretsKey:output_type -> kiln.v1.GetSecretsKeyResponse
+	59, // [59:66] is the sub-list for method output_type
+	52, // [52:59] is the sub-list for method input_type
+	52, // [52:52] is the sub-list for extension type_name
+	52, // [52:52] is the sub-list for extension extendee
+	0,  // [0:52] is the sub-list for field type_name
 }
 
 func init() { file_kiln_v1_build_proto_init() }
@@ -2665,21 +2973,22 @@ func file_kiln_v1_build_proto_init() {
 		return
 	}
 	file_kiln_v1_context_proto_init()
-	file_kiln_v1_build_proto_msgTypes[13].OneofWrappers = []any{
+	file_kiln_v1_build_proto_msgTypes[15].OneofWrappers = []any{
 		(*BuildEvent_State)(nil),
 		(*BuildEvent_Log)(nil),
 		(*BuildEvent_StepStarted)(nil),
 		(*BuildEvent_StepFinished)(nil),
 		(*BuildEvent_Pushed)(nil),
 		(*BuildEvent_Finished)(nil),
+		(*BuildEvent_Cache)(nil),
 	}
 	type x struct{}
 	out := protoimpl.TypeBuilder{
 		File: protoimpl.DescBuilder{
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_kiln_v1_build_proto_rawDesc), len(file_kiln_v1_build_proto_rawDesc)),
-			NumEnums:      2,
-			NumMessages:   32,
+			NumEnums:      3,
+			NumMessages:   35,
 			NumExtensions: 0,
 			NumServices:   1,
 		},
