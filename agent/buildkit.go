@@ -1,0 +1,99 @@
+package agent
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"time"
+
+	"go.opentelemetry.io/otel/attribute"
+	"google.golang.org/grpc/status"
+
+	"github.com/kilnbuild/kiln/agent/engine"
+	"github.com/kilnbuild/kiln/agent/localcas"
+	kilnv1 "github.com/kilnbuild/kiln/proto/gen/go/kiln/v1"
+	"github.com/kilnbuild/kiln/services/ctxmanifest"
+)
+
+// buildKit runs a build in BuildKit mode: the context is materialized
+// from the local CAS into the lineage's directory, which the engine syncs
+// from; only what changed since this agent last built the lineage crosses.
+func (a *Agent) buildKit(ctx context.Context, b *kilnv1.Build, creds engine.Credentials, ev *events, rep *reporter) (engine.BuildKitResult, error) {
+	ref := b.GetContext()
+	if ref.GetFormat() != kilnv1.ContextFormat_CONTEXT_FORMAT_MANIFEST || ref.GetDigest() == nil {
+		return engine.BuildKitResult{}, errors.New("BuildKit builds need a manifest context (kiln CLI 0.2 or later); this build's context is a tar: run it with --builder classic")
+	}
+	m, err := a.readManifest(ctx, ref.Digest)
+	if err != nil {
+		return engine.BuildKitResult{}, err
+	}
+	total, err := ctxmanifest.Validate(m, a.cfg.ContextLimits)
+	if err != nil {
+		return engine.BuildKitResult{}, fmt.Errorf("context manifest %s is refused: %s", ref.Digest.Hash, status.Convert(err).Message())
+	}
+	var files []localcas.Blob
+	for _, e := range m.Entries {
+		if e.Type == kilnv1.EntryType_ENTRY_TYPE_FILE {
+			files = append(files, localcas.Blob{Digest: e.Digest.Hash, Size: e.Size})
+		}
+	}
+	fctx, fetch := startSpan(ctx, "context fetch", b, attribute.Int("kiln.context.files", len(files)))
+	pin, st, err := a.cache.Ensure(fctx, files, a.blobs.Get)
+	fetch.SetAttributes(attribute.Int("kiln.context.fetched_blobs", st.Fetched), attribute.Int64("kiln.context.fetched_bytes", st.FetchedBytes))
+	endSpan(fetch, err)
+	if err != nil {
+		return engine.BuildKitResult{}, fmt.Errorf("fetch build context files: %w", farm(err))
+	}
+	observeContextFetch(st)
+	key := b.GetAffinity().GetLineage()
+	if key == "" {
+		key = "kiln:no-lineage" // builds without one share directories, reused slot by slot
+	}
+	started := time.Now()
+	mctx, materialize := startSpan(ctx, "context materialize", b)
+	dir, ws, err := a.workdirs.Materialize(mctx, key, m, a.cache)
+	endSpan(materialize, err)
+	pin.Release()
+	if err != nil {
+		return engine.BuildKitResult{}, fmt.Errorf("write the build context to the agent's work directory: %w", err)
+	}
+	defer dir.Release()
+	ev.internal("context: %d files, %s; fetched %d blobs (%s) from the farm, %d already on this agent; work dir %s: %d entries written (%s), %d removed, %d kept in %s",
+		len(files), megabytes(total), st.Fetched, megabytes(st.FetchedBytes), st.Local,
+		dir.Slot(), ws.Written, megabytes(ws.WrittenBytes), ws.Removed, ws.Kept, time.Since(started).Round(time.Millisecond))
+	ev.logger.InfoContext(ctx, "build context ready", "manifest", ref.Digest.Hash, "files", len(files), "bytes", total,
+		"fetched_blobs", st.Fetched, "fetched_bytes", st.FetchedBytes, "workdir", dir.Slot(),
+		"written", ws.Written, "written_bytes", ws.WrittenBytes, "removed", ws.Removed, "kept", ws.Kept)
+
+	spec := b.Spec
+	dockerfile, err := a.checkPolicy(ctx, dir.Path(), b)
+	if err != nil {
+		return engine.BuildKitResult{}, err
+	}
+	secrets, err := a.openSecrets(b)
+	if err != nil {
+		return engine.BuildKitResult{}, err
+	}
+	rep.mask = newMasker(maskedValues(secrets, creds))
+	res, err := a.cfg.Engine.BuildKit(ctx, engine.BuildKitOptions{
+		BuildOptions:   buildOptions(spec, creds),
+		ContextDir:     dir.Path(),
+		SharedKey:      "kiln-" + a.cfg.Name + "-" + dir.Slot(),
+		Secrets:        secrets,
+		DockerfileData: dockerfile,
+	}, rep)
+	return res, err // execute masks it
+}
+
+func buildOptions(spec *kilnv1.BuildSpec, creds engine.Credentials) engine.BuildOptions {
+	return engine.BuildOptions{
+		Auth:       creds,
+		Dockerfile: spec.Dockerfile,
+		Tags:       spec.Tags,
+		BuildArgs:  spec.BuildArgs,
+		Target:     spec.Target,
+		Labels:     spec.Labels,
+		NoCache:    spec.NoCache,
+		Pull:       spec.Pull,
+	}
+}
