@@ -1,10 +1,5 @@
 package engine
 
-import (
-	"context"
-	"errors"
-)
-
 // Engine kinds, as kiln-agent --engine URLs and Agent.engine_kind name
 // them.
 const (
@@ -52,12 +47,4 @@ type Pushed struct {
 	Tag    string
 	Digest string // manifest digest, "sha256:…"
 	Size   int64  // manifest size in bytes
-}
-
-// ExportCache exports a finished build's cache for the automatic warm
-// start. Docker's engine can export only inline cache: the image built
-// with it (BuildKitOptions.CacheTo type=inline) tagged as to's ref and
-// pushed.
-func (d *Docker) ExportCache(ctx context.Context, o BuildKitOptions, res Result, to CacheOption, r Reporter) error {
-	return errors.New("docker engine: cache export is not implemented yet")
 }
