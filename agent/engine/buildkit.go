@@ -116,58 +116,21 @@ func (d *Docker) BuildKit(ctx context.Context, o BuildKitOptions, r Reporter) (B
 	if r == nil {
 		r = nopReporter{}
 	}
-	dockerfile, err := dockerfilePath(o.ContextDir, o.Dockerfile)
+	bs, err := startSession(ctx, o, func(ctx context.Context, proto string, meta map[string][]string) (net.Conn, error) {
+		return d.c.DialHijack(ctx, "/session", proto, meta)
+	})
 	if err != nil {
 		return BuildKitResult{}, err
 	}
-	dfDir := filepath.Join(o.ContextDir, filepath.FromSlash(path.Dir(dockerfile)))
-	if o.DockerfileData != nil {
-		if dfDir, err = serveDockerfile(dfDir, path.Base(dockerfile), o.DockerfileData); err != nil {
-			return BuildKitResult{}, err
-		}
-		defer os.RemoveAll(dfDir)
-	}
-
-	counter := &byteCounter{}
-	ctxFS, err := newCountingFS(o.ContextDir, counter)
-	if err != nil {
-		return BuildKitResult{}, fmt.Errorf("build context: %w", err)
-	}
-	dfFS, err := newCountingFS(dfDir, nil)
-	if err != nil {
-		return BuildKitResult{}, fmt.Errorf("build context: %w", err)
-	}
-
-	sessCtx, stopSession := context.WithCancel(context.WithoutCancel(ctx))
-	defer stopSession()
-	s, err := session.NewSession(sessCtx, o.SharedKey)
-	if err != nil {
-		return BuildKitResult{}, fmt.Errorf("buildkit session: %w", err)
-	}
-	s.Allow(filesync.NewFSSyncProvider(filesync.StaticDirSource{"context": ctxFS, "dockerfile": dfFS}))
-	s.Allow(secretsprovider.FromMap(o.Secrets))
-	s.Allow(authprovider.NewDockerAuthProvider(authprovider.DockerAuthProviderConfig{
-		AuthConfigProvider: o.Auth.authProvider(),
-	}))
-	sessionDone := make(chan error, 1)
-	go func() {
-		sessionDone <- s.Run(sessCtx, func(ctx context.Context, proto string, meta map[string][]string) (net.Conn, error) {
-			return d.c.DialHijack(ctx, "/session", proto, meta)
-		})
-	}()
-	defer func() {
-		s.Close()
-		stopSession()
-		<-sessionDone
-	}()
+	defer bs.close()
 
 	buildID := newBuildID()
 	resp, err := d.c.ImageBuild(ctx, nil, build.ImageBuildOptions{
 		Version:       build.BuilderBuildKit,
-		SessionID:     s.ID(),
+		SessionID:     bs.s.ID(),
 		BuildID:       buildID,
 		RemoteContext: "client-session",
-		Dockerfile:    path.Base(dockerfile),
+		Dockerfile:    bs.dockerfile,
 		Tags:          o.Tags,
 		BuildArgs:     buildArgs(o.BuildArgs),
 		Target:        o.Target,
@@ -191,20 +154,7 @@ func (d *Docker) BuildKit(ctx context.Context, o BuildKitOptions, r Reporter) (B
 	})
 
 	p := newTraceParser()
-	report := func(events []event) {
-		for _, e := range events {
-			switch e.kind {
-			case eventLog:
-				r.Log(e.step, e.line)
-			case eventStepStarted:
-				r.StepStarted(e.step, e.total, e.instruction)
-			case eventStepFinished:
-				r.StepFinished(e.step, e.instruction, e.cached, e.took)
-			case eventClipped:
-				r.Clipped(e.step, e.line)
-			}
-		}
-	}
+	report := reportTo(r)
 	var (
 		imageID   string
 		streamMsg string // the error the stream ended with
@@ -274,8 +224,95 @@ func (d *Docker) BuildKit(ctx context.Context, o BuildKitOptions, r Reporter) (B
 	}
 	return BuildKitResult{
 		Result:       Result{ImageID: imageID, Steps: p.steps, CachedSteps: p.cachedSteps},
-		ContextBytes: counter.n.Load(),
+		ContextBytes: bs.counter.n.Load(),
 	}, nil
+}
+
+// reportTo returns a function handing a traceParser's events to r.
+func reportTo(r Reporter) func([]event) {
+	return func(events []event) {
+		for _, e := range events {
+			switch e.kind {
+			case eventLog:
+				r.Log(e.step, e.line)
+			case eventStepStarted:
+				r.StepStarted(e.step, e.total, e.instruction)
+			case eventStepFinished:
+				r.StepFinished(e.step, e.instruction, e.cached, e.took)
+			case eventClipped:
+				r.Clipped(e.step, e.line)
+			}
+		}
+	}
+}
+
+// buildSession is a BuildKit build's session, running: it serves the
+// context and the Dockerfile by file sync (the context's bytes counted),
+// the build's secrets and its registry credentials. Docker's engine and a
+// standalone buildkitd dial it back differently (dial).
+type buildSession struct {
+	s          *session.Session
+	counter    *byteCounter // bytes of context files the engine read
+	dockerfile string       // the Dockerfile's name in the "dockerfile" directory
+	close      func()       // stops the session and removes what it served
+}
+
+// startSession starts o's session on the engine that dial reaches; the
+// caller closes it when the build has ended. The session outlives ctx's
+// cancellation until closed: the engine may still ask for files while it
+// winds the build down.
+func startSession(ctx context.Context, o BuildKitOptions, dial session.Dialer) (_ *buildSession, err error) {
+	dockerfile, err := dockerfilePath(o.ContextDir, o.Dockerfile)
+	if err != nil {
+		return nil, err
+	}
+	dfDir := filepath.Join(o.ContextDir, filepath.FromSlash(path.Dir(dockerfile)))
+	if o.DockerfileData != nil {
+		if dfDir, err = serveDockerfile(dfDir, path.Base(dockerfile), o.DockerfileData); err != nil {
+			return nil, err
+		}
+		served := dfDir
+		defer func() {
+			if err != nil {
+				os.RemoveAll(served)
+			}
+		}()
+	}
+	removeServed := func() {
+		if o.DockerfileData != nil {
+			os.RemoveAll(dfDir)
+		}
+	}
+
+	counter := &byteCounter{}
+	ctxFS, err := newCountingFS(o.ContextDir, counter)
+	if err != nil {
+		return nil, fmt.Errorf("build context: %w", err)
+	}
+	dfFS, err := newCountingFS(dfDir, nil)
+	if err != nil {
+		return nil, fmt.Errorf("build context: %w", err)
+	}
+
+	sessCtx, stopSession := context.WithCancel(context.WithoutCancel(ctx))
+	s, err := session.NewSession(sessCtx, o.SharedKey)
+	if err != nil {
+		stopSession()
+		return nil, fmt.Errorf("buildkit session: %w", err)
+	}
+	s.Allow(filesync.NewFSSyncProvider(filesync.StaticDirSource{"context": ctxFS, "dockerfile": dfFS}))
+	s.Allow(secretsprovider.FromMap(o.Secrets))
+	s.Allow(authprovider.NewDockerAuthProvider(authprovider.DockerAuthProviderConfig{
+		AuthConfigProvider: o.Auth.authProvider(),
+	}))
+	done := make(chan error, 1)
+	go func() { done <- s.Run(sessCtx, dial) }()
+	return &buildSession{s: s, counter: counter, dockerfile: path.Base(dockerfile), close: func() {
+		s.Close()
+		stopSession()
+		<-done
+		removeServed()
+	}}, nil
 }
 
 // BuildKit before v0.10 (Docker 20.10's is v0.8) loses a build's progress
