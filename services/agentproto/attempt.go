@@ -3,6 +3,7 @@ package agentproto
 import (
 	"context"
 	"errors"
+	"fmt"
 	"sync"
 	"time"
 
@@ -148,6 +149,56 @@ func (a *Attempt) Finish(ctx context.Context, state kilnv1.BuildState, result *k
 	return a.end(ctx, &kilnv1.AgentReport{
 		Kind: kilnv1.AgentReportKind_AGENT_REPORT_KIND_FINISH, State: state, Result: result, Error: errMsg,
 	})
+}
+
+// AfterFinish appends ev to the log of the build this attempt finished:
+// the automatic warm start's cache export (a BuildEvent.cache of kind
+// EXPORT with automatic set), which runs after the build's result is
+// recorded. Call it after Finish returned the SUCCEEDED record; it sends at
+// once, without batching, and returns the schedulers' answer. The
+// schedulers append it after the finished event (watchers following live
+// have stopped there; a replay shows it) and, when ev carries no error,
+// record its ref as the build's warm_cache_ref, which routing counts as a
+// registry cache for the build's lineage. buildstore.ErrFenced means the
+// build is not this attempt's success (it did not succeed, or another
+// attempt finished it). Any other event after Finish is still dropped.
+func (a *Attempt) AfterFinish(ctx context.Context, ev *kilnv1.BuildEvent) error {
+	if err := AfterFinishEvent(ev); err != nil {
+		return err
+	}
+	ev.BuildId, ev.Attempt = a.id, a.attempt
+	a.sending.Lock()
+	defer a.sending.Unlock()
+	a.mu.Lock()
+	if !a.closed {
+		a.mu.Unlock()
+		return errors.New("AfterFinish before Finish: the automatic cache export comes after the build's result")
+	}
+	if a.fenced != nil {
+		err := a.fenced
+		a.mu.Unlock()
+		return err
+	}
+	a.seq++
+	r := &kilnv1.AgentReport{
+		BuildId: a.id, Attempt: a.attempt, Kind: kilnv1.AgentReportKind_AGENT_REPORT_KIND_EVENTS,
+		Sequence: a.seq, LogBytes: a.logSent, Events: []*kilnv1.BuildEvent{ev},
+	}
+	a.mu.Unlock()
+	sctx, cancel := context.WithTimeout(ctx, sendTimeout)
+	defer cancel()
+	_, err := a.c.report(sctx, r)
+	return err
+}
+
+// AfterFinishEvent checks that ev may follow its build's finished event:
+// only the automatic warm start's cache export may.
+func AfterFinishEvent(ev *kilnv1.BuildEvent) error {
+	c := ev.GetCache()
+	if c == nil || c.GetKind() != kilnv1.CacheEvent_KIND_EXPORT || !c.GetAutomatic() {
+		return fmt.Errorf("only the automatic cache export (a cache event of kind EXPORT, automatic) may follow a build's finish, not %T", ev.GetEvent())
+	}
+	return nil
 }
 
 // HandBack sends the events still waiting and returns the build to the

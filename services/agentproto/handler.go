@@ -186,7 +186,10 @@ func (h *Handler) applyReport(ctx context.Context, agent string, r *kilnv1.Agent
 			return nil, err
 		}
 		if err := fence(b, assigned, running); err != nil {
-			return nil, err
+			if !afterFinish(events) || fence(b, kilnv1.BuildState_BUILD_STATE_SUCCEEDED) != nil {
+				return nil, err
+			}
+			return nil, h.afterFinish(ctx, r, b, events, fence)
 		}
 		return nil, h.publishEvents(ctx, r, b, events)
 
@@ -296,6 +299,42 @@ func (h *Handler) applyReport(ctx context.Context, agent string, r *kilnv1.Agent
 	return nil, fmt.Errorf("unknown report kind %s", r.Kind)
 }
 
+// afterFinish appends the automatic cache export events the attempt that
+// finished b SUCCEEDED sent after its finish (they follow the finished
+// event in the log), then records the ref of one that worked as the
+// build's warm_cache_ref: the build's record is where the schedulers learn,
+// and a new leader recovers, which lineages the farm's registry holds a
+// cache of.
+func (h *Handler) afterFinish(ctx context.Context, r *kilnv1.AgentReport, b *kilnv1.Build, events []*kilnv1.BuildEvent, fence func(*kilnv1.Build, ...kilnv1.BuildState) error) error {
+	if err := h.publishEvents(ctx, r, b, events); err != nil {
+		return err
+	}
+	var ref string
+	for _, ev := range events {
+		if c := ev.GetCache(); c.GetError() == "" && c.GetRef() != "" {
+			ref = c.GetRef()
+		}
+	}
+	if ref == "" || b.GetResult().GetWarmCacheRef() == ref {
+		return nil
+	}
+	_, err := h.builds.SetWarmCacheRef(ctx, r.BuildId, ref, func(b *kilnv1.Build) error {
+		return fence(b, kilnv1.BuildState_BUILD_STATE_SUCCEEDED)
+	})
+	return err
+}
+
+// afterFinish reports whether events may follow their build's finish: the
+// automatic cache export only (AfterFinishEvent).
+func afterFinish(events []*kilnv1.BuildEvent) bool {
+	for _, ev := range events {
+		if AfterFinishEvent(ev) != nil {
+			return false
+		}
+	}
+	return len(events) > 0
+}
+
 // updateFenced is buildstore's Update where errAlready means the change is
 // in the record already: the current record is returned.
 func (h *Handler) updateFenced(ctx context.Context, id string, change func(*kilnv1.Build) error) (*kilnv1.Build, error) {
@@ -319,13 +358,14 @@ func (h *Handler) grantLease(r *kilnv1.AgentReport) time.Duration {
 }
 
 // agentEvents checks a report's events: an agent may append log lines,
-// steps and pushed images; the schedulers write state and finished events.
+// steps, pushed images and cache events; the schedulers write state and
+// finished events.
 func agentEvents(r *kilnv1.AgentReport) ([]*kilnv1.BuildEvent, error) {
 	for i, ev := range r.Events {
 		switch ev.Event.(type) {
-		case *kilnv1.BuildEvent_Log, *kilnv1.BuildEvent_StepStarted, *kilnv1.BuildEvent_StepFinished, *kilnv1.BuildEvent_Pushed:
+		case *kilnv1.BuildEvent_Log, *kilnv1.BuildEvent_StepStarted, *kilnv1.BuildEvent_StepFinished, *kilnv1.BuildEvent_Pushed, *kilnv1.BuildEvent_Cache:
 		default:
-			return nil, fmt.Errorf("report event %d: an agent may send log, step and pushed events only, not %T", i, ev.Event)
+			return nil, fmt.Errorf("report event %d: an agent may send log, step, pushed and cache events only, not %T", i, ev.Event)
 		}
 	}
 	return r.Events, nil

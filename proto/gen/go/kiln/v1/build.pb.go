@@ -790,8 +790,14 @@ type BuildResult struct {
 	// cache_imported_from are the cache refs the engine was given to import
 	// from (the build's cache_from plus the automatic warm start's ref).
 	CacheImportedFrom []string `protobuf:"bytes,7,rep,name=cache_imported_from,json=cacheImportedFrom,proto3" json:"cache_imported_from,omitempty"`
-	unknownFields     protoimpl.UnknownFields
-	sizeCache         protoimpl.SizeCache
+	// warm_cache_ref is the ref the automatic warm start exported the build's
+	// cache to after its result was recorded ("" until an export succeeded):
+	// the schedulers set it when the agent's automatic EXPORT event arrives
+	// without an error, and count the build's lineage as one whose cache the
+	// farm's registry holds (routing's cold-but-cached cost).
+	WarmCacheRef  string `protobuf:"bytes,8,opt,name=warm_cache_ref,json=warmCacheRef,proto3" json:"warm_cache_ref,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
 }
 
 func (x *BuildResult) Reset() {
@@ -871,6 +877,13 @@ func (x *BuildResult) GetCacheImportedFrom() []string {
 		return x.CacheImportedFrom
 	}
 	return nil
+}
+
+func (x *BuildResult) GetWarmCacheRef() string {
+	if x != nil {
+		return x.WarmCacheRef
+	}
+	return ""
 }
 
 // CacheEvent reports a cache import or export of the build: a warm start's
@@ -2663,7 +2676,7 @@ const file_kiln_v1_build_proto_rawDesc = "" +
 	"\vPushedImage\x12\x10\n" +
 	"\x03tag\x18\x01 \x01(\tR\x03tag\x12\x16\n" +
 	"\x06digest\x18\x02 \x01(\tR\x06digest\x12\x12\n" +
-	"\x04size\x18\x03 \x01(\x03R\x04size\"\xa1\x02\n" +
+	"\x04size\x18\x03 \x01(\x03R\x04size\"\xc7\x02\n" +
 	"\vBuildResult\x12\x19\n" +
 	"\bimage_id\x18\x01 \x01(\tR\aimageId\x12,\n" +
 	"\x06pushed\x18\x02 \x03(\v2\x14.kiln.v1.PushedImageR\x06pushed\x12\x14\n" +
@@ -2671,7 +2684,8 @@ const file_kiln_v1_build_proto_rawDesc = "" +
 	"\fcached_steps\x18\x04 \x01(\rR\vcachedSteps\x12*\n" +
 	"\abuilder\x18\x05 \x01(\x0e2\x10.kiln.v1.BuilderR\abuilder\x124\n" +
 	"\x16context_transfer_bytes\x18\x06 \x01(\x03R\x14contextTransferBytes\x12.\n" +
-	"\x13cache_imported_from\x18\a \x03(\tR\x11cacheImportedFrom\"\x9f\x02\n" +
+	"\x13cache_imported_from\x18\a \x03(\tR\x11cacheImportedFrom\x12$\n" +
+	"\x0ewarm_cache_ref\x18\b \x01(\tR\fwarmCacheRef\"\x9f\x02\n" +
 	"\n" +
 	"CacheEvent\x12,\n" +
 	"\x04kind\x18\x01 \x01(\x0e2\x18.kiln.v1.CacheEvent.KindR\x04kind\x12\x10\n" +

@@ -338,8 +338,11 @@ type AgentReport struct {
 	// scheduler grants at most its own lease.
 	Lease *durationpb.Duration `protobuf:"bytes,4,opt,name=lease,proto3" json:"lease,omitempty"`
 	// events are appended to the build's log in order, before the change the
-	// report makes: log lines, steps and pushed images only (the scheduler
-	// writes the state and finished events itself).
+	// report makes: log lines, steps, pushed images and cache events only
+	// (the scheduler writes the state and finished events itself). After
+	// FINISH, the attempt that finished the build SUCCEEDED may still send
+	// EVENTS holding only its automatic cache export (CacheEvent EXPORT,
+	// automatic): they land after the finished event.
 	Events []*BuildEvent `protobuf:"bytes,5,rep,name=events,proto3" json:"events,omitempty"`
 	// state, result and error say how the build ended (FINISH): SUCCEEDED,
 	// FAILED or CANCELLED.
