@@ -116,6 +116,14 @@ func (d *Docker) BuildKit(ctx context.Context, o BuildKitOptions, r Reporter) (B
 	if r == nil {
 		r = nopReporter{}
 	}
+	cacheFrom, inlineCache, err := dockerCache(o)
+	if err != nil {
+		return BuildKitResult{}, err
+	}
+	args := o.BuildArgs
+	if inlineCache {
+		args = withInlineCache(args)
+	}
 	bs, err := startSession(ctx, o, func(ctx context.Context, proto string, meta map[string][]string) (net.Conn, error) {
 		return d.c.DialHijack(ctx, "/session", proto, meta)
 	})
@@ -132,7 +140,8 @@ func (d *Docker) BuildKit(ctx context.Context, o BuildKitOptions, r Reporter) (B
 		RemoteContext: "client-session",
 		Dockerfile:    bs.dockerfile,
 		Tags:          o.Tags,
-		BuildArgs:     buildArgs(o.BuildArgs),
+		BuildArgs:     buildArgs(args),
+		CacheFrom:     cacheFrom,
 		Target:        o.Target,
 		Labels:        o.Labels,
 		NoCache:       o.NoCache,
