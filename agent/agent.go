@@ -141,6 +141,8 @@ type Agent struct {
 	healthy atomic.Bool
 	// clips is what the agent saw of its engine clipping builds' output.
 	clips engineClips
+	// exports are the automatic warm start's cache exports running.
+	exports exports
 	// worker pulls for the slots, heartbeats, holds for an admin's drain
 	// and drains on stop (agentproto.Worker).
 	worker *agentproto.Worker
@@ -273,6 +275,7 @@ func (a *Agent) Run(ctx context.Context) error {
 	defer func() { _ = drainSub.Unsubscribe() }()
 	a.Announce(ctx)
 	a.worker.Run(ctx)
+	a.exports.wg.Wait() // they end with the work context, as builds do
 	a.log.Info("agent stopped")
 	return nil
 }
@@ -302,6 +305,13 @@ func (a *Agent) checkEngine(ctx context.Context) {
 	}
 }
 
+// engineInfo is what the engine last said of itself.
+func (a *Agent) engineInfo() engine.Info {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	return a.info
+}
+
 // heartbeat writes the agent's record to KV KILN_AGENTS.
 func (a *Agent) heartbeat(ctx context.Context) {
 	_, _ = a.worker.Heartbeat(ctx)
@@ -322,7 +332,7 @@ func (a *Agent) record() *kilnv1.Agent {
 		State:   state, EngineVersion: info.ServerVersion, EngineApiVersion: info.APIVersion, StorageDriver: info.StorageDriver,
 		Os: nonEmpty(info.OS, runtime.GOOS), Arch: nonEmpty(info.Arch, runtime.GOARCH), Labels: a.cfg.Labels,
 		StartedAt: timestamppb.New(a.started), Cache: a.summary.Proto(), Builders: a.builders(),
-		Warnings: a.clips.warnings(),
+		Warnings: a.clips.warnings(), EngineKind: info.Kind, Features: info.Features,
 	}
 }
 

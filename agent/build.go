@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"slices"
 	"time"
 
 	"github.com/nats-io/nats.go"
@@ -74,12 +75,17 @@ func (a *Agent) runBuild(work context.Context, assigned *kilnv1.Build) {
 		defer close(renewed)
 		a.renewLease(renewCtx, at, cancel, log)
 	}()
-	result, buildErr := a.execute(ctx, b, ev)
+	result, warm, buildErr := a.execute(ctx, b, ev)
 	endAttempt(span, result, buildErr, context.Cause(ctx))
 	stopRenew()
 	<-renewed
-	a.finish(work, b, result, buildErr, context.Cause(ctx), ev, log)
+	succeeded := a.finish(work, b, result, buildErr, context.Cause(ctx), ev, log)
 	observeBuild(result, buildErr, context.Cause(ctx), now)
+	if succeeded && warm != nil {
+		a.startExport(work, b, ev.at, warm, log) // after the result: it never delays it
+	} else {
+		warm.drop()
+	}
 }
 
 // renewLease extends the build's lease every third of the lease until ctx
@@ -111,8 +117,9 @@ func (a *Agent) renewLease(ctx context.Context, at *agentproto.Attempt, cancel c
 }
 
 // execute builds and pushes. The result holds what was learnt even when
-// the build failed part-way.
-func (a *Agent) execute(ctx context.Context, b *kilnv1.Build, ev *events) (*kilnv1.BuildResult, error) {
+// the build failed part-way. A succeeded BuildKit build with an automatic
+// warm start returns its cache export, to run after the result.
+func (a *Agent) execute(ctx context.Context, b *kilnv1.Build, ev *events) (_ *kilnv1.BuildResult, warm *warmExport, _ error) {
 	result := &kilnv1.BuildResult{}
 	spec := b.Spec
 	if len(a.builders()) == 0 { // the engine has not answered since the agent started
@@ -120,23 +127,32 @@ func (a *Agent) execute(ctx context.Context, b *kilnv1.Build, ev *events) (*kiln
 	}
 	builder, err := a.chooseBuilder(spec, b.Context)
 	if err != nil {
-		return result, &engine.BuildError{Message: err.Error()}
+		return result, nil, &engine.BuildError{Message: err.Error()}
 	}
 	result.Builder = builder
 	creds, err := a.openRegistryAuth(b)
 	if err != nil {
-		return result, &engine.BuildError{Message: err.Error()}
+		return result, nil, &engine.BuildError{Message: err.Error()}
 	}
 	rep := &reporter{
 		ev: ev, steps: newStepSpans(ctx, b), mask: newMasker(maskedValues(nil, creds)),
 		agent: a.cfg.Name, buildID: b.Id, clips: &a.clips,
 	}
 	defer func() { rep.steps.end(context.Cause(ctx)) }()
-	var res engine.Result
+	var (
+		res     engine.Result
+		inBuild bool // the engine pushes as part of the build
+	)
 	if builder == kilnv1.Builder_BUILDER_BUILDKIT {
+		inBuild = spec.Push && slices.Contains(a.engineInfo().Features, engine.FeaturePushInBuild)
 		var bk engine.BuildKitResult
-		bk, err = a.buildKit(ctx, b, creds, ev, rep)
+		bk, warm, err = a.buildKit(ctx, b, creds, ev, rep, inBuild, result)
 		res, result.ContextTransferBytes = bk.Result, bk.ContextBytes
+		for _, p := range bk.Pushed {
+			pi := &kilnv1.PushedImage{Tag: p.Tag, Digest: p.Digest, Size: p.Size}
+			result.Pushed = append(result.Pushed, pi)
+			ev.publish(&kilnv1.BuildEvent{Event: &kilnv1.BuildEvent_Pushed{Pushed: pi}})
+		}
 	} else {
 		res, result.ContextTransferBytes, err = a.buildClassic(ctx, b, creds, ev, rep)
 	}
@@ -145,29 +161,31 @@ func (a *Agent) execute(ctx context.Context, b *kilnv1.Build, ev *events) (*kiln
 	result.Steps = uint32(res.Steps)
 	result.CachedSteps = uint32(res.CachedSteps)
 	if err != nil {
-		return result, err
+		return result, nil, err
 	}
-	if !spec.Push {
-		return result, nil
+	if !spec.Push || inBuild {
+		return result, warm, nil
 	}
 	for _, tag := range spec.Tags {
 		// Fence the push: renew the lease first, so an attempt that lost
 		// its build (agent frozen past its lease) cannot overwrite the tag
 		// the attempt that replaced it pushed.
 		if _, err := ev.at.Renew(ctx, a.cfg.Lease); err != nil {
-			return result, fmt.Errorf("push %s: %w", tag, err)
+			warm.drop()
+			return result, nil, fmt.Errorf("push %s: %w", tag, err)
 		}
 		pctx, pspan := startSpan(ctx, "push "+tag, b, telemetry.TagKey.String(tag))
 		digest, size, err := a.cfg.Engine.Push(pctx, tag, creds, func(line string) { ev.log(0, rep.mask.log(-1, line)) })
 		endSpan(pspan, err)
 		if err != nil {
-			return result, rep.mask.err(fmt.Errorf("push %s: %w", tag, err))
+			warm.drop()
+			return result, nil, rep.mask.err(fmt.Errorf("push %s: %w", tag, err))
 		}
 		p := &kilnv1.PushedImage{Tag: tag, Digest: digest, Size: size}
 		result.Pushed = append(result.Pushed, p)
 		ev.publish(&kilnv1.BuildEvent{Event: &kilnv1.BuildEvent_Pushed{Pushed: p}})
 	}
-	return result, nil
+	return result, warm, nil
 }
 
 // buildClassic builds with the classic builder from a context tar, and
@@ -205,22 +223,23 @@ func (c *countingReader) Read(p []byte) (int, error) {
 
 // finish records how the build ended, fenced on its attempt, and then
 // publishes the finished event. A drained build is handed back instead.
-func (a *Agent) finish(work context.Context, b *kilnv1.Build, result *kilnv1.BuildResult, buildErr, cause error, ev *events, log *slog.Logger) {
+// It reports whether the build was recorded SUCCEEDED.
+func (a *Agent) finish(work context.Context, b *kilnv1.Build, result *kilnv1.BuildResult, buildErr, cause error, ev *events, log *slog.Logger) bool {
 	ctx, cancel := context.WithTimeout(context.WithoutCancel(work), finishTimeout)
 	defer cancel()
 	if errors.Is(cause, errLost) || errors.Is(buildErr, buildstore.ErrFenced) {
 		ev.at.Abandon()
 		log.WarnContext(ctx, "build abandoned: another attempt owns it")
-		return
+		return false
 	}
 	if errors.Is(cause, errDrained) {
 		a.handBack(ctx, ev, log, fmt.Sprintf("agent %q stopped before the build finished; re-queued", a.cfg.Name))
-		return
+		return false
 	}
 	if cause == nil && isFarm(buildErr) {
 		log.WarnContext(ctx, "the farm did not answer while preparing the build; handing it back", "err", buildErr)
 		a.handBack(ctx, ev, log, fmt.Sprintf("agent %q could not reach the farm (%v); re-queued", a.cfg.Name, buildErr))
-		return
+		return false
 	}
 	state, msg := kilnv1.BuildState_BUILD_STATE_SUCCEEDED, ""
 	switch {
@@ -240,9 +259,10 @@ func (a *Agent) finish(work context.Context, b *kilnv1.Build, result *kilnv1.Bui
 	}
 	if _, err := ev.at.Finish(ctx, state, result, msg); err != nil {
 		log.WarnContext(ctx, "result refused", "state", state.String(), "err", err)
-		return
+		return false
 	}
 	log.InfoContext(ctx, "build finished", "state", state.String(), "steps", result.Steps, "cached", result.CachedSteps)
+	return state == kilnv1.BuildState_BUILD_STATE_SUCCEEDED
 }
 
 // handBack returns a build the agent could not finish to the queue: the

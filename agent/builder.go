@@ -42,22 +42,31 @@ func (a *Agent) builders() []kilnv1.Builder {
 }
 
 // chooseBuilder picks the builder for a build: the one asked for, else
-// BuildKit where offered; a build with secrets needs BuildKit. A build
-// whose context is a tar (API clients other than the kiln CLI) that asks
-// for neither goes to the classic builder, which reads tars.
+// BuildKit where offered; a build with secrets or cache options needs
+// BuildKit. A build whose context is a tar (API clients other than the
+// kiln CLI) that asks for neither goes to the classic builder, which reads
+// tars; an engine without one (a standalone BuildKit) refuses it.
 func (a *Agent) chooseBuilder(spec *kilnv1.BuildSpec, ref *kilnv1.ContextRef) (kilnv1.Builder, error) {
 	offered := a.builders()
 	if len(offered) == 0 {
 		return 0, fmt.Errorf("agent %q knows of no builder its engine offers (the engine has not answered yet)", a.cfg.Name)
 	}
 	want := spec.GetBuilder()
-	if len(spec.GetSecrets()) > 0 {
+	needs := "" // what needs BuildKit
+	switch {
+	case len(spec.GetSecrets()) > 0:
+		needs = "build secrets"
+	case len(spec.GetCacheFrom()) > 0 || len(spec.GetCacheTo()) > 0:
+		needs = "cache options (--cache-from, --cache-to)"
+	}
+	if needs != "" {
 		if want == kilnv1.Builder_BUILDER_CLASSIC {
-			return 0, errors.New("build secrets need the BuildKit builder, and the build asks for the classic one (--builder classic)")
+			return 0, fmt.Errorf("%s need the BuildKit builder, and the build asks for the classic one (--builder classic)", needs)
 		}
 		want = kilnv1.Builder_BUILDER_BUILDKIT
 	}
-	if want == kilnv1.Builder_BUILDER_UNSPECIFIED && ref.GetFormat() == kilnv1.ContextFormat_CONTEXT_FORMAT_TAR {
+	tar := ref.GetFormat() == kilnv1.ContextFormat_CONTEXT_FORMAT_TAR
+	if want == kilnv1.Builder_BUILDER_UNSPECIFIED && tar {
 		want = kilnv1.Builder_BUILDER_CLASSIC
 	}
 	switch {
@@ -67,10 +76,15 @@ func (a *Agent) chooseBuilder(spec *kilnv1.BuildSpec, ref *kilnv1.ContextRef) (k
 		return want, nil
 	case want == kilnv1.Builder_BUILDER_BUILDKIT:
 		why := "the build asks for BuildKit (--builder buildkit)"
-		if len(spec.GetSecrets()) > 0 {
-			why = "build secrets need BuildKit"
+		if needs != "" {
+			why = needs + " need BuildKit"
 		}
 		return 0, fmt.Errorf("%s, and agent %q offers only the classic builder (its engine has no BuildKit, or the agent runs with --builder classic)", why, a.cfg.Name)
+	case want == kilnv1.Builder_BUILDER_CLASSIC && a.engineInfo().Kind == engine.KindBuildKit:
+		if tar && spec.GetBuilder() == kilnv1.Builder_BUILDER_UNSPECIFIED {
+			return 0, fmt.Errorf("the build's context is a tar (sent by an API client other than the kiln CLI), which only the classic builder reads, and agent %q drives a standalone BuildKit engine, which has no classic builder: send a manifest context (kiln CLI 0.2 or later) or build on a Docker engine", a.cfg.Name)
+		}
+		return 0, fmt.Errorf("the build asks for the classic builder (--builder classic), and agent %q drives a standalone BuildKit engine, which has no classic builder: drop --builder classic or build on a Docker engine", a.cfg.Name)
 	default:
 		return 0, fmt.Errorf("the build asks for the %s builder, which agent %q does not offer", builderName(want), a.cfg.Name)
 	}

@@ -18,18 +18,26 @@ import (
 // buildKit runs a build in BuildKit mode: the context is materialized
 // from the local CAS into the lineage's directory, which the engine syncs
 // from; only what changed since this agent last built the lineage crosses.
-func (a *Agent) buildKit(ctx context.Context, b *kilnv1.Build, creds engine.Credentials, ev *events, rep *reporter) (engine.BuildKitResult, error) {
+//
+// Its cache options are the build's --cache-from/--cache-to plus the
+// automatic warm start's (planCache); result gets the refs imported. push
+// has an engine with FeaturePushInBuild push the tags as part of the
+// build, fenced like Push: the lease is renewed right before. A succeeded
+// build with a warm start returns its export, for after its result.
+// The work directory stays held for the export (the engine may read the
+// context again), and is released when the export ends.
+func (a *Agent) buildKit(ctx context.Context, b *kilnv1.Build, creds engine.Credentials, ev *events, rep *reporter, push bool, result *kilnv1.BuildResult) (_ engine.BuildKitResult, warm *warmExport, _ error) {
 	ref := b.GetContext()
 	if ref.GetFormat() != kilnv1.ContextFormat_CONTEXT_FORMAT_MANIFEST || ref.GetDigest() == nil {
-		return engine.BuildKitResult{}, errors.New("BuildKit builds need a manifest context (kiln CLI 0.2 or later); this build's context is a tar: run it with --builder classic")
+		return engine.BuildKitResult{}, nil, errors.New("BuildKit builds need a manifest context (kiln CLI 0.2 or later); this build's context is a tar: run it with --builder classic")
 	}
 	m, err := a.readManifest(ctx, ref.Digest)
 	if err != nil {
-		return engine.BuildKitResult{}, err
+		return engine.BuildKitResult{}, nil, err
 	}
 	total, err := ctxmanifest.Validate(m, a.cfg.ContextLimits)
 	if err != nil {
-		return engine.BuildKitResult{}, fmt.Errorf("context manifest %s is refused: %s", ref.Digest.Hash, status.Convert(err).Message())
+		return engine.BuildKitResult{}, nil, fmt.Errorf("context manifest %s is refused: %s", ref.Digest.Hash, status.Convert(err).Message())
 	}
 	var files []localcas.Blob
 	for _, e := range m.Entries {
@@ -42,7 +50,7 @@ func (a *Agent) buildKit(ctx context.Context, b *kilnv1.Build, creds engine.Cred
 	fetch.SetAttributes(attribute.Int("kiln.context.fetched_blobs", st.Fetched), attribute.Int64("kiln.context.fetched_bytes", st.FetchedBytes))
 	endSpan(fetch, err)
 	if err != nil {
-		return engine.BuildKitResult{}, fmt.Errorf("fetch build context files: %w", farm(err))
+		return engine.BuildKitResult{}, nil, fmt.Errorf("fetch build context files: %w", farm(err))
 	}
 	observeContextFetch(st)
 	key := b.GetAffinity().GetLineage()
@@ -55,9 +63,13 @@ func (a *Agent) buildKit(ctx context.Context, b *kilnv1.Build, creds engine.Cred
 	endSpan(materialize, err)
 	pin.Release()
 	if err != nil {
-		return engine.BuildKitResult{}, fmt.Errorf("write the build context to the agent's work directory: %w", err)
+		return engine.BuildKitResult{}, nil, fmt.Errorf("write the build context to the agent's work directory: %w", err)
 	}
-	defer dir.Release()
+	defer func() {
+		if warm == nil {
+			dir.Release()
+		}
+	}()
 	ev.internal("context: %d files, %s; fetched %d blobs (%s) from the farm, %d already on this agent; work dir %s: %d entries written (%s), %d removed, %d kept in %s",
 		len(files), megabytes(total), st.Fetched, megabytes(st.FetchedBytes), st.Local,
 		dir.Slot(), ws.Written, megabytes(ws.WrittenBytes), ws.Removed, ws.Kept, time.Since(started).Round(time.Millisecond))
@@ -68,21 +80,37 @@ func (a *Agent) buildKit(ctx context.Context, b *kilnv1.Build, creds engine.Cred
 	spec := b.Spec
 	dockerfile, err := a.checkPolicy(ctx, dir.Path(), b)
 	if err != nil {
-		return engine.BuildKitResult{}, err
+		return engine.BuildKitResult{}, nil, err
 	}
 	secrets, err := a.openSecrets(b)
 	if err != nil {
-		return engine.BuildKitResult{}, err
+		return engine.BuildKitResult{}, nil, err
 	}
 	rep.mask = newMasker(maskedValues(secrets, creds))
-	res, err := a.cfg.Engine.BuildKit(ctx, engine.BuildKitOptions{
+	plan := a.planCache(ctx, b, a.engineInfo(), creds, ev)
+	result.CacheImportedFrom = plan.imported
+	o := engine.BuildKitOptions{
 		BuildOptions:   buildOptions(spec, creds),
 		ContextDir:     dir.Path(),
 		SharedKey:      "kiln-" + a.cfg.Name + "-" + dir.Slot(),
 		Secrets:        secrets,
 		DockerfileData: dockerfile,
-	}, rep)
-	return res, err // execute masks it
+		CacheFrom:      plan.from,
+		CacheTo:        plan.to,
+		Push:           push,
+	}
+	if push {
+		// Fence the push as execute fences Push: an attempt that lost its
+		// build must not overwrite the tags of the one that replaced it.
+		if _, err := ev.at.Renew(ctx, a.cfg.Lease); err != nil {
+			return engine.BuildKitResult{}, nil, fmt.Errorf("push: %w", err)
+		}
+	}
+	res, err := a.cfg.Engine.BuildKit(ctx, o, rep)
+	if err != nil || plan.warm.Type == "" {
+		return res, nil, err // execute masks err
+	}
+	return res, &warmExport{to: plan.warm, o: o, res: res.Result, mask: rep.mask, release: dir.Release}, nil
 }
 
 func buildOptions(spec *kilnv1.BuildSpec, creds engine.Credentials) engine.BuildOptions {

@@ -52,7 +52,21 @@ var (
 		Name: "kiln_agent_context_transfer_bytes_total",
 		Help: "Build-context bytes sent to the engine, by builder: the whole context tar with classic, only the files the engine lacked with buildkit.",
 	}, []string{"builder"})
+	cacheExportDuration = promauto.NewHistogramVec(prometheus.HistogramOpts{
+		Name:    "kiln_agent_cache_export_duration_seconds",
+		Help:    "Automatic warm start cache exports after a build's result, by result (ok, failed).",
+		Buckets: []float64{.1, .25, .5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600},
+	}, []string{"result"})
 )
+
+// observeCacheExport counts one automatic cache export.
+func observeCacheExport(err error, took time.Duration) {
+	result := "ok"
+	if err != nil {
+		result = "failed"
+	}
+	cacheExportDuration.WithLabelValues(result).Observe(took.Seconds())
+}
 
 // Values of the result label.
 const (

@@ -43,6 +43,13 @@ func (s *CacheSummary) Add(a *kilnv1.Affinity) {
 	}
 }
 
+// HasLineage reports whether the summary holds lineage.
+func (s *CacheSummary) HasLineage(lineage string) bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return slices.Contains(s.lineages, lineage)
+}
+
 // Proto returns the summary for the heartbeat.
 func (s *CacheSummary) Proto() *kilnv1.CacheSummary {
 	s.mu.Lock()
