@@ -26,7 +26,8 @@ const watchIdle = 2 * time.Second
 const finishedEventGrace = 45 * time.Second
 
 // WatchBuild replays a build's event log from from_sequence and follows it
-// live until the finished event. Sequence numbers are positions in the
+// live until the finished event (with no_follow: to the log's end when the
+// call began, past the finished event). Sequence numbers are positions in the
 // build's log, so they are stable and gap-free across reconnects.
 func (g *Gateway) WatchBuild(req *kilnv1.WatchBuildRequest, stream kilnv1.BuildService_WatchBuildServer) error {
 	ctx := stream.Context()
@@ -85,7 +86,10 @@ func (g *Gateway) WatchBuild(req *kilnv1.WatchBuildRequest, stream kilnv1.BuildS
 					return err
 				}
 			}
-			if ev.GetFinished() != nil || req.NoFollow && streamSeq >= until {
+			// Following, the finished event ends the watch; replaying
+			// (no_follow), the log's end does: the automatic warm start's
+			// cache export follows the finish.
+			if ev.GetFinished() != nil && !req.NoFollow || req.NoFollow && streamSeq >= until {
 				return nil
 			}
 		case <-timer.C:

@@ -9,6 +9,7 @@ import (
 	"time"
 
 	kilnv1 "github.com/kilnbuild/kiln/proto/gen/go/kiln/v1"
+	"github.com/kilnbuild/kiln/proto/rules/cacheopt"
 	"github.com/kilnbuild/kiln/proto/rules/seal"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
@@ -58,6 +59,18 @@ type BuildRequest struct {
 	// run that long since the farm accepted it; Wait then returns an error
 	// matching ErrTimedOut. It overrides Spec's own timeout.
 	Timeout time.Duration
+	// CacheFrom and CacheTo are caches to import layers from and to export
+	// the build's cache to, in buildx's --cache-from and --cache-to syntax
+	// ("type=registry,ref=registry:5000/app:cache,mode=max", "type=inline",
+	// or a bare ref for type=registry); package proto/rules/cacheopt holds
+	// the syntax and the types the farm takes. Build parses them and adds
+	// them to the spec's cache_from and cache_to; a value the farm would
+	// refuse fails Build before anything is sent. Registry credentials for
+	// the caches' hosts go in RegistryAuth (cacheopt.Hosts names them). A
+	// type=registry export needs an agent whose engine exports registry
+	// cache (a standalone BuildKit engine); a farm without one refuses it
+	// with codes.FailedPrecondition.
+	CacheFrom, CacheTo []string
 }
 
 // RegistryCredential is what a registry takes: a user name and password,
@@ -88,6 +101,9 @@ func (c *Client) Build(ctx context.Context, req BuildRequest) (*Build, error) {
 	}
 	if req.Timeout < 0 {
 		return nil, invalidArgumentf("starting build: the timeout %s is negative", req.Timeout)
+	}
+	if _, _, err := cacheOptions(req); err != nil {
+		return nil, fmt.Errorf("starting build: %w", err)
 	}
 	if req.Context.Ref() == nil {
 		if _, err := c.UploadContext(ctx, req.Context); err != nil {
@@ -157,6 +173,14 @@ func (c *Client) start(ctx context.Context, req BuildRequest) (*kilnv1.Build, er
 		spec.Dockerfile = req.Context.Dockerfile()
 	}
 	setTimeout(spec, req.Timeout)
+	from, to, err := cacheOptions(req)
+	if err != nil {
+		return nil, fmt.Errorf("starting build: %w", err)
+	}
+	spec.CacheFrom, spec.CacheTo = append(spec.CacheFrom, from...), append(spec.CacheTo, to...)
+	if err := cacheopt.ValidateAll(spec.CacheFrom, spec.CacheTo); err != nil {
+		return nil, fmt.Errorf("starting build: %w", invalidArgumentf("%s", err))
+	}
 	if len(req.Secrets) > 0 || len(req.RegistryAuth) > 0 {
 		if err := c.sealInto(ctx, spec, req); err != nil {
 			return nil, fmt.Errorf("starting build: %w", err)
@@ -175,6 +199,31 @@ func (c *Client) start(ctx context.Context, req BuildRequest) (*kilnv1.Build, er
 		return nil, fmt.Errorf("starting build: %w", err)
 	}
 	return resp.GetBuild(), nil
+}
+
+// cacheOptions parses and checks req's CacheFrom and CacheTo.
+func cacheOptions(req BuildRequest) (from, to []*kilnv1.CacheOption, err error) {
+	parse := func(values []string, use cacheopt.Use) ([]*kilnv1.CacheOption, error) {
+		var out []*kilnv1.CacheOption
+		for _, v := range values {
+			o, err := cacheopt.Parse(v)
+			if err == nil {
+				err = cacheopt.Validate(o, use)
+			}
+			if err != nil {
+				return nil, invalidArgumentf("%s", err)
+			}
+			out = append(out, o)
+		}
+		return out, nil
+	}
+	if from, err = parse(req.CacheFrom, cacheopt.From); err != nil {
+		return nil, nil, err
+	}
+	if to, err = parse(req.CacheTo, cacheopt.To); err != nil {
+		return nil, nil, err
+	}
+	return from, to, nil
 }
 
 // setTimeout sets the spec's timeout to d, when positive.

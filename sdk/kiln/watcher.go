@@ -47,16 +47,27 @@ type watcher struct {
 // finished event, is opened again from the sequence after the last event
 // delivered; events at or below it (a gateway that replays) are dropped,
 // so onEvent sees each sequence once, in order.
+//
+// With soFar the watch goes on past the finished event to the log's end:
+// the automatic warm start's cache export follows a build's finish.
 func (w watcher) run(ctx context.Context, from uint64, onEvent func(*kilnv1.BuildEvent)) (*kilnv1.BuildFinished, error) {
 	next := max(from, 1)
 	down := w.retry.outage()
+	var seen *kilnv1.BuildFinished // with soFar: the finished event, delivered
 	for {
-		progressed, finished, err := w.follow(ctx, &next, onEvent)
+		progressed, finished, err := w.follow(ctx, &next, func(ev *kilnv1.BuildEvent) {
+			if f := ev.GetFinished(); f != nil {
+				seen = f
+			}
+			if onEvent != nil {
+				onEvent(ev)
+			}
+		})
 		if finished != nil {
 			return finished, nil
 		}
 		if errors.Is(err, errLogEnd) {
-			return nil, nil
+			return seen, nil
 		}
 		if progressed {
 			down.progressed()
@@ -96,7 +107,7 @@ func (w watcher) follow(ctx context.Context, next *uint64, onEvent func(*kilnv1.
 		if onEvent != nil {
 			onEvent(ev)
 		}
-		if f := ev.GetFinished(); f != nil {
+		if f := ev.GetFinished(); f != nil && !w.soFar {
 			return true, f, nil
 		}
 	}

@@ -11,6 +11,7 @@ import (
 	"time"
 
 	kilnv1 "github.com/kilnbuild/kiln/proto/gen/go/kiln/v1"
+	"github.com/kilnbuild/kiln/proto/rules/cacheopt"
 	"github.com/kilnbuild/kiln/sdk/internal/progress"
 	"github.com/kilnbuild/kiln/sdk/internal/reference"
 	"github.com/kilnbuild/kiln/sdk/kiln"
@@ -66,6 +67,7 @@ type buildFlags struct {
 	builder                    string
 	detach                     bool
 	timeout                    time.Duration
+	cacheFrom, cacheTo         []string
 }
 
 // newBuildFlagSet returns the flag set of `kiln build`, docker-buildx
@@ -94,6 +96,8 @@ func newBuildFlagSet(f *buildFlags) *pflag.FlagSet {
 	fs.StringArrayVar(&f.secrets, "secret", nil, `Secret to expose to the build, sealed so only the farm's agents can read it (format: "id=mysecret[,src=/local/secret]" or "id=mysecret,env=VAR"); repeatable`)
 	fs.StringVar(&f.builder, "builder", "", `Builder to build with: "classic" or "buildkit" (default: the agent picks, BuildKit where the engine has it)`)
 	fs.BoolVarP(&f.detach, "detach", "d", false, "Print the build's id once it is queued and exit; 'kiln logs -f ID' follows it")
+	fs.StringArrayVar(&f.cacheFrom, "cache-from", nil, `External cache source (e.g. "type=registry,ref=registry:5000/app:cache", or a bare ref); repeatable`)
+	fs.StringArrayVar(&f.cacheTo, "cache-to", nil, `Cache export destination (e.g. "type=registry,ref=registry:5000/app:cache,mode=max" — needs a BuildKit-engine agent — or "type=inline"); repeatable`)
 	fs.DurationVar(&f.timeout, "timeout", 0, "Let the farm cancel the build once it has taken this long since it was queued (e.g. 30m; at most 24h; exit status 124)")
 	return fs
 }
@@ -204,7 +208,33 @@ func parseBuildArgs(args []string, lookupEnv func(string) (string, bool)) (*buil
 	if len(o.secrets) > 0 && o.spec.Builder == kilnv1.Builder_BUILDER_CLASSIC {
 		return nil, &usageError{msg: "--secret needs the BuildKit builder: drop --builder classic"}
 	}
+	if o.spec.CacheFrom, err = parseCacheOptions(f.cacheFrom, cacheopt.From); err != nil {
+		return nil, err
+	}
+	if o.spec.CacheTo, err = parseCacheOptions(f.cacheTo, cacheopt.To); err != nil {
+		return nil, err
+	}
+	if err := cacheopt.ValidateAll(o.spec.CacheFrom, o.spec.CacheTo); err != nil {
+		return nil, &usageError{msg: err.Error()}
+	}
 	return o, nil
+}
+
+// parseCacheOptions turns --cache-from or --cache-to values (buildx's
+// syntax) into the spec's cache options, each checked for its use.
+func parseCacheOptions(values []string, use cacheopt.Use) ([]*kilnv1.CacheOption, error) {
+	var out []*kilnv1.CacheOption
+	for _, v := range values {
+		o, err := cacheopt.Parse(v)
+		if err == nil {
+			err = cacheopt.Validate(o, use)
+		}
+		if err != nil {
+			return nil, &usageError{msg: err.Error()}
+		}
+		out = append(out, o)
+	}
+	return out, nil
 }
 
 // parseBuilder turns --builder into the spec's builder.

@@ -153,6 +153,25 @@ func TestParseBuildArgs(t *testing.T) {
 				}
 			},
 		},
+		{
+			name: "cache options",
+			args: []string{"--cache-from", "registry:5000/app:cache", "--cache-from", "type=registry,ref=registry:5000/base:cache",
+				"--cache-to", "type=registry,ref=registry:5000/app:cache,mode=max", "--cache-to", "type=inline", dir},
+			check: func(t *testing.T, o *buildOptions) {
+				from, to := o.spec.GetCacheFrom(), o.spec.GetCacheTo()
+				if len(from) != 2 || from[0].GetType() != "registry" || from[0].GetAttrs()["ref"] != "registry:5000/app:cache" || from[1].GetAttrs()["ref"] != "registry:5000/base:cache" {
+					t.Errorf("cache_from %v", from)
+				}
+				if len(to) != 2 || to[0].GetAttrs()["mode"] != "max" || to[1].GetType() != "inline" {
+					t.Errorf("cache_to %v", to)
+				}
+			},
+		},
+		{name: "cache type local", args: []string{"--cache-to", "type=local,dest=/tmp/c", dir}, err: "--cache-to type=local reads and writes a directory on the machine that builds"},
+		{name: "cache from inline", args: []string{"--cache-from", "type=inline", dir}, err: "--cache-from type=inline is not a cache source"},
+		{name: "cache without ref", args: []string{"--cache-to", "type=registry,mode=max", dir}, err: "--cache-to type=registry needs ref="},
+		{name: "cache mode unknown", args: []string{"--cache-to", "type=registry,ref=r:5000/a:c,mode=all", dir}, err: `--cache-to mode="all": want min or max`},
+		{name: "cache option empty", args: []string{"--cache-from", "", dir}, err: "cache option is empty"},
 		{name: "unknown builder", args: []string{"--builder", "kaniko", dir}, err: `invalid --builder "kaniko": want classic or buildkit`},
 		{name: "secrets with the classic builder", args: []string{"--builder", "classic", "--secret", "id=a,env=A", dir}, env: map[string]string{"A": "v"}, err: "--secret needs the BuildKit builder"},
 		{name: "secret from a missing variable", args: []string{"--secret", "id=a,env=NOPE", dir}, err: `secret "a": environment variable NOPE is not set`},

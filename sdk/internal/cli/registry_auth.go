@@ -15,6 +15,7 @@ import (
 	"strings"
 
 	kilnv1 "github.com/kilnbuild/kiln/proto/gen/go/kiln/v1"
+	"github.com/kilnbuild/kiln/proto/rules/cacheopt"
 	"github.com/kilnbuild/kiln/proto/rules/registryhost"
 	"github.com/kilnbuild/kiln/sdk/internal/reference"
 	"github.com/kilnbuild/kiln/sdk/kiln"
@@ -32,10 +33,14 @@ import (
 const dockerHubServer = "https://index.docker.io/v1/"
 
 // registryHosts lists the registries a build needs credentials for, sorted:
-// those of its tags when it pushes, and those its Dockerfile's FROM lines
+// those of its tags when it pushes, those of its --cache-from and
+// --cache-to refs (cacheopt.Hosts), and those its Dockerfile's FROM lines
 // name (stage names, scratch and references built from ARGs are skipped).
 func registryHosts(spec *kilnv1.BuildSpec, dockerfile []byte) []string {
 	set := map[string]bool{}
+	for _, h := range cacheopt.Hosts(spec.GetCacheFrom(), spec.GetCacheTo()) {
+		set[h] = true
+	}
 	if spec.GetPush() {
 		for _, t := range spec.GetTags() {
 			if r, err := reference.Parse(t); err == nil {

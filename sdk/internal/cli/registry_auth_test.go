@@ -29,6 +29,10 @@ func TestRegistryHosts(t *testing.T) {
 			want: []string{"docker.io", "quay.io", "registry.example.com:443"}},
 		{name: "a stage named like an image", spec: &kilnv1.BuildSpec{}, dockerfile: "FROM ghcr.io/x/y AS node\nFROM node\n", want: []string{"ghcr.io"}},
 		{name: "no FROM", spec: &kilnv1.BuildSpec{}, dockerfile: "RUN echo FROM ghcr.io/no\n", want: []string{}},
+		{name: "cache refs, pushed or not", spec: &kilnv1.BuildSpec{
+			CacheFrom: []*kilnv1.CacheOption{{Type: "registry", Attrs: map[string]string{"ref": "cache.example.com/app:c"}}, {Type: "registry", Attrs: map[string]string{"ref": "team/app:c"}}},
+			CacheTo:   []*kilnv1.CacheOption{{Type: "registry", Attrs: map[string]string{"ref": "127.0.0.1:5000/app:c"}}, {Type: "inline"}},
+		}, want: []string{"127.0.0.1:5000", "cache.example.com", "docker.io"}},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

@@ -226,6 +226,9 @@ func (p *Printer) Event(ev *kilnv1.BuildEvent) {
 			p.view.results = append(p.view.results, line)
 		}
 		p.plain(line, 0)
+	case *kilnv1.BuildEvent_Cache:
+		p.say(cacheLine(e.Cache))
+		return
 	case *kilnv1.BuildEvent_Finished:
 		p.finished(ev, e.Finished)
 		return

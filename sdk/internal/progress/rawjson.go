@@ -145,6 +145,8 @@ func (r *rawEncoder) event(ev *kilnv1.BuildEvent) error {
 			Name:   "[kiln] pushing " + p.GetTag(), Started: &at, Completed: &at,
 		})
 		farmLog(fmt.Sprintf("pushed %s %s", p.GetTag(), p.GetDigest()))
+	case *kilnv1.BuildEvent_Cache:
+		farmLog(cacheLine(e.Cache))
 	case *kilnv1.BuildEvent_Finished:
 		f := e.Finished
 		var errText string
