@@ -155,6 +155,13 @@ func (p *traceParser) vertex(v *controlapi.Vertex) {
 			p.emit(event{kind: eventLog, line: vx.name})
 		}
 	}
+	if v.GetError() != "" && vx.step <= 0 && strings.HasPrefix(vx.name, cacheImportVertex) {
+		if !vx.completed { // reported once: the build goes on without that cache
+			vx.completed = true
+			p.emit(event{kind: eventLog, line: cacheImportFailed + strings.TrimPrefix(vx.name, cacheImportVertex) + ": " + v.GetError()})
+		}
+		return
+	}
 	if v.GetError() != "" && p.failure == nil {
 		if vx.step > 0 || !strings.Contains(v.GetError(), "context canceled") {
 			p.failure = &BuildError{Step: max(vx.step, 0), Instruction: vx.instruction, Message: v.GetError()}
@@ -186,6 +193,29 @@ func (p *traceParser) vertex(v *controlapi.Vertex) {
 			p.emit(event{kind: eventStepFinished, step: vx.step, instruction: vx.instruction, cached: v.GetCached(), took: took})
 		}
 	}
+}
+
+// BuildKit names the vertex that reads a --cache-from ref's cache
+// manifest cacheImportVertex + ref. When that fails (a ref the registry
+// does not have yet, as for a lineage's first warm start) the vertex
+// reports the error but the build goes on without the cache: it is no
+// build failure. The parser logs it as a line ParseCacheImportFailure
+// reads.
+const (
+	cacheImportVertex = "importing cache manifest from "
+	cacheImportFailed = "[kiln] cache not imported from "
+)
+
+// ParseCacheImportFailure reads a build's log line saying a cache import
+// failed and the build went on without it: the ref and the engine's
+// reason.
+func ParseCacheImportFailure(line string) (ref, reason string, ok bool) {
+	rest, ok := strings.CutPrefix(line, cacheImportFailed)
+	if !ok {
+		return "", "", false
+	}
+	ref, reason, ok = strings.Cut(rest, ": ")
+	return ref, reason, ok
 }
 
 // logOutput splits a vertex's output into lines. A line that is
