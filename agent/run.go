@@ -11,7 +11,6 @@ import (
 	"github.com/nats-io/nats.go"
 	"golang.org/x/sync/errgroup"
 
-	"github.com/kilnbuild/kiln/agent/engine"
 	"github.com/kilnbuild/kiln/agent/localcas"
 	"github.com/kilnbuild/kiln/agent/workdir"
 	"github.com/kilnbuild/kiln/services/bus"
@@ -34,17 +33,23 @@ type RunOptions struct {
 
 // EngineOptions are the agent flags kilnd shares.
 type EngineOptions struct {
-	Name         string
-	Slots        int
-	DockerHost   string
-	Labels       config.Labels
-	Lease        time.Duration
-	DrainTimeout time.Duration
-	CacheDir     string
-	CacheSize    int64
-	Builder      string
-	WorkDir      string
-	WorkDirSize  int64
+	Name  string
+	Slots int
+	// Engine is the engine's address (openEngine); DockerHost is its
+	// older name, --docker-host.
+	Engine     string
+	DockerHost string
+	// EngineTLSCA, EngineTLSCert and EngineTLSKey are the files a tcp
+	// buildkitd's TLS takes (engine.TLSConfig).
+	EngineTLSCA, EngineTLSCert, EngineTLSKey string
+	Labels                                   config.Labels
+	Lease                                    time.Duration
+	DrainTimeout                             time.Duration
+	CacheDir                                 string
+	CacheSize                                int64
+	Builder                                  string
+	WorkDir                                  string
+	WorkDirSize                              int64
 	// SecretsKeyFile holds the farm's secrets key (package sealed); ""
 	// means builds with secrets are refused.
 	SecretsKeyFile string
@@ -66,7 +71,11 @@ func (o *EngineOptions) Flags(fs *flag.FlagSet, drain time.Duration) {
 	o.Labels = config.Labels{}
 	fs.StringVar(&o.Name, "name", host, "agent name, unique in the farm")
 	fs.IntVar(&o.Slots, "slots", DefaultSlots, "builds run at once")
-	fs.StringVar(&o.DockerHost, "docker-host", "", "Docker engine address (default $DOCKER_HOST, else the local socket)")
+	fs.StringVar(&o.Engine, "engine", "", "engine address: docker:///path.sock or docker://host:port, buildkit:///path.sock or buildkit://host:port, or unix:///path.sock or tcp://host:port to have the agent ask which kind it is (default $DOCKER_HOST, else the local Docker socket)")
+	fs.StringVar(&o.DockerHost, "docker-host", "", "older name of --engine")
+	fs.StringVar(&o.EngineTLSCA, "engine-tls-ca", "", "file with the CA certificate a tcp buildkitd's certificate is checked against (Docker engines: DOCKER_TLS_VERIFY, DOCKER_CERT_PATH)")
+	fs.StringVar(&o.EngineTLSCert, "engine-tls-cert", "", "file with the agent's client certificate for a tcp buildkitd")
+	fs.StringVar(&o.EngineTLSKey, "engine-tls-key", "", "file with the key of --engine-tls-cert")
 	fs.Var(o.Labels, "labels", "agent labels k=v,k=v a build may require")
 	fs.DurationVar(&o.Lease, "lease", DefaultLease, "build lease (must match the scheduler's)")
 	fs.DurationVar(&o.DrainTimeout, "drain-timeout", drain, "on stop, how long in-flight builds may finish before they are handed back")
@@ -84,11 +93,14 @@ func (o *EngineOptions) Flags(fs *flag.FlagSet, drain time.Duration) {
 // NewAgent connects to the engine and returns an agent bound to conn, and a
 // func that closes the engine connection and the agent's blob cache.
 func (o *EngineOptions) NewAgent(ctx context.Context, conn *bus.Conn, cfg Config) (*Agent, func(), error) {
-	docker, err := engine.NewDocker(o.DockerHost)
+	if o.Engine != "" && o.DockerHost != "" && o.Engine != o.DockerHost {
+		return nil, nil, fmt.Errorf("--engine %s and --docker-host %s disagree: --docker-host is --engine's older name, give one", o.Engine, o.DockerHost)
+	}
+	eng, err := o.openEngine(ctx)
 	if err != nil {
 		return nil, nil, err
 	}
-	cfg.Name, cfg.Slots, cfg.Labels, cfg.Engine, cfg.Conn = o.Name, o.Slots, o.Labels, docker, conn
+	cfg.Name, cfg.Slots, cfg.Labels, cfg.Engine, cfg.Conn = o.Name, o.Slots, o.Labels, eng, conn
 	cfg.Lease, cfg.DrainTimeout = o.Lease, o.DrainTimeout
 	cfg.CacheDir, cfg.CacheBytes = o.CacheDir, o.CacheSize
 	cfg.Builder, cfg.WorkDir, cfg.WorkDirBytes = o.Builder, o.WorkDir, o.WorkDirSize
@@ -100,16 +112,16 @@ func (o *EngineOptions) NewAgent(ctx context.Context, conn *bus.Conn, cfg Config
 	}
 	if o.SecretsKeyFile != "" && cfg.SecretsKey == nil {
 		if cfg.SecretsKey, err = sealed.LoadPrivateKey(o.SecretsKeyFile); err != nil {
-			docker.Close()
+			eng.Close()
 			return nil, nil, err
 		}
 	}
 	a, err := New(ctx, cfg)
 	if err != nil {
-		docker.Close()
+		eng.Close()
 		return nil, nil, err
 	}
-	return a, func() { a.Close(); docker.Close() }, nil
+	return a, func() { a.Close(); eng.Close() }, nil
 }
 
 // Run connects to NATS and the engine and runs builds until ctx ends.
