@@ -91,7 +91,7 @@ func TestProbe(t *testing.T) {
 	t.Parallel()
 	d := startBuildKitd(t)
 	for _, tc := range []struct{ addr, want string }{
-		{d.Addr, engine.KindBuildKit},
+		{d.Addr(), engine.KindBuildKit},
 		{enginetest.Docker(t).Host(), engine.KindDocker},
 		{"buildkit:///nowhere.sock", engine.KindBuildKit}, // named: not asked
 	} {

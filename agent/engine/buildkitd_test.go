@@ -24,7 +24,7 @@ func TestBuildKitdPushesCachesAndSyncsOnlyChangedFiles(t *testing.T) {
 	base := enginetest.BusyboxBase(t)
 	reg := enginetest.Registry(t)
 	c := enginetest.APIClient(t)
-	bk := newBuildKitd(t, startBuildKitd(t))
+	bk := startBuildKitd(t)
 	n := nonce()
 
 	info, err := bk.Info(t.Context())
@@ -157,7 +157,7 @@ func TestBuildKitdSecretFailureAndCancel(t *testing.T) {
 	t.Parallel()
 	base := enginetest.BusyboxBase(t)
 	reg := enginetest.Registry(t)
-	bk := newBuildKitd(t, startBuildKitd(t))
+	bk := startBuildKitd(t)
 	n := nonce()
 	secret := "s3cret-" + n
 	dir := t.TempDir()
@@ -257,7 +257,7 @@ RUN cat /changed.txt /one
 	// A cold daemon: the missing cache is no failure, and mode=max exports
 	// the build stage's steps too.
 	var r recorder
-	first, err := newBuildKitd(t, startBuildKitd(t)).BuildKit(t.Context(), opts, &r)
+	first, err := startBuildKitd(t).BuildKit(t.Context(), opts, &r)
 	if err != nil {
 		t.Fatalf("first build: %v\nlog:\n%s", err, strings.Join(r.logs, "\n"))
 	}
@@ -275,7 +275,7 @@ RUN cat /changed.txt /one
 	writeDir(t, dir, map[string]string{"changed.txt": "second"})
 	opts.CacheFrom = []engine.CacheOption{{Type: "registry", Attrs: map[string]string{"ref": cacheRef}}}
 	opts.CacheTo = nil
-	second := newBuildKitd(t, startBuildKitd(t))
+	second := startBuildKitd(t)
 	r = recorder{}
 	res, err := second.BuildKit(t.Context(), opts, &r)
 	if err != nil {
@@ -303,10 +303,15 @@ RUN cat /changed.txt /one
 		t.Fatalf("ExportCache reported steps: %v", r.started)
 	}
 	enginetest.ManifestDigest(t, reg, "kiln-test/bkd-cache", "export-"+n)
+	// Inline: the image, with the cache in its config, pushed as the ref.
+	if err := second.ExportCache(t.Context(), opts, res.Result, engine.CacheOption{Type: "inline", Attrs: map[string]string{"ref": exportRef + "-inline"}}, nil); err != nil {
+		t.Fatalf("export inline cache: %v", err)
+	}
+	enginetest.ManifestDigest(t, reg, "kiln-test/bkd-cache", "export-"+n+"-inline")
 	opts.CacheFrom = []engine.CacheOption{{Type: "registry", Attrs: map[string]string{"ref": exportRef}}}
 	opts.Tags = []string{reg + "/kiln-test/bkd-cached:" + n + "-third"}
 	r = recorder{}
-	third, err := newBuildKitd(t, startBuildKitd(t)).BuildKit(t.Context(), opts, &r)
+	third, err := startBuildKitd(t).BuildKit(t.Context(), opts, &r)
 	if err != nil {
 		t.Fatalf("third build: %v\nlog:\n%s", err, strings.Join(r.logs, "\n"))
 	}
@@ -386,5 +391,40 @@ func waitFor(t *testing.T, what string, cond func() bool) {
 			t.Fatalf("waiting for %s: %v", what, ctx.Err())
 		case <-tick.C:
 		}
+	}
+}
+
+func TestBuildKitdRootless(t *testing.T) {
+	t.Parallel()
+	base := enginetest.BusyboxBase(t)
+	reg := enginetest.Registry(t)
+	d := enginetest.StartBuildKitd(t, enginetest.BuildKitdOptions{Rootless: true})
+	bk := newBuildKitd(t, d.Addr)
+	info, err := bk.Info(t.Context())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !slices.Contains(info.Features, engine.FeatureRootless) {
+		t.Fatalf("a rootless daemon's info %+v lacks %s", info, engine.FeatureRootless)
+	}
+	n := nonce()
+	dir := t.TempDir()
+	writeDir(t, dir, map[string]string{"Dockerfile": fmt.Sprintf("FROM %s\nRUN echo rootless-%s > /r && id -u\n", base, n)})
+	var r recorder
+	res, err := bk.BuildKit(t.Context(), engine.BuildKitOptions{
+		BuildOptions: engine.BuildOptions{Tags: []string{reg + "/kiln-test/bkd-rootless:" + n}},
+		ContextDir:   dir,
+		SharedKey:    "kiln-test-" + n,
+		Push:         true,
+	}, &r)
+	if err != nil {
+		t.Fatalf("build: %v\nlog:\n%s", err, strings.Join(r.logs, "\n"))
+	}
+	if len(res.Pushed) != 1 || res.Pushed[0].Digest != enginetest.ManifestDigest(t, reg, "kiln-test/bkd-rootless", n) {
+		t.Fatalf("pushed %+v", res.Pushed)
+	}
+	// The step ran as root in its container, which is no root outside.
+	if !slices.Contains(r.logs, "2: 0") {
+		t.Fatalf("log:\n%s", strings.Join(r.logs, "\n"))
 	}
 }
