@@ -75,6 +75,9 @@ func (g *Gateway) start(ctx context.Context, st buildStart) (*kilnv1.Build, erro
 	if err := g.checkSealedTo(spec); err != nil {
 		return nil, err
 	}
+	if err := g.checkRegistryExport(ctx, spec); err != nil {
+		return nil, err
+	}
 	limits := g.limitsFor(ctx)
 	if err := validateContextRef(st.context, limits); err != nil {
 		return nil, err
@@ -109,6 +112,7 @@ func (g *Gateway) start(ctx context.Context, st buildStart) (*kilnv1.Build, erro
 	if !c.local { // local builds carry no policy: the agent's flags decide
 		b.Policy = c.tenant.BuildPolicy()
 	}
+	stampCacheRegistry(b, g.limits.CacheRegistry)
 	span.SetAttributes(telemetry.BuildID(b.Id), telemetry.TenantKey.String(tenant))
 	if st.idempotencyKey != "" {
 		existing, err := g.claimIdempotencyKey(ctx, tenant, st.idempotencyKey, st.hash, b.Id)

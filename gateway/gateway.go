@@ -17,6 +17,7 @@ import (
 	"google.golang.org/grpc/reflection"
 
 	kilnv1 "github.com/kilnbuild/kiln/proto/gen/go/kiln/v1"
+	"github.com/kilnbuild/kiln/proto/rules/cacheopt"
 	"github.com/kilnbuild/kiln/services/buildstore"
 	"github.com/kilnbuild/kiln/services/bus"
 	"github.com/kilnbuild/kiln/services/cas"
@@ -54,6 +55,10 @@ type Limits struct {
 	// CAS bounds what tenants keep in KILN_CAS and for how long
 	// (casquota.go).
 	CAS CASLimits
+	// CacheRegistry is the farm's automatic warm start prefix
+	// (--cache-registry, cache.go): not a limit, but a setting kilnd shares
+	// with kiln-gateway through these flags. A tenant's cache_registry wins.
+	CacheRegistry string
 }
 
 // DefaultLimits apply when Config.Limits is zero.
@@ -64,6 +69,7 @@ func (l *Limits) Flags(fs *flag.FlagSet) {
 	l.Context.Flags(fs)
 	l.Manifests.Flags(fs)
 	l.CAS.Flags(fs)
+	cacheRegistryFlag(fs, &l.CacheRegistry)
 }
 
 // Gateway implements the public gRPC services.
@@ -139,8 +145,12 @@ func New(ctx context.Context, cfg Config) (*Gateway, error) {
 	if err != nil {
 		return nil, fmt.Errorf("open bucket %s: %w", bus.BucketSealNonces, err)
 	}
-	if cfg.Limits == (Limits{}) {
+	if err := cacheopt.ValidPrefix(cfg.Limits.CacheRegistry); err != nil {
+		return nil, err
+	}
+	if l := cfg.Limits; l == (Limits{CacheRegistry: l.CacheRegistry}) {
 		cfg.Limits = DefaultLimits
+		cfg.Limits.CacheRegistry = l.CacheRegistry
 	}
 	if cfg.Logger == nil {
 		cfg.Logger = slog.Default()

@@ -10,6 +10,7 @@ import (
 
 	kilnv1 "github.com/kilnbuild/kiln/proto/gen/go/kiln/v1"
 	"github.com/kilnbuild/kiln/proto/rules/buildctx"
+	"github.com/kilnbuild/kiln/proto/rules/cacheopt"
 	"github.com/kilnbuild/kiln/proto/rules/buildtimeout"
 )
 
@@ -84,6 +85,9 @@ func validateSpec(spec *kilnv1.BuildSpec) error {
 		if err := buildtimeout.Check(t.AsDuration()); err != nil {
 			return invalid("%v", err)
 		}
+	}
+	if err := cacheopt.ValidateAll(spec.CacheFrom, spec.CacheTo); err != nil {
+		return invalid("%v", err)
 	}
 	return validateSecrets(spec)
 }

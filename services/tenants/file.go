@@ -10,6 +10,8 @@ import (
 	"strings"
 
 	"go.yaml.in/yaml/v3"
+
+	"github.com/kilnbuild/kiln/proto/rules/cacheopt"
 )
 
 // File is a tenants file:
@@ -20,6 +22,7 @@ import (
 //	    push: ["registry.example.com/team-a/*"]
 //	    max_concurrent: 4
 //	    weight: 2
+//	    cache_registry: registry.example.com/team-a-cache
 //	  - name: ops
 //	    admin: true
 //	    tokens: ["$2b$12$…"]
@@ -146,6 +149,9 @@ func validate(t *Tenant) ([]tokenHash, error) {
 	}
 	if t.Weight > maxWeight {
 		return nil, fmt.Errorf("tenant %q: weight %d is over %d", t.Name, t.Weight, maxWeight)
+	}
+	if err := cacheopt.ValidPrefix(t.CacheRegistry); err != nil {
+		return nil, fmt.Errorf("tenant %q: cache_registry: %w", t.Name, err)
 	}
 	for _, f := range t.Policy.FrontendAllow {
 		if strings.TrimSpace(f) == "" || strings.ContainsAny(f, " \t\r\n") {

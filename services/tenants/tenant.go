@@ -34,6 +34,11 @@ type Tenant struct {
 	// keeps; the log is cut there with a marker line (0: 64 MiB, the
 	// farm's default, agentproto.DefaultLogMaxBytes).
 	LogMaxBytes int64 `yaml:"log_max_bytes,omitempty"`
+	// CacheRegistry is the repository prefix under which the automatic
+	// warm start keeps the cache of each lineage of the tenant's builds
+	// (e.g. "registry:5000/team-a-cache"); it wins over the gateway's
+	// --cache-registry ("": the gateway's).
+	CacheRegistry string `yaml:"cache_registry,omitempty"`
 	// Policy is what the tenant's builds may do in the sandbox.
 	Policy Policy `yaml:"policy,omitempty"`
 }

@@ -189,6 +189,11 @@ func Mode(o *kilnv1.CacheOption) string {
 	return ModeMin
 }
 
+// RegistryExportFeature is the agent feature (Agent.features; the agent's
+// engine.FeatureCacheExportRegistry) of an engine that exports registry
+// cache: a build that NeedsRegistryExport runs only on an agent that has it.
+const RegistryExportFeature = "cache-export-registry"
+
 // NeedsRegistryExport says whether a build's cache_to has a type=registry
 // entry, which only engines with the registry cache exporter can honour.
 func NeedsRegistryExport(to []*kilnv1.CacheOption) bool {
