@@ -10,8 +10,8 @@ import (
 
 	kilnv1 "github.com/kilnbuild/kiln/proto/gen/go/kiln/v1"
 	"github.com/kilnbuild/kiln/proto/rules/buildctx"
-	"github.com/kilnbuild/kiln/proto/rules/cacheopt"
 	"github.com/kilnbuild/kiln/proto/rules/buildtimeout"
+	"github.com/kilnbuild/kiln/proto/rules/cacheopt"
 )
 
 const (
