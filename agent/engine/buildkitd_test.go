@@ -428,3 +428,41 @@ func TestBuildKitdRootless(t *testing.T) {
 		t.Fatalf("log:\n%s", strings.Join(r.logs, "\n"))
 	}
 }
+
+func TestBuildKitdPushesWithTheBuildsCredentials(t *testing.T) {
+	t.Parallel()
+	base := enginetest.BusyboxBase(t)
+	const user, password = "kiln", "pw-that-must-not-leak-5e0a"
+	reg := enginetest.AuthRegistry(t, user, password)
+	bk := startBuildKitd(t)
+	n := nonce()
+	dir := t.TempDir()
+	writeDir(t, dir, map[string]string{"Dockerfile": fmt.Sprintf("FROM %s\nRUN echo auth-%s > /a\n", base, n)})
+	opts := engine.BuildKitOptions{
+		BuildOptions: engine.BuildOptions{Tags: []string{reg + "/kiln-test/bkd-auth:" + n}},
+		ContextDir:   dir,
+		SharedKey:    "kiln-test-" + n,
+		Push:         true,
+	}
+	var r recorder
+	_, err := bk.BuildKit(t.Context(), opts, &r)
+	var be *engine.BuildError
+	if !errors.As(err, &be) || !strings.Contains(err.Error(), "401 Unauthorized") {
+		t.Fatalf("push without credentials: %v (%T), want a *BuildError with 401 Unauthorized", err, err)
+	}
+	t.Logf("without credentials: %v", err)
+	opts.Auth = engine.Credentials{reg: {Username: user, Password: password}}
+	r = recorder{}
+	res, err := bk.BuildKit(t.Context(), opts, &r)
+	if err != nil {
+		t.Fatalf("push with the build's credentials: %v\nlog:\n%s", err, strings.Join(r.logs, "\n"))
+	}
+	if want := manifestDigestAs(t, user, password, reg, "kiln-test/bkd-auth", n); len(res.Pushed) != 1 || res.Pushed[0].Digest != want {
+		t.Fatalf("pushed %+v, the registry has %s", res.Pushed, want)
+	}
+	for _, l := range r.logs {
+		if strings.Contains(l, password) {
+			t.Fatalf("a log line shows the password: %q", l)
+		}
+	}
+}
