@@ -45,6 +45,7 @@ type Store struct {
 	stream      jetstream.Stream // the object store's, for direct reads of small blobs; nil: none
 	js          jetstream.JetStream
 	reads       readBatcher                // concurrent Gets of small blobs, batched
+	atomic      atomicState                // whether KILN_CAS takes atomic batches
 	present     *lru.Cache[string, seen]   // digest → size, stored for sure
 	small       *lru.Cache[string, []byte] // contents of blobs up to SmallBlobBytes
 	rememberFor time.Duration
