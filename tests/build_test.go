@@ -67,12 +67,13 @@ var builders = []string{"buildkit", "classic"}
 
 func TestBuildPushMultiStage(t *testing.T) {
 	for _, builder := range builders {
-		t.Run(builder, func(t *testing.T) { testBuildPushMultiStage(t, builder) })
+		t.Run(builder, func(t *testing.T) { testBuildPushMultiStage(t, sharedKilnd(t), builder) })
 	}
 }
 
-func testBuildPushMultiStage(t *testing.T, builder string) {
-	k := sharedKilnd(t)
+// testBuildPushMultiStage builds a multi-stage Dockerfile through k with
+// builder, pushes it under two tags and runs it.
+func testBuildPushMultiStage(t *testing.T, k *kilnd, builder string) {
 	reg := enginetest.Registry(t)
 	base := enginetest.BusyboxBase(t)
 	dir := writeContext(t, map[string]string{"Dockerfile": multiStage, "msg.txt": "message " + uniq() + "\n"})
@@ -127,6 +128,7 @@ func testBuildPushMultiStage(t *testing.T, builder string) {
 	}
 
 	// The pushed image, pulled back by digest, runs what the Dockerfile put there.
+	k.holdLocally(t, ref)
 	out, code := runImage(t, ref)
 	if code != 0 {
 		t.Fatalf("image exited %d: %s", code, out)

@@ -22,7 +22,10 @@ import (
 // --mount=type=secret step and nowhere else — masked in the build log,
 // absent from the image, the farm's logs and its NATS storage.
 func TestBuildSecretReachesOnlyTheStep(t *testing.T) {
-	k := sharedKilnd(t)
+	testBuildSecretReachesOnlyTheStep(t, sharedKilnd(t))
+}
+
+func testBuildSecretReachesOnlyTheStep(t *testing.T, k *kilnd) {
 	base := enginetest.BusyboxBase(t)
 	secret := "tok-" + uniq() + uniq()
 	t.Setenv("KILN_E2E_TOKEN", secret)
@@ -30,11 +33,18 @@ func TestBuildSecretReachesOnlyTheStep(t *testing.T) {
 	dir := writeContext(t, map[string]string{"Dockerfile": "FROM " + base + "\n" +
 		"RUN --mount=type=secret,id=tok echo \"the token is $(cat /run/secrets/tok)\" && echo " + uniq() + " && sha256sum /run/secrets/tok | cut -d' ' -f1 > /sum\n"})
 	meta := filepath.Join(t.TempDir(), "meta.json")
-	r := kiln(t, k.addrs.GRPC, "build", "--progress", "plain", "--secret", "id=tok,env=KILN_E2E_TOKEN", "-t", tag, "--metadata-file", meta, dir)
+	args := []string{"build", "--progress", "plain", "--secret", "id=tok,env=KILN_E2E_TOKEN", "--metadata-file", meta}
+	if k.buildkitd != nil {
+		// A buildkitd keeps no images: the test's engine gets it from the registry.
+		tag = enginetest.Registry(t) + "/" + tag
+		args = append(args, "--push")
+	}
+	r := kiln(t, k.addrs.GRPC, append(args, "-t", tag, dir)...)
 	if r.code != 0 {
 		t.Fatalf("build with a secret: %s", r)
 	}
 	t.Cleanup(func() { removeImage(t, tag) })
+	k.holdLocally(t, tag)
 	mustContain(t, r.stderr, "the token is ****", "build log (the echoed secret, masked)")
 	if strings.Contains(r.stderr+r.stdout, secret) {
 		t.Fatalf("the CLI's output shows the secret:\n%s", r)
@@ -83,7 +93,10 @@ func TestCacheMountOutlivesTheBuild(t *testing.T) {
 // once, a build with one file changed makes the agent send the engine
 // only that file.
 func TestContextSyncSendsOnlyTheChangedFile(t *testing.T) {
-	k := sharedKilnd(t)
+	testContextSyncSendsOnlyTheChangedFile(t, sharedKilnd(t))
+}
+
+func testContextSyncSendsOnlyTheChangedFile(t *testing.T, k *kilnd) {
 	base := enginetest.BusyboxBase(t)
 	dir := writeContext(t, map[string]string{
 		"Dockerfile":      "FROM " + base + "\nCOPY data/ /data/\nCOPY app.txt /app.txt\nRUN cat /app.txt\n",
@@ -216,13 +229,26 @@ func saveImage(t *testing.T, ref string) []byte {
 
 // mustNotHold fails t if kilnd's log or any file in its data dir (where
 // JetStream's file store keeps every NATS payload and KV value) holds
-// value.
+// value, nor, when its agent drives a buildkitd, any file in the daemon's
+// state directory (its log, content store and snapshots).
 func (k *kilnd) mustNotHold(t *testing.T, what, value string) {
 	t.Helper()
 	if strings.Contains(k.logs.String(), value) {
 		t.Fatalf("kilnd's log holds %s", what)
 	}
-	err := filepath.WalkDir(k.dataDir, func(p string, d fs.DirEntry, err error) error {
+	dirs := []string{k.dataDir}
+	if k.buildkitd != nil {
+		dirs = append(dirs, k.buildkitd.StateDir)
+	}
+	for _, dir := range dirs {
+		mustNotHoldUnder(t, dir, what, value)
+	}
+}
+
+// mustNotHoldUnder fails t if a regular file under dir holds value.
+func mustNotHoldUnder(t *testing.T, dir, what, value string) {
+	t.Helper()
+	err := filepath.WalkDir(dir, func(p string, d fs.DirEntry, err error) error {
 		if err != nil || !d.Type().IsRegular() {
 			return err
 		}

@@ -19,6 +19,7 @@ import (
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials/insecure"
 
+	"github.com/kilnbuild/kiln/agent/enginetest"
 	kilnv1 "github.com/kilnbuild/kiln/proto/gen/go/kiln/v1"
 )
 
@@ -90,6 +91,9 @@ type kilnd struct {
 	exited  chan struct{}
 	err     error
 	addrs   struct{ GRPC, HTTP, NATS string }
+	// buildkitd is the standalone buildkitd its agent drives; nil when the
+	// agent drives the test's Docker engine.
+	buildkitd *enginetest.BuildKitdInstance
 }
 
 var shared *kilnd
