@@ -34,6 +34,13 @@ type TLSConfig struct {
 // Dockerfile, the secrets and registry credentials. It builds only the
 // BuildKit way, pushes the image as part of the build and exports cache
 // to registries. It is safe for concurrent use.
+//
+// Which registries speak plain HTTP is the daemon's own configuration
+// (buildkitd.toml: [registry."host:port"] http = true; BuildKit falls
+// back to HTTP on its own only for loopback hosts), as dockerd's
+// insecure-registries is for Docker. The agent passes no
+// registry.insecure attribute: buildx adds it only when its user asks,
+// and a build may not widen where its engine talks HTTP.
 type BuildKitd struct {
 	c    *client.Client
 	addr string
@@ -43,26 +50,25 @@ type BuildKitd struct {
 }
 
 // NewBuildKitd prepares a client for the buildkitd at addr,
-// "unix:///run/buildkit/buildkitd.sock" or "tcp://host:port". A tcp
+// "unix:///run/buildkit/buildkitd.sock" or "tcp://host:port" (or the
+// same as ParseAddress reads "buildkit://…"). A tcp
 // address that is not loopback is refused without TLS (CACert): the agent
 // never hands secrets and credentials to a daemon that anyone on the path
 // could impersonate. It dials nothing; Info is the first request.
 func NewBuildKitd(ctx context.Context, addr string, tls TLSConfig) (*BuildKitd, error) {
-	scheme, rest, ok := strings.Cut(addr, "://")
-	if !ok || rest == "" {
-		return nil, fmt.Errorf("buildkitd %q: want unix:///path/to/buildkitd.sock or tcp://host:port", addr)
+	kind, parsed, err := ParseAddress(addr)
+	if err != nil {
+		return nil, err
 	}
+	if kind == KindDocker {
+		return nil, fmt.Errorf("buildkitd %q: the address names a Docker engine", addr)
+	}
+	addr = parsed
 	var socket string
-	switch scheme {
-	case "unix":
-		socket = rest
-	case "tcp":
-		host := hostOnly(rest)
-		if tls.CACert == "" && !isLoopback(host) {
-			return nil, fmt.Errorf("buildkitd %q is remote and has no TLS: give the CA certificate (and the agent's certificate and key); the agent refuses to talk to a remote engine without TLS verification", addr)
-		}
-	default:
-		return nil, fmt.Errorf("buildkitd %q: scheme %q is not supported (use unix:// or tcp://)", addr, scheme)
+	if path, ok := strings.CutPrefix(addr, "unix://"); ok {
+		socket = path
+	} else if host := hostOnly(strings.TrimPrefix(addr, "tcp://")); tls.CACert == "" && !isLoopback(host) {
+		return nil, fmt.Errorf("buildkitd %q is remote and has no TLS: give the CA certificate (and the agent's certificate and key); the agent refuses to talk to a remote engine without TLS verification", addr)
 	}
 	if (tls.Cert == "") != (tls.Key == "") {
 		return nil, fmt.Errorf("buildkitd %q: TLS needs both the certificate and its key", addr)

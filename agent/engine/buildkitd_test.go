@@ -329,7 +329,9 @@ func TestBuildKitdRefusesWhatItCannotDo(t *testing.T) {
 	}{
 		{"tcp://10.0.0.5:1234", engine.TLSConfig{}, "remote and has no TLS"},
 		{"http://127.0.0.1:1234", engine.TLSConfig{}, `scheme "http" is not supported`},
-		{"unix://", engine.TLSConfig{}, "want unix:///path"},
+		{"unix://", engine.TLSConfig{}, "want an absolute socket path"},
+		{"docker:///var/run/docker.sock", engine.TLSConfig{}, "names a Docker engine"},
+		{"buildkit://10.0.0.5:1234", engine.TLSConfig{}, "remote and has no TLS"},
 		{"tcp://127.0.0.1:1234", engine.TLSConfig{CACert: "ca.pem", Cert: "cert.pem"}, "both the certificate and its key"},
 		{"tcp://127.0.0.1:1234", engine.TLSConfig{Cert: "cert.pem", Key: "key.pem"}, "needs the CA certificate"},
 	} {
