@@ -175,4 +175,3 @@ func writePEM(t *testing.T, name, typ string, der []byte) {
 		t.Fatal(err)
 	}
 }
-
