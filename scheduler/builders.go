@@ -5,6 +5,7 @@ import (
 	"strings"
 
 	kilnv1 "github.com/kilnbuild/kiln/proto/gen/go/kiln/v1"
+	"github.com/kilnbuild/kiln/proto/rules/cacheopt"
 )
 
 // builderLabel is the label the dispatcher gives an agent for each builder
@@ -14,9 +15,15 @@ func builderLabel(b kilnv1.Builder) string {
 	return "kiln.builder." + strings.ToLower(strings.TrimPrefix(b.String(), "BUILDER_"))
 }
 
-// routingAgentLabels are an agent's labels plus one per builder it offers.
+// featureLabel is the label the dispatcher gives an agent for each feature
+// its engine advertises (Agent.features: "kiln.feature.cache-export-registry"),
+// and requires of an agent for a build that needs the feature.
+func featureLabel(feature string) string { return "kiln.feature." + feature }
+
+// routingAgentLabels are an agent's labels plus one per builder it offers
+// and one per feature its engine has.
 func routingAgentLabels(a *kilnv1.Agent) map[string]string {
-	if len(a.GetBuilders()) == 0 {
+	if len(a.GetBuilders()) == 0 && len(a.GetFeatures()) == 0 {
 		return a.GetLabels()
 	}
 	out := maps.Clone(a.GetLabels())
@@ -26,23 +33,33 @@ func routingAgentLabels(a *kilnv1.Agent) map[string]string {
 	for _, b := range a.GetBuilders() {
 		out[builderLabel(b)] = "true"
 	}
+	for _, f := range a.GetFeatures() {
+		out[featureLabel(f)] = "true"
+	}
 	return out
 }
 
 // routingBuildLabels are a build's required agent labels plus the builder
-// it needs: the one it asks for, or BuildKit for a build with secrets.
+// it needs (the one it asks for, or BuildKit for a build with secrets) and
+// the registry cache exporter when its --cache-to has a type=registry.
 func routingBuildLabels(spec *kilnv1.BuildSpec) map[string]string {
 	need := spec.GetBuilder()
 	if need == kilnv1.Builder_BUILDER_UNSPECIFIED && len(spec.GetSecrets()) > 0 {
 		need = kilnv1.Builder_BUILDER_BUILDKIT
 	}
-	if need == kilnv1.Builder_BUILDER_UNSPECIFIED {
+	export := cacheopt.NeedsRegistryExport(spec.GetCacheTo())
+	if need == kilnv1.Builder_BUILDER_UNSPECIFIED && !export {
 		return spec.GetAgentLabels()
 	}
 	out := maps.Clone(spec.GetAgentLabels())
 	if out == nil {
 		out = map[string]string{}
 	}
-	out[builderLabel(need)] = "true"
+	if need != kilnv1.Builder_BUILDER_UNSPECIFIED {
+		out[builderLabel(need)] = "true"
+	}
+	if export {
+		out[featureLabel(cacheopt.RegistryExportFeature)] = "true"
+	}
 	return out
 }

@@ -419,7 +419,7 @@ func (d *dispatcher) queueInput() []routing.Build {
 		d.queueSlice = d.queueSlice[:0]
 		for _, b := range d.queue {
 			rb := routingBuild(b)
-			rb.Warm, rb.Cold = d.costs.of(rb.Lineage)
+			d.costs.fill(&rb)
 			d.queueSlice = append(d.queueSlice, rb)
 		}
 		d.queueStale = false

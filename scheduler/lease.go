@@ -59,7 +59,10 @@ func (s *Scheduler) untrack(ctx context.Context, id string, ended *kilnv1.Build)
 // watchBuilds follows the build records: a build under lease that ends or
 // goes back to the queue is untracked at once (the dispatcher learns its
 // lineage's costs from its finish), and lease renewals move its expiry, so
-// the sweeper reads only the records whose lease looks lapsed.
+// the sweeper reads only the records whose lease looks lapsed. A finished
+// build's warm_cache_ref, written after its finish (the automatic warm
+// start's export), tells the dispatcher the registry holds its lineage's
+// cache.
 func (s *Scheduler) watchBuilds(ctx context.Context) error {
 	w, err := s.kv.WatchAll(ctx, jetstream.UpdatesOnly())
 	if err != nil {
@@ -69,11 +72,14 @@ func (s *Scheduler) watchBuilds(ctx context.Context) error {
 		s.mu.Lock()
 		_, tracked := s.leased[e.Key()]
 		s.mu.Unlock()
-		if !tracked {
-			return
-		}
 		b := &kilnv1.Build{}
 		if err := bus.Decode(e.Value(), b); err != nil {
+			return
+		}
+		if !tracked {
+			if warm := warmCacheOnly(b); warm != nil {
+				s.d.send(ctx, event{released: b.Id, ended: warm})
+			}
 			return
 		}
 		switch {
@@ -215,4 +221,18 @@ func quoteAll(names []string) string {
 		return strings.Join(q, "")
 	}
 	return strings.Join(q[:len(q)-1], ", ") + " and " + q[len(q)-1]
+}
+
+// warmCacheOnly is what the dispatcher learns from a finished build's
+// record that names its warm_cache_ref: the lineage and the ref alone, no
+// times, so the build's run, observed when it ended, is not counted twice
+// (nil when the record names none).
+func warmCacheOnly(b *kilnv1.Build) *kilnv1.Build {
+	if b.State != kilnv1.BuildState_BUILD_STATE_SUCCEEDED || b.GetResult().GetWarmCacheRef() == "" {
+		return nil
+	}
+	return &kilnv1.Build{
+		Id: b.Id, Tenant: b.Tenant, State: b.State, Affinity: &kilnv1.Affinity{Lineage: b.GetAffinity().GetLineage()},
+		Result: &kilnv1.BuildResult{WarmCacheRef: b.GetResult().GetWarmCacheRef()},
+	}
 }

@@ -295,7 +295,7 @@ func (s *Scheduler) recoverState(ctx context.Context) error {
 	if err != nil {
 		return fmt.Errorf("recover scheduler state: %w", err)
 	}
-	var queued, leased int
+	var queued, leased, learnt int
 	for i := len(all) - 1; i >= 0; i-- { // oldest first
 		b := all[i]
 		s.noteDeadline(b)
@@ -307,11 +307,23 @@ func (s *Scheduler) recoverState(ctx context.Context) error {
 			s.track(b.Id, b.GetLeaseExpiresAt())
 			s.d.send(ctx, event{leased: b})
 			leased++
+		case kilnv1.BuildState_BUILD_STATE_SUCCEEDED:
+			// The lineages' costs and registry caches (costs.go), from
+			// the successes among the newest maxRecoveredCosts records;
+			// not under lease, so the dispatcher only learns from them.
+			if i < maxRecoveredCosts && b.GetAffinity().GetLineage() != "" {
+				s.d.send(ctx, event{released: b.Id, ended: b})
+				learnt++
+			}
 		}
 	}
-	s.log.Info("scheduler state recovered", "queued", queued, "leased", leased)
+	s.log.Info("scheduler state recovered", "queued", queued, "leased", leased, "costs_learnt_from", learnt)
 	return nil
 }
+
+// maxRecoveredCosts bounds the finished builds a new leader learns its
+// lineages' costs from (the newest).
+const maxRecoveredCosts = 20_000
 
 // eachPut calls fn with every value a KV watcher reports put, until ctx
 // ends or the watch does; the nil entry that marks the end of a watch's

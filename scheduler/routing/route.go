@@ -97,13 +97,13 @@ func (d *decision) wakeAt(at time.Time) {
 func warmOn(k *cand) bool { return k != nil && (k.lineage || k.chain > 1) }
 
 // expected is how long b is expected to run on an agent that holds its
-// cache (warm) or not: Warm or Cold, Cold bounding an unknown Warm; zero if
-// not known.
+// cache (warm) or not: Warm or Cold (ColdCached when the registry holds the
+// cache), the latter bounding an unknown Warm; zero if not known.
 func expected(b *Build, warm bool) time.Duration {
 	if warm && b.Warm > 0 {
 		return b.Warm
 	}
-	return max(b.Cold, 0)
+	return max(b.cold(), 0)
 }
 
 // freeAt is when busy slot s is expected to have a slot for the next build
@@ -152,11 +152,11 @@ func (d *decision) hold(b *Build, p int32, warm bool) (Assignment, bool) {
 // p has overrun its NextFree by more than miss, the estimate is not trusted
 // and weighed is false.
 func (d *decision) weigh(b *Build, p int32, warmThere bool) (wait, miss time.Duration, trusted time.Time, weighed bool) {
-	if b.Warm <= 0 || b.Cold <= 0 {
+	if b.Warm <= 0 || b.cold() <= 0 {
 		return 0, 0, time.Time{}, false
 	}
 	if !warmThere {
-		miss = max(b.Cold-b.Warm, 0)
+		miss = max(b.cold()-b.Warm, 0)
 	}
 	if miss == 0 {
 		return 0, 0, time.Time{}, true
@@ -231,7 +231,7 @@ func (d *decision) place(b *Build, c *class) (Assignment, bool) {
 		// Quincy-style: waiting is expected to cost more than the miss.
 		why = fmt.Sprintf("spilled after %s: preferred agent %q busy", d.waited(b), d.x.agents[p].Name)
 		if miss > 0 {
-			why += fmt.Sprintf(" for ~%s more, a cache miss here costs ~%s", roundTo(wait), roundTo(miss))
+			why += fmt.Sprintf(" for ~%s more, %s", roundTo(wait), b.missCost(miss))
 		} else {
 			why += ", no cache miss here"
 		}
@@ -248,7 +248,11 @@ func (d *decision) place(b *Build, c *class) (Assignment, bool) {
 	default:
 		why = fmt.Sprintf("spilled after %s: preferred agent %q busy", d.waited(b), d.x.agents[p].Name)
 		if miss > d.delay {
-			why += fmt.Sprintf(" as long as a cache miss here costs (~%s)", roundTo(miss))
+			why += " as long as a cache miss here costs (~" + roundTo(miss).String()
+			if b.ColdCached > 0 {
+				why += " with the registry cache"
+			}
+			why += ")"
 		}
 	}
 	if !d.spilling && d.now.Before(b.QueuedAt.Add(2*max(d.delay, miss))) {
