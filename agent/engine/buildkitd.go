@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"io"
 	"maps"
+	"net"
 	"os"
 	"strings"
 	"syscall"
@@ -67,7 +68,7 @@ func NewBuildKitd(ctx context.Context, addr string, tls TLSConfig) (*BuildKitd, 
 	var socket string
 	if path, ok := strings.CutPrefix(addr, "unix://"); ok {
 		socket = path
-	} else if host := hostOnly(strings.TrimPrefix(addr, "tcp://")); tls.CACert == "" && !isLoopback(host) {
+	} else if host, _, _ := net.SplitHostPort(strings.TrimPrefix(addr, "tcp://")); tls.CACert == "" && !isLoopback(host) {
 		return nil, fmt.Errorf("buildkitd %q is remote and has no TLS: give the CA certificate (and the agent's certificate and key); the agent refuses to talk to a remote engine without TLS verification", addr)
 	}
 	if (tls.Cert == "") != (tls.Key == "") {
@@ -90,27 +91,13 @@ func NewBuildKitd(ctx context.Context, addr string, tls TLSConfig) (*BuildKitd, 
 	return &BuildKitd{c: c, addr: addr, socket: socket}, nil
 }
 
-// hostOnly returns the host of "host:port" (or of a bare host).
-func hostOnly(hostport string) string {
-	hostport, _, _ = strings.Cut(hostport, "/")
-	if strings.HasPrefix(hostport, "[") {
-		if i := strings.Index(hostport, "]"); i > 0 {
-			return hostport[1:i]
-		}
-	}
-	if i := strings.LastIndex(hostport, ":"); i >= 0 {
-		return hostport[:i]
-	}
-	return hostport
-}
-
 // Addr returns the daemon address this client talks to.
 func (b *BuildKitd) Addr() string { return b.addr }
 
 // Close releases the client's connection.
 func (b *BuildKitd) Close() error { return b.c.Close() }
 
-// Snapshotter is the worker label naming a buildkitd worker's snapshotter.
+// snapshotterLabel is the worker label naming a buildkitd worker's snapshotter.
 const snapshotterLabel = "org.mobyproject.buildkit.worker.snapshotter"
 
 // Info asks the daemon who it is (its version and its first worker's
@@ -204,14 +191,16 @@ func (b *BuildKitd) BuildKit(ctx context.Context, o BuildKitOptions, r Reporter)
 	if r == nil {
 		r = nopReporter{}
 	}
-	var exports []client.ExportEntry
+	// The image exporter makes the image (and reports its config digest)
+	// even without a name.
+	attrs := map[string]string{}
 	if len(o.Tags) > 0 {
-		attrs := map[string]string{"name": strings.Join(o.Tags, ",")}
+		attrs["name"] = strings.Join(o.Tags, ",")
 		if o.Push {
 			attrs["push"] = "true"
 		}
-		exports = append(exports, client.ExportEntry{Type: client.ExporterImage, Attrs: attrs})
 	}
+	exports := []client.ExportEntry{{Type: client.ExporterImage, Attrs: attrs}}
 	res, p, bs, err := b.solve(ctx, o, exports, o.CacheFrom, o.CacheTo, reportTo(r))
 	if err != nil {
 		return BuildKitResult{}, err
