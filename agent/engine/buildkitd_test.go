@@ -9,6 +9,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"slices"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -466,5 +467,29 @@ func TestBuildKitdPushesWithTheBuildsCredentials(t *testing.T) {
 		if strings.Contains(l, password) {
 			t.Fatalf("a log line shows the password: %q", l)
 		}
+	}
+}
+
+// TestBuildKitdKeepsALoudStep: a buildkitd started with engine.StepLogEnv
+// (as scripts/buildkitd.sh starts them) passes on every line of a step
+// printing 1.3 MB at once, in order, through the same parser as Docker's.
+func TestBuildKitdKeepsALoudStep(t *testing.T) {
+	t.Parallel()
+	const n = 200000
+	bk := startBuildKitd(t)
+	dir := t.TempDir()
+	writeDir(t, dir, map[string]string{"Dockerfile": fmt.Sprintf("FROM %s\nRUN seq 1 %d\n", enginetest.BusyboxBase(t), n)})
+	var r recorder
+	if _, err := bk.BuildKit(t.Context(), engine.BuildKitOptions{ContextDir: dir, SharedKey: "kiln-test-" + nonce()}, &r); err != nil {
+		t.Fatalf("build: %v", err)
+	}
+	next := 1
+	for _, l := range r.logs {
+		if l == "2: "+strconv.Itoa(next) {
+			next++
+		}
+	}
+	if next != n+1 || len(r.clipped) != 0 {
+		t.Fatalf("the step's lines reached %d of %d in order; clipped: %q; log tail:\n%s", next-1, n, r.clipped, tail(r.logs, 10))
 	}
 }
