@@ -166,3 +166,50 @@ func TestWatchWithoutFollowEndsAtTheLogsEnd(t *testing.T) {
 		}
 	}
 }
+
+// TestWatchReplaysPastTheFinishedEvent: the automatic warm start's cache
+// export lands after a build's finished event; a replay (no_follow) shows
+// it, a watch following live ends at the finished event as before.
+func TestWatchReplaysPastTheFinishedEvent(t *testing.T) {
+	h := startCASGateway(t, Limits{})
+	ref, _ := h.sendContext(t, map[string][]byte{"Dockerfile": []byte("FROM scratch\n")})
+	b := h.startBuild(t, ref, "127.0.0.1:5000/watch/afterfinish:1")
+	endRecord(t, h, b, time.Now())
+	for _, ev := range []*kilnv1.BuildEvent{
+		{BuildId: b.Id, Time: timestamppb.Now(), Event: &kilnv1.BuildEvent_Finished{Finished: &kilnv1.BuildFinished{State: kilnv1.BuildState_BUILD_STATE_SUCCEEDED}}},
+		{BuildId: b.Id, Time: timestamppb.Now(), Event: &kilnv1.BuildEvent_Cache{Cache: &kilnv1.CacheEvent{
+			Kind: kilnv1.CacheEvent_KIND_EXPORT, Ref: "registry:5000/kiln-cache/t:l", Type: "registry", Automatic: true,
+		}}},
+	} {
+		msg, err := bus.NewMsg(bus.EventsSubject(b.Id), ev)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, err := h.conn.JS.PublishMsg(t.Context(), msg); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if got := watchToEnd(t, h, b); got[len(got)-1].GetFinished() == nil {
+		t.Fatalf("following, the watch ended with %v", got[len(got)-1])
+	}
+	ctx, cancel := context.WithTimeout(t.Context(), 2*time.Minute)
+	defer cancel()
+	w, err := h.builds.WatchBuild(ctx, &kilnv1.WatchBuildRequest{BuildId: b.Id, FromSequence: 1, NoFollow: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var got []*kilnv1.BuildEvent
+	for {
+		resp, err := w.Recv()
+		if errors.Is(err, io.EOF) {
+			break
+		}
+		if err != nil {
+			t.Fatalf("replay after %d events: %v", len(got), err)
+		}
+		got = append(got, resp.Event)
+	}
+	if n := len(got); n < 2 || got[n-2].GetFinished() == nil || got[n-1].GetCache().GetRef() != "registry:5000/kiln-cache/t:l" {
+		t.Fatalf("replay: %v, want the finished event then the cache export", got)
+	}
+}

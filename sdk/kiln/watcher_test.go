@@ -151,6 +151,41 @@ func TestWatcherResumes(t *testing.T) {
 	}
 }
 
+// TestWatcherSoFarReadsPastTheFinishedEvent: a replay (soFar) delivers the
+// automatic cache export that follows the finished event, across a broken
+// stream too, and returns the finished event; following live stops at it.
+func TestWatcherSoFarReadsPastTheFinishedEvent(t *testing.T) {
+	logOf := func() []*kilnv1.BuildEvent {
+		return append(buildLog(3), &kilnv1.BuildEvent{Sequence: 4, BuildId: "b1", Event: &kilnv1.BuildEvent_Cache{Cache: &kilnv1.CacheEvent{
+			Kind: kilnv1.CacheEvent_KIND_EXPORT, Ref: "registry:5000/kiln-cache/t:l", Automatic: true,
+		}}})
+	}
+	unavailable := status.Error(codes.Unavailable, "gateway restarting")
+	for _, tt := range []struct {
+		name     string
+		log      *eventLog
+		soFar    bool
+		wantSeqs []uint64
+	}{
+		{"replay", &eventLog{events: logOf()}, true, []uint64{1, 2, 3, 4}},
+		{"replay broken after the finished event", &eventLog{events: logOf(), cuts: []int{3}, cutErr: unavailable}, true, []uint64{1, 2, 3, 4}},
+		{"following", &eventLog{events: logOf()}, false, []uint64{1, 2, 3}},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			clock := &fakeClock{}
+			w := watcher{open: tt.log.open, soFar: tt.soFar, retry: &retrier{backoff: time.Second, limit: 3 * time.Second, now: clock.now, sleep: clock.sleep}}
+			var seqs []uint64
+			finished, err := w.run(t.Context(), 1, func(ev *kilnv1.BuildEvent) { seqs = append(seqs, ev.GetSequence()) })
+			if err != nil || finished.GetState() != kilnv1.BuildState_BUILD_STATE_SUCCEEDED {
+				t.Fatalf("run: %v, %v", finished, err)
+			}
+			if !slices.Equal(seqs, tt.wantSeqs) {
+				t.Fatalf("events %v, want %v", seqs, tt.wantSeqs)
+			}
+		})
+	}
+}
+
 // fakeClock is a clock that moves only by the waits asked of it.
 type fakeClock struct{ t time.Time }
 
