@@ -10,7 +10,9 @@
 //	                        │ no                                        │
 //	                        ▼                                           │
 //	   fetch ──► tmp/ (hash while writing) ──► verify ──► rename ──► pin┘
-//	                                          mismatch: delete, error
+//	     │                                    mismatch: delete, error  ▲
+//	     └─ small (≤ UnsyncedMaxBytes): memory ──► verify ──► write ───┘
+//	        under its name (no temporary file, no rename: durability.go)
 //
 //	Pin.Release ──► unpinned blobs join the LRU list ──► evict from its
 //	                cold end while the store is over its size bound

@@ -16,6 +16,7 @@ import (
 	"sort"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"golang.org/x/sync/errgroup"
@@ -87,6 +88,7 @@ type Store struct {
 	synced    groupSync           // makes fetched blobs durable before they are renamed in
 	closeOnce sync.Once
 	closeErr  error
+	tainted   atomic.Bool // a torn small blob could not be removed: never mark clean
 
 	// mu guards the fields below. It is held across a blob's removal from
 	// disk, never across a download.
@@ -365,6 +367,9 @@ func (s *Store) download(ctx context.Context, b Blob, fetch FetchFunc) (int64, e
 		return 0, fmt.Errorf("fetch blob %s: %w", b.Digest, err)
 	}
 	defer r.Close()
+	if b.Size >= 0 && b.Size <= UnsyncedMaxBytes {
+		return s.downloadSmall(b, r)
+	}
 	tmp, err := os.CreateTemp(s.tmpDir(), "blob-*")
 	if err != nil {
 		return 0, fmt.Errorf("fetch blob %s: %w", b.Digest, err)
