@@ -292,7 +292,7 @@ func (a *Agent) checkEngine(ctx context.Context) {
 	was := a.healthy.Swap(err == nil)
 	if err != nil {
 		if was || a.info.ServerVersion == "" {
-			a.log.Error("docker engine does not answer; out of rotation", "err", err)
+			a.log.Error("engine does not answer; out of rotation", "err", err)
 		}
 		return
 	}
@@ -301,7 +301,7 @@ func (a *Agent) checkEngine(ctx context.Context) {
 	a.mu.Unlock()
 	if !was {
 		a.clips.reset() // a new engine process: its limits may be lifted
-		a.log.Info("docker engine answers", "version", info.ServerVersion, "api", info.APIVersion, "storage_driver", info.StorageDriver)
+		a.log.Info("engine answers", "kind", info.Kind, "features", info.Features, "version", info.ServerVersion, "api", info.APIVersion, "storage_driver", info.StorageDriver)
 	}
 }
 

@@ -88,6 +88,7 @@ func (a *Agent) buildKit(ctx context.Context, b *kilnv1.Build, creds engine.Cred
 	}
 	rep.mask = newMasker(maskedValues(secrets, creds))
 	plan := a.planCache(ctx, b, a.engineInfo(), creds, ev)
+	plan.announceImports(ev, spec)
 	result.CacheImportedFrom = plan.imported
 	o := engine.BuildKitOptions{
 		BuildOptions:   buildOptions(spec, creds),
@@ -107,6 +108,9 @@ func (a *Agent) buildKit(ctx context.Context, b *kilnv1.Build, creds engine.Cred
 		}
 	}
 	res, err := a.cfg.Engine.BuildKit(ctx, o, rep)
+	if err == nil {
+		plan.announceExports(ev)
+	}
 	if err != nil || plan.warm.Type == "" {
 		return res, nil, err // execute masks err
 	}

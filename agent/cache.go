@@ -33,6 +33,36 @@ type cachePlan struct {
 	// warm is the automatic warm start's export after the build's result;
 	// its Type "" when there is none.
 	warm engine.CacheOption
+	// asked counts the entries of to that the build asked for (--cache-to);
+	// the rest are the warm start's.
+	asked int
+}
+
+// announceImports says in the build's log which of its own --cache-from
+// refs the engine is given (the warm start's import says so itself).
+func (p cachePlan) announceImports(ev *events, spec *kilnv1.BuildSpec) {
+	for _, o := range spec.GetCacheFrom() {
+		ev.publish(&kilnv1.BuildEvent{Event: &kilnv1.BuildEvent_Cache{Cache: &kilnv1.CacheEvent{
+			Kind: kilnv1.CacheEvent_KIND_IMPORT, Ref: o.GetAttrs()["ref"], Type: o.GetType(),
+		}}})
+	}
+}
+
+// announceExports says in the log of a build that succeeded which of its
+// --cache-to exports the engine made as part of it.
+func (p cachePlan) announceExports(ev *events) {
+	for _, o := range p.to[:p.asked] {
+		mode := ""
+		if o.Type == cacheopt.TypeRegistry {
+			mode = o.Attrs["mode"]
+			if mode == "" {
+				mode = cacheopt.ModeMin
+			}
+		}
+		ev.publish(&kilnv1.BuildEvent{Event: &kilnv1.BuildEvent_Cache{Cache: &kilnv1.CacheEvent{
+			Kind: kilnv1.CacheEvent_KIND_EXPORT, Ref: o.Attrs["ref"], Type: o.Type, Mode: mode,
+		}}})
+	}
 }
 
 // planCache reads build b's cache options and adds the automatic warm
@@ -51,6 +81,7 @@ func (a *Agent) planCache(ctx context.Context, b *kilnv1.Build, info engine.Info
 	for _, o := range b.GetSpec().GetCacheTo() {
 		p.to = append(p.to, engine.CacheOption{Type: o.GetType(), Attrs: o.GetAttrs()})
 	}
+	p.asked = len(p.to)
 	prefix, lineage := b.GetPolicy().GetCacheRegistry(), b.GetAffinity().GetLineage()
 	if prefix == "" || lineage == "" {
 		return p
