@@ -21,9 +21,11 @@
 //     and that agent's NextFree are known (spill once the expected wait
 //     exceeds what the cache miss costs, as in Quincy, Isard et al. 2009),
 //     after as long as the miss costs when only the costs are known (ski
-//     rental), else after Config.Delay from QueuedAt (delay scheduling,
-//     Zaharia et al. 2010). Spills take only the slots left once the builds that can
-//     run where their cache is have been placed. A build no agent holds
+//     rental; a lineage whose cache the farm's registry holds has a cheaper
+//     miss, its ColdCached standing in for Cold), else after Config.Delay
+//     from QueuedAt (delay scheduling, Zaharia et al. 2010). Spills take
+//     only the slots left once the builds that can run where their cache is
+//     have been placed. A build no agent holds
 //     anything for is placed at once by consistent hashing with bounded
 //     loads on its lineage (Mirrokni et al. 2018).
 //
