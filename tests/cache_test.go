@@ -128,12 +128,25 @@ func TestInlineCacheWarmsAFreshDockerEngine(t *testing.T) {
 // builds on one agent, which exports L's cache after the build's finish;
 // that agent is drained, L's next build goes to the other, fresh one,
 // which imports the cache and reuses every unchanged step.
+// On Docker engines the export is inline (the image pushed as the ref);
+// on buildkitds a registry cache, mode=max.
 func TestAutomaticWarmStart(t *testing.T) {
+	t.Run("docker", func(t *testing.T) {
+		engines := enginetest.StartEngines(t, "warm-a", "warm-b")
+		testAutomaticWarmStart(t, "", dockerAgent(engines[0]), dockerAgent(engines[1]))
+	})
+	t.Run("buildkit", func(t *testing.T) {
+		bkA := enginetest.StartBuildKitd(t, enginetest.BuildKitdOptions{})
+		bkB := enginetest.StartBuildKitd(t, enginetest.BuildKitdOptions{})
+		testAutomaticWarmStart(t, "(mode=max)", buildkitAgent("warm-bk-a", bkA), buildkitAgent("warm-bk-b", bkB))
+	})
+}
+
+func testAutomaticWarmStart(t *testing.T, exportMode string, agents ...engineAgent) {
 	base := enginetest.BusyboxBase(t)
-	engines := enginetest.StartEngines(t, "warm-a", "warm-b")
 	n := uniq()
 	prefix := enginetest.Registry(t) + "/kiln-test-warm-" + n
-	f := startEngineFarm(t, []string{"--cache-registry", prefix}, dockerAgent(engines[0]), dockerAgent(engines[1]))
+	f := startEngineFarm(t, []string{"--cache-registry", prefix}, agents...)
 
 	m, r := cacheBuild(t, f, base, n, "b one")
 	first, id := str(m, "kiln.agent"), str(m, "kiln.build.id")
@@ -147,6 +160,7 @@ func TestAutomaticWarmStart(t *testing.T) {
 	if strings.Contains(logs.stdout+logs.stderr, "warning: automatic cache export") {
 		t.Fatalf("the automatic export failed:\n%s", logs)
 	}
+	mustContain(t, logs.stdout+logs.stderr, exportMode, "the export's mode")
 
 	if d := kiln(t, f.gateway, "agents", "drain", first); d.code != 0 {
 		t.Fatalf("drain %s: %s", first, d)
