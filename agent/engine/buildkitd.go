@@ -18,6 +18,8 @@ import (
 	"github.com/moby/buildkit/util/grpcerrors"
 	ocispecs "github.com/opencontainers/image-spec/specs-go/v1"
 	"google.golang.org/grpc/codes"
+
+	"github.com/kilnbuild/kiln/proto/rules/cacheopt"
 )
 
 // TLSConfig is how the agent reaches a buildkitd over TLS: files holding
@@ -201,13 +203,13 @@ func (b *BuildKitd) BuildKit(ctx context.Context, o BuildKitOptions, r Reporter)
 		}
 	}
 	exports := []client.ExportEntry{{Type: client.ExporterImage, Attrs: attrs}}
-	res, p, bs, err := b.solve(ctx, o, exports, o.CacheFrom, o.CacheTo, reportTo(r))
+	res, p, contextBytes, err := b.solve(ctx, o, exports, o.CacheFrom, o.CacheTo, reportTo(r))
 	if err != nil {
 		return BuildKitResult{}, err
 	}
 	out := BuildKitResult{
 		Result:       Result{ImageID: res.ExporterResponse[exptypes.ExporterImageConfigDigestKey], Steps: p.steps, CachedSteps: p.cachedSteps},
-		ContextBytes: bs.counter.n.Load(),
+		ContextBytes: contextBytes,
 	}
 	if out.ImageID == "" {
 		return BuildKitResult{}, fmt.Errorf("build on %s: the daemon's response has no image config digest", b.addr)
@@ -253,20 +255,19 @@ func pushedTags(tags []string, resp map[string]string) ([]Pushed, error) {
 // attributes) pushes the cache as its own artifact under its ref;
 // type=inline pushes the image with the cache metadata in its config (so
 // under another image ID than res's) as to's ref. The build's tags are not
-// touched. The Reporter hears the
-// solve's log lines, not its steps: the build's steps were reported
-// already.
+// touched. The Reporter hears the solve's log lines, not its steps: the
+// build's steps were reported already.
 func (b *BuildKitd) ExportCache(ctx context.Context, o BuildKitOptions, res Result, to CacheOption, r Reporter) error {
 	if r == nil {
 		r = nopReporter{}
 	}
 	var exports []client.ExportEntry
 	switch to.Type {
-	case "registry":
+	case cacheopt.TypeRegistry:
 		if to.Attrs["ref"] == "" {
 			return errors.New("cache export: type=registry needs a ref")
 		}
-	case "inline":
+	case cacheopt.TypeInline:
 		ref := to.Attrs["ref"]
 		if ref == "" {
 			return errors.New("cache export: type=inline needs a ref to push the image with its cache to")
@@ -294,12 +295,13 @@ func (b *BuildKitd) ExportCache(ctx context.Context, o BuildKitOptions, res Resu
 }
 
 // solve runs one Dockerfile-frontend solve of o with exports and cache
-// options, handing the progress's events to report; the traceParser and
-// the session it returns hold the build's counts.
-func (b *BuildKitd) solve(ctx context.Context, o BuildKitOptions, exports []client.ExportEntry, from, to []CacheOption, report func([]event)) (*client.SolveResponse, *traceParser, *buildSession, error) {
+// options, handing the progress's events to report. It returns the
+// daemon's response, the traceParser that counted the steps and the bytes
+// of context files the daemon read.
+func (b *BuildKitd) solve(ctx context.Context, o BuildKitOptions, exports []client.ExportEntry, from, to []CacheOption, report func([]event)) (*client.SolveResponse, *traceParser, int64, error) {
 	bs, err := startSession(ctx, o, b.c.Dialer())
 	if err != nil {
-		return nil, nil, nil, err
+		return nil, nil, 0, err
 	}
 	defer bs.close()
 
@@ -333,7 +335,7 @@ func (b *BuildKitd) solve(ctx context.Context, o BuildKitOptions, exports []clie
 	s := <-done
 
 	if ctx.Err() != nil {
-		return nil, nil, nil, fmt.Errorf("build cancelled at step %d: %w", p.next, ctx.Err())
+		return nil, nil, 0, fmt.Errorf("build cancelled at step %d: %w", p.next, ctx.Err())
 	}
 	if s.err != nil {
 		msg := solveMessage(s.err)
@@ -341,17 +343,17 @@ func (b *BuildKitd) solve(ctx context.Context, o BuildKitOptions, exports []clie
 			if p.failure.Step == 0 {
 				p.failure.Message = msg
 			}
-			return nil, nil, nil, p.failure
+			return nil, nil, 0, p.failure
 		}
 		if engineDown(s.err) {
-			return nil, nil, nil, fmt.Errorf("build on %s: %w", b.addr, s.err)
+			return nil, nil, 0, fmt.Errorf("build on %s: %w", b.addr, s.err)
 		}
-		return nil, nil, nil, &BuildError{Message: msg}
+		return nil, nil, 0, &BuildError{Message: msg}
 	}
 	if p.failure != nil {
-		return nil, nil, nil, p.failure
+		return nil, nil, 0, p.failure
 	}
-	return s.res, p, bs, nil
+	return s.res, p, bs.counter.n.Load(), nil
 }
 
 // frontendAttrs are o's settings as the Dockerfile frontend takes them,
