@@ -44,6 +44,7 @@ import (
 	"github.com/kilnbuild/kiln/agent/localcas"
 	"github.com/kilnbuild/kiln/agent/workdir"
 	kilnv1 "github.com/kilnbuild/kiln/proto/gen/go/kiln/v1"
+	"github.com/kilnbuild/kiln/proto/rules/cacheopt"
 	"github.com/kilnbuild/kiln/proto/version"
 	"github.com/kilnbuild/kiln/services/agentproto"
 	"github.com/kilnbuild/kiln/services/bus"
@@ -115,6 +116,11 @@ type Config struct {
 	// runc (gVisor's runsc, Kata), which the probe cannot read and which
 	// that CVE does not concern.
 	SkipRuncProbe bool
+	// WarmCacheMode is the automatic warm start's registry export mode on
+	// engines that export registry caches: "max" (the default: every
+	// stage's layers, so a multi-stage build's builder stages are warm
+	// too) or "min" (the final image's layers only, a smaller export).
+	WarmCacheMode string
 }
 
 // Defaults for zero Config fields.
@@ -215,6 +221,12 @@ func New(ctx context.Context, cfg Config) (*Agent, error) {
 	default:
 		cache.Close()
 		return nil, fmt.Errorf("builder %q: want auto, buildkit or classic", cfg.Builder)
+	}
+	switch cfg.WarmCacheMode {
+	case "", cacheopt.ModeMin, cacheopt.ModeMax:
+	default:
+		cache.Close()
+		return nil, fmt.Errorf("warm cache mode %q: want min or max", cfg.WarmCacheMode)
 	}
 	if cfg.WorkDir == "" {
 		cfg.WorkDir = filepath.Clean(cfg.CacheDir) + "-work"

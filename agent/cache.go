@@ -9,6 +9,7 @@ import (
 
 	"go.opentelemetry.io/otel/attribute"
 	"google.golang.org/protobuf/types/known/durationpb"
+	"google.golang.org/protobuf/types/known/timestamppb"
 
 	"github.com/kilnbuild/kiln/agent/engine"
 	kilnv1 "github.com/kilnbuild/kiln/proto/gen/go/kiln/v1"
@@ -88,7 +89,11 @@ func (a *Agent) planCache(ctx context.Context, b *kilnv1.Build, info engine.Info
 	}
 	ref := cacheopt.WarmRef(prefix, b.GetTenant(), lineage)
 	if slices.Contains(info.Features, engine.FeatureCacheExportRegistry) {
-		p.warm = engine.CacheOption{Type: cacheopt.TypeRegistry, Attrs: map[string]string{"ref": ref, "mode": cacheopt.ModeMax}}
+		mode := a.cfg.WarmCacheMode
+		if mode == "" {
+			mode = cacheopt.ModeMax
+		}
+		p.warm = engine.CacheOption{Type: cacheopt.TypeRegistry, Attrs: map[string]string{"ref": ref, "mode": mode}}
 	} else {
 		p.warm = engine.CacheOption{Type: cacheopt.TypeInline, Attrs: map[string]string{"ref": ref}}
 		if !slices.ContainsFunc(p.to, func(o engine.CacheOption) bool { return o.Type == cacheopt.TypeInline }) {
@@ -201,7 +206,7 @@ func (a *Agent) export(work context.Context, b *kilnv1.Build, at *agentproto.Att
 	}
 	rctx, rcancel := context.WithTimeout(context.WithoutCancel(work), finishTimeout)
 	defer rcancel()
-	if err := at.AfterFinish(rctx, &kilnv1.BuildEvent{Event: &kilnv1.BuildEvent_Cache{Cache: ce}}); err != nil {
+	if err := at.AfterFinish(rctx, &kilnv1.BuildEvent{Time: timestamppb.Now(), Event: &kilnv1.BuildEvent_Cache{Cache: ce}}); err != nil {
 		log.WarnContext(rctx, "report the automatic cache export", "ref", ref, "err", err)
 	}
 }

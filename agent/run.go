@@ -55,6 +55,7 @@ type EngineOptions struct {
 	SecretsKeyFile string
 	FrontendAllow  string
 	SkipRuncProbe  bool
+	WarmCacheMode  string
 }
 
 // Flags registers the options on fs (each also read from KILN_<FLAG>).
@@ -87,6 +88,7 @@ func (o *EngineOptions) Flags(fs *flag.FlagSet, drain time.Duration) {
 	fs.Int64Var(&o.WorkDirSize, "work-dir-size", workdir.DefaultMaxBytes, "bytes the work directories may hold; least recently used lineages are deleted beyond")
 	fs.StringVar(&o.SecretsKeyFile, "secrets-key-file", "", "file with the farm's secrets key, to open build secrets (kilnd: <data-dir>/secrets.key)")
 	fs.StringVar(&o.FrontendAllow, "frontend-allow", "", "comma-separated Dockerfile frontend images (# syntax=, BUILDKIT_SYNTAX) the engine may pull, as glob patterns; none by default")
+	fs.StringVar(&o.WarmCacheMode, "warm-cache-mode", "max", "mode of the automatic warm start's registry cache export on engines that have one: max (every stage's layers) or min (the final image's)")
 	fs.BoolVar(&o.SkipRuncProbe, "skip-runc-probe", false, "do not probe the engine's runc for CVE-2024-21626 (only for engines whose default runtime is not runc, e.g. gVisor or Kata, which the probe cannot read)")
 }
 
@@ -104,7 +106,7 @@ func (o *EngineOptions) NewAgent(ctx context.Context, conn *bus.Conn, cfg Config
 	cfg.Lease, cfg.DrainTimeout = o.Lease, o.DrainTimeout
 	cfg.CacheDir, cfg.CacheBytes = o.CacheDir, o.CacheSize
 	cfg.Builder, cfg.WorkDir, cfg.WorkDirBytes = o.Builder, o.WorkDir, o.WorkDirSize
-	cfg.SkipRuncProbe = o.SkipRuncProbe
+	cfg.SkipRuncProbe, cfg.WarmCacheMode = o.SkipRuncProbe, o.WarmCacheMode
 	for _, f := range strings.Split(o.FrontendAllow, ",") {
 		if f = strings.TrimSpace(f); f != "" {
 			cfg.FrontendAllow = append(cfg.FrontendAllow, f)
