@@ -49,6 +49,7 @@ type series struct {
 	KilnMedian   float64   `json:"kiln_median_ms,omitempty"`
 	DirectMedian float64   `json:"direct_median_ms"`
 	Ratio        float64   `json:"kiln_over_direct,omitempty"`
+	OverheadMS   float64   `json:"kiln_minus_direct_ms,omitempty"`
 	KilnMS       []float64 `json:"kiln_ms,omitempty"`
 	DirectMS     []float64 `json:"direct_ms"`
 	KilnNote     string    `json:"kiln_note,omitempty"`
@@ -205,14 +206,14 @@ func run(runs, bigMB int, binDir, base, registry string, only []string, out stri
 	var rows []benchkit.Row
 	var summary []string
 	for _, s := range r.Series {
-		kiln, ratio := "n/a", "n/a"
+		kiln, ratio, overhead := "n/a", "n/a", "n/a"
 		if s.KilnNote == "" {
-			kiln, ratio = fmt.Sprintf("%.0f", s.KilnMedian), fmt.Sprintf("%.2f", s.Ratio)
+			kiln, ratio, overhead = fmt.Sprintf("%.0f", s.KilnMedian), fmt.Sprintf("%.2f", s.Ratio), fmt.Sprintf("%+.0f", s.OverheadMS)
 			if s.Ratio > target {
 				summary = append(summary, fmt.Sprintf("%s / %s: %.2f > %.1f", s.Engine, s.Scenario, s.Ratio, target))
 			}
 		}
-		rows = append(rows, benchkit.Row{Name: s.Scenario, Values: []string{s.Engine, kiln, fmt.Sprintf("%.0f", s.DirectMedian), s.Direct, ratio}})
+		rows = append(rows, benchkit.Row{Name: s.Scenario, Values: []string{s.Engine, kiln, fmt.Sprintf("%.0f", s.DirectMedian), s.Direct, ratio, overhead}})
 	}
 	verdict := fmt.Sprintf("every kiln ÷ direct ≤ %.1f", target)
 	if len(summary) > 0 {
@@ -220,7 +221,7 @@ func run(runs, bigMB int, binDir, base, registry string, only []string, out stri
 	}
 	return benchkit.Report(
 		fmt.Sprintf("%s (Docker %s, %s, %d alternating runs each, CPU pressure %d ms)", r.Benchmark, r.DockerEngine, r.BuildKit, runs, r.CPUPressureMS),
-		[]string{"scenario", "engine", "kiln median ms", "direct median ms", "direct", "kiln ÷ direct"},
+		[]string{"scenario", "engine", "kiln median ms", "direct median ms", "direct", "kiln ÷ direct", "kiln − direct ms"},
 		rows, verdict, r, out)
 }
 
@@ -280,6 +281,7 @@ func measure(e engineUnderTest, k *benchkit.Kilnd, binDir, tmp, registry, ctxDir
 	if k != nil {
 		s.KilnMedian = benchkit.Median(s.KilnMS)
 		s.Ratio = s.KilnMedian / s.DirectMedian
+		s.OverheadMS = s.KilnMedian - s.DirectMedian
 	}
 	return s, nil
 }
