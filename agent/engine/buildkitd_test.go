@@ -8,6 +8,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"regexp"
 	"slices"
 	"strconv"
 	"strings"
@@ -33,7 +34,8 @@ func TestBuildKitdPushesCachesAndSyncsOnlyChangedFiles(t *testing.T) {
 		t.Fatal(err)
 	}
 	t.Logf("info: %+v", info)
-	if info.Kind != engine.KindBuildKit || info.ServerVersion == "" || info.OS != "linux" || info.Arch == "" || info.StorageDriver == "" ||
+	// scripts/buildkitd.sh builds the daemon at the client's version.
+	if info.Kind != engine.KindBuildKit || info.ServerVersion != buildkitClientVersion(t) || info.OS != "linux" || info.Arch == "" || info.StorageDriver == "" ||
 		!slices.Equal(info.Builders, []string{"buildkit"}) ||
 		!slices.Equal(info.Features, []string{engine.FeatureCacheImport, engine.FeatureCacheExportInline, engine.FeatureCacheExportRegistry, engine.FeaturePushInBuild}) {
 		t.Fatalf("info %+v", info)
@@ -492,4 +494,19 @@ func TestBuildKitdKeepsALoudStep(t *testing.T) {
 	if next != n+1 || len(r.clipped) != 0 {
 		t.Fatalf("the step's lines reached %d of %d in order; clipped: %q; log tail:\n%s", next-1, n, r.clipped, tail(r.logs, 10))
 	}
+}
+
+// buildkitClientVersion is the version of BuildKit's client module in
+// agent/go.mod.
+func buildkitClientVersion(t *testing.T) string {
+	t.Helper()
+	mod, err := os.ReadFile("../go.mod")
+	if err != nil {
+		t.Fatal(err)
+	}
+	m := regexp.MustCompile(`(?m)^\s*github\.com/moby/buildkit (v\S+)`).FindSubmatch(mod)
+	if m == nil {
+		t.Fatal("agent/go.mod requires no github.com/moby/buildkit")
+	}
+	return string(m[1])
 }
