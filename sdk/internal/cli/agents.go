@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"io"
+	"slices"
 	"sort"
 	"strings"
 	"time"
@@ -130,6 +131,9 @@ const defaultAgentsTable = "table {{.Name}}\t{{.State}}\t{{.Slots}}\t{{.Engine}}
 // agentRow is one agent as a --format template sees it.
 type agentRow struct {
 	Name, State, Slots, Engine, Storage, Labels, Lineages, LastSeen, Version string
+	// Features are what the agent's engine can do beyond building
+	// (cache-export-registry, push-in-build, rootless, ...), ","-joined.
+	Features string
 	// Warnings are what the agent asks its operator to fix, "; "-joined.
 	Warnings string
 	// Record is the whole agent ({{.Record.Arch}}).
@@ -140,6 +144,7 @@ type agentRow struct {
 var agentHeader = agentRow{
 	Name: "NAME", State: "STATE", Slots: "SLOTS", Engine: "ENGINE", Storage: "STORAGE",
 	Labels: "LABELS", Lineages: "CACHED LINEAGES", LastSeen: "LAST SEEN", Version: "VERSION", Warnings: "WARNINGS",
+	Features: "FEATURES",
 }
 
 // newAgentRow formats ag for the listing at time now.
@@ -157,15 +162,39 @@ func newAgentRow(ag *kilnv1.Agent, now time.Time) agentRow {
 		Name:     ag.GetName(),
 		State:    strings.ToLower(strings.TrimPrefix(ag.GetState().String(), "AGENT_STATE_")),
 		Slots:    fmt.Sprintf("%d/%d busy", ag.GetBusySlots(), ag.GetSlots()),
-		Engine:   fmt.Sprintf("%s (API %s)", ag.GetEngineVersion(), ag.GetEngineApiVersion()),
+		Engine:   engineColumn(ag),
 		Storage:  orDash(ag.GetStorageDriver()),
 		Labels:   orDash(strings.Join(labels, ",")),
 		Lineages: fmt.Sprint(len(ag.GetCache().GetLineages())),
 		LastSeen: seen,
 		Version:  orDash(ag.GetVersion()),
 		Warnings: orDash(strings.Join(ag.GetWarnings(), "; ")),
+		Features: orDash(strings.Join(ag.GetFeatures(), ",")),
 		Record:   ag,
 	}
+}
+
+// engineColumn names an agent's engine: its kind and version, the Docker
+// API version it speaks, and "rootless" for a rootless one, e.g.
+// "docker 20.10.24 (API 1.41)" or "buildkit v0.34.2 (rootless)". Agents
+// older than engine kinds advertise none: they drive Docker engines.
+func engineColumn(ag *kilnv1.Agent) string {
+	kind := ag.GetEngineKind()
+	if kind == "" {
+		kind = "docker"
+	}
+	var notes []string
+	if api := ag.GetEngineApiVersion(); api != "" {
+		notes = append(notes, "API "+api)
+	}
+	if slices.Contains(ag.GetFeatures(), "rootless") {
+		notes = append(notes, "rootless")
+	}
+	out := kind + " " + orDash(ag.GetEngineVersion())
+	if len(notes) > 0 {
+		out += " (" + strings.Join(notes, ", ") + ")"
+	}
+	return out
 }
 
 // writeAgents prints agents in format f as of time now.

@@ -71,3 +71,31 @@ func TestAgentsFormats(t *testing.T) {
 		t.Error("a field agents do not have was accepted")
 	}
 }
+
+func TestAgentEngineColumn(t *testing.T) {
+	for _, tt := range []struct {
+		agent *kilnv1.Agent
+		want  string
+	}{
+		{&kilnv1.Agent{EngineVersion: "20.10.24", EngineApiVersion: "1.41"}, "docker 20.10.24 (API 1.41)"},
+		{&kilnv1.Agent{EngineKind: "docker", EngineVersion: "20.10.24", EngineApiVersion: "1.41"}, "docker 20.10.24 (API 1.41)"},
+		{&kilnv1.Agent{EngineKind: "buildkit", EngineVersion: "v0.34.2", Features: []string{"cache-export-registry", "rootless"}}, "buildkit v0.34.2 (rootless)"},
+		{&kilnv1.Agent{EngineKind: "buildkit"}, "buildkit -"},
+	} {
+		if got := engineColumn(tt.agent); got != tt.want {
+			t.Errorf("engineColumn(%v) = %q, want %q", tt.agent, got, tt.want)
+		}
+	}
+	f, err := parseRowFormat("{{.Features}}", defaultAgentsTable, agentRow{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var buf bytes.Buffer
+	agents := []*kilnv1.Agent{{Features: []string{"cache-import", "push-in-build"}}, {}}
+	if err := writeAgents(&buf, f, agents, time.Now()); err != nil {
+		t.Fatal(err)
+	}
+	if buf.String() != "cache-import,push-in-build\n-\n" {
+		t.Errorf("features column: %q", buf.String())
+	}
+}
