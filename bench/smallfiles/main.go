@@ -38,6 +38,15 @@ type phases struct {
 	UploadMS float64 `json:"upload_ms"`
 	FetchMS  float64 `json:"agent_fetch_ms"`
 	EngineMS float64 `json:"engine_ms"`
+	// Finer: the farm's queue (build accepted to running), the work
+	// directory's part of the agent's fetch, the engine's sync of the
+	// context (context ready to the COPY step's start), the COPY step and
+	// the rest (export, the result recorded and seen by the client).
+	QueueMS       float64 `json:"queue_ms"`
+	MaterializeMS float64 `json:"materialize_ms"`
+	SyncMS        float64 `json:"engine_sync_ms"`
+	CopyMS        float64 `json:"copy_ms"`
+	FinishMS      float64 `json:"finish_ms"`
 }
 
 type report struct {
@@ -117,8 +126,9 @@ func run(rounds, nfiles int, binDir, base, out string) error {
 			return fmt.Errorf("fresh farm: %w", err)
 		}
 		r.FreshFarm = append(r.FreshFarm, ff)
-		// A fresh agent on the same farm: its cache and work dirs go.
-		for _, d := range []string{"blob-cache", "blob-cache-work"} {
+		// A fresh agent on the same farm: its cache and work dirs go
+		// (kilnd's DATA_DIR/blob-cache and DATA_DIR/work).
+		for _, d := range []string{"blob-cache", "work"} {
 			if err := os.RemoveAll(filepath.Join(data, "data", d)); err != nil {
 				return err
 			}
@@ -160,15 +170,18 @@ func run(rounds, nfiles int, binDir, base, out string) error {
 		f := func(g func(phases) float64) string { return fmt.Sprintf("%.0f", med(ps, g)) }
 		return benchkit.Row{Name: name, Values: []string{f(total),
 			f(func(p phases) float64 { return p.PackMS }), f(func(p phases) float64 { return p.UploadMS }),
-			f(func(p phases) float64 { return p.FetchMS }), f(func(p phases) float64 { return p.EngineMS })}}
+			f(func(p phases) float64 { return p.QueueMS }),
+			f(func(p phases) float64 { return p.FetchMS }), f(func(p phases) float64 { return p.MaterializeMS }),
+			f(func(p phases) float64 { return p.EngineMS }), f(func(p phases) float64 { return p.SyncMS }),
+			f(func(p phases) float64 { return p.CopyMS }), f(func(p phases) float64 { return p.FinishMS })}}
 	}
 	return benchkit.Report(
 		fmt.Sprintf("%s (engine %s, %d rounds, medians)", r.Benchmark, r.Engine, rounds),
-		[]string{"path", "total ms", "pack ms", "upload ms", "agent fetch ms", "engine ms"},
+		[]string{"path", "total ms", "pack ms", "upload ms", "queue ms", "agent fetch ms", "of which work dir ms", "engine ms", "of which sync ms", "COPY ms", "finish ms"},
 		[]benchkit.Row{
 			row("kiln, fresh farm", r.FreshFarm),
 			row("kiln, known context, fresh agent", r.FreshAgent),
-			{Name: "docker build (BuildKit, same engine, new files)", Values: []string{fmt.Sprintf("%.0f", r.DockerMedian), "", "", "", ""}},
+			{Name: "docker build (BuildKit, same engine, new files)", Values: []string{fmt.Sprintf("%.0f", r.DockerMedian), "", "", "", "", "", "", "", "", ""}},
 		},
 		fmt.Sprintf("kiln/docker: fresh farm %.2f, fresh agent %.2f (target ≤ %.1f for both)", r.FreshFarmRatio, r.FreshAgentRatio, r.Target),
 		r, out)
@@ -192,6 +205,7 @@ func kilnRound(binDir, data, ctxDir, statCache string) (phases, error) {
 	defer client.Close()
 	os.Setenv("KILN_CACHE_DIR", statCache)
 	var p phases
+	ms := func(d time.Duration) float64 { return float64(d.Microseconds()) / 1000 }
 	start := time.Now()
 	bc, err := kiln.PackContext(ctx, ctxDir, "Dockerfile")
 	if err != nil {
@@ -206,7 +220,8 @@ func kilnRound(binDir, data, ctxDir, statCache string) (phases, error) {
 	if err != nil {
 		return p, err
 	}
-	var running, ready time.Time
+	var running, ready, copyStart, copyEnd time.Time
+	var materialize time.Duration
 	for ev := range b.Events() {
 		switch e := ev.(type) {
 		case *kiln.StateChanged:
@@ -214,8 +229,22 @@ func kilnRound(binDir, data, ctxDir, statCache string) (phases, error) {
 				running = ev.Time()
 			}
 		case *kiln.LogLine:
+			if os.Getenv("SMALLFILES_LOG") != "" {
+				fmt.Fprintf(os.Stderr, "%s +%6.0f ms %s\n", ev.Time().Format("15:04:05.000"), ms(ev.Time().Sub(start)), e.Text)
+			}
 			if strings.HasPrefix(e.Text, "kiln: context:") {
 				ready = ev.Time()
+				if i := strings.LastIndex(e.Text, " kept in "); i >= 0 {
+					materialize, _ = time.ParseDuration(strings.TrimSpace(e.Text[i+len(" kept in "):]))
+				}
+			}
+		case *kiln.StepStarted:
+			if strings.HasPrefix(e.Instruction, "COPY") && copyStart.IsZero() {
+				copyStart = ev.Time()
+			}
+		case *kiln.StepFinished:
+			if strings.HasPrefix(e.Instruction, "COPY") {
+				copyEnd = ev.Time()
 			}
 		}
 	}
@@ -223,13 +252,19 @@ func kilnRound(binDir, data, ctxDir, statCache string) (phases, error) {
 		return p, err
 	}
 	end := time.Now()
-	ms := func(d time.Duration) float64 { return float64(d.Microseconds()) / 1000 }
 	p.TotalMS = ms(end.Sub(start))
 	p.PackMS = ms(packed.Sub(start))
 	p.UploadMS = ms(uploaded.Sub(packed))
 	if !running.IsZero() && !ready.IsZero() {
 		p.FetchMS = ms(ready.Sub(running))
 		p.EngineMS = ms(end.Sub(ready))
+		p.QueueMS = ms(running.Sub(uploaded))
+		p.MaterializeMS = ms(materialize)
+	}
+	if !ready.IsZero() && !copyStart.IsZero() && !copyEnd.IsZero() {
+		p.SyncMS = ms(copyStart.Sub(ready))
+		p.CopyMS = ms(copyEnd.Sub(copyStart))
+		p.FinishMS = ms(end.Sub(copyEnd))
 	}
 	return p, nil
 }
