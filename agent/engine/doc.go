@@ -1,4 +1,5 @@
-// Package engine is the agent's narrow view of a Docker engine: ping it,
+// Package engine is the agent's narrow view of a build engine — a Docker
+// engine or a standalone buildkitd: ping it,
 // build an image, push a tag. Docker implements it over the Engine API
 // (github.com/docker/docker/client) with API-version negotiation.
 //
@@ -26,4 +27,11 @@
 // Cancelling a build's context stops it on the engine: BuildKit builds are
 // cancelled with POST /build/cancel; a classic build's request is closed,
 // and Build waits until the step's container is gone.
+//
+// BuildKitd drives a standalone buildkitd (rootful or rootless) the same
+// way with BuildKit's own client: Control.Solve with the Dockerfile
+// frontend, the same session and the same trace parser, pushing in the
+// build (FeaturePushInBuild) and exporting cache to registries
+// (FeatureCacheExportRegistry). kinds.go names the engine kinds and
+// features the agent advertises and routing matches.
 package engine
