@@ -263,7 +263,7 @@ func (a *Agent) Ready(context.Context) error {
 		return fmt.Errorf("agent %q is out of rotation: %s", a.cfg.Name, why)
 	}
 	if !a.healthy.Load() {
-		return fmt.Errorf("docker engine of agent %q does not answer", a.cfg.Name)
+		return fmt.Errorf("engine of agent %q does not answer", a.cfg.Name)
 	}
 	return nil
 }
