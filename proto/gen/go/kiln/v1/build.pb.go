@@ -181,7 +181,7 @@ func (x CacheEvent_Kind) Number() protoreflect.EnumNumber {
 
 // Deprecated: Use CacheEvent_Kind.Descriptor instead.
 func (CacheEvent_Kind) EnumDescriptor() ([]byte, []int) {
-	return file_kiln_v1_build_proto_rawDescGZIP(), []int{7, 0}
+	return file_kiln_v1_build_proto_rawDescGZIP(), []int{8, 0}
 }
 
 // BuildSpec is what to build: the docker-build options a client may set.
@@ -240,9 +240,30 @@ type BuildSpec struct {
 	// --cache-to: type=registry,ref=R,mode=min|max or type=inline), as part
 	// of the build. type=registry needs an engine with the
 	// "cache-export-registry" feature; the build is routed to one.
-	CacheTo       []*CacheOption `protobuf:"bytes,18,rep,name=cache_to,json=cacheTo,proto3" json:"cache_to,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	CacheTo []*CacheOption `protobuf:"bytes,18,rep,name=cache_to,json=cacheTo,proto3" json:"cache_to,omitempty"`
+	// network is the network RUN steps get (buildx --network): "" or
+	// "default" (the engine's default, a private network with outbound
+	// access), "none" (loopback only) or "host" (the engine host's network;
+	// only for tenants whose TenantPolicy.allow_network_host is set).
+	// proto/rules/buildflags holds the rules.
+	Network string `protobuf:"bytes,19,opt,name=network,proto3" json:"network,omitempty"`
+	// extra_hosts are /etc/hosts entries for RUN steps (buildx --add-host),
+	// each "host:ip" (IPv4 or IPv6).
+	ExtraHosts []string `protobuf:"bytes,20,rep,name=extra_hosts,json=extraHosts,proto3" json:"extra_hosts,omitempty"`
+	// shm_size_bytes is the size of RUN steps' /dev/shm (buildx
+	// --shm-size); 0 leaves the engine's default (64 MiB).
+	ShmSizeBytes int64 `protobuf:"varint,21,opt,name=shm_size_bytes,json=shmSizeBytes,proto3" json:"shm_size_bytes,omitempty"`
+	// ulimits are RUN steps' resource limits (buildx --ulimit), at most one
+	// per name.
+	Ulimits []*Ulimit `protobuf:"bytes,22,rep,name=ulimits,proto3" json:"ulimits,omitempty"`
+	// dockerfile_inline, when set, is the Dockerfile itself, sent apart from
+	// the context as docker sends one that lies outside it (-f ../Dockerfile,
+	// -f - for standard input); dockerfile then only names it (for the
+	// lineage and the .dockerignore beside it) and need not be in the
+	// context. At most proto/rules/buildflags.MaxDockerfileBytes.
+	DockerfileInline []byte `protobuf:"bytes,23,opt,name=dockerfile_inline,json=dockerfileInline,proto3" json:"dockerfile_inline,omitempty"`
+	unknownFields    protoimpl.UnknownFields
+	sizeCache        protoimpl.SizeCache
 }
 
 func (x *BuildSpec) Reset() {
@@ -401,6 +422,104 @@ func (x *BuildSpec) GetCacheTo() []*CacheOption {
 	return nil
 }
 
+func (x *BuildSpec) GetNetwork() string {
+	if x != nil {
+		return x.Network
+	}
+	return ""
+}
+
+func (x *BuildSpec) GetExtraHosts() []string {
+	if x != nil {
+		return x.ExtraHosts
+	}
+	return nil
+}
+
+func (x *BuildSpec) GetShmSizeBytes() int64 {
+	if x != nil {
+		return x.ShmSizeBytes
+	}
+	return 0
+}
+
+func (x *BuildSpec) GetUlimits() []*Ulimit {
+	if x != nil {
+		return x.Ulimits
+	}
+	return nil
+}
+
+func (x *BuildSpec) GetDockerfileInline() []byte {
+	if x != nil {
+		return x.DockerfileInline
+	}
+	return nil
+}
+
+// Ulimit is one --ulimit name=soft[:hard] as docker parses it: name is
+// one of proto/rules/buildflags' Ulimits ("nofile", "nproc", ...); soft
+// and hard are the limits (-1: unlimited), hard at least soft.
+type Ulimit struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Name          string                 `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
+	Soft          int64                  `protobuf:"varint,2,opt,name=soft,proto3" json:"soft,omitempty"`
+	Hard          int64                  `protobuf:"varint,3,opt,name=hard,proto3" json:"hard,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *Ulimit) Reset() {
+	*x = Ulimit{}
+	mi := &file_kiln_v1_build_proto_msgTypes[1]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *Ulimit) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*Ulimit) ProtoMessage() {}
+
+func (x *Ulimit) ProtoReflect() protoreflect.Message {
+	mi := &file_kiln_v1_build_proto_msgTypes[1]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use Ulimit.ProtoReflect.Descriptor instead.
+func (*Ulimit) Descriptor() ([]byte, []int) {
+	return file_kiln_v1_build_proto_rawDescGZIP(), []int{1}
+}
+
+func (x *Ulimit) GetName() string {
+	if x != nil {
+		return x.Name
+	}
+	return ""
+}
+
+func (x *Ulimit) GetSoft() int64 {
+	if x != nil {
+		return x.Soft
+	}
+	return 0
+}
+
+func (x *Ulimit) GetHard() int64 {
+	if x != nil {
+		return x.Hard
+	}
+	return 0
+}
+
 // CacheOption is one --cache-from or --cache-to entry as buildx parses it:
 // a type (registry, inline, local, gha, s3, ...) and its attributes
 // (ref, mode, ...). proto/rules/cacheopt holds the syntax and which types
@@ -415,7 +534,7 @@ type CacheOption struct {
 
 func (x *CacheOption) Reset() {
 	*x = CacheOption{}
-	mi := &file_kiln_v1_build_proto_msgTypes[1]
+	mi := &file_kiln_v1_build_proto_msgTypes[2]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -427,7 +546,7 @@ func (x *CacheOption) String() string {
 func (*CacheOption) ProtoMessage() {}
 
 func (x *CacheOption) ProtoReflect() protoreflect.Message {
-	mi := &file_kiln_v1_build_proto_msgTypes[1]
+	mi := &file_kiln_v1_build_proto_msgTypes[2]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -440,7 +559,7 @@ func (x *CacheOption) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CacheOption.ProtoReflect.Descriptor instead.
 func (*CacheOption) Descriptor() ([]byte, []int) {
-	return file_kiln_v1_build_proto_rawDescGZIP(), []int{1}
+	return file_kiln_v1_build_proto_rawDescGZIP(), []int{2}
 }
 
 func (x *CacheOption) GetType() string {
@@ -494,7 +613,7 @@ type TenantPolicy struct {
 
 func (x *TenantPolicy) Reset() {
 	*x = TenantPolicy{}
-	mi := &file_kiln_v1_build_proto_msgTypes[2]
+	mi := &file_kiln_v1_build_proto_msgTypes[3]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -506,7 +625,7 @@ func (x *TenantPolicy) String() string {
 func (*TenantPolicy) ProtoMessage() {}
 
 func (x *TenantPolicy) ProtoReflect() protoreflect.Message {
-	mi := &file_kiln_v1_build_proto_msgTypes[2]
+	mi := &file_kiln_v1_build_proto_msgTypes[3]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -519,7 +638,7 @@ func (x *TenantPolicy) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use TenantPolicy.ProtoReflect.Descriptor instead.
 func (*TenantPolicy) Descriptor() ([]byte, []int) {
-	return file_kiln_v1_build_proto_rawDescGZIP(), []int{2}
+	return file_kiln_v1_build_proto_rawDescGZIP(), []int{3}
 }
 
 func (x *TenantPolicy) GetAllowRemoteAdd() bool {
@@ -594,7 +713,7 @@ type SealedSecret struct {
 
 func (x *SealedSecret) Reset() {
 	*x = SealedSecret{}
-	mi := &file_kiln_v1_build_proto_msgTypes[3]
+	mi := &file_kiln_v1_build_proto_msgTypes[4]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -606,7 +725,7 @@ func (x *SealedSecret) String() string {
 func (*SealedSecret) ProtoMessage() {}
 
 func (x *SealedSecret) ProtoReflect() protoreflect.Message {
-	mi := &file_kiln_v1_build_proto_msgTypes[3]
+	mi := &file_kiln_v1_build_proto_msgTypes[4]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -619,7 +738,7 @@ func (x *SealedSecret) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SealedSecret.ProtoReflect.Descriptor instead.
 func (*SealedSecret) Descriptor() ([]byte, []int) {
-	return file_kiln_v1_build_proto_rawDescGZIP(), []int{3}
+	return file_kiln_v1_build_proto_rawDescGZIP(), []int{4}
 }
 
 func (x *SealedSecret) GetId() string {
@@ -660,7 +779,7 @@ type Affinity struct {
 
 func (x *Affinity) Reset() {
 	*x = Affinity{}
-	mi := &file_kiln_v1_build_proto_msgTypes[4]
+	mi := &file_kiln_v1_build_proto_msgTypes[5]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -672,7 +791,7 @@ func (x *Affinity) String() string {
 func (*Affinity) ProtoMessage() {}
 
 func (x *Affinity) ProtoReflect() protoreflect.Message {
-	mi := &file_kiln_v1_build_proto_msgTypes[4]
+	mi := &file_kiln_v1_build_proto_msgTypes[5]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -685,7 +804,7 @@ func (x *Affinity) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Affinity.ProtoReflect.Descriptor instead.
 func (*Affinity) Descriptor() ([]byte, []int) {
-	return file_kiln_v1_build_proto_rawDescGZIP(), []int{4}
+	return file_kiln_v1_build_proto_rawDescGZIP(), []int{5}
 }
 
 func (x *Affinity) GetLineage() string {
@@ -722,7 +841,7 @@ type PushedImage struct {
 
 func (x *PushedImage) Reset() {
 	*x = PushedImage{}
-	mi := &file_kiln_v1_build_proto_msgTypes[5]
+	mi := &file_kiln_v1_build_proto_msgTypes[6]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -734,7 +853,7 @@ func (x *PushedImage) String() string {
 func (*PushedImage) ProtoMessage() {}
 
 func (x *PushedImage) ProtoReflect() protoreflect.Message {
-	mi := &file_kiln_v1_build_proto_msgTypes[5]
+	mi := &file_kiln_v1_build_proto_msgTypes[6]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -747,7 +866,7 @@ func (x *PushedImage) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PushedImage.ProtoReflect.Descriptor instead.
 func (*PushedImage) Descriptor() ([]byte, []int) {
-	return file_kiln_v1_build_proto_rawDescGZIP(), []int{5}
+	return file_kiln_v1_build_proto_rawDescGZIP(), []int{6}
 }
 
 func (x *PushedImage) GetTag() string {
@@ -802,7 +921,7 @@ type BuildResult struct {
 
 func (x *BuildResult) Reset() {
 	*x = BuildResult{}
-	mi := &file_kiln_v1_build_proto_msgTypes[6]
+	mi := &file_kiln_v1_build_proto_msgTypes[7]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -814,7 +933,7 @@ func (x *BuildResult) String() string {
 func (*BuildResult) ProtoMessage() {}
 
 func (x *BuildResult) ProtoReflect() protoreflect.Message {
-	mi := &file_kiln_v1_build_proto_msgTypes[6]
+	mi := &file_kiln_v1_build_proto_msgTypes[7]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -827,7 +946,7 @@ func (x *BuildResult) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use BuildResult.ProtoReflect.Descriptor instead.
 func (*BuildResult) Descriptor() ([]byte, []int) {
-	return file_kiln_v1_build_proto_rawDescGZIP(), []int{6}
+	return file_kiln_v1_build_proto_rawDescGZIP(), []int{7}
 }
 
 func (x *BuildResult) GetImageId() string {
@@ -912,7 +1031,7 @@ type CacheEvent struct {
 
 func (x *CacheEvent) Reset() {
 	*x = CacheEvent{}
-	mi := &file_kiln_v1_build_proto_msgTypes[7]
+	mi := &file_kiln_v1_build_proto_msgTypes[8]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -924,7 +1043,7 @@ func (x *CacheEvent) String() string {
 func (*CacheEvent) ProtoMessage() {}
 
 func (x *CacheEvent) ProtoReflect() protoreflect.Message {
-	mi := &file_kiln_v1_build_proto_msgTypes[7]
+	mi := &file_kiln_v1_build_proto_msgTypes[8]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -937,7 +1056,7 @@ func (x *CacheEvent) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CacheEvent.ProtoReflect.Descriptor instead.
 func (*CacheEvent) Descriptor() ([]byte, []int) {
-	return file_kiln_v1_build_proto_rawDescGZIP(), []int{7}
+	return file_kiln_v1_build_proto_rawDescGZIP(), []int{8}
 }
 
 func (x *CacheEvent) GetKind() CacheEvent_Kind {
@@ -1038,7 +1157,7 @@ type Build struct {
 
 func (x *Build) Reset() {
 	*x = Build{}
-	mi := &file_kiln_v1_build_proto_msgTypes[8]
+	mi := &file_kiln_v1_build_proto_msgTypes[9]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1050,7 +1169,7 @@ func (x *Build) String() string {
 func (*Build) ProtoMessage() {}
 
 func (x *Build) ProtoReflect() protoreflect.Message {
-	mi := &file_kiln_v1_build_proto_msgTypes[8]
+	mi := &file_kiln_v1_build_proto_msgTypes[9]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1063,7 +1182,7 @@ func (x *Build) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Build.ProtoReflect.Descriptor instead.
 func (*Build) Descriptor() ([]byte, []int) {
-	return file_kiln_v1_build_proto_rawDescGZIP(), []int{8}
+	return file_kiln_v1_build_proto_rawDescGZIP(), []int{9}
 }
 
 func (x *Build) GetId() string {
@@ -1251,7 +1370,7 @@ type BuildAttempt struct {
 
 func (x *BuildAttempt) Reset() {
 	*x = BuildAttempt{}
-	mi := &file_kiln_v1_build_proto_msgTypes[9]
+	mi := &file_kiln_v1_build_proto_msgTypes[10]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1263,7 +1382,7 @@ func (x *BuildAttempt) String() string {
 func (*BuildAttempt) ProtoMessage() {}
 
 func (x *BuildAttempt) ProtoReflect() protoreflect.Message {
-	mi := &file_kiln_v1_build_proto_msgTypes[9]
+	mi := &file_kiln_v1_build_proto_msgTypes[10]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1276,7 +1395,7 @@ func (x *BuildAttempt) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use BuildAttempt.ProtoReflect.Descriptor instead.
 func (*BuildAttempt) Descriptor() ([]byte, []int) {
-	return file_kiln_v1_build_proto_rawDescGZIP(), []int{9}
+	return file_kiln_v1_build_proto_rawDescGZIP(), []int{10}
 }
 
 func (x *BuildAttempt) GetAttempt() uint32 {
@@ -1333,7 +1452,7 @@ type LogLine struct {
 
 func (x *LogLine) Reset() {
 	*x = LogLine{}
-	mi := &file_kiln_v1_build_proto_msgTypes[10]
+	mi := &file_kiln_v1_build_proto_msgTypes[11]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1345,7 +1464,7 @@ func (x *LogLine) String() string {
 func (*LogLine) ProtoMessage() {}
 
 func (x *LogLine) ProtoReflect() protoreflect.Message {
-	mi := &file_kiln_v1_build_proto_msgTypes[10]
+	mi := &file_kiln_v1_build_proto_msgTypes[11]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1358,7 +1477,7 @@ func (x *LogLine) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use LogLine.ProtoReflect.Descriptor instead.
 func (*LogLine) Descriptor() ([]byte, []int) {
-	return file_kiln_v1_build_proto_rawDescGZIP(), []int{10}
+	return file_kiln_v1_build_proto_rawDescGZIP(), []int{11}
 }
 
 func (x *LogLine) GetStep() uint32 {
@@ -1387,7 +1506,7 @@ type StepStarted struct {
 
 func (x *StepStarted) Reset() {
 	*x = StepStarted{}
-	mi := &file_kiln_v1_build_proto_msgTypes[11]
+	mi := &file_kiln_v1_build_proto_msgTypes[12]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1399,7 +1518,7 @@ func (x *StepStarted) String() string {
 func (*StepStarted) ProtoMessage() {}
 
 func (x *StepStarted) ProtoReflect() protoreflect.Message {
-	mi := &file_kiln_v1_build_proto_msgTypes[11]
+	mi := &file_kiln_v1_build_proto_msgTypes[12]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1412,7 +1531,7 @@ func (x *StepStarted) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StepStarted.ProtoReflect.Descriptor instead.
 func (*StepStarted) Descriptor() ([]byte, []int) {
-	return file_kiln_v1_build_proto_rawDescGZIP(), []int{11}
+	return file_kiln_v1_build_proto_rawDescGZIP(), []int{12}
 }
 
 func (x *StepStarted) GetStep() uint32 {
@@ -1449,7 +1568,7 @@ type StepFinished struct {
 
 func (x *StepFinished) Reset() {
 	*x = StepFinished{}
-	mi := &file_kiln_v1_build_proto_msgTypes[12]
+	mi := &file_kiln_v1_build_proto_msgTypes[13]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1461,7 +1580,7 @@ func (x *StepFinished) String() string {
 func (*StepFinished) ProtoMessage() {}
 
 func (x *StepFinished) ProtoReflect() protoreflect.Message {
-	mi := &file_kiln_v1_build_proto_msgTypes[12]
+	mi := &file_kiln_v1_build_proto_msgTypes[13]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1474,7 +1593,7 @@ func (x *StepFinished) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StepFinished.ProtoReflect.Descriptor instead.
 func (*StepFinished) Descriptor() ([]byte, []int) {
-	return file_kiln_v1_build_proto_rawDescGZIP(), []int{12}
+	return file_kiln_v1_build_proto_rawDescGZIP(), []int{13}
 }
 
 func (x *StepFinished) GetStep() uint32 {
@@ -1518,7 +1637,7 @@ type StateChanged struct {
 
 func (x *StateChanged) Reset() {
 	*x = StateChanged{}
-	mi := &file_kiln_v1_build_proto_msgTypes[13]
+	mi := &file_kiln_v1_build_proto_msgTypes[14]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1530,7 +1649,7 @@ func (x *StateChanged) String() string {
 func (*StateChanged) ProtoMessage() {}
 
 func (x *StateChanged) ProtoReflect() protoreflect.Message {
-	mi := &file_kiln_v1_build_proto_msgTypes[13]
+	mi := &file_kiln_v1_build_proto_msgTypes[14]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1543,7 +1662,7 @@ func (x *StateChanged) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StateChanged.ProtoReflect.Descriptor instead.
 func (*StateChanged) Descriptor() ([]byte, []int) {
-	return file_kiln_v1_build_proto_rawDescGZIP(), []int{13}
+	return file_kiln_v1_build_proto_rawDescGZIP(), []int{14}
 }
 
 func (x *StateChanged) GetState() BuildState {
@@ -1590,7 +1709,7 @@ type BuildFinished struct {
 
 func (x *BuildFinished) Reset() {
 	*x = BuildFinished{}
-	mi := &file_kiln_v1_build_proto_msgTypes[14]
+	mi := &file_kiln_v1_build_proto_msgTypes[15]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1602,7 +1721,7 @@ func (x *BuildFinished) String() string {
 func (*BuildFinished) ProtoMessage() {}
 
 func (x *BuildFinished) ProtoReflect() protoreflect.Message {
-	mi := &file_kiln_v1_build_proto_msgTypes[14]
+	mi := &file_kiln_v1_build_proto_msgTypes[15]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1615,7 +1734,7 @@ func (x *BuildFinished) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use BuildFinished.ProtoReflect.Descriptor instead.
 func (*BuildFinished) Descriptor() ([]byte, []int) {
-	return file_kiln_v1_build_proto_rawDescGZIP(), []int{14}
+	return file_kiln_v1_build_proto_rawDescGZIP(), []int{15}
 }
 
 func (x *BuildFinished) GetState() BuildState {
@@ -1678,7 +1797,7 @@ type BuildEvent struct {
 
 func (x *BuildEvent) Reset() {
 	*x = BuildEvent{}
-	mi := &file_kiln_v1_build_proto_msgTypes[15]
+	mi := &file_kiln_v1_build_proto_msgTypes[16]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1690,7 +1809,7 @@ func (x *BuildEvent) String() string {
 func (*BuildEvent) ProtoMessage() {}
 
 func (x *BuildEvent) ProtoReflect() protoreflect.Message {
-	mi := &file_kiln_v1_build_proto_msgTypes[15]
+	mi := &file_kiln_v1_build_proto_msgTypes[16]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1703,7 +1822,7 @@ func (x *BuildEvent) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use BuildEvent.ProtoReflect.Descriptor instead.
 func (*BuildEvent) Descriptor() ([]byte, []int) {
-	return file_kiln_v1_build_proto_rawDescGZIP(), []int{15}
+	return file_kiln_v1_build_proto_rawDescGZIP(), []int{16}
 }
 
 func (x *BuildEvent) GetSequence() uint64 {
@@ -1861,7 +1980,7 @@ type StartBuildRequest struct {
 
 func (x *StartBuildRequest) Reset() {
 	*x = StartBuildRequest{}
-	mi := &file_kiln_v1_build_proto_msgTypes[16]
+	mi := &file_kiln_v1_build_proto_msgTypes[17]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1873,7 +1992,7 @@ func (x *StartBuildRequest) String() string {
 func (*StartBuildRequest) ProtoMessage() {}
 
 func (x *StartBuildRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_kiln_v1_build_proto_msgTypes[16]
+	mi := &file_kiln_v1_build_proto_msgTypes[17]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1886,7 +2005,7 @@ func (x *StartBuildRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StartBuildRequest.ProtoReflect.Descriptor instead.
 func (*StartBuildRequest) Descriptor() ([]byte, []int) {
-	return file_kiln_v1_build_proto_rawDescGZIP(), []int{16}
+	return file_kiln_v1_build_proto_rawDescGZIP(), []int{17}
 }
 
 func (x *StartBuildRequest) GetSpec() *BuildSpec {
@@ -1919,7 +2038,7 @@ type StartBuildResponse struct {
 
 func (x *StartBuildResponse) Reset() {
 	*x = StartBuildResponse{}
-	mi := &file_kiln_v1_build_proto_msgTypes[17]
+	mi := &file_kiln_v1_build_proto_msgTypes[18]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1931,7 +2050,7 @@ func (x *StartBuildResponse) String() string {
 func (*StartBuildResponse) ProtoMessage() {}
 
 func (x *StartBuildResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_kiln_v1_build_proto_msgTypes[17]
+	mi := &file_kiln_v1_build_proto_msgTypes[18]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1944,7 +2063,7 @@ func (x *StartBuildResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StartBuildResponse.ProtoReflect.Descriptor instead.
 func (*StartBuildResponse) Descriptor() ([]byte, []int) {
-	return file_kiln_v1_build_proto_rawDescGZIP(), []int{17}
+	return file_kiln_v1_build_proto_rawDescGZIP(), []int{18}
 }
 
 func (x *StartBuildResponse) GetBuild() *Build {
@@ -1969,7 +2088,7 @@ type WatchBuildRequest struct {
 
 func (x *WatchBuildRequest) Reset() {
 	*x = WatchBuildRequest{}
-	mi := &file_kiln_v1_build_proto_msgTypes[18]
+	mi := &file_kiln_v1_build_proto_msgTypes[19]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1981,7 +2100,7 @@ func (x *WatchBuildRequest) String() string {
 func (*WatchBuildRequest) ProtoMessage() {}
 
 func (x *WatchBuildRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_kiln_v1_build_proto_msgTypes[18]
+	mi := &file_kiln_v1_build_proto_msgTypes[19]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1994,7 +2113,7 @@ func (x *WatchBuildRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WatchBuildRequest.ProtoReflect.Descriptor instead.
 func (*WatchBuildRequest) Descriptor() ([]byte, []int) {
-	return file_kiln_v1_build_proto_rawDescGZIP(), []int{18}
+	return file_kiln_v1_build_proto_rawDescGZIP(), []int{19}
 }
 
 func (x *WatchBuildRequest) GetBuildId() string {
@@ -2027,7 +2146,7 @@ type WatchBuildResponse struct {
 
 func (x *WatchBuildResponse) Reset() {
 	*x = WatchBuildResponse{}
-	mi := &file_kiln_v1_build_proto_msgTypes[19]
+	mi := &file_kiln_v1_build_proto_msgTypes[20]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2039,7 +2158,7 @@ func (x *WatchBuildResponse) String() string {
 func (*WatchBuildResponse) ProtoMessage() {}
 
 func (x *WatchBuildResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_kiln_v1_build_proto_msgTypes[19]
+	mi := &file_kiln_v1_build_proto_msgTypes[20]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2052,7 +2171,7 @@ func (x *WatchBuildResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WatchBuildResponse.ProtoReflect.Descriptor instead.
 func (*WatchBuildResponse) Descriptor() ([]byte, []int) {
-	return file_kiln_v1_build_proto_rawDescGZIP(), []int{19}
+	return file_kiln_v1_build_proto_rawDescGZIP(), []int{20}
 }
 
 func (x *WatchBuildResponse) GetEvent() *BuildEvent {
@@ -2071,7 +2190,7 @@ type CancelBuildRequest struct {
 
 func (x *CancelBuildRequest) Reset() {
 	*x = CancelBuildRequest{}
-	mi := &file_kiln_v1_build_proto_msgTypes[20]
+	mi := &file_kiln_v1_build_proto_msgTypes[21]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2083,7 +2202,7 @@ func (x *CancelBuildRequest) String() string {
 func (*CancelBuildRequest) ProtoMessage() {}
 
 func (x *CancelBuildRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_kiln_v1_build_proto_msgTypes[20]
+	mi := &file_kiln_v1_build_proto_msgTypes[21]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2096,7 +2215,7 @@ func (x *CancelBuildRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CancelBuildRequest.ProtoReflect.Descriptor instead.
 func (*CancelBuildRequest) Descriptor() ([]byte, []int) {
-	return file_kiln_v1_build_proto_rawDescGZIP(), []int{20}
+	return file_kiln_v1_build_proto_rawDescGZIP(), []int{21}
 }
 
 func (x *CancelBuildRequest) GetBuildId() string {
@@ -2115,7 +2234,7 @@ type CancelBuildResponse struct {
 
 func (x *CancelBuildResponse) Reset() {
 	*x = CancelBuildResponse{}
-	mi := &file_kiln_v1_build_proto_msgTypes[21]
+	mi := &file_kiln_v1_build_proto_msgTypes[22]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2127,7 +2246,7 @@ func (x *CancelBuildResponse) String() string {
 func (*CancelBuildResponse) ProtoMessage() {}
 
 func (x *CancelBuildResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_kiln_v1_build_proto_msgTypes[21]
+	mi := &file_kiln_v1_build_proto_msgTypes[22]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2140,7 +2259,7 @@ func (x *CancelBuildResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CancelBuildResponse.ProtoReflect.Descriptor instead.
 func (*CancelBuildResponse) Descriptor() ([]byte, []int) {
-	return file_kiln_v1_build_proto_rawDescGZIP(), []int{21}
+	return file_kiln_v1_build_proto_rawDescGZIP(), []int{22}
 }
 
 func (x *CancelBuildResponse) GetBuild() *Build {
@@ -2159,7 +2278,7 @@ type GetBuildRequest struct {
 
 func (x *GetBuildRequest) Reset() {
 	*x = GetBuildRequest{}
-	mi := &file_kiln_v1_build_proto_msgTypes[22]
+	mi := &file_kiln_v1_build_proto_msgTypes[23]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2171,7 +2290,7 @@ func (x *GetBuildRequest) String() string {
 func (*GetBuildRequest) ProtoMessage() {}
 
 func (x *GetBuildRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_kiln_v1_build_proto_msgTypes[22]
+	mi := &file_kiln_v1_build_proto_msgTypes[23]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2184,7 +2303,7 @@ func (x *GetBuildRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetBuildRequest.ProtoReflect.Descriptor instead.
 func (*GetBuildRequest) Descriptor() ([]byte, []int) {
-	return file_kiln_v1_build_proto_rawDescGZIP(), []int{22}
+	return file_kiln_v1_build_proto_rawDescGZIP(), []int{23}
 }
 
 func (x *GetBuildRequest) GetBuildId() string {
@@ -2203,7 +2322,7 @@ type GetBuildResponse struct {
 
 func (x *GetBuildResponse) Reset() {
 	*x = GetBuildResponse{}
-	mi := &file_kiln_v1_build_proto_msgTypes[23]
+	mi := &file_kiln_v1_build_proto_msgTypes[24]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2215,7 +2334,7 @@ func (x *GetBuildResponse) String() string {
 func (*GetBuildResponse) ProtoMessage() {}
 
 func (x *GetBuildResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_kiln_v1_build_proto_msgTypes[23]
+	mi := &file_kiln_v1_build_proto_msgTypes[24]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2228,7 +2347,7 @@ func (x *GetBuildResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetBuildResponse.ProtoReflect.Descriptor instead.
 func (*GetBuildResponse) Descriptor() ([]byte, []int) {
-	return file_kiln_v1_build_proto_rawDescGZIP(), []int{23}
+	return file_kiln_v1_build_proto_rawDescGZIP(), []int{24}
 }
 
 func (x *GetBuildResponse) GetBuild() *Build {
@@ -2268,7 +2387,7 @@ type ListBuildsRequest struct {
 
 func (x *ListBuildsRequest) Reset() {
 	*x = ListBuildsRequest{}
-	mi := &file_kiln_v1_build_proto_msgTypes[24]
+	mi := &file_kiln_v1_build_proto_msgTypes[25]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2280,7 +2399,7 @@ func (x *ListBuildsRequest) String() string {
 func (*ListBuildsRequest) ProtoMessage() {}
 
 func (x *ListBuildsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_kiln_v1_build_proto_msgTypes[24]
+	mi := &file_kiln_v1_build_proto_msgTypes[25]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2293,7 +2412,7 @@ func (x *ListBuildsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListBuildsRequest.ProtoReflect.Descriptor instead.
 func (*ListBuildsRequest) Descriptor() ([]byte, []int) {
-	return file_kiln_v1_build_proto_rawDescGZIP(), []int{24}
+	return file_kiln_v1_build_proto_rawDescGZIP(), []int{25}
 }
 
 func (x *ListBuildsRequest) GetPageSize() int32 {
@@ -2365,7 +2484,7 @@ type ListBuildsResponse struct {
 
 func (x *ListBuildsResponse) Reset() {
 	*x = ListBuildsResponse{}
-	mi := &file_kiln_v1_build_proto_msgTypes[25]
+	mi := &file_kiln_v1_build_proto_msgTypes[26]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2377,7 +2496,7 @@ func (x *ListBuildsResponse) String() string {
 func (*ListBuildsResponse) ProtoMessage() {}
 
 func (x *ListBuildsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_kiln_v1_build_proto_msgTypes[25]
+	mi := &file_kiln_v1_build_proto_msgTypes[26]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2390,7 +2509,7 @@ func (x *ListBuildsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListBuildsResponse.ProtoReflect.Descriptor instead.
 func (*ListBuildsResponse) Descriptor() ([]byte, []int) {
-	return file_kiln_v1_build_proto_rawDescGZIP(), []int{25}
+	return file_kiln_v1_build_proto_rawDescGZIP(), []int{26}
 }
 
 func (x *ListBuildsResponse) GetBuilds() []*Build {
@@ -2420,7 +2539,7 @@ type RetryBuildRequest struct {
 
 func (x *RetryBuildRequest) Reset() {
 	*x = RetryBuildRequest{}
-	mi := &file_kiln_v1_build_proto_msgTypes[26]
+	mi := &file_kiln_v1_build_proto_msgTypes[27]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2432,7 +2551,7 @@ func (x *RetryBuildRequest) String() string {
 func (*RetryBuildRequest) ProtoMessage() {}
 
 func (x *RetryBuildRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_kiln_v1_build_proto_msgTypes[26]
+	mi := &file_kiln_v1_build_proto_msgTypes[27]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2445,7 +2564,7 @@ func (x *RetryBuildRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RetryBuildRequest.ProtoReflect.Descriptor instead.
 func (*RetryBuildRequest) Descriptor() ([]byte, []int) {
-	return file_kiln_v1_build_proto_rawDescGZIP(), []int{26}
+	return file_kiln_v1_build_proto_rawDescGZIP(), []int{27}
 }
 
 func (x *RetryBuildRequest) GetBuildId() string {
@@ -2473,7 +2592,7 @@ type RetryBuildResponse struct {
 
 func (x *RetryBuildResponse) Reset() {
 	*x = RetryBuildResponse{}
-	mi := &file_kiln_v1_build_proto_msgTypes[27]
+	mi := &file_kiln_v1_build_proto_msgTypes[28]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2485,7 +2604,7 @@ func (x *RetryBuildResponse) String() string {
 func (*RetryBuildResponse) ProtoMessage() {}
 
 func (x *RetryBuildResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_kiln_v1_build_proto_msgTypes[27]
+	mi := &file_kiln_v1_build_proto_msgTypes[28]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2498,7 +2617,7 @@ func (x *RetryBuildResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RetryBuildResponse.ProtoReflect.Descriptor instead.
 func (*RetryBuildResponse) Descriptor() ([]byte, []int) {
-	return file_kiln_v1_build_proto_rawDescGZIP(), []int{27}
+	return file_kiln_v1_build_proto_rawDescGZIP(), []int{28}
 }
 
 func (x *RetryBuildResponse) GetBuild() *Build {
@@ -2516,7 +2635,7 @@ type GetSecretsKeyRequest struct {
 
 func (x *GetSecretsKeyRequest) Reset() {
 	*x = GetSecretsKeyRequest{}
-	mi := &file_kiln_v1_build_proto_msgTypes[28]
+	mi := &file_kiln_v1_build_proto_msgTypes[29]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2528,7 +2647,7 @@ func (x *GetSecretsKeyRequest) String() string {
 func (*GetSecretsKeyRequest) ProtoMessage() {}
 
 func (x *GetSecretsKeyRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_kiln_v1_build_proto_msgTypes[28]
+	mi := &file_kiln_v1_build_proto_msgTypes[29]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2541,7 +2660,7 @@ func (x *GetSecretsKeyRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetSecretsKeyRequest.ProtoReflect.Descriptor instead.
 func (*GetSecretsKeyRequest) Descriptor() ([]byte, []int) {
-	return file_kiln_v1_build_proto_rawDescGZIP(), []int{28}
+	return file_kiln_v1_build_proto_rawDescGZIP(), []int{29}
 }
 
 type GetSecretsKeyResponse struct {
@@ -2558,7 +2677,7 @@ type GetSecretsKeyResponse struct {
 
 func (x *GetSecretsKeyResponse) Reset() {
 	*x = GetSecretsKeyResponse{}
-	mi := &file_kiln_v1_build_proto_msgTypes[29]
+	mi := &file_kiln_v1_build_proto_msgTypes[30]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2570,7 +2689,7 @@ func (x *GetSecretsKeyResponse) String() string {
 func (*GetSecretsKeyResponse) ProtoMessage() {}
 
 func (x *GetSecretsKeyResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_kiln_v1_build_proto_msgTypes[29]
+	mi := &file_kiln_v1_build_proto_msgTypes[30]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2583,7 +2702,7 @@ func (x *GetSecretsKeyResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetSecretsKeyResponse.ProtoReflect.Descriptor instead.
 func (*GetSecretsKeyResponse) Descriptor() ([]byte, []int) {
-	return file_kiln_v1_build_proto_rawDescGZIP(), []int{29}
+	return file_kiln_v1_build_proto_rawDescGZIP(), []int{30}
 }
 
 func (x *GetSecretsKeyResponse) GetPublicKey() []byte {
@@ -2611,7 +2730,7 @@ var File_kiln_v1_build_proto protoreflect.FileDescriptor
 
 const file_kiln_v1_build_proto_rawDesc = "" +
 	"\n" +
-	"\x13kiln/v1/build.proto\x12\akiln.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x15kiln/v1/context.proto\"\xa4\a\n" +
+	"\x13kiln/v1/build.proto\x12\akiln.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x15kiln/v1/context.proto\"\xdd\b\n" +
 	"\tBuildSpec\x12\x1e\n" +
 	"\n" +
 	"dockerfile\x18\x01 \x01(\tR\n" +
@@ -2638,7 +2757,13 @@ const file_kiln_v1_build_proto_rawDesc = "" +
 	"\atimeout\x18\x10 \x01(\v2\x19.google.protobuf.DurationR\atimeout\x123\n" +
 	"\n" +
 	"cache_from\x18\x11 \x03(\v2\x14.kiln.v1.CacheOptionR\tcacheFrom\x12/\n" +
-	"\bcache_to\x18\x12 \x03(\v2\x14.kiln.v1.CacheOptionR\acacheTo\x1a<\n" +
+	"\bcache_to\x18\x12 \x03(\v2\x14.kiln.v1.CacheOptionR\acacheTo\x12\x18\n" +
+	"\anetwork\x18\x13 \x01(\tR\anetwork\x12\x1f\n" +
+	"\vextra_hosts\x18\x14 \x03(\tR\n" +
+	"extraHosts\x12$\n" +
+	"\x0eshm_size_bytes\x18\x15 \x01(\x03R\fshmSizeBytes\x12)\n" +
+	"\aulimits\x18\x16 \x03(\v2\x0f.kiln.v1.UlimitR\aulimits\x12+\n" +
+	"\x11dockerfile_inline\x18\x17 \x01(\fR\x10dockerfileInline\x1a<\n" +
 	"\x0eBuildArgsEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
 	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\x1a9\n" +
@@ -2647,7 +2772,11 @@ const file_kiln_v1_build_proto_rawDesc = "" +
 	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\x1a>\n" +
 	"\x10AgentLabelsEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
-	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"\x92\x01\n" +
+	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"D\n" +
+	"\x06Ulimit\x12\x12\n" +
+	"\x04name\x18\x01 \x01(\tR\x04name\x12\x12\n" +
+	"\x04soft\x18\x02 \x01(\x03R\x04soft\x12\x12\n" +
+	"\x04hard\x18\x03 \x01(\x03R\x04hard\"\x92\x01\n" +
 	"\vCacheOption\x12\x12\n" +
 	"\x04type\x18\x01 \x01(\tR\x04type\x125\n" +
 	"\x05attrs\x18\x02 \x03(\v2\x1f.kiln.v1.CacheOption.AttrsEntryR\x05attrs\x1a8\n" +
@@ -2863,122 +2992,124 @@ func file_kiln_v1_build_proto_rawDescGZIP() []byte {
 }
 
 var file_kiln_v1_build_proto_enumTypes = make([]protoimpl.EnumInfo, 3)
-var file_kiln_v1_build_proto_msgTypes = make([]protoimpl.MessageInfo, 35)
+var file_kiln_v1_build_proto_msgTypes = make([]protoimpl.MessageInfo, 36)
 var file_kiln_v1_build_proto_goTypes = []any{
 	(Builder)(0),                  // 0: kiln.v1.Builder
 	(BuildState)(0),               // 1: kiln.v1.BuildState
 	(CacheEvent_Kind)(0),          // 2: kiln.v1.CacheEvent.Kind
 	(*BuildSpec)(nil),             // 3: kiln.v1.BuildSpec
-	(*CacheOption)(nil),           // 4: kiln.v1.CacheOption
-	(*TenantPolicy)(nil),          // 5: kiln.v1.TenantPolicy
-	(*SealedSecret)(nil),          // 6: kiln.v1.SealedSecret
-	(*Affinity)(nil),              // 7: kiln.v1.Affinity
-	(*PushedImage)(nil),           // 8: kiln.v1.PushedImage
-	(*BuildResult)(nil),           // 9: kiln.v1.BuildResult
-	(*CacheEvent)(nil),            // 10: kiln.v1.CacheEvent
-	(*Build)(nil),                 // 11: kiln.v1.Build
-	(*BuildAttempt)(nil),          // 12: kiln.v1.BuildAttempt
-	(*LogLine)(nil),               // 13: kiln.v1.LogLine
-	(*StepStarted)(nil),           // 14: kiln.v1.StepStarted
-	(*StepFinished)(nil),          // 15: kiln.v1.StepFinished
-	(*StateChanged)(nil),          // 16: kiln.v1.StateChanged
-	(*BuildFinished)(nil),         // 17: kiln.v1.BuildFinished
-	(*BuildEvent)(nil),            // 18: kiln.v1.BuildEvent
-	(*StartBuildRequest)(nil),     // 19: kiln.v1.StartBuildRequest
-	(*StartBuildResponse)(nil),    // 20: kiln.v1.StartBuildResponse
-	(*WatchBuildRequest)(nil),     // 21: kiln.v1.WatchBuildRequest
-	(*WatchBuildResponse)(nil),    // 22: kiln.v1.WatchBuildResponse
-	(*CancelBuildRequest)(nil),    // 23: kiln.v1.CancelBuildRequest
-	(*CancelBuildResponse)(nil),   // 24: kiln.v1.CancelBuildResponse
-	(*GetBuildRequest)(nil),       // 25: kiln.v1.GetBuildRequest
-	(*GetBuildResponse)(nil),      // 26: kiln.v1.GetBuildResponse
-	(*ListBuildsRequest)(nil),     // 27: kiln.v1.ListBuildsRequest
-	(*ListBuildsResponse)(nil),    // 28: kiln.v1.ListBuildsResponse
-	(*RetryBuildRequest)(nil),     // 29: kiln.v1.RetryBuildRequest
-	(*RetryBuildResponse)(nil),    // 30: kiln.v1.RetryBuildResponse
-	(*GetSecretsKeyRequest)(nil),  // 31: kiln.v1.GetSecretsKeyRequest
-	(*GetSecretsKeyResponse)(nil), // 32: kiln.v1.GetSecretsKeyResponse
-	nil,                           // 33: kiln.v1.BuildSpec.BuildArgsEntry
-	nil,                           // 34: kiln.v1.BuildSpec.LabelsEntry
-	nil,                           // 35: kiln.v1.BuildSpec.AgentLabelsEntry
-	nil,                           // 36: kiln.v1.CacheOption.AttrsEntry
-	nil,                           // 37: kiln.v1.Build.TraceContextEntry
-	(*durationpb.Duration)(nil),   // 38: google.protobuf.Duration
-	(*ContextRef)(nil),            // 39: kiln.v1.ContextRef
-	(*timestamppb.Timestamp)(nil), // 40: google.protobuf.Timestamp
+	(*Ulimit)(nil),                // 4: kiln.v1.Ulimit
+	(*CacheOption)(nil),           // 5: kiln.v1.CacheOption
+	(*TenantPolicy)(nil),          // 6: kiln.v1.TenantPolicy
+	(*SealedSecret)(nil),          // 7: kiln.v1.SealedSecret
+	(*Affinity)(nil),              // 8: kiln.v1.Affinity
+	(*PushedImage)(nil),           // 9: kiln.v1.PushedImage
+	(*BuildResult)(nil),           // 10: kiln.v1.BuildResult
+	(*CacheEvent)(nil),            // 11: kiln.v1.CacheEvent
+	(*Build)(nil),                 // 12: kiln.v1.Build
+	(*BuildAttempt)(nil),          // 13: kiln.v1.BuildAttempt
+	(*LogLine)(nil),               // 14: kiln.v1.LogLine
+	(*StepStarted)(nil),           // 15: kiln.v1.StepStarted
+	(*StepFinished)(nil),          // 16: kiln.v1.StepFinished
+	(*StateChanged)(nil),          // 17: kiln.v1.StateChanged
+	(*BuildFinished)(nil),         // 18: kiln.v1.BuildFinished
+	(*BuildEvent)(nil),            // 19: kiln.v1.BuildEvent
+	(*StartBuildRequest)(nil),     // 20: kiln.v1.StartBuildRequest
+	(*StartBuildResponse)(nil),    // 21: kiln.v1.StartBuildResponse
+	(*WatchBuildRequest)(nil),     // 22: kiln.v1.WatchBuildRequest
+	(*WatchBuildResponse)(nil),    // 23: kiln.v1.WatchBuildResponse
+	(*CancelBuildRequest)(nil),    // 24: kiln.v1.CancelBuildRequest
+	(*CancelBuildResponse)(nil),   // 25: kiln.v1.CancelBuildResponse
+	(*GetBuildRequest)(nil),       // 26: kiln.v1.GetBuildRequest
+	(*GetBuildResponse)(nil),      // 27: kiln.v1.GetBuildResponse
+	(*ListBuildsRequest)(nil),     // 28: kiln.v1.ListBuildsRequest
+	(*ListBuildsResponse)(nil),    // 29: kiln.v1.ListBuildsResponse
+	(*RetryBuildRequest)(nil),     // 30: kiln.v1.RetryBuildRequest
+	(*RetryBuildResponse)(nil),    // 31: kiln.v1.RetryBuildResponse
+	(*GetSecretsKeyRequest)(nil),  // 32: kiln.v1.GetSecretsKeyRequest
+	(*GetSecretsKeyResponse)(nil), // 33: kiln.v1.GetSecretsKeyResponse
+	nil,                           // 34: kiln.v1.BuildSpec.BuildArgsEntry
+	nil,                           // 35: kiln.v1.BuildSpec.LabelsEntry
+	nil,                           // 36: kiln.v1.BuildSpec.AgentLabelsEntry
+	nil,                           // 37: kiln.v1.CacheOption.AttrsEntry
+	nil,                           // 38: kiln.v1.Build.TraceContextEntry
+	(*durationpb.Duration)(nil),   // 39: google.protobuf.Duration
+	(*ContextRef)(nil),            // 40: kiln.v1.ContextRef
+	(*timestamppb.Timestamp)(nil), // 41: google.protobuf.Timestamp
 }
 var file_kiln_v1_build_proto_depIdxs = []int32{
-	33, // 0: kiln.v1.BuildSpec.build_args:type_name -> kiln.v1.BuildSpec.BuildArgsEntry
-	34, // 1: kiln.v1.BuildSpec.labels:type_name -> kiln.v1.BuildSpec.LabelsEntry
-	35, // 2: kiln.v1.BuildSpec.agent_labels:type_name -> kiln.v1.BuildSpec.AgentLabelsEntry
-	6,  // 3: kiln.v1.BuildSpec.secrets:type_name -> kiln.v1.SealedSecret
+	34, // 0: kiln.v1.BuildSpec.build_args:type_name -> kiln.v1.BuildSpec.BuildArgsEntry
+	35, // 1: kiln.v1.BuildSpec.labels:type_name -> kiln.v1.BuildSpec.LabelsEntry
+	36, // 2: kiln.v1.BuildSpec.agent_labels:type_name -> kiln.v1.BuildSpec.AgentLabelsEntry
+	7,  // 3: kiln.v1.BuildSpec.secrets:type_name -> kiln.v1.SealedSecret
 	0,  // 4: kiln.v1.BuildSpec.builder:type_name -> kiln.v1.Builder
-	6,  // 5: kiln.v1.BuildSpec.registry_auth:type_name -> kiln.v1.SealedSecret
-	38, // 6: kiln.v1.BuildSpec.timeout:type_name -> google.protobuf.Duration
-	4,  // 7: kiln.v1.BuildSpec.cache_from:type_name -> kiln.v1.CacheOption
-	4,  // 8: kiln.v1.BuildSpec.cache_to:type_name -> kiln.v1.CacheOption
-	36, // 9: kiln.v1.CacheOption.attrs:type_name -> kiln.v1.CacheOption.AttrsEntry
-	8,  // 10: kiln.v1.BuildResult.pushed:type_name -> kiln.v1.PushedImage
-	0,  // 11: kiln.v1.BuildResult.builder:type_name -> kiln.v1.Builder
-	2,  // 12: kiln.v1.CacheEvent.kind:type_name -> kiln.v1.CacheEvent.Kind
-	38, // 13: kiln.v1.CacheEvent.duration:type_name -> google.protobuf.Duration
-	3,  // 14: kiln.v1.Build.spec:type_name -> kiln.v1.BuildSpec
-	39, // 15: kiln.v1.Build.context:type_name -> kiln.v1.ContextRef
-	1,  // 16: kiln.v1.Build.state:type_name -> kiln.v1.BuildState
-	40, // 17: kiln.v1.Build.created_at:type_name -> google.protobuf.Timestamp
-	40, // 18: kiln.v1.Build.started_at:type_name -> google.protobuf.Timestamp
-	40, // 19: kiln.v1.Build.finished_at:type_name -> google.protobuf.Timestamp
-	9,  // 20: kiln.v1.Build.result:type_name -> kiln.v1.BuildResult
-	40, // 21: kiln.v1.Build.lease_expires_at:type_name -> google.protobuf.Timestamp
-	37, // 22: kiln.v1.Build.trace_context:type_name -> kiln.v1.Build.TraceContextEntry
-	7,  // 23: kiln.v1.Build.affinity:type_name -> kiln.v1.Affinity
-	40, // 24: kiln.v1.Build.queued_at:type_name -> google.protobuf.Timestamp
-	5,  // 25: kiln.v1.Build.policy:type_name -> kiln.v1.TenantPolicy
-	12, // 26: kiln.v1.Build.attempts:type_name -> kiln.v1.BuildAttempt
-	40, // 27: kiln.v1.BuildAttempt.assigned_at:type_name -> google.protobuf.Timestamp
-	40, // 28: kiln.v1.BuildAttempt.started_at:type_name -> google.protobuf.Timestamp
-	40, // 29: kiln.v1.BuildAttempt.ended_at:type_name -> google.protobuf.Timestamp
-	38, // 30: kiln.v1.StepFinished.duration:type_name -> google.protobuf.Duration
-	1,  // 31: kiln.v1.StateChanged.state:type_name -> kiln.v1.BuildState
-	1,  // 32: kiln.v1.BuildFinished.state:type_name -> kiln.v1.BuildState
-	9,  // 33: kiln.v1.BuildFinished.result:type_name -> kiln.v1.BuildResult
-	40, // 34: kiln.v1.BuildEvent.time:type_name -> google.protobuf.Timestamp
-	16, // 35: kiln.v1.BuildEvent.state:type_name -> kiln.v1.StateChanged
-	13, // 36: kiln.v1.BuildEvent.log:type_name -> kiln.v1.LogLine
-	14, // 37: kiln.v1.BuildEvent.step_started:type_name -> kiln.v1.StepStarted
-	15, // 38: kiln.v1.BuildEvent.step_finished:type_name -> kiln.v1.StepFinished
-	8,  // 39: kiln.v1.BuildEvent.pushed:type_name -> kiln.v1.PushedImage
-	17, // 40: kiln.v1.BuildEvent.finished:type_name -> kiln.v1.BuildFinished
-	10, // 41: kiln.v1.BuildEvent.cache:type_name -> kiln.v1.CacheEvent
-	3,  // 42: kiln.v1.StartBuildRequest.spec:type_name -> kiln.v1.BuildSpec
-	39, // 43: kiln.v1.StartBuildRequest.context:type_name -> kiln.v1.ContextRef
-	11, // 44: kiln.v1.StartBuildResponse.build:type_name -> kiln.v1.Build
-	18, // 45: kiln.v1.WatchBuildResponse.event:type_name -> kiln.v1.BuildEvent
-	11, // 46: kiln.v1.CancelBuildResponse.build:type_name -> kiln.v1.Build
-	11, // 47: kiln.v1.GetBuildResponse.build:type_name -> kiln.v1.Build
-	1,  // 48: kiln.v1.ListBuildsRequest.states:type_name -> kiln.v1.BuildState
-	40, // 49: kiln.v1.ListBuildsRequest.since:type_name -> google.protobuf.Timestamp
-	11, // 50: kiln.v1.ListBuildsResponse.builds:type_name -> kiln.v1.Build
-	11, // 51: kiln.v1.RetryBuildResponse.build:type_name -> kiln.v1.Build
-	19, // 52: kiln.v1.BuildService.StartBuild:input_type -> kiln.v1.StartBuildRequest
-	21, // 53: kiln.v1.BuildService.WatchBuild:input_type -> kiln.v1.WatchBuildRequest
-	23, // 54: kiln.v1.BuildService.CancelBuild:input_type -> kiln.v1.CancelBuildRequest
-	25, // 55: kiln.v1.BuildService.GetBuild:input_type -> kiln.v1.GetBuildRequest
-	27, // 56: kiln.v1.BuildService.ListBuilds:input_type -> kiln.v1.ListBuildsRequest
-	29, // 57: kiln.v1.BuildService.RetryBuild:input_type -> kiln.v1.RetryBuildRequest
-	31, // 58: kiln.v1.BuildService.GetSecretsKey:input_type -> kiln.v1.GetSecretsKeyRequest
-	20, // 59: kiln.v1.BuildService.StartBuild:output_type -> kiln.v1.StartBuildResponse
-	22, // 60: kiln.v1.BuildService.WatchBuild:output_type -> kiln.v1.WatchBuildResponse
-	24, // 61: kiln.v1.BuildService.CancelBuild:output_type -> kiln.v1.CancelBuildResponse
-	26, // 62: kiln.v1.BuildService.GetBuild:output_type -> kiln.v1.GetBuildResponse
-	28, // 63: kiln.v1.BuildService.ListBuilds:output_type -> kiln.v1.ListBuildsResponse
-	30, // 64: kiln.v1.BuildService.RetryBuild:output_type -> kiln.v1.RetryBuildResponse
-	32, // 65: kiln.v1.BuildService.GetSecretsKey:output_type -> kiln.v1.GetSecretsKeyResponse
-	59, // [59:66] is the sub-list for method output_type
-	52, // [52:59] is the sub-list for method input_type
-	52, // [52:52] is the sub-list for extension type_name
-	52, // [52:52] is the sub-list for extension extendee
-	0,  // [0:52] is the sub-list for field type_name
+	7,  // 5: kiln.v1.BuildSpec.registry_auth:type_name -> kiln.v1.SealedSecret
+	39, // 6: kiln.v1.BuildSpec.timeout:type_name -> google.protobuf.Duration
+	5,  // 7: kiln.v1.BuildSpec.cache_from:type_name -> kiln.v1.CacheOption
+	5,  // 8: kiln.v1.BuildSpec.cache_to:type_name -> kiln.v1.CacheOption
+	4,  // 9: kiln.v1.BuildSpec.ulimits:type_name -> kiln.v1.Ulimit
+	37, // 10: kiln.v1.CacheOption.attrs:type_name -> kiln.v1.CacheOption.AttrsEntry
+	9,  // 11: kiln.v1.BuildResult.pushed:type_name -> kiln.v1.PushedImage
+	0,  // 12: kiln.v1.BuildResult.builder:type_name -> kiln.v1.Builder
+	2,  // 13: kiln.v1.CacheEvent.kind:type_name -> kiln.v1.CacheEvent.Kind
+	39, // 14: kiln.v1.CacheEvent.duration:type_name -> google.protobuf.Duration
+	3,  // 15: kiln.v1.Build.spec:type_name -> kiln.v1.BuildSpec
+	40, // 16: kiln.v1.Build.context:type_name -> kiln.v1.ContextRef
+	1,  // 17: kiln.v1.Build.state:type_name -> kiln.v1.BuildState
+	41, // 18: kiln.v1.Build.created_at:type_name -> google.protobuf.Timestamp
+	41, // 19: kiln.v1.Build.started_at:type_name -> google.protobuf.Timestamp
+	41, // 20: kiln.v1.Build.finished_at:type_name -> google.protobuf.Timestamp
+	10, // 21: kiln.v1.Build.result:type_name -> kiln.v1.BuildResult
+	41, // 22: kiln.v1.Build.lease_expires_at:type_name -> google.protobuf.Timestamp
+	38, // 23: kiln.v1.Build.trace_context:type_name -> kiln.v1.Build.TraceContextEntry
+	8,  // 24: kiln.v1.Build.affinity:type_name -> kiln.v1.Affinity
+	41, // 25: kiln.v1.Build.queued_at:type_name -> google.protobuf.Timestamp
+	6,  // 26: kiln.v1.Build.policy:type_name -> kiln.v1.TenantPolicy
+	13, // 27: kiln.v1.Build.attempts:type_name -> kiln.v1.BuildAttempt
+	41, // 28: kiln.v1.BuildAttempt.assigned_at:type_name -> google.protobuf.Timestamp
+	41, // 29: kiln.v1.BuildAttempt.started_at:type_name -> google.protobuf.Timestamp
+	41, // 30: kiln.v1.BuildAttempt.ended_at:type_name -> google.protobuf.Timestamp
+	39, // 31: kiln.v1.StepFinished.duration:type_name -> google.protobuf.Duration
+	1,  // 32: kiln.v1.StateChanged.state:type_name -> kiln.v1.BuildState
+	1,  // 33: kiln.v1.BuildFinished.state:type_name -> kiln.v1.BuildState
+	10, // 34: kiln.v1.BuildFinished.result:type_name -> kiln.v1.BuildResult
+	41, // 35: kiln.v1.BuildEvent.time:type_name -> google.protobuf.Timestamp
+	17, // 36: kiln.v1.BuildEvent.state:type_name -> kiln.v1.StateChanged
+	14, // 37: kiln.v1.BuildEvent.log:type_name -> kiln.v1.LogLine
+	15, // 38: kiln.v1.BuildEvent.step_started:type_name -> kiln.v1.StepStarted
+	16, // 39: kiln.v1.BuildEvent.step_finished:type_name -> kiln.v1.StepFinished
+	9,  // 40: kiln.v1.BuildEvent.pushed:type_name -> kiln.v1.PushedImage
+	18, // 41: kiln.v1.BuildEvent.finished:type_name -> kiln.v1.BuildFinished
+	11, // 42: kiln.v1.BuildEvent.cache:type_name -> kiln.v1.CacheEvent
+	3,  // 43: kiln.v1.StartBuildRequest.spec:type_name -> kiln.v1.BuildSpec
+	40, // 44: kiln.v1.StartBuildRequest.context:type_name -> kiln.v1.ContextRef
+	12, // 45: kiln.v1.StartBuildResponse.build:type_name -> kiln.v1.Build
+	19, // 46: kiln.v1.WatchBuildResponse.event:type_name -> kiln.v1.BuildEvent
+	12, // 47: kiln.v1.CancelBuildResponse.build:type_name -> kiln.v1.Build
+	12, // 48: kiln.v1.GetBuildResponse.build:type_name -> kiln.v1.Build
+	1,  // 49: kiln.v1.ListBuildsRequest.states:type_name -> kiln.v1.BuildState
+	41, // 50: kiln.v1.ListBuildsRequest.since:type_name -> google.protobuf.Timestamp
+	12, // 51: kiln.v1.ListBuildsResponse.builds:type_name -> kiln.v1.Build
+	12, // 52: kiln.v1.RetryBuildResponse.build:type_name -> kiln.v1.Build
+	20, // 53: kiln.v1.BuildService.StartBuild:input_type -> kiln.v1.StartBuildRequest
+	22, // 54: kiln.v1.BuildService.WatchBuild:input_type -> kiln.v1.WatchBuildRequest
+	24, // 55: kiln.v1.BuildService.CancelBuild:input_type -> kiln.v1.CancelBuildRequest
+	26, // 56: kiln.v1.BuildService.GetBuild:input_type -> kiln.v1.GetBuildRequest
+	28, // 57: kiln.v1.BuildService.ListBuilds:input_type -> kiln.v1.ListBuildsRequest
+	30, // 58: kiln.v1.BuildService.RetryBuild:input_type -> kiln.v1.RetryBuildRequest
+	32, // 59: kiln.v1.BuildService.GetSecretsKey:input_type -> kiln.v1.GetSecretsKeyRequest
+	21, // 60: kiln.v1.BuildService.StartBuild:output_type -> kiln.v1.StartBuildResponse
+	23, // 61: kiln.v1.BuildService.WatchBuild:output_type -> kiln.v1.WatchBuildResponse
+	25, // 62: kiln.v1.BuildService.CancelBuild:output_type -> kiln.v1.CancelBuildResponse
+	27, // 63: kiln.v1.BuildService.GetBuild:output_type -> kiln.v1.GetBuildResponse
+	29, // 64: kiln.v1.BuildService.ListBuilds:output_type -> kiln.v1.ListBuildsResponse
+	31, // 65: kiln.v1.BuildService.RetryBuild:output_type -> kiln.v1.RetryBuildResponse
+	33, // 66: kiln.v1.BuildService.GetSecretsKey:output_type -> kiln.v1.GetSecretsKeyResponse
+	60, // [60:67] is the sub-list for method output_type
+	53, // [53:60] is the sub-list for method input_type
+	53, // [53:53] is the sub-list for extension type_name
+	53, // [53:53] is the sub-list for extension extendee
+	0,  // [0:53] is the sub-list for field type_name
 }
 
 func init() { file_kiln_v1_build_proto_init() }
@@ -2987,7 +3118,7 @@ func file_kiln_v1_build_proto_init() {
 		return
 	}
 	file_kiln_v1_context_proto_init()
-	file_kiln_v1_build_proto_msgTypes[15].OneofWrappers = []any{
+	file_kiln_v1_build_proto_msgTypes[16].OneofWrappers = []any{
 		(*BuildEvent_State)(nil),
 		(*BuildEvent_Log)(nil),
 		(*BuildEvent_StepStarted)(nil),
@@ -3002,7 +3133,7 @@ func file_kiln_v1_build_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_kiln_v1_build_proto_rawDesc), len(file_kiln_v1_build_proto_rawDesc)),
 			NumEnums:      3,
-			NumMessages:   35,
+			NumMessages:   36,
 			NumExtensions: 0,
 			NumServices:   1,
 		},
