@@ -4,12 +4,23 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"net/http"
 
 	"github.com/containerd/containerd/v2/core/remotes/docker"
 	"github.com/containerd/errdefs"
+	clog "github.com/containerd/log"
 	"github.com/distribution/reference"
+	"github.com/sirupsen/logrus"
 )
+
+// quiet is a logger for containerd's resolver, which logs every 404 it
+// meets: a missing warm start ref is no news.
+var quiet = func() *logrus.Entry {
+	l := logrus.New()
+	l.Out = io.Discard
+	return logrus.NewEntry(l)
+}()
 
 // ProbeCacheRef asks ref's registry whether it holds ref, a cache manifest
 // or an image with inline cache, as an engine would before importing from
@@ -23,6 +34,7 @@ func ProbeCacheRef(ctx context.Context, ref string, creds Credentials) error {
 		return fmt.Errorf("cache ref %q: %w", ref, err)
 	}
 	named = reference.TagNameOnly(named)
+	ctx = clog.WithLogger(ctx, quiet)
 	provider := creds.authProvider()
 	auth := docker.NewDockerAuthorizer(docker.WithAuthClient(http.DefaultClient), docker.WithAuthCreds(func(host string) (string, string, error) {
 		ac, err := provider(ctx, host, nil, nil)
