@@ -24,6 +24,7 @@ type RunOptions struct {
 	SecretsKey SecretsKeyFlags
 	Tenants    TenantsFlags
 	TLS        TLSFlags
+	UI         UIFlags
 }
 
 // Flags registers the options on fs (each also read from KILN_<FLAG>).
@@ -34,6 +35,7 @@ func (o *RunOptions) Flags(fs *flag.FlagSet) {
 	o.SecretsKey.Flags(fs)
 	o.Tenants.Flags(fs)
 	o.TLS.Flags(fs)
+	o.UI.Flags(fs)
 }
 
 // Run connects to NATS and serves the gateway until ctx ends.
@@ -79,6 +81,7 @@ func Run(ctx context.Context, o RunOptions) error {
 		lis.Close()
 		return err
 	}
+	hs.Handle("/ui/", g.UI(o.UI))
 	if err := readyfile.Write(o.ReadyFile, map[string]string{"grpc": lis.Addr().String(), "http": hs.Addr()}); err != nil {
 		lis.Close()
 		return err

@@ -46,6 +46,7 @@ type options struct {
 	agent                          agent.EngineOptions
 	tenants                        gateway.TenantsFlags
 	tls                            gateway.TLSFlags
+	ui                             gateway.UIFlags
 }
 
 func main() {
@@ -71,6 +72,7 @@ func main() {
 		o.agent.Flags(fs, agent.DefaultKilndDrainTimeout)
 		o.tenants.Flags(fs)
 		o.tls.Flags(fs)
+		o.ui.Flags(fs)
 	}, func(ctx context.Context) error {
 		if o.agent.Name == "" {
 			o.agent.Name = "kilnd"
@@ -162,6 +164,7 @@ func run(ctx context.Context, o options, log *slog.Logger) error {
 		lis.Close()
 		return err
 	}
+	hs.Handle("/ui/", gw.UI(o.ui))
 
 	// The parts stop last started first (service.Group): the agent stops
 	// taking work and drains while the scheduler still takes its reports
