@@ -28,6 +28,23 @@ type BuildOptions struct {
 	NoCache    bool              // --no-cache
 	Pull       bool              // --pull: always fetch newer base images
 	Auth       Credentials       // the build's registry credentials, over this host's
+	// Network is the RUN steps' network: "" (the engine's default),
+	// "none" or "host" (--network; the agent has checked the policy).
+	Network string
+	// ExtraHosts are /etc/hosts entries for RUN steps, each "host:ip"
+	// (--add-host, as proto/rules/buildflags leaves them).
+	ExtraHosts []string
+	// ShmSize is RUN steps' /dev/shm size in bytes (0: the engine's).
+	ShmSize int64
+	// Ulimits are RUN steps' resource limits (--ulimit).
+	Ulimits []Ulimit
+}
+
+// Ulimit is one --ulimit: a limit name ("nofile") and its soft and hard
+// values (-1: unlimited).
+type Ulimit struct {
+	Name       string
+	Soft, Hard int64
 }
 
 // Reporter receives a build's progress as it happens. Build calls it on the
@@ -101,6 +118,10 @@ func (d *Docker) Build(ctx context.Context, contextTar io.Reader, o BuildOptions
 		Remove:      true,
 		ForceRemove: true,
 		AuthConfigs: o.Auth.classicAuthConfigs(),
+		NetworkMode: o.Network,
+		ExtraHosts:  o.ExtraHosts,
+		ShmSize:     o.ShmSize,
+		Ulimits:     dockerUlimits(o.Ulimits),
 	})
 	if err != nil {
 		return Result{}, d.requestError(ctx, err)
@@ -161,6 +182,15 @@ func buildArgs(in map[string]string) map[string]*string {
 		args[k] = &v
 	}
 	return args
+}
+
+// dockerUlimits is --ulimit as the Engine API takes it.
+func dockerUlimits(in []Ulimit) []*container.Ulimit {
+	var out []*container.Ulimit
+	for _, u := range in {
+		out = append(out, &container.Ulimit{Name: u.Name, Soft: u.Soft, Hard: u.Hard})
+	}
+	return out
 }
 
 // requestError says why POST /build was refused: the build was cancelled,

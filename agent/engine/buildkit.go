@@ -146,6 +146,10 @@ func (d *Docker) BuildKit(ctx context.Context, o BuildKitOptions, r Reporter) (B
 		Labels:        o.Labels,
 		NoCache:       o.NoCache,
 		PullParent:    o.Pull,
+		NetworkMode:   o.Network,
+		ExtraHosts:    o.ExtraHosts,
+		ShmSize:       o.ShmSize,
+		Ulimits:       dockerUlimits(o.Ulimits),
 	})
 	if err != nil {
 		return BuildKitResult{}, d.requestError(ctx, err)

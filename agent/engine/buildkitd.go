@@ -10,6 +10,7 @@ import (
 	"maps"
 	"net"
 	"os"
+	"strconv"
 	"strings"
 	"syscall"
 
@@ -308,6 +309,7 @@ func (b *BuildKitd) solve(ctx context.Context, o BuildKitOptions, exports []clie
 	opt := client.SolveOpt{
 		Frontend:              "dockerfile.v0",
 		FrontendAttrs:         frontendAttrs(o, bs.dockerfile),
+		AllowedEntitlements:   entitlements(o),
 		Exports:               exports,
 		CacheImports:          cacheEntries(from),
 		CacheExports:          cacheEntries(to),
@@ -375,7 +377,38 @@ func frontendAttrs(o BuildKitOptions, dockerfile string) map[string]string {
 	if o.Pull {
 		attrs["image-resolve-mode"] = "pull"
 	}
+	if o.Network != "" {
+		attrs["force-network-mode"] = o.Network
+	}
+	var hosts []string
+	for _, h := range o.ExtraHosts {
+		name, ip, _ := strings.Cut(h, ":")
+		hosts = append(hosts, name+"="+ip)
+	}
+	if len(hosts) > 0 {
+		attrs["add-hosts"] = strings.Join(hosts, ",")
+	}
+	if o.ShmSize > 0 {
+		attrs["shm-size"] = strconv.FormatInt(o.ShmSize, 10)
+	}
+	var ulimits []string
+	for _, u := range o.Ulimits {
+		ulimits = append(ulimits, fmt.Sprintf("%s=%d:%d", u.Name, u.Soft, u.Hard))
+	}
+	if len(ulimits) > 0 {
+		attrs["ulimit"] = strings.Join(ulimits, ",")
+	}
 	return attrs
+}
+
+// entitlements are what o's build needs the daemon to allow (buildx
+// --allow): the host's network for --network host, which the daemon
+// grants only when started with --allow-insecure-entitlement network.host.
+func entitlements(o BuildKitOptions) []string {
+	if o.Network == "host" {
+		return []string{"network.host"}
+	}
+	return nil
 }
 
 func cacheEntries(opts []CacheOption) []client.CacheOptionsEntry {
