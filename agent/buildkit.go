@@ -127,5 +127,18 @@ func buildOptions(spec *kilnv1.BuildSpec, creds engine.Credentials) engine.Build
 		Labels:     spec.Labels,
 		NoCache:    spec.NoCache,
 		Pull:       spec.Pull,
+		Network:    spec.Network,
+		ExtraHosts: spec.ExtraHosts,
+		ShmSize:    spec.ShmSizeBytes,
+		Ulimits:    ulimits(spec.Ulimits),
 	}
+}
+
+// ulimits are the spec's --ulimit values as the engine takes them.
+func ulimits(in []*kilnv1.Ulimit) []engine.Ulimit {
+	var out []engine.Ulimit
+	for _, u := range in {
+		out = append(out, engine.Ulimit{Name: u.Name, Soft: u.Soft, Hard: u.Hard})
+	}
+	return out
 }
