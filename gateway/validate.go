@@ -1,6 +1,8 @@
 package gateway
 
 import (
+	"context"
+	"errors"
 	"fmt"
 	"strings"
 
@@ -9,7 +11,9 @@ import (
 	"google.golang.org/grpc/status"
 
 	kilnv1 "github.com/kilnbuild/kiln/proto/gen/go/kiln/v1"
+	"github.com/kilnbuild/kiln/proto/rules"
 	"github.com/kilnbuild/kiln/proto/rules/buildctx"
+	"github.com/kilnbuild/kiln/proto/rules/buildflags"
 	"github.com/kilnbuild/kiln/proto/rules/buildtimeout"
 	"github.com/kilnbuild/kiln/proto/rules/cacheopt"
 )
@@ -33,6 +37,9 @@ func validateSpec(spec *kilnv1.BuildSpec) error {
 	}
 	if spec.Dockerfile == "" {
 		spec.Dockerfile = "Dockerfile"
+	}
+	if len(spec.DockerfileInline) > 0 && spec.Builder == kilnv1.Builder_BUILDER_CLASSIC {
+		return invalid("a Dockerfile sent apart from the context (-f outside it, -f -) needs the BuildKit builder: drop --builder classic")
 	}
 	df, err := buildctx.CleanPath(spec.Dockerfile)
 	if err != nil {
@@ -89,7 +96,30 @@ func validateSpec(spec *kilnv1.BuildSpec) error {
 	if err := cacheopt.ValidateAll(spec.CacheFrom, spec.CacheTo); err != nil {
 		return invalid("%v", err)
 	}
+	if err := buildflags.Validate(spec); err != nil {
+		if errors.Is(err, rules.ErrOverLimit) {
+			return status.Errorf(codes.ResourceExhausted, "%v", err)
+		}
+		return invalid("%v", err)
+	}
 	return validateSecrets(spec)
+}
+
+// checkNetworkPolicy refuses --network host to a tenant whose policy does
+// not allow it, with codes.PermissionDenied naming the setting. A local
+// caller's builds carry no policy: the agent's own flags decide.
+func checkNetworkPolicy(ctx context.Context, spec *kilnv1.BuildSpec) error {
+	c := callerOf(ctx)
+	if c.local {
+		return nil
+	}
+	if err := buildflags.CheckNetwork(spec.GetNetwork(), c.tenant.BuildPolicy().GetAllowNetworkHost()); err != nil {
+		if errors.Is(err, buildflags.ErrNetworkHost) {
+			return status.Errorf(codes.PermissionDenied, "tenant %s: %v", c.tenant.Name, err)
+		}
+		return invalid("%v", err)
+	}
+	return nil
 }
 
 // ValidateTag checks that t is a docker image reference a build may be
