@@ -196,7 +196,7 @@
         b.style.marginLeft = left.toFixed(2) + "%";
         b.style.width = Math.min(100 - left, width).toFixed(2) + "%";
         rowsOut.push(el("li", { class: "step " + (cls || "") },
-          el("span", { class: "label", text: label }), extra || null,
+          el("span", { class: "label", text: label }), extra || el("span", {}),
           el("span", { class: "dur", text: fmtDur((to - from) / 1000) }),
           el("span", { class: "track", "aria-hidden": "true" }, b)));
       };
