@@ -9,6 +9,7 @@ import (
 	"time"
 
 	kilnv1 "github.com/kilnbuild/kiln/proto/gen/go/kiln/v1"
+	"github.com/kilnbuild/kiln/proto/rules/buildflags"
 	"github.com/kilnbuild/kiln/proto/rules/cacheopt"
 	"github.com/kilnbuild/kiln/proto/rules/seal"
 	"google.golang.org/grpc/codes"
@@ -179,6 +180,9 @@ func (c *Client) start(ctx context.Context, req BuildRequest) (*kilnv1.Build, er
 	}
 	spec.CacheFrom, spec.CacheTo = append(spec.CacheFrom, from...), append(spec.CacheTo, to...)
 	if err := cacheopt.ValidateAll(spec.CacheFrom, spec.CacheTo); err != nil {
+		return nil, fmt.Errorf("starting build: %w", invalidArgumentf("%s", err))
+	}
+	if err := buildflags.Validate(spec); err != nil {
 		return nil, fmt.Errorf("starting build: %w", invalidArgumentf("%s", err))
 	}
 	if len(req.Secrets) > 0 || len(req.RegistryAuth) > 0 {

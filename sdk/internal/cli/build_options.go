@@ -68,6 +68,7 @@ type buildFlags struct {
 	detach                     bool
 	timeout                    time.Duration
 	cacheFrom, cacheTo         []string
+	run                        runFlags
 }
 
 // newBuildFlagSet returns the flag set of `kiln build`, docker-buildx
@@ -98,7 +99,9 @@ func newBuildFlagSet(f *buildFlags) *pflag.FlagSet {
 	fs.BoolVarP(&f.detach, "detach", "d", false, "Print the build's id once it is queued and exit; 'kiln logs -f ID' follows it")
 	fs.StringArrayVar(&f.cacheFrom, "cache-from", nil, `External cache source (e.g. "type=registry,ref=registry:5000/app:cache", or a bare ref); repeatable`)
 	fs.StringArrayVar(&f.cacheTo, "cache-to", nil, `Cache export destination (e.g. "type=registry,ref=registry:5000/app:cache,mode=max" — needs a BuildKit-engine agent — or "type=inline"); repeatable`)
+	f.run.register(fs)
 	fs.DurationVar(&f.timeout, "timeout", 0, "Let the farm cancel the build once it has taken this long since it was queued (e.g. 30m; at most 24h; exit status 124)")
+	f.run.registerBuildx(fs)
 	return fs
 }
 
@@ -155,7 +158,13 @@ func parseBuildArgs(args []string, lookupEnv func(string) (string, bool)) (*buil
 		}
 	}
 	o.spec.Tags = f.tags
-	if f.push && len(f.tags) == 0 {
+	if err := f.run.checkBuildx(fset, o.spec, func(w string) { o.warnings = append(o.warnings, w) }); err != nil {
+		return nil, err
+	}
+	if err := f.run.apply(o.spec); err != nil {
+		return nil, err
+	}
+	if o.spec.Push && len(f.tags) == 0 {
 		return nil, &usageError{msg: "--push needs at least one --tag naming where to push"}
 	}
 

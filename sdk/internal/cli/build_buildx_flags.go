@@ -1,0 +1,247 @@
+package cli
+
+import (
+	"fmt"
+	"strings"
+
+	kilnv1 "github.com/kilnbuild/kiln/proto/gen/go/kiln/v1"
+	"github.com/kilnbuild/kiln/proto/rules/buildflags"
+	"github.com/spf13/pflag"
+)
+
+// runFlags holds the raw values of the flags that shape RUN steps.
+type runFlags struct {
+	network   string
+	addHosts  []string
+	shmSize   string
+	ulimits   []string
+	buildx    map[string]*buildxFlag // the other buildx flags, by name
+	buildxSet []string               // their names in buildxFlags' order
+}
+
+// register adds --network, --add-host, --shm-size and --ulimit.
+func (f *runFlags) register(fs *pflag.FlagSet) {
+	fs.StringVar(&f.network, "network", "", `Network mode for the RUN steps: "default", "none" or "host" (host only where the farm's policy allows it)`)
+	fs.StringArrayVar(&f.addHosts, "add-host", nil, `Add a custom host-to-IP mapping for the RUN steps (format: "host:ip"); repeatable`)
+	fs.StringVar(&f.shmSize, "shm-size", "", `Size of /dev/shm for the RUN steps (e.g. 128m)`)
+	fs.StringArrayVar(&f.ulimits, "ulimit", nil, `Ulimit for the RUN steps (format: "name=soft[:hard]", e.g. nofile=1024:2048); repeatable`)
+}
+
+// apply parses the flags into spec with proto/rules/buildflags.
+func (f *runFlags) apply(spec *kilnv1.BuildSpec) error {
+	var err error
+	if spec.Network, err = buildflags.ParseNetwork(f.network); err != nil {
+		return &usageError{msg: "--network: " + err.Error()}
+	}
+	for _, v := range f.addHosts {
+		h, err := buildflags.ParseExtraHost(v)
+		if err != nil {
+			return &usageError{msg: err.Error()}
+		}
+		spec.ExtraHosts = append(spec.ExtraHosts, h)
+	}
+	if f.shmSize != "" {
+		if spec.ShmSizeBytes, err = buildflags.ParseSize(f.shmSize); err != nil {
+			return &usageError{msg: "--shm-size: " + err.Error()}
+		}
+	}
+	at := map[string]int{}
+	for _, v := range f.ulimits {
+		u, err := buildflags.ParseUlimit(v)
+		if err != nil {
+			return &usageError{msg: err.Error()}
+		}
+		if i, ok := at[u.Name]; ok { // docker keeps the last of a name
+			spec.Ulimits[i] = u
+			continue
+		}
+		at[u.Name] = len(spec.Ulimits)
+		spec.Ulimits = append(spec.Ulimits, u)
+	}
+	return nil
+}
+
+// buildxFlag is a `docker buildx build` (or legacy `docker build`) flag
+// that kiln recognises without honouring it as buildx does, so that a
+// pipeline passing it is told why, never "unknown flag".
+type buildxFlag struct {
+	name, short string
+	// bool flags take no value; the others take one, repeatable.
+	isBool bool
+	// check says what to do with the flag's values: "" accepts them (the
+	// flag asks for what kiln does anyway), a message refuses the build.
+	check  func(values []string) string
+	values []string
+	set    bool
+}
+
+// buildxFlags are the flags of `docker buildx build` and `docker build`
+// that kiln takes only to explain itself. Flags kiln honours (--tag,
+// --file, --build-arg, --network, --secret, ...) are ordinary flags.
+func buildxFlags() []*buildxFlag {
+	refuse := func(msg string) func([]string) string { return func([]string) string { return msg } }
+	accept := func([]string) string { return "" }
+	return []*buildxFlag{
+		{name: "load", isBool: true, check: refuse(
+			"--load is not supported: a CI job has no engine to load into, the farm builds elsewhere. Use --push and docker pull, or --output type=docker,dest=- | docker load once kiln supports it")},
+		{name: "output", short: "o", check: checkOutput},
+		{name: "platform", check: refuse(
+			"--platform is not supported yet: the farm builds for its agents' own platform (linux/amd64 today); drop the flag, or build per platform elsewhere until kiln's multi-platform builds land")},
+		{name: "ssh", check: refuse(
+			"--ssh is not supported yet: pass the key as a build secret instead (--secret id=deploy_key,src=$HOME/.ssh/id_ed25519 and RUN --mount=type=secret,id=deploy_key ...)")},
+		{name: "build-context", check: refuse(
+			"--build-context is not supported yet: copy the extra files into the build context, or name the image in the Dockerfile (FROM image AS name)")},
+		{name: "annotation", check: refuse(
+			"--annotation is not supported yet: use --label for metadata kiln puts on the image's config")},
+		{name: "provenance", check: checkAttestation("--provenance", "provenance attestations")},
+		{name: "sbom", check: checkAttestation("--sbom", "SBOM attestations")},
+		{name: "attest", check: checkAttest},
+		{name: "call", check: checkCall},
+		{name: "check", isBool: true, check: refuse(
+			"--check is not supported yet: the farm's engines run the build; lint the Dockerfile with docker buildx build --check locally")},
+		{name: "print", check: refuse("--print is not supported (buildx deprecated it for --call): kiln runs the build only")},
+		{name: "allow", check: checkAllow},
+		{name: "cgroup-parent", check: refuse(
+			"--cgroup-parent is not supported: the agent's engine places build steps in its own cgroups; ask the farm's operator for resource limits")},
+		{name: "no-cache-filter", check: refuse("--no-cache-filter is not supported yet: use --no-cache to rebuild every stage")},
+		{name: "policy", check: refuse("--policy is not supported: the farm applies its own build policy per tenant")},
+		{name: "rm", isBool: true, check: accept},       // docker build: kiln always removes intermediate containers
+		{name: "force-rm", isBool: true, check: accept}, // likewise
+		{name: "compress", isBool: true, check: accept}, // kiln moves the context through its content store
+		{name: "disable-content-trust", isBool: true, check: accept},
+		{name: "squash", isBool: true, check: refuse("--squash is not supported (BuildKit does not take it): use a multi-stage build and COPY --from the result")},
+		{name: "isolation", check: refuse("--isolation is not supported: the farm's engines run Linux steps with their default isolation")},
+		{name: "security-opt", check: refuse("--security-opt is not supported: the farm's engines apply their own security profile; RUN --security=insecure needs the tenant's allow_insecure")},
+		{name: "memory", short: "m", check: refuse("--memory is not supported: the agent's engine sets build steps' memory; ask the farm's operator for limits")},
+		{name: "memory-swap", check: refuse("--memory-swap is not supported: the agent's engine sets build steps' memory")},
+		{name: "cpu-shares", check: refuse("--cpu-shares is not supported: the agent's engine shares its CPUs between builds")},
+		{name: "cpu-period", check: refuse("--cpu-period is not supported: the agent's engine shares its CPUs between builds")},
+		{name: "cpu-quota", check: refuse("--cpu-quota is not supported: the agent's engine shares its CPUs between builds")},
+		{name: "cpuset-cpus", check: refuse("--cpuset-cpus is not supported: the agent's engine shares its CPUs between builds")},
+		{name: "cpuset-mems", check: refuse("--cpuset-mems is not supported: the agent's engine shares its memory nodes between builds")},
+	}
+}
+
+// registerBuildx adds the buildx flags, hidden from kiln build's usage (the
+// README lists them).
+func (f *runFlags) registerBuildx(fs *pflag.FlagSet) {
+	f.buildx = map[string]*buildxFlag{}
+	for _, b := range buildxFlags() {
+		f.buildx[b.name] = b
+		f.buildxSet = append(f.buildxSet, b.name)
+		if b.isBool {
+			fs.BoolP(b.name, b.short, false, "buildx compatibility")
+		} else {
+			fs.StringArrayP(b.name, b.short, nil, "buildx compatibility")
+		}
+		_ = fs.MarkHidden(b.name)
+	}
+}
+
+// checkBuildx refuses a build given a buildx flag kiln does not honour,
+// naming the first, and turns the ones it does into spec (--output
+// type=registry is --push). warn receives the accepted flags' notes.
+func (f *runFlags) checkBuildx(fs *pflag.FlagSet, spec *kilnv1.BuildSpec, warn func(string)) error {
+	for _, name := range f.buildxSet {
+		fl := fs.Lookup(name)
+		if !fl.Changed {
+			continue
+		}
+		b := f.buildx[name]
+		var values []string
+		if b.isBool {
+			if v, _ := fs.GetBool(name); !v {
+				continue
+			}
+		} else {
+			values, _ = fs.GetStringArray(name)
+		}
+		if msg := b.check(values); msg != "" {
+			return &usageError{msg: msg}
+		}
+		if name == "output" {
+			spec.Push = true
+		}
+		if name == "allow" {
+			warn("--allow is taken as given: the farm grants network.host and security.insecure by the tenant's policy (allow_network_host, allow_insecure), whatever the flag says")
+		}
+	}
+	return nil
+}
+
+// checkOutput accepts the outputs that mean --push and refuses the rest.
+func checkOutput(values []string) string {
+	for _, v := range values {
+		attrs := map[string]string{}
+		for _, kv := range strings.Split(v, ",") {
+			k, val, _ := strings.Cut(strings.TrimSpace(kv), "=")
+			attrs[strings.ToLower(k)] = val
+		}
+		typ := attrs["type"]
+		if _, ok := attrs["type"]; !ok && !strings.Contains(v, "=") {
+			typ = "local" // buildx: a bare path is type=local,dest=PATH
+		}
+		switch {
+		case typ == "registry" || (typ == "image" && (attrs["push"] == "true" || attrs["push"] == "1")):
+			if attrs["name"] != "" {
+				return fmt.Sprintf("--output %s: name= is not supported: name the image with --tag", v)
+			}
+			continue
+		case typ == "docker":
+			return fmt.Sprintf("--output %s is not supported yet: a CI job has no engine to load into; use --push and docker pull", v)
+		}
+		return fmt.Sprintf("--output %s is not supported yet: kiln pushes the image to the registry of each --tag (--push, the same as --output type=registry); local, tar and oci outputs are planned", v)
+	}
+	return ""
+}
+
+// checkAttestation accepts --provenance/--sbom turned off (what kiln
+// builds anyway) and refuses asking for them.
+func checkAttestation(flag, what string) func([]string) string {
+	return func(values []string) string {
+		for _, v := range values {
+			switch strings.ToLower(v) {
+			case "false", "0", "disabled=true", "":
+				continue
+			}
+			return fmt.Sprintf("%s=%s is not supported yet: kiln's images carry no %s; drop the flag or pass %s=false", flag, v, what, flag)
+		}
+		return ""
+	}
+}
+
+// checkAttest accepts only disabled attestations.
+func checkAttest(values []string) string {
+	for _, v := range values {
+		if strings.Contains(v, "disabled=true") {
+			continue
+		}
+		return fmt.Sprintf("--attest %s is not supported yet: kiln's images carry no attestations; drop the flag", v)
+	}
+	return ""
+}
+
+// checkCall accepts --call build, what kiln does.
+func checkCall(values []string) string {
+	for _, v := range values {
+		if v == "build" {
+			continue
+		}
+		return fmt.Sprintf("--call %s is not supported yet: kiln runs the build only (--call build); run docker buildx build --call %s locally", v, v)
+	}
+	return ""
+}
+
+// checkAllow accepts the entitlements the tenant's policy decides.
+func checkAllow(values []string) string {
+	for _, v := range values {
+		for _, e := range strings.Split(v, ",") {
+			switch strings.TrimSpace(e) {
+			case "network.host", "security.insecure":
+				continue
+			}
+			return fmt.Sprintf("--allow %s is not supported: the farm grants only network.host and security.insecure, by the tenant's policy", e)
+		}
+	}
+	return ""
+}
