@@ -48,8 +48,9 @@ type BuildKitOptions struct {
 	Secrets map[string][]byte
 	// DockerfileData, when not nil, is the Dockerfile the engine gets in
 	// place of the context's (the agent's policy rewrites cache mount ids
-	// in it), served from a temporary directory; the context's Dockerfile
-	// must still exist, and the context directory is not changed.
+	// in it, or the build sent it apart from the context), served from a
+	// temporary directory under Dockerfile's base name; the context need
+	// not hold a Dockerfile then, and the context directory is not changed.
 	DockerfileData []byte
 	// CacheFrom are caches to import from; CacheTo are caches to export to
 	// as part of the build (checked by proto/rules/cacheopt; an engine
@@ -275,7 +276,12 @@ type buildSession struct {
 // cancellation until closed: the engine may still ask for files while it
 // winds the build down.
 func startSession(ctx context.Context, o BuildKitOptions, dial session.Dialer) (_ *buildSession, err error) {
-	dockerfile, err := dockerfilePath(o.ContextDir, o.Dockerfile)
+	// DockerfileData is served in place of the context's Dockerfile,
+	// which a Dockerfile sent apart from the context need not have.
+	dockerfile, err := dockerfileName(o.Dockerfile)
+	if o.DockerfileData == nil && err == nil {
+		dockerfile, err = dockerfilePath(o.ContextDir, o.Dockerfile)
+	}
 	if err != nil {
 		return nil, err
 	}
@@ -353,15 +359,26 @@ const stuckProgressLine = "[kiln] the engine stopped reporting this build's prog
 // (slash-separated, cleaned, relative), which must be a regular file
 // reached without a symlink; a *BuildError says why not.
 func dockerfilePath(contextDir, dockerfile string) (string, error) {
+	clean, err := dockerfileName(dockerfile)
+	if err != nil {
+		return "", err
+	}
+	if !regularInside(contextDir, clean) {
+		return "", &BuildError{Message: fmt.Sprintf("Cannot locate specified Dockerfile: %s", clean)}
+	}
+	return clean, nil
+}
+
+// dockerfileName returns the Dockerfile's path as the build names it
+// (slash-separated, cleaned, relative, "Dockerfile" for ""), whether or
+// not the context holds it.
+func dockerfileName(dockerfile string) (string, error) {
 	if dockerfile == "" {
 		dockerfile = "Dockerfile"
 	}
 	clean := path.Clean(filepath.ToSlash(dockerfile))
 	if path.IsAbs(clean) || clean == ".." || strings.HasPrefix(clean, "../") {
 		return "", &BuildError{Message: fmt.Sprintf("the Dockerfile path %q is outside the build context", dockerfile)}
-	}
-	if !regularInside(contextDir, clean) {
-		return "", &BuildError{Message: fmt.Sprintf("Cannot locate specified Dockerfile: %s", clean)}
 	}
 	return clean, nil
 }
