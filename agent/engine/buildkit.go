@@ -121,6 +121,9 @@ func (d *Docker) BuildKit(ctx context.Context, o BuildKitOptions, r Reporter) (B
 	if err != nil {
 		return BuildKitResult{}, err
 	}
+	if err := d.checkStepLimits(ctx, o.BuildOptions); err != nil {
+		return BuildKitResult{}, err
+	}
 	args := o.BuildArgs
 	if inlineCache {
 		args = withInlineCache(args)
@@ -240,6 +243,25 @@ func (d *Docker) BuildKit(ctx context.Context, o BuildKitOptions, r Reporter) (B
 		Result:       Result{ImageID: imageID, Steps: p.steps, CachedSteps: p.cachedSteps},
 		ContextBytes: bs.counter.n.Load(),
 	}, nil
+}
+
+// checkStepLimits refuses --shm-size and --ulimit on an engine whose
+// BuildKit ignores them (Docker before 23, API 1.42), rather than build
+// without them.
+func (d *Docker) checkStepLimits(ctx context.Context, o BuildOptions) error {
+	if o.ShmSize == 0 && len(o.Ulimits) == 0 {
+		return nil
+	}
+	p, err := d.c.Ping(ctx)
+	if err != nil {
+		return fmt.Errorf("docker engine %s: ping: %w", d.host, err)
+	}
+	if versionAtLeast(p.APIVersion, "1.42") {
+		return nil
+	}
+	return &BuildError{Message: fmt.Sprintf(
+		"--shm-size and --ulimit need Docker 23 or later to build with BuildKit: this agent's engine speaks API %s, whose BuildKit ignores them. Build with --builder classic, or on an agent with a standalone BuildKit engine",
+		p.APIVersion)}
 }
 
 // reportTo returns a function handing a traceParser's events to r.
