@@ -316,6 +316,11 @@ func (b *BuildKitd) solve(ctx context.Context, o BuildKitOptions, exports []clie
 		SharedKey:             o.SharedKey,
 		SharedSession:         bs.s,
 		SessionPreInitialized: true,
+		// Internal keeps the build out of the daemon's build history, which
+		// would otherwise keep every step's raw log — secrets a step
+		// printed included, unmasked — readable with
+		// `buildctl debug histories`. kiln keeps the (masked) log itself.
+		Internal: true,
 	}
 	statusCh := make(chan *client.SolveStatus)
 	type solved struct {
