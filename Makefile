@@ -37,6 +37,10 @@ run: dev-env build ## start kilnd on the local engine, build and push examples/h
 frontend-image: dev-env ## build BuildKit's Dockerfile frontend from source and push it to the local registry (heredocs on Docker 20.10)
 	@scripts/frontend-image.sh >/dev/null
 
+.PHONY: buildkitd
+buildkitd: ## build the pinned standalone BuildKit (buildkitd + buildctl v0.34.2, scripts/tools/buildkit) into the dev cache; scripts/buildkitd.sh starts rootful or rootless daemons
+	@scripts/buildkitd.sh build >/dev/null
+
 .PHONY: images
 images: dev-env build ## build kiln's images FROM scratch with kiln itself and push them to 127.0.0.1:5000/kiln/ (deploy/docker)
 	@scripts/images.sh
@@ -46,7 +50,7 @@ cluster: dev-env build ## run a local distributed farm: 3 NATS nodes (R3), 2 gat
 	@deploy/local/cluster.sh --nats 3 --gateways 2 --schedulers 2 --agents 3
 
 .PHONY: test
-test: dev-env frontend-image ## run every module's tests against a real engine, registry and NATS
+test: dev-env frontend-image buildkitd ## run every module's tests against a real engine, registry and NATS
 	@scripts/test.sh
 
 CERTS_DIR ?= certs
@@ -60,11 +64,12 @@ certs: ## make a local CA, a gateway certificate for 127.0.0.1/localhost and a c
 	$(GO) run ./scripts/certs -dir $(CERTS_DIR) $(if $(CERTS_HOSTS),-hosts $(CERTS_HOSTS))
 
 .PHONY: bench
-bench: dev-env build ## run the benchmarks in bench/ (tables and JSON in bench/results/)
+bench: dev-env build buildkitd ## run the benchmarks in bench/ (tables and JSON in bench/results/)
 	$(GO) run ./bench/warmrebuild
 	$(GO) run ./bench/cimodes
 	$(GO) run ./bench/contextupload
 	$(GO) run ./bench/smallfiles
+	$(GO) run ./bench/engines
 	$(GO) run ./bench/routingsim
 	$(GO) run ./bench/affinity
 	$(GO) run ./bench/dispatch
