@@ -11,8 +11,10 @@
 //	                        ▼                                           │
 //	   fetch ──► tmp/ (hash while writing) ──► verify ──► rename ──► pin┘
 //	     │                                    mismatch: delete, error  ▲
-//	     └─ small (≤ UnsyncedMaxBytes): memory ──► verify ──► write ───┘
-//	        under its name (no temporary file, no rename: durability.go)
+//	     └─ small (≤ UnsyncedMaxBytes): memory ──► verify ──► kept in ─┘
+//	        memory while under Config.MemoryBytes (memory.go), else
+//	        written under its name (no temporary file, no rename:
+//	        durability.go)
 //
 //	Pin.Release ──► unpinned blobs join the LRU list ──► evict from its
 //	                cold end while the store is over its size bound

@@ -118,24 +118,27 @@ func hashesTo(path, digest string) (bool, error) {
 // leaves under its name is dropped by the next Open's check (the store is
 // not clean). A mismatch removes the file; if it cannot be removed, the
 // store is left marked dirty so the next Open checks it.
-func (s *Store) downloadSmall(b Blob, r io.Reader) (int64, error) {
+func (s *Store) downloadSmall(b Blob, r io.Reader) (int64, []byte, error) {
 	buf := make([]byte, b.Size+1) // one byte more tells a longer blob
 	n, err := io.ReadFull(r, buf)
 	if err != nil && !errors.Is(err, io.ErrUnexpectedEOF) && !errors.Is(err, io.EOF) {
-		return 0, fmt.Errorf("fetch blob %s: %w", b.Digest, err)
+		return 0, nil, fmt.Errorf("fetch blob %s: %w", b.Digest, err)
 	}
 	if got := sumOf(buf[:n]); got != b.Digest || int64(n) != b.Size {
-		return 0, fmt.Errorf("fetch blob %s: %w: asked for %d bytes, received %d bytes with digest %s",
+		return 0, nil, fmt.Errorf("fetch blob %s: %w: asked for %d bytes, received %d bytes with digest %s",
 			b.Digest, cas.ErrDigestMismatch, b.Size, n, got)
+	}
+	if s.reserveMemory(int64(n)) {
+		return int64(n), buf[:n:n], nil
 	}
 	name := s.path(b.Digest)
 	if err := os.WriteFile(name, buf[:n], 0o600); err != nil {
 		if rerr := os.Remove(name); rerr != nil && !errors.Is(rerr, fs.ErrNotExist) {
 			s.tainted.Store(true)
 		}
-		return 0, fmt.Errorf("fetch blob %s: %w", b.Digest, err)
+		return 0, nil, fmt.Errorf("fetch blob %s: %w", b.Digest, err)
 	}
-	return int64(n), nil
+	return int64(n), nil, nil
 }
 
 func sumOf(data []byte) string {

@@ -21,7 +21,7 @@ func TestOpenAfterACrashDropsTornSmallBlobs(t *testing.T) {
 	for _, n := range []string{"a", "b", "c"} {
 		blobs = append(blobs, f.put(content(n, 100)))
 	}
-	s, err := localcas.Open(localcas.Config{Dir: dir})
+	s, err := localcas.Open(localcas.Config{Dir: dir, MemoryBytes: -1})
 	if err != nil {
 		t.Fatal(err)
 	}

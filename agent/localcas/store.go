@@ -1,6 +1,7 @@
 package localcas
 
 import (
+	"bytes"
 	"container/list"
 	"context"
 	"crypto/sha256"
@@ -26,6 +27,10 @@ import (
 
 // DefaultMaxBytes bounds a store opened without a bound: 10 GiB.
 const DefaultMaxBytes int64 = 10 << 30
+
+// DefaultMemoryBytes bounds the small blobs a store keeps in memory only
+// when opened without a bound: 64 MiB.
+const DefaultMemoryBytes int64 = 64 << 20
 
 const (
 	// fetchConcurrency bounds the blobs one Ensure fetches at once: many,
@@ -53,6 +58,10 @@ type Config struct {
 	// MaxBytes bounds the bytes of the blobs kept; 0 means DefaultMaxBytes.
 	// Pinned blobs may take the store over its bound until they are released.
 	MaxBytes int64
+	// MemoryBytes bounds the small blobs (up to UnsyncedMaxBytes) that are
+	// fetched into memory and never written to disk (memory.go); 0 means
+	// DefaultMemoryBytes, negative keeps every blob on disk.
+	MemoryBytes int64
 	// Logger receives evictions and failures to delete; nil discards them.
 	Logger *slog.Logger
 }
@@ -94,9 +103,10 @@ type Store struct {
 	// disk, never across a download.
 	mu       sync.Mutex
 	blobs    map[string]*blob
-	lru      list.List // unpinned blobs, most recently used at the front
-	size     int64     // sum of the sizes of blobs
+	lru      list.List // unpinned blobs on disk, most recently used at the front
+	size     int64     // sum of the sizes of blobs on disk
 	inflight map[string]*call
+	mem      memoryTier
 }
 
 // blob is one blob on disk. A pinned blob (pins > 0) is not in the LRU list.
@@ -105,7 +115,10 @@ type blob struct {
 	size    int64
 	pins    int
 	touched time.Time     // its mtime as last written
-	elem    *list.Element // in Store.lru while unpinned
+	elem    *list.Element // in Store.lru (memory: Store.mem.lru) while unpinned
+	// inMemory: the blob is data, in memory only (memory.go).
+	inMemory bool
+	data     []byte
 }
 
 // call is a download in flight; err is set before done closes.
@@ -125,6 +138,9 @@ func Open(cfg Config) (*Store, error) {
 	if cfg.MaxBytes <= 0 {
 		cfg.MaxBytes = DefaultMaxBytes
 	}
+	if cfg.MemoryBytes == 0 {
+		cfg.MemoryBytes = DefaultMemoryBytes
+	}
 	if cfg.Logger == nil {
 		cfg.Logger = slog.New(slog.DiscardHandler)
 	}
@@ -138,6 +154,7 @@ func Open(cfg Config) (*Store, error) {
 	s := &Store{
 		dir: cfg.Dir, max: cfg.MaxBytes, log: cfg.Logger, lock: lock,
 		blobs: map[string]*blob{}, inflight: map[string]*call{},
+		mem: memoryTier{max: cfg.MemoryBytes},
 	}
 	if err := s.load(); err != nil {
 		lock.Close()
@@ -258,7 +275,9 @@ func (s *Store) Ensure(ctx context.Context, blobs []Blob, fetch FetchFunc) (*Pin
 		st.LocalBytes += e.size
 		if now.Sub(e.touched) > touchEvery {
 			e.touched = now
-			touch = append(touch, e.digest)
+			if !e.inMemory {
+				touch = append(touch, e.digest)
+			}
 		}
 	}
 	s.mu.Unlock()
@@ -342,15 +361,17 @@ func (s *Store) ensureOne(ctx context.Context, b Blob, fetch FetchFunc) (e *blob
 		s.inflight[b.Digest] = c
 		s.mu.Unlock()
 
-		size, err := s.download(ctx, b, fetch)
+		size, data, err := s.download(ctx, b, fetch)
 
 		s.mu.Lock()
 		delete(s.inflight, b.Digest)
 		if err == nil {
-			e = &blob{digest: b.Digest, size: size, pins: 1, touched: time.Now()}
+			e = &blob{digest: b.Digest, size: size, pins: 1, touched: time.Now(), inMemory: data != nil, data: data}
 			s.blobs[b.Digest] = e
-			s.size += size
-			s.evictLocked()
+			if !e.inMemory {
+				s.size += size
+				s.evictLocked()
+			}
 		}
 		c.err, c.abandoned = err, ctx.Err() != nil
 		close(c.done)
@@ -360,16 +381,25 @@ func (s *Store) ensureOne(ctx context.Context, b Blob, fetch FetchFunc) (e *blob
 }
 
 // download fetches b into the blob directory: written to a temporary file
-// while hashed, kept only if it matches its digest and size.
-func (s *Store) download(ctx context.Context, b Blob, fetch FetchFunc) (int64, error) {
+// while hashed, kept only if it matches its digest and size. A small blob
+// may stay in memory instead: its bytes are returned, with memory
+// reserved for them.
+func (s *Store) download(ctx context.Context, b Blob, fetch FetchFunc) (int64, []byte, error) {
 	r, err := fetch(ctx, b.Digest)
 	if err != nil {
-		return 0, fmt.Errorf("fetch blob %s: %w", b.Digest, err)
+		return 0, nil, fmt.Errorf("fetch blob %s: %w", b.Digest, err)
 	}
 	defer r.Close()
 	if b.Size >= 0 && b.Size <= UnsyncedMaxBytes {
 		return s.downloadSmall(b, r)
 	}
+	n, err := s.downloadFile(b, r)
+	return n, nil, err
+}
+
+// downloadFile writes a blob to a temporary file while hashing it and
+// renames it in if it matches its digest and size.
+func (s *Store) downloadFile(b Blob, r io.Reader) (int64, error) {
 	tmp, err := os.CreateTemp(s.tmpDir(), "blob-*")
 	if err != nil {
 		return 0, fmt.Errorf("fetch blob %s: %w", b.Digest, err)
@@ -381,7 +411,7 @@ func (s *Store) download(ctx context.Context, b Blob, fetch FetchFunc) (int64, e
 			os.Remove(tmp.Name())
 		}
 	}()
-	src := io.Reader(r)
+	src := r
 	if b.Size >= 0 {
 		src = io.LimitReader(r, b.Size+1) // one byte more tells a longer blob
 	}
@@ -428,21 +458,29 @@ func (s *Store) touch(digests []string, now time.Time) {
 	}
 }
 
-// pinLocked takes e off the LRU list. Lock must be held.
+// lruOf is the LRU list e is on while unpinned.
+func (s *Store) lruOf(e *blob) *list.List {
+	if e.inMemory {
+		return &s.mem.lru
+	}
+	return &s.lru
+}
+
+// pinLocked takes e off its LRU list. Lock must be held.
 func (s *Store) pinLocked(e *blob) {
 	if e.pins == 0 {
-		s.lru.Remove(e.elem)
+		s.lruOf(e).Remove(e.elem)
 		e.elem = nil
 	}
 	e.pins++
 }
 
-// unpinLocked puts e back on the LRU list, as just used, once its last pin
-// goes. Lock must be held.
+// unpinLocked puts e back on its LRU list, as just used, once its last
+// pin goes. Lock must be held.
 func (s *Store) unpinLocked(e *blob) {
 	e.pins--
 	if e.pins == 0 {
-		e.elem = s.lru.PushFront(e)
+		e.elem = s.lruOf(e).PushFront(e)
 	}
 }
 
@@ -471,11 +509,14 @@ func (s *Store) Open(digest string) (io.ReadCloser, error) {
 	s.mu.Lock()
 	e, ok := s.blobs[digest]
 	if ok && e.pins == 0 {
-		s.lru.MoveToFront(e.elem)
+		s.lruOf(e).MoveToFront(e.elem)
 	}
 	s.mu.Unlock()
 	if !ok {
 		return nil, fmt.Errorf("%w: %s", ErrNotFound, digest)
+	}
+	if e.inMemory {
+		return io.NopCloser(bytes.NewReader(e.data)), nil // never changed once set
 	}
 	f, err := os.Open(s.path(digest))
 	if err != nil {
@@ -492,9 +533,10 @@ func (s *Store) Has(digest string) bool {
 	return ok
 }
 
-// Usage returns how many blobs the store holds and their total size.
+// Usage returns how many blobs the store holds and their total size, in
+// memory and on disk.
 func (s *Store) Usage() (blobs int, bytes int64) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	return len(s.blobs), s.size
+	return len(s.blobs), s.size + s.mem.size
 }

@@ -91,9 +91,12 @@ func content(name string, size int) []byte {
 	return bytes.Repeat([]byte(name), size/len(name)+1)[:size]
 }
 
+// open opens a store that keeps every blob on disk (the tests of its
+// bound, eviction order, reopening and crashes use small blobs; memory_test
+// covers the memory tier).
 func open(t *testing.T, dir string, max int64) *localcas.Store {
 	t.Helper()
-	s, err := localcas.Open(localcas.Config{Dir: dir, MaxBytes: max})
+	s, err := localcas.Open(localcas.Config{Dir: dir, MaxBytes: max, MemoryBytes: -1})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -332,7 +335,7 @@ func TestReopenKeepsBlobsAndTheirOrder(t *testing.T) {
 	for _, n := range names {
 		blobs = append(blobs, f.put(content(n, 100)))
 	}
-	s, err := localcas.Open(localcas.Config{Dir: dir})
+	s, err := localcas.Open(localcas.Config{Dir: dir, MemoryBytes: -1})
 	if err != nil {
 		t.Fatal(err)
 	}
