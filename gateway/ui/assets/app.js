@@ -127,7 +127,7 @@
   if (page) {
     const id = page.dataset.id;
     const ROW = 18; // px: one log line (style.css .ln)
-    const state = { build: null, lines: [], seqs: [], steps: new Map(), marks: {}, pushed: [], finished: false, state: "" };
+    const state = { build: null, lines: [], seqs: [], steps: new Map(), marks: {}, pushed: [], finished: false, state: "", history: [], initial: "" };
     window.kilnUI = state; // for tests and the curious
 
     const logBox = document.getElementById("log");
@@ -174,6 +174,7 @@
 
     function setState(s) {
       state.state = stateName(s);
+      if (state.history[state.history.length - 1] !== state.state) state.history.push(state.state);
       const pill = document.getElementById("state");
       pill.textContent = state.state;
       pill.className = "state state-" + state.state.toLowerCase();
@@ -243,6 +244,7 @@
       if (!r.ok) { showError((await r.text()).trim()); return; }
       const d = await r.json();
       state.build = d.build;
+      if (!state.initial) state.initial = stateName(d.build.state);
       setState(d.build.state);
       const tr = document.getElementById("trace");
       if (d.trace_url) { tr.href = d.trace_url; tr.hidden = false; tr.rel = "noopener noreferrer"; }
