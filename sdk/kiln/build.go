@@ -172,6 +172,9 @@ func (c *Client) start(ctx context.Context, req BuildRequest) (*kilnv1.Build, er
 	}
 	if spec.Dockerfile == "" {
 		spec.Dockerfile = req.Context.Dockerfile()
+		if spec.DockerfileInline == nil {
+			spec.DockerfileInline = req.Context.DockerfileInline()
+		}
 	}
 	setTimeout(spec, req.Timeout)
 	from, to, err := cacheOptions(req)

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io/fs"
 	"os"
+	"path"
 	"path/filepath"
 	"slices"
 	"strings"
@@ -14,6 +15,7 @@ import (
 	"time"
 
 	kilnv1 "github.com/kilnbuild/kiln/proto/gen/go/kiln/v1"
+	"github.com/kilnbuild/kiln/proto/rules/buildflags"
 )
 
 // DefaultDockerfile is the Dockerfile's name when none is given.
@@ -26,7 +28,11 @@ const DefaultDockerfile = "Dockerfile"
 type Context struct {
 	dir        string
 	dockerfile string
-	manifest   *kilnv1.ContextManifest
+	// dockerfileData is the Dockerfile when it is sent apart from the
+	// context (it lies outside it, or came from WithDockerfile); nil when
+	// the context holds it.
+	dockerfileData []byte
+	manifest       *kilnv1.ContextManifest
 	// blobs maps a file digest's hash to the first file entry with that
 	// content: the file UploadContext reads when the farm lacks the blob.
 	blobs map[string]*kilnv1.ContextEntry
@@ -73,6 +79,12 @@ func (c *Context) Stats() ContextStats { return c.stats }
 // Dockerfile returns the Dockerfile's slash-separated path inside the context.
 func (c *Context) Dockerfile() string { return c.dockerfile }
 
+// DockerfileInline returns the Dockerfile when it is sent apart from the
+// context, as docker sends one that lies outside it or comes from standard
+// input (-f -); Build puts it in the spec's dockerfile_inline. It is nil
+// when the context holds the Dockerfile.
+func (c *Context) DockerfileInline() []byte { return c.dockerfileData }
+
 // Dir returns the absolute path of the context directory that was packed.
 func (c *Context) Dir() string { return c.dir }
 
@@ -95,6 +107,8 @@ type PackOption func(*packOptions)
 
 type packOptions struct {
 	progress func(ContextProgress)
+	// dockerfile is WithDockerfile's data (nil: read the Dockerfile).
+	dockerfile []byte
 	// cacheDir holds the stat cache files; "" disables the cache.
 	cacheDir string
 	now      func() time.Time
@@ -106,12 +120,24 @@ func WithHashProgress(fn func(ContextProgress)) PackOption {
 	return func(o *packOptions) { o.progress = fn }
 }
 
+// WithDockerfile makes PackContext take data as the Dockerfile, sent
+// apart from the context (docker build -f - reads it from standard
+// input); PackContext's dockerfile argument then only names it ("" for
+// "Dockerfile"). At most buildflags.MaxDockerfileBytes.
+func WithDockerfile(data []byte) PackOption {
+	return func(o *packOptions) { o.dockerfile = data }
+}
+
 // PackContext lists the build context dir the way `docker build` would send
 // it and hashes its files: .dockerignore is honoured with Docker's semantics
 // (a "<dockerfile>.dockerignore" beside the Dockerfile takes precedence, as
 // in BuildKit), and the Dockerfile and .dockerignore are always sent even
 // when ignored. dockerfile is the Dockerfile's path relative to dir (""
-// means "Dockerfile"), or an absolute path inside dir.
+// means "Dockerfile", or "dockerfile" when only that exists, as docker
+// falls back), or an absolute path. As with docker, a symlinked
+// Dockerfile is resolved here: the build names its target when that lies
+// in the context, and a Dockerfile outside the context (or given with
+// WithDockerfile) is sent apart from it (DockerfileInline).
 //
 // The result is a manifest, not an archive: one entry per directory, file
 // and symlink sent, sorted by path, with permission bits (0o7777) and mtimes
@@ -141,7 +167,12 @@ func PackContext(ctx context.Context, dir, dockerfile string, opts ...PackOption
 	if err != nil {
 		return nil, err
 	}
-	rel, err := dockerfileInContext(root, dockerfile)
+	rel, dfData := dockerfile, o.dockerfile
+	if dfData == nil {
+		rel, dfData, err = locateDockerfile(root, dockerfile)
+	} else {
+		rel, err = dockerfileName(dockerfile, dfData)
+	}
 	if err != nil {
 		return nil, err
 	}
@@ -180,12 +211,13 @@ func PackContext(ctx context.Context, dir, dockerfile string, opts ...PackOption
 	_ = cache.save() // the cache only saves work; failing to write it is no error
 
 	c := &Context{
-		dir:        root,
-		dockerfile: rel,
-		manifest:   &kilnv1.ContextManifest{Entries: p.entries},
-		blobs:      make(map[string]*kilnv1.ContextEntry, len(p.files)),
-		cacheFile:  cache.file,
-		stats:      ContextStats{Files: len(p.files), Symlinks: p.symlinks, Dirs: p.dirCount, Hashed: len(toHash)},
+		dir:            root,
+		dockerfile:     rel,
+		dockerfileData: dfData,
+		manifest:       &kilnv1.ContextManifest{Entries: p.entries},
+		blobs:          make(map[string]*kilnv1.ContextEntry, len(p.files)),
+		cacheFile:      cache.file,
+		stats:          ContextStats{Files: len(p.files), Symlinks: p.symlinks, Dirs: p.dirCount, Hashed: len(toHash)},
 	}
 	for _, f := range p.files {
 		c.stats.Bytes += f.entry.Size
@@ -222,39 +254,61 @@ func contextRoot(dir string) (string, error) {
 	return root, nil
 }
 
-// dockerfileInContext returns the Dockerfile's clean slash path inside root
-// and checks that it exists there.
-func dockerfileInContext(root, dockerfile string) (string, error) {
-	if dockerfile == "" {
+// locateDockerfile finds the Dockerfile as docker does: dockerfile is
+// relative to root or absolute; "" is "Dockerfile", or "dockerfile" when
+// only that exists; symlinks are followed. It returns the Dockerfile's
+// clean slash path inside root, or, for one outside root, its base name and
+// content, to be sent apart from the context.
+func locateDockerfile(root, dockerfile string) (string, []byte, error) {
+	explicit := dockerfile != ""
+	if !explicit {
 		dockerfile = DefaultDockerfile
-	}
-	rel := filepath.Clean(dockerfile)
-	if filepath.IsAbs(rel) {
-		// Compare against the context without symlinks, like the root.
-		resolved := rel
-		if dirPart, err := filepath.EvalSymlinks(filepath.Dir(rel)); err == nil {
-			resolved = filepath.Join(dirPart, filepath.Base(rel))
+		_, err := os.Lstat(filepath.Join(root, DefaultDockerfile))
+		if _, lowerErr := os.Lstat(filepath.Join(root, "dockerfile")); errors.Is(err, fs.ErrNotExist) && lowerErr == nil {
+			dockerfile = "dockerfile"
 		}
-		r, err := filepath.Rel(root, resolved)
-		if err != nil {
-			return "", invalidArgumentf("Dockerfile %q is outside the build context %s", dockerfile, root)
-		}
-		rel = r
 	}
-	if rel == ".." || strings.HasPrefix(rel, ".."+string(filepath.Separator)) {
-		return "", invalidArgumentf(
-			"Dockerfile %q is outside the build context %s: kiln sends only the context, so move the Dockerfile into it",
-			dockerfile, root)
+	name := filepath.ToSlash(filepath.Clean(dockerfile))
+	p := dockerfile
+	if !filepath.IsAbs(p) {
+		p = filepath.Join(root, p)
 	}
-	fi, err := os.Stat(filepath.Join(root, rel))
+	resolved, err := filepath.EvalSymlinks(p)
 	if errors.Is(err, fs.ErrNotExist) || errors.Is(err, syscall.ENOTDIR) {
-		return "", invalidArgumentf("Dockerfile %q not found in build context %s", filepath.ToSlash(rel), root)
+		return "", nil, invalidArgumentf("Dockerfile %q not found in build context %s", name, root)
 	}
 	if err != nil {
-		return "", fmt.Errorf("reading Dockerfile %q in build context %s: %w", filepath.ToSlash(rel), root, err)
+		return "", nil, fmt.Errorf("reading Dockerfile %q in build context %s: %w", name, root, err)
+	}
+	fi, err := os.Stat(resolved)
+	if err != nil {
+		return "", nil, fmt.Errorf("reading Dockerfile %q in build context %s: %w", name, root, err)
 	}
 	if fi.IsDir() {
-		return "", invalidArgumentf("Dockerfile %q in build context %s is a directory", filepath.ToSlash(rel), root)
+		return "", nil, invalidArgumentf("Dockerfile %q in build context %s is a directory", name, root)
 	}
-	return filepath.ToSlash(rel), nil
+	if rel, err := filepath.Rel(root, resolved); err == nil && rel != ".." && !strings.HasPrefix(rel, ".."+string(filepath.Separator)) {
+		return filepath.ToSlash(rel), nil, nil
+	}
+	if fi.Size() > buildflags.MaxDockerfileBytes {
+		return "", nil, invalidArgumentf("Dockerfile %s is %d bytes: one outside the build context travels with the build, at most %d bytes", dockerfile, fi.Size(), buildflags.MaxDockerfileBytes)
+	}
+	data, err := os.ReadFile(resolved)
+	if err != nil {
+		return "", nil, fmt.Errorf("reading Dockerfile %s: %w", dockerfile, err)
+	}
+	n, err := dockerfileName(filepath.Base(resolved), data)
+	return n, data, err
+}
+
+// dockerfileName checks a Dockerfile sent apart from the context, data,
+// and returns the name the build gives it: name's base, "Dockerfile" for "".
+func dockerfileName(name string, data []byte) (string, error) {
+	if len(data) > buildflags.MaxDockerfileBytes {
+		return "", invalidArgumentf("the Dockerfile is %d bytes: one sent apart from the build context travels with the build, at most %d bytes", len(data), buildflags.MaxDockerfileBytes)
+	}
+	if name == "" || name == "-" {
+		return DefaultDockerfile, nil
+	}
+	return path.Base(filepath.ToSlash(name)), nil
 }

@@ -338,7 +338,7 @@ func TestPackContextErrors(t *testing.T) {
 	dir := t.TempDir()
 	writeTree(t, dir, map[string]string{"Dockerfile": "FROM scratch", "sub/": "", "file": "x"})
 	other := t.TempDir()
-	writeTree(t, other, map[string]string{"Dockerfile": "FROM scratch"})
+	writeTree(t, other, map[string]string{"Dockerfile": "FROM scratch", "Big.Dockerfile": strings.Repeat("#", 256<<10+1)})
 	badUTF8 := t.TempDir()
 	writeTree(t, badUTF8, map[string]string{"Dockerfile": "FROM scratch", "sub/caf\xe9.txt": ""})
 	backslash := t.TempDir()
@@ -353,8 +353,7 @@ func TestPackContextErrors(t *testing.T) {
 		{name: "missing default Dockerfile", dir: filepath.Join(dir, "sub"), want: `Dockerfile "Dockerfile" not found in build context ` + filepath.Join(dir, "sub")},
 		{name: "Dockerfile under a file", dir: dir, dockerfile: "file/Dockerfile", want: `Dockerfile "file/Dockerfile" not found in build context ` + dir},
 		{name: "Dockerfile is a directory", dir: dir, dockerfile: "sub", want: `Dockerfile "sub" in build context ` + dir + " is a directory"},
-		{name: "relative Dockerfile outside", dir: dir, dockerfile: "../Dockerfile", want: "is outside the build context"},
-		{name: "absolute Dockerfile outside", dir: dir, dockerfile: filepath.Join(other, "Dockerfile"), want: "is outside the build context"},
+		{name: "Dockerfile outside over the limit", dir: dir, dockerfile: filepath.Join(other, "Big.Dockerfile"), want: "travels with the build, at most 262144 bytes"},
 		{name: "context does not exist", dir: filepath.Join(dir, "nope"), want: "does not exist"},
 		{name: "context is a file", dir: filepath.Join(dir, "file"), want: "is not a directory"},
 		{name: "file name not UTF-8", dir: badUTF8, want: `context entry "sub/caf\xe9.txt" is not valid UTF-8: rename it or list it in .dockerignore`},
@@ -433,5 +432,49 @@ func TestPackContextHashProgress(t *testing.T) {
 		if h.calls[i].Bytes < h.calls[i-1].Bytes || h.calls[i].Files < h.calls[i-1].Files {
 			t.Fatalf("progress went backwards: %+v", h.calls)
 		}
+	}
+}
+
+// TestPackContextDockerfileAsDocker: the Dockerfile is found as docker
+// finds it — the lowercase fallback, symlinks resolved on the client, one
+// outside the context (or given as data, -f -) sent apart from it.
+func TestPackContextDockerfileAsDocker(t *testing.T) {
+	outside := t.TempDir()
+	writeTree(t, outside, map[string]string{"prod.Dockerfile": "FROM scratch\nLABEL from=outside\n"})
+	tests := []struct {
+		name       string
+		files      map[string]string
+		dockerfile string
+		opts       []PackOption
+		want       string // Context.Dockerfile
+		inline     string // Context.DockerfileInline
+	}{
+		{name: "lowercase fallback", files: map[string]string{"dockerfile": "FROM scratch"}, want: "dockerfile"},
+		{name: "Dockerfile wins over dockerfile", files: map[string]string{"dockerfile": "", "Dockerfile": ""}, want: "Dockerfile"},
+		{name: "no fallback when named", files: map[string]string{"dockerfile": "", "Dockerfile": ""}, dockerfile: "dockerfile", want: "dockerfile"},
+		{name: "symlink inside", files: map[string]string{"build/real.Dockerfile": "FROM scratch", "Dockerfile": "->build/real.Dockerfile"}, want: "build/real.Dockerfile"},
+		{name: "symlink outside", files: map[string]string{"Dockerfile": "->" + filepath.Join(outside, "prod.Dockerfile")},
+			want: "prod.Dockerfile", inline: "FROM scratch\nLABEL from=outside\n"},
+		{name: "absolute outside", files: map[string]string{"Dockerfile": "FROM busybox"}, dockerfile: filepath.Join(outside, "prod.Dockerfile"),
+			want: "prod.Dockerfile", inline: "FROM scratch\nLABEL from=outside\n"},
+		{name: "data (-f -)", files: map[string]string{"a": ""}, opts: []PackOption{WithDockerfile([]byte("FROM scratch\n"))},
+			want: "Dockerfile", inline: "FROM scratch\n"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			dir := t.TempDir()
+			writeTree(t, dir, tt.files)
+			c := pack(t, dir, tt.dockerfile, tt.opts...)
+			if c.Dockerfile() != tt.want || string(c.DockerfileInline()) != tt.inline {
+				t.Errorf("Dockerfile %q inline %q, want %q inline %q", c.Dockerfile(), c.DockerfileInline(), tt.want, tt.inline)
+			}
+		})
+	}
+	// A relative path is from the context directory, as before.
+	dir := filepath.Join(outside, "ctx")
+	writeTree(t, dir, map[string]string{"a": ""})
+	c := pack(t, dir, "../prod.Dockerfile")
+	if c.Dockerfile() != "prod.Dockerfile" || !strings.Contains(string(c.DockerfileInline()), "from=outside") {
+		t.Errorf("../prod.Dockerfile: %q inline %q", c.Dockerfile(), c.DockerfileInline())
 	}
 }

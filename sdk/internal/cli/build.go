@@ -2,11 +2,15 @@ package cli
 
 import (
 	"context"
+	"errors"
 	"fmt"
+	"io"
 	"os"
 	"path/filepath"
+	"strings"
 	"time"
 
+	"github.com/kilnbuild/kiln/proto/rules/buildflags"
 	"github.com/kilnbuild/kiln/sdk/internal/progress"
 	"github.com/kilnbuild/kiln/sdk/kiln"
 )
@@ -34,9 +38,18 @@ func (a *App) runBuild(ctx context.Context, o *buildOptions) int {
 	stop := watch.start(ctx, a.Interrupts)
 	defer stop()
 
-	bc, err := kiln.PackContext(ctx, o.contextDir, o.dockerfile, kiln.WithHashProgress(func(p kiln.ContextProgress) {
+	packOpts := []kiln.PackOption{kiln.WithHashProgress(func(p kiln.ContextProgress) {
 		pr.ContextProgress("Hashing", p.Files, p.TotalFiles, p.Bytes, p.TotalBytes)
-	}))
+	})}
+	if o.dockerfileStdin {
+		data, err := readDockerfileStdin(a.Stdin)
+		if err != nil {
+			pr.Errorf("%v", err)
+			return ExitUsage
+		}
+		packOpts = append(packOpts, kiln.WithDockerfile(data))
+	}
+	bc, err := kiln.PackContext(ctx, o.contextDir, o.dockerfile, packOpts...)
 	if err != nil {
 		return a.fail(pr, o, watch, err)
 	}
@@ -58,7 +71,10 @@ func (a *App) runBuild(ctx context.Context, o *buildOptions) int {
 	pr.ContextSummary(uploaded.Files, uploaded.Bytes, uploaded.UploadedBytes)
 
 	spec := o.spec
-	dockerfile, _ := os.ReadFile(filepath.Join(bc.Dir(), bc.Dockerfile())) // PackContext has read it
+	dockerfile := bc.DockerfileInline()
+	if dockerfile == nil {
+		dockerfile, _ = os.ReadFile(filepath.Join(bc.Dir(), bc.Dockerfile())) // PackContext has read it
+	}
 	creds, err := lookupRegistryCredentials(ctx, registryHosts(spec, dockerfile), a.lookupEnv(), runCredentialHelper)
 	if err != nil {
 		pr.Errorf("%v", err)
@@ -112,4 +128,22 @@ func (a *App) fail(pr *progress.Printer, o *buildOptions, w *buildInterrupts, er
 	}
 	pr.Errorf("%v", err)
 	return code
+}
+
+// readDockerfileStdin reads -f -'s Dockerfile.
+func readDockerfileStdin(r io.Reader) ([]byte, error) {
+	if r == nil {
+		r = strings.NewReader("")
+	}
+	data, err := io.ReadAll(io.LimitReader(r, buildflags.MaxDockerfileBytes+1))
+	if err != nil {
+		return nil, fmt.Errorf("-f -: reading the Dockerfile from standard input: %w", err)
+	}
+	if len(data) == 0 {
+		return nil, errors.New("-f -: standard input is empty: pipe the Dockerfile in (kiln build -f - PATH < Dockerfile)")
+	}
+	if len(data) > buildflags.MaxDockerfileBytes {
+		return nil, fmt.Errorf("-f -: the Dockerfile on standard input is over %d bytes", buildflags.MaxDockerfileBytes)
+	}
+	return data, nil
 }

@@ -30,14 +30,17 @@ type buildOptions struct {
 	contextDir string
 	// dockerfile is handed to kiln.PackContext: "" (the default), a path
 	// relative to contextDir, or an absolute path.
-	dockerfile     string
-	spec           *kilnv1.BuildSpec
-	progress       progress.Mode
-	debug          bool // show the farm's internal lines (--debug)
-	metadataFile   string
-	iidFile        string
-	connection     // gateway, token and TLS as Dial options
-	idempotencyKey string
+	dockerfile string
+	// dockerfileStdin is -f -: the Dockerfile comes from standard input,
+	// and is sent apart from the context.
+	dockerfileStdin bool
+	spec            *kilnv1.BuildSpec
+	progress        progress.Mode
+	debug           bool // show the farm's internal lines (--debug)
+	metadataFile    string
+	iidFile         string
+	connection      // gateway, token and TLS as Dial options
+	idempotencyKey  string
 	// detach ends the command once the build is queued (--detach).
 	detach bool
 	// timeout is how long the farm lets the build take (0: no limit).
@@ -77,7 +80,7 @@ func newBuildFlagSet(f *buildFlags) *pflag.FlagSet {
 	fs := pflag.NewFlagSet("build", pflag.ContinueOnError)
 	fs.SortFlags = false
 	fs.StringArrayVarP(&f.tags, "tag", "t", nil, `Name and optionally a tag (format: "name:tag"); repeatable`)
-	fs.StringVarP(&f.file, "file", "f", "", `Name of the Dockerfile (default: "PATH/Dockerfile"); must be inside PATH`)
+	fs.StringVarP(&f.file, "file", "f", "", `Name of the Dockerfile (default: "PATH/Dockerfile"; "-" reads it from standard input); one outside PATH is sent apart from the context`)
 	fs.StringArrayVar(&f.buildArgs, "build-arg", nil, "Set a build-time variable (KEY=VALUE, or KEY to take it from the environment); repeatable")
 	fs.StringVar(&f.target, "target", "", "Set the target build stage to build")
 	fs.StringArrayVar(&f.labels, "label", nil, "Set a metadata label on the image (KEY=VALUE); repeatable")
@@ -191,6 +194,7 @@ func parseBuildArgs(args []string, lookupEnv func(string) (string, bool)) (*buil
 	if !fi.IsDir() {
 		return nil, &usageError{msg: fmt.Sprintf("build context %q is not a directory", o.contextDir)}
 	}
+	o.dockerfileStdin = f.file == "-"
 	if o.dockerfile, err = resolveDockerfile(o.contextDir, f.file); err != nil {
 		return nil, err
 	}
@@ -332,16 +336,14 @@ func parseLabels(values []string) (map[string]string, error) {
 	return out, nil
 }
 
-// resolveDockerfile interprets -f. As with docker, a relative path is taken
-// from the current directory; when no file is there, it is taken from the
-// context directory instead. kiln sends only the context, so the file must
-// lie inside it; kiln.PackContext reports a missing or outside Dockerfile.
+// resolveDockerfile interprets -f as docker does: a relative path is
+// taken from the current directory, and from the context directory when no
+// file is there; "-" is standard input (the caller reads it). A Dockerfile
+// outside the context is sent apart from it (kiln.PackContext).
 func resolveDockerfile(contextDir, file string) (string, error) {
 	switch {
-	case file == "":
+	case file == "" || file == "-":
 		return "", nil
-	case file == "-":
-		return "", &usageError{msg: "reading the Dockerfile from stdin (-f -) is not supported yet"}
 	case filepath.IsAbs(file):
 		return file, nil
 	}
@@ -351,18 +353,6 @@ func resolveDockerfile(contextDir, file string) (string, error) {
 	}
 	if _, err := os.Stat(fromCwd); err != nil {
 		return file, nil
-	}
-	ctxAbs, err := filepath.Abs(contextDir)
-	if err != nil {
-		return "", fmt.Errorf("resolving build context %s: %w", contextDir, err)
-	}
-	inside := filepath.Join(ctxAbs, file)
-	if rel, err := filepath.Rel(ctxAbs, fromCwd); err == nil && (rel == ".." || strings.HasPrefix(rel, ".."+string(filepath.Separator))) {
-		if _, err := os.Stat(inside); err == nil {
-			return "", &usageError{msg: fmt.Sprintf(
-				"-f %s names %s (relative to the current directory, as docker reads it), which is outside the build context %s; for the Dockerfile inside the context use -f %s",
-				file, fromCwd, ctxAbs, inside)}
-		}
 	}
 	return fromCwd, nil
 }

@@ -193,7 +193,11 @@ func TestParseBuildArgs(t *testing.T) {
 		{name: "PATH missing", args: []string{filepath.Join(dir, "nope")}, err: "no such file or directory"},
 		{name: "PATH is a file", args: []string{file}, err: "is not a directory"},
 		{name: "PATH is a URL", args: []string{"https://github.com/x/y.git"}, err: "must be a local directory"},
-		{name: "stdin Dockerfile", args: []string{"-f", "-", dir}, err: "stdin"},
+		{name: "stdin Dockerfile", args: []string{"-f", "-", dir}, check: func(t *testing.T, o *buildOptions) {
+			if !o.dockerfileStdin || o.dockerfile != "" {
+				t.Errorf("-f -: stdin %v, dockerfile %q", o.dockerfileStdin, o.dockerfile)
+			}
+		}},
 		{name: "unknown flag", args: []string{"--no-such-flag", "x", dir}, err: "unknown flag: --no-such-flag"},
 		{name: "flag without value", args: []string{dir, "-t"}, err: "flag needs an argument"},
 	}
@@ -251,7 +255,8 @@ func TestResolveDockerfileFromCurrentDirectory(t *testing.T) {
 	}{
 		{name: "docker reads -f from the current directory", file: "ctx/sub/Dockerfile", want: filepath.Join(ctx, "sub/Dockerfile")},
 		{name: "falls back to the context", file: "sub/Dockerfile", want: "sub/Dockerfile"},
-		{name: "outside the context, with one inside", file: "Dockerfile", err: "outside the build context"},
+		{name: "outside the context, with one inside: the current directory's, as docker", file: "Dockerfile", want: filepath.Join(root, "Dockerfile")},
+		{name: "standard input", file: "-", want: ""},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

@@ -16,6 +16,8 @@ import (
 // App is one run of the kiln command with its process surroundings, so
 // tests can supply their own.
 type App struct {
+	// Stdin is what kiln build -f - reads the Dockerfile from (nil: empty).
+	Stdin  io.Reader
 	Stdout io.Writer
 	Stderr io.Writer
 	// LookupEnv reads the environment (KILN_GATEWAY, KILN_TOKEN,
@@ -37,6 +39,7 @@ func Main(args []string) int {
 	defer signal.Stop(interrupts)
 
 	a := &App{
+		Stdin:      os.Stdin,
 		Stdout:     os.Stdout,
 		Stderr:     os.Stderr,
 		LookupEnv:  os.LookupEnv,
