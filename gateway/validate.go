@@ -102,18 +102,25 @@ func validateSpec(spec *kilnv1.BuildSpec) error {
 		}
 		return invalid("%v", err)
 	}
+	// Until start calls checkNetworkPolicy with the caller, nobody gets
+	// the host's network.
+	if err := buildflags.CheckNetwork(spec.GetNetwork(), false); errors.Is(err, buildflags.ErrNetworkHost) {
+		return status.Errorf(codes.PermissionDenied, "%v", err)
+	}
 	return validateSecrets(spec)
 }
 
 // checkNetworkPolicy refuses --network host to a tenant whose policy does
 // not allow it, with codes.PermissionDenied naming the setting. A local
-// caller's builds carry no policy: the agent's own flags decide.
+// caller's builds carry no policy, which refuses it as it refuses RUN
+// --network=host.
 func checkNetworkPolicy(ctx context.Context, spec *kilnv1.BuildSpec) error {
 	c := callerOf(ctx)
-	if c.local {
-		return nil
+	allow := false
+	if !c.local {
+		allow = c.tenant.BuildPolicy().GetAllowNetworkHost()
 	}
-	if err := buildflags.CheckNetwork(spec.GetNetwork(), c.tenant.BuildPolicy().GetAllowNetworkHost()); err != nil {
+	if err := buildflags.CheckNetwork(spec.GetNetwork(), allow); err != nil {
 		if errors.Is(err, buildflags.ErrNetworkHost) {
 			return status.Errorf(codes.PermissionDenied, "tenant %s: %v", c.tenant.Name, err)
 		}
