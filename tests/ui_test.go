@@ -331,7 +331,7 @@ func TestWebUILongLog(t *testing.T) {
 	if r.code != 0 {
 		t.Fatalf("kiln build: %s", r)
 	}
-	ids := kiln(t, k.addrs.GRPC, "ls", "-q")
+	ids := kiln(t, k.addrs.GRPC, "ls", "--format", "{{.ID}}")
 	id := strings.Fields(ids.stdout)[0]
 	br := newUIBrowser(t, "http://"+k.addrs.HTTP)
 	start := time.Now()

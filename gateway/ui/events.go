@@ -120,12 +120,12 @@ type trendPoint struct {
 	RatioPct float64 `json:"cached_pct"`
 }
 
-// maxTrend bounds the builds a trend replays the events of.
-const maxTrend = 50
+// maxTrend bounds the builds of a trend.
+const maxTrend = 200
 
 // trendsJSON is a repository's last N finished builds (oldest first):
-// duration and the share of steps the cache answered, counted from each
-// build's step events.
+// duration and the share of steps the cache answered (the record's
+// result, as kiln ls's CACHED column).
 func (h *Handler) trendsJSON(w http.ResponseWriter, r *request) {
 	q := r.URL.Query()
 	n := 20
@@ -155,19 +155,7 @@ func (h *Handler) trendsJSON(w http.ResponseWriter, r *request) {
 		if b.StartedAt != nil && b.FinishedAt != nil {
 			p.Seconds = b.FinishedAt.AsTime().Sub(b.StartedAt.AsTime()).Seconds()
 		}
-		err := h.b.WatchBuild(r.Context(), r.id, b.Id, 1, func(ev *kilnv1.BuildEvent) error {
-			if f := ev.GetStepFinished(); f != nil {
-				p.Steps++
-				if f.Cached {
-					p.Cached++
-				}
-			}
-			return nil
-		})
-		if err != nil {
-			h.fail(w, r.Request, err)
-			return
-		}
+		p.Steps, p.Cached = int(b.GetResult().GetSteps()), int(b.GetResult().GetCachedSteps())
 		if p.Steps > 0 {
 			p.RatioPct = 100 * float64(p.Cached) / float64(p.Steps)
 		}
