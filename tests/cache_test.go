@@ -84,8 +84,9 @@ func wantWarm(t *testing.T, what string, m map[string]any, r result) {
 }
 
 // TestRegistryCacheWarmsAFreshBuildKitd: --cache-to type=registry,mode=max
-// on one buildkitd, then --cache-from the same ref on a second, fresh one:
-// every step before the changed one is cached.
+// on one buildkitd (which pushes the image in the build), then
+// --cache-from the same ref on a second, fresh one: every step before the
+// changed one is cached.
 func TestRegistryCacheWarmsAFreshBuildKitd(t *testing.T) {
 	base := enginetest.BusyboxBase(t)
 	bkA := enginetest.StartBuildKitd(t, enginetest.BuildKitdOptions{})
@@ -93,10 +94,15 @@ func TestRegistryCacheWarmsAFreshBuildKitd(t *testing.T) {
 	f := startEngineFarm(t, nil, buildkitAgent("bk-a", bkA), buildkitAgent("bk-b", bkB))
 	n := uniq()
 	ref := enginetest.Registry(t) + "/kiln-test/regcache:" + n
-	img := "kiln-test/regcache-img:" + n
-	m, r := cacheBuild(t, f, base, n, "b one", "--agent-label", "engine=bk-a", "-t", img, "--cache-to", "type=registry,ref="+ref+",mode=max")
+	img := enginetest.Registry(t) + "/kiln-test/regcache-img:" + n
+	m, r := cacheBuild(t, f, base, n, "b one", "--agent-label", "engine=bk-a", "-t", img, "--push", "--cache-to", "type=registry,ref="+ref+",mode=max")
 	if str(m, "kiln.agent") != "bk-a" {
 		t.Fatalf("first build ran on %s, want bk-a", str(m, "kiln.agent"))
+	}
+	// The buildkitd pushed the image in the build; the result says what
+	// the registry holds.
+	if got, want := str(m, "containerimage.digest"), enginetest.ManifestDigest(t, enginetest.Registry(t), "kiln-test/regcache-img", n); got != want {
+		t.Fatalf("pushed digest %q, the registry holds %q\n%s", got, want, r)
 	}
 	mustContain(t, r.stdout+r.stderr, "exported cache to "+ref, "the build's registry cache export")
 	m, r = cacheBuild(t, f, base, n, "b two", "--agent-label", "engine=bk-b", "-t", img, "--cache-from", ref)
