@@ -221,7 +221,7 @@
       const facts = [
         ["Tenant", b.tenant], ["Repository", spec.repository], ["Agent", b.agent], ["Attempt", b.attempt],
         ["Created", fmtTime(b.created_at)], ["Started", fmtTime(b.started_at)], ["Finished", fmtTime(b.finished_at)],
-        ["Context", ctx.digest ? ctx.digest.size_bytes + " bytes" + (b.result && b.result.context_transfer_bytes !== undefined ? ", " + b.result.context_transfer_bytes + " fetched by the agent (the rest deduplicated)" : "") : ""],
+        ["Context", ctx.digest ? ctx.digest.size_bytes + " bytes" + (b.result ? ", " + (b.result.context_transfer_bytes || 0) + " fetched by the agent (the rest deduplicated)" : "") : ""],
         ["Steps", b.result && b.result.steps ? (b.result.cached_steps || 0) + " of " + b.result.steps + " cached" : ""],
         ["Routing", (b.affinity && b.affinity.lineage ? "lineage " + b.affinity.lineage : "") +
           ((b.attempts || []).length ? " · attempts: " + b.attempts.map((a) => a.agent + (a.reason ? " (" + a.reason + ")" : "")).join(", ") : "") +
