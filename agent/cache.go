@@ -103,14 +103,12 @@ func (a *Agent) planCache(ctx context.Context, b *kilnv1.Build, info engine.Info
 	if a.summary.HasLineage(lineage) || slices.Contains(p.imported, ref) {
 		return p // the engine holds the lineage: its own cache is warmer
 	}
+	// The engine imports as it builds and does not say how long that
+	// took: the event has no duration.
 	pctx, cancel := context.WithTimeout(ctx, probeTimeout)
-	started := time.Now()
 	err := engine.ProbeCacheRef(pctx, ref, creds)
 	cancel()
-	ce := &kilnv1.CacheEvent{
-		Kind: kilnv1.CacheEvent_KIND_IMPORT, Ref: ref, Type: cacheopt.TypeRegistry, Automatic: true,
-		Duration: durationpb.New(time.Since(started)),
-	}
+	ce := &kilnv1.CacheEvent{Kind: kilnv1.CacheEvent_KIND_IMPORT, Ref: ref, Type: cacheopt.TypeRegistry, Automatic: true}
 	if err != nil {
 		// Nothing to import: the lineage's first build, or a registry
 		// that does not answer. The build goes on cold.
