@@ -100,8 +100,8 @@ func (a *Agent) planCache(ctx context.Context, b *kilnv1.Build, info engine.Info
 			p.to = append(p.to, engine.CacheOption{Type: cacheopt.TypeInline})
 		}
 	}
-	if a.summary.HasLineage(lineage) || slices.Contains(p.imported, ref) {
-		return p // the engine holds the lineage: its own cache is warmer
+	if a.summary.HasLineage(lineage) || slices.Contains(p.imported, ref) || b.GetSpec().GetNoCache() {
+		return p // the engine holds the lineage (its own cache is warmer), or the build uses no cache
 	}
 	// The engine imports as it builds and does not say how long that
 	// took: the event has no duration.
