@@ -351,6 +351,15 @@ func TestWebUI(t *testing.T) {
 	if code := br.fetchStatus("POST", "/ui/builds/"+id2+"/cancel"); code != 403 {
 		t.Errorf("a cancel without the CSRF token: %d, want 403", code)
 	}
+
+	// The admin drains the agent from the overview, then undrains it.
+	adm.open("/ui/")
+	for _, step := range []struct{ button, state string }{{"Drain agent e2e-agent", "DRAINING"}, {"Undrain agent e2e-agent", "READY"}} {
+		sel := fmt.Sprintf(`button[aria-label=%q]`, step.button)
+		adm.waitJS(time.Minute, "the button "+step.button, fmt.Sprintf(`document.querySelector(%q)`, sel))
+		adm.run("click "+step.button, chromedp.Click(chromedp.CSS(sel)))
+		adm.waitJS(time.Minute, "the agent "+step.state, fmt.Sprintf(`[...document.querySelectorAll("#agents tr")].some(r => r.children[0].textContent === "e2e-agent" && r.children[1].textContent === %q)`, step.state))
+	}
 }
 
 // TestWebUILongLog loads the page of a build whose log has 200 000 lines:
