@@ -198,6 +198,17 @@ func TestUITenantIsolationAndCSRF(t *testing.T) {
 		t.Fatalf("cancel answered %s, want the build CANCELLED", body)
 	}
 
+	// Retry, as a plain form: a new build, and the browser sent to its page.
+	resp, body = a.do("POST", "/ui/builds/"+aBuild.Id+"/retry", url.Values{"csrf": {a.csrf}}, nil)
+	wantStatus(t, "retry", resp, body, http.StatusSeeOther)
+	loc := resp.Header.Get("Location")
+	if !strings.HasPrefix(loc, "/ui/builds/") || loc == "/ui/builds/"+aBuild.Id {
+		t.Fatalf("retry sent the browser to %q, want the new build's page", loc)
+	}
+	if resp, body := a.get(loc); resp.StatusCode != http.StatusOK || !strings.Contains(body, "QUEUED") {
+		t.Fatalf("the retried build's page: %s\n%s", resp.Status, body)
+	}
+
 	// The admin sees team-b's build, page and events.
 	adm := newUIClient(t, srv)
 	adm.login(tokenAdmin)
