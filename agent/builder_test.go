@@ -33,14 +33,41 @@ func TestChooseBuilder(t *testing.T) {
 		{nil, "", &kilnv1.BuildSpec{}, manifest, none, "no builder"},
 		{[]string{"buildkit", "classic"}, "", &kilnv1.BuildSpec{}, tar, classic, ""},
 		{[]string{"buildkit", "classic"}, "", &kilnv1.BuildSpec{Builder: bk}, tar, bk, ""},
+		// Cache options need BuildKit, as secrets do.
+		{[]string{"buildkit", "classic"}, "", &kilnv1.BuildSpec{CacheTo: []*kilnv1.CacheOption{{Type: "inline"}}}, tar, bk, ""},
+		{[]string{"buildkit", "classic"}, "", &kilnv1.BuildSpec{CacheFrom: []*kilnv1.CacheOption{{Type: "registry"}}, Builder: classic}, manifest, none, "cache options"},
+		{[]string{"classic"}, "", &kilnv1.BuildSpec{CacheFrom: []*kilnv1.CacheOption{{Type: "registry"}}}, manifest, none, "cache options (--cache-from, --cache-to) need BuildKit"},
 	} {
-		a := &Agent{cfg: Config{Name: "a1", Builder: tt.flag}, info: engine.Info{Builders: tt.engine}}
+		a := &Agent{cfg: Config{Name: "a1", Builder: tt.flag}, info: engine.Info{Builders: tt.engine, Kind: engine.KindDocker}}
 		got, err := a.chooseBuilder(tt.spec, tt.ref)
 		switch {
 		case tt.wantErr != "" && (err == nil || !strings.Contains(err.Error(), tt.wantErr)):
 			t.Errorf("engine %v flag %q spec %v: err %v, want one saying %q", tt.engine, tt.flag, tt.spec, err, tt.wantErr)
 		case tt.wantErr == "" && (err != nil || got != tt.want):
 			t.Errorf("engine %v flag %q spec %v: %v, %v; want %v", tt.engine, tt.flag, tt.spec, got, err, tt.want)
+		}
+	}
+}
+
+// TestChooseBuilderOnStandaloneBuildKit: a standalone BuildKit engine has
+// no classic builder, and a build that needs one is told so by name.
+func TestChooseBuilderOnStandaloneBuildKit(t *testing.T) {
+	a := &Agent{cfg: Config{Name: "bk1"}, info: engine.Info{Builders: []string{"buildkit"}, Kind: engine.KindBuildKit}}
+	manifest := &kilnv1.ContextRef{Format: kilnv1.ContextFormat_CONTEXT_FORMAT_MANIFEST}
+	tar := &kilnv1.ContextRef{Format: kilnv1.ContextFormat_CONTEXT_FORMAT_TAR}
+	if got, err := a.chooseBuilder(&kilnv1.BuildSpec{}, manifest); err != nil || got != kilnv1.Builder_BUILDER_BUILDKIT {
+		t.Fatalf("a manifest build: %v, %v; want BuildKit", got, err)
+	}
+	for _, tt := range []struct {
+		spec *kilnv1.BuildSpec
+		ref  *kilnv1.ContextRef
+		want string
+	}{
+		{&kilnv1.BuildSpec{Builder: kilnv1.Builder_BUILDER_CLASSIC}, manifest, "--builder classic), and agent \"bk1\" drives a standalone BuildKit engine, which has no classic builder"},
+		{&kilnv1.BuildSpec{}, tar, "context is a tar"},
+	} {
+		if _, err := a.chooseBuilder(tt.spec, tt.ref); err == nil || !strings.Contains(err.Error(), tt.want) {
+			t.Errorf("spec %v ref %v: %v, want an error saying %q", tt.spec, tt.ref, err, tt.want)
 		}
 	}
 }
