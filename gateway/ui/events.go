@@ -2,7 +2,9 @@ package ui
 
 import (
 	"context"
+	"encoding/json"
 	"fmt"
+	"io"
 	"net/http"
 	"strconv"
 	"sync"
@@ -15,12 +17,13 @@ import (
 )
 
 // sseFlushEvery is how often a build's event stream is flushed to the
-// browser: a replayed log of 200 000 lines goes out in a few large writes
-// rather than one per line.
+// browser (and pending log lines written): a replayed log of 200 000 lines
+// goes out in a few large writes rather than one per line.
 const sseFlushEvery = 50 * time.Millisecond
 
-// events relays WatchBuild as Server-Sent Events: each event's id is its
-// sequence, so a reconnecting EventSource resumes after Last-Event-ID
+// events relays WatchBuild as Server-Sent Events (sseWriter): each
+// message's id is its event's sequence (a batch of log lines: its last
+// line's), so a reconnecting EventSource resumes after Last-Event-ID
 // (or ?from=N starts at sequence N). After the finished event comes
 // "event: end", and the stream closes.
 func (h *Handler) events(w http.ResponseWriter, r *request) {
@@ -59,8 +62,7 @@ func (h *Handler) events(w http.ResponseWriter, r *request) {
 
 	ctx, cancel := context.WithCancel(r.Context())
 	defer cancel()
-	var mu sync.Mutex
-	dirty := false
+	out := &sseWriter{w: w}
 	var wg sync.WaitGroup
 	wg.Add(1)
 	go func() { // flushes what send wrote, until the stream ends
@@ -72,29 +74,23 @@ func (h *Handler) events(w http.ResponseWriter, r *request) {
 			case <-ctx.Done():
 				return
 			case <-t.C:
-				mu.Lock()
-				if dirty {
+				out.mu.Lock()
+				out.writeLogs()
+				if out.dirty {
 					flusher.Flush()
-					dirty = false
+					out.dirty = false
 				}
-				mu.Unlock()
+				out.mu.Unlock()
 			}
 		}
 	}()
-	send := func(ev *kilnv1.BuildEvent) error {
-		data, err := marshal.Marshal(ev)
-		if err != nil {
-			return err
-		}
-		mu.Lock()
-		defer mu.Unlock()
-		dirty = true
-		_, err = fmt.Fprintf(w, "id: %d\ndata: %s\n\n", ev.GetSequence(), data)
-		return err
-	}
+	send := out.send
 	err := h.b.WatchBuild(ctx, r.id, id, from, send)
 	cancel()
 	wg.Wait()
+	out.mu.Lock()
+	out.writeLogs()
+	out.mu.Unlock()
 	if err != nil {
 		if status.Code(err) == codes.Canceled || r.Context().Err() != nil {
 			return
@@ -107,6 +103,70 @@ func (h *Handler) events(w http.ResponseWriter, r *request) {
 	}
 	fmt.Fprint(w, "event: end\ndata: {}\n\n")
 	flusher.Flush()
+}
+
+// maxLogBatch bounds the log lines of one "logs" message.
+const maxLogBatch = 2000
+
+// sseWriter writes a build's events as Server-Sent Events. Consecutive log
+// lines go out together as one "logs" message ({"first": sequence of the
+// first, "lines": [text…]}, its id the last line's sequence), so the
+// browser handles a replayed log of 200 000 lines as a few hundred
+// messages; every other event is one message whose data is the event.
+type sseWriter struct {
+	w     io.Writer
+	mu    sync.Mutex
+	dirty bool   // written since the last flush; guarded by mu
+	first uint64 // sequence of logs[0]; guarded by mu
+	logs  []string
+	err   error
+}
+
+func (s *sseWriter) send(ev *kilnv1.BuildEvent) error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if l := ev.GetLog(); l != nil {
+		if len(s.logs) == 0 {
+			s.first = ev.GetSequence()
+		}
+		s.logs = append(s.logs, l.GetText())
+		if len(s.logs) >= maxLogBatch {
+			s.writeLogs()
+		}
+		return s.err
+	}
+	s.writeLogs()
+	data, err := marshal.Marshal(ev)
+	if err != nil {
+		return err
+	}
+	s.write("id: %d\ndata: %s\n\n", ev.GetSequence(), data)
+	return s.err
+}
+
+// writeLogs writes the pending log lines; mu must be held.
+func (s *sseWriter) writeLogs() {
+	if len(s.logs) == 0 {
+		return
+	}
+	data, err := json.Marshal(struct {
+		First uint64   `json:"first"`
+		Lines []string `json:"lines"`
+	}{s.first, s.logs})
+	if err != nil {
+		s.err = err
+		return
+	}
+	s.write("id: %d\nevent: logs\ndata: %s\n\n", s.first+uint64(len(s.logs))-1, data)
+	s.logs = s.logs[:0]
+}
+
+func (s *sseWriter) write(format string, args ...any) {
+	if s.err != nil {
+		return
+	}
+	_, s.err = fmt.Fprintf(s.w, format, args...)
+	s.dirty = true
 }
 
 // trendPoint is one build of a repository's trend.

@@ -296,6 +296,12 @@
     loadBuild().then(() => {
       const es = new EventSource("/ui/api/builds/" + encodeURIComponent(id) + "/events");
       es.onmessage = (m) => onEvent(JSON.parse(m.data));
+      es.addEventListener("logs", (m) => { // consecutive log lines, batched by the server
+        const d = JSON.parse(m.data);
+        const first = Number(d.first);
+        for (let i = 0; i < d.lines.length; i++) { state.lines.push(d.lines[i]); state.seqs.push(first + i); }
+        schedule();
+      });
       es.addEventListener("end", () => {
         es.close();
         state.ended = true;
