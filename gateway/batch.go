@@ -22,9 +22,11 @@ const (
 // BatchUpdateBlobs stores a batch of small blobs, all or nothing: each is
 // checked against its digest before any is stored, the blobs the farm
 // lacks are charged to the caller's tenant in one charge (refused over its
-// quota before anything is stored), and stored pipelined (cas.PutBatch);
-// what could not be stored is refunded and the call fails, so the client sends the batch
-// again (blobs stored meanwhile are then accepted without a charge).
+// quota before anything is stored), and stored in JetStream atomic
+// batches (cas.PutBatch: one synced write per batch, not two per blob);
+// what could not be stored is refunded and the call fails, so the client
+// sends the batch again (blobs stored meanwhile are then accepted without
+// a charge).
 func (g *Gateway) BatchUpdateBlobs(ctx context.Context, req *kilnv1.BatchUpdateBlobsRequest) (*kilnv1.BatchUpdateBlobsResponse, error) {
 	tenant := tenantOf(ctx)
 	if n := len(req.GetBlobs()); n > MaxBatchBlobs {
