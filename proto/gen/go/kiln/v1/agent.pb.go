@@ -109,9 +109,17 @@ type Agent struct {
 	// routing matches against what a build needs (agent/engine's Feature*
 	// constants): "cache-export-registry", "cache-export-inline",
 	// "cache-import", "rootless", ...
-	Features      []string `protobuf:"bytes,18,rep,name=features,proto3" json:"features,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	Features []string `protobuf:"bytes,18,rep,name=features,proto3" json:"features,omitempty"`
+	// platforms are the platforms the agent's engine builds natively
+	// ("linux/amd64"), normalised by proto/rules/platforms.
+	Platforms []string `protobuf:"bytes,19,rep,name=platforms,proto3" json:"platforms,omitempty"`
+	// emulated_platforms are the platforms it builds under emulation: for a
+	// Docker engine, the enabled binfmt_misc handlers of the agent's host
+	// (qemu-aarch64 → "linux/arm64"); for a buildkitd, its worker's platforms
+	// other than the native ones. Routing prefers native.
+	EmulatedPlatforms []string `protobuf:"bytes,20,rep,name=emulated_platforms,json=emulatedPlatforms,proto3" json:"emulated_platforms,omitempty"`
+	unknownFields     protoimpl.UnknownFields
+	sizeCache         protoimpl.SizeCache
 }
 
 func (x *Agent) Reset() {
@@ -266,6 +274,20 @@ func (x *Agent) GetEngineKind() string {
 func (x *Agent) GetFeatures() []string {
 	if x != nil {
 		return x.Features
+	}
+	return nil
+}
+
+func (x *Agent) GetPlatforms() []string {
+	if x != nil {
+		return x.Platforms
+	}
+	return nil
+}
+
+func (x *Agent) GetEmulatedPlatforms() []string {
+	if x != nil {
+		return x.EmulatedPlatforms
 	}
 	return nil
 }
@@ -618,7 +640,7 @@ var File_kiln_v1_agent_proto protoreflect.FileDescriptor
 
 const file_kiln_v1_agent_proto_rawDesc = "" +
 	"\n" +
-	"\x13kiln/v1/agent.proto\x12\akiln.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x13kiln/v1/build.proto\"\xcc\x05\n" +
+	"\x13kiln/v1/agent.proto\x12\akiln.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x13kiln/v1/build.proto\"\x99\x06\n" +
 	"\x05Agent\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12)\n" +
 	"\x05state\x18\x02 \x01(\x0e2\x13.kiln.v1.AgentStateR\x05state\x12\x14\n" +
@@ -641,7 +663,9 @@ const file_kiln_v1_agent_proto_rawDesc = "" +
 	"\bwarnings\x18\x10 \x03(\tR\bwarnings\x12\x1f\n" +
 	"\vengine_kind\x18\x11 \x01(\tR\n" +
 	"engineKind\x12\x1a\n" +
-	"\bfeatures\x18\x12 \x03(\tR\bfeatures\x1a9\n" +
+	"\bfeatures\x18\x12 \x03(\tR\bfeatures\x12\x1c\n" +
+	"\tplatforms\x18\x13 \x03(\tR\tplatforms\x12-\n" +
+	"\x12emulated_platforms\x18\x14 \x03(\tR\x11emulatedPlatforms\x1a9\n" +
 	"\vLabelsEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
 	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"c\n" +

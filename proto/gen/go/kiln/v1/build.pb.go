@@ -262,8 +262,15 @@ type BuildSpec struct {
 	// lineage and the .dockerignore beside it) and need not be in the
 	// context. At most proto/rules/buildflags.MaxDockerfileBytes.
 	DockerfileInline []byte `protobuf:"bytes,23,opt,name=dockerfile_inline,json=dockerfileInline,proto3" json:"dockerfile_inline,omitempty"`
-	unknownFields    protoimpl.UnknownFields
-	sizeCache        protoimpl.SizeCache
+	// platforms are the platforms to build for (buildx --platform), each
+	// "os/arch[/variant]" normalised by proto/rules/platforms ("linux/arm64").
+	// Empty: the agent's own platform. One: the build is routed to an agent
+	// that builds it (natively preferred) and the engine builds for it. Several:
+	// the build is a parent with one child build per platform (Build.children),
+	// and its result is an OCI image index referencing the children's images.
+	Platforms     []string `protobuf:"bytes,30,rep,name=platforms,proto3" json:"platforms,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
 }
 
 func (x *BuildSpec) Reset() {
@@ -453,6 +460,13 @@ func (x *BuildSpec) GetUlimits() []*Ulimit {
 func (x *BuildSpec) GetDockerfileInline() []byte {
 	if x != nil {
 		return x.DockerfileInline
+	}
+	return nil
+}
+
+func (x *BuildSpec) GetPlatforms() []string {
+	if x != nil {
+		return x.Platforms
 	}
 	return nil
 }
@@ -1150,7 +1164,15 @@ type Build struct {
 	TimedOut bool `protobuf:"varint,22,opt,name=timed_out,json=timedOut,proto3" json:"timed_out,omitempty"`
 	// retry_of is the id of the build RetryBuild copied this one from (empty
 	// for a build StartBuild queued).
-	RetryOf       string `protobuf:"bytes,23,opt,name=retry_of,json=retryOf,proto3" json:"retry_of,omitempty"`
+	RetryOf string `protobuf:"bytes,23,opt,name=retry_of,json=retryOf,proto3" json:"retry_of,omitempty"`
+	// parent_id is, for a child of a multi-platform build, the id of the
+	// build it is part of (its spec has exactly one platform).
+	ParentId string `protobuf:"bytes,24,opt,name=parent_id,json=parentId,proto3" json:"parent_id,omitempty"`
+	// children are, for a multi-platform build, its child builds' ids, one
+	// per platform in spec.platforms' order. The parent runs no step itself:
+	// it is RUNNING while its children run and SUCCEEDED once they have all
+	// pushed and the image index is written.
+	Children      []string `protobuf:"bytes,25,rep,name=children,proto3" json:"children,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1344,6 +1366,20 @@ func (x *Build) GetRetryOf() string {
 		return x.RetryOf
 	}
 	return ""
+}
+
+func (x *Build) GetParentId() string {
+	if x != nil {
+		return x.ParentId
+	}
+	return ""
+}
+
+func (x *Build) GetChildren() []string {
+	if x != nil {
+		return x.Children
+	}
+	return nil
 }
 
 // BuildAttempt is one assignment of a build to an agent.
@@ -2730,7 +2766,7 @@ var File_kiln_v1_build_proto protoreflect.FileDescriptor
 
 const file_kiln_v1_build_proto_rawDesc = "" +
 	"\n" +
-	"\x13kiln/v1/build.proto\x12\akiln.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x15kiln/v1/context.proto\"\xdd\b\n" +
+	"\x13kiln/v1/build.proto\x12\akiln.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x15kiln/v1/context.proto\"\xfb\b\n" +
 	"\tBuildSpec\x12\x1e\n" +
 	"\n" +
 	"dockerfile\x18\x01 \x01(\tR\n" +
@@ -2763,7 +2799,8 @@ const file_kiln_v1_build_proto_rawDesc = "" +
 	"extraHosts\x12$\n" +
 	"\x0eshm_size_bytes\x18\x15 \x01(\x03R\fshmSizeBytes\x12)\n" +
 	"\aulimits\x18\x16 \x03(\v2\x0f.kiln.v1.UlimitR\aulimits\x12+\n" +
-	"\x11dockerfile_inline\x18\x17 \x01(\fR\x10dockerfileInline\x1a<\n" +
+	"\x11dockerfile_inline\x18\x17 \x01(\fR\x10dockerfileInline\x12\x1c\n" +
+	"\tplatforms\x18\x1e \x03(\tR\tplatforms\x1a<\n" +
 	"\x0eBuildArgsEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
 	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\x1a9\n" +
@@ -2827,7 +2864,7 @@ const file_kiln_v1_build_proto_rawDesc = "" +
 	"\x04Kind\x12\x14\n" +
 	"\x10KIND_UNSPECIFIED\x10\x00\x12\x0f\n" +
 	"\vKIND_IMPORT\x10\x01\x12\x0f\n" +
-	"\vKIND_EXPORT\x10\x02\"\x9d\b\n" +
+	"\vKIND_EXPORT\x10\x02\"\xd6\b\n" +
 	"\x05Build\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x12\x16\n" +
 	"\x06tenant\x18\x02 \x01(\tR\x06tenant\x12&\n" +
@@ -2856,7 +2893,9 @@ const file_kiln_v1_build_proto_rawDesc = "" +
 	"\x06policy\x18\x14 \x01(\v2\x15.kiln.v1.TenantPolicyR\x06policy\x121\n" +
 	"\battempts\x18\x15 \x03(\v2\x15.kiln.v1.BuildAttemptR\battempts\x12\x1b\n" +
 	"\ttimed_out\x18\x16 \x01(\bR\btimedOut\x12\x19\n" +
-	"\bretry_of\x18\x17 \x01(\tR\aretryOf\x1a?\n" +
+	"\bretry_of\x18\x17 \x01(\tR\aretryOf\x12\x1b\n" +
+	"\tparent_id\x18\x18 \x01(\tR\bparentId\x12\x1a\n" +
+	"\bchildren\x18\x19 \x03(\tR\bchildren\x1a?\n" +
 	"\x11TraceContextEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
 	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"\x85\x02\n" +
