@@ -24,7 +24,8 @@
 //	diff(record, manifest) ── nothing to do ──► return the slot as it is
 //	  ▼
 //	delete the record (synced) ──► remove gone entries ──► write changed
-//	entries ──► directory modes and mtimes, deepest first ──► syncfs ──►
+//	entries (files 4 at once) ──► directory modes and mtimes, deepest
+//	first ──► syncfs ──►
 //	write the record (tmp, fsync, rename)
 //	  ▼
 //	evict least recently used unpinned slots while over the bound

@@ -777,14 +777,16 @@ func TestMaterializeAfterClose(t *testing.T) {
 type recordSpy struct {
 	*memBlobs
 	record   string
+	spyMu    sync.Mutex // files are written several at once
 	opens    int
 	recorded bool
 }
 
 func (r *recordSpy) Open(digest string) (io.ReadCloser, error) {
+	_, err := os.Lstat(r.record)
+	r.spyMu.Lock()
 	r.opens++
-	if _, err := os.Lstat(r.record); err == nil {
-		r.recorded = true
-	}
+	r.recorded = r.recorded || err == nil
+	r.spyMu.Unlock()
 	return r.memBlobs.Open(digest)
 }

@@ -335,6 +335,8 @@ func apply(ctx context.Context, root int, p *plan, blobs Opener, st *Stats) erro
 	defer t.close()
 	w := &writer{ctx: ctx, t: t, links: newTree(root, dirty), blobs: blobs, buf: make([]byte, 256<<10)}
 	defer w.links.close()
+	files := newFileWrites(ctx, blobs)
+	defer files.wait() // no write outlives apply
 
 	for _, r := range p.remove {
 		dirfd, name, err := t.parent(r)
@@ -370,14 +372,30 @@ func apply(ctx context.Context, root int, p *plan, blobs Opener, st *Stats) erro
 				return fmt.Errorf("replace context entry %q: %w", e.Path, err)
 			}
 		}
+		dirty[parentOf(e.Path)] = true
+		st.Written++
+		if e.Type == kilnv1.EntryType_ENTRY_TYPE_FILE {
+			if err := files.start(dirfd, name, e); err != nil {
+				return err
+			}
+			continue
+		}
+		// A hard link's target may be a file still being written.
+		if e.Type == kilnv1.EntryType_ENTRY_TYPE_HARDLINK {
+			if err := files.wait(); err != nil {
+				return err
+			}
+		}
 		n, err := w.writeEntry(dirfd, name, e)
 		if err != nil {
 			return err
 		}
-		dirty[parentOf(e.Path)] = true
-		st.Written++
 		st.WrittenBytes += n
 	}
+	if err := files.wait(); err != nil {
+		return err
+	}
+	st.WrittenBytes += files.written()
 
 	// Directories last, deepest first: writing into a directory changes
 	// its mtime, and its mode may forbid writing into it.

@@ -21,7 +21,7 @@ var ErrNotDirectory = errors.New("is not a directory on disk: refusing to write 
 
 // Opener opens a blob by digest ("sha256:<64 hex>"); *localcas.Store is
 // one. Materialize checks every blob it reads against its entry's size and
-// digest.
+// digest, and opens several at once (it writes files in parallel).
 type Opener interface {
 	Open(digest string) (io.ReadCloser, error)
 }
