@@ -345,6 +345,7 @@ func (a *Agent) record() *kilnv1.Agent {
 		Os: nonEmpty(info.OS, runtime.GOOS), Arch: nonEmpty(info.Arch, runtime.GOARCH), Labels: a.cfg.Labels,
 		StartedAt: timestamppb.New(a.started), Cache: a.summary.Proto(), Builders: a.builders(),
 		Warnings: a.clips.warnings(), EngineKind: info.Kind, Features: info.Features,
+		Platforms: info.Platforms, EmulatedPlatforms: info.Emulated,
 	}
 }
 

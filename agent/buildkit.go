@@ -131,7 +131,18 @@ func buildOptions(spec *kilnv1.BuildSpec, creds engine.Credentials) engine.Build
 		ExtraHosts: spec.ExtraHosts,
 		ShmSize:    spec.ShmSizeBytes,
 		Ulimits:    ulimits(spec.Ulimits),
+		Platform:   specPlatform(spec),
 	}
+}
+
+// specPlatform is the platform a build is for: its one platform ("" when
+// it names none: the engine's own). A build naming several is a parent
+// the farm splits into one child per platform and never reaches an agent.
+func specPlatform(spec *kilnv1.BuildSpec) string {
+	if len(spec.GetPlatforms()) == 1 {
+		return spec.GetPlatforms()[0]
+	}
+	return ""
 }
 
 // ulimits are the spec's --ulimit values as the engine takes them.

@@ -38,6 +38,11 @@ type BuildOptions struct {
 	ShmSize int64
 	// Ulimits are RUN steps' resource limits (--ulimit).
 	Ulimits []Ulimit
+	// Platform is the platform to build for ("linux/arm64", as
+	// proto/rules/platforms spells it; "": the engine's own). The engine
+	// sets TARGETPLATFORM, TARGETOS, TARGETARCH and TARGETVARIANT from it
+	// as buildx does; one it does not run natively needs emulation.
+	Platform string
 }
 
 // Ulimit is one --ulimit: a limit name ("nofile") and its soft and hard
@@ -122,6 +127,7 @@ func (d *Docker) Build(ctx context.Context, contextTar io.Reader, o BuildOptions
 		ExtraHosts:  o.ExtraHosts,
 		ShmSize:     o.ShmSize,
 		Ulimits:     dockerUlimits(o.Ulimits),
+		Platform:    o.Platform,
 	})
 	if err != nil {
 		return Result{}, d.requestError(ctx, err)

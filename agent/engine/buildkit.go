@@ -154,6 +154,7 @@ func (d *Docker) BuildKit(ctx context.Context, o BuildKitOptions, r Reporter) (B
 		ExtraHosts:    o.ExtraHosts,
 		ShmSize:       o.ShmSize,
 		Ulimits:       dockerUlimits(o.Ulimits),
+		Platform:      o.Platform,
 	})
 	if err != nil {
 		return BuildKitResult{}, d.requestError(ctx, err)

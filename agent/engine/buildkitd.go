@@ -21,6 +21,7 @@ import (
 	"google.golang.org/grpc/codes"
 
 	"github.com/kilnbuild/kiln/proto/rules/cacheopt"
+	"github.com/kilnbuild/kiln/proto/rules/platforms"
 )
 
 // TLSConfig is how the agent reaches a buildkitd over TLS: files holding
@@ -132,6 +133,18 @@ func (b *BuildKitd) Info(ctx context.Context) (Info, error) {
 		if p.Variant != "" {
 			info.Arch += "/" + p.Variant
 		}
+		// The worker lists its native platform first, then those its
+		// binfmt_misc handlers emulate.
+		info.Platforms = nonEmptyList(platforms.Native(info.OS, info.Arch))
+		var all []string
+		for _, wp := range w.Platforms[1:] {
+			arch := wp.Architecture
+			if wp.Variant != "" {
+				arch += "/" + wp.Variant
+			}
+			all = append(all, platforms.Native(wp.OS, arch))
+		}
+		info.Emulated = platforms.Emulated(info.Platforms, all)
 	}
 	if b.rootless(w.Labels) {
 		info.Features = append(info.Features, FeatureRootless)
@@ -392,6 +405,9 @@ func frontendAttrs(o BuildKitOptions, dockerfile string) map[string]string {
 	}
 	if len(hosts) > 0 {
 		attrs["add-hosts"] = strings.Join(hosts, ",")
+	}
+	if o.Platform != "" {
+		attrs["platform"] = o.Platform
 	}
 	if o.ShmSize > 0 {
 		attrs["shm-size"] = strconv.FormatInt(o.ShmSize, 10)

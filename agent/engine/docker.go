@@ -8,6 +8,7 @@ import (
 	"strings"
 
 	"github.com/docker/docker/client"
+	"github.com/kilnbuild/kiln/proto/rules/platforms"
 )
 
 // Docker drives one Docker engine through the Engine API. It is safe for
@@ -102,6 +103,9 @@ type Info struct {
 	Builders      []string // "buildkit", "classic": what the engine builds with, preferred first
 	Kind          string   // KindDocker or KindBuildKit
 	Features      []string // Feature* constants: what the engine can do beyond building
+	// Platforms are the platforms the engine builds natively, Emulated
+	// those it builds under emulation (proto/rules/platforms' spelling).
+	Platforms, Emulated []string
 }
 
 // Info asks the engine who it is. It is also the agent's liveness check: an
@@ -119,7 +123,12 @@ func (d *Docker) Info(ctx context.Context) (Info, error) {
 	if err != nil {
 		return Info{}, err
 	}
+	native := platforms.Native(si.OSType, si.Architecture)
 	return Info{
+		// The engine's emulation is its host's binfmt_misc handlers: this
+		// host's, for the local engine an agent normally drives.
+		Platforms:     nonEmptyList(native),
+		Emulated:      platforms.Emulated([]string{native}, BinfmtPlatforms(BinfmtDir)),
 		Kind:          KindDocker,
 		Features:      []string{FeatureCacheImport, FeatureCacheExportInline},
 		Builders:      builders,

@@ -26,13 +26,20 @@ const (
 // is dockerfile (nil when unknown: lineage only).
 func Compute(tenant string, spec *kilnv1.BuildSpec, dockerfile []byte) *kilnv1.Affinity {
 	a := &kilnv1.Affinity{Lineage: Lineage(tenant, spec.GetRepository(), spec.GetDockerfile(), spec.GetTarget())}
+	// A build for one named platform (a multi-platform build's child) has
+	// its own cache: its lineage and chain hashes include the platform. A
+	// build naming none keeps the hashes it always had.
+	prev := ""
+	if ps := spec.GetPlatforms(); len(ps) == 1 {
+		a.Lineage = hash(a.Lineage + "\x00" + ps[0])
+		prev = ps[0]
+	}
 	if len(dockerfile) > maxDockerfile {
 		dockerfile = dockerfile[:maxDockerfile]
 	}
 	instrs := Instructions(dockerfile, maxInstructions)
 	args := spec.GetBuildArgs()
 	meta := map[string]string{} // ARGs before the first FROM, overridden by build args
-	prev := ""
 	seenFrom := false
 	for _, in := range instrs {
 		keyword, rest, _ := strings.Cut(in, " ")
