@@ -20,10 +20,15 @@ func builderLabel(b kilnv1.Builder) string {
 // and requires of an agent for a build that needs the feature.
 func featureLabel(feature string) string { return "kiln.feature." + feature }
 
-// routingAgentLabels are an agent's labels plus one per builder it offers
-// and one per feature its engine has.
+// platformLabel is the label the dispatcher gives an agent for each
+// platform it builds, natively or emulated ("kiln.platform.linux/arm64"),
+// and requires of an agent for a build for one platform.
+func platformLabel(p string) string { return "kiln.platform." + p }
+
+// routingAgentLabels are an agent's labels plus one per builder it offers,
+// one per feature its engine has and one per platform it builds.
 func routingAgentLabels(a *kilnv1.Agent) map[string]string {
-	if len(a.GetBuilders()) == 0 && len(a.GetFeatures()) == 0 {
+	if len(a.GetBuilders()) == 0 && len(a.GetFeatures()) == 0 && len(a.GetPlatforms()) == 0 && len(a.GetEmulatedPlatforms()) == 0 {
 		return a.GetLabels()
 	}
 	out := maps.Clone(a.GetLabels())
@@ -36,19 +41,30 @@ func routingAgentLabels(a *kilnv1.Agent) map[string]string {
 	for _, f := range a.GetFeatures() {
 		out[featureLabel(f)] = "true"
 	}
+	for _, p := range a.GetPlatforms() {
+		out[platformLabel(p)] = "true"
+	}
+	for _, p := range a.GetEmulatedPlatforms() {
+		out[platformLabel(p)] = "true"
+	}
 	return out
 }
 
 // routingBuildLabels are a build's required agent labels plus the builder
-// it needs (the one it asks for, or BuildKit for a build with secrets) and
-// the registry cache exporter when its --cache-to has a type=registry.
+// it needs (the one it asks for, or BuildKit for a build with secrets), the
+// registry cache exporter when its --cache-to has a type=registry, and its
+// platform when it names one.
 func routingBuildLabels(spec *kilnv1.BuildSpec) map[string]string {
 	need := spec.GetBuilder()
 	if need == kilnv1.Builder_BUILDER_UNSPECIFIED && len(spec.GetSecrets()) > 0 {
 		need = kilnv1.Builder_BUILDER_BUILDKIT
 	}
 	export := cacheopt.NeedsRegistryExport(spec.GetCacheTo())
-	if need == kilnv1.Builder_BUILDER_UNSPECIFIED && !export {
+	platform := ""
+	if ps := spec.GetPlatforms(); len(ps) == 1 {
+		platform = ps[0]
+	}
+	if need == kilnv1.Builder_BUILDER_UNSPECIFIED && !export && platform == "" {
 		return spec.GetAgentLabels()
 	}
 	out := maps.Clone(spec.GetAgentLabels())
@@ -60,6 +76,9 @@ func routingBuildLabels(spec *kilnv1.BuildSpec) map[string]string {
 	}
 	if export {
 		out[featureLabel(cacheopt.RegistryExportFeature)] = "true"
+	}
+	if platform != "" {
+		out[platformLabel(platform)] = "true"
 	}
 	return out
 }
