@@ -6,6 +6,7 @@ import (
 
 	kilnv1 "github.com/kilnbuild/kiln/proto/gen/go/kiln/v1"
 	"github.com/kilnbuild/kiln/proto/rules/buildflags"
+	"github.com/kilnbuild/kiln/proto/rules/platforms"
 	"github.com/spf13/pflag"
 )
 
@@ -15,16 +16,18 @@ type runFlags struct {
 	addHosts  []string
 	shmSize   string
 	ulimits   []string
+	platforms []string               // --platform values, each possibly a comma-separated list
 	buildx    map[string]*buildxFlag // the other buildx flags, by name
 	buildxSet []string               // their names in buildxFlags' order
 }
 
-// register adds --network, --add-host, --shm-size and --ulimit.
+// register adds --network, --add-host, --shm-size, --ulimit and --platform.
 func (f *runFlags) register(fs *pflag.FlagSet) {
 	fs.StringVar(&f.network, "network", "", `Network mode for the RUN steps: "default", "none" or "host" (host only where the farm's policy allows it)`)
 	fs.StringArrayVar(&f.addHosts, "add-host", nil, `Add a custom host-to-IP mapping for the RUN steps (format: "host:ip"); repeatable`)
 	fs.StringVar(&f.shmSize, "shm-size", "", `Size of /dev/shm for the RUN steps (e.g. 128m)`)
 	fs.StringArrayVar(&f.ulimits, "ulimit", nil, `Ulimit for the RUN steps (format: "name=soft[:hard]", e.g. nofile=1024:2048); repeatable`)
+	fs.StringArrayVar(&f.platforms, "platform", nil, `Target platforms (e.g. linux/amd64,linux/arm64): one is built by an agent that runs it (natively preferred), several are built in parallel and pushed as one image index; repeatable`)
 }
 
 // apply parses the flags into spec with proto/rules/buildflags.
@@ -44,6 +47,9 @@ func (f *runFlags) apply(spec *kilnv1.BuildSpec) error {
 		if spec.ShmSizeBytes, err = buildflags.ParseSize(f.shmSize); err != nil {
 			return &usageError{msg: "--shm-size: " + err.Error()}
 		}
+	}
+	if spec.Platforms, err = platforms.Parse(f.platforms); err != nil {
+		return &usageError{msg: "--platform: " + err.Error()}
 	}
 	at := map[string]int{}
 	for _, v := range f.ulimits {
@@ -85,8 +91,6 @@ func buildxFlags() []*buildxFlag {
 		{name: "load", isBool: true, check: refuse(
 			"--load is not supported: a CI job has no engine to load into, the farm builds elsewhere. Use --push and docker pull, or --output type=docker,dest=- | docker load once kiln supports it")},
 		{name: "output", short: "o", check: checkOutput},
-		{name: "platform", check: refuse(
-			"--platform is not supported yet: the farm builds for its agents' own platform (linux/amd64 today); drop the flag, or build per platform elsewhere until kiln's multi-platform builds land")},
 		{name: "ssh", check: refuse(
 			"--ssh is not supported yet: pass the key as a build secret instead (--secret id=deploy_key,src=$HOME/.ssh/id_ed25519 and RUN --mount=type=secret,id=deploy_key ...)")},
 		{name: "build-context", check: refuse(
