@@ -16,9 +16,12 @@ import (
 // into the build record (none: everything optional refused) plus the
 // agent's --frontend-allow.
 func (a *Agent) checkPolicy(ctx context.Context, contextDir string, b *kilnv1.Build) ([]byte, error) {
-	data, err := engine.ReadDockerfile(contextDir, b.GetSpec().GetDockerfile())
-	if err != nil {
-		return nil, err
+	data := b.GetSpec().GetDockerfileInline() // sent apart from the context
+	if len(data) == 0 {
+		var err error
+		if data, err = engine.ReadDockerfile(contextDir, b.GetSpec().GetDockerfile()); err != nil {
+			return nil, err
+		}
 	}
 	return a.checkDockerfiles(ctx, b, policy.FromRecord(b.GetTenant(), b.GetPolicy(), a.cfg.FrontendAllow), data)
 }

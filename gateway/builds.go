@@ -72,6 +72,9 @@ func (g *Gateway) start(ctx context.Context, st buildStart) (*kilnv1.Build, erro
 	if err := checkNamespaces(ctx, spec); err != nil {
 		return nil, err
 	}
+	if err := checkNetworkPolicy(ctx, spec); err != nil {
+		return nil, err
+	}
 	if err := g.checkSealedTo(spec); err != nil {
 		return nil, err
 	}
@@ -82,12 +85,19 @@ func (g *Gateway) start(ctx context.Context, st buildStart) (*kilnv1.Build, erro
 	if err := validateContextRef(st.context, limits); err != nil {
 		return nil, err
 	}
-	dockerfile, err := g.checkContext(ctx, st.context, spec.Dockerfile, limits.Context)
+	dfPath := spec.Dockerfile
+	if len(spec.DockerfileInline) > 0 {
+		dfPath = "" // sent apart from the context: the context need not hold it
+	}
+	dockerfile, err := g.checkContext(ctx, st.context, dfPath, limits.Context)
 	if err != nil {
 		if st.retryOf != "" && status.Code(err) == codes.FailedPrecondition {
 			return nil, status.Errorf(codes.FailedPrecondition, "build %s cannot be retried: its context is no longer stored on the farm (%s); start it again from its source", st.retryOf, status.Convert(err).Message())
 		}
 		return nil, err
+	}
+	if len(spec.DockerfileInline) > 0 {
+		dockerfile = spec.DockerfileInline
 	}
 	// The writes wait for the NATS cluster at most natsWriteTimeout: one
 	// without quorum answers Unavailable, not the client's deadline.
@@ -278,6 +288,9 @@ func (g *Gateway) checkContextUncached(ctx context.Context, ref *kilnv1.ContextR
 	if ref.Format == kilnv1.ContextFormat_CONTEXT_FORMAT_MANIFEST {
 		return g.checkManifest(ctx, ref, dockerfile, limits)
 	}
+	if dockerfile == "" {
+		return nil, nil
+	}
 	r, err := g.blobs.Get(ctx, ref.Digest.Hash)
 	if err != nil {
 		return nil, err
@@ -319,9 +332,12 @@ func (g *Gateway) checkManifest(ctx context.Context, ref *kilnv1.ContextRef, doc
 	if _, err := ctxmanifest.Validate(m, limits); err != nil {
 		return nil, err
 	}
-	df := ctxmanifest.Find(m, dockerfile)
-	if df == nil || (df.Type != kilnv1.EntryType_ENTRY_TYPE_FILE && df.Type != kilnv1.EntryType_ENTRY_TYPE_SYMLINK) {
-		return nil, invalid("Dockerfile %q not found in the build context", dockerfile)
+	var df *kilnv1.ContextEntry
+	if dockerfile != "" { // "": sent apart from the context
+		df = ctxmanifest.Find(m, dockerfile)
+		if df == nil || (df.Type != kilnv1.EntryType_ENTRY_TYPE_FILE && df.Type != kilnv1.EntryType_ENTRY_TYPE_SYMLINK) {
+			return nil, invalid("Dockerfile %q not found in the build context", dockerfile)
+		}
 	}
 	missing, err := g.missingFiles(ctx, m)
 	if err != nil {
@@ -330,7 +346,7 @@ func (g *Gateway) checkManifest(ctx context.Context, ref *kilnv1.ContextRef, doc
 	if len(missing) > 0 {
 		return nil, status.Errorf(codes.FailedPrecondition, "%d blobs of the context have not been uploaded (first: %s): upload them with ContextService.UploadBlobs", len(missing), missing[0].Hash)
 	}
-	if df.Type != kilnv1.EntryType_ENTRY_TYPE_FILE || df.Size > maxDockerfileBytes {
+	if df == nil || df.Type != kilnv1.EntryType_ENTRY_TYPE_FILE || df.Size > maxDockerfileBytes {
 		return nil, nil // route by lineage alone
 	}
 	dr, err := g.blobs.Get(ctx, df.Digest.Hash)

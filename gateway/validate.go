@@ -102,11 +102,6 @@ func validateSpec(spec *kilnv1.BuildSpec) error {
 		}
 		return invalid("%v", err)
 	}
-	// Until start calls checkNetworkPolicy with the caller, nobody gets
-	// the host's network.
-	if err := buildflags.CheckNetwork(spec.GetNetwork(), false); errors.Is(err, buildflags.ErrNetworkHost) {
-		return status.Errorf(codes.PermissionDenied, "%v", err)
-	}
 	return validateSecrets(spec)
 }
 

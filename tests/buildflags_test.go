@@ -3,6 +3,9 @@ package tests
 import (
 	"context"
 	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
 	"strings"
 	"testing"
 
@@ -106,5 +109,63 @@ func testNetworkHost(t *testing.T, k *kilnd, builder string) {
 	r := kiln(t, k.addrs.GRPC, "build", "--builder", builder, "--progress", "plain", "--network", "host", dir)
 	if r.code != 2 || !strings.Contains(r.stderr, "allow_network_host") || strings.Contains(r.stderr, "queued") {
 		t.Fatalf("--network host without a policy allowing it: want exit 2 naming allow_network_host before the build is queued, got %s", r)
+	}
+}
+
+// TestNetworkHostFollowsTenantPolicy: on a farm with a tenants file,
+// --network host runs for a tenant whose policy sets allow_network_host
+// (a step reaches the registry on the host's loopback, which the default
+// network cannot) and is refused to another (PermissionDenied, exit 2,
+// naming the setting) before it is queued.
+func TestNetworkHostFollowsTenantPolicy(t *testing.T) {
+	n := uniq()
+	allowed, other := "net-host-"+n, "net-none-"+n
+	dir := t.TempDir()
+	file := filepath.Join(dir, "tenants.yaml")
+	tokens := map[string]string{allowed: tenantsAdd(t, file, allowed), other: tenantsAdd(t, file, other)}
+	data, err := os.ReadFile(file)
+	if err != nil {
+		t.Fatal(err)
+	}
+	withPolicy := strings.Replace(string(data), "- name: "+allowed+"\n", "- name: "+allowed+"\n    policy:\n      allow_network_host: true\n", 1)
+	if withPolicy == string(data) {
+		t.Fatalf("tenants file has no entry for %s:\n%s", allowed, data)
+	}
+	if err := os.WriteFile(file, []byte(withPolicy), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	k := mustStartKilnd(t, dir, "--tenants-file", file)
+
+	reg := enginetest.Registry(t)
+	ctxDir := writeContext(t, map[string]string{"Dockerfile": fmt.Sprintf(
+		"FROM %s\nRUN wget -q -O- http://%s/v2/ && echo reached-%s\n", enginetest.BusyboxBase(t), reg, n)})
+	build := func(tenant string, extra ...string) result {
+		args := append([]string{"build", "--progress", "plain", "--no-cache", "--token", tokens[tenant]}, extra...)
+		return kiln(t, k.addrs.GRPC, append(args, ctxDir)...)
+	}
+	if r := build(allowed, "--network", "host"); r.code != 0 || !strings.Contains(r.stderr, "reached-"+n) {
+		t.Fatalf("--network host for a tenant allowed it: %s", r)
+	}
+	if r := build(allowed); r.code == 0 {
+		t.Fatalf("the registry on the host's loopback was reachable without --network host: %s", r)
+	}
+	r := build(other, "--network", "host")
+	if r.code != 2 || !strings.Contains(r.stderr, "allow_network_host") || !strings.Contains(r.stderr, other) || strings.Contains(r.stderr, "queued") {
+		t.Fatalf("--network host for a tenant not allowed it: want exit 2 naming allow_network_host and the tenant, got %s", r)
+	}
+}
+
+// TestDockerfileFromStdin: kiln build -f - reads the Dockerfile from
+// standard input and sends it apart from the context, which has none.
+func TestDockerfileFromStdin(t *testing.T) {
+	k := sharedKilnd(t)
+	n := uniq()
+	dir := writeContext(t, map[string]string{"f.txt": "from the context " + n + "\n"})
+	cmd := exec.Command(kilnBin, "build", "--progress", "plain", "-f", "-", dir)
+	cmd.Env = append(os.Environ(), "KILN_GATEWAY="+k.addrs.GRPC)
+	cmd.Stdin = strings.NewReader(fmt.Sprintf("FROM %s\nCOPY f.txt /f.txt\nRUN cat /f.txt\n", enginetest.BusyboxBase(t)))
+	out, err := cmd.CombinedOutput()
+	if err != nil || !strings.Contains(string(out), "from the context "+n) {
+		t.Fatalf("kiln build -f - < Dockerfile: %v\n%s", err, out)
 	}
 }
