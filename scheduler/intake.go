@@ -38,6 +38,16 @@ func (s *Scheduler) consumeIntake(ctx context.Context) error {
 			}
 			return
 		}
+		if b.State == kilnv1.BuildState_BUILD_STATE_QUEUED && isParent(b) {
+			s.noteDeadline(b)
+			if err := s.split(ctx, b); err != nil {
+				s.log.Error("split a multi-platform build", "build_id", b.Id, "err", err)
+				_ = msg.Nak() // try again later
+				return
+			}
+			_ = msg.Ack()
+			return
+		}
 		if b.State == kilnv1.BuildState_BUILD_STATE_QUEUED {
 			s.noteDeadline(b)
 			s.d.send(ctx, event{enqueue: b, rev: rev})

@@ -76,6 +76,13 @@ func (s *Scheduler) watchBuilds(ctx context.Context) error {
 		if err := bus.Decode(e.Value(), b); err != nil {
 			return
 		}
+		switch {
+		case b.ParentId != "":
+			s.childChanged(ctx, b)
+		case isParent(b):
+			s.parentChanged(ctx, b)
+			return
+		}
 		if !tracked {
 			if warm := warmCacheOnly(b); warm != nil {
 				s.d.send(ctx, event{released: b.Id, ended: warm})

@@ -101,6 +101,9 @@ type Scheduler struct {
 	// deadlines holds the unfinished builds with a timeout and when to
 	// look at each next (timeouts.go).
 	deadlines map[string]time.Time
+	// kids are multi-platform builds' children's last seen states
+	// (parents.go).
+	kids kidStates
 }
 
 // New binds a Scheduler to the farm's NATS resources (bus.Setup must have run).
@@ -296,14 +299,23 @@ func (s *Scheduler) recoverState(ctx context.Context) error {
 		return fmt.Errorf("recover scheduler state: %w", err)
 	}
 	var queued, leased, learnt int
+	var parents []*kilnv1.Build
 	for i := len(all) - 1; i >= 0; i-- { // oldest first
 		b := all[i]
 		s.noteDeadline(b)
 		switch b.State {
 		case kilnv1.BuildState_BUILD_STATE_QUEUED:
+			if isParent(b) {
+				parents = append(parents, b) // split below, once the queue is rebuilt
+				continue
+			}
 			s.d.send(ctx, event{enqueue: b})
 			queued++
 		case kilnv1.BuildState_BUILD_STATE_ASSIGNED, kilnv1.BuildState_BUILD_STATE_RUNNING:
+			if isParent(b) {
+				parents = append(parents, b) // holds no lease: its children say how it is
+				continue
+			}
 			s.track(b.Id, b.GetLeaseExpiresAt())
 			s.d.send(ctx, event{leased: b})
 			leased++
@@ -317,7 +329,10 @@ func (s *Scheduler) recoverState(ctx context.Context) error {
 			}
 		}
 	}
-	s.log.Info("scheduler state recovered", "queued", queued, "leased", leased, "costs_learnt_from", learnt)
+	for _, p := range parents {
+		s.recoverParent(ctx, p)
+	}
+	s.log.Info("scheduler state recovered", "queued", queued, "leased", leased, "costs_learnt_from", learnt, "multi_platform", len(parents))
 	return nil
 }
 
