@@ -59,6 +59,7 @@ func (s *Scheduler) writeIndex(ctx context.Context, parent *kilnv1.Build, kids [
 			}
 			desc := d.Descriptor
 			desc.Platform = ociPlatform(platformOf(k))
+			desc.ArtifactType = "" // an image's manifest, not an artifact
 			docker = docker && desc.MediaType == types.DockerManifestSchema2
 			adds = append(adds, mutate.IndexAddendum{Add: img, Descriptor: desc})
 		}
@@ -79,6 +80,9 @@ func (s *Scheduler) writeIndex(ctx context.Context, parent *kilnv1.Build, kids [
 			return nil, err
 		}
 		res.Pushed = append(res.Pushed, &kilnv1.PushedImage{Tag: tag, Digest: digest.String(), Size: size})
+		if res.ImageId == "" {
+			res.ImageId = digest.String() // buildx's containerimage.digest: the index's
+		}
 	}
 	return res, nil
 }
