@@ -210,25 +210,8 @@ func (c *Client) start(ctx context.Context, req BuildRequest) (*kilnv1.Build, er
 
 // cacheOptions parses and checks req's CacheFrom and CacheTo.
 func cacheOptions(req BuildRequest) (from, to []*kilnv1.CacheOption, err error) {
-	parse := func(values []string, use cacheopt.Use) ([]*kilnv1.CacheOption, error) {
-		var out []*kilnv1.CacheOption
-		for _, v := range values {
-			o, err := cacheopt.Parse(v)
-			if err == nil {
-				err = cacheopt.Validate(o, use)
-			}
-			if err != nil {
-				return nil, invalidArgumentf("%s", err)
-			}
-			out = append(out, o)
-		}
-		return out, nil
-	}
-	if from, err = parse(req.CacheFrom, cacheopt.From); err != nil {
-		return nil, nil, err
-	}
-	if to, err = parse(req.CacheTo, cacheopt.To); err != nil {
-		return nil, nil, err
+	if from, to, err = cacheopt.ParseAll(req.CacheFrom, req.CacheTo); err != nil {
+		return nil, nil, invalidArgumentf("%s", err)
 	}
 	return from, to, nil
 }

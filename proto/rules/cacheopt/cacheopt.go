@@ -181,6 +181,35 @@ func ValidateAll(from, to []*kilnv1.CacheOption) error {
 	return nil
 }
 
+// ParseAll parses a build's --cache-from and --cache-to values and checks
+// them as ValidateAll does: what the CLI and the SDK send.
+func ParseAll(fromValues, toValues []string) (from, to []*kilnv1.CacheOption, err error) {
+	parse := func(values []string, use Use) ([]*kilnv1.CacheOption, error) {
+		var out []*kilnv1.CacheOption
+		for _, v := range values {
+			o, err := Parse(v)
+			if err == nil {
+				err = Validate(o, use)
+			}
+			if err != nil {
+				return nil, err
+			}
+			out = append(out, o)
+		}
+		return out, nil
+	}
+	if from, err = parse(fromValues, From); err != nil {
+		return nil, nil, err
+	}
+	if to, err = parse(toValues, To); err != nil {
+		return nil, nil, err
+	}
+	if err := ValidateAll(from, to); err != nil {
+		return nil, nil, err
+	}
+	return from, to, nil
+}
+
 // Mode is an export's mode: the option's, min by default.
 func Mode(o *kilnv1.CacheOption) string {
 	if m := o.GetAttrs()["mode"]; m != "" {

@@ -221,33 +221,10 @@ func parseBuildArgs(args []string, lookupEnv func(string) (string, bool)) (*buil
 	if len(o.secrets) > 0 && o.spec.Builder == kilnv1.Builder_BUILDER_CLASSIC {
 		return nil, &usageError{msg: "--secret needs the BuildKit builder: drop --builder classic"}
 	}
-	if o.spec.CacheFrom, err = parseCacheOptions(f.cacheFrom, cacheopt.From); err != nil {
-		return nil, err
-	}
-	if o.spec.CacheTo, err = parseCacheOptions(f.cacheTo, cacheopt.To); err != nil {
-		return nil, err
-	}
-	if err := cacheopt.ValidateAll(o.spec.CacheFrom, o.spec.CacheTo); err != nil {
+	if o.spec.CacheFrom, o.spec.CacheTo, err = cacheopt.ParseAll(f.cacheFrom, f.cacheTo); err != nil {
 		return nil, &usageError{msg: err.Error()}
 	}
 	return o, nil
-}
-
-// parseCacheOptions turns --cache-from or --cache-to values (buildx's
-// syntax) into the spec's cache options, each checked for its use.
-func parseCacheOptions(values []string, use cacheopt.Use) ([]*kilnv1.CacheOption, error) {
-	var out []*kilnv1.CacheOption
-	for _, v := range values {
-		o, err := cacheopt.Parse(v)
-		if err == nil {
-			err = cacheopt.Validate(o, use)
-		}
-		if err != nil {
-			return nil, &usageError{msg: err.Error()}
-		}
-		out = append(out, o)
-	}
-	return out, nil
 }
 
 // parseBuilder turns --builder into the spec's builder.
