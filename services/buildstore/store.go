@@ -88,17 +88,34 @@ func (s *Store) Get(ctx context.Context, id string) (*kilnv1.Build, uint64, erro
 // to abandon the update; that error is returned as is. The written record is
 // returned. The new state must be a legal transition from the old one.
 func (s *Store) Update(ctx context.Context, id string, change func(b *kilnv1.Build) error) (*kilnv1.Build, error) {
+	return s.rewrite(ctx, id, func(b *kilnv1.Build) (bool, error) {
+		from := b.State
+		if err := change(b); err != nil {
+			return false, err
+		}
+		if !Allowed(from, b.State) {
+			return false, fmt.Errorf("%w: build %s from %s to %s", ErrBadTransition, id, from, b.State)
+		}
+		return true, nil
+	})
+}
+
+// rewrite applies change to the current record and, when it says so,
+// writes it back with a revision check, retrying the whole on a
+// concurrent write. change's error abandons the update and is returned as
+// is. The record as change left it is returned, written or not.
+func (s *Store) rewrite(ctx context.Context, id string, change func(b *kilnv1.Build) (write bool, err error)) (*kilnv1.Build, error) {
 	for {
 		b, rev, err := s.Get(ctx, id)
 		if err != nil {
 			return nil, err
 		}
-		from := b.State
-		if err := change(b); err != nil {
+		write, err := change(b)
+		if err != nil {
 			return nil, err
 		}
-		if !Allowed(from, b.State) {
-			return nil, fmt.Errorf("%w: build %s from %s to %s", ErrBadTransition, id, from, b.State)
+		if !write {
+			return b, nil
 		}
 		data, err := proto.Marshal(b)
 		if err != nil {
