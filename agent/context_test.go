@@ -17,7 +17,6 @@ import (
 
 	cerrdefs "github.com/containerd/errdefs"
 	"github.com/docker/docker/api/types/image"
-	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/kilnbuild/kiln/agent/enginetest"
 	"github.com/kilnbuild/kiln/agent/localcas"
@@ -121,36 +120,13 @@ func runAssigned(t *testing.T, a *Agent, spec *kilnv1.BuildSpec, ref *kilnv1.Con
 // buildLog returns a finished build's log lines from KILN_EVENTS.
 func buildLog(t *testing.T, conn *bus.Conn, id string) []string {
 	t.Helper()
-	ctx, cancel := context.WithTimeout(t.Context(), 30*time.Second)
-	defer cancel()
-	cons, err := conn.JS.OrderedConsumer(ctx, bus.StreamEvents, jetstream.OrderedConsumerConfig{
-		FilterSubjects: []string{bus.EventsSubject(id)},
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	msgs, err := cons.Messages()
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer msgs.Stop()
 	var lines []string
-	for {
-		msg, err := msgs.Next(jetstream.NextContext(ctx))
-		if err != nil {
-			t.Fatalf("events of build %s, before its finished event: %v\nlog so far:\n%s", id, err, strings.Join(lines, "\n"))
-		}
-		ev := &kilnv1.BuildEvent{}
-		if err := bus.Decode(msg.Data(), ev); err != nil {
-			t.Fatal(err)
-		}
-		switch e := ev.Event.(type) {
-		case *kilnv1.BuildEvent_Log:
-			lines = append(lines, e.Log.Text)
-		case *kilnv1.BuildEvent_Finished:
-			return lines
+	for _, ev := range buildEvents(t, conn, id, false) {
+		if l := ev.GetLog(); l != nil {
+			lines = append(lines, l.GetText())
 		}
 	}
+	return lines
 }
 
 func TestBuildFromManifestContextColdThenWarm(t *testing.T) {
