@@ -147,3 +147,16 @@ func Emulated(native, emulated []string) []string {
 // Tag is how a platform appears in names (labels, lineages):
 // "linux/arm/v7" → "linux-arm-v7".
 func Tag(p string) string { return strings.ReplaceAll(p, "/", "-") }
+
+// CheckSpec is Check plus what a build naming several platforms needs:
+// pushing, since its platforms' images are built on different agents and
+// meet only in the registry, as one index.
+func CheckSpec(ps []string, push bool) error {
+	if err := Check(ps); err != nil {
+		return err
+	}
+	if len(ps) > 1 && !push {
+		return rules.Invalidf("a build for several platforms (%s) pushes its images and an index referencing them: add --push (or --output type=registry) and a --tag", strings.Join(ps, ", "))
+	}
+	return nil
+}

@@ -59,3 +59,15 @@ func TestNativeAndEmulated(t *testing.T) {
 		t.Fatalf("Emulated = %v", got)
 	}
 }
+
+func TestCheckSpec(t *testing.T) {
+	if err := CheckSpec([]string{"linux/amd64", "linux/arm64"}, false); !errors.Is(err, rules.ErrInvalid) {
+		t.Fatalf("several platforms without push: %v", err)
+	}
+	if err := CheckSpec([]string{"linux/arm64"}, false); err != nil {
+		t.Fatalf("one platform without push: %v", err)
+	}
+	if err := CheckSpec([]string{"linux/amd64", "linux/arm64"}, true); err != nil {
+		t.Fatalf("several platforms with push: %v", err)
+	}
+}
