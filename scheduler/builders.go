@@ -25,6 +25,11 @@ func featureLabel(feature string) string { return "kiln.feature." + feature }
 // and requires of an agent for a build for one platform.
 func platformLabel(p string) string { return "kiln.platform." + p }
 
+// nativeLabel is the label the dispatcher gives an agent for each platform
+// it builds natively ("kiln.platform.native.linux/arm64"), and prefers for
+// a build for that platform.
+func nativeLabel(p string) string { return "kiln.platform.native." + p }
+
 // routingAgentLabels are an agent's labels plus one per builder it offers,
 // one per feature its engine has and one per platform it builds.
 func routingAgentLabels(a *kilnv1.Agent) map[string]string {
@@ -43,6 +48,7 @@ func routingAgentLabels(a *kilnv1.Agent) map[string]string {
 	}
 	for _, p := range a.GetPlatforms() {
 		out[platformLabel(p)] = "true"
+		out[nativeLabel(p)] = "true"
 	}
 	for _, p := range a.GetEmulatedPlatforms() {
 		out[platformLabel(p)] = "true"
@@ -80,5 +86,18 @@ func routingBuildLabels(spec *kilnv1.BuildSpec) map[string]string {
 	if platform != "" {
 		out[platformLabel(platform)] = "true"
 	}
+	return out
+}
+
+// routingBuildPreferred is, for a build for one platform, its required
+// labels plus the native builder's: the router prefers an agent that
+// builds the platform natively while one is free (nil for other builds).
+func routingBuildPreferred(spec *kilnv1.BuildSpec) map[string]string {
+	ps := spec.GetPlatforms()
+	if len(ps) != 1 {
+		return nil
+	}
+	out := routingBuildLabels(spec)
+	out[nativeLabel(ps[0])] = "true"
 	return out
 }

@@ -447,7 +447,7 @@ func routingBuild(b *kilnv1.Build) routing.Build {
 	return routing.Build{
 		ID: b.Id, Tenant: b.Tenant, Priority: b.GetSpec().GetPriority(),
 		Lineage: b.GetAffinity().GetLineage(), BaseImages: b.GetAffinity().GetBaseImages(), Chain: b.GetAffinity().GetChain(),
-		Labels: routingBuildLabels(b.GetSpec()), QueuedAt: queuedAt.AsTime(),
+		Labels: routingBuildLabels(b.GetSpec()), Preferred: routingBuildPreferred(b.GetSpec()), QueuedAt: queuedAt.AsTime(),
 		Weight: int(b.GetPolicy().GetWeight()), MaxConcurrent: int(b.GetPolicy().GetMaxConcurrent()),
 	}
 }

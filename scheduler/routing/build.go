@@ -14,6 +14,11 @@ type Build struct {
 	// Chain[i] is the hash of the leading instructions 0..i.
 	Chain  []string
 	Labels map[string]string // required agent labels (all must match)
+	// Preferred, when set, is Labels plus labels an agent had better
+	// carry (one that builds the platform natively rather than
+	// emulated): while an eligible agent carrying them all has a free
+	// slot, the build goes to one of those.
+	Preferred map[string]string
 	// QueuedAt is when the build entered the queue; delay scheduling counts
 	// from here.
 	QueuedAt time.Time

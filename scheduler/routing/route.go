@@ -176,6 +176,14 @@ func (d *decision) weigh(b *Build, p int32, warmThere bool) (wait, miss time.Dur
 // c is the class of b's labels and has a free slot.
 func (d *decision) place(b *Build, c *class) (Assignment, bool) {
 	sc := &d.x.sc
+	if len(b.Preferred) > 0 {
+		if pc := d.x.classFor(b.Preferred); pc != c {
+			d.enter(pc)
+			if pc.free > 0 {
+				c = pc
+			}
+		}
+	}
 	cands := d.x.candidates(b)
 
 	// The best eligible score, and within it the best free agent (pick,
