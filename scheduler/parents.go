@@ -115,6 +115,16 @@ func (s *Scheduler) split(ctx context.Context, parent *kilnv1.Build) error {
 		named = append(named, p.Spec.Platforms[i]+" as "+id)
 	}
 	s.event(ctx, p, &kilnv1.StateChanged{State: p.State, Message: "building " + strings.Join(named, ", ")})
+	if err := s.createChildren(ctx, p); err != nil {
+		return err
+	}
+	s.log.Info("multi-platform build split", "build_id", p.Id, "children", p.Children, "platforms", p.Spec.Platforms)
+	return nil
+}
+
+// createChildren creates and queues p's children that do not exist yet
+// (all of them, but for a split a former leader left half done).
+func (s *Scheduler) createChildren(ctx context.Context, p *kilnv1.Build) error {
 	for i, id := range p.Children {
 		kid := childOf(p, id, p.Spec.Platforms[i])
 		rev, err := s.builds.Create(ctx, kid)
@@ -128,7 +138,6 @@ func (s *Scheduler) split(ctx context.Context, parent *kilnv1.Build) error {
 		s.noteDeadline(kid)
 		s.d.send(ctx, event{enqueue: kid, rev: rev})
 	}
-	s.log.Info("multi-platform build split", "build_id", p.Id, "children", p.Children, "platforms", p.Spec.Platforms)
 	return nil
 }
 
@@ -310,6 +319,9 @@ func (s *Scheduler) recoverParent(ctx context.Context, p *kilnv1.Build) {
 	case kilnv1.BuildState_BUILD_STATE_QUEUED, kilnv1.BuildState_BUILD_STATE_ASSIGNED:
 		err = s.split(ctx, p)
 	default:
+		if err = s.createChildren(ctx, p); err != nil {
+			break
+		}
 		s.parentChanged(ctx, p)
 		err = s.settleParent(ctx, p.Id)
 	}

@@ -113,7 +113,13 @@ func startPlatformFarm(t *testing.T) *platformFarm {
 		startProc(t, agentBin, "--name", name, "--slots", "1", "--http-listen", "127.0.0.1:0", "--blob-cache-dir", t.TempDir(),
 			"--nats-nkey-file", seeds.File(bus.RoleAgent, name))
 	}
-	return &platformFarm{gateway: gw.addrs["grpc"]}
+	f := &platformFarm{gateway: gw.addrs["grpc"]}
+	// Both agents, before any build: the children may then run apart.
+	waitFor(t, time.Minute, "two ready agents advertising linux/arm64", func() bool {
+		r := kiln(t, f.gateway, "agents", "--format", "json")
+		return strings.Count(r.stdout, "AGENT_STATE_READY") == 2 && strings.Count(r.stdout, "linux/arm64") == 2
+	})
+	return f
 }
 
 // registryIndex reads repo:tag from the dev registry and returns its media
