@@ -185,6 +185,19 @@ func setup(ctx context.Context, js jetstream.JetStream, l Limits) error {
 	}); err != nil {
 		return setupError(js, l, "object store "+BucketCAS, err)
 	}
+	// KILN_CAS takes JetStream atomic batches (services/cas PutBatch: a
+	// batch of small blobs is one synced write); the object-store config
+	// has no field for it, and CreateOrUpdateObjectStore turns it off.
+	st, err := js.Stream(ctx, "OBJ_"+BucketCAS)
+	if err != nil {
+		return setupError(js, l, "object store "+BucketCAS, err)
+	}
+	if cfg := st.CachedInfo().Config; !cfg.AllowAtomicPublish {
+		cfg.AllowAtomicPublish = true
+		if _, err := js.UpdateStream(ctx, cfg); err != nil {
+			return setupError(js, l, "object store "+BucketCAS, err)
+		}
+	}
 	return nil
 }
 
