@@ -71,6 +71,7 @@ bench: dev-env build buildkitd ## run the benchmarks in bench/ (tables and JSON 
 	$(GO) run ./bench/smallfiles
 	$(GO) run ./bench/engines
 	$(GO) run ./bench/coldagent
+	$(GO) run ./bench/multiplatform -bin bin
 	$(GO) run ./bench/routingsim
 	$(GO) run ./bench/affinity
 	$(GO) run ./bench/dispatch

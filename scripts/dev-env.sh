@@ -2,7 +2,7 @@
 # dev-env.sh makes sure this machine has what kiln's `make run`, `make test` and
 # `make bench` need: a Docker engine that answers and a registry on
 # 127.0.0.1:5000. On Debian/Ubuntu, as root, it installs what is missing
-# (docker.io, docker-registry, busybox-static, rootlesskit, uidmap, chromium) and starts dockerd and the
+# (docker.io, docker-registry, busybox-static, rootlesskit, uidmap, chromium, qemu-user-static) and starts dockerd and the
 # registry when none answers. It never touches an engine or registry it did
 # not start; a dockerd it started whose environment lacks BuildKit's step log
 # settings (an older dev-env's) is restarted with them. What it starts is
@@ -30,6 +30,7 @@ command -v docker-compose >/dev/null 2>&1 || need_pkgs+=(docker-compose) # tests
 command -v rootlesskit >/dev/null 2>&1 || need_pkgs+=(rootlesskit) # rootless buildkitd (scripts/buildkitd.sh)
 command -v newuidmap >/dev/null 2>&1 || need_pkgs+=(uidmap)        # rootless buildkitd's user namespace
 [ -x /usr/bin/chromium ] || need_pkgs+=(chromium fonts-dejavu-core) # tests/ui_test.go (headless, driven by chromedp)
+dpkg -s qemu-user-static >/dev/null 2>&1 || need_pkgs+=(qemu-user-static binfmt-support) # tests/platforms_test.go (arm64 under emulation)
 
 install_missing() {
   [ ${#need_pkgs[@]} -eq 0 ] && return 0
