@@ -22,7 +22,6 @@ import (
 	"github.com/kilnbuild/kiln/agent/localcas"
 	kilnv1 "github.com/kilnbuild/kiln/proto/gen/go/kiln/v1"
 	"github.com/kilnbuild/kiln/services/agentproto"
-	"github.com/kilnbuild/kiln/services/buildstore"
 	"github.com/kilnbuild/kiln/services/bus"
 	"github.com/kilnbuild/kiln/services/bus/bustest"
 	"github.com/kilnbuild/kiln/services/cas"
@@ -98,30 +97,14 @@ func testAgent(t *testing.T, conn *bus.Conn) *Agent {
 // slot would, and returns its final record and log lines.
 func runAssigned(t *testing.T, a *Agent, spec *kilnv1.BuildSpec, ref *kilnv1.ContextRef) (*kilnv1.Build, []string) {
 	t.Helper()
-	b := &kilnv1.Build{
-		Id: buildstore.NewID(time.Now()), Spec: spec, Context: ref,
-		State: kilnv1.BuildState_BUILD_STATE_ASSIGNED, Attempt: 1, Agent: a.cfg.Name,
-	}
-	builds, err := buildstore.Open(t.Context(), a.cfg.Conn.JS)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if _, err := builds.Create(t.Context(), b); err != nil {
-		t.Fatal(err)
-	}
-	a.runBuild(t.Context(), b)
-	rec, _, err := builds.Get(t.Context(), b.Id)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return rec, buildLog(t, a.cfg.Conn, b.Id)
+	rec, evs := runRecord(t, a, &kilnv1.Build{Spec: spec, Context: ref}, false)
+	return rec, logLines(evs)
 }
 
-// buildLog returns a finished build's log lines from KILN_EVENTS.
-func buildLog(t *testing.T, conn *bus.Conn, id string) []string {
-	t.Helper()
+// logLines are the text of evs' log lines.
+func logLines(evs []*kilnv1.BuildEvent) []string {
 	var lines []string
-	for _, ev := range buildEvents(t, conn, id, false) {
+	for _, ev := range evs {
 		if l := ev.GetLog(); l != nil {
 			lines = append(lines, l.GetText())
 		}
