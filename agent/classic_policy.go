@@ -59,7 +59,7 @@ func (a *Agent) classicDockerfiles(ctx context.Context, ref *kilnv1.ContextRef, 
 			if !names[e.GetPath()] {
 				continue
 			}
-			if e.GetType() != kilnv1.EntryType_ENTRY_TYPE_FILE || e.GetDigest() == nil {
+			if e.GetType() != kilnv1.EntryType_ENTRY_TYPE_FILE || e.GetDigest() == nil || e.GetSocket() {
 				return nil, notRegular(e.GetPath())
 			}
 			if e.GetSize() > engine.MaxDockerfileBytes {

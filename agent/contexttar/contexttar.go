@@ -10,6 +10,8 @@
 // Every entry keeps its path, type, permission bits and mtime, owned by
 // uid/gid 0. Symlinks are written as symlinks with their target as given
 // (never resolved); hard links as tar hard links to their earlier entry.
+// An entry that was a unix socket in the client's context is left out, as
+// the docker CLI leaves sockets out of the context it sends.
 package contexttar
 
 import (
@@ -56,6 +58,9 @@ func Write(w io.Writer, m *kilnv1.ContextManifest, l ctxmanifest.Limits, blobs B
 	}
 	tw := tar.NewWriter(w)
 	for _, e := range m.Entries {
+		if e.Socket {
+			continue // the docker CLI's tar leaves sockets out
+		}
 		h := &tar.Header{
 			Name:    e.Path,
 			Mode:    int64(e.Mode),

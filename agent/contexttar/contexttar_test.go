@@ -174,6 +174,16 @@ func TestWrite(t *testing.T) {
 				{"year-2200", tar.TypeReg, 0o644, 1, "", 7_258_118_400, "x"},
 			},
 		},
+		{
+			name: "a socket is left out, as the docker CLI leaves it out",
+			entries: []*kilnv1.ContextEntry{
+				file("f", 0o644, 1, "f", store),
+				func() *kilnv1.ContextEntry { e := file("sock", 0o755, 2, "", store); e.Socket = true; return e }(),
+			},
+			want: []entry{
+				{"f", tar.TypeReg, 0o644, 1, "", 1, "f"},
+			},
+		},
 		{name: "empty context"},
 	}
 	for _, tc := range tests {

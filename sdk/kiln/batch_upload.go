@@ -7,7 +7,6 @@ import (
 	"fmt"
 	"io"
 	"io/fs"
-	"os"
 	"path/filepath"
 
 	"golang.org/x/sync/errgroup"
@@ -108,7 +107,7 @@ func (c *Client) uploadBatch(ctx context.Context, root string, batch []*kilnv1.C
 func readBlob(root string, e *kilnv1.ContextEntry) ([]byte, error) {
 	abs := filepath.Join(root, filepath.FromSlash(e.Path))
 	changed := &FileChangedError{Path: abs, While: "uploading"}
-	f, err := os.Open(abs)
+	f, err := openBlob(abs, e)
 	if errors.Is(err, fs.ErrNotExist) {
 		return nil, changed
 	}

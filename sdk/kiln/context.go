@@ -142,7 +142,9 @@ func WithDockerfile(data []byte) PackOption {
 // The result is a manifest, not an archive: one entry per directory, file
 // and symlink sent, sorted by path, with permission bits (0o7777) and mtimes
 // in whole seconds. Symlinks are kept as symlinks and never followed; hard
-// links are sent as regular files; sockets, devices and pipes are skipped.
+// links are sent as regular files; a unix socket is sent as an empty file
+// with its permission bits (as BuildKit sends it; a classic build leaves it
+// out), devices and pipes are skipped.
 // Each regular file is hashed with sha256 while it is read, so memory stays
 // flat whatever the context's size. A stat cache (see below) skips files
 // that did not change since an earlier PackContext.
@@ -223,6 +225,11 @@ func PackContext(ctx context.Context, dir, dockerfile string, opts ...PackOption
 		c.stats.Bytes += f.entry.Size
 		if _, ok := c.blobs[f.entry.Digest.Hash]; !ok {
 			c.blobs[f.entry.Digest.Hash] = f.entry
+		}
+	}
+	for _, e := range p.sockets {
+		if _, ok := c.blobs[e.Digest.Hash]; !ok {
+			c.blobs[e.Digest.Hash] = e
 		}
 	}
 	for _, f := range toHash {

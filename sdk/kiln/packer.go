@@ -25,7 +25,9 @@ type packer struct {
 	// entries lists what is sent, in walk order (not yet sorted by path).
 	entries []*kilnv1.ContextEntry
 	// files are the regular files among entries, to be hashed.
-	files    []*packedFile
+	files []*packedFile
+	// sockets are the entries listed for unix sockets (empty files).
+	sockets  []*kilnv1.ContextEntry
 	symlinks int
 	dirCount int
 	// dirs is the stack of directories above the current walk position.
@@ -45,6 +47,9 @@ func (f *packedFile) setDigest(sum [sha256.Size]byte) {
 	f.sum = sum
 	f.entry.Digest = &kilnv1.Digest{Hash: digestString(sum[:]), SizeBytes: f.entry.Size}
 }
+
+// emptyDigest is the digest of no bytes, a socket's blob.
+var emptyDigest = func() string { sum := sha256.Sum256(nil); return digestString(sum[:]) }()
 
 // digestString formats a sha256 sum the way the farm names blobs.
 func digestString(sum []byte) string {
@@ -116,8 +121,13 @@ func (p *packer) walk() error {
 				return err
 			}
 			return p.listSymlink(abs, rel, info)
+		case info.Mode()&fs.ModeSocket != 0:
+			if err := p.listParents(); err != nil {
+				return err
+			}
+			return p.listSocket(rel, info)
 		default:
-			// Sockets, devices and pipes cannot be part of an image build.
+			// Devices and pipes cannot be part of an image build.
 			return nil
 		}
 	})
@@ -165,6 +175,23 @@ func (p *packer) listFile(rel string, info fs.FileInfo) error {
 	e.Size = info.Size()
 	p.entries = append(p.entries, e)
 	p.files = append(p.files, &packedFile{entry: e, key: keyOf(info)})
+	return nil
+}
+
+// listSocket lists a unix socket as BuildKit's file sync sends one: an
+// empty file with the socket's permission bits, marked so that a classic
+// build's tar leaves it out as the docker CLI does. It is never opened: its
+// blob, the empty one, is served from memory.
+func (p *packer) listSocket(rel string, info fs.FileInfo) error {
+	e, err := baseEntry(rel, info)
+	if err != nil {
+		return err
+	}
+	e.Type = kilnv1.EntryType_ENTRY_TYPE_FILE
+	e.Digest = &kilnv1.Digest{Hash: emptyDigest, SizeBytes: 0}
+	e.Socket = true
+	p.entries = append(p.entries, e)
+	p.sockets = append(p.sockets, e)
 	return nil
 }
 

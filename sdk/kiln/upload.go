@@ -9,6 +9,7 @@ import (
 	"io/fs"
 	"os"
 	"path/filepath"
+	"strings"
 
 	kilnv1 "github.com/kilnbuild/kiln/proto/gen/go/kiln/v1"
 	"google.golang.org/grpc/codes"
@@ -243,7 +244,7 @@ type blobStream interface {
 func sendBlob(stream blobStream, root string, e *kilnv1.ContextEntry, rep *progressReporter) (int64, error) {
 	abs := filepath.Join(root, filepath.FromSlash(e.Path))
 	changed := &FileChangedError{Path: abs, While: "uploading"}
-	f, err := os.Open(abs)
+	f, err := openBlob(abs, e)
 	if errors.Is(err, fs.ErrNotExist) {
 		return 0, changed
 	}
@@ -297,4 +298,14 @@ func sendBlob(stream blobStream, root string, e *kilnv1.ContextEntry, rep *progr
 			return offset, nil
 		}
 	}
+}
+
+// openBlob opens the file of entry e at abs to send its blob. A socket's
+// blob is the empty one, served from memory: opening a socket fails (and
+// must not connect to anything).
+func openBlob(abs string, e *kilnv1.ContextEntry) (io.ReadCloser, error) {
+	if e.Socket {
+		return io.NopCloser(strings.NewReader("")), nil
+	}
+	return os.Open(abs)
 }

@@ -279,3 +279,50 @@ func TestBuildStartsFromTheUploadedManifest(t *testing.T) {
 		t.Fatalf("farm builds %v, want one of context %v", builds, bc.Ref())
 	}
 }
+
+// A unix socket is sent as BuildKit sends it, an empty file with the
+// socket's permission bits, and its blob comes from memory: the upload
+// never opens (or connects to) the socket.
+func TestUploadContextSocket(t *testing.T) {
+	farm := farmtest.Start(t)
+	client := dial(t, farm.Addr)
+	dir := t.TempDir()
+	writeTree(t, dir, map[string]string{"Dockerfile": "FROM scratch\nCOPY . /\n"})
+	sock := filepath.Join(dir, "sock")
+	l, err := net.Listen("unix", sock)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { l.Close() })
+	if err := os.Chmod(sock, 0o750); err != nil {
+		t.Fatal(err)
+	}
+	accepted := make(chan struct{})
+	go func() {
+		if c, err := l.Accept(); err == nil {
+			c.Close()
+			close(accepted)
+		}
+	}()
+
+	bc := pack(t, dir, "")
+	e := entry(t, bc, "sock")
+	empty := farmtest.Digest(nil)
+	if e.Type != kilnv1.EntryType_ENTRY_TYPE_FILE || !e.Socket || e.Mode != 0o750 || e.Size != 0 || e.GetDigest().GetHash() != empty.Hash {
+		t.Fatalf("socket entry %v; want an empty FILE marked socket, mode 0750, digest %s", e, empty.Hash)
+	}
+	if _, err := client.UploadContext(t.Context(), bc); err != nil {
+		t.Fatalf("UploadContext: %v", err)
+	}
+	if got := farm.Uploads(empty.Hash); got != 1 {
+		t.Errorf("empty blob uploaded %d times, want 1", got)
+	}
+	if data, ok := farm.Blob(empty.Hash); !ok || len(data) != 0 {
+		t.Errorf("empty blob stored: %v, %d bytes", ok, len(data))
+	}
+	select {
+	case <-accepted:
+		t.Error("the upload connected to the socket")
+	default:
+	}
+}

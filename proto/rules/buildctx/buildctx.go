@@ -69,6 +69,7 @@ func Validate(m *kilnv1.ContextManifest, l Limits) (int64, error) {
 		return 0, rules.OverLimitf("context has %d entries, over the limit of %d entries", n, l.MaxEntries)
 	}
 	types := make(map[string]kilnv1.EntryType, len(m.Entries))
+	sockets := map[string]bool{}
 	var total int64
 	for i, e := range m.Entries {
 		if err := CheckPath(e.Path, l.MaxPathLen); err != nil {
@@ -88,6 +89,9 @@ func Validate(m *kilnv1.ContextManifest, l Limits) (int64, error) {
 		}
 		if e.Mode&^PermBits != 0 {
 			return 0, invalid(e.Path, "has mode %#o: device files, pipes and sockets cannot be in a build context", e.Mode)
+		}
+		if e.Socket && (e.Type != kilnv1.EntryType_ENTRY_TYPE_FILE || e.Size != 0) {
+			return 0, invalid(e.Path, "is marked a socket but is not an empty file entry")
 		}
 		switch e.Type {
 		case kilnv1.EntryType_ENTRY_TYPE_FILE:
@@ -114,13 +118,16 @@ func Validate(m *kilnv1.ContextManifest, l Limits) (int64, error) {
 			if c := path.Clean(target); c != target || path.IsAbs(target) || c == ".." || strings.HasPrefix(c, "../") {
 				return 0, invalid(e.Path, "is a hard link to %q, outside the build context", target)
 			}
-			if t, ok := types[target]; !ok || t != kilnv1.EntryType_ENTRY_TYPE_FILE {
+			if t, ok := types[target]; !ok || t != kilnv1.EntryType_ENTRY_TYPE_FILE || sockets[target] {
 				return 0, invalid(e.Path, "is a hard link to %q, which is not an earlier file of the context", target)
 			}
 		default:
 			return 0, invalid(e.Path, "has unknown entry type %s", e.Type)
 		}
 		types[e.Path] = e.Type
+		if e.Socket {
+			sockets[e.Path] = true // a classic build's tar leaves it out: nothing links to it
+		}
 	}
 	return total, nil
 }

@@ -37,6 +37,12 @@ func hardlink(p, target string) *kilnv1.ContextEntry {
 	return &kilnv1.ContextEntry{Path: p, Type: hardT, Mode: 0o644, LinkTarget: target}
 }
 
+func socket(p string) *kilnv1.ContextEntry {
+	e := file(p, 0)
+	e.Socket = true
+	return e
+}
+
 func manifest(entries ...*kilnv1.ContextEntry) *kilnv1.ContextManifest {
 	return &kilnv1.ContextManifest{Entries: entries}
 }
@@ -64,6 +70,11 @@ func TestValidate(t *testing.T) {
 		{name: "hard link outside", m: manifest(hardlink("x", "../etc/shadow")), kind: rules.ErrInvalid, message: `"x" is a hard link to "../etc/shadow", outside the build context`},
 		{name: "hard link absolute", m: manifest(hardlink("x", "/etc/shadow")), kind: rules.ErrInvalid, message: "outside the build context"},
 		{name: "hard link to later entry", m: manifest(hardlink("a", "b"), file("b", 1)), kind: rules.ErrInvalid, message: "not an earlier file"},
+		{name: "socket", m: manifest(socket("s"))},
+		{name: "socket with content", m: manifest(func() *kilnv1.ContextEntry { e := file("s", 1); e.Socket = true; return e }()), kind: rules.ErrInvalid, message: `"s" is marked a socket but is not an empty file entry`},
+		{name: "socket directory", m: manifest(func() *kilnv1.ContextEntry { e := dir("s"); e.Socket = true; return e }()), kind: rules.ErrInvalid, message: "marked a socket"},
+		{name: "hard link to a socket", m: manifest(hardlink("a", "s"), socket("s")), kind: rules.ErrInvalid, message: "not an earlier file"},
+		{name: "hard link to an earlier socket", m: manifest(socket("a"), hardlink("b", "a")), kind: rules.ErrInvalid, message: "not an earlier file"},
 		{name: "entry under a symlink", m: manifest(symlink("a", "/etc"), file("a/passwd", 1)), kind: rules.ErrInvalid, message: `"a/passwd" is inside "a", which is not a directory`},
 		{name: "entry deep under a symlink", m: manifest(symlink("a", "/etc"), file("a/b/c", 1)), kind: rules.ErrInvalid, message: `inside "a"`},
 		{name: "file without digest", m: manifest(&kilnv1.ContextEntry{Path: "a", Type: fileT, Size: 3}), kind: rules.ErrInvalid, message: "needs a sha256 digest"},

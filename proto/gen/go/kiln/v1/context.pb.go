@@ -709,7 +709,12 @@ type ContextEntry struct {
 	// farm) or a hard link's earlier entry path.
 	LinkTarget string `protobuf:"bytes,6,opt,name=link_target,json=linkTarget,proto3" json:"link_target,omitempty"`
 	// mtime_unix is the modification time in seconds since the epoch.
-	MtimeUnix     int64 `protobuf:"varint,7,opt,name=mtime_unix,json=mtimeUnix,proto3" json:"mtime_unix,omitempty"`
+	MtimeUnix int64 `protobuf:"varint,7,opt,name=mtime_unix,json=mtimeUnix,proto3" json:"mtime_unix,omitempty"`
+	// socket marks a FILE entry of size 0 that is a unix socket in the
+	// client's context: BuildKit's file sync sends it as an empty file with
+	// the socket's permission bits (as buildctl and buildx do), while a
+	// classic build's tar leaves it out (as the docker CLI does).
+	Socket        bool `protobuf:"varint,8,opt,name=socket,proto3" json:"socket,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -791,6 +796,13 @@ func (x *ContextEntry) GetMtimeUnix() int64 {
 		return x.MtimeUnix
 	}
 	return 0
+}
+
+func (x *ContextEntry) GetSocket() bool {
+	if x != nil {
+		return x.Socket
+	}
+	return false
 }
 
 type BatchUpdateBlobsRequest_Blob struct {
@@ -895,7 +907,7 @@ const file_kiln_v1_context_proto_rawDesc = "" +
 	"\x06digest\x18\x01 \x01(\v2\x0f.kiln.v1.DigestR\x06digest\x12.\n" +
 	"\x06format\x18\x02 \x01(\x0e2\x16.kiln.v1.ContextFormatR\x06format\"B\n" +
 	"\x0fContextManifest\x12/\n" +
-	"\aentries\x18\x01 \x03(\v2\x15.kiln.v1.ContextEntryR\aentries\"\xdb\x01\n" +
+	"\aentries\x18\x01 \x03(\v2\x15.kiln.v1.ContextEntryR\aentries\"\xf3\x01\n" +
 	"\fContextEntry\x12\x12\n" +
 	"\x04path\x18\x01 \x01(\tR\x04path\x12&\n" +
 	"\x04type\x18\x02 \x01(\x0e2\x12.kiln.v1.EntryTypeR\x04type\x12\x12\n" +
@@ -905,7 +917,8 @@ const file_kiln_v1_context_proto_rawDesc = "" +
 	"\vlink_target\x18\x06 \x01(\tR\n" +
 	"linkTarget\x12\x1d\n" +
 	"\n" +
-	"mtime_unix\x18\a \x01(\x03R\tmtimeUnix*d\n" +
+	"mtime_unix\x18\a \x01(\x03R\tmtimeUnix\x12\x16\n" +
+	"\x06socket\x18\b \x01(\bR\x06socket*d\n" +
 	"\rContextFormat\x12\x1e\n" +
 	"\x1aCONTEXT_FORMAT_UNSPECIFIED\x10\x00\x12\x16\n" +
 	"\x12CONTEXT_FORMAT_TAR\x10\x01\x12\x1b\n" +
