@@ -51,6 +51,8 @@ type ContextStats struct {
 	Files int
 	// Symlinks counts the symlinks sent (as symlinks, never followed).
 	Symlinks int
+	// HardLinks counts the files sent as hard links to an earlier file.
+	HardLinks int
 	// Dirs counts the directory entries sent.
 	Dirs int
 	// Bytes is the sum of the regular files' sizes.
@@ -142,7 +144,8 @@ func WithDockerfile(data []byte) PackOption {
 // The result is a manifest, not an archive: one entry per directory, file
 // and symlink sent, sorted by path, with permission bits (0o7777) and mtimes
 // in whole seconds. Symlinks are kept as symlinks and never followed; hard
-// links are sent as regular files; a unix socket is sent as an empty file
+// links are kept as links (the first of them in path order is the file,
+// the others link to it); a unix socket is sent as an empty file
 // with its permission bits (as BuildKit sends it; a classic build leaves it
 // out), devices and pipes are skipped.
 // Each regular file is hashed with sha256 while it is read, so memory stays
@@ -188,6 +191,7 @@ func PackContext(ctx context.Context, dir, dockerfile string, opts ...PackOption
 		return nil, err
 	}
 	slices.SortFunc(p.entries, func(a, b *kilnv1.ContextEntry) int { return strings.Compare(a.Path, b.Path) })
+	p.linkHardLinks()
 
 	cache := openStatCache(o.cacheDir, root)
 	var toHash []*packedFile
@@ -219,7 +223,7 @@ func PackContext(ctx context.Context, dir, dockerfile string, opts ...PackOption
 		manifest:       &kilnv1.ContextManifest{Entries: p.entries},
 		blobs:          make(map[string]*kilnv1.ContextEntry, len(p.files)),
 		cacheFile:      cache.file,
-		stats:          ContextStats{Files: len(p.files), Symlinks: p.symlinks, Dirs: p.dirCount, Hashed: len(toHash)},
+		stats:          ContextStats{Files: len(p.files), Symlinks: p.symlinks, HardLinks: p.hardLinks, Dirs: p.dirCount, Hashed: len(toHash)},
 	}
 	for _, f := range p.files {
 		c.stats.Bytes += f.entry.Size

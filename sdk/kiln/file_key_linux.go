@@ -13,3 +13,11 @@ func addSysKey(k *fileKey, info fs.FileInfo) {
 		k.ctime = st.Ctim.Nano()
 	}
 }
+
+// linkCount is the number of hard links to the file info describes.
+func linkCount(info fs.FileInfo) uint64 {
+	if st, ok := info.Sys().(*syscall.Stat_t); ok {
+		return uint64(st.Nlink) // the field type differs between architectures
+	}
+	return 1
+}

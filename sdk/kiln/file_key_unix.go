@@ -14,3 +14,11 @@ func addSysKey(k *fileKey, info fs.FileInfo) {
 		k.dev = uint64(st.Dev)
 	}
 }
+
+// linkCount is the number of hard links to the file info describes.
+func linkCount(info fs.FileInfo) uint64 {
+	if st, ok := info.Sys().(*syscall.Stat_t); ok {
+		return uint64(st.Nlink)
+	}
+	return 1
+}

@@ -276,7 +276,7 @@ func TestPackContextEntries(t *testing.T) {
 	if err := os.Chtimes(filepath.Join(dir, "bin/run.sh"), mtime, mtime); err != nil {
 		t.Fatal(err)
 	}
-	// A hard link is sent as a second regular file with the same digest.
+	// A hard link is kept as a link to the first file of its inode.
 	if err := os.Link(filepath.Join(dir, "data/a.txt"), filepath.Join(dir, "data/hardlink")); err != nil {
 		t.Fatal(err)
 	}
@@ -305,7 +305,7 @@ func TestPackContextEntries(t *testing.T) {
 		{path: "private/key", typ: kilnv1.EntryType_ENTRY_TYPE_FILE, mode: 0o600, size: 1},
 		{path: "tmp", typ: kilnv1.EntryType_ENTRY_TYPE_DIRECTORY, mode: 0o1777},
 		{path: "data/empty", typ: kilnv1.EntryType_ENTRY_TYPE_FILE, mode: 0o644},
-		{path: "data/hardlink", typ: kilnv1.EntryType_ENTRY_TYPE_FILE, mode: 0o644, size: 1},
+		{path: "data/hardlink", typ: kilnv1.EntryType_ENTRY_TYPE_HARDLINK, mode: 0o644, target: "data/a.txt"},
 		{path: "link-file", typ: kilnv1.EntryType_ENTRY_TYPE_SYMLINK, mode: 0o777, target: "data/a.txt"},
 		{path: "link-dir", typ: kilnv1.EntryType_ENTRY_TYPE_SYMLINK, mode: 0o777, target: "data"},
 		{path: "escape", typ: kilnv1.EntryType_ENTRY_TYPE_SYMLINK, mode: 0o777, target: filepath.ToSlash(outside)},
@@ -326,15 +326,12 @@ func TestPackContextEntries(t *testing.T) {
 	if got := entry(t, c, "bin/run.sh").MtimeUnix; got != mtime.Unix() {
 		t.Errorf("run.sh mtime %d, want %d", got, mtime.Unix())
 	}
-	if a, h := entry(t, c, "data/a.txt").Digest, entry(t, c, "data/hardlink").Digest; a.Hash != h.Hash {
-		t.Errorf("hard link digest %s, want %s", h.Hash, a.Hash)
-	}
-	want0 := ContextStats{Files: 7, Symlinks: 5, Dirs: 4, Bytes: 13 + 10 + 1 + 1 + 1 + 1, Hashed: 7, HashedBytes: 13 + 10 + 1 + 1 + 1 + 1}
+	want0 := ContextStats{Files: 6, Symlinks: 5, HardLinks: 1, Dirs: 4, Bytes: 13 + 10 + 1 + 1 + 1, Hashed: 6, HashedBytes: 13 + 10 + 1 + 1 + 1}
 	if s := c.Stats(); s != want0 {
 		t.Errorf("Stats() = %+v, want %+v", s, want0)
 	}
 	if len(c.blobs) != 6 {
-		t.Errorf("%d distinct blobs, want 6 (a.txt and its hard link share one)", len(c.blobs))
+		t.Errorf("%d distinct blobs, want 6", len(c.blobs))
 	}
 }
 
@@ -480,5 +477,38 @@ func TestPackContextDockerfileAsDocker(t *testing.T) {
 	c := pack(t, dir, "../prod.Dockerfile")
 	if c.Dockerfile() != "prod.Dockerfile" || !strings.Contains(string(c.DockerfileInline()), "from=outside") {
 		t.Errorf("../prod.Dockerfile: %q inline %q", c.Dockerfile(), c.DockerfileInline())
+	}
+}
+
+// Hard links stay links to the first of their inode in path order (the
+// manifest's order, which is not the walk's: "a.txt" sorts before "a/b"),
+// among the files sent: an ignored first link leaves the next one the file.
+func TestPackContextHardLinks(t *testing.T) {
+	dir := t.TempDir()
+	writeTree(t, dir, map[string]string{"Dockerfile": "FROM scratch\n", "a/b": "shared", ".dockerignore": "0-ignored\n", "x": "other"})
+	for _, l := range []string{"a.txt", "z", "0-ignored"} {
+		if err := os.Link(filepath.Join(dir, "a/b"), filepath.Join(dir, l)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	c := pack(t, dir, "")
+	hard := kilnv1.EntryType_ENTRY_TYPE_HARDLINK
+	for _, tt := range []struct {
+		path   string
+		typ    kilnv1.EntryType
+		target string
+	}{
+		{"a.txt", kilnv1.EntryType_ENTRY_TYPE_FILE, ""},
+		{"a/b", hard, "a.txt"},
+		{"z", hard, "a.txt"},
+		{"x", kilnv1.EntryType_ENTRY_TYPE_FILE, ""},
+	} {
+		e := entry(t, c, tt.path)
+		if e.Type != tt.typ || e.LinkTarget != tt.target || (e.Type == hard) != (e.Digest == nil) {
+			t.Errorf("entry %v; want type %v target %q", e, tt.typ, tt.target)
+		}
+	}
+	if s := c.Stats(); s.Files != 4 || s.HardLinks != 2 {
+		t.Errorf("Stats() = %+v; want 4 files (Dockerfile, .dockerignore, a.txt, x) and 2 hard links", s)
 	}
 }

@@ -10,6 +10,7 @@ import (
 	"os"
 	"path"
 	"path/filepath"
+	"slices"
 	"strings"
 
 	kilnv1 "github.com/kilnbuild/kiln/proto/gen/go/kiln/v1"
@@ -27,9 +28,10 @@ type packer struct {
 	// files are the regular files among entries, to be hashed.
 	files []*packedFile
 	// sockets are the entries listed for unix sockets (empty files).
-	sockets  []*kilnv1.ContextEntry
-	symlinks int
-	dirCount int
+	sockets   []*kilnv1.ContextEntry
+	symlinks  int
+	hardLinks int
+	dirCount  int
 	// dirs is the stack of directories above the current walk position.
 	dirs []*packDir
 }
@@ -41,6 +43,8 @@ type packedFile struct {
 	key   fileKey
 	// sum is the content's sha256, once known.
 	sum [sha256.Size]byte
+	// links is the file's hard link count.
+	links uint64
 }
 
 func (f *packedFile) setDigest(sum [sha256.Size]byte) {
@@ -174,8 +178,39 @@ func (p *packer) listFile(rel string, info fs.FileInfo) error {
 	e.Type = kilnv1.EntryType_ENTRY_TYPE_FILE
 	e.Size = info.Size()
 	p.entries = append(p.entries, e)
-	p.files = append(p.files, &packedFile{entry: e, key: keyOf(info)})
+	p.files = append(p.files, &packedFile{entry: e, key: keyOf(info), links: linkCount(info)})
 	return nil
+}
+
+// linkHardLinks keeps hard links as links, as docker's and BuildKit's
+// contexts do: of the listed files that share an inode, the first in path
+// order stays a file and each other one becomes a HARDLINK entry to it,
+// with no content of its own (not hashed, not uploaded). It runs once the
+// entries are sorted, so a link always follows its target.
+func (p *packer) linkHardLinks() {
+	slices.SortFunc(p.files, func(a, b *packedFile) int { return strings.Compare(a.entry.Path, b.entry.Path) })
+	type inode struct{ dev, ino uint64 }
+	first := map[inode]string{}
+	files := p.files[:0]
+	for _, f := range p.files {
+		if f.links < 2 || f.key.ino == 0 {
+			files = append(files, f)
+			continue
+		}
+		id := inode{f.key.dev, f.key.ino}
+		target, ok := first[id]
+		if !ok {
+			first[id] = f.entry.Path
+			files = append(files, f)
+			continue
+		}
+		f.entry.Type = kilnv1.EntryType_ENTRY_TYPE_HARDLINK
+		f.entry.LinkTarget = target
+		f.entry.Size = 0
+		p.hardLinks++
+	}
+	clear(p.files[len(files):])
+	p.files = files
 }
 
 // listSocket lists a unix socket as BuildKit's file sync sends one: an
