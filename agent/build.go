@@ -200,8 +200,28 @@ func (a *Agent) buildClassic(ctx context.Context, b *kilnv1.Build, creds engine.
 	if err != nil {
 		return engine.Result{}, 0, err
 	}
+	opts := buildOptions(b.Spec, creds)
+	if df := b.GetSpec().GetDockerfileInline(); len(df) > 0 {
+		// Sent apart from the context: it goes into the tar, as the
+		// docker CLI sends a Dockerfile from outside the context.
+		name, err := inlineDockerfileName()
+		if err != nil {
+			return engine.Result{}, 0, errors.Join(err, closeContext())
+		}
+		inner := closeContext
+		var closeCopy func() error
+		contextTar, closeCopy = addInlineDockerfile(contextTar, df, name)
+		closeContext = func() error {
+			err := closeCopy()
+			if ierr := inner(); ierr != nil {
+				return ierr // the context's own failure says more than the copy's
+			}
+			return err
+		}
+		opts.Dockerfile = name
+	}
 	counted := &countingReader{r: contextTar}
-	res, err := a.cfg.Engine.Build(ctx, counted, buildOptions(b.Spec, creds), rep)
+	res, err := a.cfg.Engine.Build(ctx, counted, opts, rep)
 	// A context that could not be written in full says more than the
 	// engine's broken request.
 	if cerr := closeContext(); cerr != nil && err != nil {

@@ -22,8 +22,16 @@ import (
 // it has neither). The Dockerfile is read from the context as the engine
 // would find it (the default name falls back to "dockerfile"); a tar
 // that holds it more than once is checked in every copy, and one that
-// is not a regular file is refused.
+// is not a regular file is refused. A Dockerfile sent apart from the
+// context (dockerfile_inline) is the one checked: the build adds it to the
+// context tar (addInlineDockerfile).
 func (a *Agent) checkClassicPolicy(ctx context.Context, b *kilnv1.Build) error {
+	p := policy.FromRecord(b.GetTenant(), b.GetPolicy(), a.cfg.FrontendAllow)
+	p.Classic = true
+	if df := b.GetSpec().GetDockerfileInline(); len(df) > 0 { // sent apart from the context
+		_, err := a.checkDockerfiles(ctx, b, p, df)
+		return err
+	}
 	names := map[string]bool{}
 	if df := b.GetSpec().GetDockerfile(); df != "" {
 		names[path.Clean("/" + df)[1:]] = true
@@ -34,8 +42,6 @@ func (a *Agent) checkClassicPolicy(ctx context.Context, b *kilnv1.Build) error {
 	if err != nil {
 		return err
 	}
-	p := policy.FromRecord(b.GetTenant(), b.GetPolicy(), a.cfg.FrontendAllow)
-	p.Classic = true
 	_, err = a.checkDockerfiles(ctx, b, p, dockerfiles...)
 	return err
 }
