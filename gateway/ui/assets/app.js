@@ -304,8 +304,9 @@
       });
       es.addEventListener("end", () => {
         es.close();
-        state.ended = true;
-        loadBuild().then(() => { paint(); jumpToHash(); });
+        // ended: the page shows the build's final record (loadBuild renders
+        // the timeline at once, not on the next scheduled render).
+        loadBuild().then(() => { paint(); jumpToHash(); state.ended = true; });
       });
       es.addEventListener("interrupted", () => { /* EventSource reconnects with Last-Event-ID */ });
       setTimeout(jumpToHash, 300);
