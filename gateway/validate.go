@@ -39,9 +39,6 @@ func validateSpec(spec *kilnv1.BuildSpec) error {
 	if spec.Dockerfile == "" {
 		spec.Dockerfile = "Dockerfile"
 	}
-	if len(spec.DockerfileInline) > 0 && spec.Builder == kilnv1.Builder_BUILDER_CLASSIC {
-		return invalid("a Dockerfile sent apart from the context (-f outside it, -f -) needs the BuildKit builder: drop --builder classic")
-	}
 	df, err := buildctx.CleanPath(spec.Dockerfile)
 	if err != nil {
 		return invalid("dockerfile path %q: %v", spec.Dockerfile, err)
