@@ -305,8 +305,9 @@
       es.addEventListener("end", () => {
         es.close();
         // ended: the page shows the build's final record (loadBuild renders
-        // the timeline at once, not on the next scheduled render).
-        loadBuild().then(() => { paint(); jumpToHash(); state.ended = true; });
+        // the timeline at once, not on the next scheduled render), whether
+        // or not the record could be read again.
+        loadBuild().finally(() => { state.ended = true; paint(); jumpToHash(); });
       });
       es.addEventListener("interrupted", () => { /* EventSource reconnects with Last-Event-ID */ });
       setTimeout(jumpToHash, 300);
