@@ -78,7 +78,9 @@
           const age = a.last_seen ? (Date.parse(d.now) - Date.parse(a.last_seen)) / 1000 : NaN;
           const labels = Object.entries(a.labels || {}).map(([k, v]) => k + "=" + v).join(", ");
           return el("tr", {}, el("td", { text: a.name }), el("td", { text: stateName(a.state) }), el("td", { text: (a.busy_slots || 0) + "/" + (a.slots || 0) }),
-            el("td", { text: (a.engine_kind || "docker") + " " + (a.engine_version || "") }), el("td", { text: labels }),
+            el("td", { text: (a.engine_kind || "docker") + " " + (a.engine_version || "") }),
+            el("td", { text: (a.platforms || []).concat((a.emulated_platforms || []).map((p) => p + " (emulated)")).join(", ") }),
+            el("td", { text: labels }),
             el("td", { text: ((a.cache || {}).lineages || []).length + " lineages" , title: ((a.cache || {}).lineages || []).join(", ") }),
             el("td", { text: isFinite(age) ? fmtDur(age) + " ago" : "" }), el("td", { text: (a.warnings || []).join("; ") }), el("td", {}, form));
         }));
