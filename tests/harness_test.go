@@ -62,6 +62,9 @@ func runMain(m *testing.M) int {
 		}
 	}
 	code := m.Run()
+	if sharedDir != "" {
+		defer os.RemoveAll(sharedDir) // 1 GB and more of blob cache, work dirs and NATS data a run leaves
+	}
 	if shared != nil {
 		shared.stop()
 	}
@@ -96,7 +99,10 @@ type kilnd struct {
 	buildkitd *enginetest.BuildKitdInstance
 }
 
-var shared *kilnd
+var (
+	shared    *kilnd
+	sharedDir string // shared's data directory, removed by TestMain after it stops
+)
 
 // sharedKilnd returns the kilnd most tests share; TestMain stops it.
 func sharedKilnd(t *testing.T) *kilnd {
@@ -106,6 +112,7 @@ func sharedKilnd(t *testing.T) *kilnd {
 		if err != nil {
 			t.Fatal(err)
 		}
+		sharedDir = dir
 		k, err := startKilnd(dir)
 		if err != nil {
 			t.Fatal(err)
