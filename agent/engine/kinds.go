@@ -32,6 +32,10 @@ const (
 	FeaturePushInBuild = "push-in-build"
 	// FeatureRootless: the engine runs without root (rootless buildkitd).
 	FeatureRootless = "rootless"
+	// FeatureAttestations: the engine attaches provenance and SBOM
+	// attestations to the image it pushes (--provenance, --sbom).
+	// Standalone BuildKit only.
+	FeatureAttestations = "attestations"
 )
 
 // CacheOption is one cache import or export for the engine, parsed and

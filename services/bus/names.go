@@ -36,6 +36,12 @@ const (
 	BucketAgents = "KILN_AGENTS"
 	// BucketCAS is the object store of build-context blobs.
 	BucketCAS = "KILN_CAS"
+	// BucketOutputs is the object store of builds' exported outputs
+	// (--output local|tar|oci|docker): blobs named "sha256/<hex>" and the
+	// ContextManifest listing them, written by the agent that built them,
+	// read by the gateway's ReadOutput (which checks each digest), kept
+	// until the bucket's TTL.
+	BucketOutputs = "KILN_OUTPUTS"
 	// BucketSealNonces remembers the seal nonces (BuildSpec.seal_nonce) the
 	// gateway accepted, by sha256 of tenant and nonce, so that no two
 	// builds of a tenant share one: sealed values copied from one build's

@@ -181,7 +181,7 @@ func (x CacheEvent_Kind) Number() protoreflect.EnumNumber {
 
 // Deprecated: Use CacheEvent_Kind.Descriptor instead.
 func (CacheEvent_Kind) EnumDescriptor() ([]byte, []int) {
-	return file_kiln_v1_build_proto_rawDescGZIP(), []int{8, 0}
+	return file_kiln_v1_build_proto_rawDescGZIP(), []int{12, 0}
 }
 
 // BuildSpec is what to build: the docker-build options a client may set.
@@ -268,7 +268,44 @@ type BuildSpec struct {
 	// that builds it (natively preferred) and the engine builds for it. Several:
 	// the build is a parent with one child build per platform (Build.children),
 	// and its result is an OCI image index referencing the children's images.
-	Platforms     []string `protobuf:"bytes,30,rep,name=platforms,proto3" json:"platforms,omitempty"`
+	Platforms []string `protobuf:"bytes,30,rep,name=platforms,proto3" json:"platforms,omitempty"`
+	// outputs are where the result goes besides the registry (buildx
+	// --output), at most one, checked by proto/rules/outputs: "local" and
+	// "tar" (the result's filesystem), "oci" and "docker" (an image tarball),
+	// "cacheonly" (build, keep the cache, export nothing). The destination
+	// (dest=) stays on the client, which fetches the agent's export from
+	// BuildResult.output with ReadOutput; attrs hold the remaining buildx
+	// attributes the rule package lets through. type=registry and
+	// type=image,push=true are push and never appear here.
+	Outputs []*Output `protobuf:"bytes,31,rep,name=outputs,proto3" json:"outputs,omitempty"`
+	// ssh are the --ssh sockets' keys: id is the ssh id ("default" or the
+	// ID of ID=PATH), sealed holds one or more PEM private keys (the files
+	// the client read), concatenated, sealed to the farm's secrets key like
+	// a secret. The agent serves them as an ssh agent to RUN
+	// --mount=type=ssh steps of this build only.
+	Ssh []*SealedSecret `protobuf:"bytes,32,rep,name=ssh,proto3" json:"ssh,omitempty"`
+	// build_contexts are the --build-context NAME=VALUE pairs, by name.
+	BuildContexts []*NamedContext `protobuf:"bytes,33,rep,name=build_contexts,json=buildContexts,proto3" json:"build_contexts,omitempty"`
+	// git_context, when set, is the build's context: a Git URL
+	// ("https://host/repo.git#ref:subdir", checked by proto/rules/gitctx)
+	// the engine fetches; StartBuildRequest.context is then empty. Its
+	// credentials are sealed secrets with BuildKit's ids GIT_AUTH_TOKEN[.host]
+	// or GIT_AUTH_HEADER[.host].
+	GitContext string `protobuf:"bytes,34,opt,name=git_context,json=gitContext,proto3" json:"git_context,omitempty"`
+	// annotations are the --annotation values as buildx takes them,
+	// "[type[,type...][platform]:]key=value" (checked by proto/rules/annotations).
+	Annotations []string `protobuf:"bytes,35,rep,name=annotations,proto3" json:"annotations,omitempty"`
+	// provenance and sbom are the --provenance and --sbom values as buildx
+	// takes them ("", "true", "false", "mode=max", "generator=IMAGE", ...):
+	// only engines with the attestations feature honour them; the gateway
+	// refuses a build asking for one when no agent has it.
+	Provenance string `protobuf:"bytes,36,opt,name=provenance,proto3" json:"provenance,omitempty"`
+	Sbom       string `protobuf:"bytes,37,opt,name=sbom,proto3" json:"sbom,omitempty"`
+	// call is buildx's --call: "" or "build" build the image; "check" runs the
+	// Dockerfile frontend's lint rules and builds nothing
+	// (BuildResult.call_output and check_warnings); "outline" and "targets"
+	// print what the frontend reports.
+	Call          string `protobuf:"bytes,38,opt,name=call,proto3" json:"call,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -471,6 +508,181 @@ func (x *BuildSpec) GetPlatforms() []string {
 	return nil
 }
 
+func (x *BuildSpec) GetOutputs() []*Output {
+	if x != nil {
+		return x.Outputs
+	}
+	return nil
+}
+
+func (x *BuildSpec) GetSsh() []*SealedSecret {
+	if x != nil {
+		return x.Ssh
+	}
+	return nil
+}
+
+func (x *BuildSpec) GetBuildContexts() []*NamedContext {
+	if x != nil {
+		return x.BuildContexts
+	}
+	return nil
+}
+
+func (x *BuildSpec) GetGitContext() string {
+	if x != nil {
+		return x.GitContext
+	}
+	return ""
+}
+
+func (x *BuildSpec) GetAnnotations() []string {
+	if x != nil {
+		return x.Annotations
+	}
+	return nil
+}
+
+func (x *BuildSpec) GetProvenance() string {
+	if x != nil {
+		return x.Provenance
+	}
+	return ""
+}
+
+func (x *BuildSpec) GetSbom() string {
+	if x != nil {
+		return x.Sbom
+	}
+	return ""
+}
+
+func (x *BuildSpec) GetCall() string {
+	if x != nil {
+		return x.Call
+	}
+	return ""
+}
+
+// Output is one --output other than the registry: its type and the
+// buildx attributes other than dest.
+type Output struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Type          string                 `protobuf:"bytes,1,opt,name=type,proto3" json:"type,omitempty"`
+	Attrs         map[string]string      `protobuf:"bytes,2,rep,name=attrs,proto3" json:"attrs,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *Output) Reset() {
+	*x = Output{}
+	mi := &file_kiln_v1_build_proto_msgTypes[1]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *Output) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*Output) ProtoMessage() {}
+
+func (x *Output) ProtoReflect() protoreflect.Message {
+	mi := &file_kiln_v1_build_proto_msgTypes[1]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use Output.ProtoReflect.Descriptor instead.
+func (*Output) Descriptor() ([]byte, []int) {
+	return file_kiln_v1_build_proto_rawDescGZIP(), []int{1}
+}
+
+func (x *Output) GetType() string {
+	if x != nil {
+		return x.Type
+	}
+	return ""
+}
+
+func (x *Output) GetAttrs() map[string]string {
+	if x != nil {
+		return x.Attrs
+	}
+	return nil
+}
+
+// NamedContext is one --build-context NAME=VALUE: name is the stage or
+// image name the Dockerfile uses, and the value is either a local directory
+// the client uploaded like the main context (context) or a source the engine
+// resolves itself (source: "docker-image://REF", "https://…/repo.git#ref",
+// "target:STAGE"), checked by proto/rules/namedctx.
+type NamedContext struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Name          string                 `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
+	Context       *ContextRef            `protobuf:"bytes,2,opt,name=context,proto3" json:"context,omitempty"`
+	Source        string                 `protobuf:"bytes,3,opt,name=source,proto3" json:"source,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *NamedContext) Reset() {
+	*x = NamedContext{}
+	mi := &file_kiln_v1_build_proto_msgTypes[2]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *NamedContext) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*NamedContext) ProtoMessage() {}
+
+func (x *NamedContext) ProtoReflect() protoreflect.Message {
+	mi := &file_kiln_v1_build_proto_msgTypes[2]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use NamedContext.ProtoReflect.Descriptor instead.
+func (*NamedContext) Descriptor() ([]byte, []int) {
+	return file_kiln_v1_build_proto_rawDescGZIP(), []int{2}
+}
+
+func (x *NamedContext) GetName() string {
+	if x != nil {
+		return x.Name
+	}
+	return ""
+}
+
+func (x *NamedContext) GetContext() *ContextRef {
+	if x != nil {
+		return x.Context
+	}
+	return nil
+}
+
+func (x *NamedContext) GetSource() string {
+	if x != nil {
+		return x.Source
+	}
+	return ""
+}
+
 // Ulimit is one --ulimit name=soft[:hard] as docker parses it: name is
 // one of proto/rules/buildflags' Ulimits ("nofile", "nproc", ...); soft
 // and hard are the limits (-1: unlimited), hard at least soft.
@@ -485,7 +697,7 @@ type Ulimit struct {
 
 func (x *Ulimit) Reset() {
 	*x = Ulimit{}
-	mi := &file_kiln_v1_build_proto_msgTypes[1]
+	mi := &file_kiln_v1_build_proto_msgTypes[3]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -497,7 +709,7 @@ func (x *Ulimit) String() string {
 func (*Ulimit) ProtoMessage() {}
 
 func (x *Ulimit) ProtoReflect() protoreflect.Message {
-	mi := &file_kiln_v1_build_proto_msgTypes[1]
+	mi := &file_kiln_v1_build_proto_msgTypes[3]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -510,7 +722,7 @@ func (x *Ulimit) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Ulimit.ProtoReflect.Descriptor instead.
 func (*Ulimit) Descriptor() ([]byte, []int) {
-	return file_kiln_v1_build_proto_rawDescGZIP(), []int{1}
+	return file_kiln_v1_build_proto_rawDescGZIP(), []int{3}
 }
 
 func (x *Ulimit) GetName() string {
@@ -548,7 +760,7 @@ type CacheOption struct {
 
 func (x *CacheOption) Reset() {
 	*x = CacheOption{}
-	mi := &file_kiln_v1_build_proto_msgTypes[2]
+	mi := &file_kiln_v1_build_proto_msgTypes[4]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -560,7 +772,7 @@ func (x *CacheOption) String() string {
 func (*CacheOption) ProtoMessage() {}
 
 func (x *CacheOption) ProtoReflect() protoreflect.Message {
-	mi := &file_kiln_v1_build_proto_msgTypes[2]
+	mi := &file_kiln_v1_build_proto_msgTypes[4]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -573,7 +785,7 @@ func (x *CacheOption) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CacheOption.ProtoReflect.Descriptor instead.
 func (*CacheOption) Descriptor() ([]byte, []int) {
-	return file_kiln_v1_build_proto_rawDescGZIP(), []int{2}
+	return file_kiln_v1_build_proto_rawDescGZIP(), []int{4}
 }
 
 func (x *CacheOption) GetType() string {
@@ -627,7 +839,7 @@ type TenantPolicy struct {
 
 func (x *TenantPolicy) Reset() {
 	*x = TenantPolicy{}
-	mi := &file_kiln_v1_build_proto_msgTypes[3]
+	mi := &file_kiln_v1_build_proto_msgTypes[5]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -639,7 +851,7 @@ func (x *TenantPolicy) String() string {
 func (*TenantPolicy) ProtoMessage() {}
 
 func (x *TenantPolicy) ProtoReflect() protoreflect.Message {
-	mi := &file_kiln_v1_build_proto_msgTypes[3]
+	mi := &file_kiln_v1_build_proto_msgTypes[5]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -652,7 +864,7 @@ func (x *TenantPolicy) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use TenantPolicy.ProtoReflect.Descriptor instead.
 func (*TenantPolicy) Descriptor() ([]byte, []int) {
-	return file_kiln_v1_build_proto_rawDescGZIP(), []int{3}
+	return file_kiln_v1_build_proto_rawDescGZIP(), []int{5}
 }
 
 func (x *TenantPolicy) GetAllowRemoteAdd() bool {
@@ -727,7 +939,7 @@ type SealedSecret struct {
 
 func (x *SealedSecret) Reset() {
 	*x = SealedSecret{}
-	mi := &file_kiln_v1_build_proto_msgTypes[4]
+	mi := &file_kiln_v1_build_proto_msgTypes[6]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -739,7 +951,7 @@ func (x *SealedSecret) String() string {
 func (*SealedSecret) ProtoMessage() {}
 
 func (x *SealedSecret) ProtoReflect() protoreflect.Message {
-	mi := &file_kiln_v1_build_proto_msgTypes[4]
+	mi := &file_kiln_v1_build_proto_msgTypes[6]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -752,7 +964,7 @@ func (x *SealedSecret) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SealedSecret.ProtoReflect.Descriptor instead.
 func (*SealedSecret) Descriptor() ([]byte, []int) {
-	return file_kiln_v1_build_proto_rawDescGZIP(), []int{4}
+	return file_kiln_v1_build_proto_rawDescGZIP(), []int{6}
 }
 
 func (x *SealedSecret) GetId() string {
@@ -793,7 +1005,7 @@ type Affinity struct {
 
 func (x *Affinity) Reset() {
 	*x = Affinity{}
-	mi := &file_kiln_v1_build_proto_msgTypes[5]
+	mi := &file_kiln_v1_build_proto_msgTypes[7]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -805,7 +1017,7 @@ func (x *Affinity) String() string {
 func (*Affinity) ProtoMessage() {}
 
 func (x *Affinity) ProtoReflect() protoreflect.Message {
-	mi := &file_kiln_v1_build_proto_msgTypes[5]
+	mi := &file_kiln_v1_build_proto_msgTypes[7]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -818,7 +1030,7 @@ func (x *Affinity) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Affinity.ProtoReflect.Descriptor instead.
 func (*Affinity) Descriptor() ([]byte, []int) {
-	return file_kiln_v1_build_proto_rawDescGZIP(), []int{5}
+	return file_kiln_v1_build_proto_rawDescGZIP(), []int{7}
 }
 
 func (x *Affinity) GetLineage() string {
@@ -855,7 +1067,7 @@ type PushedImage struct {
 
 func (x *PushedImage) Reset() {
 	*x = PushedImage{}
-	mi := &file_kiln_v1_build_proto_msgTypes[6]
+	mi := &file_kiln_v1_build_proto_msgTypes[8]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -867,7 +1079,7 @@ func (x *PushedImage) String() string {
 func (*PushedImage) ProtoMessage() {}
 
 func (x *PushedImage) ProtoReflect() protoreflect.Message {
-	mi := &file_kiln_v1_build_proto_msgTypes[6]
+	mi := &file_kiln_v1_build_proto_msgTypes[8]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -880,7 +1092,7 @@ func (x *PushedImage) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PushedImage.ProtoReflect.Descriptor instead.
 func (*PushedImage) Descriptor() ([]byte, []int) {
-	return file_kiln_v1_build_proto_rawDescGZIP(), []int{6}
+	return file_kiln_v1_build_proto_rawDescGZIP(), []int{8}
 }
 
 func (x *PushedImage) GetTag() string {
@@ -928,14 +1140,27 @@ type BuildResult struct {
 	// the schedulers set it when the agent's automatic EXPORT event arrives
 	// without an error, and count the build's lineage as one whose cache the
 	// farm's registry holds (routing's cold-but-cached cost).
-	WarmCacheRef  string `protobuf:"bytes,8,opt,name=warm_cache_ref,json=warmCacheRef,proto3" json:"warm_cache_ref,omitempty"`
+	WarmCacheRef string `protobuf:"bytes,8,opt,name=warm_cache_ref,json=warmCacheRef,proto3" json:"warm_cache_ref,omitempty"`
+	// output is the export BuildSpec.outputs asked for, stored in the object
+	// bucket KILN_OUTPUTS until its TTL: the digest of a ContextManifest whose
+	// entries name the exported files' blobs (local and tar: the result's
+	// filesystem; oci and docker: one FILE entry "image.tar"). The client
+	// fetches the manifest and the blobs with ReadOutput.
+	Output *OutputRef `protobuf:"bytes,9,opt,name=output,proto3" json:"output,omitempty"`
+	// descriptor is the pushed image's (or image index's) descriptor, as
+	// buildx's metadata file gives it under containerimage.descriptor.
+	Descriptor_ *ImageDescriptor `protobuf:"bytes,10,opt,name=descriptor,proto3" json:"descriptor,omitempty"`
+	// call_output is what --call check/outline/targets printed, and
+	// check_warnings the number of lint warnings --call check found.
+	CallOutput    string `protobuf:"bytes,11,opt,name=call_output,json=callOutput,proto3" json:"call_output,omitempty"`
+	CheckWarnings uint32 `protobuf:"varint,12,opt,name=check_warnings,json=checkWarnings,proto3" json:"check_warnings,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
 
 func (x *BuildResult) Reset() {
 	*x = BuildResult{}
-	mi := &file_kiln_v1_build_proto_msgTypes[7]
+	mi := &file_kiln_v1_build_proto_msgTypes[9]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -947,7 +1172,7 @@ func (x *BuildResult) String() string {
 func (*BuildResult) ProtoMessage() {}
 
 func (x *BuildResult) ProtoReflect() protoreflect.Message {
-	mi := &file_kiln_v1_build_proto_msgTypes[7]
+	mi := &file_kiln_v1_build_proto_msgTypes[9]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -960,7 +1185,7 @@ func (x *BuildResult) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use BuildResult.ProtoReflect.Descriptor instead.
 func (*BuildResult) Descriptor() ([]byte, []int) {
-	return file_kiln_v1_build_proto_rawDescGZIP(), []int{7}
+	return file_kiln_v1_build_proto_rawDescGZIP(), []int{9}
 }
 
 func (x *BuildResult) GetImageId() string {
@@ -1019,6 +1244,159 @@ func (x *BuildResult) GetWarmCacheRef() string {
 	return ""
 }
 
+func (x *BuildResult) GetOutput() *OutputRef {
+	if x != nil {
+		return x.Output
+	}
+	return nil
+}
+
+func (x *BuildResult) GetDescriptor_() *ImageDescriptor {
+	if x != nil {
+		return x.Descriptor_
+	}
+	return nil
+}
+
+func (x *BuildResult) GetCallOutput() string {
+	if x != nil {
+		return x.CallOutput
+	}
+	return ""
+}
+
+func (x *BuildResult) GetCheckWarnings() uint32 {
+	if x != nil {
+		return x.CheckWarnings
+	}
+	return 0
+}
+
+// OutputRef names a build's exported output.
+type OutputRef struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// type is the Output.type it was made for.
+	Type string `protobuf:"bytes,1,opt,name=type,proto3" json:"type,omitempty"`
+	// manifest is the ContextManifest blob listing the output's files.
+	Manifest *Digest `protobuf:"bytes,2,opt,name=manifest,proto3" json:"manifest,omitempty"`
+	// size is the sum of the output files' sizes.
+	Size          int64 `protobuf:"varint,3,opt,name=size,proto3" json:"size,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *OutputRef) Reset() {
+	*x = OutputRef{}
+	mi := &file_kiln_v1_build_proto_msgTypes[10]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *OutputRef) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*OutputRef) ProtoMessage() {}
+
+func (x *OutputRef) ProtoReflect() protoreflect.Message {
+	mi := &file_kiln_v1_build_proto_msgTypes[10]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use OutputRef.ProtoReflect.Descriptor instead.
+func (*OutputRef) Descriptor() ([]byte, []int) {
+	return file_kiln_v1_build_proto_rawDescGZIP(), []int{10}
+}
+
+func (x *OutputRef) GetType() string {
+	if x != nil {
+		return x.Type
+	}
+	return ""
+}
+
+func (x *OutputRef) GetManifest() *Digest {
+	if x != nil {
+		return x.Manifest
+	}
+	return nil
+}
+
+func (x *OutputRef) GetSize() int64 {
+	if x != nil {
+		return x.Size
+	}
+	return 0
+}
+
+// ImageDescriptor is an OCI descriptor of a pushed manifest or index.
+type ImageDescriptor struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	MediaType     string                 `protobuf:"bytes,1,opt,name=media_type,json=mediaType,proto3" json:"media_type,omitempty"`
+	Digest        string                 `protobuf:"bytes,2,opt,name=digest,proto3" json:"digest,omitempty"`
+	Size          int64                  `protobuf:"varint,3,opt,name=size,proto3" json:"size,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ImageDescriptor) Reset() {
+	*x = ImageDescriptor{}
+	mi := &file_kiln_v1_build_proto_msgTypes[11]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ImageDescriptor) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ImageDescriptor) ProtoMessage() {}
+
+func (x *ImageDescriptor) ProtoReflect() protoreflect.Message {
+	mi := &file_kiln_v1_build_proto_msgTypes[11]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ImageDescriptor.ProtoReflect.Descriptor instead.
+func (*ImageDescriptor) Descriptor() ([]byte, []int) {
+	return file_kiln_v1_build_proto_rawDescGZIP(), []int{11}
+}
+
+func (x *ImageDescriptor) GetMediaType() string {
+	if x != nil {
+		return x.MediaType
+	}
+	return ""
+}
+
+func (x *ImageDescriptor) GetDigest() string {
+	if x != nil {
+		return x.Digest
+	}
+	return ""
+}
+
+func (x *ImageDescriptor) GetSize() int64 {
+	if x != nil {
+		return x.Size
+	}
+	return 0
+}
+
 // CacheEvent reports a cache import or export of the build: a warm start's
 // import before the build, a --cache-to export (part of the build), or the
 // automatic warm start's export, which runs after the build's result is
@@ -1045,7 +1423,7 @@ type CacheEvent struct {
 
 func (x *CacheEvent) Reset() {
 	*x = CacheEvent{}
-	mi := &file_kiln_v1_build_proto_msgTypes[8]
+	mi := &file_kiln_v1_build_proto_msgTypes[12]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1057,7 +1435,7 @@ func (x *CacheEvent) String() string {
 func (*CacheEvent) ProtoMessage() {}
 
 func (x *CacheEvent) ProtoReflect() protoreflect.Message {
-	mi := &file_kiln_v1_build_proto_msgTypes[8]
+	mi := &file_kiln_v1_build_proto_msgTypes[12]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1070,7 +1448,7 @@ func (x *CacheEvent) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CacheEvent.ProtoReflect.Descriptor instead.
 func (*CacheEvent) Descriptor() ([]byte, []int) {
-	return file_kiln_v1_build_proto_rawDescGZIP(), []int{8}
+	return file_kiln_v1_build_proto_rawDescGZIP(), []int{12}
 }
 
 func (x *CacheEvent) GetKind() CacheEvent_Kind {
@@ -1179,7 +1557,7 @@ type Build struct {
 
 func (x *Build) Reset() {
 	*x = Build{}
-	mi := &file_kiln_v1_build_proto_msgTypes[9]
+	mi := &file_kiln_v1_build_proto_msgTypes[13]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1191,7 +1569,7 @@ func (x *Build) String() string {
 func (*Build) ProtoMessage() {}
 
 func (x *Build) ProtoReflect() protoreflect.Message {
-	mi := &file_kiln_v1_build_proto_msgTypes[9]
+	mi := &file_kiln_v1_build_proto_msgTypes[13]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1204,7 +1582,7 @@ func (x *Build) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Build.ProtoReflect.Descriptor instead.
 func (*Build) Descriptor() ([]byte, []int) {
-	return file_kiln_v1_build_proto_rawDescGZIP(), []int{9}
+	return file_kiln_v1_build_proto_rawDescGZIP(), []int{13}
 }
 
 func (x *Build) GetId() string {
@@ -1406,7 +1784,7 @@ type BuildAttempt struct {
 
 func (x *BuildAttempt) Reset() {
 	*x = BuildAttempt{}
-	mi := &file_kiln_v1_build_proto_msgTypes[10]
+	mi := &file_kiln_v1_build_proto_msgTypes[14]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1418,7 +1796,7 @@ func (x *BuildAttempt) String() string {
 func (*BuildAttempt) ProtoMessage() {}
 
 func (x *BuildAttempt) ProtoReflect() protoreflect.Message {
-	mi := &file_kiln_v1_build_proto_msgTypes[10]
+	mi := &file_kiln_v1_build_proto_msgTypes[14]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1431,7 +1809,7 @@ func (x *BuildAttempt) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use BuildAttempt.ProtoReflect.Descriptor instead.
 func (*BuildAttempt) Descriptor() ([]byte, []int) {
-	return file_kiln_v1_build_proto_rawDescGZIP(), []int{10}
+	return file_kiln_v1_build_proto_rawDescGZIP(), []int{14}
 }
 
 func (x *BuildAttempt) GetAttempt() uint32 {
@@ -1488,7 +1866,7 @@ type LogLine struct {
 
 func (x *LogLine) Reset() {
 	*x = LogLine{}
-	mi := &file_kiln_v1_build_proto_msgTypes[11]
+	mi := &file_kiln_v1_build_proto_msgTypes[15]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1500,7 +1878,7 @@ func (x *LogLine) String() string {
 func (*LogLine) ProtoMessage() {}
 
 func (x *LogLine) ProtoReflect() protoreflect.Message {
-	mi := &file_kiln_v1_build_proto_msgTypes[11]
+	mi := &file_kiln_v1_build_proto_msgTypes[15]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1513,7 +1891,7 @@ func (x *LogLine) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use LogLine.ProtoReflect.Descriptor instead.
 func (*LogLine) Descriptor() ([]byte, []int) {
-	return file_kiln_v1_build_proto_rawDescGZIP(), []int{11}
+	return file_kiln_v1_build_proto_rawDescGZIP(), []int{15}
 }
 
 func (x *LogLine) GetStep() uint32 {
@@ -1542,7 +1920,7 @@ type StepStarted struct {
 
 func (x *StepStarted) Reset() {
 	*x = StepStarted{}
-	mi := &file_kiln_v1_build_proto_msgTypes[12]
+	mi := &file_kiln_v1_build_proto_msgTypes[16]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1554,7 +1932,7 @@ func (x *StepStarted) String() string {
 func (*StepStarted) ProtoMessage() {}
 
 func (x *StepStarted) ProtoReflect() protoreflect.Message {
-	mi := &file_kiln_v1_build_proto_msgTypes[12]
+	mi := &file_kiln_v1_build_proto_msgTypes[16]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1567,7 +1945,7 @@ func (x *StepStarted) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StepStarted.ProtoReflect.Descriptor instead.
 func (*StepStarted) Descriptor() ([]byte, []int) {
-	return file_kiln_v1_build_proto_rawDescGZIP(), []int{12}
+	return file_kiln_v1_build_proto_rawDescGZIP(), []int{16}
 }
 
 func (x *StepStarted) GetStep() uint32 {
@@ -1604,7 +1982,7 @@ type StepFinished struct {
 
 func (x *StepFinished) Reset() {
 	*x = StepFinished{}
-	mi := &file_kiln_v1_build_proto_msgTypes[13]
+	mi := &file_kiln_v1_build_proto_msgTypes[17]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1616,7 +1994,7 @@ func (x *StepFinished) String() string {
 func (*StepFinished) ProtoMessage() {}
 
 func (x *StepFinished) ProtoReflect() protoreflect.Message {
-	mi := &file_kiln_v1_build_proto_msgTypes[13]
+	mi := &file_kiln_v1_build_proto_msgTypes[17]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1629,7 +2007,7 @@ func (x *StepFinished) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StepFinished.ProtoReflect.Descriptor instead.
 func (*StepFinished) Descriptor() ([]byte, []int) {
-	return file_kiln_v1_build_proto_rawDescGZIP(), []int{13}
+	return file_kiln_v1_build_proto_rawDescGZIP(), []int{17}
 }
 
 func (x *StepFinished) GetStep() uint32 {
@@ -1673,7 +2051,7 @@ type StateChanged struct {
 
 func (x *StateChanged) Reset() {
 	*x = StateChanged{}
-	mi := &file_kiln_v1_build_proto_msgTypes[14]
+	mi := &file_kiln_v1_build_proto_msgTypes[18]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1685,7 +2063,7 @@ func (x *StateChanged) String() string {
 func (*StateChanged) ProtoMessage() {}
 
 func (x *StateChanged) ProtoReflect() protoreflect.Message {
-	mi := &file_kiln_v1_build_proto_msgTypes[14]
+	mi := &file_kiln_v1_build_proto_msgTypes[18]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1698,7 +2076,7 @@ func (x *StateChanged) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StateChanged.ProtoReflect.Descriptor instead.
 func (*StateChanged) Descriptor() ([]byte, []int) {
-	return file_kiln_v1_build_proto_rawDescGZIP(), []int{14}
+	return file_kiln_v1_build_proto_rawDescGZIP(), []int{18}
 }
 
 func (x *StateChanged) GetState() BuildState {
@@ -1745,7 +2123,7 @@ type BuildFinished struct {
 
 func (x *BuildFinished) Reset() {
 	*x = BuildFinished{}
-	mi := &file_kiln_v1_build_proto_msgTypes[15]
+	mi := &file_kiln_v1_build_proto_msgTypes[19]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1757,7 +2135,7 @@ func (x *BuildFinished) String() string {
 func (*BuildFinished) ProtoMessage() {}
 
 func (x *BuildFinished) ProtoReflect() protoreflect.Message {
-	mi := &file_kiln_v1_build_proto_msgTypes[15]
+	mi := &file_kiln_v1_build_proto_msgTypes[19]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1770,7 +2148,7 @@ func (x *BuildFinished) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use BuildFinished.ProtoReflect.Descriptor instead.
 func (*BuildFinished) Descriptor() ([]byte, []int) {
-	return file_kiln_v1_build_proto_rawDescGZIP(), []int{15}
+	return file_kiln_v1_build_proto_rawDescGZIP(), []int{19}
 }
 
 func (x *BuildFinished) GetState() BuildState {
@@ -1833,7 +2211,7 @@ type BuildEvent struct {
 
 func (x *BuildEvent) Reset() {
 	*x = BuildEvent{}
-	mi := &file_kiln_v1_build_proto_msgTypes[16]
+	mi := &file_kiln_v1_build_proto_msgTypes[20]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1845,7 +2223,7 @@ func (x *BuildEvent) String() string {
 func (*BuildEvent) ProtoMessage() {}
 
 func (x *BuildEvent) ProtoReflect() protoreflect.Message {
-	mi := &file_kiln_v1_build_proto_msgTypes[16]
+	mi := &file_kiln_v1_build_proto_msgTypes[20]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1858,7 +2236,7 @@ func (x *BuildEvent) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use BuildEvent.ProtoReflect.Descriptor instead.
 func (*BuildEvent) Descriptor() ([]byte, []int) {
-	return file_kiln_v1_build_proto_rawDescGZIP(), []int{16}
+	return file_kiln_v1_build_proto_rawDescGZIP(), []int{20}
 }
 
 func (x *BuildEvent) GetSequence() uint64 {
@@ -2016,7 +2394,7 @@ type StartBuildRequest struct {
 
 func (x *StartBuildRequest) Reset() {
 	*x = StartBuildRequest{}
-	mi := &file_kiln_v1_build_proto_msgTypes[17]
+	mi := &file_kiln_v1_build_proto_msgTypes[21]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2028,7 +2406,7 @@ func (x *StartBuildRequest) String() string {
 func (*StartBuildRequest) ProtoMessage() {}
 
 func (x *StartBuildRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_kiln_v1_build_proto_msgTypes[17]
+	mi := &file_kiln_v1_build_proto_msgTypes[21]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2041,7 +2419,7 @@ func (x *StartBuildRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StartBuildRequest.ProtoReflect.Descriptor instead.
 func (*StartBuildRequest) Descriptor() ([]byte, []int) {
-	return file_kiln_v1_build_proto_rawDescGZIP(), []int{17}
+	return file_kiln_v1_build_proto_rawDescGZIP(), []int{21}
 }
 
 func (x *StartBuildRequest) GetSpec() *BuildSpec {
@@ -2074,7 +2452,7 @@ type StartBuildResponse struct {
 
 func (x *StartBuildResponse) Reset() {
 	*x = StartBuildResponse{}
-	mi := &file_kiln_v1_build_proto_msgTypes[18]
+	mi := &file_kiln_v1_build_proto_msgTypes[22]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2086,7 +2464,7 @@ func (x *StartBuildResponse) String() string {
 func (*StartBuildResponse) ProtoMessage() {}
 
 func (x *StartBuildResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_kiln_v1_build_proto_msgTypes[18]
+	mi := &file_kiln_v1_build_proto_msgTypes[22]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2099,7 +2477,7 @@ func (x *StartBuildResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StartBuildResponse.ProtoReflect.Descriptor instead.
 func (*StartBuildResponse) Descriptor() ([]byte, []int) {
-	return file_kiln_v1_build_proto_rawDescGZIP(), []int{18}
+	return file_kiln_v1_build_proto_rawDescGZIP(), []int{22}
 }
 
 func (x *StartBuildResponse) GetBuild() *Build {
@@ -2124,7 +2502,7 @@ type WatchBuildRequest struct {
 
 func (x *WatchBuildRequest) Reset() {
 	*x = WatchBuildRequest{}
-	mi := &file_kiln_v1_build_proto_msgTypes[19]
+	mi := &file_kiln_v1_build_proto_msgTypes[23]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2136,7 +2514,7 @@ func (x *WatchBuildRequest) String() string {
 func (*WatchBuildRequest) ProtoMessage() {}
 
 func (x *WatchBuildRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_kiln_v1_build_proto_msgTypes[19]
+	mi := &file_kiln_v1_build_proto_msgTypes[23]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2149,7 +2527,7 @@ func (x *WatchBuildRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WatchBuildRequest.ProtoReflect.Descriptor instead.
 func (*WatchBuildRequest) Descriptor() ([]byte, []int) {
-	return file_kiln_v1_build_proto_rawDescGZIP(), []int{19}
+	return file_kiln_v1_build_proto_rawDescGZIP(), []int{23}
 }
 
 func (x *WatchBuildRequest) GetBuildId() string {
@@ -2182,7 +2560,7 @@ type WatchBuildResponse struct {
 
 func (x *WatchBuildResponse) Reset() {
 	*x = WatchBuildResponse{}
-	mi := &file_kiln_v1_build_proto_msgTypes[20]
+	mi := &file_kiln_v1_build_proto_msgTypes[24]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2194,7 +2572,7 @@ func (x *WatchBuildResponse) String() string {
 func (*WatchBuildResponse) ProtoMessage() {}
 
 func (x *WatchBuildResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_kiln_v1_build_proto_msgTypes[20]
+	mi := &file_kiln_v1_build_proto_msgTypes[24]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2207,7 +2585,7 @@ func (x *WatchBuildResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WatchBuildResponse.ProtoReflect.Descriptor instead.
 func (*WatchBuildResponse) Descriptor() ([]byte, []int) {
-	return file_kiln_v1_build_proto_rawDescGZIP(), []int{20}
+	return file_kiln_v1_build_proto_rawDescGZIP(), []int{24}
 }
 
 func (x *WatchBuildResponse) GetEvent() *BuildEvent {
@@ -2226,7 +2604,7 @@ type CancelBuildRequest struct {
 
 func (x *CancelBuildRequest) Reset() {
 	*x = CancelBuildRequest{}
-	mi := &file_kiln_v1_build_proto_msgTypes[21]
+	mi := &file_kiln_v1_build_proto_msgTypes[25]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2238,7 +2616,7 @@ func (x *CancelBuildRequest) String() string {
 func (*CancelBuildRequest) ProtoMessage() {}
 
 func (x *CancelBuildRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_kiln_v1_build_proto_msgTypes[21]
+	mi := &file_kiln_v1_build_proto_msgTypes[25]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2251,7 +2629,7 @@ func (x *CancelBuildRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CancelBuildRequest.ProtoReflect.Descriptor instead.
 func (*CancelBuildRequest) Descriptor() ([]byte, []int) {
-	return file_kiln_v1_build_proto_rawDescGZIP(), []int{21}
+	return file_kiln_v1_build_proto_rawDescGZIP(), []int{25}
 }
 
 func (x *CancelBuildRequest) GetBuildId() string {
@@ -2270,7 +2648,7 @@ type CancelBuildResponse struct {
 
 func (x *CancelBuildResponse) Reset() {
 	*x = CancelBuildResponse{}
-	mi := &file_kiln_v1_build_proto_msgTypes[22]
+	mi := &file_kiln_v1_build_proto_msgTypes[26]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2282,7 +2660,7 @@ func (x *CancelBuildResponse) String() string {
 func (*CancelBuildResponse) ProtoMessage() {}
 
 func (x *CancelBuildResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_kiln_v1_build_proto_msgTypes[22]
+	mi := &file_kiln_v1_build_proto_msgTypes[26]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2295,7 +2673,7 @@ func (x *CancelBuildResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CancelBuildResponse.ProtoReflect.Descriptor instead.
 func (*CancelBuildResponse) Descriptor() ([]byte, []int) {
-	return file_kiln_v1_build_proto_rawDescGZIP(), []int{22}
+	return file_kiln_v1_build_proto_rawDescGZIP(), []int{26}
 }
 
 func (x *CancelBuildResponse) GetBuild() *Build {
@@ -2314,7 +2692,7 @@ type GetBuildRequest struct {
 
 func (x *GetBuildRequest) Reset() {
 	*x = GetBuildRequest{}
-	mi := &file_kiln_v1_build_proto_msgTypes[23]
+	mi := &file_kiln_v1_build_proto_msgTypes[27]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2326,7 +2704,7 @@ func (x *GetBuildRequest) String() string {
 func (*GetBuildRequest) ProtoMessage() {}
 
 func (x *GetBuildRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_kiln_v1_build_proto_msgTypes[23]
+	mi := &file_kiln_v1_build_proto_msgTypes[27]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2339,7 +2717,7 @@ func (x *GetBuildRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetBuildRequest.ProtoReflect.Descriptor instead.
 func (*GetBuildRequest) Descriptor() ([]byte, []int) {
-	return file_kiln_v1_build_proto_rawDescGZIP(), []int{23}
+	return file_kiln_v1_build_proto_rawDescGZIP(), []int{27}
 }
 
 func (x *GetBuildRequest) GetBuildId() string {
@@ -2358,7 +2736,7 @@ type GetBuildResponse struct {
 
 func (x *GetBuildResponse) Reset() {
 	*x = GetBuildResponse{}
-	mi := &file_kiln_v1_build_proto_msgTypes[24]
+	mi := &file_kiln_v1_build_proto_msgTypes[28]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2370,7 +2748,7 @@ func (x *GetBuildResponse) String() string {
 func (*GetBuildResponse) ProtoMessage() {}
 
 func (x *GetBuildResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_kiln_v1_build_proto_msgTypes[24]
+	mi := &file_kiln_v1_build_proto_msgTypes[28]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2383,7 +2761,7 @@ func (x *GetBuildResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetBuildResponse.ProtoReflect.Descriptor instead.
 func (*GetBuildResponse) Descriptor() ([]byte, []int) {
-	return file_kiln_v1_build_proto_rawDescGZIP(), []int{24}
+	return file_kiln_v1_build_proto_rawDescGZIP(), []int{28}
 }
 
 func (x *GetBuildResponse) GetBuild() *Build {
@@ -2423,7 +2801,7 @@ type ListBuildsRequest struct {
 
 func (x *ListBuildsRequest) Reset() {
 	*x = ListBuildsRequest{}
-	mi := &file_kiln_v1_build_proto_msgTypes[25]
+	mi := &file_kiln_v1_build_proto_msgTypes[29]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2435,7 +2813,7 @@ func (x *ListBuildsRequest) String() string {
 func (*ListBuildsRequest) ProtoMessage() {}
 
 func (x *ListBuildsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_kiln_v1_build_proto_msgTypes[25]
+	mi := &file_kiln_v1_build_proto_msgTypes[29]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2448,7 +2826,7 @@ func (x *ListBuildsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListBuildsRequest.ProtoReflect.Descriptor instead.
 func (*ListBuildsRequest) Descriptor() ([]byte, []int) {
-	return file_kiln_v1_build_proto_rawDescGZIP(), []int{25}
+	return file_kiln_v1_build_proto_rawDescGZIP(), []int{29}
 }
 
 func (x *ListBuildsRequest) GetPageSize() int32 {
@@ -2520,7 +2898,7 @@ type ListBuildsResponse struct {
 
 func (x *ListBuildsResponse) Reset() {
 	*x = ListBuildsResponse{}
-	mi := &file_kiln_v1_build_proto_msgTypes[26]
+	mi := &file_kiln_v1_build_proto_msgTypes[30]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2532,7 +2910,7 @@ func (x *ListBuildsResponse) String() string {
 func (*ListBuildsResponse) ProtoMessage() {}
 
 func (x *ListBuildsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_kiln_v1_build_proto_msgTypes[26]
+	mi := &file_kiln_v1_build_proto_msgTypes[30]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2545,7 +2923,7 @@ func (x *ListBuildsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListBuildsResponse.ProtoReflect.Descriptor instead.
 func (*ListBuildsResponse) Descriptor() ([]byte, []int) {
-	return file_kiln_v1_build_proto_rawDescGZIP(), []int{26}
+	return file_kiln_v1_build_proto_rawDescGZIP(), []int{30}
 }
 
 func (x *ListBuildsResponse) GetBuilds() []*Build {
@@ -2575,7 +2953,7 @@ type RetryBuildRequest struct {
 
 func (x *RetryBuildRequest) Reset() {
 	*x = RetryBuildRequest{}
-	mi := &file_kiln_v1_build_proto_msgTypes[27]
+	mi := &file_kiln_v1_build_proto_msgTypes[31]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2587,7 +2965,7 @@ func (x *RetryBuildRequest) String() string {
 func (*RetryBuildRequest) ProtoMessage() {}
 
 func (x *RetryBuildRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_kiln_v1_build_proto_msgTypes[27]
+	mi := &file_kiln_v1_build_proto_msgTypes[31]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2600,7 +2978,7 @@ func (x *RetryBuildRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RetryBuildRequest.ProtoReflect.Descriptor instead.
 func (*RetryBuildRequest) Descriptor() ([]byte, []int) {
-	return file_kiln_v1_build_proto_rawDescGZIP(), []int{27}
+	return file_kiln_v1_build_proto_rawDescGZIP(), []int{31}
 }
 
 func (x *RetryBuildRequest) GetBuildId() string {
@@ -2628,7 +3006,7 @@ type RetryBuildResponse struct {
 
 func (x *RetryBuildResponse) Reset() {
 	*x = RetryBuildResponse{}
-	mi := &file_kiln_v1_build_proto_msgTypes[28]
+	mi := &file_kiln_v1_build_proto_msgTypes[32]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2640,7 +3018,7 @@ func (x *RetryBuildResponse) String() string {
 func (*RetryBuildResponse) ProtoMessage() {}
 
 func (x *RetryBuildResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_kiln_v1_build_proto_msgTypes[28]
+	mi := &file_kiln_v1_build_proto_msgTypes[32]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2653,7 +3031,7 @@ func (x *RetryBuildResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RetryBuildResponse.ProtoReflect.Descriptor instead.
 func (*RetryBuildResponse) Descriptor() ([]byte, []int) {
-	return file_kiln_v1_build_proto_rawDescGZIP(), []int{28}
+	return file_kiln_v1_build_proto_rawDescGZIP(), []int{32}
 }
 
 func (x *RetryBuildResponse) GetBuild() *Build {
@@ -2671,7 +3049,7 @@ type GetSecretsKeyRequest struct {
 
 func (x *GetSecretsKeyRequest) Reset() {
 	*x = GetSecretsKeyRequest{}
-	mi := &file_kiln_v1_build_proto_msgTypes[29]
+	mi := &file_kiln_v1_build_proto_msgTypes[33]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2683,7 +3061,7 @@ func (x *GetSecretsKeyRequest) String() string {
 func (*GetSecretsKeyRequest) ProtoMessage() {}
 
 func (x *GetSecretsKeyRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_kiln_v1_build_proto_msgTypes[29]
+	mi := &file_kiln_v1_build_proto_msgTypes[33]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2696,7 +3074,7 @@ func (x *GetSecretsKeyRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetSecretsKeyRequest.ProtoReflect.Descriptor instead.
 func (*GetSecretsKeyRequest) Descriptor() ([]byte, []int) {
-	return file_kiln_v1_build_proto_rawDescGZIP(), []int{29}
+	return file_kiln_v1_build_proto_rawDescGZIP(), []int{33}
 }
 
 type GetSecretsKeyResponse struct {
@@ -2713,7 +3091,7 @@ type GetSecretsKeyResponse struct {
 
 func (x *GetSecretsKeyResponse) Reset() {
 	*x = GetSecretsKeyResponse{}
-	mi := &file_kiln_v1_build_proto_msgTypes[30]
+	mi := &file_kiln_v1_build_proto_msgTypes[34]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2725,7 +3103,7 @@ func (x *GetSecretsKeyResponse) String() string {
 func (*GetSecretsKeyResponse) ProtoMessage() {}
 
 func (x *GetSecretsKeyResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_kiln_v1_build_proto_msgTypes[30]
+	mi := &file_kiln_v1_build_proto_msgTypes[34]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2738,7 +3116,7 @@ func (x *GetSecretsKeyResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetSecretsKeyResponse.ProtoReflect.Descriptor instead.
 func (*GetSecretsKeyResponse) Descriptor() ([]byte, []int) {
-	return file_kiln_v1_build_proto_rawDescGZIP(), []int{30}
+	return file_kiln_v1_build_proto_rawDescGZIP(), []int{34}
 }
 
 func (x *GetSecretsKeyResponse) GetPublicKey() []byte {
@@ -2762,11 +3140,117 @@ func (x *GetSecretsKeyResponse) GetTenant() string {
 	return ""
 }
 
+type ReadOutputRequest struct {
+	state   protoimpl.MessageState `protogen:"open.v1"`
+	BuildId string                 `protobuf:"bytes,1,opt,name=build_id,json=buildId,proto3" json:"build_id,omitempty"`
+	Digest  *Digest                `protobuf:"bytes,2,opt,name=digest,proto3" json:"digest,omitempty"`
+	// offset is the first byte to send (0: the whole blob).
+	Offset        int64 `protobuf:"varint,3,opt,name=offset,proto3" json:"offset,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ReadOutputRequest) Reset() {
+	*x = ReadOutputRequest{}
+	mi := &file_kiln_v1_build_proto_msgTypes[35]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ReadOutputRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ReadOutputRequest) ProtoMessage() {}
+
+func (x *ReadOutputRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_kiln_v1_build_proto_msgTypes[35]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ReadOutputRequest.ProtoReflect.Descriptor instead.
+func (*ReadOutputRequest) Descriptor() ([]byte, []int) {
+	return file_kiln_v1_build_proto_rawDescGZIP(), []int{35}
+}
+
+func (x *ReadOutputRequest) GetBuildId() string {
+	if x != nil {
+		return x.BuildId
+	}
+	return ""
+}
+
+func (x *ReadOutputRequest) GetDigest() *Digest {
+	if x != nil {
+		return x.Digest
+	}
+	return nil
+}
+
+func (x *ReadOutputRequest) GetOffset() int64 {
+	if x != nil {
+		return x.Offset
+	}
+	return 0
+}
+
+type ReadOutputResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// data is the next chunk of the blob (at most 1 MiB).
+	Data          []byte `protobuf:"bytes,1,opt,name=data,proto3" json:"data,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ReadOutputResponse) Reset() {
+	*x = ReadOutputResponse{}
+	mi := &file_kiln_v1_build_proto_msgTypes[36]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ReadOutputResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ReadOutputResponse) ProtoMessage() {}
+
+func (x *ReadOutputResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_kiln_v1_build_proto_msgTypes[36]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ReadOutputResponse.ProtoReflect.Descriptor instead.
+func (*ReadOutputResponse) Descriptor() ([]byte, []int) {
+	return file_kiln_v1_build_proto_rawDescGZIP(), []int{36}
+}
+
+func (x *ReadOutputResponse) GetData() []byte {
+	if x != nil {
+		return x.Data
+	}
+	return nil
+}
+
 var File_kiln_v1_build_proto protoreflect.FileDescriptor
 
 const file_kiln_v1_build_proto_rawDesc = "" +
 	"\n" +
-	"\x13kiln/v1/build.proto\x12\akiln.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x15kiln/v1/context.proto\"\xfb\b\n" +
+	"\x13kiln/v1/build.proto\x12\akiln.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x15kiln/v1/context.proto\"\x98\v\n" +
 	"\tBuildSpec\x12\x1e\n" +
 	"\n" +
 	"dockerfile\x18\x01 \x01(\tR\n" +
@@ -2800,7 +3284,18 @@ const file_kiln_v1_build_proto_rawDesc = "" +
 	"\x0eshm_size_bytes\x18\x15 \x01(\x03R\fshmSizeBytes\x12)\n" +
 	"\aulimits\x18\x16 \x03(\v2\x0f.kiln.v1.UlimitR\aulimits\x12+\n" +
 	"\x11dockerfile_inline\x18\x17 \x01(\fR\x10dockerfileInline\x12\x1c\n" +
-	"\tplatforms\x18\x1e \x03(\tR\tplatforms\x1a<\n" +
+	"\tplatforms\x18\x1e \x03(\tR\tplatforms\x12)\n" +
+	"\aoutputs\x18\x1f \x03(\v2\x0f.kiln.v1.OutputR\aoutputs\x12'\n" +
+	"\x03ssh\x18  \x03(\v2\x15.kiln.v1.SealedSecretR\x03ssh\x12<\n" +
+	"\x0ebuild_contexts\x18! \x03(\v2\x15.kiln.v1.NamedContextR\rbuildContexts\x12\x1f\n" +
+	"\vgit_context\x18\" \x01(\tR\n" +
+	"gitContext\x12 \n" +
+	"\vannotations\x18# \x03(\tR\vannotations\x12\x1e\n" +
+	"\n" +
+	"provenance\x18$ \x01(\tR\n" +
+	"provenance\x12\x12\n" +
+	"\x04sbom\x18% \x01(\tR\x04sbom\x12\x12\n" +
+	"\x04call\x18& \x01(\tR\x04call\x1a<\n" +
 	"\x0eBuildArgsEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
 	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\x1a9\n" +
@@ -2809,7 +3304,18 @@ const file_kiln_v1_build_proto_rawDesc = "" +
 	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\x1a>\n" +
 	"\x10AgentLabelsEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
-	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"D\n" +
+	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"\x88\x01\n" +
+	"\x06Output\x12\x12\n" +
+	"\x04type\x18\x01 \x01(\tR\x04type\x120\n" +
+	"\x05attrs\x18\x02 \x03(\v2\x1a.kiln.v1.Output.AttrsEntryR\x05attrs\x1a8\n" +
+	"\n" +
+	"AttrsEntry\x12\x10\n" +
+	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
+	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"i\n" +
+	"\fNamedContext\x12\x12\n" +
+	"\x04name\x18\x01 \x01(\tR\x04name\x12-\n" +
+	"\acontext\x18\x02 \x01(\v2\x13.kiln.v1.ContextRefR\acontext\x12\x16\n" +
+	"\x06source\x18\x03 \x01(\tR\x06source\"D\n" +
 	"\x06Ulimit\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12\x12\n" +
 	"\x04soft\x18\x02 \x01(\x03R\x04soft\x12\x12\n" +
@@ -2842,7 +3348,7 @@ const file_kiln_v1_build_proto_rawDesc = "" +
 	"\vPushedImage\x12\x10\n" +
 	"\x03tag\x18\x01 \x01(\tR\x03tag\x12\x16\n" +
 	"\x06digest\x18\x02 \x01(\tR\x06digest\x12\x12\n" +
-	"\x04size\x18\x03 \x01(\x03R\x04size\"\xc7\x02\n" +
+	"\x04size\x18\x03 \x01(\x03R\x04size\"\xf5\x03\n" +
 	"\vBuildResult\x12\x19\n" +
 	"\bimage_id\x18\x01 \x01(\tR\aimageId\x12,\n" +
 	"\x06pushed\x18\x02 \x03(\v2\x14.kiln.v1.PushedImageR\x06pushed\x12\x14\n" +
@@ -2851,7 +3357,24 @@ const file_kiln_v1_build_proto_rawDesc = "" +
 	"\abuilder\x18\x05 \x01(\x0e2\x10.kiln.v1.BuilderR\abuilder\x124\n" +
 	"\x16context_transfer_bytes\x18\x06 \x01(\x03R\x14contextTransferBytes\x12.\n" +
 	"\x13cache_imported_from\x18\a \x03(\tR\x11cacheImportedFrom\x12$\n" +
-	"\x0ewarm_cache_ref\x18\b \x01(\tR\fwarmCacheRef\"\x9f\x02\n" +
+	"\x0ewarm_cache_ref\x18\b \x01(\tR\fwarmCacheRef\x12*\n" +
+	"\x06output\x18\t \x01(\v2\x12.kiln.v1.OutputRefR\x06output\x128\n" +
+	"\n" +
+	"descriptor\x18\n" +
+	" \x01(\v2\x18.kiln.v1.ImageDescriptorR\n" +
+	"descriptor\x12\x1f\n" +
+	"\vcall_output\x18\v \x01(\tR\n" +
+	"callOutput\x12%\n" +
+	"\x0echeck_warnings\x18\f \x01(\rR\rcheckWarnings\"`\n" +
+	"\tOutputRef\x12\x12\n" +
+	"\x04type\x18\x01 \x01(\tR\x04type\x12+\n" +
+	"\bmanifest\x18\x02 \x01(\v2\x0f.kiln.v1.DigestR\bmanifest\x12\x12\n" +
+	"\x04size\x18\x03 \x01(\x03R\x04size\"\\\n" +
+	"\x0fImageDescriptor\x12\x1d\n" +
+	"\n" +
+	"media_type\x18\x01 \x01(\tR\tmediaType\x12\x16\n" +
+	"\x06digest\x18\x02 \x01(\tR\x06digest\x12\x12\n" +
+	"\x04size\x18\x03 \x01(\x03R\x04size\"\x9f\x02\n" +
 	"\n" +
 	"CacheEvent\x12,\n" +
 	"\x04kind\x18\x01 \x01(\x0e2\x18.kiln.v1.CacheEvent.KindR\x04kind\x12\x10\n" +
@@ -2991,7 +3514,13 @@ const file_kiln_v1_build_proto_rawDesc = "" +
 	"\n" +
 	"public_key\x18\x01 \x01(\fR\tpublicKey\x12\x15\n" +
 	"\x06key_id\x18\x02 \x01(\tR\x05keyId\x12\x16\n" +
-	"\x06tenant\x18\x03 \x01(\tR\x06tenant*M\n" +
+	"\x06tenant\x18\x03 \x01(\tR\x06tenant\"o\n" +
+	"\x11ReadOutputRequest\x12\x19\n" +
+	"\bbuild_id\x18\x01 \x01(\tR\abuildId\x12'\n" +
+	"\x06digest\x18\x02 \x01(\v2\x0f.kiln.v1.DigestR\x06digest\x12\x16\n" +
+	"\x06offset\x18\x03 \x01(\x03R\x06offset\"(\n" +
+	"\x12ReadOutputResponse\x12\x12\n" +
+	"\x04data\x18\x01 \x01(\fR\x04data*M\n" +
 	"\aBuilder\x12\x17\n" +
 	"\x13BUILDER_UNSPECIFIED\x10\x00\x12\x13\n" +
 	"\x0fBUILDER_CLASSIC\x10\x01\x12\x14\n" +
@@ -3004,7 +3533,7 @@ const file_kiln_v1_build_proto_rawDesc = "" +
 	"\x13BUILD_STATE_RUNNING\x10\x03\x12\x19\n" +
 	"\x15BUILD_STATE_SUCCEEDED\x10\x04\x12\x16\n" +
 	"\x12BUILD_STATE_FAILED\x10\x05\x12\x19\n" +
-	"\x15BUILD_STATE_CANCELLED\x10\x062\x87\x04\n" +
+	"\x15BUILD_STATE_CANCELLED\x10\x062\xd0\x04\n" +
 	"\fBuildService\x12E\n" +
 	"\n" +
 	"StartBuild\x12\x1a.kiln.v1.StartBuildRequest\x1a\x1b.kiln.v1.StartBuildResponse\x12G\n" +
@@ -3016,7 +3545,9 @@ const file_kiln_v1_build_proto_rawDesc = "" +
 	"ListBuilds\x12\x1a.kiln.v1.ListBuildsRequest\x1a\x1b.kiln.v1.ListBuildsResponse\x12E\n" +
 	"\n" +
 	"RetryBuild\x12\x1a.kiln.v1.RetryBuildRequest\x1a\x1b.kiln.v1.RetryBuildResponse\x12N\n" +
-	"\rGetSecretsKey\x12\x1d.kiln.v1.GetSecretsKeyRequest\x1a\x1e.kiln.v1.GetSecretsKeyResponseB7Z5github.com/kilnbuild/kiln/proto/gen/go/kiln/v1;kilnv1b\x06proto3"
+	"\rGetSecretsKey\x12\x1d.kiln.v1.GetSecretsKeyRequest\x1a\x1e.kiln.v1.GetSecretsKeyResponse\x12G\n" +
+	"\n" +
+	"ReadOutput\x12\x1a.kiln.v1.ReadOutputRequest\x1a\x1b.kiln.v1.ReadOutputResponse0\x01B7Z5github.com/kilnbuild/kiln/proto/gen/go/kiln/v1;kilnv1b\x06proto3"
 
 var (
 	file_kiln_v1_build_proto_rawDescOnce sync.Once
@@ -3031,124 +3562,143 @@ func file_kiln_v1_build_proto_rawDescGZIP() []byte {
 }
 
 var file_kiln_v1_build_proto_enumTypes = make([]protoimpl.EnumInfo, 3)
-var file_kiln_v1_build_proto_msgTypes = make([]protoimpl.MessageInfo, 36)
+var file_kiln_v1_build_proto_msgTypes = make([]protoimpl.MessageInfo, 43)
 var file_kiln_v1_build_proto_goTypes = []any{
 	(Builder)(0),                  // 0: kiln.v1.Builder
 	(BuildState)(0),               // 1: kiln.v1.BuildState
 	(CacheEvent_Kind)(0),          // 2: kiln.v1.CacheEvent.Kind
 	(*BuildSpec)(nil),             // 3: kiln.v1.BuildSpec
-	(*Ulimit)(nil),                // 4: kiln.v1.Ulimit
-	(*CacheOption)(nil),           // 5: kiln.v1.CacheOption
-	(*TenantPolicy)(nil),          // 6: kiln.v1.TenantPolicy
-	(*SealedSecret)(nil),          // 7: kiln.v1.SealedSecret
-	(*Affinity)(nil),              // 8: kiln.v1.Affinity
-	(*PushedImage)(nil),           // 9: kiln.v1.PushedImage
-	(*BuildResult)(nil),           // 10: kiln.v1.BuildResult
-	(*CacheEvent)(nil),            // 11: kiln.v1.CacheEvent
-	(*Build)(nil),                 // 12: kiln.v1.Build
-	(*BuildAttempt)(nil),          // 13: kiln.v1.BuildAttempt
-	(*LogLine)(nil),               // 14: kiln.v1.LogLine
-	(*StepStarted)(nil),           // 15: kiln.v1.StepStarted
-	(*StepFinished)(nil),          // 16: kiln.v1.StepFinished
-	(*StateChanged)(nil),          // 17: kiln.v1.StateChanged
-	(*BuildFinished)(nil),         // 18: kiln.v1.BuildFinished
-	(*BuildEvent)(nil),            // 19: kiln.v1.BuildEvent
-	(*StartBuildRequest)(nil),     // 20: kiln.v1.StartBuildRequest
-	(*StartBuildResponse)(nil),    // 21: kiln.v1.StartBuildResponse
-	(*WatchBuildRequest)(nil),     // 22: kiln.v1.WatchBuildRequest
-	(*WatchBuildResponse)(nil),    // 23: kiln.v1.WatchBuildResponse
-	(*CancelBuildRequest)(nil),    // 24: kiln.v1.CancelBuildRequest
-	(*CancelBuildResponse)(nil),   // 25: kiln.v1.CancelBuildResponse
-	(*GetBuildRequest)(nil),       // 26: kiln.v1.GetBuildRequest
-	(*GetBuildResponse)(nil),      // 27: kiln.v1.GetBuildResponse
-	(*ListBuildsRequest)(nil),     // 28: kiln.v1.ListBuildsRequest
-	(*ListBuildsResponse)(nil),    // 29: kiln.v1.ListBuildsResponse
-	(*RetryBuildRequest)(nil),     // 30: kiln.v1.RetryBuildRequest
-	(*RetryBuildResponse)(nil),    // 31: kiln.v1.RetryBuildResponse
-	(*GetSecretsKeyRequest)(nil),  // 32: kiln.v1.GetSecretsKeyRequest
-	(*GetSecretsKeyResponse)(nil), // 33: kiln.v1.GetSecretsKeyResponse
-	nil,                           // 34: kiln.v1.BuildSpec.BuildArgsEntry
-	nil,                           // 35: kiln.v1.BuildSpec.LabelsEntry
-	nil,                           // 36: kiln.v1.BuildSpec.AgentLabelsEntry
-	nil,                           // 37: kiln.v1.CacheOption.AttrsEntry
-	nil,                           // 38: kiln.v1.Build.TraceContextEntry
-	(*durationpb.Duration)(nil),   // 39: google.protobuf.Duration
-	(*ContextRef)(nil),            // 40: kiln.v1.ContextRef
-	(*timestamppb.Timestamp)(nil), // 41: google.protobuf.Timestamp
+	(*Output)(nil),                // 4: kiln.v1.Output
+	(*NamedContext)(nil),          // 5: kiln.v1.NamedContext
+	(*Ulimit)(nil),                // 6: kiln.v1.Ulimit
+	(*CacheOption)(nil),           // 7: kiln.v1.CacheOption
+	(*TenantPolicy)(nil),          // 8: kiln.v1.TenantPolicy
+	(*SealedSecret)(nil),          // 9: kiln.v1.SealedSecret
+	(*Affinity)(nil),              // 10: kiln.v1.Affinity
+	(*PushedImage)(nil),           // 11: kiln.v1.PushedImage
+	(*BuildResult)(nil),           // 12: kiln.v1.BuildResult
+	(*OutputRef)(nil),             // 13: kiln.v1.OutputRef
+	(*ImageDescriptor)(nil),       // 14: kiln.v1.ImageDescriptor
+	(*CacheEvent)(nil),            // 15: kiln.v1.CacheEvent
+	(*Build)(nil),                 // 16: kiln.v1.Build
+	(*BuildAttempt)(nil),          // 17: kiln.v1.BuildAttempt
+	(*LogLine)(nil),               // 18: kiln.v1.LogLine
+	(*StepStarted)(nil),           // 19: kiln.v1.StepStarted
+	(*StepFinished)(nil),          // 20: kiln.v1.StepFinished
+	(*StateChanged)(nil),          // 21: kiln.v1.StateChanged
+	(*BuildFinished)(nil),         // 22: kiln.v1.BuildFinished
+	(*BuildEvent)(nil),            // 23: kiln.v1.BuildEvent
+	(*StartBuildRequest)(nil),     // 24: kiln.v1.StartBuildRequest
+	(*StartBuildResponse)(nil),    // 25: kiln.v1.StartBuildResponse
+	(*WatchBuildRequest)(nil),     // 26: kiln.v1.WatchBuildRequest
+	(*WatchBuildResponse)(nil),    // 27: kiln.v1.WatchBuildResponse
+	(*CancelBuildRequest)(nil),    // 28: kiln.v1.CancelBuildRequest
+	(*CancelBuildResponse)(nil),   // 29: kiln.v1.CancelBuildResponse
+	(*GetBuildRequest)(nil),       // 30: kiln.v1.GetBuildRequest
+	(*GetBuildResponse)(nil),      // 31: kiln.v1.GetBuildResponse
+	(*ListBuildsRequest)(nil),     // 32: kiln.v1.ListBuildsRequest
+	(*ListBuildsResponse)(nil),    // 33: kiln.v1.ListBuildsResponse
+	(*RetryBuildRequest)(nil),     // 34: kiln.v1.RetryBuildRequest
+	(*RetryBuildResponse)(nil),    // 35: kiln.v1.RetryBuildResponse
+	(*GetSecretsKeyRequest)(nil),  // 36: kiln.v1.GetSecretsKeyRequest
+	(*GetSecretsKeyResponse)(nil), // 37: kiln.v1.GetSecretsKeyResponse
+	(*ReadOutputRequest)(nil),     // 38: kiln.v1.ReadOutputRequest
+	(*ReadOutputResponse)(nil),    // 39: kiln.v1.ReadOutputResponse
+	nil,                           // 40: kiln.v1.BuildSpec.BuildArgsEntry
+	nil,                           // 41: kiln.v1.BuildSpec.LabelsEntry
+	nil,                           // 42: kiln.v1.BuildSpec.AgentLabelsEntry
+	nil,                           // 43: kiln.v1.Output.AttrsEntry
+	nil,                           // 44: kiln.v1.CacheOption.AttrsEntry
+	nil,                           // 45: kiln.v1.Build.TraceContextEntry
+	(*durationpb.Duration)(nil),   // 46: google.protobuf.Duration
+	(*ContextRef)(nil),            // 47: kiln.v1.ContextRef
+	(*Digest)(nil),                // 48: kiln.v1.Digest
+	(*timestamppb.Timestamp)(nil), // 49: google.protobuf.Timestamp
 }
 var file_kiln_v1_build_proto_depIdxs = []int32{
-	34, // 0: kiln.v1.BuildSpec.build_args:type_name -> kiln.v1.BuildSpec.BuildArgsEntry
-	35, // 1: kiln.v1.BuildSpec.labels:type_name -> kiln.v1.BuildSpec.LabelsEntry
-	36, // 2: kiln.v1.BuildSpec.agent_labels:type_name -> kiln.v1.BuildSpec.AgentLabelsEntry
-	7,  // 3: kiln.v1.BuildSpec.secrets:type_name -> kiln.v1.SealedSecret
+	40, // 0: kiln.v1.BuildSpec.build_args:type_name -> kiln.v1.BuildSpec.BuildArgsEntry
+	41, // 1: kiln.v1.BuildSpec.labels:type_name -> kiln.v1.BuildSpec.LabelsEntry
+	42, // 2: kiln.v1.BuildSpec.agent_labels:type_name -> kiln.v1.BuildSpec.AgentLabelsEntry
+	9,  // 3: kiln.v1.BuildSpec.secrets:type_name -> kiln.v1.SealedSecret
 	0,  // 4: kiln.v1.BuildSpec.builder:type_name -> kiln.v1.Builder
-	7,  // 5: kiln.v1.BuildSpec.registry_auth:type_name -> kiln.v1.SealedSecret
-	39, // 6: kiln.v1.BuildSpec.timeout:type_name -> google.protobuf.Duration
-	5,  // 7: kiln.v1.BuildSpec.cache_from:type_name -> kiln.v1.CacheOption
-	5,  // 8: kiln.v1.BuildSpec.cache_to:type_name -> kiln.v1.CacheOption
-	4,  // 9: kiln.v1.BuildSpec.ulimits:type_name -> kiln.v1.Ulimit
-	37, // 10: kiln.v1.CacheOption.attrs:type_name -> kiln.v1.CacheOption.AttrsEntry
-	9,  // 11: kiln.v1.BuildResult.pushed:type_name -> kiln.v1.PushedImage
-	0,  // 12: kiln.v1.BuildResult.builder:type_name -> kiln.v1.Builder
-	2,  // 13: kiln.v1.CacheEvent.kind:type_name -> kiln.v1.CacheEvent.Kind
-	39, // 14: kiln.v1.CacheEvent.duration:type_name -> google.protobuf.Duration
-	3,  // 15: kiln.v1.Build.spec:type_name -> kiln.v1.BuildSpec
-	40, // 16: kiln.v1.Build.context:type_name -> kiln.v1.ContextRef
-	1,  // 17: kiln.v1.Build.state:type_name -> kiln.v1.BuildState
-	41, // 18: kiln.v1.Build.created_at:type_name -> google.protobuf.Timestamp
-	41, // 19: kiln.v1.Build.started_at:type_name -> google.protobuf.Timestamp
-	41, // 20: kiln.v1.Build.finished_at:type_name -> google.protobuf.Timestamp
-	10, // 21: kiln.v1.Build.result:type_name -> kiln.v1.BuildResult
-	41, // 22: kiln.v1.Build.lease_expires_at:type_name -> google.protobuf.Timestamp
-	38, // 23: kiln.v1.Build.trace_context:type_name -> kiln.v1.Build.TraceContextEntry
-	8,  // 24: kiln.v1.Build.affinity:type_name -> kiln.v1.Affinity
-	41, // 25: kiln.v1.Build.queued_at:type_name -> google.protobuf.Timestamp
-	6,  // 26: kiln.v1.Build.policy:type_name -> kiln.v1.TenantPolicy
-	13, // 27: kiln.v1.Build.attempts:type_name -> kiln.v1.BuildAttempt
-	41, // 28: kiln.v1.BuildAttempt.assigned_at:type_name -> google.protobuf.Timestamp
-	41, // 29: kiln.v1.BuildAttempt.started_at:type_name -> google.protobuf.Timestamp
-	41, // 30: kiln.v1.BuildAttempt.ended_at:type_name -> google.protobuf.Timestamp
-	39, // 31: kiln.v1.StepFinished.duration:type_name -> google.protobuf.Duration
-	1,  // 32: kiln.v1.StateChanged.state:type_name -> kiln.v1.BuildState
-	1,  // 33: kiln.v1.BuildFinished.state:type_name -> kiln.v1.BuildState
-	10, // 34: kiln.v1.BuildFinished.result:type_name -> kiln.v1.BuildResult
-	41, // 35: kiln.v1.BuildEvent.time:type_name -> google.protobuf.Timestamp
-	17, // 36: kiln.v1.BuildEvent.state:type_name -> kiln.v1.StateChanged
-	14, // 37: kiln.v1.BuildEvent.log:type_name -> kiln.v1.LogLine
-	15, // 38: kiln.v1.BuildEvent.step_started:type_name -> kiln.v1.StepStarted
-	16, // 39: kiln.v1.BuildEvent.step_finished:type_name -> kiln.v1.StepFinished
-	9,  // 40: kiln.v1.BuildEvent.pushed:type_name -> kiln.v1.PushedImage
-	18, // 41: kiln.v1.BuildEvent.finished:type_name -> kiln.v1.BuildFinished
-	11, // 42: kiln.v1.BuildEvent.cache:type_name -> kiln.v1.CacheEvent
-	3,  // 43: kiln.v1.StartBuildRequest.spec:type_name -> kiln.v1.BuildSpec
-	40, // 44: kiln.v1.StartBuildRequest.context:type_name -> kiln.v1.ContextRef
-	12, // 45: kiln.v1.StartBuildResponse.build:type_name -> kiln.v1.Build
-	19, // 46: kiln.v1.WatchBuildResponse.event:type_name -> kiln.v1.BuildEvent
-	12, // 47: kiln.v1.CancelBuildResponse.build:type_name -> kiln.v1.Build
-	12, // 48: kiln.v1.GetBuildResponse.build:type_name -> kiln.v1.Build
-	1,  // 49: kiln.v1.ListBuildsRequest.states:type_name -> kiln.v1.BuildState
-	41, // 50: kiln.v1.ListBuildsRequest.since:type_name -> google.protobuf.Timestamp
-	12, // 51: kiln.v1.ListBuildsResponse.builds:type_name -> kiln.v1.Build
-	12, // 52: kiln.v1.RetryBuildResponse.build:type_name -> kiln.v1.Build
-	20, // 53: kiln.v1.BuildService.StartBuild:input_type -> kiln.v1.StartBuildRequest
-	22, // 54: kiln.v1.BuildService.WatchBuild:input_type -> kiln.v1.WatchBuildRequest
-	24, // 55: kiln.v1.BuildService.CancelBuild:input_type -> kiln.v1.CancelBuildRequest
-	26, // 56: kiln.v1.BuildService.GetBuild:input_type -> kiln.v1.GetBuildRequest
-	28, // 57: kiln.v1.BuildService.ListBuilds:input_type -> kiln.v1.ListBuildsRequest
-	30, // 58: kiln.v1.BuildService.RetryBuild:input_type -> kiln.v1.RetryBuildRequest
-	32, // 59: kiln.v1.BuildService.GetSecretsKey:input_type -> kiln.v1.GetSecretsKeyRequest
-	21, // 60: kiln.v1.BuildService.StartBuild:output_type -> kiln.v1.StartBuildResponse
-	23, // 61: kiln.v1.BuildService.WatchBuild:output_type -> kiln.v1.WatchBuildResponse
-	25, // 62: kiln.v1.BuildService.CancelBuild:output_type -> kiln.v1.CancelBuildResponse
-	27, // 63: kiln.v1.BuildService.GetBuild:output_type -> kiln.v1.GetBuildResponse
-	29, // 64: kiln.v1.BuildService.ListBuilds:output_type -> kiln.v1.ListBuildsResponse
-	31, // 65: kiln.v1.BuildService.RetryBuild:output_type -> kiln.v1.RetryBuildResponse
-	33, // 66: kiln.v1.BuildService.GetSecretsKey:output_type -> kiln.v1.GetSecretsKeyResponse
-	60, // [60:67] is the sub-list for method output_type
-	53, // [53:60] is the sub-list for method input_type
-	53, // [53:53] is the sub-list for extension type_name
-	53, // [53:53] is the sub-list for extension extendee
-	0,  // [0:53] is the sub-list for field type_name
+	9,  // 5: kiln.v1.BuildSpec.registry_auth:type_name -> kiln.v1.SealedSecret
+	46, // 6: kiln.v1.BuildSpec.timeout:type_name -> google.protobuf.Duration
+	7,  // 7: kiln.v1.BuildSpec.cache_from:type_name -> kiln.v1.CacheOption
+	7,  // 8: kiln.v1.BuildSpec.cache_to:type_name -> kiln.v1.CacheOption
+	6,  // 9: kiln.v1.BuildSpec.ulimits:type_name -> kiln.v1.Ulimit
+	4,  // 10: kiln.v1.BuildSpec.outputs:type_name -> kiln.v1.Output
+	9,  // 11: kiln.v1.BuildSpec.ssh:type_name -> kiln.v1.SealedSecret
+	5,  // 12: kiln.v1.BuildSpec.build_contexts:type_name -> kiln.v1.NamedContext
+	43, // 13: kiln.v1.Output.attrs:type_name -> kiln.v1.Output.AttrsEntry
+	47, // 14: kiln.v1.NamedContext.context:type_name -> kiln.v1.ContextRef
+	44, // 15: kiln.v1.CacheOption.attrs:type_name -> kiln.v1.CacheOption.AttrsEntry
+	11, // 16: kiln.v1.BuildResult.pushed:type_name -> kiln.v1.PushedImage
+	0,  // 17: kiln.v1.BuildResult.builder:type_name -> kiln.v1.Builder
+	13, // 18: kiln.v1.BuildResult.output:type_name -> kiln.v1.OutputRef
+	14, // 19: kiln.v1.BuildResult.descriptor:type_name -> kiln.v1.ImageDescriptor
+	48, // 20: kiln.v1.OutputRef.manifest:type_name -> kiln.v1.Digest
+	2,  // 21: kiln.v1.CacheEvent.kind:type_name -> kiln.v1.CacheEvent.Kind
+	46, // 22: kiln.v1.CacheEvent.duration:type_name -> google.protobuf.Duration
+	3,  // 23: kiln.v1.Build.spec:type_name -> kiln.v1.BuildSpec
+	47, // 24: kiln.v1.Build.context:type_name -> kiln.v1.ContextRef
+	1,  // 25: kiln.v1.Build.state:type_name -> kiln.v1.BuildState
+	49, // 26: kiln.v1.Build.created_at:type_name -> google.protobuf.Timestamp
+	49, // 27: kiln.v1.Build.started_at:type_name -> google.protobuf.Timestamp
+	49, // 28: kiln.v1.Build.finished_at:type_name -> google.protobuf.Timestamp
+	12, // 29: kiln.v1.Build.result:type_name -> kiln.v1.BuildResult
+	49, // 30: kiln.v1.Build.lease_expires_at:type_name -> google.protobuf.Timestamp
+	45, // 31: kiln.v1.Build.trace_context:type_name -> kiln.v1.Build.TraceContextEntry
+	10, // 32: kiln.v1.Build.affinity:type_name -> kiln.v1.Affinity
+	49, // 33: kiln.v1.Build.queued_at:type_name -> google.protobuf.Timestamp
+	8,  // 34: kiln.v1.Build.policy:type_name -> kiln.v1.TenantPolicy
+	17, // 35: kiln.v1.Build.attempts:type_name -> kiln.v1.BuildAttempt
+	49, // 36: kiln.v1.BuildAttempt.assigned_at:type_name -> google.protobuf.Timestamp
+	49, // 37: kiln.v1.BuildAttempt.started_at:type_name -> google.protobuf.Timestamp
+	49, // 38: kiln.v1.BuildAttempt.ended_at:type_name -> google.protobuf.Timestamp
+	46, // 39: kiln.v1.StepFinished.duration:type_name -> google.protobuf.Duration
+	1,  // 40: kiln.v1.StateChanged.state:type_name -> kiln.v1.BuildState
+	1,  // 41: kiln.v1.BuildFinished.state:type_name -> kiln.v1.BuildState
+	12, // 42: kiln.v1.BuildFinished.result:type_name -> kiln.v1.BuildResult
+	49, // 43: kiln.v1.BuildEvent.time:type_name -> google.protobuf.Timestamp
+	21, // 44: kiln.v1.BuildEvent.state:type_name -> kiln.v1.StateChanged
+	18, // 45: kiln.v1.BuildEvent.log:type_name -> kiln.v1.LogLine
+	19, // 46: kiln.v1.BuildEvent.step_started:type_name -> kiln.v1.StepStarted
+	20, // 47: kiln.v1.BuildEvent.step_finished:type_name -> kiln.v1.StepFinished
+	11, // 48: kiln.v1.BuildEvent.pushed:type_name -> kiln.v1.PushedImage
+	22, // 49: kiln.v1.BuildEvent.finished:type_name -> kiln.v1.BuildFinished
+	15, // 50: kiln.v1.BuildEvent.cache:type_name -> kiln.v1.CacheEvent
+	3,  // 51: kiln.v1.StartBuildRequest.spec:type_name -> kiln.v1.BuildSpec
+	47, // 52: kiln.v1.StartBuildRequest.context:type_name -> kiln.v1.ContextRef
+	16, // 53: kiln.v1.StartBuildResponse.build:type_name -> kiln.v1.Build
+	23, // 54: kiln.v1.WatchBuildResponse.event:type_name -> kiln.v1.BuildEvent
+	16, // 55: kiln.v1.CancelBuildResponse.build:type_name -> kiln.v1.Build
+	16, // 56: kiln.v1.GetBuildResponse.build:type_name -> kiln.v1.Build
+	1,  // 57: kiln.v1.ListBuildsRequest.states:type_name -> kiln.v1.BuildState
+	49, // 58: kiln.v1.ListBuildsRequest.since:type_name -> google.protobuf.Timestamp
+	16, // 59: kiln.v1.ListBuildsResponse.builds:type_name -> kiln.v1.Build
+	16, // 60: kiln.v1.RetryBuildResponse.build:type_name -> kiln.v1.Build
+	48, // 61: kiln.v1.ReadOutputRequest.digest:type_name -> kiln.v1.Digest
+	24, // 62: kiln.v1.BuildService.StartBuild:input_type -> kiln.v1.StartBuildRequest
+	26, // 63: kiln.v1.BuildService.WatchBuild:input_type -> kiln.v1.WatchBuildRequest
+	28, // 64: kiln.v1.BuildService.CancelBuild:input_type -> kiln.v1.CancelBuildRequest
+	30, // 65: kiln.v1.BuildService.GetBuild:input_type -> kiln.v1.GetBuildRequest
+	32, // 66: kiln.v1.BuildService.ListBuilds:input_type -> kiln.v1.ListBuildsRequest
+	34, // 67: kiln.v1.BuildService.RetryBuild:input_type -> kiln.v1.RetryBuildRequest
+	36, // 68: kiln.v1.BuildService.GetSecretsKey:input_type -> kiln.v1.GetSecretsKeyRequest
+	38, // 69: kiln.v1.BuildService.ReadOutput:input_type -> kiln.v1.ReadOutputRequest
+	25, // 70: kiln.v1.BuildService.StartBuild:output_type -> kiln.v1.StartBuildResponse
+	27, // 71: kiln.v1.BuildService.WatchBuild:output_type -> kiln.v1.WatchBuildResponse
+	29, // 72: kiln.v1.BuildService.CancelBuild:output_type -> kiln.v1.CancelBuildResponse
+	31, // 73: kiln.v1.BuildService.GetBuild:output_type -> kiln.v1.GetBuildResponse
+	33, // 74: kiln.v1.BuildService.ListBuilds:output_type -> kiln.v1.ListBuildsResponse
+	35, // 75: kiln.v1.BuildService.RetryBuild:output_type -> kiln.v1.RetryBuildResponse
+	37, // 76: kiln.v1.BuildService.GetSecretsKey:output_type -> kiln.v1.GetSecretsKeyResponse
+	39, // 77: kiln.v1.BuildService.ReadOutput:output_type -> kiln.v1.ReadOutputResponse
+	70, // [70:78] is the sub-list for method output_type
+	62, // [62:70] is the sub-list for method input_type
+	62, // [62:62] is the sub-list for extension type_name
+	62, // [62:62] is the sub-list for extension extendee
+	0,  // [0:62] is the sub-list for field type_name
 }
 
 func init() { file_kiln_v1_build_proto_init() }
@@ -3157,7 +3707,7 @@ func file_kiln_v1_build_proto_init() {
 		return
 	}
 	file_kiln_v1_context_proto_init()
-	file_kiln_v1_build_proto_msgTypes[16].OneofWrappers = []any{
+	file_kiln_v1_build_proto_msgTypes[20].OneofWrappers = []any{
 		(*BuildEvent_State)(nil),
 		(*BuildEvent_Log)(nil),
 		(*BuildEvent_StepStarted)(nil),
@@ -3172,7 +3722,7 @@ func file_kiln_v1_build_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_kiln_v1_build_proto_rawDesc), len(file_kiln_v1_build_proto_rawDesc)),
 			NumEnums:      3,
-			NumMessages:   36,
+			NumMessages:   43,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

@@ -26,6 +26,7 @@ const (
 	BuildService_ListBuilds_FullMethodName    = "/kiln.v1.BuildService/ListBuilds"
 	BuildService_RetryBuild_FullMethodName    = "/kiln.v1.BuildService/RetryBuild"
 	BuildService_GetSecretsKey_FullMethodName = "/kiln.v1.BuildService/GetSecretsKey"
+	BuildService_ReadOutput_FullMethodName    = "/kiln.v1.BuildService/ReadOutput"
 )
 
 // BuildServiceClient is the client API for BuildService service.
@@ -60,6 +61,12 @@ type BuildServiceClient interface {
 	// hold the private key, can open it; the gateway, NATS and KV see only
 	// ciphertext.
 	GetSecretsKey(ctx context.Context, in *GetSecretsKeyRequest, opts ...grpc.CallOption) (*GetSecretsKeyResponse, error)
+	// ReadOutput streams one blob of a finished build's output (--output
+	// local|tar|oci|docker): the manifest BuildResult.output names, or a blob
+	// that manifest lists, from offset on, so an interrupted download resumes.
+	// The caller must be allowed to read the build (its tenant, or an admin);
+	// a digest the build's output does not name is NotFound.
+	ReadOutput(ctx context.Context, in *ReadOutputRequest, opts ...grpc.CallOption) (grpc.ServerStreamingClient[ReadOutputResponse], error)
 }
 
 type buildServiceClient struct {
@@ -149,6 +156,25 @@ func (c *buildServiceClient) GetSecretsKey(ctx context.Context, in *GetSecretsKe
 	return out, nil
 }
 
+func (c *buildServiceClient) ReadOutput(ctx context.Context, in *ReadOutputRequest, opts ...grpc.CallOption) (grpc.ServerStreamingClient[ReadOutputResponse], error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	stream, err := c.cc.NewStream(ctx, &BuildService_ServiceDesc.Streams[1], BuildService_ReadOutput_FullMethodName, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	x := &grpc.GenericClientStream[ReadOutputRequest, ReadOutputResponse]{ClientStream: stream}
+	if err := x.ClientStream.SendMsg(in); err != nil {
+		return nil, err
+	}
+	if err := x.ClientStream.CloseSend(); err != nil {
+		return nil, err
+	}
+	return x, nil
+}
+
+// This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
+type BuildService_ReadOutputClient = grpc.ServerStreamingClient[ReadOutputResponse]
+
 // BuildServiceServer is the server API for BuildService service.
 // All implementations must embed UnimplementedBuildServiceServer
 // for forward compatibility.
@@ -181,6 +207,12 @@ type BuildServiceServer interface {
 	// hold the private key, can open it; the gateway, NATS and KV see only
 	// ciphertext.
 	GetSecretsKey(context.Context, *GetSecretsKeyRequest) (*GetSecretsKeyResponse, error)
+	// ReadOutput streams one blob of a finished build's output (--output
+	// local|tar|oci|docker): the manifest BuildResult.output names, or a blob
+	// that manifest lists, from offset on, so an interrupted download resumes.
+	// The caller must be allowed to read the build (its tenant, or an admin);
+	// a digest the build's output does not name is NotFound.
+	ReadOutput(*ReadOutputRequest, grpc.ServerStreamingServer[ReadOutputResponse]) error
 	mustEmbedUnimplementedBuildServiceServer()
 }
 
@@ -211,6 +243,9 @@ func (UnimplementedBuildServiceServer) RetryBuild(context.Context, *RetryBuildRe
 }
 func (UnimplementedBuildServiceServer) GetSecretsKey(context.Context, *GetSecretsKeyRequest) (*GetSecretsKeyResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method GetSecretsKey not implemented")
+}
+func (UnimplementedBuildServiceServer) ReadOutput(*ReadOutputRequest, grpc.ServerStreamingServer[ReadOutputResponse]) error {
+	return status.Error(codes.Unimplemented, "method ReadOutput not implemented")
 }
 func (UnimplementedBuildServiceServer) mustEmbedUnimplementedBuildServiceServer() {}
 func (UnimplementedBuildServiceServer) testEmbeddedByValue()                      {}
@@ -352,6 +387,17 @@ func _BuildService_GetSecretsKey_Handler(srv interface{}, ctx context.Context, d
 	return interceptor(ctx, in, info, handler)
 }
 
+func _BuildService_ReadOutput_Handler(srv interface{}, stream grpc.ServerStream) error {
+	m := new(ReadOutputRequest)
+	if err := stream.RecvMsg(m); err != nil {
+		return err
+	}
+	return srv.(BuildServiceServer).ReadOutput(m, &grpc.GenericServerStream[ReadOutputRequest, ReadOutputResponse]{ServerStream: stream})
+}
+
+// This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
+type BuildService_ReadOutputServer = grpc.ServerStreamingServer[ReadOutputResponse]
+
 // BuildService_ServiceDesc is the grpc.ServiceDesc for BuildService service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -388,6 +434,11 @@ var BuildService_ServiceDesc = grpc.ServiceDesc{
 		{
 			StreamName:    "WatchBuild",
 			Handler:       _BuildService_WatchBuild_Handler,
+			ServerStreams: true,
+		},
+		{
+			StreamName:    "ReadOutput",
+			Handler:       _BuildService_ReadOutput_Handler,
 			ServerStreams: true,
 		},
 	},
