@@ -107,9 +107,15 @@ func (g *Gateway) WatchBuild(req *kilnv1.WatchBuildRequest, stream kilnv1.BuildS
 				if stalls++; stalls >= 2 {
 					stalls = 0
 					stop()
-					if follow, stop, err = g.followEvents(ctx, req.BuildId, streamSeq+1); err != nil {
+					// On failure followEvents returns no stop: keep the one
+					// just called (a cancel, so calling it again on return is
+					// harmless) — assigned, the deferred call panicked and took
+					// the gateway down with every watch on it (TestChaos, CI).
+					next, nextStop, err := g.followEvents(ctx, req.BuildId, streamSeq+1)
+					if err != nil {
 						return err
 					}
+					follow, stop = next, nextStop
 				}
 				continue
 			}
