@@ -1550,7 +1550,13 @@ type Build struct {
 	// per platform in spec.platforms' order. The parent runs no step itself:
 	// it is RUNNING while its children run and SUCCEEDED once they have all
 	// pushed and the image index is written.
-	Children      []string `protobuf:"bytes,25,rep,name=children,proto3" json:"children,omitempty"`
+	Children []string `protobuf:"bytes,25,rep,name=children,proto3" json:"children,omitempty"`
+	// child_results are, for a multi-platform build whose children have all
+	// succeeded, each child's platform and result in children's order. The
+	// scheduler writes them when it queues the parent for its image index;
+	// the agent that takes the parent writes the index from them, with the
+	// build's own registry credentials, instead of building.
+	ChildResults  []*ChildResult `protobuf:"bytes,26,rep,name=child_results,json=childResults,proto3" json:"child_results,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1760,6 +1766,74 @@ func (x *Build) GetChildren() []string {
 	return nil
 }
 
+func (x *Build) GetChildResults() []*ChildResult {
+	if x != nil {
+		return x.ChildResults
+	}
+	return nil
+}
+
+// ChildResult is a multi-platform build's child as its image index needs it.
+type ChildResult struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	BuildId       string                 `protobuf:"bytes,1,opt,name=build_id,json=buildId,proto3" json:"build_id,omitempty"`
+	Platform      string                 `protobuf:"bytes,2,opt,name=platform,proto3" json:"platform,omitempty"`
+	Result        *BuildResult           `protobuf:"bytes,3,opt,name=result,proto3" json:"result,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ChildResult) Reset() {
+	*x = ChildResult{}
+	mi := &file_kiln_v1_build_proto_msgTypes[14]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ChildResult) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ChildResult) ProtoMessage() {}
+
+func (x *ChildResult) ProtoReflect() protoreflect.Message {
+	mi := &file_kiln_v1_build_proto_msgTypes[14]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ChildResult.ProtoReflect.Descriptor instead.
+func (*ChildResult) Descriptor() ([]byte, []int) {
+	return file_kiln_v1_build_proto_rawDescGZIP(), []int{14}
+}
+
+func (x *ChildResult) GetBuildId() string {
+	if x != nil {
+		return x.BuildId
+	}
+	return ""
+}
+
+func (x *ChildResult) GetPlatform() string {
+	if x != nil {
+		return x.Platform
+	}
+	return ""
+}
+
+func (x *ChildResult) GetResult() *BuildResult {
+	if x != nil {
+		return x.Result
+	}
+	return nil
+}
+
 // BuildAttempt is one assignment of a build to an agent.
 type BuildAttempt struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
@@ -1784,7 +1858,7 @@ type BuildAttempt struct {
 
 func (x *BuildAttempt) Reset() {
 	*x = BuildAttempt{}
-	mi := &file_kiln_v1_build_proto_msgTypes[14]
+	mi := &file_kiln_v1_build_proto_msgTypes[15]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1796,7 +1870,7 @@ func (x *BuildAttempt) String() string {
 func (*BuildAttempt) ProtoMessage() {}
 
 func (x *BuildAttempt) ProtoReflect() protoreflect.Message {
-	mi := &file_kiln_v1_build_proto_msgTypes[14]
+	mi := &file_kiln_v1_build_proto_msgTypes[15]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1809,7 +1883,7 @@ func (x *BuildAttempt) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use BuildAttempt.ProtoReflect.Descriptor instead.
 func (*BuildAttempt) Descriptor() ([]byte, []int) {
-	return file_kiln_v1_build_proto_rawDescGZIP(), []int{14}
+	return file_kiln_v1_build_proto_rawDescGZIP(), []int{15}
 }
 
 func (x *BuildAttempt) GetAttempt() uint32 {
@@ -1866,7 +1940,7 @@ type LogLine struct {
 
 func (x *LogLine) Reset() {
 	*x = LogLine{}
-	mi := &file_kiln_v1_build_proto_msgTypes[15]
+	mi := &file_kiln_v1_build_proto_msgTypes[16]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1878,7 +1952,7 @@ func (x *LogLine) String() string {
 func (*LogLine) ProtoMessage() {}
 
 func (x *LogLine) ProtoReflect() protoreflect.Message {
-	mi := &file_kiln_v1_build_proto_msgTypes[15]
+	mi := &file_kiln_v1_build_proto_msgTypes[16]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1891,7 +1965,7 @@ func (x *LogLine) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use LogLine.ProtoReflect.Descriptor instead.
 func (*LogLine) Descriptor() ([]byte, []int) {
-	return file_kiln_v1_build_proto_rawDescGZIP(), []int{15}
+	return file_kiln_v1_build_proto_rawDescGZIP(), []int{16}
 }
 
 func (x *LogLine) GetStep() uint32 {
@@ -1920,7 +1994,7 @@ type StepStarted struct {
 
 func (x *StepStarted) Reset() {
 	*x = StepStarted{}
-	mi := &file_kiln_v1_build_proto_msgTypes[16]
+	mi := &file_kiln_v1_build_proto_msgTypes[17]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1932,7 +2006,7 @@ func (x *StepStarted) String() string {
 func (*StepStarted) ProtoMessage() {}
 
 func (x *StepStarted) ProtoReflect() protoreflect.Message {
-	mi := &file_kiln_v1_build_proto_msgTypes[16]
+	mi := &file_kiln_v1_build_proto_msgTypes[17]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1945,7 +2019,7 @@ func (x *StepStarted) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StepStarted.ProtoReflect.Descriptor instead.
 func (*StepStarted) Descriptor() ([]byte, []int) {
-	return file_kiln_v1_build_proto_rawDescGZIP(), []int{16}
+	return file_kiln_v1_build_proto_rawDescGZIP(), []int{17}
 }
 
 func (x *StepStarted) GetStep() uint32 {
@@ -1982,7 +2056,7 @@ type StepFinished struct {
 
 func (x *StepFinished) Reset() {
 	*x = StepFinished{}
-	mi := &file_kiln_v1_build_proto_msgTypes[17]
+	mi := &file_kiln_v1_build_proto_msgTypes[18]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1994,7 +2068,7 @@ func (x *StepFinished) String() string {
 func (*StepFinished) ProtoMessage() {}
 
 func (x *StepFinished) ProtoReflect() protoreflect.Message {
-	mi := &file_kiln_v1_build_proto_msgTypes[17]
+	mi := &file_kiln_v1_build_proto_msgTypes[18]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2007,7 +2081,7 @@ func (x *StepFinished) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StepFinished.ProtoReflect.Descriptor instead.
 func (*StepFinished) Descriptor() ([]byte, []int) {
-	return file_kiln_v1_build_proto_rawDescGZIP(), []int{17}
+	return file_kiln_v1_build_proto_rawDescGZIP(), []int{18}
 }
 
 func (x *StepFinished) GetStep() uint32 {
@@ -2051,7 +2125,7 @@ type StateChanged struct {
 
 func (x *StateChanged) Reset() {
 	*x = StateChanged{}
-	mi := &file_kiln_v1_build_proto_msgTypes[18]
+	mi := &file_kiln_v1_build_proto_msgTypes[19]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2063,7 +2137,7 @@ func (x *StateChanged) String() string {
 func (*StateChanged) ProtoMessage() {}
 
 func (x *StateChanged) ProtoReflect() protoreflect.Message {
-	mi := &file_kiln_v1_build_proto_msgTypes[18]
+	mi := &file_kiln_v1_build_proto_msgTypes[19]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2076,7 +2150,7 @@ func (x *StateChanged) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StateChanged.ProtoReflect.Descriptor instead.
 func (*StateChanged) Descriptor() ([]byte, []int) {
-	return file_kiln_v1_build_proto_rawDescGZIP(), []int{18}
+	return file_kiln_v1_build_proto_rawDescGZIP(), []int{19}
 }
 
 func (x *StateChanged) GetState() BuildState {
@@ -2123,7 +2197,7 @@ type BuildFinished struct {
 
 func (x *BuildFinished) Reset() {
 	*x = BuildFinished{}
-	mi := &file_kiln_v1_build_proto_msgTypes[19]
+	mi := &file_kiln_v1_build_proto_msgTypes[20]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2135,7 +2209,7 @@ func (x *BuildFinished) String() string {
 func (*BuildFinished) ProtoMessage() {}
 
 func (x *BuildFinished) ProtoReflect() protoreflect.Message {
-	mi := &file_kiln_v1_build_proto_msgTypes[19]
+	mi := &file_kiln_v1_build_proto_msgTypes[20]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2148,7 +2222,7 @@ func (x *BuildFinished) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use BuildFinished.ProtoReflect.Descriptor instead.
 func (*BuildFinished) Descriptor() ([]byte, []int) {
-	return file_kiln_v1_build_proto_rawDescGZIP(), []int{19}
+	return file_kiln_v1_build_proto_rawDescGZIP(), []int{20}
 }
 
 func (x *BuildFinished) GetState() BuildState {
@@ -2211,7 +2285,7 @@ type BuildEvent struct {
 
 func (x *BuildEvent) Reset() {
 	*x = BuildEvent{}
-	mi := &file_kiln_v1_build_proto_msgTypes[20]
+	mi := &file_kiln_v1_build_proto_msgTypes[21]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2223,7 +2297,7 @@ func (x *BuildEvent) String() string {
 func (*BuildEvent) ProtoMessage() {}
 
 func (x *BuildEvent) ProtoReflect() protoreflect.Message {
-	mi := &file_kiln_v1_build_proto_msgTypes[20]
+	mi := &file_kiln_v1_build_proto_msgTypes[21]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2236,7 +2310,7 @@ func (x *BuildEvent) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use BuildEvent.ProtoReflect.Descriptor instead.
 func (*BuildEvent) Descriptor() ([]byte, []int) {
-	return file_kiln_v1_build_proto_rawDescGZIP(), []int{20}
+	return file_kiln_v1_build_proto_rawDescGZIP(), []int{21}
 }
 
 func (x *BuildEvent) GetSequence() uint64 {
@@ -2394,7 +2468,7 @@ type StartBuildRequest struct {
 
 func (x *StartBuildRequest) Reset() {
 	*x = StartBuildRequest{}
-	mi := &file_kiln_v1_build_proto_msgTypes[21]
+	mi := &file_kiln_v1_build_proto_msgTypes[22]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2406,7 +2480,7 @@ func (x *StartBuildRequest) String() string {
 func (*StartBuildRequest) ProtoMessage() {}
 
 func (x *StartBuildRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_kiln_v1_build_proto_msgTypes[21]
+	mi := &file_kiln_v1_build_proto_msgTypes[22]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2419,7 +2493,7 @@ func (x *StartBuildRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StartBuildRequest.ProtoReflect.Descriptor instead.
 func (*StartBuildRequest) Descriptor() ([]byte, []int) {
-	return file_kiln_v1_build_proto_rawDescGZIP(), []int{21}
+	return file_kiln_v1_build_proto_rawDescGZIP(), []int{22}
 }
 
 func (x *StartBuildRequest) GetSpec() *BuildSpec {
@@ -2452,7 +2526,7 @@ type StartBuildResponse struct {
 
 func (x *StartBuildResponse) Reset() {
 	*x = StartBuildResponse{}
-	mi := &file_kiln_v1_build_proto_msgTypes[22]
+	mi := &file_kiln_v1_build_proto_msgTypes[23]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2464,7 +2538,7 @@ func (x *StartBuildResponse) String() string {
 func (*StartBuildResponse) ProtoMessage() {}
 
 func (x *StartBuildResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_kiln_v1_build_proto_msgTypes[22]
+	mi := &file_kiln_v1_build_proto_msgTypes[23]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2477,7 +2551,7 @@ func (x *StartBuildResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StartBuildResponse.ProtoReflect.Descriptor instead.
 func (*StartBuildResponse) Descriptor() ([]byte, []int) {
-	return file_kiln_v1_build_proto_rawDescGZIP(), []int{22}
+	return file_kiln_v1_build_proto_rawDescGZIP(), []int{23}
 }
 
 func (x *StartBuildResponse) GetBuild() *Build {
@@ -2502,7 +2576,7 @@ type WatchBuildRequest struct {
 
 func (x *WatchBuildRequest) Reset() {
 	*x = WatchBuildRequest{}
-	mi := &file_kiln_v1_build_proto_msgTypes[23]
+	mi := &file_kiln_v1_build_proto_msgTypes[24]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2514,7 +2588,7 @@ func (x *WatchBuildRequest) String() string {
 func (*WatchBuildRequest) ProtoMessage() {}
 
 func (x *WatchBuildRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_kiln_v1_build_proto_msgTypes[23]
+	mi := &file_kiln_v1_build_proto_msgTypes[24]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2527,7 +2601,7 @@ func (x *WatchBuildRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WatchBuildRequest.ProtoReflect.Descriptor instead.
 func (*WatchBuildRequest) Descriptor() ([]byte, []int) {
-	return file_kiln_v1_build_proto_rawDescGZIP(), []int{23}
+	return file_kiln_v1_build_proto_rawDescGZIP(), []int{24}
 }
 
 func (x *WatchBuildRequest) GetBuildId() string {
@@ -2560,7 +2634,7 @@ type WatchBuildResponse struct {
 
 func (x *WatchBuildResponse) Reset() {
 	*x = WatchBuildResponse{}
-	mi := &file_kiln_v1_build_proto_msgTypes[24]
+	mi := &file_kiln_v1_build_proto_msgTypes[25]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2572,7 +2646,7 @@ func (x *WatchBuildResponse) String() string {
 func (*WatchBuildResponse) ProtoMessage() {}
 
 func (x *WatchBuildResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_kiln_v1_build_proto_msgTypes[24]
+	mi := &file_kiln_v1_build_proto_msgTypes[25]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2585,7 +2659,7 @@ func (x *WatchBuildResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WatchBuildResponse.ProtoReflect.Descriptor instead.
 func (*WatchBuildResponse) Descriptor() ([]byte, []int) {
-	return file_kiln_v1_build_proto_rawDescGZIP(), []int{24}
+	return file_kiln_v1_build_proto_rawDescGZIP(), []int{25}
 }
 
 func (x *WatchBuildResponse) GetEvent() *BuildEvent {
@@ -2604,7 +2678,7 @@ type CancelBuildRequest struct {
 
 func (x *CancelBuildRequest) Reset() {
 	*x = CancelBuildRequest{}
-	mi := &file_kiln_v1_build_proto_msgTypes[25]
+	mi := &file_kiln_v1_build_proto_msgTypes[26]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2616,7 +2690,7 @@ func (x *CancelBuildRequest) String() string {
 func (*CancelBuildRequest) ProtoMessage() {}
 
 func (x *CancelBuildRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_kiln_v1_build_proto_msgTypes[25]
+	mi := &file_kiln_v1_build_proto_msgTypes[26]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2629,7 +2703,7 @@ func (x *CancelBuildRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CancelBuildRequest.ProtoReflect.Descriptor instead.
 func (*CancelBuildRequest) Descriptor() ([]byte, []int) {
-	return file_kiln_v1_build_proto_rawDescGZIP(), []int{25}
+	return file_kiln_v1_build_proto_rawDescGZIP(), []int{26}
 }
 
 func (x *CancelBuildRequest) GetBuildId() string {
@@ -2648,7 +2722,7 @@ type CancelBuildResponse struct {
 
 func (x *CancelBuildResponse) Reset() {
 	*x = CancelBuildResponse{}
-	mi := &file_kiln_v1_build_proto_msgTypes[26]
+	mi := &file_kiln_v1_build_proto_msgTypes[27]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2660,7 +2734,7 @@ func (x *CancelBuildResponse) String() string {
 func (*CancelBuildResponse) ProtoMessage() {}
 
 func (x *CancelBuildResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_kiln_v1_build_proto_msgTypes[26]
+	mi := &file_kiln_v1_build_proto_msgTypes[27]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2673,7 +2747,7 @@ func (x *CancelBuildResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CancelBuildResponse.ProtoReflect.Descriptor instead.
 func (*CancelBuildResponse) Descriptor() ([]byte, []int) {
-	return file_kiln_v1_build_proto_rawDescGZIP(), []int{26}
+	return file_kiln_v1_build_proto_rawDescGZIP(), []int{27}
 }
 
 func (x *CancelBuildResponse) GetBuild() *Build {
@@ -2692,7 +2766,7 @@ type GetBuildRequest struct {
 
 func (x *GetBuildRequest) Reset() {
 	*x = GetBuildRequest{}
-	mi := &file_kiln_v1_build_proto_msgTypes[27]
+	mi := &file_kiln_v1_build_proto_msgTypes[28]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2704,7 +2778,7 @@ func (x *GetBuildRequest) String() string {
 func (*GetBuildRequest) ProtoMessage() {}
 
 func (x *GetBuildRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_kiln_v1_build_proto_msgTypes[27]
+	mi := &file_kiln_v1_build_proto_msgTypes[28]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2717,7 +2791,7 @@ func (x *GetBuildRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetBuildRequest.ProtoReflect.Descriptor instead.
 func (*GetBuildRequest) Descriptor() ([]byte, []int) {
-	return file_kiln_v1_build_proto_rawDescGZIP(), []int{27}
+	return file_kiln_v1_build_proto_rawDescGZIP(), []int{28}
 }
 
 func (x *GetBuildRequest) GetBuildId() string {
@@ -2736,7 +2810,7 @@ type GetBuildResponse struct {
 
 func (x *GetBuildResponse) Reset() {
 	*x = GetBuildResponse{}
-	mi := &file_kiln_v1_build_proto_msgTypes[28]
+	mi := &file_kiln_v1_build_proto_msgTypes[29]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2748,7 +2822,7 @@ func (x *GetBuildResponse) String() string {
 func (*GetBuildResponse) ProtoMessage() {}
 
 func (x *GetBuildResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_kiln_v1_build_proto_msgTypes[28]
+	mi := &file_kiln_v1_build_proto_msgTypes[29]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2761,7 +2835,7 @@ func (x *GetBuildResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetBuildResponse.ProtoReflect.Descriptor instead.
 func (*GetBuildResponse) Descriptor() ([]byte, []int) {
-	return file_kiln_v1_build_proto_rawDescGZIP(), []int{28}
+	return file_kiln_v1_build_proto_rawDescGZIP(), []int{29}
 }
 
 func (x *GetBuildResponse) GetBuild() *Build {
@@ -2801,7 +2875,7 @@ type ListBuildsRequest struct {
 
 func (x *ListBuildsRequest) Reset() {
 	*x = ListBuildsRequest{}
-	mi := &file_kiln_v1_build_proto_msgTypes[29]
+	mi := &file_kiln_v1_build_proto_msgTypes[30]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2813,7 +2887,7 @@ func (x *ListBuildsRequest) String() string {
 func (*ListBuildsRequest) ProtoMessage() {}
 
 func (x *ListBuildsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_kiln_v1_build_proto_msgTypes[29]
+	mi := &file_kiln_v1_build_proto_msgTypes[30]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2826,7 +2900,7 @@ func (x *ListBuildsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListBuildsRequest.ProtoReflect.Descriptor instead.
 func (*ListBuildsRequest) Descriptor() ([]byte, []int) {
-	return file_kiln_v1_build_proto_rawDescGZIP(), []int{29}
+	return file_kiln_v1_build_proto_rawDescGZIP(), []int{30}
 }
 
 func (x *ListBuildsRequest) GetPageSize() int32 {
@@ -2898,7 +2972,7 @@ type ListBuildsResponse struct {
 
 func (x *ListBuildsResponse) Reset() {
 	*x = ListBuildsResponse{}
-	mi := &file_kiln_v1_build_proto_msgTypes[30]
+	mi := &file_kiln_v1_build_proto_msgTypes[31]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2910,7 +2984,7 @@ func (x *ListBuildsResponse) String() string {
 func (*ListBuildsResponse) ProtoMessage() {}
 
 func (x *ListBuildsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_kiln_v1_build_proto_msgTypes[30]
+	mi := &file_kiln_v1_build_proto_msgTypes[31]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2923,7 +2997,7 @@ func (x *ListBuildsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListBuildsResponse.ProtoReflect.Descriptor instead.
 func (*ListBuildsResponse) Descriptor() ([]byte, []int) {
-	return file_kiln_v1_build_proto_rawDescGZIP(), []int{30}
+	return file_kiln_v1_build_proto_rawDescGZIP(), []int{31}
 }
 
 func (x *ListBuildsResponse) GetBuilds() []*Build {
@@ -2953,7 +3027,7 @@ type RetryBuildRequest struct {
 
 func (x *RetryBuildRequest) Reset() {
 	*x = RetryBuildRequest{}
-	mi := &file_kiln_v1_build_proto_msgTypes[31]
+	mi := &file_kiln_v1_build_proto_msgTypes[32]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2965,7 +3039,7 @@ func (x *RetryBuildRequest) String() string {
 func (*RetryBuildRequest) ProtoMessage() {}
 
 func (x *RetryBuildRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_kiln_v1_build_proto_msgTypes[31]
+	mi := &file_kiln_v1_build_proto_msgTypes[32]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2978,7 +3052,7 @@ func (x *RetryBuildRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RetryBuildRequest.ProtoReflect.Descriptor instead.
 func (*RetryBuildRequest) Descriptor() ([]byte, []int) {
-	return file_kiln_v1_build_proto_rawDescGZIP(), []int{31}
+	return file_kiln_v1_build_proto_rawDescGZIP(), []int{32}
 }
 
 func (x *RetryBuildRequest) GetBuildId() string {
@@ -3006,7 +3080,7 @@ type RetryBuildResponse struct {
 
 func (x *RetryBuildResponse) Reset() {
 	*x = RetryBuildResponse{}
-	mi := &file_kiln_v1_build_proto_msgTypes[32]
+	mi := &file_kiln_v1_build_proto_msgTypes[33]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3018,7 +3092,7 @@ func (x *RetryBuildResponse) String() string {
 func (*RetryBuildResponse) ProtoMessage() {}
 
 func (x *RetryBuildResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_kiln_v1_build_proto_msgTypes[32]
+	mi := &file_kiln_v1_build_proto_msgTypes[33]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3031,7 +3105,7 @@ func (x *RetryBuildResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RetryBuildResponse.ProtoReflect.Descriptor instead.
 func (*RetryBuildResponse) Descriptor() ([]byte, []int) {
-	return file_kiln_v1_build_proto_rawDescGZIP(), []int{32}
+	return file_kiln_v1_build_proto_rawDescGZIP(), []int{33}
 }
 
 func (x *RetryBuildResponse) GetBuild() *Build {
@@ -3049,7 +3123,7 @@ type GetSecretsKeyRequest struct {
 
 func (x *GetSecretsKeyRequest) Reset() {
 	*x = GetSecretsKeyRequest{}
-	mi := &file_kiln_v1_build_proto_msgTypes[33]
+	mi := &file_kiln_v1_build_proto_msgTypes[34]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3061,7 +3135,7 @@ func (x *GetSecretsKeyRequest) String() string {
 func (*GetSecretsKeyRequest) ProtoMessage() {}
 
 func (x *GetSecretsKeyRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_kiln_v1_build_proto_msgTypes[33]
+	mi := &file_kiln_v1_build_proto_msgTypes[34]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3074,7 +3148,7 @@ func (x *GetSecretsKeyRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetSecretsKeyRequest.ProtoReflect.Descriptor instead.
 func (*GetSecretsKeyRequest) Descriptor() ([]byte, []int) {
-	return file_kiln_v1_build_proto_rawDescGZIP(), []int{33}
+	return file_kiln_v1_build_proto_rawDescGZIP(), []int{34}
 }
 
 type GetSecretsKeyResponse struct {
@@ -3091,7 +3165,7 @@ type GetSecretsKeyResponse struct {
 
 func (x *GetSecretsKeyResponse) Reset() {
 	*x = GetSecretsKeyResponse{}
-	mi := &file_kiln_v1_build_proto_msgTypes[34]
+	mi := &file_kiln_v1_build_proto_msgTypes[35]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3103,7 +3177,7 @@ func (x *GetSecretsKeyResponse) String() string {
 func (*GetSecretsKeyResponse) ProtoMessage() {}
 
 func (x *GetSecretsKeyResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_kiln_v1_build_proto_msgTypes[34]
+	mi := &file_kiln_v1_build_proto_msgTypes[35]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3116,7 +3190,7 @@ func (x *GetSecretsKeyResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetSecretsKeyResponse.ProtoReflect.Descriptor instead.
 func (*GetSecretsKeyResponse) Descriptor() ([]byte, []int) {
-	return file_kiln_v1_build_proto_rawDescGZIP(), []int{34}
+	return file_kiln_v1_build_proto_rawDescGZIP(), []int{35}
 }
 
 func (x *GetSecretsKeyResponse) GetPublicKey() []byte {
@@ -3152,7 +3226,7 @@ type ReadOutputRequest struct {
 
 func (x *ReadOutputRequest) Reset() {
 	*x = ReadOutputRequest{}
-	mi := &file_kiln_v1_build_proto_msgTypes[35]
+	mi := &file_kiln_v1_build_proto_msgTypes[36]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3164,7 +3238,7 @@ func (x *ReadOutputRequest) String() string {
 func (*ReadOutputRequest) ProtoMessage() {}
 
 func (x *ReadOutputRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_kiln_v1_build_proto_msgTypes[35]
+	mi := &file_kiln_v1_build_proto_msgTypes[36]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3177,7 +3251,7 @@ func (x *ReadOutputRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ReadOutputRequest.ProtoReflect.Descriptor instead.
 func (*ReadOutputRequest) Descriptor() ([]byte, []int) {
-	return file_kiln_v1_build_proto_rawDescGZIP(), []int{35}
+	return file_kiln_v1_build_proto_rawDescGZIP(), []int{36}
 }
 
 func (x *ReadOutputRequest) GetBuildId() string {
@@ -3211,7 +3285,7 @@ type ReadOutputResponse struct {
 
 func (x *ReadOutputResponse) Reset() {
 	*x = ReadOutputResponse{}
-	mi := &file_kiln_v1_build_proto_msgTypes[36]
+	mi := &file_kiln_v1_build_proto_msgTypes[37]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3223,7 +3297,7 @@ func (x *ReadOutputResponse) String() string {
 func (*ReadOutputResponse) ProtoMessage() {}
 
 func (x *ReadOutputResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_kiln_v1_build_proto_msgTypes[36]
+	mi := &file_kiln_v1_build_proto_msgTypes[37]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3236,7 +3310,7 @@ func (x *ReadOutputResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ReadOutputResponse.ProtoReflect.Descriptor instead.
 func (*ReadOutputResponse) Descriptor() ([]byte, []int) {
-	return file_kiln_v1_build_proto_rawDescGZIP(), []int{36}
+	return file_kiln_v1_build_proto_rawDescGZIP(), []int{37}
 }
 
 func (x *ReadOutputResponse) GetData() []byte {
@@ -3387,7 +3461,7 @@ const file_kiln_v1_build_proto_rawDesc = "" +
 	"\x04Kind\x12\x14\n" +
 	"\x10KIND_UNSPECIFIED\x10\x00\x12\x0f\n" +
 	"\vKIND_IMPORT\x10\x01\x12\x0f\n" +
-	"\vKIND_EXPORT\x10\x02\"\xd6\b\n" +
+	"\vKIND_EXPORT\x10\x02\"\x91\t\n" +
 	"\x05Build\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x12\x16\n" +
 	"\x06tenant\x18\x02 \x01(\tR\x06tenant\x12&\n" +
@@ -3418,10 +3492,15 @@ const file_kiln_v1_build_proto_rawDesc = "" +
 	"\ttimed_out\x18\x16 \x01(\bR\btimedOut\x12\x19\n" +
 	"\bretry_of\x18\x17 \x01(\tR\aretryOf\x12\x1b\n" +
 	"\tparent_id\x18\x18 \x01(\tR\bparentId\x12\x1a\n" +
-	"\bchildren\x18\x19 \x03(\tR\bchildren\x1a?\n" +
+	"\bchildren\x18\x19 \x03(\tR\bchildren\x129\n" +
+	"\rchild_results\x18\x1a \x03(\v2\x14.kiln.v1.ChildResultR\fchildResults\x1a?\n" +
 	"\x11TraceContextEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
-	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"\x85\x02\n" +
+	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"r\n" +
+	"\vChildResult\x12\x19\n" +
+	"\bbuild_id\x18\x01 \x01(\tR\abuildId\x12\x1a\n" +
+	"\bplatform\x18\x02 \x01(\tR\bplatform\x12,\n" +
+	"\x06result\x18\x03 \x01(\v2\x14.kiln.v1.BuildResultR\x06result\"\x85\x02\n" +
 	"\fBuildAttempt\x12\x18\n" +
 	"\aattempt\x18\x01 \x01(\rR\aattempt\x12\x14\n" +
 	"\x05agent\x18\x02 \x01(\tR\x05agent\x12;\n" +
@@ -3562,7 +3641,7 @@ func file_kiln_v1_build_proto_rawDescGZIP() []byte {
 }
 
 var file_kiln_v1_build_proto_enumTypes = make([]protoimpl.EnumInfo, 3)
-var file_kiln_v1_build_proto_msgTypes = make([]protoimpl.MessageInfo, 43)
+var file_kiln_v1_build_proto_msgTypes = make([]protoimpl.MessageInfo, 44)
 var file_kiln_v1_build_proto_goTypes = []any{
 	(Builder)(0),                  // 0: kiln.v1.Builder
 	(BuildState)(0),               // 1: kiln.v1.BuildState
@@ -3581,124 +3660,127 @@ var file_kiln_v1_build_proto_goTypes = []any{
 	(*ImageDescriptor)(nil),       // 14: kiln.v1.ImageDescriptor
 	(*CacheEvent)(nil),            // 15: kiln.v1.CacheEvent
 	(*Build)(nil),                 // 16: kiln.v1.Build
-	(*BuildAttempt)(nil),          // 17: kiln.v1.BuildAttempt
-	(*LogLine)(nil),               // 18: kiln.v1.LogLine
-	(*StepStarted)(nil),           // 19: kiln.v1.StepStarted
-	(*StepFinished)(nil),          // 20: kiln.v1.StepFinished
-	(*StateChanged)(nil),          // 21: kiln.v1.StateChanged
-	(*BuildFinished)(nil),         // 22: kiln.v1.BuildFinished
-	(*BuildEvent)(nil),            // 23: kiln.v1.BuildEvent
-	(*StartBuildRequest)(nil),     // 24: kiln.v1.StartBuildRequest
-	(*StartBuildResponse)(nil),    // 25: kiln.v1.StartBuildResponse
-	(*WatchBuildRequest)(nil),     // 26: kiln.v1.WatchBuildRequest
-	(*WatchBuildResponse)(nil),    // 27: kiln.v1.WatchBuildResponse
-	(*CancelBuildRequest)(nil),    // 28: kiln.v1.CancelBuildRequest
-	(*CancelBuildResponse)(nil),   // 29: kiln.v1.CancelBuildResponse
-	(*GetBuildRequest)(nil),       // 30: kiln.v1.GetBuildRequest
-	(*GetBuildResponse)(nil),      // 31: kiln.v1.GetBuildResponse
-	(*ListBuildsRequest)(nil),     // 32: kiln.v1.ListBuildsRequest
-	(*ListBuildsResponse)(nil),    // 33: kiln.v1.ListBuildsResponse
-	(*RetryBuildRequest)(nil),     // 34: kiln.v1.RetryBuildRequest
-	(*RetryBuildResponse)(nil),    // 35: kiln.v1.RetryBuildResponse
-	(*GetSecretsKeyRequest)(nil),  // 36: kiln.v1.GetSecretsKeyRequest
-	(*GetSecretsKeyResponse)(nil), // 37: kiln.v1.GetSecretsKeyResponse
-	(*ReadOutputRequest)(nil),     // 38: kiln.v1.ReadOutputRequest
-	(*ReadOutputResponse)(nil),    // 39: kiln.v1.ReadOutputResponse
-	nil,                           // 40: kiln.v1.BuildSpec.BuildArgsEntry
-	nil,                           // 41: kiln.v1.BuildSpec.LabelsEntry
-	nil,                           // 42: kiln.v1.BuildSpec.AgentLabelsEntry
-	nil,                           // 43: kiln.v1.Output.AttrsEntry
-	nil,                           // 44: kiln.v1.CacheOption.AttrsEntry
-	nil,                           // 45: kiln.v1.Build.TraceContextEntry
-	(*durationpb.Duration)(nil),   // 46: google.protobuf.Duration
-	(*ContextRef)(nil),            // 47: kiln.v1.ContextRef
-	(*Digest)(nil),                // 48: kiln.v1.Digest
-	(*timestamppb.Timestamp)(nil), // 49: google.protobuf.Timestamp
+	(*ChildResult)(nil),           // 17: kiln.v1.ChildResult
+	(*BuildAttempt)(nil),          // 18: kiln.v1.BuildAttempt
+	(*LogLine)(nil),               // 19: kiln.v1.LogLine
+	(*StepStarted)(nil),           // 20: kiln.v1.StepStarted
+	(*StepFinished)(nil),          // 21: kiln.v1.StepFinished
+	(*StateChanged)(nil),          // 22: kiln.v1.StateChanged
+	(*BuildFinished)(nil),         // 23: kiln.v1.BuildFinished
+	(*BuildEvent)(nil),            // 24: kiln.v1.BuildEvent
+	(*StartBuildRequest)(nil),     // 25: kiln.v1.StartBuildRequest
+	(*StartBuildResponse)(nil),    // 26: kiln.v1.StartBuildResponse
+	(*WatchBuildRequest)(nil),     // 27: kiln.v1.WatchBuildRequest
+	(*WatchBuildResponse)(nil),    // 28: kiln.v1.WatchBuildResponse
+	(*CancelBuildRequest)(nil),    // 29: kiln.v1.CancelBuildRequest
+	(*CancelBuildResponse)(nil),   // 30: kiln.v1.CancelBuildResponse
+	(*GetBuildRequest)(nil),       // 31: kiln.v1.GetBuildRequest
+	(*GetBuildResponse)(nil),      // 32: kiln.v1.GetBuildResponse
+	(*ListBuildsRequest)(nil),     // 33: kiln.v1.ListBuildsRequest
+	(*ListBuildsResponse)(nil),    // 34: kiln.v1.ListBuildsResponse
+	(*RetryBuildRequest)(nil),     // 35: kiln.v1.RetryBuildRequest
+	(*RetryBuildResponse)(nil),    // 36: kiln.v1.RetryBuildResponse
+	(*GetSecretsKeyRequest)(nil),  // 37: kiln.v1.GetSecretsKeyRequest
+	(*GetSecretsKeyResponse)(nil), // 38: kiln.v1.GetSecretsKeyResponse
+	(*ReadOutputRequest)(nil),     // 39: kiln.v1.ReadOutputRequest
+	(*ReadOutputResponse)(nil),    // 40: kiln.v1.ReadOutputResponse
+	nil,                           // 41: kiln.v1.BuildSpec.BuildArgsEntry
+	nil,                           // 42: kiln.v1.BuildSpec.LabelsEntry
+	nil,                           // 43: kiln.v1.BuildSpec.AgentLabelsEntry
+	nil,                           // 44: kiln.v1.Output.AttrsEntry
+	nil,                           // 45: kiln.v1.CacheOption.AttrsEntry
+	nil,                           // 46: kiln.v1.Build.TraceContextEntry
+	(*durationpb.Duration)(nil),   // 47: google.protobuf.Duration
+	(*ContextRef)(nil),            // 48: kiln.v1.ContextRef
+	(*Digest)(nil),                // 49: kiln.v1.Digest
+	(*timestamppb.Timestamp)(nil), // 50: google.protobuf.Timestamp
 }
 var file_kiln_v1_build_proto_depIdxs = []int32{
-	40, // 0: kiln.v1.BuildSpec.build_args:type_name -> kiln.v1.BuildSpec.BuildArgsEntry
-	41, // 1: kiln.v1.BuildSpec.labels:type_name -> kiln.v1.BuildSpec.LabelsEntry
-	42, // 2: kiln.v1.BuildSpec.agent_labels:type_name -> kiln.v1.BuildSpec.AgentLabelsEntry
+	41, // 0: kiln.v1.BuildSpec.build_args:type_name -> kiln.v1.BuildSpec.BuildArgsEntry
+	42, // 1: kiln.v1.BuildSpec.labels:type_name -> kiln.v1.BuildSpec.LabelsEntry
+	43, // 2: kiln.v1.BuildSpec.agent_labels:type_name -> kiln.v1.BuildSpec.AgentLabelsEntry
 	9,  // 3: kiln.v1.BuildSpec.secrets:type_name -> kiln.v1.SealedSecret
 	0,  // 4: kiln.v1.BuildSpec.builder:type_name -> kiln.v1.Builder
 	9,  // 5: kiln.v1.BuildSpec.registry_auth:type_name -> kiln.v1.SealedSecret
-	46, // 6: kiln.v1.BuildSpec.timeout:type_name -> google.protobuf.Duration
+	47, // 6: kiln.v1.BuildSpec.timeout:type_name -> google.protobuf.Duration
 	7,  // 7: kiln.v1.BuildSpec.cache_from:type_name -> kiln.v1.CacheOption
 	7,  // 8: kiln.v1.BuildSpec.cache_to:type_name -> kiln.v1.CacheOption
 	6,  // 9: kiln.v1.BuildSpec.ulimits:type_name -> kiln.v1.Ulimit
 	4,  // 10: kiln.v1.BuildSpec.outputs:type_name -> kiln.v1.Output
 	9,  // 11: kiln.v1.BuildSpec.ssh:type_name -> kiln.v1.SealedSecret
 	5,  // 12: kiln.v1.BuildSpec.build_contexts:type_name -> kiln.v1.NamedContext
-	43, // 13: kiln.v1.Output.attrs:type_name -> kiln.v1.Output.AttrsEntry
-	47, // 14: kiln.v1.NamedContext.context:type_name -> kiln.v1.ContextRef
-	44, // 15: kiln.v1.CacheOption.attrs:type_name -> kiln.v1.CacheOption.AttrsEntry
+	44, // 13: kiln.v1.Output.attrs:type_name -> kiln.v1.Output.AttrsEntry
+	48, // 14: kiln.v1.NamedContext.context:type_name -> kiln.v1.ContextRef
+	45, // 15: kiln.v1.CacheOption.attrs:type_name -> kiln.v1.CacheOption.AttrsEntry
 	11, // 16: kiln.v1.BuildResult.pushed:type_name -> kiln.v1.PushedImage
 	0,  // 17: kiln.v1.BuildResult.builder:type_name -> kiln.v1.Builder
 	13, // 18: kiln.v1.BuildResult.output:type_name -> kiln.v1.OutputRef
 	14, // 19: kiln.v1.BuildResult.descriptor:type_name -> kiln.v1.ImageDescriptor
-	48, // 20: kiln.v1.OutputRef.manifest:type_name -> kiln.v1.Digest
+	49, // 20: kiln.v1.OutputRef.manifest:type_name -> kiln.v1.Digest
 	2,  // 21: kiln.v1.CacheEvent.kind:type_name -> kiln.v1.CacheEvent.Kind
-	46, // 22: kiln.v1.CacheEvent.duration:type_name -> google.protobuf.Duration
+	47, // 22: kiln.v1.CacheEvent.duration:type_name -> google.protobuf.Duration
 	3,  // 23: kiln.v1.Build.spec:type_name -> kiln.v1.BuildSpec
-	47, // 24: kiln.v1.Build.context:type_name -> kiln.v1.ContextRef
+	48, // 24: kiln.v1.Build.context:type_name -> kiln.v1.ContextRef
 	1,  // 25: kiln.v1.Build.state:type_name -> kiln.v1.BuildState
-	49, // 26: kiln.v1.Build.created_at:type_name -> google.protobuf.Timestamp
-	49, // 27: kiln.v1.Build.started_at:type_name -> google.protobuf.Timestamp
-	49, // 28: kiln.v1.Build.finished_at:type_name -> google.protobuf.Timestamp
+	50, // 26: kiln.v1.Build.created_at:type_name -> google.protobuf.Timestamp
+	50, // 27: kiln.v1.Build.started_at:type_name -> google.protobuf.Timestamp
+	50, // 28: kiln.v1.Build.finished_at:type_name -> google.protobuf.Timestamp
 	12, // 29: kiln.v1.Build.result:type_name -> kiln.v1.BuildResult
-	49, // 30: kiln.v1.Build.lease_expires_at:type_name -> google.protobuf.Timestamp
-	45, // 31: kiln.v1.Build.trace_context:type_name -> kiln.v1.Build.TraceContextEntry
+	50, // 30: kiln.v1.Build.lease_expires_at:type_name -> google.protobuf.Timestamp
+	46, // 31: kiln.v1.Build.trace_context:type_name -> kiln.v1.Build.TraceContextEntry
 	10, // 32: kiln.v1.Build.affinity:type_name -> kiln.v1.Affinity
-	49, // 33: kiln.v1.Build.queued_at:type_name -> google.protobuf.Timestamp
+	50, // 33: kiln.v1.Build.queued_at:type_name -> google.protobuf.Timestamp
 	8,  // 34: kiln.v1.Build.policy:type_name -> kiln.v1.TenantPolicy
-	17, // 35: kiln.v1.Build.attempts:type_name -> kiln.v1.BuildAttempt
-	49, // 36: kiln.v1.BuildAttempt.assigned_at:type_name -> google.protobuf.Timestamp
-	49, // 37: kiln.v1.BuildAttempt.started_at:type_name -> google.protobuf.Timestamp
-	49, // 38: kiln.v1.BuildAttempt.ended_at:type_name -> google.protobuf.Timestamp
-	46, // 39: kiln.v1.StepFinished.duration:type_name -> google.protobuf.Duration
-	1,  // 40: kiln.v1.StateChanged.state:type_name -> kiln.v1.BuildState
-	1,  // 41: kiln.v1.BuildFinished.state:type_name -> kiln.v1.BuildState
-	12, // 42: kiln.v1.BuildFinished.result:type_name -> kiln.v1.BuildResult
-	49, // 43: kiln.v1.BuildEvent.time:type_name -> google.protobuf.Timestamp
-	21, // 44: kiln.v1.BuildEvent.state:type_name -> kiln.v1.StateChanged
-	18, // 45: kiln.v1.BuildEvent.log:type_name -> kiln.v1.LogLine
-	19, // 46: kiln.v1.BuildEvent.step_started:type_name -> kiln.v1.StepStarted
-	20, // 47: kiln.v1.BuildEvent.step_finished:type_name -> kiln.v1.StepFinished
-	11, // 48: kiln.v1.BuildEvent.pushed:type_name -> kiln.v1.PushedImage
-	22, // 49: kiln.v1.BuildEvent.finished:type_name -> kiln.v1.BuildFinished
-	15, // 50: kiln.v1.BuildEvent.cache:type_name -> kiln.v1.CacheEvent
-	3,  // 51: kiln.v1.StartBuildRequest.spec:type_name -> kiln.v1.BuildSpec
-	47, // 52: kiln.v1.StartBuildRequest.context:type_name -> kiln.v1.ContextRef
-	16, // 53: kiln.v1.StartBuildResponse.build:type_name -> kiln.v1.Build
-	23, // 54: kiln.v1.WatchBuildResponse.event:type_name -> kiln.v1.BuildEvent
-	16, // 55: kiln.v1.CancelBuildResponse.build:type_name -> kiln.v1.Build
-	16, // 56: kiln.v1.GetBuildResponse.build:type_name -> kiln.v1.Build
-	1,  // 57: kiln.v1.ListBuildsRequest.states:type_name -> kiln.v1.BuildState
-	49, // 58: kiln.v1.ListBuildsRequest.since:type_name -> google.protobuf.Timestamp
-	16, // 59: kiln.v1.ListBuildsResponse.builds:type_name -> kiln.v1.Build
-	16, // 60: kiln.v1.RetryBuildResponse.build:type_name -> kiln.v1.Build
-	48, // 61: kiln.v1.ReadOutputRequest.digest:type_name -> kiln.v1.Digest
-	24, // 62: kiln.v1.BuildService.StartBuild:input_type -> kiln.v1.StartBuildRequest
-	26, // 63: kiln.v1.BuildService.WatchBuild:input_type -> kiln.v1.WatchBuildRequest
-	28, // 64: kiln.v1.BuildService.CancelBuild:input_type -> kiln.v1.CancelBuildRequest
-	30, // 65: kiln.v1.BuildService.GetBuild:input_type -> kiln.v1.GetBuildRequest
-	32, // 66: kiln.v1.BuildService.ListBuilds:input_type -> kiln.v1.ListBuildsRequest
-	34, // 67: kiln.v1.BuildService.RetryBuild:input_type -> kiln.v1.RetryBuildRequest
-	36, // 68: kiln.v1.BuildService.GetSecretsKey:input_type -> kiln.v1.GetSecretsKeyRequest
-	38, // 69: kiln.v1.BuildService.ReadOutput:input_type -> kiln.v1.ReadOutputRequest
-	25, // 70: kiln.v1.BuildService.StartBuild:output_type -> kiln.v1.StartBuildResponse
-	27, // 71: kiln.v1.BuildService.WatchBuild:output_type -> kiln.v1.WatchBuildResponse
-	29, // 72: kiln.v1.BuildService.CancelBuild:output_type -> kiln.v1.CancelBuildResponse
-	31, // 73: kiln.v1.BuildService.GetBuild:output_type -> kiln.v1.GetBuildResponse
-	33, // 74: kiln.v1.BuildService.ListBuilds:output_type -> kiln.v1.ListBuildsResponse
-	35, // 75: kiln.v1.BuildService.RetryBuild:output_type -> kiln.v1.RetryBuildResponse
-	37, // 76: kiln.v1.BuildService.GetSecretsKey:output_type -> kiln.v1.GetSecretsKeyResponse
-	39, // 77: kiln.v1.BuildService.ReadOutput:output_type -> kiln.v1.ReadOutputResponse
-	70, // [70:78] is the sub-list for method output_type
-	62, // [62:70] is the sub-list for method input_type
-	62, // [62:62] is the sub-list for extension type_name
-	62, // [62:62] is the sub-list for extension extendee
-	0,  // [0:62] is the sub-list for field type_name
+	18, // 35: kiln.v1.Build.attempts:type_name -> kiln.v1.BuildAttempt
+	17, // 36: kiln.v1.Build.child_results:type_name -> kiln.v1.ChildResult
+	12, // 37: kiln.v1.ChildResult.result:type_name -> kiln.v1.BuildResult
+	50, // 38: kiln.v1.BuildAttempt.assigned_at:type_name -> google.protobuf.Timestamp
+	50, // 39: kiln.v1.BuildAttempt.started_at:type_name -> google.protobuf.Timestamp
+	50, // 40: kiln.v1.BuildAttempt.ended_at:type_name -> google.protobuf.Timestamp
+	47, // 41: kiln.v1.StepFinished.duration:type_name -> google.protobuf.Duration
+	1,  // 42: kiln.v1.StateChanged.state:type_name -> kiln.v1.BuildState
+	1,  // 43: kiln.v1.BuildFinished.state:type_name -> kiln.v1.BuildState
+	12, // 44: kiln.v1.BuildFinished.result:type_name -> kiln.v1.BuildResult
+	50, // 45: kiln.v1.BuildEvent.time:type_name -> google.protobuf.Timestamp
+	22, // 46: kiln.v1.BuildEvent.state:type_name -> kiln.v1.StateChanged
+	19, // 47: kiln.v1.BuildEvent.log:type_name -> kiln.v1.LogLine
+	20, // 48: kiln.v1.BuildEvent.step_started:type_name -> kiln.v1.StepStarted
+	21, // 49: kiln.v1.BuildEvent.step_finished:type_name -> kiln.v1.StepFinished
+	11, // 50: kiln.v1.BuildEvent.pushed:type_name -> kiln.v1.PushedImage
+	23, // 51: kiln.v1.BuildEvent.finished:type_name -> kiln.v1.BuildFinished
+	15, // 52: kiln.v1.BuildEvent.cache:type_name -> kiln.v1.CacheEvent
+	3,  // 53: kiln.v1.StartBuildRequest.spec:type_name -> kiln.v1.BuildSpec
+	48, // 54: kiln.v1.StartBuildRequest.context:type_name -> kiln.v1.ContextRef
+	16, // 55: kiln.v1.StartBuildResponse.build:type_name -> kiln.v1.Build
+	24, // 56: kiln.v1.WatchBuildResponse.event:type_name -> kiln.v1.BuildEvent
+	16, // 57: kiln.v1.CancelBuildResponse.build:type_name -> kiln.v1.Build
+	16, // 58: kiln.v1.GetBuildResponse.build:type_name -> kiln.v1.Build
+	1,  // 59: kiln.v1.ListBuildsRequest.states:type_name -> kiln.v1.BuildState
+	50, // 60: kiln.v1.ListBuildsRequest.since:type_name -> google.protobuf.Timestamp
+	16, // 61: kiln.v1.ListBuildsResponse.builds:type_name -> kiln.v1.Build
+	16, // 62: kiln.v1.RetryBuildResponse.build:type_name -> kiln.v1.Build
+	49, // 63: kiln.v1.ReadOutputRequest.digest:type_name -> kiln.v1.Digest
+	25, // 64: kiln.v1.BuildService.StartBuild:input_type -> kiln.v1.StartBuildRequest
+	27, // 65: kiln.v1.BuildService.WatchBuild:input_type -> kiln.v1.WatchBuildRequest
+	29, // 66: kiln.v1.BuildService.CancelBuild:input_type -> kiln.v1.CancelBuildRequest
+	31, // 67: kiln.v1.BuildService.GetBuild:input_type -> kiln.v1.GetBuildRequest
+	33, // 68: kiln.v1.BuildService.ListBuilds:input_type -> kiln.v1.ListBuildsRequest
+	35, // 69: kiln.v1.BuildService.RetryBuild:input_type -> kiln.v1.RetryBuildRequest
+	37, // 70: kiln.v1.BuildService.GetSecretsKey:input_type -> kiln.v1.GetSecretsKeyRequest
+	39, // 71: kiln.v1.BuildService.ReadOutput:input_type -> kiln.v1.ReadOutputRequest
+	26, // 72: kiln.v1.BuildService.StartBuild:output_type -> kiln.v1.StartBuildResponse
+	28, // 73: kiln.v1.BuildService.WatchBuild:output_type -> kiln.v1.WatchBuildResponse
+	30, // 74: kiln.v1.BuildService.CancelBuild:output_type -> kiln.v1.CancelBuildResponse
+	32, // 75: kiln.v1.BuildService.GetBuild:output_type -> kiln.v1.GetBuildResponse
+	34, // 76: kiln.v1.BuildService.ListBuilds:output_type -> kiln.v1.ListBuildsResponse
+	36, // 77: kiln.v1.BuildService.RetryBuild:output_type -> kiln.v1.RetryBuildResponse
+	38, // 78: kiln.v1.BuildService.GetSecretsKey:output_type -> kiln.v1.GetSecretsKeyResponse
+	40, // 79: kiln.v1.BuildService.ReadOutput:output_type -> kiln.v1.ReadOutputResponse
+	72, // [72:80] is the sub-list for method output_type
+	64, // [64:72] is the sub-list for method input_type
+	64, // [64:64] is the sub-list for extension type_name
+	64, // [64:64] is the sub-list for extension extendee
+	0,  // [0:64] is the sub-list for field type_name
 }
 
 func init() { file_kiln_v1_build_proto_init() }
@@ -3707,7 +3789,7 @@ func file_kiln_v1_build_proto_init() {
 		return
 	}
 	file_kiln_v1_context_proto_init()
-	file_kiln_v1_build_proto_msgTypes[20].OneofWrappers = []any{
+	file_kiln_v1_build_proto_msgTypes[21].OneofWrappers = []any{
 		(*BuildEvent_State)(nil),
 		(*BuildEvent_Log)(nil),
 		(*BuildEvent_StepStarted)(nil),
@@ -3722,7 +3804,7 @@ func file_kiln_v1_build_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_kiln_v1_build_proto_rawDesc), len(file_kiln_v1_build_proto_rawDesc)),
 			NumEnums:      3,
-			NumMessages:   43,
+			NumMessages:   44,
 			NumExtensions: 0,
 			NumServices:   1,
 		},
