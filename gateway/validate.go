@@ -103,6 +103,9 @@ func validateSpec(spec *kilnv1.BuildSpec) error {
 		}
 		return invalid("%v", err)
 	}
+	if err := validateOutputs(spec); err != nil {
+		return err
+	}
 	return validateSecrets(spec)
 }
 
