@@ -269,6 +269,7 @@ func TestChaosKillsUnderLoadLoseNoBuild(t *testing.T) {
 	select {
 	case <-workDone:
 	case <-ctx.Done():
+		f.reportCrashes()
 		t.Fatalf("the workload did not end: the test's context ended (%v) with clients still running", ctx.Err())
 	}
 	<-watchdogDone
@@ -281,18 +282,45 @@ func TestChaosKillsUnderLoadLoseNoBuild(t *testing.T) {
 	}
 	<-monkeyDone // every wait in it has a deadline
 
+	// A farm process that crashed (a panic) is the likeliest cause of
+	// whatever else fails below: say so first.
+	f.reportCrashes()
+
 	// Every process is back: check the farm serves before reading from it.
+	var failures []chaosFailure
 	for _, p := range f.Processes() {
 		if p.Role == "engine" || p.HTTP == "" {
 			continue
 		}
 		if _, err := waitUntil(ctx, time.Minute, p.Name+" serving", func() bool { return f.serving(p.Name) }); err != nil {
-			t.Errorf("after the chaos: %v", err)
+			line := fmt.Sprintf("%s does not serve after the chaos: %v", p.Name, err)
+			if q, ok := f.Find(p.Name); ok && q.PID == 0 {
+				line += " (its process has exited: see its log's tail below)"
+			}
+			failures = append(failures, chaosFailure{check: "not serving after the chaos", headline: line})
 		}
 	}
 
 	checker := dialFarm(t, gws)
 	sum := checkChaosBuilds(t, ctx, f, checker, reg, repo, builds)
+	failures = append(failures, sum.failures...)
+	for _, k := range kills {
+		switch {
+		case k.name == "":
+			failures = append(failures, chaosFailure{check: "monkey", headline: fmt.Sprintf("the monkey never killed the %s: %v", k.what, k.err)})
+		case k.err != nil:
+			failures = append(failures, chaosFailure{check: "monkey", headline: fmt.Sprintf("%s %s killed at +%v (%s, %d builds in flight): %v",
+				k.what, k.name, k.at.Round(time.Millisecond), k.when.UTC().Format("15:04:05.000"), k.inFlight, k.err)})
+		}
+	}
+	if sum.accepted < chaosBuilds/2 {
+		failures = append(failures, chaosFailure{check: "accepted", headline: fmt.Sprintf("the farm accepted only %d of %d builds", sum.accepted, chaosBuilds)})
+	}
+	// CI shows the start of a failure's output: one line per failed check
+	// first, the details after the run's numbers.
+	if len(failures) > 0 {
+		t.Errorf("chaos: %s", chaosFailureSummary(failures))
+	}
 
 	t.Logf("chaos: %d builds, %d clients, %d lineages; workload started %s, took %v (the last client that did not hang was done after %v); test took %v",
 		chaosBuilds, chaosClients, chaosLineages, workStart.UTC().Format("15:04:05.000"), workTook.Round(time.Millisecond), lastDone.Sub(workStart).Round(time.Millisecond), time.Since(testStart).Round(time.Millisecond))
@@ -305,12 +333,7 @@ func TestChaosKillsUnderLoadLoseNoBuild(t *testing.T) {
 		t.Logf("chaos: refused: %s", r)
 	}
 	for _, k := range kills {
-		switch {
-		case k.name == "":
-			t.Errorf("chaos: the monkey never killed the %s: %v", k.what, k.err)
-		case k.err != nil:
-			t.Errorf("chaos: %s %s killed at +%v (%s, %d builds in flight): %v", k.what, k.name, k.at.Round(time.Millisecond), k.when.UTC().Format("15:04:05.000"), k.inFlight, k.err)
-		default:
+		if k.name != "" && k.err == nil {
 			t.Logf("chaos: %s %s killed at +%v (%s, %d builds in flight): recovered after %v (restart → serving %v)",
 				k.what, k.name, k.at.Round(time.Millisecond), k.when.UTC().Format("15:04:05.000"), k.inFlight, k.recovered.Round(time.Millisecond), k.restarted.Round(time.Millisecond))
 		}
@@ -320,9 +343,41 @@ func TestChaosKillsUnderLoadLoseNoBuild(t *testing.T) {
 			t.Logf("chaos: note: the %s was killed with no build in flight", k.what)
 		}
 	}
-	if sum.accepted < chaosBuilds/2 {
-		t.Errorf("the farm accepted only %d of %d builds", sum.accepted, chaosBuilds)
+	for _, fl := range failures {
+		if fl.detail != "" && fl.detail != fl.headline {
+			t.Logf("chaos: %s:\n%s", fl.headline, fl.detail)
+		}
 	}
+}
+
+// chaosFailure is one failed check of the chaos test: a headline of one
+// line for the summary the test prints first, and the details (if more
+// than the headline) it prints after the run's numbers.
+type chaosFailure struct {
+	check    string // what failed, e.g. "lost", "duplicated", "client": the summary groups by it
+	headline string
+	detail   string
+}
+
+// chaosFailureSummary is one line per kind of failed check — how many,
+// and the first one's headline — so that CI's cut of the output, which
+// keeps its start, says what failed.
+func chaosFailureSummary(failures []chaosFailure) string {
+	var kinds []string
+	byKind := map[string][]chaosFailure{}
+	for _, fl := range failures {
+		if _, ok := byKind[fl.check]; !ok {
+			kinds = append(kinds, fl.check)
+		}
+		byKind[fl.check] = append(byKind[fl.check], fl)
+	}
+	var b strings.Builder
+	fmt.Fprintf(&b, "%d checks failed (details below the run's numbers):", len(failures))
+	for _, k := range kinds {
+		fs := byKind[k]
+		fmt.Fprintf(&b, "\n  %d× %s; first: %s", len(fs), k, fs[0].headline)
+	}
+	return b.String()
 }
 
 // runChaosBuild uploads b's context, starts it with its idempotency key
@@ -464,11 +519,12 @@ type chaosSummary struct {
 	accepted, completed, duplicated, lost, clientErrors int
 	rejected, hung, resumes                             int
 	rejections                                          []string
+	failures                                            []chaosFailure // each failed check, for the test to report
 }
 
 // checkChaosBuilds checks every build of the workload (see
-// TestChaosKillsUnderLoadLoseNoBuild for what must hold), failing the test
-// for each that does not, and counts them.
+// TestChaosKillsUnderLoadLoseNoBuild for what must hold), counts them and
+// lists, in sum.failures, each that does not hold for the test to report.
 func checkChaosBuilds(t *testing.T, ctx context.Context, f *localFarm, c *kilnsdk.Client, reg, repo string, builds []*chaosBuild) chaosSummary {
 	t.Helper()
 	var sum chaosSummary
@@ -498,7 +554,8 @@ func checkChaosBuilds(t *testing.T, ctx context.Context, f *localFarm, c *kilnsd
 			if b.id == "" {
 				sum.clientErrors++
 				if b.rejected != nil { // stuck in the upload or StartBuild
-					t.Errorf("client %d hung past its deadline of %v before build %s started: %s (%v)", b.client, chaosClientDeadline, b.tag, b.waiting, b.rejected)
+					sum.failures = append(sum.failures, chaosFailure{check: "client hung before its build started",
+						headline: fmt.Sprintf("client %d hung past its deadline of %v before build %s started: %s (%v)", b.client, chaosClientDeadline, b.tag, b.waiting, firstLine(b.rejected.Error()))})
 				} else {
 					neverStarted = append(neverStarted, b.tag)
 				}
@@ -534,25 +591,28 @@ func checkChaosBuilds(t *testing.T, ctx context.Context, f *localFarm, c *kilnsd
 			}
 			mu.Lock()
 			defer mu.Unlock()
+			failed := func(check, what string) {
+				sum.failures = append(sum.failures, chaosFailure{check: check, headline: firstLine(what), detail: what})
+			}
 			switch {
 			case farm == "completed":
 				sum.completed++
 			case strings.HasPrefix(farm, "duplicated"):
 				sum.duplicated++
-				t.Errorf("build %s (%s) %s", b.tag, b.id, farm)
+				failed("duplicated", fmt.Sprintf("build %s (%s) %s", b.tag, b.id, farm))
 			default:
 				sum.lost++
-				t.Errorf("build %s (%s) lost: %s", b.tag, b.id, farm)
+				failed("lost", fmt.Sprintf("build %s (%s) lost: %s", b.tag, b.id, farm))
 			}
 			if client != "" {
 				sum.clientErrors++
-				t.Errorf("build %s (%s), client %d: %s", b.tag, b.id, b.client, client)
+				failed("client did not see its build whole", fmt.Sprintf("build %s (%s), client %d: %s", b.tag, b.id, b.client, client))
 			}
 		}()
 	}
 	wg.Wait()
 	if len(neverStarted) > 0 {
-		t.Errorf("%d builds never started: their clients' deadlines had passed (%s … %s)", len(neverStarted), neverStarted[0], neverStarted[len(neverStarted)-1])
+		sum.failures = append(sum.failures, chaosFailure{check: "never started", headline: fmt.Sprintf("%d builds never started: their clients' deadlines had passed (%s … %s)", len(neverStarted), neverStarted[0], neverStarted[len(neverStarted)-1])})
 	}
 	for msg, n := range refusals {
 		sum.rejections = append(sum.rejections, fmt.Sprintf("%d× %s", n, msg))

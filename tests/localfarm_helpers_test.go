@@ -42,6 +42,8 @@ type localFarm struct {
 	connOnce sync.Once
 	conn     *bus.Conn
 	connErr  error
+
+	crashesReported bool // the test reported crashes itself (reportCrashes)
 }
 
 // startLocalFarm starts a farm with o, using the binaries TestMain built,
@@ -73,6 +75,9 @@ func startLocalFarm(t *testing.T, ctx context.Context, o localfarm.Options) *loc
 		if err := farm.Stop(); err != nil {
 			t.Errorf("stop local farm: %v", err)
 		}
+		if !f.crashesReported {
+			f.reportCrashes()
+		}
 		if t.Failed() {
 			logTails(t, dir, 40)
 			t.Logf("local farm state and logs kept in %s", dir)
@@ -83,6 +88,72 @@ func startLocalFarm(t *testing.T, ctx context.Context, o localfarm.Options) *loc
 		}
 	})
 	return f
+}
+
+// reportCrashes fails the test for each farm process whose log shows it
+// crashed (a Go panic or fatal error), one line each, so that the cause of
+// a process that stopped serving is among the first lines of the failure
+// rather than in the log tails printed last. A test calls it before its
+// own report; otherwise the farm's cleanup does.
+func (f *localFarm) reportCrashes() {
+	f.t.Helper()
+	f.crashesReported = true
+	for _, c := range f.crashes() {
+		f.t.Errorf("local farm: %s", c)
+	}
+}
+
+// crashes lists, one line each, the Go panics and fatal errors in the
+// farm's process logs: the process, the message and the first frame of
+// the goroutine that crashed, e.g. "gateway-2 crashed at 03:46:58: panic:
+// runtime error: … in gateway.(*Gateway).WatchBuild.func2
+// (…/gateway/watch.go:63)".
+func (f *localFarm) crashes() []string {
+	logs, _ := filepath.Glob(filepath.Join(f.dir, "logs", "*.log"))
+	var out []string
+	for _, p := range logs {
+		data, err := os.ReadFile(p)
+		if err != nil {
+			continue
+		}
+		name := strings.TrimSuffix(filepath.Base(p), ".log")
+		lines := strings.Split(string(data), "\n")
+		for i, l := range lines {
+			if !strings.HasPrefix(l, "panic: ") && !strings.HasPrefix(l, "fatal error: ") {
+				continue
+			}
+			crash := fmt.Sprintf("%s crashed%s: %s", name, lastLogTime(lines[:i]), l)
+			// The first frame: the line after "goroutine N [running]:"
+			// names the function, the next its file and line.
+			for j := i + 1; j+2 < len(lines) && j < i+40; j++ {
+				if strings.HasPrefix(lines[j], "goroutine ") && strings.HasSuffix(lines[j], ":") {
+					fn := lines[j+1]
+					if k := strings.LastIndex(fn, "("); k > 0 && strings.HasSuffix(fn, ")") {
+						fn = fn[:k]
+					}
+					file, _, _ := strings.Cut(strings.TrimSpace(lines[j+2]), " +0x")
+					crash += fmt.Sprintf(" in %s (%s)", fn, file)
+					break
+				}
+			}
+			out = append(out, crash)
+		}
+	}
+	return out
+}
+
+// lastLogTime is " after HH:MM:SS.mmm", the time of the last JSON log
+// line among lines (a kiln service's slog output), or "" if none has one.
+func lastLogTime(lines []string) string {
+	for i := len(lines) - 1; i >= 0; i-- {
+		var rec struct {
+			Time time.Time `json:"time"`
+		}
+		if strings.HasPrefix(lines[i], "{") && json.Unmarshal([]byte(lines[i]), &rec) == nil && !rec.Time.IsZero() {
+			return " after " + rec.Time.UTC().Format("15:04:05.000")
+		}
+	}
+	return ""
 }
 
 // processList formats processes as "name(pid)" for a log line.
