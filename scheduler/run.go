@@ -27,6 +27,8 @@ type RunOptions struct {
 	Weights     config.Labels
 	Caps        config.Labels
 	DefaultCap  int
+	// OutputTTL is how long KILN_OUTPUTS keeps a build's --output export.
+	OutputTTL time.Duration
 }
 
 // routingConfig turns the flags into the router's configuration.
@@ -65,6 +67,15 @@ func (o *RunOptions) SchedulingFlags(fs *flag.FlagSet) {
 	fs.Var(o.Weights, "tenant-weights", "tenant=weight,… for weighted round-robin across tenants (default weight 1)")
 	fs.Var(o.Caps, "tenant-caps", "tenant=max,… builds a tenant may run at once")
 	fs.IntVar(&o.DefaultCap, "default-tenant-cap", 0, "builds any other tenant may run at once (0: no cap)")
+	fs.DurationVar(&o.OutputTTL, "output-ttl", bus.DefaultOutputTTL, "how long a build's --output export stays in NATS for its client to fetch")
+}
+
+// Limits are the bus limits of the common flags with --output-ttl: the
+// scheduler is the service that sets KILN_OUTPUTS' TTL.
+func (o *RunOptions) Limits() bus.Limits {
+	l := o.Common.Limits()
+	l.OutputTTL = o.OutputTTL
+	return l
 }
 
 // Config returns the scheduler configuration the flags describe.
@@ -78,11 +89,14 @@ func (o *RunOptions) Config(conn *bus.Conn, log *slog.Logger, lease time.Duratio
 
 // Run connects to NATS and schedules until ctx ends.
 func Run(ctx context.Context, o RunOptions) error {
-	log, conn, err := o.Start(ctx, "scheduler")
+	log, conn, err := o.StartClient(ctx, "scheduler")
 	if err != nil {
 		return err
 	}
 	defer conn.Close()
+	if err := bus.Setup(ctx, conn.JS, o.Limits()); err != nil {
+		return err
+	}
 	cfg, err := o.Config(conn, log, o.Lease)
 	if err != nil {
 		return err

@@ -83,10 +83,18 @@ type Limits struct {
 	AgentTTL time.Duration
 	// Replicas is the stream replication factor (1 for a single server).
 	Replicas int
+	// OutputTTL is how long KILN_OUTPUTS keeps a build's exported output
+	// (--output) for its client to fetch. 0 leaves an existing bucket's TTL
+	// as it is and creates a missing one with DefaultOutputTTL: only the
+	// scheduler is given --output-ttl, and a gateway's Setup must not undo it.
+	OutputTTL time.Duration
 }
 
 // DefaultLimits are used when a service is given none.
 var DefaultLimits = Limits{EventsMaxAge: 7 * 24 * time.Hour, AgentTTL: 15 * time.Second, Replicas: 1}
+
+// DefaultOutputTTL is KILN_OUTPUTS' TTL unless --output-ttl says otherwise.
+const DefaultOutputTTL = 24 * time.Hour
 
 // SealNonceTTL is how long BucketSealNonces remembers a seal nonce: a
 // sealed value copied from a build record older than this could be replayed
@@ -198,7 +206,37 @@ func setup(ctx context.Context, js jetstream.JetStream, l Limits) error {
 			return setupError(js, l, "object store "+BucketCAS, err)
 		}
 	}
+	if err := setupOutputs(ctx, js, l); err != nil {
+		return setupError(js, l, "object store "+BucketOutputs, err)
+	}
 	return nil
+}
+
+// setupOutputs creates or updates KILN_OUTPUTS with l's TTL (see
+// Limits.OutputTTL for 0).
+func setupOutputs(ctx context.Context, js jetstream.JetStream, l Limits) error {
+	ttl := l.OutputTTL
+	if ttl < 0 {
+		return fmt.Errorf("--output-ttl %s: must be positive", ttl)
+	}
+	if ttl == 0 {
+		ttl = DefaultOutputTTL
+		st, err := js.Stream(ctx, "OBJ_"+BucketOutputs)
+		switch {
+		case err == nil && st.CachedInfo().Config.MaxAge > 0:
+			ttl = st.CachedInfo().Config.MaxAge
+		case err != nil && !errors.Is(err, jetstream.ErrStreamNotFound):
+			return err
+		}
+	}
+	_, err := js.CreateOrUpdateObjectStore(ctx, jetstream.ObjectStoreConfig{
+		Bucket:      BucketOutputs,
+		Description: "builds' exported outputs (--output), until their TTL",
+		Storage:     jetstream.FileStorage,
+		Replicas:    l.Replicas,
+		TTL:         ttl,
+	})
+	return err
 }
 
 // setupKeyValue creates or updates one bucket. CreateOrUpdateKeyValue

@@ -24,7 +24,7 @@ const (
 	// RoleAgent runs builds. One credential per agent name: it may pull work,
 	// report on its builds and write its heartbeat under its own name only,
 	// read context blobs, hear cancellations and answer drain requests for
-	// its own name; it cannot read build
+	// its own name, and write the outputs of its builds; it cannot read build
 	// records or event logs, nor write either.
 	RoleAgent Role = "agent"
 )
@@ -58,6 +58,7 @@ func allStreams() []string {
 		StreamRequests, StreamEvents,
 		kvStream(BucketBuilds), kvStream(BucketIdempotency), kvStream(BucketInflight), kvStream(BucketSealNonces),
 		kvStream(BucketLeader), kvStream(BucketAgents), kvStream(BucketCASUsage), "OBJ_" + BucketCAS,
+		"OBJ_" + BucketOutputs,
 	}
 }
 
@@ -82,6 +83,8 @@ func Permissions(role Role, agent string) (*server.Permissions, error) {
 			streamAccess{stream: StreamEvents, subjects: []string{subjectEventsPrefix + ">"}, read: true, write: true},
 			streamAccess{stream: StreamRequests, subjects: []string{SubjectRequests}, write: true},
 			streamAccess{stream: kvStream(BucketAgents), read: true},
+			// Builds' exported outputs, for ReadOutput.
+			streamAccess{stream: "OBJ_" + BucketOutputs, read: true},
 			// The CAS garbage collector's lease, and no other key.
 			streamAccess{stream: kvStream(BucketLeader), subjects: []string{"$KV." + BucketLeader + "." + LeaderKeyCASGC}, read: true, write: true},
 		)
@@ -105,7 +108,12 @@ func Permissions(role Role, agent string) (*server.Permissions, error) {
 		if err := CheckAgentName(agent); err != nil {
 			return nil, err
 		}
-		streams = append(streams, streamAccess{stream: "OBJ_" + BucketCAS, read: true})
+		streams = append(streams,
+			streamAccess{stream: "OBJ_" + BucketCAS, read: true},
+			// The outputs of the builds it runs (--output): written, and
+			// read back to skip the blobs already there.
+			streamAccess{stream: "OBJ_" + BucketOutputs, subjects: []string{"$O." + BucketOutputs + ".>"}, read: true, write: true},
+		)
 		pub = append(pub,
 			"$JS.API.STREAM.INFO."+kvStream(BucketAgents), // open the bucket
 			"$KV."+BucketAgents+"."+agent,                 // its own heartbeat
