@@ -24,8 +24,17 @@ type BuildRequest struct {
 	// Context's.
 	Spec *kilnv1.BuildSpec
 	// Context is the packed build context (PackContext). Build uploads it
-	// unless UploadContext has.
+	// unless UploadContext has. It is nil for a build whose context is a
+	// Git URL (Spec.GitContext), which the farm fetches itself.
 	Context *Context
+	// BuildContexts are named contexts (buildx --build-context NAME=DIR),
+	// each packed with PackNamedContext, by name as the Dockerfile's FROM
+	// or COPY --from uses it. Build uploads each unless UploadContext has
+	// and adds it to the spec's build_contexts; contexts the engine
+	// resolves itself (docker-image://REF, Git URLs) go in
+	// Spec.BuildContexts as sources. Package proto/rules/namedctx holds
+	// the names and values the farm takes.
+	BuildContexts map[string]*Context
 	// IdempotencyKey makes a repeated request return the build the first
 	// one started instead of starting another (Build makes one up when it
 	// is empty, so that its own retries are safe). A retry counts as
@@ -56,6 +65,14 @@ type BuildRequest struct {
 	// secrets key cannot take them: they are not sent, and its agents use
 	// their hosts' credentials.
 	RegistryAuth map[string]RegistryCredential
+	// SSH are ssh private keys by ssh id (buildx --ssh ID=PATH), for
+	// Dockerfile steps like RUN --mount=type=ssh[,id=<id>]: each value one
+	// or more PEM or OpenSSH private keys without passphrase,
+	// concatenated, as ReadSSHKeys reads them from key files. Build seals
+	// each value like a secret; the agent serves the keys as an ssh agent
+	// to this build's steps alone, from memory. They need the BuildKit
+	// builder; see package proto/rules/sshid for the limits.
+	SSH map[string][]byte
 	// Timeout, when positive, makes the farm cancel the build once it has
 	// run that long since the farm accepted it; Wait then returns an error
 	// matching ErrTimedOut. It overrides Spec's own timeout.
@@ -94,10 +111,13 @@ type RegistryCredential struct {
 // events: cancelling it stops following (Wait returns its error) but
 // does not cancel a build that has started; Build.Cancel does that.
 func (c *Client) Build(ctx context.Context, req BuildRequest) (*Build, error) {
-	if req.Context == nil {
+	if req.Context == nil && req.Spec.GetGitContext() == "" {
 		return nil, invalidArgumentf("starting build: no build context")
 	}
 	if err := checkSecrets(req); err != nil {
+		return nil, fmt.Errorf("starting build: %w", err)
+	}
+	if err := checkSSH(req); err != nil {
 		return nil, fmt.Errorf("starting build: %w", err)
 	}
 	if req.Timeout < 0 {
@@ -106,10 +126,13 @@ func (c *Client) Build(ctx context.Context, req BuildRequest) (*Build, error) {
 	if _, _, err := cacheOptions(req); err != nil {
 		return nil, fmt.Errorf("starting build: %w", err)
 	}
-	if req.Context.Ref() == nil {
+	if req.Context != nil && req.Context.Ref() == nil {
 		if _, err := c.UploadContext(ctx, req.Context); err != nil {
 			return nil, err
 		}
+	}
+	if err := c.uploadBuildContexts(ctx, req); err != nil {
+		return nil, err
 	}
 	if req.IdempotencyKey == "" {
 		key, err := NewIdempotencyKey()
@@ -162,15 +185,22 @@ func (c *Client) start(ctx context.Context, req BuildRequest) (*kilnv1.Build, er
 	if req.IdempotencyKey == "" {
 		return nil, invalidArgumentf("starting build: no idempotency key")
 	}
-	ref := req.Context.Ref()
-	if ref == nil {
-		return nil, invalidArgumentf("starting build: the build context was not uploaded")
+	var ref *kilnv1.ContextRef
+	if req.Context != nil {
+		if ref = req.Context.Ref(); ref == nil {
+			return nil, invalidArgumentf("starting build: the build context was not uploaded")
+		}
+	} else if req.Spec.GetGitContext() == "" {
+		return nil, invalidArgumentf("starting build: no build context")
 	}
 	spec := &kilnv1.BuildSpec{}
 	if req.Spec != nil {
 		spec = proto.CloneOf(req.Spec)
 	}
-	if spec.Dockerfile == "" {
+	if err := addBuildContexts(spec, req); err != nil {
+		return nil, fmt.Errorf("starting build: %w", err)
+	}
+	if spec.Dockerfile == "" && req.Context != nil {
 		spec.Dockerfile = req.Context.Dockerfile()
 		if spec.DockerfileInline == nil {
 			spec.DockerfileInline = req.Context.DockerfileInline()
@@ -188,7 +218,7 @@ func (c *Client) start(ctx context.Context, req BuildRequest) (*kilnv1.Build, er
 	if err := buildflags.Validate(spec); err != nil {
 		return nil, fmt.Errorf("starting build: %w", invalidArgumentf("%s", err))
 	}
-	if len(req.Secrets) > 0 || len(req.RegistryAuth) > 0 {
+	if len(req.Secrets) > 0 || len(req.RegistryAuth) > 0 || len(req.SSH) > 0 {
 		if err := c.sealInto(ctx, spec, req); err != nil {
 			return nil, fmt.Errorf("starting build: %w", err)
 		}
@@ -239,7 +269,7 @@ func (c *Client) sealInto(ctx context.Context, spec *kilnv1.BuildSpec, req Build
 	}
 	s, err := c.newSealer(ctx, spec.SealNonce)
 	if err != nil {
-		if len(req.Secrets) == 0 && status.Code(err) == codes.FailedPrecondition {
+		if len(req.Secrets) == 0 && len(req.SSH) == 0 && status.Code(err) == codes.FailedPrecondition {
 			return nil
 		}
 		return err
@@ -250,6 +280,13 @@ func (c *Client) sealInto(ctx context.Context, spec *kilnv1.BuildSpec, req Build
 			return err
 		}
 		spec.Secrets = append(spec.Secrets, sealed...)
+	}
+	if len(req.SSH) > 0 {
+		sealed, err := s.seal(req.SSH)
+		if err != nil {
+			return fmt.Errorf("ssh keys: %w", err)
+		}
+		spec.Ssh = append(spec.Ssh, sealed...)
 	}
 	if len(req.RegistryAuth) > 0 {
 		plain := make(map[string][]byte, len(req.RegistryAuth))

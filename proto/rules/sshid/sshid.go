@@ -182,10 +182,10 @@ func Parse(value []byte) ([]any, error) {
 		rest = next
 	}
 	switch {
-	case len(bytes.TrimSpace(rest)) > 0:
-		return nil, rules.Invalidf("%d bytes after the last key are not a PEM block", len(rest))
 	case len(keys) == 0:
 		return nil, &violation{ErrNoKey}
+	case len(bytes.TrimSpace(rest)) > 0:
+		return nil, rules.Invalidf("%d bytes after the last key are not a PEM block", len(rest))
 	}
 	return keys, nil
 }
