@@ -114,6 +114,8 @@ type packOptions struct {
 	// cacheDir holds the stat cache files; "" disables the cache.
 	cacheDir string
 	now      func() time.Time
+	// named packs a named context (PackNamedContext): no Dockerfile.
+	named bool
 }
 
 // WithHashProgress makes PackContext call fn as it hashes files that the
@@ -173,7 +175,9 @@ func PackContext(ctx context.Context, dir, dockerfile string, opts ...PackOption
 		return nil, err
 	}
 	rel, dfData := dockerfile, o.dockerfile
-	if dfData == nil {
+	if o.named {
+		rel, dfData = "", nil // a named context has no Dockerfile
+	} else if dfData == nil {
 		rel, dfData, err = locateDockerfile(root, dockerfile)
 	} else {
 		rel, err = dockerfileName(dockerfile, dfData)

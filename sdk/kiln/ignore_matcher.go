@@ -65,6 +65,9 @@ func loadIgnore(root, dockerfile string) (*ignoreMatcher, error) {
 // TrimBuildFilesFromExcludes does.
 func keepBuildFiles(patterns []string, ignoreFile, dockerfile string) []string {
 	for _, keep := range []string{ignoreFile, dockerfile} {
+		if keep == "" { // a named context has no Dockerfile
+			continue
+		}
 		if ignored, _ := patternmatcher.MatchesOrParentMatches(keep, patterns); ignored {
 			patterns = append(patterns, "!"+keep)
 		}
