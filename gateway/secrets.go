@@ -135,15 +135,16 @@ func (g *Gateway) checkSealedTo(spec *kilnv1.BuildSpec) error {
 	return nil
 }
 
-// sealedValues lists spec's secrets and registry credentials together.
+// sealedValues lists spec's secrets, registry credentials and ssh keys
+// together.
 func sealedValues(spec *kilnv1.BuildSpec) []*kilnv1.SealedSecret {
-	return append(slices.Clip(spec.GetSecrets()), spec.GetRegistryAuth()...)
+	return slices.Concat(spec.GetSecrets(), spec.GetRegistryAuth(), spec.GetSsh())
 }
 
-// hasSealed reports whether spec carries sealed values: secrets or registry
-// credentials.
+// hasSealed reports whether spec carries sealed values: secrets, registry
+// credentials or ssh keys.
 func hasSealed(spec *kilnv1.BuildSpec) bool {
-	return len(spec.GetSecrets()) > 0 || len(spec.GetRegistryAuth()) > 0
+	return len(spec.GetSecrets()) > 0 || len(spec.GetRegistryAuth()) > 0 || len(spec.GetSsh()) > 0
 }
 
 // sealedIDs lists the ids of sealed values (secret ids, registry hosts),

@@ -106,6 +106,9 @@ func validateSpec(spec *kilnv1.BuildSpec) error {
 	if err := validateOutputs(spec); err != nil {
 		return err
 	}
+	if err := validateSSH(spec); err != nil {
+		return err
+	}
 	return validateSecrets(spec)
 }
 
