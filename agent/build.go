@@ -130,6 +130,9 @@ func (a *Agent) execute(ctx context.Context, b *kilnv1.Build, ev *events) (_ *ki
 		return result, nil, &engine.BuildError{Message: err.Error()}
 	}
 	result.Builder = builder
+	if err := a.checkAttest(spec); err != nil {
+		return result, nil, &engine.BuildError{Message: err.Error()}
+	}
 	creds, err := a.openRegistryAuth(b)
 	if err != nil {
 		return result, nil, &engine.BuildError{Message: err.Error()}
@@ -185,6 +188,7 @@ func (a *Agent) execute(ctx context.Context, b *kilnv1.Build, ev *events) (_ *ki
 		result.Pushed = append(result.Pushed, p)
 		ev.publish(&kilnv1.BuildEvent{Event: &kilnv1.BuildEvent_Pushed{Pushed: p}})
 	}
+	a.describePushed(ctx, result, creds, ev)
 	return result, warm, nil
 }
 

@@ -100,6 +100,9 @@ func (a *Agent) buildKit(ctx context.Context, b *kilnv1.Build, creds engine.Cred
 		CacheTo:        plan.to,
 		Push:           push,
 	}
+	if err := a.attestOptions(&o, spec); err != nil {
+		return engine.BuildKitResult{}, nil, err
+	}
 	if push {
 		// Fence the push as execute fences Push: an attempt that lost its
 		// build must not overwrite the tags of the one that replaced it.
@@ -108,10 +111,11 @@ func (a *Agent) buildKit(ctx context.Context, b *kilnv1.Build, creds engine.Cred
 		}
 	}
 	res, err := a.cfg.Engine.BuildKit(ctx, o, rep)
+	attestResult(result, res)
 	if err == nil {
 		plan.announceExports(ev)
 	}
-	if err != nil || plan.warm.Type == "" {
+	if err != nil || plan.warm.Type == "" || o.Call != "" {
 		return res, nil, err // execute masks err
 	}
 	return res, &warmExport{to: plan.warm, o: o, res: res.Result, mask: rep.mask, release: dir.Release}, nil

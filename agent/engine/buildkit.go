@@ -28,6 +28,7 @@ import (
 	"github.com/moby/buildkit/session/secrets/secretsprovider"
 	"github.com/tonistiigi/fsutil"
 	fstypes "github.com/tonistiigi/fsutil/types"
+	sshagent "golang.org/x/crypto/ssh/agent"
 	"google.golang.org/protobuf/proto"
 )
 
@@ -46,6 +47,12 @@ type BuildKitOptions struct {
 	// Secrets are served to RUN --mount=type=secret steps by the session,
 	// by id. They are never written anywhere.
 	Secrets map[string][]byte
+	// SSH are served to RUN --mount=type=ssh[,id=ID] steps by the
+	// session's ssh forwarding, by ssh id ("default" without id=), each
+	// read-only: a step can list the keys and sign with them, never read
+	// them. None: the session offers no ssh forwarding, and such a step
+	// fails as under docker build without --ssh.
+	SSH map[string]sshagent.Agent
 	// DockerfileData, when not nil, is the Dockerfile the engine gets in
 	// place of the context's (the agent's policy rewrites cache mount ids
 	// in it, or the build sent it apart from the context), served from a
@@ -61,6 +68,21 @@ type BuildKitOptions struct {
 	// part of the build (BuildKitResult.Pushed); other engines ignore it
 	// and the agent pushes with Push.
 	Push bool
+	// Output, when set, is what ExportOutput exports the build's result
+	// as, into OutputDir (an empty directory of the agent's): the
+	// session serves it to the engine's exporter (outputTarget). BuildKit
+	// ignores both.
+	Output    *Output
+	OutputDir string
+	// Annotations are image exporter attributes ("annotation-manifest.KEY",
+	// from proto/rules/annotations.ExporterAttrs), Attests frontend
+	// attributes ("attest:provenance" → "mode=max", from
+	// proto/rules/attest.Attr), and Call a frontend request id
+	// ("frontend.lint", from proto/rules/attest.RequestID) asked instead of
+	// a build. Engines without FeatureAnnotations, FeatureAttestations or
+	// FeatureCall refuse them with a *BuildError.
+	Annotations, Attests map[string]string
+	Call                 string
 }
 
 // BuildKitResult adds what only a BuildKit build measures.
@@ -72,6 +94,13 @@ type BuildKitResult struct {
 	// Pushed are the tags the engine pushed as part of the build
 	// (FeaturePushInBuild with BuildKitOptions.Push), in Tags' order.
 	Pushed []Pushed
+	// Descriptor is what the engine pushed (FeaturePushInBuild): the
+	// manifest, or the index of the image and its attestations. CallOutput
+	// is what a BuildKitOptions.Call answered, as buildx prints it, and
+	// CheckWarnings the lint warnings a check found.
+	Descriptor    Descriptor
+	CallOutput    string
+	CheckWarnings int
 }
 
 // Builders reports the builders the engine offers, preferred first:
@@ -116,6 +145,9 @@ func versionAtLeast(v, min string) bool {
 func (d *Docker) BuildKit(ctx context.Context, o BuildKitOptions, r Reporter) (BuildKitResult, error) {
 	if r == nil {
 		r = nopReporter{}
+	}
+	if err := refuseOnDocker(o); err != nil {
+		return BuildKitResult{}, err
 	}
 	cacheFrom, inlineCache, err := dockerCache(o)
 	if err != nil {
@@ -344,6 +376,12 @@ func startSession(ctx context.Context, o BuildKitOptions, dial session.Dialer) (
 	}
 	s.Allow(filesync.NewFSSyncProvider(filesync.StaticDirSource{"context": ctxFS, "dockerfile": dfFS}))
 	s.Allow(secretsprovider.FromMap(o.Secrets))
+	if len(o.SSH) > 0 {
+		s.Allow(&sshForwarder{agents: o.SSH})
+	}
+	if t := outputTarget(o); t != nil {
+		s.Allow(t)
+	}
 	s.Allow(authprovider.NewDockerAuthProvider(authprovider.DockerAuthProviderConfig{
 		AuthConfigProvider: o.Auth.authProvider(),
 	}))

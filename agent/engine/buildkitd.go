@@ -123,7 +123,7 @@ func (b *BuildKitd) Info(ctx context.Context) (Info, error) {
 	info := Info{
 		Kind:          KindBuildKit,
 		Builders:      []string{"buildkit"},
-		Features:      []string{FeatureCacheImport, FeatureCacheExportInline, FeatureCacheExportRegistry, FeaturePushInBuild},
+		Features:      []string{FeatureCacheImport, FeatureCacheExportInline, FeatureCacheExportRegistry, FeaturePushInBuild, FeatureAnnotations, FeatureAttestations, FeatureCall},
 		ServerVersion: bi.BuildkitVersion.Version,
 		StorageDriver: w.Labels[snapshotterLabel],
 	}
@@ -207,6 +207,9 @@ func (b *BuildKitd) BuildKit(ctx context.Context, o BuildKitOptions, r Reporter)
 	if r == nil {
 		r = nopReporter{}
 	}
+	if o.Call != "" {
+		return b.call(ctx, o, r)
+	}
 	// The image exporter makes the image (and reports its config digest)
 	// even without a name.
 	attrs := map[string]string{}
@@ -215,6 +218,10 @@ func (b *BuildKitd) BuildKit(ctx context.Context, o BuildKitOptions, r Reporter)
 		if o.Push {
 			attrs["push"] = "true"
 		}
+	}
+	if len(o.Annotations) > 0 {
+		maps.Copy(attrs, o.Annotations)
+		attrs["oci-mediatypes"] = "true" // Docker's media types carry no annotations
 	}
 	exports := []client.ExportEntry{{Type: client.ExporterImage, Attrs: attrs}}
 	res, p, contextBytes, err := b.solve(ctx, o, exports, o.CacheFrom, o.CacheTo, reportTo(r))
@@ -234,6 +241,9 @@ func (b *BuildKitd) BuildKit(ctx context.Context, o BuildKitOptions, r Reporter)
 			return BuildKitResult{}, fmt.Errorf("build on %s: %w", b.addr, err)
 		}
 		out.Pushed = pushed
+		if out.Descriptor, err = imageDescriptor(res.ExporterResponse); err != nil {
+			return BuildKitResult{}, fmt.Errorf("build on %s: %w", b.addr, err)
+		}
 	}
 	return out, nil
 }
@@ -409,6 +419,7 @@ func frontendAttrs(o BuildKitOptions, dockerfile string) map[string]string {
 	if o.Platform != "" {
 		attrs["platform"] = o.Platform
 	}
+	maps.Copy(attrs, o.Attests)
 	if o.ShmSize > 0 {
 		attrs["shm-size"] = strconv.FormatInt(o.ShmSize, 10)
 	}

@@ -36,6 +36,11 @@ const (
 	// attestations to the image it pushes (--provenance, --sbom).
 	// Standalone BuildKit only.
 	FeatureAttestations = "attestations"
+	// FeatureAnnotations: the engine's image exporter writes OCI
+	// annotations (--annotation); FeatureCall: its Dockerfile frontend
+	// answers --call check, outline and targets. Standalone BuildKit only
+	// (proto/rules/annotations.Feature, proto/rules/attest.FeatureCall).
+	FeatureAnnotations, FeatureCall = "annotations", "frontend-requests"
 )
 
 // CacheOption is one cache import or export for the engine, parsed and
