@@ -120,6 +120,10 @@ func (a *Agent) renewLease(ctx context.Context, at *agentproto.Attempt, cancel c
 // the build failed part-way. A succeeded BuildKit build with an automatic
 // warm start returns its cache export, to run after the result.
 func (a *Agent) execute(ctx context.Context, b *kilnv1.Build, ev *events) (_ *kilnv1.BuildResult, warm *warmExport, _ error) {
+	if isIndexBuild(b) { // a multi-platform build's index: no step to run
+		result, err := a.writeIndex(ctx, b, ev)
+		return result, nil, err
+	}
 	result := &kilnv1.BuildResult{}
 	spec := b.Spec
 	if len(a.builders()) == 0 { // the engine has not answered since the agent started

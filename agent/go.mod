@@ -12,6 +12,7 @@ require (
 	github.com/distribution/reference v0.6.0
 	github.com/docker/cli v29.8.2+incompatible
 	github.com/docker/docker v28.5.2+incompatible
+	github.com/google/go-containerregistry v0.22.1
 	github.com/kilnbuild/kiln/proto v0.0.0-00010101000000-000000000000
 	github.com/kilnbuild/kiln/services v0.0.0-00010101000000-000000000000
 	github.com/moby/buildkit v0.34.2
