@@ -444,10 +444,14 @@ func routingBuild(b *kilnv1.Build) routing.Build {
 	if queuedAt == nil {
 		queuedAt = b.GetCreatedAt()
 	}
+	labels, preferred := routingBuildLabels(b.GetSpec()), routingBuildPreferred(b.GetSpec())
+	if indexing(b) { // writing an image index takes no builder and no platform
+		labels, preferred = b.GetSpec().GetAgentLabels(), nil
+	}
 	return routing.Build{
 		ID: b.Id, Tenant: b.Tenant, Priority: b.GetSpec().GetPriority(),
 		Lineage: b.GetAffinity().GetLineage(), BaseImages: b.GetAffinity().GetBaseImages(), Chain: b.GetAffinity().GetChain(),
-		Labels: routingBuildLabels(b.GetSpec()), Preferred: routingBuildPreferred(b.GetSpec()), QueuedAt: queuedAt.AsTime(),
+		Labels: labels, Preferred: preferred, QueuedAt: queuedAt.AsTime(),
 		Weight: int(b.GetPolicy().GetWeight()), MaxConcurrent: int(b.GetPolicy().GetMaxConcurrent()),
 	}
 }

@@ -38,7 +38,7 @@ func (s *Scheduler) consumeIntake(ctx context.Context) error {
 			}
 			return
 		}
-		if b.State == kilnv1.BuildState_BUILD_STATE_QUEUED && isParent(b) {
+		if b.State == kilnv1.BuildState_BUILD_STATE_QUEUED && isParent(b) && !indexing(b) {
 			s.noteDeadline(b)
 			if err := s.split(ctx, b); err != nil {
 				s.log.Error("split a multi-platform build", "build_id", b.Id, "err", err)

@@ -81,7 +81,9 @@ func (s *Scheduler) watchBuilds(ctx context.Context) error {
 			s.childChanged(ctx, b)
 		case isParent(b):
 			s.parentChanged(ctx, b)
-			return
+			if !tracked { // split, its children running; else leased for its index
+				return
+			}
 		}
 		if !tracked {
 			if warm := warmCacheOnly(b); warm != nil {

@@ -20,15 +20,25 @@ import (
 // parent: at intake the scheduler creates one child build per platform
 // (its spec naming that platform only, its own lineage) and queues the
 // children, which are routed, leased and retried as any build; the parent
-// runs no step and holds no lease. It is RUNNING while its children run;
-// when they have all succeeded the scheduler writes an image index
-// referencing the manifests they pushed under each of the parent's tags
-// (imageindex.go) and the parent succeeds with the index's digest; when one
-// fails (or is cancelled) the others are cancelled and the parent fails
-// naming the platform. Cancelling the parent cancels every child.
+// runs no step and holds no lease while they run. It is RUNNING while its
+// children run; when they have all succeeded the scheduler records their
+// results on it (child_results) and queues it, and the agent it is routed
+// to (any agent: it needs no platform) writes the image index referencing
+// the manifests they pushed under each of the parent's tags, with the
+// build's own registry credentials, which the scheduler cannot open
+// (agent/index.go). That assignment is leased, fenced and retried as any
+// build's, and the agent's result is the parent's: the index's digest.
+// When a child fails (or is cancelled) the others are cancelled and the
+// parent fails naming the platform. Cancelling the parent cancels every
+// child.
 
 // isParent reports whether b is a multi-platform build's parent.
 func isParent(b *kilnv1.Build) bool { return len(b.GetSpec().GetPlatforms()) > 1 }
+
+// indexing reports whether b is a multi-platform build's parent whose
+// children have all succeeded: queued for, or leased to, the agent that
+// writes its image index, a build like any other from there on.
+func indexing(b *kilnv1.Build) bool { return isParent(b) && len(b.GetChildResults()) > 0 }
 
 // platformOf is a child's platform.
 func platformOf(b *kilnv1.Build) string {
@@ -141,7 +151,10 @@ func (s *Scheduler) createChildren(ctx context.Context, p *kilnv1.Build) error {
 	return nil
 }
 
-var errUnchangedParent = errors.New("parent unchanged")
+var (
+	errUnchangedParent = errors.New("parent unchanged")
+	errCancelledParent = errors.New("parent's cancel requested")
+)
 
 // childOf is parent's child for platform: the parent's spec naming
 // platform only, its own lineage (the platform is part of it).
@@ -185,7 +198,7 @@ func (s *Scheduler) childChanged(ctx context.Context, kid *kilnv1.Build) {
 // parentChanged follows a parent's record: a cancel request goes to every
 // unfinished child.
 func (s *Scheduler) parentChanged(ctx context.Context, p *kilnv1.Build) {
-	if !p.CancelRequested || buildstore.Terminal(p.State) {
+	if !p.CancelRequested || buildstore.Terminal(p.State) || indexing(p) {
 		return
 	}
 	s.cancelChildren(ctx, p, "", "its multi-platform build was cancelled")
@@ -214,14 +227,14 @@ func (s *Scheduler) cancelChildren(ctx context.Context, p *kilnv1.Build, except,
 }
 
 // settleParent ends parent when its children say how: failed (naming the
-// platform) or cancelled as soon as one child did not succeed, succeeded
-// once every child has and the index is written.
+// platform) or cancelled as soon as one child did not succeed, queued for
+// its image index once every child has.
 func (s *Scheduler) settleParent(ctx context.Context, parentID string) error {
 	p, _, err := s.builds.Get(ctx, parentID)
 	if err != nil {
 		return err
 	}
-	if buildstore.Terminal(p.State) || p.State != kilnv1.BuildState_BUILD_STATE_RUNNING {
+	if p.State != kilnv1.BuildState_BUILD_STATE_RUNNING || indexing(p) {
 		return nil
 	}
 	kids := make([]*kilnv1.Build, 0, len(p.Children))
@@ -257,11 +270,44 @@ func (s *Scheduler) settleParent(ctx context.Context, parentID string) error {
 	if !done {
 		return nil
 	}
-	res, err := s.writeIndex(ctx, p, kids)
-	if err != nil {
-		return s.endParent(ctx, p.Id, kilnv1.BuildState_BUILD_STATE_FAILED, nil, "every platform built, but the image index could not be written: "+err.Error(), false)
+	return s.queueIndex(ctx, p.Id, kids)
+}
+
+// queueIndex records every child's result on the parent and queues it for
+// an agent to write its image index (once: a parent already queued is
+// left as it is); a parent whose cancel was requested meanwhile is
+// cancelled instead.
+func (s *Scheduler) queueIndex(ctx context.Context, id string, kids []*kilnv1.Build) error {
+	results := make([]*kilnv1.ChildResult, len(kids))
+	for i, k := range kids {
+		results[i] = &kilnv1.ChildResult{BuildId: k.Id, Platform: platformOf(k), Result: k.Result}
 	}
-	return s.endParent(ctx, p.Id, kilnv1.BuildState_BUILD_STATE_SUCCEEDED, res, "", false)
+	var timedOut bool
+	p, err := s.builds.Update(ctx, id, func(b *kilnv1.Build) error {
+		timedOut = b.TimedOut
+		if b.State != kilnv1.BuildState_BUILD_STATE_RUNNING || indexing(b) {
+			return errUnchangedParent
+		}
+		if b.CancelRequested {
+			return errCancelledParent
+		}
+		b.ChildResults = results
+		b.State = kilnv1.BuildState_BUILD_STATE_QUEUED
+		b.QueuedAt = timestamppb.New(s.cfg.Now())
+		return nil
+	})
+	switch {
+	case errors.Is(err, errUnchangedParent):
+		return nil
+	case errors.Is(err, errCancelledParent):
+		return s.endParent(ctx, id, kilnv1.BuildState_BUILD_STATE_CANCELLED, nil, "cancelled", timedOut)
+	case err != nil:
+		return err
+	}
+	s.event(ctx, p, &kilnv1.StateChanged{State: p.State, Message: "every platform built; queued for an agent to write the image index"})
+	s.d.send(ctx, event{enqueue: p})
+	s.log.Info("multi-platform build queued for its image index", "build_id", p.Id)
+	return nil
 }
 
 // failParent fails a parent that cannot be split.
@@ -299,15 +345,6 @@ func (s *Scheduler) finished(ctx context.Context, b *kilnv1.Build) {
 	}); err != nil {
 		s.log.Error("publish build event", "build_id", b.Id, "err", err)
 	}
-}
-
-// platformsOf lists kids' platforms, for the index.
-func platformsOf(kids []*kilnv1.Build) []string {
-	out := make([]string, len(kids))
-	for i, k := range kids {
-		out[i] = platformOf(k)
-	}
-	return out
 }
 
 // recoverParent picks up a parent a former leader left: one still queued

@@ -305,14 +305,14 @@ func (s *Scheduler) recoverState(ctx context.Context) error {
 		s.noteDeadline(b)
 		switch b.State {
 		case kilnv1.BuildState_BUILD_STATE_QUEUED:
-			if isParent(b) {
+			if isParent(b) && !indexing(b) {
 				parents = append(parents, b) // split below, once the queue is rebuilt
 				continue
 			}
 			s.d.send(ctx, event{enqueue: b})
 			queued++
 		case kilnv1.BuildState_BUILD_STATE_ASSIGNED, kilnv1.BuildState_BUILD_STATE_RUNNING:
-			if isParent(b) {
+			if isParent(b) && !indexing(b) {
 				parents = append(parents, b) // holds no lease: its children say how it is
 				continue
 			}
