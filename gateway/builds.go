@@ -84,6 +84,9 @@ func (g *Gateway) start(ctx context.Context, st buildStart) (*kilnv1.Build, erro
 	if err := g.checkAttest(ctx, spec); err != nil {
 		return nil, err
 	}
+	if err := g.checkAttest(ctx, spec); err != nil {
+		return nil, err
+	}
 	limits := g.limitsFor(ctx)
 	if err := validateMainContext(spec, st.context, limits); err != nil {
 		return nil, err
