@@ -85,14 +85,17 @@ func (g *Gateway) start(ctx context.Context, st buildStart) (*kilnv1.Build, erro
 		return nil, err
 	}
 	limits := g.limitsFor(ctx)
-	if err := validateContextRef(st.context, limits); err != nil {
+	if err := validateMainContext(spec, st.context, limits); err != nil {
+		return nil, err
+	}
+	if err := g.checkBuildContexts(ctx, spec, limits); err != nil {
 		return nil, err
 	}
 	dfPath := spec.Dockerfile
 	if len(spec.DockerfileInline) > 0 {
 		dfPath = "" // sent apart from the context: the context need not hold it
 	}
-	dockerfile, err := g.checkContext(ctx, st.context, dfPath, limits.Context)
+	dockerfile, err := g.checkMainContext(ctx, spec, st.context, dfPath, limits)
 	if err != nil {
 		if st.retryOf != "" && status.Code(err) == codes.FailedPrecondition {
 			return nil, status.Errorf(codes.FailedPrecondition, "build %s cannot be retried: its context is no longer stored on the farm (%s); start it again from its source", st.retryOf, status.Convert(err).Message())
