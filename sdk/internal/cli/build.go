@@ -5,8 +5,10 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"maps"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"time"
 
@@ -48,8 +50,11 @@ func (a *App) runBuild(ctx context.Context, o *buildOptions) int {
 			return ExitUsage
 		}
 		packOpts = append(packOpts, kiln.WithDockerfile(data))
+		if o.spec.GitContext != "" {
+			o.spec.DockerfileInline = data // no context to send it with
+		}
 	}
-	bc, err := kiln.PackContext(ctx, o.contextDir, o.dockerfile, packOpts...)
+	bc, named, err := o.packContexts(ctx, packOpts)
 	if err != nil {
 		return a.fail(pr, o, watch, err)
 	}
@@ -62,17 +67,25 @@ func (a *App) runBuild(ctx context.Context, o *buildOptions) int {
 	}
 	watch.attach(client)
 
-	uploaded, err := client.UploadContext(ctx, bc, kiln.WithUploadProgress(func(p kiln.ContextProgress) {
-		pr.ContextProgress("Uploading", p.Files, p.TotalFiles, p.Bytes, p.TotalBytes)
-	}))
-	if err != nil {
-		return a.fail(pr, o, watch, err)
+	for _, c := range append([]*kiln.Context{bc}, slices.Collect(maps.Values(named))...) {
+		if c == nil {
+			continue // a Git URL context: the farm fetches it
+		}
+		uploaded, err := client.UploadContext(ctx, c, kiln.WithUploadProgress(func(p kiln.ContextProgress) {
+			pr.ContextProgress("Uploading", p.Files, p.TotalFiles, p.Bytes, p.TotalBytes)
+		}))
+		if err != nil {
+			return a.fail(pr, o, watch, err)
+		}
+		pr.ContextSummary(uploaded.Files, uploaded.Bytes, uploaded.UploadedBytes)
 	}
-	pr.ContextSummary(uploaded.Files, uploaded.Bytes, uploaded.UploadedBytes)
 
 	spec := o.spec
-	dockerfile := bc.DockerfileInline()
-	if dockerfile == nil {
+	dockerfile := spec.DockerfileInline
+	if bc != nil {
+		dockerfile = bc.DockerfileInline()
+	}
+	if dockerfile == nil && bc != nil {
 		dockerfile, _ = os.ReadFile(filepath.Join(bc.Dir(), bc.Dockerfile())) // PackContext has read it
 	}
 	creds, err := lookupRegistryCredentials(ctx, registryHosts(spec, dockerfile), a.lookupEnv(), runCredentialHelper)
@@ -81,7 +94,7 @@ func (a *App) runBuild(ctx context.Context, o *buildOptions) int {
 		return ExitUsage
 	}
 	b, err := client.Build(ctx, kiln.BuildRequest{
-		Spec: spec, Context: bc, IdempotencyKey: o.idempotencyKey, Secrets: o.secrets, RegistryAuth: creds, Timeout: o.timeout,
+		Spec: spec, Context: bc, BuildContexts: named, IdempotencyKey: o.idempotencyKey, Secrets: o.secrets, RegistryAuth: creds, Timeout: o.timeout,
 	})
 	if err != nil {
 		return a.fail(pr, o, watch, err)

@@ -93,8 +93,6 @@ func buildxFlags() []*buildxFlag {
 		{name: "output", short: "o", check: checkOutput},
 		{name: "ssh", check: refuse(
 			"--ssh is not supported yet: pass the key as a build secret instead (--secret id=deploy_key,src=$HOME/.ssh/id_ed25519 and RUN --mount=type=secret,id=deploy_key ...)")},
-		{name: "build-context", check: refuse(
-			"--build-context is not supported yet: copy the extra files into the build context, or name the image in the Dockerfile (FROM image AS name)")},
 		{name: "annotation", check: refuse(
 			"--annotation is not supported yet: use --label for metadata kiln puts on the image's config")},
 		{name: "provenance", check: checkAttestation("--provenance", "provenance attestations")},

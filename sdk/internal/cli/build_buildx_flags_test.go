@@ -61,7 +61,6 @@ func TestBuildxFlags(t *testing.T) {
 		{args: []string{"--platform", "linux/arm64,linux/amd64"}},
 		{args: []string{"--platform", "linux/sparc"}, refused: "--platform: platform \"linux/sparc\": unknown architecture"},
 		{args: []string{"--ssh", "default"}, refused: "--secret id=deploy_key"},
-		{args: []string{"--build-context", "x=../x"}, refused: "--build-context is not supported yet"},
 		{args: []string{"--annotation", "a=b"}, refused: "use --label"},
 		{args: []string{"--provenance=false", "--sbom=false"}},
 		{args: []string{"--provenance", "mode=max"}, refused: "--provenance=mode=max is not supported yet"},

@@ -52,6 +52,9 @@ type buildOptions struct {
 	trace *cliTrace
 	// warnings are for stderr: mistakes the build survives.
 	warnings []string
+	// buildContexts are the local --build-context directories by name
+	// (sources are in spec.build_contexts).
+	buildContexts map[string]string
 }
 
 // buildFlags holds the raw values of `kiln build` flags.
@@ -71,6 +74,7 @@ type buildFlags struct {
 	detach                     bool
 	timeout                    time.Duration
 	cacheFrom, cacheTo         []string
+	buildContexts              []string
 	run                        runFlags
 }
 
@@ -103,6 +107,7 @@ func newBuildFlagSet(f *buildFlags) *pflag.FlagSet {
 	fs.StringArrayVar(&f.cacheFrom, "cache-from", nil, `External cache source (e.g. "type=registry,ref=registry:5000/app:cache", or a bare ref); repeatable`)
 	fs.StringArrayVar(&f.cacheTo, "cache-to", nil, `Cache export destination (e.g. "type=registry,ref=registry:5000/app:cache,mode=max" — needs a BuildKit-engine agent — or "type=inline"); repeatable`)
 	f.run.register(fs)
+	fs.StringArrayVar(&f.buildContexts, "build-context", nil, `Additional build context (NAME=VALUE: a directory, "docker-image://REF" or a Git URL) that FROM NAME and COPY --from=NAME use; repeatable`)
 	fs.DurationVar(&f.timeout, "timeout", 0, "Let the farm cancel the build once it has taken this long since it was queued (e.g. 30m; at most 24h; exit status 124)")
 	f.run.registerBuildx(fs)
 	return fs
@@ -183,19 +188,10 @@ func parseBuildArgs(args []string, lookupEnv func(string) (string, bool)) (*buil
 		return nil, err
 	}
 
-	o.contextDir = fset.Arg(0)
-	if o.contextDir == "-" || strings.Contains(o.contextDir, "://") {
-		return nil, &usageError{msg: fmt.Sprintf("build context %q is not supported: PATH must be a local directory", o.contextDir)}
+	if err := o.setContext(fset.Arg(0), f.file); err != nil {
+		return nil, err
 	}
-	fi, err := os.Stat(o.contextDir)
-	if err != nil {
-		return nil, &usageError{msg: fmt.Sprintf("build context %q: %v", o.contextDir, unwrapPathError(err))}
-	}
-	if !fi.IsDir() {
-		return nil, &usageError{msg: fmt.Sprintf("build context %q is not a directory", o.contextDir)}
-	}
-	o.dockerfileStdin = f.file == "-"
-	if o.dockerfile, err = resolveDockerfile(o.contextDir, f.file); err != nil {
+	if err := o.parseBuildContexts(f.buildContexts); err != nil {
 		return nil, err
 	}
 	o.spec.Priority = f.priority
@@ -204,7 +200,7 @@ func parseBuildArgs(args []string, lookupEnv func(string) (string, bool)) (*buil
 	}
 	o.spec.Repository = f.repository
 	if o.spec.Repository == "" {
-		o.spec.Repository = detectRepository(o.contextDir, lookupEnv)
+		o.spec.Repository = o.defaultRepository(lookupEnv)
 	}
 	if f.detach && (f.metadataFile != "" || f.iidFile != "") {
 		return nil, &usageError{msg: "--metadata-file and --iidfile are written when the build ends, which --detach does not wait for"}

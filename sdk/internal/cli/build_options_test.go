@@ -192,7 +192,7 @@ func TestParseBuildArgs(t *testing.T) {
 		{name: "two PATHs", args: []string{dir, dir}, err: "requires exactly 1 argument"},
 		{name: "PATH missing", args: []string{filepath.Join(dir, "nope")}, err: "no such file or directory"},
 		{name: "PATH is a file", args: []string{file}, err: "is not a directory"},
-		{name: "PATH is a URL", args: []string{"https://github.com/x/y.git"}, err: "must be a local directory"},
+		{name: "PATH is a URL", args: []string{"https://example.com/context.tar.gz"}, err: "must be a local directory or a Git URL"},
 		{name: "stdin Dockerfile", args: []string{"-f", "-", dir}, check: func(t *testing.T, o *buildOptions) {
 			if !o.dockerfileStdin || o.dockerfile != "" {
 				t.Errorf("-f -: stdin %v, dockerfile %q", o.dockerfileStdin, o.dockerfile)
