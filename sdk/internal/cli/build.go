@@ -124,6 +124,10 @@ func (a *App) runBuild(ctx context.Context, o *buildOptions) int {
 			return ExitFailed
 		}
 	}
+	if err := a.downloadOutput(ctx, client, final, o.output, pr); err != nil {
+		pr.Errorf("%v", err)
+		return ExitFailed
+	}
 	return ExitOK
 }
 

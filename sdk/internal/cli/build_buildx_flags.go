@@ -6,6 +6,7 @@ import (
 
 	kilnv1 "github.com/kilnbuild/kiln/proto/gen/go/kiln/v1"
 	"github.com/kilnbuild/kiln/proto/rules/buildflags"
+	"github.com/kilnbuild/kiln/proto/rules/outputs"
 	"github.com/kilnbuild/kiln/proto/rules/platforms"
 	"github.com/spf13/pflag"
 )
@@ -19,6 +20,7 @@ type runFlags struct {
 	platforms []string               // --platform values, each possibly a comma-separated list
 	buildx    map[string]*buildxFlag // the other buildx flags, by name
 	buildxSet []string               // their names in buildxFlags' order
+	output    outputs.Plan           // --output's, set by checkBuildx
 }
 
 // register adds --network, --add-host, --shm-size, --ulimit and --platform.
@@ -88,8 +90,7 @@ func buildxFlags() []*buildxFlag {
 	refuse := func(msg string) func([]string) string { return func([]string) string { return msg } }
 	accept := func([]string) string { return "" }
 	return []*buildxFlag{
-		{name: "load", isBool: true, check: refuse(
-			"--load is not supported: a CI job has no engine to load into, the farm builds elsewhere. Use --push and docker pull, or --output type=docker,dest=- | docker load once kiln supports it")},
+		{name: "load", isBool: true, check: refuse(loadRefusal)},
 		{name: "output", short: "o", check: checkOutput},
 		{name: "ssh", check: refuse(
 			"--ssh is not supported yet: pass the key as a build secret instead (--secret id=deploy_key,src=$HOME/.ssh/id_ed25519 and RUN --mount=type=secret,id=deploy_key ...)")},
@@ -141,8 +142,8 @@ func (f *runFlags) registerBuildx(fs *pflag.FlagSet) {
 }
 
 // checkBuildx refuses a build given a buildx flag kiln does not honour,
-// naming the first, and turns the ones it does into spec (--output
-// type=registry is --push). warn receives the accepted flags' notes.
+// naming the first, and turns the ones it does into spec (--output:
+// applyOutput). warn receives the accepted flags' notes.
 func (f *runFlags) checkBuildx(fs *pflag.FlagSet, spec *kilnv1.BuildSpec, warn func(string)) error {
 	for _, name := range f.buildxSet {
 		fl := fs.Lookup(name)
@@ -162,39 +163,15 @@ func (f *runFlags) checkBuildx(fs *pflag.FlagSet, spec *kilnv1.BuildSpec, warn f
 			return &usageError{msg: msg}
 		}
 		if name == "output" {
-			spec.Push = true
+			if err := f.applyOutput(values, spec); err != nil {
+				return err
+			}
 		}
 		if name == "allow" {
 			warn("--allow is taken as given: the farm grants network.host and security.insecure by the tenant's policy (allow_network_host, allow_insecure), whatever the flag says")
 		}
 	}
 	return nil
-}
-
-// checkOutput accepts the outputs that mean --push and refuses the rest.
-func checkOutput(values []string) string {
-	for _, v := range values {
-		attrs := map[string]string{}
-		for _, kv := range strings.Split(v, ",") {
-			k, val, _ := strings.Cut(strings.TrimSpace(kv), "=")
-			attrs[strings.ToLower(k)] = val
-		}
-		typ := attrs["type"]
-		if _, ok := attrs["type"]; !ok && !strings.Contains(v, "=") {
-			typ = "local" // buildx: a bare path is type=local,dest=PATH
-		}
-		switch {
-		case typ == "registry" || (typ == "image" && (attrs["push"] == "true" || attrs["push"] == "1")):
-			if attrs["name"] != "" {
-				return fmt.Sprintf("--output %s: name= is not supported: name the image with --tag", v)
-			}
-			continue
-		case typ == "docker":
-			return fmt.Sprintf("--output %s is not supported yet: a CI job has no engine to load into; use --push and docker pull", v)
-		}
-		return fmt.Sprintf("--output %s is not supported yet: kiln pushes the image to the registry of each --tag (--push, the same as --output type=registry); local, tar and oci outputs are planned", v)
-	}
-	return ""
 }
 
 // checkAttestation accepts --provenance/--sbom turned off (what kiln

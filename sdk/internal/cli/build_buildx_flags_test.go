@@ -51,9 +51,7 @@ func TestBuildxFlags(t *testing.T) {
 		push    bool
 	}{
 		{args: []string{"--load"}, refused: "a CI job has no engine"},
-		{args: []string{"--output", "type=docker,dest=-"}, refused: "no engine to load into"},
-		{args: []string{"-o", "type=local,dest=out"}, refused: "not supported yet"},
-		{args: []string{"-o", "out"}, refused: "--output out is not supported yet"},
+		{args: []string{"--output", "type=docker"}, refused: "type=docker,dest=- | docker load"},
 		{args: []string{"-t", "r/a:1", "--output", "type=registry"}, push: true},
 		{args: []string{"-t", "r/a:1", "--output", "type=image,push=true"}, push: true},
 		{args: []string{"--output", "type=registry"}, refused: "--push needs at least one --tag"},

@@ -50,6 +50,9 @@ func (a *App) build(ctx context.Context, args []string) int {
 		fmt.Fprintf(a.Stderr, "ERROR: %v\n", err)
 		return ExitCode(err)
 	}
+	if err := checkOutputOptions(o, a.stdoutIsTerminal()); err != nil {
+		return a.usageErrorf("build", "%s", err.msg)
+	}
 	for _, w := range o.warnings {
 		fmt.Fprintf(a.Stderr, "WARNING: %s\n", w)
 	}

@@ -12,6 +12,7 @@ import (
 
 	kilnv1 "github.com/kilnbuild/kiln/proto/gen/go/kiln/v1"
 	"github.com/kilnbuild/kiln/proto/rules/cacheopt"
+	"github.com/kilnbuild/kiln/proto/rules/outputs"
 	"github.com/kilnbuild/kiln/sdk/internal/progress"
 	"github.com/kilnbuild/kiln/sdk/internal/reference"
 	"github.com/kilnbuild/kiln/sdk/kiln"
@@ -52,6 +53,9 @@ type buildOptions struct {
 	trace *cliTrace
 	// warnings are for stderr: mistakes the build survives.
 	warnings []string
+	// output is --output's plan: the output the farm exports and where
+	// it goes once the build succeeded.
+	output outputs.Plan
 	// buildContexts are the local --build-context directories by name
 	// (sources are in spec.build_contexts).
 	buildContexts map[string]string
@@ -169,6 +173,7 @@ func parseBuildArgs(args []string, lookupEnv func(string) (string, bool)) (*buil
 	if err := f.run.checkBuildx(fset, o.spec, func(w string) { o.warnings = append(o.warnings, w) }); err != nil {
 		return nil, err
 	}
+	o.output = f.run.output
 	if err := f.run.apply(o.spec); err != nil {
 		return nil, err
 	}

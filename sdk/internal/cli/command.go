@@ -38,6 +38,8 @@ func commands() []command {
 			flags: func() *pflag.FlagSet { return newCancelFlagSet(&connFlags{}) }, run: (*App).cancel},
 		{name: "retry", summary: "Start a new build of a build's spec and context",
 			flags: func() *pflag.FlagSet { return newRetryFlagSet(&retryFlags{}) }, run: (*App).retry},
+		{name: "output", summary: outputUsage,
+			flags: func() *pflag.FlagSet { return newOutputFlagSet(&outputFlags{}) }, run: (*App).output},
 		{name: "agents", summary: "List the farm's build agents; drain or undrain one", subcommands: []string{"drain", "undrain"},
 			flags: func() *pflag.FlagSet { return newAgentsFlagSet("agents", &connFlags{}, new(string)) }, run: (*App).agents},
 		{name: "version", summary: "Show the kiln version and the farm's",
