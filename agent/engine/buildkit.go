@@ -28,6 +28,7 @@ import (
 	"github.com/moby/buildkit/session/secrets/secretsprovider"
 	"github.com/tonistiigi/fsutil"
 	fstypes "github.com/tonistiigi/fsutil/types"
+	sshagent "golang.org/x/crypto/ssh/agent"
 	"google.golang.org/protobuf/proto"
 )
 
@@ -46,6 +47,12 @@ type BuildKitOptions struct {
 	// Secrets are served to RUN --mount=type=secret steps by the session,
 	// by id. They are never written anywhere.
 	Secrets map[string][]byte
+	// SSH are served to RUN --mount=type=ssh[,id=ID] steps by the
+	// session's ssh forwarding, by ssh id ("default" without id=), each
+	// read-only: a step can list the keys and sign with them, never read
+	// them. None: the session offers no ssh forwarding, and such a step
+	// fails as under docker build without --ssh.
+	SSH map[string]sshagent.Agent
 	// DockerfileData, when not nil, is the Dockerfile the engine gets in
 	// place of the context's (the agent's policy rewrites cache mount ids
 	// in it, or the build sent it apart from the context), served from a
@@ -369,6 +376,9 @@ func startSession(ctx context.Context, o BuildKitOptions, dial session.Dialer) (
 	}
 	s.Allow(filesync.NewFSSyncProvider(filesync.StaticDirSource{"context": ctxFS, "dockerfile": dfFS}))
 	s.Allow(secretsprovider.FromMap(o.Secrets))
+	if len(o.SSH) > 0 {
+		s.Allow(&sshForwarder{agents: o.SSH})
+	}
 	if t := outputTarget(o); t != nil {
 		s.Allow(t)
 	}
