@@ -103,6 +103,9 @@ func (a *Agent) buildKit(ctx context.Context, b *kilnv1.Build, creds engine.Cred
 	if err := a.attestOptions(&o, spec); err != nil {
 		return engine.BuildKitResult{}, nil, err
 	}
+	if err := a.sshOptions(&o, b, creds, rep); err != nil {
+		return engine.BuildKitResult{}, nil, err
+	}
 	if push {
 		// Fence the push as execute fences Push: an attempt that lost its
 		// build must not overwrite the tags of the one that replaced it.
