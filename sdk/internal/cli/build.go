@@ -112,6 +112,10 @@ func (a *App) runBuild(ctx context.Context, o *buildOptions) int {
 	if code != ExitOK {
 		return code
 	}
+	if spec.GetCall() != "" {
+		pr.Close() // the answer follows the progress
+		return a.printCall(final)
+	}
 	if o.metadataFile != "" {
 		if err := writeMetadataFile(o.metadataFile, final, spec.GetTags()); err != nil {
 			pr.Errorf("%v", err)

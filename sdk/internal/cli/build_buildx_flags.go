@@ -94,14 +94,6 @@ func buildxFlags() []*buildxFlag {
 		{name: "output", short: "o", check: checkOutput},
 		{name: "ssh", check: refuse(
 			"--ssh is not supported yet: pass the key as a build secret instead (--secret id=deploy_key,src=$HOME/.ssh/id_ed25519 and RUN --mount=type=secret,id=deploy_key ...)")},
-		{name: "annotation", check: refuse(
-			"--annotation is not supported yet: use --label for metadata kiln puts on the image's config")},
-		{name: "provenance", check: checkAttestation("--provenance", "provenance attestations")},
-		{name: "sbom", check: checkAttestation("--sbom", "SBOM attestations")},
-		{name: "attest", check: checkAttest},
-		{name: "call", check: checkCall},
-		{name: "check", isBool: true, check: refuse(
-			"--check is not supported yet: the farm's engines run the build; lint the Dockerfile with docker buildx build --check locally")},
 		{name: "print", check: refuse("--print is not supported (buildx deprecated it for --call): kiln runs the build only")},
 		{name: "allow", check: checkAllow},
 		{name: "cgroup-parent", check: refuse(
@@ -172,43 +164,6 @@ func (f *runFlags) checkBuildx(fs *pflag.FlagSet, spec *kilnv1.BuildSpec, warn f
 		}
 	}
 	return nil
-}
-
-// checkAttestation accepts --provenance/--sbom turned off (what kiln
-// builds anyway) and refuses asking for them.
-func checkAttestation(flag, what string) func([]string) string {
-	return func(values []string) string {
-		for _, v := range values {
-			switch strings.ToLower(v) {
-			case "false", "0", "disabled=true", "":
-				continue
-			}
-			return fmt.Sprintf("%s=%s is not supported yet: kiln's images carry no %s; drop the flag or pass %s=false", flag, v, what, flag)
-		}
-		return ""
-	}
-}
-
-// checkAttest accepts only disabled attestations.
-func checkAttest(values []string) string {
-	for _, v := range values {
-		if strings.Contains(v, "disabled=true") {
-			continue
-		}
-		return fmt.Sprintf("--attest %s is not supported yet: kiln's images carry no attestations; drop the flag", v)
-	}
-	return ""
-}
-
-// checkCall accepts --call build, what kiln does.
-func checkCall(values []string) string {
-	for _, v := range values {
-		if v == "build" {
-			continue
-		}
-		return fmt.Sprintf("--call %s is not supported yet: kiln runs the build only (--call build); run docker buildx build --call %s locally", v, v)
-	}
-	return ""
 }
 
 // checkAllow accepts the entitlements the tenant's policy decides.

@@ -80,6 +80,7 @@ type buildFlags struct {
 	cacheFrom, cacheTo         []string
 	buildContexts              []string
 	run                        runFlags
+	attest                     attestFlags
 }
 
 // newBuildFlagSet returns the flag set of `kiln build`, docker-buildx
@@ -113,6 +114,7 @@ func newBuildFlagSet(f *buildFlags) *pflag.FlagSet {
 	f.run.register(fs)
 	fs.StringArrayVar(&f.buildContexts, "build-context", nil, `Additional build context (NAME=VALUE: a directory, "docker-image://REF" or a Git URL) that FROM NAME and COPY --from=NAME use; repeatable`)
 	fs.DurationVar(&f.timeout, "timeout", 0, "Let the farm cancel the build once it has taken this long since it was queued (e.g. 30m; at most 24h; exit status 124)")
+	f.attest.register(fs)
 	f.run.registerBuildx(fs)
 	return fs
 }
@@ -175,6 +177,9 @@ func parseBuildArgs(args []string, lookupEnv func(string) (string, bool)) (*buil
 	}
 	o.output = f.run.output
 	if err := f.run.apply(o.spec); err != nil {
+		return nil, err
+	}
+	if err := f.attest.apply(o.spec); err != nil {
 		return nil, err
 	}
 	if o.spec.Push && len(f.tags) == 0 {

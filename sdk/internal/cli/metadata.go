@@ -39,6 +39,17 @@ func metadata(b *kilnv1.Build, tags []string) map[string]any {
 		}
 		md["kiln.pushed"] = list
 	}
+	if d := r.GetDescriptor_(); d.GetDigest() != "" {
+		// What was pushed: the manifest, or the image index of a
+		// multi-platform build or of an image with attestations.
+		md["containerimage.descriptor"] = map[string]any{"mediaType": d.GetMediaType(), "digest": d.GetDigest(), "size": d.GetSize()}
+		md["containerimage.digest"] = d.GetDigest()
+	}
+	if b.GetId() != "" {
+		// buildx names a build builder/node/ref; a farm's build is
+		// kiln/<agent>/<build id> (the agent that ran its last attempt).
+		md["buildx.build.ref"] = "kiln/" + b.GetAgent() + "/" + b.GetId()
+	}
 	if t := b.GetSpec().GetTags(); len(t) > 0 {
 		tags = t
 	}

@@ -15,7 +15,9 @@ func TestMetadataFile(t *testing.T) {
 		Agent: "kilnd",
 		Spec:  &kilnv1.BuildSpec{Tags: []string{"127.0.0.1:5000/x:1", "127.0.0.1:5000/x:latest"}, Push: true},
 		State: kilnv1.BuildState_BUILD_STATE_SUCCEEDED,
-		Result: &kilnv1.BuildResult{ImageId: "sha256:cfg", Steps: 5, CachedSteps: 3, Pushed: []*kilnv1.PushedImage{
+		Result: &kilnv1.BuildResult{ImageId: "sha256:cfg", Steps: 5, CachedSteps: 3, Descriptor_: &kilnv1.ImageDescriptor{
+			MediaType: "application/vnd.oci.image.manifest.v1+json", Digest: "sha256:man", Size: 528,
+		}, Pushed: []*kilnv1.PushedImage{
 			{Tag: "127.0.0.1:5000/x:1", Digest: "sha256:man", Size: 528},
 			{Tag: "127.0.0.1:5000/x:latest", Digest: "sha256:man", Size: 528},
 		}},
@@ -31,10 +33,14 @@ func TestMetadataFile(t *testing.T) {
 			name:  "pushed",
 			build: pushed,
 			want: map[string]any{
-				"kiln.build.id":                "b01",
-				"kiln.agent":                   "kilnd",
-				"image.name":                   "127.0.0.1:5000/x:1,127.0.0.1:5000/x:latest",
-				"containerimage.digest":        "sha256:man",
+				"kiln.build.id":         "b01",
+				"kiln.agent":            "kilnd",
+				"buildx.build.ref":      "kiln/kilnd/b01",
+				"image.name":            "127.0.0.1:5000/x:1,127.0.0.1:5000/x:latest",
+				"containerimage.digest": "sha256:man",
+				"containerimage.descriptor": map[string]any{
+					"mediaType": "application/vnd.oci.image.manifest.v1+json", "digest": "sha256:man", "size": 528.0,
+				},
 				"containerimage.config.digest": "sha256:cfg",
 				"kiln.cache.steps":             5.0,
 				"kiln.cache.cached":            3.0,
@@ -51,6 +57,7 @@ func TestMetadataFile(t *testing.T) {
 			want: map[string]any{
 				"kiln.build.id":                "b02",
 				"kiln.agent":                   "a2",
+				"buildx.build.ref":             "kiln/a2/b02",
 				"image.name":                   "app:dev",
 				"containerimage.digest":        "sha256:cfg2",
 				"containerimage.config.digest": "sha256:cfg2",
@@ -66,6 +73,7 @@ func TestMetadataFile(t *testing.T) {
 			want: map[string]any{
 				"kiln.build.id":                "b03",
 				"kiln.agent":                   "a3",
+				"buildx.build.ref":             "kiln/a3/b03",
 				"kiln.builder":                 "buildkit",
 				"kiln.context.transferBytes":   4096.0,
 				"containerimage.digest":        "sha256:cfg3",
@@ -82,6 +90,7 @@ func TestMetadataFile(t *testing.T) {
 			want: map[string]any{
 				"kiln.build.id":                "b04",
 				"kiln.agent":                   "a4",
+				"buildx.build.ref":             "kiln/a4/b04",
 				"kiln.builder":                 "classic",
 				"kiln.context.transferBytes":   0.0,
 				"containerimage.digest":        "sha256:cfg4",
