@@ -29,10 +29,16 @@ import (
 // vertices ("[internal] load build context", "exporting to image") are
 // logged but are not steps. A vertex may be reported many times as it
 // progresses; each transition is reported once.
+//
+// A vertex's name may be another build's: BuildKit runs a vertex identical
+// in two concurrent solves (same op, same inputs) once and reports it to
+// both under the name the first solve gave it (moby/buildkit#2820). Every
+// build from one base image shares that image's FROM vertex, so a FROM's
+// name is not trusted for the total (see total).
 type traceParser struct {
 	vertices map[string]*vertex // by digest
-	stages   map[string]int     // stage name → its instruction count, for the total
-	total    int                // sum of stages' instruction counts seen so far
+	stages   map[string]int     // stage name → its instruction count, as its other instructions name it
+	froms    []*vertex          // FROM vertices, in the order named
 	next     int                // last step number given out
 
 	steps       int // instruction steps completed, FROM excepted
@@ -48,6 +54,9 @@ type vertex struct {
 	step        int    // kiln step number, 0 if the vertex is not an instruction
 	instruction string // e.g. "RUN echo hi"
 	from        bool
+	stage       string // a FROM's stage and that stage's instruction count, as its name says
+	stageTotal  int
+	base        bool // another instruction takes it as an input: a FROM another stage builds on
 	started     bool
 	completed   bool
 	partial     []byte // log output after the last newline
@@ -135,13 +144,25 @@ func (p *traceParser) vertex(v *controlapi.Vertex) {
 	if vx.name == "" && v.GetName() != "" {
 		vx.name = v.GetName()
 		if stage, n, instruction, ok := parseStepName(vx.name); ok {
-			if _, seen := p.stages[stage]; !seen {
-				p.stages[stage] = n
-				p.total += n
-			}
 			vx.instruction = instruction
 			vx.from = isFrom(vx.instruction)
 			vx.step = -1 // numbered when it starts
+			if vx.from {
+				vx.stage, vx.stageTotal = stage, n
+				p.froms = append(p.froms, vx)
+			} else if _, seen := p.stages[stage]; !seen {
+				p.stages[stage] = n
+			}
+		}
+	}
+	if vx.instruction != "" && !vx.from {
+		for _, in := range v.GetInputs() {
+			base := p.vertices[in]
+			if base == nil {
+				base = &vertex{}
+				p.vertices[in] = base
+			}
+			base.base = true
 		}
 	}
 	if v.GetStarted() != nil && !vx.started {
@@ -149,7 +170,7 @@ func (p *traceParser) vertex(v *controlapi.Vertex) {
 		if vx.step == -1 {
 			p.next++
 			vx.step = p.next
-			p.emit(event{kind: eventStepStarted, step: vx.step, total: max(p.total, p.next), instruction: vx.instruction})
+			p.emit(event{kind: eventStepStarted, step: vx.step, total: max(p.total(), p.next), instruction: vx.instruction})
 		}
 		if vx.step <= 0 && vx.name != "" {
 			p.emit(event{kind: eventLog, line: vx.name})
@@ -177,7 +198,7 @@ func (p *traceParser) vertex(v *controlapi.Vertex) {
 		if vx.step == -1 { // completed without having been started: a cache hit reported at once
 			p.next++
 			vx.step = p.next
-			p.emit(event{kind: eventStepStarted, step: vx.step, total: max(p.total, p.next), instruction: vx.instruction})
+			p.emit(event{kind: eventStepStarted, step: vx.step, total: max(p.total(), p.next), instruction: vx.instruction})
 		}
 		if vx.step > 0 {
 			var took time.Duration
@@ -193,6 +214,31 @@ func (p *traceParser) vertex(v *controlapi.Vertex) {
 			p.emit(event{kind: eventStepFinished, step: vx.step, instruction: vx.instruction, cached: v.GetCached(), took: took})
 		}
 	}
+}
+
+// total is the build's instruction count as far as the vertices named so
+// far tell: each stage's count as its instructions other than FROM name it,
+// plus, for a stage none of those names, the count its FROM's name gives —
+// unless another instruction builds on that FROM (takes it as an input):
+// then the FROM's name may be another solve's (see traceParser) and the
+// stages built on it count themselves. A stage whose FROM only a COPY
+// --from reads is then not counted; the step numbers, which the total
+// never falls below, make up for it.
+func (p *traceParser) total() int {
+	n := 0
+	for _, c := range p.stages {
+		n += c
+	}
+	fromOnly := map[string]int{}
+	for _, vx := range p.froms {
+		if _, named := p.stages[vx.stage]; !named && !vx.base {
+			fromOnly[vx.stage] = max(fromOnly[vx.stage], vx.stageTotal)
+		}
+	}
+	for _, c := range fromOnly {
+		n += c
+	}
+	return n
 }
 
 // BuildKit names the vertex that reads a --cache-from ref's cache

@@ -13,6 +13,12 @@ import (
 // stages of thirteen and ten instructions — where BuildKit pads the step
 // positions ("[ 1/13]", "[stage-1  1/10]") — and checks that every
 // instruction is a numbered, finished, counted step.
+//
+// Other tests build FROM the same image at the same time: BuildKit then
+// shares the FROM vertex and may report it under another build's name
+// ("[1/2] FROM …", moby/buildkit#2820), before it names this build's other
+// instructions. The FROM step's total is then that guess; every later
+// step's is this build's own.
 func TestBuildKitCountsEveryStepOfALongStage(t *testing.T) {
 	t.Parallel()
 	base := enginetest.BusyboxBase(t)
@@ -61,8 +67,12 @@ func TestBuildKitCountsEveryStepOfALongStage(t *testing.T) {
 		}
 	}
 	for i, s := range r.started {
-		if !strings.HasPrefix(s, fmt.Sprintf("%d/23 ", i+1)) {
-			t.Fatalf("step %d started as %q; started:\n%s", i+1, s, started)
+		want := fmt.Sprintf("%d/23 ", i+1)
+		if i == 0 && strings.HasPrefix(s, "1/") && strings.Contains(s, " FROM "+base) {
+			continue // the shared FROM's total may be from another build's name
+		}
+		if !strings.HasPrefix(s, want) {
+			t.Fatalf("step %d started as %q, want %q…; started:\n%s", i+1, s, want, started)
 		}
 	}
 	for _, l := range r.logs {
