@@ -64,6 +64,10 @@ type Engine interface {
 	// automatic warm start's export, run after the build's result is
 	// recorded. It must not change the pushed image.
 	ExportCache(ctx context.Context, o engine.BuildKitOptions, res engine.Result, to engine.CacheOption, r engine.Reporter) error
+	// ExportOutput exports the result of the BuildKit build o, which has
+	// just succeeded on this engine as res, as o.Output into o.OutputDir
+	// (--output local, tar, oci or docker).
+	ExportOutput(ctx context.Context, o engine.BuildKitOptions, res engine.Result, r engine.Reporter) error
 }
 
 var _ Engine = (*engine.Docker)(nil)

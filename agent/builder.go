@@ -8,6 +8,7 @@ import (
 
 	"github.com/kilnbuild/kiln/agent/engine"
 	kilnv1 "github.com/kilnbuild/kiln/proto/gen/go/kiln/v1"
+	"github.com/kilnbuild/kiln/proto/rules/outputs"
 )
 
 // Builder names as flags and engine.Info spell them.
@@ -58,6 +59,8 @@ func (a *Agent) chooseBuilder(spec *kilnv1.BuildSpec, ref *kilnv1.ContextRef) (k
 		needs = "build secrets"
 	case len(spec.GetCacheFrom()) > 0 || len(spec.GetCacheTo()) > 0:
 		needs = "cache options (--cache-from, --cache-to)"
+	case len(spec.GetOutputs()) > 0 && spec.Outputs[0].GetType() != outputs.TypeCacheOnly:
+		needs = "exported outputs (--output " + spec.Outputs[0].GetType() + ")"
 	}
 	if needs != "" {
 		if want == kilnv1.Builder_BUILDER_CLASSIC {

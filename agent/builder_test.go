@@ -37,6 +37,8 @@ func TestChooseBuilder(t *testing.T) {
 		{[]string{"buildkit", "classic"}, "", &kilnv1.BuildSpec{CacheTo: []*kilnv1.CacheOption{{Type: "inline"}}}, tar, bk, ""},
 		{[]string{"buildkit", "classic"}, "", &kilnv1.BuildSpec{CacheFrom: []*kilnv1.CacheOption{{Type: "registry"}}, Builder: classic}, manifest, none, "cache options"},
 		{[]string{"classic"}, "", &kilnv1.BuildSpec{CacheFrom: []*kilnv1.CacheOption{{Type: "registry"}}}, manifest, none, "cache options (--cache-from, --cache-to) need BuildKit"},
+		{[]string{"buildkit", "classic"}, "", &kilnv1.BuildSpec{Outputs: []*kilnv1.Output{{Type: "local"}}, Builder: classic}, manifest, none, "exported outputs (--output local) need the BuildKit builder"},
+		{[]string{"buildkit", "classic"}, "", &kilnv1.BuildSpec{Outputs: []*kilnv1.Output{{Type: "oci"}}}, tar, bk, ""},
 	} {
 		a := &Agent{cfg: Config{Name: "a1", Builder: tt.flag}, info: engine.Info{Builders: tt.engine, Kind: engine.KindDocker}}
 		got, err := a.chooseBuilder(tt.spec, tt.ref)

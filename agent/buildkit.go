@@ -115,6 +115,9 @@ func (a *Agent) buildKit(ctx context.Context, b *kilnv1.Build, creds engine.Cred
 	}
 	res, err := a.cfg.Engine.BuildKit(ctx, o, rep)
 	attestResult(result, res)
+	if err == nil && o.Call == "" {
+		result.Output, err = a.exportOutput(ctx, spec, o, res.Result, ev, rep)
+	}
 	if err == nil {
 		plan.announceExports(ev)
 	}
