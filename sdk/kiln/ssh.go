@@ -70,7 +70,7 @@ func readSSHKeyFile(path string) ([]byte, error) {
 	}
 	switch {
 	case fi.Mode()&os.ModeSocket != 0:
-		return nil, &sshKeyError{path: path, err: ErrSSHAgentSocket, hint: "it is a socket (an ssh-agent's?), and an ssh-agent never gives out its private keys, so kiln cannot send them to the farm: name the key file instead, e.g. --ssh default=$HOME/.ssh/id_ed25519"}
+		return nil, &sshKeyError{path: path, err: ErrSSHAgentSocket, hint: "is a socket (an ssh-agent's?), and an ssh-agent never gives out its private keys, so kiln cannot send them to the farm: name the key file instead, e.g. --ssh default=$HOME/.ssh/id_ed25519"}
 	case fi.IsDir():
 		return nil, &sshKeyError{path: path, err: rules.Invalidf("is a directory"), hint: "is a directory: name the private key file in it, e.g. " + path + "/id_ed25519"}
 	case !fi.Mode().IsRegular():

@@ -77,7 +77,7 @@ func TestReadSSHKeys(t *testing.T) {
 		is    error
 		want  string
 	}{
-		"agent socket": {[]string{sock}, ErrSSHAgentSocket, "ssh key " + sock + " it is a socket (an ssh-agent's?), and an ssh-agent never gives out its private keys, so kiln cannot send them to the farm: name the key file instead, e.g. --ssh default=$HOME/.ssh/id_ed25519"},
+		"agent socket": {[]string{sock}, ErrSSHAgentSocket, "ssh key " + sock + " is a socket (an ssh-agent's?), and an ssh-agent never gives out its private keys, so kiln cannot send them to the farm: name the key file instead, e.g. --ssh default=$HOME/.ssh/id_ed25519"},
 		"encrypted":    {[]string{a, encrypted}, ErrSSHKeyEncrypted, "ssh key " + encrypted + " is encrypted with a passphrase, which nobody can type on the farm: use a key without one (a deploy key), or a decrypted copy (cp KEY COPY && ssh-keygen -p -N '' -f COPY)"},
 		"public key":   {[]string{pub}, sshid.ErrNoKey, "ssh key " + pub + " holds no private key in PEM or OpenSSH format (name the private key, not the .pub file)"},
 		"directory":    {[]string{dir}, nil, "ssh key " + dir + " is a directory: name the private key file in it, e.g. " + dir + "/id_ed25519"},

@@ -94,7 +94,7 @@ func (a *App) runBuild(ctx context.Context, o *buildOptions) int {
 		return ExitUsage
 	}
 	b, err := client.Build(ctx, kiln.BuildRequest{
-		Spec: spec, Context: bc, BuildContexts: named, IdempotencyKey: o.idempotencyKey, Secrets: o.secrets, RegistryAuth: creds, Timeout: o.timeout,
+		Spec: spec, Context: bc, BuildContexts: named, IdempotencyKey: o.idempotencyKey, Secrets: o.secrets, SSH: o.ssh, RegistryAuth: creds, Timeout: o.timeout,
 	})
 	if err != nil {
 		return a.fail(pr, o, watch, err)

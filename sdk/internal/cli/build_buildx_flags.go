@@ -92,8 +92,6 @@ func buildxFlags() []*buildxFlag {
 	return []*buildxFlag{
 		{name: "load", isBool: true, check: refuse(loadRefusal)},
 		{name: "output", short: "o", check: checkOutput},
-		{name: "ssh", check: refuse(
-			"--ssh is not supported yet: pass the key as a build secret instead (--secret id=deploy_key,src=$HOME/.ssh/id_ed25519 and RUN --mount=type=secret,id=deploy_key ...)")},
 		{name: "print", check: refuse("--print is not supported (buildx deprecated it for --call): kiln runs the build only")},
 		{name: "allow", check: checkAllow},
 		{name: "cgroup-parent", check: refuse(

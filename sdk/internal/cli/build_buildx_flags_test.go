@@ -58,7 +58,7 @@ func TestBuildxFlags(t *testing.T) {
 		{args: []string{"-t", "r/a:1", "--output", "type=registry,name=r/b:2"}, refused: "name the image with --tag"},
 		{args: []string{"--platform", "linux/arm64,linux/amd64"}},
 		{args: []string{"--platform", "linux/sparc"}, refused: "--platform: platform \"linux/sparc\": unknown architecture"},
-		{args: []string{"--ssh", "default"}, refused: "--secret id=deploy_key"},
+		{args: []string{"--ssh", "default"}, refused: "$SSH_AUTH_SOCK is not set"},
 		{args: []string{"--annotation", "a=b"}},
 		{args: []string{"--annotation", "layer:a=b"}, refused: `--annotation: annotation "layer:a=b": unknown type "layer"`},
 		{args: []string{"--provenance=false", "--sbom=false"}},

@@ -49,6 +49,9 @@ type buildOptions struct {
 	// secrets are the --secret values by id, read from their files and
 	// variables; the SDK seals them before they leave the process.
 	secrets map[string][]byte
+	// ssh are the --ssh keys by ssh id, read from their files; the SDK
+	// seals them like the secrets.
+	ssh map[string][]byte
 	// trace is the build's tracing (nil: none), set by tracedBuild.
 	trace *cliTrace
 	// warnings are for stderr: mistakes the build survives.
@@ -74,6 +77,7 @@ type buildFlags struct {
 	priority                   int32
 	agentLabels                []string
 	secrets                    []string
+	ssh                        []string
 	builder                    string
 	detach                     bool
 	timeout                    time.Duration
@@ -106,6 +110,7 @@ func newBuildFlagSet(f *buildFlags) *pflag.FlagSet {
 	fs.StringVar(&f.repository, "repository", "", "Source repository, for cache-affinity routing (default: CI project, git remote origin, else the context path)")
 	fs.Int32Var(&f.priority, "priority", 0, "Priority among your queued builds (higher first)")
 	fs.StringArrayVar(&f.agentLabels, "agent-label", nil, "Run only on agents with this label (KEY=VALUE); repeatable")
+	fs.StringArrayVar(&f.ssh, "ssh", nil, `SSH private key to serve to RUN --mount=type=ssh steps, sealed so only the farm's agents can read it (format: "default=$HOME/.ssh/id_ed25519" or "ID=KEY[,KEY...]"; key files only: an ssh-agent socket cannot be forwarded to the farm); repeatable`)
 	fs.StringArrayVar(&f.secrets, "secret", nil, `Secret to expose to the build, sealed so only the farm's agents can read it (format: "id=mysecret[,src=/local/secret]" or "id=mysecret,env=VAR"); repeatable`)
 	fs.StringVar(&f.builder, "builder", "", `Builder to build with: "classic" or "buildkit" (default: the agent picks, BuildKit where the engine has it)`)
 	fs.BoolVarP(&f.detach, "detach", "d", false, "Print the build's id once it is queued and exit; 'kiln logs -f ID' follows it")
@@ -226,6 +231,12 @@ func parseBuildArgs(args []string, lookupEnv func(string) (string, bool)) (*buil
 	}
 	if len(o.secrets) > 0 && o.spec.Builder == kilnv1.Builder_BUILDER_CLASSIC {
 		return nil, &usageError{msg: "--secret needs the BuildKit builder: drop --builder classic"}
+	}
+	if o.ssh, err = parseSSH(f.ssh, lookupEnv); err != nil {
+		return nil, err
+	}
+	if len(o.ssh) > 0 && o.spec.Builder == kilnv1.Builder_BUILDER_CLASSIC {
+		return nil, &usageError{msg: "--ssh needs the BuildKit builder: drop --builder classic"}
 	}
 	if o.spec.CacheFrom, o.spec.CacheTo, err = cacheopt.ParseAll(f.cacheFrom, f.cacheTo); err != nil {
 		return nil, &usageError{msg: err.Error()}
