@@ -232,6 +232,12 @@ func (b *BuildKitd) BuildKit(ctx context.Context, o BuildKitOptions, r Reporter)
 		Result:       Result{ImageID: res.ExporterResponse[exptypes.ExporterImageConfigDigestKey], Steps: p.steps, CachedSteps: p.cachedSteps},
 		ContextBytes: contextBytes,
 	}
+	if out.ImageID == "" && len(o.Attests) > 0 {
+		// The image and its attestations are pushed as an index, which has
+		// no config: the image id is the index's digest, as buildx's
+		// --iidfile then holds.
+		out.ImageID = res.ExporterResponse[exptypes.ExporterImageDigestKey]
+	}
 	if out.ImageID == "" {
 		return BuildKitResult{}, fmt.Errorf("build on %s: the daemon's response has no image config digest", b.addr)
 	}
