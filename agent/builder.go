@@ -61,6 +61,8 @@ func (a *Agent) chooseBuilder(spec *kilnv1.BuildSpec, ref *kilnv1.ContextRef) (k
 		needs = "cache options (--cache-from, --cache-to)"
 	case len(spec.GetOutputs()) > 0 && spec.Outputs[0].GetType() != outputs.TypeCacheOnly:
 		needs = "exported outputs (--output " + spec.Outputs[0].GetType() + ")"
+	case len(spec.GetBuildContexts()) > 0 || spec.GetGitContext() != "":
+		needs = "build contexts (--build-context, a Git URL context)"
 	}
 	if needs != "" {
 		if want == kilnv1.Builder_BUILDER_CLASSIC {

@@ -2,17 +2,10 @@ package agent
 
 import (
 	"context"
-	"errors"
 	"fmt"
-	"time"
-
-	"go.opentelemetry.io/otel/attribute"
-	"google.golang.org/grpc/status"
 
 	"github.com/kilnbuild/kiln/agent/engine"
-	"github.com/kilnbuild/kiln/agent/localcas"
 	kilnv1 "github.com/kilnbuild/kiln/proto/gen/go/kiln/v1"
-	"github.com/kilnbuild/kiln/services/ctxmanifest"
 )
 
 // buildKit runs a build in BuildKit mode: the context is materialized
@@ -27,55 +20,21 @@ import (
 // The work directory stays held for the export (the engine may read the
 // context again), and is released when the export ends.
 func (a *Agent) buildKit(ctx context.Context, b *kilnv1.Build, creds engine.Credentials, ev *events, rep *reporter, push bool, result *kilnv1.BuildResult) (_ engine.BuildKitResult, warm *warmExport, _ error) {
-	ref := b.GetContext()
-	if ref.GetFormat() != kilnv1.ContextFormat_CONTEXT_FORMAT_MANIFEST || ref.GetDigest() == nil {
-		return engine.BuildKitResult{}, nil, errors.New("BuildKit builds need a manifest context (kiln CLI 0.2 or later); this build's context is a tar: run it with --builder classic")
-	}
-	m, err := a.readManifest(ctx, ref.Digest)
+	dir, err := a.contextDir(ctx, b, ev)
 	if err != nil {
 		return engine.BuildKitResult{}, nil, err
 	}
-	total, err := ctxmanifest.Validate(m, a.cfg.ContextLimits)
+	named, releaseNamed, err := a.namedContexts(ctx, b, ev)
 	if err != nil {
-		return engine.BuildKitResult{}, nil, fmt.Errorf("context manifest %s is refused: %s", ref.Digest.Hash, status.Convert(err).Message())
+		dir.Release()
+		return engine.BuildKitResult{}, nil, err
 	}
-	var files []localcas.Blob
-	for _, e := range m.Entries {
-		if e.Type == kilnv1.EntryType_ENTRY_TYPE_FILE {
-			files = append(files, localcas.Blob{Digest: e.Digest.Hash, Size: e.Size})
-		}
-	}
-	fctx, fetch := startSpan(ctx, "context fetch", b, attribute.Int("kiln.context.files", len(files)))
-	pin, st, err := a.cache.Ensure(fctx, files, a.blobs.Get)
-	fetch.SetAttributes(attribute.Int("kiln.context.fetched_blobs", st.Fetched), attribute.Int64("kiln.context.fetched_bytes", st.FetchedBytes))
-	endSpan(fetch, err)
-	if err != nil {
-		return engine.BuildKitResult{}, nil, fmt.Errorf("fetch build context files: %w", farm(err))
-	}
-	observeContextFetch(st)
-	key := b.GetAffinity().GetLineage()
-	if key == "" {
-		key = "kiln:no-lineage" // builds without one share directories, reused slot by slot
-	}
-	started := time.Now()
-	mctx, materialize := startSpan(ctx, "context materialize", b)
-	dir, ws, err := a.workdirs.Materialize(mctx, key, m, a.cache)
-	endSpan(materialize, err)
-	pin.Release()
-	if err != nil {
-		return engine.BuildKitResult{}, nil, fmt.Errorf("write the build context to the agent's work directory: %w", err)
-	}
+	release := func() { dir.Release(); releaseNamed() }
 	defer func() {
 		if warm == nil {
-			dir.Release()
+			release()
 		}
 	}()
-	ev.internal("context: %d files, %s; fetched %d blobs (%s) from the farm, %d already on this agent; work dir %s: %d entries written (%s), %d removed, %d kept in %s",
-		len(files), megabytes(total), st.Fetched, megabytes(st.FetchedBytes), st.Local,
-		dir.Slot(), ws.Written, megabytes(ws.WrittenBytes), ws.Removed, ws.Kept, time.Since(started).Round(time.Millisecond))
-	ev.logger.InfoContext(ctx, "build context ready", "manifest", ref.Digest.Hash, "files", len(files), "bytes", total,
-		"fetched_blobs", st.Fetched, "fetched_bytes", st.FetchedBytes, "workdir", dir.Slot(),
-		"written", ws.Written, "written_bytes", ws.WrittenBytes, "removed", ws.Removed, "kept", ws.Kept)
 
 	spec := b.Spec
 	dockerfile, err := a.checkPolicy(ctx, dir.Path(), b)
@@ -99,6 +58,8 @@ func (a *Agent) buildKit(ctx context.Context, b *kilnv1.Build, creds engine.Cred
 		CacheFrom:      plan.from,
 		CacheTo:        plan.to,
 		Push:           push,
+		// --build-context (agent/buildctx.go).
+		NamedContexts: named,
 	}
 	if err := a.attestOptions(&o, spec); err != nil {
 		return engine.BuildKitResult{}, nil, err
@@ -124,7 +85,7 @@ func (a *Agent) buildKit(ctx context.Context, b *kilnv1.Build, creds engine.Cred
 	if err != nil || plan.warm.Type == "" || o.Call != "" {
 		return res, nil, err // execute masks err
 	}
-	return res, &warmExport{to: plan.warm, o: o, res: res.Result, mask: rep.mask, release: dir.Release}, nil
+	return res, &warmExport{to: plan.warm, o: o, res: res.Result, mask: rep.mask, release: release}, nil
 }
 
 func buildOptions(spec *kilnv1.BuildSpec, creds engine.Credentials) engine.BuildOptions {

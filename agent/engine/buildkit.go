@@ -83,6 +83,11 @@ type BuildKitOptions struct {
 	// FeatureCall refuse them with a *BuildError.
 	Annotations, Attests map[string]string
 	Call                 string
+	// NamedContexts are the build's --build-context values: the session
+	// serves each local one's directory, and the frontend gets
+	// "context:NAME" attributes for all (namedContextAttrs). Engines
+	// without FeatureNamedContexts refuse them with a *BuildError.
+	NamedContexts []NamedContext
 }
 
 // BuildKitResult adds what only a BuildKit build measures.
@@ -147,6 +152,9 @@ func (d *Docker) BuildKit(ctx context.Context, o BuildKitOptions, r Reporter) (B
 		r = nopReporter{}
 	}
 	if err := refuseOnDocker(o); err != nil {
+		return BuildKitResult{}, err
+	}
+	if err := refuseNamedContextsOnDocker(o); err != nil {
 		return BuildKitResult{}, err
 	}
 	cacheFrom, inlineCache, err := dockerCache(o)
@@ -374,7 +382,12 @@ func startSession(ctx context.Context, o BuildKitOptions, dial session.Dialer) (
 		stopSession()
 		return nil, fmt.Errorf("buildkit session: %w", err)
 	}
-	s.Allow(filesync.NewFSSyncProvider(filesync.StaticDirSource{"context": ctxFS, "dockerfile": dfFS}))
+	dirs := filesync.StaticDirSource{"context": ctxFS, "dockerfile": dfFS}
+	if err := addNamedDirs(dirs, o, counter); err != nil {
+		stopSession()
+		return nil, err
+	}
+	s.Allow(filesync.NewFSSyncProvider(dirs))
 	s.Allow(secretsprovider.FromMap(o.Secrets))
 	if len(o.SSH) > 0 {
 		s.Allow(&sshForwarder{agents: o.SSH})

@@ -123,7 +123,7 @@ func (b *BuildKitd) Info(ctx context.Context) (Info, error) {
 	info := Info{
 		Kind:          KindBuildKit,
 		Builders:      []string{"buildkit"},
-		Features:      []string{FeatureCacheImport, FeatureCacheExportInline, FeatureCacheExportRegistry, FeaturePushInBuild, FeatureAnnotations, FeatureAttestations, FeatureCall},
+		Features:      []string{FeatureCacheImport, FeatureCacheExportInline, FeatureCacheExportRegistry, FeaturePushInBuild, FeatureAnnotations, FeatureAttestations, FeatureCall, FeatureNamedContexts},
 		ServerVersion: bi.BuildkitVersion.Version,
 		StorageDriver: w.Labels[snapshotterLabel],
 	}
@@ -396,6 +396,7 @@ func (b *BuildKitd) solve(ctx context.Context, o BuildKitOptions, exports []clie
 // as buildctl's --opt and buildx pass them.
 func frontendAttrs(o BuildKitOptions, dockerfile string) map[string]string {
 	attrs := map[string]string{"filename": dockerfile}
+	maps.Copy(attrs, namedContextAttrs(o))
 	if o.Target != "" {
 		attrs["target"] = o.Target
 	}

@@ -36,6 +36,10 @@ const (
 	// attestations to the image it pushes (--provenance, --sbom).
 	// Standalone BuildKit only.
 	FeatureAttestations = "attestations"
+	// FeatureNamedContexts: the engine's Dockerfile frontend takes named
+	// contexts (--build-context; proto/rules/namedctx.Feature). Standalone
+	// BuildKit only: Docker's /build API does not pass them.
+	FeatureNamedContexts = "named-contexts"
 	// FeatureAnnotations: the engine's image exporter writes OCI
 	// annotations (--annotation); FeatureCall: its Dockerfile frontend
 	// answers --call check, outline and targets. Standalone BuildKit only
