@@ -22,6 +22,8 @@ type Build struct {
 	c   *Client
 	id  string
 	ctx context.Context
+	// soFar is set when the Build replays its log so far only (SoFar).
+	soFar bool
 
 	// done is closed once following ended: final and err are set.
 	done chan struct{}
@@ -142,7 +144,7 @@ func (b *Build) Cancel(ctx context.Context) error {
 // from fromSequence (0 or 1: the start) under ctx.
 func (c *Client) follow(ctx context.Context, record *kilnv1.Build, fromSequence uint64, soFar bool) *Build {
 	b := &Build{
-		c: c, id: record.GetId(), ctx: ctx, record: record,
+		c: c, id: record.GetId(), ctx: ctx, record: record, soFar: soFar,
 		done: make(chan struct{}), more: make(chan struct{}, 1),
 	}
 	go b.run(fromSequence, soFar)

@@ -12,8 +12,14 @@ import (
 
 // printEvents prints b's events with pr as they come, until they end:
 // after the build's finished event, at the end of the log so far
-// (kiln.SoFar), or when following stopped (b.Wait says why).
+// (kiln.SoFar), or when following stopped (b.Wait says why). A
+// multi-platform build's children's events are printed with its own
+// (printFamily).
 func printEvents(ctx context.Context, b *kiln.Build, pr *progress.Printer) {
+	if isMultiPlatform(b.Record()) {
+		printFamily(ctx, b, pr) // its children's events too
+		return
+	}
 	events := b.Events()
 	for {
 		select {
