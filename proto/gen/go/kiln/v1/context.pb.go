@@ -714,7 +714,13 @@ type ContextEntry struct {
 	// client's context: BuildKit's file sync sends it as an empty file with
 	// the socket's permission bits (as buildctl and buildx do), while a
 	// classic build's tar leaves it out (as the docker CLI does).
-	Socket        bool `protobuf:"varint,8,opt,name=socket,proto3" json:"socket,omitempty"`
+	Socket bool `protobuf:"varint,8,opt,name=socket,proto3" json:"socket,omitempty"`
+	// uid and gid are the entry's owner in a build's --output type=tar
+	// (BuildResult.output), as the engine's tar exporter gives them, for the
+	// client's tar headers. Contexts and other outputs leave them 0: their
+	// files belong to whoever writes them.
+	Uid           uint32 `protobuf:"varint,9,opt,name=uid,proto3" json:"uid,omitempty"`
+	Gid           uint32 `protobuf:"varint,10,opt,name=gid,proto3" json:"gid,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -803,6 +809,20 @@ func (x *ContextEntry) GetSocket() bool {
 		return x.Socket
 	}
 	return false
+}
+
+func (x *ContextEntry) GetUid() uint32 {
+	if x != nil {
+		return x.Uid
+	}
+	return 0
+}
+
+func (x *ContextEntry) GetGid() uint32 {
+	if x != nil {
+		return x.Gid
+	}
+	return 0
 }
 
 type BatchUpdateBlobsRequest_Blob struct {
@@ -907,7 +927,7 @@ const file_kiln_v1_context_proto_rawDesc = "" +
 	"\x06digest\x18\x01 \x01(\v2\x0f.kiln.v1.DigestR\x06digest\x12.\n" +
 	"\x06format\x18\x02 \x01(\x0e2\x16.kiln.v1.ContextFormatR\x06format\"B\n" +
 	"\x0fContextManifest\x12/\n" +
-	"\aentries\x18\x01 \x03(\v2\x15.kiln.v1.ContextEntryR\aentries\"\xf3\x01\n" +
+	"\aentries\x18\x01 \x03(\v2\x15.kiln.v1.ContextEntryR\aentries\"\x97\x02\n" +
 	"\fContextEntry\x12\x12\n" +
 	"\x04path\x18\x01 \x01(\tR\x04path\x12&\n" +
 	"\x04type\x18\x02 \x01(\x0e2\x12.kiln.v1.EntryTypeR\x04type\x12\x12\n" +
@@ -918,7 +938,10 @@ const file_kiln_v1_context_proto_rawDesc = "" +
 	"linkTarget\x12\x1d\n" +
 	"\n" +
 	"mtime_unix\x18\a \x01(\x03R\tmtimeUnix\x12\x16\n" +
-	"\x06socket\x18\b \x01(\bR\x06socket*d\n" +
+	"\x06socket\x18\b \x01(\bR\x06socket\x12\x10\n" +
+	"\x03uid\x18\t \x01(\rR\x03uid\x12\x10\n" +
+	"\x03gid\x18\n" +
+	" \x01(\rR\x03gid*d\n" +
 	"\rContextFormat\x12\x1e\n" +
 	"\x1aCONTEXT_FORMAT_UNSPECIFIED\x10\x00\x12\x16\n" +
 	"\x12CONTEXT_FORMAT_TAR\x10\x01\x12\x1b\n" +
