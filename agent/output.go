@@ -27,7 +27,8 @@ import (
 
 // exportOutput exports the succeeded BuildKit build o (result res) as its
 // spec's --output and stores it in KILN_OUTPUTS for the client: the engine
-// writes it into a temporary directory of the agent's, each regular file
+// writes it into a temporary directory of the agent's (type tar: as its
+// tar exporter's tarball, listed with its owners), each regular file
 // goes up as the object "sha256/<hex>" of its content (skipped when a
 // fresh copy is there), then the ContextManifest listing the files, named
 // the same way. It returns the OutputRef for BuildResult.output: nil when
@@ -55,7 +56,15 @@ func (a *Agent) exportOutput(ctx context.Context, spec *kilnv1.BuildSpec, o engi
 	if err := a.cfg.Engine.ExportOutput(ctx, o, res, rep); err != nil {
 		return nil, err
 	}
-	m, files, err := listOutput(dir)
+	var (
+		m     *kilnv1.ContextManifest
+		files []outputFile
+	)
+	if out.Type == outputs.TypeTar {
+		m, files, err = listOutputTar(filepath.Join(dir, engine.OutputTarFile), filepath.Join(dir, "blobs"))
+	} else {
+		m, files, err = listOutput(dir)
+	}
 	if err != nil {
 		return nil, fmt.Errorf("export type=%s: %w", out.Type, err)
 	}

@@ -1,13 +1,17 @@
 package agent
 
 import (
+	"archive/tar"
 	"crypto/rand"
+	"errors"
 	"fmt"
 	"io"
+	"maps"
 	"os"
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/kilnbuild/kiln/agent/enginetest"
 	kilnv1 "github.com/kilnbuild/kiln/proto/gen/go/kiln/v1"
@@ -28,7 +32,8 @@ func TestBuildExportsOutputToTheFarm(t *testing.T) {
 	c := &farmContext{t: t, blobs: a.blobs}
 	c.file("Dockerfile", 0o644, 1_700_000_000, fmt.Sprintf(`FROM %s AS build
 RUN mkdir -p /out/bin && echo out-%s > /out/result.txt && chmod 0600 /out/result.txt && \
-    ln -s result.txt /out/latest && printf '#!/bin/sh\n' > /out/bin/tool && chmod 0755 /out/bin/tool
+    ln -s result.txt /out/latest && printf '#!/bin/sh\n' > /out/bin/tool && chmod 0755 /out/bin/tool && \
+    chown 1000:2000 /out/bin/tool
 FROM scratch
 COPY --from=build /out/ /
 `, base, n))
@@ -77,30 +82,42 @@ COPY --from=build /out/ /
 		return m
 	}
 
-	t.Run("local", func(t *testing.T) {
-		rec, lines := runAssigned(t, a, &kilnv1.BuildSpec{Outputs: []*kilnv1.Output{{Type: "local"}}}, ref)
-		m := manifest(t, rec, lines, "local")
-		got := map[string]string{}
-		for _, e := range m.Entries {
-			switch e.Type {
-			case kilnv1.EntryType_ENTRY_TYPE_FILE:
-				got[e.Path] = fmt.Sprintf("file %#o %q", e.Mode, read(t, e.Digest))
-			case kilnv1.EntryType_ENTRY_TYPE_SYMLINK:
-				got[e.Path] = "symlink " + e.LinkTarget
-			default:
-				got[e.Path] = fmt.Sprintf("%s %#o", e.Type, e.Mode)
+	// Both list the result's files; tar with their owners in the image.
+	for _, typ := range []string{"local", "tar"} {
+		t.Run(typ, func(t *testing.T) {
+			rec, lines := runAssigned(t, a, &kilnv1.BuildSpec{Outputs: []*kilnv1.Output{{Type: typ}}}, ref)
+			m := manifest(t, rec, lines, typ)
+			got := map[string]string{}
+			for _, e := range m.Entries {
+				switch e.Type {
+				case kilnv1.EntryType_ENTRY_TYPE_FILE:
+					got[e.Path] = fmt.Sprintf("file %#o %q", e.Mode, read(t, e.Digest))
+				case kilnv1.EntryType_ENTRY_TYPE_SYMLINK:
+					got[e.Path] = "symlink " + e.LinkTarget
+				default:
+					got[e.Path] = fmt.Sprintf("%s %#o", e.Type, e.Mode)
+				}
+				if typ == "tar" {
+					got[e.Path] += fmt.Sprintf(" %d:%d", e.Uid, e.Gid)
+				}
 			}
-		}
-		want := map[string]string{
-			"result.txt": fmt.Sprintf("file 0600 %q", "out-"+n+"\n"),
-			"latest":     "symlink result.txt",
-			"bin":        "ENTRY_TYPE_DIRECTORY 0755",
-			"bin/tool":   fmt.Sprintf("file 0755 %q", "#!/bin/sh\n"),
-		}
-		if fmt.Sprint(got) != fmt.Sprint(want) {
-			t.Fatalf("output entries:\n%v\nwant:\n%v", got, want)
-		}
-	})
+			want := map[string]string{
+				"result.txt": fmt.Sprintf("file 0600 %q", "out-"+n+"\n"),
+				"latest":     "symlink result.txt",
+				"bin":        "ENTRY_TYPE_DIRECTORY 0755",
+				"bin/tool":   fmt.Sprintf("file 0755 %q", "#!/bin/sh\n"),
+			}
+			if typ == "tar" {
+				for p := range want {
+					want[p] += " 0:0"
+				}
+				want["bin/tool"] = strings.Replace(want["bin/tool"], " 0:0", " 1000:2000", 1)
+			}
+			if !maps.Equal(got, want) {
+				t.Fatalf("output entries:\n%v\nwant:\n%v", got, want)
+			}
+		})
+	}
 	t.Run("oci", func(t *testing.T) {
 		rec, lines := runAssigned(t, a, &kilnv1.BuildSpec{Outputs: []*kilnv1.Output{{Type: "oci"}}}, ref)
 		m := manifest(t, rec, lines, "oci")
@@ -158,5 +175,69 @@ func TestListOutputKeepsHardLinksAfterTheirTarget(t *testing.T) {
 	}
 	if strings.Join(got, "\n") != strings.Join(want, "\n") || len(files) != 1 {
 		t.Fatalf("entries:\n%s\nwant:\n%s\n(%d files to upload, want 1)", strings.Join(got, "\n"), strings.Join(want, "\n"), len(files))
+	}
+}
+
+// TestListOutputTar: the engine's tar becomes a manifest with its owners,
+// modes and mtimes; the root entry and devices are left out, a hard link
+// listed before its target in path order is re-pointed, the files are
+// spooled once per content and the tar is removed.
+func TestListOutputTar(t *testing.T) {
+	dir := t.TempDir()
+	name := filepath.Join(dir, "output.tar")
+	f, err := os.Create(name)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tw := tar.NewWriter(f)
+	mtime := time.Unix(1_600_000_000, 0)
+	for _, h := range []*tar.Header{
+		{Name: "./", Typeflag: tar.TypeDir, Mode: 0o755, ModTime: mtime},
+		{Name: "z", Typeflag: tar.TypeReg, Mode: 0o4750, Uid: 1000, Gid: 2000, Size: 4, ModTime: mtime},
+		{Name: "a", Typeflag: tar.TypeLink, Linkname: "z", Mode: 0o4750, Uid: 1000, Gid: 2000, ModTime: mtime},
+		{Name: "d/", Typeflag: tar.TypeDir, Mode: 0o700, ModTime: mtime},
+		{Name: "d/same", Typeflag: tar.TypeReg, Mode: 0o644, Size: 4, ModTime: mtime},
+		{Name: "d/null", Typeflag: tar.TypeChar, Mode: 0o666, Devmajor: 1, Devminor: 3, ModTime: mtime},
+		{Name: "d/up", Typeflag: tar.TypeSymlink, Linkname: "../z", Mode: 0o777, ModTime: mtime},
+	} {
+		if err := tw.WriteHeader(h); err != nil {
+			t.Fatal(err)
+		}
+		if h.Size > 0 {
+			tw.Write([]byte("data"))
+		}
+	}
+	if err := errors.Join(tw.Close(), f.Close()); err != nil {
+		t.Fatal(err)
+	}
+	m, files, err := listOutputTar(name, filepath.Join(dir, "blobs"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := ctxmanifest.Validate(m, ctxmanifest.DefaultLimits); err != nil {
+		t.Fatalf("manifest refused: %v", err)
+	}
+	var got []string
+	for _, e := range m.Entries {
+		got = append(got, fmt.Sprintf("%s %s %#o %d:%d %d %s", e.Path, e.Type, e.Mode, e.Uid, e.Gid, e.MtimeUnix, e.LinkTarget))
+	}
+	want := []string{
+		"a ENTRY_TYPE_FILE 04750 1000:2000 1600000000 ",
+		"d ENTRY_TYPE_DIRECTORY 0700 0:0 1600000000 ",
+		"d/same ENTRY_TYPE_FILE 0644 0:0 1600000000 ",
+		"d/up ENTRY_TYPE_SYMLINK 0777 0:0 1600000000 ../z",
+		"z ENTRY_TYPE_HARDLINK 04750 1000:2000 1600000000 a",
+	}
+	if strings.Join(got, "\n") != strings.Join(want, "\n") {
+		t.Fatalf("entries:\n%s\nwant:\n%s", strings.Join(got, "\n"), strings.Join(want, "\n"))
+	}
+	if len(files) != 1 {
+		t.Fatalf("spooled %v, want the one content once", files)
+	}
+	if b, err := os.ReadFile(files[0].path); err != nil || string(b) != "data" {
+		t.Fatalf("spooled %q, %v", b, err)
+	}
+	if _, err := os.Stat(name); !os.IsNotExist(err) {
+		t.Fatalf("the engine's tar is still there: %v", err)
 	}
 }

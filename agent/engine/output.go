@@ -24,9 +24,10 @@ import (
 )
 
 // Output is an export of a build's result besides the image (buildx
-// --output, checked by proto/rules/outputs): Type local or tar (the
-// result's filesystem, which the client writes as a directory or a tar)
-// or oci or docker (an image tarball); Attrs are the attributes the rule
+// --output, checked by proto/rules/outputs): Type local (the result's
+// filesystem, as a directory), tar (the same as one tarball, with the
+// owners the files have in the image) or oci or docker (an image
+// tarball); Attrs are the attributes the rule
 // package lets through ("name" for oci and docker). cacheonly exports
 // nothing and never reaches an engine.
 type Output struct {
@@ -34,14 +35,26 @@ type Output struct {
 	Attrs map[string]string
 }
 
-// OutputImageFile is the file an oci or docker export writes into
-// BuildKitOptions.OutputDir.
-const OutputImageFile = "image.tar"
+// The files a tar, oci or docker export writes into
+// BuildKitOptions.OutputDir (local writes the result's files there).
+const (
+	OutputTarFile   = "output.tar"
+	OutputImageFile = "image.tar"
+)
 
 // exportsFilesystem reports whether out is the result's filesystem
 // (local, tar) rather than an image tarball (oci, docker).
 func (out Output) exportsFilesystem() bool {
 	return out.Type == outputs.TypeLocal || out.Type == outputs.TypeTar
+}
+
+// file is the file a tar, oci or docker export writes into the output
+// directory.
+func (out Output) file() string {
+	if out.Type == outputs.TypeTar {
+		return OutputTarFile
+	}
+	return OutputImageFile
 }
 
 // check refuses a type this package cannot export.
@@ -65,18 +78,19 @@ func (out Output) imageNames(tags []string) []string {
 
 // outputTarget is what the session serves the engine's exporter with: the
 // directory of a local export (BuildKit's file-send target, as the docker
-// CLI's `build -o type=local,dest=` and buildctl attach it), or the image
-// tarball of an oci or docker one. Exporter id 0: the export is the solve's
+// CLI's `build -o type=local,dest=` and buildctl attach it), or the
+// tarball of a tar, oci or docker one. Exporter id 0: the export is the solve's
 // only exporter, and engines before BuildKit v0.13 send no id at all.
 func outputTarget(o BuildKitOptions) session.Attachable {
 	if o.Output == nil || o.OutputDir == "" {
 		return nil
 	}
-	if o.Output.exportsFilesystem() {
+	if o.Output.Type == outputs.TypeLocal {
 		return filesync.NewFSSyncTarget(filesync.WithFSSyncDir(0, o.OutputDir))
 	}
+	name := filepath.Join(o.OutputDir, o.Output.file())
 	return filesync.NewFSSyncTarget(filesync.WithFSSync(0, func(map[string]string) (io.WriteCloser, error) {
-		return os.OpenFile(filepath.Join(o.OutputDir, OutputImageFile), os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o644)
+		return os.OpenFile(name, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o644)
 	}))
 }
 
@@ -97,10 +111,10 @@ func logsOnly(r Reporter) func([]event) {
 
 // ExportOutput exports the result of the BuildKit build o, which has just
 // succeeded on this engine as res, as o.Output into o.OutputDir (which
-// must exist and be empty): local and tar solve o again (every step a
-// cache hit) with BuildKit's local exporter, which writes the result's
-// filesystem into the directory through the session; oci and docker solve
-// it with the daemon's exporter of that type, which writes OutputImageFile.
+// must exist and be empty): o is solved again (every step a cache hit)
+// with the daemon's exporter of o.Output's type, served through the
+// session: local writes the result's filesystem into the directory, tar
+// writes it as OutputTarFile, oci and docker write OutputImageFile.
 // The Reporter hears the solve's log lines, not its steps.
 func (b *BuildKitd) ExportOutput(ctx context.Context, o BuildKitOptions, res Result, r Reporter) error {
 	if r == nil {
@@ -112,9 +126,9 @@ func (b *BuildKitd) ExportOutput(ctx context.Context, o BuildKitOptions, res Res
 	if err := o.Output.check(); err != nil {
 		return err
 	}
-	ex := client.ExportEntry{Type: client.ExporterLocal}
+	ex := client.ExportEntry{Type: o.Output.Type}
 	if !o.Output.exportsFilesystem() {
-		ex = client.ExportEntry{Type: o.Output.Type, Attrs: map[string]string{}}
+		ex.Attrs = map[string]string{}
 		if names := o.Output.imageNames(o.Tags); len(names) > 0 {
 			ex.Attrs["name"] = strings.Join(names, ",")
 		}
@@ -130,9 +144,10 @@ func (b *BuildKitd) ExportOutput(ctx context.Context, o BuildKitOptions, res Res
 // ExportOutput exports the result of the BuildKit build o, which has just
 // succeeded on this engine as res, as o.Output into o.OutputDir (which
 // must exist and be empty). local and tar build o again (every step a
-// cache hit) with the /build API's outputs=[{"Type":"local"}], as
-// `docker build -o type=local,dest=DIR` does: the engine's local exporter
-// writes the result's filesystem into the directory through the session.
+// cache hit) with the /build API's outputs=[{"Type":"local"}] (or "tar"),
+// as `docker build -o type=local,dest=DIR` does: the engine's exporter
+// writes the result's filesystem into the directory, or as OutputTarFile,
+// through the session.
 // oci and docker save the image res made (Docker's BuildKit has no
 // exporter for them before the containerd image store): docker as
 // `docker save` writes it, named as the output or the build's tags say;
@@ -149,7 +164,7 @@ func (d *Docker) ExportOutput(ctx context.Context, o BuildKitOptions, res Result
 		return err
 	}
 	if !o.Output.exportsFilesystem() {
-		if err := d.saveImage(ctx, res.ImageID, *o.Output, o.Tags, filepath.Join(o.OutputDir, OutputImageFile)); err != nil {
+		if err := d.saveImage(ctx, res.ImageID, *o.Output, o.Tags, filepath.Join(o.OutputDir, o.Output.file())); err != nil {
 			return fmt.Errorf("export type=%s: %w", o.Output.Type, err)
 		}
 		return nil
@@ -160,8 +175,8 @@ func (d *Docker) ExportOutput(ctx context.Context, o BuildKitOptions, res Result
 	return nil
 }
 
-// exportFilesystem builds o again with the engine's local exporter into
-// o.OutputDir. The build's settings are BuildKit's as they were (inline
+// exportFilesystem builds o again with the engine's local or tar exporter
+// into o.OutputDir. The build's settings are BuildKit's as they were (inline
 // cache's build argument included), so every step is a cache hit.
 func (d *Docker) exportFilesystem(ctx context.Context, o BuildKitOptions, r Reporter) error {
 	o.NoCache, o.Pull = false, false
@@ -197,7 +212,7 @@ func (d *Docker) exportFilesystem(ctx context.Context, o BuildKitOptions, r Repo
 		ShmSize:       o.ShmSize,
 		Ulimits:       dockerUlimits(o.Ulimits),
 		Platform:      o.Platform,
-		Outputs:       []build.ImageBuildOutput{{Type: outputs.TypeLocal, Attrs: map[string]string{}}},
+		Outputs:       []build.ImageBuildOutput{{Type: o.Output.Type, Attrs: map[string]string{}}},
 	})
 	if err != nil {
 		return d.requestError(ctx, err)

@@ -41,7 +41,8 @@ func TestBuildKitdExportsOutputs(t *testing.T) {
 
 // testExportsOutputs builds a small filesystem on e and exports it as
 // each output type: local holds the files the Dockerfile wrote, with their
-// modes, symlink and hard link; oci is an OCI layout naming the image;
+// modes, symlink and hard link; tar the same as a tarball, with their
+// owners in the image; oci is an OCI layout naming the image;
 // docker is a `docker save` tarball with the tag.
 func testExportsOutputs(t *testing.T, e exporter, imageID *string) {
 	base := enginetest.BusyboxBase(t)
@@ -51,7 +52,7 @@ func testExportsOutputs(t *testing.T, e exporter, imageID *string) {
 		"Dockerfile": fmt.Sprintf(`FROM %[1]s AS build
 RUN mkdir -p /out/sub && echo hello-%[2]s > /out/hello.txt && chmod 0640 /out/hello.txt && \
     ln -s hello.txt /out/link && ln /out/hello.txt /out/hard && \
-    printf '#!/bin/sh\n' > /out/sub/run.sh && chmod 0755 /out/sub/run.sh
+    printf '#!/bin/sh\n' > /out/sub/run.sh && chmod 0755 /out/sub/run.sh && chown 1000:2000 /out/sub/run.sh
 FROM scratch
 COPY --from=build /out/ /
 `, base, n),
@@ -83,54 +84,97 @@ COPY --from=build /out/ /
 		return o.OutputDir
 	}
 
-	for _, typ := range []string{"local", "tar"} {
-		t.Run(typ, func(t *testing.T) {
-			out := export(t, typ)
-			got := map[string]string{}
-			err := filepath.WalkDir(out, func(p string, d fs.DirEntry, err error) error {
-				if err != nil || p == out {
-					return err
-				}
-				rel, _ := filepath.Rel(out, p)
-				fi, err := os.Lstat(p)
-				if err != nil {
-					return err
-				}
-				switch {
-				case fi.Mode()&fs.ModeSymlink != 0:
-					target, err := os.Readlink(p)
-					got[rel] = "symlink " + target
-					return err
-				case fi.IsDir():
-					got[rel] = fmt.Sprintf("dir %#o", fi.Mode().Perm())
-				default:
-					b, err := os.ReadFile(p)
-					got[rel] = fmt.Sprintf("file %#o %q", fi.Mode().Perm(), b)
-					return err
-				}
-				return nil
-			})
+	hello := fmt.Sprintf("file 0640 %q", "hello-"+n+"\n")
+	want := map[string]string{
+		"hello.txt":  hello,
+		"hard":       hello,
+		"link":       "symlink hello.txt",
+		"sub":        "dir 0755",
+		"sub/run.sh": fmt.Sprintf("file 0755 %q", "#!/bin/sh\n"),
+	}
+	t.Run("local", func(t *testing.T) {
+		out := export(t, "local")
+		got := map[string]string{}
+		err := filepath.WalkDir(out, func(p string, d fs.DirEntry, err error) error {
+			if err != nil || p == out {
+				return err
+			}
+			rel, _ := filepath.Rel(out, p)
+			fi, err := os.Lstat(p)
+			if err != nil {
+				return err
+			}
+			switch {
+			case fi.Mode()&fs.ModeSymlink != 0:
+				target, err := os.Readlink(p)
+				got[rel] = "symlink " + target
+				return err
+			case fi.IsDir():
+				got[rel] = fmt.Sprintf("dir %#o", fi.Mode().Perm())
+			default:
+				b, err := os.ReadFile(p)
+				got[rel] = fmt.Sprintf("file %#o %q", fi.Mode().Perm(), b)
+				return err
+			}
+			return nil
+		})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if !maps.Equal(got, want) {
+			t.Fatalf("exported files:\n%v\nwant:\n%v", got, want)
+		}
+		a, _ := os.Stat(filepath.Join(out, "hello.txt"))
+		b, _ := os.Stat(filepath.Join(out, "hard"))
+		if !os.SameFile(a, b) {
+			t.Errorf("hard and hello.txt are not one file: the hard link was lost")
+		}
+	})
+	t.Run("tar", func(t *testing.T) {
+		f, err := os.Open(filepath.Join(export(t, "tar"), engine.OutputTarFile))
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer f.Close()
+		got := map[string]string{}
+		links := map[string]string{}
+		owners := map[string]string{}
+		tr := tar.NewReader(f)
+		for {
+			h, err := tr.Next()
+			if err == io.EOF {
+				break
+			}
 			if err != nil {
 				t.Fatal(err)
 			}
-			hello := fmt.Sprintf("file 0640 %q", "hello-"+n+"\n")
-			want := map[string]string{
-				"hello.txt":  hello,
-				"hard":       hello,
-				"link":       "symlink hello.txt",
-				"sub":        "dir 0755",
-				"sub/run.sh": fmt.Sprintf("file 0755 %q", "#!/bin/sh\n"),
+			name := strings.TrimSuffix(h.Name, "/")
+			owners[name] = fmt.Sprintf("%d:%d", h.Uid, h.Gid)
+			switch h.Typeflag {
+			case tar.TypeSymlink:
+				got[name] = "symlink " + h.Linkname
+			case tar.TypeDir:
+				got[name] = fmt.Sprintf("dir %#o", h.Mode&0o7777)
+			case tar.TypeLink:
+				links[name] = h.Linkname
+			default:
+				b, err := io.ReadAll(tr)
+				if err != nil {
+					t.Fatal(err)
+				}
+				got[name] = fmt.Sprintf("file %#o %q", h.Mode&0o7777, b)
 			}
-			if !maps.Equal(got, want) {
-				t.Fatalf("exported files:\n%v\nwant:\n%v", got, want)
-			}
-			a, _ := os.Stat(filepath.Join(out, "hello.txt"))
-			b, _ := os.Stat(filepath.Join(out, "hard"))
-			if !os.SameFile(a, b) {
-				t.Errorf("hard and hello.txt are not one file: the hard link was lost")
-			}
-		})
-	}
+		}
+		for l, target := range links {
+			got[l] = got[target]
+		}
+		if !maps.Equal(got, want) || len(links) != 1 {
+			t.Fatalf("tar entries:\n%v (hard links %v)\nwant:\n%v", got, links, want)
+		}
+		if owners["sub/run.sh"] != "1000:2000" || owners["hello.txt"] != "0:0" {
+			t.Fatalf("tar owners %v: want sub/run.sh 1000:2000 and the rest root's", owners)
+		}
+	})
 	t.Run("oci", func(t *testing.T) {
 		files := tarFiles(t, filepath.Join(export(t, "oci"), engine.OutputImageFile))
 		var index struct {
