@@ -46,6 +46,9 @@ func (g *Gateway) checkBuildContexts(ctx context.Context, spec *kilnv1.BuildSpec
 	if len(spec.GetBuildContexts()) == 0 {
 		return nil
 	}
+	if spec.GetBuilder() == kilnv1.Builder_BUILDER_CLASSIC {
+		return invalid("--build-context needs the BuildKit builder: drop --builder classic")
+	}
 	for _, nc := range spec.GetBuildContexts() {
 		ref := nc.GetContext()
 		if ref == nil {

@@ -24,9 +24,10 @@ func TestStartBuildNamedContexts(t *testing.T) {
 	f := startAuthFarm(t)
 	c := startCacheGateway(t, f, "")
 	ctx := as(t.Context(), tokenA)
+	builder := kilnv1.Builder_BUILDER_UNSPECIFIED
 	start := func(ncs ...*kilnv1.NamedContext) (*kilnv1.Build, error) {
 		resp, err := c.StartBuild(ctx, &kilnv1.StartBuildRequest{
-			Spec: &kilnv1.BuildSpec{Dockerfile: "Dockerfile", BuildContexts: ncs}, Context: f.ref,
+			Spec: &kilnv1.BuildSpec{Dockerfile: "Dockerfile", BuildContexts: ncs, Builder: builder}, Context: f.ref,
 		})
 		return resp.GetBuild(), err
 	}
@@ -57,6 +58,11 @@ func TestStartBuildNamedContexts(t *testing.T) {
 			t.Fatalf("the refusal shows the URL's password: %v", err)
 		}
 	}
+	builder = kilnv1.Builder_BUILDER_CLASSIC
+	if _, err := start(&kilnv1.NamedContext{Name: "base", Context: named}); status.Code(err) != codes.InvalidArgument || !strings.Contains(err.Error(), "needs the BuildKit builder") {
+		t.Fatalf("named contexts with the classic builder: %v, want InvalidArgument", err)
+	}
+	builder = kilnv1.Builder_BUILDER_UNSPECIFIED
 	after, err := f.g.builds.List(t.Context())
 	if err != nil {
 		t.Fatal(err)
