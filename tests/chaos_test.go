@@ -22,6 +22,7 @@ import (
 	"github.com/kilnbuild/kiln/deploy/local/localfarm"
 	kilnv1 "github.com/kilnbuild/kiln/proto/gen/go/kiln/v1"
 	kilnsdk "github.com/kilnbuild/kiln/sdk/kiln"
+	"github.com/kilnbuild/kiln/services/buildstore"
 )
 
 // Chaos test shape: the numbers. Each build is cheap (a RUN shared
@@ -529,6 +530,14 @@ func checkChaosBuilds(t *testing.T, ctx context.Context, f *localFarm, c *kilnsd
 	t.Helper()
 	var sum chaosSummary
 
+	// A build whose client gave up (its deadline passed on a slow farm)
+	// may still be queued or running: the farm must still end it, so wait
+	// for that before judging it, or a slow build reads as a lost one.
+	if n, left, took := waitChaosBuildsEnd(ctx, c, builds, chaosEndWait); n > 0 {
+		sum.failures = append(sum.failures, chaosFailure{check: "unfinished when their clients gave up",
+			headline: fmt.Sprintf("%d accepted builds had not ended when their clients gave up; %d of them were still not ended %v later", n, left, took.Round(time.Second))})
+	}
+
 	// Every build record of the run, by tag: one each, or a build was
 	// started twice for one request.
 	records := map[string][]*kilnv1.Build{}
@@ -619,6 +628,49 @@ func checkChaosBuilds(t *testing.T, ctx context.Context, f *localFarm, c *kilnsd
 	}
 	sort.Strings(sum.rejections)
 	return sum
+}
+
+// chaosEndWait bounds how long after the workload the farm may take to
+// end the builds whose clients gave up: about what 20 of them take on an
+// idle farm of three agents, times three for a loaded machine.
+const chaosEndWait = 3 * time.Minute
+
+// waitChaosBuildsEnd waits, at most within, until every accepted build
+// whose client did not see it end has a terminal record, reading each
+// once a second; it returns how many such builds there were, how many of
+// them have still not ended, and how long it waited.
+func waitChaosBuildsEnd(ctx context.Context, c *kilnsdk.Client, builds []*chaosBuild, within time.Duration) (n, left int, took time.Duration) {
+	pending := map[string]bool{}
+	for _, b := range builds {
+		if b.id != "" && b.rejected == nil && b.final == nil {
+			pending[b.id] = true
+		}
+	}
+	start := time.Now()
+	ctx, cancel := context.WithTimeout(ctx, within)
+	defer cancel()
+	tick := time.NewTicker(time.Second)
+	defer tick.Stop()
+	n = len(pending)
+	for len(pending) > 0 {
+		for id := range pending {
+			gctx, gcancel := context.WithTimeout(ctx, 5*time.Second)
+			rec, err := c.Get(gctx, id)
+			gcancel()
+			if err == nil && buildstore.Terminal(rec.GetState()) {
+				delete(pending, id)
+			}
+		}
+		if len(pending) == 0 {
+			break
+		}
+		select {
+		case <-ctx.Done():
+			return n, len(pending), time.Since(start)
+		case <-tick.C:
+		}
+	}
+	return n, 0, time.Since(start)
 }
 
 // checkChaosBuild checks one accepted build on the farm's side — its
