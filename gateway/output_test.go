@@ -177,9 +177,14 @@ func TestStartBuildChecksOutputs(t *testing.T) {
 		{[]*kilnv1.Output{{Type: "local", Attrs: map[string]string{"dest": "/etc"}}}, "stays on the client"},
 		{[]*kilnv1.Output{{Type: "local"}, {Type: "tar"}}, "one output per build"},
 		{[]*kilnv1.Output{{Type: "registry"}}, "is a push"},
+		{[]*kilnv1.Output{{Type: "oci"}}, "holds one image"},
 	} {
+		spec := &kilnv1.BuildSpec{Dockerfile: "Dockerfile", Outputs: tc.outs}
+		if tc.outs[0].Type == "oci" {
+			spec.Platforms, spec.Push, spec.Tags = []string{"linux/amd64", "linux/arm64"}, true, []string{"registry.example.com/team-a/app:1"}
+		}
 		_, err := c.StartBuild(as(t.Context(), tokenA), &kilnv1.StartBuildRequest{
-			Spec: &kilnv1.BuildSpec{Dockerfile: "Dockerfile", Outputs: tc.outs}, Context: f.ref,
+			Spec: spec, Context: f.ref,
 		})
 		if status.Code(err) != codes.InvalidArgument || !strings.Contains(err.Error(), tc.msg) {
 			t.Errorf("StartBuild with outputs %v: %v, want InvalidArgument with %q", tc.outs, err, tc.msg)

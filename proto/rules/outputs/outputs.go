@@ -251,6 +251,18 @@ func ValidateAll(outs []*kilnv1.Output) error {
 	return nil
 }
 
+// CheckPlatforms refuses an image tarball (oci, docker) of a build for
+// several platforms: its children's images meet in the registry as one
+// index. Their files (local, tar) go one subdirectory per platform.
+func CheckPlatforms(outs []*kilnv1.Output, platforms int) error {
+	for _, o := range outs {
+		if platforms > 1 && (o.GetType() == TypeOCI || o.GetType() == TypeDocker) {
+			return rules.Invalidf("--output type=%s holds one image: a multi-platform build's images meet in the registry as one index (--push); use type=local or type=tar for their files", o.GetType())
+		}
+	}
+	return nil
+}
+
 // IsFilesystem reports whether an output type is the result's filesystem
 // (local, tar) rather than an image tarball (oci, docker).
 func IsFilesystem(typ string) bool { return typ == TypeLocal || typ == TypeTar }

@@ -132,6 +132,22 @@ func TestValidate(t *testing.T) {
 	}
 }
 
+func TestCheckPlatforms(t *testing.T) {
+	for _, typ := range []string{TypeOCI, TypeDocker} {
+		if err := CheckPlatforms([]*kilnv1.Output{{Type: typ}}, 2); !errors.Is(err, rules.ErrInvalid) || !strings.Contains(err.Error(), "one image") {
+			t.Errorf("type=%s for 2 platforms: %v", typ, err)
+		}
+		if err := CheckPlatforms([]*kilnv1.Output{{Type: typ}}, 1); err != nil {
+			t.Errorf("type=%s for 1 platform: %v", typ, err)
+		}
+	}
+	for _, typ := range []string{TypeLocal, TypeTar, TypeCacheOnly} {
+		if err := CheckPlatforms([]*kilnv1.Output{{Type: typ}}, 3); err != nil {
+			t.Errorf("type=%s for 3 platforms: %v", typ, err)
+		}
+	}
+}
+
 func TestPlatformDir(t *testing.T) {
 	if got := PlatformDir("linux/arm/v7"); got != "linux_arm_v7" {
 		t.Errorf("PlatformDir = %q", got)

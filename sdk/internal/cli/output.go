@@ -60,8 +60,8 @@ func checkOutputOptions(o *buildOptions, stdoutIsTerminal bool) *usageError {
 	if o.detach && p.Output.Type != outputs.TypeCacheOnly {
 		return &usageError{msg: "--output is downloaded when the build succeeds, which --detach does not wait for: run 'kiln output ID --output ...' once it has"}
 	}
-	if len(o.spec.GetPlatforms()) > 1 && !outputs.IsFilesystem(p.Output.Type) && p.Output.Type != outputs.TypeCacheOnly {
-		return &usageError{msg: fmt.Sprintf("--output type=%s holds one image: a multi-platform build's images meet in the registry as one index (--push); use type=local or type=tar for their files", p.Output.Type)}
+	if err := outputs.CheckPlatforms(o.spec.GetOutputs(), len(o.spec.GetPlatforms())); err != nil {
+		return &usageError{msg: err.Error()}
 	}
 	return nil
 }
