@@ -12,7 +12,10 @@ import (
 	"log/slog"
 	"net"
 	"os"
+	"os/exec"
 	"path/filepath"
+	"regexp"
+	"slices"
 	"sort"
 	"strings"
 	"testing"
@@ -22,6 +25,7 @@ import (
 	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/protobuf/proto"
 
+	"github.com/kilnbuild/kiln/agent/enginetest"
 	"github.com/kilnbuild/kiln/gateway"
 	kilnv1 "github.com/kilnbuild/kiln/proto/gen/go/kiln/v1"
 	"github.com/kilnbuild/kiln/proto/rules/buildctx"
@@ -540,5 +544,123 @@ func TestOutputImageAndPlatforms(t *testing.T) {
 	}
 	if r := kiln(t, f.addr, "output", img.Id, "-o", "type=docker,dest="+filepath.Join(t.TempDir(), "x.tar")); r.code != 1 || !strings.Contains(r.stderr, "output expired") {
 		t.Errorf("kiln output once the output expired: %s", r)
+	}
+}
+
+// buildkitDockerCLI returns a docker CLI on PATH that builds with BuildKit
+// against the test's engine: one with the buildx plugin, or one from
+// before buildx was required (Docker 20.10's, which make dev-env installs
+// with docker.io).
+func buildkitDockerCLI(t *testing.T) string {
+	t.Helper()
+	var tried []string
+	for _, dir := range filepath.SplitList(os.Getenv("PATH")) {
+		bin := filepath.Join(dir, "docker")
+		if fi, err := os.Stat(bin); err != nil || fi.IsDir() || slices.Contains(tried, bin) {
+			continue
+		}
+		tried = append(tried, bin)
+		if exec.Command(bin, "buildx", "version").Run() == nil {
+			return bin
+		}
+		out, err := exec.Command(bin, "version", "--format", "{{.Client.Version}}").Output()
+		var major int
+		if _, serr := fmt.Sscanf(string(out), "%d.", &major); (err == nil || len(out) > 0) && serr == nil && major < 23 {
+			return bin
+		}
+	}
+	t.Fatalf("no docker CLI on PATH builds with BuildKit (tried %v): install the buildx plugin or Debian's docker.io 20.10 (make dev-env)", tried)
+	return ""
+}
+
+var queuedRE = regexp.MustCompile(`build (\S+) queued`)
+
+// TestOutputMatchesDockerBuild: on the farm's engine, kiln build --output
+// type=local and type=tar give the same files (names, types, modes,
+// contents, symlink targets) as docker build -o with BuildKit; kiln
+// output downloads the local output again, fetching only what is
+// missing; type=docker and type=oci are an image tarball of their shape.
+func TestOutputMatchesDockerBuild(t *testing.T) {
+	t.Parallel()
+	docker := buildkitDockerCLI(t)
+	k := sharedKilnd(t)
+	base := enginetest.BusyboxBase(t)
+	ctxDir := writeContext(t, map[string]string{
+		"Dockerfile": "FROM " + base + " AS b\n" +
+			"RUN mkdir -p /out/sub /out/private && echo hi > /out/sub/f && chmod 4755 /out/sub/f && ln -s sub/f /out/l && " +
+			"ln -s /etc/passwd /out/abs && ln /out/sub/f /out/h && touch /out/empty && echo p > /out/private/p && chmod 700 /out/private && chmod 0600 /out/private/p\n" +
+			"FROM scratch\nCOPY --from=b /out/ /\nCOPY ctx.txt /from-context/\n",
+		"ctx.txt": "from the context\n",
+	})
+	tmp := t.TempDir()
+	dockerBuild := func(output string) {
+		t.Helper()
+		cmd := exec.Command(docker, "build", "-o", output, ctxDir)
+		cmd.Env = append(os.Environ(), "DOCKER_BUILDKIT=1")
+		if out, err := cmd.CombinedOutput(); err != nil {
+			t.Fatalf("docker build -o %s: %v\n%s", output, err, out)
+		}
+	}
+	kilnBuild := func(output string) string {
+		t.Helper()
+		r := kiln(t, k.addrs.GRPC, "build", "--progress", "plain", "-o", output, ctxDir)
+		if r.code != 0 {
+			t.Fatalf("kiln build -o %s: %s", output, r)
+		}
+		m := queuedRE.FindStringSubmatch(r.stderr)
+		if m == nil || !strings.Contains(r.stderr, "exporting output to ") {
+			t.Fatalf("kiln build -o %s printed no build id or export line: %s", output, r)
+		}
+		return m[1]
+	}
+
+	refDir, kilnDir := filepath.Join(tmp, "docker-local"), filepath.Join(tmp, "kiln-local")
+	dockerBuild("type=local,dest=" + refDir)
+	id := kilnBuild("type=local,dest=" + kilnDir)
+	want := readTree(t, refDir)
+	for p, e := range map[string]treeEntry{
+		"sub/f": {"file", 0o755 | fs.ModeSetuid, "hi\n"}, "l": {"symlink", 0, "sub/f"}, "abs": {"symlink", 0, "/etc/passwd"},
+		"private": {"dir", 0o700, ""}, "private/p": {"file", 0o600, "p\n"}, "from-context/ctx.txt": {"file", 0o644, "from the context\n"},
+	} {
+		if want[p] != e {
+			t.Errorf("docker build -o type=local: %s is %v, want %v", p, want[p], e)
+		}
+	}
+	diffTrees(t, "kiln --output type=local against docker's", readTree(t, kilnDir), want)
+
+	refTar, kilnTar := filepath.Join(tmp, "docker.tar"), filepath.Join(tmp, "kiln.tar")
+	dockerBuild("type=tar,dest=" + refTar)
+	kilnBuild("type=tar,dest=" + kilnTar)
+	refData, err := os.ReadFile(refTar)
+	if err != nil {
+		t.Fatal(err)
+	}
+	kilnData, err := os.ReadFile(kilnTar)
+	if err != nil {
+		t.Fatal(err)
+	}
+	diffTrees(t, "kiln --output type=tar against docker's", readTar(t, kilnData), readTar(t, refData))
+
+	// Downloaded again after losing a file: only that file is fetched.
+	if err := os.Remove(filepath.Join(kilnDir, "from-context", "ctx.txt")); err != nil {
+		t.Fatal(err)
+	}
+	r := kiln(t, k.addrs.GRPC, "output", id, "--progress", "plain", "-o", "type=local,dest="+kilnDir)
+	if r.code != 0 || !strings.Contains(r.stderr, fmt.Sprintf("(%d fetched", len("from the context\n"))) || !strings.Contains(r.stderr, "already in place") {
+		t.Fatalf("kiln output after losing one file: %s", r)
+	}
+	diffTrees(t, "kiln output again", readTree(t, kilnDir), want)
+
+	// Image tarballs: docker's has manifest.json, oci's an oci-layout.
+	for typ, marker := range map[string]string{"docker": "manifest.json", "oci": "oci-layout"} {
+		file := filepath.Join(tmp, typ+".tar")
+		kilnBuild("type=" + typ + ",dest=" + file)
+		data, err := os.ReadFile(file)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, ok := readTar(t, data)[marker]; !ok {
+			t.Errorf("kiln --output type=%s: the tarball has no %s", typ, marker)
+		}
 	}
 }
