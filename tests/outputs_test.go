@@ -588,7 +588,8 @@ func TestOutputMatchesDockerBuild(t *testing.T) {
 	ctxDir := writeContext(t, map[string]string{
 		"Dockerfile": "FROM " + base + " AS b\n" +
 			"RUN mkdir -p /out/sub /out/private && echo hi > /out/sub/f && chmod 4755 /out/sub/f && ln -s sub/f /out/l && " +
-			"ln -s /etc/passwd /out/abs && ln /out/sub/f /out/h && touch /out/empty && echo p > /out/private/p && chmod 700 /out/private && chmod 0600 /out/private/p\n" +
+			"ln -s /etc/passwd /out/abs && ln /out/sub/f /out/h && touch /out/empty && echo p > /out/private/p && chmod 700 /out/private && chmod 0600 /out/private/p && " +
+			"chown -R 1000:1000 /out/private && chown -h 7:8 /out/l\n" +
 			"FROM scratch\nCOPY --from=b /out/ /\nCOPY ctx.txt /from-context/\n",
 		"ctx.txt": "from the context\n",
 	})
@@ -640,6 +641,9 @@ func TestOutputMatchesDockerBuild(t *testing.T) {
 		t.Fatal(err)
 	}
 	diffTrees(t, "kiln --output type=tar against docker's", readTar(t, kilnData), readTar(t, refData))
+	if got, want := tarOwners(t, kilnData), tarOwners(t, refData); got != want {
+		t.Errorf("kiln --output type=tar's owners:\n%s\nwant docker's:\n%s", got, want)
+	}
 
 	// Downloaded again after losing a file: only that file is fetched.
 	if err := os.Remove(filepath.Join(kilnDir, "from-context", "ctx.txt")); err != nil {
@@ -663,4 +667,23 @@ func TestOutputMatchesDockerBuild(t *testing.T) {
 			t.Errorf("kiln --output type=%s: the tarball has no %s", typ, marker)
 		}
 	}
+}
+
+// tarOwners lists a tar's entries' owners, one "name uid:gid" a line.
+func tarOwners(t *testing.T, data []byte) string {
+	t.Helper()
+	var lines []string
+	tr := tar.NewReader(bytes.NewReader(data))
+	for {
+		hdr, err := tr.Next()
+		if err == io.EOF {
+			break
+		}
+		if err != nil {
+			t.Fatalf("reading the tar: %v", err)
+		}
+		lines = append(lines, fmt.Sprintf("%s %d:%d", strings.TrimSuffix(strings.TrimPrefix(hdr.Name, "./"), "/"), hdr.Uid, hdr.Gid))
+	}
+	sort.Strings(lines)
+	return strings.Join(lines, "\n")
 }

@@ -60,8 +60,9 @@ func (d *download) tar(ctx context.Context, parts []*outputPart, to OutputTarget
 	return os.RemoveAll(staging)
 }
 
-// writeOutputTar writes the parts' entries as one tar, reading files with
-// open.
+// writeOutputTar writes the parts' entries as one tar, with the owners
+// the engine's tar exporter gave them (ContextEntry.uid and gid), reading
+// files with open.
 func writeOutputTar(w io.Writer, parts []*outputPart, open func(*outputPart, *kilnv1.ContextEntry) (io.ReadCloser, error)) error {
 	tw := tar.NewWriter(w)
 	for _, p := range parts {
@@ -71,7 +72,8 @@ func writeOutputTar(w io.Writer, parts []*outputPart, open func(*outputPart, *ki
 			}
 		}
 		for _, e := range p.manifest.Entries {
-			hdr := &tar.Header{Name: path.Join(p.prefix, e.Path), Mode: int64(e.Mode), ModTime: time.Unix(e.MtimeUnix, 0)}
+			hdr := &tar.Header{Name: path.Join(p.prefix, e.Path), Mode: int64(e.Mode), ModTime: time.Unix(e.MtimeUnix, 0),
+				Uid: int(e.Uid), Gid: int(e.Gid)}
 			switch e.Type {
 			case kilnv1.EntryType_ENTRY_TYPE_DIRECTORY:
 				hdr.Typeflag, hdr.Name = tar.TypeDir, hdr.Name+"/"
