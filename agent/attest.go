@@ -3,9 +3,12 @@ package agent
 import (
 	"context"
 	"fmt"
+	"path"
 	"slices"
+	"strings"
 
 	"github.com/kilnbuild/kiln/agent/engine"
+	"github.com/kilnbuild/kiln/agent/policy"
 	kilnv1 "github.com/kilnbuild/kiln/proto/gen/go/kiln/v1"
 	"github.com/kilnbuild/kiln/proto/rules/annotations"
 	"github.com/kilnbuild/kiln/proto/rules/attest"
@@ -32,11 +35,25 @@ func (a *Agent) checkAttest(spec *kilnv1.BuildSpec) error {
 	return nil
 }
 
-// attestOptions sets o's Annotations, Attests and Call from spec. The
+// defaultSBOMGenerator is the scanner image BuildKit runs for --sbom
+// without generator=.
+const defaultSBOMGenerator = "docker/buildkit-syft-scanner:stable-1"
+
+// attestOptions sets o's Annotations, Attests and Call from b's spec. The
 // annotations are those of the image this build makes for its platform
 // (the engine's own when it names none); a multi-platform build's index
-// annotations are the index writer's.
-func (a *Agent) attestOptions(o *engine.BuildKitOptions, spec *kilnv1.BuildSpec) error {
+// annotations are the index writer's, not its children's. The SBOM
+// scanner is an image the engine runs, so it must be allowed as a
+// frontend is (the agent's --frontend-allow or the tenant's
+// frontend_allow), and build args cannot ask for attestations behind the
+// flags' back (BUILDKIT_ATTEST_*, which the Dockerfile frontend reads).
+func (a *Agent) attestOptions(o *engine.BuildKitOptions, b *kilnv1.Build) error {
+	spec := b.GetSpec()
+	for k := range spec.GetBuildArgs() {
+		if strings.HasPrefix(strings.ToUpper(k), "BUILDKIT_ATTEST_") {
+			return fmt.Errorf("build arg %s is refused: ask for attestations with --provenance or --sbom", k)
+		}
+	}
 	as, err := annotations.Parse(spec.GetAnnotations())
 	if err != nil {
 		return err
@@ -51,12 +68,18 @@ func (a *Agent) attestOptions(o *engine.BuildKitOptions, spec *kilnv1.BuildSpec)
 		if err != nil {
 			return err
 		}
-		if on {
-			attests["attest:"+t.typ] = v
+		if !on {
+			continue
 		}
+		if t.typ == attest.SBOM {
+			if err := a.checkSBOMGenerator(b, v); err != nil {
+				return err
+			}
+		}
+		attests["attest:"+t.typ] = v
 	}
 	if len(as) > 0 {
-		o.Annotations = annotations.ExporterAttrs(as, platform, len(attests) > 0)
+		o.Annotations = annotations.ExporterAttrs(as, platform, len(attests) > 0 && b.GetParentId() == "")
 	}
 	if len(attests) > 0 {
 		o.Attests = attests
@@ -70,6 +93,30 @@ func (a *Agent) attestOptions(o *engine.BuildKitOptions, spec *kilnv1.BuildSpec)
 		o.Push = false // a check builds nothing to push
 	}
 	return nil
+}
+
+// checkSBOMGenerator refuses an SBOM scanner image (attrs' generator=,
+// else BuildKit's default) that neither the agent's frontend list nor the
+// tenant's frontend_allow names, as the policy refuses a "# syntax="
+// frontend: the engine would pull and run it.
+func (a *Agent) checkSBOMGenerator(b *kilnv1.Build, attrs string) error {
+	img := defaultSBOMGenerator
+	for _, f := range strings.Split(attrs, ",") {
+		if v, ok := strings.CutPrefix(strings.Trim(f, `"`), "generator="); ok {
+			img = v
+		}
+	}
+	allowed := policy.FromRecord(b.GetTenant(), b.GetPolicy(), a.cfg.FrontendAllow).Frontends
+	for _, pat := range allowed {
+		if ok, _ := path.Match(pat, img); ok || pat == img {
+			return nil
+		}
+	}
+	list := strings.Join(allowed, ", ")
+	if list == "" {
+		list = "none"
+	}
+	return fmt.Errorf("--sbom scanner image %s is refused by policy: the engine would run it, and it is not among the allowed frontend images (%s; kiln-agent --frontend-allow or the tenant's frontend_allow)", img, list)
 }
 
 // attestResult copies what the engine answered into the build's result.

@@ -61,7 +61,7 @@ func (a *Agent) buildKit(ctx context.Context, b *kilnv1.Build, creds engine.Cred
 		// --build-context (agent/buildctx.go).
 		NamedContexts: named,
 	}
-	if err := a.attestOptions(&o, spec); err != nil {
+	if err := a.attestOptions(&o, b); err != nil {
 		return engine.BuildKitResult{}, nil, err
 	}
 	if err := a.sshOptions(&o, b, creds, rep); err != nil {

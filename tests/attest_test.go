@@ -72,7 +72,8 @@ func checkDescriptor(t *testing.T, mdPath, reg, repo, tag string) attestManifest
 // --provenance reach the registry (an index of the image, whose manifest
 // carries the annotation, and its SLSA provenance attestation, the index
 // carrying the index annotation) and the metadata file's descriptor is
-// the index's; --check prints the lint warning as buildx does and exits 1,
+// the index's, also for two platforms (each child's provenance listed in
+// the farm's index); --check prints the lint warning as buildx does and exits 1,
 // pushing nothing.
 func TestAttestBuildKitd(t *testing.T) {
 	t.Parallel()
@@ -107,6 +108,27 @@ func TestAttestBuildKitd(t *testing.T) {
 	}
 	if !title || !provenance {
 		t.Fatalf("image manifest annotated: %v, SLSA provenance attestation: %v; want both", title, provenance)
+	}
+
+	// Two platforms: each child pushes its image with its provenance, and
+	// the index the farm writes lists them all with the index annotation.
+	// FROM scratch and COPY run no step, so arm64 needs no emulation.
+	multi := writeContext(t, map[string]string{"Dockerfile": "FROM scratch\nARG TARGETARCH\nCOPY f-${TARGETARCH} /f\n", "f-amd64": n, "f-arm64": n})
+	md = filepath.Join(t.TempDir(), "md-multi.json")
+	r = kiln(t, k.addrs.GRPC, "build", "--progress", "plain", "--push", "-t", reg+"/"+repo+":"+n+"-multi", "--metadata-file", md,
+		"--platform", "linux/amd64,linux/arm64", "--annotation", "index:org.opencontainers.image.description=multi-"+n, "--provenance=true", multi)
+	if r.code != 0 {
+		t.Fatalf("two-platform build with --provenance: %s", r)
+	}
+	idx = checkDescriptor(t, md, reg, repo, n+"-multi")
+	attestations := 0
+	for _, e := range idx.Manifests {
+		if e.Annotations["vnd.docker.reference.type"] == "attestation-manifest" {
+			attestations++
+		}
+	}
+	if idx.Annotations["org.opencontainers.image.description"] != "multi-"+n || len(idx.Manifests) != 4 || attestations != 2 {
+		t.Fatalf("two-platform index: annotations %v, %d manifests of which %d attestations; want the description, two images and two attestations", idx.Annotations, len(idx.Manifests), attestations)
 	}
 
 	lint := writeContext(t, map[string]string{"Dockerfile": fmt.Sprintf("FROM %s as build\nRUN exit 3\n", base)})

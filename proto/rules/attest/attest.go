@@ -179,9 +179,6 @@ func CheckSpec(spec *kilnv1.BuildSpec) error {
 	if att && !spec.GetPush() {
 		return rules.Invalidf("--provenance and --sbom attach attestations to the image the farm pushes: add --push and a --tag")
 	}
-	if att && len(spec.GetPlatforms()) > 1 {
-		return rules.Invalidf("--provenance and --sbom are not supported yet with several --platform values: build each platform with its own tag, or drop them")
-	}
 	if call != "" && (spec.GetPush() || len(spec.GetPlatforms()) > 1 || len(spec.GetOutputs()) > 0) {
 		return rules.Invalidf("--call %s builds nothing: drop --push, --output and all but one --platform", call)
 	}

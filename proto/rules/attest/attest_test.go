@@ -93,7 +93,7 @@ func TestCheckSpecAndFeatures(t *testing.T) {
 		{name: "provenance pushed", spec: &kilnv1.BuildSpec{Push: true, Provenance: "mode=max"}, features: []string{FeatureAttestations}},
 		{name: "provenance off", spec: &kilnv1.BuildSpec{Provenance: "false", Sbom: "false"}},
 		{name: "provenance not pushed", spec: &kilnv1.BuildSpec{Provenance: "true"}, wantErr: "add --push"},
-		{name: "sbom multi-platform", spec: &kilnv1.BuildSpec{Push: true, Sbom: "true", Platforms: []string{"linux/amd64", "linux/arm64"}}, wantErr: "several --platform"},
+		{name: "sbom multi-platform", spec: &kilnv1.BuildSpec{Push: true, Sbom: "true", Platforms: []string{"linux/amd64", "linux/arm64"}}, features: []string{FeatureAttestations}},
 		{name: "check", spec: &kilnv1.BuildSpec{Call: "check"}, features: []string{FeatureCall}},
 		{name: "check pushed", spec: &kilnv1.BuildSpec{Call: "check", Push: true}, wantErr: "builds nothing"},
 		{name: "bad call", spec: &kilnv1.BuildSpec{Call: "print"}, wantErr: "want build, check"},
