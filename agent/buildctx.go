@@ -52,16 +52,17 @@ func (a *Agent) contextDir(ctx context.Context, b *kilnv1.Build, ev *events) (bu
 // materialize writes an uploaded manifest context into a work directory
 // under key, pinned until released: the blobs this agent lacks are
 // fetched into its local CAS, and only the entries that differ from the
-// directory's last content are written. what names the context in the
-// build's log and errors ("context", "build context base").
-func (a *Agent) materialize(ctx context.Context, b *kilnv1.Build, ref *kilnv1.ContextRef, key, what string, ev *events) (*workdir.Dir, error) {
+// directory's last content are written. label names the context in the
+// build's log, spans and errors ("context", "context base").
+func (a *Agent) materialize(ctx context.Context, b *kilnv1.Build, ref *kilnv1.ContextRef, key, label string, ev *events) (*workdir.Dir, error) {
+	what := "build " + label
 	m, err := a.readManifest(ctx, ref.Digest)
 	if err != nil {
 		return nil, err
 	}
 	total, err := ctxmanifest.Validate(m, a.cfg.ContextLimits)
 	if err != nil {
-		return nil, fmt.Errorf("%s manifest %s is refused: %s", what, ref.Digest.Hash, status.Convert(err).Message())
+		return nil, fmt.Errorf("%s manifest %s is refused: %s", label, ref.Digest.Hash, status.Convert(err).Message())
 	}
 	var files []localcas.Blob
 	for _, e := range m.Entries {
@@ -69,7 +70,7 @@ func (a *Agent) materialize(ctx context.Context, b *kilnv1.Build, ref *kilnv1.Co
 			files = append(files, localcas.Blob{Digest: e.Digest.Hash, Size: e.Size})
 		}
 	}
-	fctx, fetch := startSpan(ctx, what+" fetch", b, attribute.Int("kiln.context.files", len(files)))
+	fctx, fetch := startSpan(ctx, label+" fetch", b, attribute.Int("kiln.context.files", len(files)))
 	pin, st, err := a.cache.Ensure(fctx, files, a.blobs.Get)
 	fetch.SetAttributes(attribute.Int("kiln.context.fetched_blobs", st.Fetched), attribute.Int64("kiln.context.fetched_bytes", st.FetchedBytes))
 	endSpan(fetch, err)
@@ -78,7 +79,7 @@ func (a *Agent) materialize(ctx context.Context, b *kilnv1.Build, ref *kilnv1.Co
 	}
 	observeContextFetch(st)
 	started := time.Now()
-	mctx, materialize := startSpan(ctx, what+" materialize", b)
+	mctx, materialize := startSpan(ctx, label+" materialize", b)
 	dir, ws, err := a.workdirs.Materialize(mctx, key, m, a.cache)
 	endSpan(materialize, err)
 	pin.Release()
@@ -86,7 +87,7 @@ func (a *Agent) materialize(ctx context.Context, b *kilnv1.Build, ref *kilnv1.Co
 		return nil, fmt.Errorf("write the %s to the agent's work directory: %w", what, err)
 	}
 	ev.internal("%s: %d files, %s; fetched %d blobs (%s) from the farm, %d already on this agent; work dir %s: %d entries written (%s), %d removed, %d kept in %s",
-		what, len(files), megabytes(total), st.Fetched, megabytes(st.FetchedBytes), st.Local,
+		label, len(files), megabytes(total), st.Fetched, megabytes(st.FetchedBytes), st.Local,
 		dir.Slot(), ws.Written, megabytes(ws.WrittenBytes), ws.Removed, ws.Kept, time.Since(started).Round(time.Millisecond))
 	ev.logger.InfoContext(ctx, what+" ready", "manifest", ref.Digest.Hash, "files", len(files), "bytes", total,
 		"fetched_blobs", st.Fetched, "fetched_bytes", st.FetchedBytes, "workdir", dir.Slot(),
@@ -121,7 +122,7 @@ func (a *Agent) namedContexts(ctx context.Context, b *kilnv1.Build, ev *events) 
 			continue
 		}
 		key := b.GetAffinity().GetLineage() + "\x00build-context\x00" + nc.GetName()
-		dir, err := a.materialize(ctx, b, nc.GetContext(), key, "build context "+nc.GetName(), ev)
+		dir, err := a.materialize(ctx, b, nc.GetContext(), key, "context "+nc.GetName(), ev)
 		if err != nil {
 			return nil, release, err
 		}
