@@ -13,10 +13,13 @@ import (
 	"path/filepath"
 	"slices"
 	"strings"
+	"sync"
+	"sync/atomic"
 	"syscall"
 	"time"
 
 	"github.com/nats-io/nats.go/jetstream"
+	"golang.org/x/sync/errgroup"
 
 	"github.com/kilnbuild/kiln/agent/engine"
 	kilnv1 "github.com/kilnbuild/kiln/proto/gen/go/kiln/v1"
@@ -56,6 +59,7 @@ func (a *Agent) exportOutput(ctx context.Context, spec *kilnv1.BuildSpec, o engi
 	if err := a.cfg.Engine.ExportOutput(ctx, o, res, rep); err != nil {
 		return nil, err
 	}
+	exported := time.Now()
 	var (
 		m     *kilnv1.ContextManifest
 		files []outputFile
@@ -80,19 +84,24 @@ func (a *Agent) exportOutput(ctx context.Context, spec *kilnv1.BuildSpec, o engi
 	if err != nil {
 		return nil, farm(fmt.Errorf("export type=%s: open %s: %w", out.Type, bus.BucketOutputs, err))
 	}
-	up := outputUploader{store: store}
-	for _, f := range files {
-		if err := up.putFile(ctx, f.path, f.digest); err != nil {
-			return nil, farm(fmt.Errorf("export type=%s: %w", out.Type, err))
-		}
+	up := &outputUploader{store: store}
+	if err := up.putFiles(ctx, files); err != nil {
+		return nil, farm(fmt.Errorf("export type=%s: %w", out.Type, err))
 	}
 	sum := sha256.Sum256(data)
 	manifest := &kilnv1.Digest{Hash: "sha256:" + hex.EncodeToString(sum[:]), SizeBytes: int64(len(data))}
 	if err := up.put(ctx, manifest.Hash, func() (io.ReadCloser, error) { return io.NopCloser(bytes.NewReader(data)), nil }); err != nil {
 		return nil, farm(fmt.Errorf("export type=%s: %w", out.Type, err))
 	}
-	ev.log(0, fmt.Sprintf("[kiln] exported output type=%s (%d files, %s; %d blobs stored, %d already there) in %s",
-		out.Type, len(files), megabytes(total), up.stored, up.kept, time.Since(started).Round(time.Millisecond)))
+	n := 0
+	for _, e := range m.Entries {
+		if e.Type == kilnv1.EntryType_ENTRY_TYPE_FILE || e.Type == kilnv1.EntryType_ENTRY_TYPE_HARDLINK {
+			n++
+		}
+	}
+	ev.log(0, fmt.Sprintf("[kiln] exported output type=%s (%d files, %s) in %s: engine %s, upload %s (%d blobs stored, %d already there)",
+		out.Type, n, megabytes(total), time.Since(started).Round(time.Millisecond), exported.Sub(started).Round(time.Millisecond),
+		time.Since(exported).Round(time.Millisecond), up.stored.Load(), up.kept.Load()))
 	return &kilnv1.OutputRef{Type: out.Type, Manifest: manifest, Size: total}, nil
 }
 
@@ -232,9 +241,9 @@ func outputObject(digest string) string { return strings.Replace(digest, ":", "/
 // outputUploader stores an export's blobs, each once.
 type outputUploader struct {
 	store        jetstream.ObjectStore
-	done         map[string]bool
-	stored, kept int
-	ttl          time.Duration // the bucket's, once read; -1: none
+	stored, kept atomic.Int64
+	ttlOnce      sync.Once
+	ttl          time.Duration // the bucket's; -1: none, 0: unknown
 }
 
 // freshFor is how much of the bucket's TTL a blob already stored must
@@ -243,21 +252,35 @@ type outputUploader struct {
 // has fetched the manifest naming it.
 const freshFor = 3 // quarters of the TTL
 
-func (u *outputUploader) putFile(ctx context.Context, path, digest string) error {
-	return u.put(ctx, digest, func() (io.ReadCloser, error) { return os.Open(path) })
+// uploadConcurrency is how many blobs an export stores at once: each
+// small blob is a few round trips to NATS, which a walk of many small
+// files would otherwise wait for one by one.
+const uploadConcurrency = 4
+
+// putFiles stores the files' blobs, each content once.
+func (u *outputUploader) putFiles(ctx context.Context, files []outputFile) error {
+	g, gctx := errgroup.WithContext(ctx)
+	g.SetLimit(uploadConcurrency)
+	seen := map[string]bool{}
+	for _, f := range files {
+		if seen[f.digest] {
+			continue
+		}
+		seen[f.digest] = true
+		g.Go(func() error {
+			return u.put(gctx, f.digest, func() (io.ReadCloser, error) { return os.Open(f.path) })
+		})
+	}
+	return g.Wait()
 }
 
 // put stores the blob digest that open reads, unless it is stored and fresh.
 func (u *outputUploader) put(ctx context.Context, digest string, open func() (io.ReadCloser, error)) error {
-	if u.done[digest] {
-		return nil
-	}
 	name := outputObject(digest)
 	info, err := u.store.GetInfo(ctx, name)
 	switch {
 	case err == nil && !info.Deleted && u.fresh(ctx, info.ModTime):
-		u.kept++
-		u.mark(digest)
+		u.kept.Add(1)
 		return nil
 	case err != nil && !errors.Is(err, jetstream.ErrObjectNotFound):
 		return fmt.Errorf("look up output blob %s: %w", digest, err)
@@ -270,29 +293,22 @@ func (u *outputUploader) put(ctx context.Context, digest string, open func() (io
 	if _, err := u.store.Put(ctx, jetstream.ObjectMeta{Name: name}, r); err != nil {
 		return fmt.Errorf("store output blob %s: %w", digest, err)
 	}
-	u.stored++
-	u.mark(digest)
+	u.stored.Add(1)
 	return nil
-}
-
-func (u *outputUploader) mark(digest string) {
-	if u.done == nil {
-		u.done = map[string]bool{}
-	}
-	u.done[digest] = true
 }
 
 // fresh reports whether a blob stored at t outlives freshFor quarters of
 // the bucket's TTL from now.
 func (u *outputUploader) fresh(ctx context.Context, t time.Time) bool {
+	u.ttlOnce.Do(func() {
+		if st, err := u.store.Status(ctx); err == nil {
+			if u.ttl = st.TTL(); u.ttl <= 0 {
+				u.ttl = -1
+			}
+		}
+	})
 	if u.ttl == 0 {
-		st, err := u.store.Status(ctx)
-		if err != nil {
-			return false // store it again: it costs a copy, not the output
-		}
-		if u.ttl = st.TTL(); u.ttl <= 0 {
-			u.ttl = -1
-		}
+		return false // unknown: store it again, which costs a copy, not the output
 	}
 	return u.ttl < 0 || time.Since(t) < u.ttl*(4-freshFor)/4
 }
