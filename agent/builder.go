@@ -57,6 +57,8 @@ func (a *Agent) chooseBuilder(spec *kilnv1.BuildSpec, ref *kilnv1.ContextRef) (k
 	switch {
 	case len(spec.GetSecrets()) > 0:
 		needs = "build secrets"
+	case len(spec.GetSsh()) > 0:
+		needs = "ssh keys (--ssh)"
 	case len(spec.GetCacheFrom()) > 0 || len(spec.GetCacheTo()) > 0:
 		needs = "cache options (--cache-from, --cache-to)"
 	case len(spec.GetOutputs()) > 0 && spec.Outputs[0].GetType() != outputs.TypeCacheOnly:

@@ -4,6 +4,7 @@
 //
 //	buildctx      context manifest entries, paths, limits (SDK packs, gateway and agent check)
 //	secretid      build secret ids and limits              (SDK, CLI, gateway)
+//	sshid         --ssh ids, key limits and key parsing     (CLI, SDK, gateway sizes, agent parses)
 //	registryhost  registry host names for credentials      (CLI looks up, agent serves)
 //	seal          sealing values to the farm's key, bound   (SDK seals, gateway sizes, agent opens)
 //	              to a tenant and a build
