@@ -93,7 +93,6 @@ func (a *Agent) writeIndex(ctx context.Context, b *kilnv1.Build, ev *events) (*k
 		p := &kilnv1.PushedImage{Tag: tag, Digest: digest.String(), Size: size}
 		res.Pushed = append(res.Pushed, p)
 		ev.publish(&kilnv1.BuildEvent{Event: &kilnv1.BuildEvent_Pushed{Pushed: p}})
-		ev.log(0, fmt.Sprintf("pushed the image index %s as %s", digest, tag))
 		if res.ImageId == "" {
 			res.ImageId = digest.String() // buildx's containerimage.digest: the index's
 			res.Descriptor_ = &kilnv1.ImageDescriptor{MediaType: string(mt), Digest: digest.String(), Size: size}
@@ -123,6 +122,11 @@ func indexFor(ctx context.Context, tag string, kids []*kilnv1.ChildResult, index
 			return nil, "", fmt.Errorf("platform %s's manifest %s: %w", k.GetPlatform(), digest, err)
 		}
 		descs := []v1.Descriptor{*d}
+		if d.MediaType.IsImage() {
+			if err := checkPushed(ref.Context().Digest(digest), k, opts); err != nil {
+				return nil, "", err
+			}
+		}
 		if d.MediaType.IsIndex() { // its image and its attestations
 			child, err := remote.Index(ref.Context().Digest(digest), opts...)
 			if err != nil {
@@ -159,6 +163,40 @@ func indexFor(ctx context.Context, tag string, kids []*kilnv1.ChildResult, index
 	}
 	raw, err := json.Marshal(idx)
 	return raw, idx.MediaType, err
+}
+
+// checkPushed checks that the manifest child k pushed is for k's
+// platform, as its image config says. Builds of the same tag on one
+// Docker engine (two children of a build on two agents, or two slots,
+// sharing it) tag the engine's image in turn, and a push sends whichever
+// image the tag names by then: an index listing another platform's image
+// as this one's must not be written.
+func checkPushed(ref name.Digest, k *kilnv1.ChildResult, opts []remote.Option) error {
+	img, err := remote.Image(ref, opts...)
+	if err != nil {
+		return fmt.Errorf("platform %s's manifest %s: %w", k.GetPlatform(), ref.DigestStr(), err)
+	}
+	cfg, err := img.ConfigFile()
+	if err != nil {
+		return fmt.Errorf("platform %s's image config: %w", k.GetPlatform(), err)
+	}
+	if cfg.Architecture == "" {
+		return nil // says nothing of its platform
+	}
+	got := cfg.OS + "/" + cfg.Architecture
+	if cfg.Variant != "" {
+		got += "/" + cfg.Variant
+	}
+	if !samePlatform(got, k.GetPlatform()) {
+		return fmt.Errorf("platform %s (build %s) pushed %s, an image for %s: another build of the same tag on the same Docker engine re-tagged the engine's image before the push; build again, or give each agent its own engine", k.GetPlatform(), k.GetBuildId(), ref.DigestStr(), got)
+	}
+	return nil
+}
+
+// samePlatform reports whether an image config's platform is want, an
+// arm64 image with variant v8 being linux/arm64's.
+func samePlatform(got, want string) bool {
+	return got == want || got == want+"/v8" || strings.TrimSuffix(got, "/v8") == want
 }
 
 // annotated reports whether any of descs has annotations, which a Docker

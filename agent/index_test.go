@@ -11,9 +11,11 @@ import (
 	"github.com/google/go-containerregistry/pkg/authn"
 	"github.com/google/go-containerregistry/pkg/name"
 	v1 "github.com/google/go-containerregistry/pkg/v1"
+	"github.com/google/go-containerregistry/pkg/v1/mutate"
 	"github.com/google/go-containerregistry/pkg/v1/random"
 	"github.com/google/go-containerregistry/pkg/v1/remote"
 	"github.com/google/go-containerregistry/pkg/v1/types"
+	"google.golang.org/protobuf/proto"
 
 	"github.com/kilnbuild/kiln/agent/enginetest"
 	kilnv1 "github.com/kilnbuild/kiln/proto/gen/go/kiln/v1"
@@ -65,13 +67,19 @@ func TestIndexWrittenWithTheBuildsOwnCredentials(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
+		cfg, _ := img.ConfigFile()
+		cfg.OS, cfg.Architecture, _ = strings.Cut(p, "/")
+		if img, err = mutate.ConfigFile(img, cfg); err != nil {
+			t.Fatal(err)
+		}
 		if err := remote.Write(ref, img, auth, remote.WithContext(t.Context())); err != nil {
 			t.Fatal(err)
 		}
 		d, _ := img.Digest()
+		id, _ := img.ConfigName() // a Docker engine's image id
 		digests[p] = d.String()
 		kids = append(kids, &kilnv1.ChildResult{BuildId: []string{"kid-amd", "kid-arm"}[i], Platform: p,
-			Result: &kilnv1.BuildResult{Steps: 2, CachedSteps: 1, Pushed: []*kilnv1.PushedImage{{Tag: tag, Digest: d.String()}}}})
+			Result: &kilnv1.BuildResult{ImageId: id.String(), Steps: 2, CachedSteps: 1, Pushed: []*kilnv1.PushedImage{{Tag: tag, Digest: d.String()}}}})
 	}
 	parent := func(pass string, annotations ...string) *kilnv1.Build {
 		nonce, err := seal.NewNonce()
@@ -137,6 +145,19 @@ func TestIndexWrittenWithTheBuildsOwnCredentials(t *testing.T) {
 			if want := map[string]string{"arm64": "arm"}[desc.Platform.Architecture]; desc.Annotations["com.example.arch"] != want {
 				t.Errorf("%s's descriptor annotated %v, want com.example.arch=%q", desc.Platform.Architecture, desc.Annotations, want)
 			}
+		}
+	})
+
+	t.Run("another platform's image pushed: the build fails", func(t *testing.T) {
+		// Two children of the tag on one Docker engine: the arm64 child's
+		// push sent the amd64 image the tag named by then.
+		b := parent(password)
+		raced := proto.CloneOf(kids[1])
+		raced.Result.Pushed[0].Digest = digests["linux/amd64"]
+		b.ChildResults = []*kilnv1.ChildResult{kids[0], raced}
+		rec, _ := runRecord(t, a, b, false)
+		if rec.State != kilnv1.BuildState_BUILD_STATE_FAILED || !strings.Contains(rec.Error, "platform linux/arm64 (build kid-arm) pushed "+digests["linux/amd64"]+", an image for linux/amd64") {
+			t.Fatalf("index build %s: %q, want failed naming linux/arm64's push of a linux/amd64 image", rec.State, rec.Error)
 		}
 	})
 

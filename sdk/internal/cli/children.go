@@ -43,6 +43,9 @@ type family struct {
 	kids      []*kiln.Build // once followed
 	platforms []string      // kids' platforms
 	printed   sync.WaitGroup
+	// running is set once the build ran (its children did): queued
+	// again, it is the index's turn.
+	running bool
 }
 
 type childStep struct {
@@ -73,6 +76,14 @@ func printFamily(ctx context.Context, b *kiln.Build, pr *progress.Printer) {
 		pb := ev.Proto()
 		if f.kids == nil && (pb.GetState() != nil || pb.GetFinished() != nil) {
 			f.follow(ctx, b)
+		}
+		// The children's lines come before the index's (a replayed log
+		// reads the build's faster than its children's).
+		switch st := pb.GetState().GetState(); {
+		case st == kilnv1.BuildState_BUILD_STATE_QUEUED && f.running:
+			f.drain(ctx)
+		case st == kilnv1.BuildState_BUILD_STATE_RUNNING:
+			f.running = true
 		}
 		if fin := pb.GetFinished(); fin != nil {
 			f.drain(ctx)
