@@ -240,6 +240,7 @@ func New(ctx context.Context, cfg Config) (*Agent, error) {
 		cache.Close()
 		return nil, err
 	}
+	removeStaleOutputs(cfg.WorkDir, log)
 	a := &Agent{
 		cfg: cfg, log: log, client: client, blobs: blobs, cache: cache, workdirs: workdirs,
 		started: time.Now(),

@@ -9,6 +9,7 @@ import (
 	"fmt"
 	"io"
 	"io/fs"
+	"log/slog"
 	"os"
 	"path/filepath"
 	"slices"
@@ -42,8 +43,7 @@ func (a *Agent) exportOutput(ctx context.Context, spec *kilnv1.BuildSpec, o engi
 		return nil, nil
 	}
 	out := spec.Outputs[0]
-	// Beside the work directories, on the disk sized for builds' files.
-	parent := filepath.Clean(a.cfg.WorkDir) + "-outputs"
+	parent := outputsDir(a.cfg.WorkDir)
 	if err := os.MkdirAll(parent, 0o700); err != nil {
 		return nil, fmt.Errorf("export type=%s: %w", out.Type, err)
 	}
@@ -103,6 +103,19 @@ func (a *Agent) exportOutput(ctx context.Context, spec *kilnv1.BuildSpec, o engi
 		out.Type, n, megabytes(total), time.Since(started).Round(time.Millisecond), exported.Sub(started).Round(time.Millisecond),
 		time.Since(exported).Round(time.Millisecond), up.stored.Load(), up.kept.Load()))
 	return &kilnv1.OutputRef{Type: out.Type, Manifest: manifest, Size: total}, nil
+}
+
+// outputsDir holds the exports in progress, beside the work directories
+// workDir names (on the disk sized for builds' files); only one agent uses
+// it, as its work directory.
+func outputsDir(workDir string) string { return filepath.Clean(workDir) + "-outputs" }
+
+// removeStaleOutputs removes the exports an agent that stopped mid-export
+// left in outputsDir.
+func removeStaleOutputs(workDir string, log *slog.Logger) {
+	if err := os.RemoveAll(outputsDir(workDir)); err != nil {
+		log.Warn("remove the exports an earlier run left", "dir", outputsDir(workDir), "err", err)
+	}
 }
 
 // outputFile is a regular file of an export and its content's digest.

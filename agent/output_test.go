@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"log/slog"
 	"maps"
 	"os"
 	"path/filepath"
@@ -134,7 +135,7 @@ COPY --from=build /out/ /
 			t.Fatalf("cacheonly build: %s %s, output %v\n%s", rec.State, rec.Error, rec.GetResult().GetOutput(), strings.Join(lines, "\n"))
 		}
 	})
-	left, err := os.ReadDir(filepath.Clean(a.cfg.WorkDir) + "-outputs")
+	left, err := os.ReadDir(outputsDir(a.cfg.WorkDir))
 	if err != nil || len(left) != 0 {
 		t.Fatalf("the agent's output directory holds %v (%v), want nothing", left, err)
 	}
@@ -239,5 +240,22 @@ func TestListOutputTar(t *testing.T) {
 	}
 	if _, err := os.Stat(name); !os.IsNotExist(err) {
 		t.Fatalf("the engine's tar is still there: %v", err)
+	}
+}
+
+// TestNewRemovesStaleOutputs: exports an agent left when it stopped
+// mid-export are removed when the next one starts on the work directory.
+func TestNewRemovesStaleOutputs(t *testing.T) {
+	work := filepath.Join(t.TempDir(), "work")
+	stale := filepath.Join(outputsDir(work), "kiln-output-1", "big")
+	if err := os.MkdirAll(filepath.Dir(stale), 0o700); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(stale, []byte("left"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	removeStaleOutputs(work, slog.New(slog.NewTextHandler(t.Output(), nil)))
+	if _, err := os.Stat(outputsDir(work)); !os.IsNotExist(err) {
+		t.Fatalf("%s after the start: %v, want it gone", outputsDir(work), err)
 	}
 }
