@@ -228,7 +228,10 @@ func stagedPath(dir string, d *kilnv1.Digest) string {
 // renamed to final once its sha256 and size match. A gateway that becomes
 // unreachable mid-blob is replaced and the blob continues from where it
 // stopped.
-func (d *download) fetch(ctx context.Context, b blobRef, partial, final string) error {
+func (d *download) fetch(ctx context.Context, b blobRef, partial, final string) (err error) {
+	if err := ctx.Err(); err != nil {
+		return err // another blob failed: leave no empty partial behind
+	}
 	f, err := os.OpenFile(partial, os.O_RDWR|os.O_CREATE, 0o600)
 	if err != nil {
 		return fmt.Errorf("output blob %s: %w", b.d.Hash, err)
@@ -253,6 +256,12 @@ func (d *download) fetch(ctx context.Context, b blobRef, partial, final string) 
 		d.mu(func() { d.st.Resumed++ })
 	}
 	w := &countingWriter{w: io.MultiWriter(f, h), rep: d.rep, st: d.st}
+	defer func() {
+		if err != nil && n+w.n == 0 {
+			f.Close()
+			os.Remove(partial) // nothing to resume from
+		}
+	}()
 	err = d.c.retry.retry(ctx, func() error {
 		if n+w.n >= b.d.SizeBytes {
 			return nil
