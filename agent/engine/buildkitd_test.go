@@ -37,7 +37,7 @@ func TestBuildKitdPushesCachesAndSyncsOnlyChangedFiles(t *testing.T) {
 	// scripts/buildkitd.sh builds the daemon at the client's version.
 	if info.Kind != engine.KindBuildKit || info.ServerVersion != buildkitClientVersion(t) || info.OS != "linux" || info.Arch == "" || info.StorageDriver == "" ||
 		!slices.Equal(info.Builders, []string{"buildkit"}) ||
-		!slices.Equal(info.Features, []string{engine.FeatureCacheImport, engine.FeatureCacheExportInline, engine.FeatureCacheExportRegistry, engine.FeaturePushInBuild, engine.FeatureAnnotations, engine.FeatureAttestations, engine.FeatureCall}) {
+		!slices.Equal(info.Features, []string{engine.FeatureCacheImport, engine.FeatureCacheExportInline, engine.FeatureCacheExportRegistry, engine.FeaturePushInBuild, engine.FeatureAnnotations, engine.FeatureAttestations, engine.FeatureCall, engine.FeatureNamedContexts}) {
 		t.Fatalf("info %+v", info)
 	}
 
