@@ -17,8 +17,9 @@ import (
 )
 
 // kilnStreams is how many streams bus.Setup makes: KILN_REQUESTS,
-// KILN_EVENTS, seven KV buckets and one object store.
-const kilnStreams = 10
+// KILN_EVENTS, seven KV buckets and two object stores (KILN_CAS,
+// KILN_OUTPUTS).
+const kilnStreams = 11
 
 // retry calls op until it succeeds, fails other than by the cluster being
 // unavailable (bus.IsUnavailable, or a NATS request deadline), or 60s pass:
