@@ -90,7 +90,11 @@ func (a *App) downloadOutput(ctx context.Context, client *kiln.Client, b *kilnv1
 		pr.ContextProgress("Downloading", p.Files, p.TotalFiles, p.Bytes, p.TotalBytes)
 	}))
 	if err != nil {
-		return fmt.Errorf("exporting output to %s: %w", where, err)
+		resume := ""
+		if plan.Dest != outputs.Stdout {
+			resume = fmt.Sprintf(" (resume with: kiln output %s --output %s,dest=%s)", b.GetId(), outputs.String(plan.Output), plan.Dest)
+		}
+		return fmt.Errorf("exporting output to %s: %w%s", where, err, resume)
 	}
 	line := fmt.Sprintf("exporting output to %s: %d files, %d bytes (%d fetched", where, st.Files, st.Bytes, st.FetchedBytes)
 	if st.Present > 0 {

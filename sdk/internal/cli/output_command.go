@@ -85,9 +85,19 @@ func (a *App) output(ctx context.Context, args []string) int {
 	if err != nil {
 		return reportFarmError(a.Stderr, conn.gateway, id, err)
 	}
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
 	pr := a.newPrinter(ctx, mode, false)
 	defer pr.Close()
-	if err := a.downloadOutput(ctx, client, b, plan, pr); err != nil {
+	// Ctrl-C stops the download; running the command again resumes it.
+	interrupts := stopOnInterrupt(a.Interrupts, cancel)
+	err = a.downloadOutput(ctx, client, b, plan, pr)
+	interrupts.stop()
+	switch {
+	case interrupts.interrupted():
+		pr.Errorf("interrupted: run the same command again to resume")
+		return ExitInterrupted
+	case err != nil:
 		pr.Errorf("%v", err)
 		return ExitCode(err)
 	}
