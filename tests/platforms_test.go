@@ -14,7 +14,9 @@ import (
 	"testing"
 	"time"
 
+	"github.com/kilnbuild/kiln/agent/enginetest"
 	"github.com/kilnbuild/kiln/services/bus"
+	"github.com/kilnbuild/kiln/services/sealed"
 )
 
 // Multi-platform builds (issue 15 item 1), on real engines: arm64 runs
@@ -89,7 +91,10 @@ func busyboxStatic(t *testing.T, arch string) string {
 }
 
 // platformFarm is a gateway, a scheduler and two agents (one slot each, on
-// the default engine) as separate processes on one NATS server.
+// the default engine) as separate processes on one NATS server. The
+// agents hold the farm's secrets key and the gateway its public key, so
+// clients' registry credentials reach the agents sealed; the scheduler
+// holds neither, nor any registry credential.
 type platformFarm struct {
 	gateway string
 }
@@ -106,12 +111,16 @@ func startPlatformFarm(t *testing.T) *platformFarm {
 	}
 	t.Cleanup(func() { ns.Shutdown(); ns.WaitForShutdown() })
 	t.Setenv("KILN_NATS_URL", ns.ClientURL())
+	key := filepath.Join(t.TempDir(), "secrets.key")
+	if _, err := sealed.LoadOrCreatePrivateKey(key); err != nil {
+		t.Fatal(err)
+	}
 	gw := startProc(t, gatewayBin, "--listen", "127.0.0.1:0", "--http-listen", "127.0.0.1:0",
-		"--nats-nkey-file", seeds.File(bus.RoleGateway, ""))
+		"--nats-nkey-file", seeds.File(bus.RoleGateway, ""), "--secrets-key-file", key)
 	startProc(t, schedulerBin, "--http-listen", "127.0.0.1:0", "--nats-nkey-file", seeds.File(bus.RoleScheduler, ""))
 	for _, name := range []string{"platforms-a", "platforms-b"} {
 		startProc(t, agentBin, "--name", name, "--slots", "1", "--http-listen", "127.0.0.1:0", "--blob-cache-dir", t.TempDir(),
-			"--nats-nkey-file", seeds.File(bus.RoleAgent, name))
+			"--nats-nkey-file", seeds.File(bus.RoleAgent, name), "--secrets-key-file", key)
 	}
 	f := &platformFarm{gateway: gw.addrs["grpc"]}
 	// Both agents, before any build: the children may then run apart.
@@ -126,9 +135,20 @@ func startPlatformFarm(t *testing.T) *platformFarm {
 // type and its manifests' platforms ("linux/arm64").
 func registryIndex(t *testing.T, repo, tag string) (mediaType string, platforms []string) {
 	t.Helper()
-	req, err := http.NewRequest(http.MethodGet, "http://127.0.0.1:5000/v2/"+repo+"/manifests/"+tag, nil)
+	mediaType, platforms, _ = registryIndexAt(t, "127.0.0.1:5000", nil, repo, tag)
+	return mediaType, platforms
+}
+
+// registryIndexAt is registryIndex for registry reg, with basic auth
+// (user, password) unless auth is nil; it returns the index's digest too.
+func registryIndexAt(t *testing.T, reg string, auth []string, repo, tag string) (mediaType string, platforms []string, digest string) {
+	t.Helper()
+	req, err := http.NewRequest(http.MethodGet, "http://"+reg+"/v2/"+repo+"/manifests/"+tag, nil)
 	if err != nil {
 		t.Fatal(err)
+	}
+	if auth != nil {
+		req.SetBasicAuth(auth[0], auth[1])
 	}
 	req.Header.Set("Accept", "application/vnd.docker.distribution.manifest.list.v2+json, application/vnd.oci.image.index.v1+json")
 	resp, err := http.DefaultClient.Do(req)
@@ -149,7 +169,7 @@ func registryIndex(t *testing.T, repo, tag string) (mediaType string, platforms 
 		platforms = append(platforms, m.Platform.OS+"/"+m.Platform.Architecture)
 	}
 	slices.Sort(platforms)
-	return idx.MediaType, platforms
+	return idx.MediaType, platforms, resp.Header.Get("Docker-Content-Digest")
 }
 
 // buildBase builds the two-platform busybox base with the farm and returns
@@ -243,26 +263,38 @@ func TestPlatformsBuild(t *testing.T) {
 	base := f.buildBase(t)
 
 	t.Run("index", func(t *testing.T) {
+		// Pushed to a registry that needs a password, which only the
+		// client has: it travels sealed with the build, and the index is
+		// written by an agent, with it (the scheduler has none).
+		const user = "kiln-platforms"
+		password := "pw-" + uniq() + uniq()
+		reg := enginetest.AuthRegistry(t, user, password)
+		enginetest.UseDockerConfig(t, map[string][2]string{reg: {user, password}}) // the CLI's and docker run's
 		// The loop makes each child run for a while, so that the two
 		// children's runs overlap when they run in parallel.
 		dir := writeContext(t, map[string]string{"Dockerfile": "FROM " + base + "\nARG TARGETPLATFORM TARGETOS TARGETARCH BUILDPLATFORM\n" +
 			"RUN i=0; while [ $i -lt 200000 ]; do i=$((i+1)); done; echo \"$TARGETPLATFORM $TARGETOS $TARGETARCH $BUILDPLATFORM $(uname -m)\" > /platform.txt\n# " + uniq() + "\n"})
 		repo := "kiln-test/platforms-app-" + uniq()
-		ref := "127.0.0.1:5000/" + repo + ":1"
+		ref := reg + "/" + repo + ":1"
 		meta := filepath.Join(t.TempDir(), "meta.json")
 		r := kiln(t, f.gateway, "build", "--progress", "plain", "--metadata-file", meta, "--platform", "linux/amd64,linux/arm64", "-t", ref, "--push", dir)
 		if r.code != 0 {
 			t.Fatalf("two-platform build: %s", r)
 		}
 		mustContain(t, r.stderr, "linux/arm64 (", "the children's events in the build's output")
-		mt, ps := registryIndex(t, repo, "1")
+		// Each child's steps, labelled with its platform as buildx does,
+		// and a line per platform's image and the index's.
+		for _, p := range []string{"linux/amd64", "linux/arm64"} {
+			if !regexp.MustCompile(`(?m)^#\d+ \[` + p + ` 2/2\] RUN i=0`).MatchString(r.stderr) {
+				t.Errorf("no %s step line (#N [%s 2/2] RUN …) in the build's output:\n%s", p, p, r.stderr)
+			}
+			mustContain(t, r.stderr, "kiln: "+p+" image sha256:", "the summary's "+p+" image")
+		}
+		mt, ps, digest := registryIndexAt(t, reg, []string{user, password}, repo, "1")
 		if !strings.Contains(mt, "manifest.list") && !strings.Contains(mt, "image.index") || !slices.Equal(ps, []string{"linux/amd64", "linux/arm64"}) {
 			t.Fatalf("registry holds %s for %v, want an index of linux/amd64 and linux/arm64", mt, ps)
 		}
-		digest, err := manifestDigest(ctx, "127.0.0.1:5000", repo, "1")
-		if err != nil {
-			t.Fatal(err)
-		}
+		mustContain(t, r.stderr, "kiln: image index "+digest+" of linux/amd64, linux/arm64", "the summary's index")
 		if got := str(metadata(t, meta), "containerimage.digest"); got != digest {
 			t.Errorf("containerimage.digest %q, want the index's %q", got, digest)
 		}
@@ -278,6 +310,16 @@ func TestPlatformsBuild(t *testing.T) {
 			}
 		}
 		parent := inspectBuild(t, f.gateway, buildIDOf(t, strings.Split(r.stderr, "\n")))
+		if a := fmt.Sprint(parent["agent"]); a != "platforms-a" && a != "platforms-b" {
+			t.Errorf("the index was written by %q, want one of the agents", a)
+		}
+		// kiln logs replays the children's logs with the build's.
+		logs := kiln(t, f.gateway, "logs", fmt.Sprint(parent["id"]))
+		for _, p := range []string{"linux/amd64", "linux/arm64"} {
+			if !regexp.MustCompile(`(?m)^#\d+ \[` + p + ` 2/2\] RUN i=0`).MatchString(logs.stderr) {
+				t.Errorf("kiln logs %v: no %s step line:\n%s", parent["id"], p, logs)
+			}
+		}
 		kids := childRecords(t, f.gateway, parent)
 		amd, arm := kids["linux/amd64"], kids["linux/arm64"]
 		if amd["agent"] == arm["agent"] {
