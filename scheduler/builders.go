@@ -5,7 +5,9 @@ import (
 	"strings"
 
 	kilnv1 "github.com/kilnbuild/kiln/proto/gen/go/kiln/v1"
+	"github.com/kilnbuild/kiln/proto/rules/attest"
 	"github.com/kilnbuild/kiln/proto/rules/cacheopt"
+	"github.com/kilnbuild/kiln/proto/rules/namedctx"
 )
 
 // builderLabel is the label the dispatcher gives an agent for each builder
@@ -58,9 +60,9 @@ func routingAgentLabels(a *kilnv1.Agent) map[string]string {
 
 // routingBuildLabels are a build's required agent labels plus the builder
 // it needs (the one it asks for, or BuildKit for a build with secrets or ssh
-// keys), the
-// registry cache exporter when its --cache-to has a type=registry, and its
-// platform when it names one.
+// keys), the registry cache exporter when its --cache-to has a
+// type=registry, its platform when it names one, and the engine features
+// its annotations, attestations, --call or named contexts need.
 func routingBuildLabels(spec *kilnv1.BuildSpec) map[string]string {
 	need := spec.GetBuilder()
 	if need == kilnv1.Builder_BUILDER_UNSPECIFIED && (len(spec.GetSecrets()) > 0 || len(spec.GetSsh()) > 0) {
@@ -71,7 +73,11 @@ func routingBuildLabels(spec *kilnv1.BuildSpec) map[string]string {
 	if ps := spec.GetPlatforms(); len(ps) == 1 {
 		platform = ps[0]
 	}
-	if need == kilnv1.Builder_BUILDER_UNSPECIFIED && !export && platform == "" {
+	features := attest.Features(spec)
+	if len(spec.GetBuildContexts()) > 0 {
+		features = append(features, namedctx.Feature)
+	}
+	if need == kilnv1.Builder_BUILDER_UNSPECIFIED && !export && platform == "" && len(features) == 0 {
 		return spec.GetAgentLabels()
 	}
 	out := maps.Clone(spec.GetAgentLabels())
@@ -86,6 +92,9 @@ func routingBuildLabels(spec *kilnv1.BuildSpec) map[string]string {
 	}
 	if platform != "" {
 		out[platformLabel(platform)] = "true"
+	}
+	for _, f := range features {
+		out[featureLabel(f)] = "true"
 	}
 	return out
 }

@@ -65,6 +65,10 @@ func FromRecord(tenant string, p *kilnv1.TenantPolicy, agentFrontends []string) 
 func (p Policy) CachePrefix() string { return "kiln/" + p.Tenant + "/" }
 
 // frontendAllowed reports whether img matches one of the patterns.
+// FrontendAllowed reports whether the policy lets the engine pull img as a
+// frontend (or another image the build names, such as an SBOM scanner).
+func (p Policy) FrontendAllowed(img string) bool { return p.frontendAllowed(img) }
+
 func (p Policy) frontendAllowed(img string) bool {
 	for _, pat := range p.Frontends {
 		if ok, _ := path.Match(pat, img); ok || pat == img {

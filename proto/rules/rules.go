@@ -9,6 +9,14 @@
 //	seal          sealing values to the farm's key, bound   (SDK seals, gateway sizes, agent opens)
 //	              to a tenant and a build
 //	buildtimeout  a build's timeout: positive, at most 24h   (SDK, CLI, gateway; the scheduler words the error)
+//	cacheopt      --cache-from/--cache-to syntax, warm-start refs (CLI, gateway, scheduler, agent)
+//	buildflags    --network, --add-host, --shm-size, --ulimit, inline Dockerfiles (CLI, gateway, agent)
+//	platforms     --platform normalisation                 (CLI, gateway, scheduler, agent)
+//	outputs       --output syntax and the exported output  (CLI, SDK, gateway, agent)
+//	namedctx      --build-context NAME=VALUE               (CLI, SDK, gateway, scheduler, agent)
+//	gitctx        Git URL contexts, credentials by secret  (CLI, gateway, agent)
+//	annotations   --annotation syntax, exporter attrs, the index's share (CLI, gateway, agent)
+//	attest        --provenance/--sbom/--attest, --call; features a build needs (CLI, gateway, scheduler, agent)
 //
 // The packages are pure: no I/O, no clock, no gRPC. Their errors are plain
 // Go errors whose message a person can act on; those a caller must tell
