@@ -51,7 +51,7 @@ func startNATS(ctx context.Context, o options) (*farmNATS, error) {
 		}
 	}
 	if err == nil {
-		err = bus.Setup(ctx, f.scheduler.JS, bus.DefaultLimits)
+		err = bus.Setup(ctx, f.scheduler.JS, o.sched.Limits())
 	}
 	if err != nil {
 		f.Close()
