@@ -64,14 +64,14 @@ func (g *Gateway) ReadOutput(req *kilnv1.ReadOutputRequest, stream grpc.ServerSt
 	}
 	obj, err := store.Get(ctx, outputObject(d.Hash))
 	if err != nil {
-		return outputErr(ctx, b.Id, err)
+		return g.outputReadErr(ctx, store, b.Id, d.Hash, err)
 	}
 	defer obj.Close()
 	h := sha256.New()
 	// The bytes before offset are read and hashed, not sent: a resumed
 	// download is verified whole.
 	if _, err := io.CopyN(h, obj, req.Offset); err != nil {
-		return g.outputReadErr(ctx, b.Id, d.Hash, err)
+		return g.outputReadErr(ctx, store, b.Id, d.Hash, err)
 	}
 	buf := make([]byte, outputChunk)
 	for {
@@ -86,7 +86,7 @@ func (g *Gateway) ReadOutput(req *kilnv1.ReadOutputRequest, stream grpc.ServerSt
 			break
 		}
 		if err != nil {
-			return g.outputReadErr(ctx, b.Id, d.Hash, err)
+			return g.outputReadErr(ctx, store, b.Id, d.Hash, err)
 		}
 	}
 	return g.checkOutputHash(ctx, b.Id, d.Hash, h)
@@ -174,13 +174,35 @@ func (g *Gateway) checkOutputHash(ctx context.Context, buildID, digest string, h
 	return nil
 }
 
-// outputReadErr words a failure reading a blob mid-stream.
-func (g *Gateway) outputReadErr(ctx context.Context, buildID, digest string, err error) error {
+// outputReadErr words a failure opening or reading a blob: corrupt or
+// incomplete bytes are DataLoss, logged.
+func (g *Gateway) outputReadErr(ctx context.Context, store jetstream.ObjectStore, buildID, digest string, err error) error {
+	if ctx.Err() == nil && g.outputIncomplete(ctx, store, outputObject(digest)) {
+		g.log.ErrorContext(ctx, "output blob is incomplete", "build_id", buildID, "digest", digest, "error", err)
+		return status.Errorf(codes.DataLoss, "output blob %s of build %s is incomplete in the farm's store (an upload of it failed half way): discard what was received", digest, buildID)
+	}
 	if errors.Is(err, jetstream.ErrDigestMismatch) {
 		g.log.ErrorContext(ctx, "output blob does not match its digest", "build_id", buildID, "digest", digest, "error", err)
 		return status.Errorf(codes.DataLoss, "output blob %s of build %s is corrupt in the farm's store: discard what was received", digest, buildID)
 	}
 	return outputErr(ctx, buildID, err)
+}
+
+// outputIncomplete reports whether the object name holds fewer chunks
+// than its meta counts, as an upload that failed after writing the meta
+// leaves it: reading it would wait for chunks that never come.
+func (g *Gateway) outputIncomplete(ctx context.Context, store jetstream.ObjectStore, name string) bool {
+	info, err := store.GetInfo(ctx, name)
+	if err != nil || info.Chunks == 0 {
+		return false
+	}
+	s, err := g.conn.JS.Stream(ctx, "OBJ_"+bus.BucketOutputs)
+	if err != nil {
+		return false
+	}
+	subject := "$O." + bus.BucketOutputs + ".C." + info.NUID
+	si, err := s.Info(ctx, jetstream.WithSubjectFilter(subject))
+	return err == nil && si.State.Subjects[subject] < uint64(info.Chunks)
 }
 
 // outputErr turns a failure to open a build's output into a status: the

@@ -155,6 +155,27 @@ func TestReadOutput(t *testing.T) {
 		t.Errorf("the corrupt blob was not logged: %s", f.logs.String())
 	}
 
+	// A blob whose chunks are gone (an upload failed after its meta): DataLoss.
+	partly := bytes.Repeat([]byte("partly stored "), 10_000)
+	m.Entries = append(m.Entries, &kilnv1.ContextEntry{Path: "zz", Type: kilnv1.EntryType_ENTRY_TYPE_FILE, Mode: 0o644, Size: int64(len(partly)), Digest: digestOf(partly)})
+	mdata3, _ := buildctx.Marshal(m)
+	putOutput(t, store, digestOf(mdata3).Hash, mdata3)
+	info, err := store.Put(t.Context(), jetstream.ObjectMeta{Name: outputObject(digestOf(partly).Hash), Opts: &jetstream.ObjectMetaOptions{ChunkSize: 32 << 10}}, bytes.NewReader(partly))
+	if err != nil {
+		t.Fatal(err)
+	}
+	objStream, err := f.conn.JS.Stream(t.Context(), "OBJ_"+bus.BucketOutputs)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := objStream.Purge(t.Context(), jetstream.WithPurgeSubject("$O."+bus.BucketOutputs+".C."+info.NUID)); err != nil {
+		t.Fatal(err)
+	}
+	changeRecord(t, f.conn, built.Id, func(b *kilnv1.Build) { b.Result.Output.Manifest = digestOf(mdata3) })
+	if _, _, err := readOutput(t, c, tokenA, built.Id, digestOf(partly), 0); status.Code(err) != codes.DataLoss || !strings.Contains(err.Error(), "incomplete") {
+		t.Errorf("ReadOutput of an incomplete blob: %v, want DataLoss saying incomplete", err)
+	}
+
 	// The bucket gone (its TTL passed for every object, or deleted): expired.
 	if err := f.conn.JS.DeleteObjectStore(t.Context(), bus.BucketOutputs); err != nil {
 		t.Fatal(err)
