@@ -59,13 +59,14 @@ func routingAgentLabels(a *kilnv1.Agent) map[string]string {
 }
 
 // routingBuildLabels are a build's required agent labels plus the builder
-// it needs (the one it asks for, or BuildKit for a build with secrets or ssh
-// keys), the registry cache exporter when its --cache-to has a
+// it needs (the one it asks for, or BuildKit for a build with secrets, ssh
+// keys, named contexts or a Git URL context), the registry cache exporter when its --cache-to has a
 // type=registry, its platform when it names one, and the engine features
 // its annotations, attestations, --call or named contexts need.
 func routingBuildLabels(spec *kilnv1.BuildSpec) map[string]string {
 	need := spec.GetBuilder()
-	if need == kilnv1.Builder_BUILDER_UNSPECIFIED && (len(spec.GetSecrets()) > 0 || len(spec.GetSsh()) > 0) {
+	if need == kilnv1.Builder_BUILDER_UNSPECIFIED && (len(spec.GetSecrets()) > 0 || len(spec.GetSsh()) > 0 ||
+		len(spec.GetBuildContexts()) > 0 || spec.GetGitContext() != "") {
 		need = kilnv1.Builder_BUILDER_BUILDKIT
 	}
 	export := cacheopt.NeedsRegistryExport(spec.GetCacheTo())

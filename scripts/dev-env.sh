@@ -27,6 +27,7 @@ dpkg -s busybox-static >/dev/null 2>&1 || need_pkgs+=(busybox-static)
 command -v curl >/dev/null 2>&1 || need_pkgs+=(curl)
 command -v ip >/dev/null 2>&1 || need_pkgs+=(iproute2)
 command -v docker-compose >/dev/null 2>&1 || need_pkgs+=(docker-compose) # tests/compose_test.go
+command -v git >/dev/null 2>&1 || need_pkgs+=(git) # Git URL contexts (the agent fetches them) and tests/buildctx_test.go
 command -v rootlesskit >/dev/null 2>&1 || need_pkgs+=(rootlesskit) # rootless buildkitd (scripts/buildkitd.sh)
 command -v newuidmap >/dev/null 2>&1 || need_pkgs+=(uidmap)        # rootless buildkitd's user namespace
 [ -x /usr/bin/chromium ] || need_pkgs+=(chromium fonts-dejavu-core) # tests/ui_test.go (headless, driven by chromedp)

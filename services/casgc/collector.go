@@ -99,6 +99,13 @@ func (c *Collector) Sweep(ctx context.Context) (Result, error) {
 		if c.live(b, now) && b.GetContext().GetDigest() != nil {
 			m.mark(b.Context.Digest.Hash, b.Context.Format == kilnv1.ContextFormat_CONTEXT_FORMAT_MANIFEST)
 		}
+		// A live build's named contexts (--build-context DIR) are
+		// uploaded manifests like its main context.
+		for _, nc := range b.GetSpec().GetBuildContexts() {
+			if c.live(b, now) && nc.GetContext().GetDigest() != nil {
+				m.mark(nc.Context.Digest.Hash, nc.Context.Format == kilnv1.ContextFormat_CONTEXT_FORMAT_MANIFEST)
+			}
+		}
 	}
 	after, err := c.cfg.Blobs.List(ctx) // what was stored or touched while we read the builds
 	if err != nil {
