@@ -18,23 +18,29 @@ type runFlags struct {
 	shmSize   string
 	ulimits   []string
 	platforms []string               // --platform values, each possibly a comma-separated list
+	outputs   []string               // --output values
 	buildx    map[string]*buildxFlag // the other buildx flags, by name
 	buildxSet []string               // their names in buildxFlags' order
-	output    outputs.Plan           // --output's, set by checkBuildx
+	output    outputs.Plan           // --output's, set by apply
 }
 
-// register adds --network, --add-host, --shm-size, --ulimit and --platform.
+// register adds --network, --add-host, --shm-size, --ulimit, --platform
+// and --output.
 func (f *runFlags) register(fs *pflag.FlagSet) {
 	fs.StringVar(&f.network, "network", "", `Network mode for the RUN steps: "default", "none" or "host" (host only where the farm's policy allows it)`)
 	fs.StringArrayVar(&f.addHosts, "add-host", nil, `Add a custom host-to-IP mapping for the RUN steps (format: "host:ip"); repeatable`)
 	fs.StringVar(&f.shmSize, "shm-size", "", `Size of /dev/shm for the RUN steps (e.g. 128m)`)
 	fs.StringArrayVar(&f.ulimits, "ulimit", nil, `Ulimit for the RUN steps (format: "name=soft[:hard]", e.g. nofile=1024:2048); repeatable`)
 	fs.StringArrayVar(&f.platforms, "platform", nil, `Target platforms (e.g. linux/amd64,linux/arm64): one is built by an agent that runs it (natively preferred), several are built in parallel and pushed as one image index; repeatable`)
+	fs.StringArrayVarP(&f.outputs, "output", "o", nil, `Output destination besides the registry (format: "type=local,dest=DIR" or DIR, "type=tar,dest=FILE|-" or -, "type=oci|docker,dest=FILE|-", "type=cacheonly"; "type=registry" is --push): downloaded from the farm once the build succeeded`)
 }
 
 // apply parses the flags into spec with proto/rules/buildflags.
 func (f *runFlags) apply(spec *kilnv1.BuildSpec) error {
 	var err error
+	if err := f.applyOutput(f.outputs, spec); err != nil {
+		return err
+	}
 	if spec.Network, err = buildflags.ParseNetwork(f.network); err != nil {
 		return &usageError{msg: "--network: " + err.Error()}
 	}
@@ -91,7 +97,6 @@ func buildxFlags() []*buildxFlag {
 	accept := func([]string) string { return "" }
 	return []*buildxFlag{
 		{name: "load", isBool: true, check: refuse(loadRefusal)},
-		{name: "output", short: "o", check: checkOutput},
 		{name: "print", check: refuse("--print is not supported (buildx deprecated it for --call): kiln runs the build only")},
 		{name: "allow", check: checkAllow},
 		{name: "cgroup-parent", check: refuse(
@@ -132,8 +137,7 @@ func (f *runFlags) registerBuildx(fs *pflag.FlagSet) {
 }
 
 // checkBuildx refuses a build given a buildx flag kiln does not honour,
-// naming the first, and turns the ones it does into spec (--output:
-// applyOutput). warn receives the accepted flags' notes.
+// naming the first. warn receives the accepted flags' notes.
 func (f *runFlags) checkBuildx(fs *pflag.FlagSet, spec *kilnv1.BuildSpec, warn func(string)) error {
 	for _, name := range f.buildxSet {
 		fl := fs.Lookup(name)
@@ -151,11 +155,6 @@ func (f *runFlags) checkBuildx(fs *pflag.FlagSet, spec *kilnv1.BuildSpec, warn f
 		}
 		if msg := b.check(values); msg != "" {
 			return &usageError{msg: msg}
-		}
-		if name == "output" {
-			if err := f.applyOutput(values, spec); err != nil {
-				return err
-			}
 		}
 		if name == "allow" {
 			warn("--allow is taken as given: the farm grants network.host and security.insecure by the tenant's policy (allow_network_host, allow_insecure), whatever the flag says")

@@ -180,10 +180,10 @@ func parseBuildArgs(args []string, lookupEnv func(string) (string, bool)) (*buil
 	if err := f.run.checkBuildx(fset, o.spec, func(w string) { o.warnings = append(o.warnings, w) }); err != nil {
 		return nil, err
 	}
-	o.output = f.run.output
 	if err := f.run.apply(o.spec); err != nil {
 		return nil, err
 	}
+	o.output = f.run.output
 	if err := f.attest.apply(o.spec); err != nil {
 		return nil, err
 	}

@@ -16,15 +16,6 @@ import (
 // loadRefusal is what --load says.
 const loadRefusal = "--load is not supported: a CI job has no engine to load into, the farm builds elsewhere: use --push and docker pull, or --output type=docker,dest=- | docker load"
 
-// checkOutput checks --output values with proto/rules/outputs: it returns
-// the refusal's message, or "".
-func checkOutput(values []string) string {
-	if _, err := outputs.ParsePlan(values); err != nil {
-		return err.Error()
-	}
-	return ""
-}
-
 // applyOutput puts --output's plan into spec: type=registry and
 // type=image,push=true are --push, the one other output goes to the farm
 // without its dest.
