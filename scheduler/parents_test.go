@@ -2,6 +2,7 @@ package scheduler
 
 import (
 	"context"
+	"errors"
 	"slices"
 	"strings"
 	"testing"
@@ -169,5 +170,33 @@ func TestParentCancelledAsItsChildrenEndIsNotQueued(t *testing.T) {
 	p := rf.waitFor(t, parent.Id, "the parent's end", func(b *kilnv1.Build) bool { return buildstore.Terminal(b.State) })
 	if p.State != kilnv1.BuildState_BUILD_STATE_CANCELLED || len(p.ChildResults) != 0 {
 		t.Fatalf("parent %s with %d child results, want cancelled with none", p.State, len(p.ChildResults))
+	}
+}
+
+// A new leader finds a parent queued for its index (its children's
+// results recorded) and queues it as a build, not split again.
+func TestRecoversAParentQueuedForItsIndex(t *testing.T) {
+	id := buildstore.NewID(time.Now())
+	kids := []string{buildstore.NewID(time.Now()), buildstore.NewID(time.Now())}
+	f := newFixture(t, func(f *fixture) {
+		p := &kilnv1.Build{Id: id, Tenant: "t", State: kilnv1.BuildState_BUILD_STATE_QUEUED, Children: kids,
+			Spec: &kilnv1.BuildSpec{Platforms: []string{"linux/amd64", "linux/arm64"}, Push: true, Tags: []string{"r/app:1"}},
+			ChildResults: []*kilnv1.ChildResult{{BuildId: kids[0], Platform: "linux/amd64"}, {BuildId: kids[1], Platform: "linux/arm64"}}}
+		if _, err := f.store.Create(t.Context(), p); err != nil {
+			t.Fatal(err)
+		}
+	})
+	var got []*kilnv1.Build
+	waitUntil(t, "the parent assigned", func() bool {
+		got = f.pull(t, "agent-x", time.Second)
+		return len(got) == 1
+	})
+	if got[0].Id != id || got[0].State != kilnv1.BuildState_BUILD_STATE_ASSIGNED || !slices.Equal(got[0].Children, kids) || len(got[0].ChildResults) != 2 {
+		t.Fatalf("pulled %s %s children %v with %d results, want the parent %s assigned with its 2 children's results", got[0].Id, got[0].State, got[0].Children, len(got[0].ChildResults), id)
+	}
+	for _, k := range kids { // no child created again
+		if _, _, err := f.store.Get(t.Context(), k); !errors.Is(err, buildstore.ErrNotFound) {
+			t.Errorf("child %s: %v, want not found (the parent was split again)", k, err)
+		}
 	}
 }
