@@ -153,6 +153,8 @@ type Agent struct {
 	clips engineClips
 	// exports are the automatic warm start's cache exports running.
 	exports exports
+	// pushing serialises the re-tag and push of one tag (push_tag.go).
+	pushing tagLocks
 	// worker pulls for the slots, heartbeats, holds for an admin's drain
 	// and drains on stop (agentproto.Worker).
 	worker *agentproto.Worker

@@ -182,7 +182,7 @@ func (a *Agent) execute(ctx context.Context, b *kilnv1.Build, ev *events) (_ *ki
 			return result, nil, fmt.Errorf("push %s: %w", tag, err)
 		}
 		pctx, pspan := startSpan(ctx, "push "+tag, b, telemetry.TagKey.String(tag))
-		digest, size, err := a.cfg.Engine.Push(pctx, tag, creds, func(line string) { ev.log(0, rep.mask.log(-1, line)) })
+		digest, size, err := a.pushImage(pctx, res.ImageID, tag, creds, func(line string) { ev.log(0, rep.mask.log(-1, line)) })
 		endSpan(pspan, err)
 		if err != nil {
 			warm.drop()

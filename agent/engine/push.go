@@ -18,6 +18,14 @@ import (
 // credentials under.
 const dockerHubAuthKey = "https://index.docker.io/v1/"
 
+// Tag points tag at the image imageID, as docker tag does.
+func (d *Docker) Tag(ctx context.Context, imageID, tag string) error {
+	if err := d.c.ImageTag(ctx, imageID, tag); err != nil {
+		return fmt.Errorf("tag %s as %s: %w", imageID, tag, err)
+	}
+	return nil
+}
+
 // Push pushes one tag, e.g. "127.0.0.1:5000/team/app:1", to its registry and
 // returns the manifest digest and size the registry stored. Credentials for
 // the registry are the build's own (creds) if it brought some for that
