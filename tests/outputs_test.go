@@ -667,6 +667,11 @@ func TestOutputMatchesDockerBuild(t *testing.T) {
 			t.Errorf("kiln --output type=%s: the tarball has no %s", typ, marker)
 		}
 	}
+	// What the README shows for --load: the docker tarball loads.
+	load := exec.Command(docker, "load", "-i", filepath.Join(tmp, "docker.tar"))
+	if out, err := load.CombinedOutput(); err != nil || !strings.Contains(string(out), "Loaded image") {
+		t.Errorf("docker load of kiln's type=docker output: %v\n%s", err, out)
+	}
 }
 
 // tarOwners lists a tar's entries' owners, one "name uid:gid" a line.
