@@ -9,6 +9,10 @@
 // elsewhere, from any event on; [Client.Get], [Client.List],
 // [Client.Cancel], [Client.Retry], [Client.Agents] and [Client.FarmInfo]
 // find and manage builds and show the farm.
+// [Client.DownloadOutput] writes the output a build asked for with
+// BuildSpec.outputs (buildx --output local, tar, oci, docker) once it has
+// succeeded, verified and resumable; [Client.ReadOutput] reads one of its
+// blobs.
 //
 // Under Client.Build, a build goes through these RPCs:
 //
