@@ -180,7 +180,7 @@ func TestRecoversAParentQueuedForItsIndex(t *testing.T) {
 	kids := []string{buildstore.NewID(time.Now()), buildstore.NewID(time.Now())}
 	f := newFixture(t, func(f *fixture) {
 		p := &kilnv1.Build{Id: id, Tenant: "t", State: kilnv1.BuildState_BUILD_STATE_QUEUED, Children: kids,
-			Spec: &kilnv1.BuildSpec{Platforms: []string{"linux/amd64", "linux/arm64"}, Push: true, Tags: []string{"r/app:1"}},
+			Spec:         &kilnv1.BuildSpec{Platforms: []string{"linux/amd64", "linux/arm64"}, Push: true, Tags: []string{"r/app:1"}},
 			ChildResults: []*kilnv1.ChildResult{{BuildId: kids[0], Platform: "linux/amd64"}, {BuildId: kids[1], Platform: "linux/arm64"}}}
 		if _, err := f.store.Create(t.Context(), p); err != nil {
 			t.Fatal(err)
