@@ -84,7 +84,7 @@ func (a *Agent) exportOutput(ctx context.Context, spec *kilnv1.BuildSpec, o engi
 	if err != nil {
 		return nil, farm(fmt.Errorf("export type=%s: open %s: %w", out.Type, bus.BucketOutputs, err))
 	}
-	up := &outputUploader{store: store}
+	up := &outputUploader{js: a.cfg.Conn.JS, store: store}
 	if err := up.putFiles(ctx, files); err != nil {
 		return nil, farm(fmt.Errorf("export type=%s: %w", out.Type, err))
 	}
@@ -253,6 +253,7 @@ func outputObject(digest string) string { return strings.Replace(digest, ":", "/
 
 // outputUploader stores an export's blobs, each once.
 type outputUploader struct {
+	js           jetstream.JetStream // for the completeness check of a stored copy
 	store        jetstream.ObjectStore
 	stored, kept atomic.Int64
 	ttlOnce      sync.Once
@@ -292,7 +293,7 @@ func (u *outputUploader) put(ctx context.Context, digest string, open func() (io
 	name := outputObject(digest)
 	info, err := u.store.GetInfo(ctx, name)
 	switch {
-	case err == nil && !info.Deleted && u.fresh(ctx, info.ModTime):
+	case err == nil && !info.Deleted && u.fresh(ctx, info.ModTime) && !bus.ObjectIncomplete(ctx, u.js, bus.BucketOutputs, info):
 		u.kept.Add(1)
 		return nil
 	case err != nil && !errors.Is(err, jetstream.ErrObjectNotFound):
@@ -304,6 +305,12 @@ func (u *outputUploader) put(ctx context.Context, digest string, open func() (io
 	}
 	defer r.Close()
 	if _, err := u.store.Put(ctx, jetstream.ObjectMeta{Name: name}, r); err != nil {
+		// A put that failed may have left its meta without every chunk
+		// (the server applied a write the client timed out on): delete
+		// it, so neither a later export keeps it nor a client waits on it.
+		dctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 10*time.Second)
+		defer cancel()
+		_ = u.store.Delete(dctx, name)
 		return fmt.Errorf("store output blob %s: %w", digest, err)
 	}
 	u.stored.Add(1)

@@ -189,20 +189,10 @@ func (g *Gateway) outputReadErr(ctx context.Context, store jetstream.ObjectStore
 }
 
 // outputIncomplete reports whether the object name holds fewer chunks
-// than its meta counts, as an upload that failed after writing the meta
-// leaves it: reading it would wait for chunks that never come.
+// than its meta counts (bus.ObjectIncomplete).
 func (g *Gateway) outputIncomplete(ctx context.Context, store jetstream.ObjectStore, name string) bool {
 	info, err := store.GetInfo(ctx, name)
-	if err != nil || info.Chunks == 0 {
-		return false
-	}
-	s, err := g.conn.JS.Stream(ctx, "OBJ_"+bus.BucketOutputs)
-	if err != nil {
-		return false
-	}
-	subject := "$O." + bus.BucketOutputs + ".C." + info.NUID
-	si, err := s.Info(ctx, jetstream.WithSubjectFilter(subject))
-	return err == nil && si.State.Subjects[subject] < uint64(info.Chunks)
+	return err == nil && bus.ObjectIncomplete(ctx, g.conn.JS, bus.BucketOutputs, info)
 }
 
 // outputErr turns a failure to open a build's output into a status: the

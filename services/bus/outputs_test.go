@@ -93,3 +93,45 @@ func TestSetupOutputsTTL(t *testing.T) {
 		t.Fatal("Setup with a negative --output-ttl passed")
 	}
 }
+
+// TestObjectIncompleteSeesAMissingChunk: an object whose chunks are all
+// there is complete, for the agent that wrote it; one that lost a chunk
+// (as an upload that failed after its meta leaves it) is not.
+func TestObjectIncompleteSeesAMissingChunk(t *testing.T) {
+	f := bustest.AuthFarm(t, "agent-a")
+	ctx, cancel := context.WithTimeout(t.Context(), 30*time.Second)
+	defer cancel()
+	a := f.Conn(t, bus.RoleAgent, "agent-a")
+	store, err := a.JS.ObjectStore(ctx, bus.BucketOutputs)
+	if err != nil {
+		t.Fatal(err)
+	}
+	data := make([]byte, 300<<10) // three chunks of 128 KiB
+	for i := range data {
+		data[i] = byte(i * 7)
+	}
+	info, err := store.PutBytes(ctx, "sha256/three-chunks", data)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if info.Chunks < 2 {
+		t.Fatalf("the object has %d chunks, want several", info.Chunks)
+	}
+	if bus.ObjectIncomplete(ctx, a.JS, bus.BucketOutputs, info) {
+		t.Fatal("a whole object reads as incomplete")
+	}
+	st, err := a.JS.Stream(ctx, "OBJ_"+bus.BucketOutputs)
+	if err != nil {
+		t.Fatal(err)
+	}
+	msg, err := st.GetLastMsgForSubject(ctx, "$O."+bus.BucketOutputs+".C."+info.NUID)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := st.DeleteMsg(ctx, msg.Sequence); err != nil {
+		t.Fatalf("delete a chunk as an agent: %v", err)
+	}
+	if !bus.ObjectIncomplete(ctx, a.JS, bus.BucketOutputs, info) {
+		t.Fatal("an object missing a chunk reads as complete")
+	}
+}
