@@ -56,6 +56,12 @@ func (a *Agent) writeIndex(ctx context.Context, b *kilnv1.Build, ev *events) (*k
 		res.ContextTransferBytes += r.GetContextTransferBytes()
 		res.Builder = r.GetBuilder()
 	}
+	if !b.GetSpec().GetPush() {
+		// Built for its files (--output type=local|tar): each child
+		// exported its platform's, and there is no image to index.
+		ev.log(0, "no --push: each platform exported its files; no image index to write")
+		return res, nil
+	}
 	creds, err := a.openRegistryAuth(b)
 	if err != nil {
 		return res, &engine.BuildError{Message: err.Error()}

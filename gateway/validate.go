@@ -16,6 +16,7 @@ import (
 	"github.com/kilnbuild/kiln/proto/rules/buildflags"
 	"github.com/kilnbuild/kiln/proto/rules/buildtimeout"
 	"github.com/kilnbuild/kiln/proto/rules/cacheopt"
+	"github.com/kilnbuild/kiln/proto/rules/outputs"
 	"github.com/kilnbuild/kiln/proto/rules/platforms"
 )
 
@@ -94,7 +95,7 @@ func validateSpec(spec *kilnv1.BuildSpec) error {
 	if err := cacheopt.ValidateAll(spec.CacheFrom, spec.CacheTo); err != nil {
 		return invalid("%v", err)
 	}
-	if err := platforms.CheckSpec(spec.Platforms, spec.Push); err != nil {
+	if err := platforms.CheckSpec(spec.Platforms, spec.Push, outputs.ExportsFiles(spec.GetOutputs())); err != nil {
 		return invalid("%v", err)
 	}
 	if err := buildflags.Validate(spec); err != nil {

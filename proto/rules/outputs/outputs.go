@@ -267,6 +267,17 @@ func CheckPlatforms(outs []*kilnv1.Output, platforms int) error {
 // (local, tar) rather than an image tarball (oci, docker).
 func IsFilesystem(typ string) bool { return typ == TypeLocal || typ == TypeTar }
 
+// ExportsFiles reports whether outs export the result's files (a local
+// or tar output).
+func ExportsFiles(outs []*kilnv1.Output) bool {
+	for _, o := range outs {
+		if IsFilesystem(o.GetType()) {
+			return true
+		}
+	}
+	return false
+}
+
 // PlatformDir is the subdirectory (and tar prefix) a multi-platform
 // build's local or tar output puts one platform's files under, as buildx
 // does: "linux/arm64/v8" gives "linux_arm64_v8".

@@ -149,14 +149,16 @@ func Emulated(native, emulated []string) []string {
 func Tag(p string) string { return strings.ReplaceAll(p, "/", "-") }
 
 // CheckSpec is Check plus what a build naming several platforms needs:
-// pushing, since its platforms' images are built on different agents and
-// meet only in the registry, as one index.
-func CheckSpec(ps []string, push bool) error {
+// somewhere for its result to go, since its platforms' images are built on
+// different agents — pushing (they meet in the registry as one index), or
+// exporting their files (--output type=local|tar: one directory per
+// platform); exported says the build does the latter.
+func CheckSpec(ps []string, push, exported bool) error {
 	if err := Check(ps); err != nil {
 		return err
 	}
-	if len(ps) > 1 && !push {
-		return rules.Invalidf("a build for several platforms (%s) pushes its images and an index referencing them: add --push (or --output type=registry) and a --tag", strings.Join(ps, ", "))
+	if len(ps) > 1 && !push && !exported {
+		return rules.Invalidf("a build for several platforms (%s) pushes its images and an index referencing them, or exports their files: add --push (or --output type=registry) and a --tag, or --output type=local|tar", strings.Join(ps, ", "))
 	}
 	return nil
 }

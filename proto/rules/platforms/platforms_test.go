@@ -61,13 +61,21 @@ func TestNativeAndEmulated(t *testing.T) {
 }
 
 func TestCheckSpec(t *testing.T) {
-	if err := CheckSpec([]string{"linux/amd64", "linux/arm64"}, false); !errors.Is(err, rules.ErrInvalid) {
-		t.Fatalf("several platforms without push: %v", err)
-	}
-	if err := CheckSpec([]string{"linux/arm64"}, false); err != nil {
-		t.Fatalf("one platform without push: %v", err)
-	}
-	if err := CheckSpec([]string{"linux/amd64", "linux/arm64"}, true); err != nil {
-		t.Fatalf("several platforms with push: %v", err)
+	two := []string{"linux/amd64", "linux/arm64"}
+	for _, tc := range []struct {
+		name           string
+		ps             []string
+		push, exported bool
+		wantErr        bool
+	}{
+		{"several platforms, nowhere to go", two, false, false, true},
+		{"one platform without push", []string{"linux/arm64"}, false, false, false},
+		{"several platforms pushed", two, true, false, false},
+		{"several platforms' files exported", two, false, true, false},
+	} {
+		err := CheckSpec(tc.ps, tc.push, tc.exported)
+		if tc.wantErr != (err != nil) || err != nil && !errors.Is(err, rules.ErrInvalid) {
+			t.Errorf("%s: %v", tc.name, err)
+		}
 	}
 }
