@@ -147,7 +147,7 @@ func listOutput(dir string) (*kilnv1.ContextManifest, []outputFile, error) {
 		if err != nil {
 			return err
 		}
-		e := &kilnv1.ContextEntry{Path: rel, Mode: permBits(fi.Mode()), MtimeUnix: fi.ModTime().Unix()}
+		e := &kilnv1.ContextEntry{Path: rel, Mode: buildctx.ModeBits(fi.Mode()), MtimeUnix: fi.ModTime().Unix()}
 		switch {
 		case fi.Mode().IsRegular():
 			st, _ := fi.Sys().(*syscall.Stat_t)
@@ -216,22 +216,6 @@ func relinkHardLinks(m *kilnv1.ContextManifest) {
 			}
 		}
 	}
-}
-
-// permBits are the permission bits a manifest entry carries (setuid,
-// setgid and sticky included).
-func permBits(m fs.FileMode) uint32 {
-	bits := uint32(m.Perm())
-	if m&fs.ModeSetuid != 0 {
-		bits |= 0o4000
-	}
-	if m&fs.ModeSetgid != 0 {
-		bits |= 0o2000
-	}
-	if m&fs.ModeSticky != 0 {
-		bits |= 0o1000
-	}
-	return bits
 }
 
 func fileDigest(p string) (string, error) {

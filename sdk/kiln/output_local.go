@@ -13,6 +13,7 @@ import (
 	"time"
 
 	kilnv1 "github.com/kilnbuild/kiln/proto/gen/go/kiln/v1"
+	"github.com/kilnbuild/kiln/proto/rules/buildctx"
 )
 
 // local writes a local output into dir. Every path is opened through an
@@ -87,14 +88,14 @@ func (d *download) local(ctx context.Context, parts []*outputPart, dir string) e
 			switch e.Type {
 			case kilnv1.EntryType_ENTRY_TYPE_DIRECTORY:
 				err = ensureDir(root, name)
-				dirs = append(dirs, dirMode{name, fileMode(e.Mode), time.Unix(e.MtimeUnix, 0)})
+				dirs = append(dirs, dirMode{name, buildctx.FileMode(e.Mode), time.Unix(e.MtimeUnix, 0)})
 			case kilnv1.EntryType_ENTRY_TYPE_FILE:
 				if !present[name] {
 					uses[e.Digest.Hash]--
 					err = placeFile(root, path.Join(stagingDir, filepath.Base(stagedPath("", e.Digest))), name, uses[e.Digest.Hash] == 0)
 				}
 				if err == nil {
-					err = root.Chmod(name, fileMode(e.Mode))
+					err = root.Chmod(name, buildctx.FileMode(e.Mode))
 				}
 				if err == nil {
 					err = root.Chtimes(name, time.Unix(e.MtimeUnix, 0), time.Unix(e.MtimeUnix, 0))
@@ -119,21 +120,6 @@ func (d *download) local(ctx context.Context, parts []*outputPart, dir string) e
 		}
 	}
 	return root.RemoveAll(stagingDir)
-}
-
-// fileMode turns a manifest entry's permission bits into an fs.FileMode.
-func fileMode(m uint32) fs.FileMode {
-	mode := fs.FileMode(m & 0o777)
-	if m&0o4000 != 0 {
-		mode |= fs.ModeSetuid
-	}
-	if m&0o2000 != 0 {
-		mode |= fs.ModeSetgid
-	}
-	if m&0o1000 != 0 {
-		mode |= fs.ModeSticky
-	}
-	return mode
 }
 
 // rootFileHasDigest reports whether name is a regular file holding d.

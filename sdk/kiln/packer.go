@@ -255,23 +255,7 @@ func baseEntry(rel string, info fs.FileInfo) (*kilnv1.ContextEntry, error) {
 	}
 	return &kilnv1.ContextEntry{
 		Path:      rel,
-		Mode:      permBits(info.Mode()),
+		Mode:      buildctx.ModeBits(info.Mode()),
 		MtimeUnix: info.ModTime().Unix(),
 	}, nil
-}
-
-// permBits returns the Unix permission bits of m, setuid, setgid and sticky
-// included: the only mode bits a manifest entry carries.
-func permBits(m fs.FileMode) uint32 {
-	bits := uint32(m.Perm())
-	if m&fs.ModeSetuid != 0 {
-		bits |= 0o4000
-	}
-	if m&fs.ModeSetgid != 0 {
-		bits |= 0o2000
-	}
-	if m&fs.ModeSticky != 0 {
-		bits |= 0o1000
-	}
-	return bits
 }
