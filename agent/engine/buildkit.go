@@ -203,13 +203,7 @@ func (d *Docker) BuildKit(ctx context.Context, o BuildKitOptions, r Reporter) (B
 
 	// Cancelling ctx closes the response, but BuildKit builds on until it is
 	// told to stop: tell it.
-	cancelled := make(chan struct{})
-	stopWatch := context.AfterFunc(ctx, func() {
-		defer close(cancelled)
-		cctx, cancel := context.WithTimeout(context.Background(), removalGrace)
-		defer cancel()
-		_ = d.c.BuildCancel(cctx, buildID)
-	})
+	stopWatch := d.cancelOnDone(ctx, buildID)
 
 	p := newTraceParser()
 	report := reportTo(r)
@@ -259,9 +253,7 @@ func (d *Docker) BuildKit(ctx context.Context, o BuildKitOptions, r Reporter) (B
 		streamErr = nil // the build is done; its stream would never end
 	}
 	report(p.finish())
-	if !stopWatch() {
-		<-cancelled // the build was cancelled: wait for the engine to have been told
-	}
+	stopWatch() // once ctx ended, returns when the engine has been told
 	if ctx.Err() != nil {
 		return BuildKitResult{}, fmt.Errorf("build cancelled at step %d: %w", p.next, ctx.Err())
 	}
@@ -593,4 +585,25 @@ func (r *countingReader) Read(b []byte) (int, error) {
 	n, err := r.ReadCloser.Read(b)
 	r.c.n.Add(int64(n))
 	return n, err
+}
+
+// cancelOnDone tells the engine to cancel the BuildKit build buildID when
+// ctx ends: cancelling ctx closes the /build response, but BuildKit builds
+// on until it is told to stop. stop ends the watch; it reports false when
+// ctx had already ended, and then returns once the engine has been told.
+func (d *Docker) cancelOnDone(ctx context.Context, buildID string) (stop func() bool) {
+	cancelled := make(chan struct{})
+	stopWatch := context.AfterFunc(ctx, func() {
+		defer close(cancelled)
+		cctx, cancel := context.WithTimeout(context.Background(), removalGrace)
+		defer cancel()
+		_ = d.c.BuildCancel(cctx, buildID)
+	})
+	return func() bool {
+		if stopWatch() {
+			return true
+		}
+		<-cancelled
+		return false
+	}
 }

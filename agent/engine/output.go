@@ -218,13 +218,7 @@ func (d *Docker) exportFilesystem(ctx context.Context, o BuildKitOptions, r Repo
 		return d.requestError(ctx, err)
 	}
 	defer resp.Body.Close()
-	cancelled := make(chan struct{})
-	stopWatch := context.AfterFunc(ctx, func() {
-		defer close(cancelled)
-		cctx, cancel := context.WithTimeout(context.Background(), removalGrace)
-		defer cancel()
-		_ = d.c.BuildCancel(cctx, buildID)
-	})
+	stopWatch := d.cancelOnDone(ctx, buildID)
 	p := newTraceParser()
 	report := logsOnly(r)
 	var streamMsg string
@@ -249,9 +243,7 @@ func (d *Docker) exportFilesystem(ctx context.Context, o BuildKitOptions, r Repo
 		return nil
 	})
 	report(p.finish())
-	if !stopWatch() {
-		<-cancelled
-	}
+	stopWatch()
 	switch {
 	case ctx.Err() != nil:
 		return ctx.Err()
