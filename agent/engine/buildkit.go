@@ -217,12 +217,12 @@ func (d *Docker) BuildKit(ctx context.Context, o BuildKitOptions, r Reporter) (B
 		switch {
 		case m.Error != nil:
 			streamMsg = m.Error.Message
-		case m.ID == "moby.buildkit.trace" && m.Aux != nil:
-			var dt []byte
-			if err := json.Unmarshal(*m.Aux, &dt); err != nil {
-				return fmt.Errorf("decoding a progress message: %w", err)
+		case m.ID == traceMessageID && m.Aux != nil:
+			st, err := decodeTrace(m)
+			if err != nil {
+				return err
 			}
-			if len(dt) == 0 {
+			if st == nil {
 				if empty++; empty == stuckProgress {
 					stuck = true
 					r.Log(0, stuckProgressLine)
@@ -233,11 +233,7 @@ func (d *Docker) BuildKit(ctx context.Context, o BuildKitOptions, r Reporter) (B
 				return nil
 			}
 			empty = 0
-			var st controlapi.StatusResponse
-			if err := proto.Unmarshal(dt, &st); err != nil {
-				return fmt.Errorf("decoding a progress message: %w", err)
-			}
-			p.each(&st, report)
+			p.each(st, report)
 		case m.ID == "moby.image.id" && m.Aux != nil:
 			var res struct{ ID string }
 			if err := json.Unmarshal(*m.Aux, &res); err == nil {
@@ -606,4 +602,25 @@ func (d *Docker) cancelOnDone(ctx context.Context, buildID string) (stop func() 
 		<-cancelled
 		return false
 	}
+}
+
+// traceMessageID is the ID of the /build stream's messages that carry
+// BuildKit's progress.
+const traceMessageID = "moby.buildkit.trace"
+
+// decodeTrace decodes a progress message of the /build stream: nil for an
+// empty one (BuildKit sends them while nothing changes).
+func decodeTrace(m *jsonmessage.JSONMessage) (*controlapi.StatusResponse, error) {
+	var dt []byte
+	if err := json.Unmarshal(*m.Aux, &dt); err != nil {
+		return nil, fmt.Errorf("decoding a progress message: %w", err)
+	}
+	if len(dt) == 0 {
+		return nil, nil
+	}
+	var st controlapi.StatusResponse
+	if err := proto.Unmarshal(dt, &st); err != nil {
+		return nil, fmt.Errorf("decoding a progress message: %w", err)
+	}
+	return &st, nil
 }

@@ -2,7 +2,6 @@ package engine
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -14,11 +13,9 @@ import (
 
 	"github.com/docker/docker/api/types/build"
 	"github.com/docker/docker/pkg/jsonmessage"
-	controlapi "github.com/moby/buildkit/api/services/control"
 	"github.com/moby/buildkit/client"
 	"github.com/moby/buildkit/session"
 	"github.com/moby/buildkit/session/filesync"
-	"google.golang.org/protobuf/proto"
 
 	"github.com/kilnbuild/kiln/proto/rules/outputs"
 )
@@ -64,6 +61,14 @@ func (out Output) check() error {
 		return nil
 	}
 	return fmt.Errorf("output type=%q: the engine exports local, tar, oci or docker", out.Type)
+}
+
+// checkExport checks that o asks for an output an engine exports.
+func checkExport(o BuildKitOptions) error {
+	if o.Output == nil {
+		return errors.New("export: no output")
+	}
+	return o.Output.check()
 }
 
 // imageNames are the names an oci or docker export gives the image: its
@@ -117,14 +122,11 @@ func logsOnly(r Reporter) func([]event) {
 // writes it as OutputTarFile, oci and docker write OutputImageFile.
 // The Reporter hears the solve's log lines, not its steps.
 func (b *BuildKitd) ExportOutput(ctx context.Context, o BuildKitOptions, res Result, r Reporter) error {
+	if err := checkExport(o); err != nil {
+		return err
+	}
 	if r == nil {
 		r = nopReporter{}
-	}
-	if o.Output == nil {
-		return errors.New("export: no output")
-	}
-	if err := o.Output.check(); err != nil {
-		return err
 	}
 	ex := client.ExportEntry{Type: o.Output.Type}
 	if !o.Output.exportsFilesystem() {
@@ -154,14 +156,11 @@ func (b *BuildKitd) ExportOutput(ctx context.Context, o BuildKitOptions, res Res
 // oci converted to an OCI image layout. The Reporter hears the export's
 // log lines, not its steps.
 func (d *Docker) ExportOutput(ctx context.Context, o BuildKitOptions, res Result, r Reporter) error {
+	if err := checkExport(o); err != nil {
+		return err
+	}
 	if r == nil {
 		r = nopReporter{}
-	}
-	if o.Output == nil {
-		return errors.New("export: no output")
-	}
-	if err := o.Output.check(); err != nil {
-		return err
 	}
 	if !o.Output.exportsFilesystem() {
 		if err := d.saveImage(ctx, res.ImageID, *o.Output, o.Tags, filepath.Join(o.OutputDir, o.Output.file())); err != nil {
@@ -226,19 +225,14 @@ func (d *Docker) exportFilesystem(ctx context.Context, o BuildKitOptions, r Repo
 		switch {
 		case m.Error != nil:
 			streamMsg = m.Error.Message
-		case m.ID == "moby.buildkit.trace" && m.Aux != nil:
-			var dt []byte
-			if err := json.Unmarshal(*m.Aux, &dt); err != nil {
-				return fmt.Errorf("decoding a progress message: %w", err)
+		case m.ID == traceMessageID && m.Aux != nil:
+			st, err := decodeTrace(m)
+			if err != nil {
+				return err
 			}
-			if len(dt) == 0 {
-				return nil
+			if st != nil {
+				p.each(st, report)
 			}
-			var st controlapi.StatusResponse
-			if err := proto.Unmarshal(dt, &st); err != nil {
-				return fmt.Errorf("decoding a progress message: %w", err)
-			}
-			p.each(&st, report)
 		}
 		return nil
 	})
