@@ -9,7 +9,6 @@ import (
 	"fmt"
 
 	"github.com/distribution/reference"
-	"github.com/docker/docker/api/types/registry"
 	"github.com/moby/buildkit/client"
 	"github.com/moby/buildkit/exporter/containerimage/exptypes"
 	gateway "github.com/moby/buildkit/frontend/gateway/client"
@@ -72,12 +71,7 @@ func (d *Docker) Describe(ctx context.Context, tag string, creds Credentials) (D
 	if err != nil {
 		return Descriptor{}, fmt.Errorf("describe %q: %w", tag, err)
 	}
-	var auth string
-	if ac, ok := creds.lookup(reference.Domain(ref)); ok {
-		auth, err = registry.EncodeAuthConfig(ac)
-	} else {
-		auth, err = registryAuth(reference.Domain(ref))
-	}
+	auth, err := buildAuth(creds, reference.Domain(ref))
 	if err != nil {
 		return Descriptor{}, fmt.Errorf("describe %s: %w", tag, err)
 	}

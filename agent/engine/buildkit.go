@@ -168,9 +168,7 @@ func (d *Docker) BuildKit(ctx context.Context, o BuildKitOptions, r Reporter) (B
 	if inlineCache {
 		args = withInlineCache(args)
 	}
-	bs, err := startSession(ctx, o, func(ctx context.Context, proto string, meta map[string][]string) (net.Conn, error) {
-		return d.c.DialHijack(ctx, "/session", proto, meta)
-	})
+	bs, err := d.startSession(ctx, o)
 	if err != nil {
 		return BuildKitResult{}, err
 	}
@@ -623,4 +621,12 @@ func decodeTrace(m *jsonmessage.JSONMessage) (*controlapi.StatusResponse, error)
 		return nil, fmt.Errorf("decoding a progress message: %w", err)
 	}
 	return &st, nil
+}
+
+// startSession starts o's session on the engine, over its /session
+// endpoint.
+func (d *Docker) startSession(ctx context.Context, o BuildKitOptions) (*buildSession, error) {
+	return startSession(ctx, o, func(ctx context.Context, proto string, meta map[string][]string) (net.Conn, error) {
+		return d.c.DialHijack(ctx, "/session", proto, meta)
+	})
 }

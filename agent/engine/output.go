@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"io"
 	"maps"
-	"net"
 	"os"
 	"path/filepath"
 	"strings"
@@ -187,9 +186,7 @@ func (d *Docker) exportFilesystem(ctx context.Context, o BuildKitOptions, r Repo
 	if inlineCache {
 		args = withInlineCache(args)
 	}
-	bs, err := startSession(ctx, o, func(ctx context.Context, proto string, meta map[string][]string) (net.Conn, error) {
-		return d.c.DialHijack(ctx, "/session", proto, meta)
-	})
+	bs, err := d.startSession(ctx, o)
 	if err != nil {
 		return err
 	}

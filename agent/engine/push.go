@@ -43,12 +43,7 @@ func (d *Docker) Push(ctx context.Context, tag string, creds Credentials, log fu
 	}
 	ref = reference.TagNameOnly(ref)
 	wantTag := ref.(reference.Tagged).Tag()
-	var auth string
-	if ac, ok := creds.lookup(reference.Domain(ref)); ok {
-		auth, err = registry.EncodeAuthConfig(ac)
-	} else {
-		auth, err = registryAuth(reference.Domain(ref))
-	}
+	auth, err := buildAuth(creds, reference.Domain(ref))
 	if err != nil {
 		return "", 0, fmt.Errorf("push %s: %w", tag, err)
 	}
@@ -83,6 +78,16 @@ func (d *Docker) Push(ctx context.Context, tag string, creds Credentials, log fu
 		return "", 0, fmt.Errorf("push %s: the engine's progress ended without the pushed manifest's digest", tag)
 	}
 	return pushed.Digest, int64(pushed.Size), nil
+}
+
+// buildAuth returns the X-Registry-Auth header value for a registry host:
+// the build's own credentials for it (creds) if it brought some, else this
+// host's Docker config's (registryAuth).
+func buildAuth(creds Credentials, host string) (string, error) {
+	if ac, ok := creds.lookup(host); ok {
+		return registry.EncodeAuthConfig(ac)
+	}
+	return registryAuth(host)
 }
 
 // registryAuth returns the X-Registry-Auth header value for a registry host
